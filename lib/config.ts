@@ -1,0 +1,312 @@
+/**
+ * Runtime configuration: environment variables and command-line flags, validated once.
+ *
+ * Flags override environment variables. A wrong value stops start-up with a message that
+ * names the variable (and its flag) and says what it expects; nothing starts half-configured.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { RuntimeError } from "./errors.ts";
+
+/** One configuration setting: its environment variable, optional flag and documentation. */
+export interface SettingDoc {
+  /** Environment variable name. */
+  env: string;
+  /** Command-line flag (without dashes), if any. */
+  flag?: string;
+  /** Default shown in docs. */
+  default: string;
+  /** What it is for. */
+  description: string;
+}
+
+/** Every setting, in the order the README's configuration table lists them. */
+export const SETTINGS: readonly SettingDoc[] = [
+  { env: "RS_PORT", flag: "port", default: "8080", description: "HTTP port (0 picks a free one)" },
+  { env: "RS_HOST", flag: "host", default: "127.0.0.1", description: "HTTP listen address" },
+  {
+    env: "DATABASE_URL",
+    flag: "database-url",
+    default: "(embedded PGlite)",
+    description: "PostgreSQL URL, e.g. postgres://user:pass@host:5432/rootstream",
+  },
+  {
+    env: "DATABASE_POOL_SIZE",
+    default: "20",
+    description: "Connections in the PostgreSQL pool",
+  },
+  {
+    env: "DATABASE_CONNECT_TIMEOUT_S",
+    default: "30",
+    description: "How long start-up retries an unreachable database (with backoff) before exiting",
+  },
+  {
+    env: "DATABASE_QUERY_TIMEOUT_MS",
+    default: "15000",
+    description: "Statement timeout set on every pooled connection",
+  },
+  {
+    env: "REDIS_URL",
+    flag: "redis-url",
+    default: "(in-process bus)",
+    description: "Redis URL, e.g. redis://:password@host:6379/0",
+  },
+  {
+    env: "REDIS_SENTINELS",
+    default: "(none)",
+    description: "Comma-separated Sentinel host:port list; when set, Redis is reached through them",
+  },
+  {
+    env: "REDIS_SENTINEL_MASTER",
+    default: "mymaster",
+    description: "Master name the Sentinels monitor",
+  },
+  {
+    env: "REDIS_SENTINEL_PASSWORD",
+    default: "(none)",
+    description: "Password of the Sentinels themselves (the data-node password goes in REDIS_URL)",
+  },
+  {
+    env: "RS_KEY_PREFIX",
+    default: "rs:",
+    description: "Namespace prefix of every Redis key and channel",
+  },
+  {
+    env: "RS_DATA_DIR",
+    flag: "data-dir",
+    default: "./.rootstream",
+    description: "Where embedded mode keeps its database and generated key",
+  },
+  {
+    env: "RS_INSTANCE_ID",
+    flag: "instance-id",
+    default: "<hostname>-<pid>",
+    description: "This instance's id in the cluster",
+  },
+  {
+    env: "RS_SECRET_KEY",
+    default: "(generated into RS_DATA_DIR)",
+    description:
+      "32-byte key, base64, encrypting secrets at rest; every instance of a cluster must share it",
+  },
+  {
+    env: "LOG_LEVEL",
+    flag: "log-level",
+    default: "info",
+    description: "debug, info, warn or error",
+  },
+  { env: "LOG_FORMAT", default: "text", description: "text or json" },
+  {
+    env: "RS_SHUTDOWN_TIMEOUT_S",
+    default: "10",
+    description: "Grace period for in-flight work on SIGINT/SIGTERM",
+  },
+];
+
+/** The validated configuration the runtime starts from. */
+export interface Config {
+  http: { port: number; host: string };
+  database: {
+    /** null selects embedded PGlite. */
+    url: string | null;
+    poolSize: number;
+    connectTimeoutS: number;
+    queryTimeoutMs: number;
+  };
+  redis: {
+    /** null (and no sentinels) selects the in-process bus. */
+    url: string | null;
+    sentinels: { host: string; port: number }[];
+    sentinelMaster: string;
+    sentinelPassword: string | null;
+    keyPrefix: string;
+  };
+  dataDir: string;
+  instanceId: string;
+  /** Raw 32-byte key, or null when it is to be read from / generated into the data dir. */
+  secretKey: Uint8Array | null;
+  log: { level: "debug" | "info" | "warn" | "error"; format: "text" | "json" };
+  shutdownTimeoutS: number;
+}
+
+function intIn(min: number, max: number, what: string) {
+  return z.string().trim().regex(/^\d+$/, { message: `an integer (${what})` })
+    .transform(Number)
+    .refine((n) => n >= min && n <= max, {
+      message: `an integer between ${min} and ${max} (${what})`,
+    });
+}
+
+function urlWith(protocols: string[], example: string) {
+  return z.string().trim().refine((s) => {
+    try {
+      const u = new URL(s);
+      return protocols.includes(u.protocol) && u.hostname !== "";
+    } catch {
+      return false;
+    }
+  }, { message: `a URL like ${example}` });
+}
+
+const hostPort = /^[A-Za-z0-9.\-:[\]]+:\d{1,5}$/;
+
+const schema = z.object({
+  RS_PORT: intIn(0, 65535, "TCP port").default(8080),
+  RS_HOST: z.string().trim().min(1, { message: "a listen address like 0.0.0.0" }).default(
+    "127.0.0.1",
+  ),
+  DATABASE_URL: urlWith(["postgres:", "postgresql:"], "postgres://user:pass@host:5432/db")
+    .optional(),
+  DATABASE_POOL_SIZE: intIn(1, 1000, "connections").default(20),
+  DATABASE_CONNECT_TIMEOUT_S: intIn(0, 3600, "seconds").default(30),
+  DATABASE_QUERY_TIMEOUT_MS: intIn(100, 3_600_000, "milliseconds").default(15000),
+  REDIS_URL: urlWith(["redis:", "rediss:"], "redis://host:6379/0").optional(),
+  REDIS_SENTINELS: z.string().trim().refine(
+    (s) => s.split(",").every((p) => hostPort.test(p.trim())),
+    { message: "a comma-separated list of host:port" },
+  ).optional(),
+  REDIS_SENTINEL_MASTER: z.string().trim().regex(/^[\w.-]+$/, {
+    message: "a master name of letters, digits, '.', '_' or '-'",
+  }).default("mymaster"),
+  REDIS_SENTINEL_PASSWORD: z.string().optional(),
+  RS_KEY_PREFIX: z.string().regex(/^[\w.:-]{1,32}$/, {
+    message: "1-32 characters of letters, digits, '.', ':', '_' or '-'",
+  }).default("rs:"),
+  RS_DATA_DIR: z.string().trim().min(1, { message: "a directory path" }).default("./.rootstream"),
+  RS_INSTANCE_ID: z.string().trim().regex(/^[\w.-]{1,64}$/, {
+    message: "1-64 characters of letters, digits, '.', '_' or '-'",
+  }).optional(),
+  RS_SECRET_KEY: z.string().trim().refine((s) => decodeKey(s) !== null, {
+    message: "32 bytes encoded as base64 (e.g. the output of `openssl rand -base64 32`)",
+  }).optional(),
+  LOG_LEVEL: z.enum(["debug", "info", "warn", "error"], {
+    message: "one of debug, info, warn, error",
+  }).default("info"),
+  LOG_FORMAT: z.enum(["text", "json"], { message: "text or json" }).default("text"),
+  RS_SHUTDOWN_TIMEOUT_S: intIn(0, 600, "seconds").default(10),
+});
+
+function decodeKey(s: string): Uint8Array | null {
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(s)) return null;
+  try {
+    const bin = atob(s);
+    if (bin.length !== 32) return null;
+    return Uint8Array.from(bin, (c) => c.charCodeAt(0));
+  } catch {
+    return null;
+  }
+}
+
+/** Where configuration is read from; both default to the real process. */
+export interface ConfigSources {
+  /** Environment variables. */
+  env?: Record<string, string | undefined>;
+  /** Command-line arguments (without the program name). */
+  args?: string[];
+  /** Host name for the default instance id. */
+  hostname?: string;
+  /** Process id for the default instance id. */
+  pid?: number;
+}
+
+function flagOptions() {
+  const options: Record<string, { type: "string" }> = {};
+  for (const s of SETTINGS) if (s.flag) options[s.flag] = { type: "string" };
+  return options;
+}
+
+/**
+ * Parses and validates configuration; throws CONFIG_INVALID naming every bad variable.
+ * Empty variables count as unset.
+ */
+export function loadConfig(sources: ConfigSources = {}): Config {
+  const env = sources.env ?? Deno.env.toObject();
+  const raw: Record<string, string> = {};
+  for (const s of SETTINGS) {
+    const v = env[s.env];
+    if (v !== undefined && v !== "") raw[s.env] = v;
+  }
+  let parsedFlags: Record<string, string | boolean | undefined>;
+  try {
+    parsedFlags = parseArgs({
+      args: sources.args ?? Deno.args,
+      options: flagOptions(),
+      strict: true,
+      allowPositionals: false,
+    }).values as Record<string, string | undefined>;
+  } catch (err) {
+    const known = SETTINGS.filter((s) => s.flag).map((s) => `--${s.flag}`).join(", ");
+    throw new RuntimeError(
+      "CONFIG_INVALID",
+      `Invalid command line: ${
+        (err instanceof Error ? err.message : String(err)).replace(/\.$/, "")
+      }. Known flags: ${known}`,
+    );
+  }
+  for (const s of SETTINGS) {
+    const v = s.flag ? parsedFlags[s.flag] : undefined;
+    if (typeof v === "string") raw[s.env] = v;
+  }
+  const result = schema.safeParse(raw);
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => {
+      const name = String(issue.path[0]);
+      const doc = SETTINGS.find((s) => s.env === name);
+      const label = doc?.flag ? `${name} (--${doc.flag})` : name;
+      const shown = name.includes("SECRET") || name.includes("PASSWORD")
+        ? "<hidden>"
+        : JSON.stringify(raw[name]);
+      return `${label} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${shown}`;
+    });
+    throw new RuntimeError(
+      "CONFIG_INVALID",
+      `Invalid configuration: ${problems.join("; ")}`,
+      { details: { problems } },
+    );
+  }
+  const c = result.data;
+  const sentinels = c.REDIS_SENTINELS
+    ? c.REDIS_SENTINELS.split(",").map((part) => {
+      const p = part.trim();
+      const i = p.lastIndexOf(":");
+      return { host: p.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(p.slice(i + 1)) };
+    })
+    : [];
+  const secretKey = c.RS_SECRET_KEY ? decodeKey(c.RS_SECRET_KEY) : null;
+  const hostname = sources.hostname ?? Deno.hostname();
+  const pid = sources.pid ?? Deno.pid;
+  return {
+    http: { port: c.RS_PORT, host: c.RS_HOST },
+    database: {
+      url: c.DATABASE_URL ?? null,
+      poolSize: c.DATABASE_POOL_SIZE,
+      connectTimeoutS: c.DATABASE_CONNECT_TIMEOUT_S,
+      queryTimeoutMs: c.DATABASE_QUERY_TIMEOUT_MS,
+    },
+    redis: {
+      url: c.REDIS_URL ?? null,
+      sentinels,
+      sentinelMaster: c.REDIS_SENTINEL_MASTER,
+      sentinelPassword: c.REDIS_SENTINEL_PASSWORD ?? null,
+      keyPrefix: c.RS_KEY_PREFIX,
+    },
+    dataDir: c.RS_DATA_DIR,
+    instanceId: c.RS_INSTANCE_ID ??
+      `${hostname.replace(/[^\w.-]/g, "-").slice(0, 40)}-${pid}`,
+    secretKey,
+    log: { level: c.LOG_LEVEL, format: c.LOG_FORMAT },
+    shutdownTimeoutS: c.RS_SHUTDOWN_TIMEOUT_S,
+  };
+}
+
+/** A URL with its password masked, safe for logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "<invalid url>";
+  }
+}

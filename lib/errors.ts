@@ -1,0 +1,85 @@
+/**
+ * The runtime's one error type and its catalogue of codes.
+ *
+ * Every expected failure carries a stable `code` (for programs and the HTTP layer)
+ * and a sentence-case human message with the detail after a colon, e.g.
+ * `new RuntimeError("USER_EXISTS", "Cannot create user: the username is taken")`.
+ * @module
+ */
+
+/** Error codes the runtime raises, mapped to the HTTP status the API answers with. */
+export const ERROR_STATUS = {
+  CONFIG_INVALID: 500,
+  VALIDATION_FAILED: 400,
+  NOT_FOUND: 404,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
+  CONFLICT: 409,
+  USER_EXISTS: 409,
+  STREAM_NOT_FOUND: 404,
+  USER_NOT_FOUND: 404,
+  STREAM_STATE_INVALID: 409,
+  EVENT_VERSION_CONFLICT: 409,
+  DATABASE_UNAVAILABLE: 503,
+  DATABASE_CONNECT_FAILED: 503,
+  REDIS_UNAVAILABLE: 503,
+  MIGRATION_CHECKSUM_MISMATCH: 500,
+  MIGRATION_FAILED: 500,
+  MIGRATION_INVALID: 500,
+  INTERNAL: 500,
+} as const;
+
+/** A code from the catalogue. */
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/** An error with a stable code and a human sentence; `cause` keeps the underlying error. */
+export class RuntimeError extends Error {
+  /** Stable, machine-readable code from the catalogue. */
+  readonly code: ErrorCode;
+  /** Optional structured detail safe to show to the caller (never secrets). */
+  readonly details?: Record<string, unknown>;
+
+  /** Creates an error; `options.cause` keeps the underlying error for logs. */
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { cause?: unknown; details?: Record<string, unknown> } = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.name = "RuntimeError";
+    this.code = code;
+    this.details = options.details;
+  }
+
+  /** The HTTP status this error maps to. */
+  get status(): number {
+    return ERROR_STATUS[this.code];
+  }
+
+  /** The JSON body the API answers with. */
+  toJSON(): { error: { code: ErrorCode; message: string; details?: Record<string, unknown> } } {
+    return {
+      error: {
+        code: this.code,
+        message: this.message,
+        ...(this.details ? { details: this.details } : {}),
+      },
+    };
+  }
+}
+
+/** True when `err` is a RuntimeError, optionally with the given code. */
+export function isRuntimeError(err: unknown, code?: ErrorCode): err is RuntimeError {
+  return err instanceof RuntimeError && (code === undefined || err.code === code);
+}
+
+/** A short, single-line description of any thrown value, for logs and messages. */
+export function describeError(err: unknown): string {
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return code && typeof code === "string" && !err.message.includes(code)
+      ? `${err.message} (${code})`
+      : err.message;
+  }
+  return String(err);
+}

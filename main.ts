@@ -1,0 +1,53 @@
+/**
+ * Entry point of `deno task run`: config → runtime → HTTP, graceful stop on SIGINT/SIGTERM.
+ * @module
+ */
+import { loadConfig } from "./lib/config.ts";
+import { RuntimeError } from "./lib/errors.ts";
+import { createLogger } from "./lib/log.ts";
+import { startRuntime } from "./runtime.ts";
+
+/** Runs one instance until a signal arrives; returns the process exit code. */
+export async function main(args: string[]): Promise<number> {
+  let config;
+  try {
+    config = loadConfig({ args });
+  } catch (err) {
+    console.error(err instanceof Error ? err.message : String(err));
+    return 2;
+  }
+  const log = createLogger("rootstream", config.log);
+  let runtime;
+  try {
+    runtime = await startRuntime(config, { log });
+  } catch (err) {
+    const message = err instanceof RuntimeError
+      ? `${err.message} [${err.code}]`
+      : err instanceof Error
+      ? (err.stack ?? err.message)
+      : String(err);
+    log.error(`start-up failed: ${message}`);
+    return 1;
+  }
+  log.info(`RootStream Runtime listening on ${runtime.url}`, { instance: config.instanceId });
+  console.log(`RootStream Runtime ${config.instanceId} serving ${runtime.url}`);
+
+  const { promise: stopped, resolve } = Promise.withResolvers<string>();
+  const onSignal = (name: string) => () => resolve(name);
+  const handlers = [["SIGINT", onSignal("SIGINT")], ["SIGTERM", onSignal("SIGTERM")]] as const;
+  for (const [sig, fn] of handlers) Deno.addSignalListener(sig, fn);
+  const signal = await stopped;
+  for (const [sig, fn] of handlers) Deno.removeSignalListener(sig, fn);
+  log.info(`received ${signal}, shutting down`);
+  const timer = setTimeout(() => {
+    log.error(`shutdown took longer than ${config.shutdownTimeoutS + 5} s; exiting`);
+    Deno.exit(1);
+  }, (config.shutdownTimeoutS + 5) * 1000);
+  await runtime.stop();
+  clearTimeout(timer);
+  return 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,254 @@
+/**
+ * Starts one runtime instance from a validated config: database (server or embedded),
+ * migrations, Redis (or the in-process bus), the HTTP server; and stops it in reverse.
+ * @module
+ */
+import type { Hono } from "hono";
+import type { Redis } from "ioredis";
+import { createApp, type HealthReport } from "./api/app.ts";
+import { addStreamRoutes } from "./api/streams.ts";
+import { type Config, redactUrl } from "./lib/config.ts";
+import { type Logger, silentLogger } from "./lib/log.ts";
+import { loadSecretKey } from "./lib/secret_key.ts";
+import { createLocalBus, createRedisBus, type MessageBus } from "./store/bus.ts";
+import { type Database, openDatabase } from "./store/database.ts";
+import { migrate, type MigrationReport } from "./store/migrations.ts";
+import {
+  closeRedis,
+  createKeyspace,
+  createRedisClient,
+  describeRedis,
+  type Keyspace,
+  pingRedis,
+  redisConfigured,
+} from "./store/redis.ts";
+
+/** The release version reported by /health. */
+export const VERSION = "0.1.0";
+
+/** Features that need a real PostgreSQL server. */
+const NEEDS_SERVER_DB = {
+  replication: "needs a PostgreSQL server with streaming replicas (set DATABASE_URL)",
+  failover: "needs a PostgreSQL server with streaming replicas (set DATABASE_URL)",
+  physical_backups: "pg_basebackup and WAL archiving need a PostgreSQL server (set DATABASE_URL)",
+};
+/** Features that need Redis. */
+const NEEDS_REDIS = {
+  cluster: "membership, cross-instance messages and leases need Redis (set REDIS_URL)",
+};
+
+/** A running instance. */
+export interface Runtime {
+  /** The validated configuration it runs with. */
+  readonly config: Config;
+  /** Base URL of the HTTP server, e.g. http://127.0.0.1:8080. */
+  readonly url: string;
+  /** The database pool. */
+  readonly db: Database;
+  /** The Redis command connection, or null in single-instance mode. */
+  readonly redis: Redis | null;
+  /** The message bus (Redis pub/sub or in-process). */
+  readonly bus: MessageBus;
+  /** Namespaced Redis key builder. */
+  readonly keyspace: Keyspace;
+  /** The secret-at-rest key. */
+  readonly secretKey: Uint8Array;
+  /** The HTTP app (tests call `app.request()`). */
+  readonly app: Hono;
+  /** Migrations applied at start-up. */
+  readonly migrations: MigrationReport;
+  /** Runs the live health checks. */
+  health(): Promise<HealthReport>;
+  /** Graceful stop: HTTP first, then the bus, Redis and the database. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Options of {@linkcode startRuntime}. */
+export interface StartOptions {
+  /** Root logger. */
+  log?: Logger;
+  /** Start the HTTP server (default true); tests may use `app.request()` only. */
+  serve?: boolean;
+}
+
+/** What the health check looks at. */
+interface HealthInputs {
+  config: Config;
+  db: Database;
+  redis: Redis | null;
+  bus: MessageBus;
+  migrations: MigrationReport;
+  unavailable: Record<string, string>;
+  startedAt: number;
+}
+
+/**
+ * Runs the live checks. The database is critical (unavailable → 503); Redis is not
+ * (degraded → 200): an instance without Redis still serves what it can from PostgreSQL.
+ */
+async function checkHealth(h: HealthInputs): Promise<HealthReport> {
+  const { config, db, redis, bus, migrations } = h;
+  const [dbCheck, redisCheck] = await Promise.all([
+    db.ping(2000),
+    redis ? pingRedis(redis, 1000) : Promise.resolve(null),
+  ]);
+  const checks: HealthReport["checks"] = {
+    database: { ...dbCheck, mode: db.mode, target: db.describe },
+    redis: redisCheck
+      ? { ...redisCheck, target: describeRedis(config.redis) }
+      : { ok: true, mode: "in-process", note: "single instance, no Redis configured" },
+    migrations: {
+      ok: migrations.unknown.length === 0,
+      applied: migrations.total,
+      latest: migrations.latest,
+      unknown: migrations.unknown,
+    },
+  };
+  const status = !dbCheck.ok
+    ? "unavailable"
+    : (redisCheck && !redisCheck.ok) || migrations.unknown.length
+    ? "degraded"
+    : "ok";
+  return {
+    status,
+    instance: config.instanceId,
+    version: VERSION,
+    uptimeS: Math.round((performance.now() - h.startedAt) / 1000),
+    mode: { database: db.mode, bus: bus.kind },
+    unavailable: h.unavailable,
+    checks,
+  };
+}
+
+/** Starts an instance; throws a RuntimeError (and leaves nothing running) if it can't. */
+export async function startRuntime(config: Config, options: StartOptions = {}): Promise<Runtime> {
+  const log = options.log ?? silentLogger;
+  const startedAt = performance.now();
+  const unavailable: Record<string, string> = {};
+  const redisOn = redisConfigured(config.redis);
+  if (config.database.url) {
+    log.info(`mode: PostgreSQL server ${redactUrl(config.database.url)}`);
+  } else {
+    log.info(
+      `mode: embedded PostgreSQL (PGlite) in ${config.dataDir}/pgdata; ` +
+        `unavailable in this mode: replication, failover, physical backups`,
+    );
+    Object.assign(unavailable, NEEDS_SERVER_DB);
+  }
+  if (redisOn) {
+    log.info(`mode: Redis ${describeRedis(config.redis)}`);
+  } else {
+    log.info(
+      "mode: in-process message bus (no REDIS_URL): single instance; " +
+        "unavailable in this mode: cluster membership, cross-instance messages, leases",
+    );
+    Object.assign(unavailable, NEEDS_REDIS);
+  }
+
+  const cleanups: (() => Promise<void>)[] = [];
+  async function cleanup(): Promise<void> {
+    for (const fn of cleanups.reverse()) await fn().catch(() => {});
+    cleanups.length = 0;
+  }
+  try {
+    const secret = await loadSecretKey(config.secretKey, { dataDir: config.dataDir });
+    if (secret.source === "generated") {
+      log.warn(
+        `generated a new secret key in ${secret.path}; instances of one cluster must share ` +
+          "one key: set RS_SECRET_KEY on each",
+      );
+    } else if (secret.source === "file" && config.database.url) {
+      log.warn(`using the secret key from ${secret.path}; set RS_SECRET_KEY on every instance`);
+    }
+
+    const db = await openDatabase({
+      url: config.database.url,
+      dataDir: config.dataDir,
+      poolSize: config.database.poolSize,
+      connectTimeoutS: config.database.connectTimeoutS,
+      queryTimeoutMs: config.database.queryTimeoutMs,
+      applicationName: `rootstream-${config.instanceId}`.slice(0, 63),
+      log: log.child("db"),
+    });
+    cleanups.push(() => db.close(config.shutdownTimeoutS));
+
+    const migrations = await migrate(db.sql, { log: log.child("migrate") });
+    log.info("database ready", {
+      target: db.describe,
+      migrationsApplied: migrations.applied.length,
+      latest: migrations.latest,
+    });
+
+    const keyspace = createKeyspace(config.redis.keyPrefix);
+    let redis: Redis | null = null;
+    let bus: MessageBus;
+    if (redisOn) {
+      const client = createRedisClient(config.redis, {
+        name: `rs-${config.instanceId}`,
+        log: log.child("redis"),
+      });
+      redis = client;
+      cleanups.push(() => closeRedis(client));
+      try {
+        await client.connect();
+      } catch (err) {
+        // Redis being down must not stop the instance: it reconnects in the background
+        // and /health says degraded until then.
+        log.warn("redis unreachable at start-up; retrying in the background", {
+          error: err instanceof Error ? err.message : String(err),
+        });
+      }
+      bus = createRedisBus(client, { keyspace, log: log.child("bus") });
+    } else {
+      bus = createLocalBus({ log: log.child("bus") });
+    }
+    cleanups.push(() => bus.close());
+
+    const health = () =>
+      checkHealth({ config, db, redis, bus, migrations, unavailable, startedAt });
+
+    const app = createApp({ health, log: log.child("http") });
+    addStreamRoutes(app, { sql: db.sql });
+    let url = "";
+    if (options.serve !== false) {
+      const server = Deno.serve({
+        port: config.http.port,
+        hostname: config.http.host,
+        onListen: () => {},
+      }, app.fetch);
+      cleanups.push(() => server.shutdown());
+      const addr = server.addr as Deno.NetAddr;
+      const shownHost = addr.hostname === "0.0.0.0" || addr.hostname === "::"
+        ? "localhost"
+        : addr.hostname.includes(":")
+        ? `[${addr.hostname}]`
+        : addr.hostname;
+      url = `http://${shownHost}:${addr.port}`;
+    }
+
+    let stopping: Promise<void> | null = null;
+    return {
+      config,
+      url,
+      db,
+      redis,
+      bus,
+      keyspace,
+      secretKey: secret.key,
+      app,
+      migrations,
+      health,
+      stop() {
+        stopping ??= (async () => {
+          log.info("stopping");
+          await cleanup();
+          log.info("stopped");
+        })();
+        return stopping;
+      },
+    };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}

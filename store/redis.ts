@@ -1,0 +1,173 @@
+/**
+ * The one Redis client module: connection (direct or through Sentinel), the key
+ * namespace helper, and a health probe.
+ *
+ * Every key and channel the runtime touches is built by {@linkcode createKeyspace}, so
+ * one prefix (RS_KEY_PREFIX) isolates a deployment and nothing else invents key names.
+ * @module
+ */
+import { Redis, type RedisOptions } from "ioredis";
+import { RuntimeError } from "../lib/errors.ts";
+import { type Logger, silentLogger } from "../lib/log.ts";
+
+/** Redis connection settings (the `redis` part of the runtime config). */
+export interface RedisSettings {
+  /** redis:// URL; with sentinels it only carries the password / db of the data nodes. */
+  url: string | null;
+  /** Sentinel endpoints; when non-empty the master is discovered through them. */
+  sentinels: { host: string; port: number }[];
+  /** Name of the monitored master. */
+  sentinelMaster: string;
+  /** Password of the Sentinels themselves. */
+  sentinelPassword: string | null;
+  /** Namespace prefix of every key and channel. */
+  keyPrefix: string;
+}
+
+/** Builds namespaced Redis key and channel names. */
+export interface Keyspace {
+  /** The prefix every name starts with. */
+  readonly prefix: string;
+  /** `prefix + parts.join(":")`; parts must be non-empty and free of control characters. */
+  key(...parts: (string | number)[]): string;
+  /** A pub/sub channel name (same rules, under `prefix + "ch:"`). */
+  channel(...parts: (string | number)[]): string;
+}
+
+/** Creates the key/channel namer for a prefix such as `rs:`. */
+export function createKeyspace(prefix: string): Keyspace {
+  function join(parts: (string | number)[]): string {
+    if (parts.length === 0) throw new TypeError("A Redis key needs at least one part");
+    return parts.map((p) => {
+      const s = String(p);
+      // deno-lint-ignore no-control-regex
+      if (s === "" || /[\s\x00-\x1f]/.test(s)) {
+        throw new TypeError(`Invalid Redis key part: ${JSON.stringify(s)}`);
+      }
+      return s;
+    }).join(":");
+  }
+  return {
+    prefix,
+    key: (...parts) => prefix + join(parts),
+    channel: (...parts) => prefix + "ch:" + join(parts),
+  };
+}
+
+/** True when the settings name a Redis server (URL or Sentinels). */
+export function redisConfigured(settings: RedisSettings): boolean {
+  return settings.url !== null || settings.sentinels.length > 0;
+}
+
+/** Describes the target for logs, password masked. */
+export function describeRedis(settings: RedisSettings): string {
+  if (settings.sentinels.length > 0) {
+    return `sentinel master "${settings.sentinelMaster}" via ${
+      settings.sentinels.map((s) => `${s.host}:${s.port}`).join(",")
+    }`;
+  }
+  if (!settings.url) return "none";
+  const u = new URL(settings.url);
+  if (u.password) u.password = "***";
+  return u.toString();
+}
+
+/** Options of {@linkcode createRedisClient}. */
+export interface RedisClientOptions {
+  /** Connection name shown in CLIENT LIST. */
+  name?: string;
+  /** Where connection changes are logged. */
+  log?: Logger;
+  /** Extra ioredis options (tests shorten retry timings). */
+  overrides?: Partial<RedisOptions>;
+}
+
+/**
+ * Opens an ioredis client for the settings. Connects lazily, retries forever with
+ * capped backoff (a Redis outage must not kill the process) and fails queued commands
+ * fast while disconnected so callers get REDIS_UNAVAILABLE instead of hanging.
+ */
+export function createRedisClient(
+  settings: RedisSettings,
+  options: RedisClientOptions = {},
+): Redis {
+  if (!redisConfigured(settings)) {
+    throw new RuntimeError("REDIS_UNAVAILABLE", "Redis is not configured: set REDIS_URL");
+  }
+  const log = options.log ?? silentLogger;
+  const u = settings.url ? new URL(settings.url) : null;
+  const common: RedisOptions = {
+    connectionName: options.name ?? "rootstream",
+    lazyConnect: true,
+    maxRetriesPerRequest: 2,
+    enableOfflineQueue: true,
+    connectTimeout: 3000,
+    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2000),
+    password: u?.password ? decodeURIComponent(u.password) : undefined,
+    username: u?.username ? decodeURIComponent(u.username) : undefined,
+    db: u && u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0,
+    ...options.overrides,
+  };
+  const client = settings.sentinels.length > 0
+    ? new Redis({
+      ...common,
+      sentinels: settings.sentinels,
+      name: settings.sentinelMaster,
+      sentinelPassword: settings.sentinelPassword ?? undefined,
+      sentinelRetryStrategy: (times) => Math.min(100 * times, 2000),
+      // Re-resolve the master after a switch instead of staying on a demoted node.
+      failoverDetector: true,
+    })
+    : new Redis({
+      ...common,
+      host: u!.hostname,
+      port: u!.port ? Number(u!.port) : 6379,
+      tls: u!.protocol === "rediss:" ? {} : undefined,
+    });
+  let wasReady = false;
+  client.on("ready", () => {
+    if (wasReady) log.info("redis reconnected", { name: common.connectionName });
+    wasReady = true;
+  });
+  client.on("error", (err: Error) => {
+    log.debug("redis connection error", { name: common.connectionName, error: err.message });
+  });
+  client.on("+switch-master", () => log.warn("redis master switched"));
+  return client;
+}
+
+/** Sends PING within `timeoutMs`; never throws. */
+export async function pingRedis(
+  client: Redis,
+  timeoutMs = 1000,
+): Promise<{ ok: boolean; latencyMs: number; error?: string }> {
+  const started = performance.now();
+  let timer: number | undefined;
+  try {
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+    });
+    const ping = client.ping();
+    ping.catch(() => {});
+    const answer = await Promise.race([ping, timeout]);
+    if (answer !== "PONG") throw new Error(`unexpected answer ${answer}`);
+    return { ok: true, latencyMs: Math.round((performance.now() - started) * 10) / 10 };
+  } catch (err) {
+    return {
+      ok: false,
+      latencyMs: Math.round(performance.now() - started),
+      error: err instanceof Error ? err.message : String(err),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Closes a client: QUIT when connected, disconnect otherwise; never throws. */
+export async function closeRedis(client: Redis): Promise<void> {
+  if (client.status === "ready") {
+    await client.quit().catch(() => client.disconnect());
+  } else {
+    client.disconnect();
+  }
+}

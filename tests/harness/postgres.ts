@@ -1,0 +1,372 @@
+/**
+ * Throw-away PostgreSQL 15 servers for integration tests: primaries copied from a
+ * per-process initdb template, and streaming replicas made with pg_basebackup.
+ *
+ * Each server is a direct child of the test process (so its pid is the postmaster's),
+ * runs as the `postgres` OS user when the tests run as root, listens on 127.0.0.1 on a
+ * free port, and is stopped by pid. Node-specific settings (port, socket dir,
+ * cluster_name, `settings`) are passed on the command line because pg_basebackup and
+ * pg_rewind copy the configuration files.
+ *
+ * @example
+ * ```ts
+ * await using pg = await startPostgres();
+ * const url = await pg.createDatabase();
+ * ```
+ * @module
+ */
+import { baseDir, serverDir } from "./_base.ts";
+import {
+  AS_POSTGRES,
+  chownPostgres,
+  HarnessError,
+  PG_BIN,
+  randomHex,
+  run,
+  runOk,
+  sleep,
+} from "./_process.ts";
+import { ManagedServer, POLL_MS } from "./_server.ts";
+import { freePort } from "./ports.ts";
+
+/** A running (or stopped) throw-away PostgreSQL server. */
+export interface PgServer extends AsyncDisposable {
+  /** cluster_name, and the application_name a replica streams under. */
+  readonly name: string;
+  /** TCP port on 127.0.0.1. */
+  readonly port: number;
+  /** The data directory (owned by the `postgres` OS user when running as root). */
+  readonly dataDir: string;
+  /** The unix socket directory. */
+  readonly socketDir: string;
+  /** `postgres://postgres@127.0.0.1:PORT/postgres`. */
+  readonly url: string;
+  /** Postmaster pid of the current run (changes after a restart). */
+  readonly pid: number;
+  /** URL of another database on this server. */
+  urlFor(database: string): string;
+  /** Creates a database (random safe name if omitted) and returns its URL. */
+  createDatabase(name?: string): Promise<string>;
+  /** Runs SQL with `psql -X -q -At`; returns stdout trimmed; throws with stderr on failure. */
+  psql(sql: string, opts?: { database?: string }): Promise<string>;
+  /** Fast shutdown (SIGINT), waiting for the exit; idempotent. */
+  stop(): Promise<void>;
+  /** Sends `signal` (default SIGKILL); for a fatal signal waits until postmaster and children are gone. */
+  kill(signal?: Deno.Signal): Promise<void>;
+  /** (Re)starts on the same data dir and port; waits until it accepts connections. */
+  start(): Promise<void>;
+  /** Stops the server and removes its directories. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Options of {@linkcode startPostgres}. */
+export interface StartPostgresOptions {
+  /** cluster_name (default `pgN`). */
+  name?: string;
+  /** Extra per-node settings, passed as `-c key=value` on the command line. */
+  settings?: Record<string, string | number>;
+}
+
+/** Options of {@linkcode startReplica}. */
+export interface StartReplicaOptions extends StartPostgresOptions {
+  /** Physical replication slot on the primary (created when missing). */
+  slot?: string;
+}
+
+/** Node-independent settings every server (and every copy of its config) gets. */
+const COMMON_CONF = `
+# --- rootstream test harness ---
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+hot_standby = on
+wal_log_hints = on                # pg_rewind needs it
+wal_keep_size = 256MB
+fsync = off                       # test-only speed-up
+full_page_writes = on             # pg_rewind needs it
+shared_buffers = 32MB
+wal_receiver_status_interval = 1s
+wal_retrieve_retry_interval = 500ms
+log_min_messages = warning
+log_line_prefix = '%m [%p] '
+`;
+
+const PSQL_ENV = {
+  PGCONNECT_TIMEOUT: "5",
+  PGOPTIONS: "-c client_min_messages=warning",
+};
+
+let counter = 0;
+let templatePromise: Promise<string> | undefined;
+
+/** Starts a fresh PostgreSQL 15 primary on a free port and waits until it accepts connections. */
+export async function startPostgres(opts: StartPostgresOptions = {}): Promise<PgServer> {
+  const name = checkName(opts.name ?? `pg${++counter}`);
+  const settings = settingsArgs(opts.settings);
+  const template = await templateDir();
+  const dir = await serverDir(`pg-${name}`);
+  const server = new PgNode(dir, await freePort(), { name, settings });
+  try {
+    await chownPostgres(dir);
+    await Deno.mkdir(server.socketDir, { mode: 0o700 });
+    await chownPostgres(server.socketDir);
+    // -a keeps the postgres ownership and the 0700 mode initdb gave the data directory.
+    await runOk(["cp", "-a", template, server.dataDir]);
+    await server.launchNew();
+    return server;
+  } catch (err) {
+    await server[Symbol.asyncDispose]();
+    throw err;
+  }
+}
+
+/**
+ * Starts a streaming replica of `primary`: pg_basebackup -R into a new data directory,
+ * then waits until it is in recovery and its WAL receiver is streaming.
+ */
+export async function startReplica(
+  primary: PgServer,
+  opts: StartReplicaOptions = {},
+): Promise<PgServer> {
+  const name = checkName(opts.name ?? `pg${++counter}`);
+  const settings = settingsArgs(opts.settings);
+  const dir = await serverDir(`pg-${name}`);
+  const server = new PgNode(dir, await freePort(), { name, settings });
+  try {
+    await chownPostgres(dir);
+    await Deno.mkdir(server.socketDir, { mode: 0o700 });
+    await chownPostgres(server.socketDir);
+    const slotArgs: string[] = [];
+    if (opts.slot !== undefined) {
+      const slot = checkIdentifier(opts.slot, "slot");
+      const exists = await primary.psql(
+        `select count(*) from pg_replication_slots where slot_name = '${slot}'`,
+      );
+      slotArgs.push(...(exists === "0" ? ["-C"] : []), "-S", slot);
+    }
+    await runOk([
+      ...AS_POSTGRES,
+      `${PG_BIN}/pg_basebackup`,
+      "-h",
+      "127.0.0.1",
+      "-p",
+      String(primary.port),
+      "-U",
+      "postgres",
+      "-D",
+      server.dataDir,
+      "-R",
+      "-X",
+      "stream",
+      "-c",
+      "fast",
+      "--no-sync",
+      ...slotArgs,
+    ], { cwd: dir, env: PSQL_ENV });
+    await server.launchNew();
+    await server.waitFor(
+      "select pg_is_in_recovery() and exists " +
+        "(select 1 from pg_stat_wal_receiver where status = 'streaming')",
+    );
+    return server;
+  } catch (err) {
+    await server[Symbol.asyncDispose]();
+    throw err;
+  }
+}
+
+class PgNode extends ManagedServer implements PgServer {
+  readonly name: string;
+  readonly dataDir: string;
+  readonly socketDir: string;
+  protected readonly label: string;
+  protected readonly stopSignal: Deno.Signal = "SIGINT";
+  protected readonly bindError =
+    /could not bind IPv4 address|could not create any TCP\/IP sockets|Address already in use/;
+  readonly #settings: string[];
+
+  constructor(dir: string, port: number, opts: { name: string; settings: string[] }) {
+    super(dir, port, "server.log");
+    this.name = opts.name;
+    this.label = `PostgreSQL ${opts.name}`;
+    this.dataDir = `${dir}/data`;
+    this.socketDir = `${dir}/sock`;
+    this.#settings = opts.settings;
+  }
+
+  get url(): string {
+    return this.urlFor("postgres");
+  }
+
+  urlFor(database: string): string {
+    return `postgres://postgres@127.0.0.1:${this.port}/${encodeURIComponent(database)}`;
+  }
+
+  async createDatabase(name?: string): Promise<string> {
+    const db = checkIdentifier(name ?? `db_${randomHex(6)}`, "database");
+    await this.psql(`create database "${db}"`);
+    return this.urlFor(db);
+  }
+
+  async psql(sql: string, opts: { database?: string } = {}): Promise<string> {
+    const result = await run([
+      `${PG_BIN}/psql`,
+      "-X",
+      "-q",
+      "-At",
+      "-v",
+      "ON_ERROR_STOP=1",
+      "-h",
+      "127.0.0.1",
+      "-p",
+      String(this.port),
+      "-U",
+      "postgres",
+      "-d",
+      opts.database ?? "postgres",
+      "-f",
+      "-",
+    ], { stdin: sql, env: PSQL_ENV });
+    if (result.code !== 0) {
+      throw new HarnessError(
+        "COMMAND_FAILED",
+        `Query failed on ${this.label}: ${
+          result.stderr.trim() || `psql exited with code ${result.code}`
+        }`,
+      );
+    }
+    return result.stdout.trim();
+  }
+
+  /** First start: a taken port moves the server to a fresh one. */
+  launchNew(): Promise<void> {
+    return this.exclusive(() => this.launch({ retryPort: true }));
+  }
+
+  /** Polls `sql` until it returns `t` (or the server dies / 30 s pass). */
+  async waitFor(sql: string, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = "";
+    while (Date.now() < deadline) {
+      if (!this.running) {
+        throw new HarnessError("SERVER_START_FAILED", `${this.label} exited while waiting: ${sql}`);
+      }
+      try {
+        if ((last = await this.psql(sql)) === "t") return;
+      } catch (err) {
+        last = String(err);
+      }
+      await sleep(POLL_MS);
+    }
+    throw new HarnessError(
+      "SERVER_START_FAILED",
+      `Timed out on ${this.label} after ${timeoutMs} ms waiting for: ${sql} (last answer: ${last})`,
+    );
+  }
+
+  protected argv(port: number): string[] {
+    return [
+      ...AS_POSTGRES,
+      `${PG_BIN}/postgres`,
+      "-D",
+      this.dataDir,
+      "-p",
+      String(port),
+      "-c",
+      "listen_addresses=127.0.0.1",
+      "-c",
+      `unix_socket_directories=${this.socketDir}`,
+      "-c",
+      `cluster_name=${this.name}`,
+      ...this.#settings,
+    ];
+  }
+
+  /** Ready when postmaster.pid names this pid and says `ready` (primary) or `standby` (hot standby). */
+  protected async isReady(pid: number): Promise<boolean> {
+    let lines: string[];
+    try {
+      lines = (await Deno.readTextFile(`${this.dataDir}/postmaster.pid`)).split("\n");
+    } catch {
+      return false;
+    }
+    const status = lines[7]?.trim();
+    return Number(lines[0]) === pid && (status === "ready" || status === "standby");
+  }
+
+  /**
+   * We own the data directory and none of our postmasters runs on it now, so a
+   * postmaster.pid left by a killed run is stale; drop it so a reused pid cannot make
+   * PostgreSQL refuse to start. (The shared-memory interlock does not depend on it.)
+   */
+  protected override async beforeLaunch(): Promise<void> {
+    await Deno.remove(`${this.dataDir}/postmaster.pid`).catch(() => {});
+  }
+}
+
+/** The per-process initdb template, created once (concurrent callers share the promise). */
+function templateDir(): Promise<string> {
+  templatePromise ??= createTemplate().catch((err) => {
+    templatePromise = undefined;
+    throw err;
+  });
+  return templatePromise;
+}
+
+async function createTemplate(): Promise<string> {
+  const dir = `${await baseDir()}/template`;
+  await Deno.mkdir(dir, { mode: 0o755 });
+  await chownPostgres(dir);
+  const data = `${dir}/data`;
+  await runOk([
+    ...AS_POSTGRES,
+    `${PG_BIN}/initdb`,
+    "-D",
+    data,
+    "-A",
+    "trust",
+    "-U",
+    "postgres",
+    "-E",
+    "UTF8",
+    "--locale=C",
+    "--no-sync",
+    "--no-instructions",
+  ], { cwd: dir });
+  await Deno.writeTextFile(`${data}/postgresql.conf`, COMMON_CONF, { append: true });
+  const hba = await Deno.readTextFile(`${data}/pg_hba.conf`);
+  if (!/^host\s+replication\s+all\s+127\.0\.0\.1\/32\s+trust/m.test(hba)) {
+    await Deno.writeTextFile(
+      `${data}/pg_hba.conf`,
+      "host    replication     all             127.0.0.1/32            trust\n",
+      { append: true },
+    );
+  }
+  return data;
+}
+
+function settingsArgs(settings: Record<string, string | number> = {}): string[] {
+  return Object.entries(settings).flatMap(([key, value]) => {
+    if (!/^[a-z_][a-z0-9_.]*$/i.test(key)) {
+      throw new HarnessError("INVALID_ARGUMENT", `Invalid PostgreSQL setting name: ${key}`);
+    }
+    return ["-c", `${key}=${value}`];
+  });
+}
+
+function checkName(name: string): string {
+  if (!/^[A-Za-z0-9_.-]{1,40}$/.test(name)) {
+    throw new HarnessError("INVALID_ARGUMENT", `Invalid server name: ${JSON.stringify(name)}`);
+  }
+  return name;
+}
+
+function checkIdentifier(name: string, what: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) {
+    throw new HarnessError(
+      "INVALID_ARGUMENT",
+      `Invalid ${what} name: ${JSON.stringify(name)} (use lowercase letters, digits and _)`,
+    );
+  }
+  return name;
+}

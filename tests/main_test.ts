@@ -1,0 +1,137 @@
+/**
+ * `deno task run` as a user runs it: a separate process, real signals, real exit codes.
+ */
+import assert from "node:assert/strict";
+import { freePort, startPostgres, startRedis } from "./harness/mod.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+
+interface Instance {
+  child: Deno.ChildProcess;
+  url: string;
+  stderr: () => string;
+}
+
+/** Reads stdout until the "serving <url>" line; collects stderr for assertions. */
+async function launch(env: Record<string, string>, args: string[] = []): Promise<Instance> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "main.ts", ...args],
+    cwd: ROOT,
+    env: { ...env, RUST_BACKTRACE: "0" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let err = "";
+  (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) err += chunk;
+  })();
+  let out = "";
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const deadline = Date.now() + 60_000;
+  while (!/serving (http:\/\/\S+)/.test(out)) {
+    if (Date.now() > deadline) throw new Error(`no URL printed; stderr:\n${err}`);
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`exited before serving; stderr:\n${err}`);
+    out += value;
+  }
+  // Keep draining stdout so the child never blocks on a full pipe.
+  (async () => {
+    while (!(await reader.read()).done) { /* drain */ }
+  })();
+  return { child, url: /serving (http:\/\/\S+)/.exec(out)![1], stderr: () => err };
+}
+
+async function runToExit(env: Record<string, string>, args: string[] = []) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "main.ts", ...args],
+    cwd: ROOT,
+    env: { ...env, RUST_BACKTRACE: "0" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+Deno.test("main: invalid configuration stops start-up naming the variable", async () => {
+  const res = await runToExit({ RS_PORT: "eighty", LOG_FORMAT: "xml" });
+  assert.equal(res.code, 2);
+  assert.match(res.stderr, /RS_PORT \(--port\) must be an integer/);
+  assert.match(res.stderr, /LOG_FORMAT must be text or json, got "xml"/);
+  const flag = await runToExit({}, ["--port=-5"]);
+  assert.equal(flag.code, 2);
+  assert.match(flag.stderr, /RS_PORT \(--port\) must be an integer/);
+});
+
+Deno.test("main: an unreachable database is retried, then start-up fails clearly", async () => {
+  const port = await freePort();
+  const res = await runToExit({
+    DATABASE_URL: `postgres://postgres:pw@127.0.0.1:${port}/rootstream`,
+    DATABASE_CONNECT_TIMEOUT_S: "2",
+    RS_SECRET_KEY: KEY,
+  });
+  assert.equal(res.code, 1);
+  assert.match(res.stderr, /database unreachable, retrying/);
+  assert.match(res.stderr, /start-up failed: Cannot reach the database at .* after \d+ attempts/);
+  assert.match(res.stderr, /DATABASE_CONNECT_FAILED/);
+});
+
+Deno.test({
+  name: "main: with no environment it starts embedded and says what is unavailable",
+  fn: async () => {
+    const dataDir = await Deno.makeTempDir({ prefix: "rs-main-embedded-" });
+    const inst = await launch({ RS_DATA_DIR: dataDir, RS_PORT: "0", PATH: Deno.env.get("PATH")! });
+    try {
+      const res = await fetch(`${inst.url}/health`);
+      const body = await res.json();
+      assert.equal(res.status, 200);
+      assert.deepEqual(body.mode, { database: "embedded", bus: "in-process" });
+      assert.ok(body.unavailable.failover && body.unavailable.cluster);
+      const firstLines = inst.stderr().split("\n").slice(0, 2).join("\n");
+      assert.match(firstLines, /mode: embedded PostgreSQL \(PGlite\).*unavailable in this mode/);
+      assert.match(firstLines, /mode: in-process message bus/);
+      const secret = await Deno.stat(`${dataDir}/secret.key`);
+      assert.equal(secret.mode! & 0o077, 0, "the generated key is private to its owner");
+    } finally {
+      inst.child.kill("SIGTERM");
+      const status = await inst.child.status;
+      assert.equal(status.code, 0, inst.stderr());
+      assert.match(inst.stderr(), /received SIGTERM, shutting down/);
+      await Deno.remove(dataDir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("main: with DATABASE_URL and REDIS_URL it uses those servers, stops on SIGINT", async () => {
+  await using pg = await startPostgres();
+  await using redis = await startRedis();
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-main-server-" });
+  const inst = await launch({
+    DATABASE_URL: await pg.createDatabase(),
+    REDIS_URL: redis.url,
+    RS_SECRET_KEY: KEY,
+    RS_DATA_DIR: dataDir,
+  }, ["--port", "0", "--instance-id", "it-1"]);
+  try {
+    const body = await (await fetch(`${inst.url}/health`)).json();
+    assert.equal(body.status, "ok");
+    assert.equal(body.instance, "it-1");
+    assert.deepEqual(body.mode, { database: "postgres", bus: "redis" });
+    // The instance is really connected to these servers.
+    const clients = await redis.cli("CLIENT", "LIST");
+    assert.match(clients, /name=rs-it-1/);
+    const apps = await pg.psql(
+      "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rootstream-it-1'",
+    );
+    assert.ok(Number(apps) >= 1);
+  } finally {
+    inst.child.kill("SIGINT");
+    const status = await inst.child.status;
+    assert.equal(status.code, 0, inst.stderr());
+    assert.match(inst.stderr(), /received SIGINT/);
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});

@@ -1,0 +1,143 @@
+import assert from "node:assert/strict";
+import { createLocalBus, createRedisBus, type MessageBus } from "../../store/bus.ts";
+import {
+  closeRedis,
+  createKeyspace,
+  createRedisClient,
+  pingRedis,
+  type RedisSettings,
+} from "../../store/redis.ts";
+import { startRedis } from "../harness/mod.ts";
+
+function settings(url: string, prefix = "rs-test:"): RedisSettings {
+  return {
+    url,
+    sentinels: [],
+    sentinelMaster: "mymaster",
+    sentinelPassword: null,
+    keyPrefix: prefix,
+  };
+}
+
+/** Resolves with the next message on `channel`, or rejects after `ms`. */
+function nextMessage(bus: MessageBus, channel: string, ms = 3000) {
+  return new Promise<string>((resolve, reject) => {
+    let unsubscribe: (() => Promise<void>) | undefined;
+    const timer = setTimeout(() => {
+      unsubscribe?.();
+      reject(new Error(`no message on ${channel} within ${ms} ms`));
+    }, ms);
+    bus.subscribe(channel, (msg) => {
+      clearTimeout(timer);
+      unsubscribe?.();
+      resolve(msg);
+    }).then((u) => unsubscribe = u, reject);
+  });
+}
+
+async function until(check: () => boolean | Promise<boolean>, ms = 8000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+Deno.test("keyspace builds namespaced names and refuses bad parts", () => {
+  const ks = createKeyspace("rs:");
+  assert.equal(ks.key("session", "abc"), "rs:session:abc");
+  assert.equal(ks.key("stream", 12, "viewers"), "rs:stream:12:viewers");
+  assert.equal(ks.channel("cluster", "node-1"), "rs:ch:cluster:node-1");
+  assert.throws(() => ks.key(), /at least one part/);
+  assert.throws(() => ks.key("a", ""), /Invalid Redis key part/);
+  assert.throws(() => ks.key("a b"), /Invalid Redis key part/);
+  assert.throws(() => ks.key("a\r\nFLUSHALL"), /Invalid Redis key part/);
+});
+
+Deno.test("in-process bus delivers asynchronously and survives a throwing handler", async () => {
+  const bus = createLocalBus();
+  const got: string[] = [];
+  await bus.subscribe("c", () => {
+    throw new Error("boom");
+  });
+  const off = await bus.subscribe("c", (m) => got.push(m));
+  const published = bus.publish("c", "one");
+  assert.deepEqual(got, [], "delivery is not synchronous");
+  await published;
+  await new Promise((r) => setTimeout(r, 0));
+  assert.deepEqual(got, ["one"]);
+  assert.equal(bus.stats().handlerErrors, 1);
+  await off();
+  await bus.publish("c", "two");
+  await new Promise((r) => setTimeout(r, 0));
+  assert.deepEqual(got, ["one"]);
+  await bus.close();
+});
+
+Deno.test("redis client and bus against a real redis-server", async (t) => {
+  await using redis = await startRedis();
+  const a = createRedisClient(settings(redis.url), { name: "test-a" });
+  const b = createRedisClient(settings(redis.url), { name: "test-b" });
+  await a.connect();
+  await b.connect();
+  const busA = createRedisBus(a, { keyspace: createKeyspace("rs-test:") });
+  const busB = createRedisBus(b, { keyspace: createKeyspace("rs-test:") });
+  try {
+    await t.step("health probe answers PONG", async () => {
+      const h = await pingRedis(a);
+      assert.equal(h.ok, true);
+    });
+
+    await t.step("a message published on one connection reaches the other", async () => {
+      const received = nextMessage(busB, "greetings");
+      await new Promise((r) => setTimeout(r, 50));
+      await busA.publish("greetings", "hello");
+      assert.equal(await received, "hello");
+      // The wire name carries the namespace prefix.
+      const channels = await redis.cli("PUBSUB", "CHANNELS", "*");
+      assert.doesNotMatch(channels, /^greetings$/m);
+    });
+
+    await t.step("per-publisher order is kept", async () => {
+      const got: string[] = [];
+      const off = await busB.subscribe("ordered", (m) => got.push(m));
+      for (let i = 0; i < 200; i++) await busA.publish("ordered", String(i));
+      await until(() => got.length === 200);
+      assert.deepEqual(got, Array.from({ length: 200 }, (_, i) => String(i)));
+      await off();
+    });
+
+    await t.step("a throwing handler is counted and others still receive", async () => {
+      const got: string[] = [];
+      const off1 = await busB.subscribe("poison", () => {
+        throw new Error("handler bug");
+      });
+      const off2 = await busB.subscribe("poison", (m) => got.push(m));
+      await busA.publish("poison", "x");
+      await until(() => got.length === 1);
+      assert.ok(busB.stats().handlerErrors >= 1);
+      await off1();
+      await off2();
+    });
+
+    await t.step("after redis restarts, every subscription is restored", async () => {
+      const got: string[] = [];
+      const off = await busB.subscribe("durable-sub", (m) => got.push(m));
+      let resubscribed = 0;
+      busB.onResubscribed(() => resubscribed++);
+      await redis.kill("SIGKILL");
+      await redis.start();
+      await until(() => resubscribed > 0, 10000);
+      await until(async () => (await pingRedis(a)).ok, 10000);
+      await busA.publish("durable-sub", "after-restart");
+      await until(() => got.includes("after-restart"));
+      assert.equal(busB.stats().resubscribes, 1);
+      await off();
+    });
+  } finally {
+    await busA.close();
+    await busB.close();
+    await closeRedis(a);
+    await closeRedis(b);
+  }
+});
