@@ -6,7 +6,19 @@
 import type { Hono } from "hono";
 import type { Redis } from "ioredis";
 import { createApp, type HealthReport } from "./api/app.ts";
+import { addClusterRoutes } from "./api/cluster.ts";
 import { addStreamRoutes } from "./api/streams.ts";
+import { diagnosticsSpec } from "./actors/runtime/diagnostics.ts";
+import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
+import {
+  createMembership,
+  type LiveMember,
+  type MemberInfo,
+  type Membership,
+} from "./actors/runtime/membership.ts";
+import { startSupervisor, type Supervisor } from "./actors/runtime/supervisor.ts";
+import { createLocalTransport, createRedisTransport } from "./actors/runtime/transport.ts";
+import type { ActorSpec, RuntimeServices, Transport } from "./actors/runtime/types.ts";
 import { type Config, redactUrl } from "./lib/config.ts";
 import { type Logger, silentLogger } from "./lib/log.ts";
 import { loadSecretKey } from "./lib/secret_key.ts";
@@ -57,6 +69,14 @@ export interface Runtime {
   readonly app: Hono;
   /** Migrations applied at start-up. */
   readonly migrations: MigrationReport;
+  /** The root supervisor and its children. */
+  readonly supervisor: Supervisor;
+  /** Messaging between instances. */
+  readonly transport: Transport;
+  /** Live view of every actor. */
+  readonly inspector: Inspector;
+  /** Cluster membership, or null without Redis. */
+  readonly membership: Membership | null;
   /** Runs the live health checks. */
   health(): Promise<HealthReport>;
   /** Graceful stop: HTTP first, then the bus, Redis and the database. Idempotent. */
@@ -69,6 +89,8 @@ export interface StartOptions {
   log?: Logger;
   /** Start the HTTP server (default true); tests may use `app.request()` only. */
   serve?: boolean;
+  /** Extra registry entries, started after the built-in ones (tests, embedders). */
+  actors?: ActorSpec[];
 }
 
 /** What the health check looks at. */
@@ -80,6 +102,7 @@ interface HealthInputs {
   migrations: MigrationReport;
   unavailable: Record<string, string>;
   startedAt: number;
+  supervisor: Supervisor;
 }
 
 /**
@@ -88,6 +111,7 @@ interface HealthInputs {
  */
 async function checkHealth(h: HealthInputs): Promise<HealthReport> {
   const { config, db, redis, bus, migrations } = h;
+  const sup = h.supervisor.state();
   const [dbCheck, redisCheck] = await Promise.all([
     db.ping(2000),
     redis ? pingRedis(redis, 1000) : Promise.resolve(null),
@@ -103,10 +127,11 @@ async function checkHealth(h: HealthInputs): Promise<HealthReport> {
       latest: migrations.latest,
       unknown: migrations.unknown,
     },
+    actors: { ok: sup.state === "healthy", state: sup.state, reason: sup.reason },
   };
   const status = !dbCheck.ok
     ? "unavailable"
-    : (redisCheck && !redisCheck.ok) || migrations.unknown.length
+    : (redisCheck && !redisCheck.ok) || migrations.unknown.length || sup.state !== "healthy"
     ? "degraded"
     : "ok";
   return {
@@ -204,19 +229,103 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     }
     cleanups.push(() => bus.close());
 
+    const inspector = createInspector({
+      summarize: (id, snapshot) => specsById.get(id)?.summarize?.(snapshot as never),
+    });
+    const specsById = new Map<string, ActorSpec>();
+    let supervisor: Supervisor | null = null;
+    const localActors = {
+      spec: (id: string) => specsById.get(id),
+      ref: (id: string) => supervisor?.ref(id),
+    };
+    const transportOptions = {
+      instanceId: config.instanceId,
+      actors: localActors,
+      bus,
+      log: log.child("transport"),
+    };
+    const transport = redis
+      ? createRedisTransport(redis, { ...transportOptions, keyspace })
+      : createLocalTransport(transportOptions);
+    cleanups.push(() => transport.close());
+
+    let url = "";
+    let advertised = config.publicUrl ?? "";
+    const startedAtMs = Date.now();
+    const selfInfo = (): MemberInfo => ({
+      id: config.instanceId,
+      url: advertised,
+      version: VERSION,
+      startedAt: startedAtMs,
+      roles: [],
+      actors: inspector.list()
+        .filter((v) => v.path.split("/").length === 2)
+        .map((v) => ({ id: v.id, state: v.state, status: v.status, summary: v.summary })),
+    });
+    const membership = redis
+      ? createMembership(redis, {
+        keyspace,
+        instanceId: config.instanceId,
+        info: selfInfo,
+        heartbeatMs: config.cluster.heartbeatMs,
+        deadAfterMs: config.cluster.deadAfterMs,
+        log: log.child("cluster"),
+      })
+      : null;
+    if (membership) cleanups.push(() => membership.deregister());
+
+    const services: RuntimeServices = {
+      config,
+      instanceId: config.instanceId,
+      log,
+      db,
+      redis,
+      keyspace,
+      bus,
+      transport,
+      now: Date.now,
+    };
+    const specs: ActorSpec[] = [
+      ...(membership ? [membership.spec] : []),
+      diagnosticsSpec({ instanceId: config.instanceId, now: Date.now }),
+      ...(options.actors ?? []),
+    ];
+    for (const spec of specs) specsById.set(spec.id, spec);
+    // Routes and the HTTP server exist before the actors start, so the first heartbeat
+    // already advertises this instance's URL; `supervisor` is bound just below.
+    await transport.start();
+
     const health = () =>
-      checkHealth({ config, db, redis, bus, migrations, unavailable, startedAt });
+      checkHealth({
+        config,
+        db,
+        redis,
+        bus,
+        migrations,
+        unavailable,
+        startedAt,
+        supervisor: supervisor!,
+      });
 
     const app = createApp({ health, log: log.child("http") });
     addStreamRoutes(app, { sql: db.sql });
-    let url = "";
+    const shutdown = new AbortController();
+    addClusterRoutes(app, {
+      instanceId: config.instanceId,
+      inspector,
+      supervisor: () => ({ ...supervisor!.state(), children: supervisor!.children() }),
+      members: membership ? () => membership.members() : null,
+      self: (): LiveMember => ({ ...selfInfo(), heartbeatAgeMs: 0 }),
+      transportStats: () => transport.stats(),
+      signal: shutdown.signal,
+    });
+    let server: Deno.HttpServer | null = null;
     if (options.serve !== false) {
-      const server = Deno.serve({
+      server = Deno.serve({
         port: config.http.port,
         hostname: config.http.host,
         onListen: () => {},
       }, app.fetch);
-      cleanups.push(() => server.shutdown());
       const addr = server.addr as Deno.NetAddr;
       const shownHost = addr.hostname === "0.0.0.0" || addr.hostname === "::"
         ? "localhost"
@@ -225,6 +334,23 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         : addr.hostname;
       url = `http://${shownHost}:${addr.port}`;
     }
+    if (!config.publicUrl) advertised = url;
+    const started = startSupervisor({
+      specs,
+      services,
+      inspector,
+      maxRestarts: config.supervisor.maxRestarts,
+      withinMs: config.supervisor.withinMs,
+      log: log.child("supervisor"),
+    });
+    supervisor = started;
+    cleanups.push(() => Promise.resolve(started.stop()));
+    // Stopping runs in reverse: HTTP first (event streams end so shutdown can finish),
+    // then the actors, then transport, bus, Redis and the database.
+    cleanups.push(async () => {
+      shutdown.abort();
+      await server?.shutdown();
+    });
 
     let stopping: Promise<void> | null = null;
     return {
@@ -237,6 +363,10 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       secretKey: secret.key,
       app,
       migrations,
+      supervisor: started,
+      transport,
+      inspector,
+      membership,
       health,
       stop() {
         stopping ??= (async () => {

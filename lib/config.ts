@@ -98,6 +98,31 @@ export const SETTINGS: readonly SettingDoc[] = [
   },
   { env: "LOG_FORMAT", default: "text", description: "text or json" },
   {
+    env: "RS_PUBLIC_URL",
+    default: "(the listen address)",
+    description: "URL other instances and the console use to reach this one",
+  },
+  {
+    env: "RS_HEARTBEAT_MS",
+    default: "500",
+    description: "Cluster heartbeat period",
+  },
+  {
+    env: "RS_DEAD_AFTER_MS",
+    default: "2000",
+    description: "An instance silent this long is dead (noticed within this plus one heartbeat)",
+  },
+  {
+    env: "RS_MAX_RESTARTS",
+    default: "5",
+    description: "Failures of one actor tolerated within RS_RESTART_WINDOW_S before it is given up",
+  },
+  {
+    env: "RS_RESTART_WINDOW_S",
+    default: "60",
+    description: "Restart-intensity window of the supervisor",
+  },
+  {
     env: "RS_SHUTDOWN_TIMEOUT_S",
     default: "10",
     description: "Grace period for in-flight work on SIGINT/SIGTERM",
@@ -128,6 +153,10 @@ export interface Config {
   secretKey: Uint8Array | null;
   log: { level: "debug" | "info" | "warn" | "error"; format: "text" | "json" };
   shutdownTimeoutS: number;
+  /** Advertised URL, or null to derive it from the listen address. */
+  publicUrl: string | null;
+  cluster: { heartbeatMs: number; deadAfterMs: number };
+  supervisor: { maxRestarts: number; withinMs: number };
 }
 
 function intIn(min: number, max: number, what: string) {
@@ -185,6 +214,14 @@ const schema = z.object({
   }).default("info"),
   LOG_FORMAT: z.enum(["text", "json"], { message: "text or json" }).default("text"),
   RS_SHUTDOWN_TIMEOUT_S: intIn(0, 600, "seconds").default(10),
+  RS_PUBLIC_URL: urlWith(["http:", "https:"], "http://host:8080").optional(),
+  RS_HEARTBEAT_MS: intIn(50, 60_000, "milliseconds").default(500),
+  RS_DEAD_AFTER_MS: intIn(100, 600_000, "milliseconds").default(2000),
+  RS_MAX_RESTARTS: intIn(0, 1000, "failures").default(5),
+  RS_RESTART_WINDOW_S: intIn(1, 86_400, "seconds").default(60),
+}).refine((c) => c.RS_DEAD_AFTER_MS >= 2 * c.RS_HEARTBEAT_MS, {
+  message: "at least twice RS_HEARTBEAT_MS, so one late heartbeat does not declare death",
+  path: ["RS_DEAD_AFTER_MS"],
 });
 
 function decodeKey(s: string): Uint8Array | null {
@@ -297,6 +334,9 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     secretKey,
     log: { level: c.LOG_LEVEL, format: c.LOG_FORMAT },
     shutdownTimeoutS: c.RS_SHUTDOWN_TIMEOUT_S,
+    publicUrl: c.RS_PUBLIC_URL ?? null,
+    cluster: { heartbeatMs: c.RS_HEARTBEAT_MS, deadAfterMs: c.RS_DEAD_AFTER_MS },
+    supervisor: { maxRestarts: c.RS_MAX_RESTARTS, withinMs: c.RS_RESTART_WINDOW_S * 1000 },
   };
 }
 

@@ -3,44 +3,9 @@
  */
 import assert from "node:assert/strict";
 import { freePort, startPostgres, startRedis } from "./harness/mod.ts";
+import { launchInstance as launch, ROOT } from "./support/instance.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
-
-interface Instance {
-  child: Deno.ChildProcess;
-  url: string;
-  stderr: () => string;
-}
-
-/** Reads stdout until the "serving <url>" line; collects stderr for assertions. */
-async function launch(env: Record<string, string>, args: string[] = []): Promise<Instance> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "main.ts", ...args],
-    cwd: ROOT,
-    env: { ...env, RUST_BACKTRACE: "0" },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let err = "";
-  (async () => {
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) err += chunk;
-  })();
-  let out = "";
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const deadline = Date.now() + 60_000;
-  while (!/serving (http:\/\/\S+)/.test(out)) {
-    if (Date.now() > deadline) throw new Error(`no URL printed; stderr:\n${err}`);
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`exited before serving; stderr:\n${err}`);
-    out += value;
-  }
-  // Keep draining stdout so the child never blocks on a full pipe.
-  (async () => {
-    while (!(await reader.read()).done) { /* drain */ }
-  })();
-  return { child, url: /serving (http:\/\/\S+)/.exec(out)![1], stderr: () => err };
-}
 
 async function runToExit(env: Record<string, string>, args: string[] = []) {
   const out = await new Deno.Command(Deno.execPath(), {
@@ -96,8 +61,7 @@ Deno.test({
       const secret = await Deno.stat(`${dataDir}/secret.key`);
       assert.equal(secret.mode! & 0o077, 0, "the generated key is private to its owner");
     } finally {
-      inst.child.kill("SIGTERM");
-      const status = await inst.child.status;
+      const status = await inst.stop("SIGTERM");
       assert.equal(status.code, 0, inst.stderr());
       assert.match(inst.stderr(), /received SIGTERM, shutting down/);
       await Deno.remove(dataDir, { recursive: true });
@@ -128,8 +92,7 @@ Deno.test("main: with DATABASE_URL and REDIS_URL it uses those servers, stops on
     );
     assert.ok(Number(apps) >= 1);
   } finally {
-    inst.child.kill("SIGINT");
-    const status = await inst.child.status;
+    const status = await inst.stop("SIGINT");
     assert.equal(status.code, 0, inst.stderr());
     assert.match(inst.stderr(), /received SIGINT/);
     await Deno.remove(dataDir, { recursive: true });

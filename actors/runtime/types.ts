@@ -46,7 +46,10 @@ export interface RequestHandler {
   /** Validates the request event. */
   schema: z.ZodType<RemoteEvent>;
   /** Produces the reply (JSON-serialisable); a thrown RuntimeError becomes an error reply. */
-  handle(event: RemoteEvent, ctx: { ref: AnyActorRef | undefined; meta: DeliveryMeta }): Promise<unknown>;
+  handle(
+    event: RemoteEvent,
+    ctx: { ref: AnyActorRef | undefined; meta: DeliveryMeta },
+  ): Promise<unknown>;
 }
 
 /** Messaging between instances; each path states its delivery guarantee. */

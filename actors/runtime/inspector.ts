@@ -1,0 +1,155 @@
+/**
+ * Live view of every state machine actor in the runtime, fed by XState's inspection API.
+ *
+ * Pass `inspector.inspect` as the `inspect` option of the root actor; the inspector keeps
+ * each machine actor's latest state value and a context summary, a bounded log of recent
+ * transitions, and notifies subscribers (the SSE stream, the membership heartbeat).
+ * Subscribers that throw are isolated: they never break the actors being inspected.
+ * @module
+ */
+import type { AnyActorRef, InspectionEvent } from "xstate";
+
+/** What /actors shows for one actor. */
+export interface ActorView {
+  /** Actor id (registry id for supervised children). */
+  id: string;
+  /** Ids from the root down, joined with `/`. */
+  path: string;
+  /** Machine id (the chart name when it is one of machines/mod.ts). */
+  machine: string | null;
+  /** active, done, error or stopped. */
+  status: string;
+  /** Current state value. */
+  state: unknown;
+  /** Small summary of the context. */
+  summary: Record<string, unknown>;
+  /** When this view last changed (ms). */
+  updatedAt: number;
+}
+
+/** One transition, for timelines. */
+export interface TransitionRecord {
+  /** Monotonic sequence number within this instance. */
+  seq: number;
+  /** Actor path. */
+  path: string;
+  /** Event type that caused it. */
+  event: string;
+  /** State value after it. */
+  state: unknown;
+  /** When (ms). */
+  at: number;
+}
+
+/** Options of {@linkcode createInspector}. */
+export interface InspectorOptions {
+  /** Clock. */
+  now?: () => number;
+  /** Summariser per actor id (from the registry); falls back to context.reason. */
+  summarize?: (id: string, snapshot: unknown) => Record<string, unknown> | undefined;
+  /** Transitions kept. */
+  maxTransitions?: number;
+}
+
+/** The live view. */
+export interface Inspector {
+  /** Feed for XState's `inspect` option. */
+  inspect(event: InspectionEvent): void;
+  /** Every machine actor currently known, in creation order. */
+  list(): ActorView[];
+  /** One actor by path or id. */
+  get(idOrPath: string): ActorView | undefined;
+  /** Recent transitions, oldest first. */
+  transitions(): TransitionRecord[];
+  /** Called after each change; returns the unsubscribe function. */
+  subscribe(fn: (view: ActorView, transition: TransitionRecord | null) => void): () => void;
+}
+
+function pathOf(ref: AnyActorRef): string {
+  const ids: string[] = [];
+  let cur: AnyActorRef | undefined = ref;
+  while (cur) {
+    ids.unshift(cur.id);
+    cur = (cur as unknown as { _parent?: AnyActorRef })._parent;
+  }
+  return ids.join("/");
+}
+
+function defaultSummary(snapshot: unknown): Record<string, unknown> {
+  const ctx = (snapshot as { context?: Record<string, unknown> }).context;
+  if (!ctx || typeof ctx !== "object") return {};
+  const out: Record<string, unknown> = {};
+  if (typeof ctx.reason === "string") out.reason = ctx.reason;
+  return out;
+}
+
+/** Creates an inspector. */
+export function createInspector(options: InspectorOptions = {}): Inspector {
+  const now = options.now ?? Date.now;
+  const max = options.maxTransitions ?? 500;
+  const views = new Map<string, ActorView>();
+  const bySession = new Map<string, string>();
+  const log: TransitionRecord[] = [];
+  const listeners = new Set<(view: ActorView, t: TransitionRecord | null) => void>();
+  let seq = 0;
+
+  function emit(view: ActorView, t: TransitionRecord | null): void {
+    for (const fn of [...listeners]) {
+      try {
+        fn(view, t);
+      } catch {
+        // An observer's bug must not reach the actor system.
+      }
+    }
+  }
+
+  function summarize(id: string, snapshot: unknown): Record<string, unknown> {
+    try {
+      return options.summarize?.(id, snapshot) ?? defaultSummary(snapshot);
+    } catch {
+      return { summaryError: true };
+    }
+  }
+
+  return {
+    inspect(ev) {
+      if (ev.type !== "@xstate.snapshot") return;
+      const snap = ev.snapshot as {
+        value?: unknown;
+        status?: string;
+        machine?: { id?: string };
+      };
+      if (!snap || !("value" in snap)) return; // only machines have states to draw
+      const ref = ev.actorRef as AnyActorRef;
+      const path = bySession.get(ref.sessionId) ?? pathOf(ref);
+      bySession.set(ref.sessionId, path);
+      const at = now();
+      const view: ActorView = {
+        id: ref.id,
+        path,
+        machine: snap.machine?.id ?? null,
+        status: snap.status ?? "active",
+        state: snap.value,
+        summary: summarize(ref.id, snap),
+        updatedAt: at,
+      };
+      const before = views.get(path);
+      views.set(path, view);
+      let t: TransitionRecord | null = null;
+      if (!before || JSON.stringify(before.state) !== JSON.stringify(view.state)) {
+        t = { seq: ++seq, path, event: ev.event?.type ?? "", state: view.state, at };
+        log.push(t);
+        if (log.length > max) log.splice(0, log.length - max);
+      }
+      if (view.status !== "active") bySession.delete(ref.sessionId);
+      emit(view, t);
+    },
+    list: () => [...views.values()],
+    get: (key) => views.get(key) ?? [...views.values()].find((v) => v.id === key),
+    transitions: () => [...log],
+    subscribe(fn) {
+      listeners.add(fn);
+      return () => listeners.delete(fn);
+    },
+  };
+}

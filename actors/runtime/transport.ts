@@ -1,0 +1,588 @@
+/**
+ * Messages between runtime instances, addressed to actors.
+ *
+ * | path | carried by | guarantee |
+ * | --- | --- | --- |
+ * | `send(to, event)` | the receiver's inbox, a Redis Stream read through a consumer group | **at-least-once**: an entry is acknowledged only after it was handed to the running actor; entries of a receiver that dies are redelivered when it comes back with the same instance id (same `meta.id`, so receivers can de-duplicate) |
+ * | `broadcast(actor, event)` | Redis pub/sub | **at-most-once**, to the instances subscribed at that moment |
+ * | `request(to, event)` | request: the inbox (at-least-once); reply: pub/sub (at-most-once) | resolves with the reply or rejects with REQUEST_TIMEOUT |
+ *
+ * Every message is parsed against the envelope schema and the receiving actor's own event
+ * schema before it reaches the actor. Malformed, oversized, unknown-actor and unknown-event
+ * messages are counted (`stats()`), logged and dropped — acknowledged, so a poisoned entry
+ * is never redelivered forever — and never crash the receiver.
+ * @module
+ */
+import type { Redis } from "ioredis";
+import type { AnyActorRef } from "xstate";
+import { z } from "zod";
+import { RuntimeError } from "../../lib/errors.ts";
+import { type Logger, silentLogger } from "../../lib/log.ts";
+import type { MessageBus } from "../../store/bus.ts";
+import type { Keyspace } from "../../store/redis.ts";
+import type { ActorAddress, ActorSpec, DeliveryMeta, RemoteEvent, Transport } from "./types.ts";
+
+/** Largest accepted message, in bytes of JSON (default). */
+export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024;
+
+const idPart = z.string().min(1).max(128).regex(/^[\w.:-]+$/);
+const address = z.object({ instance: idPart, actor: idPart });
+const eventSchema = z.object({ type: z.string().min(1).max(128) }).catchall(z.unknown());
+
+const envelopeSchema = z.discriminatedUnion("kind", [
+  z.object({
+    v: z.literal(1),
+    kind: z.enum(["send", "broadcast", "request"]),
+    id: z.string().min(1).max(64),
+    from: address,
+    to: z.object({ instance: idPart.or(z.literal("*")), actor: idPart }),
+    event: eventSchema,
+    corr: z.string().max(64).optional(),
+    sentAt: z.number(),
+  }),
+  z.object({
+    v: z.literal(1),
+    kind: z.literal("reply"),
+    id: z.string().min(1).max(64),
+    corr: z.string().min(1).max(64),
+    sentAt: z.number(),
+    ok: z.boolean(),
+    result: z.unknown().optional(),
+    error: z.object({ code: z.string(), message: z.string() }).optional(),
+  }),
+]);
+
+type Envelope = z.infer<typeof envelopeSchema>;
+type Inbound = Extract<Envelope, { kind: "send" | "broadcast" | "request" }>;
+
+/** How the transport finds local actors. */
+export interface LocalActors {
+  /** The registry entry of an actor id, if this instance has one. */
+  spec(id: string): ActorSpec | undefined;
+  /** The running actor, or undefined while it is restarting / stopped. */
+  ref(id: string): AnyActorRef | undefined;
+}
+
+/** Options of both transports. */
+export interface TransportOptions {
+  /** This instance's id. */
+  instanceId: string;
+  /** Resolves local actors. */
+  actors: LocalActors;
+  /** Pub/sub for broadcasts and replies. */
+  bus: MessageBus;
+  /** Logger. */
+  log?: Logger;
+  /** Wall clock. */
+  now?: () => number;
+  /** Largest accepted message (bytes of JSON). */
+  maxMessageBytes?: number;
+  /** Default request timeout. */
+  requestTimeoutMs?: number;
+}
+
+type Counters = Record<
+  | "sent"
+  | "broadcasts"
+  | "requests"
+  | "delivered"
+  | "redelivered"
+  | "replies"
+  | "timeouts"
+  | "dropped_malformed"
+  | "dropped_oversized"
+  | "dropped_unknown_actor"
+  | "dropped_unknown_event"
+  | "dropped_invalid_event"
+  | "deferred",
+  number
+>;
+
+function newCounters(): Counters {
+  return {
+    sent: 0,
+    broadcasts: 0,
+    requests: 0,
+    delivered: 0,
+    redelivered: 0,
+    replies: 0,
+    timeouts: 0,
+    dropped_malformed: 0,
+    dropped_oversized: 0,
+    dropped_unknown_actor: 0,
+    dropped_unknown_event: 0,
+    dropped_invalid_event: 0,
+    deferred: 0,
+  };
+}
+
+function messageId(): string {
+  return crypto.randomUUID();
+}
+
+/** Result of handing an inbound message to a local actor. */
+type Outcome = "delivered" | "dropped" | "deferred";
+
+/** The part both transports share: parsing, validation, delivery, requests and replies. */
+function createCore(options: TransportOptions) {
+  const log = options.log ?? silentLogger;
+  const now = options.now ?? Date.now;
+  const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  const counters = newCounters();
+  const pending = new Map<
+    string,
+    { resolve(v: unknown): void; reject(e: unknown): void; timer: number }
+  >();
+  const replyChannel = (instance: string) => `rt.reply.${instance}`;
+
+  function drop(reason: keyof Counters, detail: Record<string, unknown>): Outcome {
+    counters[reason]++;
+    log.warn("message dropped", { reason: reason.replace("dropped_", ""), ...detail });
+    return "dropped";
+  }
+
+  /** Parses raw JSON into an envelope, or counts why not. */
+  function parse(raw: string): Envelope | null {
+    if (raw.length > maxBytes) {
+      drop("dropped_oversized", { bytes: raw.length, limit: maxBytes });
+      return null;
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(raw);
+    } catch {
+      drop("dropped_malformed", { error: "not JSON" });
+      return null;
+    }
+    const result = envelopeSchema.safeParse(json);
+    if (!result.success) {
+      drop("dropped_malformed", { error: result.error.issues[0]?.message ?? "bad envelope" });
+      return null;
+    }
+    return result.data;
+  }
+
+  async function sendReply(to: string, corr: string, body: Partial<Envelope>): Promise<void> {
+    const reply = { v: 1, kind: "reply", id: messageId(), corr, sentAt: now(), ...body };
+    counters.replies++;
+    await options.bus.publish(replyChannel(to), JSON.stringify(reply)).catch((err) =>
+      log.warn("reply not sent", { error: err instanceof Error ? err.message : String(err) })
+    );
+  }
+
+  /** Validates an inbound message against the target actor and hands it over. */
+  async function deliver(env: Inbound, redelivery = false): Promise<Outcome> {
+    const spec = options.actors.spec(env.to.actor);
+    const detail = {
+      id: env.id,
+      actor: env.to.actor,
+      type: env.event.type,
+      from: env.from.instance,
+    };
+    if (!spec) {
+      if (env.kind === "request" && env.corr) {
+        await sendReply(env.from.instance, env.corr, {
+          ok: false,
+          error: {
+            code: "ACTOR_NOT_FOUND",
+            message: `No actor ${env.to.actor} on ${options.instanceId}`,
+          },
+        });
+      }
+      return drop("dropped_unknown_actor", detail);
+    }
+    const meta: DeliveryMeta = {
+      id: env.id,
+      from: env.from,
+      kind: env.kind,
+      sentAt: env.sentAt,
+      correlationId: env.corr,
+    };
+    if (env.kind === "request") {
+      const handler = spec.requests?.[env.event.type];
+      if (!handler) return drop("dropped_unknown_event", detail);
+      const parsed = handler.schema.safeParse(env.event);
+      if (!parsed.success) {
+        await sendReply(env.from.instance, env.corr!, {
+          ok: false,
+          error: { code: "MESSAGE_INVALID", message: parsed.error.issues[0]?.message ?? "invalid" },
+        });
+        return drop("dropped_invalid_event", detail);
+      }
+      try {
+        const result = await handler.handle(parsed.data, {
+          ref: options.actors.ref(env.to.actor),
+          meta,
+        });
+        await sendReply(env.from.instance, env.corr!, { ok: true, result });
+      } catch (err) {
+        const code = err instanceof RuntimeError ? err.code : "INTERNAL";
+        const message = err instanceof RuntimeError ? err.message : "The request handler failed";
+        if (!(err instanceof RuntimeError)) {
+          log.error("request handler failed", { ...detail, error: String(err) });
+        }
+        await sendReply(env.from.instance, env.corr!, { ok: false, error: { code, message } });
+      }
+      counters.delivered++;
+      if (redelivery) counters.redelivered++;
+      return "delivered";
+    }
+    const schema = spec.accepts?.[env.event.type];
+    if (!schema) return drop("dropped_unknown_event", detail);
+    const parsed = schema.safeParse(env.event);
+    if (!parsed.success) return drop("dropped_invalid_event", detail);
+    const ref = options.actors.ref(env.to.actor);
+    if (!ref) {
+      // The actor is restarting: keep the message (not acknowledged) for a later attempt.
+      counters.deferred++;
+      return "deferred";
+    }
+    ref.send({ ...parsed.data, origin: meta });
+    counters.delivered++;
+    if (redelivery) counters.redelivered++;
+    return "delivered";
+  }
+
+  function envelope(
+    kind: "send" | "broadcast" | "request",
+    to: { instance: string; actor: string },
+    event: RemoteEvent,
+    extra: { from?: string; corr?: string } = {},
+  ): { env: Inbound; json: string } {
+    const checked = eventSchema.safeParse(event);
+    if (!checked.success) {
+      throw new RuntimeError("MESSAGE_INVALID", "Cannot send: the event needs a string `type`");
+    }
+    const env: Inbound = {
+      v: 1,
+      kind,
+      id: messageId(),
+      from: { instance: options.instanceId, actor: extra.from ?? "runtime" },
+      to,
+      event: checked.data,
+      corr: extra.corr,
+      sentAt: now(),
+    };
+    const json = JSON.stringify(env);
+    if (json.length > maxBytes) {
+      throw new RuntimeError(
+        "MESSAGE_INVALID",
+        `Cannot send: the message is ${json.length} bytes, over the ${maxBytes}-byte limit`,
+      );
+    }
+    return { env, json };
+  }
+
+  /** Registers a pending request and returns its promise. */
+  function awaitReply<T>(corr: string, to: ActorAddress, timeoutMs: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        pending.delete(corr);
+        counters.timeouts++;
+        reject(
+          new RuntimeError(
+            "REQUEST_TIMEOUT",
+            `No reply from ${to.actor}@${to.instance} within ${timeoutMs} ms`,
+          ),
+        );
+      }, timeoutMs);
+      pending.set(corr, { resolve: resolve as (v: unknown) => void, reject, timer });
+    });
+  }
+
+  function onReply(raw: string): void {
+    const env = parse(raw);
+    if (!env || env.kind !== "reply") return;
+    const waiter = pending.get(env.corr);
+    if (!waiter) return; // late reply after a timeout: nothing waits for it
+    pending.delete(env.corr);
+    clearTimeout(waiter.timer);
+    if (env.ok) waiter.resolve(env.result);
+    else {
+      const code = (env.error?.code ?? "INTERNAL") as ConstructorParameters<typeof RuntimeError>[0];
+      waiter.reject(new RuntimeError(code, env.error?.message ?? "The request failed"));
+    }
+  }
+
+  function failPending(): void {
+    for (const [corr, w] of pending) {
+      clearTimeout(w.timer);
+      w.reject(new RuntimeError("CLUSTER_UNAVAILABLE", "The transport was closed"));
+      pending.delete(corr);
+    }
+  }
+
+  return {
+    log,
+    counters,
+    parse,
+    deliver,
+    envelope,
+    awaitReply,
+    onReply,
+    failPending,
+    replyChannel,
+    requestTimeoutMs: options.requestTimeoutMs ?? 5000,
+  };
+}
+
+/**
+ * Transport over Redis: inbox streams for addressed messages, pub/sub for broadcasts and
+ * replies. `redis` is the shared command connection; the inbox reader uses its own
+ * blocking connection.
+ */
+export function createRedisTransport(
+  redis: Redis,
+  options: TransportOptions & { keyspace: Keyspace; inboxMaxLen?: number },
+): Transport & { start(): Promise<void> } {
+  const core = createCore(options);
+  const { log, counters } = core;
+  const ks = options.keyspace;
+  const inbox = (instance: string) => ks.key("inbox", instance);
+  const group = "runtime";
+  const myInbox = inbox(options.instanceId);
+  const maxLen = options.inboxMaxLen ?? 10_000;
+  const reader = redis.duplicate({ connectionName: `rs-inbox-${options.instanceId}` });
+  reader.on("error", () => {});
+  let running = false;
+  let loop: Promise<void> | null = null;
+  const unsubscribers: (() => Promise<void>)[] = [];
+  /** Entries handed over but deferred (actor restarting), retried by the loop. */
+  const deferred = new Map<string, Inbound>();
+
+  async function ensureGroup(): Promise<void> {
+    try {
+      await reader.xgroup("CREATE", myInbox, group, "0", "MKSTREAM");
+    } catch (err) {
+      if (!String(err).includes("BUSYGROUP")) throw err;
+    }
+  }
+
+  async function handleEntry(entryId: string, fields: string[], redelivery: boolean) {
+    const raw = fields[fields.indexOf("m") + 1];
+    let outcome: Outcome = "dropped";
+    const env = typeof raw === "string" ? core.parse(raw) : null;
+    if (env && env.kind !== "reply" && env.kind !== "broadcast") {
+      try {
+        outcome = await core.deliver(env, redelivery);
+      } catch (err) {
+        log.error("delivery failed", { error: err instanceof Error ? err.message : String(err) });
+        outcome = "deferred";
+      }
+      if (outcome === "deferred") {
+        deferred.set(entryId, env);
+        return;
+      }
+    } else if (env) {
+      counters.dropped_malformed++;
+    }
+    await redis.xack(myInbox, group, entryId);
+    await redis.xdel(myInbox, entryId);
+  }
+
+  async function retryDeferred(): Promise<void> {
+    for (const [entryId, env] of [...deferred]) {
+      const outcome = await core.deliver(env, true);
+      if (outcome === "deferred") continue;
+      deferred.delete(entryId);
+      await redis.xack(myInbox, group, entryId);
+      await redis.xdel(myInbox, entryId);
+    }
+  }
+
+  async function readLoop(): Promise<void> {
+    // First the entries delivered to an earlier incarnation of this instance but never
+    // acknowledged (it died or its actor was down): that is the at-least-once part.
+    let backlog = true;
+    let backoff = 100;
+    while (running) {
+      try {
+        if (reader.status !== "ready") await reader.connect().catch(() => {});
+        await ensureGroup();
+        if (backlog) {
+          const res = await reader.xreadgroup(
+            "GROUP",
+            group,
+            options.instanceId,
+            "COUNT",
+            100,
+            "STREAMS",
+            myInbox,
+            "0",
+          ) as [string, [string, string[]][]][] | null;
+          const entries = res?.[0]?.[1] ?? [];
+          const fresh = entries.filter(([id]) => !deferred.has(id));
+          for (const [id, fields] of fresh) {
+            if (fields) await handleEntry(id, fields, true);
+            else await redis.xack(myInbox, group, id); // trimmed away
+          }
+          if (fresh.length < 100) backlog = false;
+          continue;
+        }
+        if (deferred.size) await retryDeferred();
+        const res = await reader.xreadgroup(
+          "GROUP",
+          group,
+          options.instanceId,
+          "COUNT",
+          100,
+          "BLOCK",
+          deferred.size ? 100 : 1000,
+          "STREAMS",
+          myInbox,
+          ">",
+        ) as [string, [string, string[]][]][] | null;
+        for (const [id, fields] of res?.[0]?.[1] ?? []) await handleEntry(id, fields, false);
+        backoff = 100;
+      } catch (err) {
+        if (!running) return;
+        log.warn("inbox read failed; retrying", {
+          error: err instanceof Error ? err.message : String(err),
+          retryInMs: backoff,
+        });
+        // After an outage, pending entries may have been left unacknowledged.
+        backlog = true;
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, 2000);
+      }
+    }
+  }
+
+  return {
+    instanceId: options.instanceId,
+    async start() {
+      if (running) return;
+      running = true;
+      unsubscribers.push(
+        await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply),
+        await options.bus.subscribe("rt.broadcast", (raw) => {
+          const env = core.parse(raw);
+          if (!env || env.kind !== "broadcast") return;
+          core.deliver(env).catch(() => {});
+        }),
+      );
+      if (reader.status === "wait") await reader.connect().catch(() => {});
+      loop = readLoop();
+    },
+    async send(to, event, opts = {}) {
+      const { env, json } = core.envelope("send", to, event, { from: opts.from });
+      await redis.multi()
+        .xadd(inbox(to.instance), "MAXLEN", "~", maxLen, "*", "m", json)
+        .pexpire(inbox(to.instance), 24 * 3600 * 1000)
+        .exec();
+      counters.sent++;
+      return env.id;
+    },
+    async broadcast(actor, event, opts = {}) {
+      const { json } = core.envelope("broadcast", { instance: "*", actor }, event, {
+        from: opts.from,
+      });
+      counters.broadcasts++;
+      await options.bus.publish("rt.broadcast", json);
+    },
+    async request<T>(
+      to: ActorAddress,
+      event: RemoteEvent,
+      opts: { timeoutMs?: number; from?: string } = {},
+    ) {
+      const corr = messageId();
+      const { json } = core.envelope("request", to, event, { from: opts.from, corr });
+      const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
+      counters.requests++;
+      try {
+        await redis.multi()
+          .xadd(inbox(to.instance), "MAXLEN", "~", maxLen, "*", "m", json)
+          .pexpire(inbox(to.instance), 24 * 3600 * 1000)
+          .exec();
+      } catch (err) {
+        reply.catch(() => {});
+        core.onReply(JSON.stringify({
+          v: 1,
+          kind: "reply",
+          id: messageId(),
+          corr,
+          sentAt: Date.now(),
+          ok: false,
+          error: { code: "CLUSTER_UNAVAILABLE", message: `Cannot send the request: ${err}` },
+        }));
+      }
+      return await reply;
+    },
+    stats: () => ({ ...counters, pendingRequests: 0, deferredNow: deferred.size }),
+    async close() {
+      running = false;
+      core.failPending();
+      for (const off of unsubscribers.splice(0)) await off().catch(() => {});
+      reader.disconnect();
+      await loop?.catch(() => {});
+    },
+  };
+}
+
+/** Transport for a single instance without Redis: everything is local. */
+export function createLocalTransport(options: TransportOptions): Transport & {
+  start(): Promise<void>;
+} {
+  const core = createCore(options);
+  const { counters } = core;
+  let off: (() => Promise<void>) | null = null;
+
+  function local(to: ActorAddress): void {
+    if (to.instance !== options.instanceId) {
+      throw new RuntimeError(
+        "CLUSTER_UNAVAILABLE",
+        `Cannot reach instance ${to.instance}: this instance runs without Redis (single instance)`,
+      );
+    }
+  }
+
+  return {
+    instanceId: options.instanceId,
+    async start() {
+      off = await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply);
+    },
+    async send(to, event, opts = {}) {
+      local(to);
+      const { env, json } = core.envelope("send", to, event, { from: opts.from });
+      counters.sent++;
+      const parsed = core.parse(json);
+      if (parsed && parsed.kind === "send") await core.deliver(parsed);
+      return env.id;
+    },
+    async broadcast(actor, event, opts = {}) {
+      const { json } = core.envelope("broadcast", { instance: "*", actor }, event, {
+        from: opts.from,
+      });
+      counters.broadcasts++;
+      const parsed = core.parse(json);
+      if (parsed && parsed.kind === "broadcast") await core.deliver(parsed);
+    },
+    async request<T>(
+      to: ActorAddress,
+      event: RemoteEvent,
+      opts: { timeoutMs?: number; from?: string } = {},
+    ) {
+      local(to);
+      const corr = messageId();
+      const { json } = core.envelope("request", to, event, { from: opts.from, corr });
+      const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
+      counters.requests++;
+      const parsed = core.parse(json);
+      if (parsed && parsed.kind === "request") await core.deliver(parsed);
+      return await reply;
+    },
+    stats: () => ({ ...counters }),
+    async close() {
+      core.failPending();
+      await off?.();
+    },
+  };
+}
+
+/** Sends a raw string into an instance's inbox, bypassing validation (tests and tools). */
+export async function injectRaw(
+  redis: Redis,
+  options: { keyspace: Keyspace; instance: string; raw: string },
+): Promise<void> {
+  await redis.xadd(options.keyspace.key("inbox", options.instance), "*", "m", options.raw);
+}
