@@ -6,7 +6,9 @@
 import type { Hono } from "hono";
 import type { Redis } from "ioredis";
 import { createApp, type HealthReport } from "./api/app.ts";
+import { addChartRoutes } from "./api/charts.ts";
 import { addClusterRoutes } from "./api/cluster.ts";
+import { MACHINES } from "./machines/mod.ts";
 import { addStreamRoutes } from "./api/streams.ts";
 import { diagnosticsSpec } from "./actors/runtime/diagnostics.ts";
 import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
@@ -17,6 +19,11 @@ import {
   type Membership,
 } from "./actors/runtime/membership.ts";
 import { startSupervisor, type Supervisor } from "./actors/runtime/supervisor.ts";
+import {
+  createLeaseManager,
+  type LeaseCampaign,
+  type LeaseManager,
+} from "./actors/runtime/leases.ts";
 import { createLocalTransport, createRedisTransport } from "./actors/runtime/transport.ts";
 import type { ActorSpec, RuntimeServices, Transport } from "./actors/runtime/types.ts";
 import { type Config, redactUrl } from "./lib/config.ts";
@@ -77,6 +84,10 @@ export interface Runtime {
   readonly inspector: Inspector;
   /** Cluster membership, or null without Redis. */
   readonly membership: Membership | null;
+  /** Leases of cluster-singleton roles, or null without Redis. */
+  readonly leases: LeaseManager | null;
+  /** This instance's campaign for the cluster coordinator role, or null without Redis. */
+  readonly coordinator: LeaseCampaign | null;
   /** Runs the live health checks. */
   health(): Promise<HealthReport>;
   /** Graceful stop: HTTP first, then the bus, Redis and the database. Idempotent. */
@@ -257,7 +268,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       url: advertised,
       version: VERSION,
       startedAt: startedAtMs,
-      roles: [],
+      roles: coordinator?.fence() ? [coordinator.fence()!] : [],
       actors: inspector.list()
         .filter((v) => v.path.split("/").length === 2)
         .map((v) => ({ id: v.id, state: v.state, status: v.status, summary: v.summary })),
@@ -273,6 +284,25 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       })
       : null;
     if (membership) cleanups.push(() => membership.deregister());
+    const leases = redis
+      ? createLeaseManager({
+        redis,
+        keyspace,
+        instanceId: config.instanceId,
+        log: log.child("leases"),
+        inspect: (ev) => inspector.inspect(ev),
+      })
+      : null;
+    // The cluster coordinator: one instance at a time decides for the cluster (the
+    // failover coordinator builds on it). Without Redis this lone instance is it.
+    const coordinator = leases
+      ? leases.campaign("coordinator", {
+        ttlMs: config.cluster.leaseTtlMs,
+        onAcquired: (token) => log.info("became the cluster coordinator", { token }),
+        onLost: (reason) => log.warn("no longer the cluster coordinator", { reason }),
+      })
+      : null;
+    if (leases) cleanups.push(() => leases.close());
 
     const services: RuntimeServices = {
       config,
@@ -283,6 +313,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       keyspace,
       bus,
       transport,
+      leases,
       now: Date.now,
     };
     const specs: ActorSpec[] = [
@@ -318,6 +349,14 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       self: (): LiveMember => ({ ...selfInfo(), heartbeatAgeMs: 0 }),
       transportStats: () => transport.stats(),
       signal: shutdown.signal,
+    });
+    addChartRoutes(app, {
+      machines: MACHINES,
+      // The first live actor running that machine (top-level actors first).
+      activeState: (name) =>
+        inspector.list()
+          .filter((v) => v.machine === name && v.status === "active")
+          .sort((a, b) => a.path.split("/").length - b.path.split("/").length)[0]?.state,
     });
     let server: Deno.HttpServer | null = null;
     if (options.serve !== false) {
@@ -367,6 +406,8 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       transport,
       inspector,
       membership,
+      leases,
+      coordinator,
       health,
       stop() {
         stopping ??= (async () => {

@@ -113,6 +113,12 @@ export const SETTINGS: readonly SettingDoc[] = [
     description: "An instance silent this long is dead (noticed within this plus one heartbeat)",
   },
   {
+    env: "RS_LEASE_TTL_MS",
+    default: "5000",
+    description:
+      "Lease time of cluster-singleton roles: a dead holder's role moves to another instance within it",
+  },
+  {
     env: "RS_MAX_RESTARTS",
     default: "5",
     description: "Failures of one actor tolerated within RS_RESTART_WINDOW_S before it is given up",
@@ -155,7 +161,7 @@ export interface Config {
   shutdownTimeoutS: number;
   /** Advertised URL, or null to derive it from the listen address. */
   publicUrl: string | null;
-  cluster: { heartbeatMs: number; deadAfterMs: number };
+  cluster: { heartbeatMs: number; deadAfterMs: number; leaseTtlMs: number };
   supervisor: { maxRestarts: number; withinMs: number };
 }
 
@@ -217,6 +223,7 @@ const schema = z.object({
   RS_PUBLIC_URL: urlWith(["http:", "https:"], "http://host:8080").optional(),
   RS_HEARTBEAT_MS: intIn(50, 60_000, "milliseconds").default(500),
   RS_DEAD_AFTER_MS: intIn(100, 600_000, "milliseconds").default(2000),
+  RS_LEASE_TTL_MS: intIn(300, 600_000, "milliseconds").default(5000),
   RS_MAX_RESTARTS: intIn(0, 1000, "failures").default(5),
   RS_RESTART_WINDOW_S: intIn(1, 86_400, "seconds").default(60),
 }).refine((c) => c.RS_DEAD_AFTER_MS >= 2 * c.RS_HEARTBEAT_MS, {
@@ -335,7 +342,11 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     log: { level: c.LOG_LEVEL, format: c.LOG_FORMAT },
     shutdownTimeoutS: c.RS_SHUTDOWN_TIMEOUT_S,
     publicUrl: c.RS_PUBLIC_URL ?? null,
-    cluster: { heartbeatMs: c.RS_HEARTBEAT_MS, deadAfterMs: c.RS_DEAD_AFTER_MS },
+    cluster: {
+      heartbeatMs: c.RS_HEARTBEAT_MS,
+      deadAfterMs: c.RS_DEAD_AFTER_MS,
+      leaseTtlMs: c.RS_LEASE_TTL_MS,
+    },
     supervisor: { maxRestarts: c.RS_MAX_RESTARTS, withinMs: c.RS_RESTART_WINDOW_S * 1000 },
   };
 }

@@ -4,6 +4,15 @@
  * @module
  */
 import type { AnyStateMachine } from "xstate";
+import { clusterNodeMachine } from "./cluster_node.ts";
+import { diagnosticsMachine } from "./diagnostics.ts";
+import { leaseMachine } from "./lease.ts";
+import { supervisorMachine } from "./supervisor.ts";
 
-/** All machines, keyed by chart name. */
-export const MACHINES: Record<string, AnyStateMachine> = {};
+/** All machines, keyed by chart name (the machine's id). */
+export const MACHINES: Record<string, AnyStateMachine> = {
+  supervisor: supervisorMachine,
+  cluster_node: clusterNodeMachine,
+  lease: leaseMachine,
+  diagnostics: diagnosticsMachine,
+};

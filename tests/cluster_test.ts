@@ -5,6 +5,7 @@
  * participant ("tester") using the same library the instances use.
  */
 import assert from "node:assert/strict";
+import { createLeaseManager } from "../actors/runtime/leases.ts";
 import { createRedisTransport, injectRaw } from "../actors/runtime/transport.ts";
 import { isRuntimeError } from "../lib/errors.ts";
 import { createRedisBus } from "../store/bus.ts";
@@ -14,6 +15,7 @@ import { getJson, type InstanceProcess, launchInstance, until } from "./support/
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 const PREFIX = "rsct:";
+const LEASE_TTL_MS = 1500;
 
 interface Member {
   id: string;
@@ -34,6 +36,7 @@ Deno.test("cluster of three processes", async (t) => {
     RS_KEY_PREFIX: PREFIX,
     RS_INSTANCE_ID: id,
     RS_PORT: "0",
+    RS_LEASE_TTL_MS: String(LEASE_TTL_MS),
     LOG_LEVEL: "warn",
   });
   const nodes: Record<string, InstanceProcess> = {};
@@ -62,6 +65,7 @@ Deno.test("cluster of three processes", async (t) => {
     requestTimeoutMs: 3000,
   });
   await tester.start();
+  const leases = createLeaseManager({ redis: client, keyspace, instanceId: "tester" });
 
   async function notesOf(instance: string) {
     return await tester.request<{ received: number; notes: { id: string; text: string }[] }>(
@@ -199,17 +203,59 @@ Deno.test("cluster of three processes", async (t) => {
       },
     );
 
-    await t.step("a dead instance is noticed within 3 s", async () => {
-      const killedAt = Date.now();
-      await nodes["node-c"].stop("SIGKILL");
-      await until(async () => {
-        const body = await getJson<{ members: Member[] }>(`${nodes["node-a"].url}/cluster`);
-        return !body.members.some((m) => m.id === "node-c");
-      }, { what: "node-c to drop out", ms: 10_000 });
-      const noticedMs = Date.now() - killedAt;
-      assert.ok(noticedMs <= 3000, `noticed after ${noticedMs} ms`);
-    });
+    await t.step(
+      "kill -9 of the coordinator: noticed within 3 s, role taken within the lease time, stale token refused",
+      async () => {
+        // Roles are announced with each heartbeat: wait until the view settles.
+        let found: Awaited<ReturnType<typeof leases.holder>> = null;
+        let announced: string[] = [];
+        await until(async () => {
+          found = await leases.holder("coordinator");
+          const view = await getJson<
+            { members: (Member & { roles: { role: string; token: number }[] })[] }
+          >(`${nodes["node-a"].url}/cluster`);
+          announced = view.members.filter((m) => m.roles.some((r) => r.role === "coordinator"))
+            .map((m) => m.id);
+          return !!found && announced.length === 1 && announced[0] === found.instance;
+        }, { what: "exactly one coordinator, announced by its holder", ms: 10_000 });
+        const holder = found!;
+        const killedAt = Date.now();
+        await nodes[holder.instance].stop("SIGKILL");
+        const survivor = Object.keys(nodes).find((id) => id !== holder.instance)!;
+        let noticedMs = 0;
+        let takenMs = 0;
+        let next: Awaited<ReturnType<typeof leases.holder>> = null;
+        await until(async () => {
+          if (!noticedMs) {
+            const body = await getJson<{ members: Member[] }>(`${nodes[survivor].url}/cluster`);
+            if (!body.members.some((m) => m.id === holder.instance)) {
+              noticedMs = Date.now() - killedAt;
+            }
+          }
+          if (!takenMs) {
+            const h = await leases.holder("coordinator");
+            if (h && h.instance !== holder.instance) {
+              next = h;
+              takenMs = Date.now() - killedAt;
+            }
+          }
+          return noticedMs > 0 && takenMs > 0;
+        }, { what: "detection and takeover", ms: 15_000 });
+        assert.ok(noticedMs <= 3000, `the dead instance was noticed after ${noticedMs} ms`);
+        assert.ok(takenMs <= LEASE_TTL_MS + 500, `the role moved after ${takenMs} ms`);
+        assert.ok(next!.token > holder.token, "the fencing token increased");
+        const stale = await leases.fenced({ role: "coordinator", token: holder.token }, () => "ran")
+          .then(() => null, (e) => e);
+        assert.ok(isRuntimeError(stale, "LEASE_STALE_TOKEN"), String(stale));
+        assert.equal(
+          await leases.fenced({ role: "coordinator", token: next!.token }, () => "ran"),
+          "ran",
+        );
+        delete nodes[holder.instance];
+      },
+    );
   } finally {
+    await leases.close();
     await tester.close();
     await bus.close();
     await closeRedis(client);

@@ -24,8 +24,8 @@ export interface MemberInfo {
   version: string;
   /** Start time (ms since epoch). */
   startedAt: number;
-  /** Cluster roles it holds now (lease names). */
-  roles: string[];
+  /** Cluster-singleton roles it holds now, with their fencing tokens. */
+  roles: { role: string; token: number }[];
   /** Its actors' current states. */
   actors: { id: string; state: unknown; status: string; summary: Record<string, unknown> }[];
 }

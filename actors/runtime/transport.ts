@@ -134,6 +134,7 @@ function createCore(options: TransportOptions) {
     { resolve(v: unknown): void; reject(e: unknown): void; timer: number }
   >();
   const replyChannel = (instance: string) => `rt.reply.${instance}`;
+  const inflight = new Set<Promise<void>>();
 
   function drop(reason: keyof Counters, detail: Record<string, unknown>): Outcome {
     counters[reason]++;
@@ -209,20 +210,25 @@ function createCore(options: TransportOptions) {
         });
         return drop("dropped_invalid_event", detail);
       }
-      try {
-        const result = await handler.handle(parsed.data, {
-          ref: options.actors.ref(env.to.actor),
-          meta,
-        });
-        await sendReply(env.from.instance, env.corr!, { ok: true, result });
-      } catch (err) {
-        const code = err instanceof RuntimeError ? err.code : "INTERNAL";
-        const message = err instanceof RuntimeError ? err.message : "The request handler failed";
-        if (!(err instanceof RuntimeError)) {
-          log.error("request handler failed", { ...detail, error: String(err) });
+      // The handler runs on its own: a slow request must not hold up the inbox.
+      const work = (async () => {
+        try {
+          const result = await handler.handle(parsed.data, {
+            ref: options.actors.ref(env.to.actor),
+            meta,
+          });
+          await sendReply(env.from.instance, env.corr!, { ok: true, result });
+        } catch (err) {
+          const code = err instanceof RuntimeError ? err.code : "INTERNAL";
+          const message = err instanceof RuntimeError ? err.message : "The request handler failed";
+          if (!(err instanceof RuntimeError)) {
+            log.error("request handler failed", { ...detail, error: String(err) });
+          }
+          await sendReply(env.from.instance, env.corr!, { ok: false, error: { code, message } });
         }
-        await sendReply(env.from.instance, env.corr!, { ok: false, error: { code, message } });
-      }
+      })();
+      inflight.add(work);
+      work.finally(() => inflight.delete(work));
       counters.delivered++;
       if (redelivery) counters.redelivered++;
       return "delivered";
@@ -304,6 +310,11 @@ function createCore(options: TransportOptions) {
     }
   }
 
+  /** Waits for request handlers still running (on close). */
+  async function drain(): Promise<void> {
+    await Promise.allSettled([...inflight]);
+  }
+
   function failPending(): void {
     for (const [corr, w] of pending) {
       clearTimeout(w.timer);
@@ -321,6 +332,7 @@ function createCore(options: TransportOptions) {
     awaitReply,
     onReply,
     failPending,
+    drain,
     replyChannel,
     requestTimeoutMs: options.requestTimeoutMs ?? 5000,
   };
@@ -342,13 +354,44 @@ export function createRedisTransport(
   const group = "runtime";
   const myInbox = inbox(options.instanceId);
   const maxLen = options.inboxMaxLen ?? 10_000;
-  const reader = redis.duplicate({ connectionName: `rs-inbox-${options.instanceId}` });
+  const reader = redis.duplicate({
+    connectionName: `rs-inbox-${options.instanceId}`,
+    enableAutoPipelining: false,
+  });
   reader.on("error", () => {});
   let running = false;
   let loop: Promise<void> | null = null;
   const unsubscribers: (() => Promise<void>)[] = [];
   /** Entries handed over but deferred (actor restarting), retried by the loop. */
   const deferred = new Map<string, Inbound>();
+
+  /** When each target inbox's expiry was last pushed back (ms). */
+  const expiryRefreshed = new Map<string, number>();
+  const INBOX_TTL_MS = 24 * 3600 * 1000;
+
+  /**
+   * Appends to a target inbox. The inbox of an instance that never comes back expires a
+   * day after the last message; the expiry is refreshed at most once a minute per target
+   * so the hot path is a single XADD.
+   */
+  async function enqueue(instance: string, json: string): Promise<void> {
+    const key = inbox(instance);
+    const last = expiryRefreshed.get(instance) ?? 0;
+    const t = Date.now();
+    if (t - last > 60_000) {
+      expiryRefreshed.set(instance, t);
+      await redis.pipeline()
+        .xadd(key, "MAXLEN", "~", maxLen, "*", "m", json)
+        .pexpire(key, INBOX_TTL_MS)
+        .exec()
+        .then((res) => {
+          const err = res?.find(([e]) => e)?.[0];
+          if (err) throw err;
+        });
+      return;
+    }
+    await redis.xadd(key, "MAXLEN", "~", maxLen, "*", "m", json);
+  }
 
   async function ensureGroup(): Promise<void> {
     try {
@@ -358,36 +401,80 @@ export function createRedisTransport(
     }
   }
 
-  async function handleEntry(entryId: string, fields: string[], redelivery: boolean) {
+  /** Hands one entry over; returns true when it may be acknowledged. */
+  async function handleEntry(
+    entryId: string,
+    fields: string[] | null,
+    redelivery: boolean,
+  ): Promise<boolean> {
+    if (!fields) return true; // trimmed away while pending: nothing left to deliver
     const raw = fields[fields.indexOf("m") + 1];
-    let outcome: Outcome = "dropped";
     const env = typeof raw === "string" ? core.parse(raw) : null;
-    if (env && env.kind !== "reply" && env.kind !== "broadcast") {
-      try {
-        outcome = await core.deliver(env, redelivery);
-      } catch (err) {
-        log.error("delivery failed", { error: err instanceof Error ? err.message : String(err) });
-        outcome = "deferred";
-      }
-      if (outcome === "deferred") {
-        deferred.set(entryId, env);
-        return;
-      }
-    } else if (env) {
+    if (!env) return true; // counted as malformed / oversized by parse
+    if (env.kind === "reply" || env.kind === "broadcast") {
       counters.dropped_malformed++;
+      return true;
     }
-    await redis.xack(myInbox, group, entryId);
-    await redis.xdel(myInbox, entryId);
+    let outcome: Outcome;
+    try {
+      outcome = await core.deliver(env, redelivery);
+    } catch (err) {
+      log.error("delivery failed", { error: err instanceof Error ? err.message : String(err) });
+      outcome = "deferred";
+    }
+    if (outcome === "deferred") {
+      deferred.set(entryId, env);
+      return false;
+    }
+    return true;
+  }
+
+  /** Acknowledges and deletes handled entries in one round trip. */
+  async function ack(ids: string[]): Promise<void> {
+    if (!ids.length) return;
+    await redis.pipeline().xack(myInbox, group, ...ids).xdel(myInbox, ...ids).exec();
+  }
+
+  async function handleBatch(
+    entries: [string, string[] | null][],
+    redelivery: boolean,
+  ): Promise<void> {
+    const done: string[] = [];
+    for (const [id, fields] of entries) {
+      if (await handleEntry(id, fields, redelivery)) done.push(id);
+    }
+    scheduleAck(done);
+  }
+
+  /**
+   * Acknowledgements are batched for a few milliseconds: replies and the next read go out
+   * first, and many entries share one XACK. An acknowledgement lost to a crash only means
+   * a redelivery, which at-least-once allows.
+   */
+  const ackQueue: string[] = [];
+  let ackTimer: number | undefined;
+  function flushAcks(): Promise<void> {
+    clearTimeout(ackTimer);
+    ackTimer = undefined;
+    const ids = ackQueue.splice(0);
+    return ack(ids).catch((err) => log.warn("acknowledgement failed", { error: String(err) }));
+  }
+  function scheduleAck(ids: string[]): void {
+    if (!ids.length) return;
+    ackQueue.push(...ids);
+    if (ackQueue.length >= 500) flushAcks();
+    else ackTimer ??= setTimeout(flushAcks, 5);
   }
 
   async function retryDeferred(): Promise<void> {
+    const done: string[] = [];
     for (const [entryId, env] of [...deferred]) {
       const outcome = await core.deliver(env, true);
       if (outcome === "deferred") continue;
       deferred.delete(entryId);
-      await redis.xack(myInbox, group, entryId);
-      await redis.xdel(myInbox, entryId);
+      done.push(entryId);
     }
+    scheduleAck(done);
   }
 
   async function readLoop(): Promise<void> {
@@ -398,8 +485,10 @@ export function createRedisTransport(
     while (running) {
       try {
         if (reader.status !== "ready") await reader.connect().catch(() => {});
-        await ensureGroup();
         if (backlog) {
+          // (Re)create the group after start-up or an outage (a restarted Redis without
+          // persistence has lost it); the steady-state loop below skips this round trip.
+          await ensureGroup();
           const res = await reader.xreadgroup(
             "GROUP",
             group,
@@ -410,12 +499,9 @@ export function createRedisTransport(
             myInbox,
             "0",
           ) as [string, [string, string[]][]][] | null;
-          const entries = res?.[0]?.[1] ?? [];
+          const entries = (res?.[0]?.[1] ?? []) as [string, string[] | null][];
           const fresh = entries.filter(([id]) => !deferred.has(id));
-          for (const [id, fields] of fresh) {
-            if (fields) await handleEntry(id, fields, true);
-            else await redis.xack(myInbox, group, id); // trimmed away
-          }
+          await handleBatch(fresh, true);
           if (fresh.length < 100) backlog = false;
           continue;
         }
@@ -432,7 +518,7 @@ export function createRedisTransport(
           myInbox,
           ">",
         ) as [string, [string, string[]][]][] | null;
-        for (const [id, fields] of res?.[0]?.[1] ?? []) await handleEntry(id, fields, false);
+        await handleBatch((res?.[0]?.[1] ?? []) as [string, string[] | null][], false);
         backoff = 100;
       } catch (err) {
         if (!running) return;
@@ -466,10 +552,7 @@ export function createRedisTransport(
     },
     async send(to, event, opts = {}) {
       const { env, json } = core.envelope("send", to, event, { from: opts.from });
-      await redis.multi()
-        .xadd(inbox(to.instance), "MAXLEN", "~", maxLen, "*", "m", json)
-        .pexpire(inbox(to.instance), 24 * 3600 * 1000)
-        .exec();
+      await enqueue(to.instance, json);
       counters.sent++;
       return env.id;
     },
@@ -490,10 +573,7 @@ export function createRedisTransport(
       const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
       counters.requests++;
       try {
-        await redis.multi()
-          .xadd(inbox(to.instance), "MAXLEN", "~", maxLen, "*", "m", json)
-          .pexpire(inbox(to.instance), 24 * 3600 * 1000)
-          .exec();
+        await enqueue(to.instance, json);
       } catch (err) {
         reply.catch(() => {});
         core.onReply(JSON.stringify({
@@ -511,10 +591,13 @@ export function createRedisTransport(
     stats: () => ({ ...counters, pendingRequests: 0, deferredNow: deferred.size }),
     async close() {
       running = false;
-      core.failPending();
       for (const off of unsubscribers.splice(0)) await off().catch(() => {});
       reader.disconnect();
       await loop?.catch(() => {});
+      await core.drain();
+      if (redis.status === "ready") await flushAcks();
+      else clearTimeout(ackTimer);
+      core.failPending();
     },
   };
 }

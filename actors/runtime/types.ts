@@ -11,6 +11,7 @@ import type { Logger } from "../../lib/log.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Database } from "../../store/database.ts";
 import type { Keyspace } from "../../store/redis.ts";
+import type { LeaseManager } from "./leases.ts";
 
 /** Where an actor lives: an instance id and the actor's id on it. */
 export interface ActorAddress {
@@ -97,6 +98,8 @@ export interface RuntimeServices {
   bus: MessageBus;
   /** Messaging between instances. */
   transport: Transport;
+  /** Leases for cluster-singleton roles, or null without Redis (a single instance holds all). */
+  leases: LeaseManager | null;
   /** Wall clock, injectable. */
   now: () => number;
 }

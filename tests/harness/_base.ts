@@ -2,15 +2,42 @@
  * Private: the per-process base directory of the harness, the sweep of leftovers from
  * test processes that died, and the last-resort `unload` kill of undisposed servers.
  *
- * Layout: `/tmp/rs-harness/<deno pid>-<random>/` holds an `owner` file (pid and start
- * time of the owning process) and one sub-directory per server, each with a
- * `server.pid` file naming the server's process.
+ * Layout: `HARNESS_ROOT/<deno pid>-<random>/` holds an `owner` file (pid and start time
+ * of the owning process) and one sub-directory per server, each with a `server.pid`
+ * file naming the server's process. `HARNESS_ROOT/template-<key>/` is the shared initdb
+ * template (never removed automatically; delete it to reclaim ~40 MB).
  * @module
  */
 import { isAlive, procInfo, randomHex, signalPid, waitGone } from "./_process.ts";
 
-/** Parent of every harness base directory. */
-export const HARNESS_ROOT = "/tmp/rs-harness";
+const TMP_ROOT = "/tmp/rs-harness";
+const SHM_ROOT = "/dev/shm/rs-harness";
+
+/**
+ * Parent of every harness base directory: `RS_HARNESS_DIR` if set, else /dev/shm when it
+ * is a tmpfs of at least 2 GiB (3-5x faster server start-up than disk when the machine
+ * is busy), else /tmp.
+ */
+export const HARNESS_ROOT: string = harnessRoot();
+
+function harnessRoot(): string {
+  try {
+    const fromEnv = Deno.env.get("RS_HARNESS_DIR");
+    if (fromEnv) return fromEnv;
+  } catch {
+    // no --allow-env
+  }
+  try {
+    const shm = Deno.readTextFileSync("/proc/mounts").split("\n")
+      .map((line) => line.split(" "))
+      .find((fields) => fields[1] === "/dev/shm" && fields[2] === "tmpfs");
+    const sizeKiB = Number(/(?:^|,)size=(\d+)k(?:,|$)/.exec(shm?.[3] ?? "")?.[1] ?? 0);
+    if (sizeKiB >= 2 * 1024 * 1024) return SHM_ROOT;
+  } catch {
+    // not Linux, or /proc unreadable
+  }
+  return TMP_ROOT;
+}
 
 /** A running server the unload listener must kill if the test never disposed it. */
 export interface Tracked {
@@ -77,17 +104,21 @@ function onUnload(): void {
 
 /** Kills the servers of base directories whose owning process is gone, then removes them. */
 export async function sweepLeftovers(): Promise<void> {
-  let entries: Deno.DirEntry[];
-  try {
-    entries = Array.from(Deno.readDirSync(HARNESS_ROOT));
-  } catch {
-    return;
-  }
-  for (const entry of entries) {
+  for (const root of new Set([HARNESS_ROOT, TMP_ROOT, SHM_ROOT])) await sweepRoot(root);
+}
+
+async function sweepRoot(root: string): Promise<void> {
+  for (const entry of readDirSafe(root)) {
+    if (!entry.isDirectory) continue;
+    const dir = `${root}/${entry.name}`;
+    // An unfinished shared template (see postgres.ts) of a process that died.
+    const unfinished = /^template-[0-9a-f]+\.tmp-(\d+)-/.exec(entry.name);
+    if (unfinished && !isAlive(Number(unfinished[1]))) {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      continue;
+    }
     const match = /^(\d+)-[0-9a-f]+$/.exec(entry.name);
-    if (!entry.isDirectory || !match) continue;
-    const dir = `${HARNESS_ROOT}/${entry.name}`;
-    if (ownerAlive(dir, Number(match[1]))) continue;
+    if (!match || ownerAlive(dir, Number(match[1]))) continue;
     const victims: { pid: number; startTime: string }[] = [];
     for (const sub of readDirSafe(dir)) {
       if (!sub.isDirectory) continue;

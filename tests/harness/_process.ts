@@ -92,11 +92,10 @@ export async function run(argv: readonly string[], options: RunOptions = {}): Pr
   }
   const child = command.spawn();
   const writer = child.stdin.getWriter();
-  try {
-    await writer.write(new TextEncoder().encode(options.stdin));
-  } finally {
-    await writer.close().catch(() => {});
-  }
+  // A program that exits without reading (e.g. psql failing to connect) breaks the pipe;
+  // its exit code and stderr tell the story, so always go on to collect them.
+  await writer.write(new TextEncoder().encode(options.stdin)).catch(() => {});
+  await writer.close().catch(() => {});
   const out = await child.output();
   return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
 }

@@ -19,8 +19,11 @@ import {
 } from "./_process.ts";
 import { freePort } from "./ports.ts";
 
-/** How often readiness is polled. */
+/** How often readiness queries that spawn a client (psql) are polled. */
 export const POLL_MS = 20;
+
+/** How often the cheap readiness probes (a file read, a TCP PING) run during start-up. */
+const READY_POLL_MS = 10;
 
 /** How long a server may take to become ready. */
 const START_TIMEOUT_MS = 60_000;
@@ -51,11 +54,11 @@ export abstract class ManagedServer implements Tracked, AsyncDisposable {
   #disposed = false;
   #queue: Promise<unknown> = Promise.resolve();
 
-  /** Prepares (does not start) a server living in `dir` on `port`. */
-  constructor(dir: string, port: number, logName: string) {
+  /** Prepares (does not start) a server living in `dir` on `options.port`. */
+  constructor(dir: string, options: { port: number; logName: string }) {
     this.dir = dir;
-    this.#port = port;
-    this.logPath = `${dir}/${logName}`;
+    this.#port = options.port;
+    this.logPath = `${dir}/${options.logName}`;
     track(this);
   }
 
@@ -162,7 +165,7 @@ export abstract class ManagedServer implements Tracked, AsyncDisposable {
             `Cannot start ${this.label}: not ready after ${START_TIMEOUT_MS} ms; log tail:\n${tail}`,
           );
         }
-        await sleep(POLL_MS);
+        await sleep(READY_POLL_MS);
       }
       child.ref();
       const status = await child.status;
@@ -200,6 +203,7 @@ export abstract class ManagedServer implements Tracked, AsyncDisposable {
     if (signal !== "SIGKILL") signalPid(pid, "SIGCONT"); // a SIGSTOPped server must see it
     if (!(await exitedWithin(child, STOP_TIMEOUT_MS))) {
       if (options.escalate === false) {
+        child.unref();
         throw new HarnessError(
           "SERVER_STOP_FAILED",
           `Cannot stop ${this.label}: pid ${pid} still runs ${STOP_TIMEOUT_MS} ms after ${signal}`,

@@ -3,8 +3,9 @@
  * and redis-server processes on free ports, several at once, each a direct child of
  * the test process, stopped by pid on dispose and killed on unload if a test forgot.
  *
- * Servers live under `/tmp/rs-harness/<deno pid>-<random>/`; directories left by test
- * processes that died are swept (their servers killed) on first use.
+ * Servers live under `/dev/shm/rs-harness/<deno pid>-<random>/` (or `/tmp/rs-harness`
+ * when /dev/shm is missing or small; `RS_HARNESS_DIR` overrides); directories left by
+ * test processes that died are swept (their servers killed) on first use.
  *
  * @example
  * ```ts

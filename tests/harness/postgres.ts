@@ -1,6 +1,7 @@
 /**
- * Throw-away PostgreSQL 15 servers for integration tests: primaries copied from a
- * per-process initdb template, and streaming replicas made with pg_basebackup.
+ * Throw-away PostgreSQL 15 servers for integration tests: primaries copied from an
+ * initdb template (made once, shared by later test processes), and streaming replicas
+ * made with pg_basebackup.
  *
  * Each server is a direct child of the test process (so its pid is the postmaster's),
  * runs as the `postgres` OS user when the tests run as root, listens on 127.0.0.1 on a
@@ -15,7 +16,7 @@
  * ```
  * @module
  */
-import { baseDir, serverDir } from "./_base.ts";
+import { baseDir, HARNESS_ROOT, serverDir } from "./_base.ts";
 import {
   AS_POSTGRES,
   chownPostgres,
@@ -105,7 +106,7 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
   const settings = settingsArgs(opts.settings);
   const template = await templateDir();
   const dir = await serverDir(`pg-${name}`);
-  const server = new PgNode(dir, await freePort(), { name, settings });
+  const server = new PgNode(dir, { port: await freePort(), name, settings });
   try {
     await chownPostgres(dir);
     await Deno.mkdir(server.socketDir, { mode: 0o700 });
@@ -131,7 +132,7 @@ export async function startReplica(
   const name = checkName(opts.name ?? `pg${++counter}`);
   const settings = settingsArgs(opts.settings);
   const dir = await serverDir(`pg-${name}`);
-  const server = new PgNode(dir, await freePort(), { name, settings });
+  const server = new PgNode(dir, { port: await freePort(), name, settings });
   try {
     await chownPostgres(dir);
     await Deno.mkdir(server.socketDir, { mode: 0o700 });
@@ -185,8 +186,8 @@ class PgNode extends ManagedServer implements PgServer {
     /could not bind IPv4 address|could not create any TCP\/IP sockets|Address already in use/;
   readonly #settings: string[];
 
-  constructor(dir: string, port: number, opts: { name: string; settings: string[] }) {
-    super(dir, port, "server.log");
+  constructor(dir: string, opts: { port: number; name: string; settings: string[] }) {
+    super(dir, { port: opts.port, logName: "server.log" });
     this.name = opts.name;
     this.label = `PostgreSQL ${opts.name}`;
     this.dataDir = `${dir}/data`;
@@ -304,45 +305,79 @@ class PgNode extends ManagedServer implements PgServer {
   }
 }
 
-/** The per-process initdb template, created once (concurrent callers share the promise). */
+/**
+ * The initdb template, made at most once per process (concurrent callers share the
+ * promise) and shared with later test processes: it lives at
+ * `HARNESS_ROOT/template-<key>/data`, where the key hashes everything that shapes it
+ * (initdb arguments, appended config, the postgres binary, the OS user), and it is
+ * published with an atomic rename so a reader never sees a half-made one.
+ */
 function templateDir(): Promise<string> {
-  templatePromise ??= createTemplate().catch((err) => {
+  templatePromise ??= sharedTemplate().catch((err) => {
     templatePromise = undefined;
     throw err;
   });
   return templatePromise;
 }
 
-async function createTemplate(): Promise<string> {
-  const dir = `${await baseDir()}/template`;
-  await Deno.mkdir(dir, { mode: 0o755 });
-  await chownPostgres(dir);
-  const data = `${dir}/data`;
-  await runOk([
-    ...AS_POSTGRES,
-    `${PG_BIN}/initdb`,
-    "-D",
-    data,
-    "-A",
-    "trust",
-    "-U",
-    "postgres",
-    "-E",
-    "UTF8",
-    "--locale=C",
-    "--no-sync",
-    "--no-instructions",
-  ], { cwd: dir });
-  await Deno.writeTextFile(`${data}/postgresql.conf`, COMMON_CONF, { append: true });
-  const hba = await Deno.readTextFile(`${data}/pg_hba.conf`);
-  if (!/^host\s+replication\s+all\s+127\.0\.0\.1\/32\s+trust/m.test(hba)) {
-    await Deno.writeTextFile(
-      `${data}/pg_hba.conf`,
-      "host    replication     all             127.0.0.1/32            trust\n",
-      { append: true },
-    );
+const INITDB_ARGS = [
+  "-A",
+  "trust",
+  "-U",
+  "postgres",
+  "-E",
+  "UTF8",
+  "--locale=C",
+  "--no-sync",
+  "--no-instructions",
+];
+
+const HBA_REPLICATION = "host    replication     all             127.0.0.1/32            trust\n";
+
+async function sharedTemplate(): Promise<string> {
+  await baseDir(); // creates HARNESS_ROOT and sweeps unfinished templates of dead processes
+  const binary = await Deno.stat(`${PG_BIN}/postgres`);
+  const fingerprint = JSON.stringify([
+    INITDB_ARGS,
+    COMMON_CONF,
+    HBA_REPLICATION,
+    binary.size,
+    binary.mtime?.getTime(),
+    Deno.uid(),
+  ]);
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(fingerprint));
+  const key = Array.from(new Uint8Array(digest).slice(0, 8), (b) => b.toString(16).padStart(2, "0"))
+    .join("");
+  const final = `${HARNESS_ROOT}/template-${key}`;
+  if (await isFile(`${final}/ready`)) return `${final}/data`;
+
+  const tmp = `${final}.tmp-${Deno.pid}-${randomHex(4)}`;
+  try {
+    await Deno.mkdir(tmp, { mode: 0o755 });
+    await chownPostgres(tmp);
+    const data = `${tmp}/data`;
+    await runOk([...AS_POSTGRES, `${PG_BIN}/initdb`, "-D", data, ...INITDB_ARGS], { cwd: tmp });
+    await Deno.writeTextFile(`${data}/postgresql.conf`, COMMON_CONF, { append: true });
+    const hba = await Deno.readTextFile(`${data}/pg_hba.conf`);
+    if (!/^host\s+replication\s+all\s+127\.0\.0\.1\/32\s+trust/m.test(hba)) {
+      await Deno.writeTextFile(`${data}/pg_hba.conf`, HBA_REPLICATION, { append: true });
+    }
+    await Deno.writeTextFile(`${tmp}/ready`, `${new Date().toISOString()}\n`);
+    await Deno.rename(tmp, final);
+  } catch (err) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    // Another process published the same template first: use theirs.
+    if (!(await isFile(`${final}/ready`))) throw err;
   }
-  return data;
+  return `${final}/data`;
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch {
+    return false;
+  }
 }
 
 function settingsArgs(settings: Record<string, string | number> = {}): string[] {

@@ -45,7 +45,7 @@ export interface StartRedisOptions {
 /** Starts a fresh redis-server on a free port and waits until it answers PING. */
 export async function startRedis(opts: StartRedisOptions = {}): Promise<RedisServer> {
   const dir = await serverDir("redis");
-  const server = new RedisNode(dir, await freePort(), opts.args ?? []);
+  const server = new RedisNode(dir, { port: await freePort(), args: opts.args ?? [] });
   try {
     await server.launchNew();
     return server;
@@ -61,9 +61,9 @@ class RedisNode extends ManagedServer implements RedisServer {
   protected readonly bindError = /Address already in use|Could not create server TCP listening/;
   readonly #args: string[];
 
-  constructor(dir: string, port: number, args: string[]) {
-    super(dir, port, "redis.log");
-    this.#args = args;
+  constructor(dir: string, opts: { port: number; args: string[] }) {
+    super(dir, { port: opts.port, logName: "redis.log" });
+    this.#args = opts.args;
   }
 
   get url(): string {

@@ -1,0 +1,580 @@
+/**
+ * Cluster-singleton leases on Redis: one holder per role at a time, each holder with a
+ * fencing token larger than every token issued before it for that role.
+ *
+ * Guarantees (each operation is one Lua script, so atomic on the Redis master):
+ * - acquire: compare-and-create. Only when the lease key is absent is a new token issued
+ *   and the lease stored as `{holder, token}` with a TTL.
+ * - renew / release: compare-and-set. The TTL is reset (or the key deleted) only when the
+ *   stored holder *and* token are the caller's.
+ * - fencing: an operation carrying a token is accepted only while that token is the newest
+ *   issued for the role and its lease is still held; {@linkcode LeaseManager.fencedSet}
+ *   checks and writes in the same script.
+ *
+ * Tokens are `max(previous + 1, Redis TIME in ms)`: they still only grow when the
+ * fence counter is lost (a Redis restart without persistence, a failover to a replica
+ * that missed the last INCR), as long as the Redis servers' clocks do not step back.
+ *
+ * The per-(role, instance) statechart is machines/lease.ts; this module supplies its
+ * effects. A Redis failure in an effect becomes a transition of that machine, never an
+ * exception out of the actor.
+ * @module
+ */
+import { type Actor, createActor, fromPromise, type InspectionEvent } from "xstate";
+import type { Redis } from "ioredis";
+import { z } from "zod";
+import { describeError, RuntimeError } from "../../lib/errors.ts";
+import { type Logger, silentLogger } from "../../lib/log.ts";
+import type { Keyspace } from "../../store/redis.ts";
+import {
+  type LeaseAcquireInput,
+  type LeaseAcquireOutput,
+  type LeaseHolder,
+  type LeaseLostReason,
+  leaseMachine,
+  type LeaseReleaseInput,
+  type LeaseReleaseOutput,
+  type LeaseRenewInput,
+  type LeaseRenewOutput,
+  leaseValidityMs,
+} from "../../machines/lease.ts";
+
+/** A role and a fencing token: what a fenced operation must carry. */
+export interface LeaseFence {
+  /** Role name. */
+  role: string;
+  /** Token the operation was issued under. */
+  token: number;
+}
+
+/** The current holder of a role as stored in Redis. */
+export interface LeaseHolderInfo {
+  /** Instance id of the holder. */
+  instance: string;
+  /** Its fencing token. */
+  token: number;
+  /** Time its lease has left. */
+  ttlMs: number;
+}
+
+/** Options of {@linkcode LeaseManager.campaign}. */
+export interface CampaignOptions {
+  /** Lease time to live (default 5000 ms): a dead holder is replaced within about this. */
+  ttlMs?: number;
+  /** Pause between renewals (default ttl / 3). */
+  renewMs?: number;
+  /** Pause between acquisition attempts while standing by (default ttl / 3). */
+  retryMs?: number;
+  /** How long before expiry a holder stops considering itself holding (default ttl / 5). */
+  safetyMarginMs?: number;
+  /** Called when the role is acquired; start acting with this token. */
+  onAcquired?(token: number): void;
+  /** Called when the role is lost; stop acting at once. */
+  onLost?(reason: LeaseLostReason, why: string): void;
+}
+
+/** A running campaign for one role. */
+export interface LeaseCampaign {
+  /** Role name. */
+  readonly role: string;
+  /** The running lease actor (machines/lease.ts with Redis effects). */
+  readonly actor: Actor<typeof leaseMachine>;
+  /** True while this instance holds the role and its lease is safely within ttl - margin. */
+  held(): boolean;
+  /** The token while held, else null. */
+  token(): number | null;
+  /** `{role, token}` while held (for fenced operations), else null. */
+  fence(): LeaseFence | null;
+  /** Stops acting, releases the lease and ends the campaign; never throws. */
+  resign(): Promise<void>;
+  /** Ends the campaign without releasing (a held lease then expires by its TTL). */
+  stop(): void;
+}
+
+/** Options of {@linkcode LeaseManager.fencedSet}. */
+export interface FencedSetOptions {
+  /** Target key, built with the keyspace. */
+  key: string;
+  /** Value to store. */
+  value: string;
+  /** Optional expiry of the written key. */
+  pxMs?: number;
+}
+
+/** Leases of one instance: campaigns, holder lookup and fencing checks. */
+export interface LeaseManager {
+  /** This instance's id. */
+  readonly instanceId: string;
+  /** Starts campaigning for `role`; one campaign per role per manager. */
+  campaign(role: string, options?: CampaignOptions): LeaseCampaign;
+  /** The current holder of `role`, or null when nobody holds it. */
+  holder(role: string): Promise<LeaseHolderInfo | null>;
+  /** True only when `token` is the token of the lease currently held for `role`; REDIS_UNAVAILABLE when Redis cannot say. */
+  checkToken(role: string, token: number): Promise<boolean>;
+  /** Runs `fn` only when the fence's token is current; LEASE_STALE_TOKEN / LEASE_NOT_HELD otherwise. */
+  fenced<T>(fence: LeaseFence, fn: (fence: LeaseFence) => T | Promise<T>): Promise<T>;
+  /** Writes `key` only when the fence's token is current, checked in the same script. */
+  fencedSet(fence: LeaseFence, options: FencedSetOptions): Promise<void>;
+  /** Resigns every campaign (releasing held leases); the Redis client stays open. */
+  close(): Promise<void>;
+}
+
+/** Dependencies of {@linkcode createLeaseManager}. */
+export interface LeaseManagerDeps {
+  /** Redis command connection. */
+  redis: Redis;
+  /** Key namer; leases live at `lease:<role>` and `lease:<role>:fence`. */
+  keyspace: Keyspace;
+  /** This instance's id (must be unique in the cluster). */
+  instanceId: string;
+  /** Logger. */
+  log?: Logger;
+  /** Clock of the lease measurements; monotonic by default so wall-clock steps do no harm. */
+  now?: () => number;
+  /** XState inspection hook, so lease actors show up in /actors and the console. */
+  inspect?: (event: InspectionEvent) => void;
+}
+
+// KEYS: lease, fence. ARGV: holder, ttl ms.
+const ACQUIRE = `
+local current = redis.call('GET', KEYS[1])
+if current then
+  return {0, current, redis.call('PTTL', KEYS[1])}
+end
+local time = redis.call('TIME')
+local nowMs = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local last = tonumber(redis.call('GET', KEYS[2])) or 0
+local token = string.format('%d', math.max(last + 1, nowMs))
+redis.call('SET', KEYS[2], token)
+redis.call('SET', KEYS[1], '{"holder":' .. cjson.encode(ARGV[1]) .. ',"token":' .. token .. '}',
+  'PX', ARGV[2])
+return {1, token}
+`;
+
+const DECODE = `
+local function mine(current, holder, token)
+  local ok, lease = pcall(cjson.decode, current)
+  return ok and type(lease) == 'table' and lease.holder == holder and
+    (token == '' or tonumber(lease.token) == tonumber(token))
+end
+`;
+
+// KEYS: lease. ARGV: holder, token, ttl ms.
+const RENEW = DECODE + `
+local current = redis.call('GET', KEYS[1])
+if not current then return {0} end
+if mine(current, ARGV[1], ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {1}
+end
+return {0, current}
+`;
+
+// KEYS: lease. ARGV: holder, token ('' = any token of this holder).
+const RELEASE = DECODE + `
+local current = redis.call('GET', KEYS[1])
+if current and mine(current, ARGV[1], ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+`;
+
+// KEYS: lease, fence[, target]. ARGV: token[, value, px ms or ''].
+// Status: 0 current, 1 older than the newest token, 2 newest but no longer held, 3 unknown.
+const FENCE = `
+local token = tonumber(ARGV[1])
+local newest = tonumber(redis.call('GET', KEYS[2])) or 0
+local status = 0
+if token < newest then
+  status = 1
+elseif token > newest then
+  status = 3
+else
+  local current = redis.call('GET', KEYS[1])
+  local ok, lease = false, nil
+  if current then ok, lease = pcall(cjson.decode, current) end
+  if not (ok and type(lease) == 'table' and tonumber(lease.token) == token) then status = 2 end
+end
+if status == 0 and KEYS[3] then
+  if ARGV[3] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+  else
+    redis.call('SET', KEYS[3], ARGV[2])
+  end
+end
+return {status, string.format('%d', newest)}
+`;
+
+// KEYS: lease.
+const HOLDER = `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`;
+
+const LeaseValue = z.object({
+  holder: z.string().min(1),
+  token: z.number().int().positive(),
+});
+
+const RoleName = z.string().regex(
+  /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/,
+  "letters, digits, '.', '_' or '-', at most 100",
+);
+
+const CampaignTimings = z.object({
+  ttlMs: z.number().int().min(30).max(3_600_000),
+  renewMs: z.number().int().positive().optional(),
+  retryMs: z.number().int().positive().optional(),
+  safetyMarginMs: z.number().int().nonnegative().optional(),
+});
+
+/** Parses a stored lease value; null when it is not one of ours. */
+function parseLease(raw: unknown): LeaseHolder | null {
+  if (typeof raw !== "string") return null;
+  try {
+    const value = LeaseValue.safeParse(JSON.parse(raw));
+    return value.success ? { instance: value.data.holder, token: value.data.token } : null;
+  } catch {
+    return null;
+  }
+}
+
+async function sha1(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Creates the lease manager of one instance. */
+export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
+  const { redis, keyspace, instanceId } = deps;
+  const log = deps.log ?? silentLogger;
+  const now = deps.now ?? (() => performance.now());
+  const campaigns = new Map<string, LeaseCampaign>();
+  const shas = new Map<string, Promise<string>>();
+
+  /** EVALSHA, falling back to EVAL when the script cache was flushed (e.g. a Redis restart). */
+  async function script(
+    source: string,
+    keys: string[],
+    args: (string | number)[],
+  ): Promise<unknown> {
+    let sha = shas.get(source);
+    if (!sha) shas.set(source, sha = sha1(source));
+    try {
+      return await redis.evalsha(await sha, keys.length, ...keys, ...args);
+    } catch (err) {
+      if (!describeError(err).startsWith("NOSCRIPT")) throw err;
+      return await redis.eval(source, keys.length, ...keys, ...args);
+    }
+  }
+
+  function leaseKey(role: string): string {
+    return keyspace.key("lease", role);
+  }
+
+  function fenceKey(role: string): string {
+    return keyspace.key("lease", role, "fence");
+  }
+
+  function unavailable(action: string, role: string, err: unknown): RuntimeError {
+    if (err instanceof RuntimeError) return err;
+    return new RuntimeError(
+      "REDIS_UNAVAILABLE",
+      `Cannot ${action} the lease of role ${role}: ${describeError(err)}`,
+      { cause: err },
+    );
+  }
+
+  function checkRole(role: string): void {
+    const parsed = RoleName.safeParse(role);
+    if (!parsed.success) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `Invalid lease role ${JSON.stringify(role)}: ${parsed.error.issues[0]?.message}`,
+      );
+    }
+  }
+
+  async function acquire(input: LeaseAcquireInput): Promise<LeaseAcquireOutput> {
+    const sentAt = now();
+    try {
+      const reply = await script(
+        ACQUIRE,
+        [leaseKey(input.role), fenceKey(input.role)],
+        [input.instanceId, input.ttlMs],
+      ) as [number, string, number?];
+      const receivedAt = now();
+      if (reply[0] === 1) return { acquired: true, token: Number(reply[1]), sentAt, receivedAt };
+      const ttl = Number(reply[2]);
+      return {
+        acquired: false,
+        holder: parseLease(reply[1]),
+        holderTtlMs: Number.isFinite(ttl) && ttl >= 0 ? ttl : null,
+        sentAt,
+        receivedAt,
+      };
+    } catch (err) {
+      throw unavailable("acquire", input.role, err);
+    }
+  }
+
+  async function renew(input: LeaseRenewInput): Promise<LeaseRenewOutput> {
+    const sentAt = now();
+    try {
+      const reply = await script(
+        RENEW,
+        [leaseKey(input.role)],
+        [input.instanceId, input.token, input.ttlMs],
+      ) as [number, string?];
+      return {
+        renewed: reply[0] === 1,
+        holder: reply[0] === 1 ? null : parseLease(reply[1]),
+        sentAt,
+        receivedAt: now(),
+      };
+    } catch (err) {
+      throw unavailable("renew", input.role, err);
+    }
+  }
+
+  async function release(input: LeaseReleaseInput): Promise<LeaseReleaseOutput> {
+    try {
+      const reply = await script(
+        RELEASE,
+        [leaseKey(input.role)],
+        [input.instanceId, input.token ?? ""],
+      );
+      return { released: reply === 1 };
+    } catch (err) {
+      throw unavailable("release", input.role, err);
+    }
+  }
+
+  const logic = leaseMachine.provide({
+    actors: {
+      acquireLease: fromPromise<LeaseAcquireOutput, LeaseAcquireInput>(({ input }) =>
+        acquire(input)
+      ),
+      renewLease: fromPromise<LeaseRenewOutput, LeaseRenewInput>(({ input }) => renew(input)),
+      releaseLease: fromPromise<LeaseReleaseOutput, LeaseReleaseInput>(({ input }) =>
+        release(input)
+      ),
+    },
+  });
+
+  /** Runs a user callback; its exceptions are logged, never thrown into the actor. */
+  function callback(role: string, name: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      log.error("lease callback threw", { role, callback: name, error: describeError(err) });
+    }
+  }
+
+  function campaign(role: string, options: CampaignOptions = {}): LeaseCampaign {
+    checkRole(role);
+    if (campaigns.has(role)) {
+      throw new RuntimeError(
+        "CONFLICT",
+        `Cannot campaign for role ${role}: instance ${instanceId} already campaigns for it`,
+      );
+    }
+    const timings = CampaignTimings.safeParse({
+      ttlMs: options.ttlMs ?? 5000,
+      renewMs: options.renewMs,
+      retryMs: options.retryMs,
+      safetyMarginMs: options.safetyMarginMs,
+    });
+    if (!timings.success) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `Invalid lease timings for role ${role}: ${z.prettifyError(timings.error)}`,
+      );
+    }
+    const actor = createActor(logic, {
+      id: `lease:${role}`,
+      input: { role, instanceId, ...timings.data },
+      ...(deps.inspect ? { inspect: deps.inspect } : {}),
+    });
+    const ctx = actor.getSnapshot().context;
+    if (ctx.renewMs >= leaseValidityMs(ctx)) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `Invalid lease timings for role ${role}: renewMs ${ctx.renewMs} must be below ` +
+          `ttlMs - safetyMarginMs (${leaseValidityMs(ctx)})`,
+      );
+    }
+
+    let lastFailure = "";
+    actor.on("acquired", (e) => {
+      lastFailure = "";
+      log.info("lease acquired", { role, instance: instanceId, token: e.token });
+      callback(role, "onAcquired", () => options.onAcquired?.(e.token));
+    });
+    actor.on("lost", (e) => {
+      log.warn("lease lost", {
+        role,
+        instance: instanceId,
+        token: e.token,
+        reason: e.reason,
+        why: e.why,
+      });
+      callback(role, "onLost", () => options.onLost?.(e.reason, e.why));
+    });
+    actor.on("failed", (e) => {
+      // One warning per streak of identical failures; an outage would otherwise log every retry.
+      const level = e.error === lastFailure ? "debug" : "warn";
+      lastFailure = e.error;
+      log[level]("lease operation failed", { role, op: e.op, error: e.error });
+    });
+    // An error observer keeps an unexpected actor error from becoming an unhandled exception.
+    actor.subscribe({
+      error: (err) => log.error("lease actor failed", { role, error: describeError(err) }),
+    });
+
+    function held(): boolean {
+      const snap = actor.getSnapshot();
+      if (snap.status !== "active" || !snap.matches("held")) return false;
+      const { lastRenewedAt } = snap.context;
+      // Belt and braces: even if the deadline timer fires late, stop claiming the role.
+      return lastRenewedAt !== null && now() < lastRenewedAt + leaseValidityMs(snap.context);
+    }
+
+    function token(): number | null {
+      return held() ? actor.getSnapshot().context.token : null;
+    }
+
+    function stop(): void {
+      actor.stop();
+      if (campaigns.get(role) === handle) campaigns.delete(role);
+    }
+
+    async function resign(): Promise<void> {
+      if (actor.getSnapshot().status === "active") {
+        const finished = new Promise<void>((resolve) => {
+          actor.subscribe({ complete: resolve, error: () => resolve() });
+        });
+        actor.send({ type: "RESIGN" });
+        await finished;
+      }
+      stop();
+    }
+
+    const handle: LeaseCampaign = {
+      role,
+      actor,
+      held,
+      token,
+      fence: () => {
+        const t = token();
+        return t === null ? null : { role, token: t };
+      },
+      resign,
+      stop,
+    };
+    campaigns.set(role, handle);
+    actor.start();
+    return handle;
+  }
+
+  async function holder(role: string): Promise<LeaseHolderInfo | null> {
+    checkRole(role);
+    let reply: [string | null, number];
+    try {
+      reply = await script(HOLDER, [leaseKey(role)], []) as [string | null, number];
+    } catch (err) {
+      throw unavailable("read", role, err);
+    }
+    const lease = parseLease(reply[0]);
+    return lease ? { ...lease, ttlMs: Math.max(0, Number(reply[1])) } : null;
+  }
+
+  async function fenceStatus(
+    fence: LeaseFence,
+    target?: FencedSetOptions,
+  ): Promise<{ status: number; newest: number }> {
+    checkRole(fence.role);
+    if (!Number.isSafeInteger(fence.token) || fence.token <= 0) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `Invalid fencing token for role ${fence.role}: ${fence.token}`,
+      );
+    }
+    const keys = [leaseKey(fence.role), fenceKey(fence.role)];
+    const args: (string | number)[] = [fence.token];
+    if (target) {
+      keys.push(target.key);
+      args.push(target.value, target.pxMs ?? "");
+    }
+    try {
+      const reply = await script(FENCE, keys, args) as [number, string];
+      return { status: reply[0], newest: Number(reply[1]) };
+    } catch (err) {
+      throw unavailable("check", fence.role, err);
+    }
+  }
+
+  function refusal(fence: LeaseFence, status: number, newest: number): RuntimeError | null {
+    const what = `Refused fenced operation for role ${fence.role}`;
+    const details = { role: fence.role, token: fence.token, newest };
+    switch (status) {
+      case 0:
+        return null;
+      case 1:
+        return new RuntimeError(
+          "LEASE_STALE_TOKEN",
+          `${what}: token ${fence.token} is older than the newest token ${newest}`,
+          { details },
+        );
+      case 2:
+        return new RuntimeError(
+          "LEASE_NOT_HELD",
+          `${what}: the lease with token ${fence.token} is no longer held`,
+          { details },
+        );
+      default:
+        return new RuntimeError(
+          "LEASE_STALE_TOKEN",
+          `${what}: token ${fence.token} was never issued here (newest is ${newest})`,
+          { details },
+        );
+    }
+  }
+
+  async function checkToken(role: string, token: number): Promise<boolean> {
+    if (!Number.isSafeInteger(token) || token <= 0) return false;
+    return (await fenceStatus({ role, token })).status === 0;
+  }
+
+  async function fenced<T>(
+    fence: LeaseFence,
+    fn: (fence: LeaseFence) => T | Promise<T>,
+  ): Promise<T> {
+    const { status, newest } = await fenceStatus(fence);
+    const refused = refusal(fence, status, newest);
+    if (refused) throw refused;
+    return await fn(fence);
+  }
+
+  async function fencedSet(fence: LeaseFence, options: FencedSetOptions): Promise<void> {
+    if (!options.key.startsWith(keyspace.prefix)) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `Refused fenced write for role ${fence.role}: key ${options.key} is outside the keyspace`,
+      );
+    }
+    if (options.pxMs !== undefined && (!Number.isSafeInteger(options.pxMs) || options.pxMs <= 0)) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `Refused fenced write for role ${fence.role}: pxMs must be a positive integer`,
+      );
+    }
+    const { status, newest } = await fenceStatus(fence, options);
+    const refused = refusal(fence, status, newest);
+    if (refused) throw refused;
+  }
+
+  async function close(): Promise<void> {
+    await Promise.all([...campaigns.values()].map((c) => c.resign()));
+  }
+
+  return { instanceId, campaign, holder, checkToken, fenced, fencedSet, close };
+}

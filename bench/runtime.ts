@@ -1,0 +1,191 @@
+/**
+ * Runtime suite: addressed-message round trip (request → reply between two processes)
+ * and addressed-message throughput, each next to raw ioredis publish → receive measured
+ * in the same run between the same kind of two processes.
+ *
+ * Figures: message_rtt_p50_ms, message_rtt_p99_ms (baseline: raw pub/sub round trip),
+ * messages_per_s (baseline: raw pub/sub messages echoed per second).
+ * @module
+ */
+import { Redis } from "ioredis";
+import { createRedisTransport } from "../actors/runtime/transport.ts";
+import { createRedisBus } from "../store/bus.ts";
+import { closeRedis, createKeyspace, createRedisClient } from "../store/redis.ts";
+import { startPostgres, startRedis } from "../tests/harness/mod.ts";
+import { launchInstance, ROOT, until } from "../tests/support/instance.ts";
+import { type Figure, median, percentile, progress, round } from "./_util.ts";
+
+const REPS = 5;
+const RTT_SAMPLES = 2000;
+const THROUGHPUT_MESSAGES = 5000;
+const WINDOW = 64;
+
+/** Round trips through a raw ioredis echo process. */
+async function rawRtt(pub: Redis, sub: Redis, prefix: string, n: number): Promise<number[]> {
+  const samples: number[] = [];
+  let resolveOne: (() => void) | null = null;
+  const handler = () => resolveOne?.();
+  sub.on("message", handler);
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    const got = new Promise<void>((r) => resolveOne = r);
+    await pub.publish(`${prefix}ping`, String(i));
+    await got;
+    samples.push(performance.now() - t0);
+  }
+  sub.off("message", handler);
+  return samples;
+}
+
+/** Messages per second echoed by the raw process with WINDOW in flight. */
+async function rawThroughput(pub: Redis, sub: Redis, prefix: string, n: number): Promise<number> {
+  let received = 0;
+  let inFlight = 0;
+  let wake: (() => void) | null = null;
+  const handler = () => {
+    received++;
+    inFlight--;
+    wake?.();
+  };
+  sub.on("message", handler);
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    while (inFlight >= WINDOW) await new Promise<void>((r) => wake = r);
+    inFlight++;
+    pub.publish(`${prefix}ping`, String(i));
+  }
+  while (received < n) await new Promise<void>((r) => wake = r);
+  const rate = n / ((performance.now() - t0) / 1000);
+  sub.off("message", handler);
+  return rate;
+}
+
+/** Runs the suite. */
+export async function run(): Promise<Figure[]> {
+  progress("runtime: starting PostgreSQL, Redis and a runtime instance");
+  await using pg = await startPostgres({ name: "bench-runtime" });
+  await using redis = await startRedis();
+  const prefix = "rsbench:";
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-bench-" });
+  const node = await launchInstance({
+    DATABASE_URL: await pg.createDatabase(),
+    REDIS_URL: redis.url,
+    RS_SECRET_KEY: btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
+    RS_DATA_DIR: dataDir,
+    RS_KEY_PREFIX: prefix,
+    RS_INSTANCE_ID: "bench-b",
+    RS_PORT: "0",
+    LOG_LEVEL: "warn",
+  });
+  const echo = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "bench/fixtures/redis_echo.ts", redis.url, "raw:"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const echoOut = echo.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  await echoOut.read(); // "ready"
+
+  const settings = {
+    url: redis.url,
+    sentinels: [],
+    sentinelMaster: "mymaster",
+    sentinelPassword: null,
+    keyPrefix: prefix,
+  };
+  const keyspace = createKeyspace(prefix);
+  const client = createRedisClient(settings, { name: "bench-a" });
+  await client.connect();
+  const bus = createRedisBus(client, { keyspace });
+  const transport = createRedisTransport(client, {
+    keyspace,
+    bus,
+    instanceId: "bench-a",
+    actors: { spec: () => undefined, ref: () => undefined },
+  });
+  await transport.start();
+  const rawPub = new Redis(redis.url);
+  const rawSub = new Redis(redis.url);
+  await rawSub.subscribe("raw:pong");
+  const to = { instance: "bench-b", actor: "diagnostics" };
+
+  try {
+    await until(async () => {
+      await transport.request(to, { type: "diag.ping" }, { timeoutMs: 500 });
+      return true;
+    }, { what: "the instance to answer", ms: 20_000 });
+    // Warm-up both paths.
+    for (let i = 0; i < 3000; i++) await transport.request(to, { type: "diag.ping" });
+    await rawRtt(rawPub, rawSub, "raw:", 200);
+
+    const p50: number[] = [], p99: number[] = [], rawP50: number[] = [], rawP99: number[] = [];
+    const rate: number[] = [], rawRate: number[] = [];
+    for (let rep = 0; rep < REPS; rep++) {
+      const samples: number[] = [];
+      for (let i = 0; i < RTT_SAMPLES; i++) {
+        const t0 = performance.now();
+        await transport.request(to, { type: "diag.ping" });
+        samples.push(performance.now() - t0);
+      }
+      const raw = await rawRtt(rawPub, rawSub, "raw:", RTT_SAMPLES);
+      p50.push(percentile(samples, 0.5));
+      p99.push(percentile(samples, 0.99));
+      rawP50.push(percentile(raw, 0.5));
+      rawP99.push(percentile(raw, 0.99));
+
+      // Throughput: addressed sends with WINDOW requests in flight, each answered.
+      const t0 = performance.now();
+      let next = 0;
+      await Promise.all(Array.from({ length: WINDOW }, async () => {
+        while (next < THROUGHPUT_MESSAGES) {
+          next++;
+          await transport.request(to, { type: "diag.ping" });
+        }
+      }));
+      rate.push(THROUGHPUT_MESSAGES / ((performance.now() - t0) / 1000));
+      rawRate.push(await rawThroughput(rawPub, rawSub, "raw:", THROUGHPUT_MESSAGES));
+      progress(
+        `runtime rep ${rep + 1}/${REPS}: rtt p50 ${round(p50[rep])} ms p99 ${round(p99[rep])} ms ` +
+          `(raw ${round(rawP50[rep])} / ${round(rawP99[rep])}); ${Math.round(rate[rep])} msg/s ` +
+          `(raw ${Math.round(rawRate[rep])})`,
+      );
+    }
+    return [
+      {
+        suite: "runtime",
+        name: "message_rtt_p50_ms",
+        unit: "ms",
+        value: round(median(p50)),
+        better: "lower",
+        baseline: { name: "redis_pubsub_rtt_p50_ms", value: round(median(rawP50)) },
+      },
+      {
+        suite: "runtime",
+        name: "message_rtt_p99_ms",
+        unit: "ms",
+        value: round(median(p99)),
+        better: "lower",
+        baseline: { name: "redis_pubsub_rtt_p99_ms", value: round(median(rawP99)) },
+      },
+      {
+        suite: "runtime",
+        name: "messages_per_s",
+        unit: "msg/s",
+        value: Math.round(median(rate)),
+        better: "higher",
+        baseline: { name: "redis_pubsub_echo_per_s", value: Math.round(median(rawRate)) },
+      },
+    ];
+  } finally {
+    await rawPub.publish("raw:stop", "1");
+    await echo.status;
+    await echoOut.cancel();
+    rawPub.disconnect();
+    rawSub.disconnect();
+    await transport.close();
+    await bus.close();
+    await closeRedis(client);
+    await node.stop("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true });
+  }
+}

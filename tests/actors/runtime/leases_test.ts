@@ -1,0 +1,348 @@
+import assert from "node:assert/strict";
+import type { Redis } from "ioredis";
+import {
+  type CampaignOptions,
+  createLeaseManager,
+  type LeaseCampaign,
+} from "../../../actors/runtime/leases.ts";
+import { isRuntimeError } from "../../../lib/errors.ts";
+import { closeRedis, createKeyspace, createRedisClient } from "../../../store/redis.ts";
+import { type RedisServer, startRedis } from "../../harness/mod.ts";
+
+const TTL = 1500; // renew 500, retry 500, margin 300: a holder acts for at most 1200 ms
+
+function client(url: string): Redis {
+  return createRedisClient(
+    { url, sentinels: [], sentinelMaster: "mymaster", sentinelPassword: null, keyPrefix: "t:" },
+    // Reconnect quickly so the restart test does not wait for the production backoff.
+    { name: "lease-test", overrides: { retryStrategy: () => 50 } },
+  );
+}
+
+async function until<T>(
+  what: string,
+  check: () => T | null | undefined | false | Promise<T | null | undefined | false>,
+  ms = 5000,
+): Promise<T> {
+  const deadline = performance.now() + ms;
+  while (true) {
+    const value = await check();
+    if (value) return value;
+    if (performance.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Two managers (instances a and b) on their own connections and key prefix. */
+async function cluster(redis: RedisServer, prefix: string) {
+  const keyspace = createKeyspace(prefix);
+  const clients = [client(redis.url), client(redis.url)];
+  await Promise.all(clients.map((c) => c.connect()));
+  const [a, b] = ["a", "b"].map((instanceId, i) =>
+    createLeaseManager({ redis: clients[i], keyspace, instanceId })
+  );
+  return {
+    a,
+    b,
+    keyspace,
+    redis: clients[0],
+    async [Symbol.asyncDispose]() {
+      await Promise.all([a.close(), b.close()]);
+      await Promise.all(clients.map(closeRedis));
+    },
+  };
+}
+
+function holderOf(...campaigns: LeaseCampaign[]): LeaseCampaign | undefined {
+  const holding = campaigns.filter((c) => c.held());
+  assert.ok(holding.length <= 1, "two instances hold the role at once");
+  return holding[0];
+}
+
+async function refused(code: string, op: Promise<unknown>): Promise<void> {
+  await assert.rejects(op, (err) => isRuntimeError(err) && err.code === code);
+}
+
+Deno.test("leases on a real redis-server", async (t) => {
+  await using redis = await startRedis();
+
+  await t.step("two instances compete: exactly one holds, the other stands by", async () => {
+    await using c = await cluster(redis, "compete:");
+    const acquired: string[] = [];
+    const opts = (who: string): CampaignOptions => ({
+      ttlMs: TTL,
+      onAcquired: () => acquired.push(who),
+    });
+    const ca = c.a.campaign("scheduler", opts("a"));
+    const cb = c.b.campaign("scheduler", opts("b"));
+    const first = await until("someone holds", () => holderOf(ca, cb));
+    // Several renewal periods: the holder keeps it, the other never gets it.
+    const deadline = performance.now() + 1200;
+    while (performance.now() < deadline) {
+      assert.equal(holderOf(ca, cb), first);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(acquired.length, 1);
+    const seen = await c.a.holder("scheduler");
+    assert.equal(seen?.instance, first === ca ? "a" : "b");
+    assert.equal(seen?.token, first.token());
+    assert.ok(seen.ttlMs > 0 && seen.ttlMs <= TTL);
+    const standby = first === ca ? cb : ca;
+    assert.equal(standby.token(), null);
+    assert.match(standby.actor.getSnapshot().context.why, /standing by: the lease is held by/);
+  });
+
+  await t.step(
+    "resign hands over promptly; the old token is refused, the new accepted",
+    async () => {
+      await using c = await cluster(redis, "resign:");
+      const ca = c.a.campaign("scheduler", { ttlMs: TTL });
+      await until("a holds", () => ca.held());
+      const cb = c.b.campaign("scheduler", { ttlMs: TTL });
+      const old = ca.fence()!;
+      const target = c.keyspace.key("scheduler", "cursor");
+      await c.a.fencedSet(old, { key: target, value: "from-a" });
+      assert.equal(await c.a.checkToken("scheduler", old.token), true);
+
+      const resignedAt = performance.now();
+      await ca.resign();
+      assert.equal(ca.held(), false);
+      await until("b takes over", () => cb.held(), TTL);
+      const handover = performance.now() - resignedAt;
+      assert.ok(handover < TTL / 3 + 250, `handover took ${handover} ms`);
+
+      const fresh = cb.fence()!;
+      assert.ok(fresh.token > old.token, `${fresh.token} > ${old.token}`);
+      assert.equal(await c.b.checkToken("scheduler", old.token), false);
+      assert.equal(await c.b.checkToken("scheduler", fresh.token), true);
+      await refused("LEASE_STALE_TOKEN", c.a.fenced(old, () => "never runs"));
+      await refused("LEASE_STALE_TOKEN", c.a.fencedSet(old, { key: target, value: "late-a" }));
+      assert.equal(await c.redis.get(target), "from-a", "a stale write changed nothing");
+      assert.equal(
+        await c.b.fenced(fresh, (f) => `ran with ${f.token}`),
+        `ran with ${fresh.token}`,
+      );
+      await c.b.fencedSet(fresh, { key: target, value: "from-b", pxMs: 60_000 });
+      assert.equal(await c.redis.get(target), "from-b");
+      await refused(
+        "LEASE_STALE_TOKEN",
+        c.b.fenced({ role: "scheduler", token: fresh.token + 1 }, () => 0),
+      );
+      await refused("VALIDATION_FAILED", c.b.fencedSet(fresh, { key: "elsewhere", value: "x" }));
+    },
+  );
+
+  await t.step("a stopped holder's token is refused once its lease expired", async () => {
+    await using c = await cluster(redis, "expire:");
+    const ca = c.a.campaign("scheduler", { ttlMs: 300 });
+    await until("a holds", () => ca.held());
+    const fence = ca.fence()!;
+    ca.stop(); // a crash-like exit: no release
+    assert.equal(ca.held(), false);
+    assert.equal((await c.b.holder("scheduler"))?.instance, "a");
+    await until("lease expires", async () => (await c.b.holder("scheduler")) === null, 1000);
+    await refused("LEASE_NOT_HELD", c.b.fenced(fence, () => 0));
+    assert.equal(await c.b.checkToken("scheduler", fence.token), false);
+  });
+
+  await t.step("callbacks report acquire and loss; a throwing callback harms nothing", async () => {
+    await using c = await cluster(redis, "callbacks:");
+    const events: string[] = [];
+    const ca = c.a.campaign("scheduler", {
+      ttlMs: 600,
+      onAcquired: (token) => {
+        events.push(`acquired ${token > 0}`);
+        throw new Error("callback bug");
+      },
+      onLost: (reason) => events.push(`lost ${reason}`),
+    });
+    await until("a holds", () => ca.held());
+    // Someone else's lease replaces ours behind our back (e.g. an operator's manual edit).
+    await c.redis.set(c.keyspace.key("lease", "scheduler"), '{"holder":"z","token":1}', "PX", 5000);
+    await until("a notices", () => !ca.held() && events.length === 2, 1000);
+    assert.deepEqual(events, ["acquired true", "lost taken"]);
+    assert.equal(ca.actor.getSnapshot().status, "active");
+    assert.equal(ca.actor.getSnapshot().value, "standby");
+  });
+
+  await t.step("close releases held leases at once", async () => {
+    const c = await cluster(redis, "close:");
+    const ca = c.a.campaign("scheduler", { ttlMs: 10_000 });
+    await until("a holds", () => ca.held());
+    await c[Symbol.asyncDispose]();
+    assert.equal(ca.actor.getSnapshot().status, "done", "the campaign ended in released");
+    assert.equal(ca.actor.getSnapshot().value, "released");
+    const check = client(redis.url);
+    try {
+      assert.equal(await check.exists("close:lease:scheduler"), 0);
+    } finally {
+      await closeRedis(check);
+    }
+  });
+
+  await t.step("refuses bad roles, bad timings and a second campaign for a role", async () => {
+    await using c = await cluster(redis, "validate:");
+    assert.throws(() => c.a.campaign("bad role"), (e) => isRuntimeError(e, "VALIDATION_FAILED"));
+    assert.throws(
+      () => c.a.campaign("r", { ttlMs: 1000, renewMs: 900 }),
+      (e) => isRuntimeError(e, "VALIDATION_FAILED") && /renewMs 900/.test(e.message),
+    );
+    c.a.campaign("r", { ttlMs: 1000 });
+    assert.throws(() => c.a.campaign("r"), (e) => isRuntimeError(e, "CONFLICT"));
+  });
+
+  await t.step("a Redis restart crashes nothing and leadership comes back", async () => {
+    await using c = await cluster(redis, "restart:");
+    const lost: string[] = [];
+    const ca = c.a.campaign("scheduler", { ttlMs: TTL, onLost: (r) => lost.push(`a ${r}`) });
+    await until("a holds", () => ca.held());
+    const cb = c.b.campaign("scheduler", { ttlMs: TTL, onLost: (r) => lost.push(`b ${r}`) });
+    const before = ca.token()!;
+    const downAt = performance.now();
+    await redis.kill();
+    // Cut off from Redis, the holder must stop acting before its lease could expire.
+    await until("a demotes itself", () => !ca.held(), TTL);
+    const demotedAfter = performance.now() - downAt;
+    // Its deadline is ttl - margin (1200 ms) after its last renewal; others need 1500 ms.
+    assert.ok(demotedAfter <= TTL - 300 + 150, `demoted after ${demotedAfter} ms`);
+    // held() turns false on its own clock even if the deadline timer runs late under load.
+    await until("a announces the loss", () => lost.length > 0, 1000);
+    assert.deepEqual(lost, ["a expired"]);
+    await redis.start(); // without persistence: lease and fence counter are gone
+    const holder = await until("leadership is back", () => holderOf(ca, cb), 4000);
+    assert.ok(holder.token()! > before, "tokens keep growing after the counter was lost");
+    assert.equal(await c.a.checkToken("scheduler", before), false);
+    assert.equal(ca.actor.getSnapshot().status, "active");
+    assert.equal(cb.actor.getSnapshot().status, "active");
+  });
+});
+
+/** One lease_holder.ts child process and the JSON lines it printed. */
+interface Holder {
+  readonly id: string;
+  readonly child: Deno.ChildProcess;
+  readonly events: { event: string; token?: number; reason?: string; receivedAt: number }[];
+  readonly done: Promise<unknown>;
+  stderr(): string;
+}
+
+const ROOT = new URL("../../../", import.meta.url);
+const FIXTURE = new URL("tests/fixtures/lease_holder.ts", ROOT);
+
+function spawnHolder(id: string, env: Record<string, string>): Holder {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--quiet",
+      "--allow-env",
+      "--allow-net=127.0.0.1",
+      "--allow-read",
+      "--config",
+      new URL("deno.json", ROOT).pathname,
+      FIXTURE.pathname,
+    ],
+    cwd: ROOT.pathname,
+    env: { ...env, RS_INSTANCE_ID: id, NO_COLOR: "1" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const events: Holder["events"] = [];
+  let err = "";
+  async function readLines(): Promise<void> {
+    let buf = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      const receivedAt = performance.now();
+      buf += chunk;
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line.trim()) events.push({ ...JSON.parse(line), receivedAt });
+      }
+    }
+  }
+  async function readErr(): Promise<void> {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) err += chunk;
+  }
+  return { id, child, events, done: Promise.all([readLines(), readErr()]), stderr: () => err };
+}
+
+/** Closes stdin (the child resigns and exits), kills it if it lingers, and reaps it. */
+async function reap(holder: Holder): Promise<void> {
+  await holder.child.stdin.close().catch(() => {});
+  const timer = setTimeout(() => {
+    try {
+      holder.child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }, 3000);
+  try {
+    await holder.child.status;
+    await holder.done;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("kill -9 of the holder process: another process takes over within the TTL", async () => {
+  await using redis = await startRedis();
+  const keyspace = createKeyspace("mp:");
+  const env = {
+    REDIS_URL: redis.url,
+    LEASE_ROLE: "failover-coordinator",
+    LEASE_TTL_MS: String(TTL),
+    RS_KEY_PREFIX: keyspace.prefix,
+  };
+  const holders = ["p1", "p2", "p3"].map((id) => spawnHolder(id, env));
+  const check = client(redis.url);
+  try {
+    const acquisitions = () =>
+      holders.flatMap((h) => h.events.filter((e) => e.event === "acquired").map((e) => ({ h, e })));
+    await until(
+      "all three started and one acquired",
+      () =>
+        holders.every((h) => h.events.some((e) => e.event === "started")) &&
+        acquisitions().length === 1,
+      15_000,
+    ).catch((err) => {
+      throw new Error(`${err.message}\n${holders.map((h) => h.stderr()).join("\n")}`);
+    });
+    // Let the holder renew once so the kill lands mid-lease, as in production.
+    await new Promise((r) => setTimeout(r, TTL / 2));
+    assert.equal(acquisitions().length, 1);
+    const [{ h: victim, e: first }] = acquisitions();
+    const checker = createLeaseManager({ redis: check, keyspace, instanceId: "observer" });
+    assert.equal(await checker.checkToken(env.LEASE_ROLE, first.token!), true);
+
+    const killedAt = performance.now();
+    victim.child.kill("SIGKILL");
+    assert.equal((await victim.child.status).signal, "SIGKILL");
+
+    const [{ h: successor, e: next }] = await until(
+      "a survivor acquires",
+      () => acquisitions().length === 2 && acquisitions().filter(({ h }) => h !== victim),
+      TTL + 1000,
+    );
+    const takeover = next.receivedAt - killedAt;
+    console.error(`takeover after kill -9: ${Math.round(takeover)} ms (ttl ${TTL} ms)`);
+    assert.ok(takeover <= TTL + 250, `takeover took ${takeover} ms`);
+    assert.notEqual(successor, victim);
+    assert.ok(next.token! > first.token!, `${next.token} > ${first.token}`);
+    assert.equal((await checker.holder(env.LEASE_ROLE))?.instance, successor.id);
+    await refused(
+      "LEASE_STALE_TOKEN",
+      checker.fenced({ role: env.LEASE_ROLE, token: first.token! }, () => "stale write"),
+    );
+    // The third process stayed on standby: still exactly one acquisition after the kill.
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(acquisitions().length, 2);
+  } finally {
+    await Promise.all(holders.map(reap));
+    await closeRedis(check);
+  }
+  // The survivor resigned on stdin EOF, which released the lease.
+  const closed = holders.filter((h) => h.events.some((e) => e.event === "closed"));
+  assert.equal(closed.length, 2);
+});
