@@ -9,6 +9,7 @@ import { createApp, type HealthReport } from "./api/app.ts";
 import { addChartRoutes } from "./api/charts.ts";
 import { addClusterRoutes } from "./api/cluster.ts";
 import { MACHINES } from "./machines/mod.ts";
+import { CONCERNS } from "./actors/concerns.ts";
 import { addStreamRoutes } from "./api/streams.ts";
 import { diagnosticsSpec } from "./actors/runtime/diagnostics.ts";
 import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
@@ -25,7 +26,13 @@ import {
   type LeaseManager,
 } from "./actors/runtime/leases.ts";
 import { createLocalTransport, createRedisTransport } from "./actors/runtime/transport.ts";
-import type { ActorSpec, RuntimeServices, Transport } from "./actors/runtime/types.ts";
+import type {
+  ActorSpec,
+  Concern,
+  ConcernFactory,
+  RuntimeServices,
+  Transport,
+} from "./actors/runtime/types.ts";
 import { type Config, redactUrl } from "./lib/config.ts";
 import { type Logger, silentLogger } from "./lib/log.ts";
 import { loadSecretKey } from "./lib/secret_key.ts";
@@ -102,6 +109,8 @@ export interface StartOptions {
   serve?: boolean;
   /** Extra registry entries, started after the built-in ones (tests, embedders). */
   actors?: ActorSpec[];
+  /** Concerns to run instead of actors/concerns.ts (tests, embedders). */
+  concerns?: Record<string, ConcernFactory>;
 }
 
 /** What the health check looks at. */
@@ -114,6 +123,7 @@ interface HealthInputs {
   unavailable: Record<string, string>;
   startedAt: number;
   supervisor: Supervisor;
+  concerns: [string, Concern][];
 }
 
 /**
@@ -123,9 +133,21 @@ interface HealthInputs {
 async function checkHealth(h: HealthInputs): Promise<HealthReport> {
   const { config, db, redis, bus, migrations } = h;
   const sup = h.supervisor.state();
-  const [dbCheck, redisCheck] = await Promise.all([
+  const [dbCheck, redisCheck, concernChecks] = await Promise.all([
     db.ping(2000),
     redis ? pingRedis(redis, 1000) : Promise.resolve(null),
+    Promise.all(
+      h.concerns.filter(([, c]) => c.health).map(async ([name, c]) => {
+        try {
+          return [name, await c.health!()] as const;
+        } catch (err) {
+          return [name, {
+            ok: false,
+            error: err instanceof Error ? err.message : String(err),
+          }] as const;
+        }
+      }),
+    ),
   ]);
   const checks: HealthReport["checks"] = {
     database: { ...dbCheck, mode: db.mode, target: db.describe },
@@ -139,10 +161,13 @@ async function checkHealth(h: HealthInputs): Promise<HealthReport> {
       unknown: migrations.unknown,
     },
     actors: { ok: sup.state === "healthy", state: sup.state, reason: sup.reason },
+    ...Object.fromEntries(concernChecks),
   };
+  const concernsOk = concernChecks.every(([, c]) => c.ok);
   const status = !dbCheck.ok
     ? "unavailable"
-    : (redisCheck && !redisCheck.ok) || migrations.unknown.length || sup.state !== "healthy"
+    : (redisCheck && !redisCheck.ok) || migrations.unknown.length || sup.state !== "healthy" ||
+        !concernsOk
     ? "degraded"
     : "ok";
   return {
@@ -314,11 +339,20 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       bus,
       transport,
       leases,
+      secretKey: secret.key,
       now: Date.now,
     };
+    const concerns: [string, Concern][] = [];
+    for (const [name, factory] of Object.entries(options.concerns ?? CONCERNS)) {
+      concerns.push([name, await factory({ ...services, log: log.child(name) })]);
+    }
+    for (const [, concern] of concerns) {
+      if (concern.stop) cleanups.push(concern.stop);
+    }
     const specs: ActorSpec[] = [
       ...(membership ? [membership.spec] : []),
       diagnosticsSpec({ instanceId: config.instanceId, now: Date.now }),
+      ...concerns.flatMap(([, c]) => c.actors),
       ...(options.actors ?? []),
     ];
     for (const spec of specs) specsById.set(spec.id, spec);
@@ -336,10 +370,12 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         unavailable,
         startedAt,
         supervisor: supervisor!,
+        concerns,
       });
 
     const app = createApp({ health, log: log.child("http") });
     addStreamRoutes(app, { sql: db.sql });
+    for (const [, concern] of concerns) concern.routes?.(app);
     const shutdown = new AbortController();
     addClusterRoutes(app, {
       instanceId: config.instanceId,

@@ -4,6 +4,7 @@
  * @module
  */
 import type { AnyActorLogic, AnyActorRef, Snapshot } from "xstate";
+import type { Hono } from "hono";
 import type { Redis } from "ioredis";
 import type { z } from "zod";
 import type { Config } from "../../lib/config.ts";
@@ -100,9 +101,29 @@ export interface RuntimeServices {
   transport: Transport;
   /** Leases for cluster-singleton roles, or null without Redis (a single instance holds all). */
   leases: LeaseManager | null;
+  /** The 32-byte key that encrypts secrets at rest (RS_SECRET_KEY). */
+  secretKey: Uint8Array;
   /** Wall clock, injectable. */
   now: () => number;
 }
+
+/**
+ * A concern plugged into the runtime (sessions, sync, backup, failover, metrics): its
+ * actors, its HTTP routes and its shutdown. Listed in actors/concerns.ts.
+ */
+export interface Concern {
+  /** Registry entries, started in order after the runtime's own actors. */
+  actors: ActorSpec[];
+  /** Adds the concern's HTTP routes. */
+  routes?(app: Hono): void;
+  /** Facts for /health (`ok: false` makes the instance degraded). */
+  health?(): Promise<{ ok: boolean; [key: string]: unknown }>;
+  /** Called on shutdown after the actors stopped. */
+  stop?(): Promise<void>;
+}
+
+/** Builds a concern from the runtime's services. */
+export type ConcernFactory = (services: RuntimeServices) => Concern | Promise<Concern>;
 
 /** One entry of the actor registry: how to build, feed, summarise and reach an actor. */
 export interface ActorSpec {

@@ -1,0 +1,9 @@
+/**
+ * The concerns this runtime runs, in start order. Each entry builds its actors, routes
+ * and shutdown from the runtime's services (see `Concern` in actors/runtime/types.ts).
+ * @module
+ */
+import type { ConcernFactory } from "./runtime/types.ts";
+
+/** Concern factories by name, in start order. */
+export const CONCERNS: Record<string, ConcernFactory> = {};
