@@ -136,8 +136,14 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
       const before = views.get(path);
       views.set(path, view);
       let t: TransitionRecord | null = null;
-      if (!before || JSON.stringify(before.state) !== JSON.stringify(view.state)) {
-        t = { seq: ++seq, path, event: ev.event?.type ?? "", state: view.state, at };
+      const eventType = ev.event?.type ?? "";
+      // State changes, plus failures and completions of children (they change no state
+      // value of the parent, yet they are what a reviewer wants on the timeline).
+      if (
+        !before || JSON.stringify(before.state) !== JSON.stringify(view.state) ||
+        eventType.startsWith("xstate.error.") || eventType.startsWith("xstate.done.")
+      ) {
+        t = { seq: ++seq, path, event: eventType, state: view.state, at };
         log.push(t);
         if (log.length > max) log.splice(0, log.length - max);
       }

@@ -104,3 +104,10 @@ Deno.test("config", async (t) => {
     assert.equal(redactUrl("not a url"), "<invalid url>");
   });
 });
+
+Deno.test("the README's configuration table lists every setting", async () => {
+  const readme = await Deno.readTextFile(new URL("../../README.md", import.meta.url));
+  for (const s of SETTINGS) {
+    assert.match(readme, new RegExp(`^\\| \`${s.env}\` `, "m"), `${s.env} missing`);
+  }
+});
