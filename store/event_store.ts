@@ -23,6 +23,7 @@ import {
   rethrowDatabaseError,
 } from "./pg_errors.ts";
 import type { Sql } from "./types.ts";
+import { parseInput } from "./validate.ts";
 
 /** Names an aggregate: its type (`"Stream"`) and id (numeric ids are stored as text). */
 export interface AggregateRef {
@@ -213,19 +214,12 @@ const userReadSchema = z.object({
     .min(1, "must be at least 1").max(1000, "must be at most 1000").optional(),
 });
 
-/** Parses `input` or throws VALIDATION_FAILED naming the first offending field. */
-function parseInput<T>(schema: z.ZodType<T>, input: unknown, action: string, name: string): T {
-  const result = schema.safeParse(input);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const field = [name, ...issue.path].join(".");
-  throw new RuntimeError("VALIDATION_FAILED", `Cannot ${action}: ${field} ${issue.message}`, {
-    details: { field },
-  });
-}
-
 function parseRef(aggregate: AggregateRef, action: string): Ref {
-  const ref = parseInput(aggregateSchema, aggregate, action, "aggregate");
+  const ref = parseInput(aggregateSchema, aggregate, {
+    action: action,
+    name: "aggregate",
+    prefixPath: true,
+  });
   return { type: ref.type, id: String(ref.id) };
 }
 
@@ -375,13 +369,16 @@ export function createEventStore(sql: Sql, options: EventStoreOptions = {}): Eve
   ): Promise<StoredEvent<D>[]> {
     const action = "append events";
     const ref = parseRef(aggregate, action);
-    const list = parseInput(eventsSchema, events, action, "events");
-    const expectedVersion = parseInput(
-      versionSchema,
-      appendOptions?.expectedVersion,
-      action,
-      "expectedVersion",
-    );
+    const list = parseInput(eventsSchema, events, {
+      action: action,
+      name: "events",
+      prefixPath: true,
+    });
+    const expectedVersion = parseInput(versionSchema, appendOptions?.expectedVersion, {
+      action: action,
+      name: "expectedVersion",
+      prefixPath: true,
+    });
     const reducer = appendOptions.reducer === undefined
       ? undefined
       : parseReducer<S>(appendOptions.reducer, action);
@@ -449,7 +446,11 @@ export function createEventStore(sql: Sql, options: EventStoreOptions = {}): Eve
   ): Promise<StoredEvent<D>[]> {
     const action = "read events";
     const ref = parseRef(aggregate, action);
-    const { afterVersion = 0, limit } = parseInput(readSchema, readOptions, action, "options");
+    const { afterVersion = 0, limit } = parseInput(readSchema, readOptions, {
+      action: action,
+      name: "options",
+      prefixPath: true,
+    });
     try {
       return await readEventsOn<D>(sql, ref, afterVersion, limit ?? null);
     } catch (err) {
@@ -473,12 +474,11 @@ export function createEventStore(sql: Sql, options: EventStoreOptions = {}): Eve
   ): Promise<Snapshot<S>> {
     const action = "save snapshot";
     const ref = parseRef(aggregate, action);
-    const version = parseInput(
-      versionSchema.min(1, "must be at least 1"),
-      snapshot?.version,
-      action,
-      "version",
-    );
+    const version = parseInput(versionSchema.min(1, "must be at least 1"), snapshot?.version, {
+      action: action,
+      name: "version",
+      prefixPath: true,
+    });
     checkJson(snapshot.state, action, "state");
     if (snapshot.state === undefined) {
       throw new RuntimeError("VALIDATION_FAILED", `Cannot ${action}: state is required`, {
@@ -538,8 +538,16 @@ export function createEventStore(sql: Sql, options: EventStoreOptions = {}): Eve
     readOptions: { limit?: number } = {},
   ): Promise<StoredEvent<D>[]> {
     const action = "read events by user";
-    const id = parseInput(userIdSchema, userId, action, "userId");
-    const { limit = 100 } = parseInput(userReadSchema, readOptions, action, "options");
+    const id = parseInput(userIdSchema, userId, {
+      action: action,
+      name: "userId",
+      prefixPath: true,
+    });
+    const { limit = 100 } = parseInput(userReadSchema, readOptions, {
+      action: action,
+      name: "options",
+      prefixPath: true,
+    });
     try {
       const rows = await sql<EventRow[]>`
         SELECT * FROM event_log WHERE user_id = ${id}

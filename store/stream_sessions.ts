@@ -13,6 +13,7 @@ import { z } from "zod";
 import { RuntimeError } from "../lib/errors.ts";
 import { isForeignKeyViolation, isUniqueViolation, rethrowDatabaseError } from "./pg_errors.ts";
 import type { Sql } from "./types.ts";
+import { countSchema, idSchema, parseInput } from "./validate.ts";
 
 /** One broadcast of a stream. */
 export interface StreamSession {
@@ -67,16 +68,6 @@ export interface StreamSessionRow {
   updated_at: Date;
 }
 
-const idSchema = z
-  .number({ error: "must be a number" })
-  .int("must be an integer")
-  .positive("must be positive")
-  .max(Number.MAX_SAFE_INTEGER, "is too large");
-const countSchema = z
-  .number({ error: "must be a number" })
-  .int("must be an integer")
-  .min(0, "must not be negative")
-  .max(2_147_483_647, "is too large");
 const viewerStatsSchema = z.object({ totalViewers: countSchema, peakViewers: countSchema });
 const bytesSchema = z.object({
   bytes: z.union([
@@ -89,17 +80,6 @@ const listSchema = z.object({
   limit: z.number({ error: "must be a number" }).int("must be an integer")
     .min(1, "must be at least 1").max(1000, "must be at most 1000").optional(),
 });
-
-/** Parses `input` or throws VALIDATION_FAILED naming the first offending field. */
-function parseInput<T>(schema: z.ZodType<T>, input: unknown, action: string, name: string): T {
-  const result = schema.safeParse(input);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const field = issue.path.length ? issue.path.join(".") : name;
-  throw new RuntimeError("VALIDATION_FAILED", `Cannot ${action}: ${field} ${issue.message}`, {
-    details: { field },
-  });
-}
 
 /** Internal: maps a row to the public shape. */
 export function toStreamSession(row: StreamSessionRow): StreamSession {
@@ -176,7 +156,7 @@ export async function closeOpenSession(
  */
 export async function createStreamSession(sql: Sql, streamId: number): Promise<StreamSession> {
   const action = "create stream session";
-  const id = parseInput(idSchema, streamId, action, "streamId");
+  const id = parseInput(idSchema, streamId, { action: action, name: "streamId" });
   try {
     return await insertStreamSession(sql, id, { action });
   } catch (err) {
@@ -187,7 +167,7 @@ export async function createStreamSession(sql: Sql, streamId: number): Promise<S
 /** The session with this id, or null. */
 export async function getStreamSession(sql: Sql, id: number): Promise<StreamSession | null> {
   const action = "load stream session";
-  const sessionId = parseInput(idSchema, id, action, "id");
+  const sessionId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     const rows = await sql<StreamSessionRow[]>`
       SELECT * FROM stream_sessions WHERE id = ${sessionId}`;
@@ -200,7 +180,7 @@ export async function getStreamSession(sql: Sql, id: number): Promise<StreamSess
 /** The open (not yet ended) session of a stream, or null. */
 export async function getOpenSession(sql: Sql, streamId: number): Promise<StreamSession | null> {
   const action = "load open stream session";
-  const id = parseInput(idSchema, streamId, action, "streamId");
+  const id = parseInput(idSchema, streamId, { action: action, name: "streamId" });
   try {
     const rows = await sql<StreamSessionRow[]>`
       SELECT * FROM stream_sessions WHERE stream_id = ${id} AND ended_at IS NULL`;
@@ -220,8 +200,8 @@ export async function updateViewerStats(
   stats: ViewerStats,
 ): Promise<StreamSession> {
   const action = "update viewer stats";
-  const sessionId = parseInput(idSchema, id, action, "id");
-  const data = parseInput(viewerStatsSchema, stats, action, "stats");
+  const sessionId = parseInput(idSchema, id, { action: action, name: "id" });
+  const data = parseInput(viewerStatsSchema, stats, { action: action, name: "stats" });
   try {
     const rows = await sql<StreamSessionRow[]>`
       UPDATE stream_sessions
@@ -243,8 +223,8 @@ export async function addBytesTransferred(
   options: { bytes: number | bigint },
 ): Promise<StreamSession> {
   const action = "add bytes transferred";
-  const sessionId = parseInput(idSchema, id, action, "id");
-  const { bytes } = parseInput(bytesSchema, options, action, "options");
+  const sessionId = parseInput(idSchema, id, { action: action, name: "id" });
+  const { bytes } = parseInput(bytesSchema, options, { action: action, name: "options" });
   try {
     // One UPDATE with the increment in SQL: concurrent reporters cannot lose updates.
     const rows = await sql<StreamSessionRow[]>`
@@ -271,7 +251,7 @@ export async function addBytesTransferred(
  */
 export async function endStreamSession(sql: Sql, id: number): Promise<StreamSession> {
   const action = "end stream session";
-  const sessionId = parseInput(idSchema, id, action, "id");
+  const sessionId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     const rows = await sql<StreamSessionRow[]>`
       UPDATE stream_sessions SET ended_at = GREATEST(now(), started_at)
@@ -297,8 +277,8 @@ export async function listSessionsForStream(
   options: { limit?: number } = {},
 ): Promise<StreamSession[]> {
   const action = "list stream sessions";
-  const id = parseInput(idSchema, streamId, action, "streamId");
-  const { limit = 100 } = parseInput(listSchema, options, action, "options");
+  const id = parseInput(idSchema, streamId, { action: action, name: "streamId" });
+  const { limit = 100 } = parseInput(listSchema, options, { action: action, name: "options" });
   try {
     const rows = await sql<StreamSessionRow[]>`
       SELECT * FROM stream_sessions WHERE stream_id = ${id}

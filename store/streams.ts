@@ -19,6 +19,7 @@ import {
   type StreamSession,
 } from "./stream_sessions.ts";
 import type { Sql } from "./types.ts";
+import { idSchema, parseInput } from "./validate.ts";
 
 /** A stream as the rest of the runtime sees it (never the key or its hash). */
 export interface Stream {
@@ -143,11 +144,6 @@ const DISPLAY_PREFIX_LENGTH = 12;
 const noNul = (s: string) => !s.includes("\u0000");
 const codePoints = (s: string) => [...s].length;
 
-const idSchema = z
-  .number({ error: "must be a number" })
-  .int("must be an integer")
-  .positive("must be positive")
-  .max(Number.MAX_SAFE_INTEGER, "is too large");
 const nameSchema = z
   .string({ error: "must be a string" })
   .refine((s) => s.trim().length > 0, "must not be empty")
@@ -185,17 +181,6 @@ const listSchema = z.object({
   limit: z.number({ error: "must be a number" }).int("must be an integer")
     .min(1, "must be at least 1").max(100, "must be at most 100").optional(),
 });
-
-/** Parses `input` or throws VALIDATION_FAILED naming the first offending field. */
-function parseInput<T>(schema: z.ZodType<T>, input: unknown, action: string, name: string): T {
-  const result = schema.safeParse(input);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const field = issue.path.length ? issue.path.join(".") : name;
-  throw new RuntimeError("VALIDATION_FAILED", `Cannot ${action}: ${field} ${issue.message}`, {
-    details: { field },
-  });
-}
 
 function toStream(row: StreamRow): Stream {
   return {
@@ -259,7 +244,7 @@ function mapWriteError(err: unknown, action: string): never {
 /** Creates a stream and its key; the plain key is in the result and nowhere else. */
 export async function createStream(sql: Sql, input: CreateStreamInput): Promise<StreamWithKey> {
   const action = "create stream";
-  const data = parseInput(createStreamSchema, input, action, "input");
+  const data = parseInput(createStreamSchema, input, { action: action, name: "input" });
   const { key, hash, prefix } = newStreamKey();
   try {
     const rows = await sql<StreamRow[]>`
@@ -282,7 +267,7 @@ export async function createStream(sql: Sql, input: CreateStreamInput): Promise<
 /** The stream with this id, or null. */
 export async function getStreamById(sql: Sql, id: number): Promise<Stream | null> {
   const action = "load stream";
-  const streamId = parseInput(idSchema, id, action, "id");
+  const streamId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     const rows = await sql<StreamRow[]>`
       SELECT ${sql(STREAM_COLUMNS)} FROM streams WHERE id = ${streamId}`;
@@ -295,7 +280,10 @@ export async function getStreamById(sql: Sql, id: number): Promise<Stream | null
 /** The stream whose current key is `key` (the ingest server's check), or null. */
 export async function getStreamByKey(sql: Sql, key: string): Promise<Stream | null> {
   const action = "load stream by key";
-  const streamKey = parseInput(z.string({ error: "must be a string" }), key, action, "key");
+  const streamKey = parseInput(z.string({ error: "must be a string" }), key, {
+    action: action,
+    name: "key",
+  });
   // A malformed key cannot match; answering without a query keeps junk off the database.
   if (!KEY_RE.test(streamKey)) return null;
   try {
@@ -310,7 +298,7 @@ export async function getStreamByKey(sql: Sql, key: string): Promise<Stream | nu
 /** Streams owned by a user, newest first. */
 export async function listStreamsForUser(sql: Sql, userId: number): Promise<Stream[]> {
   const action = "list streams";
-  const id = parseInput(idSchema, userId, action, "userId");
+  const id = parseInput(idSchema, userId, { action: action, name: "userId" });
   try {
     const rows = await sql<StreamRow[]>`
       SELECT ${sql(STREAM_COLUMNS)} FROM streams WHERE user_id = ${id}
@@ -327,7 +315,7 @@ export async function listLiveStreams(
   options: { limit?: number } = {},
 ): Promise<Stream[]> {
   const action = "list live streams";
-  const { limit = 50 } = parseInput(listSchema, options, action, "options");
+  const { limit = 50 } = parseInput(listSchema, options, { action: action, name: "options" });
   try {
     const rows = await sql<StreamRow[]>`
       SELECT ${sql(STREAM_COLUMNS)} FROM streams
@@ -346,7 +334,7 @@ export async function listLiveStreams(
  */
 export async function startStream(sql: Sql, id: number): Promise<StreamTransition> {
   const action = "start stream";
-  const streamId = parseInput(idSchema, id, action, "id");
+  const streamId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     return await sql.begin(async (tx) => {
       // The NOT is_live condition is re-checked after a concurrent start commits, so
@@ -371,7 +359,7 @@ export async function startStream(sql: Sql, id: number): Promise<StreamTransitio
  */
 export async function stopStream(sql: Sql, id: number): Promise<StreamTransition> {
   const action = "stop stream";
-  const streamId = parseInput(idSchema, id, action, "id");
+  const streamId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     return await sql.begin(async (tx) => {
       const rows = await tx<StreamRow[]>`
@@ -398,8 +386,8 @@ export async function updateViewerCount(
   options: { viewers: number },
 ): Promise<Stream> {
   const action = "update viewer count";
-  const streamId = parseInput(idSchema, id, action, "id");
-  const { viewers } = parseInput(viewersSchema, options, action, "options");
+  const streamId = parseInput(idSchema, id, { action: action, name: "id" });
+  const { viewers } = parseInput(viewersSchema, options, { action: action, name: "options" });
   try {
     // One statement, so the stream's count and the session's peak cannot drift apart.
     const rows = await sql<StreamRow[]>`
@@ -426,8 +414,8 @@ export async function updateStreamStats(
   stats: StreamStats,
 ): Promise<Stream> {
   const action = "update stream stats";
-  const streamId = parseInput(idSchema, id, action, "id");
-  const data = parseInput(statsSchema, stats, action, "stats");
+  const streamId = parseInput(idSchema, id, { action: action, name: "id" });
+  const data = parseInput(statsSchema, stats, { action: action, name: "stats" });
   const set: Record<string, string | number | null> = {};
   if (data.bitrateKbps !== undefined) set.bitrate_kbps = data.bitrateKbps;
   if (data.fps !== undefined) set.fps = data.fps;
@@ -456,7 +444,7 @@ export async function updateStreamStats(
  */
 export async function resetStreamKey(sql: Sql, id: number): Promise<StreamWithKey> {
   const action = "reset stream key";
-  const streamId = parseInput(idSchema, id, action, "id");
+  const streamId = parseInput(idSchema, id, { action: action, name: "id" });
   const { key, hash, prefix } = newStreamKey();
   try {
     const rows = await sql<StreamRow[]>`

@@ -18,6 +18,7 @@ import {
 } from "../lib/password.ts";
 import { isCheckViolation, isUniqueViolation, rethrowDatabaseError } from "./pg_errors.ts";
 import type { Sql } from "./types.ts";
+import { idSchema, parseInput } from "./validate.ts";
 
 /** A user account as the rest of the runtime sees it (never the password hash). */
 export interface User {
@@ -143,11 +144,6 @@ const avatarUrlSchema = z
   .max(2048, "must be at most 2048 characters")
   .refine(isHttpUrl, "must be an http or https URL")
   .nullable();
-const idSchema = z
-  .number({ error: "must be a number" })
-  .int("must be an integer")
-  .positive("must be positive")
-  .max(Number.MAX_SAFE_INTEGER, "is too large");
 
 const createUserSchema = z.object({
   username: usernameSchema,
@@ -171,17 +167,6 @@ function isHttpUrl(value: string): boolean {
   } catch {
     return false;
   }
-}
-
-/** Parses `input` or throws VALIDATION_FAILED naming the first offending field. */
-function parseInput<T>(schema: z.ZodType<T>, input: unknown, action: string, name: string): T {
-  const result = schema.safeParse(input);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const field = issue.path.length ? issue.path.join(".") : name;
-  throw new RuntimeError("VALIDATION_FAILED", `Cannot ${action}: ${field} ${issue.message}`, {
-    details: { field },
-  });
 }
 
 function toUser(row: UserRow): User {
@@ -236,7 +221,7 @@ export async function createUser(
   options: UserPasswordOptions = {},
 ): Promise<User> {
   const action = "create user";
-  const data = parseInput(createUserSchema, input, action, "input");
+  const data = parseInput(createUserSchema, input, { action: action, name: "input" });
   const passwordHash = await hashPassword(data.password, options.hashing);
   try {
     const rows = await sql<UserRow[]>`
@@ -252,7 +237,7 @@ export async function createUser(
 /** The user with this id, or null. */
 export async function getUserById(sql: Sql, id: number): Promise<User | null> {
   const action = "load user";
-  const userId = parseInput(idSchema, id, action, "id");
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     const rows = await sql<UserRow[]>`
       SELECT ${sql(USER_COLUMNS)} FROM users WHERE id = ${userId}`;
@@ -265,7 +250,10 @@ export async function getUserById(sql: Sql, id: number): Promise<User | null> {
 /** The user with this username (case-insensitive), or null. */
 export async function getUserByUsername(sql: Sql, username: string): Promise<User | null> {
   const action = "load user";
-  const name = parseInput(z.string({ error: "must be a string" }), username, action, "username");
+  const name = parseInput(z.string({ error: "must be a string" }), username, {
+    action: action,
+    name: "username",
+  });
   try {
     const rows = await sql<UserRow[]>`
       SELECT ${sql(USER_COLUMNS)} FROM users WHERE lower(username) = lower(${name})`;
@@ -278,7 +266,10 @@ export async function getUserByUsername(sql: Sql, username: string): Promise<Use
 /** The user with this email address (case-insensitive), or null. */
 export async function getUserByEmail(sql: Sql, email: string): Promise<User | null> {
   const action = "load user";
-  const address = parseInput(z.string({ error: "must be a string" }), email, action, "email");
+  const address = parseInput(z.string({ error: "must be a string" }), email, {
+    action: action,
+    name: "email",
+  });
   try {
     const rows = await sql<UserRow[]>`
       SELECT ${sql(USER_COLUMNS)} FROM users WHERE lower(email) = lower(${address})`;
@@ -326,7 +317,10 @@ export async function verifyCredentials(
   options: UserPasswordOptions = {},
 ): Promise<User | null> {
   const action = "verify credentials";
-  const { login, password } = parseInput(credentialsSchema, credentials, action, "credentials");
+  const { login, password } = parseInput(credentialsSchema, credentials, {
+    action: action,
+    name: "credentials",
+  });
   const plausible = login.length > 0 && login.length <= MAX_LOGIN_LENGTH &&
     password.length <= MAX_PASSWORD_LENGTH;
   let row: AuthRow | null = null;
@@ -363,8 +357,8 @@ export async function updateProfile(
   changes: ProfileChanges,
 ): Promise<User> {
   const action = "update profile";
-  const userId = parseInput(idSchema, id, action, "id");
-  const data = parseInput(profileSchema, changes, action, "changes");
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
+  const data = parseInput(profileSchema, changes, { action: action, name: "changes" });
   const set: Record<string, string | null> = {};
   if (data.displayName !== undefined) set.display_name = data.displayName;
   if (data.avatarUrl !== undefined) set.avatar_url = data.avatarUrl;
@@ -402,7 +396,7 @@ async function setFlag(
 /** Marks the user's email as verified; returns the updated user. */
 export async function markVerified(sql: Sql, id: number): Promise<User> {
   const action = "mark user verified";
-  const userId = parseInput(idSchema, id, action, "id");
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     return await setFlag(sql, userId, action, "is_verified", true);
   } catch (err) {
@@ -413,7 +407,7 @@ export async function markVerified(sql: Sql, id: number): Promise<User> {
 /** Re-enables a deactivated account; returns the updated user. */
 export async function activate(sql: Sql, id: number): Promise<User> {
   const action = "activate user";
-  const userId = parseInput(idSchema, id, action, "id");
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     return await setFlag(sql, userId, action, "is_active", true);
   } catch (err) {
@@ -427,7 +421,7 @@ export async function activate(sql: Sql, id: number): Promise<User> {
  */
 export async function deactivate(sql: Sql, id: number): Promise<User> {
   const action = "deactivate user";
-  const userId = parseInput(idSchema, id, action, "id");
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     return await sql.begin(async (tx) => {
       const user = await setFlag(tx, userId, action, "is_active", false);
@@ -446,8 +440,8 @@ export async function recordLogin(
   options: { at?: Date } = {},
 ): Promise<User> {
   const action = "record login";
-  const userId = parseInput(idSchema, id, action, "id");
-  const at = parseInput(z.date().optional(), options.at, action, "at");
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
+  const at = parseInput(z.date().optional(), options.at, { action: action, name: "at" });
   try {
     const rows = await sql<UserRow[]>`
       UPDATE users SET last_login_at = COALESCE(${at ?? null}::timestamptz, now())
@@ -467,7 +461,7 @@ export async function recordLogin(
  */
 export async function deleteUser(sql: Sql, id: number): Promise<boolean> {
   const action = "delete user";
-  const userId = parseInput(idSchema, id, action, "id");
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
     const result = await sql`DELETE FROM users WHERE id = ${userId}`;
     return result.count > 0;
