@@ -1,0 +1,361 @@
+/**
+ * `deno task cluster`: the production topology as local processes on one machine, no
+ * Docker — PostgreSQL primary + streaming replica, Redis master + replica + 3 Sentinels,
+ * VictoriaMetrics (when installed), and 3 runtime instances on consecutive ports. Prints
+ * their URLs; Ctrl-C (or SIGTERM) stops everything, runtimes first.
+ *
+ * Flags: `--base-port N` (first runtime port, default 8081; the other services use
+ * ports above it), `--dir PATH` (default: a new temporary directory; PostgreSQL runs as
+ * the `postgres` user when started by root, so the path must be traversable by it).
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { createPgTools, type PgServerProcess } from "../store/pg_tools.ts";
+
+const encoder = new TextEncoder();
+
+function say(line: string): void {
+  Deno.stderr.writeSync(encoder.encode(`[cluster] ${line}\n`));
+}
+
+/** A process of the topology, stopped in reverse start order. */
+interface Member {
+  name: string;
+  stop(): Promise<void>;
+}
+
+async function commandExists(name: string): Promise<boolean> {
+  try {
+    const out = await new Deno.Command("sh", {
+      args: ["-c", `command -v ${name}`],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+/** Pipes a child's output to stderr with a name prefix, line by line. */
+function prefixOutput(name: string, stream: ReadableStream<Uint8Array>): Promise<void> {
+  return (async () => {
+    let buf = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      buf += chunk;
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        Deno.stderr.writeSync(encoder.encode(`${name.padEnd(11)}| ${buf.slice(0, i)}\n`));
+        buf = buf.slice(i + 1);
+      }
+    }
+  })().catch(() => {});
+}
+
+/** Spawns a long-running process whose output is prefixed; stop = signal + wait. */
+function spawn(
+  name: string,
+  cmd: string,
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string; stopSignal?: Deno.Signal } = {},
+): { child: Deno.ChildProcess; member: Member } {
+  const child = new Deno.Command(cmd, {
+    args,
+    env: options.env,
+    cwd: options.cwd,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const out = Promise.all([prefixOutput(name, child.stdout), prefixOutput(name, child.stderr)]);
+  let stopping: Promise<void> | null = null;
+  return {
+    child,
+    member: {
+      name,
+      stop() {
+        stopping ??= (async () => {
+          try {
+            child.kill(options.stopSignal ?? "SIGTERM");
+          } catch { /* already gone */ }
+          const timer = setTimeout(() => {
+            try {
+              child.kill("SIGKILL");
+            } catch { /* gone */ }
+          }, 15_000);
+          await child.status;
+          clearTimeout(timer);
+          await out;
+        })();
+        return stopping;
+      },
+    },
+  };
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+async function redisCli(port: number, ...args: string[]): Promise<string> {
+  const out = await new Deno.Command("redis-cli", {
+    args: ["-p", String(port), ...args],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  return new TextDecoder().decode(out.stdout).trim();
+}
+
+const flags = z.object({
+  "base-port": z.string().regex(/^\d+$/, "must be a port number").transform(Number)
+    .refine((n) => n >= 1024 && n <= 65000, "must be between 1024 and 65000").default(8081),
+  dir: z.string().min(1).optional(),
+});
+
+/** Starts the topology and runs until a signal; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  let opts: z.infer<typeof flags>;
+  try {
+    const { values } = parseArgs({
+      args: argv,
+      options: { "base-port": { type: "string" }, dir: { type: "string" } },
+      strict: true,
+    });
+    const parsed = flags.safeParse(values);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      console.error(`Invalid --${String(issue.path[0])}: ${issue.message}`);
+      return 2;
+    }
+    opts = parsed.data;
+  } catch (err) {
+    console.error(`Invalid command line: ${err instanceof Error ? err.message : err}`);
+    return 2;
+  }
+  for (const bin of ["redis-server", "redis-sentinel", "redis-cli"]) {
+    if (!(await commandExists(bin))) {
+      console.error(`${bin} is not installed. HINT: apt-get install redis-server redis-sentinel`);
+      return 1;
+    }
+  }
+  const base = opts["base-port"];
+  const ports = {
+    runtimes: [base, base + 1, base + 2],
+    pgPrimary: base + 10,
+    pgReplica: base + 11,
+    redisMaster: base + 20,
+    redisReplica: base + 21,
+    sentinels: [base + 30, base + 31, base + 32],
+    victoria: base + 40,
+  };
+  let dir: string;
+  if (opts.dir) {
+    dir = opts.dir.startsWith("/") ? opts.dir : `${Deno.cwd()}/${opts.dir.replace(/^\.\//, "")}`;
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.mkdir(dir, { recursive: true });
+  } else {
+    dir = await Deno.makeTempDir({ prefix: "rootstream-cluster-" });
+  }
+  // The postgres user must be able to reach its data directories below this one.
+  await Deno.chmod(dir, 0o755);
+  say(`working directory ${dir}`);
+
+  const members: Member[] = [];
+  const stopAll = async () => {
+    for (const m of members.reverse()) {
+      say(`stopping ${m.name}`);
+      await m.stop().catch((err) => say(`${m.name}: ${err}`));
+    }
+  };
+  const { promise: interrupted, resolve: interrupt } = Promise.withResolvers<string>();
+  const onSignal = (sig: string) => () => interrupt(sig);
+  const sigint = onSignal("SIGINT");
+  const sigterm = onSignal("SIGTERM");
+  Deno.addSignalListener("SIGINT", sigint);
+  Deno.addSignalListener("SIGTERM", sigterm);
+
+  try {
+    // PostgreSQL primary + replica (per-node settings on the command line).
+    const pg = createPgTools();
+    const primaryDir = `${dir}/pg-primary/data`;
+    await pg.prepareDir(`${dir}/pg-primary`);
+    await pg.initdb(primaryDir);
+    const replication = {
+      wal_level: "replica",
+      max_wal_senders: 10,
+      max_replication_slots: 10,
+      hot_standby: "on",
+      wal_log_hints: "on",
+      wal_keep_size: "256MB",
+      listen_addresses: "127.0.0.1",
+    };
+    const primary: PgServerProcess = await pg.startServer(primaryDir, {
+      port: ports.pgPrimary,
+      settings: { ...replication, cluster_name: "pg1" },
+    });
+    members.push({ name: "pg-primary", stop: () => primary.stop() });
+    await pg.runOk("psql", ["-X", "-q", "-c", "CREATE DATABASE rootstream"], {
+      connection: { url: primary.url() },
+    });
+    const replicaDir = `${dir}/pg-replica/data`;
+    await pg.prepareDir(`${dir}/pg-replica`);
+    await pg.runOk("pg_basebackup", ["-D", replicaDir, "-R", "-X", "stream", "-c", "fast"], {
+      connection: { url: primary.url() },
+      asServerUser: true,
+    });
+    const replica = await pg.startServer(replicaDir, {
+      port: ports.pgReplica,
+      settings: { ...replication, cluster_name: "pg2" },
+      readyTimeoutMs: 60_000,
+    }).catch(async (err) => {
+      throw err;
+    });
+    members.push({ name: "pg-replica", stop: () => replica.stop() });
+    say(`PostgreSQL primary :${ports.pgPrimary}, replica :${ports.pgReplica}`);
+
+    // Redis master + replica + 3 Sentinels (each with its own writable config file).
+    const redisArgs = (port: number, name: string) => [
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      `${dir}/${name}`,
+      "--repl-diskless-sync-delay",
+      "0",
+    ];
+    for (const name of ["redis-master", "redis-replica"]) {
+      await Deno.mkdir(`${dir}/${name}`, { recursive: true });
+    }
+    members.push(
+      spawn("redis", "redis-server", redisArgs(ports.redisMaster, "redis-master")).member,
+    );
+    members.push(
+      spawn("redis-repl", "redis-server", [
+        ...redisArgs(ports.redisReplica, "redis-replica"),
+        "--replicaof",
+        "127.0.0.1",
+        String(ports.redisMaster),
+      ]).member,
+    );
+    await waitFor(
+      "redis",
+      async () =>
+        (await redisCli(ports.redisReplica, "INFO", "replication")).includes(
+          "master_link_status:up",
+        ),
+    );
+    for (const [i, port] of ports.sentinels.entries()) {
+      const conf = `${dir}/sentinel-${i + 1}.conf`;
+      await Deno.writeTextFile(
+        conf,
+        [
+          `port ${port}`,
+          "bind 127.0.0.1",
+          `dir ${dir}`,
+          `sentinel monitor rootstream 127.0.0.1 ${ports.redisMaster} 2`,
+          "sentinel down-after-milliseconds rootstream 2000",
+          "sentinel failover-timeout rootstream 10000",
+          "",
+        ].join("\n"),
+      );
+      members.push(spawn(`sentinel-${i + 1}`, "redis-sentinel", [conf]).member);
+    }
+    await waitFor("sentinels to see each other", async () => {
+      const out = await redisCli(ports.sentinels[0], "SENTINEL", "MASTER", "rootstream");
+      const lines = out.split("\n");
+      const field = (k: string) => Number(lines[lines.indexOf(k) + 1]);
+      return field("num-other-sentinels") >= 2 && field("num-slaves") >= 1;
+    });
+    say(
+      `Redis master :${ports.redisMaster}, replica :${ports.redisReplica}, Sentinels :${
+        ports.sentinels.join(", :")
+      }`,
+    );
+
+    // VictoriaMetrics (accepts the InfluxDB v2 write API), when installed.
+    let influxUrl: string | null = null;
+    if (await commandExists("victoria-metrics")) {
+      members.push(
+        spawn("victoria", "victoria-metrics", [
+          `-httpListenAddr=127.0.0.1:${ports.victoria}`,
+          `-storageDataPath=${dir}/victoria`,
+          "-loggerLevel=WARN",
+        ]).member,
+      );
+      influxUrl = `http://127.0.0.1:${ports.victoria}`;
+      await waitFor("VictoriaMetrics", async () => (await fetch(`${influxUrl}/health`)).ok);
+      say(`VictoriaMetrics ${influxUrl}`);
+    } else {
+      say(
+        "victoria-metrics is not installed: metrics go nowhere (apt-get install victoria-metrics)",
+      );
+    }
+
+    // Three runtime instances sharing one secret key.
+    const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+    const sentinels = ports.sentinels.map((p) => `127.0.0.1:${p}`).join(",");
+    const pgUrl = (port: number) => `postgres://postgres@127.0.0.1:${port}/rootstream`;
+    const urls: string[] = [];
+    for (const [i, port] of ports.runtimes.entries()) {
+      const id = `node-${i + 1}`;
+      const env: Record<string, string> = {
+        ...Deno.env.toObject(),
+        DATABASE_URL: pgUrl(ports.pgPrimary),
+        DATABASE_NODES: `pg1=${pgUrl(ports.pgPrimary)},pg2=${pgUrl(ports.pgReplica)}`,
+        REDIS_SENTINELS: sentinels,
+        REDIS_SENTINEL_MASTER: "rootstream",
+        RS_SECRET_KEY: key,
+        RS_INSTANCE_ID: id,
+        RS_PORT: String(port),
+        RS_DATA_DIR: `${dir}/${id}`,
+      };
+      if (influxUrl) {
+        Object.assign(env, {
+          INFLUX_URL: influxUrl,
+          INFLUX_TOKEN: "local",
+          INFLUX_ORG: "rootstream",
+          INFLUX_BUCKET: "metrics",
+        });
+      }
+      const { member } = spawn(id, Deno.execPath(), ["run", "--allow-all", "main.ts"], {
+        env,
+        cwd: new URL("..", import.meta.url).pathname,
+      });
+      members.push(member);
+      urls.push(`http://127.0.0.1:${port}`);
+    }
+    await Promise.all(
+      urls.map((u) =>
+        waitFor(`${u}/health`, async () => (await fetch(`${u}/health`)).status === 200, 120_000)
+      ),
+    );
+    console.log("RootStream cluster is up:");
+    for (const [i, u] of urls.entries()) console.log(`  node-${i + 1}  ${u}  (console: ${u}/)`);
+    console.log("Press Ctrl-C to stop everything.");
+    const sig = await interrupted;
+    say(`received ${sig}`);
+    return 0;
+  } catch (err) {
+    say(`failed: ${err instanceof Error ? err.message : err}`);
+    return 1;
+  } finally {
+    Deno.removeSignalListener("SIGINT", sigint);
+    Deno.removeSignalListener("SIGTERM", sigterm);
+    await stopAll();
+    if (!opts.dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    say("stopped");
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
