@@ -4,6 +4,9 @@
  * @module
  */
 import type { ConcernFactory } from "./runtime/types.ts";
+import { createSessionsConcern } from "./sessions/mod.ts";
 
 /** Concern factories by name, in start order. */
-export const CONCERNS: Record<string, ConcernFactory> = {};
+export const CONCERNS: Record<string, ConcernFactory> = {
+  sessions: createSessionsConcern,
+};

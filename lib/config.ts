@@ -129,6 +129,37 @@ export const SETTINGS: readonly SettingDoc[] = [
     description: "Restart-intensity window of the supervisor",
   },
   {
+    env: "SESSION_TTL_S",
+    default: "86400",
+    description: "Session lifetime, extended on use (sliding expiry)",
+  },
+  {
+    env: "SESSION_REMEMBER_TTL_S",
+    default: "2592000",
+    description: 'Session lifetime with "remember me"',
+  },
+  {
+    env: "SESSION_MAX_PER_USER",
+    default: "10",
+    description: "Concurrent sessions per user; a new login evicts the oldest beyond it",
+  },
+  {
+    env: "MFA_MAX_FAILURES",
+    default: "5",
+    description: "Wrong MFA codes within MFA_LOCK_WINDOW_S that lock MFA for the user",
+  },
+  {
+    env: "MFA_LOCK_WINDOW_S",
+    default: "900",
+    description: "MFA failure window and lock duration",
+  },
+  {
+    env: "RS_TRUST_PROXY",
+    default: "false",
+    description:
+      "Trust X-Forwarded-For / X-Geo-Location (only behind a proxy that overwrites them)",
+  },
+  {
     env: "RS_SHUTDOWN_TIMEOUT_S",
     default: "10",
     description: "Grace period for in-flight work on SIGINT/SIGTERM",
@@ -163,6 +194,14 @@ export interface Config {
   publicUrl: string | null;
   cluster: { heartbeatMs: number; deadAfterMs: number; leaseTtlMs: number };
   supervisor: { maxRestarts: number; withinMs: number };
+  sessions: {
+    ttlMs: number;
+    rememberTtlMs: number;
+    maxPerUser: number;
+    mfaMaxFailures: number;
+    mfaLockWindowMs: number;
+    trustProxy: boolean;
+  };
 }
 
 function intIn(min: number, max: number, what: string) {
@@ -224,6 +263,12 @@ const schema = z.object({
   RS_HEARTBEAT_MS: intIn(50, 60_000, "milliseconds").default(500),
   RS_DEAD_AFTER_MS: intIn(100, 600_000, "milliseconds").default(2000),
   RS_LEASE_TTL_MS: intIn(300, 600_000, "milliseconds").default(5000),
+  SESSION_TTL_S: intIn(60, 31_536_000, "seconds").default(86_400),
+  SESSION_REMEMBER_TTL_S: intIn(60, 31_536_000, "seconds").default(2_592_000),
+  SESSION_MAX_PER_USER: intIn(1, 10_000, "sessions").default(10),
+  MFA_MAX_FAILURES: intIn(1, 1000, "failures").default(5),
+  MFA_LOCK_WINDOW_S: intIn(10, 86_400, "seconds").default(900),
+  RS_TRUST_PROXY: z.enum(["true", "false"], { message: "true or false" }).default("false"),
   RS_MAX_RESTARTS: intIn(0, 1000, "failures").default(5),
   RS_RESTART_WINDOW_S: intIn(1, 86_400, "seconds").default(60),
 }).refine((c) => c.RS_DEAD_AFTER_MS >= 2 * c.RS_HEARTBEAT_MS, {
@@ -348,6 +393,14 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       leaseTtlMs: c.RS_LEASE_TTL_MS,
     },
     supervisor: { maxRestarts: c.RS_MAX_RESTARTS, withinMs: c.RS_RESTART_WINDOW_S * 1000 },
+    sessions: {
+      ttlMs: c.SESSION_TTL_S * 1000,
+      rememberTtlMs: c.SESSION_REMEMBER_TTL_S * 1000,
+      maxPerUser: c.SESSION_MAX_PER_USER,
+      mfaMaxFailures: c.MFA_MAX_FAILURES,
+      mfaLockWindowMs: c.MFA_LOCK_WINDOW_S * 1000,
+      trustProxy: c.RS_TRUST_PROXY === "true",
+    },
   };
 }
 

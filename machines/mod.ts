@@ -7,6 +7,8 @@ import type { AnyStateMachine } from "xstate";
 import { clusterNodeMachine } from "./cluster_node.ts";
 import { diagnosticsMachine } from "./diagnostics.ts";
 import { leaseMachine } from "./lease.ts";
+import { loginMachine } from "./login.ts";
+import { sessionSupervisorMachine } from "./session_supervisor.ts";
 import { supervisorMachine } from "./supervisor.ts";
 
 /** All machines, keyed by chart name (the machine's id). */
@@ -15,4 +17,6 @@ export const MACHINES: Record<string, AnyStateMachine> = {
   cluster_node: clusterNodeMachine,
   lease: leaseMachine,
   diagnostics: diagnosticsMachine,
+  session_supervisor: sessionSupervisorMachine,
+  login: loginMachine,
 };

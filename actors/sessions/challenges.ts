@@ -1,0 +1,103 @@
+/**
+ * Pending MFA challenges: what another instance needs to resume a login attempt that is
+ * waiting for a code (the client's next request may reach any instance).
+ *
+ * Stored in Redis under `keyspace.key("login", "attempt", attemptId)` with a TTL equal to
+ * the time left, or in this process without Redis (a single instance). The record holds
+ * the SHA-256 of the challenge token, never the token, and no password or code.
+ * @module
+ */
+import type { Redis } from "ioredis";
+import { z } from "zod";
+import type { LoginDevice } from "../../machines/login.ts";
+import type { Keyspace } from "../../store/redis.ts";
+
+/** A resumable login attempt. */
+export interface ChallengeRecord {
+  /** Attempt id. */
+  attemptId: string;
+  /** Hex SHA-256 of the challenge token. */
+  challengeHash: string;
+  /** The user whose password matched. */
+  userId: number;
+  /** Login as typed (for the rate-limit key and the audit trail). */
+  login: string;
+  /** "Remember me". */
+  remember: boolean;
+  /** Client details from the password step. */
+  device: LoginDevice;
+  /** Codes rejected so far. */
+  mfaFailures: number;
+  /** When the attempt expires, ms since the epoch. */
+  deadline: number;
+}
+
+/** Where pending challenges are kept. */
+export interface ChallengeStore {
+  /** Saves (or updates) a record until its deadline. */
+  save(record: ChallengeRecord): Promise<void>;
+  /** The record, or null when unknown, expired or unreadable. */
+  load(attemptId: string): Promise<ChallengeRecord | null>;
+  /** Deletes a record. */
+  remove(attemptId: string): Promise<void>;
+}
+
+const recordSchema = z.object({
+  attemptId: z.string().uuid(),
+  challengeHash: z.string().regex(/^[0-9a-f]{64}$/),
+  userId: z.number().int().positive(),
+  login: z.string().max(254),
+  remember: z.boolean(),
+  device: z.object({
+    fingerprint: z.string().nullable(),
+    ipAddress: z.string().nullable(),
+    userAgent: z.string().nullable(),
+    geoLocation: z.string().nullable(),
+  }),
+  mfaFailures: z.number().int().min(0),
+  deadline: z.number(),
+});
+
+/** Creates the store: Redis when given, else a per-process map. */
+export function createChallengeStore(options: {
+  redis: Redis | null;
+  keyspace: Keyspace;
+  now: () => number;
+}): ChallengeStore {
+  const { redis, keyspace, now } = options;
+  const local = new Map<string, ChallengeRecord>();
+  const key = (id: string) => keyspace.key("login", "attempt", id);
+  return {
+    async save(record) {
+      const ttl = Math.max(1, record.deadline - now());
+      if (redis) await redis.set(key(record.attemptId), JSON.stringify(record), "PX", ttl);
+      else {
+        local.set(record.attemptId, record);
+        if (local.size > 10_000) {
+          for (const [id, r] of local) if (r.deadline <= now()) local.delete(id);
+        }
+      }
+    },
+    async load(attemptId) {
+      let raw: unknown;
+      if (redis) {
+        const text = await redis.get(key(attemptId));
+        if (text === null) return null;
+        try {
+          raw = JSON.parse(text);
+        } catch {
+          return null;
+        }
+      } else {
+        raw = local.get(attemptId);
+      }
+      const parsed = recordSchema.safeParse(raw);
+      if (!parsed.success || parsed.data.deadline <= now()) return null;
+      return parsed.data;
+    },
+    async remove(attemptId) {
+      if (redis) await redis.del(key(attemptId));
+      else local.delete(attemptId);
+    },
+  };
+}

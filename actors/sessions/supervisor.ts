@@ -1,0 +1,48 @@
+/**
+ * The sessions actor: the session supervisor statechart with its real effects, and the
+ * login-attempt statechart it spawns, both wired to a {@linkcode SessionService}.
+ * @module
+ */
+import { type AnyActorRef, fromCallback, fromPromise } from "xstate";
+import { loginMachine } from "../../machines/login.ts";
+import {
+  type SessionSupervisorEvent,
+  sessionSupervisorMachine,
+} from "../../machines/session_supervisor.ts";
+import type { SessionService } from "./service.ts";
+
+/** The login-attempt logic with real effects. */
+export function createLoginLogic(service: SessionService) {
+  const fx = service.effects;
+  return loginMachine.provide({
+    actors: {
+      checkCredentials: fromPromise(({ input }) => fx.checkCredentials(input)),
+      verifyTotp: fromPromise(({ input }) => fx.verifyTotp(input)),
+      verifyBackupCode: fromPromise(({ input }) => fx.verifyBackupCode(input)),
+      issueSession: fromPromise(({ input }) => fx.issueSession(input)),
+    },
+    actions: {
+      record: ({ context }, params) => fx.record(context, params.event),
+      saveChallenge: ({ context }) => fx.saveChallenge(context),
+      forgetChallenge: ({ context }) => fx.forgetChallenge(context),
+    },
+  });
+}
+
+/** The session supervisor logic with real effects (what the runtime supervisor spawns). */
+export function createSessionSupervisorLogic(service: SessionService) {
+  const fx = service.effects;
+  return sessionSupervisorMachine.provide({
+    actors: {
+      login: createLoginLogic(service),
+      cleanup: fromPromise(() => fx.cleanup()),
+      probe: fromPromise(() => fx.probe()),
+      feed: fromCallback(({ sendBack, system }) =>
+        fx.connect({
+          send: (event: SessionSupervisorEvent) => sendBack(event),
+          system: system as { get(id: string): AnyActorRef | undefined },
+        })
+      ),
+    },
+  });
+}
