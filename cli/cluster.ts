@@ -213,8 +213,6 @@ export async function main(argv: string[]): Promise<number> {
       port: ports.pgReplica,
       settings: { ...replication, cluster_name: "pg2" },
       readyTimeoutMs: 60_000,
-    }).catch(async (err) => {
-      throw err;
     });
     members.push({ name: "pg-replica", stop: () => replica.stop() });
     say(`PostgreSQL primary :${ports.pgPrimary}, replica :${ports.pgReplica}`);
