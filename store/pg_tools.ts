@@ -355,9 +355,7 @@ export function stderrSummary(stderr: string, maxChars = 600): string {
 /** Throws PG_TOOL_FAILED for an unsuccessful result; returns it otherwise. */
 export function assertSuccess(result: ToolResult, what?: string): ToolResult {
   if (result.success) return result;
-  const how = result.signal
-    ? `was killed by ${result.signal}`
-    : `exited with code ${result.code}`;
+  const how = result.signal ? `was killed by ${result.signal}` : `exited with code ${result.code}`;
   const detail = stderrSummary(result.stderr) || "no error output";
   throw new RuntimeError(
     "PG_TOOL_FAILED",
@@ -425,7 +423,14 @@ export function createPgTools(options: PgToolsOptions = {}): PgTools {
     if (asServerUser && isRoot) {
       return {
         cmd: "setpriv",
-        args: [`--reuid=${serverUser}`, `--regid=${serverUser}`, "--init-groups", "--", path, ...args],
+        args: [
+          `--reuid=${serverUser}`,
+          `--regid=${serverUser}`,
+          "--init-groups",
+          "--",
+          path,
+          ...args,
+        ],
       };
     }
     return { cmd: path, args };
