@@ -380,11 +380,11 @@ async function lookupUser(name: string): Promise<{ uid: number; gid: number }> {
   return { uid: Number(fields[2]), gid: Number(fields[3]) };
 }
 
-async function freePort(): Promise<number> {
+function freePort(): Promise<number> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
-  return port;
+  return Promise.resolve(port);
 }
 
 function sleep(ms: number): Promise<void> {
