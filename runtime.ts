@@ -8,6 +8,7 @@ import type { Redis } from "ioredis";
 import { createApp, type HealthReport } from "./api/app.ts";
 import { addChartRoutes } from "./api/charts.ts";
 import { addClusterRoutes } from "./api/cluster.ts";
+import { addConsoleRoutes } from "./api/console.ts";
 import { MACHINES } from "./machines/mod.ts";
 import { CONCERNS } from "./actors/concerns.ts";
 import { addStreamRoutes } from "./api/streams.ts";
@@ -95,6 +96,8 @@ export interface Runtime {
   readonly leases: LeaseManager | null;
   /** This instance's campaign for the cluster coordinator role, or null without Redis. */
   readonly coordinator: LeaseCampaign | null;
+  /** The running concerns by name (actors/concerns.ts), each with its typed API. */
+  readonly concerns: Readonly<Record<string, Concern>>;
   /** Runs the live health checks. */
   health(): Promise<HealthReport>;
   /** Graceful stop: HTTP first, then the bus, Redis and the database. Idempotent. */
@@ -394,6 +397,11 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
           .filter((v) => v.machine === name && v.status === "active")
           .sort((a, b) => a.path.split("/").length - b.path.split("/").length)[0]?.state,
     });
+    addConsoleRoutes(app, {
+      instanceId: config.instanceId,
+      signal: shutdown.signal,
+      log: log.child("console"),
+    });
     let server: Deno.HttpServer | null = null;
     if (options.serve !== false) {
       server = Deno.serve({
@@ -444,6 +452,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       membership,
       leases,
       coordinator,
+      concerns: Object.fromEntries(concerns),
       health,
       stop() {
         stopping ??= (async () => {

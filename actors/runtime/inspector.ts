@@ -39,6 +39,13 @@ export interface TransitionRecord {
   state: unknown;
   /** When (ms). */
   at: number;
+  /** Delivery metadata of the transport message that caused it, when one did. */
+  origin?: {
+    id: string;
+    from: { instance: string; actor: string };
+    kind: string;
+    sentAt: number;
+  };
 }
 
 /** Options of {@linkcode createInspector}. */
@@ -73,6 +80,24 @@ function pathOf(ref: AnyActorRef): string {
     cur = (cur as unknown as { _parent?: AnyActorRef })._parent;
   }
   return ids.join("/");
+}
+
+/** The transport's delivery metadata carried by an event (`event.origin`), if valid. */
+function originOf(event: unknown): TransitionRecord["origin"] {
+  const o = (event as { origin?: unknown } | undefined)?.origin as
+    | Record<string, unknown>
+    | undefined;
+  const from = o?.from as Record<string, unknown> | undefined;
+  if (
+    typeof o?.id !== "string" || typeof o.kind !== "string" || typeof o.sentAt !== "number" ||
+    typeof from?.instance !== "string" || typeof from.actor !== "string"
+  ) return undefined;
+  return {
+    id: o.id,
+    from: { instance: from.instance, actor: from.actor },
+    kind: o.kind,
+    sentAt: o.sentAt,
+  };
 }
 
 function defaultSummary(snapshot: unknown): Record<string, unknown> {
@@ -143,7 +168,15 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
         !before || JSON.stringify(before.state) !== JSON.stringify(view.state) ||
         eventType.startsWith("xstate.error.") || eventType.startsWith("xstate.done.")
       ) {
-        t = { seq: ++seq, path, event: eventType, state: view.state, at };
+        const origin = originOf(ev.event);
+        t = {
+          seq: ++seq,
+          path,
+          event: eventType,
+          state: view.state,
+          at,
+          ...(origin && { origin }),
+        };
         log.push(t);
         if (log.length > max) log.splice(0, log.length - max);
       }

@@ -1,0 +1,879 @@
+/**
+ * The review console: `GET /` renders the whole cluster as HTML (every live instance,
+ * each actor drawn as its statechart with the current state highlighted, recent
+ * transitions, messages between instances, sessions, backups, replication and key
+ * metrics), and `/console/*` serves the page's script and stylesheet, the fragments the
+ * script re-fetches, and `/console/events`, one server-sent event stream that merges every
+ * instance's `/actors/stream`.
+ *
+ * The console is a client of the runtime's HTTP API: it reads this instance through
+ * `app.request()` and the others through the URLs they advertise in `/cluster`, so the
+ * browser talks to one origin only (no CORS, and instances behind a load balancer need not
+ * be reachable from the reviewer's browser). Everything read from an instance is
+ * validated; concern endpoints that are absent (404) are shown as unavailable.
+ * @module
+ */
+import type { Context, Hono } from "hono";
+import { streamSSE } from "hono/streaming";
+import { z } from "zod";
+import type { ActorView } from "../actors/runtime/inspector.ts";
+import { activeStatePaths } from "../lib/charts.ts";
+import { type Logger, silentLogger } from "../lib/log.ts";
+import {
+  backupRows,
+  dashboardErrors,
+  dashboardSeries,
+  keySamples,
+  parsePrometheus,
+  replicationNodes,
+  sessionFigures,
+} from "../console/concerns.ts";
+import { formatState } from "../console/html.ts";
+import {
+  type ActorModel,
+  type InstanceModel,
+  type MemberModel,
+  type MetricSeries,
+  type PageModel,
+  type PanelsModel,
+  type Reading,
+  renderInstance,
+  renderInstances,
+  renderMessages,
+  renderPage,
+  renderPanels,
+  type ReplicationRow,
+  type TransitionView,
+} from "../console/render.ts";
+import { type ChartTemplate, highlightChart, parseChartSvg } from "../console/svg.ts";
+
+/** What the console needs from the runtime. */
+export interface ConsoleDeps {
+  /** This instance's id (the member read through `app.request()`). */
+  instanceId: string;
+  /** Aborted on shutdown: open event streams end so the server can stop. */
+  signal?: AbortSignal;
+  /** Log for instances that cannot be read. */
+  log?: Logger;
+  /** Dashboard names to chart; default: the list `GET /dashboards` answers, if any. */
+  dashboards?: string[];
+  /** Clock (ms). */
+  now?: () => number;
+  /** Timeout of each read from another instance (ms, default 2500). */
+  timeoutMs?: number;
+}
+
+/** Actors drawn per instance; the rest are listed in a table. */
+const MAX_DRAWN = 24;
+/** Actors listed per instance beyond the drawn ones. */
+const MAX_LISTED = 100;
+/** Samples kept per metric series. */
+const HISTORY = 60;
+/** Minimum spacing of metric samples (ms): several viewers do not sample faster. */
+const SAMPLE_EVERY_MS = 2000;
+/** Events queued for one browser before it is told to resync instead. */
+const OUTBOX_LIMIT = 500;
+/** How often dashboards are re-read (ms). */
+const DASHBOARDS_EVERY_MS = 30_000;
+/** How often the event stream re-reads the member list (ms). */
+const MEMBER_POLL_MS = 2000;
+
+const ASSETS: Record<string, { type: string }> = {
+  "console.js": { type: "text/javascript; charset=utf-8" },
+  "console.css": { type: "text/css; charset=utf-8" },
+};
+
+const PAGE_HEADERS: Record<string, string> = {
+  "content-type": "text/html; charset=utf-8",
+  "cache-control": "no-store",
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
+  // Defence in depth behind the escaping: nothing inline runs, nothing foreign loads.
+  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; " +
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; " +
+    "frame-ancestors 'none'",
+};
+
+// ---------------------------------------------------------------------------------------
+// What instances answer, validated
+
+const memberSchema = z.object({
+  id: z.string(),
+  url: z.string().catch(""),
+  roles: z.array(z.object({ role: z.string(), token: z.number() })).catch([]),
+  heartbeatAgeMs: z.number().nullable().catch(null),
+  startedAt: z.number().nullable().catch(null),
+});
+
+const clusterSchema = z.object({
+  mode: z.string().catch("unknown"),
+  members: z.array(memberSchema),
+});
+
+const viewSchema = z.object({
+  id: z.string(),
+  path: z.string(),
+  machine: z.string().nullable().catch(null),
+  status: z.string(),
+  state: z.unknown(),
+  summary: z.record(z.string(), z.unknown()).catch({}),
+  updatedAt: z.number().catch(0),
+});
+
+const originSchema = z.object({
+  id: z.string(),
+  from: z.object({ instance: z.string(), actor: z.string() }),
+  kind: z.string(),
+  sentAt: z.number(),
+});
+
+const transitionSchema = z.object({
+  seq: z.number(),
+  path: z.string(),
+  event: z.string(),
+  state: z.unknown(),
+  at: z.number(),
+  origin: originSchema.optional().catch(undefined),
+});
+
+const actorsSchema = z.object({
+  supervisor: z.object({ state: z.string(), reason: z.string() }).nullable().catch(null),
+  transport: z.record(z.string(), z.number()).nullable().catch(null),
+  actors: z.array(viewSchema),
+  transitions: z.array(transitionSchema).catch([]),
+});
+
+const helloSchema = z.object({
+  actors: z.array(viewSchema),
+  transitions: z.array(transitionSchema).catch([]),
+});
+
+const snapshotSchema = z.object({
+  view: viewSchema,
+  transition: transitionSchema.nullable().catch(null),
+});
+
+const missedSchema = z.object({ missed: z.number().catch(0), actors: z.array(viewSchema) });
+
+type Member = z.infer<typeof memberSchema>;
+
+// ---------------------------------------------------------------------------------------
+// Small helpers
+
+function errorText(err: unknown): string {
+  if (err instanceof DOMException && err.name === "AbortError") return "timed out";
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts; leaves no timer behind. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Splits a server-sent event stream into `{ event, data }` messages. */
+async function* sseMessages(
+  reader: ReadableStreamDefaultReader<string>,
+): AsyncGenerator<{ event: string; data: string }> {
+  let buf = "";
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value.replace(/\r\n?/g, "\n");
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const chunk = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      let event = "message";
+      const data: string[] = [];
+      for (const line of chunk.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      yield { event, data: data.join("\n") };
+    }
+  }
+}
+
+function unitOf(name: string): MetricSeries["unit"] {
+  if (name.includes("_bytes")) return "bytes";
+  if (/_seconds(_total)?$/.test(name)) return "seconds";
+  if (/_ratio$/.test(name)) return "ratio";
+  return "";
+}
+
+// ---------------------------------------------------------------------------------------
+// The console
+
+/**
+ * Adds the review console (`GET /`, `/console/*`). Call it before the server takes its
+ * first request: Hono builds its router then.
+ */
+export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
+  const log = deps.log ?? silentLogger;
+  const now = deps.now ?? Date.now;
+  const timeoutMs = deps.timeoutMs ?? 2500;
+  const shutdown = deps.signal ?? new AbortController().signal;
+  const assets = new Map<string, Promise<string>>();
+  // Charts per (instance process, machine): a process's machines do not change.
+  const charts = new Map<string, Promise<ChartTemplate | null>>();
+  // Metric and lag samples per series key, kept while someone watches.
+  const history = new Map<string, { at: number; values: number[]; raw?: number; seen: number }>();
+  let panelsCache: { at: number; key: string; value: Promise<PanelsModel> } | null = null;
+  // Kept for a while only when it answered: an absent endpoint may appear (an upgrade).
+  let dashboardsCache:
+    | { at: number; ok: boolean; value: Promise<PanelsModel["dashboards"]> }
+    | null = null;
+
+  /** GETs `path` from a member: this instance in-process, the others over HTTP. */
+  async function get(
+    member: Pick<Member, "id" | "url">,
+    path: string,
+    options: { ms?: number; signal?: AbortSignal } = {},
+  ): Promise<Response> {
+    if (member.id === deps.instanceId) return await app.request(path);
+    if (!member.url) throw new Error("it advertises no URL");
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), options.ms ?? timeoutMs);
+    try {
+      const res = await fetch(new URL(path, member.url), { signal: ctl.signal });
+      // Buffer the body under the same deadline.
+      const body = await res.arrayBuffer();
+      return new Response(body, { status: res.status, headers: res.headers });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Reads a JSON endpoint of a member; 404 means the member does not serve it. */
+  async function readJson(
+    member: Pick<Member, "id" | "url">,
+    path: string,
+  ): Promise<
+    { ok: true; body: unknown } | {
+      ok: false;
+      missing: boolean;
+      declined?: boolean;
+      reason: string;
+    }
+  > {
+    try {
+      const res = await get(member, path);
+      if (res.status === 404) {
+        await res.body?.cancel();
+        return { ok: false, missing: true, reason: "not served (404)" };
+      }
+      if (!res.ok) {
+        // The runtime's errors are `{ error: { code, message } }`: the message says why.
+        const body = await res.text().catch(() => "");
+        let message: unknown;
+        try {
+          message = JSON.parse(body)?.error?.message;
+        } catch { /* not JSON: the status says enough */ }
+        // 503 with a reason is a concern saying it cannot work here (embedded mode, say).
+        if (res.status === 503 && typeof message === "string") {
+          return { ok: false, missing: false, declined: true, reason: message };
+        }
+        const reason = `status ${res.status}${typeof message === "string" ? `: ${message}` : ""}`;
+        return { ok: false, missing: false, reason };
+      }
+      const text = await res.text();
+      try {
+        return { ok: true, body: JSON.parse(text) };
+      } catch {
+        return { ok: false, missing: false, reason: "the answer is not JSON" };
+      }
+    } catch (err) {
+      return { ok: false, missing: false, reason: errorText(err) };
+    }
+  }
+
+  async function listMembers(): Promise<{ mode: string; members: Member[] }> {
+    const res = await app.request("/cluster");
+    if (!res.ok) {
+      await res.body?.cancel();
+      throw new Error(`GET /cluster answered ${res.status}`);
+    }
+    const parsed = clusterSchema.safeParse(await res.json());
+    if (!parsed.success) throw new Error("GET /cluster answered an unexpected shape");
+    const members = parsed.data.members;
+    // This instance first, then the others by id: a stable order for the page.
+    members.sort((a, b) =>
+      a.id === deps.instanceId ? -1 : b.id === deps.instanceId ? 1 : a.id.localeCompare(b.id)
+    );
+    return { mode: parsed.data.mode, members };
+  }
+
+  function chartTemplate(member: Member, machine: string): Promise<ChartTemplate | null> {
+    const key = `${member.id}\n${member.url}\n${member.startedAt}\n${machine}`;
+    let hit = charts.get(key);
+    if (!hit) {
+      hit = (async () => {
+        const res = await get(member, `/charts/${encodeURIComponent(machine)}.svg`, {
+          ms: timeoutMs * 2,
+        });
+        if (res.status === 404) {
+          await res.body?.cancel();
+          return null;
+        }
+        if (!res.ok) {
+          await res.body?.cancel();
+          throw new Error(`status ${res.status}`);
+        }
+        return parseChartSvg(await res.text());
+      })();
+      charts.set(key, hit);
+      // Failures are retried on the next render; "no such chart" is remembered.
+      hit.catch(() => charts.delete(key));
+      while (charts.size > 256) charts.delete(charts.keys().next().value!);
+    }
+    return hit;
+  }
+
+  async function actorModel(member: Member, view: ActorView): Promise<ActorModel> {
+    const label = `Statechart of ${view.id}, current state ${formatState(view.state)}`;
+    if (!view.machine) {
+      return {
+        ...view,
+        chart: null,
+        chartNote: "Not a state machine: no chart.",
+        chartWidth: null,
+      };
+    }
+    try {
+      const template = await chartTemplate(member, view.machine);
+      if (!template) {
+        return {
+          ...view,
+          chart: null,
+          chartNote: `No chart: ${member.id} serves none for machine ${view.machine}.`,
+          chartWidth: null,
+        };
+      }
+      const active = view.status === "active" || view.status === "done"
+        ? activeStatePaths(view.state)
+        : [];
+      return {
+        ...view,
+        chart: highlightChart(template, active, { label }),
+        chartNote: null,
+        chartWidth: template.width,
+      };
+    } catch (err) {
+      return {
+        ...view,
+        chart: null,
+        chartNote: `Chart unavailable: ${errorText(err)}.`,
+        chartWidth: null,
+      };
+    }
+  }
+
+  function memberModel(m: Member): MemberModel {
+    return { id: m.id, url: m.url, roles: m.roles, heartbeatAgeMs: m.heartbeatAgeMs };
+  }
+
+  async function instanceModel(member: Member): Promise<InstanceModel> {
+    const base: InstanceModel = {
+      member: memberModel(member),
+      self: member.id === deps.instanceId,
+      error: null,
+      supervisor: null,
+      transport: null,
+      actors: [],
+      listed: [],
+      transitions: [],
+    };
+    const read = await readJson(member, "/actors");
+    if (!read.ok) {
+      log.warn("console cannot read an instance", { instance: member.id, reason: read.reason });
+      return { ...base, error: read.reason };
+    }
+    const parsed = actorsSchema.safeParse(read.body);
+    if (!parsed.success) return { ...base, error: "GET /actors answered an unexpected shape" };
+    const depth = (v: ActorView) => v.path.split("/").length;
+    const views = parsed.data.actors as ActorView[];
+    const ordered = [...views].sort((a, b) => depth(a) - depth(b));
+    const drawable = ordered.filter((v) => depth(v) <= 2 || v.status === "active");
+    const drawn = drawable.slice(0, MAX_DRAWN);
+    const listed = views.filter((v) => !drawn.includes(v))
+      .sort((a, b) => b.updatedAt - a.updatedAt)
+      .slice(0, MAX_LISTED);
+    return {
+      ...base,
+      supervisor: parsed.data.supervisor,
+      transport: parsed.data.transport,
+      actors: await Promise.all(drawn.map((v) => actorModel(member, v))),
+      listed,
+      transitions: parsed.data.transitions.map((t) => ({ ...t, instance: member.id })),
+    };
+  }
+
+  /** Appends a sample to a series unless the last one is too recent; returns the values. */
+  function sample(key: string, value: number, options: { rate?: boolean } = {}): number[] {
+    const at = now();
+    let h = history.get(key);
+    if (!h) {
+      h = { at: 0, values: [], seen: at };
+      history.set(key, h);
+    }
+    h.seen = at;
+    if (at - h.at < SAMPLE_EVERY_MS) return h.values;
+    if (options.rate) {
+      // A counter becomes a per-second rate; a reset (value went down) starts over.
+      if (h.raw !== undefined && h.at > 0 && value >= h.raw) {
+        h.values.push((value - h.raw) / ((at - h.at) / 1000));
+      }
+      h.raw = value;
+    } else {
+      h.values.push(value);
+    }
+    h.at = at;
+    if (h.values.length > HISTORY) h.values.splice(0, h.values.length - HISTORY);
+    return h.values;
+  }
+
+  function forgetStale(): void {
+    const cutoff = now() - 10 * 60_000;
+    for (const [key, h] of history) if (h.seen < cutoff) history.delete(key);
+  }
+
+  async function sessionsReading(
+    members: Member[],
+    instances?: InstanceModel[],
+  ): Promise<PanelsModel["sessions"]> {
+    const source = "/sessions/stats";
+    const read = await readJson({ id: deps.instanceId, url: "" }, source);
+    if (read.ok) {
+      return { ok: true, source, data: { figures: sessionFigures(read.body), note: null } };
+    }
+    if (!read.missing) {
+      return { ok: false, source, missing: false, declined: read.declined, reason: read.reason };
+    }
+    // No statistics endpoint: fall back to the sessions actors' summaries, and say so.
+    const views: ActorView[] = instances
+      ? instances.flatMap((i) => [...i.actors, ...i.listed])
+      : (await Promise.all(members.map(async (m) => {
+        const r = await readJson(m, "/actors");
+        const parsed = r.ok ? actorsSchema.safeParse(r.body) : null;
+        return parsed?.success ? parsed.data.actors as ActorView[] : [];
+      }))).flat();
+    const summaries = views.filter((a) => a.id === "sessions" && a.path.split("/").length === 2);
+    if (summaries.length) {
+      const sums = new Map<string, number>();
+      for (const a of summaries) {
+        for (const [k, v] of Object.entries(a.summary)) {
+          if (typeof v === "number" && Number.isFinite(v)) sums.set(k, (sums.get(k) ?? 0) + v);
+        }
+      }
+      const figures = [...sums].map(([label, value]) => ({
+        label: label.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase(),
+        value,
+      }));
+      const counted = [...sums.keys()].some((k) => /sessions?(count)?$|^(active|open)/i.test(k));
+      return {
+        ok: true,
+        source: "/actors (sessions actor summary)",
+        data: {
+          figures,
+          note: `This instance serves no GET ${source}; these are the sessions actors' summary ` +
+            `figures, summed over ${summaries.length} instance${summaries.length === 1 ? "" : "s"}${
+              counted ? "" : ", and they include no count of open sessions"
+            }.`,
+        },
+      };
+    }
+    return { ok: false, source, missing: true, reason: read.reason };
+  }
+
+  async function replicationReading(): Promise<PanelsModel["replication"]> {
+    const source = "/replication";
+    const read = await readJson({ id: deps.instanceId, url: "" }, source);
+    if (!read.ok) {
+      return {
+        ok: false,
+        source,
+        missing: read.missing,
+        declined: read.declined,
+        reason: read.reason,
+      };
+    }
+    const rows: ReplicationRow[] = replicationNodes(read.body).map((n) => {
+      const value = n.lagSeconds ?? n.lagBytes;
+      return {
+        ...n,
+        history: value === null ? [] : [...sample(`replication\n${n.name}`, value)],
+      };
+    });
+    return { ok: true, source, data: rows };
+  }
+
+  async function backupsReading(): Promise<PanelsModel["backups"]> {
+    const source = "/backups";
+    const read = await readJson({ id: deps.instanceId, url: "" }, source);
+    if (!read.ok) {
+      return {
+        ok: false,
+        source,
+        missing: read.missing,
+        declined: read.declined,
+        reason: read.reason,
+      };
+    }
+    return { ok: true, source, data: backupRows(read.body) };
+  }
+
+  async function metricsReading(member: Member): Promise<Reading<MetricSeries[]>> {
+    const source = "/metrics";
+    try {
+      const res = await get(member, source);
+      if (!res.ok) {
+        await res.body?.cancel();
+        return res.status === 404
+          ? { ok: false, source, missing: true, reason: "not served (404)" }
+          : { ok: false, source, missing: false, reason: `status ${res.status}` };
+      }
+      const { samples, types } = parsePrometheus(await res.text());
+      const series = keySamples(samples, types).map((s) => {
+        const rate = types.get(s.name) === "counter" || s.name.endsWith("_total");
+        return {
+          name: s.name,
+          labels: s.labels,
+          unit: unitOf(s.name),
+          rate,
+          values: [...sample(`metric\n${member.id}\n${s.name}${s.labels}`, s.value, { rate })],
+        };
+      });
+      return { ok: true, source, data: series };
+    } catch (err) {
+      return { ok: false, source, missing: false, reason: errorText(err) };
+    }
+  }
+
+  async function dashboardsReading(): Promise<PanelsModel["dashboards"]> {
+    const self = { id: deps.instanceId, url: "" };
+    const source = "/dashboards";
+    let names: { name: string; title: string }[];
+    if (deps.dashboards) names = deps.dashboards.map((name) => ({ name, title: name }));
+    else {
+      const list = await readJson(self, source);
+      if (!list.ok) {
+        return {
+          ok: false,
+          source,
+          missing: list.missing,
+          declined: list.declined,
+          reason: list.reason,
+        };
+      }
+      const body = list.body as { dashboards?: unknown };
+      const raw = Array.isArray(list.body) ? list.body : body?.dashboards;
+      names = (Array.isArray(raw) ? raw : []).flatMap((d) => {
+        const name = typeof d === "string" ? d : (d as { name?: unknown })?.name;
+        const title = (d as { title?: unknown })?.title;
+        return typeof name === "string"
+          ? [{ name, title: typeof title === "string" ? title : name }]
+          : [];
+      });
+    }
+    const out = await Promise.all(
+      names.slice(0, 4).map(async ({ name, title }) => {
+        const read = await readJson(self, `/dashboards/${encodeURIComponent(name)}`);
+        return read.ok
+          ? { name, title, series: dashboardSeries(read.body), errors: dashboardErrors(read.body) }
+          : { name, title, series: [], errors: [read.reason] };
+      }),
+    );
+    return { ok: true, source, data: out };
+  }
+
+  function panels(members: Member[], instances?: InstanceModel[]): Promise<PanelsModel> {
+    // Several fragments and viewers within a moment share one reading.
+    const key = members.map((m) => m.id).join("\n");
+    if (panelsCache && panelsCache.key === key && now() - panelsCache.at < SAMPLE_EVERY_MS) {
+      return panelsCache.value;
+    }
+    forgetStale();
+    // Dashboards query the metrics store over an hour in minute buckets: read them seldom.
+    if (
+      !dashboardsCache || !dashboardsCache.ok || now() - dashboardsCache.at >= DASHBOARDS_EVERY_MS
+    ) {
+      const value = dashboardsReading();
+      const entry = { at: now(), value, ok: false };
+      value.then((r) => entry.ok = r.ok);
+      dashboardsCache = entry;
+    }
+    const dashboards = dashboardsCache.value;
+    const value = (async () => {
+      const [sessions, backups, replication, metrics] = await Promise.all([
+        sessionsReading(members, instances),
+        backupsReading(),
+        replicationReading(),
+        Promise.all(
+          members.slice(0, 8).map(async (m) => ({
+            instance: m.id,
+            reading: await metricsReading(m),
+          })),
+        ),
+      ]);
+      return { sessions, backups, replication, dashboards: await dashboards, metrics };
+    })();
+    panelsCache = { at: now(), key, value };
+    return value;
+  }
+
+  async function pageModel(): Promise<PageModel> {
+    const generatedAt = now();
+    let mode = "unknown";
+    let members: Member[] = [];
+    let clusterError: string | null = null;
+    try {
+      ({ mode, members } = await listMembers());
+    } catch (err) {
+      // Without the member list (Redis down, say) this instance can still show itself.
+      clusterError = errorText(err);
+      members = [{
+        id: deps.instanceId,
+        url: "",
+        roles: [],
+        heartbeatAgeMs: null,
+        startedAt: null,
+      }];
+    }
+    const instances = await Promise.all(members.map(instanceModel));
+    return {
+      instance: deps.instanceId,
+      mode,
+      generatedAt,
+      clusterError,
+      instances,
+      panels: await panels(members, instances),
+    };
+  }
+
+  async function asset(name: string): Promise<string> {
+    let hit = assets.get(name);
+    if (!hit) {
+      hit = Deno.readTextFile(new URL(`../console/${name}`, import.meta.url));
+      assets.set(name, hit);
+      hit.catch(() => assets.delete(name));
+    }
+    return await hit;
+  }
+
+  function html(c: Context, body: string): Response {
+    for (const [k, v] of Object.entries(PAGE_HEADERS)) c.header(k, v);
+    return c.body(body);
+  }
+
+  app.get("/", async (c) => html(c, renderPage(await pageModel())));
+
+  for (const name of Object.keys(ASSETS)) {
+    app.get(`/console/${name}`, async (c) => {
+      c.header("content-type", ASSETS[name].type);
+      c.header("cache-control", "no-cache");
+      c.header("x-content-type-options", "nosniff");
+      return c.body(await asset(name));
+    });
+  }
+
+  app.get("/console/fragments/instances", async (c) => {
+    const model = await pageModel();
+    return html(c, renderInstances(model));
+  });
+
+  app.get("/console/fragments/instance", async (c) => {
+    const id = c.req.query("id") ?? "";
+    const { members } = await listMembers();
+    const member = members.find((m) => m.id === id);
+    if (!member) {
+      return c.json({
+        error: { code: "NOT_FOUND", message: `No live instance named ${id}` },
+      }, 404);
+    }
+    return html(c, renderInstance(await instanceModel(member)));
+  });
+
+  app.get("/console/fragments/panels", async (c) => {
+    const { members } = await listMembers();
+    return html(c, renderPanels(await panels(members)));
+  });
+
+  app.get("/console/fragments/messages", async (c) => {
+    const { members } = await listMembers();
+    // Messages need transitions only: no charts.
+    const instances: InstanceModel[] = await Promise.all(members.map(async (m) => {
+      const read = await readJson(m, "/actors");
+      const parsed = read.ok ? actorsSchema.safeParse(read.body) : null;
+      const transitions: TransitionView[] = parsed?.success
+        ? parsed.data.transitions.map((t) => ({ ...t, instance: m.id }))
+        : [];
+      return {
+        member: memberModel(m),
+        self: m.id === deps.instanceId,
+        error: null,
+        supervisor: null,
+        transport: null,
+        actors: [],
+        listed: [],
+        transitions,
+      };
+    }));
+    return html(c, renderMessages(instances));
+  });
+
+  app.get("/console/events", (c) => {
+    c.header("x-content-type-options", "nosniff");
+    return streamSSE(c, async (stream) => {
+      const ctl = new AbortController();
+      const stop = () => ctl.abort();
+      stream.onAbort(stop);
+      shutdown.addEventListener("abort", stop, { once: true });
+      if (shutdown.aborted) stop();
+
+      // A bounded outbox: a slow browser is told to resync, it never makes us buffer
+      // without limit.
+      const outbox: { event: string; data: string }[] = [];
+      let wake: (() => void) | null = null;
+      function emit(event: string, data: unknown): void {
+        if (outbox.length >= OUTBOX_LIMIT) {
+          outbox.length = 0;
+          outbox.push({ event: "resync", data: JSON.stringify({ reason: "too many events" }) });
+        }
+        outbox.push({ event, data: JSON.stringify(data) });
+        wake?.();
+      }
+      ctl.signal.addEventListener("abort", () => wake?.(), { once: true });
+
+      const upstreams = new Map<
+        string,
+        { member: Member; stop: () => void; done: Promise<void> }
+      >();
+      function follow(member: Member): void {
+        const local = new AbortController();
+        let reader: ReadableStreamDefaultReader<string> | null = null;
+        const end = () => {
+          local.abort();
+          reader?.cancel().catch(() => {});
+        };
+        ctl.signal.addEventListener("abort", end, { once: true });
+        const done = (async () => {
+          let backoff = 500;
+          while (!local.signal.aborted) {
+            try {
+              const res = member.id === deps.instanceId
+                ? await app.request("/actors/stream")
+                : member.url
+                ? await fetch(new URL("/actors/stream", member.url), { signal: local.signal })
+                : null;
+              if (!res) throw new Error("it advertises no URL");
+              if (!res.ok || !res.body) {
+                await res.body?.cancel();
+                throw new Error(`status ${res.status}`);
+              }
+              reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+              if (local.signal.aborted) await reader.cancel();
+              emit("upstream", { instance: member.id, connected: true });
+              backoff = 500;
+              for await (const msg of sseMessages(reader)) {
+                let data: unknown;
+                try {
+                  data = JSON.parse(msg.data);
+                } catch {
+                  continue;
+                }
+                if (msg.event === "hello") {
+                  const p = helloSchema.safeParse(data);
+                  if (p.success) emit("hello", { instance: member.id, ...p.data });
+                } else if (msg.event === "snapshot") {
+                  const p = snapshotSchema.safeParse(data);
+                  if (p.success) emit("snapshot", { instance: member.id, ...p.data });
+                } else if (msg.event === "missed") {
+                  const p = missedSchema.safeParse(data);
+                  if (p.success) emit("missed", { instance: member.id, ...p.data });
+                }
+              }
+              reader = null;
+              if (!local.signal.aborted) throw new Error("its event stream ended");
+            } catch (err) {
+              reader = null;
+              if (local.signal.aborted) break;
+              emit("upstream", { instance: member.id, connected: false, reason: errorText(err) });
+              await sleep(backoff, local.signal);
+              backoff = Math.min(backoff * 2, 10_000);
+            }
+          }
+          ctl.signal.removeEventListener("abort", end);
+        })();
+        upstreams.set(member.id, { member, stop: end, done });
+      }
+
+      let known = "";
+      async function syncMembers(): Promise<void> {
+        let members: Member[];
+        try {
+          ({ members } = await listMembers());
+        } catch (err) {
+          emit("cluster", { error: errorText(err), members: null });
+          return;
+        }
+        const ids = new Set(members.map((m) => m.id));
+        for (const [id, u] of upstreams) {
+          const now = members.find((m) => m.id === id);
+          if (!ids.has(id) || now?.url !== u.member.url || now?.startedAt !== u.member.startedAt) {
+            u.stop();
+            upstreams.delete(id);
+          }
+        }
+        for (const m of members) if (!upstreams.has(m.id)) follow(m);
+        const summary = JSON.stringify(
+          members.map((m) => [m.id, m.url, m.startedAt, m.roles]),
+        );
+        if (summary !== known) {
+          known = summary;
+          emit("cluster", { members: members.map(memberModel) });
+        }
+      }
+
+      const pump = (async () => {
+        while (!ctl.signal.aborted) {
+          if (!outbox.length) {
+            const tick = new Promise<void>((r) => wake = r);
+            const keepAlive = setTimeout(() => wake?.(), 15_000);
+            await tick;
+            clearTimeout(keepAlive);
+            wake = null;
+            if (!outbox.length && !ctl.signal.aborted) {
+              await stream.writeSSE({ event: "ping", data: "{}" });
+            }
+            continue;
+          }
+          const item = outbox.shift()!;
+          await stream.writeSSE(item);
+        }
+      })();
+
+      try {
+        await syncMembers();
+        while (!ctl.signal.aborted) {
+          await sleep(MEMBER_POLL_MS, ctl.signal);
+          if (!ctl.signal.aborted) await syncMembers();
+        }
+      } finally {
+        stop();
+        shutdown.removeEventListener("abort", stop);
+        for (const u of upstreams.values()) u.stop();
+        await Promise.all([...upstreams.values()].map((u) => u.done));
+        await pump;
+      }
+    });
+  });
+}

@@ -1,0 +1,230 @@
+/**
+ * The review console in headless Chromium against two running instances: the page goes
+ * live, a transition on the other instance moves the highlighted state in the drawn
+ * statechart, a screenshot is kept in tests/artifacts/console.png, and with JavaScript
+ * disabled the server-rendered page still shows instances, states and charts.
+ */
+import assert from "node:assert/strict";
+import { chromium, type Page } from "playwright-core";
+import { startPostgres, startRedis } from "../harness/mod.ts";
+import { ROOT, until } from "../support/instance.ts";
+import { type ConsoleNode, fragileSpec, startConsoleNode } from "./support.ts";
+
+/** Where the screenshot is kept (gitignored). */
+const SCREENSHOT = `${ROOT}tests/artifacts/console.png`;
+
+/** Fill of a highlighted state (console.css `--hl-fill`). */
+const HIGHLIGHT = "rgb(253, 230, 138)";
+
+/** Chromium flags for a machine without network: no background connections to hang on. */
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/**
+ * A page expression (a string: this file is type-checked without the DOM library) that
+ * finds the chart node of `state` in the figure of actor `path` on `instance`.
+ */
+function stateNode(instance: string, path: string, state: string): string {
+  const args = JSON.stringify([instance, path, state]);
+  return `(() => {
+    const [instance, path, state] = ${args};
+    const section = [...document.querySelectorAll("section[data-instance]")]
+      .find((s) => s.dataset.instance === instance);
+    const figure = [...(section ? section.querySelectorAll("figure.actor") : [])]
+      .find((f) => f.dataset.path === path);
+    const node = [...(figure ? figure.querySelectorAll("[data-state]") : [])]
+      .find((n) => n.getAttribute("data-state") === state);
+    return { figure, node };
+  })()`;
+}
+
+/** Whether `state` is highlighted in the chart of `path` on `instance`, and its state text. */
+async function highlighted(
+  page: Page,
+  instance: string,
+  path: string,
+  state: string,
+): Promise<{ found: boolean; active: boolean; text: string | null; fill: string | null }> {
+  return await page.evaluate(`(() => {
+    const { figure, node } = ${stateNode(instance, path, state)};
+    const shape = node ? node.querySelector("path, polygon, ellipse") : null;
+    return {
+      found: !!node,
+      active: node ? node.classList.contains("active") : false,
+      text: figure ? figure.querySelector("[data-actor-state]").textContent : null,
+      fill: shape ? getComputedStyle(shape).fill : null,
+    };
+  })()`);
+}
+
+/**
+ * Polls a page expression until it is truthy. (Playwright's waitForFunction evaluates
+ * strings with eval inside the page, which the console's Content-Security-Policy forbids;
+ * `page.evaluate` goes through the debugger protocol instead.)
+ */
+async function waitFor(page: Page, expression: string, what: string, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!(await page.evaluate(expression))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Waits until `state` is highlighted in the chart of `path` on `instance`. */
+async function waitForHighlight(page: Page, instance: string, path: string, state: string) {
+  await waitFor(
+    page,
+    `(() => { const { node } = ${stateNode(instance, path, state)};
+      return !!node && node.classList.contains("active"); })()`,
+    `${state} highlighted on ${instance}`,
+  );
+}
+
+/** Waits until the page says it follows `instance` live. */
+async function waitForLive(page: Page, instance: string) {
+  await waitFor(
+    page,
+    `(() => {
+      const section = [...document.querySelectorAll("section[data-instance]")]
+        .find((s) => s.dataset.instance === ${JSON.stringify(instance)});
+      return !!section && !!section.querySelector('[data-conn][data-state="live"]');
+    })()`,
+    `${instance} live`,
+  );
+}
+
+Deno.test("review console in a browser", async (t) => {
+  await using pg = await startPostgres();
+  await using redis = await startRedis();
+  const databaseUrl = await pg.createDatabase();
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-console-browser-" });
+  const nodes: ConsoleNode[] = [];
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: CHROMIUM_ARGS,
+  });
+  try {
+    nodes.push(await startConsoleNode("node-a", { databaseUrl, dataDir, redisUrl: redis.url }));
+    nodes.push(
+      await startConsoleNode("node-b", {
+        databaseUrl,
+        dataDir,
+        redisUrl: redis.url,
+        env: { RS_MAX_RESTARTS: "0" },
+        actors: [fragileSpec],
+      }),
+    );
+    const [a] = nodes;
+    await until(async () => {
+      const body = await (await fetch(`${a.url}/cluster`)).json();
+      return body.members.length === 2;
+    }, { what: "both instances in /cluster" });
+
+    await t.step("the page goes live and shows both instances' statecharts", async () => {
+      // Reduced motion: no colour transitions, so computed colours are final at once.
+      const page = await browser.newPage({
+        viewport: { width: 1440, height: 900 },
+        reducedMotion: "reduce",
+      });
+      const errors: string[] = [];
+      page.on("pageerror", (err) => errors.push(err.message));
+      // Content-Security-Policy violations and failed loads are reported as console errors.
+      page.on("console", (msg) => {
+        if (msg.type() === "error") errors.push(`${msg.text()} (${msg.location().url})`);
+      });
+      await page.goto(`${a.url}/`);
+      await page.waitForSelector('[data-live][data-state="live"]');
+      for (const id of ["node-a", "node-b"]) await waitForLive(page, id);
+      const before = await highlighted(page, "node-b", "supervisor", "supervising.healthy");
+      assert.deepEqual(before, {
+        found: true,
+        active: true,
+        text: "supervising.healthy",
+        fill: HIGHLIGHT,
+      });
+
+      // A message from node-a crashes node-b's actor; node-b's supervisor gives it up.
+      await a.rt.transport.send({ instance: "node-b", actor: "fragile" }, { type: "crash" });
+      await waitForHighlight(page, "node-b", "supervisor", "supervising.degraded");
+      const after = await highlighted(page, "node-b", "supervisor", "supervising.healthy");
+      assert.deepEqual(after, {
+        found: true,
+        active: false,
+        text: "supervising.degraded",
+        fill: "rgb(255, 255, 255)",
+      });
+      // node-a's own supervisor did not move.
+      const other = await highlighted(page, "node-a", "supervisor", "supervising.healthy");
+      assert.equal(other.active, true);
+      const row = await page.locator("[data-timeline] tr", {
+        hasText: "xstate.error.actor.fragile",
+      }).first().innerText();
+      assert.match(
+        row,
+        /node-b\s+supervisor\s+xstate\.error\.actor\.fragile\s+supervising\.degraded/,
+      );
+      assert.deepEqual(errors, []);
+
+      await Deno.mkdir(`${ROOT}tests/artifacts`, { recursive: true });
+      await page.screenshot({ path: SCREENSHOT, fullPage: true });
+      console.log(`console screenshot: ${SCREENSHOT}`);
+      await page.close();
+    });
+
+    await t.step("without JavaScript the server-rendered page shows it all", async () => {
+      const context = await browser.newContext({ javaScriptEnabled: false });
+      const page = await context.newPage();
+      await page.goto(`${a.url}/`);
+      const ids = await page.evaluate(
+        `[...document.querySelectorAll("section[data-instance]")].map((s) => s.dataset.instance)`,
+      );
+      assert.deepEqual(ids, ["node-a", "node-b"]);
+      const b = await highlighted(page, "node-b", "supervisor", "supervising.degraded");
+      // The highlight is the stylesheet's doing (by class), not the script's.
+      assert.deepEqual(b, {
+        found: true,
+        active: true,
+        text: "supervising.degraded",
+        fill: HIGHLIGHT,
+      });
+      const a2 = await highlighted(page, "node-a", "supervisor", "supervising.healthy");
+      assert.deepEqual(a2, {
+        found: true,
+        active: true,
+        text: "supervising.healthy",
+        fill: HIGHLIGHT,
+      });
+      assert.match(await page.locator("[data-live]").innerText(), /live updates need JavaScript/);
+      assert.ok(await page.locator("[data-timeline] tr").count() > 0);
+      assert.match(await page.locator("#panel-backups").innerText(), /Unavailable/);
+      await context.close();
+    });
+
+    await t.step("an instance that leaves disappears from the live page", async () => {
+      const page = await browser.newPage();
+      await page.goto(`${a.url}/`);
+      await waitForLive(page, "node-b");
+      await nodes[1].stop();
+      await waitFor(
+        page,
+        `![...document.querySelectorAll("section[data-instance]")]
+          .some((s) => s.dataset.instance === "node-b")`,
+        "node-b's section to go",
+      );
+      assert.equal(await page.locator("[data-instance-count]").innerText(), "1 live instance");
+      await page.close();
+    });
+  } finally {
+    await browser.close();
+    for (const node of nodes.reverse()) await node.stop();
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});

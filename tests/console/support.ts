@@ -1,0 +1,166 @@
+/**
+ * Runtime instances with the review console wired in, for the console's tests: each
+ * instance runs in this process (`startRuntime`), with `addConsoleRoutes` added before its
+ * first request, and test actors that change state on demand.
+ * @module
+ */
+import { z } from "zod";
+import { assign, setup } from "xstate";
+import type { ActorSpec, ConcernFactory, RemoteEvent } from "../../actors/runtime/types.ts";
+import { addConsoleRoutes } from "../../api/console.ts";
+import { loadConfig } from "../../lib/config.ts";
+import { type Runtime, startRuntime } from "../../runtime.ts";
+
+/** Shared secret key of the test instances. */
+export const TEST_KEY: string = btoa(String.fromCharCode(...new Uint8Array(32).fill(7)));
+
+/** An actor that crashes on `crash`: with RS_MAX_RESTARTS=0 its supervisor gives it up. */
+const fragileMachine = setup({
+  types: { context: {} as { pings: number }, events: {} as { type: "ping" } | { type: "crash" } },
+}).createMachine({
+  id: "fragile",
+  context: { pings: 0 },
+  initial: "up",
+  states: {
+    up: {
+      on: {
+        ping: { actions: assign({ pings: ({ context }) => context.pings + 1 }) },
+        crash: {
+          actions: () => {
+            throw new Error("fragile crashed on purpose");
+          },
+        },
+      },
+    },
+  },
+});
+
+/** Registry entry of the crashing test actor (`fragile`). */
+export const fragileSpec: ActorSpec = {
+  id: "fragile",
+  create: () => fragileMachine,
+  summarize: (s) => ({ pings: (s as unknown as { context: { pings: number } }).context.pings }),
+  accepts: {
+    ping: z.object({ type: z.literal("ping") }) as z.ZodType<RemoteEvent>,
+    crash: z.object({ type: z.literal("crash") }) as z.ZodType<RemoteEvent>,
+  },
+};
+
+/** A running instance with the console. */
+export interface ConsoleNode {
+  /** Instance id. */
+  id: string;
+  /** The runtime. */
+  rt: Runtime;
+  /** Its base URL. */
+  url: string;
+  /** Stops it (console streams first). Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Options of {@linkcode startConsoleNode}. */
+export interface ConsoleNodeOptions {
+  /** PostgreSQL URL. */
+  databaseUrl: string;
+  /** Data directory (shared is fine: the key is given). */
+  dataDir: string;
+  /** Redis URL, for a cluster. */
+  redisUrl?: string;
+  /** Extra environment (RS_MAX_RESTARTS, …). */
+  env?: Record<string, string>;
+  /** Extra actors. */
+  actors?: ActorSpec[];
+  /** Concerns to run instead of actors/concerns.ts (default: the runtime's own). */
+  concerns?: Record<string, ConcernFactory>;
+  /** Adds routes before the console's (fake concern endpoints). */
+  routes?: (rt: Runtime) => void;
+}
+
+/** Starts one instance and adds the console to its app before any request arrives. */
+export async function startConsoleNode(
+  id: string,
+  options: ConsoleNodeOptions,
+): Promise<ConsoleNode> {
+  const config = loadConfig({
+    env: {
+      DATABASE_URL: options.databaseUrl,
+      RS_SECRET_KEY: TEST_KEY,
+      RS_PORT: "0",
+      RS_DATA_DIR: options.dataDir,
+      RS_INSTANCE_ID: id,
+      RS_KEY_PREFIX: "rscon:",
+      RS_HEARTBEAT_MS: "200",
+      RS_DEAD_AFTER_MS: "1000",
+      ...(options.redisUrl ? { REDIS_URL: options.redisUrl } : {}),
+      ...options.env,
+    },
+    args: [],
+  });
+  const rt = await startRuntime(config, { actors: options.actors, concerns: options.concerns });
+  const streams = new AbortController();
+  options.routes?.(rt);
+  addConsoleRoutes(rt.app, { instanceId: id, signal: streams.signal });
+  let stopping: Promise<void> | null = null;
+  return {
+    id,
+    rt,
+    url: rt.url,
+    stop() {
+      stopping ??= (async () => {
+        streams.abort();
+        await rt.stop();
+      })();
+      return stopping;
+    },
+  };
+}
+
+/** One server-sent event. */
+export interface SseEvent {
+  /** Event name. */
+  event: string;
+  /** Parsed data. */
+  data: Record<string, unknown>;
+}
+
+/** Reads server-sent events from `url` until `until` accepts the events so far. */
+export async function readEvents(
+  url: string,
+  until: (seen: SseEvent[]) => boolean,
+  options: { ms?: number; onEvent?: (event: SseEvent) => Promise<void> | void } = {},
+): Promise<SseEvent[]> {
+  const ctl = new AbortController();
+  const res = await fetch(url, { signal: ctl.signal });
+  if (!res.ok || !res.body) throw new Error(`GET ${url} answered ${res.status}`);
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  const seen: SseEvent[] = [];
+  let buf = "";
+  const timer = setTimeout(() => ctl.abort(), options.ms ?? 15_000);
+  try {
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const chunk = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const event = /^event: (.*)$/m.exec(chunk)?.[1] ?? "message";
+        const data = JSON.parse(/^data: (.*)$/m.exec(chunk)?.[1] ?? "{}");
+        seen.push({ event, data });
+        await options.onEvent?.(seen[seen.length - 1]);
+        if (until(seen)) return seen;
+      }
+    }
+  } catch (err) {
+    if (!ctl.signal.aborted) throw err;
+  } finally {
+    clearTimeout(timer);
+    await reader.cancel().catch(() => {});
+  }
+  throw new Error(
+    `expected events not seen; got ${
+      JSON.stringify(seen.map((s) => s.event === "snapshot" ? s.data.view : s)).slice(0, 800)
+    }`,
+  );
+}
