@@ -130,7 +130,7 @@ export const SETTINGS: readonly SettingDoc[] = [
   },
   {
     env: "SESSION_TTL_S",
-    default: "86400",
+    default: "43200",
     description: "Session lifetime, extended on use (sliding expiry)",
   },
   {
@@ -263,7 +263,7 @@ const schema = z.object({
   RS_HEARTBEAT_MS: intIn(50, 60_000, "milliseconds").default(500),
   RS_DEAD_AFTER_MS: intIn(100, 600_000, "milliseconds").default(2000),
   RS_LEASE_TTL_MS: intIn(300, 600_000, "milliseconds").default(5000),
-  SESSION_TTL_S: intIn(60, 31_536_000, "seconds").default(86_400),
+  SESSION_TTL_S: intIn(60, 31_536_000, "seconds").default(43_200),
   SESSION_REMEMBER_TTL_S: intIn(60, 31_536_000, "seconds").default(2_592_000),
   SESSION_MAX_PER_USER: intIn(1, 10_000, "sessions").default(10),
   MFA_MAX_FAILURES: intIn(1, 1000, "failures").default(5),
