@@ -378,8 +378,8 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
 
     const app = createApp({ health, log: log.child("http") });
     addStreamRoutes(app, { sql: db.sql });
-    for (const [, concern] of concerns) concern.routes?.(app);
     const shutdown = new AbortController();
+    for (const [, concern] of concerns) concern.routes?.(app, { signal: shutdown.signal });
     addClusterRoutes(app, {
       instanceId: config.instanceId,
       inspector,

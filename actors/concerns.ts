@@ -5,8 +5,11 @@
  */
 import type { ConcernFactory } from "./runtime/types.ts";
 import { createSessionsConcern } from "./sessions/mod.ts";
+import { createSyncConcern } from "./sync/mod.ts";
 
 /** Concern factories by name, in start order. */
 export const CONCERNS: Record<string, ConcernFactory> = {
+  // First: the others may reach the sync node (getSyncNode) from their factories.
+  sync: createSyncConcern,
   sessions: createSessionsConcern,
 };

@@ -10,6 +10,7 @@ import { leaseMachine } from "./lease.ts";
 import { loginMachine } from "./login.ts";
 import { sessionSupervisorMachine } from "./session_supervisor.ts";
 import { supervisorMachine } from "./supervisor.ts";
+import { syncNodeMachine } from "./sync_node.ts";
 
 /** All machines, keyed by chart name (the machine's id). */
 export const MACHINES: Record<string, AnyStateMachine> = {
@@ -19,4 +20,5 @@ export const MACHINES: Record<string, AnyStateMachine> = {
   diagnostics: diagnosticsMachine,
   session_supervisor: sessionSupervisorMachine,
   login: loginMachine,
+  sync_node: syncNodeMachine,
 };

@@ -21,6 +21,35 @@ import {
 import type { Sql } from "./types.ts";
 import { idSchema, parseInput } from "./validate.ts";
 
+/** A committed stream change, as {@linkcode onStreamChange} reports it. */
+export interface StreamChange {
+  /** Stream id. */
+  id: number;
+  /** What changed. */
+  kind: "started" | "stopped" | "viewers" | "stats" | "key";
+}
+
+const changeListeners = new WeakMap<Sql, Set<(change: StreamChange) => void>>();
+
+/**
+ * Listens to stream changes committed through the pool `sql` (the sync node invalidates
+ * the `streams` cache on every instance with it); returns the unsubscribe.
+ */
+export function onStreamChange(sql: Sql, listener: (change: StreamChange) => void): () => void {
+  let set = changeListeners.get(sql);
+  if (!set) changeListeners.set(sql, set = new Set());
+  set.add(listener);
+  return () => set.delete(listener);
+}
+
+function changed(sql: Sql, id: number, kind: StreamChange["kind"]): void {
+  for (const fn of changeListeners.get(sql) ?? []) {
+    try {
+      fn({ id, kind });
+    } catch { /* a listener's failure must not fail the committed write */ }
+  }
+}
+
 /** A stream as the rest of the runtime sees it (never the key or its hash). */
 export interface Stream {
   /** Database id. */
@@ -336,7 +365,7 @@ export async function startStream(sql: Sql, id: number): Promise<StreamTransitio
   const action = "start stream";
   const streamId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
-    return await sql.begin(async (tx) => {
+    const result = await sql.begin(async (tx) => {
       // The NOT is_live condition is re-checked after a concurrent start commits, so
       // exactly one of two racing starts matches the row.
       const rows = await tx<StreamRow[]>`
@@ -348,6 +377,8 @@ export async function startStream(sql: Sql, id: number): Promise<StreamTransitio
       const session = await insertStreamSession(tx, streamId, { action });
       return { stream: toStream(rows[0]), session };
     });
+    changed(sql, streamId, "started");
+    return result;
   } catch (err) {
     rethrowDatabaseError(err, action);
   }
@@ -361,7 +392,7 @@ export async function stopStream(sql: Sql, id: number): Promise<StreamTransition
   const action = "stop stream";
   const streamId = parseInput(idSchema, id, { action: action, name: "id" });
   try {
-    return await sql.begin(async (tx) => {
+    const result = await sql.begin(async (tx) => {
       const rows = await tx<StreamRow[]>`
         UPDATE streams
         SET is_live = false, viewer_count = 0, ended_at = GREATEST(now(), started_at)
@@ -371,6 +402,8 @@ export async function stopStream(sql: Sql, id: number): Promise<StreamTransition
       const session = await closeOpenSession(tx, streamId);
       return { stream: toStream(rows[0]), session };
     });
+    changed(sql, streamId, "stopped");
+    return result;
   } catch (err) {
     rethrowDatabaseError(err, action);
   }
@@ -401,6 +434,7 @@ export async function updateViewerCount(
       )
       SELECT ${sql(STREAM_COLUMNS)} FROM updated`;
     if (!rows.length) await explainNoMatch(sql, streamId, action, "is not live");
+    changed(sql, streamId, "viewers");
     return toStream(rows[0]);
   } catch (err) {
     rethrowDatabaseError(err, action);
@@ -432,6 +466,7 @@ export async function updateStreamStats(
       UPDATE streams SET ${sql(set, columns)} WHERE id = ${streamId}
       RETURNING ${sql(STREAM_COLUMNS)}`;
     if (!rows.length) throw streamNotFound(action, streamId);
+    changed(sql, streamId, "stats");
     return toStream(rows[0]);
   } catch (err) {
     mapWriteError(err, action);
@@ -452,6 +487,7 @@ export async function resetStreamKey(sql: Sql, id: number): Promise<StreamWithKe
       WHERE id = ${streamId}
       RETURNING ${sql(STREAM_COLUMNS)}`;
     if (!rows.length) throw streamNotFound(action, streamId);
+    changed(sql, streamId, "key");
     return { stream: toStream(rows[0]), streamKey: key };
   } catch (err) {
     rethrowDatabaseError(err, action);

@@ -114,8 +114,8 @@ export interface RuntimeServices {
 export interface Concern {
   /** Registry entries, started in order after the runtime's own actors. */
   actors: ActorSpec[];
-  /** Adds the concern's HTTP routes. */
-  routes?(app: Hono): void;
+  /** Adds the concern's HTTP routes; `signal` aborts on shutdown (end event streams then). */
+  routes?(app: Hono, context: { signal: AbortSignal }): void;
   /** Facts for /health (`ok: false` makes the instance degraded). */
   health?(): Promise<{ ok: boolean; [key: string]: unknown }>;
   /** Called on shutdown after the actors stopped. */

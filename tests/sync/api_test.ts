@@ -1,0 +1,289 @@
+/**
+ * The sync concern inside two runtimes on one PostgreSQL and Redis: the /state routes
+ * (authorisation, validation, server-sent events with a bounded buffer, conflicts), the
+ * health and actor views, and the stream cache invalidated across instances.
+ */
+import assert from "node:assert/strict";
+import { Hono } from "hono";
+import { createSyncConcernWith, getSyncNode } from "../../actors/sync/mod.ts";
+import { createSyncNode } from "../../actors/sync/node.ts";
+import { createLocalTransport } from "../../actors/runtime/transport.ts";
+import { addStateRoutes } from "../../api/state.ts";
+import { errorResponse } from "../../api/app.ts";
+import { loadConfig } from "../../lib/config.ts";
+import { silentLogger } from "../../lib/log.ts";
+import { type Runtime, startRuntime } from "../../runtime.ts";
+import { createLocalBus } from "../../store/bus.ts";
+import { createStream, startStream } from "../../store/streams.ts";
+import { recordConflicts } from "../../store/sync.ts";
+import { createUser } from "../../store/users.ts";
+import { startPostgres, startRedis } from "../harness/mod.ts";
+import { until } from "./support.ts";
+
+const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+const TOKEN = "test-write-token-0123456789";
+const auth = { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" };
+
+/** Reads server-sent events from a response body. */
+function sseReader(res: Response) {
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  return {
+    async next(): Promise<{ event: string; data: Record<string, unknown> }> {
+      for (;;) {
+        const end = buf.indexOf("\n\n");
+        if (end >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          const event = /^event: (.*)$/m.exec(block)?.[1] ?? "message";
+          const data = JSON.parse(/^data: (.*)$/m.exec(block)?.[1] ?? "{}");
+          return { event, data };
+        }
+        const { value, done } = await reader.read();
+        if (done) throw new Error("the event stream ended");
+        buf += value;
+      }
+    },
+    cancel: () => reader.cancel(),
+  };
+}
+
+Deno.test("state routes and the sync concern in two runtimes", async (t) => {
+  await using pg = await startPostgres();
+  await using redis = await startRedis();
+  const dbUrl = await pg.createDatabase();
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-sync-api-" });
+  const runtimes: Runtime[] = [];
+  const start = async (id: string) => {
+    const config = loadConfig({
+      env: {
+        DATABASE_URL: dbUrl,
+        REDIS_URL: redis.url,
+        RS_SECRET_KEY: KEY,
+        RS_PORT: "0",
+        RS_DATA_DIR: dataDir,
+        RS_INSTANCE_ID: id,
+        RS_KEY_PREFIX: "rsapi:",
+        RS_LEASE_TTL_MS: "1000",
+      },
+      args: [],
+    });
+    const rt = await startRuntime(config, {
+      concerns: {
+        sync: createSyncConcernWith({
+          writeToken: TOKEN,
+          sseBuffer: 4,
+          headsMs: 200,
+          snapshotMs: 60_000,
+          repairRetryMs: 50,
+        }),
+      },
+    });
+    runtimes.push(rt);
+    return rt;
+  };
+
+  try {
+    const a = await start("api-a");
+    const b = await start("api-b");
+
+    await t.step("writes need the bearer token", async () => {
+      const body = JSON.stringify({ title: "x" });
+      const none = await fetch(`${a.url}/state/stream/1`, { method: "PATCH", body });
+      assert.equal(none.status, 401);
+      assert.equal((await none.json()).error.code, "UNAUTHORIZED");
+      const wrong = await fetch(`${a.url}/state/stream/1`, {
+        method: "PATCH",
+        body,
+        headers: { authorization: `Bearer ${TOKEN}x` },
+      });
+      assert.equal(wrong.status, 401);
+      await wrong.body?.cancel();
+
+      // Without RS_STATE_WRITE_TOKEN there is no way to write over HTTP at all.
+      const node = createSyncNode({
+        instanceId: "solo",
+        sql: a.db.sql,
+        bus: createLocalBus(),
+        transport: createLocalTransport({
+          instanceId: "solo",
+          bus: createLocalBus(),
+          actors: { spec: () => undefined, ref: () => undefined },
+        }),
+      });
+      const app = new Hono();
+      app.onError((err) => errorResponse(err, silentLogger));
+      addStateRoutes(app, { node, sql: a.db.sql, writeToken: null });
+      const res = await app.request("/state/stream/1", { method: "PATCH", body, headers: auth });
+      assert.equal(res.status, 403);
+      assert.equal((await res.json()).error.code, "STATE_WRITE_DISABLED");
+      await node.close();
+    });
+
+    await t.step("a PATCH is validated, applied and visible on the other instance", async () => {
+      const bad = await fetch(`${a.url}/state/stream/1`, {
+        method: "PATCH",
+        headers: auth,
+        body: JSON.stringify({ viewers: "lots" }),
+      });
+      assert.equal(bad.status, 400);
+      assert.match((await bad.json()).error.message, /viewers is a counter/);
+      const badField = await fetch(`${a.url}/state/stream/1`, {
+        method: "PATCH",
+        headers: auth,
+        body: JSON.stringify({ "no spaces": 1 }),
+      });
+      assert.equal(badField.status, 400);
+      await badField.body?.cancel();
+      const badType = await fetch(`${a.url}/state/Stream!/1`);
+      assert.equal(badType.status, 400);
+      await badType.body?.cancel();
+
+      const ok = await fetch(`${a.url}/state/stream/1`, {
+        method: "PATCH",
+        headers: auth,
+        body: JSON.stringify({ title: "Finals", viewers: { inc: 3 } }),
+      });
+      assert.equal(ok.status, 200);
+      assert.deepEqual((await ok.json()).entity.state, { title: "Finals", viewers: 3 });
+      await until(async () => {
+        const res = await fetch(`${b.url}/state/stream/1`);
+        const body = await res.json();
+        return res.status === 200 && body.entity.state.viewers === 3;
+      }, "the entity on B");
+      // PostgreSQL alone (snapshot + deltas) rebuilds the same state.
+      await until(async () => {
+        const res = await fetch(`${b.url}/state/stream/1?source=db`);
+        return res.status === 200 && (await res.json()).entity.state.title === "Finals";
+      }, "the entity from the database");
+      const missing = await fetch(`${b.url}/state/stream/404`);
+      assert.equal(missing.status, 404);
+      assert.equal((await missing.json()).error.code, "STATE_NOT_FOUND");
+    });
+
+    await t.step("the event stream follows a pattern across instances", async () => {
+      const res = await fetch(`${b.url}/state/stream?pattern=stream.*`);
+      assert.equal(res.headers.get("content-type"), "text/event-stream");
+      const sse = sseReader(res);
+      assert.equal((await sse.next()).event, "hello");
+      await fetch(`${a.url}/state/stream/1`, {
+        method: "PATCH",
+        headers: auth,
+        body: JSON.stringify({ title: "Grand finals" }),
+      }).then((r) => r.body?.cancel());
+      const change = await sse.next();
+      assert.equal(change.event, "change");
+      assert.deepEqual(change.data.data, {
+        type: "stream",
+        id: "1",
+        changes: { title: "Grand finals" },
+      });
+      getSyncNode(a)!.node.publish("stream.started", { streamId: 1, userId: 5 });
+      const kinds = new Set<string>();
+      while (!kinds.has("event")) kinds.add((await sse.next()).event);
+      await sse.cancel();
+    });
+
+    await t.step("a slow client is told it missed events; the node never waits", async () => {
+      const res = await fetch(`${a.url}/state/stream?pattern=stream.changed`);
+      const sse = sseReader(res);
+      assert.equal((await sse.next()).event, "hello");
+      const node = getSyncNode(a)!.node;
+      const t0 = performance.now();
+      // One synchronous burst: the client's buffer (4) overflows before it can read.
+      for (let i = 0; i < 200; i++) node.applyDelta("stream", 9, { fps: i });
+      assert.ok(performance.now() - t0 < 1000);
+      const first = await sse.next();
+      assert.equal(first.event, "missed");
+      assert.ok((first.data.missed as number) >= 190, JSON.stringify(first.data));
+      assert.match(first.data.hint as string, /refetch/);
+      const rest: number[] = [];
+      while (rest.length < 4) {
+        const e = await sse.next();
+        rest.push((e.data.data as { changes: { fps: number } }).changes.fps);
+      }
+      assert.deepEqual(rest, [196, 197, 198, 199], "the newest events are kept");
+      await sse.cancel();
+    });
+
+    await t.step(
+      "stream data: a change on one instance invalidates the cache of the other",
+      async () => {
+        const user = await createUser(a.db.sql, {
+          username: "syncer",
+          email: "syncer@example.com",
+          password: "long enough password",
+        }, { hashing: { ln: 10 } });
+        const { stream } = await createStream(a.db.sql, { userId: user.id, name: "Cached" });
+        const cacheB = getSyncNode(b)!.streams;
+        assert.equal((await cacheB.get(String(stream.id)))?.isLive, false);
+        assert.equal(cacheB.peek(String(stream.id))?.isLive, false, "cached on B");
+        await startStream(a.db.sql, stream.id);
+        await until(() => cacheB.peek(String(stream.id)) === undefined, "the invalidation on B");
+        assert.equal((await cacheB.get(String(stream.id)))?.isLive, true);
+      },
+    );
+
+    await t.step("conflicts are listed and resolved by an operator", async () => {
+      await recordConflicts(a.db.sql, [{
+        entityType: "user",
+        entityId: "42",
+        field: "email",
+        key: "user:42/email/x@1,y@1",
+        candidates: [{ value: "x@example.com" }, { value: "y@example.com" }],
+        winner: { value: "y@example.com" },
+        detectedBy: "api-a",
+        detectedAt: new Date(),
+      }]);
+      const list = await fetch(`${a.url}/state/conflicts`, { headers: auth });
+      const { conflicts } = await list.json();
+      assert.equal(conflicts.length, 1);
+      const anon = await fetch(`${a.url}/state/conflicts`);
+      assert.equal(anon.status, 401);
+      await anon.body?.cancel();
+      const res = await fetch(`${a.url}/state/conflicts/${conflicts[0].id}/resolve`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({ value: "x@example.com" }),
+      });
+      assert.equal(res.status, 200);
+      const body = await res.json();
+      assert.equal(body.conflict.status, "resolved");
+      assert.equal(body.entity.state.email, "x@example.com");
+      await until(
+        () => getSyncNode(b)!.node.getSnapshot("user", 42)?.state.email === "x@example.com",
+        "the resolution on B",
+      );
+      const again = await fetch(`${a.url}/state/conflicts/${conflicts[0].id}/resolve`, {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({ value: "y@example.com" }),
+      });
+      assert.equal(again.status, 404);
+      await again.body?.cancel();
+    });
+
+    await t.step("health and the actor view report the sync node", async () => {
+      const health = await (await fetch(`${a.url}/health`)).json();
+      assert.equal(health.checks.sync.ok, true);
+      assert.equal(health.checks.sync.caughtUp, true);
+      const actors = await (await fetch(`${a.url}/actors`)).json();
+      const sync = actors.actors.find((x: { id: string }) => x.id === "sync");
+      assert.ok(sync, "the sync actor is listed");
+      assert.equal(sync.machine, "sync_node");
+      assert.match(sync.summary.origin, /^api-a~/);
+      const state = await (await fetch(`${a.url}/state`)).json();
+      const stateB = await (await fetch(`${b.url}/state`)).json();
+      await until(async () => {
+        const x = await (await fetch(`${a.url}/state`)).json();
+        const y = await (await fetch(`${b.url}/state`)).json();
+        return x.digest === y.digest;
+      }, "equal digests");
+      assert.match(state.digest, /^[0-9a-f]{64}$/);
+      assert.equal(stateB.instance, "api-b");
+    });
+  } finally {
+    for (const rt of runtimes.reverse()) await rt.stop();
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});

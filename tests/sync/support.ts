@@ -1,0 +1,164 @@
+/**
+ * In-process sync nodes for integration tests: each with its own Redis connections, bus,
+ * transport and lease manager, the real statechart driving it, and a switch that drops
+ * the node's inbound pub/sub messages (to simulate loss deterministically).
+ * @module
+ */
+import { type AnyActorRef, createActor } from "xstate";
+import { createLeaseManager, type LeaseManager } from "../../actors/runtime/leases.ts";
+import { createRedisTransport } from "../../actors/runtime/transport.ts";
+import { syncActorSpec, type SyncSettings } from "../../actors/sync/mod.ts";
+import { createSyncNode, type SyncNode, type SyncNodeOptions } from "../../actors/sync/node.ts";
+import { createLogger, type Logger, silentLogger } from "../../lib/log.ts";
+import { createRedisBus, type MessageBus } from "../../store/bus.ts";
+import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
+import type { Sql } from "../../store/types.ts";
+
+/** Which inbound messages a node loses. */
+export interface Loss {
+  /** Drop every inbound batch and announcement while true. */
+  all: boolean;
+  /** Drop this many next inbound batches. */
+  nextBatches: number;
+  /** Batches dropped so far. */
+  dropped: number;
+}
+
+/** A running test node. */
+export interface TestNode {
+  /** Its name (instance id). */
+  name: string;
+  /** The node. */
+  node: SyncNode;
+  /** Loss switch. */
+  loss: Loss;
+  /** The statechart actor. */
+  actor: AnyActorRef;
+  /** Freezes the node: no statechart (no announcements), no answers to requests. */
+  freeze(): void;
+  /** Stops everything it started. */
+  close(): Promise<void>;
+}
+
+/** A bus that drops inbound sync messages as `loss` says. */
+function lossyBus(bus: MessageBus, loss: Loss): MessageBus {
+  return {
+    ...bus,
+    subscribe: (channel, handler) =>
+      bus.subscribe(channel, (message, ch) => {
+        if (ch.startsWith("sync.") && loss.all) return;
+        if (ch === "sync.batches" && loss.nextBatches > 0) {
+          loss.nextBatches--;
+          loss.dropped++;
+          return;
+        }
+        handler(message, ch);
+      }),
+  };
+}
+
+/** Polls until `check` holds; rejects after `ms`. */
+export async function until(
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  ms = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Options of {@linkcode startTestNode}. */
+export interface TestNodeOptions {
+  /** Redis URL. */
+  redisUrl: string;
+  /** Key prefix shared by the nodes of one test. */
+  prefix: string;
+  /** PostgreSQL. */
+  sql: Sql;
+  /** Statechart settings. */
+  settings?: Partial<SyncSettings>;
+  /** Node options. */
+  node?: Partial<SyncNodeOptions>;
+  /** Campaign for the snapshot role (default true). */
+  leases?: boolean;
+  /** Log warnings to stderr (debugging). */
+  verbose?: boolean;
+}
+
+/** Starts a node and waits until it caught up. */
+export async function startTestNode(name: string, options: TestNodeOptions): Promise<TestNode> {
+  const log: Logger = options.verbose ? createLogger(name, { level: "debug" }) : silentLogger;
+  const settings = {
+    url: options.redisUrl,
+    sentinels: [],
+    sentinelMaster: "mymaster",
+    sentinelPassword: null,
+    keyPrefix: options.prefix,
+  };
+  const keyspace = createKeyspace(options.prefix);
+  const client = createRedisClient(settings, {
+    name,
+    overrides: { retryStrategy: () => 50 },
+  });
+  await client.connect();
+  const rawBus = createRedisBus(client, { keyspace });
+  const loss: Loss = { all: false, nextBatches: 0, dropped: 0 };
+  const local: { spec?: ReturnType<typeof syncActorSpec>; actor?: AnyActorRef } = {};
+  const transport = createRedisTransport(client, {
+    keyspace,
+    bus: rawBus,
+    instanceId: name,
+    actors: { spec: (id) => id === "sync" ? local.spec : undefined, ref: () => local.actor },
+    requestTimeoutMs: 1000,
+  });
+  await transport.start();
+  const leases: LeaseManager | null = options.leases === false
+    ? null
+    : createLeaseManager({ redis: client, keyspace, instanceId: name });
+  const node = createSyncNode({
+    instanceId: name,
+    sql: options.sql,
+    bus: lossyBus(rawBus, loss),
+    transport,
+    leases,
+    leaseTtlMs: 1000,
+    log,
+    giveUpMs: 2000,
+    peerTimeoutMs: 500,
+    originLiveMs: 1500,
+    ...options.node,
+  });
+  local.spec = syncActorSpec(node, {
+    headsMs: 200,
+    snapshotMs: 60_000,
+    repairRetryMs: 50,
+    ...options.settings,
+  });
+  const actor = createActor(local.spec.create(undefined as never), {
+    input: local.spec.input!(undefined as never),
+  });
+  local.actor = actor;
+  actor.start();
+  await until(() => node.stats().caughtUp, `${name} to catch up`);
+  return {
+    name,
+    node,
+    loss,
+    actor,
+    freeze() {
+      actor.stop();
+      local.spec = undefined;
+    },
+    async close() {
+      actor.stop();
+      await node.close();
+      await leases?.close();
+      await transport.close();
+      await rawBus.close();
+      await closeRedis(client);
+    },
+  };
+}
