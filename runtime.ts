@@ -211,7 +211,17 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
 
   const cleanups: (() => Promise<void>)[] = [];
   async function cleanup(): Promise<void> {
-    for (const fn of cleanups.reverse()) await fn().catch(() => {});
+    for (const fn of cleanups.reverse()) {
+      // One stuck step (a peer that never answers, a socket that never drains) must not
+      // keep the rest of the instance from stopping.
+      let timer: number | undefined;
+      const limit = new Promise<"timeout">((resolve) => {
+        timer = setTimeout(() => resolve("timeout"), (config.shutdownTimeoutS + 1) * 1000);
+      });
+      const outcome = await Promise.race([fn().catch(() => {}), limit]);
+      clearTimeout(timer);
+      if (outcome === "timeout") log.warn("a shutdown step did not finish in time; continuing");
+    }
     cleanups.length = 0;
   }
   try {

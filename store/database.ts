@@ -213,11 +213,23 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
     ping: (timeoutMs = 2000) => pingSql(sql, timeoutMs),
     close: async (timeoutS = 5) => {
       await sql.end({ timeout: timeoutS });
-      await server.stop();
-      await db.close();
+      // pglite-socket can wait on a socket the client already abandoned; PGlite's files
+      // are consistent once the pool has ended, so neither step may hold up the exit.
+      await withinMs(server.stop(), 2000);
+      await withinMs(db.close(), 5000);
       await releaseLock();
     },
   };
+}
+
+/** Waits for `work` at most `ms`; a late result is ignored. */
+async function withinMs(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: number | undefined;
+  await Promise.race([
+    work.catch(() => {}),
+    new Promise((resolve) => timer = setTimeout(resolve, ms)),
+  ]);
+  clearTimeout(timer);
 }
 
 /** True when a process with this pid is running (Linux /proc; elsewhere assumed gone). */
