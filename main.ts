@@ -6,6 +6,7 @@ import { loadConfig } from "./lib/config.ts";
 import { RuntimeError } from "./lib/errors.ts";
 import { createLogger } from "./lib/log.ts";
 import { startRuntime } from "./runtime.ts";
+import { guardSocketErrors } from "./actors/failover/mod.ts";
 
 /** Runs one instance until a signal arrives; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
@@ -17,6 +18,9 @@ export async function main(args: string[]): Promise<number> {
     return 2;
   }
   const log = createLogger("rootstream", config.log);
+  // A socket error that no promise handles (postgres.js under Deno, when a server dies while
+  // a connection opens) must not end the process: log it; everything else stays fatal.
+  guardSocketErrors(log);
   let runtime;
   try {
     runtime = await startRuntime(config, { log });

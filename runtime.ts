@@ -11,6 +11,7 @@ import { addClusterRoutes } from "./api/cluster.ts";
 import { addConsoleRoutes } from "./api/console.ts";
 import { MACHINES } from "./machines/mod.ts";
 import { CONCERNS } from "./actors/concerns.ts";
+import { resolvePrimaryUrl } from "./actors/failover/mod.ts";
 import { addStreamRoutes } from "./api/streams.ts";
 import { diagnosticsSpec } from "./actors/runtime/diagnostics.ts";
 import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
@@ -235,8 +236,10 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       log.warn(`using the secret key from ${secret.path}; set RS_SECRET_KEY on every instance`);
     }
 
+    // After a failover the configured URL may name a demoted node: start on the primary
+    // the cluster last agreed on (the failover concern's key in Redis).
     const db = await openDatabase({
-      url: config.database.url,
+      url: await resolvePrimaryUrl(config),
       dataDir: config.dataDir,
       poolSize: config.database.poolSize,
       connectTimeoutS: config.database.connectTimeoutS,

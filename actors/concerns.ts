@@ -4,6 +4,7 @@
  * @module
  */
 import type { ConcernFactory } from "./runtime/types.ts";
+import { createFailoverConcern } from "./failover/mod.ts";
 import { createSessionsConcern } from "./sessions/mod.ts";
 import { createSyncConcern } from "./sync/mod.ts";
 
@@ -12,4 +13,5 @@ export const CONCERNS: Record<string, ConcernFactory> = {
   // First: the others may reach the sync node (getSyncNode) from their factories.
   sync: createSyncConcern,
   sessions: createSessionsConcern,
+  failover: createFailoverConcern,
 };

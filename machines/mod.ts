@@ -6,6 +6,7 @@
 import type { AnyStateMachine } from "xstate";
 import { clusterNodeMachine } from "./cluster_node.ts";
 import { diagnosticsMachine } from "./diagnostics.ts";
+import { failoverMachine } from "./failover.ts";
 import { leaseMachine } from "./lease.ts";
 import { loginMachine } from "./login.ts";
 import { sessionSupervisorMachine } from "./session_supervisor.ts";
@@ -18,6 +19,7 @@ export const MACHINES: Record<string, AnyStateMachine> = {
   cluster_node: clusterNodeMachine,
   lease: leaseMachine,
   diagnostics: diagnosticsMachine,
+  failover: failoverMachine,
   session_supervisor: sessionSupervisorMachine,
   login: loginMachine,
   sync_node: syncNodeMachine,

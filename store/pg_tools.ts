@@ -164,6 +164,8 @@ export interface StartServerOptions {
   socketDir?: string;
   /** How long to wait for `ready` (accepting connections as a primary); default 10 min. */
   readyTimeoutMs?: number;
+  /** Also count a hot standby accepting read-only connections as ready (replicas). */
+  acceptStandby?: boolean;
   /** Superuser name for {@linkcode PgServerProcess.url} (default postgres). */
   superuser?: string;
 }
@@ -272,11 +274,25 @@ export function connectionEnv(connection: PgConnection): Record<string, string> 
   return env;
 }
 
-/** A URL for `database` on the same server as `url` (same credentials). */
-export function urlForDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${encodeURIComponent(database)}`;
-  return u.toString();
+/**
+ * A libpq keyword/value connection string for `connection` without its password (for
+ * arguments such as pg_rewind's `--source-server`); pass the connection as `connection` too,
+ * so libpq takes the password from PGPASSWORD instead of the command line.
+ */
+export function conninfoWithoutPassword(connection: PgConnection): string {
+  const env = connectionEnv(connection);
+  const keys: [string, string][] = [
+    ["host", "PGHOST"],
+    ["port", "PGPORT"],
+    ["user", "PGUSER"],
+    ["dbname", "PGDATABASE"],
+    ["sslmode", "PGSSLMODE"],
+    ["application_name", "PGAPPNAME"],
+    ["connect_timeout", "PGCONNECT_TIMEOUT"],
+  ];
+  return keys.filter(([, v]) => env[v] !== undefined)
+    .map(([k, v]) => `${k}='${env[v].replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`)
+    .join(" ");
 }
 
 /** Keeps the head and the tail of a byte stream, at most `limit` bytes in all. */
@@ -717,7 +733,11 @@ async function startServer(
     while (!exited && Date.now() < deadline) {
       const lines = await Deno.readTextFile(`${dir}/postmaster.pid`).then((t) => t.split("\n"))
         .catch(() => [] as string[]);
-      if (Number(lines[0]) === child.pid && lines[7]?.trim() === "ready") {
+      const status = lines[7]?.trim();
+      if (
+        Number(lines[0]) === child.pid &&
+        (status === "ready" || (opts.acceptStandby && status === "standby"))
+      ) {
         ready = true;
         break;
       }
@@ -829,4 +849,92 @@ export function parseBaseBackupWal(stderr: string): BaseBackupWal | null {
   const end = /write-ahead log end point: ([0-9A-F]+\/[0-9A-F]+)/i.exec(stderr);
   if (!start || !end) return null;
   return { startLsn: start[1], timeline: Number(start[2]), endLsn: end[1] };
+}
+
+// ---------------------------------------------------------------------------------------
+// Failover: rejoining an old primary, switchover (used by actors/failover/)
+// ---------------------------------------------------------------------------------------
+
+/** Options of {@linkcode pgRewind}. */
+export interface PgRewindOptions {
+  /** Data directory of the cleanly stopped node to rewind. */
+  dataDir: string;
+  /** The new primary to rewind from (a superuser); credentials travel in the environment. */
+  source: PgConnection;
+  /** Time limit (default 5 minutes). */
+  timeoutMs?: number;
+}
+
+/**
+ * Runs pg_rewind so `dataDir` follows the source's timeline. `noRewindNeeded` is true when
+ * pg_rewind found no divergence (run CHECKPOINT on the source first, or it may say so
+ * wrongly right after a promotion).
+ */
+export async function pgRewind(
+  tools: PgTools,
+  options: PgRewindOptions,
+): Promise<ToolResult & { noRewindNeeded: boolean }> {
+  const result = await tools.run("pg_rewind", [
+    "-D",
+    options.dataDir,
+    // Host, port, user, password and database come from the PG* environment.
+    "--source-server=application_name=pg_rewind",
+    "--no-sync",
+  ], {
+    connection: options.source,
+    signal: AbortSignal.timeout(options.timeoutMs ?? 300_000),
+  });
+  return { ...result, noRewindNeeded: /no rewind required/i.test(result.stdout + result.stderr) };
+}
+
+/** Stops the server of `dataDir` with `pg_ctl stop` (default mode fast) and waits for it. */
+export function pgCtlStop(
+  tools: PgTools,
+  dataDir: string,
+  options: { mode?: "smart" | "fast" | "immediate"; timeoutS?: number } = {},
+): Promise<ToolResult> {
+  const timeoutS = options.timeoutS ?? 60;
+  return tools.run("pg_ctl", [
+    "stop",
+    "-D",
+    dataDir,
+    "-m",
+    options.mode ?? "fast",
+    "-w",
+    "-t",
+    String(timeoutS),
+  ], { signal: AbortSignal.timeout((timeoutS + 10) * 1000) });
+}
+
+/**
+ * Starts the server of `dataDir` with `pg_ctl start`, detached (it outlives this process),
+ * and waits until it accepts connections (a hot standby: until it is consistent).
+ * `settings` go on the postmaster's command line, where per-node settings belong: pg_rewind
+ * and pg_basebackup copy the configuration files.
+ */
+export function pgCtlStart(
+  tools: PgTools,
+  dataDir: string,
+  options: { logFile: string; settings?: Record<string, string>; timeoutS?: number },
+): Promise<ToolResult> {
+  const timeoutS = options.timeoutS ?? 60;
+  // pg_ctl hands -o to /bin/sh: every word is single-quoted.
+  const quote = (word: string) => `'${word.replaceAll("'", `'"'"'`)}'`;
+  const opts = Object.entries(options.settings ?? {}).map(([key, value]) => {
+    if (!/^[a-z_][a-z0-9_.]*$/i.test(key)) {
+      throw new RuntimeError("VALIDATION_FAILED", `Invalid PostgreSQL setting name: ${key}`);
+    }
+    return `-c ${quote(`${key}=${value}`)}`;
+  }).join(" ");
+  return tools.run("pg_ctl", [
+    "start",
+    "-D",
+    dataDir,
+    "-l",
+    options.logFile,
+    "-w",
+    "-t",
+    String(timeoutS),
+    ...(opts ? ["-o", opts] : []),
+  ], { signal: AbortSignal.timeout((timeoutS + 10) * 1000) });
 }

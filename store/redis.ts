@@ -115,8 +115,10 @@ export function createRedisClient(
       name: settings.sentinelMaster,
       sentinelPassword: settings.sentinelPassword ?? undefined,
       sentinelRetryStrategy: (times) => Math.min(100 * times, 2000),
-      // Re-resolve the master after a switch instead of staying on a demoted node.
-      failoverDetector: true,
+      // Off: ioredis's detector can leave a connection closed for good when +switch-master
+      // arrives mid-reconnect (seen in the Sentinel failover test); the reconnect after the
+      // old master drops the connection re-resolves the master through the Sentinels.
+      failoverDetector: false,
     })
     : new Redis({
       ...common,

@@ -1,0 +1,624 @@
+/**
+ * The failover concern: one `failover` actor per instance (machines/failover.ts with the
+ * effects of ./effects.ts), its routes (api/replication.ts), its /health entry and the
+ * `failover` lease campaign whose holder takes the decisions.
+ *
+ * Modes: embedded PGlite → replication and failover report themselves unavailable; a
+ * server without DATABASE_NODES → `GET /replication` shows the primary's own view
+ * (pg_stat_replication) and says failover needs DATABASE_NODES; with DATABASE_NODES →
+ * everything.
+ * @module
+ */
+import type { Redis } from "ioredis";
+import type { AnyActorRef, Snapshot } from "xstate";
+import type { Config } from "../../lib/config.ts";
+import type { Logger } from "../../lib/log.ts";
+import {
+  closeRedis,
+  createKeyspace,
+  createRedisClient,
+  redisConfigured,
+} from "../../store/redis.ts";
+import { z } from "zod";
+import { describeError, RuntimeError } from "../../lib/errors.ts";
+import { addReplicationRoutes, type SwitchoverResult } from "../../api/replication.ts";
+import { createPgTools } from "../../store/pg_tools.ts";
+import {
+  listFailoverRecords,
+  type NodeIdentity,
+  readNodeState,
+  readReplicationRows,
+  writeCanary,
+} from "../../store/replication.ts";
+import type {
+  Decision,
+  FailoverContext,
+  FailoverEvent,
+  FailoverInput,
+  Published,
+  SwitchoverRequest,
+} from "../../machines/failover.ts";
+import { createMembership } from "../runtime/membership.ts";
+import type { ActorSpec, Concern, RemoteEvent, RuntimeServices } from "../runtime/types.ts";
+import {
+  answerVote,
+  createFailoverLogic,
+  FAILOVER_ROLE,
+  type FailoverDeps,
+  readPublished,
+} from "./effects.ts";
+import { createNodeClient, type NodeClient, nodeForUrl } from "./nodes.ts";
+import { type FailoverSettings, loadFailoverSettings } from "./settings.ts";
+
+export { FAILOVER_VARIABLES, type FailoverSettings, loadFailoverSettings } from "./settings.ts";
+
+const EMBEDDED_REASON =
+  "replication and failover need PostgreSQL servers with streaming replicas (set DATABASE_URL " +
+  "and DATABASE_NODES); this instance runs on embedded PGlite";
+
+const primaryEvent = z.object({
+  type: z.literal("failover.primary"),
+  node: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/),
+  epoch: z.number().int().nonnegative(),
+  readOnlyNode: z.string().nullable().optional(),
+}) as unknown as z.ZodType<RemoteEvent>;
+
+const voteEvent = z.object({
+  type: z.literal("failover.vote"),
+  node: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/),
+  epoch: z.number().int().nonnegative(),
+}) as unknown as z.ZodType<RemoteEvent>;
+
+const switchoverEvent = z.object({
+  type: z.literal("failover.switchover"),
+  id: z.string().min(1).max(64),
+  target: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/).nullable(),
+  requestedBy: z.string().max(200),
+}) as unknown as z.ZodType<RemoteEvent>;
+
+type FailoverSnapshot = Snapshot<unknown> & {
+  value: Record<string, unknown>;
+  context: FailoverContext;
+};
+
+function stateName(value: unknown): string {
+  if (typeof value === "string") return value;
+  if (value && typeof value === "object") {
+    const [k, v] = Object.entries(value)[0] ?? [];
+    return k ? `${k}.${stateName(v)}` : "";
+  }
+  return "";
+}
+
+const SOCKET_ERRORS = new Set(["ECONNRESET", "EPIPE", "ECONNREFUSED", "ETIMEDOUT"]);
+let guardInstalled = false;
+
+/**
+ * Keeps a dying database node from taking the process down: postgres.js removes a
+ * socket's listeners when it closes, and under Deno's node:net a reset that arrives after
+ * that surfaces as an unhandled rejection ("read ECONNRESET") — seen when a primary is
+ * killed while connections to it are being opened. Only such socket errors are caught
+ * (and logged); everything else keeps the default behaviour. (Belongs in main.ts.)
+ */
+export function guardSocketErrors(log: Logger): void {
+  if (guardInstalled) return;
+  guardInstalled = true;
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    const reason = event.reason as { code?: unknown; syscall?: unknown } | null;
+    if (
+      reason && typeof reason.code === "string" && SOCKET_ERRORS.has(reason.code) &&
+      typeof reason.syscall === "string"
+    ) {
+      event.preventDefault();
+      log.warn("ignored a socket error nobody listened to", {
+        code: reason.code,
+        syscall: reason.syscall,
+      });
+    }
+  });
+}
+
+/**
+ * Works around an ioredis race (5.x, Sentinel mode with failoverDetector): a
+ * `+switch-master` that arrives while the client is resolving the master makes connect()
+ * fail with "Connection is closed." and leaves the client in status `end` for good. When
+ * that happens outside a shutdown, connect again. (The lasting fix belongs in
+ * store/redis.ts: `failoverDetector: false` — Sentinel already kills the clients of the
+ * nodes it reconfigures, and ioredis checks the role of the node it connects to.)
+ */
+export function keepConnected(
+  client: Redis,
+  options: { log: Logger; stopping: () => boolean },
+): void {
+  client.on("end", () => {
+    if (options.stopping()) return;
+    options.log.warn("redis connection ended outside a shutdown; connecting again");
+    setTimeout(() => {
+      if (!options.stopping() && client.status === "end") client.connect().catch(() => {});
+    }, 200);
+  });
+}
+
+/**
+ * Watches the Redis connection (direct or through Sentinel): reconnects (a Sentinel master
+ * switch is one), the bus's resubscriptions after them, and the master it talks to now.
+ */
+function watchRedis(
+  services: RuntimeServices,
+  stopping: () => boolean,
+): () => Record<string, unknown> {
+  const { redis, log } = services;
+  let reconnects = 0;
+  let lastReconnectAt: number | null = null;
+  if (redis) {
+    keepConnected(redis, { log, stopping });
+    let ready = redis.status === "ready";
+    redis.on("ready", () => {
+      if (ready) {
+        reconnects++;
+        lastReconnectAt = services.now();
+        log.warn("redis reconnected (a Sentinel master switch or a restart)", { reconnects });
+      }
+      ready = true;
+    });
+  }
+  services.bus.onResubscribed(() =>
+    log.info("bus subscriptions restored after a Redis reconnect", {
+      resubscribes: services.bus.stats().resubscribes,
+    })
+  );
+  return () => {
+    const stream = (redis as unknown as {
+      stream?: { remoteAddress?: string; remotePort?: number };
+    } | null)?.stream;
+    return {
+      mode: services.config.redis.sentinels.length ? "sentinel" : redis ? "direct" : "none",
+      master: stream?.remoteAddress ? `${stream.remoteAddress}:${stream.remotePort}` : null,
+      reconnects,
+      lastReconnectAt: lastReconnectAt ? new Date(lastReconnectAt).toISOString() : null,
+      busResubscribes: services.bus.stats().resubscribes,
+    };
+  };
+}
+
+/**
+ * The URL the runtime should open its pool on: the node published as primary in Redis
+ * when DATABASE_NODES and Redis are configured (an instance restarting after a failover
+ * must not open — and migrate — its stale DATABASE_URL, now a replica or a fenced old
+ * primary), else `config.database.url`. Never throws; Redis gets `timeoutMs` to answer.
+ */
+export async function resolvePrimaryUrl(
+  config: Config,
+  options: { env?: Record<string, string | undefined>; timeoutMs?: number } = {},
+): Promise<string | null> {
+  const url = config.database.url;
+  if (!url || !redisConfigured(config.redis)) return url;
+  let settings: FailoverSettings;
+  try {
+    settings = loadFailoverSettings(options.env ?? Deno.env.toObject());
+  } catch {
+    return url;
+  }
+  if (!settings.nodes.length) return url;
+  const client = createRedisClient(config.redis, { name: "rs-resolve-primary" });
+  try {
+    await client.connect();
+    const record = await readPublished({
+      redis: client,
+      keyspace: createKeyspace(config.redis.keyPrefix),
+    }, options.timeoutMs ?? 2000);
+    const node = record &&
+      settings.nodes.find((n) => n.name === record.node);
+    return node?.url ?? url;
+  } catch {
+    return url;
+  } finally {
+    await closeRedis(client);
+  }
+}
+
+/** Builds the failover concern from the runtime's services. */
+export async function createFailoverConcern(services: RuntimeServices): Promise<Concern> {
+  const settings = loadFailoverSettings();
+  if (services.db.mode === "embedded") {
+    return {
+      actors: [],
+      routes(app) {
+        addReplicationRoutes(app, {
+          unavailable: EMBEDDED_REASON,
+          status: () => Promise.resolve({}),
+          canary: () => Promise.resolve({}),
+          adminToken: settings.adminToken,
+        });
+      },
+      health: () => Promise.resolve({ ok: true, available: false, reason: EMBEDDED_REASON }),
+    };
+  }
+  if (!settings.nodes.length) return monitorOnly(services, settings);
+  return await fullConcern(services, settings);
+}
+
+/** A server without DATABASE_NODES: the primary's own view, no failover. */
+function monitorOnly(services: RuntimeServices, settings: FailoverSettings): Concern {
+  const { db, instanceId } = services;
+  let stopping = false;
+  const redisStatus = watchRedis(services, () => stopping);
+  const reason =
+    "failover needs DATABASE_NODES (name=postgres://… for every node, comma-separated)";
+  return {
+    actors: [],
+    stop() {
+      stopping = true;
+      return Promise.resolve();
+    },
+    routes(app) {
+      addReplicationRoutes(app, {
+        unavailable: null,
+        adminToken: settings.adminToken,
+        async status() {
+          const [state, replicas] = await Promise.all([
+            readNodeState(db.sql),
+            readReplicationRows(db.sql).catch(() => []),
+          ]);
+          return {
+            available: true,
+            instance: instanceId,
+            failover: { available: false, reason },
+            primary: { target: db.describe, ...state },
+            replicas,
+            redis: redisStatus(),
+          };
+        },
+        async canary() {
+          const row = await writeCanary(db.sql, { instance: instanceId, epoch: db.epoch });
+          return { ...row, epoch: db.epoch, instance: instanceId };
+        },
+      });
+    },
+  };
+}
+
+async function fullConcern(
+  services: RuntimeServices,
+  settings: FailoverSettings,
+): Promise<Concern> {
+  const { db, redis, keyspace, transport, leases, log, config, instanceId } = services;
+  guardSocketErrors(log);
+  const nodes = new Map<string, NodeClient>(settings.nodes.map((n) => [
+    n.name,
+    createNodeClient(n, { applicationName: `rootstream-failover-${instanceId}`.slice(0, 63) }),
+  ]));
+  const membership = redis
+    ? createMembership(redis, {
+      keyspace,
+      instanceId,
+      deadAfterMs: config.cluster.deadAfterMs,
+      info: () => ({ id: instanceId, url: "", version: "", startedAt: 0, roles: [], actors: [] }),
+    })
+    : null;
+
+  // The failover lease: its holder decides. Without Redis this lone instance always does.
+  const listeners = new Set<(e: FailoverEvent) => void>();
+  let token: number | null = leases ? null : 0;
+  function tell(event: FailoverEvent): void {
+    for (const fn of [...listeners]) fn(event);
+  }
+  const campaign = leases
+    ? leases.campaign(FAILOVER_ROLE, {
+      ttlMs: config.cluster.leaseTtlMs,
+      onAcquired: (t) => {
+        token = t;
+        tell({ type: "LEASE_ACQUIRED", token: t });
+      },
+      onLost: (_reason, why) => {
+        token = null;
+        tell({ type: "LEASE_LOST", why });
+      },
+    })
+    : null;
+
+  let ref: AnyActorRef | undefined;
+  const identities = new Map<string, NodeIdentity>();
+  const deps: FailoverDeps = {
+    instanceId,
+    settings,
+    nodes,
+    db,
+    redis,
+    keyspace,
+    transport,
+    leases,
+    membership,
+    lease: {
+      token: () => token,
+      listen(fn) {
+        listeners.add(fn);
+        return () => listeners.delete(fn);
+      },
+    },
+    log,
+    now: services.now,
+    identities,
+    tools: createPgTools({ log: log.child("pg_tools") }),
+    actor: () => ref,
+  };
+
+  // Where to start: the published primary (re-pointing now, before serving, when it is not
+  // the DATABASE_URL node), else the DATABASE_URL node with epoch 0 until it is published.
+  const urlNode = nodeForUrl(settings.nodes, config.database.url);
+  if (!urlNode) {
+    log.warn("DATABASE_URL is none of DATABASE_NODES; the pool moves to the published primary", {
+      nodes: settings.nodes.map((n) => n.name),
+    });
+  }
+  const published = await readPublished(deps, 1000);
+  let primary: Published = published
+    ? { node: published.node, epoch: published.epoch, readOnlyNode: published.readOnlyNode }
+    : { node: urlNode?.name ?? settings.nodes[0].name, epoch: 0, readOnlyNode: null };
+  let pool = { node: urlNode?.name ?? "", epoch: 0, readOnly: false };
+  if (published && nodes.has(published.node)) {
+    const target = published.readOnlyNode ?? published.node;
+    try {
+      await db.repoint(nodes.get(target)!.setting.url, {
+        epoch: published.epoch,
+        readOnly: published.readOnlyNode !== null,
+      });
+      pool = { node: target, epoch: published.epoch, readOnly: published.readOnlyNode !== null };
+      log.info("following the published primary", { node: target, epoch: published.epoch });
+    } catch (err) {
+      log.warn("cannot reach the published primary yet; retrying in the background", {
+        node: target,
+        error: describeError(err),
+      });
+    }
+  } else if (published) {
+    log.warn("the published primary is not in DATABASE_NODES", { node: published.node });
+    primary = { node: urlNode?.name ?? settings.nodes[0].name, epoch: 0, readOnlyNode: null };
+  }
+  db.setSwitchWait(settings.queryWaitMs);
+
+  // Watch the actor: log every new sentence, raise alerts, tune the query wait.
+  let lastWhy = "";
+  let lastAlerts = new Set<string>();
+  function watch(actor: AnyActorRef): void {
+    actor.subscribe({
+      next(snapshot) {
+        const s = snapshot as FailoverSnapshot;
+        const ctx = s.context;
+        primary = ctx.primary;
+        pool = ctx.pool;
+        if (ctx.why !== lastWhy) {
+          // "suspect: 7 consecutive probes…" after "suspect: 6 …" is the same news: debug.
+          const repeat = ctx.why.split(":")[0] === lastWhy.split(":")[0] &&
+            /^(suspect|degraded):/.test(ctx.why);
+          lastWhy = ctx.why;
+          const calm = stateName(s.value.detector).startsWith("healthy");
+          log[repeat ? "debug" : calm ? "info" : "warn"](ctx.why, {
+            state: stateName(s.value.detector),
+          });
+        }
+        const keys = new Set(Object.keys(ctx.alerts));
+        for (const key of keys) {
+          if (lastAlerts.has(key)) continue;
+          const alert = ctx.alerts[key];
+          log.warn(`replication alert: ${alert.why}`, { node: alert.node, kind: alert.kind });
+          services.bus.publish(
+            "replication.alert",
+            JSON.stringify({ ...alert, instance: instanceId }),
+          )
+            .catch(() => {});
+        }
+        for (const key of lastAlerts) {
+          if (!keys.has(key)) log.info("replication alert resolved", { alert: key });
+        }
+        lastAlerts = keys;
+        // No primary to switch to: failing queries should fail now, not wait.
+        db.setSwitchWait(
+          stateName(s.value.detector).startsWith("degraded") ? 0 : settings.queryWaitMs,
+        );
+      },
+      error: (err) => log.error("failover actor failed", { error: describeError(err) }),
+    });
+  }
+
+  const logic = createFailoverLogic(deps, {
+    onSelf(self) {
+      ref = self;
+      // Subscribe once the actor has started (entry actions run before it is observable).
+      queueMicrotask(() => watch(self));
+    },
+  });
+
+  function input(): FailoverInput {
+    return {
+      instanceId,
+      nodes: settings.nodes.map((n) => n.name),
+      primary,
+      pool,
+      probeIntervalMs: settings.probeIntervalMs,
+      probeTimeoutMs: settings.probeTimeoutMs,
+      confirmations: settings.confirmations,
+      monitorIntervalMs: settings.monitorIntervalMs,
+      confirmTimeoutMs: settings.voteTimeoutMs * 2 + 1000,
+      lagAlertBytes: settings.lagAlertBytes,
+      lagAlertSeconds: settings.lagAlertSeconds,
+      syncMode: settings.syncMode,
+      maxLagBytes: settings.maxLagBytes,
+    };
+  }
+
+  function context(): FailoverContext | null {
+    return (ref?.getSnapshot() as FailoverSnapshot | undefined)?.context ?? null;
+  }
+
+  /** Sends a switchover to the local actor and waits for its decision. */
+  function runSwitchover(request: SwitchoverRequest): Promise<Decision> {
+    const actor = ref;
+    if (!actor) {
+      return Promise.reject(
+        new RuntimeError("ACTOR_UNAVAILABLE", "The failover actor is not running"),
+      );
+    }
+    const limit = settings.switchoverTimeoutMs + 30_000;
+    const result = new Promise<Decision>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        sub.unsubscribe();
+        reject(new RuntimeError("FAILOVER_TIMEOUT", `The switchover took longer than ${limit} ms`));
+      }, limit);
+      const sub = actor.subscribe((snapshot) => {
+        const d = (snapshot as FailoverSnapshot).context.decision;
+        if (d?.id !== request.id) return;
+        clearTimeout(timer);
+        sub.unsubscribe();
+        resolve(d);
+      });
+    });
+    actor.send({
+      type: "SWITCHOVER",
+      id: request.id,
+      target: request.target,
+      requestedBy: request.requestedBy,
+    });
+    return result;
+  }
+
+  async function switchover(
+    options: { target: string | null; requestedBy: string },
+  ): Promise<SwitchoverResult> {
+    const request: SwitchoverRequest = { id: crypto.randomUUID(), ...options };
+    const holder = leases ? await leases.holder(FAILOVER_ROLE) : { instance: instanceId };
+    if (!holder) {
+      throw new RuntimeError("FAILOVER_REFUSED", "No instance holds the failover lease right now");
+    }
+    const decision = holder.instance === instanceId
+      ? await runSwitchover(request)
+      : await transport.request<Decision>(
+        { instance: holder.instance, actor: "failover" },
+        { type: "failover.switchover", ...request },
+        { timeoutMs: settings.switchoverTimeoutMs + 35_000, from: "failover" },
+      );
+    return { ok: decision.ok, why: decision.why, primary: decision.primary };
+  }
+
+  let stopping = false;
+  const redisStatus = watchRedis(services, () => stopping);
+
+  async function status(): Promise<Record<string, unknown>> {
+    const snap = ref?.getSnapshot() as FailoverSnapshot | undefined;
+    const ctx = snap?.context ?? null;
+    const [record, coordinator, history] = await Promise.all([
+      readPublished(deps, 1000),
+      leases
+        ? leases.holder(FAILOVER_ROLE).catch(() => null)
+        : Promise.resolve({ instance: instanceId, token: 0, ttlMs: 0 }),
+      listFailoverRecords(db.sql, { limit: 10 }).then(
+        (rows) => ({ rows, error: null }),
+        (err) => ({ rows: null, error: describeError(err) }),
+      ),
+    ]);
+    return {
+      available: true,
+      instance: instanceId,
+      failover: { available: true },
+      state: snap
+        ? Object.fromEntries(Object.entries(snap.value).map(([k, v]) => [k, stateName(v)]))
+        : null,
+      role: ctx?.leader !== null && ctx?.leader !== undefined ? "coordinator" : "follower",
+      coordinator,
+      why: ctx?.why ?? null,
+      decision: ctx?.decision ?? null,
+      failures: ctx?.failures ?? 0,
+      lastProbe: ctx?.lastProbe ?? null,
+      primary: ctx
+        ? { ...ctx.primary, address: nodes.get(ctx.primary.node)?.setting.address ?? null }
+        : null,
+      published: record,
+      pool: {
+        ...(ctx?.pool ?? pool),
+        target: db.describe,
+        generation: db.generation,
+        epoch: db.epoch,
+        readOnly: db.readOnly,
+      },
+      sync: {
+        mode: settings.syncMode ? "on" : "off",
+        standbys: ctx?.sample?.sync ?? null,
+      },
+      checkedAt: ctx?.sample ? new Date(ctx.sample.at).toISOString() : null,
+      nodes: ctx?.sample?.nodes ?? [],
+      alerts: ctx ? Object.values(ctx.alerts) : [],
+      thresholds: {
+        lagAlertBytes: settings.lagAlertBytes,
+        lagAlertSeconds: settings.lagAlertSeconds,
+      },
+      redis: redisStatus(),
+      history: history.rows,
+      historyError: history.error,
+    };
+  }
+
+  const spec: ActorSpec = {
+    id: "failover",
+    chart: "failover",
+    create: () => logic,
+    input,
+    summarize(snapshot) {
+      const s = snapshot as FailoverSnapshot;
+      const ctx = s.context;
+      if (!ctx) return {};
+      return {
+        detector: stateName(s.value?.detector),
+        primary: ctx.primary.node,
+        epoch: ctx.primary.epoch,
+        coordinator: ctx.leader !== null,
+        failures: ctx.failures,
+        why: ctx.why,
+      };
+    },
+    accepts: { "failover.primary": primaryEvent },
+    requests: {
+      "failover.vote": {
+        schema: voteEvent,
+        handle: (event) => answerVote(deps, event as unknown as { node: string; epoch: number }),
+      },
+      "failover.switchover": {
+        schema: switchoverEvent,
+        handle: (event) => runSwitchover(event as unknown as SwitchoverRequest),
+      },
+    },
+  };
+
+  return {
+    actors: [spec],
+    routes(app) {
+      addReplicationRoutes(app, {
+        unavailable: null,
+        adminToken: settings.adminToken,
+        status,
+        switchover,
+        async canary() {
+          const row = await writeCanary(db.sql, { instance: instanceId, epoch: db.epoch });
+          return { ...row, epoch: db.epoch, instance: instanceId };
+        },
+      });
+    },
+    health() {
+      const snap = ref?.getSnapshot() as FailoverSnapshot | undefined;
+      const ctx = context();
+      const detector = snap ? stateName(snap.value.detector) : "starting";
+      return Promise.resolve({
+        ok: !detector.startsWith("degraded"),
+        state: detector,
+        primary: ctx?.primary.node ?? primary.node,
+        epoch: ctx?.primary.epoch ?? primary.epoch,
+        coordinator: ctx ? ctx.leader !== null : false,
+        why: ctx?.why ?? "starting",
+      });
+    },
+    async stop() {
+      stopping = true;
+      await campaign?.resign().catch(() => {});
+      await Promise.all([...nodes.values()].map((n) => n.close()));
+    },
+  };
+}

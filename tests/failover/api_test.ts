@@ -1,0 +1,145 @@
+/**
+ * The replication routes and the failover settings, without servers: the admin bearer
+ * token (403 when unset, 401 when missing or wrong), the unavailable answer of embedded
+ * mode, and settings errors that name the variable.
+ */
+import assert from "node:assert/strict";
+import { Hono } from "hono";
+import { loadFailoverSettings } from "../../actors/failover/settings.ts";
+import { addReplicationRoutes, type ReplicationRouteDeps } from "../../api/replication.ts";
+import { errorResponse } from "../../api/app.ts";
+import { isRuntimeError } from "../../lib/errors.ts";
+import { silentLogger } from "../../lib/log.ts";
+
+const TOKEN = "a-long-enough-admin-token";
+
+function app(deps: Partial<ReplicationRouteDeps>) {
+  const calls: { target: string | null }[] = [];
+  const a = new Hono();
+  a.onError((err) => errorResponse(err, silentLogger));
+  addReplicationRoutes(a, {
+    unavailable: null,
+    adminToken: TOKEN,
+    status: () => Promise.resolve({ available: true }),
+    canary: () => Promise.resolve({ id: 1, node: "pg1" }),
+    switchover: (o) => {
+      calls.push({ target: o.target });
+      return Promise.resolve(
+        o.target === "pg9"
+          ? { ok: false, why: "pg9 is not a node of this cluster", primary: null }
+          : { ok: true, why: "switched", primary: { node: o.target ?? "pg2", epoch: 3 } },
+      );
+    },
+    ...deps,
+  });
+  return { app: a, calls };
+}
+
+function post(path: string, headers: Record<string, string> = {}, body?: string) {
+  return new Request(`http://x${path}`, { method: "POST", headers, body });
+}
+
+Deno.test("replication routes", async (t) => {
+  await t.step("admin endpoints answer 403 when RS_ADMIN_TOKEN is not set", async () => {
+    const { app: a, calls } = app({ adminToken: null });
+    for (const path of ["/failover/switchover", "/replication/canary"]) {
+      const res = await a.request(post(path, { authorization: `Bearer ${TOKEN}` }));
+      assert.equal(res.status, 403);
+      const body = await res.json();
+      assert.equal(body.error.code, "FORBIDDEN");
+      assert.match(body.error.message, /set RS_ADMIN_TOKEN/);
+    }
+    assert.equal(calls.length, 0);
+  });
+
+  await t.step("a missing or wrong token is 401, the right one goes through", async () => {
+    const { app: a, calls } = app({});
+    const attempts: Record<string, string>[] = [
+      {},
+      { authorization: "Bearer wrong" },
+      { authorization: TOKEN },
+    ];
+    for (const headers of attempts) {
+      const res = await a.request(post("/failover/switchover", headers));
+      assert.equal(res.status, 401);
+      await res.body?.cancel();
+    }
+    assert.equal(calls.length, 0);
+    const ok = await a.request(
+      post("/failover/switchover", { authorization: `Bearer ${TOKEN}` }, '{"target":"pg3"}'),
+    );
+    assert.equal(ok.status, 200);
+    const body = await ok.json();
+    assert.equal(body.ok, true);
+    assert.deepEqual(body.primary, { node: "pg3", epoch: 3 });
+    assert.deepEqual(calls, [{ target: "pg3" }]);
+  });
+
+  await t.step("a refused switchover is 409 with the reason; a bad body is 400", async () => {
+    const { app: a } = app({});
+    const refused = await a.request(
+      post("/failover/switchover", { authorization: `Bearer ${TOKEN}` }, '{"target":"pg9"}'),
+    );
+    assert.equal(refused.status, 409);
+    assert.equal((await refused.json()).error.message, "pg9 is not a node of this cluster");
+    for (const body of ["not json", '{"target":"no spaces please"}', '{"other":1}']) {
+      const res = await a.request(
+        post("/failover/switchover", { authorization: `Bearer ${TOKEN}` }, body),
+      );
+      assert.equal(res.status, 400, body);
+      assert.equal((await res.json()).error.code, "VALIDATION_FAILED");
+    }
+  });
+
+  await t.step("embedded mode says replication is unavailable", async () => {
+    const { app: a } = app({ unavailable: "replication needs PostgreSQL servers" });
+    const res = await a.request("http://x/replication");
+    assert.equal(res.status, 503);
+    const body = await res.json();
+    assert.equal(body.error.code, "REPLICATION_UNAVAILABLE");
+    assert.equal(body.error.message, "replication needs PostgreSQL servers");
+  });
+});
+
+Deno.test("failover settings", async (t) => {
+  await t.step("defaults, and DATABASE_NODES in priority order", () => {
+    const s = loadFailoverSettings({
+      DATABASE_NODES: "pg1=postgres://u:p@db1:5432/app, pg2=postgres://u:p@db2/app",
+    });
+    assert.deepEqual(s.nodes.map((n) => [n.name, n.address]), [
+      ["pg1", "db1:5432"],
+      ["pg2", "db2:5432"],
+    ]);
+    assert.equal(s.probeIntervalMs, 500);
+    assert.equal(s.probeTimeoutMs, 1000);
+    assert.equal(s.confirmations, 3);
+    assert.equal(s.voteTimeoutMs, 1500);
+    assert.equal(s.syncMode, true);
+    assert.equal(s.adminToken, null);
+    assert.deepEqual(loadFailoverSettings({}).nodes, []);
+  });
+
+  await t.step("wrong values stop start-up naming the variable", () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ FAILOVER_CONFIRMATIONS: "0" }, /FAILOVER_CONFIRMATIONS: expected an integer between 1/],
+      [{ FAILOVER_SYNC_MODE: "maybe" }, /FAILOVER_SYNC_MODE: expected on or off/],
+      [
+        { DATABASE_NODES: "pg1=mysql://x" },
+        /DATABASE_NODES: expected a postgres:\/\/ URL for node pg1/,
+      ],
+      [{ DATABASE_NODES: "pg1=postgres://a/db,pg1=postgres://b/db" }, /unique node names/],
+      [{ RS_ADMIN_TOKEN: "short" }, /RS_ADMIN_TOKEN: expected at least 16 characters/],
+    ];
+    for (const [env, message] of cases) {
+      const err = (() => {
+        try {
+          loadFailoverSettings(env);
+        } catch (e) {
+          return e;
+        }
+      })();
+      assert.ok(isRuntimeError(err, "CONFIG_INVALID"), String(err));
+      assert.match((err as Error).message, message);
+    }
+  });
+});

@@ -1,0 +1,776 @@
+import assert from "node:assert/strict";
+import { type Actor, createActor, fromCallback, fromPromise, SimulatedClock } from "xstate";
+import {
+  type CandidateChoice,
+  chooseCandidate,
+  type FailoverEvent,
+  type FailoverInput,
+  failoverMachine,
+  type Finding,
+  findRepair,
+  formatSyncStandbys,
+  isMajority,
+  lsnToNumber,
+  type NodeSample,
+  parseSyncStandbys,
+  type PoolTarget,
+  type PromotionOutput,
+  type Published,
+  type PublishInput,
+  type ReplicationSample,
+  updateAlerts,
+  type VoteOutput,
+} from "../../machines/failover.ts";
+
+/** What the fake cluster answers; tests change it between steps. */
+interface World {
+  /** up: answers at once; down: refuses at once; hang: never answers; slow: answers after slowMs. */
+  primary: "up" | "down" | "hang" | "slow";
+  slowMs: number;
+  published: Published | null;
+  votes: VoteOutput;
+  promotion: PromotionOutput | { error: string; code: string };
+  degraded: { primaryOk: boolean; choice: CandidateChoice; readOnlyNode: string | null };
+  sample: ReplicationSample | null;
+  calls: { op: string; at: number; input: unknown }[];
+  /** Promotions / publications / switchovers hang while false. */
+  release: boolean;
+  /** Publications hang while true. */
+  holdPublish: boolean;
+}
+
+const NODES = ["pg1", "pg2", "pg3"];
+
+function node(name: string, over: Partial<NodeSample> = {}): NodeSample {
+  return {
+    name,
+    address: `127.0.0.1:${5000 + NODES.indexOf(name)}`,
+    reachable: true,
+    role: "replica",
+    state: "streaming",
+    healthy: true,
+    inRecovery: true,
+    readOnlyFenced: false,
+    currentLsn: null,
+    receiveLsn: "0/3000000",
+    replayLsn: "0/3000000",
+    sentLsn: "0/3000000",
+    writeLsn: "0/3000000",
+    flushLsn: "0/3000000",
+    lagBytes: 0,
+    lagSeconds: 0,
+    syncState: "quorum",
+    timeline: 1,
+    upstream: "pg1",
+    streaming: true,
+    error: null,
+    why: "streaming",
+    ...over,
+  };
+}
+
+function primaryNode(name: string, over: Partial<NodeSample> = {}): NodeSample {
+  return node(name, {
+    role: "primary",
+    state: "primary",
+    inRecovery: false,
+    currentLsn: "0/3000000",
+    receiveLsn: null,
+    replayLsn: null,
+    lagBytes: null,
+    lagSeconds: null,
+    syncState: null,
+    upstream: null,
+    streaming: false,
+    ...over,
+  });
+}
+
+function sampleOf(at: number, nodes: NodeSample[], names = ["pg2", "pg3"]): ReplicationSample {
+  return { at, primary: "pg1", nodes, sync: { method: "ANY", num: 1, names } };
+}
+
+function harness(input: Partial<FailoverInput> = {}) {
+  const clock = new SimulatedClock();
+  const world: World = {
+    primary: "up",
+    slowMs: 0,
+    published: null,
+    votes: { agree: 3, live: 3, votes: [] },
+    promotion: { node: "pg2", lsn: "0/3000100", adopted: false, why: "pg2 is best", parked: null },
+    degraded: {
+      primaryOk: false,
+      choice: { node: null, adopt: false, why: "no eligible replica: pg2 is unreachable" },
+      readOnlyNode: null,
+    },
+    sample: null,
+    calls: [],
+    release: true,
+    holdPublish: false,
+  };
+  let leaseSend: ((e: FailoverEvent) => void) | null = null;
+
+  function record(op: string, input: unknown): void {
+    world.calls.push({ op, at: clock.now(), input });
+  }
+  function gated<T>(fn: () => T, open = () => world.release): Promise<T> {
+    if (open()) return Promise.resolve().then(fn);
+    return new Promise<T>((resolve) => {
+      const poll = () => open() ? resolve(fn()) : clock.setTimeout(poll, 1);
+      clock.setTimeout(poll, 1);
+    });
+  }
+
+  const logic = failoverMachine.provide({
+    actors: {
+      watchLease: fromCallback<FailoverEvent>(({ sendBack }) => {
+        leaseSend = sendBack;
+        return () => leaseSend = null;
+      }),
+      probePrimary: fromPromise(({ input }) => {
+        record("probe", input);
+        const at = clock.now();
+        const answer = () => ({
+          ok: true,
+          error: null,
+          latencyMs: clock.now() - at,
+          at,
+          published: world.published,
+        });
+        switch (world.primary) {
+          case "up":
+            return Promise.resolve(answer());
+          case "down":
+            return Promise.resolve({
+              ok: false,
+              error: "connection refused",
+              latencyMs: 1,
+              at,
+              published: world.published,
+            });
+          case "hang":
+            return new Promise(() => {});
+          case "slow":
+            return new Promise((resolve) =>
+              clock.setTimeout(() => resolve(answer()), world.slowMs)
+            );
+        }
+      }),
+      collectVotes: fromPromise(({ input }) => {
+        record("votes", input);
+        return Promise.resolve(world.votes);
+      }),
+      promote: fromPromise(({ input }) => {
+        record("promote", input);
+        return gated(() => {
+          const p = world.promotion;
+          if ("error" in p) throw Object.assign(new Error(p.error), { code: p.code });
+          return p;
+        });
+      }),
+      switchover: fromPromise(({ input }) => {
+        record("switchover", input);
+        return gated(() => ({
+          node: input.request.target ?? "pg2",
+          lsn: "0/4000000",
+          adopted: false,
+          why: `pg2 replayed up to 0/4000000`,
+          parked: input.primary.node,
+        }));
+      }),
+      publish: fromPromise(({ input }: { input: PublishInput }) => {
+        record("publish", input);
+        return gated(() => {
+          const published: Published = { node: input.node, epoch: input.epoch, readOnlyNode: null };
+          world.published = published;
+          return { published, why: `published ${input.node} with epoch ${input.epoch}` };
+        }, () => world.release && !world.holdPublish);
+      }),
+      reassess: fromPromise(({ input }) => {
+        record("reassess", input);
+        return Promise.resolve(world.degraded);
+      }),
+      repointPool: fromPromise(({ input }: { input: PoolTarget }) => {
+        record("repoint", input);
+        return Promise.resolve(input);
+      }),
+      sampleNodes: fromPromise(({ input }) => {
+        record("sample", input);
+        return Promise.resolve(
+          world.sample ?? sampleOf(clock.now(), [
+            primaryNode("pg1"),
+            node("pg2"),
+            node("pg3"),
+          ]),
+        );
+      }),
+      repair: fromPromise(
+        ({ input }: { input: { finding: Finding; primary: Published; token: number | null } }) => {
+          record("repair", input);
+          return Promise.resolve({ why: `repaired ${input.finding.node}` });
+        },
+      ),
+    },
+  });
+  const actor = createActor(logic, {
+    clock,
+    input: {
+      instanceId: "a",
+      nodes: NODES,
+      primary: { node: "pg1", epoch: 1, readOnlyNode: null },
+      pool: { node: "pg1", epoch: 1, readOnly: false },
+      probeIntervalMs: 100,
+      probeTimeoutMs: 300,
+      confirmations: 3,
+      monitorIntervalMs: 1000,
+      confirmTimeoutMs: 2000,
+      ...input,
+    },
+  });
+  actor.start();
+
+  async function advance(ms: number): Promise<void> {
+    await settle();
+    for (let i = 0; i < ms; i++) {
+      clock.increment(1);
+      await settle();
+    }
+  }
+  return {
+    clock,
+    world,
+    actor,
+    advance,
+    lease: {
+      acquire: (token: number) => leaseSend?.({ type: "LEASE_ACQUIRED", token }),
+      lose: (why: string) => leaseSend?.({ type: "LEASE_LOST", why }),
+    },
+    ops: (op: string) => world.calls.filter((c) => c.op === op),
+    [Symbol.dispose]: () => actor.stop(),
+  };
+}
+
+async function settle(): Promise<void> {
+  for (let i = 0; i < 10; i++) await Promise.resolve();
+}
+
+function detector(actor: Actor<typeof failoverMachine>): string {
+  const value = actor.getSnapshot().value as Record<string, unknown>;
+  const d = value.detector;
+  return typeof d === "string" ? d : Object.keys(d as object)[0];
+}
+
+Deno.test("failover machine", async (t) => {
+  await t.step("a healthy primary is probed every interval and nothing happens", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    await h.advance(1000);
+    assert.equal(detector(h.actor), "healthy");
+    assert.deepEqual(h.ops("probe").map((c) => c.at), [
+      100,
+      200,
+      300,
+      400,
+      500,
+      600,
+      700,
+      800,
+      900,
+      1000,
+    ]);
+    assert.equal(h.ops("votes").length, 0);
+  });
+
+  await t.step(
+    "a dead primary: the coordinator confirms after N failed probes, a majority agrees, it promotes and publishes",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      await h.advance(150);
+      h.world.primary = "down";
+      await h.advance(50); // t=200: the first probe after the crash fails
+      assert.equal(detector(h.actor), "suspect");
+      assert.match(
+        h.actor.getSnapshot().context.why,
+        /suspect: a probe of pg1 failed \(connection refused\)/,
+      );
+      await h.advance(200); // failures at 300 and 400 -> confirming at 400
+      const votes = h.ops("votes");
+      assert.equal(votes.length, 1);
+      assert.equal(votes[0].at, 400, "the vote starts right after the third failed probe");
+      assert.deepEqual(votes[0].input, {
+        primary: { node: "pg1", epoch: 1, readOnlyNode: null },
+        failures: 3,
+      });
+      assert.equal(h.ops("promote").length, 1);
+      const publish = h.ops("publish")[0].input as PublishInput;
+      assert.equal(publish.kind, "failover");
+      assert.equal(publish.node, "pg2");
+      assert.equal(publish.oldPrimary, "pg1");
+      assert.equal(publish.epoch, 2);
+      assert.equal(publish.token, 10);
+      assert.equal(publish.startedAt, 200, "the failure is dated from the first failed probe");
+      assert.equal(detector(h.actor), "healthy");
+      const ctx = h.actor.getSnapshot().context;
+      assert.deepEqual(ctx.primary, { node: "pg2", epoch: 2, readOnlyNode: null });
+      assert.deepEqual(ctx.decision?.primary, ctx.primary);
+      assert.equal(ctx.why, "published pg2 with epoch 2");
+      const repoint = h.ops("repoint").at(-1)!.input;
+      assert.deepEqual(repoint, { node: "pg2", epoch: 2, readOnly: false });
+      assert.deepEqual(h.actor.getSnapshot().context.pool, {
+        node: "pg2",
+        epoch: 2,
+        readOnly: false,
+      });
+    },
+  );
+
+  await t.step("the promotion's sentence names the candidate and the vote", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "down";
+    h.world.release = false;
+    await h.advance(300);
+    assert.equal(detector(h.actor), "promoting");
+    assert.equal(
+      h.actor.getSnapshot().context.why,
+      "pg1 failed 3 consecutive probes (last: connection refused) and 3 of 3 live instances agree: failing over",
+    );
+    h.world.release = true;
+    await h.advance(5);
+    assert.equal(detector(h.actor), "healthy");
+  });
+
+  await t.step("a follower counts failures but never promotes", async () => {
+    using h = harness();
+    h.world.primary = "down";
+    await h.advance(2000);
+    assert.equal(detector(h.actor), "suspect");
+    assert.equal(h.actor.getSnapshot().context.failures, 20);
+    assert.equal(h.ops("votes").length, 0);
+    assert.equal(h.ops("promote").length, 0);
+    // It takes over at once when it becomes the coordinator.
+    h.lease.acquire(11);
+    await h.advance(1);
+    assert.equal(h.ops("votes").length, 1);
+  });
+
+  await t.step(
+    "a primary that stalls for less than the detection window is not failed over",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      await h.advance(50);
+      h.world.primary = "hang"; // SIGSTOP: probes time out after 300 ms each
+      await h.advance(750); // probe at 100 times out at 400; probe 500 times out at 800
+      assert.equal(detector(h.actor), "suspect");
+      assert.equal(h.actor.getSnapshot().context.failures, 2);
+      h.world.primary = "up"; // SIGCONT before the third timeout
+      await h.advance(400);
+      assert.equal(detector(h.actor), "healthy");
+      assert.equal(h.ops("votes").length, 0);
+      assert.match(
+        h.world.calls.length ? h.actor.getSnapshot().context.why : "",
+        /pg1 answered again after 2 failed probes: not failing over/,
+      );
+    },
+  );
+
+  await t.step("a slow primary that answers within the probe timeout stays healthy", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "slow";
+    h.world.slowMs = 250;
+    await h.advance(3000);
+    assert.equal(detector(h.actor), "healthy");
+    assert.equal(h.ops("votes").length, 0);
+  });
+
+  await t.step("without a majority it does not fail over, and says who disagreed", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "down";
+    h.world.votes = {
+      agree: 1,
+      live: 3,
+      votes: [
+        { instance: "a", agree: true, why: "3 failed probes" },
+        { instance: "b", agree: false, why: "pg1 answered in 2 ms" },
+        { instance: "c", agree: false, why: "pg1 answered in 3 ms" },
+      ],
+    };
+    await h.advance(300);
+    assert.equal(h.ops("promote").length, 0);
+    assert.equal(detector(h.actor), "suspect");
+    assert.equal(
+      h.actor.getSnapshot().context.why,
+      "not failing over: only 1 of 3 live instances see pg1 down (b: pg1 answered in 2 ms; c: pg1 answered in 3 ms)",
+    );
+    assert.equal(isMajority(2, 3), true);
+    assert.equal(isMajority(2, 4), false);
+  });
+
+  await t.step("no eligible replica: degraded, then the primary comes back", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "down";
+    h.world.promotion = {
+      error: "no eligible replica: pg2 is unreachable; pg3 is unreachable",
+      code: "FAILOVER_NO_CANDIDATE",
+    };
+    await h.advance(300);
+    assert.equal(detector(h.actor), "degraded");
+    assert.match(
+      h.actor.getSnapshot().context.why,
+      /^degraded: pg1 is down and no eligible replica: pg2 is unreachable; pg3 is unreachable: no writes/,
+    );
+    h.world.degraded.readOnlyNode = "pg3";
+    h.world.degraded.choice.why = "pg3 was 40 MB behind at the last sample";
+    await h.advance(1000);
+    assert.match(h.actor.getSnapshot().context.why, /reads go to pg3, writes are refused/);
+    assert.deepEqual(h.ops("repoint").at(-1)?.input, { node: "pg3", epoch: 1, readOnly: true });
+    h.world.degraded.primaryOk = true;
+    h.world.primary = "up";
+    await h.advance(1000);
+    assert.equal(detector(h.actor), "healthy");
+    assert.match(h.actor.getSnapshot().context.why, /pg1 is back: leaving degraded mode/);
+    assert.deepEqual(h.ops("repoint").at(-1)?.input, { node: "pg1", epoch: 1, readOnly: false });
+  });
+
+  await t.step("losing the lease mid-promotion stops acting; nothing is published", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "down";
+    h.world.release = false;
+    await h.advance(300);
+    assert.equal(detector(h.actor), "promoting");
+    h.lease.lose("renewal found it held by b (token 12)");
+    await h.advance(1);
+    assert.equal(detector(h.actor), "suspect");
+    h.world.release = true;
+    await h.advance(50);
+    assert.equal(h.ops("publish").length, 0);
+    assert.equal(h.actor.getSnapshot().context.leader, null);
+  });
+
+  await t.step("the echo of its own publication does not cut the publication short", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "down";
+    h.world.holdPublish = true;
+    await h.advance(300);
+    assert.equal(detector(h.actor), "publishing");
+    // Our own broadcast arrives before the effect has returned.
+    h.actor.send({ type: "failover.primary", node: "pg2", epoch: 2 });
+    await h.advance(1);
+    assert.equal(detector(h.actor), "publishing");
+    h.world.holdPublish = false;
+    await h.advance(5);
+    assert.equal(detector(h.actor), "healthy");
+    assert.equal(h.actor.getSnapshot().context.decision?.why, "published pg2 with epoch 2");
+  });
+
+  await t.step(
+    "a newer epoch from the coordinator is followed; an older one is ignored",
+    async () => {
+      using h = harness();
+      h.actor.send({ type: "failover.primary", node: "pg3", epoch: 5 });
+      await h.advance(1);
+      assert.deepEqual(h.actor.getSnapshot().context.primary, {
+        node: "pg3",
+        epoch: 5,
+        readOnlyNode: null,
+      });
+      assert.deepEqual(h.ops("repoint").at(-1)?.input, { node: "pg3", epoch: 5, readOnly: false });
+      h.actor.send({ type: "failover.primary", node: "pg1", epoch: 4 });
+      await h.advance(1);
+      assert.equal(h.actor.getSnapshot().context.primary.node, "pg3");
+      assert.equal(h.ops("repoint").length, 1);
+      // A publication missed on the bus is read from Redis by the next probe.
+      h.world.published = { node: "pg2", epoch: 6, readOnlyNode: null };
+      await h.advance(100);
+      assert.equal(h.actor.getSnapshot().context.primary.node, "pg2");
+      assert.match(h.actor.getSnapshot().context.why, /following pg2 \(epoch 6\), read from Redis/);
+    },
+  );
+
+  await t.step(
+    "bootstrap: the coordinator publishes the primary when nothing is published",
+    async () => {
+      using h = harness({
+        primary: { node: "pg1", epoch: 0, readOnlyNode: null },
+        pool: { node: "pg1", epoch: 0, readOnly: false },
+      });
+      await h.advance(200);
+      assert.equal(h.ops("publish").length, 0, "a follower does not bootstrap");
+      h.lease.acquire(10);
+      await h.advance(100);
+      const publish = h.ops("publish")[0].input as PublishInput;
+      assert.equal(publish.kind, "bootstrap");
+      assert.equal(publish.node, "pg1");
+      assert.equal(publish.epoch, 1);
+      assert.deepEqual(h.actor.getSnapshot().context.primary, {
+        node: "pg1",
+        epoch: 1,
+        readOnlyNode: null,
+      });
+    },
+  );
+
+  await t.step(
+    "switchover: only the coordinator runs it; the decision carries the request id",
+    async () => {
+      using h = harness();
+      h.actor.send({ type: "SWITCHOVER", id: "r1", target: "pg3", requestedBy: "admin" });
+      await h.advance(1);
+      assert.deepEqual(h.actor.getSnapshot().context.decision, {
+        id: "r1",
+        kind: "switchover",
+        ok: false,
+        why: "refused the switchover: this instance is not the failover coordinator",
+        primary: { node: "pg1", epoch: 1, readOnlyNode: null },
+      });
+      h.lease.acquire(10);
+      h.actor.send({ type: "SWITCHOVER", id: "r2", target: "pg3", requestedBy: "admin" });
+      await h.advance(2);
+      const decision = h.actor.getSnapshot().context.decision!;
+      assert.equal(decision.id, "r2");
+      assert.equal(decision.ok, true);
+      assert.deepEqual(decision.primary, { node: "pg3", epoch: 2, readOnlyNode: null });
+      assert.equal((h.ops("publish")[0].input as PublishInput).kind, "switchover");
+      assert.deepEqual(h.actor.getSnapshot().context.parked, ["pg1"]);
+    },
+  );
+
+  await t.step("the coordinator repairs what the sample shows, only while healthy", async () => {
+    using h = harness();
+    h.world.sample = sampleOf(0, [
+      primaryNode("pg1"),
+      node("pg2", { streaming: false, upstream: "pg9", state: "startup" }),
+      node("pg3"),
+    ]);
+    await h.advance(1000);
+    assert.equal(h.ops("repair").length, 0, "followers only watch");
+    h.lease.acquire(10);
+    await h.advance(1000);
+    const repair = h.ops("repair")[0].input as { finding: Finding };
+    assert.equal(repair.finding.kind, "repoint_replica");
+    assert.equal(repair.finding.node, "pg2");
+    assert.equal(h.actor.getSnapshot().context.why, "repaired pg2");
+    assert.equal(h.actor.getSnapshot().context.repoints.pg2, 1);
+  });
+
+  await t.step("lag alerts are raised and resolved", async () => {
+    using h = harness({ lagAlertBytes: 1000 });
+    h.world.sample = sampleOf(0, [
+      primaryNode("pg1"),
+      node("pg2", { lagBytes: 5000 }),
+      node("pg3"),
+    ]);
+    await h.advance(1000);
+    const alerts = Object.values(h.actor.getSnapshot().context.alerts);
+    assert.equal(alerts.length, 1);
+    assert.equal(alerts[0].node, "pg2");
+    assert.match(alerts[0].why, /pg2 lags 4\.9 kB/);
+    h.world.sample = sampleOf(1, [primaryNode("pg1"), node("pg2"), node("pg3")]);
+    await h.advance(1000);
+    assert.deepEqual(h.actor.getSnapshot().context.alerts, {});
+  });
+});
+
+Deno.test("failover decisions", async (t) => {
+  const last = sampleOf(0, [primaryNode("pg1"), node("pg2"), node("pg3")]);
+  await t.step("the replica with the highest replay LSN wins; priority breaks ties", () => {
+    const fresh = [
+      node("pg2", { replayLsn: "0/3000100" }),
+      node("pg3", { replayLsn: "0/3000200" }),
+    ];
+    const choice = chooseCandidate({
+      fresh,
+      oldPrimary: "pg1",
+      priority: NODES,
+      last,
+      syncMode: true,
+      maxLagBytes: 1000,
+    });
+    assert.deepEqual(choice, {
+      node: "pg3",
+      adopt: false,
+      why: "pg3 has the highest replay LSN 0/3000200 (pg2 0/3000100)",
+    });
+    const tie = chooseCandidate({
+      fresh: [node("pg3"), node("pg2")],
+      oldPrimary: "pg1",
+      priority: NODES,
+      last,
+      syncMode: true,
+      maxLagBytes: 1000,
+    });
+    assert.equal(tie.node, "pg2");
+    assert.match(tie.why, /comes first in priority/);
+  });
+
+  await t.step("a node already promoted by a dead coordinator is adopted", () => {
+    const choice = chooseCandidate({
+      fresh: [
+        node("pg2", { inRecovery: false, timeline: 2, currentLsn: "0/4000000" }),
+        node("pg3"),
+      ],
+      oldPrimary: "pg1",
+      priority: NODES,
+      last,
+      syncMode: true,
+      maxLagBytes: 1000,
+    });
+    assert.equal(choice.node, "pg2");
+    assert.equal(choice.adopt, true);
+    assert.match(choice.why, /already out of recovery/);
+  });
+
+  await t.step(
+    "sync mode: no promotion unless some reachable standby confirmed every commit",
+    () => {
+      const choice = chooseCandidate({
+        fresh: [node("pg2"), node("pg3", { reachable: false, error: "connection refused" })],
+        oldPrimary: "pg1",
+        priority: NODES,
+        last,
+        syncMode: true,
+        maxLagBytes: 1000,
+      });
+      assert.equal(choice.node, null);
+      assert.match(
+        choice.why,
+        /no replica provably holds every acknowledged write: ANY 1 of pg2, pg3 confirmed commits, and pg3 cannot be checked/,
+      );
+      // With only pg2 as synchronous standby, pg2 alone is enough.
+      const single = chooseCandidate({
+        fresh: [node("pg2"), node("pg3", { reachable: false })],
+        oldPrimary: "pg1",
+        priority: NODES,
+        last: sampleOf(0, last.nodes, ["pg2"]),
+        syncMode: true,
+        maxLagBytes: 1000,
+      });
+      assert.equal(single.node, "pg2");
+    },
+  );
+
+  await t.step("async mode: a replica too far behind at the last sample is not eligible", () => {
+    const lagging = sampleOf(0, [
+      primaryNode("pg1"),
+      node("pg2", { lagBytes: 50_000_000 }),
+      node("pg3"),
+    ]);
+    const choice = chooseCandidate({
+      fresh: [node("pg2", { replayLsn: "0/9000000" }), node("pg3", { reachable: false })],
+      oldPrimary: "pg1",
+      priority: NODES,
+      last: { ...lagging, sync: null },
+      syncMode: false,
+      maxLagBytes: 16 * 1024 * 1024,
+    });
+    assert.equal(choice.node, null);
+    assert.match(choice.why, /pg2 was 47\.7 MB behind at the last sample \(limit 16\.0 MB\)/);
+  });
+
+  await t.step(
+    "repairs: a second writable node first, then stray replicas, then sync standbys",
+    () => {
+      const primary = { node: "pg2", epoch: 2, readOnlyNode: null };
+      const base = { primary, syncMode: true, backoff: {}, repoints: {}, parked: [] };
+      const rogue = findRepair({
+        ...base,
+        sample: sampleOf(0, [
+          primaryNode("pg1"),
+          primaryNode("pg2"),
+          node("pg3", { streaming: false }),
+        ]),
+      });
+      assert.equal(rogue?.kind, "rejoin");
+      assert.equal(
+        rogue?.why,
+        "pg1 is up and writable but pg2 is the primary of epoch 2: fencing pg1 and rejoining it as a replica",
+      );
+      const stray = findRepair({
+        ...base,
+        sample: sampleOf(0, [
+          node("pg1", { reachable: false, inRecovery: null }),
+          primaryNode("pg2"),
+          node("pg3", { streaming: false, upstream: "pg1" }),
+        ]),
+      });
+      assert.deepEqual(stray, {
+        kind: "repoint_replica",
+        node: "pg3",
+        why: "pg3 is a replica but does not stream from pg2 (it follows pg1): re-pointing it",
+      });
+      const stuck = findRepair({
+        ...base,
+        repoints: { pg3: 2 },
+        sample: sampleOf(0, [primaryNode("pg2"), node("pg3", { streaming: false })]),
+      });
+      assert.equal(stuck?.kind, "rejoin");
+      const sync = findRepair({
+        ...base,
+        sample: { ...sampleOf(0, [primaryNode("pg2"), node("pg3")]), sync: null },
+      });
+      assert.deepEqual(sync, {
+        kind: "sync",
+        node: "pg2",
+        standbys: ["pg3"],
+        why: "synchronous standbys should be pg3 (streaming now), not none",
+      });
+      const none = findRepair({
+        ...base,
+        sample: sampleOf(0, [
+          primaryNode("pg2"),
+          node("pg3", { reachable: false, inRecovery: null, streaming: false }),
+        ], ["pg3"]),
+      });
+      assert.equal(none?.kind, "sync");
+      assert.match(none!.why, /no replica streams: clearing synchronous_standby_names/);
+      assert.equal(
+        findRepair({ ...base, sample: sampleOf(0, [primaryNode("pg2"), node("pg3")], ["pg3"]) }),
+        null,
+      );
+    },
+  );
+
+  await t.step("LSNs, sync standby names and alerts", () => {
+    assert.equal(lsnToNumber("0/3000148"), 0x3000148);
+    assert.equal(lsnToNumber("1/0"), 2 ** 32);
+    assert.equal(lsnToNumber("nope"), null);
+    assert.deepEqual(parseSyncStandbys('ANY 1 ("pg2", pg3)'), {
+      method: "ANY",
+      num: 1,
+      names: ["pg2", "pg3"],
+    });
+    assert.deepEqual(parseSyncStandbys("pg2, pg3"), {
+      method: "FIRST",
+      num: 1,
+      names: ["pg2", "pg3"],
+    });
+    assert.equal(parseSyncStandbys(""), null);
+    assert.equal(formatSyncStandbys(["pg2", "pg3"]), 'ANY 1 ("pg2", "pg3")');
+    assert.equal(formatSyncStandbys([]), "");
+    const first = updateAlerts({}, {
+      sample: sampleOf(5, [
+        primaryNode("pg1"),
+        node("pg2", { reachable: false, error: "refused" }),
+      ]),
+      lagAlertBytes: 10,
+      lagAlertSeconds: 10,
+    });
+    assert.deepEqual(first.raised.map((a) => `${a.node}:${a.kind}:${a.since}`), [
+      "pg2:unreachable:5",
+    ]);
+    const second = updateAlerts(first.alerts, {
+      sample: sampleOf(6, [primaryNode("pg1"), node("pg2")]),
+      lagAlertBytes: 10,
+      lagAlertSeconds: 10,
+    });
+    assert.equal(second.resolved.length, 1);
+    assert.deepEqual(second.alerts, {});
+  });
+});
