@@ -5,6 +5,7 @@
  */
 import type { ConcernFactory } from "./runtime/types.ts";
 import { createFailoverConcern } from "./failover/mod.ts";
+import { createMetricsConcern } from "./metrics/mod.ts";
 import { createSessionsConcern } from "./sessions/mod.ts";
 import { createSyncConcern } from "./sync/mod.ts";
 
@@ -14,4 +15,5 @@ export const CONCERNS: Record<string, ConcernFactory> = {
   sync: createSyncConcern,
   sessions: createSessionsConcern,
   failover: createFailoverConcern,
+  metrics: createMetricsConcern,
 };

@@ -10,6 +10,8 @@ import { failoverMachine } from "./failover.ts";
 import { leaseMachine } from "./lease.ts";
 import { loginMachine } from "./login.ts";
 import { sessionSupervisorMachine } from "./session_supervisor.ts";
+import { alertMachine } from "./alert.ts";
+import { metricsCollectorMachine } from "./metrics_collector.ts";
 import { supervisorMachine } from "./supervisor.ts";
 import { syncNodeMachine } from "./sync_node.ts";
 
@@ -22,5 +24,7 @@ export const MACHINES: Record<string, AnyStateMachine> = {
   failover: failoverMachine,
   session_supervisor: sessionSupervisorMachine,
   login: loginMachine,
+  metrics_collector: metricsCollectorMachine,
+  alert: alertMachine,
   sync_node: syncNodeMachine,
 };

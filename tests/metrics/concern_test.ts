@@ -1,0 +1,281 @@
+import assert from "node:assert/strict";
+import { loadConfig } from "../../lib/config.ts";
+import { createLogger } from "../../lib/log.ts";
+import { startRuntime } from "../../runtime.ts";
+import { createStream, startStream, updateViewerCount } from "../../store/streams.ts";
+import { createUser } from "../../store/users.ts";
+import type { AlertPayload } from "../../actors/metrics/alerts.ts";
+import { metricsConcern } from "../../actors/metrics/mod.ts";
+import type { CollectorContext } from "../../machines/metrics_collector.ts";
+import { startPostgres, startRedis } from "../harness/mod.ts";
+import { eventually, startVictoriaMetrics } from "../support/metrics_servers.ts";
+
+const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+const SAMPLE_LINE =
+  /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\.)*",?)*\})? \S+$/;
+
+async function get(url: string) {
+  const res = await fetch(url);
+  const text = await res.text();
+  return { status: res.status, type: res.headers.get("content-type"), text };
+}
+
+/** A local webhook receiver. */
+function receiver() {
+  const received: AlertPayload[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    received.push(await req.json());
+    return new Response(null, { status: 204 });
+  });
+  return {
+    url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/hook`,
+    received,
+    [Symbol.asyncDispose]: () => server.shutdown(),
+  };
+}
+
+Deno.test("metrics concern in a running instance", async (t) => {
+  await using pg = await startPostgres();
+  await using redis = await startRedis();
+  await using vm = await startVictoriaMetrics();
+  await using hook = receiver();
+  const lines: string[] = [];
+  const log = createLogger("rs", { sink: (l) => lines.push(l), level: "info" });
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-metrics-" });
+  const config = loadConfig({
+    env: {
+      DATABASE_URL: await pg.createDatabase(),
+      REDIS_URL: redis.url,
+      RS_SECRET_KEY: KEY,
+      RS_PORT: "0",
+      RS_DATA_DIR: dataDir,
+      RS_INSTANCE_ID: "metrics-a",
+      DATABASE_CONNECT_TIMEOUT_S: "5",
+    },
+    args: [],
+  });
+  const rules = [{
+    name: "viewers_high",
+    measurement: "stream_viewers",
+    field: "count",
+    aggregate: "max",
+    window: "2s",
+    op: ">",
+    threshold: 100,
+    for: "300ms",
+    every: "100ms",
+    severity: "page",
+  }];
+  const rt = await startRuntime(config, {
+    log,
+    concerns: {
+      metrics: metricsConcern({
+        env: {
+          INFLUX_URL: vm.url,
+          METRICS_QUERY_LANGUAGE: "promql",
+          METRICS_INTERVAL_MS: "200",
+          ALERT_RULES: JSON.stringify(rules),
+          ALERT_WEBHOOK_URL: hook.url,
+        },
+        writer: { flushIntervalMs: 50 },
+      }),
+    },
+  });
+  try {
+    const user = await createUser(rt.db.sql, {
+      username: "metrics_caster",
+      email: "metrics_caster@example.com",
+      password: "long enough password",
+    }, { hashing: { ln: 10 } });
+    const { stream } = await createStream(rt.db.sql, { userId: user.id, name: "Metered" });
+    await startStream(rt.db.sql, stream.id);
+    await updateViewerCount(rt.db.sql, stream.id, { viewers: 42 });
+    const id = String(stream.id);
+
+    await t.step("GET /metrics serves the Prometheus text format", async () => {
+      await eventually(
+        async () => (await get(`${rt.url}/metrics`)).text.includes("rootstream_stream_viewers{"),
+        {
+          what: "a collection with the stream",
+        },
+      );
+      const { status, type, text } = await get(`${rt.url}/metrics`);
+      assert.equal(status, 200);
+      assert.equal(type, "text/plain; version=0.0.4; charset=utf-8");
+      for (const line of text.trimEnd().split("\n")) {
+        if (line.startsWith("# HELP ") || line.startsWith("# TYPE ")) continue;
+        assert.match(line, SAMPLE_LINE);
+      }
+      for (
+        const family of [
+          "rootstream_system_memory_used_bytes",
+          "rootstream_system_cpu_usage_ratio",
+          "rootstream_database_connections",
+          "rootstream_database_query_duration_seconds",
+          "rootstream_cache_operations_total",
+          "rootstream_metrics_points_written_total",
+          "rootstream_metrics_points_dropped_total",
+          "rootstream_transport_sent_total",
+          "rootstream_bus_published_total",
+          "rootstream_alert_firing",
+          "rootstream_process_resident_memory_bytes",
+        ]
+      ) {
+        assert.match(text, new RegExp(`^# TYPE ${family} `, "m"), family);
+      }
+      assert.match(
+        text,
+        new RegExp(
+          `^rootstream_stream_viewers\\{stream_id="${id}",user_id="${user.id}"\\} 42$`,
+          "m",
+        ),
+      );
+      assert.match(text, /^# TYPE rootstream_database_query_duration_seconds summary$/m);
+      assert.match(text, /^rootstream_metrics_source_up\{source="cache"\} 1$/m);
+    });
+
+    await t.step("the instance's metrics are visible in VictoriaMetrics", async () => {
+      await eventually(async () => {
+        await vm.flush();
+        const viewers = await vm.query(`stream_viewers_count{stream_id="${id}"}`);
+        const memory = await vm.query(`system_memory_usage_bytes{host="${Deno.hostname()}"}`);
+        return viewers[0]?.value[1] === "42" && memory.length === 1;
+      }, { what: "stream and system series in VictoriaMetrics" });
+      const names = new Set((await vm.series('{__name__=~".+"}')).map((s) => s.__name__));
+      for (
+        const n of ["database_size_bytes", "database_connections_count", "database_query_time_p99"]
+      ) {
+        assert.ok(names.has(n), n);
+      }
+    });
+
+    await t.step("GET /dashboards/<name> answers from the time series", async () => {
+      const list = JSON.parse((await get(`${rt.url}/dashboards`)).text);
+      assert.deepEqual(list.dashboards.map((d: { name: string }) => d.name), [
+        "streams",
+        "system",
+        "database",
+        "cache",
+      ]);
+      const res = await get(`${rt.url}/dashboards/streams?range=10m&step=1m`);
+      assert.equal(res.status, 200);
+      const body = JSON.parse(res.text);
+      assert.equal(body.stepMs, 60_000);
+      const viewers = body.panels.find((p: { id: string }) => p.id === "viewers");
+      const series = viewers.series.find((s: { tags: Record<string, string> }) =>
+        s.tags.stream_id === id
+      );
+      assert.ok(series.points.length >= 1);
+      assert.equal(series.points.at(-1)[1], 42);
+      const system = JSON.parse((await get(`${rt.url}/dashboards/system?range=10m&step=1m`)).text);
+      assert.ok(system.panels.find((p: { id: string }) => p.id === "memory").series.length >= 1);
+      assert.equal((await get(`${rt.url}/dashboards/nope`)).status, 404);
+      const bad = await get(`${rt.url}/dashboards/streams?range=forever`);
+      assert.equal(bad.status, 400);
+      assert.equal(JSON.parse(bad.text).error.code, "VALIDATION_FAILED");
+    });
+
+    await t.step("an alert fires and resolves: log, webhook and cluster event", async () => {
+      await updateViewerCount(rt.db.sql, stream.id, { viewers: 150 });
+      await eventually(async () => {
+        await vm.flush();
+        return hook.received.some((p) => p.status === "firing");
+      }, { ms: 20_000, what: "the firing webhook" });
+      const firing = hook.received.find((p) => p.status === "firing")!;
+      assert.equal(firing.rule, "viewers_high");
+      assert.equal(firing.value, 150);
+      assert.equal(firing.severity, "page");
+      assert.equal(firing.instance, "metrics-a");
+      assert.equal(firing.op, ">");
+      assert.equal(firing.threshold, 100);
+      assert.ok(
+        lines.some((l) => /alert viewers_high firing: fired: 150 > 100 held for 300 ms/.test(l)),
+      );
+      const alerts = JSON.parse((await get(`${rt.url}/alerts`)).text).alerts;
+      assert.equal(alerts[0].status, "firing");
+      assert.match(
+        (await get(`${rt.url}/metrics`)).text,
+        /^rootstream_alert_firing\{rule="viewers_high",severity="page"\} 1$/m,
+      );
+      await eventually(() => {
+        const ctx = (rt.supervisor.ref("metrics")?.getSnapshot() as { context: CollectorContext })
+          .context;
+        return ctx.notices.some((n) =>
+          n.rule === "viewers_high" && n.status === "firing" && n.instance === "metrics-a"
+        );
+      }, { what: "the cluster event at the metrics actor" });
+
+      await updateViewerCount(rt.db.sql, stream.id, { viewers: 3 });
+      await eventually(async () => {
+        await vm.flush();
+        return hook.received.some((p) => p.status === "resolved");
+      }, { ms: 20_000, what: "the resolved webhook" });
+      const resolved = hook.received.find((p) => p.status === "resolved")!;
+      assert.equal(resolved.value, 3);
+      assert.ok(lines.some((l) => /alert viewers_high resolved/.test(l)));
+      assert.equal(hook.received.filter((p) => p.status === "firing").length, 1);
+    });
+
+    await t.step("/health carries the metrics check", async () => {
+      const health = JSON.parse((await get(`${rt.url}/health`)).text);
+      assert.equal(health.status, "ok");
+      assert.equal(health.checks.metrics.ok, true);
+      assert.equal(health.checks.metrics.writer.state, "idle");
+      assert.match(health.checks.metrics.reader, /^PromQL http:\/\/127\.0\.0\.1:/);
+    });
+  } finally {
+    await rt.stop();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+  assert.ok(lines.some((l) => /metrics writer closed/.test(l)));
+});
+
+Deno.test("metrics concern without INFLUX_URL", async (t) => {
+  await using pg = await startPostgres();
+  const lines: string[] = [];
+  const log = createLogger("rs", { sink: (l) => lines.push(l) });
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-metrics-" });
+  const config = loadConfig({
+    env: {
+      DATABASE_URL: await pg.createDatabase(),
+      RS_SECRET_KEY: KEY,
+      RS_PORT: "0",
+      RS_DATA_DIR: dataDir,
+      DATABASE_CONNECT_TIMEOUT_S: "5",
+    },
+    args: [],
+  });
+  const rt = await startRuntime(config, {
+    log,
+    concerns: {
+      metrics: metricsConcern({
+        env: {
+          METRICS_INTERVAL_MS: "100",
+          ALERT_RULES: '[{"name":"x","measurement":"m","field":"f","op":">","threshold":1}]',
+        },
+      }),
+    },
+  });
+  try {
+    await t.step("collects and serves /metrics; says what is unavailable", async () => {
+      await eventually(async () =>
+        (await get(`${rt.url}/metrics`)).text.includes("rootstream_database_size_bytes")
+      );
+      const text = (await get(`${rt.url}/metrics`)).text;
+      assert.doesNotMatch(text, /rootstream_metrics_points_written_total/);
+      assert.doesNotMatch(text, /rootstream_cache_/, "no Redis, no cache source");
+      assert.ok(lines.some((l) => /INFLUX_URL is not set; metrics are collected/.test(l)));
+      assert.ok(lines.some((l) => /1 alert rules are configured but not evaluated/.test(l)));
+      const res = await get(`${rt.url}/dashboards/streams`);
+      assert.equal(res.status, 503);
+      assert.equal(JSON.parse(res.text).error.code, "METRICS_UNAVAILABLE");
+      const health = JSON.parse((await get(`${rt.url}/health`)).text);
+      assert.equal(health.checks.metrics.ok, true);
+      assert.match(health.checks.metrics.writer, /disabled/);
+      assert.deepEqual(JSON.parse((await get(`${rt.url}/alerts`)).text), { alerts: [] });
+    });
+  } finally {
+    await rt.stop();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
