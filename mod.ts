@@ -1,0 +1,85 @@
+/**
+ * RootStream Runtime as a TypeScript module: start an instance in-process and use each
+ * concern through a typed handle.
+ *
+ * @example
+ * ```ts
+ * import { createRuntime } from "./mod.ts";
+ *
+ * const rs = await createRuntime({ env: { DATABASE_URL: "postgres://…", REDIS_URL: "redis://…" } });
+ * const user = await rs.sessions.register({ username: "ada", email: "ada@example.com", password: "…" });
+ * rs.sync.applyDelta("stream", 1, { title: "Speedrun", viewers: { inc: 1 } });
+ * await rs.stop();
+ * ```
+ * @module
+ */
+import { getSyncNode } from "./actors/sync/mod.ts";
+import type { SyncNode } from "./actors/sync/node.ts";
+import type { SessionService } from "./actors/sessions/mod.ts";
+import { type Config, type ConfigSources, loadConfig } from "./lib/config.ts";
+import { RuntimeError } from "./lib/errors.ts";
+import { type Logger, silentLogger } from "./lib/log.ts";
+import { type Runtime, startRuntime } from "./runtime.ts";
+
+export { type Config, loadConfig } from "./lib/config.ts";
+export { type ErrorCode, isRuntimeError, RuntimeError } from "./lib/errors.ts";
+export { createLogger, type Logger } from "./lib/log.ts";
+export type { Runtime } from "./runtime.ts";
+export type { SessionService } from "./actors/sessions/mod.ts";
+export type { SyncNode } from "./actors/sync/node.ts";
+
+/** A running instance with a typed handle per concern. */
+export interface RootStream {
+  /** Base URL of its HTTP server ("" with `serve: false`). */
+  readonly url: string;
+  /** The underlying runtime (database, Redis, bus, transport, supervisor, inspector). */
+  readonly runtime: Runtime;
+  /** Sessions and MFA: register, login, verify codes, enrol, list and revoke sessions. */
+  readonly sessions: SessionService;
+  /** State synchronisation: publish / subscribe / getSnapshot / applyDelta. */
+  readonly sync: SyncNode;
+  /** Another concern's API by name (backup, failover, metrics), when it runs. */
+  concern<T = unknown>(name: string): T | undefined;
+  /** Stops the instance (HTTP, actors, connections). */
+  stop(): Promise<void>;
+}
+
+/** Options of {@linkcode createRuntime}. */
+export interface CreateRuntimeOptions {
+  /** Serve HTTP too (default true, on RS_PORT; use port 0 for a free one). */
+  serve?: boolean;
+  /** Logger (default: silent). */
+  log?: Logger;
+}
+
+/**
+ * Starts an instance from a validated config, or from environment-like sources
+ * (`{ env: {...}, args: [...] }`; omitted parts default to empty, not to the process's).
+ */
+export async function createRuntime(
+  config: Config | ConfigSources = {},
+  options: CreateRuntimeOptions = {},
+): Promise<RootStream> {
+  const resolved = "http" in config
+    ? config
+    : loadConfig({ env: config.env ?? {}, args: config.args ?? [], ...config });
+  const runtime = await startRuntime(resolved, {
+    log: options.log ?? silentLogger,
+    serve: options.serve,
+  });
+  const sessions = (runtime.concerns.sessions as { service?: SessionService } | undefined)
+    ?.service;
+  const sync = getSyncNode(runtime)?.node;
+  if (!sessions || !sync) {
+    await runtime.stop();
+    throw new RuntimeError("INTERNAL", "The sessions and sync concerns did not start");
+  }
+  return {
+    url: runtime.url,
+    runtime,
+    sessions,
+    sync,
+    concern: <T>(name: string) => runtime.concerns[name] as T | undefined,
+    stop: () => runtime.stop(),
+  };
+}
