@@ -16,6 +16,8 @@
 import { getSyncNode } from "./actors/sync/mod.ts";
 import type { SyncNode } from "./actors/sync/node.ts";
 import type { SessionService } from "./actors/sessions/mod.ts";
+import type { MetricsApi } from "./actors/metrics/mod.ts";
+import type { ReplicationApi } from "./actors/failover/mod.ts";
 import { type Config, type ConfigSources, loadConfig } from "./lib/config.ts";
 import { RuntimeError } from "./lib/errors.ts";
 import { type Logger, silentLogger } from "./lib/log.ts";
@@ -27,6 +29,8 @@ export { createLogger, type Logger } from "./lib/log.ts";
 export type { Runtime } from "./runtime.ts";
 export type { SessionService } from "./actors/sessions/mod.ts";
 export type { SyncNode } from "./actors/sync/node.ts";
+export type { MetricsApi } from "./actors/metrics/mod.ts";
+export type { ReplicationApi } from "./actors/failover/mod.ts";
 
 /** A running instance with a typed handle per concern. */
 export interface RootStream {
@@ -38,7 +42,11 @@ export interface RootStream {
   readonly sessions: SessionService;
   /** State synchronisation: publish / subscribe / getSnapshot / applyDelta. */
   readonly sync: SyncNode;
-  /** Another concern's API by name (backup, failover, metrics), when it runs. */
+  /** Metrics: write points, flush, query dashboards, Prometheus exposition. */
+  readonly metrics: MetricsApi;
+  /** Replication status and switchover (unavailable in embedded mode: null). */
+  readonly replication: ReplicationApi | null;
+  /** Another concern's API by name (e.g. backup), when it runs. */
   concern<T = unknown>(name: string): T | undefined;
   /** Stops the instance (HTTP, actors, connections). */
   stop(): Promise<void>;
@@ -79,7 +87,9 @@ export async function createRuntime(
     runtime,
     sessions,
     sync,
-    concern: <T>(name: string) => runtime.concerns[name] as T | undefined,
+    metrics: runtime.concerns.metrics?.api as MetricsApi,
+    replication: (runtime.concerns.failover?.api as ReplicationApi | undefined) ?? null,
+    concern: <T>(name: string) => runtime.concerns[name]?.api as T | undefined,
     stop: () => runtime.stop(),
   };
 }

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { startPostgres, startRedis } from "./harness/mod.ts";
+import { startVictoriaMetrics } from "./support/metrics_servers.ts";
 import { ROOT } from "./support/instance.ts";
 
 async function runExample(file: string, env: Record<string, string>): Promise<string> {
@@ -44,5 +45,21 @@ Deno.test("examples run as written", async (t) => {
     });
     assert.match(out, /instance b received/);
     assert.match(out, /"viewers":5\},\{.*"viewers":5\}/);
+  });
+
+  await t.step("metrics written, read back, exposed", async () => {
+    await using vm = await startVictoriaMetrics();
+    const out = await runExample("metrics.ts", {
+      DATABASE_URL: await pg.createDatabase(),
+      RS_SECRET_KEY: key,
+      INFLUX_URL: vm.url,
+      INFLUX_TOKEN: "unused-by-victoria-metrics",
+      INFLUX_ORG: "rootstream",
+      INFLUX_BUCKET: "metrics",
+      METRICS_QUERY_LANGUAGE: "promql",
+    });
+    assert.match(out, /written: 60 points/);
+    assert.match(out, /read back: 60 points/);
+    assert.match(out, /^rootstream_/m);
   });
 });

@@ -217,6 +217,14 @@ export async function resolvePrimaryUrl(
   }
 }
 
+/** The replication concern's API for embedding programs. */
+export interface ReplicationApi {
+  /** Nodes, roles, LSNs, lag and the failover state, as GET /replication shows them. */
+  status(): Promise<Record<string, unknown>>;
+  /** A planned, zero-loss switchover to a replica (see docs/failover.md). */
+  switchover: (...args: never[]) => Promise<unknown>;
+}
+
 /** Builds the failover concern from the runtime's services. */
 export async function createFailoverConcern(services: RuntimeServices): Promise<Concern> {
   const settings = loadFailoverSettings();
@@ -589,6 +597,7 @@ async function fullConcern(
   };
 
   return {
+    api: { status, switchover } satisfies ReplicationApi,
     actors: [spec],
     routes(app) {
       addReplicationRoutes(app, {

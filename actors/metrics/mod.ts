@@ -20,6 +20,7 @@ import { type PromFamily, renderExposition } from "./prometheus.ts";
 import { createPromQlReader } from "./promql_reader.ts";
 import { createQueryTimer, type QueryTimer } from "./query_timer.ts";
 import type { MetricsReader } from "./reader.ts";
+import { RuntimeError } from "../../lib/errors.ts";
 import { loadMetricsSettings, type MetricsSettings } from "./settings.ts";
 import {
   cacheSource,
@@ -29,7 +30,13 @@ import {
   systemSource,
 } from "./sources.ts";
 import { createWebhook, type Webhook, type WebhookOptions } from "./webhook.ts";
-import { createInfluxWriter, type InfluxWriterOptions, type MetricsWriter } from "./writer.ts";
+import {
+  createInfluxWriter,
+  type InfluxWriterOptions,
+  type MetricsWriter,
+  type WriterStats,
+} from "./writer.ts";
+import type { MetricPoint } from "../../lib/line_protocol.ts";
 
 /** Options of {@linkcode metricsConcern} (tests and embedders). */
 export interface MetricsConcernOptions {
@@ -66,6 +73,18 @@ function counter(name: string, help: string, value: number, labels?: Record<stri
 
 function gauge(name: string, help: string, value: number, labels?: Record<string, string>) {
   return { name, help, type: "gauge" as const, samples: [{ name, labels, value }] };
+}
+
+/** The metrics concern's API for embedding programs. */
+export interface MetricsApi {
+  /** Queues points for the time-series store (METRICS_UNAVAILABLE without INFLUX_URL). */
+  write(points: readonly MetricPoint[]): void;
+  /** Sends what is buffered and reports the writer's counters (null without a store). */
+  flush(options?: { timeoutMs?: number }): Promise<WriterStats | null>;
+  /** The dashboard / alert reader (InfluxQL or PromQL), or null without a store. */
+  reader(): MetricsReader | null;
+  /** This instance's metrics in the Prometheus text format. */
+  exposition(): string | Promise<string>;
 }
 
 /** Builds the concern with options (tests pass their own env, sources and timings). */
@@ -368,7 +387,19 @@ function buildConcern(services: RuntimeServices, options: MetricsConcernOptions)
     return renderExposition(families);
   }
 
+  const api: MetricsApi = {
+    write: (points) => {
+      if (!writer) {
+        throw new RuntimeError("METRICS_UNAVAILABLE", `Cannot write: ${readerUnavailable}`);
+      }
+      writer.write(points);
+    },
+    flush: (opts) => writer ? writer.flush(opts) : Promise.resolve(null),
+    reader: () => reader,
+    exposition,
+  };
   return {
+    api,
     actors: [spec, ...(alerts?.specs ?? [])],
     routes(app) {
       addMetricsRoutes(app, {

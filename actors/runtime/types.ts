@@ -120,6 +120,8 @@ export interface Concern {
   health?(): Promise<{ ok: boolean; [key: string]: unknown }>;
   /** Called on shutdown after the actors stopped. */
   stop?(): Promise<void>;
+  /** The concern's typed API for programs embedding the runtime (see mod.ts). */
+  api?: unknown;
 }
 
 /** Builds a concern from the runtime's services. */
