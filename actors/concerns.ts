@@ -4,6 +4,7 @@
  * @module
  */
 import type { ConcernFactory } from "./runtime/types.ts";
+import { createBackupConcern } from "./backup/mod.ts";
 import { createFailoverConcern } from "./failover/mod.ts";
 import { createMetricsConcern } from "./metrics/mod.ts";
 import { createSessionsConcern } from "./sessions/mod.ts";
@@ -16,4 +17,5 @@ export const CONCERNS: Record<string, ConcernFactory> = {
   sessions: createSessionsConcern,
   failover: createFailoverConcern,
   metrics: createMetricsConcern,
+  backup: createBackupConcern,
 };

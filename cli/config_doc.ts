@@ -4,6 +4,7 @@
  * the code. `--check` exits 1 when the committed file is stale (part of `deno task check`).
  * @module
  */
+import { BACKUP_SETTINGS } from "../actors/backup/settings.ts";
 import { FAILOVER_VARIABLES } from "../actors/failover/settings.ts";
 import { METRICS_SETTINGS } from "../actors/metrics/settings.ts";
 import { SYNC_SETTINGS } from "../actors/sync/mod.ts";
@@ -30,6 +31,7 @@ const SECTIONS: [string, string, readonly Doc[]][] = [
     "Read by the failover concern (actors/failover).",
     FAILOVER_VARIABLES,
   ],
+  ["Backup and recovery", "Read by the backup concern (actors/backup).", BACKUP_SETTINGS],
 ];
 
 function cell(text: string): string {

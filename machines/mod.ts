@@ -11,6 +11,7 @@ import { leaseMachine } from "./lease.ts";
 import { loginMachine } from "./login.ts";
 import { sessionSupervisorMachine } from "./session_supervisor.ts";
 import { alertMachine } from "./alert.ts";
+import { backupSchedulerMachine } from "./backup_scheduler.ts";
 import { metricsCollectorMachine } from "./metrics_collector.ts";
 import { supervisorMachine } from "./supervisor.ts";
 import { syncNodeMachine } from "./sync_node.ts";
@@ -27,4 +28,5 @@ export const MACHINES: Record<string, AnyStateMachine> = {
   metrics_collector: metricsCollectorMachine,
   alert: alertMachine,
   sync_node: syncNodeMachine,
+  backup_scheduler: backupSchedulerMachine,
 };

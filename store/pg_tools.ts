@@ -821,15 +821,15 @@ export function formatLsn(value: bigint): string {
 
 /** The WAL segment file name holding `lsn` on `timeline` (segments of `segmentBytes`). */
 export function walFileName(
-  timeline: number,
   lsn: string | bigint,
-  segmentBytes = 16 * 1024 * 1024,
+  options: { timeline: number; segmentBytes?: number },
 ): string {
   const value = typeof lsn === "string" ? parseLsn(lsn) : lsn;
+  const segmentBytes = options.segmentBytes ?? 16 * 1024 * 1024;
   const segno = value / BigInt(segmentBytes);
   const perId = 0x100000000n / BigInt(segmentBytes);
   const hex = (n: bigint | number) => n.toString(16).toUpperCase().padStart(8, "0");
-  return `${hex(timeline)}${hex(segno / perId)}${hex(segno % perId)}`;
+  return `${hex(options.timeline)}${hex(segno / perId)}${hex(segno % perId)}`;
 }
 
 /** The segment number (within all timelines) of a WAL file name. */

@@ -1,0 +1,371 @@
+/**
+ * Taking backups, one function per type; each reads as a script of named steps and ends
+ * with the manifest it will write (the caller signs and stores it last):
+ *
+ * - full: export a snapshot → pg_dump -Fc -Z0 in that snapshot (and row counts in it) →
+ *   compress → encrypt → checksum → store.
+ * - base: pg_basebackup -Ft -X fetch to stdout (with its own SHA-256 backup_manifest inside)
+ *   → compress → encrypt → checksum → store; the WAL range from its verbose output.
+ * - incremental / differential: pg_switch_wal() and wait for the archive → choose the
+ *   archived WAL since the previous link (incremental) or since the base (differential),
+ *   with a gap check → tar → compress → encrypt → checksum → store.
+ * @module
+ */
+import { BACKUP_CIPHER, createEncryptStream, PBKDF2_ITERATIONS } from "../../lib/backup_crypto.ts";
+import { RuntimeError } from "../../lib/errors.ts";
+import {
+  formatLsn,
+  parseBaseBackupWal,
+  type ToolProcess,
+  type ToolResult,
+  walFileName,
+  walSegmentNumber,
+} from "../../store/pg_tools.ts";
+import type { Sql } from "../../store/types.ts";
+import { type BackupContext, databaseOf, requireServer } from "./context.ts";
+import {
+  type CatalogEntry,
+  type Manifest,
+  MANIFEST_FORMAT,
+  type ManifestFile,
+  readCatalog,
+} from "./manifest.ts";
+import { compressor, measure, runPipeline } from "./pipeline.ts";
+import { tarFiles } from "./tar.ts";
+import { listArchive, segmentSize, selectWal, switchAndAwaitArchive } from "./wal.ts";
+
+/** Options shared by the create functions. */
+export interface CreateOptions {
+  /** The new backup's name. */
+  name: string;
+  /** Its start time (injected clock). */
+  startedAt: number;
+  /** Aborting kills the tools and fails the run. */
+  signal?: AbortSignal;
+}
+
+/** Facts about the server recorded in every manifest. */
+async function serverFacts(sql: Sql): Promise<Manifest["server"]> {
+  const [row] = await sql<{ version: string; sysid: string | null }[]>`
+    SELECT current_setting('server_version') AS version,
+           (SELECT system_identifier::text FROM pg_control_system()) AS sysid`;
+  return { version: row.version, systemIdentifier: row.sysid };
+}
+
+/** File extension of the configured compression. */
+function extension(ctx: BackupContext): string {
+  return ctx.settings.compression.tool === "zstd" ? "zst" : "gz";
+}
+
+function encryptionFacts(): Manifest["encryption"] {
+  return { method: BACKUP_CIPHER, kdf: "pbkdf2-hmac-sha256", iterations: PBKDF2_ITERATIONS };
+}
+
+/**
+ * Streams `source` through measure → compress → encrypt into `<name>/<fileName>`. On any
+ * failure the partial object is deleted and the error says which stage failed.
+ */
+export async function storeEncrypted(
+  ctx: BackupContext,
+  options: {
+    name: string;
+    fileName: string;
+    content: ManifestFile["content"];
+    source: ReadableStream<Uint8Array>;
+    processes: ToolProcess[];
+    signal?: AbortSignal;
+  },
+): Promise<{ file: ManifestFile; results: ToolResult[] }> {
+  const key = `${options.name}/${options.fileName}`;
+  const raw = measure();
+  const codec = compressor(ctx.tools, ctx.settings.compression);
+  const encrypt = createEncryptStream(ctx.passphrase);
+  try {
+    const { value, results } = await runPipeline({
+      source: options.source,
+      stages: [raw.stage, codec.stage, encrypt.stream],
+      sink: (stream) => ctx.storage.put(key, stream, { signal: options.signal }),
+      processes: [...options.processes, ...(codec.process ? [codec.process] : [])],
+      signal: options.signal,
+      what: `backup ${options.name}`,
+    });
+    const encrypted = await encrypt.result;
+    if (encrypted.size !== value.size) {
+      throw new RuntimeError(
+        "STORAGE_FAILED",
+        `Backup ${options.name}: the storage kept ${value.size} of ${encrypted.size} bytes of ${key}`,
+      );
+    }
+    const plain = raw.result();
+    return {
+      file: {
+        name: options.fileName,
+        content: options.content,
+        compression: ctx.settings.compression.tool,
+        size: encrypted.size,
+        sha256: encrypted.sha256,
+        hmac: encrypted.hmac,
+        plainSize: plain.size,
+        plainSha256: plain.sha256,
+      },
+      results,
+    };
+  } catch (err) {
+    await ctx.storage.delete(key).catch(() => {});
+    throw err;
+  }
+}
+
+/** A full logical backup: pg_dump custom format of the runtime's database. */
+export async function createFullBackup(
+  ctx: BackupContext,
+  options: CreateOptions,
+): Promise<Manifest> {
+  const { url, sql } = requireServer(ctx, "a full (logical) backup");
+  const database = databaseOf(url);
+  const server = await serverFacts(sql);
+  // One exported snapshot for pg_dump and the row counts: the test-restore can then demand
+  // exactly these counts.
+  const conn = await sql.reserve();
+  try {
+    await conn`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`;
+    await conn`SET LOCAL statement_timeout = 0`;
+    const [{ snapshot }] = await conn<{ snapshot: string }[]>`
+      SELECT pg_export_snapshot() AS snapshot`;
+    const dump = ctx.tools.spawn("pg_dump", [
+      "--format=custom",
+      "--compress=0",
+      `--snapshot=${snapshot}`,
+      "--no-password",
+    ], { connection: { url }, signal: options.signal });
+    const counting = ctx.settings.rowCounts ? countRows(conn) : Promise.resolve(null);
+    counting.catch(() => {});
+    const { file } = await storeEncrypted(ctx, {
+      name: options.name,
+      fileName: `dump.pgc.${extension(ctx)}.enc`,
+      content: "pg_dump-custom",
+      source: dump.stdout!,
+      processes: [dump],
+      signal: options.signal,
+    });
+    const tables = await counting;
+    await conn`COMMIT`;
+    return {
+      format: MANIFEST_FORMAT,
+      name: options.name,
+      type: "full",
+      startedAt: new Date(options.startedAt).toISOString(),
+      completedAt: new Date(ctx.now()).toISOString(),
+      encryption: encryptionFacts(),
+      server,
+      files: [file],
+      base: null,
+      previous: null,
+      wal: null,
+      logical: { database, tables },
+      physical: null,
+    };
+  } catch (err) {
+    await conn`ROLLBACK`.catch(() => {});
+    throw err;
+  } finally {
+    conn.release();
+  }
+}
+
+/** Row counts of every user table, in the current transaction's snapshot. */
+async function countRows(
+  conn: Sql,
+): Promise<{ schema: string; table: string; rows: number }[]> {
+  const tables = await conn<{ schema: string; table: string }[]>`
+    SELECT n.nspname AS schema, c.relname AS table
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+    ORDER BY 1, 2`;
+  const counted: { schema: string; table: string; rows: number }[] = [];
+  for (const t of tables) {
+    const [row] = await conn<{ n: string }[]>`
+      SELECT count(*)::text AS n FROM ${conn(t.schema)}.${conn(t.table)}`;
+    counted.push({ schema: t.schema, table: t.table, rows: Number(row.n) });
+  }
+  return counted;
+}
+
+/** A physical base backup of the whole cluster (pg_basebackup, WAL fetched into the tar). */
+export async function createBaseBackup(
+  ctx: BackupContext,
+  options: CreateOptions,
+): Promise<Manifest> {
+  const { url, sql } = requireServer(ctx, "a base (physical) backup");
+  const server = await serverFacts(sql);
+  const databases = (await sql<{ datname: string }[]>`
+    SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname`).map((r) => r.datname);
+  const bytes = await segmentSize(sql);
+  const backup = ctx.tools.spawn("pg_basebackup", [
+    "--pgdata=-",
+    "--format=tar",
+    "--wal-method=fetch",
+    "--checkpoint=fast",
+    "--manifest-checksums=SHA256",
+    "--verbose",
+    "--no-password",
+  ], { connection: { url }, signal: options.signal });
+  const { file, results } = await storeEncrypted(ctx, {
+    name: options.name,
+    fileName: `base.tar.${extension(ctx)}.enc`,
+    content: "pg_basebackup-tar",
+    source: backup.stdout!,
+    processes: [backup],
+    signal: options.signal,
+  });
+  const endTime = new Date(ctx.now()).toISOString();
+  const stderr = results.find((r) => r.program === "pg_basebackup")?.stderr ?? "";
+  const range = parseBaseBackupWal(stderr);
+  if (!range) {
+    await ctx.storage.delete(`${options.name}/${file.name}`).catch(() => {});
+    throw new RuntimeError(
+      "BACKUP_FAILED",
+      `Base backup ${options.name}: pg_basebackup did not report its WAL range: ${
+        stderr.trim().slice(-300)
+      }`,
+    );
+  }
+  return {
+    format: MANIFEST_FORMAT,
+    name: options.name,
+    type: "base",
+    startedAt: new Date(options.startedAt).toISOString(),
+    completedAt: endTime,
+    encryption: encryptionFacts(),
+    server,
+    files: [file],
+    base: null,
+    previous: null,
+    wal: {
+      timeline: range.timeline,
+      startLsn: range.startLsn,
+      endLsn: range.endLsn,
+      startSegment: walFileName(range.startLsn, { timeline: range.timeline, segmentBytes: bytes }),
+      endSegment: walFileName(range.endLsn, { timeline: range.timeline, segmentBytes: bytes }),
+      endTime,
+      segmentBytes: bytes,
+    },
+    logical: null,
+    physical: { databases },
+  };
+}
+
+/** What a WAL backup will hold, decided before anything is stored. */
+export interface WalPlan {
+  /** The base backup the chain starts from. */
+  base: CatalogEntry;
+  /** The previous link (incremental: last incremental or the base; differential: the base). */
+  previous: CatalogEntry;
+  /** First segment number to include. */
+  from: bigint;
+  /** Last segment number to include (the one just switched and archived). */
+  to: bigint;
+  /** The WAL switch that ends the range. */
+  switched: { lsn: string; segment: string; timeline: number; segmentBytes: number };
+}
+
+/**
+ * Decides the WAL range of an incremental or differential backup: forces a WAL switch,
+ * waits for the archive, and returns null when no WAL was archived since the previous link.
+ */
+export async function planWalBackup(
+  ctx: BackupContext,
+  type: "incremental" | "differential",
+  options: { signal?: AbortSignal } = {},
+): Promise<WalPlan | null> {
+  const { sql } = requireServer(ctx, `an ${type} backup`);
+  const dir = ctx.settings.walArchiveDir;
+  if (!dir) {
+    throw new RuntimeError(
+      "BACKUP_UNAVAILABLE",
+      `Cannot take an ${type} backup: BACKUP_WAL_ARCHIVE_DIR is not set. HINT: configure WAL ` +
+        "archiving with scripts/archive_wal.ts and point BACKUP_WAL_ARCHIVE_DIR at its directory",
+    );
+  }
+  const catalog = await readCatalog(ctx.storage, ctx.passphrase);
+  const bases = catalog.entries.filter((e) => e.manifest.type === "base" && e.manifest.wal);
+  const base = bases.at(-1);
+  if (!base) {
+    throw new RuntimeError(
+      "BACKUP_FAILED",
+      `Cannot take an ${type} backup: there is no base backup to apply it to. HINT: run ` +
+        "`deno task cli backup create --type base` first",
+    );
+  }
+  const baseWal = base.manifest.wal!;
+  let previous = base;
+  let from = walSegmentNumber(baseWal.startSegment, baseWal.segmentBytes);
+  if (type === "incremental") {
+    const links = catalog.entries.filter((e) =>
+      e.manifest.type === "incremental" && e.manifest.base === base.manifest.name && e.manifest.wal
+    );
+    const last = links.at(-1);
+    if (last) {
+      previous = last;
+      from = walSegmentNumber(last.manifest.wal!.endSegment, baseWal.segmentBytes) + 1n;
+    }
+  }
+  const switched = await switchAndAwaitArchive(sql, {
+    dir,
+    timeoutMs: ctx.settings.walTimeoutMs,
+    signal: options.signal,
+  });
+  const to = walSegmentNumber(switched.segment, switched.segmentBytes);
+  if (to < from) return null;
+  return { base, previous, from, to, switched };
+}
+
+/** An incremental or differential backup: the archived WAL of a plan, as one tar. */
+export async function createWalBackup(
+  ctx: BackupContext,
+  options: CreateOptions & { type: "incremental" | "differential"; plan: WalPlan },
+): Promise<Manifest> {
+  const { type, plan } = options;
+  const { sql } = requireServer(ctx, `an ${type} backup`);
+  const server = await serverFacts(sql);
+  const bytes = plan.switched.segmentBytes;
+  const archive = await listArchive(ctx.settings.walArchiveDir!, bytes);
+  const chosen = selectWal(archive, { from: plan.from, to: plan.to, segmentBytes: bytes });
+  const tar = tarFiles(chosen.map((f) => f.path));
+  const { file } = await storeEncrypted(ctx, {
+    name: options.name,
+    fileName: `wal.tar.${extension(ctx)}.enc`,
+    content: "wal-tar",
+    source: tar.stream,
+    processes: [],
+    signal: options.signal,
+  });
+  const files = await tar.tarred;
+  const first = chosen.find((f) => f.kind === "segment")!;
+  return {
+    format: MANIFEST_FORMAT,
+    name: options.name,
+    type,
+    startedAt: new Date(options.startedAt).toISOString(),
+    completedAt: new Date(ctx.now()).toISOString(),
+    encryption: encryptionFacts(),
+    server,
+    files: [file],
+    base: plan.base.manifest.name,
+    previous: plan.previous.manifest.name,
+    wal: {
+      timeline: plan.switched.timeline,
+      startLsn: formatLsn(plan.from * BigInt(bytes)),
+      endLsn: plan.switched.lsn,
+      startSegment: first.name,
+      endSegment: plan.switched.segment,
+      endTime: new Date(ctx.now()).toISOString(),
+      files,
+      segmentBytes: bytes,
+    },
+    logical: null,
+    physical: null,
+  };
+}

@@ -1,0 +1,115 @@
+/**
+ * The backup concern: the scheduler actor (a cluster singleton), the /backups routes and a
+ * health fact. Settings come from BACKUP_* environment variables (actors/backup/settings.ts).
+ *
+ * In embedded mode (no DATABASE_URL) there is no PostgreSQL server for pg_dump or
+ * pg_basebackup to read, so no scheduler runs; /backups and /health say why.
+ * @module
+ */
+import { describeError, RuntimeError } from "../../lib/errors.ts";
+import { addBackupRoutes } from "../../api/backups.ts";
+import type { Concern, RuntimeServices } from "../runtime/types.ts";
+import { EMBEDDED_REASON } from "./context.ts";
+import { BACKUP_ACTOR_ID, SCHEDULER_ROLE, schedulerSpec } from "./scheduler.ts";
+import { openBackupService } from "./service.ts";
+import { type BackupType, loadBackupSettings } from "./settings.ts";
+
+/** Builds the backup concern from the runtime's services and the process environment. */
+export function createBackupConcern(services: RuntimeServices): Concern {
+  return buildBackupConcern(services, Deno.env.toObject());
+}
+
+/** Builds the backup concern with settings read from `env` (tests pass their own). */
+export function buildBackupConcern(
+  services: RuntimeServices,
+  env: Record<string, string | undefined>,
+): Concern {
+  const log = services.log;
+  const settings = loadBackupSettings(env, { dataDir: services.config.dataDir });
+  const embedded = services.db.mode === "embedded";
+  const service = openBackupService({
+    settings,
+    databaseUrl: embedded ? null : services.config.database.url,
+    sql: services.db.sql,
+    secretKey: services.secretKey,
+    instanceId: services.instanceId,
+    log,
+    now: services.now,
+  });
+  const storage = settings.storage.kind === "local"
+    ? `local directory ${settings.storage.dir}`
+    : `s3://${settings.storage.bucket}/${settings.storage.prefix}`;
+  const scheduled = Object.entries(settings.schedules).filter(([, c]) => c)
+    .map(([t, c]) => `${t} "${c}"`).join(", ") || "none";
+  if (embedded) {
+    log.info(`backups unavailable: ${EMBEDDED_REASON}`);
+  } else {
+    log.info(`backups to ${storage}; schedules (${settings.timezone}): ${scheduled}`);
+  }
+
+  async function request(type: BackupType): Promise<{ instance: string }> {
+    let holder = services.instanceId;
+    if (services.leases) {
+      const found = await services.leases.holder(SCHEDULER_ROLE);
+      if (!found) {
+        throw new RuntimeError(
+          "BACKUP_UNAVAILABLE",
+          "No instance holds the backup scheduler lease right now; try again in a few seconds",
+        );
+      }
+      holder = found.instance;
+    }
+    return await services.transport.request<{ queued: true; instance: string }>(
+      { instance: holder, actor: BACKUP_ACTOR_ID },
+      { type: "backup.request", backupType: type },
+      { timeoutMs: 5000 },
+    );
+  }
+
+  return {
+    actors: embedded ? [] : [
+      schedulerSpec({
+        service,
+        settings,
+        leases: services.leases,
+        leaseTtlMs: services.config.cluster.leaseTtlMs,
+        transport: services.transport,
+        instanceId: services.instanceId,
+        log,
+        now: services.now,
+      }),
+    ],
+    routes(app) {
+      addBackupRoutes(app, {
+        list: (options) => service.list(options),
+        get: (id) => service.get(id),
+        availability: service.availability,
+        request,
+        adminToken: settings.adminToken,
+      });
+    },
+    async health() {
+      if (embedded) return { ok: true, available: false, reason: EMBEDDED_REASON };
+      try {
+        const [last] = await service.list({ limit: 1 });
+        return {
+          ok: true,
+          available: true,
+          storage: settings.storage.kind,
+          schedules: settings.schedules,
+          last: last
+            ? { name: last.name, type: last.type, status: last.status, startedAt: last.startedAt }
+            : null,
+        };
+      } catch (err) {
+        return { ok: true, available: true, error: describeError(err) };
+      }
+    },
+    stop() {
+      service.close();
+      return Promise.resolve();
+    },
+    // Embedders: runtime.concern<BackupService>("backup") creates, verifies and restores.
+    api: service,
+  };
+}

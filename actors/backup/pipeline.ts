@@ -1,0 +1,207 @@
+/**
+ * The streaming pipeline of backups and restores, in constant memory:
+ *
+ *   backup:  tool stdout → measure → compress (zstd | gzip) → encrypt + HMAC → storage
+ *   restore: storage → decrypt + HMAC check → decompress → measure → tool stdin
+ *
+ * Every stage is a stream with backpressure, so memory does not grow with the database.
+ * {@linkcode runPipeline} pipes the stages itself and watches every pipe and every process:
+ * a stage that fails, or a program that exits non-zero, fails the whole run with the most
+ * telling error, and the processes still running are killed.
+ * @module
+ */
+import { createHash } from "node:crypto";
+import { Duplex } from "node:stream";
+import { createGunzip, createGzip } from "node:zlib";
+import { RuntimeError } from "../../lib/errors.ts";
+import {
+  assertSuccess,
+  type PgTools,
+  type ToolProcess,
+  type ToolResult,
+} from "../../store/pg_tools.ts";
+
+/** A readable / writable pair the data flows through. */
+export type Stage = { writable: WritableStream<Uint8Array>; readable: ReadableStream<Uint8Array> };
+
+/** A compression or decompression stage, with the program behind it (if any). */
+export interface CodecStage {
+  /** The stream pair. */
+  stage: Stage;
+  /** The zstd process, or null for node:zlib. */
+  process: ToolProcess | null;
+}
+
+/** Compression settings. */
+export interface CompressionSettings {
+  /** zstd (the binary, fastest) or gzip (node:zlib). */
+  tool: "zstd" | "gzip";
+  /** Level (zstd 1-19, gzip 1-9). */
+  level: number;
+  /** zstd worker threads, 0 = one per core. */
+  threads: number;
+}
+
+/** Starts a compressor. */
+export function compressor(tools: PgTools, settings: CompressionSettings): CodecStage {
+  if (settings.tool === "zstd") {
+    const proc = tools.spawnTool(
+      "zstd",
+      ["-q", `-${settings.level}`, `-T${settings.threads}`, "-c", "-"],
+      { stdin: "piped", stdout: "piped" },
+    );
+    return { stage: { writable: proc.stdin!, readable: proc.stdout! }, process: proc };
+  }
+  const pair = Duplex.toWeb(createGzip({ level: Math.min(settings.level, 9) })) as unknown as Stage;
+  return { stage: pair, process: null };
+}
+
+/** Starts a decompressor for files written with `tool`. */
+export function decompressor(tools: PgTools, tool: "zstd" | "gzip"): CodecStage {
+  if (tool === "zstd") {
+    const proc = tools.spawnTool("zstd", ["-q", "-d", "-c", "-"], {
+      stdin: "piped",
+      stdout: "piped",
+    });
+    return { stage: { writable: proc.stdin!, readable: proc.stdout! }, process: proc };
+  }
+  return { stage: Duplex.toWeb(createGunzip()) as unknown as Stage, process: null };
+}
+
+/** Byte count and SHA-256 of what flowed through a {@linkcode measure} stage. */
+export interface Measurement {
+  /** Bytes. */
+  size: number;
+  /** Hex SHA-256. */
+  sha256: string;
+}
+
+/** A pass-through stage that counts and hashes the bytes. */
+export function measure(): {
+  stage: TransformStream<Uint8Array, Uint8Array>;
+  result: () => Measurement;
+} {
+  const hash = createHash("sha256");
+  let size = 0;
+  let digest: string | null = null;
+  const stage = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      hash.update(chunk);
+      size += chunk.length;
+      controller.enqueue(chunk);
+    },
+    flush() {
+      digest = hash.digest("hex");
+    },
+  });
+  return {
+    stage,
+    result: () => {
+      if (digest === null) {
+        throw new RuntimeError("INTERNAL", "The measured stream did not finish");
+      }
+      return { size, sha256: digest };
+    },
+  };
+}
+
+/** Options of {@linkcode runPipeline}. */
+export interface PipelineOptions<T> {
+  /** Where the data comes from. */
+  source: ReadableStream<Uint8Array>;
+  /** Stages in order (transform streams or process stdin/stdout pairs). */
+  stages: (Stage | TransformStream<Uint8Array, Uint8Array>)[];
+  /** Consumes the output (a storage upload, a process's stdin, …). */
+  sink: (stream: ReadableStream<Uint8Array>) => Promise<T>;
+  /** Every program involved; each must exit 0. */
+  processes: ToolProcess[];
+  /** Aborting fails the run and kills the programs. */
+  signal?: AbortSignal;
+  /** What the run does, for error sentences (e.g. `backup 2025…-full-3fa9c1`). */
+  what: string;
+}
+
+/** Codes that describe the data itself; they win over the errors they cause downstream. */
+const ROOT_CAUSES = new Set(["BACKUP_CORRUPT", "BACKUP_KEY_MISMATCH", "STORAGE_FAILED"]);
+
+/**
+ * Pipes `source` through `stages` into `sink` and waits for every program. Resolves with
+ * the sink's result only when every pipe finished cleanly and every program exited 0.
+ */
+export async function runPipeline<T>(
+  options: PipelineOptions<T>,
+): Promise<{ value: T; results: ToolResult[] }> {
+  const { processes } = options;
+  const errors: unknown[] = [];
+  let killed = false;
+  function killAll(): void {
+    if (killed) return;
+    killed = true;
+    for (const p of processes) p.kill("SIGTERM");
+  }
+  function failed(err: unknown): void {
+    errors.push(err);
+    killAll();
+  }
+  const onAbort = () => failed(options.signal?.reason ?? new Error("aborted"));
+  if (options.signal?.aborted) onAbort();
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+
+  const pipes: Promise<void>[] = [];
+  let stream = options.source;
+  for (const stage of options.stages) {
+    pipes.push(stream.pipeTo(stage.writable).catch((err) => failed(err)));
+    stream = stage.readable;
+  }
+  let value: T | undefined;
+  const sinkDone = options.sink(stream).then((v) => {
+    value = v;
+  }, (err) => {
+    failed(err);
+    // Unblock the producers: nobody reads their output any more.
+    stream.cancel(err).catch(() => {});
+  });
+  // A program that exits non-zero fails the run at once (its output may look complete).
+  const watched = processes.map((p) =>
+    p.finished.then((r) => {
+      if (!r.success && !killed) failed(toolError(r, options.what));
+      return r;
+    })
+  );
+  await Promise.all([...pipes, sinkDone]);
+  const results = await Promise.all(watched);
+  options.signal?.removeEventListener("abort", onAbort);
+  if (errors.length || results.some((r) => !r.success)) {
+    throw chooseError(errors, results, options.what);
+  }
+  return { value: value as T, results };
+}
+
+function toolError(result: ToolResult, what: string): RuntimeError {
+  try {
+    assertSuccess(result, what);
+  } catch (err) {
+    return err as RuntimeError;
+  }
+  return new RuntimeError("INTERNAL", `${what}: ${result.program} reported failure`);
+}
+
+/** Picks the error that explains the failure best (see the module doc). */
+function chooseError(errors: unknown[], results: ToolResult[], what: string): unknown {
+  const rootCause = errors.find((e) => e instanceof RuntimeError && ROOT_CAUSES.has(e.code));
+  if (rootCause) return rootCause;
+  // A program that failed on its own (exit code, not our SIGTERM) says most.
+  const own = results.find((r) => !r.success && r.signal === null);
+  if (own) return toolError(own, what);
+  const runtime = errors.find((e) => e instanceof RuntimeError);
+  if (runtime) return runtime;
+  if (errors.length) {
+    const first = errors[0];
+    return new RuntimeError(
+      "BACKUP_FAILED",
+      `${what} failed: ${first instanceof Error ? first.message : String(first)}`,
+      { cause: first },
+    );
+  }
+  return toolError(results.find((r) => !r.success)!, what);
+}

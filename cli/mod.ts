@@ -1,0 +1,36 @@
+/**
+ * `deno task cli <group> <command> …`: the runtime's admin commands. Each group lives in its
+ * own module (cli/backup.ts, …) and returns an exit code: 0 done, 1 failed, 2 bad usage.
+ *
+ * @example
+ * ```sh
+ * deno task cli backup create --type full
+ * deno task cli backup restore --to "2025-01-15 14:30:00+00" --target-dir /var/lib/pg-restored
+ * ```
+ * @module
+ */
+import { runBackupCli } from "./backup.ts";
+
+/** Command groups: what each is for and how to run it. */
+export const GROUPS: Record<string, { about: string; run(args: string[]): Promise<number> }> = {
+  backup: {
+    about: "take, list, verify, restore (incl. point-in-time) and prune database backups",
+    run: (args) => runBackupCli(args),
+  },
+};
+
+/** Runs the CLI; returns the exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [group, ...rest] = args;
+  const entry = group ? GROUPS[group] : undefined;
+  if (!entry) {
+    console.error(
+      `${group ? `Unknown command group: ${group}\n\n` : ""}usage: deno task cli <group> ...\n\n` +
+        Object.entries(GROUPS).map(([name, g]) => `  ${name.padEnd(10)} ${g.about}`).join("\n"),
+    );
+    return 2;
+  }
+  return await entry.run(rest);
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,119 @@
+import assert from "node:assert/strict";
+import { createApp } from "../../api/app.ts";
+import { addBackupRoutes, type BackupRoutesDeps } from "../../api/backups.ts";
+import type { BackupRecord } from "../../store/backup_history.ts";
+
+const TOKEN = "admin-token-0123456789abcdef";
+
+function record(id: number): BackupRecord {
+  return {
+    id,
+    name: `20250115T02000${id}Z-full-00000${id}`,
+    type: "full",
+    path: `file:///backups/20250115T02000${id}Z-full-00000${id}/`,
+    backupSize: 1000,
+    compressedSize: 400,
+    encryptionMethod: "aes-256-cbc+hmac-sha256",
+    status: "completed",
+    startedAt: new Date("2025-01-15T02:00:00Z"),
+    completedAt: new Date("2025-01-15T02:01:00Z"),
+    errorMessage: null,
+    metadata: { tables: 3 },
+    parentId: null,
+    trigger: "schedule",
+    instanceId: "host-a",
+    verifiedAt: new Date("2025-01-15T02:02:00Z"),
+    verification: { ok: true },
+    deletedAt: null,
+  };
+}
+
+function app(overrides: Partial<BackupRoutesDeps> = {}) {
+  const calls: { list: unknown[]; request: string[] } = { list: [], request: [] };
+  const deps: BackupRoutesDeps = {
+    list: (options) => {
+      calls.list.push(options);
+      return Promise.resolve([record(2), record(1)]);
+    },
+    get: (id) => Promise.resolve(id === "1" ? record(1) : null),
+    availability: { ok: true, reason: null },
+    request: (type) => {
+      calls.request.push(type);
+      return Promise.resolve({ instance: "host-b" });
+    },
+    adminToken: TOKEN,
+    ...overrides,
+  };
+  const hono = createApp({ health: () => Promise.reject(new Error("unused")) });
+  addBackupRoutes(hono, deps);
+  return { hono, calls };
+}
+
+function post(body: unknown, auth?: string) {
+  return new Request("http://x/backups", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(auth ? { authorization: auth } : {}) },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+}
+
+Deno.test("backup routes", async (t) => {
+  await t.step("GET /backups lists the history with filters", async () => {
+    const { hono, calls } = app();
+    const res = await hono.request("/backups?type=full&limit=5");
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    assert.equal(body.available, true);
+    assert.deepEqual(body.backups.map((b: { id: number }) => b.id), [2, 1]);
+    assert.equal(body.backups[0].verifiedAt, "2025-01-15T02:02:00.000Z");
+    assert.equal(body.backups[0].metadata, undefined, "details only on GET /backups/:id");
+    assert.deepEqual(calls.list, [{ type: "full", limit: 5, includeDeleted: false }]);
+    assert.equal((await hono.request("/backups?type=weekly")).status, 400);
+  });
+
+  await t.step("GET /backups/:id shows one backup with its details, or 404", async () => {
+    const { hono } = app();
+    const res = await hono.request("/backups/1");
+    assert.equal(res.status, 200);
+    assert.deepEqual((await res.json()).backup.metadata, { tables: 3 });
+    const missing = await hono.request("/backups/99");
+    assert.equal(missing.status, 404);
+    assert.equal((await missing.json()).error.code, "BACKUP_NOT_FOUND");
+    assert.equal((await hono.request("/backups/abc")).status, 400);
+  });
+
+  await t.step("POST /backups is forbidden while RS_ADMIN_TOKEN is unset", async () => {
+    const { hono, calls } = app({ adminToken: null });
+    const res = await hono.request(post({ type: "full" }, `Bearer ${TOKEN}`));
+    assert.equal(res.status, 403);
+    assert.match((await res.json()).error.message, /RS_ADMIN_TOKEN/);
+    assert.deepEqual(calls.request, []);
+  });
+
+  await t.step("POST /backups needs the bearer token", async () => {
+    const { hono, calls } = app();
+    for (const auth of [undefined, "Bearer wrong", `Basic ${TOKEN}`, `Bearer ${TOKEN}x`]) {
+      const res = await hono.request(post({ type: "full" }, auth));
+      assert.equal(res.status, 401, String(auth));
+    }
+    assert.deepEqual(calls.request, []);
+    const ok = await hono.request(post({ type: "base" }, `Bearer ${TOKEN}`));
+    assert.equal(ok.status, 202);
+    assert.deepEqual(await ok.json(), { status: "queued", type: "base", scheduler: "host-b" });
+    assert.deepEqual(calls.request, ["base"]);
+  });
+
+  await t.step("POST /backups validates the body after authorisation", async () => {
+    const { hono } = app();
+    assert.equal((await hono.request(post({ type: "weekly" }))).status, 401);
+    assert.equal((await hono.request(post({ type: "weekly" }, `Bearer ${TOKEN}`))).status, 400);
+    assert.equal((await hono.request(post("{not json", `Bearer ${TOKEN}`))).status, 400);
+  });
+
+  await t.step("POST /backups says why backups are unavailable (embedded mode)", async () => {
+    const { hono } = app({ availability: { ok: false, reason: "backups need a server" } });
+    const res = await hono.request(post({ type: "full" }, `Bearer ${TOKEN}`));
+    assert.equal(res.status, 503);
+    assert.equal((await res.json()).error.code, "BACKUP_UNAVAILABLE");
+  });
+});

@@ -1,0 +1,117 @@
+import assert from "node:assert/strict";
+import { loadConfig } from "../../lib/config.ts";
+import { startRuntime } from "../../runtime.ts";
+import { buildBackupConcern } from "../../actors/backup/mod.ts";
+import { startPostgres } from "../harness/mod.ts";
+import { createApp } from "../../api/app.ts";
+import { silentLogger } from "../../lib/log.ts";
+import type { RuntimeServices } from "../../actors/runtime/types.ts";
+import { migratedPool, seedApp, tempDir, TEST_KEY } from "./_helpers.ts";
+
+const TOKEN = "admin-token-0123456789abcdef";
+const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+
+async function until<T>(check: () => Promise<T | null>, ms = 20_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  while (true) {
+    const value = await check();
+    if (value !== null) return value;
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async (t) => {
+  await using pg = await startPostgres({ name: "bk-concern" });
+  const url = await pg.createDatabase("app");
+  await seedApp(pg, "app", 200);
+  const dataDir = await tempDir("rs-bk-concern-");
+  const env = {
+    BACKUP_DIR: `${dataDir}/backups`,
+    BACKUP_ENCRYPTION_KEY: TEST_KEY,
+    BACKUP_VERIFY: "checksums",
+    BACKUP_SCHEDULE_FULL: "off",
+    RS_ADMIN_TOKEN: TOKEN,
+  };
+  const config = loadConfig({
+    env: { DATABASE_URL: url, RS_SECRET_KEY: KEY, RS_DATA_DIR: dataDir, RS_PORT: "0" },
+    args: [],
+  });
+  const rt = await startRuntime(config, {
+    serve: false,
+    concerns: { backup: (services) => buildBackupConcern(services, env) },
+  });
+  try {
+    await t.step("the lone instance holds the scheduler and queues the request", async () => {
+      const res = await rt.app.request("/backups", {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ type: "full" }),
+      });
+      assert.equal(res.status, 202, await res.clone().text());
+      assert.equal((await res.json()).scheduler, config.instanceId);
+    });
+
+    await t.step("the backup completes, is verified, and shows in GET /backups", async () => {
+      const backup = await until(async () => {
+        const body = await (await rt.app.request("/backups")).json();
+        const b = body.backups[0];
+        return b && b.status === "completed" && b.verifiedAt ? b : null;
+      });
+      assert.equal(backup.type, "full");
+      assert.equal(backup.trigger, "manual");
+      const one = await (await rt.app.request(`/backups/${backup.id}`)).json();
+      assert.equal(one.backup.metadata.database, "app");
+      const actor = rt.inspector.list().find((a) => a.id === "backup");
+      assert.equal((actor?.summary as { stats: { completed: number } }).stats.completed, 1);
+    });
+
+    await t.step("/health reports the backup concern", async () => {
+      const health = await rt.health();
+      assert.equal(health.checks.backup.ok, true);
+      assert.equal(health.checks.backup.available, true);
+    });
+  } finally {
+    await rt.stop();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("backup concern in embedded mode says backups are unavailable", async () => {
+  // The concern only looks at the database mode; a real pool stands in for PGlite's.
+  await using pg = await startPostgres({ name: "bk-embedded" });
+  const sql = await migratedPool(await pg.createDatabase("app"));
+  const dataDir = await tempDir("rs-bk-embedded-");
+  const services = {
+    config: loadConfig({ env: { RS_DATA_DIR: dataDir }, args: [] }),
+    instanceId: "embedded-1",
+    log: silentLogger,
+    db: { mode: "embedded", sql },
+    leases: null,
+    secretKey: new Uint8Array(32),
+    now: Date.now,
+  } as unknown as RuntimeServices;
+  const concern = buildBackupConcern(services, { RS_ADMIN_TOKEN: TOKEN });
+  const app = createApp({ health: () => Promise.reject(new Error("unused")) });
+  concern.routes!(app, { signal: new AbortController().signal });
+  try {
+    assert.deepEqual(concern.actors, [], "no scheduler runs");
+    const list = await (await app.request("/backups")).json();
+    assert.equal(list.available, false);
+    assert.match(list.unavailableReason, /PGlite/);
+    const res = await app.request("/backups", {
+      method: "POST",
+      headers: { authorization: `Bearer ${TOKEN}` },
+      body: JSON.stringify({ type: "full" }),
+    });
+    assert.equal(res.status, 503);
+    assert.equal((await res.json()).error.code, "BACKUP_UNAVAILABLE");
+    const health = await concern.health!();
+    assert.equal(health.available, false);
+    assert.match(String(health.reason), /DATABASE_URL/);
+  } finally {
+    await concern.stop!();
+    await sql.end();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});

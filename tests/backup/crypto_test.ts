@@ -1,0 +1,201 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import {
+  checkEncryptedFile,
+  createDecryptStream,
+  createEncryptStream,
+  type EncryptedFile,
+  passphraseFromSecretKey,
+  signManifest,
+  verifyManifest,
+} from "../../lib/backup_crypto.ts";
+import { isRuntimeError } from "../../lib/errors.ts";
+
+const KEY = "correct horse battery staple 42";
+
+async function encrypt(data: Uint8Array, passphrase = KEY) {
+  const enc = createEncryptStream(passphrase);
+  const chunks: Uint8Array[] = [];
+  // Uneven chunks, as a pipe delivers them.
+  const parts = [data.subarray(0, 7), data.subarray(7, 70_000), data.subarray(70_000)];
+  await ReadableStream.from(parts).pipeThrough(enc.stream).pipeTo(
+    new WritableStream({ write: (c) => void chunks.push(c) }),
+  );
+  const bytes = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let o = 0;
+  for (const c of chunks) bytes.set(c, (o += c.length) - c.length);
+  return { bytes, meta: await enc.result };
+}
+
+async function decrypt(bytes: Uint8Array, meta: EncryptedFile, passphrase = KEY) {
+  const dec = createDecryptStream(passphrase, {
+    hmac: meta.hmac,
+    sha256: meta.sha256,
+    size: meta.size,
+  });
+  let n = 0;
+  const out: Uint8Array[] = [];
+  await ReadableStream.from([bytes.subarray(0, 10), bytes.subarray(10)]).pipeThrough(dec.stream)
+    .pipeTo(new WritableStream({ write: (c) => void (n += c.length, out.push(c)) }));
+  await dec.result;
+  return { size: n, chunks: out };
+}
+
+async function sh(script: string, env: Record<string, string>, stdin?: Uint8Array) {
+  const child = new Deno.Command("bash", {
+    args: ["-c", `set -euo pipefail; ${script}`],
+    env,
+    stdin: stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Feed stdin while output() drains stdout, or a full pipe would block both sides.
+  const feeding = stdin
+    ? (async () => {
+      const w = child.stdin.getWriter();
+      await w.write(stdin);
+      await w.close();
+    })()
+    : Promise.resolve();
+  const [out] = await Promise.all([child.output(), feeding]);
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return out.stdout;
+}
+
+Deno.test("backup encryption (openssl-compatible AES-256-CBC + HMAC-SHA256)", async (t) => {
+  const data = new Uint8Array(randomBytes(300_001));
+  const { bytes, meta } = await encrypt(data);
+
+  await t.step("writes the openssl Salted__ format and measures it", () => {
+    assert.equal(new TextDecoder().decode(bytes.subarray(0, 8)), "Salted__");
+    assert.equal(meta.size, bytes.length);
+    assert.equal(meta.plainSize, data.length);
+    // CBC pads to whole 16-byte blocks after the 16-byte header.
+    assert.equal(bytes.length, 16 + (Math.floor(data.length / 16) + 1) * 16);
+  });
+
+  await t.step("round-trips through the decrypting stream", async () => {
+    const { chunks } = await decrypt(bytes, meta);
+    const joined = new Uint8Array(data.length);
+    let o = 0;
+    for (const c of chunks) {
+      joined.set(c, o);
+      o += c.length;
+    }
+    assert.deepEqual(joined, data);
+  });
+
+  await t.step("openssl enc -d decrypts it byte for byte (the documented command)", async () => {
+    const plain = await sh(
+      "openssl enc -d -aes-256-cbc -pbkdf2 -iter 100000 -md sha256 -pass env:BACKUP_ENCRYPTION_KEY",
+      { BACKUP_ENCRYPTION_KEY: KEY },
+      bytes,
+    );
+    assert.deepEqual(plain, data);
+  });
+
+  await t.step("openssl kdf + dgst reproduce the HMAC (the documented check)", async () => {
+    const file = await Deno.makeTempFile();
+    try {
+      await Deno.writeFile(file, bytes);
+      const out = new TextDecoder().decode(
+        await sh(
+          `SALT=$(head -c 16 "$FILE" | tail -c 8 | od -An -tx1 | tr -d ' \\n')
+           MACKEY=$(openssl kdf -keylen 80 -kdfopt digest:SHA256 -kdfopt pass:"$BACKUP_ENCRYPTION_KEY" \\
+             -kdfopt hexsalt:$SALT -kdfopt iter:100000 PBKDF2 | tr -d ':\\n' | tail -c 64)
+           openssl dgst -sha256 -mac HMAC -macopt hexkey:$MACKEY "$FILE"`,
+          { BACKUP_ENCRYPTION_KEY: KEY, FILE: file },
+        ),
+      );
+      assert.match(out.trim(), new RegExp(`= ${meta.hmac}$`));
+    } finally {
+      await Deno.remove(file);
+    }
+  });
+
+  await t.step("a flipped byte, a truncation or another key fail the stream", async () => {
+    const flipped = bytes.slice();
+    flipped[5000] ^= 1;
+    await assert.rejects(decrypt(flipped, meta), (e) => isRuntimeError(e, "BACKUP_CORRUPT"));
+    await assert.rejects(
+      decrypt(bytes.subarray(0, bytes.length - 16), meta),
+      (e) => isRuntimeError(e, "BACKUP_CORRUPT") && /truncated/.test(e.message),
+    );
+    await assert.rejects(
+      decrypt(bytes, meta, "another passphrase entirely"),
+      (e) => isRuntimeError(e, "BACKUP_CORRUPT") && /HMAC/.test(e.message),
+    );
+  });
+
+  await t.step("checkEncryptedFile types what is wrong without decrypting", async () => {
+    const check = (b: Uint8Array, key = KEY) =>
+      checkEncryptedFile(ReadableStream.from([b]), key, meta).then((r) => r.status);
+    assert.equal(await check(bytes), "ok");
+    assert.equal(await check(bytes.subarray(0, 1000)), "size_mismatch");
+    const flipped = bytes.slice();
+    flipped[100] ^= 0x80;
+    assert.equal(await check(flipped), "checksum_mismatch");
+    assert.equal(await check(bytes, "another passphrase entirely"), "hmac_mismatch");
+  });
+
+  await t.step("streams in constant memory (RSS flat over 300 MiB more data)", async () => {
+    const chunk = new Uint8Array(1024 * 1024).fill(7);
+    let sent = 0;
+    const source = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent++ < 400) controller.enqueue(chunk);
+        else controller.close();
+      },
+    });
+    const enc = createEncryptStream(KEY);
+    // The first 100 MiB warm up the collector; after that, memory must not follow the data.
+    let warm = 0;
+    let peak = 0;
+    let seen = 0;
+    await source.pipeThrough(enc.stream).pipeTo(
+      new WritableStream({
+        write(c) {
+          seen += c.length;
+          if (seen % (16 * 1024 * 1024) >= c.length) return;
+          const rss = Deno.memoryUsage().rss;
+          if (seen < 100 * 1024 * 1024) warm = rss;
+          else peak = Math.max(peak, rss);
+        },
+      }),
+    );
+    assert.ok(seen > 400 * 1024 * 1024);
+    assert.ok(peak - warm < 64 * 1024 * 1024, `RSS grew ${(peak - warm) >> 20} MiB`);
+  });
+});
+
+Deno.test("manifest signatures", async (t) => {
+  const manifest = { name: "20250115T020000Z-full-3fa9c1", files: [{ size: 10 }] };
+  const signed = await signManifest(manifest, KEY);
+
+  await t.step("verify accepts the signed manifest, in any key order", async () => {
+    await verifyManifest(signed, KEY);
+    const reordered = Object.fromEntries(Object.entries(signed).reverse());
+    await verifyManifest(reordered, KEY);
+  });
+
+  await t.step("another key is BACKUP_KEY_MISMATCH, an edit is BACKUP_CORRUPT", async () => {
+    await assert.rejects(
+      verifyManifest(signed, "another passphrase entirely"),
+      (e) => isRuntimeError(e, "BACKUP_KEY_MISMATCH"),
+    );
+    await assert.rejects(
+      verifyManifest({ ...signed, files: [{ size: 11 }] }, KEY),
+      (e) => isRuntimeError(e, "BACKUP_CORRUPT"),
+    );
+    const { auth: _auth, ...unsigned } = signed;
+    await assert.rejects(verifyManifest(unsigned, KEY), (e) => isRuntimeError(e, "BACKUP_CORRUPT"));
+  });
+
+  await t.step("the default passphrase is derived from RS_SECRET_KEY, per key", () => {
+    const a = new Uint8Array(32).fill(1);
+    const b = new Uint8Array(32).fill(2);
+    assert.equal(passphraseFromSecretKey(a), passphraseFromSecretKey(a));
+    assert.notEqual(passphraseFromSecretKey(a), passphraseFromSecretKey(b));
+    assert.notEqual(passphraseFromSecretKey(a), btoa(String.fromCharCode(...a)));
+  });
+});
