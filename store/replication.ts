@@ -432,3 +432,9 @@ export async function canaryIdsPresent(sql: Sql, ids: number[]): Promise<number[
   const rows = await sql`SELECT id FROM replication_canary WHERE id = ANY(${ids}::bigint[])`;
   return rows.map((r) => Number(r.id));
 }
+
+/** Whether the server answering on `sql` is in recovery (a standby); the liveness probe. */
+export async function isInRecovery(sql: Sql): Promise<boolean> {
+  const [row] = await sql<{ recovery: boolean }[]>`SELECT pg_is_in_recovery() AS recovery`;
+  return row.recovery;
+}

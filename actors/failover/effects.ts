@@ -18,6 +18,7 @@ import {
   ensureSlot,
   fenceNode,
   insertFailoverRecord,
+  isInRecovery,
   maxRecordedEpoch,
   type NodeIdentity,
   type NodeState,
@@ -194,12 +195,9 @@ export async function probeNode(
 ): Promise<{ ok: boolean; error: string | null; latencyMs: number }> {
   const t0 = performance.now();
   try {
-    const [row] = await node(deps, name).probe(
-      (sql) => sql`SELECT pg_is_in_recovery() AS recovery`,
-      { timeoutMs },
-    );
+    const recovery = await node(deps, name).probe((sql) => isInRecovery(sql), { timeoutMs });
     const latencyMs = Math.round(performance.now() - t0);
-    if (row.recovery) {
+    if (recovery) {
       return { ok: false, error: `${name} answers but is in recovery`, latencyMs };
     }
     return { ok: true, error: null, latencyMs };

@@ -24,7 +24,7 @@ import {
   liveStreamStats,
   ping,
   replicationLag,
-} from "./database_stats.ts";
+} from "../../store/database_stats.ts";
 import type { PromFamily } from "./prometheus.ts";
 import type { QueryTimer } from "./query_timer.ts";
 

@@ -65,6 +65,7 @@ import {
 } from "../../store/users.ts";
 import { createChallengeStore } from "./challenges.ts";
 import { createRateLimiter, type RateLimit } from "./rate_limit.ts";
+import { ping } from "../../store/database_stats.ts";
 
 /** Bus channel on which an instance announces that a login attempt ended. */
 export const LOGIN_CHANNEL = "sessions.login";
@@ -525,7 +526,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       return { sessions: removed, attempts };
     },
     async probe() {
-      await sql`SELECT 1`;
+      await ping(sql);
       if (redis) await redis.ping();
     },
     connect(b) {

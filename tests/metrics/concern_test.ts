@@ -217,8 +217,18 @@ Deno.test("metrics concern in a running instance", async (t) => {
     });
 
     await t.step("/health carries the metrics check", async () => {
-      const health = JSON.parse((await get(`${rt.url}/health`)).text);
-      assert.equal(health.status, "ok");
+      // Under load the writer may be mid-batch or another check still settling: wait for
+      // the steady state instead of sampling one instant.
+      let health = JSON.parse((await get(`${rt.url}/health`)).text);
+      for (
+        let i = 0;
+        i < 50 && (health.status !== "ok" || health.checks.metrics.writer.state !== "idle");
+        i++
+      ) {
+        await new Promise((r) => setTimeout(r, 100));
+        health = JSON.parse((await get(`${rt.url}/health`)).text);
+      }
+      assert.equal(health.status, "ok", JSON.stringify(health.checks));
       assert.equal(health.checks.metrics.ok, true);
       assert.equal(health.checks.metrics.writer.state, "idle");
       assert.match(health.checks.metrics.reader, /^PromQL http:\/\/127\.0\.0\.1:/);

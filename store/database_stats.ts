@@ -4,7 +4,7 @@
  * postgres.js tagged template; nothing is spliced into SQL text.
  * @module
  */
-import type { Sql } from "../../store/types.ts";
+import type { Sql } from "./types.ts";
 
 /** A live stream with the figures the collector reports. */
 export interface LiveStreamStats {
