@@ -46,6 +46,20 @@ export interface ClusterNodeContext {
 /** Events of the cluster node. */
 export type ClusterNodeEvent = { type: "LEAVE" };
 
+function errorText(error: unknown): string {
+  return String((error as Error)?.message ?? error);
+}
+
+/** The change a heartbeat's answer makes to the member list. */
+function membershipChange(
+  { context, event }: { context: ClusterNodeContext; event: unknown },
+): { joined: string[]; left: string[] } {
+  return diff(
+    context.members,
+    (event as { output: MemberView[] }).output.map((m) => m.id).sort(),
+  );
+}
+
 function diff(before: string[], after: string[]): { joined: string[]; left: string[] } {
   const a = new Set(before);
   const b = new Set(after);
@@ -71,6 +85,18 @@ export const clusterNodeMachine = setup({
   actions: {
     /** Told with the ids that appeared and disappeared since the last heartbeat. */
     membershipChanged: (_, _params: { joined: string[]; left: string[] }) => {},
+    /** Keeps the live list a heartbeat returned. */
+    recordMembers: assign({
+      members: ({ event }) =>
+        (event as unknown as { output: MemberView[] }).output.map((m) => m.id).sort(),
+      failures: 0,
+      lastError: null,
+    }),
+    /** Counts a failed heartbeat. */
+    recordFailure: assign({
+      failures: ({ context }) => context.failures + 1,
+      lastError: ({ event }) => errorText((event as { error?: unknown }).error),
+    }),
   },
   delays: {
     heartbeat: ({ context }) => context.heartbeatMs,
@@ -134,37 +160,21 @@ export const clusterNodeMachine = setup({
             input: ({ context }) => ({ instanceId: context.instanceId }),
             onDone: {
               target: "waiting",
-              actions: [
-                {
-                  type: "membershipChanged",
-                  params: ({ context, event }) =>
-                    diff(context.members, event.output.map((m) => m.id).sort()),
-                },
-                assign({
-                  members: ({ event }) => event.output.map((m) => m.id).sort(),
-                  failures: 0,
-                  lastError: null,
-                }),
-              ],
+              actions: [{ type: "membershipChanged", params: membershipChange }, "recordMembers"],
             },
             onError: [
               {
                 guard: "isolating",
                 target: "#cluster_node.isolated",
-                actions: assign({
-                  failures: ({ context }) => context.failures + 1,
-                  lastError: ({ event }) => String((event.error as Error)?.message ?? event.error),
-                  reason: ({ context }) =>
-                    `isolated because ${context.failures + 1} heartbeats in a row failed`,
-                }),
+                actions: [
+                  assign({
+                    reason: ({ context }) =>
+                      `isolated because ${context.failures + 1} heartbeats in a row failed`,
+                  }),
+                  "recordFailure",
+                ],
               },
-              {
-                target: "waiting",
-                actions: assign({
-                  failures: ({ context }) => context.failures + 1,
-                  lastError: ({ event }) => String((event.error as Error)?.message ?? event.error),
-                }),
-              },
+              { target: "waiting", actions: "recordFailure" },
             ],
           },
         },
@@ -182,26 +192,12 @@ export const clusterNodeMachine = setup({
             onDone: {
               target: "#cluster_node.member",
               actions: [
-                {
-                  type: "membershipChanged",
-                  params: ({ context, event }) =>
-                    diff(context.members, event.output.map((m) => m.id).sort()),
-                },
-                assign({
-                  members: ({ event }) => event.output.map((m) => m.id).sort(),
-                  failures: 0,
-                  lastError: null,
-                  reason: "rejoined after isolation",
-                }),
+                { type: "membershipChanged", params: membershipChange },
+                "recordMembers",
+                assign({ reason: "rejoined after isolation" }),
               ],
             },
-            onError: {
-              target: "waiting",
-              actions: assign({
-                failures: ({ context }) => context.failures + 1,
-                lastError: ({ event }) => String((event.error as Error)?.message ?? event.error),
-              }),
-            },
+            onError: { target: "waiting", actions: "recordFailure" },
           },
         },
       },
