@@ -268,14 +268,24 @@ export async function untilAllFollow(
   urls: string[],
   options: { node?: string; afterEpoch?: number; ms?: number },
 ): Promise<void> {
-  await until(async () => {
-    const views = await Promise.all(urls.map(replication));
-    return views.every((v) =>
-      (options.node === undefined || v.primary?.node === options.node) &&
-      (v.primary?.epoch ?? 0) > (options.afterEpoch ?? 0) &&
-      v.pool?.epoch === v.primary?.epoch && v.pool?.node === v.primary?.node
-    );
-  }, { ms: options.ms ?? 20_000, what: `every instance following ${options.node ?? "a primary"}` });
+  let last: unknown[] = [];
+  try {
+    await until(async () => {
+      const views = await Promise.all(urls.map(replication));
+      last = views.map((v) => ({ primary: v.primary, pool: v.pool, why: v.why ?? v.state }));
+      return views.every((v) =>
+        (options.node === undefined || v.primary?.node === options.node) &&
+        (v.primary?.epoch ?? 0) > (options.afterEpoch ?? 0) &&
+        v.pool?.epoch === v.primary?.epoch && v.pool?.node === v.primary?.node
+      );
+    }, {
+      ms: options.ms ?? 40_000,
+      what: `every instance following ${options.node ?? "a primary"}`,
+    });
+  } catch (err) {
+    // Say what each instance believed, so a rare miss can be diagnosed from the CI log.
+    throw new Error(`${(err as Error).message}; last views: ${JSON.stringify(last)}`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
