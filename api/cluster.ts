@@ -6,6 +6,7 @@
  */
 import type { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
+import { pumpEvents } from "./sse.ts";
 import type { ActorView, Inspector, TransitionRecord } from "../actors/runtime/inspector.ts";
 import type { LiveMember } from "../actors/runtime/membership.ts";
 
@@ -42,69 +43,35 @@ export function addClusterRoutes(app: Hono, deps: ClusterRouteDeps): void {
       transitions: deps.inspector.transitions().slice(-100),
     }));
 
-  app.get("/actors/stream", (c) => {
-    return streamSSE(c, async (stream) => {
-      // A bounded queue per client: a slow reader loses events (and is told how many),
-      // it never makes the inspector or the actors wait.
-      const queue: { view: ActorView; transition: TransitionRecord | null }[] = [];
-      let missed = 0;
-      let wake: (() => void) | null = null;
-      const off = deps.inspector.subscribe((view, transition) => {
-        if (queue.length >= bufferSize) {
-          missed += queue.length;
-          queue.length = 0;
-        }
-        queue.push({ view, transition });
-        wake?.();
-      });
-      let closed = false;
-      const close = () => {
-        closed = true;
-        off();
-        wake?.();
-      };
-      stream.onAbort(close);
-      deps.signal?.addEventListener("abort", close, { once: true });
-      if (deps.signal?.aborted) close();
-      try {
-        await stream.writeSSE({
-          event: "hello",
-          data: JSON.stringify({
-            instance: deps.instanceId,
-            actors: deps.inspector.list(),
-            transitions: deps.inspector.transitions().slice(-100),
+  app.get(
+    "/actors/stream",
+    (c) =>
+      streamSSE(
+        c,
+        (stream) =>
+          pumpEvents<{ view: ActorView; transition: TransitionRecord | null }>(stream, {
+            subscribe: (push) =>
+              deps.inspector.subscribe((view, transition) => push({ view, transition })),
+            hello: () => ({
+              event: "hello",
+              data: JSON.stringify({
+                instance: deps.instanceId,
+                actors: deps.inspector.list(),
+                transitions: deps.inspector.transitions().slice(-100),
+              }),
+            }),
+            // A fresh full view lets the client re-sync after the gap.
+            missed: (missed) => JSON.stringify({ missed, actors: deps.inspector.list() }),
+            render: (item) => ({
+              event: "snapshot",
+              id: item.transition ? String(item.transition.seq) : undefined,
+              data: JSON.stringify(item),
+            }),
+            bufferSize,
+            signal: deps.signal,
           }),
-        });
-        while (!closed) {
-          if (!queue.length) {
-            const tick = new Promise<void>((r) => wake = r);
-            const keepAlive = setTimeout(() => wake?.(), 15_000);
-            await tick;
-            clearTimeout(keepAlive);
-            wake = null;
-            if (!queue.length && !closed) await stream.writeSSE({ event: "ping", data: "{}" });
-            continue;
-          }
-          if (missed) {
-            await stream.writeSSE({
-              event: "missed",
-              data: JSON.stringify({ missed, actors: deps.inspector.list() }),
-            });
-            missed = 0;
-          }
-          const item = queue.shift()!;
-          await stream.writeSSE({
-            event: "snapshot",
-            id: item.transition ? String(item.transition.seq) : undefined,
-            data: JSON.stringify(item),
-          });
-        }
-      } finally {
-        off();
-        deps.signal?.removeEventListener("abort", close);
-      }
-    });
-  });
+      ),
+  );
 
   app.get("/cluster", async (c) => {
     const members = deps.members ? await deps.members() : [deps.self()];

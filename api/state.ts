@@ -19,6 +19,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Context, Hono } from "hono";
 import { streamSSE } from "hono/streaming";
+import { pumpEvents } from "./sse.ts";
 import { z } from "zod";
 import type { Json } from "../lib/crdt.ts";
 import { ENTITY_ID_RE, ENTITY_TYPE_RE, FIELD_RE } from "../lib/crdt_batch.ts";
@@ -124,58 +125,24 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
   app.get("/state/stream", (c) => {
     const pattern = c.req.query("pattern") ?? "*";
     compilePattern(pattern); // validates (VALIDATION_FAILED) before the stream opens
+    type Item = { channel: string; data: Json; info: DeliveryInfo };
+    let seq = 0;
     return streamSSE(c, async (stream) => {
-      type Item = { channel: string; data: Json; info: DeliveryInfo };
-      const queue: Item[] = [];
-      let missed = 0;
-      let seq = 0;
-      let wake: (() => void) | null = null;
-      let closed = false;
-      // The callback only queues: a slow client never makes the node wait.
-      const off = node.subscribe(pattern, (channel, data, info) => {
-        if (queue.length >= bufferSize) {
-          missed += queue.length;
-          queue.length = 0;
-        }
-        queue.push({ channel, data, info });
-        wake?.();
-      });
-      const close = () => {
-        closed = true;
-        off();
-        wake?.();
-      };
-      stream.onAbort(close);
-      deps.signal?.addEventListener("abort", close, { once: true });
-      if (deps.signal?.aborted) close();
       try {
-        await stream.writeSSE({
-          event: "hello",
-          data: JSON.stringify({ instance: node.instanceId, pattern, buffer: bufferSize }),
-        });
-        while (!closed) {
-          if (!queue.length) {
-            const tick = new Promise<void>((r) => wake = r);
-            const keepAlive = setTimeout(() => wake?.(), 15_000);
-            await tick;
-            clearTimeout(keepAlive);
-            wake = null;
-            if (!queue.length && !closed) await stream.writeSSE({ event: "ping", data: "{}" });
-            continue;
-          }
-          if (missed) {
-            await stream.writeSSE({
-              event: "missed",
-              data: JSON.stringify({
-                missed,
-                hint: "events were dropped because this client read too slowly; " +
-                  "refetch the entities you follow with GET /state/:type/:id",
-              }),
-            });
-            missed = 0;
-          }
-          const item = queue.shift()!;
-          await stream.writeSSE({
+        await pumpEvents<Item>(stream, {
+          subscribe: (push) =>
+            node.subscribe(pattern, (channel, data, info) => push({ channel, data, info })),
+          hello: () => ({
+            event: "hello",
+            data: JSON.stringify({ instance: node.instanceId, pattern, buffer: bufferSize }),
+          }),
+          missed: (missed) =>
+            JSON.stringify({
+              missed,
+              hint: "events were dropped because this client read too slowly; " +
+                "refetch the entities you follow with GET /state/:type/:id",
+            }),
+          render: (item) => ({
             event: item.info.kind,
             id: String(++seq),
             data: JSON.stringify({
@@ -185,13 +152,12 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
               instance: item.info.instance,
               repaired: item.info.repaired,
             }),
-          });
-        }
+          }),
+          bufferSize,
+          signal: deps.signal,
+        });
       } catch (err) {
         log.debug("state event stream ended", { error: String(err) });
-      } finally {
-        off();
-        deps.signal?.removeEventListener("abort", close);
       }
     });
   });
