@@ -4,44 +4,12 @@
  * of a single instance without Redis.
  */
 import assert from "node:assert/strict";
-import { z } from "zod";
-import { assign, setup } from "xstate";
-import type { ActorSpec, RemoteEvent } from "../actors/runtime/types.ts";
+import { fragileSpec } from "./support/fragile_actor.ts";
 import { isRuntimeError } from "../lib/errors.ts";
 import { loadConfig } from "../lib/config.ts";
 import { startRuntime } from "../runtime.ts";
 import { startPostgres } from "./harness/mod.ts";
 import { until } from "./support/instance.ts";
-
-/** An actor that counts pings and crashes on demand. */
-const fragile = setup({
-  types: { context: {} as { pings: number }, events: {} as { type: "ping" } | { type: "crash" } },
-}).createMachine({
-  id: "fragile",
-  context: { pings: 0 },
-  initial: "up",
-  states: {
-    up: {
-      on: {
-        ping: { actions: assign({ pings: ({ context }) => context.pings + 1 }) },
-        crash: {
-          actions: () => {
-            throw new Error("fragile crashed on purpose");
-          },
-        },
-      },
-    },
-  },
-});
-
-const fragileSpec: ActorSpec = {
-  id: "fragile",
-  create: () => fragile,
-  accepts: {
-    ping: z.object({ type: z.literal("ping") }) as z.ZodType<RemoteEvent>,
-    crash: z.object({ type: z.literal("crash") }) as z.ZodType<RemoteEvent>,
-  },
-};
 
 async function readEvents(body: ReadableStream<Uint8Array>, want: (e: string) => boolean) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();

@@ -4,47 +4,14 @@
  * first request, and test actors that change state on demand.
  * @module
  */
-import { z } from "zod";
-import { assign, setup } from "xstate";
-import type { ActorSpec, ConcernFactory, RemoteEvent } from "../../actors/runtime/types.ts";
+import type { ActorSpec, ConcernFactory } from "../../actors/runtime/types.ts";
+export { fragileSpec } from "../support/fragile_actor.ts";
 import { addConsoleRoutes } from "../../api/console.ts";
 import { loadConfig } from "../../lib/config.ts";
 import { type Runtime, startRuntime } from "../../runtime.ts";
 
 /** Shared secret key of the test instances. */
 export const TEST_KEY: string = btoa(String.fromCharCode(...new Uint8Array(32).fill(7)));
-
-/** An actor that crashes on `crash`: with RS_MAX_RESTARTS=0 its supervisor gives it up. */
-const fragileMachine = setup({
-  types: { context: {} as { pings: number }, events: {} as { type: "ping" } | { type: "crash" } },
-}).createMachine({
-  id: "fragile",
-  context: { pings: 0 },
-  initial: "up",
-  states: {
-    up: {
-      on: {
-        ping: { actions: assign({ pings: ({ context }) => context.pings + 1 }) },
-        crash: {
-          actions: () => {
-            throw new Error("fragile crashed on purpose");
-          },
-        },
-      },
-    },
-  },
-});
-
-/** Registry entry of the crashing test actor (`fragile`). */
-export const fragileSpec: ActorSpec = {
-  id: "fragile",
-  create: () => fragileMachine,
-  summarize: (s) => ({ pings: (s as unknown as { context: { pings: number } }).context.pings }),
-  accepts: {
-    ping: z.object({ type: z.literal("ping") }) as z.ZodType<RemoteEvent>,
-    crash: z.object({ type: z.literal("crash") }) as z.ZodType<RemoteEvent>,
-  },
-};
 
 /** A running instance with the console. */
 export interface ConsoleNode {
