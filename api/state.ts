@@ -22,10 +22,11 @@ import { streamSSE } from "hono/streaming";
 import { pumpEvents } from "./sse.ts";
 import { z } from "zod";
 import type { Json } from "../lib/crdt.ts";
+import { parseChannelPattern } from "../lib/channel_pattern.ts";
 import { ENTITY_ID_RE, ENTITY_TYPE_RE, FIELD_RE } from "../lib/crdt_batch.ts";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
-import { compilePattern, type DeliveryInfo, type SyncNode } from "../actors/sync/node.ts";
+import type { DeliveryInfo, SyncNode } from "../actors/sync/node.ts";
 import { listConflicts, resolveConflict } from "../store/sync.ts";
 import type { Sql } from "../store/types.ts";
 
@@ -124,7 +125,7 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
 
   app.get("/state/stream", (c) => {
     const pattern = c.req.query("pattern") ?? "*";
-    compilePattern(pattern); // validates (VALIDATION_FAILED) before the stream opens
+    parseChannelPattern(pattern); // validates (VALIDATION_FAILED) before the stream opens
     type Item = { channel: string; data: Json; info: DeliveryInfo };
     let seq = 0;
     return streamSSE(c, async (stream) => {

@@ -52,6 +52,7 @@ import {
   FIELD_RE,
   parseEntityKey,
 } from "../../lib/crdt_batch.ts";
+import { type ChannelPattern, parseChannelPattern } from "../../lib/channel_pattern.ts";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { createHybridClock, type HybridClock } from "../../lib/hlc.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
@@ -258,8 +259,7 @@ interface Entity {
 }
 
 interface Subscription {
-  pattern: string;
-  re: RegExp;
+  pattern: ChannelPattern;
   callback: SyncCallback;
 }
 
@@ -267,21 +267,6 @@ const REPLY_BUDGET = 48_000;
 const MAX_DELTA_BYTES = 8192;
 const MAX_EVENT_BYTES = 8192;
 const PERSIST_GROUP = 200;
-
-/** Compiles a `*` / `?` glob over channel names. */
-export function compilePattern(pattern: string): RegExp {
-  if (!/^[a-z0-9_.*?-]{1,128}$/.test(pattern)) {
-    throw new RuntimeError(
-      "VALIDATION_FAILED",
-      `Invalid pattern ${JSON.stringify(pattern)}: use lower-case channel segments with * and ?`,
-    );
-  }
-  const body = pattern.replace(/[.+^${}()|[\]\\-]/g, "\\$&").replace(/\*/g, ".*").replace(
-    /\?/g,
-    ".",
-  );
-  return new RegExp(`^${body}$`);
-}
 
 function randomSuffix(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(8));
@@ -441,7 +426,7 @@ export function createSyncNode(options: SyncNodeOptions): SyncNode {
   function matching(channel: string): Subscription[] {
     let list = matchCache.get(channel);
     if (!list) {
-      list = [...subscriptions].filter((s) => s.re.test(channel));
+      list = [...subscriptions].filter((s) => s.pattern.matches(channel));
       if (matchCache.size > 10_000) matchCache.clear();
       matchCache.set(channel, list);
     }
@@ -1328,7 +1313,7 @@ export function createSyncNode(options: SyncNodeOptions): SyncNode {
       deliver(channel, data, info);
     },
     subscribe(pattern, callback) {
-      const sub: Subscription = { pattern, re: compilePattern(pattern), callback };
+      const sub: Subscription = { pattern: parseChannelPattern(pattern), callback };
       subscriptions.add(sub);
       matchCache.clear();
       return () => {

@@ -19,34 +19,11 @@ import { recordConflicts } from "../../store/sync.ts";
 import { createUser } from "../../store/users.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { until } from "./support.ts";
+import { sseReader } from "../support/sse.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 const TOKEN = "test-write-token-0123456789";
 const auth = { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" };
-
-/** Reads server-sent events from a response body. */
-function sseReader(res: Response) {
-  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = "";
-  return {
-    async next(): Promise<{ event: string; data: Record<string, unknown> }> {
-      for (;;) {
-        const end = buf.indexOf("\n\n");
-        if (end >= 0) {
-          const block = buf.slice(0, end);
-          buf = buf.slice(end + 2);
-          const event = /^event: (.*)$/m.exec(block)?.[1] ?? "message";
-          const data = JSON.parse(/^data: (.*)$/m.exec(block)?.[1] ?? "{}");
-          return { event, data };
-        }
-        const { value, done } = await reader.read();
-        if (done) throw new Error("the event stream ended");
-        buf += value;
-      }
-    },
-    cancel: () => reader.cancel(),
-  };
-}
 
 Deno.test("state routes and the sync concern in two runtimes", async (t) => {
   await using pg = await startPostgres();

@@ -1,0 +1,149 @@
+/**
+ * A subscription pattern is client input: `GET /state/stream?pattern=` is open to anyone.
+ * An instance process with two event streams whose patterns are of the maximum length and
+ * as adversarial as a backtracking matcher allows keeps answering `/health/live` promptly
+ * while state changes flow, the stream whose pattern matches still gets every change, and
+ * a pattern over the bound or with a foreign character is refused before any stream opens.
+ */
+import assert from "node:assert/strict";
+import { MAX_PATTERN_LENGTH } from "../../lib/channel_pattern.ts";
+import { startPostgres, startRedis } from "../harness/mod.ts";
+import { type InstanceProcess, launchInstance } from "../support/instance.ts";
+import { type SseReader, sseReader } from "../support/sse.ts";
+
+const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+const TOKEN = "pattern-test-token-0123456789";
+/** The issue's bound: a live instance answers its liveness probe within this. */
+const LIVE_MS = 100;
+/** State changes, each on a channel of its own so every one is matched afresh. */
+const CHANGES = 40;
+
+/**
+ * No channel ends in `z`, so a backtracking matcher tries every way of spreading the
+ * channel over the stars before it gives up: exponential in their number.
+ */
+const NEVER = "*".repeat(MAX_PATTERN_LENGTH - 1) + "z";
+/** Matches every `<type>.changed`, but a backtracking matcher finds that out slowly. */
+const EVERY_CHANGE = "*".repeat(MAX_PATTERN_LENGTH - ".changed".length) + ".changed";
+
+/** A fetch that gives up after `ms`; resolves to the response or to why it failed. */
+async function fetchWithin(
+  url: string,
+  ms: number,
+  init: RequestInit = {},
+): Promise<{ res: Response; ms: number } | { error: string; ms: number }> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), ms);
+  const t0 = performance.now();
+  try {
+    const res = await fetch(url, { ...init, signal: abort.signal });
+    // The body counts: the answer is complete only once it has been read.
+    const text = await res.text();
+    return { res: new Response(text, { status: res.status }), ms: performance.now() - t0 };
+  } catch (err) {
+    const why = abort.signal.aborted ? `no answer within ${ms} ms` : String(err);
+    return { error: why, ms: performance.now() - t0 };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("an adversarial subscription pattern cannot stall the instance", async (t) => {
+  await using pg = await startPostgres();
+  await using redis = await startRedis();
+  const dbUrl = await pg.createDatabase();
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-sync-pattern-" });
+  let instance: InstanceProcess | null = null;
+  let stalled = false;
+  const streams: SseReader[] = [];
+  try {
+    instance = await launchInstance({
+      DATABASE_URL: dbUrl,
+      REDIS_URL: redis.url,
+      RS_SECRET_KEY: KEY,
+      RS_DATA_DIR: dataDir,
+      RS_KEY_PREFIX: "rspat:",
+      RS_INSTANCE_ID: "pattern-a",
+      RS_PORT: "0",
+      RS_STATE_WRITE_TOKEN: TOKEN,
+      LOG_LEVEL: "error",
+    });
+    const url = instance.url;
+
+    await t.step("patterns over the bound or with other characters are refused", async () => {
+      for (
+        const [pattern, why] of [
+          ["a".repeat(MAX_PATTERN_LENGTH + 1), /at most 128 characters/],
+          ["stream.(a|b)", /"\(" at position 7/],
+          ["", /empty/],
+        ] as const
+      ) {
+        const res = await fetch(`${url}/state/stream?pattern=${encodeURIComponent(pattern)}`);
+        const body = await res.json();
+        assert.equal(res.status, 400, JSON.stringify(body));
+        assert.equal(body.error.code, "VALIDATION_FAILED");
+        assert.match(body.error.message, why);
+      }
+    });
+
+    await t.step("/health/live answers within 100 ms while state changes flow", async () => {
+      // Before the streams: what this machine gives, for the failure message.
+      const warm = await fetchWithin(`${url}/health/live`, 5_000);
+      assert.ok("res" in warm, `the instance answers at all: ${JSON.stringify(warm)}`);
+      for (const pattern of [NEVER, EVERY_CHANGE]) {
+        const res = await fetch(`${url}/state/stream?pattern=${encodeURIComponent(pattern)}`);
+        assert.equal(res.status, 200, `the stream of a ${pattern.length}-character pattern opens`);
+        const sse = sseReader(res);
+        streams.push(sse);
+        assert.equal((await sse.next("the hello event")).event, "hello");
+      }
+      const slow: string[] = [];
+      for (let i = 0; i < CHANGES && !slow.length; i++) {
+        // Not awaited yet: the probe runs while the instance handles the change.
+        const patch = fetchWithin(`${url}/state/t${i}/1`, 5_000, {
+          method: "PATCH",
+          headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+          body: JSON.stringify({ n: i }),
+        });
+        const live = await fetchWithin(`${url}/health/live`, LIVE_MS);
+        if (!("res" in live) || live.res.status !== 200 || live.ms >= LIVE_MS) {
+          slow.push(
+            `change ${i + 1}: /health/live ${
+              "res" in live ? `took ${live.ms.toFixed(1)} ms` : live.error
+            }`,
+          );
+        }
+        const done = await patch;
+        if (!("res" in done) || done.res.status !== 200) {
+          slow.push(`change ${i + 1}: PATCH ${"res" in done ? done.res.status : done.error}`);
+        }
+      }
+      stalled = slow.length > 0;
+      assert.deepEqual(
+        slow,
+        [],
+        `the instance stalled (liveness took ${warm.ms.toFixed(1)} ms before the streams): ${
+          slow.join("; ")
+        }`,
+      );
+    });
+
+    await t.step({
+      name: "the matching stream got every change, in order",
+      ignore: stalled,
+      fn: async () => {
+        const seen: string[] = [];
+        while (seen.length < CHANGES) {
+          const e = await streams[1].next(`change ${seen.length + 1} of ${CHANGES}`);
+          if (e.event === "change") seen.push((e.data as { channel: string }).channel);
+        }
+        assert.deepEqual(seen, Array.from({ length: CHANGES }, (_, i) => `t${i}.changed`));
+      },
+    });
+  } finally {
+    for (const s of streams) await s.cancel();
+    // A stalled process never runs its SIGTERM handler.
+    await instance?.stop(stalled ? "SIGKILL" : "SIGTERM");
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
