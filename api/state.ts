@@ -6,7 +6,8 @@
  * - `GET /state/stream?pattern=stream.*` — server-sent events of published events and
  *   entity changes whose channel matches the pattern. Each client has a bounded buffer:
  *   a client that cannot keep up loses the oldest events and receives a `missed` event
- *   saying how many, so it refetches; it never slows the node down.
+ *   saying how many, so it refetches; it never slows the node down. At most `maxStreams`
+ *   streams at once (RATE_LIMITED beyond).
  * - `GET /state/:type/:id` — an entity's current state on this instance
  *   (`?source=db`: rebuilt from PostgreSQL, latest snapshot plus later deltas).
  * - `PATCH /state/:type/:id` — applies a delta (validated) here at once; replication is
@@ -17,7 +18,8 @@
  * @module
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { Context, Hono } from "hono";
+import type { Context, Hono, MiddlewareHandler } from "hono";
+import { bodyLimit } from "hono/body-limit";
 import { streamSSE } from "hono/streaming";
 import { pumpEvents } from "./sse.ts";
 import { z } from "zod";
@@ -26,6 +28,7 @@ import { parseChannelPattern } from "../lib/channel_pattern.ts";
 import { ENTITY_ID_RE, ENTITY_TYPE_RE, FIELD_RE } from "../lib/crdt_batch.ts";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
+import { errorResponse } from "./app.ts";
 import type { DeliveryInfo, SyncNode } from "../actors/sync/node.ts";
 import { listConflicts, resolveConflict } from "../store/sync.ts";
 import type { Sql } from "../store/types.ts";
@@ -40,6 +43,8 @@ export interface StateRouteDeps {
   writeToken: string | null;
   /** Events buffered per event-stream client before it is told it missed some (default 256). */
   sseBuffer?: number;
+  /** Event streams served at once; more are refused with RATE_LIMITED (default 1000). */
+  maxStreams?: number;
   /** Aborted on shutdown: open event streams end so the server can stop. */
   signal?: AbortSignal;
   /** Clock for resolutions. */
@@ -58,6 +63,8 @@ const resolveBody = z.object({ value: z.unknown() as z.ZodType<Json> }).refine(
   (b) => b.value !== undefined,
   { message: "value is required" },
 );
+/** Largest write body read: a delta is at most 64 fields and 8 KB of JSON anyway. */
+const MAX_BODY = 64 * 1024;
 const conflictQuery = z.object({
   status: z.enum(["open", "resolved", "all"]).optional(),
   limit: z.string().regex(/^\d{1,4}$/).transform(Number).optional(),
@@ -117,6 +124,23 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
   const now = deps.now ?? Date.now;
   const log = deps.log ?? silentLogger;
   const node = deps.node;
+  const maxStreams = deps.maxStreams ?? 1000;
+  // Every open stream is a subscription each state change is matched against, so their
+  // number is what bounds the work a crowd of anonymous clients can cause.
+  let openStreams = 0;
+  // The caller is checked before the body is read: only a token holder can make us read one.
+  const writer: MiddlewareHandler = async (c, next) => {
+    requireWriter(c, deps.writeToken);
+    await next();
+  };
+  const limit = bodyLimit({
+    maxSize: MAX_BODY,
+    onError: () =>
+      errorResponse(
+        new RuntimeError("VALIDATION_FAILED", `Invalid body: it exceeds ${MAX_BODY} bytes`),
+        log,
+      ),
+  });
 
   app.get("/state", (c) => {
     c.header("cache-control", "no-store");
@@ -126,6 +150,14 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
   app.get("/state/stream", (c) => {
     const pattern = c.req.query("pattern") ?? "*";
     parseChannelPattern(pattern); // validates (VALIDATION_FAILED) before the stream opens
+    if (openStreams >= maxStreams) {
+      throw new RuntimeError(
+        "RATE_LIMITED",
+        `Cannot open an event stream: this instance already serves ${maxStreams}; ` +
+          "try again later or on another instance",
+      );
+    }
+    openStreams++;
     type Item = { channel: string; data: Json; info: DeliveryInfo };
     let seq = 0;
     return streamSSE(c, async (stream) => {
@@ -159,12 +191,13 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
         });
       } catch (err) {
         log.debug("state event stream ended", { error: String(err) });
+      } finally {
+        openStreams--;
       }
     });
   });
 
-  app.get("/state/conflicts", async (c) => {
-    requireWriter(c, deps.writeToken);
+  app.get("/state/conflicts", writer, async (c) => {
     const q = conflictQuery.safeParse(c.req.query());
     if (!q.success) {
       throw new RuntimeError(
@@ -176,8 +209,7 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
     return c.json({ conflicts });
   });
 
-  app.post("/state/conflicts/:id/resolve", async (c) => {
-    requireWriter(c, deps.writeToken);
+  app.post("/state/conflicts/:id/resolve", writer, limit, async (c) => {
     const id = Number(c.req.param("id"));
     if (!Number.isSafeInteger(id) || id < 1) {
       throw new RuntimeError(
@@ -215,8 +247,7 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
     return c.json({ entity });
   });
 
-  app.patch("/state/:type/:id", async (c) => {
-    requireWriter(c, deps.writeToken);
+  app.patch("/state/:type/:id", writer, limit, async (c) => {
     const { type, id } = parseEntity(c);
     const body = deltaBody.safeParse(await jsonBody(c));
     if (!body.success) {

@@ -4,12 +4,23 @@
  * as adversarial as a backtracking matcher allows keeps answering `/health/live` promptly
  * while state changes flow, the stream whose pattern matches still gets every change, and
  * a pattern over the bound or with a foreign character is refused before any stream opens.
+ * The number of open streams, and the size of write bodies, are bounded too.
  */
 import assert from "node:assert/strict";
+import { Hono } from "hono";
+import postgres from "postgres";
+import { createLocalTransport } from "../../actors/runtime/transport.ts";
+import { createSyncNode } from "../../actors/sync/node.ts";
+import { errorResponse } from "../../api/app.ts";
+import { addStateRoutes } from "../../api/state.ts";
 import { MAX_PATTERN_LENGTH } from "../../lib/channel_pattern.ts";
+import { silentLogger } from "../../lib/log.ts";
+import { createLocalBus } from "../../store/bus.ts";
+import type { Sql } from "../../store/types.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { type InstanceProcess, launchInstance } from "../support/instance.ts";
 import { type SseReader, sseReader } from "../support/sse.ts";
+import { until } from "./support.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 const TOKEN = "pattern-test-token-0123456789";
@@ -139,6 +150,89 @@ Deno.test("an adversarial subscription pattern cannot stall the instance", async
         }
         assert.deepEqual(seen, Array.from({ length: CHANGES }, (_, i) => `t${i}.changed`));
       },
+    });
+
+    await t.step("event streams are capped per instance; write bodies are bounded", async () => {
+      // In this process, with a cap of 2: the instance above keeps the default (1000).
+      const sql = postgres(dbUrl, { max: 1, onnotice: () => {} }) as Sql;
+      const bus = createLocalBus();
+      const node = createSyncNode({
+        instanceId: "capped",
+        sql,
+        bus,
+        transport: createLocalTransport({
+          instanceId: "capped",
+          bus,
+          actors: { spec: () => undefined, ref: () => undefined },
+        }),
+      });
+      const app = new Hono();
+      app.onError((err) => errorResponse(err, silentLogger));
+      addStateRoutes(app, { node, sql, writeToken: TOKEN, maxStreams: 2 });
+      const mine: SseReader[] = [];
+      try {
+        for (const n of [1, 2]) {
+          const res = await app.request("/state/stream?pattern=*");
+          assert.equal(res.status, 200, `stream ${n} opens`);
+          mine.push(sseReader(res));
+          assert.equal((await mine[mine.length - 1].next(`hello of stream ${n}`)).event, "hello");
+        }
+        const third = await app.request("/state/stream?pattern=*");
+        if (third.status === 200) {
+          mine.push(sseReader(third));
+          assert.fail("a third stream opened beyond the cap of 2");
+        }
+        const refused = await third.json();
+        assert.equal(third.status, 429, JSON.stringify(refused));
+        assert.equal(refused.error.code, "RATE_LIMITED");
+        assert.match(refused.error.message, /already serves 2/);
+        // A client that leaves frees its place once the server notices.
+        await mine.shift()!.cancel();
+        await until(async () => {
+          const res = await app.request("/state/stream?pattern=*");
+          if (res.status !== 200) {
+            await res.body?.cancel();
+            return false;
+          }
+          mine.push(sseReader(res));
+          return true;
+        }, "a place freed by the stream that ended");
+
+        const big = JSON.stringify({ title: "x".repeat(100_000) });
+        const json = { "content-type": "application/json" };
+        const anon = await app.request("/state/stream/1", {
+          method: "PATCH",
+          body: big,
+          headers: json,
+        });
+        assert.equal(anon.status, 401, "the caller is checked before the body is read");
+        await anon.body?.cancel();
+        const auth = { ...json, authorization: `Bearer ${TOKEN}` };
+        const sized = await app.request("/state/stream/1", {
+          method: "PATCH",
+          body: big,
+          headers: { ...auth, "content-length": String(big.length) },
+        });
+        const sizedBody = await sized.json();
+        assert.equal(sized.status, 400, JSON.stringify(sizedBody));
+        assert.match(sizedBody.error.message, /exceeds 65536 bytes/);
+        // Without a length up front the body is counted as it arrives.
+        const chunked = await app.request(
+          new Request("http://localhost/state/stream/1", {
+            method: "PATCH",
+            body: new Blob([big]).stream(),
+            headers: auth,
+          }),
+        );
+        const chunkedBody = await chunked.json();
+        assert.equal(chunked.status, 400, JSON.stringify(chunkedBody));
+        assert.match(chunkedBody.error.message, /exceeds 65536 bytes/);
+        assert.equal(node.getSnapshot("stream", 1), null, "nothing was applied");
+      } finally {
+        for (const s of mine) await s.cancel();
+        await node.close();
+        await sql.end();
+      }
     });
   } finally {
     for (const s of streams) await s.cancel();
