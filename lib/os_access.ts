@@ -24,6 +24,8 @@ export interface OsAccount {
   readonly gid: number;
   /** Supplementary group ids (from /etc/group), primary group included. */
   readonly groups: readonly number[];
+  /** Home directory. */
+  readonly home: string;
 }
 
 /** What an account needs to do with a path. */
@@ -33,6 +35,7 @@ interface PasswdEntry {
   name: string;
   uid: number;
   gid: number;
+  home: string;
 }
 
 async function readLines(path: string): Promise<string[]> {
@@ -46,7 +49,7 @@ async function readLines(path: string): Promise<string[]> {
 async function passwd(): Promise<PasswdEntry[]> {
   return (await readLines("/etc/passwd")).map((line) => {
     const f = line.split(":");
-    return { name: f[0], uid: Number(f[2]), gid: Number(f[3]) };
+    return { name: f[0], uid: Number(f[2]), gid: Number(f[3]), home: f[5] ?? "/" };
   }).filter((e) => Number.isInteger(e.uid) && Number.isInteger(e.gid));
 }
 
@@ -64,7 +67,7 @@ export async function lookupAccount(user: string | number): Promise<OsAccount | 
     const f = line.split(":");
     if ((f[3] ?? "").split(",").includes(entry.name)) groups.add(Number(f[2]));
   }
-  return { name: entry.name, uid: entry.uid, gid: entry.gid, groups: [...groups] };
+  return { ...entry, groups: [...groups] };
 }
 
 async function ownerName(uid: number): Promise<string> {

@@ -101,15 +101,15 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   try {
-    if (args[0] === "--check") {
-      console.log(await checkArchiveDir(args[1]));
-      Deno.exit(0);
+    // --check ends like an archiving run (no early exit), so it proves the whole path.
+    if (args[0] === "--check") console.log(await checkArchiveDir(args[1]));
+    else {
+      const [dir, name] = args.length === 2 ? args : [args[0], args[2]];
+      const data = args.length === 2
+        ? new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer())
+        : await Deno.readFile(args[1]);
+      await archiveWal(dir, name, data);
     }
-    const [dir, name] = args.length === 2 ? args : [args[0], args[2]];
-    const data = args.length === 2
-      ? new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer())
-      : await Deno.readFile(args[1]);
-    await archiveWal(dir, name, data);
   } catch (err) {
     console.error(`archive_wal: ${err instanceof Error ? err.message : err}`);
     Deno.exit(1);

@@ -16,6 +16,8 @@ export interface ArchiverStatus {
   lastFailedTime: Date | null;
   /** Pid of the archiver process, null when none runs (it exits when the command cannot run at all). */
   pid: number | null;
+  /** The WAL file archive_command last succeeded for (exit code 0). */
+  lastArchivedWal: string | null;
 }
 
 /** A completed WAL switch. */
@@ -50,16 +52,19 @@ export async function archiverStatus(sql: Sql): Promise<ArchiverStatus> {
       last_failed_wal: string | null;
       last_failed_time: Date | null;
       pid: number | null;
+      last_archived_wal: string | null;
     }[]
   >`
     SELECT failed_count::text AS failed_count, last_failed_wal, last_failed_time,
-           (SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver' LIMIT 1) AS pid
+           (SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver' LIMIT 1) AS pid,
+           last_archived_wal
     FROM pg_stat_archiver`;
   return {
     failedCount: Number(row.failed_count),
     lastFailedWal: row.last_failed_wal,
     lastFailedTime: row.last_failed_time,
     pid: row.pid,
+    lastArchivedWal: row.last_archived_wal,
   };
 }
 

@@ -119,8 +119,12 @@ export async function checkArchiver(
   if (problems.length || (!asServerUser && Deno.uid() !== account.uid)) {
     return { problems, probed: false };
   }
+  // PostgreSQL gives archive_command its own environment, not ours: no DENO_* of this
+  // process (deno test's DENO_COVERAGE_DIR would point into the checkout), that user's HOME.
   const probe = await tools.runTool(paths.deno, [...denoArgs(paths), "--check", paths.archiveDir], {
     asServerUser,
+    clearEnv: true,
+    env: { HOME: account.home },
     signal: AbortSignal.timeout(60_000),
   });
   if (!probe.success) {

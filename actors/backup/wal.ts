@@ -229,7 +229,7 @@ export async function switchAndAwaitArchive(
   const fail = (why: string, reach: string | null) =>
     new RuntimeError(
       "WAL_ARCHIVE_FAILED",
-      `WAL segment ${row.segment} did not reach the archive ${options.dir}: ${why}` +
+      `WAL segment ${row.segment} was not archived into ${options.dir}: ${why}` +
         `${reach ? `: ${reach}` : ""}. HINT: PostgreSQL runs archive_command as its own OS ` +
         "user, which must be able to run deno, read archive_wal.ts and write into the " +
         "archive; `deno task cli backup install-archiver` puts them where it can and checks " +
@@ -245,13 +245,10 @@ export async function switchAndAwaitArchive(
   let watch: ArchiverWatch = { failedBefore: before.failedCount, pid: before.pid };
   while (true) {
     options.signal?.throwIfAborted();
-    try {
-      await Deno.stat(path);
-      break;
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
-    }
     const state = await archiverStatus(sql);
+    // Done when the file is there and PostgreSQL counts it archived: a command that writes
+    // the file but exits non-zero is retried forever and holds back every later segment.
+    if (archivedUpTo(state, row.segment) && await isFile(path)) break;
     const look = observeArchiver(watch, state, Date.now() - switchedAt);
     watch = look.watch;
     if (look.verdict) throw fail(look.verdict, await explain(sql, options));
@@ -271,6 +268,23 @@ export async function switchAndAwaitArchive(
     timeline: parseInt(row.segment.slice(0, 8), 16),
     segmentBytes: bytes,
   };
+}
+
+/** Whether pg_stat_archiver's last archived file is `segment` or a later one. */
+function archivedUpTo(state: ArchiverStatus, segment: string): boolean {
+  const last = state.lastArchivedWal;
+  // Segments, .partial and .backup files start with the 24-digit segment name; timeline
+  // .history files (8 digits) say nothing about segments.
+  return last !== null && /^[0-9A-F]{24}/.test(last) && last.slice(0, 24) >= segment;
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
 }
 
 /** The configured archive_command explained by `options.explain`, or null (hidden, or nothing found). */

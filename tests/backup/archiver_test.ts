@@ -378,3 +378,54 @@ Deno.test("archive_mode off is reported at once, before any WAL switch", async (
     await sql.end();
   }
 });
+
+Deno.test({
+  name: "deno test's DENO_COVERAGE_DIR (inside the checkout) does not reach archive_command",
+  ignore: !ROOT,
+  fn: async () => {
+    const dir = await tempDir("rs-archiving-env-");
+    const locked = await rootOnlyDir();
+    // What `deno test --coverage` does: every deno started below would write coverage
+    // into the (root-only) checkout, and fail there as the postgres user.
+    const saved = Deno.env.get("DENO_COVERAGE_DIR");
+    Deno.env.set("DENO_COVERAGE_DIR", `${locked}/.coverage`);
+    try {
+      const good = await installArchiver(tools, {
+        archiveDir: `${dir}/wal`,
+        scriptDir: `${dir}/archiver`,
+      });
+      assert.equal(good.probed, true);
+      await using pg = await startPostgres({
+        name: "bk-archive-env",
+        settings: { archive_mode: "on", archive_command: good.command },
+      });
+      const sql = pool(pg.url);
+      try {
+        const abort = new AbortController();
+        const result = await within(
+          60_000,
+          "a working archive_command did not archive a segment",
+          abort,
+          switchAndAwaitArchive(sql, {
+            dir: good.archiveDir,
+            timeoutMs: 600_000,
+            signal: abort.signal,
+          }),
+        );
+        assert.equal(result.status, "fulfilled", String((result as PromiseRejectedResult).reason));
+        const { segment } = (result as PromiseFulfilledResult<{ segment: string }>).value;
+        assert.equal(
+          await pg.psql("SELECT failed_count || ' ' || last_archived_wal FROM pg_stat_archiver"),
+          `0 ${segment}`,
+        );
+      } finally {
+        await sql.end();
+      }
+    } finally {
+      if (saved === undefined) Deno.env.delete("DENO_COVERAGE_DIR");
+      else Deno.env.set("DENO_COVERAGE_DIR", saved);
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(locked, { recursive: true });
+    }
+  },
+});
