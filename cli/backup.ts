@@ -12,6 +12,7 @@
  * deno task cli backup restore <base-id|name> --target-dir <dir>
  * deno task cli backup prune [--dry-run]
  * deno task cli backup key
+ * deno task cli backup install-archiver [--archive-dir <dir>] [--script-dir <dir>] [--deno <path>]
  * ```
  *
  * Add `--json` for machine-readable output. Exit codes: 0 done, 1 failed, 2 bad usage.
@@ -31,6 +32,8 @@ import {
   openBackupService,
 } from "../actors/backup/service.ts";
 import { BACKUP_TYPES, type BackupType, loadBackupSettings } from "../actors/backup/settings.ts";
+import { installArchiver } from "../actors/backup/archiver.ts";
+import { createPgTools } from "../store/pg_tools.ts";
 
 /** Where the CLI writes and what it runs against (tests inject these). */
 export interface BackupCliDeps {
@@ -59,6 +62,11 @@ commands:
                        restore a base backup and replay all archived WAL
   prune [--dry-run]    apply the retention policy
   key                  print the encryption passphrase (for openssl; keep it secret)
+  install-archiver [--archive-dir <dir>] [--script-dir <dir>] [--deno <path>]
+                       copy scripts/archive_wal.ts where PostgreSQL's OS user can read it,
+                       create the WAL archive for that user, check both as that user and
+                       print archive_command (archive dir default: BACKUP_WAL_ARCHIVE_DIR;
+                       script dir default: "archiver" beside the archive)
 
 options: --json for machine-readable output`;
 
@@ -76,6 +84,9 @@ const OPTIONS = {
   "target-dir": { type: "string" },
   base: { type: "string" },
   "dry-run": { type: "boolean" },
+  "archive-dir": { type: "string" },
+  "script-dir": { type: "string" },
+  deno: { type: "string" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -249,6 +260,7 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
     restore: false,
     prune: false,
     key: false,
+    "install-archiver": false,
   };
   if (!(command in needs)) return usage(`Unknown command: ${command}`);
   if (command === "key") {
@@ -259,6 +271,43 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
       return 0;
     } catch (e) {
       err(`error: ${describeError(e)}`);
+      return 1;
+    }
+  }
+  if (command === "install-archiver") {
+    if (ref) return usage(`Unexpected argument: ${ref}`);
+    try {
+      const config = loadConfig({ env, args: [] });
+      const settings = loadBackupSettings(env, { dataDir: config.dataDir });
+      const archiveDir = values["archive-dir"] ?? settings.walArchiveDir;
+      if (!archiveDir) {
+        return usage("install-archiver needs --archive-dir <dir> or BACKUP_WAL_ARCHIVE_DIR");
+      }
+      const tools = createPgTools({ binDir: settings.pgBinDir, serverUser: settings.pgServerUser });
+      const parent = archiveDir.replace(/\/+$/, "").replace(/\/[^/]*$/, "") || "/";
+      const install = await installArchiver(tools, {
+        archiveDir,
+        scriptDir: values["script-dir"] ?? `${parent.replace(/\/$/, "")}/archiver`,
+        deno: values.deno,
+      });
+      print(
+        install,
+        [
+          `installed ${install.script} for the OS user ${install.user} ` +
+          (install.probed
+            ? `(checked by running it as ${install.user})`
+            : `(checked from file modes only: run this as root or as ${install.user} to run the check as ${install.user})`),
+          `WAL archive: ${install.archiveDir}`,
+          "add to postgresql.conf (a change of archive_mode needs a restart):",
+          "  archive_mode = on",
+          `  archive_command = '${install.command}'`,
+          `and set BACKUP_WAL_ARCHIVE_DIR=${install.archiveDir} for the runtime and this CLI`,
+        ].join("\n"),
+      );
+      return 0;
+    } catch (e) {
+      if (e instanceof RuntimeError) err(`error ${e.code}: ${e.message}`);
+      else err(`error: ${describeError(e)}`);
       return 1;
     }
   }

@@ -6,11 +6,14 @@
  *
  * Flags: `--base-port N` (first runtime port, default 8081; the other services use
  * ports above it), `--dir PATH` (default: a new temporary directory; PostgreSQL runs as
- * the `postgres` user when started by root, so the path must be traversable by it).
+ * the `postgres` user when started by root, so the path must be traversable by it: a
+ * --dir below a directory it cannot enter, such as a checkout in /root, is refused at
+ * once with the directory named).
  * @module
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { accessProblem, lookupAccount } from "../lib/os_access.ts";
 import { createPgTools, type PgServerProcess } from "../store/pg_tools.ts";
 
 const encoder = new TextEncoder();
@@ -165,6 +168,19 @@ export async function main(argv: string[]): Promise<number> {
   // The postgres user must be able to reach its data directories below this one.
   await Deno.chmod(dir, 0o755);
   say(`working directory ${dir}`);
+  const pg = createPgTools();
+  if (pg.dropsPrivileges) {
+    const account = await lookupAccount(pg.serverUser);
+    const problem = account ? await accessProblem(account, dir, { need: "enter" }) : null;
+    if (problem) {
+      console.error(
+        `Cannot run PostgreSQL in ${dir}: ${problem}. HINT: PostgreSQL runs as the OS user ` +
+          `${pg.serverUser}; pass a --dir it can reach (or none: a new directory under /tmp)`,
+      );
+      if (!opts.dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+      return 1;
+    }
+  }
 
   const members: Member[] = [];
   const stopAll = async () => {
@@ -182,7 +198,6 @@ export async function main(argv: string[]): Promise<number> {
 
   try {
     // PostgreSQL primary + replica (per-node settings on the command line).
-    const pg = createPgTools();
     const primaryDir = `${dir}/pg-primary/data`;
     await pg.prepareDir(`${dir}/pg-primary`);
     await pg.initdb(primaryDir);

@@ -10,6 +10,11 @@
  * The WAL file comes on stdin (`< %p`), so the script needs no access to the data
  * directory at all; `archive_wal.ts <dir> %p %f` (reading the file itself) works too.
  *
+ * PostgreSQL runs this as its own OS user, so that user must be able to run deno, read
+ * this file and write into the archive: `deno task cli backup install-archiver` copies it
+ * into a directory that user owns and proves all three with `archive_wal.ts --check <dir>`
+ * (writes, syncs and removes a probe file) run as that user (docs/backup.md).
+ *
  * - Atomic: written to a temporary name, fsynced, renamed, and the directory fsynced, so a
  *   crash never leaves a half-copied segment under a real name (PostgreSQL would then
  *   believe it archived).
@@ -61,6 +66,20 @@ export async function archiveWal(dir: string, name: string, data: Uint8Array): P
   return `archived ${name} (${data.length} bytes)`;
 }
 
+/** Proves `dir` takes a file: writes, syncs and removes a probe (what --check runs). */
+export async function checkArchiveDir(dir: string): Promise<string> {
+  const probe = `${dir.replace(/\/+$/, "")}/.archive_wal-check-${Deno.pid}`;
+  const file = await Deno.open(probe, { write: true, create: true, truncate: true, mode: 0o600 });
+  try {
+    await file.write(new TextEncoder().encode("rootstream archive check\n"));
+    await file.sync();
+  } finally {
+    file.close();
+    await Deno.remove(probe).catch(() => {});
+  }
+  return `${dir} takes archived WAL`;
+}
+
 async function sameContent(a: Uint8Array, b: Uint8Array): Promise<boolean> {
   if (a.length !== b.length) return false;
   const [da, db] = await Promise.all([
@@ -76,16 +95,21 @@ if (import.meta.main) {
   const args = Deno.args;
   if (args.length !== 2 && args.length !== 3) {
     console.error(
-      "usage: archive_wal.ts <archive-dir> %f < %p   |   archive_wal.ts <archive-dir> %p %f",
+      "usage: archive_wal.ts <archive-dir> %f < %p   |   archive_wal.ts <archive-dir> %p %f" +
+        "   |   archive_wal.ts --check <archive-dir>",
     );
     Deno.exit(2);
   }
   try {
-    const [dir, name] = args.length === 2 ? args : [args[0], args[2]];
-    const data = args.length === 2
-      ? new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer())
-      : await Deno.readFile(args[1]);
-    await archiveWal(dir, name, data);
+    // --check ends like an archiving run (no early exit), so it proves the whole path.
+    if (args[0] === "--check") console.log(await checkArchiveDir(args[1]));
+    else {
+      const [dir, name] = args.length === 2 ? args : [args[0], args[2]];
+      const data = args.length === 2
+        ? new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer())
+        : await Deno.readFile(args[1]);
+      await archiveWal(dir, name, data);
+    }
   } catch (err) {
     console.error(`archive_wal: ${err instanceof Error ? err.message : err}`);
     Deno.exit(1);

@@ -110,6 +110,11 @@ export interface ToolOptions {
   connection?: PgConnection;
   /** Extra environment variables. */
   env?: Record<string, string>;
+  /**
+   * Start from an empty environment (only PATH, `env` and the connection's variables) instead
+   * of this process's, as a program PostgreSQL runs would see it.
+   */
+  clearEnv?: boolean;
   /** Working directory (default: the system temp dir). */
   cwd?: string;
   /** Run as the server's OS user when root (default: only for server programs). */
@@ -454,6 +459,7 @@ export function createPgTools(options: PgToolsOptions = {}): PgTools {
 
   function envFor(opts: ToolOptions): Record<string, string> {
     return {
+      ...(opts.clearEnv ? { PATH: "/usr/local/bin:/usr/bin:/bin" } : {}),
       ...(opts.connection ? connectionEnv(opts.connection) : {}),
       ...(opts.env ?? {}),
       // Messages in English, so the parsing of pg_basebackup / server logs holds.
@@ -476,6 +482,7 @@ export function createPgTools(options: PgToolsOptions = {}): PgTools {
       child = new Deno.Command(argv.cmd, {
         args: argv.args,
         cwd: opts.cwd ?? "/tmp",
+        clearEnv: opts.clearEnv ?? false,
         env: envFor(opts),
         stdin: opts.stdin ?? "null",
         stdout: opts.stdout ?? "piped",

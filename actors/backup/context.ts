@@ -5,6 +5,7 @@
  */
 import { RuntimeError } from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
+import { type AccessNeed, accessProblem, lookupAccount } from "../../lib/os_access.ts";
 import type { PgTools } from "../../store/pg_tools.ts";
 import type { Sql } from "../../store/types.ts";
 import type { BackupSettings } from "./settings.ts";
@@ -45,13 +46,49 @@ export function requireServer(ctx: BackupContext, what: string): { url: string; 
   return { url: ctx.databaseUrl, sql: ctx.sql };
 }
 
+/**
+ * BACKUP_UNAVAILABLE, naming the obstacle, unless the PostgreSQL servers this runtime starts
+ * (throw-away restores and test-restores: as the server user when root, else as this
+ * process's user) can `need` `path` — so a directory below one only root may enter fails
+ * here, in one sentence, instead of as a server that will not start or WAL that never comes.
+ */
+export async function assertServerCanReach(
+  ctx: BackupContext,
+  path: string,
+  options: { need: AccessNeed; what: string; creatable?: boolean },
+): Promise<void> {
+  const self = Deno.uid();
+  if (self === null) return; // no Unix accounts to check (not Linux)
+  const account = await lookupAccount(ctx.tools.dropsPrivileges ? ctx.tools.serverUser : self);
+  const problem = account
+    ? await accessProblem(account, path, { need: options.need, creatable: options.creatable })
+    : null;
+  if (!problem) return;
+  throw new RuntimeError(
+    "BACKUP_UNAVAILABLE",
+    `${options.what}: ${problem}. HINT: PostgreSQL runs as the OS user ${account!.name}, ` +
+      "which must be able to enter every directory above it: choose a place such as /tmp or " +
+      "/var/lib/postgresql, or open the blocking directory to it",
+    { details: { path, problem } },
+  );
+}
+
 /** A new private directory for throw-away clusters and staging, owned by the server user. */
 export async function scratchDir(ctx: BackupContext, label: string): Promise<string> {
   const root = ctx.settings.scratchDir ?? Deno.env.get("TMPDIR") ?? "/tmp";
   await Deno.mkdir(root, { recursive: true });
   const dir = await Deno.makeTempDir({ dir: root, prefix: `rs-${label}-` });
-  await Deno.chmod(dir, 0o700);
-  await ctx.tools.chownToServerUser(dir);
+  try {
+    await Deno.chmod(dir, 0o700);
+    await ctx.tools.chownToServerUser(dir);
+    await assertServerCanReach(ctx, dir, {
+      need: "enter",
+      what: `Cannot stage in ${root} (BACKUP_SCRATCH_DIR, else $TMPDIR or /tmp)`,
+    });
+  } catch (err) {
+    await removeTree(dir);
+    throw err;
+  }
   return dir;
 }
 

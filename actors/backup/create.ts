@@ -13,6 +13,7 @@
  */
 import { BACKUP_CIPHER, createEncryptStream, PBKDF2_ITERATIONS } from "../../lib/backup_crypto.ts";
 import { RuntimeError } from "../../lib/errors.ts";
+import { lookupAccount } from "../../lib/os_access.ts";
 import {
   formatLsn,
   parseBaseBackupWal,
@@ -30,6 +31,7 @@ import {
   type ManifestFile,
   readCatalog,
 } from "./manifest.ts";
+import { explainArchiveCommand } from "./archiver.ts";
 import { compressor, measure, runPipeline } from "./pipeline.ts";
 import { tarFiles } from "./tar.ts";
 import { listArchive, segmentSize, selectWal, switchAndAwaitArchive } from "./wal.ts";
@@ -286,7 +288,8 @@ export async function planWalBackup(
     throw new RuntimeError(
       "BACKUP_UNAVAILABLE",
       `Cannot take an ${type} backup: BACKUP_WAL_ARCHIVE_DIR is not set. HINT: configure WAL ` +
-        "archiving with scripts/archive_wal.ts and point BACKUP_WAL_ARCHIVE_DIR at its directory",
+        "archiving (`deno task cli backup install-archiver` installs scripts/archive_wal.ts " +
+        "and prints archive_command) and point BACKUP_WAL_ARCHIVE_DIR at its directory",
     );
   }
   const catalog = await readCatalog(ctx.storage, ctx.passphrase);
@@ -316,6 +319,10 @@ export async function planWalBackup(
     dir,
     timeoutMs: ctx.settings.walTimeoutMs,
     signal: options.signal,
+    explain: async (command) => {
+      const account = await lookupAccount(ctx.tools.serverUser);
+      return account ? await explainArchiveCommand(command, account) : null;
+    },
   });
   const to = walSegmentNumber(switched.segment, switched.segmentBytes);
   if (to < from) return null;

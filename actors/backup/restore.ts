@@ -23,7 +23,13 @@ import {
   type ToolProcess,
   walSegmentNumber,
 } from "../../store/pg_tools.ts";
-import { type BackupContext, removeTree, scratchDir, userOf } from "./context.ts";
+import {
+  assertServerCanReach,
+  type BackupContext,
+  removeTree,
+  scratchDir,
+  userOf,
+} from "./context.ts";
 import { type Catalog, type Manifest, type ManifestFile, readManifest } from "./manifest.ts";
 import { decompressor, measure, runPipeline } from "./pipeline.ts";
 
@@ -570,6 +576,21 @@ export async function restorePointInTime(
   const suffix = crypto.randomUUID().slice(0, 8);
   const staging = `${parent}/.${leaf}.restoring-${suffix}`;
   const walDir = `${parent}/.${leaf}.wal-${suffix}`;
+  const archive = ctx.settings.walArchiveDir;
+  const usedArchive = archive !== null && await isDir(archive);
+  // PostgreSQL (its OS user) opens the staging directory and runs restore_command's cp
+  // from the WAL directories: say now if it cannot, not after unpacking everything.
+  await assertServerCanReach(ctx, target, {
+    need: "enter",
+    creatable: true,
+    what: `Cannot restore into ${target}`,
+  });
+  if (usedArchive) {
+    await assertServerCanReach(ctx, archive!, {
+      need: "read",
+      what: `Cannot replay WAL from the archive ${archive} (BACKUP_WAL_ARCHIVE_DIR)`,
+    });
+  }
   const scratch = await scratchDir(ctx, "pitr");
   let server: PgServerProcess | null = null;
   try {
@@ -579,8 +600,6 @@ export async function restorePointInTime(
     await extractTar(ctx, base, staging, options.signal);
     await ctx.tools.prepareDir(walDir);
     for (const m of walBackups) await extractTar(ctx, m, walDir, options.signal);
-    const archive = ctx.settings.walArchiveDir;
-    const usedArchive = archive !== null && await isDir(archive);
     const undo = await configureRecovery(ctx, staging, {
       walDirs: [walDir, ...(usedArchive ? [archive!] : [])],
       targetTime: options.targetTime,

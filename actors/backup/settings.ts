@@ -50,7 +50,7 @@ export interface BackupSettings {
   timezone: string;
   /** Retention per type. */
   retention: Record<BackupType, RetentionRule>;
-  /** Directory archive_wal.ts writes WAL to (needed by incremental, differential, PITR). */
+  /** Directory archive_command (archive_wal.ts) writes WAL to (incremental, differential, PITR). */
   walArchiveDir: string | null;
   /** How long a backup waits for its last WAL segment to be archived. */
   walTimeoutMs: number;
@@ -161,7 +161,7 @@ export const BACKUP_SETTINGS: readonly { env: string; default: string; descripti
   {
     env: "BACKUP_WAL_ARCHIVE_DIR",
     default: "(none)",
-    description: "WAL archive that scripts/archive_wal.ts fills",
+    description: "WAL archive that archive_command fills (cli backup install-archiver)",
   },
   {
     env: "BACKUP_WAL_TIMEOUT_S",
@@ -197,7 +197,7 @@ export const BACKUP_SETTINGS: readonly { env: string; default: string; descripti
   {
     env: "PG_OS_USER",
     default: "postgres",
-    description: "OS user PostgreSQL server programs run as when the runtime is root",
+    description: "OS user PostgreSQL runs as (and archive_command is installed for)",
   },
 ];
 

@@ -8,6 +8,15 @@
 import { RuntimeError } from "../../lib/errors.ts";
 import { walSegmentNumber } from "../../store/pg_tools.ts";
 import type { Sql } from "../../store/types.ts";
+import {
+  archiveCommandSetting,
+  archiveMode,
+  type ArchiverStatus,
+  archiverStatus,
+  switchWal,
+  walSegmentBytes,
+  type WalSwitch,
+} from "../../store/wal_archiving.ts";
 
 /** One file of the WAL archive. */
 export interface ArchivedWal {
@@ -54,8 +63,9 @@ export async function listArchive(dir: string, segmentBytes: number): Promise<Ar
     if (err instanceof Deno.errors.NotFound) {
       throw new RuntimeError(
         "WAL_ARCHIVE_FAILED",
-        `The WAL archive directory ${dir} does not exist. HINT: set archive_command to ` +
-          `scripts/archive_wal.ts with this directory (docs/backup.md) and BACKUP_WAL_ARCHIVE_DIR`,
+        `The WAL archive directory ${dir} does not exist. HINT: create it and archive_command ` +
+          "with `deno task cli backup install-archiver --archive-dir " + dir +
+          "` (docs/backup.md), and set BACKUP_WAL_ARCHIVE_DIR to it",
       );
     }
     throw new RuntimeError(
@@ -113,28 +123,94 @@ export interface AwaitArchiveOptions {
   timeoutMs: number;
   /** Aborting stops the wait. */
   signal?: AbortSignal;
+  /**
+   * Says why the server's OS user cannot run the configured archive_command (see
+   * actors/backup/archiver.ts), or null; asked only once archiving has failed.
+   */
+  explain?: (command: string) => Promise<string | null>;
 }
 
 /** wal_segment_size of the server, in bytes. */
-export async function segmentSize(sql: Sql): Promise<number> {
-  const [row] = await sql<{ bytes: string }[]>`
-    SELECT setting AS bytes FROM pg_settings WHERE name = 'wal_segment_size'`;
-  return Number(row.bytes);
+export function segmentSize(sql: Sql): Promise<number> {
+  return walSegmentBytes(sql);
+}
+
+/**
+ * PostgreSQL's archiver tries a failing archive_command this many times in a row, then
+ * sleeps until the next WAL switch or a minute has passed (NUM_ARCHIVE_RETRIES in pgarch.c).
+ */
+const ARCHIVER_RETRIES = 3;
+
+/**
+ * How long after the switch an archiver that was not running may take to appear. The
+ * postmaster restarts a stopped archiver at most every 10 s (PGARCH_RESTART_INTERVAL); one
+ * that cannot run archive_command lives only milliseconds, so it may never be seen at all.
+ */
+const ARCHIVER_ABSENT_MS = 20_000;
+
+/** Why PostgreSQL stops its archiver; the one sentence for that situation. */
+const ARCHIVER_STOPPED = "the archiver process stopped, which PostgreSQL does when " +
+  "archive_command cannot be run at all (not found or not executable: exit code 126 or 127, " +
+  "or killed by a signal)";
+
+/** What a wait has seen of the archiver since just before the switch. */
+interface ArchiverWatch {
+  /** pg_stat_archiver.failed_count before the switch. */
+  failedBefore: number;
+  /** The archiver pid last seen (null: none seen running). */
+  pid: number | null;
+}
+
+/**
+ * One look at the archiver: the verdict when archiving cannot succeed without a change —
+ * PostgreSQL's retries used up, or an archiver seen running has stopped (or never came) —
+ * else null, with what to remember for the next look.
+ */
+function observeArchiver(
+  watch: ArchiverWatch,
+  now: ArchiverStatus,
+  sinceSwitchMs: number,
+): { watch: ArchiverWatch; verdict: string | null } {
+  const failures = now.failedCount - watch.failedBefore;
+  if (failures >= ARCHIVER_RETRIES) {
+    return {
+      watch,
+      verdict:
+        `archive_command failed ${failures} times for ${now.lastFailedWal} (last at ${now.lastFailedTime?.toISOString()}), and PostgreSQL now waits up to a minute before trying again`,
+    };
+  }
+  // The archiver exits (FATAL) only when archive_command cannot be run at all.
+  const stopped = watch.pid !== null && now.pid !== watch.pid;
+  const neverCame = watch.pid === null && now.pid === null && sinceSwitchMs > ARCHIVER_ABSENT_MS;
+  return {
+    watch: { ...watch, pid: now.pid ?? watch.pid },
+    verdict: stopped || neverCame ? ARCHIVER_STOPPED : null,
+  };
 }
 
 /**
  * Switches to a new WAL segment and waits until the completed one is in the archive, so a
- * WAL backup taken now holds every commit made before this call.
+ * WAL backup taken now holds every commit made before this call. It fails at once when
+ * archive_mode is off, and within seconds when pg_stat_archiver shows archive_command
+ * failing (or the archiver gone), naming — through `explain` — what the server's OS user
+ * cannot reach; `timeoutMs` bounds only a slow archive.
  */
 export async function switchAndAwaitArchive(
   sql: Sql,
   options: AwaitArchiveOptions,
 ): Promise<SwitchedWal> {
-  let row: { lsn: string; segment: string; recovery: boolean };
+  if (await archiveMode(sql) === "off") {
+    throw new RuntimeError(
+      "WAL_ARCHIVE_FAILED",
+      `Cannot archive WAL into ${options.dir}: archive_mode is off on the server. HINT: set ` +
+        "archive_mode = on and archive_command (deno task cli backup install-archiver prints " +
+        "it; docs/backup.md), then restart PostgreSQL",
+    );
+  }
+  const before = await archiverStatus(sql);
+  let row: WalSwitch;
   try {
-    [row] = await sql<{ lsn: string; segment: string; recovery: boolean }[]>`
-      SELECT lsn::text AS lsn, pg_walfile_name(lsn) AS segment, false AS recovery
-      FROM pg_switch_wal() AS lsn`;
+    row = await switchWal(sql);
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     throw new RuntimeError(
@@ -146,34 +222,42 @@ export async function switchAndAwaitArchive(
       { cause: err },
     );
   }
+  const switchedAt = Date.now();
   const bytes = await segmentSize(sql);
   const path = `${options.dir.replace(/\/+$/, "")}/${row.segment}`;
-  const deadline = Date.now() + options.timeoutMs;
+  const deadline = switchedAt + options.timeoutMs;
+  const fail = (why: string, reach: string | null) =>
+    new RuntimeError(
+      "WAL_ARCHIVE_FAILED",
+      `WAL segment ${row.segment} was not archived into ${options.dir}: ${why}` +
+        `${reach ? `: ${reach}` : ""}. HINT: PostgreSQL runs archive_command as its own OS ` +
+        "user, which must be able to run deno, read archive_wal.ts and write into the " +
+        "archive; `deno task cli backup install-archiver` puts them where it can and checks " +
+        "(docs/backup.md); the PostgreSQL log has the command's own error",
+      { details: { segment: row.segment, problem: reach } },
+    );
+  // No archiver before the switch means its last attempt could not run the command at all;
+  // if this host shows why, there is nothing to wait for.
+  if (before.pid === null) {
+    const reach = await explain(sql, options);
+    if (reach) throw fail(ARCHIVER_STOPPED, reach);
+  }
+  let watch: ArchiverWatch = { failedBefore: before.failedCount, pid: before.pid };
   while (true) {
     options.signal?.throwIfAborted();
-    try {
-      await Deno.stat(path);
-      break;
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
-    }
+    const state = await archiverStatus(sql);
+    // Done when the file is there and PostgreSQL counts it archived: a command that writes
+    // the file but exits non-zero is retried forever and holds back every later segment.
+    if (archivedUpTo(state, row.segment) && await isFile(path)) break;
+    const look = observeArchiver(watch, state, Date.now() - switchedAt);
+    watch = look.watch;
+    if (look.verdict) throw fail(look.verdict, await explain(sql, options));
     if (Date.now() > deadline) {
-      const [archiver] = await sql<
-        { last_failed_wal: string | null; last_failed_time: Date | null; archive_mode: string }[]
-      >`
-        SELECT last_failed_wal, last_failed_time,
-               current_setting('archive_mode') AS archive_mode
-        FROM pg_stat_archiver`;
-      const why = archiver.archive_mode === "off"
-        ? "archive_mode is off on the server"
-        : archiver.last_failed_wal
-        ? `archiving ${archiver.last_failed_wal} last failed at ${archiver.last_failed_time?.toISOString()}`
-        : "the archiver has not reported a failure";
-      throw new RuntimeError(
-        "WAL_ARCHIVE_FAILED",
-        `WAL segment ${row.segment} did not reach the archive ${options.dir} within ` +
-          `${Math.round(options.timeoutMs / 1000)} s: ${why}. HINT: see the PostgreSQL log ` +
-          "and docs/backup.md for archive_command",
+      throw fail(
+        `it was not there after ${Math.round(options.timeoutMs / 1000)} s ` +
+          "(BACKUP_WAL_TIMEOUT_S), and PostgreSQL's archiver, still running, has not given up " +
+          "on it: archiving is slow or far behind",
+        null,
       );
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
@@ -184,6 +268,33 @@ export async function switchAndAwaitArchive(
     timeline: parseInt(row.segment.slice(0, 8), 16),
     segmentBytes: bytes,
   };
+}
+
+/** Whether pg_stat_archiver's last archived file is `segment` or a later one. */
+function archivedUpTo(state: ArchiverStatus, segment: string): boolean {
+  const last = state.lastArchivedWal;
+  // Segments, .partial and .backup files start with the 24-digit segment name; timeline
+  // .history files (8 digits) say nothing about segments.
+  return last !== null && /^[0-9A-F]{24}/.test(last) && last.slice(0, 24) >= segment;
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/** The configured archive_command explained by `options.explain`, or null (hidden, or nothing found). */
+async function explain(sql: Sql, options: AwaitArchiveOptions): Promise<string | null> {
+  if (!options.explain) return null;
+  try {
+    return await options.explain(await archiveCommandSetting(sql));
+  } catch {
+    return null;
+  }
 }
 
 /**

@@ -44,6 +44,15 @@ Deno.test("archive_wal.ts (the archive_command)", async (t) => {
       assert.deepEqual(await Deno.readFile(`${dir}/${SEGMENT}`), data);
     });
 
+    await t.step("--check proves the directory takes files and leaves nothing", async () => {
+      const ok = await runScript(dir, ["--check", dir], new Uint8Array());
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), [SEGMENT]);
+      const missing = await runScript(dir, ["--check", `${dir}/absent`], new Uint8Array());
+      assert.equal(missing.code, 1);
+      assert.match(missing.stderr, /^archive_wal: /);
+    });
+
     await t.step("names that are not WAL files are refused", async () => {
       await assert.rejects(archiveWal(dir, "../../etc/passwd", data), /not a WAL file name/);
       assert.match(await archiveWal(dir, "00000002.history", data), /archived/);

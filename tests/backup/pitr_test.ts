@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
+import { installArchiver } from "../../actors/backup/archiver.ts";
 import { isRuntimeError } from "../../lib/errors.ts";
 import { createPgTools } from "../../store/pg_tools.ts";
 import { startPostgres } from "../harness/mod.ts";
@@ -7,7 +7,6 @@ import { migratedPool, tempDir, testService } from "./_helpers.ts";
 
 const tools = createPgTools();
 const chownPostgres = (path: string) => tools.chownToServerUser(path);
-const ARCHIVE_SCRIPT = fileURLToPath(new URL("../../scripts/archive_wal.ts", import.meta.url));
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -15,17 +14,16 @@ function sleep(ms: number): Promise<void> {
 
 Deno.test("physical backups, WAL archiving and point-in-time recovery", async (t) => {
   const dir = await tempDir("rs-bk-pitr-");
-  const archive = `${dir}/wal-archive`;
-  await Deno.mkdir(archive, { mode: 0o750 });
-  await chownPostgres(archive);
+  // As a deployment does it: the script is copied out of the checkout (which the postgres
+  // user may not be able to enter) into a directory that user owns.
+  const archiver = await installArchiver(tools, {
+    archiveDir: `${dir}/wal-archive`,
+    scriptDir: `${dir}/archiver`,
+  });
+  const archive = archiver.archiveDir;
   await using pg = await startPostgres({
     name: "bk-pitr",
-    settings: {
-      archive_mode: "on",
-      archive_command:
-        `${Deno.execPath()} run --allow-read=${archive} --allow-write=${archive} --no-prompt ` +
-        `${ARCHIVE_SCRIPT} ${archive} %f < %p`,
-    },
+    settings: { archive_mode: "on", archive_command: archiver.command },
   });
   const url = await pg.createDatabase("app");
   await pg.psql(
@@ -147,6 +145,26 @@ Deno.test("physical backups, WAL archiving and point-in-time recovery", async (t
         const leftovers = [...Deno.readDirSync(dir)].map((e) => e.name)
           .filter((n) => n.includes("too-late"));
         assert.deepEqual(leftovers, []);
+      },
+    );
+
+    await t.step(
+      "a target directory PostgreSQL's user cannot enter is refused before unpacking",
+      async () => {
+        if (!tools.dropsPrivileges) return; // as one user, servers can enter our directories
+        const locked = await Deno.makeTempDir({ prefix: "rs-bk-pitr-locked-" });
+        await Deno.chmod(locked, 0o700);
+        try {
+          await assert.rejects(
+            service.restorePointInTime({ targetTime: target, targetDir: `${locked}/restored` }),
+            (err) =>
+              isRuntimeError(err, "BACKUP_UNAVAILABLE") &&
+              err.message.includes(`it cannot enter ${locked} (mode 0700, owner root)`),
+          );
+          assert.deepEqual([...Deno.readDirSync(locked)], []);
+        } finally {
+          await Deno.remove(locked, { recursive: true });
+        }
       },
     );
 

@@ -65,3 +65,33 @@ Deno.test("deno task cluster: three instances up, everything stopped on Ctrl-C",
     assert.ok(portFree(base + d), `port ${base + d} is released`);
   }
 });
+
+Deno.test({
+  name: "deno task cluster: a --dir PostgreSQL's user cannot enter is refused at once",
+  // As another user PostgreSQL runs as that user, who can enter its own directories.
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    const locked = await Deno.makeTempDir({ prefix: "rs-cluster-locked-" });
+    await Deno.chmod(locked, 0o700);
+    try {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-all", "cli/cluster.ts", "--dir", `${locked}/c`],
+        cwd: ROOT,
+        env: { NO_COLOR: "1", RUST_BACKTRACE: "0" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const err = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 1, err);
+      assert.match(
+        err,
+        new RegExp(
+          `Cannot run PostgreSQL in ${locked}/c: .*it cannot enter ${locked} \\(mode 0700`,
+        ),
+      );
+      assert.doesNotMatch(err, /PostgreSQL primary :/);
+    } finally {
+      await Deno.remove(locked, { recursive: true });
+    }
+  },
+});

@@ -116,7 +116,28 @@ export async function runOk(argv: readonly string[], options: RunOptions = {}): 
 }
 
 /**
- * Spawns a long-lived server whose stdout and stderr are appended to `logPath`.
+ * Variables of this process a server must not inherit. `deno test --coverage` sets
+ * DENO_COVERAGE_DIR to a directory in the checkout; PostgreSQL hands its environment to
+ * archive_command, whose deno would then write coverage there as the `postgres` user —
+ * and fail (exit 1, so nothing is archived) when the checkout is closed to that user.
+ */
+const NOT_FOR_SERVERS: readonly string[] = ["DENO_COVERAGE_DIR"];
+
+/** This process's environment without what servers must not inherit. */
+export function serverEnv(): Record<string, string> {
+  let env: Record<string, string>;
+  try {
+    env = Deno.env.toObject();
+  } catch {
+    return {}; // no --allow-env: nothing to pass on
+  }
+  for (const name of NOT_FOR_SERVERS) delete env[name];
+  return env;
+}
+
+/**
+ * Spawns a long-lived server whose stdout and stderr are appended to `logPath`, with
+ * {@linkcode serverEnv} as its environment.
  *
  * `sh -c 'exec ...'` does the redirection and then replaces itself, so the child's pid
  * is the server's pid and no pipe stays open in this process.
@@ -128,6 +149,8 @@ export function spawnLogged(
   return new Deno.Command("/bin/sh", {
     args: ["-c", 'exec "$@" >>"$0" 2>&1 </dev/null', options.logPath, ...argv],
     cwd: options.cwd ?? "/tmp",
+    clearEnv: true,
+    env: serverEnv(),
     stdin: "null",
     stdout: "null",
     stderr: "null",
