@@ -161,6 +161,16 @@ export function createEncryptStream(
       try {
         const keys = await fileKeys(passphrase, salt, iterations);
         cipher = createCipheriv("aes-256-cbc", keys.key, keys.iv);
+        if (finished) {
+          // Cancelled while the keys were derived (the storage refused at once): cancel()
+          // found no cipher to free, so free it here.
+          try {
+            cipher.final();
+          } catch {
+            // released either way
+          }
+          return;
+        }
         mac = createHmac("sha256", keys.macKey);
         const header = new Uint8Array(HEADER_BYTES);
         header.set(MAGIC, 0);

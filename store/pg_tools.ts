@@ -385,7 +385,8 @@ export function assertSuccess(result: ToolResult, what?: string): ToolResult {
   );
 }
 
-let serverIds: Promise<{ uid: number; gid: number }> | undefined;
+/** OS user name → its ids, looked up once per process (per user: runners may differ). */
+const serverIds = new Map<string, Promise<{ uid: number; gid: number }>>();
 
 async function lookupUser(name: string): Promise<{ uid: number; gid: number }> {
   const line = (await Deno.readTextFile("/etc/passwd")).split("\n")
@@ -429,11 +430,15 @@ export function createPgTools(options: PgToolsOptions = {}): PgTools {
   const isRoot = Deno.uid() === 0;
 
   function ids(): Promise<{ uid: number; gid: number }> {
-    serverIds ??= lookupUser(serverUser).catch((err) => {
-      serverIds = undefined;
-      throw err;
-    });
-    return serverIds;
+    let found = serverIds.get(serverUser);
+    if (!found) {
+      found = lookupUser(serverUser).catch((err) => {
+        serverIds.delete(serverUser);
+        throw err;
+      });
+      serverIds.set(serverUser, found);
+    }
+    return found;
   }
 
   function argvFor(

@@ -268,12 +268,13 @@ export async function restoreLogical(
   const staging = `rs_restore_${crypto.randomUUID().replace(/-/g, "").slice(0, 16)}`;
   await ctx.tools.psql(admin, 'CREATE DATABASE :"db"', { vars: { db: staging } });
   const scratch = await scratchDir(ctx, "restore");
+  let restore: ToolProcess | null = null;
   try {
     // The decompressed dump goes from zstd to pg_restore through a FIFO, not through this
     // process: only the (smaller) encrypted stream passes here, where its HMAC is checked.
     const fifo = `${scratch}/dump.fifo`;
     assertSuccess(await ctx.tools.runTool("mkfifo", ["-m", "600", fifo]), "mkfifo");
-    const restore = ctx.tools.spawn("pg_restore", [
+    restore = ctx.tools.spawn("pg_restore", [
       // An explicit format: format discovery would open the FIFO twice and lose its head.
       "--format=custom",
       "--exit-on-error",
@@ -306,6 +307,10 @@ export async function restoreLogical(
       durationMs: Math.round(performance.now() - started),
     };
   } catch (err) {
+    // A failure before the stream reached it (the stored file unreadable) leaves pg_restore
+    // blocked opening the FIFO for good: stop it.
+    restore?.kill("SIGKILL");
+    await restore?.finished;
     await ctx.tools.psql(admin, 'DROP DATABASE IF EXISTS :"db" WITH (FORCE)', {
       vars: { db: staging },
     }).catch((dropErr) =>

@@ -47,6 +47,11 @@ export function createNodeClient(
     return postgres(setting.url, {
       max,
       connect_timeout: 3,
+      // Every call tries a fresh connection: postgres.js would otherwise wait out a reconnect
+      // backoff growing to 20 s after repeated failures, so a node that refuses connections
+      // would read "no answer within N ms" after a few probes (and close() would leave that
+      // timer running). The probe interval already paces the attempts.
+      backoff: () => 0,
       idle_timeout: 60,
       max_lifetime: null,
       onnotice: () => {},
