@@ -67,7 +67,10 @@ async function trial(i: number, redisUrl: string): Promise<{ seconds: number; lo
     await cluster.kill("pg1");
     await untilAllFollow(urls, { afterEpoch: before.primary.epoch, ms: 30_000 });
     const primary = (await replication(urls[0])).primary.node as string;
-    await until(() => writers.acked.some((w) => w.node === primary), { ms: 15_000 });
+    await until(() => writers.acked.some((w) => w.node === primary), {
+      ms: 15_000,
+      what: `a write acknowledged by the new primary ${primary}`,
+    });
     await sleep(200);
     await writers.stop();
     const first = Math.min(
@@ -102,7 +105,9 @@ async function rawTrial(i: number): Promise<number> {
   const setup = postgres(primary.url, { max: 1, onnotice: () => {} });
   await setup`CREATE TABLE t (id bigint)`;
   await setup.end();
-  await until(async () => (await replica.psql("select to_regclass('t') is not null")) === "t");
+  await until(async () => (await replica.psql("select to_regclass('t') is not null")) === "t", {
+    what: "table t replayed on the replica",
+  });
   const sql = postgres(replica.url, { max: 1, onnotice: () => {} });
   try {
     const killedAt = performance.now();

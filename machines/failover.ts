@@ -162,6 +162,26 @@ export interface PromotionOutput {
   parked: string | null;
 }
 
+/** Output of the `promote` effect when no replica may be promoted (an outcome, not an error). */
+export interface NoPromotion {
+  /** No node: nothing was promoted. */
+  node: null;
+  /** Why no replica qualifies ({@linkcode chooseCandidate}'s sentence). */
+  choice: CandidateChoice;
+  /** A replica that can serve reads meanwhile ({@linkcode readOnlyFallback}), or null. */
+  readOnlyNode: string | null;
+}
+
+/** Output of the `reassess` effect: the degraded coordinator's look at the cluster. */
+export interface Assessment {
+  /** The primary answers again. */
+  primaryOk: boolean;
+  /** The replica that may be promoted now, or why none. */
+  choice: CandidateChoice;
+  /** A replica that can serve reads meanwhile, or null. */
+  readOnlyNode: string | null;
+}
+
 /** Input of the `publish` effect. */
 export interface PublishInput {
   /** What is published. */
@@ -320,6 +340,8 @@ export interface FailoverContext {
   decision: Decision | null;
   /** Why the degraded state holds. */
   degradedWhy: string | null;
+  /** The degraded record this coordinator last published in this degraded spell (or null). */
+  announced: Published | null;
   /** True while the detector is healthy: repairs run only then. */
   calm: boolean;
   /** One sentence saying why the machine is where it is. */
@@ -403,7 +425,8 @@ export interface CandidateInput {
  * died after promoting it: promoting another would make two writable primaries); else the
  * reachable replica with the highest replay LSN (receive LSN, then priority, break ties).
  * In synchronous mode the choice must provably hold every acknowledged write: enough
- * synchronous standbys must be reachable that one of them confirmed each commit.
+ * synchronous standbys must be reachable that one of them confirmed each commit. With no
+ * eligible replica at all the sentence is always `no eligible replica: …`.
  */
 export function chooseCandidate(input: CandidateInput): CandidateChoice {
   const rank = (name: string) => {
@@ -453,6 +476,16 @@ export function chooseCandidate(input: CandidateInput): CandidateChoice {
     }
     eligible.push(n);
   }
+  // With no eligible replica at all the synchronous-standby argument is moot: say the plain
+  // reason, so "every replica is gone" reads the same whether or not the monitor had already
+  // dropped a dead standby from synchronous_standby_names when the primary died.
+  if (!eligible.length) {
+    return {
+      node: null,
+      adopt: false,
+      why: `no eligible replica: ${problems.join("; ") || "none is configured"}`,
+    };
+  }
   if (input.syncMode && input.last?.sync) {
     const sync = input.last.sync;
     const reachable = sync.names.filter((name) =>
@@ -474,13 +507,6 @@ export function chooseCandidate(input: CandidateInput): CandidateChoice {
       };
     }
   }
-  if (!eligible.length) {
-    return {
-      node: null,
-      adopt: false,
-      why: `no eligible replica: ${problems.join("; ") || "none is configured"}`,
-    };
-  }
   eligible.sort((a, b) =>
     (lsnToNumber(b.replayLsn) ?? 0) - (lsnToNumber(a.replayLsn) ?? 0) ||
     (lsnToNumber(b.receiveLsn) ?? 0) - (lsnToNumber(a.receiveLsn) ?? 0) ||
@@ -497,6 +523,31 @@ export function chooseCandidate(input: CandidateInput): CandidateChoice {
       (tie ? `, and comes first in priority` : "") +
       (problems.length ? `; skipped: ${problems.join("; ")}` : ""),
   };
+}
+
+/**
+ * The replica that serves reads while no primary takes writes: the reachable node in
+ * recovery with the highest replay LSN (configuration order breaks ties), or null.
+ */
+export function readOnlyFallback(fresh: NodeSample[], oldPrimary: string): string | null {
+  const readable = fresh.filter((n) => n.name !== oldPrimary && n.reachable && n.inRecovery);
+  readable.sort((a, b) => (lsnToNumber(b.replayLsn) ?? 0) - (lsnToNumber(a.replayLsn) ?? 0));
+  return readable[0]?.name ?? null;
+}
+
+/**
+ * The one sentence of the degraded state, whichever path found it (the failed promotion
+ * or a later re-check): `degraded: pg2 is down and no eligible replica: …; reads go to pg3,
+ * writes are refused` (or `; no node serves reads or writes`).
+ */
+export function degradedSentence(
+  primary: string,
+  options: { why: string; readOnlyNode: string | null },
+): string {
+  return `degraded: ${primary} is down and ${options.why}; ` +
+    (options.readOnlyNode
+      ? `reads go to ${options.readOnlyNode}, writes are refused`
+      : "no node serves reads or writes");
 }
 
 /** Input of {@linkcode findRepair}. */
@@ -639,11 +690,6 @@ function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-function errorCode(error: unknown): string | null {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" ? code : null;
-}
-
 // ---------------------------------------------------------------------------------------
 // The machine
 // ---------------------------------------------------------------------------------------
@@ -666,9 +712,9 @@ export const failoverMachine = setup({
     collectVotes: fromPromise<VoteOutput, { primary: Published; failures: number }>(() =>
       Promise.reject(new Error("collectVotes is not provided"))
     ),
-    /** Chooses, fences around and promotes the best replica. */
+    /** Chooses, fences around and promotes the best replica; or says why none qualifies. */
     promote: fromPromise<
-      PromotionOutput,
+      PromotionOutput | NoPromotion,
       { primary: Published; token: number | null; last: ReplicationSample | null }
     >(() => Promise.reject(new Error("promote is not provided"))),
     /** Planned switchover: fence, wait for the target to replay everything, promote. */
@@ -681,10 +727,9 @@ export const failoverMachine = setup({
       Promise.reject(new Error("publish is not provided"))
     ),
     /** Degraded: looks again at the primary and the replicas. */
-    reassess: fromPromise<
-      { primaryOk: boolean; choice: CandidateChoice; readOnlyNode: string | null },
-      { primary: Published; last: ReplicationSample | null }
-    >(() => Promise.reject(new Error("reassess is not provided"))),
+    reassess: fromPromise<Assessment, { primary: Published; last: ReplicationSample | null }>(() =>
+      Promise.reject(new Error("reassess is not provided"))
+    ),
     /** Switches this instance's pool to a node. */
     repointPool: fromPromise<PoolTarget, PoolTarget>(() =>
       Promise.reject(new Error("repointPool is not provided"))
@@ -705,12 +750,31 @@ export const failoverMachine = setup({
     announceSelf: () => {},
     /** Failpoint hook after a promotion (tests kill the coordinator here). */
     afterPromotion: (_, _params: { node: string; adopted: boolean }) => {},
+    /**
+     * The one way into (or through) the degraded state: the same sentence, decision and
+     * read-only fallback whether the promotion found no candidate or a re-check did.
+     */
+    enterDegraded: assign(
+      ({ context }, params: { why: string; readOnlyNode: string | null }) => {
+        const primary = { ...context.primary, readOnlyNode: params.readOnlyNode };
+        const why = degradedSentence(context.primary.node, params);
+        return {
+          primary,
+          degradedWhy: params.why,
+          decision: { id: null, kind: "degraded", ok: false, why, primary },
+          why,
+        };
+      },
+    ),
     /** Keeps the sample (and the last one taken while the primary answered); raises / resolves alerts. */
     recordSample: assign(({ context }, sample: ReplicationSample) => {
       const primary = sample.nodes.find((n) => n.name === context.primary.node);
+      // Only a sample taken against the primary followed now: an older one pairs the old
+      // primary's synchronous standbys and lags with the new primary.
+      const current = sample.primary === context.primary.node;
       return {
         sample,
-        lastGoodSample: primary?.reachable && primary.inRecovery === false
+        lastGoodSample: current && primary?.reachable && primary.inRecovery === false
           ? sample
           : context.lastGoodSample,
         alerts: updateAlerts(context.alerts, {
@@ -737,8 +801,10 @@ export const failoverMachine = setup({
       output.ok && context.leader !== null && context.primary.epoch === 0 &&
       output.published === null,
     majority: (_, output: VoteOutput) => isMajority(output.agree, output.live),
-    noCandidate: (_, params: { error: unknown }) =>
-      errorCode(params.error) === "FAILOVER_NO_CANDIDATE",
+    nothingPromoted: (_, output: { node: string | null }) => output.node === null,
+    fallbackAnnounced: ({ context }, params: { readOnlyNode: string | null }) =>
+      context.announced !== null && context.announced.epoch === context.primary.epoch &&
+      context.announced.readOnlyNode === params.readOnlyNode,
     newerPrimary: ({ context }, params: { published: Published | null }) => {
       const p = params.published;
       if (!p) return false;
@@ -751,8 +817,10 @@ export const failoverMachine = setup({
       return context.pool.node !== want || context.pool.epoch < context.primary.epoch ||
         context.pool.readOnly !== (context.primary.readOnlyNode !== null);
     },
+    // A sample taken against an earlier primary (the switch happened while it ran) says
+    // nothing reliable about the cluster around the new one: it is never acted on.
     shouldRepair: ({ context }, sample: ReplicationSample) =>
-      context.leader !== null && context.calm &&
+      context.leader !== null && context.calm && sample.primary === context.primary.node &&
       findRepair({
           sample,
           primary: context.primary,
@@ -806,6 +874,7 @@ export const failoverMachine = setup({
     alerts: {},
     decision: null,
     degradedWhy: null,
+    announced: null,
     calm: true,
     why: `following ${input.primary.node} (epoch ${input.primary.epoch})`,
   }),
@@ -1166,46 +1235,50 @@ export const failoverMachine = setup({
               token: context.leader,
               last: context.lastGoodSample,
             }),
-            onDone: {
-              target: "publishing",
-              actions: [
-                assign(({ context, event }) => ({
-                  promotion: event.output,
-                  switchover: null,
-                  degradedWhy: null,
-                  why: `${context.why}; ` +
-                    (event.output.adopted
-                      ? `${event.output.why}: publishing it instead of ${context.primary.node}`
-                      : `promoted ${event.output.node} because ${event.output.why}`),
-                })),
-                {
-                  type: "afterPromotion",
-                  params: ({ event }) => ({
-                    node: event.output.node,
-                    adopted: event.output.adopted,
-                  }),
-                },
-              ],
-            },
-            onError: [
+            onDone: [
               {
-                guard: { type: "noCandidate", params: ({ event }) => ({ error: event.error }) },
+                guard: { type: "nothingPromoted", params: ({ event }) => event.output },
                 target: "degraded",
-                actions: assign(({ context, event }) => ({
-                  degradedWhy: errorText(event.error),
-                  why: `degraded: ${context.primary.node} is down and ${
-                    errorText(event.error)
-                  }: no writes until it returns or a replica becomes eligible`,
-                })),
+                actions: {
+                  type: "enterDegraded",
+                  params: ({ event }) => {
+                    const none = event.output as NoPromotion;
+                    return { why: none.choice.why, readOnlyNode: none.readOnlyNode };
+                  },
+                },
               },
               {
-                target: "suspect",
-                actions: assign(({ event }) => ({
-                  failures: 0,
-                  why: `promotion failed, will decide again: ${errorText(event.error)}`,
-                })),
+                target: "publishing",
+                actions: [
+                  assign(({ context, event }) => {
+                    const output = event.output as PromotionOutput;
+                    return {
+                      promotion: output,
+                      switchover: null,
+                      degradedWhy: null,
+                      why: `${context.why}; ` +
+                        (output.adopted
+                          ? `${output.why}: publishing it instead of ${context.primary.node}`
+                          : `promoted ${output.node} because ${output.why}`),
+                    };
+                  }),
+                  {
+                    type: "afterPromotion",
+                    params: ({ event }) => ({
+                      node: (event.output as PromotionOutput).node,
+                      adopted: (event.output as PromotionOutput).adopted,
+                    }),
+                  },
+                ],
               },
             ],
+            onError: {
+              target: "suspect",
+              actions: assign(({ event }) => ({
+                failures: 0,
+                why: `promotion failed, will decide again: ${errorText(event.error)}`,
+              })),
+            },
           },
           on: {
             LEASE_LOST: {
@@ -1344,8 +1417,34 @@ export const failoverMachine = setup({
         },
 
         degraded: {
-          initial: "waiting",
+          initial: "announcing",
+          // A new degraded spell: nothing of it is published yet.
+          entry: assign({ announced: null }),
           states: {
+            // Publishes the read-only fallback (or that there is none) at the same epoch, under
+            // the fencing token, so every instance's pool serves reads from it.
+            announcing: {
+              invoke: {
+                src: "publish",
+                input: ({ context }) => ({
+                  kind: "degraded" as const,
+                  node: context.primary.node,
+                  oldPrimary: context.primary.node,
+                  epoch: context.primary.epoch,
+                  readOnlyNode: context.primary.readOnlyNode,
+                  token: context.leader,
+                  startedAt: context.suspectSince,
+                  why: context.why,
+                  requestId: null,
+                }),
+                onDone: {
+                  target: "waiting",
+                  actions: assign({ announced: ({ event }) => event.output.published }),
+                },
+                // Not announced: the next re-check tries again (the guard below sees it).
+                onError: { target: "waiting" },
+              },
+            },
             waiting: { after: { monitorInterval: "checking" } },
             checking: {
               invoke: {
@@ -1358,11 +1457,16 @@ export const failoverMachine = setup({
                   {
                     guard: { type: "primaryBack", params: ({ event }) => event.output },
                     target: "#failover.detector.healthy",
-                    actions: assign(({ context }) => ({
-                      degradedWhy: null,
-                      primary: { ...context.primary, readOnlyNode: null },
-                      why: `${context.primary.node} is back: leaving degraded mode`,
-                    })),
+                    actions: assign(({ context }) => {
+                      const primary = { ...context.primary, readOnlyNode: null };
+                      const why = `${context.primary.node} is back: leaving degraded mode`;
+                      return {
+                        degradedWhy: null,
+                        primary,
+                        decision: { id: null, kind: "recovered", ok: true, why, primary },
+                        why,
+                      };
+                    }),
                   },
                   {
                     guard: { type: "candidateFound", params: ({ event }) => event.output },
@@ -1373,16 +1477,28 @@ export const failoverMachine = setup({
                     })),
                   },
                   {
+                    guard: {
+                      type: "fallbackAnnounced",
+                      params: ({ event }) => ({ readOnlyNode: event.output.readOnlyNode }),
+                    },
                     target: "waiting",
-                    actions: assign(({ context, event }) => ({
-                      degradedWhy: event.output.choice.why,
-                      primary: { ...context.primary, readOnlyNode: event.output.readOnlyNode },
-                      why:
-                        `degraded: ${context.primary.node} is down and ${event.output.choice.why}` +
-                        (event.output.readOnlyNode
-                          ? `; reads go to ${event.output.readOnlyNode}, writes are refused`
-                          : "; no node serves reads or writes"),
-                    })),
+                    actions: {
+                      type: "enterDegraded",
+                      params: ({ event }) => ({
+                        why: event.output.choice.why,
+                        readOnlyNode: event.output.readOnlyNode,
+                      }),
+                    },
+                  },
+                  {
+                    target: "announcing",
+                    actions: {
+                      type: "enterDegraded",
+                      params: ({ event }) => ({
+                        why: event.output.choice.why,
+                        readOnlyNode: event.output.readOnlyNode,
+                      }),
+                    },
                   },
                 ],
                 onError: { target: "waiting" },

@@ -11,30 +11,26 @@ import { startRuntime } from "../runtime.ts";
 import { startPostgres } from "./harness/mod.ts";
 import { until } from "./support/instance.ts";
 
-async function readEvents(body: ReadableStream<Uint8Array>, want: (e: string) => boolean) {
+/** Reads a server-sent event stream, one event at a time. */
+function eventReader(body: ReadableStream<Uint8Array>) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   const seen: { event: string; data: unknown }[] = [];
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += value;
+  async function next(): Promise<{ event: string; data: unknown }> {
     let i;
-    while ((i = buf.indexOf("\n\n")) >= 0) {
-      const chunk = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const event = /^event: (.*)$/m.exec(chunk)?.[1] ?? "message";
-      const data = JSON.parse(/^data: (.*)$/m.exec(chunk)?.[1] ?? "null");
-      seen.push({ event, data });
-      if (want(JSON.stringify({ event, data }))) {
-        await reader.cancel();
-        return seen;
-      }
+    while ((i = buf.indexOf("\n\n")) < 0) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`the stream ended; seen ${JSON.stringify(seen).slice(0, 500)}`);
+      buf += value;
     }
+    const chunk = buf.slice(0, i);
+    buf = buf.slice(i + 2);
+    const event = /^event: (.*)$/m.exec(chunk)?.[1] ?? "message";
+    const data = JSON.parse(/^data: (.*)$/m.exec(chunk)?.[1] ?? "null");
+    seen.push({ event, data });
+    return { event, data };
   }
-  await reader.cancel();
-  throw new Error(`expected event not seen; got ${JSON.stringify(seen).slice(0, 500)}`);
+  return { next, seen, cancel: () => reader.cancel() };
 }
 
 Deno.test("actor runtime in one instance (no Redis)", async (t) => {
@@ -57,7 +53,9 @@ Deno.test("actor runtime in one instance (no Redis)", async (t) => {
   try {
     await t.step("the local transport delivers to this instance and refuses others", async () => {
       await rt.transport.send(to, { type: "ping" });
-      await until(() => rt.inspector.get("fragile")?.status === "active");
+      await until(() => rt.inspector.get("fragile")?.status === "active", {
+        what: "the fragile actor active in the inspector",
+      });
       const pong = await rt.transport.request<{ instance: string }>(
         { instance: "solo", actor: "diagnostics" },
         { type: "diag.ping" },
@@ -73,26 +71,36 @@ Deno.test("actor runtime in one instance (no Redis)", async (t) => {
     });
 
     await t.step("/actors/stream sends the snapshot, then each transition", async () => {
-      const res = await fetch(`${rt.url}/actors/stream`);
+      // The abort bounds every read below: a transition that never comes fails the step.
+      const res = await fetch(`${rt.url}/actors/stream`, { signal: AbortSignal.timeout(30_000) });
       assert.equal(res.headers.get("content-type"), "text/event-stream");
-      // The supervisor's view changes with the event that reported the failure.
-      const events = readEvents(
-        res.body!,
-        (e) =>
-          e.includes('"event":"snapshot"') && e.includes('"event":"xstate.error.actor.fragile"'),
-      );
-      await new Promise((r) => setTimeout(r, 100));
-      await rt.transport.send(to, { type: "crash" });
-      const seen = await events;
-      assert.equal(seen[0].event, "hello");
-      const hello = seen[0].data as { actors: { path: string }[] };
-      assert.ok(hello.actors.some((a) => a.path === "supervisor/diagnostics"));
+      const events = eventReader(res.body!);
+      try {
+        // `hello` is written once the feed is subscribed: from here on nothing is missed.
+        const hello = await events.next();
+        assert.equal(hello.event, "hello");
+        const actors = (hello.data as { actors: { path: string }[] }).actors;
+        assert.ok(actors.some((a) => a.path === "supervisor/diagnostics"));
+        await rt.transport.send(to, { type: "crash" });
+        // The supervisor's view changes with the event that reported the failure.
+        while (true) {
+          const e = JSON.stringify(await events.next());
+          if (
+            e.includes('"event":"snapshot"') && e.includes('"event":"xstate.error.actor.fragile"')
+          ) break;
+        }
+      } finally {
+        await events.cancel().catch(() => {});
+      }
     });
 
     await t.step("a crashed actor is restarted alone; the process carries on", async () => {
       await until(() =>
         rt.supervisor.children().fragile.status === "running" &&
-        rt.supervisor.children().fragile.generation === 2, { what: "restart" });
+        rt.supervisor.children().fragile.generation === 2, {
+        what: "fragile restarted (generation 2)",
+        state: () => rt.supervisor.children().fragile,
+      });
       assert.equal(rt.supervisor.children().diagnostics.generation, 1, "siblings untouched");
       const health = await (await fetch(`${rt.url}/health`)).json();
       assert.equal(health.checks.actors.state, "healthy");
@@ -104,9 +112,15 @@ Deno.test("actor runtime in one instance (no Redis)", async (t) => {
         for (let i = 0; i < 2; i++) {
           await until(() => !!rt.supervisor.ref("fragile"), { what: "fragile running" });
           await rt.transport.send(to, { type: "crash" });
-          await until(() => rt.supervisor.children().fragile.recentFailures === i + 2);
+          await until(() => rt.supervisor.children().fragile.recentFailures === i + 2, {
+            what: `the supervisor counting failure ${i + 2} of fragile`,
+            state: () => rt.supervisor.children().fragile,
+          });
         }
-        await until(() => rt.supervisor.children().fragile.status === "failed");
+        await until(() => rt.supervisor.children().fragile.status === "failed", {
+          what: "the supervisor giving up fragile",
+          state: () => rt.supervisor.children().fragile,
+        });
         const res = await fetch(`${rt.url}/health`);
         const health = await res.json();
         assert.equal(res.status, 200);

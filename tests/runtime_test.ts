@@ -4,20 +4,13 @@ import { startRuntime } from "../runtime.ts";
 import { createUser } from "../store/users.ts";
 import { createStream, startStream } from "../store/streams.ts";
 import { startPostgres, startRedis } from "./harness/mod.ts";
+import { until } from "./support/instance.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 
 async function getJson(url: string) {
   const res = await fetch(url);
   return { status: res.status, body: await res.json() };
-}
-
-async function until(check: () => Promise<boolean>, ms = 10000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 Deno.test("runtime on real PostgreSQL and Redis", async (t) => {
@@ -95,8 +88,16 @@ Deno.test("runtime on real PostgreSQL and Redis", async (t) => {
         assert.equal(req.status, 503);
         assert.equal(req.body.error.code, "DATABASE_UNAVAILABLE");
         await pg.start();
-        await until(async () => (await getJson(`${rt.url}/health`)).status === 200);
-        await until(async () => (await getJson(`${rt.url}/streams/${streamId}`)).status === 200);
+        let last: unknown = null;
+        await until(async () => (last = await getJson(`${rt.url}/health`)).status === 200, {
+          what: "/health answering 200 once PostgreSQL is back",
+          ms: 20_000,
+          state: () => last,
+        });
+        await until(async () => (await getJson(`${rt.url}/streams/${streamId}`)).status === 200, {
+          what: "the stream readable again once PostgreSQL is back",
+          ms: 20_000,
+        });
       },
     );
 
@@ -107,7 +108,12 @@ Deno.test("runtime on real PostgreSQL and Redis", async (t) => {
       assert.equal(health.body.status, "degraded");
       assert.equal(health.body.checks.redis.ok, false);
       await redis.start();
-      await until(async () => (await getJson(`${rt.url}/health`)).body.status === "ok");
+      let last: unknown = null;
+      await until(async () => (last = await getJson(`${rt.url}/health`)).body.status === "ok", {
+        what: '/health saying "ok" once Redis is back',
+        ms: 20_000,
+        state: () => last,
+      });
     });
 
     await t.step("unknown routes answer a JSON 404", async () => {

@@ -32,6 +32,7 @@ import {
   upsertReplicationStatus,
 } from "../../store/replication.ts";
 import {
+  type Assessment,
   type CandidateChoice,
   chooseCandidate,
   type FailoverContext,
@@ -42,6 +43,7 @@ import {
   type LagAlert,
   lsnToNumber,
   type NodeSample,
+  type NoPromotion,
   parseSyncStandbys,
   type PoolTarget,
   type ProbeOutput,
@@ -49,6 +51,7 @@ import {
   type Published,
   type PublishInput,
   type PublishOutput,
+  readOnlyFallback,
   type ReplicationSample,
   type SwitchoverRequest,
   type VoteOutput,
@@ -447,11 +450,11 @@ function choose(
   });
 }
 
-/** Failover: re-check the primary, choose the best replica, fence, promote. */
+/** Failover: re-check the primary, choose the best replica, fence, promote (or say why none). */
 export async function promote(
   deps: FailoverDeps,
   input: { primary: Published; token: number | null; last: ReplicationSample | null },
-): Promise<PromotionOutput> {
+): Promise<PromotionOutput | NoPromotion> {
   const old = input.primary.node;
   // 1. The primary must still be down: a late answer cancels the failover.
   const again = await probeNode(deps, old, deps.settings.probeTimeoutMs);
@@ -464,7 +467,8 @@ export async function promote(
   // 2. Choose.
   const fresh = await candidates(deps, old);
   const choice = choose(deps, fresh, { oldPrimary: old, last: input.last });
-  if (!choice.node) throw new RuntimeError("FAILOVER_NO_CANDIDATE", choice.why);
+  // No candidate is an outcome the chart handles (degraded), the same one `reassess` reports.
+  if (!choice.node) return { node: null, choice, readOnlyNode: readOnlyFallback(fresh, old) };
   if (choice.adopt) {
     const n = fresh.find((f) => f.name === choice.node)!;
     return { node: choice.node, lsn: n.currentLsn, adopted: true, why: choice.why, parked: null };
@@ -747,11 +751,14 @@ export async function collectVotes(
 // Degraded mode
 // ---------------------------------------------------------------------------------------
 
-/** Degraded: is the primary back, has a replica become eligible, who can serve reads? */
+/**
+ * Degraded: is the primary back, has a replica become eligible, who can serve reads? (The
+ * chart publishes the read-only fallback; only the return of the primary is published here.)
+ */
 export async function reassess(
   deps: FailoverDeps,
   input: { primary: Published; last: ReplicationSample | null; token: number | null },
-): Promise<{ primaryOk: boolean; choice: CandidateChoice; readOnlyNode: string | null }> {
+): Promise<Assessment> {
   const probe = await probeNode(deps, input.primary.node, deps.settings.probeTimeoutMs);
   if (probe.ok) {
     if (input.primary.readOnlyNode) {
@@ -775,24 +782,7 @@ export async function reassess(
   }
   const fresh = await candidates(deps, input.primary.node);
   const choice = choose(deps, fresh, { oldPrimary: input.primary.node, last: input.last });
-  const readable = fresh.filter((n) => n.reachable && n.inRecovery === true)
-    .sort((a, b) => (lsnToNumber(b.replayLsn) ?? 0) - (lsnToNumber(a.replayLsn) ?? 0));
-  const readOnlyNode = choice.node ? null : readable[0]?.name ?? null;
-  if (!choice.node && readOnlyNode !== input.primary.readOnlyNode) {
-    await publish(deps, {
-      kind: "degraded",
-      node: input.primary.node,
-      oldPrimary: input.primary.node,
-      epoch: input.primary.epoch,
-      readOnlyNode,
-      token: input.token,
-      startedAt: null,
-      why: `degraded: ${choice.why}`,
-      requestId: null,
-    }).catch((err) =>
-      deps.log.warn("degraded status not published", { error: describeError(err) })
-    );
-  }
+  const readOnlyNode = choice.node ? null : readOnlyFallback(fresh, input.primary.node);
   return { primaryOk: false, choice, readOnlyNode };
 }
 

@@ -54,6 +54,11 @@ export function createNodeClient(
       backoff: () => 0,
       idle_timeout: 60,
       max_lifetime: null,
+      // No array-types query on connect: postgres.js drops that query's promise, so a
+      // connection cut during it (a timed-out probe of a stalled node ends its pool) rejects
+      // with nobody listening and ends the process (porsager/postgres#1192). These pools
+      // never send or read arrays.
+      fetch_types: false,
       onnotice: () => {},
       connection: { application_name: options.applicationName },
     }) as Sql;

@@ -15,7 +15,9 @@ import { createEventStore } from "../../store/event_store.ts";
 import { migrate } from "../../store/migrations.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
 import type { Sql } from "../../store/types.ts";
+import { loginActorId } from "../../machines/session_supervisor.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
 
 const HOUR = 3_600_000;
 const INJECTIONS = [
@@ -293,8 +295,12 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
         assert.match(ok.headers.get("set-cookie") ?? "", /Max-Age=2592000/, "remember me: 30 days");
         token = ok.body.token;
 
-        // The attempt is over everywhere: the same challenge is refused on both instances.
-        await new Promise((r) => setTimeout(r, 50));
+        // The attempt is over everywhere: once a hears of it on the bus (it drops its copy of
+        // the attempt), the same challenge is refused on both instances.
+        const copyOnA = () => a.actor.system.get(loginActorId(challenge.split(".")[0]));
+        await until(() => !copyOnA() || copyOnA()!.getSnapshot().status !== "active", {
+          what: "instance a dropping its copy of the attempt finished on b (sessions.login)",
+        });
         for (const inst of [a, b]) {
           expectError(
             await call(inst, "POST", "/auth/mfa/verify", {

@@ -6,20 +6,11 @@ import { startPostgres } from "../harness/mod.ts";
 import { createApp } from "../../api/app.ts";
 import { silentLogger } from "../../lib/log.ts";
 import type { RuntimeServices } from "../../actors/runtime/types.ts";
+import { until } from "../support/instance.ts";
 import { migratedPool, seedApp, tempDir, TEST_KEY } from "./_helpers.ts";
 
 const TOKEN = "admin-token-0123456789abcdef";
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
-
-async function until<T>(check: () => Promise<T | null>, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  while (true) {
-    const value = await check();
-    if (value !== null) return value;
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async (t) => {
   await using pg = await startPostgres({ name: "bk-concern" });
@@ -53,10 +44,15 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
     });
 
     await t.step("the backup completes, is verified, and shows in GET /backups", async () => {
+      let last: unknown = null;
       const backup = await until(async () => {
         const body = await (await rt.app.request("/backups")).json();
-        const b = body.backups[0];
+        const b = last = body.backups[0];
         return b && b.status === "completed" && b.verifiedAt ? b : null;
+      }, {
+        what: "the manual backup completed and verified in GET /backups",
+        ms: 60_000,
+        state: () => last,
       });
       assert.equal(backup.type, "full");
       assert.equal(backup.trigger, "manual");

@@ -22,15 +22,27 @@ async function startS3rver(dir: string): Promise<AsyncDisposable & { endpoint: s
   }).spawn();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
-  const deadline = Date.now() + 30_000;
-  while (!/listening (\d+)/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done || Date.now() > deadline) {
+  // A hung start is killed, which ends stdout and the read below.
+  let hung = false;
+  const killer = setTimeout(() => {
+    hung = true;
+    try {
       child.kill("SIGKILL");
-      await child.status;
-      throw new Error(`s3rver did not start: ${text}`);
+    } catch { /* already gone */ }
+  }, 30_000);
+  try {
+    while (!/listening (\d+)/.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) {
+        await child.status;
+        throw new Error(
+          `s3rver did not start${hung ? " within 30 s" : ""} (no "listening <port>" line): ${text}`,
+        );
+      }
+      text += value;
     }
-    text += value;
+  } finally {
+    clearTimeout(killer);
   }
   const port = Number(/listening (\d+)/.exec(text)![1]);
   return {

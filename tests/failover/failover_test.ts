@@ -7,7 +7,8 @@
  * kill -9 of the primary under writes (time to the first accepted write on the new
  * primary, acknowledged writes missing afterwards: 0) → the old primary restarted rejoins
  * as a replica with matching data → switchover back (zero loss) → the coordinator killed
- * mid-failover, another instance finishes → no eligible replica: degraded, said so.
+ * mid-failover, another instance finishes → no eligible replica: degraded, said in one
+ * sentence, and the primary that returns has every acknowledged write.
  */
 import assert from "node:assert/strict";
 import { startRedis } from "../harness/mod.ts";
@@ -114,14 +115,16 @@ Deno.test({
             "pg1",
             "select string_agg(node_name || ':' || node_role, ',' " +
               "order by node_name) from replication_status",
-          )) === "pg1:primary,pg2:replica,pg3:replica"
-        );
+          )) === "pg1:primary,pg2:replica,pg3:replica", {
+          what: "replication_status on pg1 listing every node with its role",
+        });
       });
 
       await t.step("a stalled and a heavily loaded primary are not failed over", async () => {
         const before = await replication(urls()[0]);
-        // SIGSTOP the whole server for 2 s: shorter than the detection window
-        // (3 probes x (1000 ms timeout + 200 ms pause) ≈ 3.6 s).
+        // SIGSTOP the whole server for 2 s (the scenario's duration, not a wait): shorter than
+        // the detection window (3 probes x (1000 ms timeout + 200 ms pause) ≈ 3.6 s; a busy
+        // machine only makes the window longer, as its timers fire late).
         cluster.pause("pg1", true);
         await sleep(2000);
         cluster.pause("pg1", false);
@@ -137,13 +140,27 @@ Deno.test({
             "where query like 'select count(*) from generate_series%' and pid <> pg_backend_pid()",
         );
         await Promise.all(load);
-        await sleep(500);
+        // Every instance back to healthy, with a successful probe since: nothing is pending.
+        let views: Record<string, unknown>[] = [];
+        await until(async () => {
+          views = await Promise.all(urls().map(replication));
+          return views.every((v) =>
+            String((v.state as { detector?: string })?.detector).startsWith("healthy") &&
+            (v.lastProbe as { ok?: boolean } | null)?.ok === true
+          );
+        }, {
+          ms: 20_000,
+          what: "every instance healthy again with a successful probe of pg1",
+          state: () => views.map((v) => ({ state: v.state, why: v.why, lastProbe: v.lastProbe })),
+        });
         const after = await replication(urls()[0]);
         assert.equal(after.primary.node, "pg1");
         assert.equal(after.primary.epoch, before.primary.epoch, "no new epoch was published");
         assert.equal(after.history.length, before.history.length, "nothing in failover_history");
+        // The stall was noticed (failed probes) and judged not worth a failover. How many
+        // probes failed depends on when they fell in the stall, so the count is not asserted.
         const logs = Object.values(instances.byId).map((p) => p.stderr()).join("\n");
-        assert.match(logs, /pg1 answered again after [12] failed probes?: not failing over/);
+        assert.match(logs, /pg1 answered again after \d+ failed probes?: not failing over/);
       });
 
       let epochAfterKill = 0;
@@ -152,15 +169,21 @@ Deno.test({
         async () => {
           const before = await replication(urls()[0]);
           writers = startWriters(urlMap(), { token: TOKEN, pauseMs: 5 });
-          await sleep(1000);
+          await until(() => writers!.acked.filter((w) => w.node === "pg1").length >= 20, {
+            what: "20 writes acknowledged by pg1 before the kill",
+            state: () => ({ acked: writers!.acked.length, failed: writers!.failed.slice(-3) }),
+          });
           const killedAt = performance.now();
           await cluster.kill("pg1");
           await untilAllFollow(urls(), { afterEpoch: before.primary.epoch, ms: 20_000 });
           const now = await replication(urls()[0]);
           const newPrimary = now.primary.node;
           assert.notEqual(newPrimary, "pg1");
-          await until(() => writers!.acked.some((w) => w.node === newPrimary), { ms: 10_000 });
-          await sleep(300);
+          await until(() => writers!.acked.filter((w) => w.node === newPrimary).length >= 20, {
+            ms: 20_000,
+            what: `20 writes acknowledged by the new primary ${newPrimary}`,
+            state: () => ({ acked: writers!.acked.length, failed: writers!.failed.slice(-3) }),
+          });
           await writers.stop();
           const acked = writers.acked;
           const onNew = acked.filter((w) => w.node === newPrimary && w.doneAt > killedAt);
@@ -174,12 +197,16 @@ Deno.test({
           );
           assert.equal(lost.length, 0, `acknowledged writes lost: ${JSON.stringify(lost)}`);
           assert.ok(acked.filter((w) => w.node === "pg1").length > 0, "writes went to pg1 first");
-          assert.ok(firstS < 6, `first write on the new primary after ${firstS} s`);
+          // How fast is measured by `deno task bench failover` (failover_median_s), not here.
           assert.equal(now.history[0].kind, "failover", JSON.stringify(now.history[0]));
+          // How many probes had failed when the vote was taken depends on timing (a coordinator
+          // that took over mid-streak has seen more): at least FAILOVER_CONFIRMATIONS.
+          const reason = now.history[0].reason as string;
           assert.match(
-            now.history[0].reason,
-            /pg1 failed 3 consecutive probes \(last: .*\) and [23] of 3 live instances agree: failing over; promoted pg[23] because pg[23] has the highest replay LSN .*; published pg[23] with epoch \d+ under fencing token \d+: every instance re-points to it/,
+            reason,
+            /^pg1 failed (\d+) consecutive probes \(last: .*\) and [23] of 3 live instances agree: failing over; promoted pg[23] because pg[23] has the highest replay LSN .*; published pg[23] with epoch \d+ under fencing token \d+: every instance re-points to it/,
           );
+          assert.ok(Number(/failed (\d+) consecutive/.exec(reason)![1]) >= 3, reason);
           // The coordinator's decision says the same.
           const views = await Promise.all(urls().map(replication));
           const decided = views.find((v) => v.decision?.kind === "failover");
@@ -249,7 +276,10 @@ Deno.test({
           const before = await replication(urls()[0]);
           const old = before.primary.node;
           writers = startWriters(urlMap(), { token: TOKEN, pauseMs: 5 });
-          await sleep(700);
+          await until(() => writers!.acked.filter((w) => w.node === old).length >= 20, {
+            what: `20 writes acknowledged by ${old} before the switchover`,
+            state: () => ({ acked: writers!.acked.length, failed: writers!.failed.slice(-3) }),
+          });
           const res = await fetch(`${urls()[2]}/failover/switchover`, {
             method: "POST",
             headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
@@ -264,8 +294,11 @@ Deno.test({
             /pg1 replayed up to .*, past pg[23]'s last WAL at .* before it was promoted \(zero loss\)/,
           );
           await untilAllFollow(urls(), { node: "pg1", afterEpoch: before.primary.epoch });
-          await until(() => writers!.acked.some((w) => w.node === "pg1"), { ms: 10_000 });
-          await sleep(300);
+          await until(() => writers!.acked.filter((w) => w.node === "pg1").length >= 20, {
+            ms: 20_000,
+            what: "20 writes acknowledged by pg1 after the switchover",
+            state: () => ({ acked: writers!.acked.length, failed: writers!.failed.slice(-3) }),
+          });
           await writers.stop();
           const acked = writers.acked;
           const have = await present(cluster, "pg1", acked.map((w) => w.id));
@@ -298,15 +331,19 @@ Deno.test({
             what: "a coordinator",
           });
           const before = await replication(urls()[0]);
-          const doomed = before.coordinator.instance as string;
+          // Whoever coordinates when pg1 dies promotes and dies (the lease may move before).
+          const exited: string[] = [];
+          for (const [id, p] of Object.entries(instances.byId)) {
+            p.child.status.then(() => exited.push(id));
+          }
           await cluster.kill("pg1");
-          let timer: number | undefined;
-          const died = await Promise.race([
-            instances.byId[doomed].child.status.then(() => true),
-            new Promise<boolean>((r) => timer = setTimeout(() => r(false), 15_000)),
-          ]);
-          clearTimeout(timer);
-          assert.ok(died, `the coordinator ${doomed} hit the failpoint`);
+          const doomed = await until(() => exited[0], {
+            ms: 30_000,
+            what: "the coordinator dying at the failpoint after pg_promote",
+            state: () => Object.values(instances.byId).map((p) => p.stderr().split("\n").slice(-3)),
+          });
+          assert.match(instances.byId[doomed].stderr(), /failpoint exit-after-promote/);
+          assert.equal(exited.length, 1, "only the coordinator that promoted died");
           await instances.stop(doomed, "SIGKILL");
           await untilAllFollow(urls(), { afterEpoch: before.primary.epoch, ms: 30_000 });
           const v = await replication(urls()[0]);
@@ -326,52 +363,118 @@ Deno.test({
         },
       );
 
-      await t.step("no eligible replica: degraded, read-only, and it says why", async () => {
-        const v = await replication(urls()[0]);
-        const primary = v.primary.node as string;
-        const replica = ["pg2", "pg3"].find((n) => n !== primary)!;
-        await until(async () => {
-          const r = await replication(urls()[0]);
-          return r.nodes.find((n: { name: string }) => n.name === replica)?.streaming === true;
-        }, { ms: 20_000, what: `${replica} streaming from ${primary}` });
-        await cluster.kill(replica);
-        await sleep(1500); // the monitor notices and stops waiting for it as a sync standby
-        await cluster.kill(primary);
-        const holder = async () => {
+      await t.step(
+        "no eligible replica: degraded, read-only, one sentence; the primary returns with every write",
+        async () => {
+          const v = await replication(urls()[0]);
+          const primary = v.primary.node as string;
+          const epoch = v.primary.epoch as number;
+          const replica = ["pg2", "pg3"].find((n) => n !== primary)!;
+          await until(async () => {
+            const r = await replication(urls()[0]);
+            return r.nodes.find((n: { name: string }) => n.name === replica)?.streaming === true;
+          }, { ms: 20_000, what: `${replica} streaming from ${primary}` });
+          // Acknowledged writes before the outage: all of them must be there afterwards.
+          const acked: number[] = [];
           for (const url of urls()) {
-            const r = await replication(url);
-            if (r.role === "coordinator") return { url, r };
+            const res = await fetch(`${url}/replication/canary`, {
+              method: "POST",
+              headers: { authorization: `Bearer ${TOKEN}` },
+            });
+            const body = await res.json();
+            assert.equal(res.status, 200, JSON.stringify(body));
+            acked.push(body.id);
           }
-          return null;
-        };
-        let found: Awaited<ReturnType<typeof holder>> = null;
-        await until(async () => {
-          found = await holder();
-          return !!found && String(found.r.state?.detector).startsWith("degraded");
-        }, { ms: 20_000, what: "the coordinator in degraded" });
-        const { url, r } = found!;
-        assert.match(
-          r.why,
-          new RegExp(
-            `^degraded: ${primary} is down and no eligible replica: .*${replica} is unreachable`,
-          ),
-        );
-        const res = await fetch(`${url}/health`);
-        const health = await res.json();
-        // No node answers at all, so the database check makes it "unavailable" (503).
-        assert.equal(res.status, 503);
-        assert.equal(health.status, "unavailable");
-        assert.equal(health.checks.failover.ok, false);
-        assert.match(health.checks.failover.why, /^degraded: /);
-        const started = performance.now();
-        const write = await fetch(`${url}/replication/canary`, {
-          method: "POST",
-          headers: { authorization: `Bearer ${TOKEN}` },
-        });
-        assert.equal(write.status, 503, "writes are refused");
-        await write.body?.cancel();
-        assert.ok(performance.now() - started < 5000, "and refused promptly");
-      });
+          // The replica and the primary die back to back. Whether the monitor dropped the dead
+          // standby from synchronous_standby_names in between is down to timing, and must not
+          // change what the coordinator decides or says.
+          await cluster.kill(replica);
+          await cluster.kill(primary);
+          const holder = async () => {
+            for (const url of urls()) {
+              const r = await replication(url);
+              if (r.role === "coordinator") return { url, r };
+            }
+            return null;
+          };
+          let found: Awaited<ReturnType<typeof holder>> = null;
+          await until(async () => {
+            found = await holder();
+            return found?.r.decision?.kind === "degraded";
+          }, {
+            ms: 30_000,
+            what: "the coordinator's degraded decision",
+            state: () => JSON.stringify(found && { why: found.r.why, state: found.r.state }),
+          });
+          const { url, r } = found!;
+          // One sentence, whichever path (the failed promotion or a re-check) found it: every
+          // other node is unreachable (the error in brackets is what this look saw).
+          const others = ["pg1", "pg2", "pg3"].filter((n) => n !== primary);
+          const sentence = new RegExp(
+            `^degraded: ${primary} is down and no eligible replica: ` +
+              others.map((n) => `${n} is unreachable \\(.+\\)`).join("; ") +
+              "; no node serves reads or writes$",
+          );
+          assert.match(r.decision.why, sentence);
+          assert.equal(r.why, r.decision.why, "the coordinator says what it decided");
+          assert.equal(r.decision.ok, false);
+          assert.match(r.state.detector, /^degraded/);
+          // Published at the same epoch with no read-only fallback: nobody moves.
+          assert.equal(r.published.kind, "degraded");
+          assert.equal(r.published.node, primary);
+          assert.equal(r.published.epoch, epoch, "degraded keeps the epoch");
+          assert.equal(r.published.readOnlyNode, null);
+          assert.match(r.published.why, sentence);
+          const res = await fetch(`${url}/health`);
+          const health = await res.json();
+          // No node answers at all, so the database check makes it "unavailable" (503).
+          assert.equal(res.status, 503);
+          assert.equal(health.status, "unavailable");
+          assert.equal(health.checks.failover.ok, false);
+          assert.match(health.checks.failover.why, sentence);
+          const started = performance.now();
+          const write = await fetch(`${url}/replication/canary`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${TOKEN}` },
+          });
+          const refused = await write.json();
+          assert.equal(write.status, 503, "writes are refused");
+          assert.equal(refused.error?.code, "DATABASE_UNAVAILABLE", JSON.stringify(refused));
+          // Degraded sets the switch wait to 0: the write does not wait FAILOVER_QUERY_WAIT_MS
+          // (10 s) for a primary that is not coming; half of it leaves room for a busy machine.
+          assert.ok(performance.now() - started < 5000, "refused without waiting for a switch");
+
+          // The primary comes back: degraded ends, writes go to it again, nothing was lost.
+          await cluster.nodes[primary].start();
+          await until(async () => {
+            found = await holder();
+            return found?.r.decision?.kind === "recovered";
+          }, {
+            ms: 30_000,
+            what: `the coordinator seeing ${primary} back`,
+            state: () => JSON.stringify(found && { why: found.r.why, state: found.r.state }),
+          });
+          assert.equal(found!.r.decision.why, `${primary} is back: leaving degraded mode`);
+          let after: Record<string, number> | null = null;
+          await until(async () => {
+            const res = await fetch(`${url}/replication/canary`, {
+              method: "POST",
+              headers: { authorization: `Bearer ${TOKEN}` },
+              signal: AbortSignal.timeout(10_000),
+            });
+            after = await res.json();
+            return res.status === 200;
+          }, {
+            ms: 30_000,
+            what: `a write accepted by ${primary} again`,
+            state: () => JSON.stringify(after),
+          });
+          assert.equal(after!.node, primary);
+          assert.equal(after!.epoch, epoch, "the same primary, the same epoch");
+          const have = await present(cluster, primary, acked);
+          assert.deepEqual(acked.filter((id) => !have.has(id)), [], "acknowledged writes lost");
+        },
+      );
     } catch (err) {
       console.error(dump());
       throw err;

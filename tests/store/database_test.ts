@@ -6,6 +6,7 @@ import { createUser, getUserByUsername, verifyCredentials } from "../../store/us
 import { createEventStore } from "../../store/event_store.ts";
 import { createStream, getStreamByKey, startStream } from "../../store/streams.ts";
 import { freePort, startPostgres } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
 
 const fastHash = { hashing: { ln: 10 } };
 
@@ -35,7 +36,7 @@ Deno.test("database: start-up waits for a server that comes up late", async () =
   await using pg = await startPostgres();
   await pg.stop();
   const opening = openDatabase({ url: pg.url, connectTimeoutS: 30 });
-  await new Promise((r) => setTimeout(r, 700));
+  await new Promise((r) => setTimeout(r, 700)); // the server stays down a while (the scenario)
   await pg.start();
   const db = await opening;
   try {
@@ -56,12 +57,12 @@ Deno.test("database: lost while running, then recovers", async () => {
     assert.equal(down.ok, false);
     assert.ok(down.error);
     await pg.start();
-    let ok = false;
-    for (let i = 0; i < 100 && !ok; i++) {
-      ok = (await db.ping(1000)).ok;
-      if (!ok) await new Promise((r) => setTimeout(r, 100));
-    }
-    assert.equal(ok, true, "the pool reconnects once the server is back");
+    let last: unknown = null;
+    await until(async () => (last = await db.ping(1000)).ok, {
+      what: "the pool reconnecting once the server is back",
+      ms: 20_000,
+      state: () => last,
+    });
   } finally {
     await db.close(0);
   }

@@ -8,6 +8,7 @@ import {
   type RedisSettings,
 } from "../../store/redis.ts";
 import { startRedis } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
 
 function settings(url: string, prefix = "rs-test:"): RedisSettings {
   return {
@@ -19,28 +20,17 @@ function settings(url: string, prefix = "rs-test:"): RedisSettings {
   };
 }
 
-/** Resolves with the next message on `channel`, or rejects after `ms`. */
-function nextMessage(bus: MessageBus, channel: string, ms = 3000) {
-  return new Promise<string>((resolve, reject) => {
-    let unsubscribe: (() => Promise<void>) | undefined;
-    const timer = setTimeout(() => {
-      unsubscribe?.();
-      reject(new Error(`no message on ${channel} within ${ms} ms`));
-    }, ms);
-    bus.subscribe(channel, (msg) => {
-      clearTimeout(timer);
-      unsubscribe?.();
-      resolve(msg);
-    }).then((u) => unsubscribe = u, reject);
-  });
-}
-
-async function until(check: () => boolean | Promise<boolean>, ms = 8000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 25));
-  }
+/** Subscribes to `channel`; once subscribed, `message()` waits for the first message on it. */
+async function nextMessage(bus: MessageBus, channel: string) {
+  const got: string[] = [];
+  const unsubscribe = await bus.subscribe(channel, (msg) => got.push(msg));
+  return {
+    async message(): Promise<string> {
+      const first = await until(() => got[0], { what: `a message on ${channel}` });
+      await unsubscribe();
+      return first;
+    },
+  };
 }
 
 Deno.test("keyspace builds namespaced names and refuses bad parts", () => {
@@ -89,10 +79,10 @@ Deno.test("redis client and bus against a real redis-server", async (t) => {
     });
 
     await t.step("a message published on one connection reaches the other", async () => {
-      const received = nextMessage(busB, "greetings");
-      await new Promise((r) => setTimeout(r, 50));
+      // Subscribed before publishing: pub/sub keeps nothing for late subscribers.
+      const received = await nextMessage(busB, "greetings");
       await busA.publish("greetings", "hello");
-      assert.equal(await received, "hello");
+      assert.equal(await received.message(), "hello");
       // The wire name carries the namespace prefix.
       const channels = await redis.cli("PUBSUB", "CHANNELS", "*");
       assert.doesNotMatch(channels, /^greetings$/m);
@@ -102,7 +92,10 @@ Deno.test("redis client and bus against a real redis-server", async (t) => {
       const got: string[] = [];
       const off = await busB.subscribe("ordered", (m) => got.push(m));
       for (let i = 0; i < 200; i++) await busA.publish("ordered", String(i));
-      await until(() => got.length === 200);
+      await until(() => got.length === 200, {
+        what: "200 messages on busB",
+        state: () => `${got.length} received`,
+      });
       assert.deepEqual(got, Array.from({ length: 200 }, (_, i) => String(i)));
       await off();
     });
@@ -114,7 +107,7 @@ Deno.test("redis client and bus against a real redis-server", async (t) => {
       });
       const off2 = await busB.subscribe("poison", (m) => got.push(m));
       await busA.publish("poison", "x");
-      await until(() => got.length === 1);
+      await until(() => got.length === 1, { what: "the message on the healthy subscription" });
       assert.ok(busB.stats().handlerErrors >= 1);
       await off1();
       await off2();
@@ -127,10 +120,15 @@ Deno.test("redis client and bus against a real redis-server", async (t) => {
       busB.onResubscribed(() => resubscribed++);
       await redis.kill("SIGKILL");
       await redis.start();
-      await until(() => resubscribed > 0, 10000);
-      await until(async () => (await pingRedis(a)).ok, 10000);
+      await until(() => resubscribed > 0, { what: "busB resubscribing", ms: 20_000 });
+      await until(async () => (await pingRedis(a)).ok, {
+        what: "client a reconnected",
+        ms: 20_000,
+      });
       await busA.publish("durable-sub", "after-restart");
-      await until(() => got.includes("after-restart"));
+      await until(() => got.includes("after-restart"), {
+        what: "the message published after the restart",
+      });
       assert.equal(busB.stats().resubscribes, 1);
       await off();
     });

@@ -15,6 +15,7 @@ import { createSessionStore, type SessionStoreOptions } from "../../store/sessio
 import type { Sql } from "../../store/types.ts";
 import { createUser } from "../../store/users.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
 
 const INJECTIONS = [
   "'; DROP TABLE sessions; --",
@@ -33,14 +34,6 @@ function redisSettings(url: string): RedisSettings {
 
 function sha256Hex(text: string): string {
   return createHash("sha256").update(text).digest("hex");
-}
-
-async function until(check: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 let counter = 0;
@@ -164,7 +157,9 @@ Deno.test("session store on PostgreSQL + Redis", async (t) => {
       );
       assert.equal(await store.revoke(session.id), false, "revoking twice is a no-op");
       assert.equal(await other.refresh(session.id), null, "a revoked session cannot be refreshed");
-      await until(() => seen.includes(session.id));
+      await until(() => seen.includes(session.id), {
+        what: "the revocation announced on the bus",
+      });
       await off();
       const row = await store.getById(session.id);
       assert.equal(row?.revokedReason, "revoked");

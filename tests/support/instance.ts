@@ -4,6 +4,8 @@
  * @module
  */
 
+import { AssertionError } from "node:assert";
+
 /** Repository root. */
 export const ROOT: string = new URL("../..", import.meta.url).pathname;
 
@@ -18,6 +20,9 @@ export interface InstanceProcess {
   /** Sends a signal and waits for the exit status. */
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
 }
+
+/** How long an instance may take to print the URL it serves. */
+const START_TIMEOUT_MS = 60_000;
 
 /** Starts `main.ts` with `env` and `args`; resolves once it printed the URL it serves. */
 export async function launchInstance(
@@ -37,20 +42,30 @@ export async function launchInstance(
   })();
   let out = "";
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const deadline = Date.now() + 60_000;
-  while (!/serving (http:\/\/\S+)/.test(out)) {
-    if (Date.now() > deadline) {
+  // A child that hangs before printing is killed, which ends its stdout and the read below.
+  let hung = false;
+  const killer = setTimeout(() => {
+    hung = true;
+    try {
       child.kill("SIGKILL");
-      await child.status;
-      throw new Error(`no URL printed; stderr:\n${err}`);
+    } catch { /* already gone */ }
+  }, START_TIMEOUT_MS);
+  try {
+    while (!/serving (http:\/\/\S+)/.test(out)) {
+      const { value, done } = await reader.read();
+      if (done) {
+        await child.status;
+        await errDone;
+        throw new Error(
+          hung
+            ? `timed out after ${START_TIMEOUT_MS} ms waiting for the instance to print its URL; stderr:\n${err}`
+            : `exited before serving; stderr:\n${err}`,
+        );
+      }
+      out += value;
     }
-    const { value, done } = await reader.read();
-    if (done) {
-      await child.status;
-      await errDone;
-      throw new Error(`exited before serving; stderr:\n${err}`);
-    }
-    out += value;
+  } finally {
+    clearTimeout(killer);
   }
   const outDone = (async () => {
     while (!(await reader.read()).done) { /* drain so the child never blocks on a full pipe */ }
@@ -74,21 +89,60 @@ export async function launchInstance(
   };
 }
 
-/** Polls `check` every 50 ms until it returns true; rejects after `ms`. */
-export async function until(
-  check: () => boolean | Promise<boolean>,
-  options: { ms?: number; what?: string } = {},
-): Promise<void> {
-  const deadline = Date.now() + (options.ms ?? 10_000);
+/** Options of {@linkcode until}. */
+export interface UntilOptions {
+  /** What is awaited, as the end of "timed out waiting for …" (required: every wait says why). */
+  what: string;
+  /** Give up after this many ms (default 10 000). */
+  ms?: number;
+  /** Pause between checks (default 50 ms). */
+  everyMs?: number;
+  /** What was seen instead, for the timeout message (called once, on timeout). */
+  state?: () => unknown;
+}
+
+/** What {@linkcode until} resolves with: the first truthy value its check returned. */
+export type Truthy<T> = Exclude<T, false | null | undefined | 0 | "">;
+
+/**
+ * Polls `check` until it returns something truthy, and resolves with it; on timeout rejects
+ * with a sentence naming what was awaited, the last error `check` threw and, with `state`,
+ * what was seen instead. An assertion that fails inside `check` fails at once. The one
+ * polling wait of the test suite: every wait says why.
+ */
+export async function until<T>(
+  check: () => T | Promise<T>,
+  options: UntilOptions,
+): Promise<Truthy<T>> {
+  const ms = options.ms ?? 10_000;
+  const deadline = Date.now() + ms;
+  let lastError: unknown = null;
   while (true) {
     try {
-      if (await check()) return;
-    } catch { /* not yet */ }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${options.what ?? "a condition"}`);
+      const value = await check();
+      if (value) return value as Truthy<T>;
+      lastError = null;
+    } catch (err) {
+      // A failed assertion inside a check is a failure now, not "not yet".
+      if (err instanceof AssertionError) throw err;
+      lastError = err; // not yet (a server still starting, a connection refused …)
     }
-    await new Promise((r) => setTimeout(r, 50));
+    if (Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, options.everyMs ?? 50));
   }
+  let seen = "";
+  if (options.state) {
+    try {
+      const state = await options.state();
+      seen = `; last seen: ${typeof state === "string" ? state : JSON.stringify(state)}`;
+    } catch (err) {
+      seen = `; reading the state failed: ${(err as Error)?.message ?? err}`;
+    }
+  }
+  const failed = lastError
+    ? `; the last check threw: ${(lastError as Error)?.message ?? lastError}`
+    : "";
+  throw new Error(`timed out after ${ms} ms waiting for ${options.what}${failed}${seen}`);
 }
 
 /** GETs a URL and parses JSON. */

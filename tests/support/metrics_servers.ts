@@ -26,6 +26,7 @@ import { serverDir } from "../harness/_base.ts";
 import { HarnessError, randomHex } from "../harness/_process.ts";
 import { ManagedServer } from "../harness/_server.ts";
 import { freePort } from "../harness/ports.ts";
+import { until, type UntilOptions } from "./instance.ts";
 
 /** A running (or stopped) throw-away server. */
 export interface MetricsServer extends AsyncDisposable {
@@ -280,26 +281,10 @@ export async function startInfluxDb(): Promise<InfluxDbServer> {
   }
 }
 
-/** Polls `check` every 50 ms until it returns true; throws after `ms`. */
+/** Polls `check` until it returns true; throws after `ms`, naming `what` (see `until`). */
 export async function eventually(
   check: () => boolean | Promise<boolean>,
-  options: { ms?: number; what?: string } = {},
+  options: UntilOptions,
 ): Promise<void> {
-  const deadline = Date.now() + (options.ms ?? 10_000);
-  let last: unknown = null;
-  while (true) {
-    try {
-      if (await check()) return;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(
-        `timed out waiting for ${options.what ?? "a condition"}${
-          last ? `: ${last instanceof Error ? last.message : last}` : ""
-        }`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await until(check, options);
 }

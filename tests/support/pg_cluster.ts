@@ -65,9 +65,14 @@ function alive(pid: number): boolean {
   }
 }
 
-async function waitGone(pids: number[], ms = 15_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+/** Waits until `pids` are gone; throws, naming the survivors, after `ms`. */
+async function waitGone(pids: number[], what: string, ms = 15_000): Promise<void> {
+  await until(() => !pids.some(alive), {
+    what,
+    ms,
+    everyMs: 10,
+    state: () => `still alive: ${pids.filter(alive).join(", ")}`,
+  });
 }
 
 /** Starts a primary and `replicas` streaming replicas (slots rs_<name>) on one database. */
@@ -87,7 +92,9 @@ export async function startPgCluster(
           Deno.kill(pid, "SIGCONT");
           Deno.kill(pid, "SIGINT");
         } catch { /* gone */ }
-        await waitGone([pid, ...kids]);
+        await waitGone([pid, ...kids], `${server.name} (started by pg_ctl) to stop`).catch(
+          (err) => console.error(`cluster teardown: ${err.message}`),
+        );
       }
     }
   };
@@ -116,7 +123,7 @@ export async function startPgCluster(
         if (pid === server.pid) return await server.kill("SIGKILL");
         const kids = childrenOf(pid);
         Deno.kill(pid, "SIGKILL");
-        await waitGone([pid, ...kids]);
+        await waitGone([pid, ...kids], `${name}'s postmaster and backends to die after SIGKILL`);
       },
       pause(name, paused) {
         const pid = postmasterPid(nodes[name].dataDir);

@@ -166,10 +166,9 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
       const sse = sseReader(res);
       assert.equal((await sse.next()).event, "hello");
       const node = getSyncNode(a)!.node;
-      const t0 = performance.now();
-      // One synchronous burst: the client's buffer (4) overflows before it can read.
+      // One synchronous burst: the client's buffer (4) overflows before it can read, and the
+      // node cannot have waited for the client (nothing in a synchronous loop can).
       for (let i = 0; i < 200; i++) node.applyDelta("stream", 9, { fps: i });
-      assert.ok(performance.now() - t0 < 1000);
       const first = await sse.next();
       assert.equal(first.event, "missed");
       assert.ok((first.data.missed as number) >= 190, JSON.stringify(first.data));

@@ -91,6 +91,14 @@ Deno.test("three processes converge under concurrent updates, a Redis restart an
     }));
   }
 
+  /** Publishes that failed so far, summed over the instances. */
+  async function publishFailures(): Promise<number> {
+    const stats = await Promise.all(
+      nodes.map(async (n) => (await (await fetch(`${n.url}/state`)).json()).sync),
+    );
+    return stats.reduce((sum, s) => sum + s.publishFailures, 0);
+  }
+
   /** Waits until all instances hold the same state, which matches what the ops imply. */
   async function converged(ops: Op[], prefix: string, ms = 20_000): Promise<void> {
     const ids = [...new Set(ops.map((o) => o.entity))];
@@ -152,11 +160,15 @@ Deno.test("three processes converge under concurrent updates, a Redis restart an
           const prefix = `r${++run}`;
           const third = Math.ceil(ops.length / 3);
           await apply(ops.slice(0, third), prefix);
+          const failuresBefore = await publishFailures();
           await redis.kill("SIGKILL");
           // Updates while Redis is gone are applied locally and stored in PostgreSQL.
           await apply(ops.slice(third, 2 * third), prefix);
-          // Long enough for every instance to notice (its publishes fail).
-          await new Promise((r) => setTimeout(r, 700));
+          // The outage is real for the instances: their publishes fail (not queued somewhere).
+          await until(async () => (await publishFailures()) > failuresBefore, {
+            ms: 15_000,
+            what: "a publish failing on an instance while Redis is down",
+          });
           await redis.start();
           await apply(ops.slice(2 * third), prefix);
           await converged(ops, prefix);
@@ -172,7 +184,8 @@ Deno.test("three processes converge under concurrent updates, a Redis restart an
           const half = Math.ceil(ops.length / 2);
           nodes[1].child.kill("SIGSTOP");
           try {
-            // conv-b is frozen: its share goes to the next instance meanwhile.
+            // conv-b is frozen: its share goes to the next instance meanwhile, and it stays
+            // frozen a little longer (how long it is frozen is the scenario, not a wait).
             await apply(ops.slice(0, half), prefix, 1);
             await new Promise((r) => setTimeout(r, 600));
           } finally {

@@ -13,6 +13,7 @@ import { createLogger, type Logger, silentLogger } from "../../lib/log.ts";
 import { createRedisBus, type MessageBus } from "../../store/bus.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
 import type { Sql } from "../../store/types.ts";
+import { until as untilHolds } from "../support/instance.ts";
 
 /** Which inbound messages a node loses. */
 export interface Loss {
@@ -57,17 +58,13 @@ function lossyBus(bus: MessageBus, loss: Loss): MessageBus {
   };
 }
 
-/** Polls until `check` holds; rejects after `ms`. */
+/** Polls until `check` holds; rejects after `ms` naming `what` (the suite's one `until`). */
 export async function until(
   check: () => boolean | Promise<boolean>,
   what: string,
   ms = 10_000,
 ): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await untilHolds(check, { what, ms, everyMs: 20 });
 }
 
 /** Options of {@linkcode startTestNode}. */

@@ -8,8 +8,14 @@ import {
 import { isRuntimeError } from "../../../lib/errors.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../../store/redis.ts";
 import { type RedisServer, startRedis } from "../../harness/mod.ts";
+import { until } from "../../support/instance.ts";
 
 const TTL = 1500; // renew 500, retry 500, margin 300: a holder acts for at most 1200 ms
+const LONG_TTL = 4500; // renew 1500, margin 900: 2.1 s of slack for each renewal
+// Exact lease timings (deadlines, retries, wake-ups) are tested on a simulated clock in
+// tests/machines/lease_test.ts; here, on a real Redis and a possibly busy machine, the tests
+// check what follows from them whatever the scheduling: who holds, which token is refused,
+// that a holder cut off from Redis has stopped by its own deadline.
 
 function client(url: string): Redis {
   return createRedisClient(
@@ -19,18 +25,8 @@ function client(url: string): Redis {
   );
 }
 
-async function until<T>(
-  what: string,
-  check: () => T | null | undefined | false | Promise<T | null | undefined | false>,
-  ms = 5000,
-): Promise<T> {
-  const deadline = performance.now() + ms;
-  while (true) {
-    const value = await check();
-    if (value) return value;
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
 }
 
 /** Two managers (instances a and b) on their own connections and key prefix. */
@@ -70,23 +66,25 @@ Deno.test("leases on a real redis-server", async (t) => {
     await using c = await cluster(redis, "compete:");
     const acquired: string[] = [];
     const opts = (who: string): CampaignOptions => ({
-      ttlMs: TTL,
+      ttlMs: LONG_TTL,
       onAcquired: () => acquired.push(who),
     });
     const ca = c.a.campaign("scheduler", opts("a"));
     const cb = c.b.campaign("scheduler", opts("b"));
-    const first = await until("someone holds", () => holderOf(ca, cb));
-    // Several renewal periods: the holder keeps it, the other never gets it.
-    const deadline = performance.now() + 1200;
+    const first = await until(() => holderOf(ca, cb), { what: "someone holds" });
+    // Several renewal periods: the holder keeps it, the other never gets it. (A renewal
+    // delayed past the deadline by a starved event loop would rightly demote the holder: the
+    // TTL here leaves 2.4 s for each renewal, far beyond any scheduling delay.)
+    const deadline = performance.now() + 2 * LONG_TTL / 3 + 500;
     while (performance.now() < deadline) {
       assert.equal(holderOf(ca, cb), first);
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
     }
     assert.equal(acquired.length, 1);
     const seen = await c.a.holder("scheduler");
     assert.equal(seen?.instance, first === ca ? "a" : "b");
     assert.equal(seen?.token, first.token());
-    assert.ok(seen.ttlMs > 0 && seen.ttlMs <= TTL);
+    assert.ok(seen.ttlMs > 0 && seen.ttlMs <= LONG_TTL);
     const standby = first === ca ? cb : ca;
     assert.equal(standby.token(), null);
     assert.match(standby.actor.getSnapshot().context.why, /standing by: the lease is held by/);
@@ -97,19 +95,20 @@ Deno.test("leases on a real redis-server", async (t) => {
     async () => {
       await using c = await cluster(redis, "resign:");
       const ca = c.a.campaign("scheduler", { ttlMs: TTL });
-      await until("a holds", () => ca.held());
+      await until(() => ca.held(), { what: "a holds" });
       const cb = c.b.campaign("scheduler", { ttlMs: TTL });
       const old = ca.fence()!;
       const target = c.keyspace.key("scheduler", "cursor");
       await c.a.fencedSet(old, { key: target, value: "from-a" });
       assert.equal(await c.a.checkToken("scheduler", old.token), true);
 
-      const resignedAt = performance.now();
       await ca.resign();
       assert.equal(ca.held(), false);
-      await until("b takes over", () => cb.held(), TTL);
-      const handover = performance.now() - resignedAt;
-      assert.ok(handover < TTL / 3 + 250, `handover took ${handover} ms`);
+      // Promptly = released, not left to expire: the key is gone (or b has it) at once, so b
+      // takes it at its next retry instead of after the TTL.
+      const right = await c.b.holder("scheduler");
+      assert.ok(right === null || right.instance === "b", `still held: ${JSON.stringify(right)}`);
+      await until(() => cb.held(), { what: "b takes over after a resigns", ms: 4 * TTL });
 
       const fresh = cb.fence()!;
       assert.ok(fresh.token > old.token, `${fresh.token} > ${old.token}`);
@@ -135,12 +134,15 @@ Deno.test("leases on a real redis-server", async (t) => {
   await t.step("a stopped holder's token is refused once its lease expired", async () => {
     await using c = await cluster(redis, "expire:");
     const ca = c.a.campaign("scheduler", { ttlMs: 300 });
-    await until("a holds", () => ca.held());
+    await until(() => ca.held(), { what: "a holds" });
     const fence = ca.fence()!;
     ca.stop(); // a crash-like exit: no release
     assert.equal(ca.held(), false);
     assert.equal((await c.b.holder("scheduler"))?.instance, "a");
-    await until("lease expires", async () => (await c.b.holder("scheduler")) === null, 1000);
+    await until(async () => (await c.b.holder("scheduler")) === null, {
+      what: "a's lease to expire in Redis (ttl 300 ms)",
+      ms: 5000,
+    });
     await refused("LEASE_NOT_HELD", c.b.fenced(fence, () => 0));
     assert.equal(await c.b.checkToken("scheduler", fence.token), false);
   });
@@ -156,10 +158,14 @@ Deno.test("leases on a real redis-server", async (t) => {
       },
       onLost: (reason) => events.push(`lost ${reason}`),
     });
-    await until("a holds", () => ca.held());
+    await until(() => ca.held(), { what: "a holds" });
     // Someone else's lease replaces ours behind our back (e.g. an operator's manual edit).
     await c.redis.set(c.keyspace.key("lease", "scheduler"), '{"holder":"z","token":1}', "PX", 5000);
-    await until("a notices", () => !ca.held() && events.length === 2, 1000);
+    await until(() => !ca.held() && events.length === 2, {
+      what: "a noticing that its lease was taken (at its next renewal, 200 ms)",
+      ms: 5000,
+      state: () => events,
+    });
     assert.deepEqual(events, ["acquired true", "lost taken"]);
     assert.equal(ca.actor.getSnapshot().status, "active");
     assert.equal(ca.actor.getSnapshot().value, "standby");
@@ -168,7 +174,7 @@ Deno.test("leases on a real redis-server", async (t) => {
   await t.step("close releases held leases at once", async () => {
     const c = await cluster(redis, "close:");
     const ca = c.a.campaign("scheduler", { ttlMs: 10_000 });
-    await until("a holds", () => ca.held());
+    await until(() => ca.held(), { what: "a holds" });
     await c[Symbol.asyncDispose]();
     assert.equal(ca.actor.getSnapshot().status, "done", "the campaign ended in released");
     assert.equal(ca.actor.getSnapshot().value, "released");
@@ -195,21 +201,24 @@ Deno.test("leases on a real redis-server", async (t) => {
     await using c = await cluster(redis, "restart:");
     const lost: string[] = [];
     const ca = c.a.campaign("scheduler", { ttlMs: TTL, onLost: (r) => lost.push(`a ${r}`) });
-    await until("a holds", () => ca.held());
+    await until(() => ca.held(), { what: "a holds" });
     const cb = c.b.campaign("scheduler", { ttlMs: TTL, onLost: (r) => lost.push(`b ${r}`) });
     const before = ca.token()!;
-    const downAt = performance.now();
     await redis.kill();
-    // Cut off from Redis, the holder must stop acting before its lease could expire.
-    await until("a demotes itself", () => !ca.held(), TTL);
-    const demotedAfter = performance.now() - downAt;
-    // Its deadline is ttl - margin (1200 ms) after its last renewal; others need 1500 ms.
-    assert.ok(demotedAfter <= TTL - 300 + 150, `demoted after ${demotedAfter} ms`);
-    // held() turns false on its own clock even if the deadline timer runs late under load.
-    await until("a announces the loss", () => lost.length > 0, 1000);
+    // Cut off from Redis, the holder must stop acting before its lease could expire: every
+    // renewal that succeeded was sent before this point, so ttl - margin (1200 ms) from here
+    // is past its deadline. held() reads its own clock, so this holds on a starved event
+    // loop too (the deadline timer may run late; the answer may not).
+    await sleep(TTL - 300 + 5);
+    assert.equal(ca.held(), false, "a still claims the role past its deadline");
+    assert.equal(ca.token(), null);
+    await until(() => lost.length > 0, { what: "a announcing the loss", ms: 5000 });
     assert.deepEqual(lost, ["a expired"]);
     await redis.start(); // without persistence: lease and fence counter are gone
-    const holder = await until("leadership is back", () => holderOf(ca, cb), 4000);
+    const holder = await until(() => holderOf(ca, cb), {
+      what: "leadership back after the Redis restart",
+      ms: 15_000,
+    });
     assert.ok(holder.token()! > before, "tokens keep growing after the counter was lost");
     assert.equal(await c.a.checkToken("scheduler", before), false);
     assert.equal(ca.actor.getSnapshot().status, "active");
@@ -286,7 +295,7 @@ async function reap(holder: Holder): Promise<void> {
   }
 }
 
-Deno.test("kill -9 of the holder process: another process takes over within the TTL", async () => {
+Deno.test("kill -9 of the holder process: another process takes over once the lease expires", async () => {
   await using redis = await startRedis();
   const keyspace = createKeyspace("mp:");
   const env = {
@@ -301,16 +310,18 @@ Deno.test("kill -9 of the holder process: another process takes over within the 
     const acquisitions = () =>
       holders.flatMap((h) => h.events.filter((e) => e.event === "acquired").map((e) => ({ h, e })));
     await until(
-      "all three started and one acquired",
       () =>
         holders.every((h) => h.events.some((e) => e.event === "started")) &&
         acquisitions().length === 1,
-      15_000,
-    ).catch((err) => {
-      throw new Error(`${err.message}\n${holders.map((h) => h.stderr()).join("\n")}`);
-    });
-    // Let the holder renew once so the kill lands mid-lease, as in production.
-    await new Promise((r) => setTimeout(r, TTL / 2));
+      {
+        what: "all three holder processes started and one acquired",
+        ms: 30_000,
+        state: () => holders.map((h) => `${h.id}: ${JSON.stringify(h.events)}\n${h.stderr()}`),
+      },
+    );
+    // Let the holder renew once so the kill lands mid-lease, as in production (a duration of
+    // the scenario, not a wait for a condition).
+    await sleep(TTL / 2);
     assert.equal(acquisitions().length, 1);
     const [{ h: victim, e: first }] = acquisitions();
     const checker = createLeaseManager({ redis: check, keyspace, instanceId: "observer" });
@@ -319,15 +330,25 @@ Deno.test("kill -9 of the holder process: another process takes over within the 
     const killedAt = performance.now();
     victim.child.kill("SIGKILL");
     assert.equal((await victim.child.status).signal, "SIGKILL");
+    // A killed holder releases nothing: its lease stays in Redis until the TTL runs out, so
+    // whoever takes over does so by expiry (how soon is the lease machine's, tested on a
+    // simulated clock; here it is only printed).
+    const after = await checker.holder(env.LEASE_ROLE);
+    assert.ok(
+      after === null || after.instance === victim.id || acquisitions().length === 2,
+      `the lease changed hands without expiring: ${JSON.stringify(after)}`,
+    );
 
     const [{ h: successor, e: next }] = await until(
-      "a survivor acquires",
       () => acquisitions().length === 2 && acquisitions().filter(({ h }) => h !== victim),
-      TTL + 1000,
+      {
+        what: "a surviving process acquiring the lease after it expired",
+        ms: 10 * TTL,
+        state: () => holders.map((h) => `${h.id}: ${JSON.stringify(h.events)}`),
+      },
     );
     const takeover = next.receivedAt - killedAt;
     console.error(`takeover after kill -9: ${Math.round(takeover)} ms (ttl ${TTL} ms)`);
-    assert.ok(takeover <= TTL + 250, `takeover took ${takeover} ms`);
     assert.notEqual(successor, victim);
     assert.ok(next.token! > first.token!, `${next.token} > ${first.token}`);
     assert.equal((await checker.holder(env.LEASE_ROLE))?.instance, successor.id);
@@ -335,8 +356,9 @@ Deno.test("kill -9 of the holder process: another process takes over within the 
       "LEASE_STALE_TOKEN",
       checker.fenced({ role: env.LEASE_ROLE, token: first.token! }, () => "stale write"),
     );
-    // The third process stayed on standby: still exactly one acquisition after the kill.
-    await new Promise((r) => setTimeout(r, 300));
+    // The third process stayed on standby: still exactly one acquisition after the kill
+    // (nothing to wait for: a short look that something does not happen).
+    await sleep(300);
     assert.equal(acquisitions().length, 2);
   } finally {
     await Promise.all(holders.map(reap));
