@@ -194,19 +194,35 @@ Deno.test("backup and restore refusals leave nothing behind", async (t) => {
     });
 
     await t.step("WAL switching says what the server or the role lacks", async () => {
-      // The harness server does not archive: the wait ends with the reason.
-      const off = await rejected(
-        switchAndAwaitArchive(sql, { dir: `${dir}/archive`, timeoutMs: 200 }),
-      );
-      assert.equal(off.code, "WAL_ARCHIVE_FAILED");
-      assert.match(off.message, /archive_mode is off/);
-      const limited = pool(limitedUrl);
+      // The harness server does not archive: that is said at once, whoever asks, before
+      // any WAL switch (the role's own lack would only matter once the server archives).
+      for (const who of ["postgres", "limited"]) {
+        const conn = who === "postgres" ? sql : pool(limitedUrl);
+        try {
+          const off = await rejected(
+            switchAndAwaitArchive(conn, { dir: `${dir}/archive`, timeoutMs: 200 }),
+          );
+          assert.equal(off.code, "WAL_ARCHIVE_FAILED", `as ${who}: ${off.message}`);
+          assert.match(off.message, /archive_mode is off/);
+        } finally {
+          if (conn !== sql) await conn.end();
+        }
+      }
+      // A server that archives, and a role that may not switch WAL: what it lacks is said.
+      // (archive_command is never reached: the switch is refused first.)
+      await using archiving = await startPostgres({
+        name: "bk-errors-archiving",
+        settings: { archive_mode: "on", archive_command: "/bin/true" },
+      });
+      await archiving.psql("CREATE ROLE limited LOGIN");
+      const limited = pool(archiving.url.replace("postgres@", "limited@"));
       try {
         const denied = await rejected(
           switchAndAwaitArchive(limited, { dir: `${dir}/archive`, timeoutMs: 200 }),
         );
-        assert.equal(denied.code, "BACKUP_FAILED");
+        assert.equal(denied.code, "BACKUP_FAILED", denied.message);
         assert.match(denied.message, /pg_switch_wal/);
+        assert.match(denied.message, /GRANT EXECUTE ON FUNCTION pg_switch_wal\(\)/);
       } finally {
         await limited.end();
       }
