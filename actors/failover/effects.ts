@@ -761,19 +761,19 @@ export async function reassess(
 ): Promise<Assessment> {
   const probe = await probeNode(deps, input.primary.node, deps.settings.probeTimeoutMs);
   if (probe.ok) {
-    if (input.primary.readOnlyNode) {
-      await publish(deps, {
-        kind: "recovered",
-        node: input.primary.node,
-        oldPrimary: input.primary.node,
-        epoch: input.primary.epoch,
-        readOnlyNode: null,
-        token: input.token,
-        startedAt: null,
-        why: `${input.primary.node} is back: leaving degraded mode`,
-        requestId: null,
-      }).catch(() => {});
-    }
+    // The chart announces every degraded spell, with or without a read-only fallback, so
+    // its end is published too: the record must not keep saying the primary is down.
+    await publish(deps, {
+      kind: "recovered",
+      node: input.primary.node,
+      oldPrimary: input.primary.node,
+      epoch: input.primary.epoch,
+      readOnlyNode: null,
+      token: input.token,
+      startedAt: null,
+      why: `${input.primary.node} is back: leaving degraded mode`,
+      requestId: null,
+    }).catch(() => {});
     return {
       primaryOk: true,
       choice: { node: null, adopt: false, why: "the primary answers" },

@@ -31,7 +31,7 @@ import { loadFailoverSettings } from "../../actors/failover/settings.ts";
 import { createLocalTransport } from "../../actors/runtime/transport.ts";
 import { isRuntimeError, type RuntimeError } from "../../lib/errors.ts";
 import { silentLogger } from "../../lib/log.ts";
-import type { ReplicationSample } from "../../machines/failover.ts";
+import { degradedSentence, type ReplicationSample } from "../../machines/failover.ts";
 import { createLocalBus } from "../../store/bus.ts";
 import { type Database, openDatabase } from "../../store/database.ts";
 import { migrate } from "../../store/migrations.ts";
@@ -221,33 +221,91 @@ Deno.test({
         assert.equal(await inRecovery("fe2"), true, "nothing was promoted");
       });
 
-      await t.step("no eligible replica: FAILOVER_NO_CANDIDATE, nothing promoted", async () => {
-        // The only replica was far behind at the last sample (asynchronous mode).
-        const lagging: ReplicationSample = {
-          at: Date.now(),
-          primary: "fe3",
-          sync: null,
-          nodes: [{ ...sample!.nodes.find((n) => n.name === "fe2")!, lagBytes: 2 ** 40 }],
-        };
-        const behind = await rejected(
-          promote(only(["fe3", "fe2"], { syncMode: false }), {
-            primary: { node: "fe3", epoch: 1, readOnlyNode: null },
-            token: null,
-            last: lagging,
-          }),
-        );
-        assert.equal(behind.code, "FAILOVER_NO_CANDIDATE");
-        assert.match(behind.message, /fe2/);
-        // Synchronous mode: a standby that confirmed commits cannot be checked.
-        const unsure = await rejected(promote(only(["fe3", "fe2"]), {
-          primary: { node: "fe3", epoch: 1, readOnlyNode: null },
-          token: null,
-          last: { ...sample!, sync: { method: "FIRST", num: 2, names: ["fe2", "fe4"] } },
-        }));
-        assert.equal(unsure.code, "FAILOVER_NO_CANDIDATE");
-        assert.match(unsure.message, /fe4/);
-        assert.equal(await inRecovery("fe2"), true, "nothing was promoted");
-      });
+      await t.step(
+        "no eligible replica: nothing promoted; promote and reassess give one decision",
+        async () => {
+          const before = { published: await published(), history: await history("fe1", "true") };
+          // Promote's and reassess's look at the same cluster: one sentence, one fallback.
+          const outcome = async (deps: FailoverDeps, last: ReplicationSample) => {
+            const primary = { node: "fe3", epoch: 1, readOnlyNode: null };
+            const out = await promote(deps, { primary, token: null, last });
+            if (out.node !== null) assert.fail(`nothing may be promoted, got ${out.node}`);
+            const again = await reassess(deps, { primary, last, token: null });
+            assert.equal(again.primaryOk, false);
+            assert.equal(again.choice.node, null);
+            const promoted = degradedSentence("fe3", {
+              why: out.choice.why,
+              readOnlyNode: out.readOnlyNode,
+            });
+            const reassessed = degradedSentence("fe3", {
+              why: again.choice.why,
+              readOnlyNode: again.readOnlyNode,
+            });
+            assert.equal(reassessed, promoted, "the same situation, the same sentence");
+            return { readOnlyNode: out.readOnlyNode, sentence: promoted };
+          };
+
+          // The only replica was far behind at the last sample (asynchronous mode): it is not
+          // promoted, but it serves reads.
+          const lagging: ReplicationSample = {
+            at: Date.now(),
+            primary: "fe3",
+            sync: null,
+            nodes: [{ ...sample!.nodes.find((n) => n.name === "fe2")!, lagBytes: 2 ** 40 }],
+          };
+          const behind = await outcome(only(["fe3", "fe2"], { syncMode: false }), lagging);
+          assert.equal(behind.readOnlyNode, "fe2");
+          assert.match(
+            behind.sentence,
+            /^degraded: fe3 is down and no eligible replica: fe2 was 1024\.0 GB behind at the last sample \(limit [^)]+\); reads go to fe2, writes are refused$/,
+          );
+
+          // Synchronous mode: a standby that confirmed commits cannot be checked, so the
+          // reachable replica may not hold every acknowledged write.
+          const unsure = await outcome(only(["fe3", "fe2"]), {
+            ...sample!,
+            primary: "fe3",
+            sync: { method: "FIRST", num: 2, names: ["fe2", "fe4"] },
+          });
+          assert.equal(unsure.readOnlyNode, "fe2");
+          assert.match(
+            unsure.sentence,
+            /^degraded: fe3 is down and no replica provably holds every acknowledged write: every one of fe2, fe4 confirmed commits, and fe4 cannot be checked; reads go to fe2, writes are refused$/,
+          );
+
+          // Every replica gone, while the dead one is still a synchronous standby: the plain
+          // reason, not the synchronous-standby argument (issue 12, run 2), and nobody to read.
+          const gone = createNodeClient(
+            { name: "fe4", url: DOWN_URL, address: "127.0.0.1:1" },
+            { applicationName: "fe-test" },
+          );
+          try {
+            const deps = {
+              ...only(["fe3"]),
+              nodes: new Map([...only(["fe3"]).nodes, ["fe4", gone]]),
+            };
+            const none = await outcome(deps, {
+              ...sample!,
+              primary: "fe3",
+              sync: { method: "ANY", num: 1, names: ["fe4"] },
+            });
+            assert.equal(none.readOnlyNode, null);
+            assert.match(
+              none.sentence,
+              /^degraded: fe3 is down and no eligible replica: fe4 is unreachable \(connection refused\); no node serves reads or writes$/,
+            );
+          } finally {
+            await gone.close();
+          }
+
+          assert.equal(await inRecovery("fe2"), true, "nothing was promoted");
+          assert.deepEqual(
+            { published: await published(), history: await history("fe1", "true") },
+            before,
+            "nothing was published or recorded",
+          );
+        },
+      );
 
       await t.step("a node already out of recovery is adopted, not promoted again", async () => {
         const out = await promote(only(["fe3", "fe1", "fe2"]), {
@@ -439,6 +497,7 @@ Deno.test({
           nodes: sample!.nodes.map((n) => n.name === "fe2" ? { ...n, lagBytes: 2 ** 40 } : n),
         };
         const deps = only(["fe3", "fe2"], { syncMode: false });
+        const before = await published();
         const out = await reassess(deps, {
           primary: { node: "fe3", epoch, readOnlyNode: null },
           last: lagging,
@@ -446,22 +505,65 @@ Deno.test({
         });
         assert.equal(out.primaryOk, false);
         assert.equal(out.choice.node, null);
+        assert.match(out.choice.why, /^no eligible replica: fe2 was .+ behind/);
         assert.equal(out.readOnlyNode, "fe2");
-        const record = await published();
-        assert.equal(record?.readOnlyNode, "fe2");
-        assert.equal(record?.kind, "degraded");
-        assert.equal(record?.epoch, epoch, "degraded mode keeps the epoch");
-
-        // The primary answers again: degraded mode ends and Redis says so.
-        const back = await reassess(base, {
-          primary: { node: "fe1", epoch, readOnlyNode: "fe2" },
-          last: sample,
-          token: null,
+        // A re-check only looks: announcing the fallback is the chart's (degraded.announcing).
+        assert.deepEqual(await published(), before, "reassess published nothing");
+        const why = degradedSentence("fe3", {
+          why: out.choice.why,
+          readOnlyNode: out.readOnlyNode,
         });
-        assert.equal(back.primaryOk, true);
-        const after = await published();
-        assert.equal(after?.readOnlyNode, null);
-        assert.equal(after?.kind, "recovered");
+        await publish(deps, {
+          kind: "degraded",
+          node: "fe3",
+          oldPrimary: "fe3",
+          epoch,
+          readOnlyNode: out.readOnlyNode,
+          token: null,
+          startedAt: null,
+          why,
+          requestId: null,
+        });
+        const record = await published();
+        assert.equal(record?.kind, "degraded");
+        assert.equal(record?.node, "fe3");
+        assert.equal(record?.readOnlyNode, "fe2");
+        assert.equal(record?.epoch, epoch, "degraded mode keeps the epoch");
+        assert.equal(record?.why, why);
+
+        // The primary answers again: degraded mode ends and Redis says so, whether or not a
+        // replica served reads meanwhile.
+        for (const readOnlyNode of ["fe2", null]) {
+          await publish(base, {
+            kind: "degraded",
+            node: "fe1",
+            oldPrimary: "fe1",
+            epoch,
+            readOnlyNode,
+            token: null,
+            startedAt: null,
+            why: `degraded: fe1 is down (${readOnlyNode ?? "no fallback"})`,
+            requestId: null,
+          });
+          const back = await reassess(base, {
+            primary: { node: "fe1", epoch, readOnlyNode },
+            last: sample,
+            token: null,
+          });
+          assert.equal(back.primaryOk, true);
+          const after = await published();
+          assert.deepEqual(
+            {
+              kind: after?.kind,
+              node: after?.node,
+              readOnlyNode: after?.readOnlyNode,
+              epoch: after?.epoch,
+            },
+            { kind: "recovered", node: "fe1", readOnlyNode: null, epoch },
+            `recovered after degraded with read-only fallback ${readOnlyNode}`,
+          );
+          assert.equal(after?.why, "fe1 is back: leaving degraded mode");
+        }
         // Degraded and recovered are statuses, not events of the history.
         assert.equal(
           await psql("fe1", "select count(*) from failover_history where kind <> 'rejoin'"),
