@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { HARNESS_ROOT, sweepLeftovers } from "./harness/_base.ts";
-import { childrenOf, isAlive } from "./harness/_process.ts";
+import { AS_POSTGRES, childrenOf, isAlive, PG_BIN, runOk } from "./harness/_process.ts";
 import { freePort, HarnessError, startPostgres, startRedis, startReplica } from "./harness/mod.ts";
 
 async function exists(path: string): Promise<boolean> {
@@ -119,6 +119,7 @@ Deno.test("a SIGKILLed PostgreSQL restarts on the same data dir and port", async
     await pg.kill();
     assert.equal(isAlive(oldPid), false);
     for (const child of oldChildren) assert.equal(isAlive(child.pid, child.startTime), false);
+    assert.deepEqual(pg.processes(), [], "nothing runs in the data directory");
     await assert.rejects(pg.psql("select 1"));
     assert.ok(await exists(`${dataDir}/postmaster.pid`), "the crash leaves its lock file behind");
   });
@@ -160,6 +161,62 @@ Deno.test("a SIGKILLed PostgreSQL restarts on the same data dir and port", async
   await t.step("a SIGSTOPped server is still stopped by dispose", async () => {
     await pg.kill("SIGSTOP");
     assert.ok(isAlive(pg.pid));
+  });
+});
+
+Deno.test("start() is not fooled by lock files of a postmaster it did not start", async (t) => {
+  await using pg = await startPostgres();
+  await pg.psql("create table t(v int); insert into t values (7)");
+  const lock = `${pg.socketDir}/.s.PGSQL.${pg.port}.lock`;
+  const lockPid = async () => Number((await Deno.readTextFile(lock)).split("\n")[0]);
+
+  await t.step("a postmaster pg_ctl started, then SIGKILLed", async () => {
+    await pg.stop();
+    // What the failover manager does to rejoin a node: pg_ctl starts the postmaster and
+    // exits, so the postmaster's parent becomes init. An init that does not reap orphans
+    // (as in some containers) keeps it a zombie for good once killed, and PostgreSQL's
+    // kill(pid, 0) takes a zombie for a live postmaster holding the socket's lock.
+    await runOk([
+      ...AS_POSTGRES,
+      `${PG_BIN}/pg_ctl`,
+      "-D",
+      pg.dataDir,
+      "-l",
+      `${pg.dataDir}/../pg_ctl.log`,
+      "-w",
+      "-o",
+      `-p ${pg.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=${pg.socketDir}`,
+      "start",
+    ]);
+    const foreign = await lockPid();
+    assert.ok(pg.processes().some((p) => p.pid === foreign), "pg_ctl's postmaster runs there");
+    Deno.kill(foreign, "SIGKILL");
+    await eventually(
+      "the killed postmaster and its children to leave the data directory",
+      () => Promise.resolve(pg.processes().length === 0),
+    );
+    assert.equal(await lockPid(), foreign, "the crash leaves the socket's lock behind");
+    await pg.start();
+    assert.notEqual(pg.pid, foreign);
+    assert.equal(await pg.psql("select v from t"), "7");
+  });
+
+  await t.step("a lock naming a live process that is no postmaster of this directory", async () => {
+    await pg.kill();
+    // A pid reused by an unrelated process of PostgreSQL's own OS user (PostgreSQL ignores
+    // one it may not signal), which kill(pid, 0) finds alive.
+    const [cmd, ...args] = [...AS_POSTGRES, "sleep", "60"];
+    const squatter = new Deno.Command(cmd, { args, cwd: "/tmp", stdout: "null", stderr: "null" })
+      .spawn();
+    try {
+      await Deno.writeTextFile(lock, `${squatter.pid}\n${pg.dataDir}\n`);
+      await pg.start();
+      assert.equal(await pg.psql("select v from t"), "7");
+      assert.equal(await lockPid(), pg.pid, "the live postmaster holds the lock again");
+    } finally {
+      squatter.kill("SIGKILL");
+      await squatter.status;
+    }
   });
 });
 

@@ -234,6 +234,38 @@ export function childrenOf(pid: number): { pid: number; startTime: string }[] {
   return found;
 }
 
+/** The working directory of `pid`; null when it is gone, a zombie, or not ours to look at. */
+export function cwdOf(pid: number): string | null {
+  try {
+    return Deno.readLinkSync(`/proc/${pid}/cwd`);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The live (not zombie) processes whose working directory is `dir`, a canonical path.
+ * PostgreSQL's postmaster changes into its data directory and its children inherit that,
+ * so for a data directory these are its server's processes, whoever started them.
+ */
+export function processesIn(dir: string): (ProcInfo & { pid: number })[] {
+  const found: (ProcInfo & { pid: number })[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const pid = Number(entry.name);
+    if (cwdOf(pid) !== dir) continue;
+    const info = procInfo(pid);
+    if (info && info.state !== "Z" && info.state !== "X") found.push({ pid, ...info });
+  }
+  return found;
+}
+
+/** `pid 12 (postgres, state S, parent 1), …` for messages. */
+export function describeProcesses(procs: readonly (ProcInfo & { pid: number })[]): string {
+  return procs.map((p) => `pid ${p.pid} (${p.comm}, state ${p.state}, parent ${p.ppid})`)
+    .join(", ");
+}
+
 /**
  * Waits until every process in `procs` has exited (or is a zombie); after `graceMs`
  * the stragglers get SIGKILL.

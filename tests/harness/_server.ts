@@ -88,6 +88,15 @@ export abstract class ManagedServer implements Tracked, AsyncDisposable {
     return Promise.resolve();
   }
 
+  /**
+   * Called once stop() or kill() has seen the server's process exit: waits for whatever
+   * else of that run may still run (processes it had started, and not only those seen when
+   * the signal went out).
+   */
+  protected afterExit(): Promise<void> {
+    return Promise.resolve();
+  }
+
   /** Starts the server again on the same port after stop()/kill(); no-op while it runs. */
   start(): Promise<void> {
     return this.exclusive(() => this.launch({ retryPort: false }));
@@ -191,6 +200,8 @@ export abstract class ManagedServer implements Tracked, AsyncDisposable {
     if (!child) return;
     if (this.#exited) {
       // It died on its own and was reaped: its pid may belong to someone else by now.
+      // Another process may run the server now (PostgreSQL restarted by pg_ctl): the next
+      // start() waits for whatever is left, not this.
       this.#child = undefined;
       return;
     }
@@ -215,5 +226,6 @@ export abstract class ManagedServer implements Tracked, AsyncDisposable {
     this.#child = undefined;
     this.#exited = true;
     await waitGone(children);
+    await this.afterExit();
   }
 }

@@ -20,11 +20,17 @@ import { baseDir, HARNESS_ROOT, serverDir } from "./_base.ts";
 import {
   AS_POSTGRES,
   chownPostgres,
+  cwdOf,
+  describeProcesses,
   HarnessError,
+  isAlive,
   PG_BIN,
+  processesIn,
+  type ProcInfo,
   randomHex,
   run,
   runOk,
+  signalPid,
   sleep,
 } from "./_process.ts";
 import { ManagedServer, POLL_MS } from "./_server.ts";
@@ -44,6 +50,8 @@ export interface PgServer extends AsyncDisposable {
   readonly url: string;
   /** Postmaster pid of the current run (changes after a restart). */
   readonly pid: number;
+  /** True while the postmaster the harness started runs (not one pg_ctl started). */
+  readonly running: boolean;
   /** URL of another database on this server. */
   urlFor(database: string): string;
   /** Creates a database (random safe name if omitted) and returns its URL. */
@@ -54,8 +62,16 @@ export interface PgServer extends AsyncDisposable {
   stop(): Promise<void>;
   /** Sends `signal` (default SIGKILL); for a fatal signal waits until postmaster and children are gone. */
   kill(signal?: Deno.Signal): Promise<void>;
-  /** (Re)starts on the same data dir and port; waits until it accepts connections. */
+  /**
+   * (Re)starts on the same data dir and port; waits until it accepts connections. Waits
+   * first for every process of an earlier run to be gone (naming them after 15 s).
+   */
   start(): Promise<void>;
+  /**
+   * The live processes running in the data directory: the postmaster and its children,
+   * whoever started them (the harness, or pg_ctl for a rejoin).
+   */
+  processes(): { pid: number; comm: string; state: string; ppid: number }[];
   /** Stops the server and removes its directories. */
   [Symbol.asyncDispose](): Promise<void>;
 }
@@ -295,14 +311,99 @@ class PgNode extends ManagedServer implements PgServer {
     return Number(lines[0]) === pid && (status === "ready" || status === "standby");
   }
 
+  processes(): (ProcInfo & { pid: number })[] {
+    let dataDir: string;
+    try {
+      dataDir = Deno.realPathSync(this.dataDir);
+    } catch {
+      return []; // no data directory (yet): nothing can run in it
+    }
+    return processesIn(dataDir);
+  }
+
   /**
-   * We own the data directory and none of our postmasters runs on it now, so a
-   * postmaster.pid left by a killed run is stale; drop it so a reused pid cannot make
-   * PostgreSQL refuse to start. (The shared-memory interlock does not depend on it.)
+   * Waits until nothing of an earlier run is left: no process in the data directory
+   * (postmaster and children, started by the harness or by pg_ctl; a postmaster killed
+   * with SIGKILL leaves its children running for a moment), then drops the lock files
+   * that run left behind — only those provably stale, see {@linkcode dropStaleLock}.
    */
   protected override async beforeLaunch(): Promise<void> {
-    await Deno.remove(`${this.dataDir}/postmaster.pid`).catch(() => {});
+    await this.waitLeftovers({
+      onTimeout: (left) =>
+        new HarnessError(
+          "SERVER_START_FAILED",
+          `Cannot start ${this.label}: ${describeProcesses(left)} still run in ` +
+            `${this.dataDir} after ${LEFTOVER_WAIT_MS} ms; a server of an earlier run (the ` +
+            "harness's or one pg_ctl started) must be gone first",
+        ),
+    });
+    const dataDir = await Deno.realPath(this.dataDir);
+    await dropStaleLock(`${this.dataDir}/postmaster.pid`, dataDir);
+    await dropStaleLock(`${this.socketDir}/.s.PGSQL.${this.port}.lock`, dataDir);
   }
+
+  /**
+   * After the postmaster of this run has exited: its children (they notice within
+   * moments; SIGKILLed after a grace), including any it forked after kill() looked.
+   */
+  protected override async afterExit(): Promise<void> {
+    await this.waitLeftovers({
+      killAfterMs: LEFTOVER_GRACE_MS,
+      onTimeout: (left) =>
+        new HarnessError(
+          "SERVER_STOP_FAILED",
+          `Cannot stop ${this.label}: ${describeProcesses(left)} still run in ` +
+            `${this.dataDir} ${LEFTOVER_WAIT_MS} ms after its postmaster exited, even after ` +
+            "SIGKILL",
+        ),
+    });
+  }
+
+  private async waitLeftovers(options: {
+    killAfterMs?: number;
+    onTimeout: (left: (ProcInfo & { pid: number })[]) => Error;
+  }): Promise<void> {
+    const started = Date.now();
+    let killed = false;
+    for (let left = this.processes(); left.length; left = this.processes()) {
+      const waited = Date.now() - started;
+      if (waited > LEFTOVER_WAIT_MS) throw options.onTimeout(left);
+      if (options.killAfterMs !== undefined && waited > options.killAfterMs && !killed) {
+        for (const p of left) signalPid(p.pid, "SIGKILL");
+        killed = true;
+      }
+      await sleep(POLL_MS);
+    }
+  }
+}
+
+/** How long leftovers of an earlier run may take to go before start() or stop() gives up. */
+const LEFTOVER_WAIT_MS = 15_000;
+
+/** How long orphaned children of a stopped or killed postmaster get before SIGKILL. */
+const LEFTOVER_GRACE_MS = 5_000;
+
+/**
+ * Removes the lock file at `path` (postmaster.pid, or a socket's `.lock`) when it is
+ * provably stale: the pid it names is gone, a zombie, or runs somewhere other than
+ * `dataDir`. PostgreSQL itself only asks kill(pid, 0), which succeeds for a zombie — and a
+ * postmaster started by pg_ctl and killed stays one for good where init does not reap
+ * orphans (as in some containers), so it would refuse to start forever. A lock whose
+ * process cannot be looked at is left to PostgreSQL.
+ */
+async function dropStaleLock(path: string, dataDir: string): Promise<void> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch {
+    return; // no lock
+  }
+  const pid = Number(text.split("\n")[0].trim());
+  if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
+    const cwd = cwdOf(pid);
+    if (cwd === null || cwd === dataDir) return; // not provably someone else's
+  }
+  await Deno.remove(path).catch(() => {});
 }
 
 /**

@@ -44,34 +44,26 @@ export function postmasterPid(dataDir: string): number | null {
   }
 }
 
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid === pid) out.push(Number(entry.name));
-    } catch { /* gone */ }
-  }
-  return out;
-}
-
-function alive(pid: number): boolean {
+/** Sends `sig` to `pid`, ignoring "no such process". */
+function signal(pid: number, sig: Deno.Signal): void {
   try {
-    return !/^\d+ \(.*\) [ZX]/.test(Deno.readTextFileSync(`/proc/${pid}/stat`));
-  } catch {
-    return false;
-  }
+    Deno.kill(pid, sig);
+  } catch { /* gone */ }
 }
 
-/** Waits until `pids` are gone; throws, naming the survivors, after `ms`. */
-async function waitGone(pids: number[], what: string, ms = 15_000): Promise<void> {
-  await until(() => !pids.some(alive), {
+/**
+ * Waits until nothing runs in `server`'s data directory any more (the postmaster and every
+ * child, including any forked after the signal went out); throws, naming them, after `ms`.
+ */
+async function waitGone(server: PgServer, what: string, ms = 15_000): Promise<void> {
+  await until(() => server.processes().length === 0, {
     what,
     ms,
     everyMs: 10,
-    state: () => `still alive: ${pids.filter(alive).join(", ")}`,
+    state: () =>
+      `still running in ${server.dataDir}: ${
+        server.processes().map((p) => `pid ${p.pid} (${p.comm}, state ${p.state})`).join(", ")
+      }`,
   });
 }
 
@@ -83,19 +75,17 @@ export async function startPgCluster(
   const nodes: Record<string, PgServer> = {};
   const stopAll = async () => {
     for (const server of Object.values(nodes).reverse()) {
-      await server[Symbol.asyncDispose]().catch(() => {});
-      // A postmaster started by pg_ctl (rejoin) is not the harness's child: stop it too.
+      // A postmaster started by pg_ctl (rejoin) is not the harness's child: stop it first,
+      // while its data directory (which dispose removes) still says which process it is.
       const pid = postmasterPid(server.dataDir);
-      if (pid) {
-        const kids = childrenOf(pid);
-        try {
-          Deno.kill(pid, "SIGCONT");
-          Deno.kill(pid, "SIGINT");
-        } catch { /* gone */ }
-        await waitGone([pid, ...kids], `${server.name} (started by pg_ctl) to stop`).catch(
+      if (pid && !(pid === server.pid && server.running)) {
+        for (const p of server.processes()) signal(p.pid, "SIGCONT"); // a paused node
+        signal(pid, "SIGINT");
+        await waitGone(server, `${server.name} (started by pg_ctl) to stop`).catch(
           (err) => console.error(`cluster teardown: ${err.message}`),
         );
       }
+      await server[Symbol.asyncDispose]().catch(() => {});
     }
   };
   try {
@@ -119,20 +109,21 @@ export async function startPgCluster(
       async kill(name) {
         const server = nodes[name];
         const pid = postmasterPid(server.dataDir);
-        if (!pid) return;
-        if (pid === server.pid) return await server.kill("SIGKILL");
-        const kids = childrenOf(pid);
-        Deno.kill(pid, "SIGKILL");
-        await waitGone([pid, ...kids], `${name}'s postmaster and backends to die after SIGKILL`);
+        if (pid && pid === server.pid && server.running) {
+          await server.kill("SIGKILL");
+        } else if (pid) {
+          signal(pid, "SIGKILL"); // started by pg_ctl: not the harness's child
+          // Children of a paused node must run to notice that their postmaster died.
+          for (const p of server.processes()) signal(p.pid, "SIGCONT");
+        }
+        // Either way, "killed" means nothing of it runs any more: a restart must not meet a
+        // backend still attached to the old shared memory.
+        await waitGone(server, `${name}'s postmaster and backends to die after SIGKILL`);
       },
       pause(name, paused) {
-        const pid = postmasterPid(nodes[name].dataDir);
-        if (!pid) throw new Error(`${name} is not running`);
-        for (const p of [pid, ...childrenOf(pid)]) {
-          try {
-            Deno.kill(p, paused ? "SIGSTOP" : "SIGCONT");
-          } catch { /* gone */ }
-        }
+        const procs = nodes[name].processes();
+        if (!procs.length) throw new Error(`${name} is not running`);
+        for (const p of procs) signal(p.pid, paused ? "SIGSTOP" : "SIGCONT");
       },
       [Symbol.asyncDispose]: stopAll,
     };
