@@ -52,7 +52,10 @@ export interface EncryptedFile {
 export interface CryptoTransform<T> {
   /** Pipe the data through this. */
   stream: TransformStream<Uint8Array, Uint8Array>;
-  /** Resolves when the stream has been flushed; rejects when it failed. */
+  /**
+   * Resolves when the stream has been flushed; rejects when it failed or was cancelled,
+   * once nothing the stream started (such as deriving its key) still runs.
+   */
   result: Promise<T>;
 }
 
@@ -156,30 +159,13 @@ export function createEncryptStream(
     size += bytes.length;
     controller.enqueue(bytes);
   }
+  // The key derivation start() runs; the result waits for it, so that a stream cancelled
+  // meanwhile has nothing of its own still running once its result has settled.
+  let started: Promise<void> = Promise.resolve();
   const stream = new TransformStream<Uint8Array, Uint8Array>({
-    async start(controller) {
-      try {
-        const keys = await fileKeys(passphrase, salt, iterations);
-        cipher = createCipheriv("aes-256-cbc", keys.key, keys.iv);
-        if (finished) {
-          // Cancelled while the keys were derived (the storage refused at once): cancel()
-          // found no cipher to free, so free it here.
-          try {
-            cipher.final();
-          } catch {
-            // released either way
-          }
-          return;
-        }
-        mac = createHmac("sha256", keys.macKey);
-        const header = new Uint8Array(HEADER_BYTES);
-        header.set(MAGIC, 0);
-        header.set(salt, 8);
-        emit(controller, header);
-      } catch (err) {
-        reject(err);
-        throw err;
-      }
+    start(controller) {
+      started = deriveAndBegin(controller);
+      return started;
     },
     transform(chunk, controller) {
       plainSize += chunk.length;
@@ -201,9 +187,36 @@ export function createEncryptStream(
         }
       }
       finished = true;
-      reject(reason);
+      const settle = () => reject(reason);
+      started.then(settle, settle);
     },
   });
+  async function deriveAndBegin(
+    controller: TransformStreamDefaultController<Uint8Array>,
+  ): Promise<void> {
+    try {
+      const keys = await fileKeys(passphrase, salt, iterations);
+      cipher = createCipheriv("aes-256-cbc", keys.key, keys.iv);
+      if (finished) {
+        // Cancelled while the keys were derived (the storage refused at once): cancel()
+        // found no cipher to free, so free it here.
+        try {
+          cipher.final();
+        } catch {
+          // released either way
+        }
+        return;
+      }
+      mac = createHmac("sha256", keys.macKey);
+      const header = new Uint8Array(HEADER_BYTES);
+      header.set(MAGIC, 0);
+      header.set(salt, 8);
+      emit(controller, header);
+    } catch (err) {
+      reject(err);
+      throw err;
+    }
+  }
   return { stream, result };
 }
 
