@@ -72,17 +72,23 @@ Deno.test({
     const urlMap = () =>
       Object.fromEntries(Object.entries(instances.byId).map(([id, p]) => [id, p.url]));
     let writers: Writers | null = null;
+    // What every instance (crashed and stopped ones too) said, for a failure in the CI log:
+    // failover lines, warnings, errors, and an uncaught exception's message and stack.
     const dump = () =>
-      Object.entries(instances.byId).map(([id, p]) =>
+      Object.entries(instances.logs()).map(([id, text]) =>
         `--- ${id}\n${
-          p.stderr().split("\n").filter((l) => /failover|WARN|ERROR/.test(l)).slice(-40).join(
-            "\n",
-          )
+          text.split("\n").filter((l) => /failover|WARN|ERROR|error|^\s+at /.test(l)).slice(-40)
+            .join("\n")
         }`
       ).join("\n");
+    let stepFailed = false;
+    /** t.step that remembers a failure, so the instances' logs are printed at the end. */
+    const step = async (name: string, fn: () => Promise<void>) => {
+      if (!(await t.step(name, fn))) stepFailed = true;
+    };
 
     try {
-      await t.step("the monitor reports every node, stores it and sets up sync mode", async () => {
+      await step("the monitor reports every node, stores it and sets up sync mode", async () => {
         await until(async () => {
           const v = await replication(urls()[1]);
           return v.primary?.epoch >= 1 && v.sync?.standbys?.names?.join(",") === "pg2,pg3" &&
@@ -120,7 +126,7 @@ Deno.test({
         });
       });
 
-      await t.step("a stalled and a heavily loaded primary are not failed over", async () => {
+      await step("a stalled and a heavily loaded primary are not failed over", async () => {
         const before = await replication(urls()[0]);
         // SIGSTOP the whole server for 2 s (the scenario's duration, not a wait): shorter than
         // the detection window (3 probes x (1000 ms timeout + 200 ms pause) ≈ 3.6 s; a busy
@@ -164,7 +170,7 @@ Deno.test({
       });
 
       let epochAfterKill = 0;
-      await t.step(
+      await step(
         "kill -9 of the primary under continuous writes: new primary, no acknowledged write lost",
         async () => {
           const before = await replication(urls()[0]);
@@ -216,17 +222,25 @@ Deno.test({
         },
       );
 
-      await t.step(
+      await step(
         "the old primary, restarted, is fenced and rejoins as a replica with matching data",
         async () => {
           await cluster.nodes.pg1.start(); // comes back as a standalone, writable primary
-          await until(async () => {
+          // The rejoin is over when it is recorded: pg1 may stream before the coordinator has
+          // seen its canary arrive and written the record.
+          let seen: Record<string, unknown> | null = null;
+          const v = await until(async () => {
             const v = await replication(urls()[0]);
             const pg1 = v.nodes.find((n: { name: string }) => n.name === "pg1");
-            return pg1?.role === "replica" && pg1?.streaming === true;
-          }, { ms: 40_000, what: "pg1 streaming as a replica" });
+            seen = { pg1, history: v.history.slice(0, 2), why: v.why };
+            const recorded = v.history.some((h: { kind: string }) => h.kind === "rejoin");
+            return pg1?.role === "replica" && pg1?.streaming === true && recorded && v;
+          }, {
+            ms: 40_000,
+            what: "pg1 streaming as a replica and its rejoin recorded",
+            state: () => seen,
+          });
           assert.equal(await cluster.psql("pg1", "select pg_is_in_recovery()"), "t");
-          const v = await replication(urls()[0]);
           const primary = v.primary.node;
           // Data, not just state: write through the instances, then compare both sides.
           const res = await fetch(`${urls()[0]}/replication/canary`, {
@@ -258,7 +272,7 @@ Deno.test({
         },
       );
 
-      await t.step("admin endpoints need the bearer token", async () => {
+      await step("admin endpoints need the bearer token", async () => {
         const none = await fetch(`${urls()[0]}/failover/switchover`, { method: "POST" });
         assert.equal(none.status, 401);
         await none.body?.cancel();
@@ -270,7 +284,7 @@ Deno.test({
         await wrong.body?.cancel();
       });
 
-      await t.step(
+      await step(
         "switchover back to pg1 under writes: zero loss, the old primary follows",
         async () => {
           const before = await replication(urls()[0]);
@@ -316,7 +330,7 @@ Deno.test({
         },
       );
 
-      await t.step(
+      await step(
         "the coordinator dies right after pg_promote: another instance finishes the failover",
         async () => {
           // Every instance gets the failpoint; only the first to promote dies (adopting is safe).
@@ -363,7 +377,7 @@ Deno.test({
         },
       );
 
-      await t.step(
+      await step(
         "no eligible replica: degraded, read-only, one sentence; the primary returns with every write",
         async () => {
           const v = await replication(urls()[0]);
@@ -475,6 +489,7 @@ Deno.test({
           assert.deepEqual(acked.filter((id) => !have.has(id)), [], "acknowledged writes lost");
         },
       );
+      if (stepFailed) console.error(dump());
     } catch (err) {
       console.error(dump());
       throw err;
