@@ -1,12 +1,15 @@
 /**
  * Entry point of `deno task run`: config → runtime → HTTP, graceful stop on SIGINT/SIGTERM.
+ *
+ * The whole configuration (core and every concern's) is parsed first: a bad value exits
+ * with code 2 before anything is opened or written.
  * @module
  */
-import { loadConfig } from "./lib/config.ts";
+import { loadConfig } from "./concerns/config.ts";
+import { guardSocketErrors } from "./lib/db_errors.ts";
 import { RuntimeError } from "./lib/errors.ts";
 import { createLogger } from "./lib/log.ts";
 import { startRuntime } from "./runtime.ts";
-import { guardSocketErrors } from "./actors/failover/mod.ts";
 
 /** Runs one instance until a signal arrives; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { loadConfig } from "../lib/config.ts";
+import { loadConfig } from "../concerns/config.ts";
 import { startRuntime } from "../runtime.ts";
 import { createUser } from "../store/users.ts";
 import { createStream, startStream } from "../store/streams.ts";
