@@ -11,6 +11,9 @@ import { RuntimeError } from "./lib/errors.ts";
 import { createLogger } from "./lib/log.ts";
 import { startRuntime } from "./runtime.ts";
 
+/** How long the process may stay alive after main() returned before it is ended. */
+const EXIT_GRACE_MS = 3000;
+
 /** Runs one instance until a signal arrives; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
   let config;
@@ -56,5 +59,9 @@ export async function main(args: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  // Exit by letting the event loop drain, not with Deno.exit(): only a natural exit writes
+  // the coverage of an instance run as a subprocess (denoland/deno#8713). Should something
+  // still hold the loop open, the unref'ed timer ends the process anyway.
+  Deno.exitCode = await main(Deno.args);
+  Deno.unrefTimer(setTimeout(() => Deno.exit(), EXIT_GRACE_MS));
 }
