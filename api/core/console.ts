@@ -662,7 +662,7 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
   async function asset(name: string): Promise<string> {
     let hit = assets.get(name);
     if (!hit) {
-      hit = Deno.readTextFile(new URL(`../console/${name}`, import.meta.url));
+      hit = Deno.readTextFile(new URL(`../../console/${name}`, import.meta.url));
       assets.set(name, hit);
       hit.catch(() => assets.delete(name));
     }
