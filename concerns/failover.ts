@@ -16,7 +16,7 @@ export async function createFailoverConcern(
   settings: FailoverSettings,
 ): Promise<Concern<FailoverApi>> {
   const parts = await createFailoverParts(services, settings);
-  const api = parts.api!;
+  const { api } = parts;
   return {
     ...parts,
     routes(app) {

@@ -19,7 +19,7 @@ export function createSessionsConcern(
     ...parts,
     routes: (app) =>
       addSessionRoutes(app, {
-        sessions: parts.api!,
+        sessions: parts.api,
         trustProxy: settings.trustProxy,
         log: services.log,
       }),

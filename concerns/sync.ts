@@ -31,7 +31,7 @@ export function createSyncConcern(
     ...parts,
     routes(app, context) {
       addSyncRoutes(app, {
-        node: parts.api!.node,
+        node: parts.api.node,
         conflicts: conflictStore(services.db.sql),
         writeToken: settings.writeToken,
         sseBuffer: settings.sseBuffer,

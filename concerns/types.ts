@@ -14,8 +14,10 @@ export interface RouteContext {
   signal: AbortSignal;
 }
 
-/** A concern plugged into the runtime: its parts and its routes. */
-export interface Concern<Api = unknown> extends ConcernParts<Api> {
+/** A concern plugged into the runtime: its parts (a service is optional here) and its routes. */
+export interface Concern<Api = unknown> extends Omit<ConcernParts<Api>, "api"> {
+  /** The concern's typed service, if it offers one. */
+  api?: Api;
   /** Adds the concern's HTTP routes (the one way routes are registered). */
   routes?(app: Hono, context: RouteContext): void;
 }

@@ -16,8 +16,6 @@ import type { BackupSettings, BackupType } from "./settings.ts";
 
 /** The backup concern's parts: the service (its API) and how to queue a backup anywhere. */
 export interface BackupParts extends ConcernParts<BackupService> {
-  /** The backup service (list, get, create, verify, restore). */
-  api: BackupService;
   /** Queues a backup on whichever instance holds the scheduler lease. */
   request(type: BackupType): Promise<{ instance: string }>;
 }

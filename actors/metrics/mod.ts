@@ -84,8 +84,6 @@ export interface MetricsApi {
 
 /** What the metrics routes read besides the API: alert states and why there is no reader. */
 export interface MetricsParts extends ConcernParts<MetricsApi> {
-  /** The metrics API. */
-  api: MetricsApi;
   /** Every alert rule's state. */
   alerts(): AlertView[];
   /** Why dashboards are unavailable ("" when a reader is configured). */

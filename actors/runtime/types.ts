@@ -122,7 +122,7 @@ export interface ConcernParts<Api = unknown> {
   /** Registry entries, started in order after the runtime's own actors. */
   actors: ActorSpec[];
   /** The concern's typed service (routes, embedders through mod.ts, other concerns). */
-  api?: Api;
+  api: Api;
   /** Facts for /health (`ok: false` makes the instance degraded). */
   health?(): Promise<HealthFact>;
   /** Called on shutdown after the actors stopped. */
