@@ -1,12 +1,18 @@
 /**
  * Entry point of `deno task run`: config → runtime → HTTP, graceful stop on SIGINT/SIGTERM.
+ *
+ * The whole configuration (core and every concern's) is parsed first: a bad value exits
+ * with code 2 before anything is opened or written.
  * @module
  */
-import { loadConfig } from "./lib/config.ts";
+import { loadConfig } from "./concerns/config.ts";
+import { guardSocketErrors } from "./lib/db_errors.ts";
 import { RuntimeError } from "./lib/errors.ts";
 import { createLogger } from "./lib/log.ts";
 import { startRuntime } from "./runtime.ts";
-import { guardSocketErrors } from "./actors/failover/mod.ts";
+
+/** How long the process may stay alive after main() returned before it is ended. */
+const EXIT_GRACE_MS = 3000;
 
 /** Runs one instance until a signal arrives; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {
@@ -53,5 +59,9 @@ export async function main(args: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  // Exit by letting the event loop drain, not with Deno.exit(): only a natural exit writes
+  // the coverage of an instance run as a subprocess (denoland/deno#8713). Should something
+  // still hold the loop open, the unref'ed timer ends the process anyway.
+  Deno.exitCode = await main(Deno.args);
+  Deno.unrefTimer(setTimeout(() => Deno.exit(), EXIT_GRACE_MS));
 }

@@ -13,17 +13,18 @@
  * ```
  * @module
  */
-import { getSyncNode } from "./actors/sync/mod.ts";
 import type { SyncNode } from "./actors/sync/node.ts";
 import type { SessionService } from "./actors/sessions/mod.ts";
 import type { MetricsApi } from "./actors/metrics/mod.ts";
 import type { ReplicationApi } from "./actors/failover/mod.ts";
-import { type Config, type ConfigSources, loadConfig } from "./lib/config.ts";
+import { type Config, loadConfig } from "./concerns/config.ts";
+import { concernApi } from "./concerns/mod.ts";
+import type { ConfigSources } from "./lib/config.ts";
 import { RuntimeError } from "./lib/errors.ts";
 import { type Logger, silentLogger } from "./lib/log.ts";
 import { type Runtime, startRuntime } from "./runtime.ts";
 
-export { type Config, loadConfig } from "./lib/config.ts";
+export { type Config, loadConfig } from "./concerns/config.ts";
 export { type ErrorCode, isRuntimeError, RuntimeError } from "./lib/errors.ts";
 export { createLogger, type Logger } from "./lib/log.ts";
 export type { Runtime } from "./runtime.ts";
@@ -52,6 +53,12 @@ export interface RootStream {
   stop(): Promise<void>;
 }
 
+/** The switchover API when failover runs (DATABASE_NODES on a server), else null. */
+function replicationOf(runtime: Runtime): ReplicationApi | null {
+  const failover = concernApi(runtime.concerns, "failover");
+  return failover?.switchover ? { status: failover.status, switchover: failover.switchover } : null;
+}
+
 /** Options of {@linkcode createRuntime}. */
 export interface CreateRuntimeOptions {
   /** Serve HTTP too (default true, on RS_PORT; use port 0 for a free one). */
@@ -62,7 +69,8 @@ export interface CreateRuntimeOptions {
 
 /**
  * Starts an instance from a validated config, or from environment-like sources
- * (`{ env: {...}, args: [...] }`; omitted parts default to empty, not to the process's).
+ * (`{ env: {...}, args: [...] }`; omitted parts default to empty, not to the process's:
+ * nothing is read from `Deno.env`).
  */
 export async function createRuntime(
   config: Config | ConfigSources = {},
@@ -75,9 +83,8 @@ export async function createRuntime(
     log: options.log ?? silentLogger,
     serve: options.serve,
   });
-  const sessions = (runtime.concerns.sessions as { service?: SessionService } | undefined)
-    ?.service;
-  const sync = getSyncNode(runtime)?.node;
+  const sessions = concernApi(runtime.concerns, "sessions");
+  const sync = concernApi(runtime.concerns, "sync")?.node;
   if (!sessions || !sync) {
     await runtime.stop();
     throw new RuntimeError("INTERNAL", "The sessions and sync concerns did not start");
@@ -87,8 +94,8 @@ export async function createRuntime(
     runtime,
     sessions,
     sync,
-    metrics: runtime.concerns.metrics?.api as MetricsApi,
-    replication: (runtime.concerns.failover?.api as ReplicationApi | undefined) ?? null,
+    metrics: concernApi(runtime.concerns, "metrics")!,
+    replication: replicationOf(runtime),
     concern: <T>(name: string) => runtime.concerns[name]?.api as T | undefined,
     stop: () => runtime.stop(),
   };

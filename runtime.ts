@@ -1,26 +1,23 @@
 /**
  * Starts one runtime instance from a validated config: database (server or embedded),
- * migrations, Redis (or the in-process bus), the HTTP server; and stops it in reverse.
+ * migrations, Redis (or the in-process bus), the concerns (concerns/mod.ts) and the HTTP
+ * server with their routes; and stops it in reverse.
  * @module
  */
 import type { Hono } from "hono";
 import type { Redis } from "ioredis";
-import { createApp, type HealthReport } from "./api/app.ts";
-import { addChartRoutes } from "./api/charts.ts";
-import { addClusterRoutes } from "./api/cluster.ts";
-import { addConsoleRoutes } from "./api/console.ts";
-import { MACHINES } from "./machines/mod.ts";
-import { CONCERNS } from "./actors/concerns.ts";
-import { resolvePrimaryUrl } from "./actors/failover/mod.ts";
-import { addStreamRoutes } from "./api/streams.ts";
-import { diagnosticsSpec } from "./actors/runtime/diagnostics.ts";
-import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
 import {
-  createMembership,
-  type LiveMember,
-  type MemberInfo,
-  type Membership,
-} from "./actors/runtime/membership.ts";
+  type Concern,
+  concernApi,
+  type ConcernFactory,
+  createConcerns,
+  createHttpApp,
+  startupDatabaseUrl,
+} from "./concerns/mod.ts";
+import type { Config } from "./concerns/config.ts";
+import type { HealthReport } from "./actors/runtime/health.ts";
+import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
+import { createMembership, type MemberInfo, type Membership } from "./actors/runtime/membership.ts";
 import { startSupervisor, type Supervisor } from "./actors/runtime/supervisor.ts";
 import {
   createLeaseManager,
@@ -28,14 +25,8 @@ import {
   type LeaseManager,
 } from "./actors/runtime/leases.ts";
 import { createLocalTransport, createRedisTransport } from "./actors/runtime/transport.ts";
-import type {
-  ActorSpec,
-  Concern,
-  ConcernFactory,
-  RuntimeServices,
-  Transport,
-} from "./actors/runtime/types.ts";
-import { type Config, redactUrl } from "./lib/config.ts";
+import type { ActorSpec, RuntimeServices, Transport } from "./actors/runtime/types.ts";
+import { redactUrl } from "./lib/config.ts";
 import { type Logger, silentLogger } from "./lib/log.ts";
 import { loadSecretKey } from "./lib/secret_key.ts";
 import { createLocalBus, createRedisBus, type MessageBus } from "./store/bus.ts";
@@ -47,7 +38,6 @@ import {
   createRedisClient,
   describeRedis,
   type Keyspace,
-  pingRedis,
   redisConfigured,
 } from "./store/redis.ts";
 
@@ -97,7 +87,7 @@ export interface Runtime {
   readonly leases: LeaseManager | null;
   /** This instance's campaign for the cluster coordinator role, or null without Redis. */
   readonly coordinator: LeaseCampaign | null;
-  /** The running concerns by name (actors/concerns.ts), each with its typed API. */
+  /** The running concerns by name (`core` and concerns/mod.ts), each with its typed API. */
   readonly concerns: Readonly<Record<string, Concern>>;
   /** Runs the live health checks. */
   health(): Promise<HealthReport>;
@@ -113,76 +103,8 @@ export interface StartOptions {
   serve?: boolean;
   /** Extra registry entries, started after the built-in ones (tests, embedders). */
   actors?: ActorSpec[];
-  /** Concerns to run instead of actors/concerns.ts (tests, embedders). */
+  /** Concerns to run instead of the default set of concerns/mod.ts (tests, embedders). */
   concerns?: Record<string, ConcernFactory>;
-}
-
-/** What the health check looks at. */
-interface HealthInputs {
-  config: Config;
-  db: Database;
-  redis: Redis | null;
-  bus: MessageBus;
-  migrations: MigrationReport;
-  unavailable: Record<string, string>;
-  startedAt: number;
-  supervisor: Supervisor;
-  concerns: [string, Concern][];
-}
-
-/**
- * Runs the live checks. The database is critical (unavailable → 503); Redis is not
- * (degraded → 200): an instance without Redis still serves what it can from PostgreSQL.
- */
-async function checkHealth(h: HealthInputs): Promise<HealthReport> {
-  const { config, db, redis, bus, migrations } = h;
-  const sup = h.supervisor.state();
-  const [dbCheck, redisCheck, concernChecks] = await Promise.all([
-    db.ping(2000),
-    redis ? pingRedis(redis, 1000) : Promise.resolve(null),
-    Promise.all(
-      h.concerns.filter(([, c]) => c.health).map(async ([name, c]) => {
-        try {
-          return [name, await c.health!()] as const;
-        } catch (err) {
-          return [name, {
-            ok: false,
-            error: err instanceof Error ? err.message : String(err),
-          }] as const;
-        }
-      }),
-    ),
-  ]);
-  const checks: HealthReport["checks"] = {
-    database: { ...dbCheck, mode: db.mode, target: db.describe },
-    redis: redisCheck
-      ? { ...redisCheck, target: describeRedis(config.redis) }
-      : { ok: true, mode: "in-process", note: "single instance, no Redis configured" },
-    migrations: {
-      ok: migrations.unknown.length === 0,
-      applied: migrations.total,
-      latest: migrations.latest,
-      unknown: migrations.unknown,
-    },
-    actors: { ok: sup.state === "healthy", state: sup.state, reason: sup.reason },
-    ...Object.fromEntries(concernChecks),
-  };
-  const concernsOk = concernChecks.every(([, c]) => c.ok);
-  const status = !dbCheck.ok
-    ? "unavailable"
-    : (redisCheck && !redisCheck.ok) || migrations.unknown.length || sup.state !== "healthy" ||
-        !concernsOk
-    ? "degraded"
-    : "ok";
-  return {
-    status,
-    instance: config.instanceId,
-    version: VERSION,
-    uptimeS: Math.round((performance.now() - h.startedAt) / 1000),
-    mode: { database: db.mode, bus: bus.kind },
-    unavailable: h.unavailable,
-    checks,
-  };
 }
 
 /** Starts an instance; throws a RuntimeError (and leaves nothing running) if it can't. */
@@ -239,7 +161,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     // After a failover the configured URL may name a demoted node: start on the primary
     // the cluster last agreed on (the failover concern's key in Redis).
     const db = await openDatabase({
-      url: await resolvePrimaryUrl(config),
+      url: await startupDatabaseUrl(config),
       dataDir: config.dataDir,
       poolSize: config.database.poolSize,
       connectTimeoutS: config.database.connectTimeoutS,
@@ -358,16 +280,24 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       secretKey: secret.key,
       now: Date.now,
     };
-    const concerns: [string, Concern][] = [];
-    for (const [name, factory] of Object.entries(options.concerns ?? CONCERNS)) {
-      concerns.push([name, await factory({ ...services, log: log.child(name) })]);
-    }
+    const concerns = await createConcerns(services, config, {
+      factories: options.concerns,
+      core: {
+        version: VERSION,
+        startedAt,
+        unavailable,
+        migrations,
+        inspector,
+        membership,
+        self: selfInfo,
+        // Bound below, before the first request can reach it.
+        supervisor: () => supervisor!,
+      },
+    });
     for (const [, concern] of concerns) {
       if (concern.stop) cleanups.push(concern.stop);
     }
     const specs: ActorSpec[] = [
-      ...(membership ? [membership.spec] : []),
-      diagnosticsSpec({ instanceId: config.instanceId, now: Date.now }),
       ...concerns.flatMap(([, c]) => c.actors),
       ...(options.actors ?? []),
     ];
@@ -376,45 +306,10 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     // already advertises this instance's URL; `supervisor` is bound just below.
     await transport.start();
 
-    const health = () =>
-      checkHealth({
-        config,
-        db,
-        redis,
-        bus,
-        migrations,
-        unavailable,
-        startedAt,
-        supervisor: supervisor!,
-        concerns,
-      });
-
-    const app = createApp({ health, log: log.child("http") });
-    addStreamRoutes(app, { sql: db.sql });
+    const byName = Object.fromEntries(concerns);
+    const health = concernApi(byName, "core")!.health;
     const shutdown = new AbortController();
-    for (const [, concern] of concerns) concern.routes?.(app, { signal: shutdown.signal });
-    addClusterRoutes(app, {
-      instanceId: config.instanceId,
-      inspector,
-      supervisor: () => ({ ...supervisor!.state(), children: supervisor!.children() }),
-      members: membership ? () => membership.members() : null,
-      self: (): LiveMember => ({ ...selfInfo(), heartbeatAgeMs: 0 }),
-      transportStats: () => transport.stats(),
-      signal: shutdown.signal,
-    });
-    addChartRoutes(app, {
-      machines: MACHINES,
-      // The first live actor running that machine (top-level actors first).
-      activeState: (name) =>
-        inspector.list()
-          .filter((v) => v.machine === name && v.status === "active")
-          .sort((a, b) => a.path.split("/").length - b.path.split("/").length)[0]?.state,
-    });
-    addConsoleRoutes(app, {
-      instanceId: config.instanceId,
-      signal: shutdown.signal,
-      log: log.child("console"),
-    });
+    const app = createHttpApp(concerns, { log: log.child("http"), signal: shutdown.signal });
     let server: Deno.HttpServer | null = null;
     if (options.serve !== false) {
       server = Deno.serve({
@@ -465,7 +360,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       membership,
       leases,
       coordinator,
-      concerns: Object.fromEntries(concerns),
+      concerns: byName,
       health,
       stop() {
         stopping ??= (async () => {

@@ -6,28 +6,12 @@
  * @module
  */
 import { Hono } from "hono";
-import { type ContentfulStatusCode } from "hono/utils/http-status";
+import { isConnectionError } from "../lib/db_errors.ts";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
-import { isConnectionError } from "../store/pg_errors.ts";
 
-/** What `/health` reports. */
-export interface HealthReport {
-  /** ok: all checks pass; degraded: serving, something non-critical is down; unavailable: not serving. */
-  status: "ok" | "degraded" | "unavailable";
-  instance: string;
-  version: string;
-  uptimeS: number;
-  mode: { database: "postgres" | "embedded"; bus: "redis" | "in-process" };
-  /** Features this mode cannot offer, with the reason. */
-  unavailable: Record<string, string>;
-  checks: Record<string, { ok: boolean; [key: string]: unknown }>;
-}
-
-/** What the app needs from the runtime. */
+/** What the app needs. */
 export interface AppDeps {
-  /** Produces the health report (runs the live checks). */
-  health: () => Promise<HealthReport>;
   /** Request / error log. */
   log?: Logger;
 }
@@ -51,8 +35,11 @@ export function errorResponse(err: unknown, log: Logger): Response {
   );
 }
 
-/** Builds the Hono app with the core routes; concern modules add their own routes. */
-export function createApp(deps: AppDeps): Hono {
+/**
+ * Builds the Hono app: JSON errors and a JSON 404. Every route comes from a concern
+ * (concerns/mod.ts adds them all, the runtime's own through the `core` concern).
+ */
+export function createApp(deps: AppDeps = {}): Hono {
   const log = deps.log ?? silentLogger;
   const app = new Hono();
   app.onError((err) => errorResponse(err, log));
@@ -62,13 +49,5 @@ export function createApp(deps: AppDeps): Hono {
       404,
     )
   );
-  app.get("/health", async (c) => {
-    const report = await deps.health();
-    const status: ContentfulStatusCode = report.status === "unavailable" ? 503 : 200;
-    c.header("cache-control", "no-store");
-    return c.json(report, status);
-  });
-  // Liveness: the process and its event loop answer, whatever the dependencies do.
-  app.get("/health/live", (c) => c.json({ status: "alive" }));
   return app;
 }

@@ -21,7 +21,7 @@
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { z } from "zod";
-import { loadConfig } from "../lib/config.ts";
+import { loadConfig } from "../concerns/config.ts";
 import { describeError, RuntimeError } from "../lib/errors.ts";
 import { createLogger, type Logger } from "../lib/log.ts";
 import { migrate } from "../store/migrations.ts";
@@ -31,7 +31,7 @@ import {
   type BackupService,
   openBackupService,
 } from "../actors/backup/service.ts";
-import { BACKUP_TYPES, type BackupType, loadBackupSettings } from "../actors/backup/settings.ts";
+import { BACKUP_TYPES, type BackupType } from "../actors/backup/settings.ts";
 import { installArchiver } from "../actors/backup/archiver.ts";
 import { createPgTools } from "../store/pg_tools.ts";
 
@@ -146,7 +146,7 @@ async function open(
   options: { needDatabase: boolean; log: Logger },
 ): Promise<Opened> {
   const config = loadConfig({ env, args: [] });
-  const settings = loadBackupSettings(env, { dataDir: config.dataDir });
+  const settings = config.concerns.backup;
   const url = config.database.url;
   let sql: Sql | null = null;
   if (url) {
@@ -266,7 +266,7 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
   if (command === "key") {
     try {
       const config = loadConfig({ env, args: [] });
-      const settings = loadBackupSettings(env, { dataDir: config.dataDir });
+      const settings = config.concerns.backup;
       out(backupPassphrase(settings, config.secretKey ?? readSecretKey(config.dataDir)));
       return 0;
     } catch (e) {
@@ -278,7 +278,7 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
     if (ref) return usage(`Unexpected argument: ${ref}`);
     try {
       const config = loadConfig({ env, args: [] });
-      const settings = loadBackupSettings(env, { dataDir: config.dataDir });
+      const settings = config.concerns.backup;
       const archiveDir = values["archive-dir"] ?? settings.walArchiveDir;
       if (!archiveDir) {
         return usage("install-archiver needs --archive-dir <dir> or BACKUP_WAL_ARCHIVE_DIR");

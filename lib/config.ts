@@ -3,6 +3,10 @@
  *
  * Flags override environment variables. A wrong value stops start-up with a message that
  * names the variable (and its flag) and says what it expects; nothing starts half-configured.
+ *
+ * This module parses the core settings ({@linkcode SETTINGS}) and knows how to fold in each
+ * concern's own ({@linkcode ConcernConfig}); the list of concerns is composition, so it lives
+ * in concerns/config.ts, whose `loadConfig` is the one configuration the runtime starts from.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -21,7 +25,7 @@ export interface SettingDoc {
   description: string;
 }
 
-/** Every setting, in the order the README's configuration table lists them. */
+/** Every core setting, in the order the README's configuration table lists them. */
 export const SETTINGS: readonly SettingDoc[] = [
   { env: "RS_PORT", flag: "port", default: "8080", description: "HTTP port (0 picks a free one)" },
   { env: "RS_HOST", flag: "host", default: "127.0.0.1", description: "HTTP listen address" },
@@ -129,45 +133,17 @@ export const SETTINGS: readonly SettingDoc[] = [
     description: "Restart-intensity window of the supervisor",
   },
   {
-    env: "SESSION_TTL_S",
-    default: "43200",
-    description: "Session lifetime, extended on use (sliding expiry)",
-  },
-  {
-    env: "SESSION_REMEMBER_TTL_S",
-    default: "2592000",
-    description: 'Session lifetime with "remember me"',
-  },
-  {
-    env: "SESSION_MAX_PER_USER",
-    default: "10",
-    description: "Concurrent sessions per user; a new login evicts the oldest beyond it",
-  },
-  {
-    env: "MFA_MAX_FAILURES",
-    default: "5",
-    description: "Wrong MFA codes within MFA_LOCK_WINDOW_S that lock MFA for the user",
-  },
-  {
-    env: "MFA_LOCK_WINDOW_S",
-    default: "900",
-    description: "MFA failure window and lock duration",
-  },
-  {
-    env: "RS_TRUST_PROXY",
-    default: "false",
-    description:
-      "Trust X-Forwarded-For / X-Geo-Location (only behind a proxy that overwrites them)",
-  },
-  {
     env: "RS_SHUTDOWN_TIMEOUT_S",
     default: "10",
     description: "Grace period for in-flight work on SIGINT/SIGTERM",
   },
 ];
 
-/** The validated configuration the runtime starts from. */
-export interface Config {
+/** The environment: variable names to values (empty values count as unset). */
+export type Env = Record<string, string | undefined>;
+
+/** The validated core configuration (what every part of the runtime may read). */
+export interface CoreConfig {
   http: { port: number; host: string };
   database: {
     /** null selects embedded PGlite. */
@@ -194,17 +170,38 @@ export interface Config {
   publicUrl: string | null;
   cluster: { heartbeatMs: number; deadAfterMs: number; leaseTtlMs: number };
   supervisor: { maxRestarts: number; withinMs: number };
-  sessions: {
-    ttlMs: number;
-    rememberTtlMs: number;
-    maxPerUser: number;
-    mfaMaxFailures: number;
-    mfaLockWindowMs: number;
-    trustProxy: boolean;
-  };
 }
 
-function intIn(min: number, max: number, what: string) {
+/**
+ * A concern's part of the configuration: its variables, documented, and the zod-backed
+ * parser that turns them into the settings its factory receives. concerns/config.ts lists
+ * one per concern; docs/configuration.md is generated from `variables`.
+ */
+export interface ConcernConfig<T> {
+  /** Heading of its section in docs/configuration.md. */
+  title: string;
+  /** Who reads these settings, for the same section. */
+  intro: string;
+  /** Its variables with their defaults and meaning. */
+  variables: readonly SettingDoc[];
+  /**
+   * Parses and validates its variables from `env` (empty values count as unset); throws
+   * CONFIG_INVALID with `details.problems`, one sentence per bad variable, naming it.
+   */
+  parse(env: Env, core: CoreConfig): T;
+}
+
+/** The settings each concern of `C` parses to. */
+export type ConcernSettingsOf<C extends Record<string, ConcernConfig<unknown>>> = {
+  [K in keyof C]: C[K] extends ConcernConfig<infer T> ? T : never;
+};
+
+/** A zod schema of an integer variable in [min, max]; `what` names the unit in messages. */
+export function intIn(
+  min: number,
+  max: number,
+  what: string,
+): z.ZodType<number, string> {
   return z.string().trim().regex(/^\d+$/, { message: `an integer (${what})` })
     .transform(Number)
     .refine((n) => n >= min && n <= max, {
@@ -263,12 +260,6 @@ const schema = z.object({
   RS_HEARTBEAT_MS: intIn(50, 60_000, "milliseconds").default(500),
   RS_DEAD_AFTER_MS: intIn(100, 600_000, "milliseconds").default(2000),
   RS_LEASE_TTL_MS: intIn(300, 600_000, "milliseconds").default(5000),
-  SESSION_TTL_S: intIn(60, 31_536_000, "seconds").default(43_200),
-  SESSION_REMEMBER_TTL_S: intIn(60, 31_536_000, "seconds").default(2_592_000),
-  SESSION_MAX_PER_USER: intIn(1, 10_000, "sessions").default(10),
-  MFA_MAX_FAILURES: intIn(1, 1000, "failures").default(5),
-  MFA_LOCK_WINDOW_S: intIn(10, 86_400, "seconds").default(900),
-  RS_TRUST_PROXY: z.enum(["true", "false"], { message: "true or false" }).default("false"),
   RS_MAX_RESTARTS: intIn(0, 1000, "failures").default(5),
   RS_RESTART_WINDOW_S: intIn(1, 86_400, "seconds").default(60),
 }).refine((c) => c.RS_DEAD_AFTER_MS >= 2 * c.RS_HEARTBEAT_MS, {
@@ -290,7 +281,7 @@ function decodeKey(s: string): Uint8Array | null {
 /** Where configuration is read from; both default to the real process. */
 export interface ConfigSources {
   /** Environment variables. */
-  env?: Record<string, string | undefined>;
+  env?: Env;
   /** Command-line arguments (without the program name). */
   args?: string[];
   /** Host name for the default instance id. */
@@ -305,12 +296,9 @@ function flagOptions() {
   return options;
 }
 
-/**
- * Parses and validates configuration; throws CONFIG_INVALID naming every bad variable.
- * Empty variables count as unset.
- */
-export function loadConfig(sources: ConfigSources = {}): Config {
-  const env = sources.env ?? Deno.env.toObject();
+/** The variables from `env` and the flags from `args` (flags win), empty ones dropped. */
+function readSources(sources: ConfigSources): { env: Env; raw: Record<string, string> } {
+  const env = { ...(sources.env ?? Deno.env.toObject()) };
   const raw: Record<string, string> = {};
   for (const s of SETTINGS) {
     const v = env[s.env];
@@ -335,8 +323,60 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   }
   for (const s of SETTINGS) {
     const v = s.flag ? parsedFlags[s.flag] : undefined;
-    if (typeof v === "string") raw[s.env] = v;
+    if (typeof v === "string") raw[s.env] = env[s.env] = v;
   }
+  return { env, raw };
+}
+
+/** The problems of a concern's CONFIG_INVALID error, one sentence per variable. */
+function problemsOf(err: unknown): string[] {
+  if (!(err instanceof RuntimeError) || err.code !== "CONFIG_INVALID") throw err;
+  const listed = (err.details as { problems?: unknown } | undefined)?.problems;
+  return Array.isArray(listed) && listed.every((p) => typeof p === "string")
+    ? listed
+    : [err.message];
+}
+
+/**
+ * Parses and validates the core settings and then each concern's (`concerns`, by name);
+ * throws one CONFIG_INVALID naming every bad variable. Nothing but `sources` is read: with
+ * `sources.env` given, the process environment is not consulted.
+ */
+export function loadConfigWith<C extends Record<string, ConcernConfig<unknown>>>(
+  sources: ConfigSources,
+  concerns: C,
+): CoreConfig & { concerns: ConcernSettingsOf<C> } {
+  const { env, raw } = readSources(sources);
+  const problems: string[] = [];
+  let core: CoreConfig | null = null;
+  try {
+    core = parseCore(raw, sources);
+  } catch (err) {
+    problems.push(...problemsOf(err));
+  }
+  // With a bad core value the concerns are still checked (against the core defaults), so
+  // one run names every bad variable.
+  const base = core ?? parseCore({}, sources);
+  const settings: Record<string, unknown> = {};
+  for (const [name, concern] of Object.entries(concerns)) {
+    try {
+      settings[name] = concern.parse(env, base);
+    } catch (err) {
+      problems.push(...problemsOf(err));
+    }
+  }
+  if (problems.length) {
+    throw new RuntimeError(
+      "CONFIG_INVALID",
+      `Invalid configuration: ${problems.join("; ")}`,
+      { details: { problems } },
+    );
+  }
+  return { ...base, concerns: settings as ConcernSettingsOf<C> };
+}
+
+/** Parses the core settings from the raw variables; throws CONFIG_INVALID naming each bad one. */
+function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreConfig {
   const result = schema.safeParse(raw);
   if (!result.success) {
     const problems = result.error.issues.map((issue) => {
@@ -393,14 +433,6 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       leaseTtlMs: c.RS_LEASE_TTL_MS,
     },
     supervisor: { maxRestarts: c.RS_MAX_RESTARTS, withinMs: c.RS_RESTART_WINDOW_S * 1000 },
-    sessions: {
-      ttlMs: c.SESSION_TTL_S * 1000,
-      rememberTtlMs: c.SESSION_REMEMBER_TTL_S * 1000,
-      maxPerUser: c.SESSION_MAX_PER_USER,
-      mfaMaxFailures: c.MFA_MAX_FAILURES,
-      mfaLockWindowMs: c.MFA_LOCK_WINDOW_S * 1000,
-      trustProxy: c.RS_TRUST_PROXY === "true",
-    },
   };
 }
 

@@ -16,7 +16,7 @@ import postgres from "postgres";
 import { describeError, RuntimeError } from "../lib/errors.ts";
 import { redactUrl } from "../lib/config.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
-import { isConnectionError, pgCode } from "./pg_errors.ts";
+import { isConnectionError, pgCode } from "../lib/db_errors.ts";
 import type { Sql } from "./types.ts";
 
 /** Which kind of PostgreSQL the runtime is using. */

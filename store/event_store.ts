@@ -16,12 +16,8 @@
 import type postgres from "postgres";
 import { z } from "zod";
 import { RuntimeError } from "../lib/errors.ts";
-import {
-  isForeignKeyViolation,
-  isUniqueViolation,
-  pgCode,
-  rethrowDatabaseError,
-} from "./pg_errors.ts";
+import { pgCode } from "../lib/db_errors.ts";
+import { isForeignKeyViolation, isUniqueViolation, rethrowDatabaseError } from "./pg_errors.ts";
 import type { Sql } from "./types.ts";
 import { parseInput } from "./validate.ts";
 

@@ -1,9 +1,11 @@
 /**
  * The one Redis client module: connection (direct or through Sentinel), the key
- * namespace helper, and a health probe.
+ * namespace helper, Lua scripts, and a health probe.
  *
  * Every key and channel the runtime touches is built by {@linkcode createKeyspace}, so
  * one prefix (RS_KEY_PREFIX) isolates a deployment and nothing else invents key names.
+ * Each Redis protocol (its key layout, its scripts, typed calls) has its own module beside
+ * this one: store/redis_leases.ts, store/redis_membership.ts, store/redis_inbox.ts.
  * @module
  */
 import { Redis, type RedisOptions } from "ioredis";
@@ -172,4 +174,33 @@ export async function closeRedis(client: Redis): Promise<void> {
   } else {
     client.disconnect();
   }
+}
+
+/** A Lua script: run on a connection with its keys and arguments. */
+export type RedisScript = (
+  redis: Redis,
+  keys: readonly string[],
+  args: readonly (string | number)[],
+) => Promise<unknown>;
+
+async function sha1(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * A Lua script sent by its SHA (EVALSHA), and in full (EVAL) only when the server does not
+ * know it yet or lost its script cache (a restart, SCRIPT FLUSH).
+ */
+export function defineScript(source: string): RedisScript {
+  let sha: Promise<string> | null = null;
+  return async (redis, keys, args) => {
+    sha ??= sha1(source);
+    try {
+      return await redis.evalsha(await sha, keys.length, ...keys, ...args);
+    } catch (err) {
+      if (!(err instanceof Error ? err.message : String(err)).startsWith("NOSCRIPT")) throw err;
+      return await redis.eval(source, keys.length, ...keys, ...args);
+    }
+  };
 }

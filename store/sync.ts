@@ -572,3 +572,22 @@ export async function resolveConflict(
     rethrowDatabaseError(err, "resolve sync conflict");
   }
 }
+
+/** The conflict table over one pool, as the `/state/conflicts` routes use it. */
+export interface ConflictStore {
+  /** Conflicts, oldest first (see {@linkcode listConflicts}). */
+  list(options?: { status?: "open" | "resolved" | "all"; limit?: number }): Promise<ConflictRow[]>;
+  /** Resolves an open conflict (see {@linkcode resolveConflict}); null if none is open. */
+  resolve(
+    id: number,
+    resolution: { value: Json; by: string; at: Date },
+  ): Promise<ConflictRow | null>;
+}
+
+/** The conflict table of `sql` as a {@linkcode ConflictStore}. */
+export function conflictStore(sql: Sql): ConflictStore {
+  return {
+    list: (options) => listConflicts(sql, options),
+    resolve: (id, resolution) => resolveConflict(sql, id, resolution),
+  };
+}

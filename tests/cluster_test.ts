@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { createLeaseManager } from "../actors/runtime/leases.ts";
-import { createRedisTransport, injectRaw } from "../actors/runtime/transport.ts";
+import { createRedisTransport } from "../actors/runtime/transport.ts";
+import { injectRaw } from "../store/redis_inbox.ts";
 import { isRuntimeError } from "../lib/errors.ts";
 import { createRedisBus } from "../store/bus.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../store/redis.ts";

@@ -31,6 +31,21 @@ Deno.test("main: invalid configuration stops start-up naming the variable", asyn
   assert.match(flag.stderr, /RS_PORT \(--port\) must be an integer/);
 });
 
+Deno.test("main: a bad concern setting exits 2 naming it, before anything is opened", async () => {
+  // A bad BACKUP_* value used to surface in the backup concern's factory, after the key
+  // was generated and the database opened (exit 1). Now it is part of the one configuration.
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-main-badcfg-" });
+  try {
+    const res = await runToExit({ RS_DATA_DIR: dataDir, BACKUP_SCHEDULE_FULL: "at two" });
+    assert.equal(res.code, 2, res.stderr);
+    assert.match(res.stderr, /BACKUP_SCHEDULE_FULL="at two": expected a cron expression/);
+    const written = [...Deno.readDirSync(dataDir)].map((e) => e.name);
+    assert.deepEqual(written, [], "no key generated and no embedded database opened");
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
 Deno.test("main: an unreachable database is retried, then start-up fails clearly", async () => {
   const port = await freePort();
   const res = await runToExit({

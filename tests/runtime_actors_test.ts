@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { fragileSpec } from "./support/fragile_actor.ts";
 import { isRuntimeError } from "../lib/errors.ts";
-import { loadConfig } from "../lib/config.ts";
+import { loadConfig } from "../concerns/config.ts";
 import { startRuntime } from "../runtime.ts";
 import { startPostgres } from "./harness/mod.ts";
 import { until } from "./support/instance.ts";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { loadConfig } from "../lib/config.ts";
+import { loadConfig } from "../concerns/config.ts";
 import { startRuntime } from "../runtime.ts";
 import { createUser } from "../store/users.ts";
 import { createStream, startStream } from "../store/streams.ts";
@@ -115,6 +115,20 @@ Deno.test("runtime on real PostgreSQL and Redis", async (t) => {
         state: () => last,
       });
     });
+
+    await t.step(
+      "/metrics counts each supervised actor (metrics gets the supervisor)",
+      async () => {
+        const text = await (await fetch(`${rt.url}/metrics`)).text();
+        for (const actor of ["cluster", "sync", "sessions", "metrics"]) {
+          assert.match(text, new RegExp(`^rootstream_actor_up\\{actor="${actor}"\\} 1$`, "m"));
+          assert.match(
+            text,
+            new RegExp(`^rootstream_actor_restarts_total\\{actor="${actor}"\\} \\d+$`, "m"),
+          );
+        }
+      },
+    );
 
     await t.step("unknown routes answer a JSON 404", async () => {
       const res = await getJson(`${rt.url}/no/such/route`);

@@ -1,31 +1,31 @@
 /**
- * The backup concern: the scheduler actor (a cluster singleton), the /backups routes and a
- * health fact. Settings come from BACKUP_* environment variables (actors/backup/settings.ts).
+ * The backup concern's effects: the scheduler actor (a cluster singleton), the backup service
+ * the /backups routes use (concerns/backup.ts adds api/backup.ts) and a health fact. Settings
+ * are BACKUP_* variables, parsed with the rest of the configuration (./settings.ts).
  *
  * In embedded mode (no DATABASE_URL) there is no PostgreSQL server for pg_dump or
  * pg_basebackup to read, so no scheduler runs; /backups and /health say why.
  * @module
  */
 import { describeError, RuntimeError } from "../../lib/errors.ts";
-import { addBackupRoutes } from "../../api/backups.ts";
-import type { Concern, RuntimeServices } from "../runtime/types.ts";
+import type { ConcernParts, RuntimeServices } from "../runtime/types.ts";
 import { EMBEDDED_REASON } from "./context.ts";
 import { BACKUP_ACTOR_ID, SCHEDULER_ROLE, schedulerSpec } from "./scheduler.ts";
-import { openBackupService } from "./service.ts";
-import { type BackupType, loadBackupSettings } from "./settings.ts";
+import { type BackupService, openBackupService } from "./service.ts";
+import type { BackupSettings, BackupType } from "./settings.ts";
 
-/** Builds the backup concern from the runtime's services and the process environment. */
-export function createBackupConcern(services: RuntimeServices): Concern {
-  return buildBackupConcern(services, Deno.env.toObject());
+/** The backup concern's parts: the service (its API) and how to queue a backup anywhere. */
+export interface BackupParts extends ConcernParts<BackupService> {
+  /** Queues a backup on whichever instance holds the scheduler lease. */
+  request(type: BackupType): Promise<{ instance: string }>;
 }
 
-/** Builds the backup concern with settings read from `env` (tests pass their own). */
-export function buildBackupConcern(
+/** Builds the backup concern's service and scheduler from the runtime's services and settings. */
+export function createBackupParts(
   services: RuntimeServices,
-  env: Record<string, string | undefined>,
-): Concern {
+  settings: BackupSettings,
+): BackupParts {
   const log = services.log;
-  const settings = loadBackupSettings(env, { dataDir: services.config.dataDir });
   const embedded = services.db.mode === "embedded";
   const service = openBackupService({
     settings,
@@ -79,15 +79,7 @@ export function buildBackupConcern(
         now: services.now,
       }),
     ],
-    routes(app) {
-      addBackupRoutes(app, {
-        list: (options) => service.list(options),
-        get: (id) => service.get(id),
-        availability: service.availability,
-        request,
-        adminToken: settings.adminToken,
-      });
-    },
+    request,
     async health() {
       if (embedded) return { ok: true, available: false, reason: EMBEDDED_REASON };
       try {

@@ -1,11 +1,13 @@
 /**
- * The backup concern's settings, read from environment variables and validated with zod.
- * A wrong value stops start-up (and the CLI) with CONFIG_INVALID naming the variable and
- * what it expects. (They are candidates for lib/config.ts; until then they live here.)
+ * The backup concern's settings, read from environment variables and validated with zod as
+ * part of the one configuration (concerns/config.ts). A wrong value stops start-up (exit 2,
+ * before anything is opened) and the CLI with CONFIG_INVALID naming the variable and what
+ * it expects.
  * @module
  */
 import { Cron } from "croner";
 import { z } from "zod";
+import type { ConcernConfig } from "../../lib/config.ts";
 import { RuntimeError } from "../../lib/errors.ts";
 
 /** The kinds of backup (docs/backup.md defines them). */
@@ -298,6 +300,13 @@ const schema = z.object({
   RS_ADMIN_TOKEN: z.string().min(16, { message: "at least 16 characters" }).optional(),
 });
 
+/** A backup setting that is wrong in combination with another: one problem sentence. */
+function invalid(problem: string): RuntimeError {
+  return new RuntimeError("CONFIG_INVALID", `Invalid backup configuration: ${problem}`, {
+    details: { problems: [problem] },
+  });
+}
+
 /**
  * Parses the backup settings from `env` (empty values count as unset); throws
  * CONFIG_INVALID naming every bad variable.
@@ -318,25 +327,23 @@ export function loadBackupSettings(
       const secret = /KEY|TOKEN|SECRET/.test(name);
       return `${name}${secret ? "" : `=${JSON.stringify(raw[name] ?? "")}`}: expected ${i.message}`;
     });
-    throw new RuntimeError("CONFIG_INVALID", `Invalid backup configuration: ${lines.join("; ")}`);
+    throw new RuntimeError(
+      "CONFIG_INVALID",
+      `Invalid backup configuration: ${lines.join("; ")}`,
+      { details: { problems: lines } },
+    );
   }
   const c = parsed.data;
   const kind = c.BACKUP_STORAGE ?? (c.BACKUP_S3_BUCKET ? "s3" : "local");
   let storage: StorageSettings;
   if (kind === "s3") {
     if (!c.BACKUP_S3_BUCKET) {
-      throw new RuntimeError(
-        "CONFIG_INVALID",
-        "Invalid backup configuration: BACKUP_S3_BUCKET: expected a bucket name when " +
-          "BACKUP_STORAGE=s3",
-      );
+      throw invalid("BACKUP_S3_BUCKET: expected a bucket name when BACKUP_STORAGE=s3");
     }
     if (Boolean(c.BACKUP_S3_ACCESS_KEY_ID) !== Boolean(c.BACKUP_S3_SECRET_ACCESS_KEY)) {
-      throw new RuntimeError(
-        "CONFIG_INVALID",
-        "Invalid backup configuration: BACKUP_S3_ACCESS_KEY_ID and " +
-          "BACKUP_S3_SECRET_ACCESS_KEY: expected both or neither (neither uses the AWS " +
-          "default credential chain)",
+      throw invalid(
+        "BACKUP_S3_ACCESS_KEY_ID and BACKUP_S3_SECRET_ACCESS_KEY: expected both or neither " +
+          "(neither uses the AWS default credential chain)",
       );
     }
     storage = {
@@ -393,6 +400,14 @@ export function loadBackupSettings(
     adminToken: c.RS_ADMIN_TOKEN ?? null,
   };
 }
+
+/** The backup concern's part of the one configuration (BACKUP_DIR defaults under RS_DATA_DIR). */
+export const BACKUP_CONFIG: ConcernConfig<BackupSettings> = {
+  title: "Backup and recovery",
+  intro: "Read by the backup concern (actors/backup) and `deno task cli backup`.",
+  variables: BACKUP_SETTINGS,
+  parse: (env, core) => loadBackupSettings(env, { dataDir: core.dataDir }),
+};
 
 /** The next time `expression` fires strictly after `afterMs`, or null when it never does. */
 export function nextCronRun(

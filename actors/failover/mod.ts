@@ -1,7 +1,8 @@
 /**
- * The failover concern: one `failover` actor per instance (machines/failover.ts with the
- * effects of ./effects.ts), its routes (api/replication.ts), its /health entry and the
- * `failover` lease campaign whose holder takes the decisions.
+ * The failover concern's effects: one `failover` actor per instance (machines/failover.ts
+ * with the effects of ./effects.ts), the service its routes use (concerns/failover.ts adds
+ * api/failover.ts), its /health entry and the `failover` lease campaign whose holder takes
+ * the decisions.
  *
  * Modes: embedded PGlite → replication and failover report themselves unavailable; a
  * server without DATABASE_NODES → `GET /replication` shows the primary's own view
@@ -11,7 +12,8 @@
  */
 import type { Redis } from "ioredis";
 import type { AnyActorRef, Snapshot } from "xstate";
-import type { Config } from "../../lib/config.ts";
+import type { CoreConfig } from "../../lib/config.ts";
+import { guardSocketErrors } from "../../lib/db_errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import {
   closeRedis,
@@ -21,7 +23,6 @@ import {
 } from "../../store/redis.ts";
 import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
-import { addReplicationRoutes, type SwitchoverResult } from "../../api/replication.ts";
 import { createPgTools } from "../../store/pg_tools.ts";
 import {
   listFailoverRecords,
@@ -39,7 +40,7 @@ import type {
   SwitchoverRequest,
 } from "../../machines/failover.ts";
 import { createMembership } from "../runtime/membership.ts";
-import type { ActorSpec, Concern, RemoteEvent, RuntimeServices } from "../runtime/types.ts";
+import type { ActorSpec, ConcernParts, RemoteEvent, RuntimeServices } from "../runtime/types.ts";
 import {
   answerVote,
   createFailoverLogic,
@@ -48,7 +49,7 @@ import {
   readPublished,
 } from "./effects.ts";
 import { createNodeClient, type NodeClient, nodeForUrl } from "./nodes.ts";
-import { type FailoverSettings, loadFailoverSettings } from "./settings.ts";
+import type { FailoverSettings } from "./settings.ts";
 
 export { FAILOVER_VARIABLES, type FailoverSettings, loadFailoverSettings } from "./settings.ts";
 
@@ -88,55 +89,6 @@ function stateName(value: unknown): string {
     return k ? `${k}.${stateName(v)}` : "";
   }
   return "";
-}
-
-const SOCKET_ERRORS = new Set(["ECONNRESET", "EPIPE", "ECONNREFUSED", "ETIMEDOUT"]);
-/** postgres.js's own connection errors (`Errors.connection`: code and errno the same). */
-const DRIVER_ERRORS = new Set([
-  "CONNECTION_DESTROYED",
-  "CONNECTION_CLOSED",
-  "CONNECTION_ENDED",
-  "CONNECT_TIMEOUT",
-]);
-/**
- * SQLSTATEs of a server ending a connection (admin shutdown or pg_terminate_backend, crash
- * shutdown, cannot connect now, connection exceptions), as a postgres.js `PostgresError`.
- */
-const SERVER_ENDED = /^(57P0[1-3]|08[0-9A-Z]{3})$/;
-let guardInstalled = false;
-
-/**
- * Keeps a dying database node from taking the process down: postgres.js removes a
- * socket's listeners when it closes, and under Deno's node:net a reset that arrives after
- * that surfaces as an unhandled rejection ("read ECONNRESET") — seen when a primary is
- * killed while connections to it are being opened. postgres.js also drops the promise of
- * its array-types query on connect (porsager/postgres#1192, #1223): a connection cut while
- * that query runs rejects with nobody listening — "write CONNECTION_DESTROYED" when a timed
- * out probe ended its pool, or FATAL 57P01 when a switchover's fence terminates every
- * session (pg_terminate_backend) and stops the old primary while pools reconnect to it.
- * Only such connection errors are caught (and logged); everything else keeps the default
- * behaviour. (Belongs in main.ts.)
- */
-export function guardSocketErrors(log: Logger): void {
-  if (guardInstalled) return;
-  guardInstalled = true;
-  globalThis.addEventListener("unhandledrejection", (event) => {
-    const reason = event.reason as
-      | { code?: unknown; syscall?: unknown; errno?: unknown; name?: unknown }
-      | null;
-    const code = typeof reason?.code === "string" ? reason.code : null;
-    if (
-      code && ((SOCKET_ERRORS.has(code) && typeof reason!.syscall === "string") ||
-        (DRIVER_ERRORS.has(code) && reason!.errno === code) ||
-        (reason!.name === "PostgresError" && SERVER_ENDED.test(code)))
-    ) {
-      event.preventDefault();
-      log.warn("ignored a connection error nobody listened to", {
-        code,
-        syscall: reason!.syscall ?? null,
-      });
-    }
-  });
 }
 
 /**
@@ -209,17 +161,12 @@ function watchRedis(
  * primary), else `config.database.url`. Never throws; Redis gets `timeoutMs` to answer.
  */
 export async function resolvePrimaryUrl(
-  config: Config,
-  options: { env?: Record<string, string | undefined>; timeoutMs?: number } = {},
+  config: CoreConfig,
+  settings: FailoverSettings,
+  options: { timeoutMs?: number } = {},
 ): Promise<string | null> {
   const url = config.database.url;
   if (!url || !redisConfigured(config.redis)) return url;
-  let settings: FailoverSettings;
-  try {
-    settings = loadFailoverSettings(options.env ?? Deno.env.toObject());
-  } catch {
-    return url;
-  }
   if (!settings.nodes.length) return url;
   const client = createRedisClient(config.redis, { name: "rs-resolve-primary" });
   try {
@@ -238,37 +185,58 @@ export async function resolvePrimaryUrl(
   }
 }
 
+/** A switchover's outcome, as the coordinator decided it. */
+export interface SwitchoverResult {
+  /** Whether the switch happened. */
+  ok: boolean;
+  /** The decision's sentence. */
+  why: string;
+  /** Primary after it. */
+  primary: { node: string; epoch: number } | null;
+}
+
 /** The replication concern's API for embedding programs. */
 export interface ReplicationApi {
   /** Nodes, roles, LSNs, lag and the failover state, as GET /replication shows them. */
   status(): Promise<Record<string, unknown>>;
   /** A planned, zero-loss switchover to a replica (see docs/failover.md). */
-  switchover: (...args: never[]) => Promise<unknown>;
+  switchover(options: { target: string | null; requestedBy: string }): Promise<SwitchoverResult>;
 }
 
-/** Builds the failover concern from the runtime's services. */
-export async function createFailoverConcern(services: RuntimeServices): Promise<Concern> {
-  const settings = loadFailoverSettings();
+/** The failover concern's service: what its routes (api/failover.ts) and embedders use. */
+export interface FailoverApi {
+  /** Why replication is unavailable here (embedded mode), or null when it is available. */
+  unavailable: string | null;
+  /** The replication status as JSON. */
+  status(): Promise<Record<string, unknown>>;
+  /** Writes a canary row through this instance's pool. */
+  canary(): Promise<Record<string, unknown>>;
+  /** Runs a switchover and waits for the decision; absent without DATABASE_NODES. */
+  switchover?: ReplicationApi["switchover"];
+}
+
+/** Builds the failover concern's actors and service from the runtime's services. */
+export async function createFailoverParts(
+  services: RuntimeServices,
+  settings: FailoverSettings,
+): Promise<ConcernParts<FailoverApi>> {
   if (services.db.mode === "embedded") {
     return {
       actors: [],
-      routes(app) {
-        addReplicationRoutes(app, {
-          unavailable: EMBEDDED_REASON,
-          status: () => Promise.resolve({}),
-          canary: () => Promise.resolve({}),
-          adminToken: settings.adminToken,
-        });
+      api: {
+        unavailable: EMBEDDED_REASON,
+        status: () => Promise.resolve({}),
+        canary: () => Promise.resolve({}),
       },
       health: () => Promise.resolve({ ok: true, available: false, reason: EMBEDDED_REASON }),
     };
   }
-  if (!settings.nodes.length) return monitorOnly(services, settings);
+  if (!settings.nodes.length) return monitorOnly(services);
   return await fullConcern(services, settings);
 }
 
 /** A server without DATABASE_NODES: the primary's own view, no failover. */
-function monitorOnly(services: RuntimeServices, settings: FailoverSettings): Concern {
+function monitorOnly(services: RuntimeServices): ConcernParts<FailoverApi> {
   const { db, instanceId } = services;
   let stopping = false;
   const redisStatus = watchRedis(services, () => stopping);
@@ -280,29 +248,26 @@ function monitorOnly(services: RuntimeServices, settings: FailoverSettings): Con
       stopping = true;
       return Promise.resolve();
     },
-    routes(app) {
-      addReplicationRoutes(app, {
-        unavailable: null,
-        adminToken: settings.adminToken,
-        async status() {
-          const [state, replicas] = await Promise.all([
-            readNodeState(db.sql),
-            readReplicationRows(db.sql).catch(() => []),
-          ]);
-          return {
-            available: true,
-            instance: instanceId,
-            failover: { available: false, reason },
-            primary: { target: db.describe, ...state },
-            replicas,
-            redis: redisStatus(),
-          };
-        },
-        async canary() {
-          const row = await writeCanary(db.sql, { instance: instanceId, epoch: db.epoch });
-          return { ...row, epoch: db.epoch, instance: instanceId };
-        },
-      });
+    api: {
+      unavailable: null,
+      async status() {
+        const [state, replicas] = await Promise.all([
+          readNodeState(db.sql),
+          readReplicationRows(db.sql).catch(() => []),
+        ]);
+        return {
+          available: true,
+          instance: instanceId,
+          failover: { available: false, reason },
+          primary: { target: db.describe, ...state },
+          replicas,
+          redis: redisStatus(),
+        };
+      },
+      async canary() {
+        const row = await writeCanary(db.sql, { instance: instanceId, epoch: db.epoch });
+        return { ...row, epoch: db.epoch, instance: instanceId };
+      },
     },
   };
 }
@@ -310,7 +275,7 @@ function monitorOnly(services: RuntimeServices, settings: FailoverSettings): Con
 async function fullConcern(
   services: RuntimeServices,
   settings: FailoverSettings,
-): Promise<Concern> {
+): Promise<ConcernParts<FailoverApi>> {
   const { db, redis, keyspace, transport, leases, log, config, instanceId } = services;
   guardSocketErrors(log);
   const nodes = new Map<string, NodeClient>(settings.nodes.map((n) => [
@@ -618,20 +583,16 @@ async function fullConcern(
   };
 
   return {
-    api: { status, switchover } satisfies ReplicationApi,
-    actors: [spec],
-    routes(app) {
-      addReplicationRoutes(app, {
-        unavailable: null,
-        adminToken: settings.adminToken,
-        status,
-        switchover,
-        async canary() {
-          const row = await writeCanary(db.sql, { instance: instanceId, epoch: db.epoch });
-          return { ...row, epoch: db.epoch, instance: instanceId };
-        },
-      });
+    api: {
+      unavailable: null,
+      status,
+      switchover,
+      async canary() {
+        const row = await writeCanary(db.sql, { instance: instanceId, epoch: db.epoch });
+        return { ...row, epoch: db.epoch, instance: instanceId };
+      },
     },
+    actors: [spec],
     health() {
       const snap = ref?.getSnapshot() as FailoverSnapshot | undefined;
       const ctx = context();

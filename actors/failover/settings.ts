@@ -1,10 +1,11 @@
 /**
- * Settings of the failover concern, read from the environment and validated with zod. A
- * wrong value stops start-up with a message naming the variable (CONFIG_INVALID).
- * (To be moved into lib/config.ts; until then this module owns them.)
+ * Settings of the failover concern, read from the environment and validated with zod as part
+ * of the one configuration (concerns/config.ts). A wrong value stops start-up (exit 2) with
+ * a message naming the variable (CONFIG_INVALID).
  * @module
  */
 import { z } from "zod";
+import type { ConcernConfig } from "../../lib/config.ts";
 import { RuntimeError } from "../../lib/errors.ts";
 
 /** One PostgreSQL node of the cluster. */
@@ -51,7 +52,7 @@ export interface FailoverSettings {
   failpoint: "exit-after-promote" | null;
 }
 
-/** Every variable this module reads, with its default, for docs and the config move. */
+/** Every variable this module reads, with its default (docs/configuration.md lists them). */
 export const FAILOVER_VARIABLES: readonly { env: string; default: string; description: string }[] =
   [
     {
@@ -183,9 +184,7 @@ const schema = z.object({
 });
 
 /** Reads and validates the failover settings; CONFIG_INVALID names every wrong variable. */
-export function loadFailoverSettings(
-  env: Record<string, string | undefined> = Deno.env.toObject(),
-): FailoverSettings {
+export function loadFailoverSettings(env: Record<string, string | undefined>): FailoverSettings {
   const picked = Object.fromEntries(
     Object.keys(schema.shape).map((k) => [k, env[k] === "" ? undefined : env[k]]),
   );
@@ -196,7 +195,11 @@ export function loadFailoverSettings(
         JSON.stringify(picked[String(i.path[0])])
       }`
     );
-    throw new RuntimeError("CONFIG_INVALID", `Invalid failover configuration: ${lines.join("; ")}`);
+    throw new RuntimeError(
+      "CONFIG_INVALID",
+      `Invalid failover configuration: ${lines.join("; ")}`,
+      { details: { problems: lines } },
+    );
   }
   const e = parsed.data;
   return {
@@ -217,3 +220,11 @@ export function loadFailoverSettings(
     failpoint: e.FAILOVER_FAILPOINT ?? null,
   };
 }
+
+/** The failover concern's part of the one configuration. */
+export const FAILOVER_CONFIG: ConcernConfig<FailoverSettings> = {
+  title: "Replication and failover",
+  intro: "Read by the failover concern (actors/failover).",
+  variables: FAILOVER_VARIABLES,
+  parse: (env) => loadFailoverSettings(env),
+};

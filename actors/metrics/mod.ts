@@ -1,7 +1,8 @@
 /**
- * The metrics concern: the collector actor (`metrics`), one alert actor per rule
- * (`alert.<name>`), the time-series writer and reader, and the routes `GET /metrics`,
- * `GET /dashboards[/<name>]` and `GET /alerts`.
+ * The metrics concern's effects: the collector actor (`metrics`), one alert actor per rule
+ * (`alert.<name>`), the time-series writer and reader, and the service the routes
+ * `GET /metrics`, `GET /dashboards[/<name>]` and `GET /alerts` read (concerns/metrics.ts
+ * adds api/metrics.ts).
  *
  * Without INFLUX_URL the collector still runs and `/metrics` serves what it collected;
  * nothing is stored, dashboards answer 503 and alert rules are not evaluated (said once in
@@ -10,9 +11,8 @@
  */
 import { describeError } from "../../lib/errors.ts";
 import type { ChildStatus } from "../../machines/supervisor.ts";
-import { addMetricsRoutes } from "../../api/metrics.ts";
-import type { Concern, ConcernFactory, RuntimeServices } from "../runtime/types.ts";
-import { type Alerts, createAlerts } from "./alerts.ts";
+import type { ConcernParts, RuntimeServices } from "../runtime/types.ts";
+import { type Alerts, type AlertView, createAlerts } from "./alerts.ts";
 import { gaugeFamilies } from "./catalog.ts";
 import { collectorSpec, type LatestCollection } from "./collector.ts";
 import { createInfluxQlReader } from "./influxql_reader.ts";
@@ -21,7 +21,7 @@ import { createPromQlReader } from "./promql_reader.ts";
 import { createQueryTimer, type QueryTimer } from "./query_timer.ts";
 import type { MetricsReader } from "./reader.ts";
 import { RuntimeError } from "../../lib/errors.ts";
-import { loadMetricsSettings, type MetricsSettings } from "./settings.ts";
+import type { MetricsSettings } from "./settings.ts";
 import {
   cacheSource,
   databaseSource,
@@ -38,12 +38,10 @@ import {
 } from "./writer.ts";
 import type { MetricPoint } from "../../lib/line_protocol.ts";
 
-/** Options of {@linkcode metricsConcern} (tests and embedders). */
+/** Options of {@linkcode createMetricsParts} (tests and embedders). */
 export interface MetricsConcernOptions {
-  /** Environment to read the settings from (default the process's). */
-  env?: Record<string, string | undefined>;
-  /** Settings overriding what the environment says. */
-  settings?: Partial<MetricsSettings>;
+  /** The supervised actors' status, for the restart and up figures of /metrics. */
+  supervised?: () => Record<string, ChildStatus>;
   /** Builds the sources instead of the default system, streams, database and cache. */
   sources?: (services: RuntimeServices, timer: QueryTimer) => Source[];
   /** Writer options overriding the defaults. */
@@ -53,9 +51,6 @@ export interface MetricsConcernOptions {
   /** Longest a source may take per cycle (default: the interval, at most 5 s). */
   sourceTimeoutMs?: number;
 }
-
-/** Optional runtime hook: when the services carry it, /metrics includes supervisor figures. */
-type SupervisorHook = { supervisorChildren?: () => Record<string, ChildStatus> };
 
 function databaseHost(url: string | null): string {
   if (!url) return "embedded";
@@ -87,22 +82,24 @@ export interface MetricsApi {
   exposition(): string | Promise<string>;
 }
 
-/** Builds the concern with options (tests pass their own env, sources and timings). */
-export function metricsConcern(options: MetricsConcernOptions = {}): ConcernFactory {
-  return (services) => buildConcern(services, options);
+/** What the metrics routes read besides the API: alert states and why there is no reader. */
+export interface MetricsParts extends ConcernParts<MetricsApi> {
+  /** Every alert rule's state. */
+  alerts(): AlertView[];
+  /** Why dashboards are unavailable ("" when a reader is configured). */
+  readerUnavailable: string;
 }
 
-/** The metrics concern as actors/concerns.ts lists it (settings from the environment). */
-export function createMetricsConcern(services: RuntimeServices): Concern {
-  return buildConcern(services, {});
-}
-
-function buildConcern(services: RuntimeServices, options: MetricsConcernOptions): Concern {
+/**
+ * Builds the metrics concern's actors, writer, reader and alerts from the runtime's
+ * services and the metrics settings (tests pass their own sources and timings).
+ */
+export function createMetricsParts(
+  services: RuntimeServices,
+  settings: MetricsSettings,
+  options: MetricsConcernOptions = {},
+): MetricsParts {
   const log = services.log;
-  const settings: MetricsSettings = {
-    ...loadMetricsSettings(options.env ?? Deno.env.toObject()),
-    ...options.settings,
-  };
   const timer = createQueryTimer();
   const sources = options.sources?.(services, timer) ?? [
     systemSource(),
@@ -354,7 +351,7 @@ function buildConcern(services: RuntimeServices, options: MetricsConcernOptions)
       "Bus resubscriptions after a reconnect",
       bus.resubscribes,
     ));
-    const children = (services as RuntimeServices & SupervisorHook).supervisorChildren?.();
+    const children = options.supervised?.();
     if (children) {
       families.push({
         name: "rootstream_actor_restarts_total",
@@ -401,15 +398,8 @@ function buildConcern(services: RuntimeServices, options: MetricsConcernOptions)
   return {
     api,
     actors: [spec, ...(alerts?.specs ?? [])],
-    routes(app) {
-      addMetricsRoutes(app, {
-        exposition,
-        reader,
-        readerUnavailable,
-        alerts: () => alerts?.views() ?? [],
-        now: services.now,
-      });
-    },
+    alerts: () => alerts?.views() ?? [],
+    readerUnavailable,
     health() {
       const now = services.now();
       const stale = latest.recordedAt !== null && now - latest.recordedAt > 3 * settings.intervalMs;

@@ -1,14 +1,13 @@
 /**
- * Settings of the metrics concern, read from the environment and validated with zod.
- *
- * They live here until lib/config.ts declares them; a wrong value stops start-up with a
- * CONFIG_INVALID sentence naming the variable, like every other setting.
+ * Settings of the metrics concern, read from the environment and validated with zod as part
+ * of the one configuration (concerns/config.ts); a wrong value stops start-up (exit 2) with
+ * a CONFIG_INVALID sentence naming the variable, like every other setting.
  * `ALERT_RULES` holds JSON (an array of rules, or `{ "rules": [...] }`) or the path of a
  * file containing it.
  * @module
  */
 import { z } from "zod";
-import type { SettingDoc } from "../../lib/config.ts";
+import type { ConcernConfig, SettingDoc } from "../../lib/config.ts";
 import { RuntimeError } from "../../lib/errors.ts";
 import type { AlertOperator, AlertRule } from "../../machines/alert.ts";
 import { type Aggregate, AGGREGATES } from "./reader.ts";
@@ -175,11 +174,10 @@ const envSchema = z.object({
 });
 
 function invalid(name: string, problem: string, shown?: string): RuntimeError {
-  return new RuntimeError(
-    "CONFIG_INVALID",
-    `Invalid configuration: ${name} ${problem}${shown === undefined ? "" : `, got ${shown}`}`,
-    { details: { variable: name } },
-  );
+  const sentence = `${name} ${problem}${shown === undefined ? "" : `, got ${shown}`}`;
+  return new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${sentence}`, {
+    details: { variable: name, problems: [sentence] },
+  });
 }
 
 function loadRules(
@@ -294,3 +292,11 @@ export function loadMetricsSettings(
     webhookUrl: c.ALERT_WEBHOOK_URL ?? null,
   };
 }
+
+/** The metrics concern's part of the one configuration. */
+export const METRICS_CONFIG: ConcernConfig<MetricsSettings> = {
+  title: "Metrics and alerts",
+  intro: "Read by the metrics concern (actors/metrics).",
+  variables: METRICS_SETTINGS,
+  parse: (env) => loadMetricsSettings(env),
+};

@@ -2,7 +2,8 @@
  * Cluster-singleton leases on Redis: one holder per role at a time, each holder with a
  * fencing token larger than every token issued before it for that role.
  *
- * Guarantees (each operation is one Lua script, so atomic on the Redis master):
+ * Guarantees (each operation is one Lua script of store/redis_leases.ts, so atomic on the
+ * Redis master):
  * - acquire: compare-and-create. Only when the lease key is absent is a new token issued
  *   and the lease stored as `{holder, token}` with a TTL.
  * - renew / release: compare-and-set. The TTL is reset (or the key deleted) only when the
@@ -26,10 +27,10 @@ import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { Keyspace } from "../../store/redis.ts";
+import { createLeaseStore, type FenceStatus } from "../../store/redis_leases.ts";
 import {
   type LeaseAcquireInput,
   type LeaseAcquireOutput,
-  type LeaseHolder,
   type LeaseLostReason,
   leaseMachine,
   type LeaseReleaseInput,
@@ -135,85 +136,6 @@ export interface LeaseManagerDeps {
   inspect?: (event: InspectionEvent) => void;
 }
 
-// KEYS: lease, fence. ARGV: holder, ttl ms.
-const ACQUIRE = `
-local current = redis.call('GET', KEYS[1])
-if current then
-  return {0, current, redis.call('PTTL', KEYS[1])}
-end
-local time = redis.call('TIME')
-local nowMs = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local last = tonumber(redis.call('GET', KEYS[2])) or 0
-local token = string.format('%d', math.max(last + 1, nowMs))
-redis.call('SET', KEYS[2], token)
-redis.call('SET', KEYS[1], '{"holder":' .. cjson.encode(ARGV[1]) .. ',"token":' .. token .. '}',
-  'PX', ARGV[2])
-return {1, token}
-`;
-
-const DECODE = `
-local function mine(current, holder, token)
-  local ok, lease = pcall(cjson.decode, current)
-  return ok and type(lease) == 'table' and lease.holder == holder and
-    (token == '' or tonumber(lease.token) == tonumber(token))
-end
-`;
-
-// KEYS: lease. ARGV: holder, token, ttl ms.
-const RENEW = DECODE + `
-local current = redis.call('GET', KEYS[1])
-if not current then return {0} end
-if mine(current, ARGV[1], ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {1}
-end
-return {0, current}
-`;
-
-// KEYS: lease. ARGV: holder, token ('' = any token of this holder).
-const RELEASE = DECODE + `
-local current = redis.call('GET', KEYS[1])
-if current and mine(current, ARGV[1], ARGV[2]) then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-`;
-
-// KEYS: lease, fence[, target]. ARGV: token[, value, px ms or ''].
-// Status: 0 current, 1 older than the newest token, 2 newest but no longer held, 3 unknown.
-const FENCE = `
-local token = tonumber(ARGV[1])
-local newest = tonumber(redis.call('GET', KEYS[2])) or 0
-local status = 0
-if token < newest then
-  status = 1
-elseif token > newest then
-  status = 3
-else
-  local current = redis.call('GET', KEYS[1])
-  local ok, lease = false, nil
-  if current then ok, lease = pcall(cjson.decode, current) end
-  if not (ok and type(lease) == 'table' and tonumber(lease.token) == token) then status = 2 end
-end
-if status == 0 and KEYS[3] then
-  if ARGV[3] ~= '' then
-    redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
-  else
-    redis.call('SET', KEYS[3], ARGV[2])
-  end
-end
-return {status, string.format('%d', newest)}
-`;
-
-// KEYS: lease.
-const HOLDER = `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`;
-
-const LeaseValue = z.object({
-  holder: z.string().min(1),
-  token: z.number().int().positive(),
-});
-
 const RoleName = z.string().regex(
   /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/,
   "letters, digits, '.', '_' or '-', at most 100",
@@ -226,53 +148,13 @@ const CampaignTimings = z.object({
   safetyMarginMs: z.number().int().nonnegative().optional(),
 });
 
-/** Parses a stored lease value; null when it is not one of ours. */
-function parseLease(raw: unknown): LeaseHolder | null {
-  if (typeof raw !== "string") return null;
-  try {
-    const value = LeaseValue.safeParse(JSON.parse(raw));
-    return value.success ? { instance: value.data.holder, token: value.data.token } : null;
-  } catch {
-    return null;
-  }
-}
-
-async function sha1(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(text));
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 /** Creates the lease manager of one instance. */
 export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
   const { redis, keyspace, instanceId } = deps;
   const log = deps.log ?? silentLogger;
   const now = deps.now ?? (() => performance.now());
   const campaigns = new Map<string, LeaseCampaign>();
-  const shas = new Map<string, Promise<string>>();
-
-  /** EVALSHA, falling back to EVAL when the script cache was flushed (e.g. a Redis restart). */
-  async function script(
-    source: string,
-    keys: string[],
-    args: (string | number)[],
-  ): Promise<unknown> {
-    let sha = shas.get(source);
-    if (!sha) shas.set(source, sha = sha1(source));
-    try {
-      return await redis.evalsha(await sha, keys.length, ...keys, ...args);
-    } catch (err) {
-      if (!describeError(err).startsWith("NOSCRIPT")) throw err;
-      return await redis.eval(source, keys.length, ...keys, ...args);
-    }
-  }
-
-  function leaseKey(role: string): string {
-    return keyspace.key("lease", role);
-  }
-
-  function fenceKey(role: string): string {
-    return keyspace.key("lease", role, "fence");
-  }
+  const store = createLeaseStore(redis, keyspace);
 
   function unavailable(action: string, role: string, err: unknown): RuntimeError {
     if (err instanceof RuntimeError) return err;
@@ -296,21 +178,8 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
   async function acquire(input: LeaseAcquireInput): Promise<LeaseAcquireOutput> {
     const sentAt = now();
     try {
-      const reply = await script(
-        ACQUIRE,
-        [leaseKey(input.role), fenceKey(input.role)],
-        [input.instanceId, input.ttlMs],
-      ) as [number, string, number?];
-      const receivedAt = now();
-      if (reply[0] === 1) return { acquired: true, token: Number(reply[1]), sentAt, receivedAt };
-      const ttl = Number(reply[2]);
-      return {
-        acquired: false,
-        holder: parseLease(reply[1]),
-        holderTtlMs: Number.isFinite(ttl) && ttl >= 0 ? ttl : null,
-        sentAt,
-        receivedAt,
-      };
+      const reply = await store.acquire(input.role, input.instanceId, input.ttlMs);
+      return { ...reply, sentAt, receivedAt: now() };
     } catch (err) {
       throw unavailable("acquire", input.role, err);
     }
@@ -319,17 +188,8 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
   async function renew(input: LeaseRenewInput): Promise<LeaseRenewOutput> {
     const sentAt = now();
     try {
-      const reply = await script(
-        RENEW,
-        [leaseKey(input.role)],
-        [input.instanceId, input.token, input.ttlMs],
-      ) as [number, string?];
-      return {
-        renewed: reply[0] === 1,
-        holder: reply[0] === 1 ? null : parseLease(reply[1]),
-        sentAt,
-        receivedAt: now(),
-      };
+      const reply = await store.renew(input.role, input.instanceId, input.token, input.ttlMs);
+      return { ...reply, sentAt, receivedAt: now() };
     } catch (err) {
       throw unavailable("renew", input.role, err);
     }
@@ -337,12 +197,7 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
 
   async function release(input: LeaseReleaseInput): Promise<LeaseReleaseOutput> {
     try {
-      const reply = await script(
-        RELEASE,
-        [leaseKey(input.role)],
-        [input.instanceId, input.token ?? ""],
-      );
-      return { released: reply === 1 };
+      return { released: await store.release(input.role, input.instanceId, input.token ?? null) };
     } catch (err) {
       throw unavailable("release", input.role, err);
     }
@@ -477,20 +332,19 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
 
   async function holder(role: string): Promise<LeaseHolderInfo | null> {
     checkRole(role);
-    let reply: [string | null, number];
+    let reply: Awaited<ReturnType<typeof store.holder>>;
     try {
-      reply = await script(HOLDER, [leaseKey(role)], []) as [string | null, number];
+      reply = await store.holder(role);
     } catch (err) {
       throw unavailable("read", role, err);
     }
-    const lease = parseLease(reply[0]);
-    return lease ? { ...lease, ttlMs: Math.max(0, Number(reply[1])) } : null;
+    return reply.lease ? { ...reply.lease, ttlMs: reply.ttlMs } : null;
   }
 
   async function fenceStatus(
     fence: LeaseFence,
     target?: FencedSetOptions,
-  ): Promise<{ status: number; newest: number }> {
+  ): Promise<{ status: FenceStatus; newest: number }> {
     checkRole(fence.role);
     if (!Number.isSafeInteger(fence.token) || fence.token <= 0) {
       throw new RuntimeError(
@@ -498,33 +352,26 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
         `Invalid fencing token for role ${fence.role}: ${fence.token}`,
       );
     }
-    const keys = [leaseKey(fence.role), fenceKey(fence.role)];
-    const args: (string | number)[] = [fence.token];
-    if (target) {
-      keys.push(target.key);
-      args.push(target.value, target.pxMs ?? "");
-    }
     try {
-      const reply = await script(FENCE, keys, args) as [number, string];
-      return { status: reply[0], newest: Number(reply[1]) };
+      return await store.fence(fence.role, fence.token, target);
     } catch (err) {
       throw unavailable("check", fence.role, err);
     }
   }
 
-  function refusal(fence: LeaseFence, status: number, newest: number): RuntimeError | null {
+  function refusal(fence: LeaseFence, status: FenceStatus, newest: number): RuntimeError | null {
     const what = `Refused fenced operation for role ${fence.role}`;
     const details = { role: fence.role, token: fence.token, newest };
     switch (status) {
-      case 0:
+      case "current":
         return null;
-      case 1:
+      case "stale":
         return new RuntimeError(
           "LEASE_STALE_TOKEN",
           `${what}: token ${fence.token} is older than the newest token ${newest}`,
           { details },
         );
-      case 2:
+      case "not_held":
         return new RuntimeError(
           "LEASE_NOT_HELD",
           `${what}: the lease with token ${fence.token} is no longer held`,
@@ -541,7 +388,7 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
 
   async function checkToken(role: string, token: number): Promise<boolean> {
     if (!Number.isSafeInteger(token) || token <= 0) return false;
-    return (await fenceStatus({ role, token })).status === 0;
+    return (await fenceStatus({ role, token })).status === "current";
   }
 
   async function fenced<T>(

@@ -2,15 +2,15 @@
  * Cluster membership on Redis: heartbeats with the Redis server's own clock (so host
  * clock skew cannot make a live instance look dead), a live-member list from the same
  * round trip, and per-instance info (URL, roles, actors' states) for `GET /cluster`.
- *
- * Keys: a sorted set `members` scored by last heartbeat (ms), and `member:<id>` holding
- * the instance's JSON info with a TTL of the dead-after window.
+ * The keys and scripts are store/redis_membership.ts; this module drives them from the
+ * cluster-node statechart.
  * @module
  */
 import type { Redis } from "ioredis";
 import { fromPromise } from "xstate";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { Keyspace } from "../../store/redis.ts";
+import { createMemberStore } from "../../store/redis_membership.ts";
 import { clusterNodeMachine, type MemberView } from "../../machines/cluster_node.ts";
 import type { ActorSpec } from "./types.ts";
 
@@ -35,32 +35,6 @@ export interface LiveMember extends MemberInfo {
   /** Milliseconds since its last heartbeat. */
   heartbeatAgeMs: number;
 }
-
-const HEARTBEAT_LUA = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local dead = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', dead)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - dead * 30)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - dead, '+inf', 'WITHSCORES')
-local out = {}
-for i = 1, #live, 2 do
-  out[#out + 1] = live[i]
-  out[#out + 1] = tostring(now - tonumber(live[i + 1]))
-end
-return out`;
-
-const LIVE_LUA = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'WITHSCORES')
-local out = {}
-for i = 1, #live, 2 do
-  out[#out + 1] = live[i]
-  out[#out + 1] = tostring(now - tonumber(live[i + 1]))
-end
-return out`;
 
 /** Options of {@linkcode createMembership}. */
 export interface MembershipOptions {
@@ -90,42 +64,22 @@ export interface Membership {
   deregister(): Promise<void>;
 }
 
-function pairs(flat: string[]): MemberView[] {
-  const out: MemberView[] = [];
-  for (let i = 0; i < flat.length; i += 2) out.push({ id: flat[i], ageMs: Number(flat[i + 1]) });
-  return out;
-}
-
 /** Creates the membership service on a Redis connection. */
 export function createMembership(redis: Redis, options: MembershipOptions): Membership {
   const log = options.log ?? silentLogger;
-  const ks = options.keyspace;
   const heartbeatMs = options.heartbeatMs ?? 500;
   const deadAfterMs = options.deadAfterMs ?? 2000;
-  const zset = ks.key("members");
-  const infoKey = (id: string) => ks.key("member", id);
+  const store = createMemberStore(redis, options.keyspace, { deadAfterMs });
   const listeners = new Set<(c: { joined: string[]; left: string[] }) => void>();
 
-  async function heartbeat(): Promise<MemberView[]> {
-    const info = JSON.stringify(options.info());
-    const flat = await redis.eval(
-      HEARTBEAT_LUA,
-      2,
-      zset,
-      infoKey(options.instanceId),
-      options.instanceId,
-      info,
-      String(deadAfterMs),
-    ) as string[];
-    return pairs(flat);
+  function heartbeat(): Promise<MemberView[]> {
+    return store.heartbeat(options.instanceId, JSON.stringify(options.info()));
   }
 
   const logic = clusterNodeMachine.provide({
     actors: {
       heartbeat: fromPromise(() => heartbeat()),
-      deregister: fromPromise(async () => {
-        await redis.multi().zrem(zset, options.instanceId).del(infoKey(options.instanceId)).exec();
-      }),
+      deregister: fromPromise(() => store.remove(options.instanceId)),
     },
     actions: {
       membershipChanged: (_, change: { joined: string[]; left: string[] }) => {
@@ -155,9 +109,9 @@ export function createMembership(redis: Redis, options: MembershipOptions): Memb
       },
     },
     async members() {
-      const live = pairs(await redis.eval(LIVE_LUA, 1, zset, String(deadAfterMs)) as string[]);
+      const live = await store.live();
       if (!live.length) return [];
-      const infos = await redis.mget(...live.map((m) => infoKey(m.id)));
+      const infos = await store.infos(live.map((m) => m.id));
       const out: LiveMember[] = [];
       live.forEach((m, i) => {
         const raw = infos[i];
@@ -175,8 +129,7 @@ export function createMembership(redis: Redis, options: MembershipOptions): Memb
       return () => listeners.delete(fn);
     },
     async deregister() {
-      await redis.multi().zrem(zset, options.instanceId).del(infoKey(options.instanceId)).exec()
-        .catch(() => {});
+      await store.remove(options.instanceId).catch(() => {});
     },
   };
 }

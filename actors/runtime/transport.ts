@@ -20,6 +20,7 @@ import { RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Keyspace } from "../../store/redis.ts";
+import { createInboxReader, createInboxWriter, type InboxEntry } from "../../store/redis_inbox.ts";
 import type { ActorAddress, ActorSpec, DeliveryMeta, RemoteEvent, Transport } from "./types.ts";
 
 /** Largest accepted message, in bytes of JSON (default). */
@@ -339,9 +340,9 @@ function createCore(options: TransportOptions) {
 }
 
 /**
- * Transport over Redis: inbox streams for addressed messages, pub/sub for broadcasts and
- * replies. `redis` is the shared command connection; the inbox reader uses its own
- * blocking connection.
+ * Transport over Redis: inbox streams for addressed messages (store/redis_inbox.ts), pub/sub
+ * for broadcasts and replies. `redis` is the shared command connection; the inbox reader
+ * uses its own blocking connection.
  */
 export function createRedisTransport(
   redis: Redis,
@@ -349,67 +350,27 @@ export function createRedisTransport(
 ): Transport & { start(): Promise<void> } {
   const core = createCore(options);
   const { log, counters } = core;
-  const ks = options.keyspace;
-  const inbox = (instance: string) => ks.key("inbox", instance);
-  const group = "runtime";
-  const myInbox = inbox(options.instanceId);
-  const maxLen = options.inboxMaxLen ?? 10_000;
   const reader = redis.duplicate({
     connectionName: `rs-inbox-${options.instanceId}`,
     enableAutoPipelining: false,
   });
   reader.on("error", () => {});
+  const inboxes = createInboxWriter(redis, options.keyspace, {
+    maxLen: options.inboxMaxLen ?? 10_000,
+    now: options.now,
+  });
+  const inbox = createInboxReader(redis, reader, options.keyspace, options.instanceId);
   let running = false;
   let loop: Promise<void> | null = null;
   const unsubscribers: (() => Promise<void>)[] = [];
   /** Entries handed over but deferred (actor restarting), retried by the loop. */
   const deferred = new Map<string, Inbound>();
 
-  /** When each target inbox's expiry was last pushed back (ms). */
-  const expiryRefreshed = new Map<string, number>();
-  const INBOX_TTL_MS = 24 * 3600 * 1000;
-
-  /**
-   * Appends to a target inbox. The inbox of an instance that never comes back expires a
-   * day after the last message; the expiry is refreshed at most once a minute per target
-   * so the hot path is a single XADD.
-   */
-  async function enqueue(instance: string, json: string): Promise<void> {
-    const key = inbox(instance);
-    const last = expiryRefreshed.get(instance) ?? 0;
-    const t = Date.now();
-    if (t - last > 60_000) {
-      expiryRefreshed.set(instance, t);
-      await redis.pipeline()
-        .xadd(key, "MAXLEN", "~", maxLen, "*", "m", json)
-        .pexpire(key, INBOX_TTL_MS)
-        .exec()
-        .then((res) => {
-          const err = res?.find(([e]) => e)?.[0];
-          if (err) throw err;
-        });
-      return;
-    }
-    await redis.xadd(key, "MAXLEN", "~", maxLen, "*", "m", json);
-  }
-
-  async function ensureGroup(): Promise<void> {
-    try {
-      await reader.xgroup("CREATE", myInbox, group, "0", "MKSTREAM");
-    } catch (err) {
-      if (!String(err).includes("BUSYGROUP")) throw err;
-    }
-  }
-
   /** Hands one entry over; returns true when it may be acknowledged. */
-  async function handleEntry(
-    entryId: string,
-    fields: string[] | null,
-    redelivery: boolean,
-  ): Promise<boolean> {
-    if (!fields) return true; // trimmed away while pending: nothing left to deliver
-    const raw = fields[fields.indexOf("m") + 1];
-    const env = typeof raw === "string" ? core.parse(raw) : null;
+  async function handleEntry(entry: InboxEntry, redelivery: boolean): Promise<boolean> {
+    // Trimmed away while pending, or not a message: nothing to deliver.
+    if (entry.message === null) return true;
+    const env = core.parse(entry.message);
     if (!env) return true; // counted as malformed / oversized by parse
     if (env.kind === "reply" || env.kind === "broadcast") {
       counters.dropped_malformed++;
@@ -423,25 +384,16 @@ export function createRedisTransport(
       outcome = "deferred";
     }
     if (outcome === "deferred") {
-      deferred.set(entryId, env);
+      deferred.set(entry.id, env);
       return false;
     }
     return true;
   }
 
-  /** Acknowledges and deletes handled entries in one round trip. */
-  async function ack(ids: string[]): Promise<void> {
-    if (!ids.length) return;
-    await redis.pipeline().xack(myInbox, group, ...ids).xdel(myInbox, ...ids).exec();
-  }
-
-  async function handleBatch(
-    entries: [string, string[] | null][],
-    redelivery: boolean,
-  ): Promise<void> {
+  async function handleBatch(entries: InboxEntry[], redelivery: boolean): Promise<void> {
     const done: string[] = [];
-    for (const [id, fields] of entries) {
-      if (await handleEntry(id, fields, redelivery)) done.push(id);
+    for (const entry of entries) {
+      if (await handleEntry(entry, redelivery)) done.push(entry.id);
     }
     scheduleAck(done);
   }
@@ -457,7 +409,9 @@ export function createRedisTransport(
     clearTimeout(ackTimer);
     ackTimer = undefined;
     const ids = ackQueue.splice(0);
-    return ack(ids).catch((err) => log.warn("acknowledgement failed", { error: String(err) }));
+    return inbox.ack(ids).catch((err) =>
+      log.warn("acknowledgement failed", { error: String(err) })
+    );
   }
   function scheduleAck(ids: string[]): void {
     if (!ids.length) return;
@@ -488,37 +442,15 @@ export function createRedisTransport(
         if (backlog) {
           // (Re)create the group after start-up or an outage (a restarted Redis without
           // persistence has lost it); the steady-state loop below skips this round trip.
-          await ensureGroup();
-          const res = await reader.xreadgroup(
-            "GROUP",
-            group,
-            options.instanceId,
-            "COUNT",
-            100,
-            "STREAMS",
-            myInbox,
-            "0",
-          ) as [string, [string, string[]][]][] | null;
-          const entries = (res?.[0]?.[1] ?? []) as [string, string[] | null][];
-          const fresh = entries.filter(([id]) => !deferred.has(id));
+          await inbox.ensureGroup();
+          const entries = await inbox.readPending(100);
+          const fresh = entries.filter((e) => !deferred.has(e.id));
           await handleBatch(fresh, true);
           if (fresh.length < 100) backlog = false;
           continue;
         }
         if (deferred.size) await retryDeferred();
-        const res = await reader.xreadgroup(
-          "GROUP",
-          group,
-          options.instanceId,
-          "COUNT",
-          100,
-          "BLOCK",
-          deferred.size ? 100 : 1000,
-          "STREAMS",
-          myInbox,
-          ">",
-        ) as [string, [string, string[]][]][] | null;
-        await handleBatch((res?.[0]?.[1] ?? []) as [string, string[] | null][], false);
+        await handleBatch(await inbox.readNew(100, deferred.size ? 100 : 1000), false);
         backoff = 100;
       } catch (err) {
         if (!running) return;
@@ -552,7 +484,7 @@ export function createRedisTransport(
     },
     async send(to, event, opts = {}) {
       const { env, json } = core.envelope("send", to, event, { from: opts.from });
-      await enqueue(to.instance, json);
+      await inboxes.append(to.instance, json);
       counters.sent++;
       return env.id;
     },
@@ -573,7 +505,7 @@ export function createRedisTransport(
       const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
       counters.requests++;
       try {
-        await enqueue(to.instance, json);
+        await inboxes.append(to.instance, json);
       } catch (err) {
         reply.catch(() => {});
         core.onReply(JSON.stringify({
@@ -660,12 +592,4 @@ export function createLocalTransport(options: TransportOptions): Transport & {
       await off?.();
     },
   };
-}
-
-/** Sends a raw string into an instance's inbox, bypassing validation (tests and tools). */
-export async function injectRaw(
-  redis: Redis,
-  options: { keyspace: Keyspace; instance: string; raw: string },
-): Promise<void> {
-  await redis.xadd(options.keyspace.key("inbox", options.instance), "*", "m", options.raw);
 }

@@ -4,10 +4,9 @@
  * @module
  */
 import type { AnyActorLogic, AnyActorRef, Snapshot } from "xstate";
-import type { Hono } from "hono";
 import type { Redis } from "ioredis";
 import type { z } from "zod";
-import type { Config } from "../../lib/config.ts";
+import type { CoreConfig } from "../../lib/config.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Database } from "../../store/database.ts";
@@ -83,8 +82,8 @@ export interface Transport {
 
 /** What every actor factory can use. */
 export interface RuntimeServices {
-  /** Validated config. */
-  config: Config;
+  /** Validated core config (a concern's own settings reach its factory as an argument). */
+  config: CoreConfig;
   /** This instance's id. */
   instanceId: string;
   /** Logger for the actor (already named). */
@@ -107,25 +106,28 @@ export interface RuntimeServices {
   now: () => number;
 }
 
-/**
- * A concern plugged into the runtime (sessions, sync, backup, failover, metrics): its
- * actors, its HTTP routes and its shutdown. Listed in actors/concerns.ts.
- */
-export interface Concern {
-  /** Registry entries, started in order after the runtime's own actors. */
-  actors: ActorSpec[];
-  /** Adds the concern's HTTP routes; `signal` aborts on shutdown (end event streams then). */
-  routes?(app: Hono, context: { signal: AbortSignal }): void;
-  /** Facts for /health (`ok: false` makes the instance degraded). */
-  health?(): Promise<{ ok: boolean; [key: string]: unknown }>;
-  /** Called on shutdown after the actors stopped. */
-  stop?(): Promise<void>;
-  /** The concern's typed API for programs embedding the runtime (see mod.ts). */
-  api?: unknown;
+/** One fact of /health: `ok: false` makes the instance degraded. */
+export interface HealthFact {
+  /** Whether this part is healthy. */
+  ok: boolean;
+  [key: string]: unknown;
 }
 
-/** Builds a concern from the runtime's services. */
-export type ConcernFactory = (services: RuntimeServices) => Concern | Promise<Concern>;
+/**
+ * What a concern's effect entry (actors/<concern>/mod.ts) builds from the runtime's services
+ * and its settings: its actors, the service its routes and embedders use, its /health facts
+ * and its stop. concerns/<concern>.ts adds the routes to make it a concern.
+ */
+export interface ConcernParts<Api = unknown> {
+  /** Registry entries, started in order after the runtime's own actors. */
+  actors: ActorSpec[];
+  /** The concern's typed service (routes, embedders through mod.ts, other concerns). */
+  api: Api;
+  /** Facts for /health (`ok: false` makes the instance degraded). */
+  health?(): Promise<HealthFact>;
+  /** Called on shutdown after the actors stopped. */
+  stop?(): Promise<void>;
+}
 
 /** One entry of the actor registry: how to build, feed, summarise and reach an actor. */
 export interface ActorSpec {

@@ -3,24 +3,19 @@
  * cleanup), TOTP MFA with backup codes and lockout, and one statechart actor per login
  * attempt, under the session supervisor.
  *
- * Wiring (runtime.ts):
- * ```ts
- * const sessions = createSessionService({ sql: db.sql, redis, keyspace, bus, secretKey });
- * registry.push(createSessionsActorSpec(sessions));   // the "sessions" actor
- * addAuthRoutes(app, { sessions });                    // api/auth.ts
- * // on stop, after the actors: await sessions.close();
- * ```
+ * {@linkcode createSessionsParts} builds the service and its actor from the runtime's
+ * services and the sessions settings; concerns/sessions.ts adds the routes (api/sessions.ts).
  * @module
  */
 import type { Snapshot } from "xstate";
-import { addAuthRoutes } from "../../api/auth.ts";
-import type { ActorSpec, Concern, RuntimeServices } from "../runtime/types.ts";
+import type { ActorSpec, ConcernParts, RuntimeServices } from "../runtime/types.ts";
 import type {
   SessionSupervisorContext,
   SessionSupervisorInput,
 } from "../../machines/session_supervisor.ts";
 import { createSessionService, type SessionService } from "./service.ts";
 import { createSessionSupervisorLogic } from "./supervisor.ts";
+import type { SessionsSettings } from "./settings.ts";
 
 export {
   type ActorBridge,
@@ -66,11 +61,12 @@ export function createSessionsActorSpec(
   };
 }
 
-/** The sessions concern: the session service, its actor, the auth routes and shutdown. */
-export function createSessionsConcern(services: RuntimeServices): Concern & {
-  service: SessionService;
-} {
-  const cfg = services.config.sessions;
+/** The sessions concern's service, its actor and its shutdown. */
+export function createSessionsParts(
+  services: RuntimeServices,
+  settings: SessionsSettings,
+): ConcernParts<SessionService> {
+  const cfg = settings;
   const service = createSessionService({
     sql: services.db.sql,
     redis: services.redis,
@@ -90,10 +86,8 @@ export function createSessionsConcern(services: RuntimeServices): Concern & {
     },
   });
   return {
-    service,
+    api: service,
     actors: [createSessionsActorSpec(service)],
-    routes: (app) =>
-      addAuthRoutes(app, { sessions: service, trustProxy: cfg.trustProxy, log: services.log }),
     stop: () => service.close(),
   };
 }

@@ -8,7 +8,7 @@ import {
 } from "../../actors/sessions/mod.ts";
 import type { RuntimeServices } from "../../actors/runtime/types.ts";
 import { createApp } from "../../api/app.ts";
-import { addAuthRoutes } from "../../api/auth.ts";
+import { addSessionRoutes } from "../../api/sessions.ts";
 import { totpCode, totpCodeAt, totpStep } from "../../lib/totp.ts";
 import { createRedisBus, type MessageBus } from "../../store/bus.ts";
 import { createEventStore } from "../../store/event_store.ts";
@@ -79,8 +79,8 @@ async function startInstance(
   const services = {} as RuntimeServices;
   const actor = createActor(spec.create(services), { input: spec.input?.(services) });
   actor.start();
-  const app = createApp({ health: () => Promise.reject(new Error("unused")) });
-  addAuthRoutes(app, { sessions: service, trustProxy: true });
+  const app = createApp();
+  addSessionRoutes(app, { sessions: service, trustProxy: true });
   return {
     name,
     app,

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Hono } from "hono";
 import { createActor, setup } from "xstate";
-import { addChartRoutes } from "../../api/charts.ts";
+import { addChartRoutes } from "../../api/core/charts.ts";
 import { renderSvg, toMermaid } from "../../lib/charts.ts";
 
 /** A lease holder: a compound state with a guarded renewal loop and a final state. */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createApp } from "../../api/app.ts";
-import { addBackupRoutes, type BackupRoutesDeps } from "../../api/backups.ts";
+import { addBackupRoutes, type BackupRoutesDeps } from "../../api/backup.ts";
 import type { BackupRecord } from "../../store/backup_history.ts";
 
 const TOKEN = "admin-token-0123456789abcdef";
@@ -44,7 +44,7 @@ function app(overrides: Partial<BackupRoutesDeps> = {}) {
     adminToken: TOKEN,
     ...overrides,
   };
-  const hono = createApp({ health: () => Promise.reject(new Error("unused")) });
+  const hono = createApp();
   addBackupRoutes(hono, deps);
   return { hono, calls };
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { loadConfig } from "../../lib/config.ts";
+import { loadConfig } from "../../concerns/config.ts";
 import { startRuntime } from "../../runtime.ts";
-import { buildBackupConcern } from "../../actors/backup/mod.ts";
+import { createBackupConcern } from "../../concerns/backup.ts";
 import { startPostgres } from "../harness/mod.ts";
 import { createApp } from "../../api/app.ts";
 import { silentLogger } from "../../lib/log.ts";
@@ -25,12 +25,12 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
     RS_ADMIN_TOKEN: TOKEN,
   };
   const config = loadConfig({
-    env: { DATABASE_URL: url, RS_SECRET_KEY: KEY, RS_DATA_DIR: dataDir, RS_PORT: "0" },
+    env: { DATABASE_URL: url, RS_SECRET_KEY: KEY, RS_DATA_DIR: dataDir, RS_PORT: "0", ...env },
     args: [],
   });
   const rt = await startRuntime(config, {
     serve: false,
-    concerns: { backup: (services) => buildBackupConcern(services, env) },
+    concerns: { backup: (services, c) => createBackupConcern(services, c.concerns.backup) },
   });
   try {
     await t.step("the lone instance holds the scheduler and queues the request", async () => {
@@ -78,8 +78,9 @@ Deno.test("backup concern in embedded mode says backups are unavailable", async 
   await using pg = await startPostgres({ name: "bk-embedded" });
   const sql = await migratedPool(await pg.createDatabase("app"));
   const dataDir = await tempDir("rs-bk-embedded-");
+  const config = loadConfig({ env: { RS_DATA_DIR: dataDir, RS_ADMIN_TOKEN: TOKEN }, args: [] });
   const services = {
-    config: loadConfig({ env: { RS_DATA_DIR: dataDir }, args: [] }),
+    config,
     instanceId: "embedded-1",
     log: silentLogger,
     db: { mode: "embedded", sql },
@@ -87,8 +88,8 @@ Deno.test("backup concern in embedded mode says backups are unavailable", async 
     secretKey: new Uint8Array(32),
     now: Date.now,
   } as unknown as RuntimeServices;
-  const concern = buildBackupConcern(services, { RS_ADMIN_TOKEN: TOKEN });
-  const app = createApp({ health: () => Promise.reject(new Error("unused")) });
+  const concern = createBackupConcern(services, config.concerns.backup);
+  const app = createApp();
   concern.routes!(app, { signal: new AbortController().signal });
   try {
     assert.deepEqual(concern.actors, [], "no scheduler runs");

@@ -4,10 +4,11 @@
  * first request, and test actors that change state on demand.
  * @module
  */
-import type { ActorSpec, ConcernFactory } from "../../actors/runtime/types.ts";
+import type { ActorSpec } from "../../actors/runtime/types.ts";
+import type { ConcernFactory } from "../../concerns/types.ts";
 export { fragileSpec } from "../support/fragile_actor.ts";
-import { addConsoleRoutes } from "../../api/console.ts";
-import { loadConfig } from "../../lib/config.ts";
+import { addConsoleRoutes } from "../../api/core/console.ts";
+import { loadConfig } from "../../concerns/config.ts";
 import { type Runtime, startRuntime } from "../../runtime.ts";
 
 /** Shared secret key of the test instances. */
@@ -37,7 +38,7 @@ export interface ConsoleNodeOptions {
   env?: Record<string, string>;
   /** Extra actors. */
   actors?: ActorSpec[];
-  /** Concerns to run instead of actors/concerns.ts (default: the runtime's own). */
+  /** Concerns to run instead of concerns/mod.ts's default set (`core` always runs). */
   concerns?: Record<string, ConcernFactory>;
   /** Adds routes before the console's (fake concern endpoints). */
   routes?: (rt: Runtime) => void;

@@ -6,18 +6,18 @@
 import assert from "node:assert/strict";
 import { Hono } from "hono";
 import { loadFailoverSettings } from "../../actors/failover/settings.ts";
-import { addReplicationRoutes, type ReplicationRouteDeps } from "../../api/replication.ts";
+import { addFailoverRoutes, type FailoverRouteDeps } from "../../api/failover.ts";
 import { errorResponse } from "../../api/app.ts";
 import { isRuntimeError } from "../../lib/errors.ts";
 import { silentLogger } from "../../lib/log.ts";
 
 const TOKEN = "a-long-enough-admin-token";
 
-function app(deps: Partial<ReplicationRouteDeps>) {
+function app(deps: Partial<FailoverRouteDeps>) {
   const calls: { target: string | null }[] = [];
   const a = new Hono();
   a.onError((err) => errorResponse(err, silentLogger));
-  addReplicationRoutes(a, {
+  addFailoverRoutes(a, {
     unavailable: null,
     adminToken: TOKEN,
     status: () => Promise.resolve({ available: true }),

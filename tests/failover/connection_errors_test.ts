@@ -13,7 +13,7 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { guardSocketErrors } from "../../actors/failover/mod.ts";
+import { guardSocketErrors } from "../../lib/db_errors.ts";
 import { createNodeClient } from "../../actors/failover/nodes.ts";
 import { createLogger } from "../../lib/log.ts";
 import { startPostgres } from "../harness/mod.ts";

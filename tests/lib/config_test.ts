@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { loadConfig, redactUrl, SETTINGS } from "../../lib/config.ts";
+import { loadConfig } from "../../concerns/config.ts";
+import { redactUrl, SETTINGS } from "../../lib/config.ts";
 import { isRuntimeError } from "../../lib/errors.ts";
 
 const KEY = btoa(String.fromCharCode(...new Uint8Array(32).fill(7)));

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
-import { loadConfig } from "../../lib/config.ts";
+import { loadConfig } from "../../concerns/config.ts";
 import { createLogger } from "../../lib/log.ts";
 import { startRuntime } from "../../runtime.ts";
 import { createStream, startStream, updateViewerCount } from "../../store/streams.ts";
 import { createUser } from "../../store/users.ts";
 import type { AlertPayload } from "../../actors/metrics/alerts.ts";
-import { metricsConcern } from "../../actors/metrics/mod.ts";
+import { loadMetricsSettings } from "../../actors/metrics/settings.ts";
+import { createMetricsConcern } from "../../concerns/metrics.ts";
 import type { CollectorContext } from "../../machines/metrics_collector.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { eventually, startVictoriaMetrics } from "../support/metrics_servers.ts";
@@ -69,16 +70,18 @@ Deno.test("metrics concern in a running instance", async (t) => {
   const rt = await startRuntime(config, {
     log,
     concerns: {
-      metrics: metricsConcern({
-        env: {
-          INFLUX_URL: vm.url,
-          METRICS_QUERY_LANGUAGE: "promql",
-          METRICS_INTERVAL_MS: "200",
-          ALERT_RULES: JSON.stringify(rules),
-          ALERT_WEBHOOK_URL: hook.url,
-        },
-        writer: { flushIntervalMs: 50 },
-      }),
+      metrics: (services) =>
+        createMetricsConcern(
+          services,
+          loadMetricsSettings({
+            INFLUX_URL: vm.url,
+            METRICS_QUERY_LANGUAGE: "promql",
+            METRICS_INTERVAL_MS: "200",
+            ALERT_RULES: JSON.stringify(rules),
+            ALERT_WEBHOOK_URL: hook.url,
+          }),
+          { writer: { flushIntervalMs: 50 } },
+        ),
     },
   });
   try {
@@ -259,12 +262,14 @@ Deno.test("metrics concern without INFLUX_URL", async (t) => {
   const rt = await startRuntime(config, {
     log,
     concerns: {
-      metrics: metricsConcern({
-        env: {
-          METRICS_INTERVAL_MS: "100",
-          ALERT_RULES: '[{"name":"x","measurement":"m","field":"f","op":">","threshold":1}]',
-        },
-      }),
+      metrics: (services) =>
+        createMetricsConcern(
+          services,
+          loadMetricsSettings({
+            METRICS_INTERVAL_MS: "100",
+            ALERT_RULES: '[{"name":"x","measurement":"m","field":"f","op":">","threshold":1}]',
+          }),
+        ),
     },
   });
   try {

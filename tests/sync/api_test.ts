@@ -5,17 +5,18 @@
  */
 import assert from "node:assert/strict";
 import { Hono } from "hono";
-import { createSyncConcernWith, getSyncNode } from "../../actors/sync/mod.ts";
+import { concernApi } from "../../concerns/mod.ts";
+import { createSyncConcern } from "../../concerns/sync.ts";
 import { createSyncNode } from "../../actors/sync/node.ts";
 import { createLocalTransport } from "../../actors/runtime/transport.ts";
-import { addStateRoutes } from "../../api/state.ts";
+import { addSyncRoutes } from "../../api/sync.ts";
 import { errorResponse } from "../../api/app.ts";
-import { loadConfig } from "../../lib/config.ts";
+import { loadConfig } from "../../concerns/config.ts";
 import { silentLogger } from "../../lib/log.ts";
 import { type Runtime, startRuntime } from "../../runtime.ts";
 import { createLocalBus } from "../../store/bus.ts";
 import { createStream, startStream } from "../../store/streams.ts";
-import { recordConflicts } from "../../store/sync.ts";
+import { conflictStore, recordConflicts } from "../../store/sync.ts";
 import { createUser } from "../../store/users.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { until } from "./support.ts";
@@ -47,13 +48,15 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
     });
     const rt = await startRuntime(config, {
       concerns: {
-        sync: createSyncConcernWith({
-          writeToken: TOKEN,
-          sseBuffer: 4,
-          headsMs: 200,
-          snapshotMs: 60_000,
-          repairRetryMs: 50,
-        }),
+        sync: (services, c) =>
+          createSyncConcern(services, {
+            ...c.concerns.sync,
+            writeToken: TOKEN,
+            sseBuffer: 4,
+            headsMs: 200,
+            snapshotMs: 60_000,
+            repairRetryMs: 50,
+          }),
       },
     });
     runtimes.push(rt);
@@ -90,7 +93,7 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
       });
       const app = new Hono();
       app.onError((err) => errorResponse(err, silentLogger));
-      addStateRoutes(app, { node, sql: a.db.sql, writeToken: null });
+      addSyncRoutes(app, { node, conflicts: conflictStore(a.db.sql), writeToken: null });
       const res = await app.request("/state/stream/1", { method: "PATCH", body, headers: auth });
       assert.equal(res.status, 403);
       assert.equal((await res.json()).error.code, "STATE_WRITE_DISABLED");
@@ -155,7 +158,7 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
         id: "1",
         changes: { title: "Grand finals" },
       });
-      getSyncNode(a)!.node.publish("stream.started", { streamId: 1, userId: 5 });
+      concernApi(a.concerns, "sync")!.node.publish("stream.started", { streamId: 1, userId: 5 });
       const kinds = new Set<string>();
       while (!kinds.has("event")) kinds.add((await sse.next()).event);
       await sse.cancel();
@@ -165,7 +168,7 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
       const res = await fetch(`${a.url}/state/stream?pattern=stream.changed`);
       const sse = sseReader(res);
       assert.equal((await sse.next()).event, "hello");
-      const node = getSyncNode(a)!.node;
+      const node = concernApi(a.concerns, "sync")!.node;
       // One synchronous burst: the client's buffer (4) overflows before it can read, and the
       // node cannot have waited for the client (nothing in a synchronous loop can).
       for (let i = 0; i < 200; i++) node.applyDelta("stream", 9, { fps: i });
@@ -191,7 +194,7 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
           password: "long enough password",
         }, { hashing: { ln: 10 } });
         const { stream } = await createStream(a.db.sql, { userId: user.id, name: "Cached" });
-        const cacheB = getSyncNode(b)!.streams;
+        const cacheB = concernApi(b.concerns, "sync")!.streams;
         assert.equal((await cacheB.get(String(stream.id)))?.isLive, false);
         assert.equal(cacheB.peek(String(stream.id))?.isLive, false, "cached on B");
         await startStream(a.db.sql, stream.id);
@@ -227,7 +230,9 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
       assert.equal(body.conflict.status, "resolved");
       assert.equal(body.entity.state.email, "x@example.com");
       await until(
-        () => getSyncNode(b)!.node.getSnapshot("user", 42)?.state.email === "x@example.com",
+        () =>
+          concernApi(b.concerns, "sync")!.node.getSnapshot("user", 42)?.state.email ===
+            "x@example.com",
         "the resolution on B",
       );
       const again = await fetch(`${a.url}/state/conflicts/${conflicts[0].id}/resolve`, {

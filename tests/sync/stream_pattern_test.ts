@@ -12,10 +12,11 @@ import postgres from "postgres";
 import { createLocalTransport } from "../../actors/runtime/transport.ts";
 import { createSyncNode } from "../../actors/sync/node.ts";
 import { errorResponse } from "../../api/app.ts";
-import { addStateRoutes } from "../../api/state.ts";
+import { addSyncRoutes } from "../../api/sync.ts";
 import { MAX_PATTERN_LENGTH } from "../../lib/channel_pattern.ts";
 import { silentLogger } from "../../lib/log.ts";
 import { createLocalBus } from "../../store/bus.ts";
+import { conflictStore } from "../../store/sync.ts";
 import type { Sql } from "../../store/types.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { type InstanceProcess, launchInstance } from "../support/instance.ts";
@@ -168,7 +169,7 @@ Deno.test("an adversarial subscription pattern cannot stall the instance", async
       });
       const app = new Hono();
       app.onError((err) => errorResponse(err, silentLogger));
-      addStateRoutes(app, { node, sql, writeToken: TOKEN, maxStreams: 2 });
+      addSyncRoutes(app, { node, conflicts: conflictStore(sql), writeToken: TOKEN, maxStreams: 2 });
       const mine: SseReader[] = [];
       try {
         for (const n of [1, 2]) {

@@ -9,8 +9,8 @@
  */
 import type { Context, Hono } from "hono";
 import type { AnyStateMachine } from "xstate";
-import { RuntimeError } from "../lib/errors.ts";
-import { activeStatePaths, renderSvg, toMermaid } from "../lib/charts.ts";
+import { RuntimeError } from "../../lib/errors.ts";
+import { activeStatePaths, renderSvg, toMermaid } from "../../lib/charts.ts";
 
 /** What the chart routes need from the runtime. */
 export interface ChartRouteDeps {

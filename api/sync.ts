@@ -1,5 +1,5 @@
 /**
- * State routes of the sync node (docs/sync.md):
+ * Routes of the sync concern, the state of the sync node (docs/sync.md):
  *
  * - `GET /state` — this instance's sync facts and a digest of all entity values (equal
  *   digests on two instances mean equal state).
@@ -30,15 +30,14 @@ import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import { errorResponse } from "./app.ts";
 import type { DeliveryInfo, SyncNode } from "../actors/sync/node.ts";
-import { listConflicts, resolveConflict } from "../store/sync.ts";
-import type { Sql } from "../store/types.ts";
+import type { ConflictStore } from "../store/sync.ts";
 
-/** What the state routes need. */
-export interface StateRouteDeps {
+/** What the sync routes need. */
+export interface SyncRouteDeps {
   /** The sync node. */
   node: SyncNode;
-  /** PostgreSQL (conflicts). */
-  sql: Sql;
+  /** The conflict table (store/sync.ts `conflictStore`). */
+  conflicts: ConflictStore;
   /** Bearer token that allows writes, or null: writes over HTTP are disabled. */
   writeToken: string | null;
   /** Events buffered per event-stream client before it is told it missed some (default 256). */
@@ -118,8 +117,8 @@ async function jsonBody(c: Context): Promise<unknown> {
   }
 }
 
-/** Adds the state routes. */
-export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
+/** Adds the `/state` routes. */
+export function addSyncRoutes(app: Hono, deps: SyncRouteDeps): void {
   const bufferSize = deps.sseBuffer ?? 256;
   const now = deps.now ?? Date.now;
   const log = deps.log ?? silentLogger;
@@ -205,7 +204,7 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
         "Invalid query: status is open, resolved or all; limit is 1-1000",
       );
     }
-    const conflicts = await listConflicts(deps.sql, { status: q.data.status, limit: q.data.limit });
+    const conflicts = await deps.conflicts.list({ status: q.data.status, limit: q.data.limit });
     return c.json({ conflicts });
   });
 
@@ -221,7 +220,7 @@ export function addStateRoutes(app: Hono, deps: StateRouteDeps): void {
     if (!body.success) {
       throw new RuntimeError("VALIDATION_FAILED", 'Invalid body: expected {"value": <JSON>}');
     }
-    const resolved = await resolveConflict(deps.sql, id, {
+    const resolved = await deps.conflicts.resolve(id, {
       value: body.data.value,
       by: `http@${node.instanceId}`,
       at: new Date(now()),

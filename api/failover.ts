@@ -1,5 +1,5 @@
 /**
- * Replication routes: `GET /replication` (every node's role, state, LSNs, lag and health,
+ * Routes of the failover concern: `GET /replication` (every node's role, state, LSNs, lag and health,
  * the published primary and its epoch, the coordinator, alerts and the failover history),
  * `POST /failover/switchover` (planned, zero-loss switch to a replica) and
  * `POST /replication/canary` (writes one row through this instance's pool and says which
@@ -9,20 +9,11 @@
  */
 import type { Hono } from "hono";
 import { z } from "zod";
+import type { SwitchoverResult } from "../actors/failover/mod.ts";
 import { RuntimeError } from "../lib/errors.ts";
 
-/** A switchover's outcome, as the coordinator decided it. */
-export interface SwitchoverResult {
-  /** Whether the switch happened. */
-  ok: boolean;
-  /** The decision's sentence. */
-  why: string;
-  /** Primary after it. */
-  primary: { node: string; epoch: number } | null;
-}
-
 /** What the routes need from the failover concern. */
-export interface ReplicationRouteDeps {
+export interface FailoverRouteDeps {
   /** Why replication is unavailable here (embedded mode), or null when it is available. */
   unavailable: string | null;
   /** The replication status as JSON. */
@@ -64,7 +55,7 @@ export async function checkAdminToken(header: string | undefined, token: string 
 }
 
 /** Adds `GET /replication`, `POST /failover/switchover` and `POST /replication/canary`. */
-export function addReplicationRoutes(app: Hono, deps: ReplicationRouteDeps): void {
+export function addFailoverRoutes(app: Hono, deps: FailoverRouteDeps): void {
   function available(): void {
     if (deps.unavailable) throw new RuntimeError("REPLICATION_UNAVAILABLE", deps.unavailable);
   }

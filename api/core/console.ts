@@ -16,9 +16,9 @@
 import type { Context, Hono } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
-import type { ActorView } from "../actors/runtime/inspector.ts";
-import { activeStatePaths } from "../lib/charts.ts";
-import { type Logger, silentLogger } from "../lib/log.ts";
+import type { ActorView } from "../../actors/runtime/inspector.ts";
+import { activeStatePaths } from "../../lib/charts.ts";
+import { type Logger, silentLogger } from "../../lib/log.ts";
 import {
   backupRows,
   dashboardErrors,
@@ -27,8 +27,8 @@ import {
   parsePrometheus,
   replicationNodes,
   sessionFigures,
-} from "../console/concerns.ts";
-import { formatState } from "../console/html.ts";
+} from "../../console/concerns.ts";
+import { formatState } from "../../console/html.ts";
 import {
   type ActorModel,
   type InstanceModel,
@@ -44,8 +44,8 @@ import {
   renderPanels,
   type ReplicationRow,
   type TransitionView,
-} from "../console/render.ts";
-import { type ChartTemplate, highlightChart, parseChartSvg } from "../console/svg.ts";
+} from "../../console/render.ts";
+import { type ChartTemplate, highlightChart, parseChartSvg } from "../../console/svg.ts";
 
 /** What the console needs from the runtime. */
 export interface ConsoleDeps {
@@ -662,7 +662,7 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
   async function asset(name: string): Promise<string> {
     let hit = assets.get(name);
     if (!hit) {
-      hit = Deno.readTextFile(new URL(`../console/${name}`, import.meta.url));
+      hit = Deno.readTextFile(new URL(`../../console/${name}`, import.meta.url));
       assets.set(name, hit);
       hit.catch(() => assets.delete(name));
     }

@@ -6,9 +6,16 @@
  */
 import type { Hono } from "hono";
 import { z } from "zod";
-import { RuntimeError } from "../lib/errors.ts";
-import { getStreamById, listLiveStreams, type Stream } from "../store/streams.ts";
-import type { Sql } from "../store/types.ts";
+import { RuntimeError } from "../../lib/errors.ts";
+import type { Stream } from "../../store/streams.ts";
+
+/** What the stream directory reads (store/streams.ts over the runtime's pool). */
+export interface StreamRouteDeps {
+  /** Live public streams, most viewers first. */
+  listLive(options: { limit: number }): Promise<Stream[]>;
+  /** One stream by id, or null. */
+  get(id: number): Promise<Stream | null>;
+}
 
 /** The fields anyone may see; the key prefix and owner-only data stay private. */
 function publicView(s: Stream) {
@@ -35,13 +42,13 @@ const listQuery = z.object({
 });
 
 /** Adds `GET /streams` (live, public, most viewers first) and `GET /streams/:id`. */
-export function addStreamRoutes(app: Hono, deps: { sql: Sql }): void {
+export function addStreamRoutes(app: Hono, deps: StreamRouteDeps): void {
   app.get("/streams", async (c) => {
     const q = listQuery.safeParse(c.req.query());
     if (!q.success) {
       throw new RuntimeError("VALIDATION_FAILED", "Invalid query: limit must be 1-100");
     }
-    const streams = await listLiveStreams(deps.sql, { limit: q.data.limit ?? 50 });
+    const streams = await deps.listLive({ limit: q.data.limit ?? 50 });
     return c.json({ streams: streams.map(publicView) });
   });
   app.get("/streams/:id", async (c) => {
@@ -49,7 +56,7 @@ export function addStreamRoutes(app: Hono, deps: { sql: Sql }): void {
     if (!id.success) {
       throw new RuntimeError("VALIDATION_FAILED", "Invalid stream id: expected a positive integer");
     }
-    const stream = await getStreamById(deps.sql, Number(id.data));
+    const stream = await deps.get(Number(id.data));
     if (!stream || !stream.isPublic) {
       throw new RuntimeError("STREAM_NOT_FOUND", `Stream ${id.data} does not exist`);
     }

@@ -6,9 +6,9 @@
  */
 import type { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
-import { pumpEvents } from "./sse.ts";
-import type { ActorView, Inspector, TransitionRecord } from "../actors/runtime/inspector.ts";
-import type { LiveMember } from "../actors/runtime/membership.ts";
+import { pumpEvents } from "../sse.ts";
+import type { ActorView, Inspector, TransitionRecord } from "../../actors/runtime/inspector.ts";
+import type { LiveMember } from "../../actors/runtime/membership.ts";
 
 /** What the inspection routes read. */
 export interface ClusterRouteDeps {

@@ -1,5 +1,5 @@
 /**
- * Backup routes: `GET /backups` (history), `GET /backups/:id` (one run with its manifest
+ * Routes of the backup concern: `GET /backups` (history), `GET /backups/:id` (one run with its manifest
  * summary and verification), `POST /backups` (queue a backup on the scheduler).
  *
  * POST needs `Authorization: Bearer <RS_ADMIN_TOKEN>`, compared in constant time; with no

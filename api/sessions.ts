@@ -1,5 +1,5 @@
 /**
- * Authentication and session routes: registration, password + MFA login, TOTP
+ * Routes of the sessions concern, authentication and sessions: registration, password + MFA login, TOTP
  * enrolment and unenrolment, backup codes, logout, refresh, and the caller's sessions.
  *
  * A session token is accepted as `Authorization: Bearer <token>` or as the
@@ -29,8 +29,8 @@ import { type Logger, silentLogger } from "../lib/log.ts";
 import type { Session } from "../store/sessions.ts";
 import { errorResponse } from "./app.ts";
 
-/** What {@linkcode addAuthRoutes} needs. */
-export interface AuthRoutesDeps {
+/** What {@linkcode addSessionRoutes} needs. */
+export interface SessionRoutesDeps {
   /** The sessions concern (actors/sessions). */
   sessions: SessionService;
   /** Name of the session cookie; `rs_session`. */
@@ -131,7 +131,7 @@ function sessionView(s: Session, currentId: string | null) {
 }
 
 /** Adds the /auth and /sessions routes to `app`. */
-export function addAuthRoutes(app: Hono, deps: AuthRoutesDeps): void {
+export function addSessionRoutes(app: Hono, deps: SessionRoutesDeps): void {
   const { sessions } = deps;
   const cookieName = deps.cookieName ?? "rs_session";
   const trustProxy = deps.trustProxy ?? false;

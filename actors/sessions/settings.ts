@@ -1,0 +1,107 @@
+/**
+ * Settings of the sessions concern (session lifetimes, the per-user limit, MFA lockout and
+ * whether to trust a proxy's headers), parsed with zod as part of the one configuration
+ * (concerns/config.ts). A wrong value stops start-up (exit 2) naming the variable.
+ * @module
+ */
+import { z } from "zod";
+import { type ConcernConfig, intIn, type SettingDoc } from "../../lib/config.ts";
+import { RuntimeError } from "../../lib/errors.ts";
+
+/** The validated sessions settings. */
+export interface SessionsSettings {
+  /** Session lifetime, extended on use (ms). */
+  ttlMs: number;
+  /** Lifetime of a "remember me" session (ms). */
+  rememberTtlMs: number;
+  /** Concurrent sessions per user; a new login evicts the oldest beyond it. */
+  maxPerUser: number;
+  /** Wrong MFA codes within the window that lock MFA for the user. */
+  mfaMaxFailures: number;
+  /** MFA failure window and lock duration (ms). */
+  mfaLockWindowMs: number;
+  /** Trust X-Forwarded-For / X-Geo-Location (only behind a proxy that overwrites them). */
+  trustProxy: boolean;
+}
+
+/** The variables of the sessions concern, documented. */
+export const SESSIONS_SETTINGS: readonly SettingDoc[] = [
+  {
+    env: "SESSION_TTL_S",
+    default: "43200",
+    description: "Session lifetime, extended on use (sliding expiry)",
+  },
+  {
+    env: "SESSION_REMEMBER_TTL_S",
+    default: "2592000",
+    description: 'Session lifetime with "remember me"',
+  },
+  {
+    env: "SESSION_MAX_PER_USER",
+    default: "10",
+    description: "Concurrent sessions per user; a new login evicts the oldest beyond it",
+  },
+  {
+    env: "MFA_MAX_FAILURES",
+    default: "5",
+    description: "Wrong MFA codes within MFA_LOCK_WINDOW_S that lock MFA for the user",
+  },
+  {
+    env: "MFA_LOCK_WINDOW_S",
+    default: "900",
+    description: "MFA failure window and lock duration",
+  },
+  {
+    env: "RS_TRUST_PROXY",
+    default: "false",
+    description:
+      "Trust X-Forwarded-For / X-Geo-Location (only behind a proxy that overwrites them)",
+  },
+];
+
+const schema = z.object({
+  SESSION_TTL_S: intIn(60, 31_536_000, "seconds").default(43_200),
+  SESSION_REMEMBER_TTL_S: intIn(60, 31_536_000, "seconds").default(2_592_000),
+  SESSION_MAX_PER_USER: intIn(1, 10_000, "sessions").default(10),
+  MFA_MAX_FAILURES: intIn(1, 1000, "failures").default(5),
+  MFA_LOCK_WINDOW_S: intIn(10, 86_400, "seconds").default(900),
+  RS_TRUST_PROXY: z.enum(["true", "false"], { message: "true or false" }).default("false"),
+});
+
+/** Reads and validates the sessions settings; CONFIG_INVALID names every bad variable. */
+export function loadSessionsSettings(env: Record<string, string | undefined>): SessionsSettings {
+  const raw: Record<string, string> = {};
+  for (const s of SESSIONS_SETTINGS) {
+    const v = env[s.env];
+    if (v !== undefined && v !== "") raw[s.env] = v;
+  }
+  const result = schema.safeParse(raw);
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => {
+      const name = String(issue.path[0]);
+      return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${
+        JSON.stringify(raw[name])
+      }`;
+    });
+    throw new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${problems.join("; ")}`, {
+      details: { problems },
+    });
+  }
+  const c = result.data;
+  return {
+    ttlMs: c.SESSION_TTL_S * 1000,
+    rememberTtlMs: c.SESSION_REMEMBER_TTL_S * 1000,
+    maxPerUser: c.SESSION_MAX_PER_USER,
+    mfaMaxFailures: c.MFA_MAX_FAILURES,
+    mfaLockWindowMs: c.MFA_LOCK_WINDOW_S * 1000,
+    trustProxy: c.RS_TRUST_PROXY === "true",
+  };
+}
+
+/** The sessions concern's part of the one configuration. */
+export const SESSIONS_CONFIG: ConcernConfig<SessionsSettings> = {
+  title: "Sessions and MFA",
+  intro: "Read by the sessions concern (actors/sessions).",
+  variables: SESSIONS_SETTINGS,
+  parse: (env) => loadSessionsSettings(env),
+};

@@ -1,0 +1,87 @@
+/**
+ * Settings of the sync concern, parsed with zod as part of the one configuration
+ * (concerns/config.ts). A wrong value stops start-up (exit 2) naming the variable.
+ * @module
+ */
+import { z } from "zod";
+import type { ConcernConfig } from "../../lib/config.ts";
+import { RuntimeError } from "../../lib/errors.ts";
+
+/** Settings of the sync concern. */
+export interface SyncSettings {
+  /** Bearer token that enables `PATCH /state/...`; null disables HTTP writes. */
+  writeToken: string | null;
+  /** Period of sequence announcements (ms). */
+  headsMs: number;
+  /** Period of snapshot rounds (ms). */
+  snapshotMs: number;
+  /** Pause before retrying an incomplete repair (ms). */
+  repairRetryMs: number;
+  /** How long a batch of a gone origin may stay missing before it is given up (ms). */
+  giveUpMs: number;
+  /** Events buffered per event-stream client. */
+  sseBuffer: number;
+}
+
+/** The environment variables of the sync concern, with their defaults. */
+export const SYNC_SETTINGS = [
+  {
+    env: "RS_STATE_WRITE_TOKEN",
+    default: "(unset: PATCH /state is disabled)",
+    description: "Bearer token (16+ characters) that allows PATCH /state/:type/:id",
+  },
+  { env: "RS_SYNC_HEADS_MS", default: "1000", description: "Sync sequence announcement period" },
+  { env: "RS_SYNC_SNAPSHOT_MS", default: "10000", description: "Sync snapshot round period" },
+  { env: "RS_SYNC_REPAIR_RETRY_MS", default: "250", description: "Pause between repair attempts" },
+  {
+    env: "RS_SYNC_GIVE_UP_MS",
+    default: "30000",
+    description: "How long batches of a gone origin may stay missing before they are given up",
+  },
+] as const;
+
+function ms(min: number, max: number, fallback: number) {
+  return z.string().regex(/^\d+$/, { message: "an integer (milliseconds)" }).transform(Number)
+    .refine((n) => n >= min && n <= max, { message: `between ${min} and ${max}` })
+    .optional().transform((n) => n ?? fallback);
+}
+
+const envSchema = z.object({
+  RS_STATE_WRITE_TOKEN: z.string().min(16, { message: "at least 16 characters" }).max(256)
+    .optional(),
+  RS_SYNC_HEADS_MS: ms(50, 60_000, 1000),
+  RS_SYNC_SNAPSHOT_MS: ms(100, 3_600_000, 10_000),
+  RS_SYNC_REPAIR_RETRY_MS: ms(10, 60_000, 250),
+  RS_SYNC_GIVE_UP_MS: ms(500, 3_600_000, 30_000),
+});
+
+/** Reads and validates the sync settings from environment variables. */
+export function readSyncSettings(env: Record<string, string | undefined>): SyncSettings {
+  const raw = Object.fromEntries(
+    SYNC_SETTINGS.map((s) => [s.env, env[s.env] === "" ? undefined : env[s.env]]),
+  );
+  const parsed = envSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) =>
+      `${String(issue.path[0])} must be ${issue.message.replace(/^Invalid input: /, "")}`
+    );
+    throw new RuntimeError("CONFIG_INVALID", problems[0], { details: { problems } });
+  }
+  const d = parsed.data;
+  return {
+    writeToken: d.RS_STATE_WRITE_TOKEN ?? null,
+    headsMs: d.RS_SYNC_HEADS_MS,
+    snapshotMs: d.RS_SYNC_SNAPSHOT_MS,
+    repairRetryMs: d.RS_SYNC_REPAIR_RETRY_MS,
+    giveUpMs: d.RS_SYNC_GIVE_UP_MS,
+    sseBuffer: 256,
+  };
+}
+
+/** The sync concern's part of the one configuration. */
+export const SYNC_CONFIG: ConcernConfig<SyncSettings> = {
+  title: "State synchronisation",
+  intro: "Read by the sync concern (actors/sync).",
+  variables: SYNC_SETTINGS,
+  parse: (env) => readSyncSettings(env),
+};

@@ -1,0 +1,27 @@
+/**
+ * The sessions concern: the session service and its supervisor actor (actors/sessions)
+ * with the `/auth` and `/sessions` routes (api/sessions.ts).
+ * @module
+ */
+import { createSessionsParts, type SessionService } from "../actors/sessions/mod.ts";
+import type { SessionsSettings } from "../actors/sessions/settings.ts";
+import type { RuntimeServices } from "../actors/runtime/types.ts";
+import { addSessionRoutes } from "../api/sessions.ts";
+import type { Concern } from "./types.ts";
+
+/** Builds the sessions concern from the runtime's services and its settings. */
+export function createSessionsConcern(
+  services: RuntimeServices,
+  settings: SessionsSettings,
+): Concern<SessionService> {
+  const parts = createSessionsParts(services, settings);
+  return {
+    ...parts,
+    routes: (app) =>
+      addSessionRoutes(app, {
+        sessions: parts.api,
+        trustProxy: settings.trustProxy,
+        log: services.log,
+      }),
+  };
+}

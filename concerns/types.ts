@@ -1,0 +1,31 @@
+/**
+ * What a concern is to the runtime: its parts (actors/runtime/types.ts `ConcernParts`: actors,
+ * service, health, stop) plus its HTTP routes. Only concerns/ builds them, because only
+ * concerns/ may join actors/ (effects) and api/ (routes).
+ * @module
+ */
+import type { Hono } from "hono";
+import type { ConcernParts, RuntimeServices } from "../actors/runtime/types.ts";
+import type { Config } from "./config.ts";
+
+/** What a concern's routes get besides the app. */
+export interface RouteContext {
+  /** Aborted on shutdown: open event streams end so the HTTP server can stop. */
+  signal: AbortSignal;
+}
+
+/** A concern plugged into the runtime: its parts (a service is optional here) and its routes. */
+export interface Concern<Api = unknown> extends Omit<ConcernParts<Api>, "api"> {
+  /** The concern's typed service, if it offers one. */
+  api?: Api;
+  /** Adds the concern's HTTP routes (the one way routes are registered). */
+  routes?(app: Hono, context: RouteContext): void;
+}
+
+/**
+ * Builds a concern from the runtime's services and the configuration (tests and embedders
+ * pass their own to `startRuntime`; the default set is concerns/mod.ts).
+ */
+export type ConcernFactory = (services: RuntimeServices, config: Config) =>
+  | Concern
+  | Promise<Concern>;

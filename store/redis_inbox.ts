@@ -1,0 +1,151 @@
+/**
+ * The transport's inbox protocol on Redis: one stream per instance, `inbox:<instance>`,
+ * read through the consumer group `runtime` (actors/runtime/transport.ts builds at-least-once
+ * delivery on it: an entry is acknowledged, and deleted, only once it was handed over).
+ *
+ * Each entry has one field, `m`, the message JSON. A stream is capped near `maxLen`
+ * entries, and expires a day after its last message so the inbox of an instance that never
+ * comes back does not stay forever.
+ * @module
+ */
+import type { Redis } from "ioredis";
+import type { Keyspace } from "./redis.ts";
+
+/** The consumer group every instance reads its own inbox through. */
+export const INBOX_GROUP = "runtime";
+
+/** How long an inbox outlives its last message. */
+const INBOX_TTL_MS = 24 * 3600 * 1000;
+/** How often one sender pushes a target inbox's expiry back (the hot path is one XADD). */
+const EXPIRY_REFRESH_MS = 60_000;
+
+/** One stream entry: its id and the message, or null when it was trimmed or is not ours. */
+export interface InboxEntry {
+  /** Stream entry id. */
+  id: string;
+  /** The message JSON (field `m`), or null. */
+  message: string | null;
+}
+
+/** Appending to any instance's inbox. */
+export interface InboxWriter {
+  /** Appends `message` to the inbox of `instance`. */
+  append(instance: string, message: string): Promise<void>;
+}
+
+/** Reading and acknowledging this instance's own inbox. */
+export interface InboxReader {
+  /** Creates the consumer group (and the stream) unless it exists. */
+  ensureGroup(): Promise<void>;
+  /** Entries delivered to this consumer before but not acknowledged (oldest first). */
+  readPending(count: number): Promise<InboxEntry[]>;
+  /** New entries, waiting up to `blockMs` for the first. */
+  readNew(count: number, blockMs: number): Promise<InboxEntry[]>;
+  /** Acknowledges and deletes handled entries in one round trip. */
+  ack(ids: readonly string[]): Promise<void>;
+}
+
+function inboxKey(keyspace: Keyspace, instance: string): string {
+  return keyspace.key("inbox", instance);
+}
+
+/** Writes to inboxes over `redis`; a stream is capped near `maxLen` entries. */
+export function createInboxWriter(
+  redis: Redis,
+  keyspace: Keyspace,
+  options: { maxLen: number; now?: () => number },
+): InboxWriter {
+  const now = options.now ?? Date.now;
+  /** When each target inbox's expiry was last pushed back (ms). */
+  const expiryRefreshed = new Map<string, number>();
+  return {
+    async append(instance, message) {
+      const key = inboxKey(keyspace, instance);
+      const last = expiryRefreshed.get(instance) ?? 0;
+      const t = now();
+      if (t - last > EXPIRY_REFRESH_MS) {
+        expiryRefreshed.set(instance, t);
+        const res = await redis.pipeline()
+          .xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message)
+          .pexpire(key, INBOX_TTL_MS)
+          .exec();
+        const err = res?.find(([e]) => e)?.[0];
+        if (err) throw err;
+        return;
+      }
+      await redis.xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message);
+    },
+  };
+}
+
+function entries(res: unknown): InboxEntry[] {
+  const list = (res as [string, [string, string[] | null][]][] | null)?.[0]?.[1] ?? [];
+  return list.map(([id, fields]) => {
+    const raw = fields ? fields[fields.indexOf("m") + 1] : undefined;
+    return { id, message: typeof raw === "string" ? raw : null };
+  });
+}
+
+/**
+ * Reads the inbox of `instance` as consumer `instance` of {@linkcode INBOX_GROUP}: blocking
+ * reads on `reader` (a connection of its own), acknowledgements on `redis`.
+ */
+export function createInboxReader(
+  redis: Redis,
+  reader: Redis,
+  keyspace: Keyspace,
+  instance: string,
+): InboxReader {
+  const key = inboxKey(keyspace, instance);
+  return {
+    async ensureGroup() {
+      try {
+        await reader.xgroup("CREATE", key, INBOX_GROUP, "0", "MKSTREAM");
+      } catch (err) {
+        if (!String(err).includes("BUSYGROUP")) throw err;
+      }
+    },
+    async readPending(count) {
+      return entries(
+        await reader.xreadgroup(
+          "GROUP",
+          INBOX_GROUP,
+          instance,
+          "COUNT",
+          count,
+          "STREAMS",
+          key,
+          "0",
+        ),
+      );
+    },
+    async readNew(count, blockMs) {
+      return entries(
+        await reader.xreadgroup(
+          "GROUP",
+          INBOX_GROUP,
+          instance,
+          "COUNT",
+          count,
+          "BLOCK",
+          blockMs,
+          "STREAMS",
+          key,
+          ">",
+        ),
+      );
+    },
+    async ack(ids) {
+      if (!ids.length) return;
+      await redis.pipeline().xack(key, INBOX_GROUP, ...ids).xdel(key, ...ids).exec();
+    },
+  };
+}
+
+/** Appends a raw string to an instance's inbox, bypassing every check (tests and tools). */
+export async function injectRaw(
+  redis: Redis,
+  options: { keyspace: Keyspace; instance: string; raw: string },
+): Promise<void> {
+  await redis.xadd(inboxKey(options.keyspace, options.instance), "*", "m", options.raw);
+}

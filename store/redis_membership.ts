@@ -1,0 +1,93 @@
+/**
+ * The membership protocol on Redis: key layout, Lua scripts and typed calls
+ * (actors/runtime/membership.ts drives them from the cluster-node statechart).
+ *
+ * - `members`: a sorted set of instance ids scored by their last heartbeat, in ms of the
+ *   Redis server's own clock (so host clock skew cannot make a live instance look dead);
+ * - `member:<id>`: the instance's JSON info, with a TTL of the dead-after window.
+ *
+ * A heartbeat writes both and reads the live members in the same round trip; members dead
+ * for 30 windows are dropped from the set.
+ * @module
+ */
+import type { Redis } from "ioredis";
+import { defineScript, type Keyspace } from "./redis.ts";
+
+/** A live member and the time since its last heartbeat. */
+export interface MemberAge {
+  /** Instance id. */
+  id: string;
+  /** Milliseconds since its last heartbeat, by the Redis server's clock. */
+  ageMs: number;
+}
+
+/** The membership calls on one connection and keyspace. */
+export interface MemberStore {
+  /** Records a heartbeat of `id` with its info (JSON); answers the live members. */
+  heartbeat(id: string, info: string): Promise<MemberAge[]>;
+  /** The live members. */
+  live(): Promise<MemberAge[]>;
+  /** The stored info (JSON, unparsed) of each id, null where it expired. */
+  infos(ids: readonly string[]): Promise<(string | null)[]>;
+  /** Removes `id` from the registry at once. */
+  remove(id: string): Promise<void>;
+}
+
+// KEYS: members, member:<id>. ARGV: id, info, dead-after ms.
+const HEARTBEAT = defineScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', dead)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - dead * 30)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - dead, '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #live, 2 do
+  out[#out + 1] = live[i]
+  out[#out + 1] = tostring(now - tonumber(live[i + 1]))
+end
+return out`);
+
+// KEYS: members. ARGV: dead-after ms.
+const LIVE = defineScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #live, 2 do
+  out[#out + 1] = live[i]
+  out[#out + 1] = tostring(now - tonumber(live[i + 1]))
+end
+return out`);
+
+function pairs(flat: string[]): MemberAge[] {
+  const out: MemberAge[] = [];
+  for (let i = 0; i < flat.length; i += 2) out.push({ id: flat[i], ageMs: Number(flat[i + 1]) });
+  return out;
+}
+
+/** The membership calls over `redis`; a member silent for `deadAfterMs` is not live. */
+export function createMemberStore(
+  redis: Redis,
+  keyspace: Keyspace,
+  options: { deadAfterMs: number },
+): MemberStore {
+  const zset = keyspace.key("members");
+  const infoKey = (id: string) => keyspace.key("member", id);
+  const dead = String(options.deadAfterMs);
+  return {
+    async heartbeat(id, info) {
+      return pairs(await HEARTBEAT(redis, [zset, infoKey(id)], [id, info, dead]) as string[]);
+    },
+    async live() {
+      return pairs(await LIVE(redis, [zset], [dead]) as string[]);
+    },
+    async infos(ids) {
+      return ids.length ? await redis.mget(...ids.map(infoKey)) : [];
+    },
+    async remove(id) {
+      await redis.multi().zrem(zset, id).del(infoKey(id)).exec();
+    },
+  };
+}
