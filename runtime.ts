@@ -357,6 +357,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       leases,
       secretKey: secret.key,
       now: Date.now,
+      actors: localActors,
     };
     const concerns: [string, Concern][] = [];
     for (const [name, factory] of Object.entries(options.concerns ?? CONCERNS)) {

@@ -23,7 +23,6 @@ import { createSessionService, type SessionService } from "./service.ts";
 import { createSessionSupervisorLogic } from "./supervisor.ts";
 
 export {
-  type ActorBridge,
   type AuthContext,
   createSessionService,
   LOGIN_CHANNEL,
@@ -80,6 +79,7 @@ export function createSessionsConcern(services: RuntimeServices): Concern & {
     instanceId: services.instanceId,
     now: services.now,
     log: services.log,
+    sessionsActor: () => services.actors.ref("sessions"),
     options: {
       sessions: {
         ttlMs: cfg.ttlMs,
