@@ -349,9 +349,15 @@ function describe(error: unknown): string {
 /** An effect's error as data (RuntimeErrors from the effect layer keep code and details). */
 function faultOf(error: unknown): LoginFault {
   const e = error as { code?: unknown; details?: unknown } | null;
-  const details = e && typeof e.details === "object" && e.details !== null
-    ? JSON.parse(JSON.stringify(e.details)) as Record<string, unknown>
-    : null;
+  let details: Record<string, unknown> | null = null;
+  try {
+    // A copy, so the context holds plain data whatever the effect threw.
+    if (e && typeof e.details === "object" && e.details !== null) {
+      details = JSON.parse(JSON.stringify(e.details));
+    }
+  } catch {
+    details = null;
+  }
   return {
     code: e && typeof e.code === "string" ? e.code : null,
     message: describe(error),

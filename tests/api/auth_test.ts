@@ -465,6 +465,19 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
       assert.equal(n, 1);
     });
 
+    await t.step("a login step that throws answers with its error's code", async () => {
+      // The password check refuses a password that is not a string (HTTP validates it first; a
+      // program calling the service may not): the chart keeps the error as data, the
+      // service answers with it.
+      await assert.rejects(
+        () =>
+          a.service.login({ login: "alice", password: 42 as unknown as string }, {
+            ipAddress: "192.0.2.9",
+          }),
+        (err: { code?: string }) => err.code === "VALIDATION_FAILED",
+      );
+    });
+
     await t.step("refresh slides the expiry; an expired session is refused", async () => {
       clock += HOUR;
       const r = await call(a, "POST", "/sessions/refresh", { token, fingerprint: "laptop" });
