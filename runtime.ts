@@ -279,6 +279,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       leases,
       secretKey: secret.key,
       now: Date.now,
+      actors: localActors,
     };
     const concerns = await createConcerns(services, config, {
       factories: options.concerns,

@@ -1,22 +1,38 @@
 /**
- * One login attempt as a statechart: credentials → (mfa_required → totp | backup_code)
- * → issuing_session → authenticated; or locked, failed, expired.
+ * One login attempt as a statechart with two regions.
+ *
+ * `attempt`: credentials → (mfa_required: waiting ⇄ verifying) → issuing_session →
+ * authenticated; or locked, failed, expired.
  *
  * - `credentials` checks the password (effect `checkCredentials`); a wrong one ends in
- *   `failed`, an MFA lock already in force in `locked`.
- * - `mfa_required` waits for a code. Its timeout (`mfaTimeout`) runs on the parent state,
- *   so a rejected code does not restart the clock; every code check is bounded by
- *   `verifyTimeout`. A rejected code returns to `waiting` until the attempt's own limit
- *   (`maxMfaAttempts`) ends it in `failed`; the user-wide lockout (store/mfa.ts, shared
- *   by all instances) ends it in `locked`.
+ *   `failed`, an MFA lock already in force in `locked`. The check reports the time it
+ *   finished (the injected clock): the wait for a code starts then, and its `deadline`
+ *   (kept in the context, shared with other instances through the challenge record) is
+ *   that time plus `mfaTimeoutMs`.
+ * - `mfa_required` waits for a code. Its timeout (`mfaTimeout`, what is left until the
+ *   deadline) runs on the parent state, so a rejected code does not restart the clock.
+ *   `SUBMIT_CODE` names its method; `verifying` runs the one verifier effect
+ *   (`verifyCode`) with that method and records the method's own event (see
+ *   {@linkcode MFA_METHODS}: adding a method such as WebAuthn or an e-mail code is one entry
+ *   there plus its verifier in actors/sessions/, never another state). Every check is
+ *   bounded by `verifyTimeout`. A rejected code returns to `waiting` until the attempt's
+ *   own limit (`maxMfaAttempts`) ends it in `failed`; the user-wide lockout (store/mfa.ts,
+ *   shared by all instances) ends it in `locked`.
  * - An attempt started on another instance can be *resumed* here (`input.resume`): it
- *   starts in `mfa_required` with the time and failures it had left.
- * - Every transition is recorded through the `record` action with a named event
- *   (`LoginStarted`, `MfaRequired`, `CodeRejected`, `Authenticated`, ...); the effect
- *   layer appends them to the event store (aggregate `login`, id = attempt id).
+ *   starts in `mfa_required` with its deadline and failures.
  *
- * The password lives in the context only while `credentials` runs and is erased on exit;
- * codes never enter the context. Real effects are provided in actors/sessions/.
+ * `journal`: what the attempt must write, in order — its events for the event store
+ * (aggregate `login`, id = attempt id: `LoginStarted`, `MfaRequired`, `CodeRejected`,
+ * `Authenticated`, ...), the resumable challenge record, and its removal when the attempt
+ * ends. Transitions of `attempt` append entries to `journal.pending` (pure assigns);
+ * `writing` hands the pending entries to the `writeJournal` effect, which answers with the
+ * event-store version it reached. The attempt is done only when it has ended *and* its
+ * journal is written, so whoever waits for it sees every write made. {@linkcode awaitingCode}
+ * says when a waiting attempt can be answered (its challenge record is saved).
+ *
+ * The context is data only (it survives a JSON round trip): the password lives in it only
+ * while `credentials` runs and is erased on exit; codes never enter it; an effect's crash
+ * is kept as `{code, message, details}`. Real effects are provided in actors/sessions/.
  * @module
  */
 import { assign, fromPromise, setup } from "xstate";
@@ -33,6 +49,27 @@ export interface LoginDevice {
   geoLocation: string | null;
 }
 
+/**
+ * The second factors a login can be finished with, and the event each records when a code
+ * is submitted. One `verifying` state serves them all: adding a method is an entry here
+ * plus its verifier (actors/sessions/service.ts, `verifiers`, typed by this table).
+ */
+export const MFA_METHODS = {
+  totp: { submitted: "TotpSubmitted" },
+  backup_code: { submitted: "BackupCodeSubmitted" },
+} as const;
+
+/** A second-factor method (a key of {@linkcode MFA_METHODS}). */
+export type MfaMethod = keyof typeof MFA_METHODS;
+
+/** The methods offered to a client, in the order of {@linkcode MFA_METHODS}. */
+export const MFA_METHOD_NAMES: readonly MfaMethod[] = Object.keys(MFA_METHODS) as MfaMethod[];
+
+/** True when `method` is one of {@linkcode MFA_METHODS}. */
+export function isMfaMethod(method: unknown): method is MfaMethod {
+  return typeof method === "string" && Object.hasOwn(MFA_METHODS, method);
+}
+
 /** Input of a login attempt. */
 export interface LoginInput {
   /** Attempt id (UUID): the event-store aggregate id and the actor's id. */
@@ -47,6 +84,8 @@ export interface LoginInput {
   remember: boolean;
   /** Where the attempt comes from. */
   device: LoginDevice;
+  /** When the attempt starts (here), ms since the epoch, from the injected clock. */
+  startedAt: number;
   /** Codes one attempt may get wrong before it fails; 5. */
   maxMfaAttempts?: number;
   /** Longest password check in ms; 15 s. */
@@ -55,8 +94,10 @@ export interface LoginInput {
   mfaTimeoutMs?: number;
   /** Longest code check in ms; 15 s. */
   verifyTimeoutMs?: number;
-  /** Continue an attempt from another instance. */
-  resume?: { userId: number; mfaFailures: number; remainingMs: number };
+  /** Longest write of the journal (events, challenge record) in ms; 15 s. */
+  journalTimeoutMs?: number;
+  /** Continue an attempt from another instance: its user, failures and deadline (ms since the epoch). */
+  resume?: { userId: number; mfaFailures: number; deadline: number };
 }
 
 /** What `checkCredentials` reports. */
@@ -68,6 +109,8 @@ export type CredentialsResult =
     mfaEnabled: boolean;
     mfaLocked: boolean;
     retryAfterMs: number;
+    /** When the check finished, ms since the epoch (the injected clock). */
+    at: number;
   };
 
 /** What a code check reports (the shape of store/mfa.ts's MfaCheck, minus what we don't use). */
@@ -90,6 +133,16 @@ export interface IssuedSession {
   expiresAt: number;
 }
 
+/** A crashed effect, as data: its error code (null when it had none), message and details. */
+export interface LoginFault {
+  /** The error's code (a RuntimeError code from the effect layer), or null. */
+  code: string | null;
+  /** The error's message. */
+  message: string;
+  /** Details safe to show the caller, or null. */
+  details: Record<string, unknown> | null;
+}
+
 /** How the attempt ended. */
 export type LoginOutcome = "authenticated" | "locked" | "failed" | "expired";
 
@@ -107,6 +160,10 @@ export interface LoginOutput {
   session: IssuedSession | null;
   /** Backup codes left after a backup-code login (to warn when running low). */
   backupCodesRemaining: number | null;
+  /** The crash that ended the attempt, if one did. */
+  error: LoginFault | null;
+  /** Journal entries that could not be written (logged by the effect). */
+  journalFailures: number;
 }
 
 /** The last rejected code, for the HTTP answer. */
@@ -115,6 +172,51 @@ export interface Rejection {
   reason: string;
   /** Codes this attempt may still try. */
   attemptsLeft: number;
+}
+
+/** Names of the events the attempt records (event-store event types). */
+export type LoginRecord =
+  | "LoginStarted"
+  | "LoginResumed"
+  | "CredentialsAccepted"
+  | "MfaRequired"
+  | (typeof MFA_METHODS)[MfaMethod]["submitted"]
+  | "CodeRejected"
+  | "MfaAccepted"
+  | "Authenticated"
+  | "Locked"
+  | "Failed"
+  | "Expired";
+
+/** One write the attempt owes: an event, the resumable challenge record, or its removal. */
+export type JournalEntry =
+  | {
+    kind: "record";
+    event: LoginRecord;
+    /** The user, once known. */
+    userId: number | null;
+    /** Codes rejected so far. */
+    mfaFailures: number;
+    /** The reason noted so far, or null. */
+    reason: string | null;
+    /** The session, for `Authenticated`. */
+    sessionId: string | null;
+  }
+  | { kind: "save_challenge"; userId: number; mfaFailures: number; deadline: number }
+  | { kind: "forget_challenge" };
+
+/** The journal region's data. */
+export interface LoginJournal {
+  /** Entries not yet written, in order. */
+  pending: JournalEntry[];
+  /** How many of `pending` (from the front) the running write holds. */
+  writing: number;
+  /** Event-store version of the attempt reached so far; null: unknown (read it first). */
+  version: number | null;
+  /** Entries that could not be written. */
+  failures: number;
+  /** The last of those, one line. */
+  lastFailure: string | null;
 }
 
 /** Context of a login attempt. */
@@ -130,7 +232,14 @@ export interface LoginContext {
   credentialsTimeoutMs: number;
   mfaTimeoutMs: number;
   verifyTimeoutMs: number;
+  journalTimeoutMs: number;
   resumed: boolean;
+  /** When this instance started waiting for a code, ms since the epoch; null before. */
+  waitFrom: number | null;
+  /** When the wait for a code ends, ms since the epoch; null until the attempt needs a code. */
+  deadline: number | null;
+  /** The method of the code being (or last) checked. */
+  method: MfaMethod | null;
   /** Codes rejected in this attempt. */
   mfaFailures: number;
   /** Increments on every rejection (callers wait for it to change). */
@@ -141,45 +250,137 @@ export interface LoginContext {
   retryAfterMs: number;
   session: IssuedSession | null;
   backupCodesRemaining: number | null;
+  /** The crash of an effect that ended the attempt. */
+  error: LoginFault | null;
+  journal: LoginJournal;
 }
 
 /** Events of a login attempt. */
 export type LoginEvent =
-  | { type: "SUBMIT_TOTP"; code: string; ipAddress?: string | null }
-  | { type: "SUBMIT_BACKUP_CODE"; code: string; ipAddress?: string | null }
+  | { type: "SUBMIT_CODE"; method: MfaMethod; code: string; ipAddress?: string | null }
   | { type: "CANCEL" };
 
-/** Names of the events the attempt records (event-store event types). */
-export type LoginRecord =
-  | "LoginStarted"
-  | "LoginResumed"
-  | "CredentialsAccepted"
-  | "MfaRequired"
-  | "TotpSubmitted"
-  | "BackupCodeSubmitted"
-  | "CodeRejected"
-  | "MfaAccepted"
-  | "Authenticated"
-  | "Locked"
-  | "Failed"
-  | "Expired";
-
-/** Input of the code-check effects. */
+/** Input of the code-check effect. */
 export interface CodeCheckInput {
   /** Attempt id. */
   attemptId: string;
   /** The user. */
   userId: number;
+  /** Which second factor the code is for. */
+  method: MfaMethod;
   /** The code as typed. */
   code: string;
   /** Caller's address, for the attempts log. */
   ipAddress: string | null;
 }
 
+/** Input of the password-check effect. */
+export interface CredentialsInput {
+  /** Attempt id. */
+  attemptId: string;
+  /** Login as typed. */
+  login: string;
+  /** The password. */
+  password: string;
+}
+
+/** Input of the session-issuing effect. */
+export interface IssueInput {
+  /** The user. */
+  userId: number;
+  /** "Remember me". */
+  remember: boolean;
+  /** Client details. */
+  device: LoginDevice;
+  /** Attempt id. */
+  attemptId: string;
+}
+
+/** Input of the journal effect: the entries to write, in order, and what they need. */
+export interface JournalInput {
+  /** Attempt id (the event-store aggregate id, the challenge record's key). */
+  attemptId: string;
+  /** Login as typed. */
+  login: string;
+  /** "Remember me". */
+  remember: boolean;
+  /** Client details of the password step. */
+  device: LoginDevice;
+  /** Hex SHA-256 of the challenge token. */
+  challengeHash: string;
+  /** Event-store version reached so far; null: read it first. */
+  version: number | null;
+  /** The entries. */
+  entries: JournalEntry[];
+}
+
+/** What the journal effect reports: the version reached, and what it could not write. */
+export interface JournalOutput {
+  /** Event-store version after the writes; null when unknown (a write failed). */
+  version: number | null;
+  /** One line per entry that could not be written. */
+  failures: string[];
+}
+
+/** The parts of a login snapshot {@linkcode awaitingCode} reads. */
+export interface LoginSnapshotLike {
+  /** Actor status. */
+  status: string;
+  /** State matcher. */
+  matches(value: unknown): boolean;
+}
+
+/**
+ * True when the attempt waits for a code and has written everything so far (its challenge
+ * record included): the moment to answer the client, whose next step may reach any instance.
+ */
+export function awaitingCode(snapshot: LoginSnapshotLike): boolean {
+  return snapshot.status === "active" &&
+    snapshot.matches({ attempt: { mfa_required: "waiting" }, journal: "idle" });
+}
+
 type Done<T> = { output: T };
 
-/** The login-attempt statechart (placeholder effects; see actors/sessions/). */
-export const loginMachine = setup({
+function describe(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return typeof error === "string" ? error : JSON.stringify(error) ?? String(error);
+}
+
+/** An effect's error as data (RuntimeErrors from the effect layer keep code and details). */
+function faultOf(error: unknown): LoginFault {
+  const e = error as { code?: unknown; details?: unknown } | null;
+  let details: Record<string, unknown> | null = null;
+  try {
+    // A copy, so the context holds plain data whatever the effect threw.
+    if (e && typeof e.details === "object" && e.details !== null) {
+      details = JSON.parse(JSON.stringify(e.details));
+    }
+  } catch {
+    details = null;
+  }
+  return {
+    code: e && typeof e.code === "string" ? e.code : null,
+    message: describe(error),
+    details,
+  };
+}
+
+function noted(context: LoginContext, ...entries: JournalEntry[]): { journal: LoginJournal } {
+  return { journal: { ...context.journal, pending: [...context.journal.pending, ...entries] } };
+}
+
+function recordEntry(context: LoginContext, event: LoginRecord): JournalEntry {
+  return {
+    kind: "record",
+    event,
+    userId: context.userId,
+    mfaFailures: context.mfaFailures,
+    reason: context.reason || null,
+    sessionId: context.session?.sessionId ?? null,
+  };
+}
+
+const login = setup({
   types: {
     context: {} as LoginContext,
     input: {} as LoginInput,
@@ -188,31 +389,46 @@ export const loginMachine = setup({
   },
   actors: {
     /** Checks the password and the user's MFA state. */
-    checkCredentials: fromPromise<
-      CredentialsResult,
-      { attemptId: string; login: string; password: string }
-    >(() => Promise.resolve({ outcome: "invalid" })),
-    /** Checks a TOTP code for the user (store/mfa.ts). */
-    verifyTotp: fromPromise<CodeResult, CodeCheckInput>(() =>
-      Promise.resolve({ ok: false, reason: "invalid", locked: false, retryAfterMs: 0 } as const)
+    checkCredentials: fromPromise<CredentialsResult, CredentialsInput>(() =>
+      Promise.resolve({ outcome: "invalid" })
     ),
-    /** Checks and consumes a backup code. */
-    verifyBackupCode: fromPromise<CodeResult, CodeCheckInput>(() =>
+    /** Checks a code with the verifier of its method (store/mfa.ts). */
+    verifyCode: fromPromise<CodeResult, CodeCheckInput>(() =>
       Promise.resolve({ ok: false, reason: "invalid", locked: false, retryAfterMs: 0 } as const)
     ),
     /** Creates the session. */
-    issueSession: fromPromise<
-      IssuedSession,
-      { userId: number; remember: boolean; device: LoginDevice; attemptId: string }
-    >(() => Promise.reject(new Error("issueSession is not provided"))),
+    issueSession: fromPromise<IssuedSession, IssueInput>(() =>
+      Promise.reject(new Error("issueSession is not provided"))
+    ),
+    /** Writes journal entries in order; answers with the event-store version reached. */
+    writeJournal: fromPromise<JournalOutput, JournalInput>(({ input }) =>
+      Promise.resolve({ version: input.version, failures: [] })
+    ),
   },
   actions: {
-    /** Records a transition (appended to the event store by the effect layer). */
-    record: (_, _params: { event: LoginRecord }) => {},
-    /** Persists what another instance needs to resume the attempt. */
-    saveChallenge: () => {},
-    /** Forgets the resumable attempt (it is over). */
-    forgetChallenge: () => {},
+    /** Notes an event for the event store. */
+    record: assign(({ context }, params: { event: LoginRecord }) =>
+      noted(context, recordEntry(context, params.event))
+    ),
+    /** Notes the event of the submitted code's method. */
+    recordSubmission: assign(({ context }) =>
+      context.method
+        ? noted(context, recordEntry(context, MFA_METHODS[context.method].submitted))
+        : {}
+    ),
+    /** Notes the resumable record (deadline, failures) another instance needs. */
+    saveChallenge: assign(({ context }) =>
+      context.userId === null || context.deadline === null ? {} : noted(context, {
+        kind: "save_challenge",
+        userId: context.userId,
+        mfaFailures: context.mfaFailures,
+        deadline: context.deadline,
+      })
+    ),
+    /** Notes the removal of the resumable record, when the attempt had one (it is over). */
+    forgetChallenge: assign(({ context }) =>
+      context.deadline === null ? {} : noted(context, { kind: "forget_challenge" })
+    ),
     /** Erases the password from the context. */
     erasePassword: assign({ password: null }),
     /** Notes the user once the password matched. */
@@ -220,6 +436,16 @@ export const loginMachine = setup({
       const r = (event as unknown as Done<CredentialsResult>).output;
       return r.outcome === "ok" ? { userId: r.userId } : {};
     }),
+    /** Starts the wait for a code: from when the check finished until the deadline. */
+    openChallenge: assign(({ context, event }) => {
+      const r = (event as unknown as Done<CredentialsResult>).output;
+      if (r.outcome !== "ok") return {};
+      return { waitFrom: r.at, deadline: r.at + context.mfaTimeoutMs };
+    }),
+    /** Notes which method the submitted code is for. */
+    chooseMethod: assign(({ event }) => ({
+      method: (event as Extract<LoginEvent, { type: "SUBMIT_CODE" }>).method,
+    })),
     /** Counts a rejected code. */
     rejectCode: assign(({ context, event }) => {
       const r = (event as unknown as Done<CodeResult>).output;
@@ -256,11 +482,43 @@ export const loginMachine = setup({
         retryAfterMs: "retryAfterMs" in r ? r.retryAfterMs : 0,
       };
     }),
-    /** Notes a failure caused by a crashed effect. */
-    finishError: assign(({ event }) => ({
-      outcome: "failed" as const,
-      reason: `error: ${describe((event as { error?: unknown }).error)}`,
+    /** Notes a failure caused by a crashed effect, keeping the error as data. */
+    finishError: assign(({ event }) => {
+      const fault = faultOf((event as { error?: unknown }).error);
+      return { outcome: "failed" as const, reason: `error: ${fault.message}`, error: fault };
+    }),
+    /** Hands the pending entries to the write that starts. */
+    takeBatch: assign(({ context }) => ({
+      journal: { ...context.journal, writing: context.journal.pending.length },
     })),
+    /** Drops the written entries; keeps the version reached and counts what failed. */
+    journalWritten: assign(({ context, event }) => {
+      const r = (event as unknown as Done<JournalOutput>).output;
+      const j = context.journal;
+      return {
+        journal: {
+          pending: j.pending.slice(j.writing),
+          writing: 0,
+          version: r.version,
+          failures: j.failures + r.failures.length,
+          lastFailure: r.failures.at(-1) ?? j.lastFailure,
+        },
+      };
+    }),
+    /** Drops the batch of a write that crashed or hung; the version is then unknown. */
+    journalLost: assign(({ context, event }) => {
+      const j = context.journal;
+      const why = "error" in event ? describe((event as { error?: unknown }).error) : "timed out";
+      return {
+        journal: {
+          pending: j.pending.slice(j.writing),
+          writing: 0,
+          version: null,
+          failures: j.failures + j.writing,
+          lastFailure: `${j.writing} entries lost: ${why}`,
+        },
+      };
+    }),
   },
   guards: {
     /** The attempt continues one started on another instance. */
@@ -278,6 +536,8 @@ export const loginMachine = setup({
       const r = (event as unknown as Done<CredentialsResult>).output;
       return r.outcome === "ok" && r.mfaEnabled;
     },
+    /** The submitted code names a method this chart knows. */
+    methodOffered: ({ event }) => isMfaMethod((event as { method?: unknown }).method),
     /** The code was accepted. */
     codeAccepted: ({ event }) => (event as unknown as Done<CodeResult>).output.ok,
     /** The user-wide lockout is (now) in force. */
@@ -292,17 +552,242 @@ export const loginMachine = setup({
     },
     /** This rejection uses up the attempt's allowance. */
     attemptsExhausted: ({ context }) => context.mfaFailures + 1 >= context.maxMfaAttempts,
+    /** Entries wait to be written. */
+    journalPending: ({ context }) => context.journal.pending.length > 0,
+    /** The attempt has ended (its last entries are noted on the way into its final state). */
+    attemptOver: ({ context }) => context.outcome !== null,
   },
   delays: {
     /** Longest password check. */
     credentialsTimeout: ({ context }) => context.credentialsTimeoutMs,
-    /** Time the user has to enter a code (what is left of it, when resumed). */
-    mfaTimeout: ({ context }) => context.mfaTimeoutMs,
+    /** Time left to enter a code: from the start of the wait here to the deadline. */
+    mfaTimeout: ({ context }) => Math.max(0, (context.deadline ?? 0) - (context.waitFrom ?? 0)),
     /** Longest code check. */
     verifyTimeout: ({ context }) => context.verifyTimeoutMs,
+    /** Longest journal write. */
+    journalTimeout: ({ context }) => context.journalTimeoutMs,
   },
-}).createMachine({
+});
+
+/** Password check. */
+const credentialsState = login.createStateConfig({
+  exit: "erasePassword",
+  invoke: {
+    src: "checkCredentials",
+    input: ({ context }) => ({
+      attemptId: context.attemptId,
+      login: context.login,
+      password: context.password ?? "",
+    }),
+    onDone: [
+      {
+        guard: "credentialsInvalid",
+        target: "failed",
+        actions: { type: "finish", params: { outcome: "failed", reason: "invalid_credentials" } },
+      },
+      {
+        guard: "mfaLockedNow",
+        target: "locked",
+        actions: ["acceptCredentials", "finishLocked"],
+      },
+      {
+        guard: "mfaEnabled",
+        target: "mfa_required",
+        actions: [
+          "acceptCredentials",
+          "openChallenge",
+          { type: "record", params: { event: "CredentialsAccepted" } },
+        ],
+      },
+      {
+        target: "issuing_session",
+        actions: ["acceptCredentials", {
+          type: "record",
+          params: { event: "CredentialsAccepted" },
+        }],
+      },
+    ],
+    onError: { target: "failed", actions: "finishError" },
+  },
+  after: {
+    credentialsTimeout: {
+      target: "failed",
+      actions: { type: "finish", params: { outcome: "failed", reason: "credentials_timeout" } },
+    },
+  },
+});
+
+/** One code check, whatever its method: the method picks the verifier and the event. */
+const verifyingState = login.createStateConfig({
+  entry: "recordSubmission",
+  invoke: {
+    src: "verifyCode",
+    input: ({ context, event }) => {
+      const e = event as Partial<Extract<LoginEvent, { type: "SUBMIT_CODE" }>>;
+      return {
+        attemptId: context.attemptId,
+        userId: context.userId!,
+        method: context.method!,
+        code: e.code ?? "",
+        // The address the code came from (the attempts log), else the login's.
+        ipAddress: e.ipAddress ?? context.device.ipAddress,
+      };
+    },
+    onDone: [
+      {
+        guard: "codeAccepted",
+        target: "#login.attempt.issuing_session",
+        actions: ["acceptCode", { type: "record", params: { event: "MfaAccepted" } }],
+      },
+      { guard: "codeLocked", target: "#login.attempt.locked", actions: "finishLocked" },
+      {
+        guard: "notEnrolled",
+        target: "#login.attempt.failed",
+        actions: { type: "finish", params: { outcome: "failed", reason: "mfa_disabled" } },
+      },
+      {
+        guard: "attemptsExhausted",
+        target: "#login.attempt.failed",
+        actions: [
+          "rejectCode",
+          { type: "record", params: { event: "CodeRejected" } },
+          { type: "finish", params: { outcome: "failed", reason: "too_many_codes" } },
+        ],
+      },
+      {
+        target: "waiting",
+        actions: [
+          "rejectCode",
+          { type: "record", params: { event: "CodeRejected" } },
+          "saveChallenge",
+        ],
+      },
+    ],
+    onError: { target: "#login.attempt.failed", actions: "finishError" },
+  },
+  after: {
+    verifyTimeout: {
+      target: "#login.attempt.failed",
+      actions: { type: "finish", params: { outcome: "failed", reason: "verify_timeout" } },
+    },
+  },
+});
+
+/** Waiting for a second factor, until the deadline. */
+const mfaRequiredState = login.createStateConfig({
+  entry: [{ type: "record", params: { event: "MfaRequired" } }, "saveChallenge"],
+  after: {
+    mfaTimeout: {
+      target: "expired",
+      actions: { type: "finish", params: { outcome: "expired", reason: "mfa_timeout" } },
+    },
+  },
+  on: {
+    CANCEL: {
+      target: "failed",
+      actions: { type: "finish", params: { outcome: "failed", reason: "cancelled" } },
+    },
+  },
+  initial: "waiting",
+  states: {
+    waiting: {
+      on: {
+        SUBMIT_CODE: { guard: "methodOffered", target: "verifying", actions: "chooseMethod" },
+      },
+    },
+    verifying: verifyingState,
+  },
+});
+
+/** Creating the session once every factor is accepted. */
+const issuingSessionState = login.createStateConfig({
+  invoke: {
+    src: "issueSession",
+    input: ({ context }) => ({
+      userId: context.userId!,
+      remember: context.remember,
+      device: context.device,
+      attemptId: context.attemptId,
+    }),
+    onDone: {
+      target: "authenticated",
+      actions: [
+        "keepSession",
+        { type: "finish", params: { outcome: "authenticated", reason: "ok" } },
+      ],
+    },
+    onError: { target: "failed", actions: "finishError" },
+  },
+});
+
+/** An end of the attempt: its event, and the removal of its resumable record. */
+function endState(event: "Authenticated" | "Locked" | "Failed" | "Expired") {
+  return login.createStateConfig({
+    type: "final",
+    entry: [{ type: "record", params: { event } }, "forgetChallenge"],
+  });
+}
+
+/** The attempt itself: which step it is at and how it ended. */
+const attemptRegion = login.createStateConfig({
+  initial: "start",
+  states: {
+    start: {
+      always: [
+        {
+          guard: "resuming",
+          target: "mfa_required",
+          actions: { type: "record", params: { event: "LoginResumed" } },
+        },
+        { target: "credentials", actions: { type: "record", params: { event: "LoginStarted" } } },
+      ],
+    },
+    credentials: credentialsState,
+    mfa_required: mfaRequiredState,
+    issuing_session: issuingSessionState,
+    authenticated: endState("Authenticated"),
+    locked: endState("Locked"),
+    failed: endState("Failed"),
+    expired: endState("Expired"),
+  },
+});
+
+/** The attempt's writes, in order; closed once the attempt has ended and all are written. */
+const journalRegion = login.createStateConfig({
+  initial: "idle",
+  states: {
+    idle: {
+      always: [
+        { guard: "journalPending", target: "writing" },
+        { guard: "attemptOver", target: "closed" },
+      ],
+    },
+    writing: {
+      entry: "takeBatch",
+      invoke: {
+        src: "writeJournal",
+        input: ({ context }) => ({
+          attemptId: context.attemptId,
+          login: context.login,
+          remember: context.remember,
+          device: context.device,
+          challengeHash: context.challengeHash,
+          version: context.journal.version,
+          entries: context.journal.pending.slice(0, context.journal.writing),
+        }),
+        onDone: { target: "idle", actions: "journalWritten" },
+        onError: { target: "idle", actions: "journalLost" },
+      },
+      after: { journalTimeout: { target: "idle", actions: "journalLost" } },
+    },
+    closed: { type: "final" },
+  },
+});
+
+/** The login-attempt statechart (placeholder effects; see actors/sessions/). */
+export const loginMachine = login.createMachine({
   id: "login",
+  type: "parallel",
   context: ({ input }) => ({
     attemptId: input.attemptId,
     login: input.login,
@@ -313,11 +798,13 @@ export const loginMachine = setup({
     userId: input.resume?.userId ?? null,
     maxMfaAttempts: input.maxMfaAttempts ?? 5,
     credentialsTimeoutMs: input.credentialsTimeoutMs ?? 15_000,
-    mfaTimeoutMs: input.resume
-      ? Math.max(0, input.resume.remainingMs)
-      : (input.mfaTimeoutMs ?? 300_000),
+    mfaTimeoutMs: input.mfaTimeoutMs ?? 300_000,
     verifyTimeoutMs: input.verifyTimeoutMs ?? 15_000,
+    journalTimeoutMs: input.journalTimeoutMs ?? 15_000,
     resumed: input.resume !== undefined,
+    waitFrom: input.resume ? input.startedAt : null,
+    deadline: input.resume?.deadline ?? null,
+    method: null,
     mfaFailures: input.resume?.mfaFailures ?? 0,
     rejections: 0,
     lastRejection: null,
@@ -326,231 +813,12 @@ export const loginMachine = setup({
     retryAfterMs: 0,
     session: null,
     backupCodesRemaining: null,
+    error: null,
+    journal: { pending: [], writing: 0, version: null, failures: 0, lastFailure: null },
   }),
-  initial: "start",
   states: {
-    start: {
-      always: [
-        {
-          guard: "resuming",
-          target: "mfa_required",
-          actions: { type: "record", params: { event: "LoginResumed" } },
-        },
-        {
-          target: "credentials",
-          actions: { type: "record", params: { event: "LoginStarted" } },
-        },
-      ],
-    },
-    credentials: {
-      exit: "erasePassword",
-      invoke: {
-        src: "checkCredentials",
-        input: ({ context }) => ({
-          attemptId: context.attemptId,
-          login: context.login,
-          password: context.password ?? "",
-        }),
-        onDone: [
-          {
-            guard: "credentialsInvalid",
-            target: "failed",
-            actions: {
-              type: "finish",
-              params: { outcome: "failed", reason: "invalid_credentials" },
-            },
-          },
-          {
-            guard: "mfaLockedNow",
-            target: "locked",
-            actions: ["acceptCredentials", "finishLocked"],
-          },
-          {
-            guard: "mfaEnabled",
-            target: "mfa_required",
-            actions: [
-              "acceptCredentials",
-              { type: "record", params: { event: "CredentialsAccepted" } },
-            ],
-          },
-          {
-            target: "issuing_session",
-            actions: [
-              "acceptCredentials",
-              { type: "record", params: { event: "CredentialsAccepted" } },
-            ],
-          },
-        ],
-        onError: { target: "failed", actions: "finishError" },
-      },
-      after: {
-        credentialsTimeout: {
-          target: "failed",
-          actions: { type: "finish", params: { outcome: "failed", reason: "credentials_timeout" } },
-        },
-      },
-    },
-    mfa_required: {
-      entry: [{ type: "record", params: { event: "MfaRequired" } }, "saveChallenge"],
-      after: {
-        mfaTimeout: {
-          target: "expired",
-          actions: { type: "finish", params: { outcome: "expired", reason: "mfa_timeout" } },
-        },
-      },
-      on: {
-        CANCEL: {
-          target: "failed",
-          actions: { type: "finish", params: { outcome: "failed", reason: "cancelled" } },
-        },
-      },
-      initial: "waiting",
-      states: {
-        waiting: {
-          on: {
-            SUBMIT_TOTP: "totp",
-            SUBMIT_BACKUP_CODE: "backup_code",
-          },
-        },
-        totp: {
-          entry: { type: "record", params: { event: "TotpSubmitted" } },
-          invoke: {
-            src: "verifyTotp",
-            input: ({ context, event }) => ({
-              attemptId: context.attemptId,
-              userId: context.userId!,
-              code: (event as { code?: string }).code ?? "",
-              // The address the code came from (the attempts log), else the login's.
-              ipAddress: (event as { ipAddress?: string | null }).ipAddress ??
-                context.device.ipAddress,
-            }),
-            onDone: [
-              {
-                guard: "codeAccepted",
-                target: "#login.issuing_session",
-                actions: ["acceptCode", { type: "record", params: { event: "MfaAccepted" } }],
-              },
-              { guard: "codeLocked", target: "#login.locked", actions: "finishLocked" },
-              {
-                guard: "notEnrolled",
-                target: "#login.failed",
-                actions: { type: "finish", params: { outcome: "failed", reason: "mfa_disabled" } },
-              },
-              {
-                guard: "attemptsExhausted",
-                target: "#login.failed",
-                actions: [
-                  "rejectCode",
-                  { type: "record", params: { event: "CodeRejected" } },
-                  { type: "finish", params: { outcome: "failed", reason: "too_many_codes" } },
-                ],
-              },
-              {
-                target: "waiting",
-                actions: [
-                  "rejectCode",
-                  { type: "record", params: { event: "CodeRejected" } },
-                  "saveChallenge",
-                ],
-              },
-            ],
-            onError: { target: "#login.failed", actions: "finishError" },
-          },
-          after: {
-            verifyTimeout: {
-              target: "#login.failed",
-              actions: { type: "finish", params: { outcome: "failed", reason: "verify_timeout" } },
-            },
-          },
-        },
-        backup_code: {
-          entry: { type: "record", params: { event: "BackupCodeSubmitted" } },
-          invoke: {
-            src: "verifyBackupCode",
-            input: ({ context, event }) => ({
-              attemptId: context.attemptId,
-              userId: context.userId!,
-              code: (event as { code?: string }).code ?? "",
-              // The address the code came from (the attempts log), else the login's.
-              ipAddress: (event as { ipAddress?: string | null }).ipAddress ??
-                context.device.ipAddress,
-            }),
-            onDone: [
-              {
-                guard: "codeAccepted",
-                target: "#login.issuing_session",
-                actions: ["acceptCode", { type: "record", params: { event: "MfaAccepted" } }],
-              },
-              { guard: "codeLocked", target: "#login.locked", actions: "finishLocked" },
-              {
-                guard: "notEnrolled",
-                target: "#login.failed",
-                actions: { type: "finish", params: { outcome: "failed", reason: "mfa_disabled" } },
-              },
-              {
-                guard: "attemptsExhausted",
-                target: "#login.failed",
-                actions: [
-                  "rejectCode",
-                  { type: "record", params: { event: "CodeRejected" } },
-                  { type: "finish", params: { outcome: "failed", reason: "too_many_codes" } },
-                ],
-              },
-              {
-                target: "waiting",
-                actions: [
-                  "rejectCode",
-                  { type: "record", params: { event: "CodeRejected" } },
-                  "saveChallenge",
-                ],
-              },
-            ],
-            onError: { target: "#login.failed", actions: "finishError" },
-          },
-          after: {
-            verifyTimeout: {
-              target: "#login.failed",
-              actions: { type: "finish", params: { outcome: "failed", reason: "verify_timeout" } },
-            },
-          },
-        },
-      },
-    },
-    issuing_session: {
-      invoke: {
-        src: "issueSession",
-        input: ({ context }) => ({
-          userId: context.userId!,
-          remember: context.remember,
-          device: context.device,
-          attemptId: context.attemptId,
-        }),
-        onDone: {
-          target: "authenticated",
-          actions: [
-            "keepSession",
-            { type: "finish", params: { outcome: "authenticated", reason: "ok" } },
-          ],
-        },
-        onError: { target: "failed", actions: "finishError" },
-      },
-    },
-    authenticated: {
-      type: "final",
-      entry: [{ type: "record", params: { event: "Authenticated" } }, "forgetChallenge"],
-    },
-    locked: {
-      type: "final",
-      entry: [{ type: "record", params: { event: "Locked" } }, "forgetChallenge"],
-    },
-    failed: {
-      type: "final",
-      entry: [{ type: "record", params: { event: "Failed" } }, "forgetChallenge"],
-    },
-    expired: {
-      type: "final",
-      entry: [{ type: "record", params: { event: "Expired" } }, "forgetChallenge"],
-    },
+    attempt: attemptRegion,
+    journal: journalRegion,
   },
   output: ({ context }) => ({
     outcome: context.outcome ?? "failed",
@@ -559,10 +827,7 @@ export const loginMachine = setup({
     retryAfterMs: context.retryAfterMs,
     session: context.session,
     backupCodesRemaining: context.backupCodesRemaining,
+    error: context.error,
+    journalFailures: context.journal.failures,
   }),
 });
-
-function describe(error: unknown): string {
-  if (error instanceof Error) return error.message;
-  return String(error);
-}

@@ -7,15 +7,18 @@
  * - A failed cleanup, or a `DEPENDENCY_FAILED` report from the request path (validation
  *   fell back from Redis to PostgreSQL, a query failed), moves to `degraded`; after a
  *   backoff (`probeDelay`, doubling up to `probeMaxMs`) `probing` runs the `probe` effect
- *   and returns to `running` when it succeeds.
+ *   and returns to `running` when it succeeds. Reports are news only in `running`: the
+ *   request path may report every failure it sees, the chart decides what they change.
  * - `LOGIN.START` spawns one `login` actor (machines/login.ts) with id and system id
  *   `login:<attemptId>`, up to `maxLogins` at once; the actor is stopped and forgotten when
  *   it reaches a final state (including its own timeouts) or crashes, or when another
- *   instance reports the attempt finished (`LOGIN.FORGET`).
- * - The `feed` actor (invoked for the machine's whole life) connects the outside world:
- *   revocations from the bus (`SESSIONS.REVOKED`) and requests from the HTTP layer.
+ *   instance reports the attempt finished (`LOGIN.FORGET`). Each attempt's lifecycle
+ *   (deadline, failures, writes) lives in its own actor's context.
+ * - The `feed` actor (invoked for the machine's whole life) holds the bus subscriptions:
+ *   revocations (`SESSIONS.REVOKED`) and attempts finished elsewhere (`LOGIN.FORGET`). The
+ *   HTTP layer sends `LOGIN.START` to this actor directly, found through the runtime.
  *
- * Every state change sets `reason`, one sentence saying why.
+ * Every state change sets `reason`, one sentence saying why. The context is data only.
  * @module
  */
 import { assign, enqueueActions, fromCallback, fromPromise, setup } from "xstate";
@@ -54,6 +57,8 @@ export interface SessionSupervisorStats {
   loginsFinished: Record<string, number>;
   revocationsSeen: number;
   dependencyFailures: number;
+  /** Journal entries (events, challenge records) finished attempts could not write. */
+  journalFailures: number;
 }
 
 /** Context of the session supervisor. */
@@ -107,8 +112,7 @@ export function probeDelay(failures: number, options: { baseMs: number; maxMs: n
   return Math.min(options.baseMs * 2 ** Math.max(0, failures - 1), options.maxMs);
 }
 
-/** The session supervisor statechart (placeholder effects; see actors/sessions/). */
-export const sessionSupervisorMachine = setup({
+const supervisor = setup({
   types: {
     context: {} as SessionSupervisorContext,
     input: {} as SessionSupervisorInput,
@@ -121,7 +125,7 @@ export const sessionSupervisorMachine = setup({
     cleanup: fromPromise<CleanupReport>(() => Promise.resolve({ sessions: 0, attempts: 0 })),
     /** Checks that PostgreSQL (and Redis, when configured) answer. */
     probe: fromPromise<void>(() => Promise.resolve()),
-    /** Bridge to the bus and the HTTP layer; sends events back to the supervisor. */
+    /** Bus subscriptions (revocations, attempts finished elsewhere); sends events back. */
     feed: fromCallback(() => () => {}),
   },
   guards: {
@@ -167,11 +171,13 @@ export const sessionSupervisorMachine = setup({
       delete logins[attempt];
       const stats = { ...context.stats };
       if (e.type.startsWith("xstate.done.actor.")) {
-        const outcome = (e.output as LoginOutput | undefined)?.outcome ?? "failed";
+        const output = e.output as LoginOutput | undefined;
+        const outcome = output?.outcome ?? "failed";
         stats.loginsFinished = {
           ...stats.loginsFinished,
           [outcome]: (stats.loginsFinished[outcome] ?? 0) + 1,
         };
+        stats.journalFailures += output?.journalFailures ?? 0;
       } else if (e.type.startsWith("xstate.error.actor.")) {
         stats.loginsCrashed += 1;
       }
@@ -231,7 +237,43 @@ export const sessionSupervisorMachine = setup({
     probeDelay: ({ context }) =>
       probeDelay(context.failures, { baseMs: context.probeBaseMs, maxMs: context.probeMaxMs }),
   },
-}).createMachine({
+});
+
+/** Serving, and cleaning up on schedule. */
+const runningState = supervisor.createStateConfig({
+  after: { cleanupInterval: "cleaning" },
+  on: {
+    CLEANUP_NOW: "cleaning",
+    DEPENDENCY_FAILED: { target: "degraded", actions: "failed" },
+  },
+});
+
+/** One cleanup round. */
+const cleaningState = supervisor.createStateConfig({
+  invoke: {
+    src: "cleanup",
+    onDone: { target: "running", actions: "cleaned" },
+    onError: { target: "degraded", actions: "failed" },
+  },
+});
+
+/** A dependency failed: wait out the backoff before probing. */
+const degradedState = supervisor.createStateConfig({
+  after: { probeDelay: "probing" },
+  on: { CLEANUP_NOW: "cleaning" },
+});
+
+/** Checking whether PostgreSQL (and Redis) answer again. */
+const probingState = supervisor.createStateConfig({
+  invoke: {
+    src: "probe",
+    onDone: { target: "running", actions: "recovered" },
+    onError: { target: "degraded", actions: "failed" },
+  },
+});
+
+/** The session supervisor statechart (placeholder effects; see actors/sessions/). */
+export const sessionSupervisorMachine = supervisor.createMachine({
   id: "session_supervisor",
   context: ({ input }) => ({
     cleanupIntervalMs: input.cleanupIntervalMs ?? 60_000,
@@ -252,11 +294,14 @@ export const sessionSupervisorMachine = setup({
       loginsFinished: {},
       revocationsSeen: 0,
       dependencyFailures: 0,
+      journalFailures: 0,
     },
     reason: "started",
   }),
   invoke: { id: "feed", src: "feed" },
   initial: "running",
+  // Login attempts are held whatever the maintenance state: a degraded store fails the
+  // attempts' own effects, which end them with a reason.
   on: {
     "LOGIN.START": [
       { guard: "canStartLogin", actions: "startLogin" },
@@ -269,31 +314,10 @@ export const sessionSupervisorMachine = setup({
     STOP: { target: ".stopped", actions: "stopping" },
   },
   states: {
-    running: {
-      after: { cleanupInterval: "cleaning" },
-      on: {
-        CLEANUP_NOW: "cleaning",
-        DEPENDENCY_FAILED: { target: "degraded", actions: "failed" },
-      },
-    },
-    cleaning: {
-      invoke: {
-        src: "cleanup",
-        onDone: { target: "running", actions: "cleaned" },
-        onError: { target: "degraded", actions: "failed" },
-      },
-    },
-    degraded: {
-      after: { probeDelay: "probing" },
-      on: { CLEANUP_NOW: "cleaning" },
-    },
-    probing: {
-      invoke: {
-        src: "probe",
-        onDone: { target: "running", actions: "recovered" },
-        onError: { target: "degraded", actions: "failed" },
-      },
-    },
+    running: runningState,
+    cleaning: cleaningState,
+    degraded: degradedState,
+    probing: probingState,
     stopped: { type: "final" },
   },
 });

@@ -104,6 +104,8 @@ export interface RuntimeServices {
   secretKey: Uint8Array;
   /** Wall clock, injectable. */
   now: () => number;
+  /** This instance's running actors by registry id, as the runtime supervisor knows them. */
+  actors: { ref(id: string): AnyActorRef | undefined };
 }
 
 /** One fact of /health: `ok: false` makes the instance degraded. */

@@ -18,7 +18,6 @@ import { createSessionSupervisorLogic } from "./supervisor.ts";
 import type { SessionsSettings } from "./settings.ts";
 
 export {
-  type ActorBridge,
   type AuthContext,
   createSessionService,
   LOGIN_CHANNEL,
@@ -76,6 +75,7 @@ export function createSessionsParts(
     instanceId: services.instanceId,
     now: services.now,
     log: services.log,
+    sessionsActor: () => services.actors.ref("sessions"),
     options: {
       sessions: {
         ttlMs: cfg.ttlMs,

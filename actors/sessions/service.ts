@@ -3,11 +3,17 @@
  * session listing and revocation) and the effects the sessions actor is built from.
  *
  * Login attempts run as `login` actors held by the sessions actor (the session
- * supervisor); this module asks it to spawn one through the actor's `feed` bridge, then
- * waits for the attempt to settle (authenticated, waiting for a code, or ended). Until
- * the actor is running, logins answer ACTOR_UNAVAILABLE (503). Token validation, refresh
- * and revocation go straight to the session store: they are the hot path and need no
- * statechart.
+ * supervisor). This module finds that actor through `deps.sessionsActor` (the runtime's
+ * registry: the runtime supervisor's chart knows whether it runs), asks it to spawn an
+ * attempt, then waits until the attempt's chart says it can be answered: ended, or waiting
+ * for a code with its journal written (machines/login.ts `awaitingCode`). Until the actor
+ * runs, logins answer ACTOR_UNAVAILABLE (503). Token validation, refresh and revocation go
+ * straight to the session store: they are the hot path and need no statechart.
+ *
+ * Nothing about an attempt is kept here: its deadline, failures, event-store version and
+ * the crash that ended it are in its chart's context; the effects below get them as input
+ * and answer with their results. The `writeJournal` effect writes what the chart noted (its
+ * events, the resumable challenge record, the record's removal) in order.
  *
  * An attempt waiting for a code can be finished on any instance: its resumable record
  * (actors/sessions/challenges.ts) lets another instance start a `login` actor that
@@ -22,18 +28,28 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { Buffer } from "node:buffer";
 import type { Redis } from "ioredis";
 import { type AnyActorRef, waitFor } from "xstate";
-import { RuntimeError } from "../../lib/errors.ts";
+import { describeError, ERROR_STATUS, type ErrorCode, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { PasswordOptions } from "../../lib/password.ts";
-import type {
-  CodeCheckInput,
-  CodeResult,
-  CredentialsResult,
-  IssuedSession,
-  LoginContext,
-  LoginDevice,
-  LoginOutput,
-  LoginRecord,
+import {
+  awaitingCode,
+  type CodeCheckInput,
+  type CodeResult,
+  type CredentialsInput,
+  type CredentialsResult,
+  isMfaMethod,
+  type IssuedSession,
+  type IssueInput,
+  type JournalEntry,
+  type JournalInput,
+  type JournalOutput,
+  type LoginContext,
+  type LoginDevice,
+  type LoginFault,
+  type LoginInput,
+  type LoginOutput,
+  MFA_METHOD_NAMES,
+  type MfaMethod,
 } from "../../machines/login.ts";
 import {
   type CleanupReport,
@@ -66,6 +82,7 @@ import {
 import { createChallengeStore } from "./challenges.ts";
 import { createRateLimiter, type RateLimit } from "./rate_limit.ts";
 import { ping } from "../../store/database_stats.ts";
+import { isConnectionError } from "../../lib/db_errors.ts";
 
 /** Bus channel on which an instance announces that a login attempt ended. */
 export const LOGIN_CHANNEL = "sessions.login";
@@ -98,6 +115,7 @@ export interface SessionServiceOptions {
     mfaTimeoutMs?: number;
     credentialsTimeoutMs?: number;
     verifyTimeoutMs?: number;
+    journalTimeoutMs?: number;
   };
   /** Attempt limits; defaults: 10 per IP+login and 100 per IP per 15 min, 20 registrations per IP per hour. */
   rateLimits?: { perIpLogin?: RateLimit; perIp?: RateLimit; registerPerIp?: RateLimit };
@@ -127,6 +145,12 @@ export interface SessionServiceDeps {
   log?: Logger;
   /** Tunables. */
   options?: SessionServiceOptions;
+  /**
+   * The running sessions actor (the runtime supervisor's child `sessions`, built from
+   * {@linkcode SessionService.effects}), or undefined while it is not running. Logins go
+   * through it; failures the request path sees are reported to it.
+   */
+  sessionsActor: () => AnyActorRef | undefined;
 }
 
 /** Client details of a request. */
@@ -156,46 +180,25 @@ export type LoginResult =
     challenge: string;
     /** When the challenge expires (ISO 8601). */
     expiresAt: string;
-    methods: ("totp" | "backup_code")[];
+    methods: MfaMethod[];
   };
-
-/** The bridge the sessions actor opens for this module. */
-export interface ActorBridge {
-  /** Sends an event to the sessions actor. */
-  send(event: SessionSupervisorEvent): void;
-  /** The actor system (login actors are found by system id). */
-  system: { get(id: string): AnyActorRef | undefined };
-}
 
 /** The effects the sessions actor and its login actors are built from. */
 export interface SessionEffects {
-  /** Password check plus MFA state. */
-  checkCredentials(input: { attemptId: string; login: string; password: string }): Promise<
-    CredentialsResult
-  >;
-  /** TOTP check for a login. */
-  verifyTotp(input: CodeCheckInput): Promise<CodeResult>;
-  /** Backup-code check for a login. */
-  verifyBackupCode(input: CodeCheckInput): Promise<CodeResult>;
+  /** Password check plus MFA state, and when it finished. */
+  checkCredentials(input: CredentialsInput): Promise<CredentialsResult>;
+  /** Code checks of a login, one per method of machines/login.ts `MFA_METHODS`. */
+  verifiers: { readonly [M in MfaMethod]: (input: CodeCheckInput) => Promise<CodeResult> };
   /** Creates the session at the end of a login. */
-  issueSession(input: {
-    userId: number;
-    remember: boolean;
-    device: LoginDevice;
-    attemptId: string;
-  }): Promise<IssuedSession>;
-  /** Appends a login transition to the event store (queued per attempt). */
-  record(context: LoginContext, event: LoginRecord): void;
-  /** Saves the resumable record of an attempt waiting for a code (queued). */
-  saveChallenge(context: LoginContext): void;
-  /** Forgets it and tells the other instances (queued). */
-  forgetChallenge(context: LoginContext): void;
+  issueSession(input: IssueInput): Promise<IssuedSession>;
+  /** Writes a login's journal entries in order (events, challenge record, its removal). */
+  writeJournal(input: JournalInput): Promise<JournalOutput>;
   /** One cleanup round. */
   cleanup(): Promise<CleanupReport>;
   /** Health probe of PostgreSQL and Redis. */
   probe(): Promise<void>;
-  /** Connects the sessions actor (its feed); returns the disconnect. */
-  connect(bridge: ActorBridge): () => void;
+  /** Subscribes the sessions actor (its feed) to the bus; returns the unsubscribe. */
+  subscribe(send: (event: SessionSupervisorEvent) => void): () => void;
 }
 
 /** The sessions concern's API, returned by {@linkcode createSessionService}. */
@@ -210,7 +213,7 @@ export interface SessionService {
   readonly effects: SessionEffects;
   /** Input for the sessions actor. */
   readonly supervisorInput: SessionSupervisorInput;
-  /** True while a sessions actor is connected. */
+  /** True while the sessions actor runs (logins need it). */
   readonly connected: boolean;
   /** The clock everything here runs on (ms). */
   now(): number;
@@ -223,7 +226,7 @@ export interface SessionService {
   ): Promise<LoginResult>;
   /** Code step of a login. */
   verifyMfa(
-    input: { challenge: string; code: string; method?: "totp" | "backup_code" },
+    input: { challenge: string; code: string; method?: MfaMethod },
     ctx?: RequestContext,
   ): Promise<LoginResult>;
   /** Validates a bearer token; throws the 401 that fits. */
@@ -256,14 +259,13 @@ export interface SessionService {
   listSessions(auth: AuthContext): Promise<Session[]>;
   /** Revokes one of the caller's sessions. */
   revokeSession(auth: AuthContext, sessionId: string): Promise<void>;
-  /** Waits for queued writes and drops bus subscriptions. */
+  /** Waits for journal writes in flight and drops bus subscriptions. */
   close(): Promise<void>;
 }
 
 const MINUTE = 60_000;
 const CHALLENGE_RE =
   /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.[A-Za-z0-9_-]{43}$/;
-const FINAL_RECORDS = new Set<LoginRecord>(["Authenticated", "Locked", "Failed", "Expired"]);
 
 function sha256Hex(text: string): string {
   return createHash("sha256").update(text, "utf8").digest("hex");
@@ -306,7 +308,7 @@ function codeRefusal(r: MfaCheck, action: string): RuntimeError {
 
 /** Creates the sessions concern's API and effects. */
 export function createSessionService(deps: SessionServiceDeps): SessionService {
-  const { sql, redis, keyspace, bus } = deps;
+  const { sql, redis, keyspace, bus, sessionsActor } = deps;
   const now = deps.now ?? Date.now;
   const log = deps.log ?? silentLogger;
   const instanceId = deps.instanceId ?? "local";
@@ -321,24 +323,24 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     mfaTimeoutMs: o.login?.mfaTimeoutMs ?? 5 * MINUTE,
     credentialsTimeoutMs: o.login?.credentialsTimeoutMs ?? 15_000,
     verifyTimeoutMs: o.login?.verifyTimeoutMs ?? 15_000,
+    journalTimeoutMs: o.login?.journalTimeoutMs ?? 15_000,
   };
-  // How long an HTTP request waits for an attempt to settle: longer than any of its steps.
+  // How long an HTTP request waits for an attempt to settle: longer than its longest step
+  // plus the journal write that follows it.
   const settleTimeoutMs =
     Math.max(loginOptions.credentialsTimeoutMs, loginOptions.verifyTimeoutMs) +
-    5_000;
+    loginOptions.journalTimeoutMs + 5_000;
 
-  let bridge: ActorBridge | null = null;
-  let lastReport = 0;
+  // The request path reports every failure it sees; the chart decides whether it is news
+  // (only in `running`), so nothing here needs to remember earlier reports.
   function reportFailure(what: "redis" | "database", err: unknown): void {
-    // At most one report a second: an outage must not flood the actor's mailbox.
-    const at = now();
-    if (!bridge || at - lastReport < 1000) return;
-    lastReport = at;
-    bridge.send({
-      type: "DEPENDENCY_FAILED",
-      what,
-      error: err instanceof Error ? err.message : String(err),
-    });
+    sessionsActor()?.send(
+      {
+        type: "DEPENDENCY_FAILED",
+        what,
+        error: err instanceof Error ? err.message : String(err),
+      } satisfies SessionSupervisorEvent,
+    );
   }
 
   const events = createEventStore(sql);
@@ -362,41 +364,43 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
   });
   const challenges = createChallengeStore({ redis, keyspace, now });
 
-  // Per-attempt bookkeeping, dropped when the attempt ends.
-  const queues = new Map<string, Promise<void>>();
-  const versions = new Map<string, number>();
-  const deadlines = new Map<string, number>();
-  const errors = new Map<string, unknown>();
-  const subscriptions = new Set<Promise<(() => Promise<void>) | null>>();
+  // Resources, not lifecycle: journal writes still running (a stopped attempt does not wait
+  // for its last write; close() does) and the feed's bus subscriptions (close() ends those a
+  // still-running actor holds, and waits for every unsubscribe).
+  const writesInFlight = new Set<Promise<unknown>>();
+  const openFeeds = new Set<() => void>();
   const unsubscribing = new Set<Promise<void>>();
-
-  function enqueue(attemptId: string, what: string, fn: () => Promise<void>): void {
-    const previous = queues.get(attemptId) ?? Promise.resolve();
-    const next = previous.then(fn).catch((err) => {
-      log.error(`login attempt: cannot ${what}`, {
-        attempt: attemptId,
-        error: err instanceof Error ? err.message : String(err),
-      });
-    });
-    queues.set(attemptId, next);
-    next.then(() => {
-      if (queues.get(attemptId) === next) queues.delete(attemptId);
-    });
-  }
-
-  async function flush(attemptId: string): Promise<void> {
-    while (queues.has(attemptId)) await queues.get(attemptId);
-  }
 
   function ipLoginKey(ip: string | null, login: string): string[] {
     return ["login", sha256Hex(`${ip ?? "-"}\n${login.toLowerCase()}`).slice(0, 32)];
   }
 
-  function stash<T>(attemptId: string, promise: Promise<T>): Promise<T> {
-    return promise.catch((err) => {
-      if (errors.size > 10_000) errors.clear();
-      errors.set(attemptId, err);
-      throw err;
+  /**
+   * What a crashed login effect hands its chart: a RuntimeError (kept as code, message and
+   * details in the chart's context). Unexpected errors are logged here, with the attempt.
+   */
+  function asFault(attemptId: string, step: string, err: unknown): RuntimeError {
+    if (err instanceof RuntimeError) return err;
+    if (isConnectionError(err)) {
+      log.warn(`login attempt: cannot ${step}: the database is unreachable`, {
+        attempt: attemptId,
+        error: describeError(err),
+      });
+      return new RuntimeError("DATABASE_UNAVAILABLE", "The database is unreachable; try again", {
+        cause: err,
+        details: { retryAfterMs: 2000 },
+      });
+    }
+    log.error(`login attempt: cannot ${step}`, {
+      attempt: attemptId,
+      error: err instanceof Error ? (err.stack ?? err.message) : String(err),
+    });
+    return new RuntimeError("INTERNAL", "Internal error; it has been logged", { cause: err });
+  }
+
+  function faulting<T>(attemptId: string, step: string, run: () => Promise<T>): Promise<T> {
+    return run().catch((err) => {
+      throw asFault(attemptId, step, err);
     });
   }
 
@@ -406,119 +410,145 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       : { ok: false, reason: r.reason, locked: r.locked, retryAfterMs: r.retryAfterMs };
   }
 
+  /** Appends one event at the version the chart reached (re-read when unknown or moved on). */
+  async function appendRecord(
+    input: JournalInput,
+    entry: Extract<JournalEntry, { kind: "record" }>,
+    known: number | null,
+  ): Promise<number> {
+    const aggregate = { type: "login", id: input.attemptId };
+    const data = {
+      login: input.login.slice(0, 254),
+      ipAddress: input.device.ipAddress,
+      userAgent: input.device.userAgent?.slice(0, 200) ?? null,
+      remember: input.remember,
+      mfaFailures: entry.mfaFailures,
+      reason: entry.reason,
+      sessionId: entry.sessionId,
+      instance: instanceId,
+    };
+    let version = known;
+    for (let attempt = 0;; attempt++) {
+      version ??= await events.currentVersion(aggregate);
+      try {
+        await events.append(aggregate, [{ type: entry.event, data, userId: entry.userId }], {
+          expectedVersion: version,
+        });
+        return version + 1;
+      } catch (err) {
+        // Another instance (a resumed copy) appended meanwhile: re-read and retry.
+        version = null;
+        if ((err as RuntimeError).code !== "EVENT_VERSION_CONFLICT" || attempt >= 4) throw err;
+      }
+    }
+  }
+
+  async function writeEntry(
+    input: JournalInput,
+    entry: JournalEntry,
+    version: number | null,
+  ): Promise<number | null> {
+    switch (entry.kind) {
+      case "record":
+        return await appendRecord(input, entry, version);
+      case "save_challenge":
+        await challenges.save({
+          attemptId: input.attemptId,
+          challengeHash: input.challengeHash,
+          userId: entry.userId,
+          login: input.login,
+          remember: input.remember,
+          device: input.device,
+          mfaFailures: entry.mfaFailures,
+          deadline: entry.deadline,
+        });
+        return version;
+      case "forget_challenge":
+        await challenges.remove(input.attemptId);
+        await bus.publish(
+          LOGIN_CHANNEL,
+          JSON.stringify({ attemptId: input.attemptId, origin: instanceId }),
+        );
+        return version;
+    }
+  }
+
+  function entryName(entry: JournalEntry): string {
+    return entry.kind === "record" ? `record ${entry.event}` : entry.kind.replace("_", " the ");
+  }
+
+  async function writeJournal(input: JournalInput): Promise<JournalOutput> {
+    let version = input.version;
+    const failures: string[] = [];
+    for (const entry of input.entries) {
+      try {
+        version = await writeEntry(input, entry, version);
+      } catch (err) {
+        // Logged and reported to the chart, which counts it; the attempt goes on.
+        if (entry.kind === "record") version = null;
+        log.error(`login attempt: cannot ${entryName(entry)}`, {
+          attempt: input.attemptId,
+          error: describeError(err),
+        });
+        failures.push(`${entryName(entry)}: ${describeError(err)}`);
+      }
+    }
+    return { version, failures };
+  }
+
   const effects: SessionEffects = {
     checkCredentials(input) {
-      return stash(
-        input.attemptId,
-        (async (): Promise<CredentialsResult> => {
-          const user = await verifyCredentials(sql, {
-            login: input.login,
-            password: input.password,
-          }, { hashing: o.hashing });
-          if (!user) return { outcome: "invalid" };
-          const status = await mfa.status(user.id);
-          if (!status.enabled) {
-            return {
-              outcome: "ok",
-              userId: user.id,
-              mfaEnabled: false,
-              mfaLocked: false,
-              retryAfterMs: 0,
-            };
-          }
-          const lock = await mfa.lockState(user.id);
-          return {
-            outcome: "ok",
-            userId: user.id,
-            mfaEnabled: true,
-            mfaLocked: lock.locked,
-            retryAfterMs: lock.retryAfterMs,
-          };
-        })(),
-      );
+      return faulting(input.attemptId, "check the password", async () => {
+        const user = await verifyCredentials(sql, {
+          login: input.login,
+          password: input.password,
+        }, { hashing: o.hashing });
+        if (!user) return { outcome: "invalid" };
+        const status = await mfa.status(user.id);
+        const lock = status.enabled ? await mfa.lockState(user.id) : null;
+        return {
+          outcome: "ok",
+          userId: user.id,
+          mfaEnabled: status.enabled,
+          mfaLocked: lock?.locked ?? false,
+          retryAfterMs: lock?.retryAfterMs ?? 0,
+          at: now(),
+        };
+      });
     },
-    verifyTotp(input) {
-      return stash(
-        input.attemptId,
-        mfa.verifyTotp(input.userId, input.code, { ipAddress: input.ipAddress }).then(toCode),
-      );
-    },
-    verifyBackupCode(input) {
-      return stash(
-        input.attemptId,
-        mfa.verifyBackupCode(input.userId, input.code, { ipAddress: input.ipAddress })
-          .then(toCode),
-      );
+    verifiers: {
+      totp: (input) =>
+        faulting(
+          input.attemptId,
+          "check a TOTP code",
+          () =>
+            mfa.verifyTotp(input.userId, input.code, { ipAddress: input.ipAddress }).then(toCode),
+        ),
+      backup_code: (input) =>
+        faulting(
+          input.attemptId,
+          "check a backup code",
+          () =>
+            mfa.verifyBackupCode(input.userId, input.code, { ipAddress: input.ipAddress })
+              .then(toCode),
+        ),
     },
     issueSession(input) {
-      return stash(
-        input.attemptId,
-        (async (): Promise<IssuedSession> => {
-          const { session, token } = await sessions.create({
-            userId: input.userId,
-            remember: input.remember,
-            ...input.device,
-          });
-          await recordLogin(sql, input.userId, { at: new Date(now()) });
-          return { sessionId: session.id, token, expiresAt: session.expiresAt.getTime() };
-        })(),
-      );
-    },
-    record(context, event) {
-      const aggregate = { type: "login", id: context.attemptId };
-      const data = {
-        login: context.login.slice(0, 254),
-        ipAddress: context.device.ipAddress,
-        userAgent: context.device.userAgent?.slice(0, 200) ?? null,
-        remember: context.remember,
-        mfaFailures: context.mfaFailures,
-        reason: context.reason || null,
-        sessionId: event === "Authenticated" ? context.session?.sessionId ?? null : null,
-        instance: instanceId,
-      };
-      enqueue(context.attemptId, `record ${event}`, async () => {
-        for (let attempt = 0;; attempt++) {
-          const version = versions.get(context.attemptId) ??
-            await events.currentVersion(aggregate);
-          try {
-            await events.append(aggregate, [{ type: event, data, userId: context.userId }], {
-              expectedVersion: version,
-            });
-            versions.set(context.attemptId, version + 1);
-            break;
-          } catch (err) {
-            // Another instance (a resumed copy) appended meanwhile: re-read and retry.
-            versions.delete(context.attemptId);
-            if ((err as RuntimeError).code !== "EVENT_VERSION_CONFLICT" || attempt >= 4) throw err;
-          }
-        }
-        if (FINAL_RECORDS.has(event)) versions.delete(context.attemptId);
+      return faulting(input.attemptId, "issue the session", async () => {
+        const { session, token } = await sessions.create({
+          userId: input.userId,
+          remember: input.remember,
+          ...input.device,
+        });
+        await recordLogin(sql, input.userId, { at: new Date(now()) });
+        return { sessionId: session.id, token, expiresAt: session.expiresAt.getTime() };
       });
     },
-    saveChallenge(context) {
-      if (context.userId === null) return;
-      const deadline = deadlines.get(context.attemptId) ?? now() + context.mfaTimeoutMs;
-      deadlines.set(context.attemptId, deadline);
-      const record = {
-        attemptId: context.attemptId,
-        challengeHash: context.challengeHash,
-        userId: context.userId,
-        login: context.login,
-        remember: context.remember,
-        device: context.device,
-        mfaFailures: context.mfaFailures,
-        deadline,
-      };
-      enqueue(context.attemptId, "save the challenge", () => challenges.save(record));
-    },
-    forgetChallenge(context) {
-      const id = context.attemptId;
-      const had = deadlines.delete(id);
-      enqueue(id, "forget the challenge", async () => {
-        if (!had) return;
-        await challenges.remove(id);
-        await bus.publish(LOGIN_CHANNEL, JSON.stringify({ attemptId: id, origin: instanceId }));
-      });
+    writeJournal(input) {
+      const write = writeJournal(input);
+      writesInFlight.add(write);
+      write.finally(() => writesInFlight.delete(write)).catch(() => {});
+      return write;
     },
     async cleanup() {
       const removed = await sessions.cleanupExpired();
@@ -529,27 +559,18 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       await ping(sql);
       if (redis) await redis.ping();
     },
-    connect(b) {
-      bridge = b;
-      let closed = false;
+    subscribe(send) {
+      let open = true;
+      const subscribed: Promise<(() => Promise<void>) | null>[] = [];
       const track = (p: Promise<() => Promise<void>>) => {
-        const settled = p.then((off) => {
-          if (closed) {
-            off();
-            return null;
-          }
-          return off;
-        }, (err) => {
-          log.warn("sessions actor: cannot subscribe", {
-            error: err instanceof Error ? err.message : String(err),
-          });
-          reportFailure("redis", err);
+        subscribed.push(p.catch((err) => {
+          log.warn("sessions actor: cannot subscribe", { error: describeError(err) });
+          if (open) send({ type: "DEPENDENCY_FAILED", what: "redis", error: describeError(err) });
           return null;
-        });
-        subscriptions.add(settled);
+        }));
       };
       track(sessions.subscribeRevocations((m) => {
-        if (bridge === b) b.send({ type: "SESSIONS.REVOKED", count: m.sessions.length });
+        if (open) send({ type: "SESSIONS.REVOKED", count: m.sessions.length });
       }));
       track(bus.subscribe(LOGIN_CHANNEL, (text) => {
         let m: { attemptId?: unknown; origin?: unknown };
@@ -559,33 +580,48 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
           return;
         }
         if (typeof m?.attemptId !== "string" || m.origin === instanceId) return;
-        deadlines.delete(m.attemptId);
-        versions.delete(m.attemptId);
-        errors.delete(m.attemptId);
-        if (bridge === b) b.send({ type: "LOGIN.FORGET", attemptId: m.attemptId });
+        if (open) send({ type: "LOGIN.FORGET", attemptId: m.attemptId });
       }));
-      return () => {
-        closed = true;
-        if (bridge === b) bridge = null;
-        for (const s of subscriptions) {
-          unsubscribing.add(s.then((off) => off?.()).catch(() => {}));
+      const stop = () => {
+        if (!open) return;
+        open = false;
+        openFeeds.delete(stop);
+        for (const s of subscribed) {
+          const done = s.then((off) => off?.()).catch(() => {});
+          unsubscribing.add(done);
+          done.then(() => unsubscribing.delete(done));
         }
-        subscriptions.clear();
       };
+      openFeeds.add(stop);
+      return stop;
     },
   };
 
-  function requireBridge(): ActorBridge {
-    if (!bridge) {
+  function requireActor(action: string): AnyActorRef {
+    const actor = sessionsActor();
+    if (!actor) {
       throw new RuntimeError(
         "ACTOR_UNAVAILABLE",
-        "Cannot log in: the sessions actor is not running; try again shortly",
+        `Cannot ${action}: the sessions actor is not running; try again shortly`,
       );
     }
-    return bridge;
+    return actor;
   }
 
-  /** Waits until the attempt waits for a code or has ended. */
+  /** Asks the sessions actor for a login actor; refused when too many are in progress. */
+  function startAttempt(actor: AnyActorRef, input: LoginInput, action: string): AnyActorRef {
+    actor.send({ type: "LOGIN.START", attemptId: input.attemptId, input });
+    const ref = actor.system.get(loginActorId(input.attemptId)) as AnyActorRef | undefined;
+    if (!ref) {
+      throw new RuntimeError(
+        "ACTOR_UNAVAILABLE",
+        `Cannot ${action}: too many login attempts are in progress; try again shortly`,
+      );
+    }
+    return ref;
+  }
+
+  /** Waits until the attempt's chart says it can be answered. */
   async function settle(ref: AnyActorRef, predicate: (s: LoginSnapshot) => boolean) {
     try {
       return await waitFor(ref, (s) => predicate(s as LoginSnapshot), {
@@ -600,21 +636,27 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     }
   }
 
-  async function answer(snap: LoginSnapshot, challenge: string): Promise<LoginResult> {
-    const attemptId = snap.context.attemptId;
-    await flush(attemptId);
+  function answerable(s: LoginSnapshot): boolean {
+    return s.status !== "active" || awaitingCode(s);
+  }
+
+  function faultError(fault: LoginFault): RuntimeError {
+    const code = fault.code !== null && Object.hasOwn(ERROR_STATUS, fault.code)
+      ? fault.code as ErrorCode
+      : "INTERNAL";
+    return new RuntimeError(code, fault.message, fault.details ? { details: fault.details } : {});
+  }
+
+  function answer(snap: LoginSnapshot, challenge: string): LoginResult {
     if (snap.status !== "done") {
       return {
         status: "mfa_required",
         challenge,
-        expiresAt: new Date(deadlines.get(attemptId) ?? now() + snap.context.mfaTimeoutMs)
-          .toISOString(),
-        methods: ["totp", "backup_code"],
+        expiresAt: new Date(snap.context.deadline!).toISOString(),
+        methods: [...MFA_METHOD_NAMES],
       };
     }
     const out = snap.output as LoginOutput;
-    const cause = errors.get(attemptId);
-    errors.delete(attemptId);
     switch (out.outcome) {
       case "authenticated":
         return {
@@ -638,8 +680,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       case "expired":
         throw new RuntimeError("LOGIN_EXPIRED", "The login attempt expired; log in again");
       default:
-        if (cause instanceof RuntimeError) throw cause;
-        if (cause) throw cause;
+        if (out.error) throw faultError(out.error);
         if (out.reason === "invalid_credentials") {
           throw new RuntimeError("INVALID_CREDENTIALS", "Invalid login or password");
         }
@@ -661,7 +702,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     input: { login: string; password: string; remember?: boolean },
     ctx: RequestContext = {},
   ): Promise<LoginResult> {
-    const b = requireBridge();
+    const actor = requireActor("log in");
     const d = device(ctx);
     const key = ipLoginKey(d.ipAddress, input.login);
     const [perIp, perIpLogin] = await Promise.all([
@@ -680,101 +721,79 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     }
     const attemptId = crypto.randomUUID();
     const challenge = `${attemptId}.${randomToken(32)}`;
-    b.send({
-      type: "LOGIN.START",
+    const ref = startAttempt(actor, {
       attemptId,
-      input: {
-        attemptId,
-        login: input.login,
-        password: input.password,
-        challengeHash: sha256Hex(challenge),
-        remember: input.remember ?? false,
-        device: d,
-        ...loginOptions,
-      },
-    });
-    const ref = b.system.get(loginActorId(attemptId));
-    if (!ref) {
-      throw new RuntimeError(
-        "ACTOR_UNAVAILABLE",
-        "Cannot log in: too many login attempts are in progress; try again shortly",
-      );
-    }
-    const snap = await settle(
-      ref,
-      (s) => s.status === "done" || s.matches({ mfa_required: "waiting" }),
-    );
-    const result = await answer(snap, challenge);
+      login: input.login,
+      password: input.password,
+      challengeHash: sha256Hex(challenge),
+      remember: input.remember ?? false,
+      device: d,
+      startedAt: now(),
+      ...loginOptions,
+    }, "log in");
+    const result = answer(await settle(ref, answerable), challenge);
     if (result.status === "authenticated") await limiter.reset(key);
     return result;
   }
 
   async function verifyMfa(
-    input: { challenge: string; code: string; method?: "totp" | "backup_code" },
+    input: { challenge: string; code: string; method?: MfaMethod },
     ctx: RequestContext = {},
   ): Promise<LoginResult> {
-    const b = requireBridge();
+    const actor = requireActor("continue the login");
+    const method = input.method ?? "totp";
+    if (!isMfaMethod(method)) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `Invalid request: method must be one of ${MFA_METHOD_NAMES.join(", ")}`,
+      );
+    }
     const m = typeof input.challenge === "string" ? CHALLENGE_RE.exec(input.challenge) : null;
     const expired = () =>
       new RuntimeError("LOGIN_EXPIRED", "Unknown or expired login challenge; log in again");
     if (!m) throw expired();
     const attemptId = m[1];
     const hash = sha256Hex(input.challenge);
-    let ref = b.system.get(loginActorId(attemptId));
+    let ref = actor.system.get(loginActorId(attemptId)) as AnyActorRef | undefined;
     if (!ref || (ref.getSnapshot() as LoginSnapshot).status !== "active") {
       // Started on another instance (or this one restarted): resume from the record.
       const record = await challenges.load(attemptId);
       if (!record || !sameHex(record.challengeHash, hash)) throw expired();
-      deadlines.set(attemptId, record.deadline);
-      b.send({
-        type: "LOGIN.START",
+      ref = startAttempt(actor, {
         attemptId,
-        input: {
-          attemptId,
-          login: record.login,
-          challengeHash: record.challengeHash,
-          remember: record.remember,
-          device: record.device,
-          ...loginOptions,
-          resume: {
-            userId: record.userId,
-            mfaFailures: record.mfaFailures,
-            remainingMs: record.deadline - now(),
-          },
+        login: record.login,
+        challengeHash: record.challengeHash,
+        remember: record.remember,
+        device: record.device,
+        startedAt: now(),
+        ...loginOptions,
+        resume: {
+          userId: record.userId,
+          mfaFailures: record.mfaFailures,
+          deadline: record.deadline,
         },
-      });
-      ref = b.system.get(loginActorId(attemptId));
-      if (!ref) {
-        throw new RuntimeError("ACTOR_UNAVAILABLE", "Cannot continue the login; try again shortly");
-      }
-      await settle(ref, (s) => s.status === "done" || s.matches({ mfa_required: "waiting" }));
+      }, "continue the login");
+      await settle(ref, answerable);
     }
     const before = ref.getSnapshot() as LoginSnapshot;
     if (!sameHex(before.context.challengeHash, hash)) throw expired();
-    if (before.status !== "active") return await answer(before, input.challenge);
-    if (!before.matches({ mfa_required: "waiting" })) {
+    if (before.status !== "active") return answer(before, input.challenge);
+    if (!awaitingCode(before)) {
       throw new RuntimeError("LOGIN_BUSY", "A code for this login is being checked; wait for it");
     }
     const rejections = before.context.rejections;
-    ref.send(
-      input.method === "backup_code"
-        ? { type: "SUBMIT_BACKUP_CODE", code: String(input.code), ipAddress: ctx.ipAddress }
-        : { type: "SUBMIT_TOTP", code: String(input.code), ipAddress: ctx.ipAddress },
-    );
+    ref.send({ type: "SUBMIT_CODE", method, code: String(input.code), ipAddress: ctx.ipAddress });
     const snap = await settle(
       ref,
-      (s) =>
-        s.status === "done" ||
-        (s.matches({ mfa_required: "waiting" }) && s.context.rejections > rejections),
+      (s) => s.status !== "active" || (awaitingCode(s) && s.context.rejections > rejections),
     );
     if (snap.status !== "done") {
-      await flush(attemptId);
       const rejection = snap.context.lastRejection!;
       throw new RuntimeError("MFA_INVALID_CODE", `The code is ${rejection.reason}`, {
         details: { reason: rejection.reason, attemptsLeft: rejection.attemptsLeft },
       });
     }
-    const result = await answer(snap, input.challenge);
+    const result = answer(snap, input.challenge);
     if (result.status === "authenticated") {
       await limiter.reset(ipLoginKey(snap.context.device.ipAddress, snap.context.login));
     }
@@ -906,14 +925,9 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
   }
 
   async function close(): Promise<void> {
-    while (queues.size) await Promise.all([...queues.values()]);
-    for (const s of subscriptions) {
-      const off = await s;
-      await off?.().catch(() => {});
-    }
-    subscriptions.clear();
-    await Promise.all(unsubscribing);
-    unsubscribing.clear();
+    while (writesInFlight.size) await Promise.allSettled([...writesInFlight]);
+    for (const stop of [...openFeeds]) stop();
+    while (unsubscribing.size) await Promise.all([...unsubscribing]);
   }
 
   return {
@@ -923,7 +937,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     effects,
     supervisorInput: o.supervisor ?? {},
     get connected() {
-      return bridge !== null;
+      return sessionsActor() !== undefined;
     },
     now,
     register,

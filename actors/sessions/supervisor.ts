@@ -3,7 +3,7 @@
  * login-attempt statechart it spawns, both wired to a {@linkcode SessionService}.
  * @module
  */
-import { type AnyActorRef, fromCallback, fromPromise } from "xstate";
+import { fromCallback, fromPromise } from "xstate";
 import { loginMachine } from "../../machines/login.ts";
 import {
   type SessionSupervisorEvent,
@@ -17,14 +17,10 @@ export function createLoginLogic(service: SessionService) {
   return loginMachine.provide({
     actors: {
       checkCredentials: fromPromise(({ input }) => fx.checkCredentials(input)),
-      verifyTotp: fromPromise(({ input }) => fx.verifyTotp(input)),
-      verifyBackupCode: fromPromise(({ input }) => fx.verifyBackupCode(input)),
+      // One actor for every method: the method in the input picks the verifier.
+      verifyCode: fromPromise(({ input }) => fx.verifiers[input.method](input)),
       issueSession: fromPromise(({ input }) => fx.issueSession(input)),
-    },
-    actions: {
-      record: ({ context }, params) => fx.record(context, params.event),
-      saveChallenge: ({ context }) => fx.saveChallenge(context),
-      forgetChallenge: ({ context }) => fx.forgetChallenge(context),
+      writeJournal: fromPromise(({ input }) => fx.writeJournal(input)),
     },
   });
 }
@@ -37,11 +33,8 @@ export function createSessionSupervisorLogic(service: SessionService) {
       login: createLoginLogic(service),
       cleanup: fromPromise(() => fx.cleanup()),
       probe: fromPromise(() => fx.probe()),
-      feed: fromCallback(({ sendBack, system }) =>
-        fx.connect({
-          send: (event: SessionSupervisorEvent) => sendBack(event),
-          system: system as { get(id: string): AnyActorRef | undefined },
-        })
+      feed: fromCallback(({ sendBack }) =>
+        fx.subscribe((event: SessionSupervisorEvent) => sendBack(event))
       ),
     },
   });

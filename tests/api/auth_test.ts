@@ -61,6 +61,8 @@ async function startInstance(
   await redis.connect();
   const keyspace = createKeyspace("rs:");
   const bus: MessageBus = createRedisBus(redis, { keyspace });
+  // The test is the composition root: the service reaches the actor it builds below.
+  let actor: AnyActorRef | undefined = undefined;
   const service = createSessionService({
     sql,
     redis,
@@ -69,6 +71,7 @@ async function startInstance(
     secretKey,
     instanceId: name,
     now: () => clock,
+    sessionsActor: () => actor,
     options: {
       hashing: { ln: 4 },
       mfa: { backupCodeCost: 4 },
@@ -77,17 +80,18 @@ async function startInstance(
   });
   const spec = createSessionsActorSpec(service);
   const services = {} as RuntimeServices;
-  const actor = createActor(spec.create(services), { input: spec.input?.(services) });
-  actor.start();
+  const started = createActor(spec.create(services), { input: spec.input?.(services) });
+  started.start();
+  actor = started;
   const app = createApp();
   addSessionRoutes(app, { sessions: service, trustProxy: true });
   return {
     name,
     app,
     service,
-    actor,
+    actor: started,
     async stop() {
-      actor.stop();
+      started.stop();
       await service.close();
       await bus.close();
       await closeRedis(redis);
@@ -270,6 +274,8 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
         assert.equal(first.body.token, undefined);
         assert.equal(first.headers.get("set-cookie"), null);
         const challenge = first.body.challenge as string;
+        // Five minutes from the password check, by the injected clock.
+        assert.equal(Date.parse(first.body.expiresAt), clock + 5 * 60_000);
 
         // Instance b never saw this attempt: it resumes it from the shared record.
         const wrong = await call(b, "POST", "/auth/mfa/verify", {
@@ -277,6 +283,9 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
         });
         expectError(wrong, 401, "MFA_INVALID_CODE");
         assert.deepEqual(wrong.body.error.details, { reason: "invalid", attemptsLeft: 4 });
+        // b's copy of the attempt keeps the deadline a set (it travelled in the record).
+        const onB = b.actor.system.get(loginActorId(challenge.split(".")[0]));
+        assert.equal(onB?.getSnapshot().context.deadline, Date.parse(first.body.expiresAt));
 
         const tampered = challenge.slice(0, -1) + (challenge.endsWith("A") ? "B" : "A");
         expectError(
@@ -454,6 +463,19 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
       }
       const [{ n }] = await setup<{ n: number }[]>`SELECT count(*)::int AS n FROM users`;
       assert.equal(n, 1);
+    });
+
+    await t.step("a login step that throws answers with its error's code", async () => {
+      // The password check refuses a password that is not a string (HTTP validates it first; a
+      // program calling the service may not): the chart keeps the error as data, the
+      // service answers with it.
+      await assert.rejects(
+        () =>
+          a.service.login({ login: "alice", password: 42 as unknown as string }, {
+            ipAddress: "192.0.2.9",
+          }),
+        (err: { code?: string }) => err.code === "VALIDATION_FAILED",
+      );
     });
 
     await t.step("refresh slides the expiry; an expired session is refused", async () => {

@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
-import { type AnyActorRef, createActor, fromCallback, fromPromise, SimulatedClock } from "xstate";
-import type { LoginInput } from "../../machines/login.ts";
-import { loginMachine } from "../../machines/login.ts";
+import {
+  type AnyActorRef,
+  createActor,
+  fromCallback,
+  fromPromise,
+  SimulatedClock,
+  type Snapshot,
+} from "xstate";
+import { awaitingCode, type LoginInput, loginMachine } from "../../machines/login.ts";
 import {
   type CleanupReport,
   loginActorId,
@@ -12,6 +18,8 @@ import {
 interface Fakes {
   cleanup?: () => Promise<CleanupReport>;
   probe?: () => Promise<void>;
+  /** Journal entries each write reports unwritable. */
+  journalFailures?: number;
 }
 
 function loginInput(attemptId: string, extra: Partial<LoginInput> = {}): LoginInput {
@@ -22,11 +30,12 @@ function loginInput(attemptId: string, extra: Partial<LoginInput> = {}): LoginIn
     challengeHash: "00".repeat(32),
     remember: false,
     device: { fingerprint: null, ipAddress: null, userAgent: null, geoLocation: null },
+    startedAt: 0,
     ...extra,
   };
 }
 
-function start(fakes: Fakes = {}, input = {}) {
+function start(fakes: Fakes = {}, input = {}, snapshot?: Snapshot<unknown>) {
   const clock = new SimulatedClock();
   const calls: string[] = [];
   let sendBack: ((e: { type: string; [k: string]: unknown }) => void) | null = null;
@@ -42,11 +51,18 @@ function start(fakes: Fakes = {}, input = {}) {
             mfaEnabled: input.password !== "ok",
             mfaLocked: false,
             retryAfterMs: 0,
+            at: 0,
           } as const,
         )
       ),
       issueSession: fromPromise(() =>
         Promise.resolve({ sessionId: "s", token: "t".repeat(43), expiresAt: 0 })
+      ),
+      writeJournal: fromPromise(({ input }) =>
+        Promise.resolve({
+          version: null,
+          failures: input.entries.slice(0, fakes.journalFailures ?? 0).map(() => "Redis is down"),
+        })
       ),
     },
   });
@@ -72,6 +88,7 @@ function start(fakes: Fakes = {}, input = {}) {
   const actor = createActor(logic, {
     clock,
     input: { cleanupIntervalMs: 60_000, probeBaseMs: 1_000, probeMaxMs: 8_000, ...input },
+    snapshot,
   });
   actor.start();
   return {
@@ -165,8 +182,10 @@ Deno.test("session supervisor statechart (simulated clock)", async (t) => {
     assert.equal(child(actor, "a2"), undefined);
     assert.deepEqual(snap.context.stats.loginsFinished, { authenticated: 1 });
     const a1 = child(actor, "a1")!;
-    assert.deepEqual(a1.getSnapshot().value, { mfa_required: "waiting" });
+    assert.ok(awaitingCode(a1.getSnapshot()));
     a1.send({ type: "CANCEL" });
+    // Held until its journal (the Failed event, the record's removal) is written.
+    await settle();
     snap = actor.getSnapshot();
     assert.deepEqual(snap.context.logins, {});
     assert.deepEqual(snap.context.stats.loginsFinished, { authenticated: 1, failed: 1 });
@@ -183,7 +202,11 @@ Deno.test("session supervisor statechart (simulated clock)", async (t) => {
     });
     await settle();
     assert.ok(child(actor, "slow"));
-    clock.increment(30_000);
+    clock.increment(29_999);
+    await settle();
+    assert.ok(child(actor, "slow"));
+    clock.increment(1);
+    await settle();
     assert.equal(child(actor, "slow"), undefined);
     assert.deepEqual(actor.getSnapshot().context.stats.loginsFinished, { expired: 1 });
     actor.stop();
@@ -217,5 +240,37 @@ Deno.test("session supervisor statechart (simulated clock)", async (t) => {
     assert.equal(actor.getSnapshot().context.reason, "stopped on request");
     assert.equal(p.getSnapshot().status, "stopped");
     assert.equal(feedStopped(), true);
+  });
+
+  await t.step("counts what finished attempts could not write", async () => {
+    const { actor, feed } = start({ journalFailures: 1 });
+    feed({ type: "LOGIN.START", attemptId: "w", input: loginInput("w", { password: "ok" }) });
+    await settle();
+    const snap = actor.getSnapshot();
+    assert.deepEqual(snap.context.stats.loginsFinished, { authenticated: 1 });
+    assert.ok(snap.context.stats.journalFailures >= 1, "every failed write is counted");
+    actor.stop();
+  });
+
+  await t.step("its snapshot is data: context and held logins survive JSON", async () => {
+    const { actor, feed } = start();
+    feed({ type: "LOGIN.START", attemptId: "j", input: loginInput("j") });
+    feed({ type: "DEPENDENCY_FAILED", what: "redis", error: "Connection is closed." });
+    await settle();
+    const snap = actor.getSnapshot();
+    assert.deepEqual(JSON.parse(JSON.stringify(snap.context)), snap.context);
+    // Persisted as JSON and restored, it holds the same attempt, which goes on from there.
+    const copy = JSON.parse(JSON.stringify(actor.getPersistedSnapshot()));
+    actor.stop();
+    const again = start({}, {}, copy);
+    const j = child(again.actor, "j");
+    assert.ok(j, "the held login is restored");
+    assert.ok(awaitingCode(j.getSnapshot()));
+    assert.equal(j.getSnapshot().context.deadline, 300_000);
+    assert.deepEqual(again.actor.getSnapshot().context, snap.context);
+    j.send({ type: "CANCEL" });
+    await settle();
+    assert.deepEqual(again.actor.getSnapshot().context.logins, {});
+    again.actor.stop();
   });
 });
