@@ -114,7 +114,7 @@ export interface FailoverDeps {
   lease: LeaseFeed;
   /** Logger. */
   log: Logger;
-  /** Wall clock. */
+  /** The clock: every time and duration the effects report comes from it. */
   now: () => number;
   /** The PostgreSQL programs (pg_ctl, pg_rewind, pg_controldata). */
   tools: PgTools;
@@ -196,16 +196,16 @@ export async function probeNode(
   name: string,
   timeoutMs: number,
 ): Promise<{ ok: boolean; error: string | null; latencyMs: number }> {
-  const t0 = performance.now();
+  const t0 = deps.now();
   try {
     const recovery = await node(deps, name).probe((sql) => isInRecovery(sql), { timeoutMs });
-    const latencyMs = Math.round(performance.now() - t0);
+    const latencyMs = Math.round(deps.now() - t0);
     if (recovery) {
       return { ok: false, error: `${name} answers but is in recovery`, latencyMs };
     }
     return { ok: true, error: null, latencyMs };
   } catch (err) {
-    return { ok: false, error: shortError(err), latencyMs: Math.round(performance.now() - t0) };
+    return { ok: false, error: shortError(err), latencyMs: Math.round(deps.now() - t0) };
   }
 }
 
@@ -482,7 +482,7 @@ export async function promote(
 async function waitReplayed(
   target: NodeClient,
   lsn: string,
-  options: { deadline: number; strictlyAfter: boolean },
+  options: { deadline: number; strictlyAfter: boolean; now: () => number },
 ): Promise<{ ok: boolean; replay: string | null }> {
   const goal = lsnToNumber(lsn);
   if (goal === null) {
@@ -492,7 +492,7 @@ async function waitReplayed(
     );
   }
   let replay: string | null = null;
-  while (Date.now() < options.deadline) {
+  while (options.now() < options.deadline) {
     const state = await target.run(readNodeState, { timeoutMs: 2000, what: "replay" })
       .catch(() => null);
     replay = state?.replayLsn ?? replay;
@@ -576,8 +576,9 @@ export async function switchover(
   }
   // 4. Wait until the target replayed everything.
   const waited = await waitReplayed(target, finalLsn, {
-    deadline: Date.now() + deps.settings.switchoverTimeoutMs,
+    deadline: deps.now() + deps.settings.switchoverTimeoutMs,
     strictlyAfter: parked !== null,
+    now: deps.now,
   });
   if (!waited.ok) {
     if (parked && identity) {
@@ -911,6 +912,7 @@ export async function repair(
               useSlots: deps.settings.useSlots,
               instanceId: deps.instanceId,
               log: deps.log,
+              now: deps.now,
             })
             : identity
             ? await startParkedNode({
@@ -920,6 +922,7 @@ export async function repair(
               useSlots: deps.settings.useSlots,
               instanceId: deps.instanceId,
               log: deps.log,
+              now: deps.now,
             }, identity)
             : (() => {
               throw new RuntimeError("REJOIN_FAILED", `where ${f.node} runs is not known`);
