@@ -6,7 +6,7 @@
 import type { AnyStateMachine } from "xstate";
 import { clusterNodeMachine } from "./cluster_node.ts";
 import { diagnosticsMachine } from "./diagnostics.ts";
-import { failoverMachine } from "./failover.ts";
+import { failoverMachine } from "./failover/mod.ts";
 import { leaseMachine } from "./lease.ts";
 import { loginMachine } from "./login.ts";
 import { sessionSupervisorMachine } from "./session_supervisor.ts";

@@ -1,8 +1,11 @@
 /**
- * The real effects of machines/failover.ts: probing and sampling the PostgreSQL nodes,
- * votes over the cluster transport, promotion and switchover under the failover lease's
- * fencing token, publication of the primary and its epoch in Redis, re-pointing the pool,
- * and the coordinator's repairs. Each effect reads as a script of named steps.
+ * The real effects of machines/failover/: reading where to start, probing and sampling the
+ * PostgreSQL nodes, votes over the cluster transport, promotion and switchover under the
+ * failover lease's fencing token, publication of the primary and its epoch in Redis,
+ * re-pointing the pool, the coordinator's repairs, and the alerts and query waits the chart
+ * asks for. Each effect gets what the chart decided as input and answers with its output;
+ * none keeps state of its own. Each reads as a script of named steps; time comes from
+ * `deps.now`.
  * @module
  */
 import { dirname } from "node:path";
@@ -12,6 +15,7 @@ import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Database } from "../../store/database.ts";
+import type { MessageBus } from "../../store/bus.ts";
 import type { Keyspace } from "../../store/redis.ts";
 import {
   alterSystem,
@@ -53,13 +57,15 @@ import {
   type PublishOutput,
   readOnlyFallback,
   type ReplicationSample,
+  type StartFacts,
   type SwitchoverRequest,
+  voteFromState,
   type VoteOutput,
-} from "../../machines/failover.ts";
+} from "../../machines/failover/mod.ts";
 import type { LeaseManager } from "../runtime/leases.ts";
 import type { Membership } from "../runtime/membership.ts";
 import type { Transport } from "../runtime/types.ts";
-import { conninfoOf, type NodeClient, shortError, slotName } from "./nodes.ts";
+import { conninfoOf, type NodeClient, nodeForUrl, shortError, slotName } from "./nodes.ts";
 import { pgCtlStart, pgCtlStop, type PgTools } from "../../store/pg_tools.ts";
 import { localPostmaster, processAlive, rejoinNode, startParkedNode } from "./rejoin.ts";
 import type { FailoverSettings } from "./settings.ts";
@@ -106,6 +112,8 @@ export interface FailoverDeps {
   keyspace: Keyspace;
   /** Cluster messages. */
   transport: Transport;
+  /** Pub/sub bus (replication alerts go out on it). */
+  bus: Pick<MessageBus, "publish">;
   /** Leases, or null for a single instance. */
   leases: LeaseManager | null;
   /** Live members, or null for a single instance. */
@@ -114,7 +122,7 @@ export interface FailoverDeps {
   lease: LeaseFeed;
   /** Logger. */
   log: Logger;
-  /** Wall clock. */
+  /** The clock: every time and duration the effects report comes from it. */
   now: () => number;
   /** The PostgreSQL programs (pg_ctl, pg_rewind, pg_controldata). */
   tools: PgTools;
@@ -187,6 +195,28 @@ async function fenced<T>(
 }
 
 // ---------------------------------------------------------------------------------------
+// Start
+// ---------------------------------------------------------------------------------------
+
+/**
+ * What the chart needs to decide where to start: the primary published in Redis (1 s to
+ * answer) and where the runtime's pool points now (the runtime opened it on the published
+ * primary when it could, else on DATABASE_URL).
+ */
+export async function readStart(deps: FailoverDeps): Promise<StartFacts> {
+  const record = await readPublished(deps, 1000);
+  const poolNode = nodeForUrl([...deps.nodes.values()].map((n) => n.setting), deps.db.describe);
+  return {
+    published: record
+      ? { node: record.node, epoch: record.epoch, readOnlyNode: record.readOnlyNode }
+      : null,
+    pool: poolNode
+      ? { node: poolNode.name, epoch: deps.db.epoch, readOnly: deps.db.readOnly }
+      : null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
 // Probes and samples
 // ---------------------------------------------------------------------------------------
 
@@ -196,16 +226,16 @@ export async function probeNode(
   name: string,
   timeoutMs: number,
 ): Promise<{ ok: boolean; error: string | null; latencyMs: number }> {
-  const t0 = performance.now();
+  const t0 = deps.now();
   try {
     const recovery = await node(deps, name).probe((sql) => isInRecovery(sql), { timeoutMs });
-    const latencyMs = Math.round(performance.now() - t0);
+    const latencyMs = Math.round(deps.now() - t0);
     if (recovery) {
       return { ok: false, error: `${name} answers but is in recovery`, latencyMs };
     }
     return { ok: true, error: null, latencyMs };
   } catch (err) {
-    return { ok: false, error: shortError(err), latencyMs: Math.round(performance.now() - t0) };
+    return { ok: false, error: shortError(err), latencyMs: Math.round(deps.now() - t0) };
   }
 }
 
@@ -482,7 +512,7 @@ export async function promote(
 async function waitReplayed(
   target: NodeClient,
   lsn: string,
-  options: { deadline: number; strictlyAfter: boolean },
+  options: { deadline: number; strictlyAfter: boolean; now: () => number },
 ): Promise<{ ok: boolean; replay: string | null }> {
   const goal = lsnToNumber(lsn);
   if (goal === null) {
@@ -492,7 +522,7 @@ async function waitReplayed(
     );
   }
   let replay: string | null = null;
-  while (Date.now() < options.deadline) {
+  while (options.now() < options.deadline) {
     const state = await target.run(readNodeState, { timeoutMs: 2000, what: "replay" })
       .catch(() => null);
     replay = state?.replayLsn ?? replay;
@@ -576,8 +606,9 @@ export async function switchover(
   }
   // 4. Wait until the target replayed everything.
   const waited = await waitReplayed(target, finalLsn, {
-    deadline: Date.now() + deps.settings.switchoverTimeoutMs,
+    deadline: deps.now() + deps.settings.switchoverTimeoutMs,
     strictlyAfter: parked !== null,
+    now: deps.now,
   });
   if (!waited.ok) {
     if (parked && identity) {
@@ -694,20 +725,8 @@ export async function answerVote(
   event: { node: string; epoch: number },
 ): Promise<{ agree: boolean; why: string }> {
   const ctx = (deps.actor()?.getSnapshot() as { context?: FailoverContext } | undefined)?.context;
-  if (ctx && ctx.primary.epoch > event.epoch) {
-    return {
-      agree: false,
-      why: `I follow ${ctx.primary.node} of the newer epoch ${ctx.primary.epoch}`,
-    };
-  }
-  if (ctx && ctx.primary.node === event.node && ctx.failures > 0) {
-    return {
-      agree: true,
-      why: `${ctx.failures} consecutive probes failed here (${
-        ctx.lastProbe?.error ?? "no answer"
-      })`,
-    };
-  }
+  const known = ctx ? voteFromState(ctx, event) : null;
+  if (known) return known;
   const fresh = await probeNode(
     deps,
     event.node,
@@ -801,6 +820,23 @@ export async function repointPool(deps: FailoverDeps, target: PoolTarget): Promi
     throw err;
   }
   return target;
+}
+
+/** Logs the alerts a sample raised and resolved; raised ones also go out on the bus. */
+export function announceAlerts(
+  deps: FailoverDeps,
+  news: { raised: LagAlert[]; resolved: LagAlert[] },
+): void {
+  for (const alert of news.raised) {
+    deps.log.warn(`replication alert: ${alert.why}`, { node: alert.node, kind: alert.kind });
+    deps.bus.publish(
+      "replication.alert",
+      JSON.stringify({ ...alert, instance: deps.instanceId }),
+    ).catch(() => {});
+  }
+  for (const alert of news.resolved) {
+    deps.log.info("replication alert resolved", { alert: `${alert.node}:${alert.kind}` });
+  }
 }
 
 /** Samples every node; on the coordinator also stores the status and refreshes identities. */
@@ -911,6 +947,7 @@ export async function repair(
               useSlots: deps.settings.useSlots,
               instanceId: deps.instanceId,
               log: deps.log,
+              now: deps.now,
             })
             : identity
             ? await startParkedNode({
@@ -920,6 +957,7 @@ export async function repair(
               useSlots: deps.settings.useSlots,
               instanceId: deps.instanceId,
               log: deps.log,
+              now: deps.now,
             }, identity)
             : (() => {
               throw new RuntimeError("REJOIN_FAILED", `where ${f.node} runs is not known`);
@@ -1015,17 +1053,22 @@ export function createFailoverLogic(
             : null,
         };
       }),
+      readStart: fromPromise(() => readStart(deps)),
       collectVotes: fromPromise(({ input }) => collectVotes(deps, input)),
       promote: fromPromise(({ input }) => promote(deps, input)),
       switchover: fromPromise(({ input }) => switchover(deps, input)),
       publish: fromPromise(({ input }) => publish(deps, input)),
-      reassess: fromPromise(({ input }) => reassess(deps, { ...input, token: deps.lease.token() })),
+      reassess: fromPromise(({ input }) => reassess(deps, input)),
       repointPool: fromPromise(({ input }) => repointPool(deps, input)),
       sampleNodes: fromPromise(({ input }) => sampleNodes(deps, input)),
       repair: fromPromise(({ input }) => repair(deps, input)),
     },
     actions: {
       announceSelf: ({ self }) => hooks.onSelf(self),
+      letQueriesWait: () => deps.db.setSwitchWait(deps.settings.queryWaitMs),
+      failQueriesFast: () => deps.db.setSwitchWait(0),
+      announceAlerts: (_, news: { raised: LagAlert[]; resolved: LagAlert[] }) =>
+        announceAlerts(deps, news),
       afterPromotion: (_, params: { node: string; adopted: boolean }) => {
         // Test-only fault injection: die between pg_promote and publishing it.
         if (deps.settings.failpoint === "exit-after-promote" && !params.adopted) {

@@ -1,8 +1,10 @@
 /**
- * The failover concern's effects: one `failover` actor per instance (machines/failover.ts
- * with the effects of ./effects.ts), the service its routes use (concerns/failover.ts adds
- * api/failover.ts), its /health entry and the `failover` lease campaign whose holder takes
- * the decisions.
+ * The failover concern: one `failover` actor per instance (machines/failover/ with the
+ * effects of ./effects.ts), the service its routes use (concerns/failover.ts adds api/failover.ts), its /health entry and the
+ * `failover` lease campaign whose holder takes the decisions. Everything about the
+ * concern's phase (where to start, which primary the pool follows, degraded or not, who
+ * coordinates) is in the chart's states and context; this module wires effects to it and
+ * reads its snapshots.
  *
  * Modes: embedded PGlite → replication and failover report themselves unavailable; a
  * server without DATABASE_NODES → `GET /replication` shows the primary's own view
@@ -36,9 +38,8 @@ import type {
   FailoverContext,
   FailoverEvent,
   FailoverInput,
-  Published,
   SwitchoverRequest,
-} from "../../machines/failover.ts";
+} from "../../machines/failover/mod.ts";
 import { createMembership } from "../runtime/membership.ts";
 import type { ActorSpec, ConcernParts, RemoteEvent, RuntimeServices } from "../runtime/types.ts";
 import {
@@ -216,10 +217,10 @@ export interface FailoverApi {
 }
 
 /** Builds the failover concern's actors and service from the runtime's services. */
-export async function createFailoverParts(
+export function createFailoverParts(
   services: RuntimeServices,
   settings: FailoverSettings,
-): Promise<ConcernParts<FailoverApi>> {
+): ConcernParts<FailoverApi> {
   if (services.db.mode === "embedded") {
     return {
       actors: [],
@@ -232,7 +233,7 @@ export async function createFailoverParts(
     };
   }
   if (!settings.nodes.length) return monitorOnly(services);
-  return await fullConcern(services, settings);
+  return fullConcern(services, settings);
 }
 
 /** A server without DATABASE_NODES: the primary's own view, no failover. */
@@ -272,10 +273,10 @@ function monitorOnly(services: RuntimeServices): ConcernParts<FailoverApi> {
   };
 }
 
-async function fullConcern(
+function fullConcern(
   services: RuntimeServices,
   settings: FailoverSettings,
-): Promise<ConcernParts<FailoverApi>> {
+): ConcernParts<FailoverApi> {
   const { db, redis, keyspace, transport, leases, log, config, instanceId } = services;
   guardSocketErrors(log);
   const nodes = new Map<string, NodeClient>(settings.nodes.map((n) => [
@@ -292,22 +293,16 @@ async function fullConcern(
     : null;
 
   // The failover lease: its holder decides. Without Redis this lone instance always does.
+  // The campaign owns the token; the chart's role region hears about it through `watchLease`.
   const listeners = new Set<(e: FailoverEvent) => void>();
-  let token: number | null = leases ? null : 0;
   function tell(event: FailoverEvent): void {
     for (const fn of [...listeners]) fn(event);
   }
   const campaign = leases
     ? leases.campaign(FAILOVER_ROLE, {
       ttlMs: config.cluster.leaseTtlMs,
-      onAcquired: (t) => {
-        token = t;
-        tell({ type: "LEASE_ACQUIRED", token: t });
-      },
-      onLost: (_reason, why) => {
-        token = null;
-        tell({ type: "LEASE_LOST", why });
-      },
+      onAcquired: (token) => tell({ type: "LEASE_ACQUIRED", token }),
+      onLost: (_reason, why) => tell({ type: "LEASE_LOST", why }),
     })
     : null;
 
@@ -321,10 +316,11 @@ async function fullConcern(
     redis,
     keyspace,
     transport,
+    bus: services.bus,
     leases,
     membership,
     lease: {
-      token: () => token,
+      token: () => campaign ? campaign.token() : 0,
       listen(fn) {
         listeners.add(fn);
         return () => listeners.delete(fn);
@@ -337,50 +333,21 @@ async function fullConcern(
     actor: () => ref,
   };
 
-  // Where to start: the published primary (re-pointing now, before serving, when it is not
-  // the DATABASE_URL node), else the DATABASE_URL node with epoch 0 until it is published.
-  const urlNode = nodeForUrl(settings.nodes, config.database.url);
-  if (!urlNode) {
+  // Where to start is the chart's first decision (its `starting` state reads the published
+  // primary and where the pool points); the pool region moves the pool if it must.
+  if (!nodeForUrl(settings.nodes, config.database.url)) {
     log.warn("DATABASE_URL is none of DATABASE_NODES; the pool moves to the published primary", {
       nodes: settings.nodes.map((n) => n.name),
     });
   }
-  const published = await readPublished(deps, 1000);
-  let primary: Published = published
-    ? { node: published.node, epoch: published.epoch, readOnlyNode: published.readOnlyNode }
-    : { node: urlNode?.name ?? settings.nodes[0].name, epoch: 0, readOnlyNode: null };
-  let pool = { node: urlNode?.name ?? "", epoch: 0, readOnly: false };
-  if (published && nodes.has(published.node)) {
-    const target = published.readOnlyNode ?? published.node;
-    try {
-      await db.repoint(nodes.get(target)!.setting.url, {
-        epoch: published.epoch,
-        readOnly: published.readOnlyNode !== null,
-      });
-      pool = { node: target, epoch: published.epoch, readOnly: published.readOnlyNode !== null };
-      log.info("following the published primary", { node: target, epoch: published.epoch });
-    } catch (err) {
-      log.warn("cannot reach the published primary yet; retrying in the background", {
-        node: target,
-        error: describeError(err),
-      });
-    }
-  } else if (published) {
-    log.warn("the published primary is not in DATABASE_NODES", { node: published.node });
-    primary = { node: urlNode?.name ?? settings.nodes[0].name, epoch: 0, readOnlyNode: null };
-  }
-  db.setSwitchWait(settings.queryWaitMs);
 
-  // Watch the actor: log every new sentence, raise alerts, tune the query wait.
+  // Watch the actor: log every new sentence (alerts and query waits are chart actions).
   let lastWhy = "";
-  let lastAlerts = new Set<string>();
   function watch(actor: AnyActorRef): void {
     actor.subscribe({
       next(snapshot) {
         const s = snapshot as FailoverSnapshot;
         const ctx = s.context;
-        primary = ctx.primary;
-        pool = ctx.pool;
         if (ctx.why !== lastWhy) {
           // "suspect: 7 consecutive probes…" after "suspect: 6 …" is the same news: debug.
           const repeat = ctx.why.split(":")[0] === lastWhy.split(":")[0] &&
@@ -391,25 +358,6 @@ async function fullConcern(
             state: stateName(s.value.detector),
           });
         }
-        const keys = new Set(Object.keys(ctx.alerts));
-        for (const key of keys) {
-          if (lastAlerts.has(key)) continue;
-          const alert = ctx.alerts[key];
-          log.warn(`replication alert: ${alert.why}`, { node: alert.node, kind: alert.kind });
-          services.bus.publish(
-            "replication.alert",
-            JSON.stringify({ ...alert, instance: instanceId }),
-          )
-            .catch(() => {});
-        }
-        for (const key of lastAlerts) {
-          if (!keys.has(key)) log.info("replication alert resolved", { alert: key });
-        }
-        lastAlerts = keys;
-        // No primary to switch to: failing queries should fail now, not wait.
-        db.setSwitchWait(
-          stateName(s.value.detector).startsWith("degraded") ? 0 : settings.queryWaitMs,
-        );
       },
       error: (err) => log.error("failover actor failed", { error: describeError(err) }),
     });
@@ -427,8 +375,6 @@ async function fullConcern(
     return {
       instanceId,
       nodes: settings.nodes.map((n) => n.name),
-      primary,
-      pool,
       probeIntervalMs: settings.probeIntervalMs,
       probeTimeoutMs: settings.probeTimeoutMs,
       confirmations: settings.confirmations,
@@ -528,7 +474,7 @@ async function fullConcern(
         : null,
       published: record,
       pool: {
-        ...(ctx?.pool ?? pool),
+        ...ctx?.pool,
         target: db.describe,
         generation: db.generation,
         epoch: db.epoch,
@@ -600,8 +546,8 @@ async function fullConcern(
       return Promise.resolve({
         ok: !detector.startsWith("degraded"),
         state: detector,
-        primary: ctx?.primary.node ?? primary.node,
-        epoch: ctx?.primary.epoch ?? primary.epoch,
+        primary: ctx?.primary.node ?? null,
+        epoch: ctx?.primary.epoch ?? null,
         coordinator: ctx ? ctx.leader !== null : false,
         why: ctx?.why ?? "starting",
       });

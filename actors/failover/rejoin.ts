@@ -38,6 +38,8 @@ export interface RejoinDeps {
   instanceId: string;
   /** Logger. */
   log: Logger;
+  /** The clock (deadlines and the timings in the record). */
+  now: () => number;
   /** How long streaming and the canary may take to show up. */
   verifyTimeoutMs?: number;
 }
@@ -132,7 +134,7 @@ async function startAndVerify(
   identity: NodeIdentity,
 ): Promise<{ timeline: number | null; canary: number; ms: number }> {
   const name = deps.node.setting.name;
-  const started = performance.now();
+  const started = deps.now();
   const slot = deps.useSlots ? slotName(name) : null;
   if (slot) {
     await deps.primary.run((sql) => ensureSlot(sql, slot), { timeoutMs: 5000, what: "slot" });
@@ -150,10 +152,10 @@ async function startAndVerify(
   if (!start.success) {
     fail(`${name} did not start as a replica: pg_ctl: ${tail(start.stderr || start.stdout)}`);
   }
-  const deadline = Date.now() + (deps.verifyTimeoutMs ?? 20_000);
+  const deadline = deps.now() + (deps.verifyTimeoutMs ?? 20_000);
   const primaryState = await deps.primary.run(readNodeState, { timeoutMs: 5000, what: "state" });
   let streaming = false;
-  while (!streaming && Date.now() < deadline) {
+  while (!streaming && deps.now() < deadline) {
     const rows = await deps.primary.run(readReplicationRows, { timeoutMs: 5000, what: "stats" })
       .catch(() => []);
     streaming = rows.some((r) => r.applicationName === name && r.state === "streaming");
@@ -166,7 +168,7 @@ async function startAndVerify(
     { timeoutMs: 5000, what: "canary" },
   );
   let seen = false;
-  while (!seen && Date.now() < deadline) {
+  while (!seen && deps.now() < deadline) {
     seen = await deps.node.run((sql) => canaryVisible(sql, canary.id), {
       timeoutMs: 2000,
       what: "canary check",
@@ -187,7 +189,7 @@ async function startAndVerify(
   return {
     timeline: state.timeline,
     canary: canary.id,
-    ms: Math.round(performance.now() - started),
+    ms: Math.round(deps.now() - started),
   };
 }
 
@@ -198,7 +200,7 @@ async function startAndVerify(
 export async function rejoinNode(deps: RejoinDeps): Promise<RejoinResult> {
   const name = deps.node.setting.name;
   const primaryName = deps.primary.setting.name;
-  const t0 = performance.now();
+  const t0 = deps.now();
   // 1. Fence: whatever happens next, nothing writes through it any more.
   const ended = await deps.node.run(fenceNode, { timeoutMs: 5000, what: "fence" }).catch((err) =>
     fail(`cannot fence ${name}: ${shortError(err)}`, err)
@@ -230,7 +232,7 @@ export async function rejoinNode(deps: RejoinDeps): Promise<RejoinResult> {
   }
   // 6-8. Standby config, start, verify with data.
   const verified = await startAndVerify(deps, identity);
-  const ms = Math.round(performance.now() - t0);
+  const ms = Math.round(deps.now() - t0);
   return {
     why:
       `rejoined ${name} as a replica of ${primaryName}: ${
@@ -257,7 +259,7 @@ export async function startParkedNode(
   identity: NodeIdentity,
 ): Promise<RejoinResult> {
   const name = deps.node.setting.name;
-  const t0 = performance.now();
+  const t0 = deps.now();
   try {
     const verified = await startAndVerify(deps, identity);
     return {
@@ -284,7 +286,7 @@ export async function startParkedNode(
     const verified = await startAndVerify(deps, identity);
     return {
       why: `started ${name} as a replica of ${deps.primary.setting.name} after a pg_rewind; ` +
-        `canary ${verified.canary} arrived (${Math.round(performance.now() - t0)} ms)`,
+        `canary ${verified.canary} arrived (${Math.round(deps.now() - t0)} ms)`,
       details: { ...verified, rewound: true },
     };
   }

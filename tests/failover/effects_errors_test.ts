@@ -31,7 +31,7 @@ import { loadFailoverSettings } from "../../actors/failover/settings.ts";
 import { createLocalTransport } from "../../actors/runtime/transport.ts";
 import { isRuntimeError, type RuntimeError } from "../../lib/errors.ts";
 import { silentLogger } from "../../lib/log.ts";
-import { degradedSentence, type ReplicationSample } from "../../machines/failover.ts";
+import { degradedSentence, type ReplicationSample } from "../../machines/failover/mod.ts";
 import { createLocalBus } from "../../store/bus.ts";
 import { type Database, openDatabase } from "../../store/database.ts";
 import { migrate } from "../../store/migrations.ts";
@@ -111,6 +111,7 @@ Deno.test({
         redis,
         keyspace: createKeyspace("rsfe:"),
         transport,
+        bus,
         leases: null,
         membership: null,
         lease: { token: () => 0, listen: () => () => {} },

@@ -11,24 +11,37 @@ import {
   findRepair,
   formatSyncStandbys,
   isMajority,
+  judgeProbe,
+  judgeVotes,
+  type LagAlert,
   lsnToNumber,
   type NodeSample,
   type NoPromotion,
   parseSyncStandbys,
   type PoolTarget,
   type PromotionOutput,
+  publicationOf,
   type Published,
   type PublishInput,
   readOnlyFallback,
   type ReplicationSample,
+  type StartFacts,
   updateAlerts,
+  voteFromState,
   type VoteOutput,
-} from "../../machines/failover.ts";
+} from "../../machines/failover/mod.ts";
 
 /** What the fake cluster answers; tests change it between steps. */
 interface World {
-  /** up: answers at once; down: refuses at once; hang: never answers; slow: answers after slowMs. */
-  primary: "up" | "down" | "hang" | "slow";
+  /** What `readStart` finds: the published primary and where the pool points. */
+  start: StartFacts;
+  /** `readStart` hangs while false. */
+  startReady: boolean;
+  /**
+   * up: answers at once; down: refuses at once; hang: never answers; slow: answers after
+   * slowMs; error: the probe itself fails.
+   */
+  primary: "up" | "down" | "hang" | "slow" | "error";
   slowMs: number;
   published: Published | null;
   votes: VoteOutput;
@@ -95,9 +108,14 @@ function sampleOf(at: number, nodes: NodeSample[], names = ["pg2", "pg3"]): Repl
   return { at, primary: "pg1", nodes, sync: { method: "ANY", num: 1, names } };
 }
 
-function harness(input: Partial<FailoverInput> = {}) {
+function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) {
   const clock = new SimulatedClock();
   const world: World = {
+    start: {
+      published: { node: "pg1", epoch: 1, readOnlyNode: null },
+      pool: { node: "pg1", epoch: 1, readOnly: false },
+    },
+    startReady: true,
     primary: "up",
     slowMs: 0,
     published: null,
@@ -113,6 +131,7 @@ function harness(input: Partial<FailoverInput> = {}) {
     release: true,
     holdPublish: false,
     publishError: null,
+    ...over,
   };
   let leaseSend: ((e: FailoverEvent) => void) | null = null;
 
@@ -132,6 +151,10 @@ function harness(input: Partial<FailoverInput> = {}) {
       watchLease: fromCallback<FailoverEvent>(({ sendBack }) => {
         leaseSend = sendBack;
         return () => leaseSend = null;
+      }),
+      readStart: fromPromise(() => {
+        record("start", null);
+        return gated(() => structuredClone(world.start), () => world.startReady);
       }),
       probePrimary: fromPromise(({ input }) => {
         record("probe", input);
@@ -156,6 +179,8 @@ function harness(input: Partial<FailoverInput> = {}) {
             });
           case "hang":
             return new Promise(() => {});
+          case "error":
+            return Promise.reject(new Error("probe crashed"));
           case "slow":
             return new Promise((resolve) =>
               clock.setTimeout(() => resolve(answer()), world.slowMs)
@@ -231,14 +256,18 @@ function harness(input: Partial<FailoverInput> = {}) {
         },
       ),
     },
+    actions: {
+      letQueriesWait: () => record("queries", "wait"),
+      failQueriesFast: () => record("queries", "fail fast"),
+      announceAlerts: (_, news: { raised: LagAlert[]; resolved: LagAlert[] }) =>
+        record("alerts", news),
+    },
   });
   const actor = createActor(logic, {
     clock,
     input: {
       instanceId: "a",
       nodes: NODES,
-      primary: { node: "pg1", epoch: 1, readOnlyNode: null },
-      pool: { node: "pg1", epoch: 1, readOnly: false },
       probeIntervalMs: 100,
       probeTimeoutMs: 300,
       confirmations: 3,
@@ -585,9 +614,8 @@ Deno.test("failover machine", async (t) => {
   await t.step(
     "bootstrap: the coordinator publishes the primary when nothing is published",
     async () => {
-      using h = harness({
-        primary: { node: "pg1", epoch: 0, readOnlyNode: null },
-        pool: { node: "pg1", epoch: 0, readOnly: false },
+      using h = harness({}, {
+        start: { published: null, pool: { node: "pg1", epoch: 0, readOnly: false } },
       });
       await h.advance(200);
       assert.equal(h.ops("publish").length, 0, "a follower does not bootstrap");
@@ -609,6 +637,7 @@ Deno.test("failover machine", async (t) => {
     "switchover: only the coordinator runs it; the decision carries the request id",
     async () => {
       using h = harness();
+      await h.advance(0); // started: following pg1
       h.actor.send({ type: "SWITCHOVER", id: "r1", target: "pg3", requestedBy: "admin" });
       await h.advance(1);
       assert.deepEqual(h.actor.getSnapshot().context.decision, {
@@ -686,9 +715,247 @@ Deno.test("failover machine", async (t) => {
     assert.equal(alerts.length, 1);
     assert.equal(alerts[0].node, "pg2");
     assert.match(alerts[0].why, /pg2 lags 4\.9 kB/);
+    assertSerialisable(h.actor, "alerting");
     h.world.sample = sampleOf(1, [primaryNode("pg1"), node("pg2"), node("pg3")]);
     await h.advance(1000);
     assert.deepEqual(h.actor.getSnapshot().context.alerts, {});
+    // The chart announces each change once: raised, then resolved.
+    const news = h.ops("alerts").map((c) => c.input as { raised: LagAlert[]; resolved: LagAlert[] })
+      .map((n) => ({
+        raised: n.raised.map((a) => `${a.node}:${a.kind}`),
+        resolved: n.resolved.map((a) => `${a.node}:${a.kind}`),
+      }));
+    assert.deepEqual(news, [
+      { raised: ["pg2:lag"], resolved: [] },
+      { raised: [], resolved: ["pg2:lag"] },
+    ]);
+  });
+});
+
+/** The detector's state, whole (`healthy.waiting`). */
+function detectorPath(actor: Actor<typeof failoverMachine>): string {
+  const d = (actor.getSnapshot().value as Record<string, unknown>).detector;
+  return typeof d === "string" ? d : Object.entries(d as object).map(([k, v]) => `${k}.${v}`)[0];
+}
+
+/**
+ * Asserts the chart holds data only: its context survives a JSON round trip unchanged, and
+ * a snapshot persisted as JSON restores to the same state and context.
+ */
+function assertSerialisable(actor: Actor<typeof failoverMachine>, when: string): void {
+  const snapshot = actor.getSnapshot();
+  assert.deepEqual(JSON.parse(JSON.stringify(snapshot.context)), snapshot.context, when);
+  const json = JSON.stringify(actor.getPersistedSnapshot());
+  // Restored, not started: the placeholder effects never run.
+  const restored = createActor(failoverMachine, {
+    snapshot: JSON.parse(json),
+    input: { instanceId: "a", nodes: NODES },
+  }).getSnapshot();
+  assert.deepEqual(restored.value, snapshot.value, `state restored at ${when}`);
+  assert.deepEqual(restored.context, snapshot.context, `context restored at ${when}`);
+}
+
+Deno.test("failover machine: what the chart decides itself", async (t) => {
+  await t.step(
+    "start: the published primary wins; the pool and the monitor wait for the decision",
+    async () => {
+      using h = harness({}, {
+        startReady: false,
+        start: {
+          published: { node: "pg2", epoch: 3, readOnlyNode: null },
+          pool: { node: "pg1", epoch: 0, readOnly: false },
+        },
+      });
+      await h.advance(2000); // Redis is slow to answer
+      assert.equal(detector(h.actor), "starting");
+      assert.equal(h.ops("start").length, 1);
+      assert.equal(h.ops("probe").length, 0, "nothing to probe before the start is decided");
+      assert.equal(h.ops("repoint").length, 0, "the pool waits for the decision");
+      assert.equal(h.ops("sample").length, 0, "so does the monitor");
+      assertSerialisable(h.actor, "starting");
+      h.world.startReady = true;
+      await h.advance(1);
+      assert.equal(detector(h.actor), "healthy");
+      const ctx = h.actor.getSnapshot().context;
+      assert.deepEqual(ctx.primary, { node: "pg2", epoch: 3, readOnlyNode: null });
+      assert.equal(ctx.why, "starting: following pg2 (epoch 3), the primary published in Redis");
+      assert.deepEqual(h.ops("repoint").map((c) => c.input), [
+        { node: "pg2", epoch: 3, readOnly: false },
+      ]);
+      assert.deepEqual(ctx.pool, { node: "pg2", epoch: 3, readOnly: false });
+      await h.advance(1000);
+      assert.deepEqual(h.ops("probe")[0].input, { primary: ctx.primary }, "probes follow pg2");
+      assert.equal(h.ops("sample")[0]?.at, h.ops("start")[0].at + 2001 + 1000);
+    },
+  );
+
+  await t.step("start: with nothing published, the node the pool is on at its epoch", async () => {
+    const cases: { start: StartFacts; primary: Published; why: string; repoint: unknown[] }[] = [
+      {
+        start: { published: null, pool: { node: "pg1", epoch: 0, readOnly: false } },
+        primary: { node: "pg1", epoch: 0, readOnlyNode: null },
+        why: "starting: no primary is published (or Redis did not answer); following pg1, " +
+          "where the pool points, with epoch 0 until the coordinator publishes it",
+        repoint: [],
+      },
+      {
+        // Restarted after a failover while Redis does not answer: stay where the pool is.
+        start: { published: null, pool: { node: "pg2", epoch: 4, readOnly: false } },
+        primary: { node: "pg2", epoch: 4, readOnlyNode: null },
+        why: "starting: no primary is published (or Redis did not answer); following pg2, " +
+          "where the pool points, with epoch 4",
+        repoint: [],
+      },
+      {
+        start: {
+          published: { node: "pg9", epoch: 7, readOnlyNode: null },
+          pool: { node: "pg1", epoch: 0, readOnly: false },
+        },
+        primary: { node: "pg1", epoch: 0, readOnlyNode: null },
+        why: "starting: the published primary pg9 is none of DATABASE_NODES (pg1, pg2, pg3); " +
+          "following pg1, where the pool points, with epoch 0 until the coordinator publishes it",
+        repoint: [],
+      },
+      {
+        start: { published: null, pool: null },
+        primary: { node: "pg1", epoch: 0, readOnlyNode: null },
+        why: "starting: no primary is published (or Redis did not answer); following pg1, the " +
+          "first of DATABASE_NODES (the pool points at none of them), with epoch 0 until the " +
+          "coordinator publishes it",
+        repoint: [{ node: "pg1", epoch: 0, readOnly: false }],
+      },
+    ];
+    for (const c of cases) {
+      using h = harness({}, { start: c.start, published: null });
+      await h.advance(1);
+      const ctx = h.actor.getSnapshot().context;
+      assert.deepEqual(ctx.primary, c.primary);
+      assert.equal(ctx.why, c.why);
+      assert.deepEqual(h.ops("repoint").map((r) => r.input), c.repoint);
+    }
+  });
+
+  await t.step("start: only epoch 0 is bootstrapped, a restarted instance never is", async () => {
+    using h = harness({}, {
+      start: { published: null, pool: { node: "pg2", epoch: 4, readOnly: false } },
+      published: null,
+    });
+    h.lease.acquire(10);
+    await h.advance(1000);
+    assert.equal(h.ops("publish").length, 0);
+    assert.equal(detector(h.actor), "healthy");
+  });
+
+  await t.step("start: a newer primary announced meanwhile is followed at once", async () => {
+    using h = harness({}, { startReady: false });
+    await h.advance(50);
+    h.actor.send({ type: "failover.primary", node: "pg3", epoch: 5 });
+    await h.advance(1);
+    assert.equal(detector(h.actor), "healthy");
+    assert.deepEqual(h.actor.getSnapshot().context.primary, {
+      node: "pg3",
+      epoch: 5,
+      readOnlyNode: null,
+    });
+    assert.deepEqual(h.ops("repoint").at(-1)?.input, { node: "pg3", epoch: 5, readOnly: false });
+    h.world.startReady = true;
+    await h.advance(200);
+    assert.equal(h.actor.getSnapshot().context.primary.node, "pg3", "the late start is dropped");
+  });
+
+  await t.step(
+    "one probing path at both levels: a crash, a timeout and a refusal read alike",
+    async () => {
+      using h = harness();
+      await h.advance(50);
+      h.world.primary = "error";
+      await h.advance(50); // t=100: the probe fails
+      assert.equal(detector(h.actor), "suspect");
+      assert.equal(
+        h.actor.getSnapshot().context.why,
+        "suspect: a probe of pg1 failed (probe crashed)",
+      );
+      await h.advance(100); // t=200
+      assert.equal(
+        h.actor.getSnapshot().context.why,
+        "suspect: 2 consecutive probes of pg1 failed (probe crashed)",
+      );
+      h.world.primary = "hang";
+      await h.advance(400); // t=300 probe times out at 600
+      assert.equal(
+        h.actor.getSnapshot().context.why,
+        "suspect: 3 consecutive probes of pg1 failed (no answer within 300 ms)",
+      );
+      h.world.primary = "up";
+      await h.advance(400);
+      assert.equal(detector(h.actor), "healthy");
+      assert.equal(
+        h.actor.getSnapshot().context.why,
+        "pg1 answered again after 3 failed probes: not failing over",
+      );
+      assert.equal(h.actor.getSnapshot().context.failures, 0);
+
+      // The first failed probe reads the same whether it was refused or timed out.
+      using g = harness();
+      g.world.primary = "hang";
+      await g.advance(400); // probe at 100 times out at 400
+      assert.equal(
+        g.actor.getSnapshot().context.why,
+        "suspect: a probe of pg1 failed (no answer within 300 ms)",
+      );
+    },
+  );
+
+  await t.step("an announcement moves the detector only: the coordinator stays one", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    await h.advance(500);
+    const value = () => h.actor.getSnapshot().value as Record<string, unknown>;
+    assert.equal(value().role, "coordinator");
+    h.actor.send({ type: "failover.primary", node: "pg2", epoch: 2 });
+    await h.advance(1);
+    assert.equal(value().role, "coordinator");
+    assert.equal(h.actor.getSnapshot().context.leader, 10);
+    assert.equal(h.actor.getSnapshot().context.primary.node, "pg2");
+    // The monitor kept its rhythm: a sample every second, not restarted by the news.
+    await h.advance(500);
+    assert.deepEqual(h.ops("sample").map((c) => c.at), [1000]);
+  });
+
+  await t.step("degraded: failing queries fail at once until the primary is back", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "down";
+    const none = { node: null, adopt: false, why: "no eligible replica: pg2 is unreachable" };
+    h.world.promotion = { node: null, choice: none, readOnlyNode: null };
+    h.world.degraded = { primaryOk: false, choice: none, readOnlyNode: null };
+    await h.advance(300);
+    assert.equal(detector(h.actor), "degraded");
+    assertSerialisable(h.actor, "degraded");
+    assert.deepEqual(h.ops("queries").map((c) => c.input), ["wait", "fail fast"]);
+    h.world.degraded.primaryOk = true;
+    h.world.primary = "up";
+    await h.advance(1000);
+    assert.equal(detector(h.actor), "healthy");
+    assert.deepEqual(h.ops("queries").map((c) => c.input), ["wait", "fail fast", "wait"]);
+  });
+
+  await t.step("the context is data at every step of a failover", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "down";
+    h.world.release = false;
+    const seen = new Set<string>();
+    for (let i = 0; i < 40; i++) {
+      await h.advance(10);
+      seen.add(detector(h.actor));
+      assertSerialisable(h.actor, detectorPath(h.actor));
+    }
+    h.world.release = true;
+    await h.advance(10);
+    assertSerialisable(h.actor, detectorPath(h.actor));
+    assert.deepEqual([...seen], ["healthy", "suspect", "promoting"]);
+    assert.equal(detector(h.actor), "healthy");
   });
 });
 
@@ -887,6 +1154,105 @@ Deno.test("failover decisions", async (t) => {
       );
     },
   );
+
+  await t.step("probes, votes and publications: each decision says why", () => {
+    const primary = { node: "pg1", epoch: 2, readOnlyNode: null };
+    const probe = { ok: true, error: null, latencyMs: 3, at: 10, published: primary };
+    assert.deepEqual(judgeProbe({ primary, failures: 0, leader: null }, probe), {
+      verdict: "answered",
+      why: null,
+    });
+    assert.deepEqual(
+      judgeProbe({ primary, failures: 0, leader: 7 }, {
+        ...probe,
+        published: { node: "pg2", epoch: 3, readOnlyNode: null },
+      }),
+      {
+        verdict: "newer",
+        primary: { node: "pg2", epoch: 3, readOnlyNode: null },
+        why: "following pg2 (epoch 3), read from Redis",
+      },
+    );
+    // Bootstrap only for the coordinator, only at epoch 0, only with nothing published.
+    const first = { ...primary, epoch: 0 };
+    assert.equal(
+      judgeProbe({ primary: first, failures: 0, leader: 7 }, { ...probe, published: null })
+        .verdict,
+      "bootstrap",
+    );
+    assert.equal(
+      judgeProbe({ primary: first, failures: 0, leader: null }, { ...probe, published: null })
+        .verdict,
+      "answered",
+    );
+    assert.deepEqual(
+      judgeProbe({ primary, failures: 2, leader: null }, { ...probe, ok: false, error: "refused" }),
+      {
+        verdict: "failed",
+        failures: 3,
+        why: "suspect: 3 consecutive probes of pg1 failed (refused)",
+      },
+    );
+
+    const votes: VoteOutput = {
+      agree: 2,
+      live: 3,
+      votes: [
+        { instance: "a", agree: true, why: "3 failed" },
+        { instance: "b", agree: true, why: "refused here" },
+        { instance: "c", agree: false, why: "pg1 answered in 2 ms" },
+      ],
+    };
+    assert.deepEqual(judgeVotes({ primary, failures: 3, lastError: "refused" }, votes), {
+      failover: true,
+      why: "pg1 failed 3 consecutive probes (last: refused) and 2 of 3 live instances agree: " +
+        "failing over",
+    });
+    assert.equal(
+      judgeVotes({ primary, failures: 3, lastError: null }, { ...votes, agree: 1 }).failover,
+      false,
+    );
+
+    assert.deepEqual(
+      voteFromState({ primary, failures: 0, lastProbe: null }, { node: "pg0", epoch: 1 }),
+      { agree: false, why: "I follow pg1 of the newer epoch 2" },
+    );
+    assert.deepEqual(
+      voteFromState({ primary, failures: 2, lastProbe: { error: "refused" } }, {
+        node: "pg1",
+        epoch: 2,
+      }),
+      { agree: true, why: "2 consecutive probes failed here (refused)" },
+    );
+    assert.equal(
+      voteFromState({ primary, failures: 0, lastProbe: null }, { node: "pg1", epoch: 2 }),
+      null,
+      "knows nothing: a fresh probe decides",
+    );
+
+    const state = {
+      primary,
+      promotion: { node: "pg2", lsn: null, adopted: false, why: "best", parked: null },
+      switchover: null,
+      leader: 7,
+      suspectSince: 100,
+      why: "failing over",
+    };
+    assert.equal(publicationOf(state).kind, "failover");
+    assert.equal(publicationOf(state).epoch, 3);
+    assert.equal(
+      publicationOf({ ...state, switchover: { id: "r", target: "pg2", requestedBy: "x" } }).kind,
+      "switchover",
+    );
+    assert.equal(
+      publicationOf({
+        ...state,
+        primary: first,
+        promotion: { ...state.promotion, node: "pg1", adopted: true },
+      }).kind,
+      "bootstrap",
+    );
+  });
 
   await t.step("LSNs, sync standby names and alerts", () => {
     assert.equal(lsnToNumber("0/3000148"), 0x3000148);
