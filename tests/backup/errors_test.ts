@@ -196,14 +196,14 @@ Deno.test("backup and restore refusals leave nothing behind", async (t) => {
     await t.step("WAL switching says what the server or the role lacks", async () => {
       // The harness server does not archive: the wait ends with the reason.
       const off = await rejected(
-        switchAndAwaitArchive(sql, { dir: `${dir}/archive`, timeoutMs: 200 }),
+        switchAndAwaitArchive(sql, { dir: `${dir}/archive`, timeoutMs: 200, now: Date.now }),
       );
       assert.equal(off.code, "WAL_ARCHIVE_FAILED");
       assert.match(off.message, /archive_mode is off/);
       const limited = pool(limitedUrl);
       try {
         const denied = await rejected(
-          switchAndAwaitArchive(limited, { dir: `${dir}/archive`, timeoutMs: 200 }),
+          switchAndAwaitArchive(limited, { dir: `${dir}/archive`, timeoutMs: 200, now: Date.now }),
         );
         assert.equal(denied.code, "BACKUP_FAILED");
         assert.match(denied.message, /pg_switch_wal/);
