@@ -231,6 +231,22 @@ const alertSetup = setup({
   },
 });
 
+/** The notification of a status change: firing at `firedAt`, resolved at the evaluation. */
+function notification(
+  context: AlertContext,
+  status: "firing" | "resolved",
+): AlertNotification {
+  return {
+    rule: context.rule,
+    status,
+    value: context.value,
+    tags: context.tags,
+    since: context.since,
+    at: (status === "firing" ? context.firedAt : context.evaluatedAt) ?? 0,
+    reason: context.reason,
+  };
+}
+
 /** Tracks the context as it is now (every status change and evaluation). */
 const TRACK = {
   type: "track",
@@ -291,18 +307,7 @@ const statusRegion = alertSetup.createStateConfig({
     firing: {
       entry: [
         { type: "enterStatus", params: { status: "firing" } },
-        {
-          type: "notify",
-          params: ({ context }) => ({
-            rule: context.rule,
-            status: "firing" as const,
-            value: context.value,
-            tags: context.tags,
-            since: context.since,
-            at: context.firedAt ?? 0,
-            reason: context.reason,
-          }),
-        },
+        { type: "notify", params: ({ context }) => notification(context, "firing") },
         TRACK,
       ],
       on: { "CONDITION.CLEAR": { target: "resolved", actions: "noteResolved" } },
@@ -310,18 +315,7 @@ const statusRegion = alertSetup.createStateConfig({
     resolved: {
       entry: [
         { type: "enterStatus", params: { status: "resolved" } },
-        {
-          type: "notify",
-          params: ({ context }) => ({
-            rule: context.rule,
-            status: "resolved" as const,
-            value: context.value,
-            tags: context.tags,
-            since: context.since,
-            at: context.evaluatedAt ?? 0,
-            reason: context.reason,
-          }),
-        },
+        { type: "notify", params: ({ context }) => notification(context, "resolved") },
         "clearSince",
         TRACK,
       ],

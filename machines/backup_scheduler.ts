@@ -288,6 +288,17 @@ const EMPTY_STATS: BackupSchedulerStats = {
   refused: 0,
 };
 
+/** The current job as the last run: stored (summary: the reason) or failed (the error). */
+function finishedRun(context: BackupSchedulerContext, ok: boolean): LastRun {
+  return {
+    type: context.job!.type,
+    name: context.produced,
+    ok,
+    at: context.clockAt,
+    summary: ok ? context.reason : context.lastError ?? "failed",
+  };
+}
+
 /** What the `noteFailure` action records. */
 interface Failure {
   /** The failure, as a sentence. */
@@ -493,13 +504,7 @@ const schedulerSetup = setup({
     /** Counts the stored (and verified) backup as the job's result. */
     recordSuccess: assign(({ context }) => ({
       stats: { ...context.stats, completed: context.stats.completed + 1 },
-      lastRun: {
-        type: context.job!.type,
-        name: context.produced,
-        ok: true,
-        at: context.clockAt,
-        summary: context.reason,
-      },
+      lastRun: finishedRun(context, true),
       lastError: null,
     })),
     /** Counts what retention deleted. */
@@ -520,13 +525,7 @@ const schedulerSetup = setup({
     /** Records a failed attempt and says what happens next. */
     recordFailure: assign(({ context }) => ({
       stats: { ...context.stats, failed: context.stats.failed + 1 },
-      lastRun: {
-        type: context.job!.type,
-        name: context.produced,
-        ok: false,
-        at: context.clockAt,
-        summary: context.lastError ?? "failed",
-      },
+      lastRun: finishedRun(context, false),
       reason: `the ${
         context.job!.type
       } backup failed (attempt ${context.attempt}): ${context.lastError}; ${
