@@ -15,7 +15,8 @@
  * @module
  */
 import { checkEncryptedFile, createDecryptStream } from "../../lib/backup_crypto.ts";
-import { RuntimeError } from "../../lib/errors.ts";
+import { redactUrl } from "../../lib/config.ts";
+import { describeError, RuntimeError } from "../../lib/errors.ts";
 import {
   catalogEntries,
   connectServer,
@@ -265,7 +266,14 @@ export async function restoreLogical(
   if (options.precheck) assertFilesOk(manifest.name, await checkFiles(ctx, manifest));
   const admin = connectServer(url);
   try {
-    if (await databaseExists(admin, options.database)) {
+    const exists = await databaseExists(admin, options.database).catch((err) => {
+      throw new RuntimeError(
+        "DATABASE_CONNECT_FAILED",
+        `Cannot restore: the server at ${redactUrl(url)} cannot be used: ${describeError(err)}`,
+        { cause: err },
+      );
+    });
+    if (exists) {
       throw new RuntimeError(
         "RESTORE_TARGET_EXISTS",
         `Cannot restore into database ${options.database}: it already exists; choose a new ` +
