@@ -19,11 +19,11 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import postgres from "postgres";
 import { z } from "zod";
 import { loadConfig } from "../concerns/config.ts";
 import { describeError, RuntimeError } from "../lib/errors.ts";
 import { createLogger, type Logger } from "../lib/log.ts";
+import { openServerPool } from "../store/backup_server.ts";
 import { migrate } from "../store/migrations.ts";
 import type { Sql } from "../store/types.ts";
 import {
@@ -150,20 +150,18 @@ async function open(
   const url = config.database.url;
   let sql: Sql | null = null;
   if (url) {
-    const pool = postgres(url, {
-      max: 4,
-      onnotice: () => {},
-      connect_timeout: 10,
-      connection: { application_name: "rootstream-cli-backup" },
-    }) as Sql;
     try {
-      await pool`SELECT 1`;
-      // Pending migrations, as the runtime applies them at start-up: the history table
-      // then exists even before the first runtime start.
-      await migrate(pool, { log: options.log });
+      const pool = await openServerPool(url, { max: 4, applicationName: "rootstream-cli-backup" });
+      try {
+        // Pending migrations, as the runtime applies them at start-up: the history table
+        // then exists even before the first runtime start.
+        await migrate(pool, { log: options.log });
+      } catch (err) {
+        await pool.end({ timeout: 1 });
+        throw err;
+      }
       sql = pool;
     } catch (err) {
-      await pool.end({ timeout: 1 });
       if (options.needDatabase) {
         throw new RuntimeError(
           "DATABASE_CONNECT_FAILED",

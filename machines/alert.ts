@@ -2,22 +2,25 @@
  * The statechart of one alert rule: it evaluates the rule on a schedule and tracks
  * whether the condition holds.
  *
- * Two regions run side by side. `evaluation` waits `everyMs`, runs the `evaluate` effect
- * (a query through the metrics reader) and turns its answer into a `SAMPLE` (or, when the
- * query failed, an `EVALUATION_FAILED`, which changes nothing: a storage outage neither
- * fires nor resolves an alert). `status` follows the samples:
+ * Two regions run side by side. `evaluation` waits `everyMs` and runs the `evaluate` effect
+ * (a query through the metrics reader). Its answer takes one path: `recordSample` keeps the
+ * value, then `judgeSample` raises the verdict — `CONDITION.HOLDS` or `CONDITION.CLEAR`, or
+ * nothing when the rule's `noData` policy is `keep` and there was no data. A failed query
+ * is counted (`recordFailure`) and changes nothing else: a storage outage neither fires
+ * nor resolves an alert. `status` follows the verdicts only:
  *
- * inactive → pending (condition true) → firing (still true after `forMs`) → resolved
- * (condition false again) → pending … A sample with no data counts as the rule's `noData`
- * policy says: `ok` (condition false), `alerting` (condition true) or `keep` (ignored).
+ * inactive → pending (condition holds) → firing (still holding after `forMs`) → resolved
+ * (condition clear again) → pending … A sample with no data counts as the rule's `noData`
+ * policy says: `ok` (clear), `alerting` (holds) or `keep` (no verdict).
  *
- * Every timestamp comes from the effects (`at`, from the injected clock); every wait is an
- * XState delay, so the chart runs on a SimulatedClock in tests. `notify` (firing and
- * resolved) and `track` (every status change and evaluation) are placeholders; actors/metrics/alerts.ts
- * provides the log, webhook and cluster-event notifications.
+ * The context is data only. Every timestamp comes from the effects (`at`, from the injected
+ * clock); every wait is an XState delay, so the chart runs on a SimulatedClock in tests.
+ * `notify` (firing and resolved) and `track` (every status change and evaluation) are
+ * placeholders; actors/metrics/alerts.ts provides the log, webhook and cluster-event
+ * notifications.
  * @module
  */
-import { assign, fromPromise, raise, setup } from "xstate";
+import { assign, enqueueActions, fromPromise, setup } from "xstate";
 
 /** Comparison of an alert rule. */
 export type AlertOperator = ">" | ">=" | "<" | "<=" | "==" | "!=";
@@ -100,11 +103,11 @@ export interface AlertContext {
   reason: string;
 }
 
-/** Events of an alert. */
+/** Events of an alert (`CONDITION.*` are raised by the chart itself from each sample). */
 export type AlertEvent =
-  | { type: "SAMPLE"; value: number | null; at: number; tags?: Record<string, string> }
-  | { type: "EVALUATION_FAILED"; error: string }
-  | { type: "EVALUATE_NOW" };
+  | { type: "EVALUATE_NOW" }
+  | { type: "CONDITION.HOLDS" }
+  | { type: "CONDITION.CLEAR" };
 
 /** True when `value` meets the rule's condition. */
 export function conditionHolds(rule: AlertRule, value: number): boolean {
@@ -124,15 +127,12 @@ export function conditionHolds(rule: AlertRule, value: number): boolean {
   }
 }
 
-type Sample = Extract<AlertEvent, { type: "SAMPLE" }>;
-
-function breaching(rule: AlertRule, event: Sample): boolean {
-  if (event.value === null) return rule.noData === "alerting";
-  return conditionHolds(rule, event.value);
-}
-
-function ignored(rule: AlertRule, event: Sample): boolean {
-  return event.value === null && rule.noData === "keep";
+/** What a sample says about the rule: the condition holds, is clear, or (no data, `keep`) nothing. */
+export function verdict(rule: AlertRule, value: number | null): "holds" | "clear" | null {
+  if (value === null) {
+    return rule.noData === "keep" ? null : rule.noData === "alerting" ? "holds" : "clear";
+  }
+  return conditionHolds(rule, value) ? "holds" : "clear";
 }
 
 function show(value: number | null): string {
@@ -147,13 +147,7 @@ function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-function sampleUpdate(event: AlertEvent): Partial<AlertContext> {
-  const e = event as Sample;
-  return { value: e.value, tags: e.tags ?? {}, evaluatedAt: e.at, failures: 0, lastError: null };
-}
-
-/** The alert statechart (one actor per rule). */
-export const alertMachine = setup({
+const alertSetup = setup({
   types: {
     context: {} as AlertContext,
     events: {} as AlertEvent,
@@ -170,18 +164,173 @@ export const alertMachine = setup({
     notify: (_, _params: AlertNotification) => {},
     /** Told about every status change and evaluation (for /alerts and /metrics). */
     track: (_, _params: { status: AlertStatus; context: AlertContext }) => {},
+    /** Keeps an evaluation's answer; a sample without a verdict keeps the last value. */
+    recordSample: assign(({ context }, sample: AlertSample) => {
+      const counted = {
+        evaluatedAt: sample.at,
+        evaluations: context.evaluations + 1,
+        failures: 0,
+        lastError: null,
+      };
+      if (verdict(context.rule, sample.value) === null) return counted;
+      return { ...counted, value: sample.value, tags: sample.tags ?? {} };
+    }),
+    /** Raises the verdict of the sample just recorded, if it has one. */
+    judgeSample: enqueueActions(({ context, enqueue }, sample: { value: number | null }) => {
+      const found = verdict(context.rule, sample.value);
+      if (found === "holds") enqueue.raise({ type: "CONDITION.HOLDS" });
+      if (found === "clear") enqueue.raise({ type: "CONDITION.CLEAR" });
+    }),
+    /** A failed evaluation: counted, the state kept. */
+    recordFailure: assign(({ context }, params: { error: string }) => ({
+      evaluations: context.evaluations + 1,
+      failures: context.failures + 1,
+      lastError: params.error,
+      reason: `evaluation failed (${context.failures + 1} in a row), state kept: ${params.error}`,
+    })),
+    /** Mirrors the status region in the context (for `track` and summaries). */
+    enterStatus: assign((_, params: { status: AlertStatus }) => ({ status: params.status })),
+    /** The condition does not hold while inactive. */
+    noteClear: assign(({ context }) => ({
+      reason: `condition does not hold (${describeCondition(context.rule, context.value)} is ` +
+        "false)",
+    })),
+    /** A breach begins at the last evaluation. */
+    startBreach: assign(({ context }, params: { again: boolean }) => ({
+      since: context.evaluatedAt,
+      reason: `condition holds${params.again ? " again" : ""} (${
+        describeCondition(context.rule, context.value)
+      }); firing after ${context.rule.forMs} ms`,
+    })),
+    /** The breach ended before `forMs`. */
+    endBreach: assign(({ context }) => ({
+      since: null,
+      reason: `condition stopped holding before ${context.rule.forMs} ms (${show(context.value)})`,
+    })),
+    /** The breach lasted `forMs`. */
+    noteFired: assign(({ context }) => ({
+      reason: `fired: ${
+        describeCondition(context.rule, context.value)
+      } held for ${context.rule.forMs} ms`,
+      // The delay ran on the actor's clock: the alert fired `forMs` after the breach began.
+      firedAt: context.since !== null
+        ? context.since + context.rule.forMs
+        : (context.evaluatedAt ?? 0),
+    })),
+    /** The condition cleared while firing. */
+    noteResolved: assign(({ context }) => ({
+      reason: `resolved: ${describeCondition(context.rule, context.value)} no longer holds`,
+      resolvedAt: context.evaluatedAt,
+    })),
+    /** The resolved breach is over. */
+    clearSince: assign({ since: null }),
   },
   delays: {
     every: ({ context }) => context.rule.everyMs,
     forDuration: ({ context }) => context.rule.forMs,
   },
-  guards: {
-    breaching: ({ context, event }) =>
-      event.type === "SAMPLE" && !ignored(context.rule, event) && breaching(context.rule, event),
-    clearing: ({ context, event }) =>
-      event.type === "SAMPLE" && !ignored(context.rule, event) && !breaching(context.rule, event),
+});
+
+/** The notification of a status change: firing at `firedAt`, resolved at the evaluation. */
+function notification(
+  context: AlertContext,
+  status: "firing" | "resolved",
+): AlertNotification {
+  return {
+    rule: context.rule,
+    status,
+    value: context.value,
+    tags: context.tags,
+    since: context.since,
+    at: (status === "firing" ? context.firedAt : context.evaluatedAt) ?? 0,
+    reason: context.reason,
+  };
+}
+
+/** Tracks the context as it is now (every status change and evaluation). */
+const TRACK = {
+  type: "track",
+  params: ({ context }: { context: AlertContext }) => ({ status: context.status, context }),
+} as const;
+
+/** The `evaluation` region: wait, evaluate, record the sample and raise its verdict. */
+const evaluationRegion = alertSetup.createStateConfig({
+  initial: "waiting",
+  states: {
+    waiting: {
+      after: { every: "evaluating" },
+      on: { EVALUATE_NOW: "evaluating" },
+    },
+    evaluating: {
+      invoke: {
+        src: "evaluate",
+        input: ({ context }) => ({ rule: context.rule }),
+        onDone: {
+          target: "waiting",
+          actions: [
+            { type: "recordSample", params: ({ event }) => event.output },
+            { type: "judgeSample", params: ({ event }) => ({ value: event.output.value }) },
+            TRACK,
+          ],
+        },
+        onError: {
+          target: "waiting",
+          actions: [
+            { type: "recordFailure", params: ({ event }) => ({ error: message(event.error) }) },
+            TRACK,
+          ],
+        },
+      },
+    },
   },
-}).createMachine({
+});
+
+/** The `status` region: follows the verdicts, fires after `forMs`, notifies. */
+const statusRegion = alertSetup.createStateConfig({
+  initial: "inactive",
+  states: {
+    inactive: {
+      entry: [{ type: "enterStatus", params: { status: "inactive" } }, TRACK],
+      on: {
+        "CONDITION.HOLDS": {
+          target: "pending",
+          actions: { type: "startBreach", params: { again: false } },
+        },
+        "CONDITION.CLEAR": { actions: ["noteClear", TRACK] },
+      },
+    },
+    pending: {
+      entry: [{ type: "enterStatus", params: { status: "pending" } }, TRACK],
+      after: { forDuration: { target: "firing", actions: "noteFired" } },
+      on: { "CONDITION.CLEAR": { target: "inactive", actions: "endBreach" } },
+    },
+    firing: {
+      entry: [
+        { type: "enterStatus", params: { status: "firing" } },
+        { type: "notify", params: ({ context }) => notification(context, "firing") },
+        TRACK,
+      ],
+      on: { "CONDITION.CLEAR": { target: "resolved", actions: "noteResolved" } },
+    },
+    resolved: {
+      entry: [
+        { type: "enterStatus", params: { status: "resolved" } },
+        { type: "notify", params: ({ context }) => notification(context, "resolved") },
+        "clearSince",
+        TRACK,
+      ],
+      on: {
+        "CONDITION.HOLDS": {
+          target: "pending",
+          actions: { type: "startBreach", params: { again: true } },
+        },
+      },
+    },
+  },
+});
+
+/** The alert statechart (one actor per rule). */
+export const alertMachine = alertSetup.createMachine({
   id: "alert",
   type: "parallel",
   context: ({ input }) => ({
@@ -199,231 +348,7 @@ export const alertMachine = setup({
     reason: "not evaluated yet",
   }),
   states: {
-    evaluation: {
-      initial: "waiting",
-      states: {
-        waiting: {
-          after: { every: "evaluating" },
-          on: { EVALUATE_NOW: "evaluating" },
-        },
-        evaluating: {
-          invoke: {
-            src: "evaluate",
-            input: ({ context }) => ({ rule: context.rule }),
-            onDone: {
-              target: "waiting",
-              actions: [
-                assign({ evaluations: ({ context }) => context.evaluations + 1 }),
-                raise(({ event }) => ({
-                  type: "SAMPLE" as const,
-                  value: event.output.value,
-                  at: event.output.at,
-                  tags: event.output.tags,
-                })),
-              ],
-            },
-            onError: {
-              target: "waiting",
-              actions: [
-                assign({ evaluations: ({ context }) => context.evaluations + 1 }),
-                raise(({ event }) => ({
-                  type: "EVALUATION_FAILED" as const,
-                  error: message(event.error),
-                })),
-              ],
-            },
-          },
-        },
-      },
-    },
-    status: {
-      initial: "inactive",
-      on: {
-        EVALUATION_FAILED: {
-          actions: [
-            assign({
-              failures: ({ context }) => context.failures + 1,
-              lastError: ({ event }) => event.error,
-              reason: ({ context, event }) =>
-                `evaluation failed (${context.failures + 1} in a row), state kept: ${event.error}`,
-            }),
-            { type: "track", params: ({ context }) => ({ status: context.status, context }) },
-          ],
-        },
-      },
-      states: {
-        inactive: {
-          entry: [assign({ status: "inactive" as const }), {
-            type: "track",
-            params: ({ context }) => ({ status: context.status, context }),
-          }],
-          on: {
-            SAMPLE: [
-              {
-                guard: "breaching",
-                target: "pending",
-                actions: [
-                  assign(({ event }) => sampleUpdate(event)),
-                  assign({
-                    since: ({ event }) => (event as Sample).at,
-                    reason: ({ context, event }) =>
-                      `condition holds (${
-                        describeCondition(context.rule, (event as Sample).value)
-                      }); firing after ${context.rule.forMs} ms`,
-                  }),
-                ],
-              },
-              {
-                actions: [
-                  assign(({ event }) => sampleUpdate(event)),
-                  assign({
-                    reason: ({ context, event }) =>
-                      `condition does not hold (${
-                        describeCondition(context.rule, (event as Sample).value)
-                      } is false)`,
-                  }),
-                  { type: "track", params: ({ context }) => ({ status: context.status, context }) },
-                ],
-              },
-            ],
-          },
-        },
-        pending: {
-          entry: [assign({ status: "pending" as const }), {
-            type: "track",
-            params: ({ context }) => ({ status: context.status, context }),
-          }],
-          after: {
-            forDuration: {
-              target: "firing",
-              actions: assign({
-                reason: ({ context }) =>
-                  `fired: ${
-                    describeCondition(context.rule, context.value)
-                  } held for ${context.rule.forMs} ms`,
-              }),
-            },
-          },
-          on: {
-            SAMPLE: [
-              {
-                guard: "breaching",
-                actions: [assign(({ event }) => sampleUpdate(event)), {
-                  type: "track",
-                  params: ({ context }) => ({ status: context.status, context }),
-                }],
-              },
-              {
-                guard: "clearing",
-                target: "inactive",
-                actions: [
-                  assign(({ event }) => sampleUpdate(event)),
-                  assign({
-                    since: null,
-                    reason: ({ context, event }) =>
-                      `condition stopped holding before ${context.rule.forMs} ms (${
-                        show((event as Sample).value)
-                      })`,
-                  }),
-                ],
-              },
-            ],
-          },
-        },
-        firing: {
-          entry: [
-            assign({ status: "firing" as const }),
-            assign({
-              // The delay ran on the actor's clock: the alert fired `forMs` after the breach began.
-              firedAt: ({ context }) =>
-                context.since !== null
-                  ? context.since + context.rule.forMs
-                  : (context.evaluatedAt ?? 0),
-            }),
-            {
-              type: "notify",
-              params: ({ context }) => ({
-                rule: context.rule,
-                status: "firing" as const,
-                value: context.value,
-                tags: context.tags,
-                since: context.since,
-                at: context.firedAt ?? 0,
-                reason: context.reason,
-              }),
-            },
-            { type: "track", params: ({ context }) => ({ status: context.status, context }) },
-          ],
-          on: {
-            SAMPLE: [
-              {
-                guard: "breaching",
-                actions: [assign(({ event }) => sampleUpdate(event)), {
-                  type: "track",
-                  params: ({ context }) => ({ status: context.status, context }),
-                }],
-              },
-              {
-                guard: "clearing",
-                target: "resolved",
-                actions: [
-                  assign(({ event }) => sampleUpdate(event)),
-                  assign({
-                    reason: ({ context, event }) =>
-                      `resolved: ${
-                        describeCondition(context.rule, (event as Sample).value)
-                      } no longer holds`,
-                  }),
-                ],
-              },
-            ],
-          },
-        },
-        resolved: {
-          entry: [
-            assign({ status: "resolved" as const }),
-            assign({ resolvedAt: ({ context }) => context.evaluatedAt }),
-            {
-              type: "notify",
-              params: ({ context }) => ({
-                rule: context.rule,
-                status: "resolved" as const,
-                value: context.value,
-                tags: context.tags,
-                since: context.since,
-                at: context.evaluatedAt ?? 0,
-                reason: context.reason,
-              }),
-            },
-            assign({ since: null }),
-            { type: "track", params: ({ context }) => ({ status: context.status, context }) },
-          ],
-          on: {
-            SAMPLE: [
-              {
-                guard: "breaching",
-                target: "pending",
-                actions: [
-                  assign(({ event }) => sampleUpdate(event)),
-                  assign({
-                    since: ({ event }) => (event as Sample).at,
-                    reason: ({ context, event }) =>
-                      `condition holds again (${
-                        describeCondition(context.rule, (event as Sample).value)
-                      }); firing after ${context.rule.forMs} ms`,
-                  }),
-                ],
-              },
-              {
-                actions: [assign(({ event }) => sampleUpdate(event)), {
-                  type: "track",
-                  params: ({ context }) => ({ status: context.status, context }),
-                }],
-              },
-            ],
-          },
-        },
-      },
-    },
+    evaluation: evaluationRegion,
+    status: statusRegion,
   },
 });

@@ -10,6 +10,10 @@
  * cycles in a row the collector is `degraded` (it keeps trying on the same schedule) and
  * the next good cycle brings it back. A failing source alone only shows in `sourceErrors`.
  *
+ * Which sources are failing is the chart's too (`sourceErrors`): when a source starts or
+ * stops failing, `reportSources` is told once, so the log says so once, not every cycle.
+ * The context is data only.
+ *
  * The collector is also the concern's mailbox for alert notices other instances broadcast
  * (`metrics.alert`); it keeps the most recent ones.
  * @module
@@ -112,12 +116,31 @@ export type CollectorEvent =
   | { type: "STOP" }
   | ({ type: "metrics.alert"; origin?: unknown } & AlertNotice);
 
+/** Parameters of the `reportSources` action: sources that started or stopped failing. */
+export interface SourceChanges {
+  /** Sources failing now that did not fail in the previous recorded cycle, with the reason. */
+  failed: Record<string, string>;
+  /** Sources that failed in the previous recorded cycle and answered now. */
+  recovered: string[];
+}
+
 function errorsOf(output: CollectOutput): Record<string, string> {
   const errors: Record<string, string> = {};
   for (const [name, report] of Object.entries(output.sources)) {
     if (report.error) errors[name] = report.error;
   }
   return errors;
+}
+
+/** Which sources started or stopped failing between two cycles' `sourceErrors`. */
+export function sourceChanges(
+  before: Record<string, string>,
+  now: Record<string, string>,
+): SourceChanges {
+  return {
+    failed: Object.fromEntries(Object.entries(now).filter(([name]) => !(name in before))),
+    recovered: Object.keys(before).filter((name) => !(name in now)),
+  };
 }
 
 /** True when a cycle produced nothing because every source that ran failed. */
@@ -138,8 +161,7 @@ function describeCycle(output: CollectOutput): string {
   return errors.length ? `${base}; failed: ${errors.sort().join(", ")}` : base;
 }
 
-/** The metrics collector statechart. */
-export const metricsCollectorMachine = setup({
+const collectorSetup = setup({
   types: {
     context: {} as CollectorContext,
     events: {} as CollectorEvent,
@@ -154,18 +176,140 @@ export const metricsCollectorMachine = setup({
   actions: {
     /** Queues the points for the writer and keeps them for /metrics (must not block). */
     record: (_, _params: CollectOutput) => {},
+    /** Told when sources start or stop failing (logged once each way, not every cycle). */
+    reportSources: (_, _params: SourceChanges) => {},
+    /** Keeps a notice another instance broadcast (the most recent `keepNotices`). */
+    keepNotice: assign(({ context, event }) => {
+      if (event.type !== "metrics.alert") return {};
+      return {
+        notices: [...context.notices, {
+          rule: event.rule,
+          status: event.status,
+          value: event.value,
+          instance: event.instance,
+          at: event.at,
+        }].slice(-context.keepNotices),
+      };
+    }),
+    /** Every source that ran failed: the cycle counts as failed. */
+    noteEmptyCycle: assign((_, output: CollectOutput) => ({
+      lastDurationMs: output.durationMs,
+      sourceErrors: errorsOf(output),
+      lastError: `every source failed: ${
+        Object.entries(errorsOf(output)).map(([k, v]) => `${k}: ${v}`).join("; ")
+      }`,
+    })),
+    /** A good cycle. */
+    noteCycle: assign(({ context }, output: CollectOutput) => ({
+      cycles: context.cycles + 1,
+      totalPoints: context.totalPoints + output.points.length,
+      lastPoints: output.points.length,
+      lastCollectedAt: output.at,
+      lastDurationMs: output.durationMs,
+      failures: 0,
+      lastError: null,
+      sourceErrors: errorsOf(output),
+      reason: describeCycle(output),
+    })),
+    /** The collect effect itself failed. */
+    noteCollectError: assign((_, params: { error: string }) => ({
+      lastError: `collection failed: ${params.error}`,
+    })),
+    /** Counts a failed cycle; says so. */
+    countFailure: assign(({ context }, params: { degraded: boolean }) => ({
+      cycles: context.cycles + 1,
+      failures: context.failures + 1,
+      reason: params.degraded
+        ? `degraded because ${
+          context.failures + 1
+        } collections in a row failed; last: ${context.lastError}`
+        : context.lastError ?? "collection failed",
+    })),
   },
   delays: {
     interval: ({ context }) => context.intervalMs,
     firstDelay: ({ context }) => context.firstDelayMs,
   },
   guards: {
-    failed: ({ event }) =>
-      "output" in event && cycleFailed((event as unknown as { output: CollectOutput }).output),
+    /** Every source that ran failed. */
+    emptyCycle: (_, output: CollectOutput) => cycleFailed(output),
+    /** This failure makes `failAfter` in a row. */
     degrading: ({ context }) => context.failures + 1 >= context.failAfter,
+    /** No wait before the first collection. */
     noFirstDelay: ({ context }) => context.firstDelayMs <= 0,
   },
-}).createMachine({
+});
+
+/** Actions of every answered collection: report changed sources, then record the points. */
+const RECORD = [
+  {
+    type: "reportSources",
+    params: ({ context, event }: { context: CollectorContext; event: { output: CollectOutput } }) =>
+      sourceChanges(context.sourceErrors, errorsOf(event.output)),
+  },
+  {
+    type: "record",
+    params: ({ event }: { event: { output: CollectOutput } }) => event.output,
+  },
+] as const;
+
+/** The `running` state: collect on a schedule, count failures, degrade and recover. */
+const runningState = collectorSetup.createStateConfig({
+  initial: "starting",
+  on: { STOP: "stopped" },
+  states: {
+    starting: {
+      always: { guard: "noFirstDelay", target: "collecting" },
+      after: { firstDelay: "collecting" },
+      on: { COLLECT_NOW: "collecting" },
+    },
+    collecting: {
+      invoke: {
+        src: "collect",
+        input: ({ context }) => ({ cycle: context.cycles + 1 }),
+        onDone: [
+          {
+            guard: { type: "emptyCycle", params: ({ event }) => event.output },
+            target: "#metrics_collector.running.failedCycle",
+            actions: [...RECORD, { type: "noteEmptyCycle", params: ({ event }) => event.output }],
+          },
+          {
+            target: "waiting",
+            actions: [...RECORD, { type: "noteCycle", params: ({ event }) => event.output }],
+          },
+        ],
+        onError: {
+          target: "failedCycle",
+          actions: {
+            type: "noteCollectError",
+            params: ({ event }) => ({ error: message(event.error) }),
+          },
+        },
+      },
+    },
+    failedCycle: {
+      always: [
+        {
+          guard: "degrading",
+          target: "degraded",
+          actions: { type: "countFailure", params: { degraded: true } },
+        },
+        { target: "waiting", actions: { type: "countFailure", params: { degraded: false } } },
+      ],
+    },
+    waiting: {
+      after: { interval: "collecting" },
+      on: { COLLECT_NOW: "collecting" },
+    },
+    degraded: {
+      after: { interval: "collecting" },
+      on: { COLLECT_NOW: "collecting" },
+    },
+  },
+});
+
+/** The metrics collector statechart. */
+export const metricsCollectorMachine = collectorSetup.createMachine({
   id: "metrics_collector",
   context: ({ input }) => ({
     intervalMs: input?.intervalMs ?? 10_000,
@@ -184,112 +328,9 @@ export const metricsCollectorMachine = setup({
     reason: "starting the first collection",
   }),
   initial: "running",
-  on: {
-    "metrics.alert": {
-      actions: assign({
-        notices: ({ context, event }) =>
-          [...context.notices, {
-            rule: event.rule,
-            status: event.status,
-            value: event.value,
-            instance: event.instance,
-            at: event.at,
-          }].slice(-context.keepNotices),
-      }),
-    },
-  },
+  on: { "metrics.alert": { actions: "keepNotice" } },
   states: {
-    running: {
-      initial: "starting",
-      on: { STOP: "stopped" },
-      states: {
-        starting: {
-          always: { guard: "noFirstDelay", target: "collecting" },
-          after: { firstDelay: "collecting" },
-          on: { COLLECT_NOW: "collecting" },
-        },
-        collecting: {
-          invoke: {
-            src: "collect",
-            input: ({ context }) => ({ cycle: context.cycles + 1 }),
-            onDone: [
-              {
-                guard: { type: "failed" },
-                target: "#metrics_collector.running.failedCycle",
-                actions: [
-                  { type: "record", params: ({ event }) => event.output },
-                  assign({
-                    lastDurationMs: ({ event }) => event.output.durationMs,
-                    sourceErrors: ({ event }) => errorsOf(event.output),
-                    lastError: ({ event }) =>
-                      `every source failed: ${
-                        Object.entries(errorsOf(event.output)).map(([k, v]) => `${k}: ${v}`)
-                          .join("; ")
-                      }`,
-                  }),
-                ],
-              },
-              {
-                target: "waiting",
-                actions: [
-                  { type: "record", params: ({ event }) => event.output },
-                  assign({
-                    cycles: ({ context }) => context.cycles + 1,
-                    totalPoints: ({ context, event }) =>
-                      context.totalPoints + event.output.points.length,
-                    lastPoints: ({ event }) => event.output.points.length,
-                    lastCollectedAt: ({ event }) => event.output.at,
-                    lastDurationMs: ({ event }) => event.output.durationMs,
-                    failures: 0,
-                    lastError: null,
-                    sourceErrors: ({ event }) => errorsOf(event.output),
-                    reason: ({ event }) => describeCycle(event.output),
-                  }),
-                ],
-              },
-            ],
-            onError: {
-              target: "failedCycle",
-              actions: assign({
-                lastError: ({ event }) => `collection failed: ${message(event.error)}`,
-              }),
-            },
-          },
-        },
-        failedCycle: {
-          always: [
-            {
-              guard: "degrading",
-              target: "degraded",
-              actions: assign({
-                cycles: ({ context }) => context.cycles + 1,
-                failures: ({ context }) => context.failures + 1,
-                reason: ({ context }) =>
-                  `degraded because ${
-                    context.failures + 1
-                  } collections in a row failed; last: ${context.lastError}`,
-              }),
-            },
-            {
-              target: "waiting",
-              actions: assign({
-                cycles: ({ context }) => context.cycles + 1,
-                failures: ({ context }) => context.failures + 1,
-                reason: ({ context }) => context.lastError ?? "collection failed",
-              }),
-            },
-          ],
-        },
-        waiting: {
-          after: { interval: "collecting" },
-          on: { COLLECT_NOW: "collecting" },
-        },
-        degraded: {
-          after: { interval: "collecting" },
-          on: { COLLECT_NOW: "collecting" },
-        },
-      },
-    },
+    running: runningState,
     stopped: { type: "final" },
   },
 });

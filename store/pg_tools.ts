@@ -215,15 +215,6 @@ export interface PgTools {
   startServer(dataDir: string, options?: StartServerOptions): Promise<PgServerProcess>;
   /** pg_controldata as a key → value record (e.g. `Database cluster state`). */
   controlData(dataDir: string): Promise<Record<string, string>>;
-  /**
-   * Runs SQL with psql (ON_ERROR_STOP) and returns the rows of the last statement as
-   * arrays of text fields (NULL as null); PG_TOOL_FAILED quoting stderr on error.
-   */
-  psql(
-    connection: PgConnection,
-    sql: string,
-    options?: { vars?: Record<string, string>; signal?: AbortSignal },
-  ): Promise<(string | null)[][]>;
 }
 
 /** Options of {@linkcode createPgTools}. */
@@ -629,33 +620,6 @@ export function createPgTools(options: PgToolsOptions = {}): PgTools {
     },
     startServer(dataDir, opts = {}) {
       return startServer(tools, dataDir, opts);
-    },
-    async psql(connection, text, opts = {}) {
-      const result = await tools.run("psql", [
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-F",
-        "\x1f",
-        "-P",
-        "null=\x1e",
-        "-v",
-        "ON_ERROR_STOP=1",
-        // psql quotes these safely where the SQL says :'name' (literal) or :"name" (identifier).
-        ...Object.entries(opts.vars ?? {}).flatMap(([k, v]) => {
-          if (!/^[a-z_][a-z0-9_]*$/.test(k)) {
-            throw new RuntimeError("VALIDATION_FAILED", `Invalid psql variable name: ${k}`);
-          }
-          return ["-v", `${k}=${v}`];
-        }),
-        "-f",
-        "-",
-      ], { connection, stdinText: text, signal: opts.signal });
-      assertSuccess(result, "psql");
-      return result.stdout.split("\n").filter((line) => line !== "").map((line) =>
-        line.split("\x1f").map((f) => f === "\x1e" ? null : f)
-      );
     },
     async controlData(dataDir) {
       const result = await tools.runOk("pg_controldata", ["-D", dataDir], {

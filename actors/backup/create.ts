@@ -22,7 +22,11 @@ import {
   walFileName,
   walSegmentNumber,
 } from "../../store/pg_tools.ts";
-import type { Sql } from "../../store/types.ts";
+import {
+  connectableDatabases,
+  serverFacts,
+  withExportedSnapshot,
+} from "../../store/backup_server.ts";
 import { type BackupContext, databaseOf, requireServer } from "./context.ts";
 import {
   type CatalogEntry,
@@ -44,14 +48,6 @@ export interface CreateOptions {
   startedAt: number;
   /** Aborting kills the tools and fails the run. */
   signal?: AbortSignal;
-}
-
-/** Facts about the server recorded in every manifest. */
-async function serverFacts(sql: Sql): Promise<Manifest["server"]> {
-  const [row] = await sql<{ version: string; sysid: string | null }[]>`
-    SELECT current_setting('server_version') AS version,
-           (SELECT system_identifier::text FROM pg_control_system()) AS sysid`;
-  return { version: row.version, systemIdentifier: row.sysid };
 }
 
 /** File extension of the configured compression. */
@@ -128,19 +124,14 @@ export async function createFullBackup(
   const server = await serverFacts(sql);
   // One exported snapshot for pg_dump and the row counts: the test-restore can then demand
   // exactly these counts.
-  const conn = await sql.reserve();
-  try {
-    await conn`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`;
-    await conn`SET LOCAL statement_timeout = 0`;
-    const [{ snapshot }] = await conn<{ snapshot: string }[]>`
-      SELECT pg_export_snapshot() AS snapshot`;
+  return await withExportedSnapshot(sql, async (snapshot) => {
     const dump = ctx.tools.spawn("pg_dump", [
       "--format=custom",
       "--compress=0",
-      `--snapshot=${snapshot}`,
+      `--snapshot=${snapshot.id}`,
       "--no-password",
     ], { connection: { url }, signal: options.signal });
-    const counting = ctx.settings.rowCounts ? countRows(conn) : Promise.resolve(null);
+    const counting = ctx.settings.rowCounts ? snapshot.countRows() : Promise.resolve(null);
     counting.catch(() => {});
     const { file } = await storeEncrypted(ctx, {
       name: options.name,
@@ -151,7 +142,6 @@ export async function createFullBackup(
       signal: options.signal,
     });
     const tables = await counting;
-    await conn`COMMIT`;
     return {
       format: MANIFEST_FORMAT,
       name: options.name,
@@ -167,32 +157,7 @@ export async function createFullBackup(
       logical: { database, tables },
       physical: null,
     };
-  } catch (err) {
-    await conn`ROLLBACK`.catch(() => {});
-    throw err;
-  } finally {
-    conn.release();
-  }
-}
-
-/** Row counts of every user table, in the current transaction's snapshot. */
-async function countRows(
-  conn: Sql,
-): Promise<{ schema: string; table: string; rows: number }[]> {
-  const tables = await conn<{ schema: string; table: string }[]>`
-    SELECT n.nspname AS schema, c.relname AS table
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p')
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-    ORDER BY 1, 2`;
-  const counted: { schema: string; table: string; rows: number }[] = [];
-  for (const t of tables) {
-    const [row] = await conn<{ n: string }[]>`
-      SELECT count(*)::text AS n FROM ${conn(t.schema)}.${conn(t.table)}`;
-    counted.push({ schema: t.schema, table: t.table, rows: Number(row.n) });
-  }
-  return counted;
+  });
 }
 
 /** A physical base backup of the whole cluster (pg_basebackup, WAL fetched into the tar). */
@@ -202,8 +167,7 @@ export async function createBaseBackup(
 ): Promise<Manifest> {
   const { url, sql } = requireServer(ctx, "a base (physical) backup");
   const server = await serverFacts(sql);
-  const databases = (await sql<{ datname: string }[]>`
-    SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname`).map((r) => r.datname);
+  const databases = await connectableDatabases(sql);
   const bytes = await segmentSize(sql);
   const backup = ctx.tools.spawn("pg_basebackup", [
     "--pgdata=-",
@@ -318,6 +282,7 @@ export async function planWalBackup(
   const switched = await switchAndAwaitArchive(sql, {
     dir,
     timeoutMs: ctx.settings.walTimeoutMs,
+    now: ctx.now,
     signal: options.signal,
     explain: async (command) => {
       const account = await lookupAccount(ctx.tools.serverUser);

@@ -15,10 +15,22 @@
  * @module
  */
 import { checkEncryptedFile, createDecryptStream } from "../../lib/backup_crypto.ts";
-import { RuntimeError } from "../../lib/errors.ts";
+import { redactUrl } from "../../lib/config.ts";
+import { describeError, RuntimeError } from "../../lib/errors.ts";
+import {
+  catalogEntries,
+  connectServer,
+  countRows,
+  createDatabase,
+  databaseExists,
+  dropDatabase,
+  recoveryState,
+  renameDatabase,
+  withServer,
+} from "../../store/backup_server.ts";
 import {
   assertSuccess,
-  type PgConnection,
+  parseLsn,
   type PgServerProcess,
   type ToolProcess,
   walSegmentNumber,
@@ -252,116 +264,111 @@ export async function restoreLogical(
     );
   }
   if (options.precheck) assertFilesOk(manifest.name, await checkFiles(ctx, manifest));
-  const admin: PgConnection = { url };
-  const exists = await ctx.tools.psql(
-    admin,
-    "SELECT count(*) FROM pg_database WHERE datname = :'db'",
-    { vars: { db: options.database } },
-  );
-  if (exists[0]?.[0] !== "0") {
-    throw new RuntimeError(
-      "RESTORE_TARGET_EXISTS",
-      `Cannot restore into database ${options.database}: it already exists; choose a new ` +
-        "name (a restore never overwrites a database)",
-    );
-  }
-  const staging = `rs_restore_${crypto.randomUUID().replace(/-/g, "").slice(0, 16)}`;
-  await ctx.tools.psql(admin, 'CREATE DATABASE :"db"', { vars: { db: staging } });
-  const scratch = await scratchDir(ctx, "restore");
-  let restore: ToolProcess | null = null;
+  const admin = connectServer(url);
   try {
-    // The decompressed dump goes from zstd to pg_restore through a FIFO, not through this
-    // process: only the (smaller) encrypted stream passes here, where its HMAC is checked.
-    const fifo = `${scratch}/dump.fifo`;
-    assertSuccess(await ctx.tools.runTool("mkfifo", ["-m", "600", fifo]), "mkfifo");
-    restore = ctx.tools.spawn("pg_restore", [
-      // An explicit format: format discovery would open the FIFO twice and lose its head.
-      "--format=custom",
-      "--exit-on-error",
-      "--single-transaction",
-      "--no-password",
-      `--dbname=${staging}`,
-      ...(options.noOwner ? ["--no-owner", "--no-privileges"] : []),
-      fifo,
-    ], {
-      connection: { url, database: staging },
-      stdout: "null",
-      signal: options.signal,
-    });
-    const file = manifest.files[0];
-    await streamStoredFileToPath(ctx, manifest, file, {
-      path: fifo,
-      consumer: restore,
-      signal: options.signal,
-    });
-    const probe = await compareRowCounts(ctx, { url, database: staging }, manifest);
-    await ctx.tools.psql(admin, 'ALTER DATABASE :"from" RENAME TO :"to"', {
-      vars: { from: staging, to: options.database },
-    });
-    return {
-      backup: manifest.name,
-      database: options.database,
-      tablesChecked: probe.tables,
-      rows: probe.rows,
-      bytes: file.plainSize,
-      durationMs: Math.round(performance.now() - started),
-    };
-  } catch (err) {
-    // A failure before the stream reached it (the stored file unreadable) leaves pg_restore
-    // blocked opening the FIFO for good: stop it.
-    restore?.kill("SIGKILL");
-    await restore?.finished;
-    await ctx.tools.psql(admin, 'DROP DATABASE IF EXISTS :"db" WITH (FORCE)', {
-      vars: { db: staging },
-    }).catch((dropErr) =>
-      ctx.log.error("could not drop the staging database of a failed restore", {
-        database: staging,
-        error: dropErr instanceof Error ? dropErr.message : String(dropErr),
-      })
-    );
-    if (err instanceof RuntimeError && err.code === "BACKUP_CORRUPT") {
+    const exists = await databaseExists(admin, options.database).catch((err) => {
       throw new RuntimeError(
-        "BACKUP_CORRUPT",
-        `${err.message}; nothing was restored (the staging database was dropped)`,
-        { cause: err, details: err.details },
+        "DATABASE_CONNECT_FAILED",
+        `Cannot restore: the server at ${redactUrl(url)} cannot be used: ${describeError(err)}`,
+        { cause: err },
+      );
+    });
+    if (exists) {
+      throw new RuntimeError(
+        "RESTORE_TARGET_EXISTS",
+        `Cannot restore into database ${options.database}: it already exists; choose a new ` +
+          "name (a restore never overwrites a database)",
       );
     }
-    throw err;
+    const staging = `rs_restore_${crypto.randomUUID().replace(/-/g, "").slice(0, 16)}`;
+    await createDatabase(admin, staging);
+    let scratch: string | null = null;
+    let restore: ToolProcess | null = null;
+    try {
+      scratch = await scratchDir(ctx, "restore");
+      // The decompressed dump goes from zstd to pg_restore through a FIFO, not through this
+      // process: only the (smaller) encrypted stream passes here, where its HMAC is checked.
+      const fifo = `${scratch}/dump.fifo`;
+      assertSuccess(await ctx.tools.runTool("mkfifo", ["-m", "600", fifo]), "mkfifo");
+      restore = ctx.tools.spawn("pg_restore", [
+        // An explicit format: format discovery would open the FIFO twice and lose its head.
+        "--format=custom",
+        "--exit-on-error",
+        "--single-transaction",
+        "--no-password",
+        `--dbname=${staging}`,
+        ...(options.noOwner ? ["--no-owner", "--no-privileges"] : []),
+        fifo,
+      ], {
+        connection: { url, database: staging },
+        stdout: "null",
+        signal: options.signal,
+      });
+      const file = manifest.files[0];
+      await streamStoredFileToPath(ctx, manifest, file, {
+        path: fifo,
+        consumer: restore,
+        signal: options.signal,
+      });
+      const probe = await compareRowCounts(url, staging, manifest);
+      await renameDatabase(admin, staging, options.database);
+      return {
+        backup: manifest.name,
+        database: options.database,
+        tablesChecked: probe.tables,
+        rows: probe.rows,
+        bytes: file.plainSize,
+        durationMs: Math.round(performance.now() - started),
+      };
+    } catch (err) {
+      // A failure before the stream reached it (the stored file unreadable) leaves
+      // pg_restore blocked opening the FIFO for good: stop it.
+      restore?.kill("SIGKILL");
+      await restore?.finished;
+      await dropDatabase(admin, staging).catch((dropErr) =>
+        ctx.log.error("could not drop the staging database of a failed restore", {
+          database: staging,
+          error: dropErr instanceof Error ? dropErr.message : String(dropErr),
+        })
+      );
+      if (err instanceof RuntimeError && err.code === "BACKUP_CORRUPT") {
+        throw new RuntimeError(
+          "BACKUP_CORRUPT",
+          `${err.message}; nothing was restored (the staging database was dropped)`,
+          { cause: err, details: err.details },
+        );
+      }
+      throw err;
+    } finally {
+      if (scratch) await removeTree(scratch);
+    }
   } finally {
-    await removeTree(scratch);
+    await admin.end({ timeout: 5 });
   }
 }
 
-/** Compares the restored tables' row counts with the counts taken at dump time. */
+/**
+ * Compares the restored tables' row counts with the counts taken at dump time, on a
+ * connection to the staging database that is closed again before it is renamed.
+ */
 async function compareRowCounts(
-  ctx: BackupContext,
-  connection: PgConnection,
+  url: string,
+  database: string,
   manifest: Manifest,
 ): Promise<{ tables: number; rows: number }> {
   const tables = manifest.logical?.tables;
   if (!tables) return { tables: 0, rows: 0 };
+  const counted = await withServer(url, { database }, (sql) => countRows(sql, tables));
   let rows = 0;
-  // Batches keep each psql command line short.
-  for (let i = 0; i < tables.length; i += 200) {
-    const batch = tables.slice(i, i + 200);
-    const vars: Record<string, string> = {};
-    const parts = batch.map((t, j) => {
-      vars[`s${j}`] = t.schema;
-      vars[`t${j}`] = t.table;
-      return `SELECT ${j}, count(*) FROM :"s${j}".:"t${j}"`;
-    });
-    const result = await ctx.tools.psql(connection, parts.join(" UNION ALL ") + ";", { vars });
-    const counts = new Map(result.map((r) => [Number(r[0]), Number(r[1])]));
-    for (const [j, t] of batch.entries()) {
-      const found = counts.get(j);
-      if (found !== t.rows) {
-        throw new RuntimeError(
-          "RESTORE_FAILED",
-          `Restored table ${t.schema}.${t.table} has ${found} rows, the backup recorded ${t.rows}`,
-        );
-      }
-      rows += t.rows;
+  for (const [i, t] of tables.entries()) {
+    const found = counted[i].rows;
+    if (found !== t.rows) {
+      throw new RuntimeError(
+        "RESTORE_FAILED",
+        `Restored table ${t.schema}.${t.table} has ${found} rows, the backup recorded ${t.rows}`,
+      );
     }
+    rows += t.rows;
   }
   return { tables: tables.length, rows };
 }
@@ -615,23 +622,15 @@ export async function restorePointInTime(
       logPath,
       targetTime: options.targetTime,
     });
-    const conn: PgConnection = { url: server.url("postgres") };
-    const [row] = await ctx.tools.psql(
-      conn,
-      `SELECT pg_is_in_recovery(),
-              (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::bigint,
-              (SELECT timeline_id FROM pg_control_checkpoint()),
-              (SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database
-               WHERE datallowconn)`,
-    );
-    if (row[0] !== "f") {
+    const state = await withServer(server.url("postgres"), {}, recoveryState);
+    if (state.inRecovery) {
       throw new RuntimeError("RESTORE_FAILED", "The restored server did not finish recovery");
     }
     const log = await server.log();
     await server.stop();
     server = null;
     await undo();
-    const lastCommit = row[1] ? new Date(Number(row[1])) : null;
+    const lastCommit = state.lastReplayedCommit;
     if (options.targetTime && lastCommit && lastCommit.getTime() > options.targetTime.getTime()) {
       throw new RuntimeError(
         "RESTORE_FAILED",
@@ -646,8 +645,8 @@ export async function restorePointInTime(
       targetTime: options.targetTime?.toISOString() ?? null,
       lastReplayedCommit: lastCommit?.toISOString() ?? null,
       stoppedAt: /(recovery stopping [^\n]*)/.exec(log)?.[1]?.trim() ?? null,
-      timeline: row[2] ? Number(row[2]) : null,
-      databases: row[3] ? row[3].split(",") : [],
+      timeline: state.timeline,
+      databases: state.databases,
       dataDir: target,
       durationMs: Math.round(performance.now() - started),
     };
@@ -761,12 +760,8 @@ export async function testRestorePhysical(
       logPath: `${scratch}/server.log`,
       targetTime: null,
     });
-    const [row] = await ctx.tools.psql(
-      { url: server.url("postgres") },
-      `SELECT (SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database
-               WHERE datallowconn), pg_last_wal_replay_lsn()`,
-    );
-    probe.databases = row[0] ? row[0].split(",") : [];
+    const state = await withServer(server.url("postgres"), {}, recoveryState);
+    probe.databases = state.databases;
     const expected = base.physical?.databases ?? [];
     const missing = expected.filter((d) => !probe.databases.includes(d));
     if (missing.length) {
@@ -776,16 +771,14 @@ export async function testRestorePhysical(
       );
     }
     for (const database of probe.databases) {
-      await ctx.tools.psql({ url: server.url(database) }, "SELECT count(*) FROM pg_class");
+      await withServer(server.url(database), {}, catalogEntries);
     }
     if (manifest.type !== "base" && manifest.wal) {
       const log = await server.log();
-      const redo = /redo done at ([0-9A-F]+\/[0-9A-F]+)/.exec(log)?.[1] ?? row[1];
+      const redo = /redo done at ([0-9A-F]+\/[0-9A-F]+)/.exec(log)?.[1] ?? state.replayedLsn;
       probe.replayedLsn = redo ?? undefined;
       const last = walSegmentNumber(manifest.wal.endSegment, manifest.wal.segmentBytes);
-      const reached = redo
-        ? BigInt(`0x${redo.split("/")[0]}`) * 0x100000000n + BigInt(`0x${redo.split("/")[1]}`)
-        : 0n;
+      const reached = redo ? parseLsn(redo) : 0n;
       if (reached < last * BigInt(manifest.wal.segmentBytes)) {
         throw new RuntimeError(
           "BACKUP_VERIFY_FAILED",

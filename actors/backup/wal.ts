@@ -121,6 +121,8 @@ export interface AwaitArchiveOptions {
   dir: string;
   /** How long to wait. */
   timeoutMs: number;
+  /** The injected clock the wait is measured with. */
+  now: () => number;
   /** Aborting stops the wait. */
   signal?: AbortSignal;
   /**
@@ -222,7 +224,7 @@ export async function switchAndAwaitArchive(
       { cause: err },
     );
   }
-  const switchedAt = Date.now();
+  const switchedAt = options.now();
   const bytes = await segmentSize(sql);
   const path = `${options.dir.replace(/\/+$/, "")}/${row.segment}`;
   const deadline = switchedAt + options.timeoutMs;
@@ -249,10 +251,10 @@ export async function switchAndAwaitArchive(
     // Done when the file is there and PostgreSQL counts it archived: a command that writes
     // the file but exits non-zero is retried forever and holds back every later segment.
     if (archivedUpTo(state, row.segment) && await isFile(path)) break;
-    const look = observeArchiver(watch, state, Date.now() - switchedAt);
+    const look = observeArchiver(watch, state, options.now() - switchedAt);
     watch = look.watch;
     if (look.verdict) throw fail(look.verdict, await explain(sql, options));
-    if (Date.now() > deadline) {
+    if (options.now() > deadline) {
       throw fail(
         `it was not there after ${Math.round(options.timeoutMs / 1000)} s ` +
           "(BACKUP_WAL_TIMEOUT_S), and PostgreSQL's archiver, still running, has not given up " +

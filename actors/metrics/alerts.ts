@@ -169,6 +169,8 @@ function view(rule: AlertRuleConfig, status: AlertStatus, c: AlertContext | null
 /** Creates the alert actors of `rules`. */
 export function createAlerts(options: AlertsOptions): Alerts {
   const { log, reader, now } = options;
+  // A read model for /alerts and /metrics, pushed by each chart's `track` action after
+  // every evaluation and status change; the decisions themselves stay in the charts.
   const views = new Map<string, AlertView>(
     options.rules.map((r) => [r.name, view(r, "inactive", null)]),
   );
@@ -227,9 +229,9 @@ export function createAlerts(options: AlertsOptions): Alerts {
       chart: "alert",
       create: () => logic,
       input: () => ({ rule }),
-      summarize: () => {
-        const v = views.get(rule.name)!;
-        return { status: v.status, value: v.value, reason: v.reason };
+      summarize: (snapshot) => {
+        const c = (snapshot as unknown as { context: AlertContext }).context;
+        return { status: c.status, value: c.value, reason: c.reason };
       },
     };
   });

@@ -19,6 +19,7 @@ import {
   type CollectorContext,
   type CollectOutput,
   metricsCollectorMachine,
+  type SourceChanges,
   type SourceReport,
 } from "../../machines/metrics_collector.ts";
 import type { ActorSpec, RemoteEvent } from "../runtime/types.ts";
@@ -129,7 +130,6 @@ export interface CollectorSpecOptions extends CollectOptions {
 /** The registry entry of the collector actor (`metrics`). */
 export function collectorSpec(options: CollectorSpecOptions): ActorSpec {
   const { log, latest } = options;
-  let failing = new Set<string>();
   const logic = metricsCollectorMachine.provide({
     actors: {
       collect: fromPromise(() => {
@@ -147,19 +147,12 @@ export function collectorSpec(options: CollectorSpecOptions): ActorSpec {
         if (options.write && output.points.length) {
           options.write(output.points as MetricPoint[]);
         }
-        // Log a source's failure when it starts and when it ends, not every cycle.
-        const now = new Set<string>();
-        for (const [name, report] of Object.entries(output.sources)) {
-          if (!report.error) continue;
-          now.add(name);
-          if (!failing.has(name)) {
-            log.warn("metrics source failed", { source: name, error: report.error });
-          }
+      },
+      reportSources: (_, changes: SourceChanges) => {
+        for (const [source, error] of Object.entries(changes.failed)) {
+          log.warn("metrics source failed", { source, error });
         }
-        for (const name of failing) {
-          if (!now.has(name)) log.info("metrics source recovered", { source: name });
-        }
-        failing = now;
+        for (const source of changes.recovered) log.info("metrics source recovered", { source });
       },
     },
   });

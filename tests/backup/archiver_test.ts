@@ -299,6 +299,7 @@ Deno.test({
             switchAndAwaitArchive(sql, {
               dir: good.archiveDir,
               timeoutMs,
+              now: Date.now,
               explain,
               signal: abort.signal,
             }),
@@ -368,7 +369,7 @@ Deno.test("archive_mode off is reported at once, before any WAL switch", async (
     const segment = () => pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     const before = await segment();
     await assert.rejects(
-      switchAndAwaitArchive(sql, { dir: "/nonexistent", timeoutMs: 600_000 }),
+      switchAndAwaitArchive(sql, { dir: "/nonexistent", timeoutMs: 600_000, now: Date.now }),
       (err) =>
         isRuntimeError(err, "WAL_ARCHIVE_FAILED") && /archive_mode is off/.test(err.message) &&
         /install-archiver/.test(err.message),
@@ -409,6 +410,7 @@ Deno.test({
           switchAndAwaitArchive(sql, {
             dir: good.archiveDir,
             timeoutMs: 600_000,
+            now: Date.now,
             signal: abort.signal,
           }),
         );

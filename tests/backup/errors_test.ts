@@ -10,7 +10,7 @@ import { listArchive, switchAndAwaitArchive } from "../../actors/backup/wal.ts";
 import { createEncryptStream } from "../../lib/backup_crypto.ts";
 import { isRuntimeError, type RuntimeError } from "../../lib/errors.ts";
 import { BACKUP_LOCK_KEY } from "../../store/backup_history.ts";
-import { startPostgres } from "../harness/mod.ts";
+import { freePort, startPostgres } from "../harness/mod.ts";
 import { migratedPool, pool, seedApp, tempDir, testService } from "./_helpers.ts";
 
 async function rejected(promise: Promise<unknown>): Promise<RuntimeError> {
@@ -132,6 +132,14 @@ Deno.test("backup and restore refusals leave nothing behind", async (t) => {
       assert.equal(noSuchId.code, "BACKUP_NOT_FOUND");
       const badRef = await rejected(svc.restoreLogical("../etc/passwd", { database: "r1" }));
       assert.equal(badRef.code, "VALIDATION_FAILED");
+      const port = await freePort();
+      const unreachable = await rejected(svc.restoreLogical(name, {
+        database: "r1",
+        url: `postgres://postgres:s3cret@127.0.0.1:${port}/postgres`,
+      }));
+      assert.equal(unreachable.code, "DATABASE_CONNECT_FAILED");
+      assert.match(unreachable.message, new RegExp(`127\\.0\\.0\\.1:${port}`));
+      assert.doesNotMatch(unreachable.message, /s3cret/);
       // An instance on embedded PGlite has no server to back up or restore into.
       const embedded = service({}, { url: null });
       assert.equal(embedded.availability.ok, false);
@@ -201,7 +209,7 @@ Deno.test("backup and restore refusals leave nothing behind", async (t) => {
         const conn = who === "postgres" ? sql : pool(limitedUrl);
         try {
           const off = await rejected(
-            switchAndAwaitArchive(conn, { dir: `${dir}/archive`, timeoutMs: 200 }),
+            switchAndAwaitArchive(conn, { dir: `${dir}/archive`, timeoutMs: 200, now: Date.now }),
           );
           assert.equal(off.code, "WAL_ARCHIVE_FAILED", `as ${who}: ${off.message}`);
           assert.match(off.message, /archive_mode is off/);
@@ -219,7 +227,7 @@ Deno.test("backup and restore refusals leave nothing behind", async (t) => {
       const limited = pool(archiving.url.replace("postgres@", "limited@"));
       try {
         const denied = await rejected(
-          switchAndAwaitArchive(limited, { dir: `${dir}/archive`, timeoutMs: 200 }),
+          switchAndAwaitArchive(limited, { dir: `${dir}/archive`, timeoutMs: 200, now: Date.now }),
         );
         assert.equal(denied.code, "BACKUP_FAILED", denied.message);
         assert.match(denied.message, /pg_switch_wal/);

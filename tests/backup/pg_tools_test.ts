@@ -10,6 +10,7 @@ import {
   walFileName,
   walSegmentNumber,
 } from "../../store/pg_tools.ts";
+import { withServer } from "../../store/backup_server.ts";
 import { tempDir } from "./_helpers.ts";
 
 const tools = createPgTools();
@@ -94,16 +95,18 @@ Deno.test("pg_tools: a throw-away cluster on a private socket", async () => {
   });
   try {
     assert.match(server.url(), /\?host=/);
-    const rows = await tools.psql(
-      { url: server.url() },
-      "SELECT :'word' || '!', NULL::text, 2 + 2",
-      { vars: { word: "it's quoted" } },
+    // Only the socket reaches it: postgres.js connects there (store/backup_server.ts).
+    const rows = await withServer(
+      server.url(),
+      {},
+      (sql) =>
+        sql<{ word: string; nothing: string | null; four: number }[]>`
+        SELECT ${"it's quoted"} || '!' AS word, NULL::text AS nothing, 2 + 2 AS four`,
     );
-    assert.deepEqual(rows, [["it's quoted!", null, "4"]]);
+    assert.deepEqual([...rows], [{ word: "it's quoted!", nothing: null, four: 4 }]);
     await assert.rejects(
-      tools.psql({ url: server.url() }, "SELECT * FROM nope"),
-      (e) =>
-        isRuntimeError(e, "PG_TOOL_FAILED") && /relation "nope" does not exist/.test(e.message),
+      withServer(server.url(), {}, (sql) => sql`SELECT * FROM nope`),
+      /relation "nope" does not exist/,
     );
   } finally {
     await server.stop();

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { installArchiver } from "../../actors/backup/archiver.ts";
 import { isRuntimeError } from "../../lib/errors.ts";
+import { withServer } from "../../store/backup_server.ts";
 import { createPgTools } from "../../store/pg_tools.ts";
 import { startPostgres } from "../harness/mod.ts";
 import { migratedPool, tempDir, testService } from "./_helpers.ts";
@@ -119,12 +120,18 @@ Deno.test("physical backups, WAL archiving and point-in-time recovery", async (t
         settings: { archive_mode: "off" },
       });
       try {
-        const rows = await tools.psql(
-          { url: server.url("app") },
-          "SELECT phase, count(*), max(at) < :'target'::timestamptz FROM t GROUP BY 1 ORDER BY 1",
-          { vars: { target: target.toISOString() } },
+        const rows = await withServer(
+          server.url("app"),
+          {},
+          (sql) =>
+            sql<{ phase: string; n: string; before: boolean }[]>`
+            SELECT phase, count(*)::text AS n, max(at) < ${target} AS before
+            FROM t GROUP BY 1 ORDER BY 1`,
         );
-        assert.deepEqual(rows, [["base", "500", "t"], ["before", "100", "t"]]);
+        assert.deepEqual(rows.map((r) => [r.phase, r.n, r.before]), [
+          ["base", "500", true],
+          ["before", "100", true],
+        ]);
       } finally {
         await server.stop();
         await Deno.remove(scratch, { recursive: true });

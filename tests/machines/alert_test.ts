@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createActor, fromPromise, SimulatedClock } from "xstate";
 import {
+  type AlertContext,
   alertMachine,
   type AlertNotification,
   type AlertRule,
@@ -26,6 +27,7 @@ function harness(rule: Partial<AlertRule> = {}) {
   const notified: AlertNotification[] = [];
   const statuses: AlertStatus[] = [];
   const tracked: (number | null)[] = [];
+  const last = { tracked: null as AlertContext | null };
   const logic = alertMachine.provide({
     actors: {
       evaluate: fromPromise<AlertSample, { rule: AlertRule }>(() => {
@@ -36,9 +38,10 @@ function harness(rule: Partial<AlertRule> = {}) {
     },
     actions: {
       notify: (_, n: AlertNotification) => notified.push(n),
-      track: (_, p: { status: AlertStatus; context: { value: number | null } }) => {
+      track: (_, p: { status: AlertStatus; context: AlertContext }) => {
         if (statuses.at(-1) !== p.status) statuses.push(p.status);
         tracked.push(p.context.value);
+        last.tracked = p.context;
       },
     },
   });
@@ -50,7 +53,7 @@ function harness(rule: Partial<AlertRule> = {}) {
     for (let i = 0; i < 5; i++) await Promise.resolve();
   }
   const status = () => (actor.getSnapshot().value as { status: AlertStatus }).status;
-  return { clock, script, notified, statuses, tracked, actor, advance, status };
+  return { clock, script, notified, statuses, tracked, last, actor, advance, status };
 }
 
 Deno.test("alert statechart", async (t) => {
@@ -193,5 +196,56 @@ Deno.test("alert statechart", async (t) => {
       assert.equal(h.status() === "firing", fires, `${value} ${op} 90`);
       h.actor.stop();
     }
+  });
+
+  await t.step(
+    "one sample path: each evaluation counted once, tracked as the chart holds it",
+    async () => {
+      const h = harness();
+      for (const value of [50, 95, 95, 95, 97, 40]) {
+        h.script.value = value;
+        await h.advance(10_000);
+        const ctx = h.actor.getSnapshot().context;
+        assert.deepEqual(h.last.tracked, ctx, `after ${value}`);
+      }
+      assert.equal(h.actor.getSnapshot().context.evaluations, 6);
+      assert.equal(h.status(), "resolved");
+      h.actor.stop();
+    },
+  );
+
+  await t.step("no data under `keep` counts the evaluation but keeps the last value", async () => {
+    const h = harness({ noData: "keep", forMs: 20_000 });
+    h.script.value = 95;
+    await h.advance(10_000);
+    assert.equal(h.status(), "pending");
+    h.script.value = null;
+    await h.advance(10_000);
+    const ctx = h.actor.getSnapshot().context;
+    assert.equal(ctx.value, 95);
+    assert.equal(ctx.evaluatedAt, 20_000);
+    assert.equal(ctx.evaluations, 2);
+    await h.advance(10_000); // 30 s = since + for
+    assert.equal(h.status(), "firing");
+    assert.equal(h.notified[0].value, 95);
+    assert.match(h.notified[0].reason, /95 > 90 held for 20000 ms/);
+    h.actor.stop();
+  });
+
+  await t.step("the context is data: a persisted snapshot survives JSON and restores", async () => {
+    const h = harness({ forMs: 0 });
+    h.script.value = 95;
+    await h.advance(10_000);
+    await h.advance(0);
+    assert.equal(h.status(), "firing");
+    const ctx = h.actor.getSnapshot().context;
+    assert.deepEqual(JSON.parse(JSON.stringify(ctx)), ctx);
+    const persisted = JSON.parse(JSON.stringify(h.actor.getPersistedSnapshot()));
+    h.actor.stop();
+    const restored = createActor(alertMachine, { snapshot: persisted, input: { rule: RULE } });
+    restored.start();
+    assert.deepEqual(restored.getSnapshot().value, { evaluation: "waiting", status: "firing" });
+    assert.deepEqual(restored.getSnapshot().context, ctx);
+    restored.stop();
   });
 });

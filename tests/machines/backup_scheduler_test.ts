@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createActor, fromCallback, fromPromise, SimulatedClock } from "xstate";
+import { createActor, fromCallback, fromPromise, SimulatedClock, type Snapshot } from "xstate";
 import {
   type BackupAlert,
   type BackupSchedulerInput,
@@ -7,6 +7,12 @@ import {
   type CreateBackupInput,
   type CreateBackupOutput,
   type LastRuns,
+  type LastRunsReading,
+  type NextRuns,
+  type ReadScheduleInput,
+  resumeSnapshot,
+  type ScheduleReading,
+  type VerifyBackupOutput,
 } from "../../machines/backup_scheduler.ts";
 import { nextCronRun } from "../../actors/backup/settings.ts";
 
@@ -21,14 +27,24 @@ interface Pending {
   reject(error: Error): void;
 }
 
+/** Each schedule's next run after `at`, as croner computes it in production. */
+function nextRuns(input: ReadScheduleInput, at: number): NextRuns {
+  return Object.fromEntries(input.schedules.map((s) => [s.type, nextCronRun(s.cron, at)]));
+}
+
 function harness(options: {
   input?: Partial<BackupSchedulerInput>;
   lastRuns?: LastRuns;
   verifyFails?: boolean;
+  /** Restore from this persisted snapshot instead of starting fresh. */
+  snapshot?: Snapshot<unknown>;
+  /** Start the simulated clock here (default T0). */
+  at?: number;
 } = {}) {
   const clock = new SimulatedClock();
-  clock.set(T0);
+  clock.set(options.at ?? T0);
   const pending: Pending[] = [];
+  const readings: number[] = [];
   const alerts: BackupAlert[] = [];
   const verified: string[] = [];
   let prunes = 0;
@@ -37,7 +53,19 @@ function harness(options: {
   const logic = backupSchedulerMachine.provide({
     actors: {
       leaseWatch: fromCallback(() => () => {}),
-      loadLastRuns: fromPromise<LastRuns>(() => Promise.resolve(options.lastRuns ?? {})),
+      readSchedule: fromPromise<ScheduleReading, ReadScheduleInput>(({ input }) => {
+        readings.push(clock.now());
+        return Promise.resolve({ at: clock.now(), next: nextRuns(input, clock.now()) });
+      }),
+      loadLastRuns: fromPromise<LastRunsReading, ReadScheduleInput>(({ input }) => {
+        const lastRuns = options.lastRuns ?? {};
+        const nextAfterLast: NextRuns = {};
+        for (const s of input.schedules) {
+          const last = lastRuns[s.type];
+          if (last !== undefined) nextAfterLast[s.type] = nextCronRun(s.cron, last);
+        }
+        return Promise.resolve({ at: clock.now(), lastRuns, nextAfterLast });
+      }),
       createBackup: fromPromise<CreateBackupOutput, CreateBackupInput>(({ input, signal }) => {
         inFlight++;
         maxInFlight = Math.max(maxInFlight, inFlight);
@@ -61,11 +89,13 @@ function harness(options: {
           });
         });
       }),
-      verifyBackup: fromPromise<{ summary: string }, { name: string }>(({ input }) => {
+      verifyBackup: fromPromise<VerifyBackupOutput, { name: string }>(({ input }) => {
         verified.push(input.name);
-        return options.verifyFails
-          ? Promise.reject(new Error("test-restore failed: row counts differ"))
-          : Promise.resolve({ summary: `verified ${input.name}` });
+        return Promise.resolve(
+          options.verifyFails
+            ? { ok: false, error: "test-restore failed: row counts differ", at: clock.now() }
+            : { ok: true, summary: `verified ${input.name}`, at: clock.now() },
+        );
       }),
       prune: fromPromise(() => {
         prunes++;
@@ -76,10 +106,9 @@ function harness(options: {
   });
   const actor = createActor(logic, {
     clock,
+    snapshot: options.snapshot,
     input: {
       schedules: { full: "0 2 * * *", incremental: "0 * * * *" },
-      now: () => clock.now(),
-      nextRun: (cron, after) => nextCronRun(cron, after),
       retryMax: 2,
       retryDelayMs: 60_000,
       ...options.input,
@@ -90,12 +119,18 @@ function harness(options: {
     clock,
     actor,
     pending,
+    readings,
     alerts,
     verified,
     prunes: () => prunes,
     maxInFlight: () => maxInFlight,
     state: () => JSON.stringify(actor.getSnapshot().value),
     ctx: () => actor.getSnapshot().context,
+    /** Asks for a backup as the transport does, stamped with the injected clock. */
+    request: (backupType: "full" | "base" | "incremental" | "differential") =>
+      actor.send({ type: "BACKUP.REQUEST", backupType, at: clock.now() }),
+    /** The persisted snapshot after a JSON round trip, as a store would hand it back. */
+    persisted: () => JSON.parse(JSON.stringify(actor.getPersistedSnapshot())) as Snapshot<unknown>,
     /** Lets promise callbacks run. */
     settle: () => new Promise<void>((resolve) => setTimeout(resolve, 0)),
     /** Moves the simulated clock to `at` (ms since epoch), then settles. */
@@ -106,8 +141,8 @@ function harness(options: {
   };
 }
 
-function done(name: string): CreateBackupOutput {
-  return { name, skipped: false, summary: `stored ${name}` };
+function done(name: string, at = 0): CreateBackupOutput {
+  return { ok: true, name, skipped: false, summary: `stored ${name}`, at };
 }
 
 Deno.test("backup scheduler", async (t) => {
@@ -115,7 +150,7 @@ Deno.test("backup scheduler", async (t) => {
     const h = harness();
     await h.settle();
     assert.equal(h.state(), '"standby"');
-    h.actor.send({ type: "BACKUP.REQUEST", backupType: "full" });
+    h.request("full");
     assert.equal(h.ctx().stats.refused, 1);
     assert.equal(h.pending.length, 0);
     h.actor.stop();
@@ -157,13 +192,13 @@ Deno.test("backup scheduler", async (t) => {
     const h = harness();
     h.actor.send({ type: "LEASE.ACQUIRED" });
     await h.settle();
-    h.actor.send({ type: "BACKUP.REQUEST", backupType: "full" });
+    h.request("full");
     await h.settle();
     assert.equal(h.pending.length, 1);
     // A long full backup: hourly incrementals fall due three times, requests arrive twice.
     await h.advanceTo(T0 + 3 * HOUR);
-    h.actor.send({ type: "BACKUP.REQUEST", backupType: "incremental" });
-    h.actor.send({ type: "BACKUP.REQUEST", backupType: "full" });
+    h.request("incremental");
+    h.request("full");
     await h.settle();
     assert.equal(h.pending.length, 1, "still only the first backup in flight");
     assert.deepEqual(h.ctx().queue.map((j) => j.type), ["incremental"]);
@@ -182,7 +217,7 @@ Deno.test("backup scheduler", async (t) => {
     const h = harness();
     h.actor.send({ type: "LEASE.ACQUIRED" });
     await h.settle();
-    h.actor.send({ type: "BACKUP.REQUEST", backupType: "full" });
+    h.request("full");
     await h.settle();
     h.pending[0].reject(new Error("pg_dump failed: connection refused"));
     await h.settle();
@@ -215,7 +250,7 @@ Deno.test("backup scheduler", async (t) => {
     const h = harness({ verifyFails: true, input: { retryMax: 0 } });
     h.actor.send({ type: "LEASE.ACQUIRED" });
     await h.settle();
-    h.actor.send({ type: "BACKUP.REQUEST", backupType: "base" });
+    h.request("base");
     await h.settle();
     h.pending[0].resolve(done("b1"));
     await h.settle();
@@ -266,7 +301,7 @@ Deno.test("backup scheduler", async (t) => {
     const h = harness();
     h.actor.send({ type: "LEASE.ACQUIRED" });
     await h.settle();
-    h.actor.send({ type: "BACKUP.REQUEST", backupType: "full" });
+    h.request("full");
     await h.settle();
     assert.equal(h.pending[0].signal.aborted, false);
     h.actor.send({ type: "LEASE.LOST", reason: "taken" });
@@ -278,6 +313,126 @@ Deno.test("backup scheduler", async (t) => {
     assert.equal(h.pending.length, 1, "no schedule runs on a standby");
     h.actor.stop();
   });
+
+  await t.step("each attempt carries the fencing token the chart got with the lease", async () => {
+    const h = harness();
+    h.actor.send({ type: "LEASE.ACQUIRED", token: 7 });
+    await h.settle();
+    h.request("full");
+    await h.settle();
+    assert.equal(h.pending[0].input.leaseToken, 7);
+    h.actor.send({ type: "LEASE.LOST", reason: "expired" });
+    await h.settle();
+    assert.equal(h.ctx().leaseToken, null);
+    h.actor.send({ type: "LEASE.ACQUIRED", token: 9 });
+    await h.settle();
+    h.request("full");
+    await h.settle();
+    assert.equal(h.pending[1].input.leaseToken, 9);
+    h.actor.stop();
+  });
+
+  await t.step("a failure the effect reports is timed by the effect's clock", async () => {
+    const h = harness({ input: { retryMax: 0 } });
+    h.actor.send({ type: "LEASE.ACQUIRED" });
+    await h.settle();
+    h.request("full");
+    await h.settle();
+    await h.advanceTo(T0 + 90_000);
+    h.pending[0].resolve({ ok: false, error: "disk full", at: h.clock.now() });
+    await h.settle();
+    assert.deepEqual(h.ctx().lastRun, {
+      type: "full",
+      name: null,
+      ok: false,
+      at: T0 + 90_000,
+      summary: "disk full",
+    });
+    assert.equal(h.alerts[0].at, T0 + 90_000);
+    assert.equal(h.alerts[0].kind, "gave_up");
+    h.actor.stop();
+  });
+
+  await t.step("the context is data: snapshots in every phase survive JSON", async () => {
+    const h = harness({ input: { retryMax: 1 } });
+    const phases: string[] = [];
+    const check = () => {
+      assert.deepEqual(JSON.parse(JSON.stringify(h.ctx())), h.ctx(), `context of ${h.state()}`);
+      phases.push(h.state());
+    };
+    check(); // standby
+    h.actor.send({ type: "LEASE.ACQUIRED", token: 3 });
+    await h.settle();
+    check(); // idle
+    h.request("full");
+    await h.settle();
+    check(); // creating
+    h.pending[0].reject(new Error("connection refused"));
+    await h.settle();
+    check(); // failed, waiting for the retry
+    assert.match(phases.join(" "), /standby.*idle.*creating.*failed/);
+    h.actor.stop();
+  });
+
+  await t.step(
+    "a restored snapshot re-runs nothing on its own, then resumes the interrupted job and re-arms its timers",
+    async () => {
+      const first = harness();
+      first.actor.send({ type: "LEASE.ACQUIRED", token: 1 });
+      await first.settle();
+      first.request("full");
+      await first.settle();
+      assert.match(first.state(), /"running":"creating"/);
+      const persisted = first.persisted();
+      first.actor.stop();
+
+      const h = harness({ snapshot: resumeSnapshot(persisted), at: first.clock.now() });
+      await h.settle();
+      assert.equal(h.state(), '"standby"');
+      assert.equal(h.pending.length, 0, "the in-flight backup does not run again by itself");
+      assert.match(h.ctx().reason, /restored from a snapshot.*interrupted full backup/);
+      assert.equal(h.ctx().leaseToken, null);
+      h.actor.send({ type: "LEASE.ACQUIRED", token: 2 });
+      await h.settle();
+      assert.equal(h.pending.length, 1);
+      assert.equal(h.pending[0].input.job.type, "full");
+      assert.equal(h.pending[0].input.attempt, 2, "the interrupted attempt counts");
+      assert.equal(h.pending[0].input.leaseToken, 2);
+      h.pending[0].resolve(done("f1", h.clock.now()));
+      await h.settle();
+      assert.match(h.state(), /"work":"idle"/);
+      // The clock region was re-armed from the schedules: the 01:00 incremental runs.
+      await h.advanceTo(Date.parse("2025-01-15T01:00:00Z"));
+      assert.equal(h.pending.length, 2);
+      assert.equal(h.pending[1].input.job.type, "incremental");
+      h.actor.stop();
+    },
+  );
+
+  await t.step(
+    "a snapshot restored while waiting for a schedule fires at the due time",
+    async () => {
+      const first = harness({ input: { schedules: { full: "0 2 * * *" } } });
+      first.actor.send({ type: "LEASE.ACQUIRED" });
+      await first.settle();
+      await first.advanceTo(Date.parse("2025-01-15T01:00:00Z"));
+      const persisted = first.persisted();
+      first.actor.stop();
+      const h = harness({
+        input: { schedules: { full: "0 2 * * *" } },
+        snapshot: resumeSnapshot(persisted),
+        at: Date.parse("2025-01-15T01:30:00Z"),
+      });
+      h.actor.send({ type: "LEASE.ACQUIRED" });
+      await h.settle();
+      await h.advanceTo(Date.parse("2025-01-15T01:59:59Z"));
+      assert.equal(h.pending.length, 0);
+      await h.advanceTo(Date.parse("2025-01-15T02:00:00Z"));
+      assert.equal(h.pending.length, 1, "the restored clock region fired at 02:00");
+      assert.equal(h.pending[0].input.job.trigger, "schedule");
+      h.actor.stop();
+    },
+  );
 
   await t.step("records alerts broadcast by other instances", () => {
     const h = harness();

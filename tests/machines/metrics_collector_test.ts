@@ -4,6 +4,7 @@ import {
   type CollectOutput,
   cycleFailed,
   metricsCollectorMachine,
+  type SourceChanges,
   type SourceReport,
 } from "../../machines/metrics_collector.ts";
 
@@ -20,6 +21,7 @@ function harness(
     throws: null,
   };
   const recorded: CollectOutput[] = [];
+  const changes: SourceChanges[] = [];
   const cycles: number[] = [];
   const logic = metricsCollectorMachine.provide({
     actors: {
@@ -38,7 +40,10 @@ function harness(
         });
       }),
     },
-    actions: { record: (_, output: CollectOutput) => recorded.push(output) },
+    actions: {
+      record: (_, output: CollectOutput) => recorded.push(output),
+      reportSources: (_, c: SourceChanges) => changes.push(c),
+    },
   });
   const actor = createActor(logic, { clock, input: { intervalMs: 10_000, ...input } });
   async function settle() {
@@ -49,7 +54,7 @@ function harness(
     await settle();
   }
   const state = () => JSON.stringify(actor.getSnapshot().value);
-  return { clock, script, recorded, cycles, actor, advance, settle, state };
+  return { clock, script, recorded, changes, cycles, actor, advance, settle, state };
 }
 
 Deno.test("metrics collector statechart", async (t) => {
@@ -182,5 +187,44 @@ Deno.test("metrics collector statechart", async (t) => {
     assert.equal(h.actor.getSnapshot().status, "done");
     await h.advance(60_000);
     assert.equal(h.recorded.length, 1);
+  });
+
+  await t.step("a source's failure and recovery are reported once each, by the chart", async () => {
+    const h = harness();
+    h.actor.start();
+    await h.settle();
+    h.script.sources.cache = { points: 0, ms: 5, error: "ECONNREFUSED" };
+    await h.advance(10_000);
+    await h.advance(10_000); // still failing: not reported again
+    h.script.throws = "boom"; // a thrown cycle says nothing about sources
+    await h.advance(10_000);
+    h.script.throws = null;
+    delete h.script.sources.cache;
+    await h.advance(10_000);
+    await h.advance(10_000);
+    const reported = h.changes.filter((c) => Object.keys(c.failed).length || c.recovered.length);
+    assert.deepEqual(reported, [
+      { failed: { cache: "ECONNREFUSED" }, recovered: [] },
+      { failed: {}, recovered: ["cache"] },
+    ]);
+    assert.deepEqual(h.actor.getSnapshot().context.sourceErrors, {});
+    h.actor.stop();
+  });
+
+  await t.step("the context is data: a persisted snapshot survives JSON and restores", async () => {
+    const h = harness({ failAfter: 1 });
+    h.script.sources = { system: { points: 0, ms: 1, error: "no /proc" } };
+    h.actor.start();
+    await h.settle();
+    assert.equal(h.state(), '{"running":"degraded"}');
+    const ctx = h.actor.getSnapshot().context;
+    assert.deepEqual(JSON.parse(JSON.stringify(ctx)), ctx);
+    const persisted = JSON.parse(JSON.stringify(h.actor.getPersistedSnapshot()));
+    h.actor.stop();
+    const restored = createActor(metricsCollectorMachine, { snapshot: persisted, input: {} });
+    restored.start();
+    assert.deepEqual(restored.getSnapshot().value, { running: "degraded" });
+    assert.deepEqual(restored.getSnapshot().context, ctx);
+    restored.stop();
   });
 });

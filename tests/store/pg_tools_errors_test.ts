@@ -50,17 +50,11 @@ Deno.test("pg_tools refuses bad input before running anything", async (t) => {
     assert.match(mysql.message, /postgres:\/\//);
   });
 
-  await t.step("setting and variable names are checked, not passed to a shell", async () => {
+  await t.step("setting names are checked, not passed to a shell", async () => {
     expectCode(
       () => pgCtlStart(tools, "/nonexistent", { logFile: "/dev/null", settings: { "a;b": "1" } }),
       "VALIDATION_FAILED",
     );
-    const psqlVar = await rejected(
-      tools.psql({ url: "postgres://postgres@127.0.0.1:1/x" }, "SELECT 1", {
-        vars: { "bad-name": "x" },
-      }),
-    );
-    assert.equal(psqlVar.code, "VALIDATION_FAILED");
     const setting = await rejected(
       tools.startServer("/nonexistent", { settings: { "x y": "1" } }),
     );
