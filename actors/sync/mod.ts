@@ -14,11 +14,10 @@
  * ```
  * @module
  */
-import { fromCallback, fromPromise } from "xstate";
 import { z } from "zod";
 import { RuntimeError } from "../../lib/errors.ts";
 import { addStateRoutes } from "../../api/state.ts";
-import { type SyncNodeContext, syncNodeMachine } from "../../machines/sync_node.ts";
+import type { SyncNodeContext } from "../../machines/sync_node.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import { getStreamById, onStreamChange, type Stream } from "../../store/streams.ts";
 import type { ActorSpec, Concern, ConcernFactory, RuntimeServices } from "../runtime/types.ts";
@@ -118,29 +117,7 @@ export function syncActorSpec(node: SyncNode, settings: Partial<SyncSettings> = 
   return {
     id: SYNC_ACTOR,
     chart: "sync_node",
-    create: () =>
-      syncNodeMachine.provide({
-        actors: {
-          open: fromPromise(() => node.open()),
-          catchUp: fromPromise(() => node.catchUp()),
-          repair: fromPromise(() => node.repair()),
-          announce: fromPromise(() => node.announce()),
-          snapshot: fromPromise(() => node.snapshot()),
-          link: fromCallback(({ sendBack }) => {
-            const off = node.onSignal((e) => {
-              if (e.type !== "sync.role") sendBack(e);
-            });
-            return () => void off();
-          }),
-          role: fromCallback(({ sendBack }) => {
-            const off = node.onSignal((e) => {
-              if (e.type === "sync.role") sendBack(e);
-            });
-            return () => void off();
-          }),
-        },
-        actions: { resync: () => node.resync() },
-      }),
+    create: () => node.logic,
     input: () => ({
       instanceId: node.instanceId,
       headsMs: settings.headsMs,
@@ -157,7 +134,7 @@ export function syncActorSpec(node: SyncNode, settings: Partial<SyncSettings> = 
         missing: s.missing,
         repaired: ctx.repaired,
         lost: ctx.lost,
-        snapshotter: ctx.snapshotter,
+        snapshotter: ctx.roleToken !== null,
         snapshotRounds: ctx.snapshotRounds,
         reason: ctx.reason,
       };
