@@ -167,7 +167,7 @@ export function mergeState(
   // Writes made here after this must order after what the state holds.
   const stamp = newestStamp(input.state);
   if (stamp) deps.clock.receive(stamp);
-  const e = entityFor(deps, input);
+  const e = entityFor(deps, { type: input.type, id: input.id });
   const merged = mergeEntityStates(e.state, input.state, deps.strategies[input.type]);
   e.state = merged.state;
   noteResult(deps, e, merged);

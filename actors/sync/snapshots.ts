@@ -37,7 +37,7 @@ export async function catchUp(deps: SyncDeps): Promise<SyncCatchUpOutput> {
       if (d.entities.has(entityKey(s.type, s.id))) {
         mergeState(deps, { type: s.type, id: s.id, state: s.state, notify: true });
       } else {
-        entityFor(deps, s).state = s.state;
+        entityFor(deps, { type: s.type, id: s.id }).state = s.state;
         const stamp = newestStamp(s.state);
         if (stamp) deps.clock.receive(stamp);
       }
