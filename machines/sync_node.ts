@@ -1,25 +1,32 @@
 /**
  * The sync node of one instance: cross-instance entity state over Redis with the event
- * log and snapshots in PostgreSQL behind it.
+ * log and snapshots in PostgreSQL behind it. This chart is the one owner of the node's
+ * lifecycle; the data plane (actors/sync/) holds entities, batches and queues and only
+ * reports what it observes, through the effects each state invokes.
  *
  * starting → running (parallel regions) ⇄ retrying:
- * - `replication`: catching_up (latest snapshots + later deltas) → live ⇄ repairing. A gap
- *   in an origin's sequence (a lost pub/sub message, or a peer announcing batches this
- *   node lacks) moves it to repairing, which fetches the missing batches from PostgreSQL
- *   or a peer; what is still missing is retried after `repairRetryMs`.
- * - `link`: up ⇄ down, the Redis pub/sub link as the bus reports it; coming back up
- *   resynchronises (caches cleared, peers asked to announce their sequences).
- * - `heads`: every `headsMs` the node announces how far it got per origin, so a peer
- *   that lost the *last* message of an origin notices too.
- * - `snapshots`: standby ⇄ active. Only the holder of the snapshot role writes periodic
- *   compressed snapshots, and only once caught up.
+ * - `replication`: catching_up (latest snapshots + later deltas) → caught_up. Only while
+ *   caught up are received batches and peers' announcements checked for gaps
+ *   (`detectGaps`); a gap moves `live` to `repairing`, which fetches the missing batches
+ *   from PostgreSQL or a peer; what is still missing is retried after `repairRetryMs`.
+ * - `link`: up ⇄ down, decided here from what the data plane reports: while up it reports
+ *   only failed publishes (→ down), while down only successful ones (→ up). Coming back up,
+ *   or a resubscription nobody's publish noticed, resynchronises: caches are cleared and
+ *   every peer is asked to announce its sequences.
+ * - `heads`: every `headsMs` the node announces how far it got per origin, so a peer that
+ *   lost the *last* message of an origin notices too; a peer's request is answered within
+ *   `answerMs` of the previous announcement.
+ * - `snapshots`: standby ⇄ active as the `sync-snapshots` lease says. Only the holder
+ *   writes periodic snapshot rounds, fenced by its token, and only once caught up.
  *
- * The per-delta hot path (apply, batch, publish) does not go through this chart: it
- * runs in the node's effects at tens of thousands of updates per second; the chart owns
- * the lifecycle and the recovery decisions.
+ * Time comes only from the XState clock (delays) and from effect outputs and events
+ * stamped with the injected clock; the context is plain data.
+ *
+ * The per-delta hot path (apply, batch, publish, store) does not go through this chart: it
+ * runs in the data plane at tens of thousands of updates per second.
  * @module
  */
-import { assign, fromCallback, fromPromise, setup } from "xstate";
+import { assign, fromCallback, fromPromise, setup, type SnapshotFrom, stateIn } from "xstate";
 
 /** Input of the sync node. */
 export interface SyncNodeInput {
@@ -33,6 +40,8 @@ export interface SyncNodeInput {
   repairRetryMs?: number;
   /** Pause before retrying a failed start or catch-up (ms, default 1000). */
   retryMs?: number;
+  /** Least time between two announcements when a peer asks for one (ms, default 100). */
+  answerMs?: number;
 }
 
 /** What `open` returns. */
@@ -63,6 +72,24 @@ export interface SyncRepairOutput {
   remaining: number;
 }
 
+/** Input of `announce`. */
+export interface SyncAnnounceInput {
+  /** Ask every peer to announce at once (after a resubscription). */
+  want: boolean;
+}
+
+/** What `announce` returns. */
+export interface SyncAnnounceOutput {
+  /** When the announcement was made (injected clock, ms). */
+  at: number;
+}
+
+/** Input of `snapshot`. */
+export interface SyncSnapshotInput {
+  /** Fencing token of the snapshot role, or null when not held. */
+  token: number | null;
+}
+
 /** What `snapshot` returns. */
 export interface SyncSnapshotOutput {
   /** Round written, or null when nothing was written. */
@@ -73,19 +100,24 @@ export interface SyncSnapshotOutput {
   skipped?: string;
 }
 
-/** Context of the sync node. */
+/** Input of `watchLink`: which publish outcomes matter in the current link state. */
+export interface SyncLinkWatchInput {
+  /** `loss`: report failed publishes (link up); `recovery`: successful ones (link down). */
+  report: "loss" | "recovery";
+}
+
+/** Context of the sync node: plain data, serialisable. */
 export interface SyncNodeContext {
   instanceId: string;
   headsMs: number;
   snapshotMs: number;
   repairRetryMs: number;
   retryMs: number;
+  answerMs: number;
   /** This incarnation's origin id once open. */
   origin: string | null;
-  /** Whether catch-up finished at least once. */
-  caughtUp: boolean;
-  /** Holds the snapshot role. */
-  snapshotter: boolean;
+  /** Fencing token of the snapshot role while held, else null. */
+  roleToken: number | null;
   /** Batches repaired so far. */
   repaired: number;
   /** Batches given up as lost. */
@@ -96,32 +128,42 @@ export interface SyncNodeContext {
   snapshotRounds: number;
   /** Consecutive failures of start / catch-up. */
   failures: number;
+  /** When the last announcement was made (injected clock, ms), or null before the first. */
+  lastAnnounceAt: number | null;
+  /** How long the pending answer to a peer's request waits (ms). */
+  answerDelayMs: number;
   /** Last error seen. */
   lastError: string | null;
   /** Why the node is where it is. */
   reason: string;
 }
 
-/** Events of the sync node (sent by its `link` and `role` effects). */
+/**
+ * Events of the sync node, each a fact an invoked effect observed: `detectGaps` sends
+ * `sync.gap`; `watchLink` sends `sync.link_lost`, `sync.link_back` and
+ * `sync.resubscribed`; `watchRole` sends `sync.role`; `watchRequests` sends
+ * `sync.heads_wanted`.
+ */
 export type SyncNodeEvent =
   | { type: "sync.gap"; missing: number }
-  | { type: "sync.link_down"; reason: string }
-  | { type: "sync.link_up" }
-  | { type: "sync.role"; held: boolean };
+  | { type: "sync.link_lost"; reason: string }
+  | { type: "sync.link_back" }
+  | { type: "sync.resubscribed" }
+  | { type: "sync.role"; token: number | null }
+  | { type: "sync.heads_wanted"; at: number };
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** The sync-node statechart. */
-export const syncNodeMachine = setup({
+const syncNodeSetup = setup({
   types: {
     context: {} as SyncNodeContext,
     input: {} as SyncNodeInput,
     events: {} as SyncNodeEvent,
   },
   actors: {
-    /** Registers this incarnation as an origin (PostgreSQL); returns its id. */
+    /** Registers this incarnation as an origin (PostgreSQL), joins pub/sub; returns its id. */
     open: fromPromise<SyncOpenOutput, { instanceId: string }>(() =>
       Promise.resolve({ origin: "origin" })
     ),
@@ -134,33 +176,372 @@ export const syncNodeMachine = setup({
       Promise.resolve({ repaired: 0, lost: 0, remaining: 0 })
     ),
     /** Announces this node's sequences to its peers. */
-    announce: fromPromise<void, { origin: string | null }>(() => Promise.resolve()),
-    /** Writes a snapshot round (dirty entities and a checkpoint). */
-    snapshot: fromPromise<SyncSnapshotOutput, { origin: string | null }>(() =>
+    announce: fromPromise<SyncAnnounceOutput, SyncAnnounceInput>(() => Promise.resolve({ at: 0 })),
+    /** Writes a snapshot round (dirty entities and a checkpoint) fenced by the token. */
+    snapshot: fromPromise<SyncSnapshotOutput, SyncSnapshotInput>(() =>
       Promise.resolve({ round: null, entities: 0 })
     ),
-    /** The pub/sub link: receives batches and reports gaps and link changes. */
-    link: fromCallback<SyncNodeEvent, { origin: string | null }>(() => () => {}),
-    /** The snapshot-role campaign: reports `sync.role`. */
-    role: fromCallback<SyncNodeEvent, { origin: string | null }>(() => () => {}),
+    /** While caught up: reports `sync.gap` when batches or announcements reveal missing batches. */
+    detectGaps: fromCallback<SyncNodeEvent>(() => () => {}),
+    /** Reports the publish outcomes that matter in the current link state, and resubscriptions. */
+    watchLink: fromCallback<SyncNodeEvent, SyncLinkWatchInput>(() => () => {}),
+    /** The snapshot-role campaign: reports `sync.role` (now, and on every change). */
+    watchRole: fromCallback<SyncNodeEvent>(() => () => {}),
+    /** Reports `sync.heads_wanted` when a peer asks every node to announce. */
+    watchRequests: fromCallback<SyncNodeEvent>(() => () => {}),
   },
   actions: {
-    /** After the link came back: clear caches that may have missed invalidations, ask peers to announce. */
-    resync: () => {},
+    /** Lets the node answer `stats()` from this chart (the one place its phase lives). */
+    attach: () => {},
+    /** Clears every cache: invalidations may have been missed. */
+    clearCaches: () => {},
+    /** Logs that the link went down (effects: the logger). */
+    logLinkLost: (_, _params: { reason: string }) => {},
+    /** Logs that the link is back. */
+    logLinkBack: () => {},
+    recordOrigin: assign((_, p: { origin: string }) => ({
+      origin: p.origin,
+      failures: 0,
+      reason: `registered origin ${p.origin}; catching up`,
+    })),
+    recordStartFailure: assign(({ context }, p: { error: string }) => ({
+      failures: context.failures + 1,
+      lastError: p.error,
+      reason: `cannot start: ${p.error}`,
+    })),
+    recordCatchUp: assign((_, p: SyncCatchUpOutput) => ({
+      failures: 0,
+      missing: p.missing,
+      reason: p.missing > 0
+        ? `caught up from ${p.entities} snapshots and ${p.batches} batches; ` +
+          `${p.missing} batches missing`
+        : `live: caught up from ${p.entities} snapshots and ${p.batches} batches`,
+    })),
+    recordCatchUpFailure: assign(({ context }, p: { error: string }) => ({
+      failures: context.failures + 1,
+      lastError: p.error,
+      reason: `catch-up failed: ${p.error}`,
+    })),
+    recordGap: assign((_, p: { missing: number }) => ({
+      missing: p.missing,
+      reason: `repairing because ${p.missing} batches are missing`,
+    })),
+    recordRepair: assign(({ context }, p: SyncRepairOutput) => ({
+      repaired: context.repaired + p.repaired,
+      lost: context.lost + p.lost,
+      missing: p.remaining,
+      reason: p.remaining > 0
+        ? `${p.remaining} batches still missing; retrying`
+        : p.lost
+        ? `live: repaired ${p.repaired} batches, ${p.lost} lost for good`
+        : `live: repaired ${p.repaired} batches`,
+    })),
+    recordRepairFailure: assign((_, p: { error: string }) => ({
+      lastError: p.error,
+      reason: `repair failed: ${p.error}`,
+    })),
+    recordLinkLost: assign((_, p: { reason: string }) => ({
+      lastError: p.reason,
+      reason: `pub/sub link down: ${p.reason}`,
+    })),
+    recordLinkBack: assign({ reason: "pub/sub link back; resynchronising with peers" }),
+    recordAnnounced: assign((_, p: SyncAnnounceOutput) => ({ lastAnnounceAt: p.at })),
+    /** A peer's request waits until `answerMs` after the previous announcement. */
+    scheduleAnswer: assign(({ context }, p: { at: number }) => ({
+      answerDelayMs: context.answerMs - (p.at - (context.lastAnnounceAt ?? p.at)),
+    })),
+    recordRole: assign((_, p: { token: number | null }) => ({ roleToken: p.token })),
+    recordSnapshot: assign(({ context }, p: SyncSnapshotOutput) => ({
+      snapshotRounds: context.snapshotRounds + (p.round === null ? 0 : 1),
+    })),
+    recordSnapshotFailure: assign((_, p: { error: string }) => ({
+      lastError: `snapshot failed: ${p.error}`,
+    })),
   },
   guards: {
+    /** Batches are still missing. */
     gapsLeft: (_, params: { missing: number }) => params.missing > 0,
-    roleHeld: ({ event }) => event.type === "sync.role" && event.held,
-    roleLost: ({ event }) => event.type === "sync.role" && !event.held,
-    caughtUp: ({ context }) => context.caughtUp,
+    /** The event says this node holds the snapshot role. */
+    roleHeld: ({ event }) => event.type === "sync.role" && event.token !== null,
+    /** The event says this node lost the snapshot role. */
+    roleLost: ({ event }) => event.type === "sync.role" && event.token === null,
+    /** The previous announcement is at least `answerMs` old: a peer's request is answered now. */
+    answerNow: ({ context, event }) =>
+      event.type === "sync.heads_wanted" &&
+      (context.lastAnnounceAt === null || event.at - context.lastAnnounceAt >= context.answerMs),
+    /** The replication region has caught up (snapshots must cover caught-up state only). */
+    caughtUp: stateIn({ running: { replication: "caught_up" } }),
   },
   delays: {
     heads: ({ context }) => context.headsMs,
     snapshot: ({ context }) => context.snapshotMs,
     repairRetry: ({ context }) => context.repairRetryMs,
     retry: ({ context }) => context.retryMs,
+    answer: ({ context }) => context.answerDelayMs,
   },
-}).createMachine({
+});
+
+/** The type every state config of this chart satisfies (checked against `setup()`). */
+type StateConfig = NonNullable<
+  Parameters<typeof syncNodeSetup.createMachine>[0]["states"]
+>[string];
+
+/** Registers the origin and joins pub/sub; a failure is retried after `retryMs`. */
+const startingState = {
+  invoke: {
+    src: "open",
+    input: ({ context }) => ({ instanceId: context.instanceId }),
+    onDone: {
+      target: "running",
+      actions: { type: "recordOrigin", params: ({ event }) => event.output },
+    },
+    onError: {
+      target: "retrying",
+      actions: {
+        type: "recordStartFailure",
+        params: ({ event }) => ({ error: message(event.error) }),
+      },
+    },
+  },
+} satisfies StateConfig;
+
+const retryingState = {
+  after: { retry: "starting" },
+} satisfies StateConfig;
+
+/** catching_up → caught_up (live ⇄ repairing); gaps are looked for only once caught up. */
+const replicationRegion = {
+  initial: "catching_up",
+  states: {
+    catching_up: {
+      invoke: {
+        src: "catchUp",
+        input: ({ context }) => ({ origin: context.origin }),
+        onDone: [
+          {
+            guard: { type: "gapsLeft", params: ({ event }) => event.output },
+            target: "caught_up.repairing",
+            actions: { type: "recordCatchUp", params: ({ event }) => event.output },
+          },
+          {
+            target: "caught_up.live",
+            actions: { type: "recordCatchUp", params: ({ event }) => event.output },
+          },
+        ],
+        onError: {
+          target: "catch_up_retry",
+          actions: {
+            type: "recordCatchUpFailure",
+            params: ({ event }) => ({ error: message(event.error) }),
+          },
+        },
+      },
+    },
+    catch_up_retry: {
+      after: { retry: "catching_up" },
+    },
+    caught_up: {
+      invoke: { src: "detectGaps" },
+      initial: "live",
+      states: {
+        live: {
+          on: {
+            "sync.gap": {
+              target: "repairing",
+              actions: { type: "recordGap", params: ({ event }) => ({ missing: event.missing }) },
+            },
+          },
+        },
+        repairing: {
+          invoke: {
+            src: "repair",
+            input: ({ context }) => ({ origin: context.origin }),
+            onDone: [
+              {
+                guard: {
+                  type: "gapsLeft",
+                  params: ({ event }) => ({ missing: event.output.remaining }),
+                },
+                target: "repair_wait",
+                actions: { type: "recordRepair", params: ({ event }) => event.output },
+              },
+              {
+                target: "live",
+                actions: { type: "recordRepair", params: ({ event }) => event.output },
+              },
+            ],
+            onError: {
+              target: "repair_wait",
+              actions: {
+                type: "recordRepairFailure",
+                params: ({ event }) => ({ error: message(event.error) }),
+              },
+            },
+          },
+        },
+        repair_wait: {
+          after: { repairRetry: "repairing" },
+        },
+      },
+    },
+  },
+} satisfies StateConfig;
+
+/** up ⇄ down, decided from publish outcomes; back up (or resubscribed) resynchronises. */
+const linkRegion = {
+  initial: "up",
+  states: {
+    up: {
+      invoke: { src: "watchLink", input: { report: "loss" } },
+      initial: "steady",
+      on: {
+        "sync.link_lost": {
+          target: "down",
+          actions: [
+            { type: "recordLinkLost", params: ({ event }) => ({ reason: event.reason }) },
+            { type: "logLinkLost", params: ({ event }) => ({ reason: event.reason }) },
+          ],
+        },
+        // The bus resubscribed after an outage nobody's publish noticed: messages published
+        // meanwhile are lost to this node, so resynchronise all the same.
+        "sync.resubscribed": ".resyncing",
+      },
+      states: {
+        steady: {},
+        resyncing: {
+          entry: "clearCaches",
+          invoke: {
+            src: "announce",
+            input: { want: true },
+            onDone: {
+              target: "steady",
+              actions: { type: "recordAnnounced", params: ({ event }) => event.output },
+            },
+            onError: "steady",
+          },
+        },
+      },
+    },
+    down: {
+      invoke: { src: "watchLink", input: { report: "recovery" } },
+      on: {
+        "sync.link_back": {
+          target: "up.resyncing",
+          actions: ["recordLinkBack", "logLinkBack"],
+        },
+        "sync.resubscribed": {
+          target: "up.resyncing",
+          actions: ["recordLinkBack", "logLinkBack"],
+        },
+      },
+    },
+  },
+} satisfies StateConfig;
+
+/** Periodic announcements, and answers to peers that ask for one. */
+const headsRegion = {
+  initial: "waiting",
+  states: {
+    waiting: {
+      invoke: { src: "watchRequests" },
+      after: { heads: "announcing" },
+      on: {
+        "sync.heads_wanted": [
+          { guard: "answerNow", target: "announcing" },
+          {
+            target: "answer_due",
+            actions: { type: "scheduleAnswer", params: ({ event }) => ({ at: event.at }) },
+          },
+        ],
+      },
+    },
+    answer_due: {
+      after: { answer: "announcing" },
+    },
+    announcing: {
+      invoke: {
+        src: "announce",
+        input: { want: false },
+        onDone: {
+          target: "waiting",
+          actions: { type: "recordAnnounced", params: ({ event }) => event.output },
+        },
+        onError: "waiting",
+      },
+    },
+  },
+} satisfies StateConfig;
+
+/** standby ⇄ active as the lease says; the holder writes a round every `snapshotMs`. */
+const snapshotsRegion = {
+  invoke: { src: "watchRole" },
+  initial: "standby",
+  states: {
+    standby: {
+      on: {
+        "sync.role": {
+          guard: "roleHeld",
+          target: "active",
+          actions: { type: "recordRole", params: ({ event }) => ({ token: event.token }) },
+        },
+      },
+    },
+    active: {
+      initial: "waiting",
+      on: {
+        "sync.role": [
+          {
+            guard: "roleLost",
+            target: "standby",
+            actions: { type: "recordRole", params: { token: null } },
+          },
+          // Acquired again under a new token without a loss in between.
+          { actions: { type: "recordRole", params: ({ event }) => ({ token: event.token }) } },
+        ],
+      },
+      states: {
+        waiting: {
+          after: {
+            snapshot: [
+              { guard: "caughtUp", target: "writing" },
+              { target: "waiting", reenter: true },
+            ],
+          },
+        },
+        writing: {
+          invoke: {
+            src: "snapshot",
+            input: ({ context }) => ({ token: context.roleToken }),
+            onDone: {
+              target: "waiting",
+              actions: { type: "recordSnapshot", params: ({ event }) => event.output },
+            },
+            onError: {
+              target: "waiting",
+              actions: {
+                type: "recordSnapshotFailure",
+                params: ({ event }) => ({ error: message(event.error) }),
+              },
+            },
+          },
+        },
+      },
+    },
+  },
+} satisfies StateConfig;
+
+const runningState = {
+  type: "parallel",
+  states: {
+    replication: replicationRegion,
+    link: linkRegion,
+    heads: headsRegion,
+    snapshots: snapshotsRegion,
+  },
+} satisfies StateConfig;
+
+/** The sync-node statechart. */
+export const syncNodeMachine = syncNodeSetup.createMachine({
   id: "sync_node",
   context: ({ input }) => ({
     instanceId: input.instanceId,
@@ -168,255 +549,50 @@ export const syncNodeMachine = setup({
     snapshotMs: input.snapshotMs ?? 10_000,
     repairRetryMs: input.repairRetryMs ?? 250,
     retryMs: input.retryMs ?? 1000,
+    answerMs: input.answerMs ?? 100,
     origin: null,
-    caughtUp: false,
-    snapshotter: false,
+    roleToken: null,
     repaired: 0,
     lost: 0,
     missing: 0,
     snapshotRounds: 0,
     failures: 0,
+    lastAnnounceAt: null,
+    answerDelayMs: 0,
     lastError: null,
     reason: "starting",
   }),
+  entry: "attach",
   initial: "starting",
   states: {
-    starting: {
-      invoke: {
-        src: "open",
-        input: ({ context }) => ({ instanceId: context.instanceId }),
-        onDone: {
-          target: "running",
-          actions: assign({
-            origin: ({ event }) => event.output.origin,
-            failures: 0,
-            reason: ({ event }) => `registered origin ${event.output.origin}; catching up`,
-          }),
-        },
-        onError: {
-          target: "retrying",
-          actions: assign({
-            failures: ({ context }) => context.failures + 1,
-            lastError: ({ event }) => message(event.error),
-            reason: ({ event }) => `cannot start: ${message(event.error)}`,
-          }),
-        },
-      },
-    },
-    retrying: {
-      after: { retry: "starting" },
-    },
-    running: {
-      type: "parallel",
-      invoke: [
-        { id: "link", src: "link", input: ({ context }) => ({ origin: context.origin }) },
-        { id: "role", src: "role", input: ({ context }) => ({ origin: context.origin }) },
-      ],
-      states: {
-        replication: {
-          initial: "catching_up",
-          states: {
-            catching_up: {
-              invoke: {
-                src: "catchUp",
-                input: ({ context }) => ({ origin: context.origin }),
-                onDone: [
-                  {
-                    guard: { type: "gapsLeft", params: ({ event }) => event.output },
-                    target: "repairing",
-                    actions: assign({
-                      caughtUp: true,
-                      failures: 0,
-                      missing: ({ event }) => event.output.missing,
-                      reason: ({ event }) =>
-                        `caught up from ${event.output.entities} snapshots and ` +
-                        `${event.output.batches} batches; ${event.output.missing} batches missing`,
-                    }),
-                  },
-                  {
-                    target: "live",
-                    actions: assign({
-                      caughtUp: true,
-                      failures: 0,
-                      missing: 0,
-                      reason: ({ event }) =>
-                        `live: caught up from ${event.output.entities} snapshots and ` +
-                        `${event.output.batches} batches`,
-                    }),
-                  },
-                ],
-                onError: {
-                  target: "catch_up_retry",
-                  actions: assign({
-                    failures: ({ context }) => context.failures + 1,
-                    lastError: ({ event }) => message(event.error),
-                    reason: ({ event }) => `catch-up failed: ${message(event.error)}`,
-                  }),
-                },
-              },
-            },
-            catch_up_retry: {
-              after: { retry: "catching_up" },
-            },
-            live: {
-              on: {
-                "sync.gap": {
-                  target: "repairing",
-                  actions: assign({
-                    missing: ({ event }) => event.missing,
-                    reason: ({ event }) => `repairing because ${event.missing} batches are missing`,
-                  }),
-                },
-              },
-            },
-            repairing: {
-              invoke: {
-                src: "repair",
-                input: ({ context }) => ({ origin: context.origin }),
-                onDone: [
-                  {
-                    guard: {
-                      type: "gapsLeft",
-                      params: ({ event }) => ({
-                        missing: event.output.remaining,
-                      }),
-                    },
-                    target: "repair_wait",
-                    actions: assign({
-                      repaired: ({ context, event }) => context.repaired + event.output.repaired,
-                      lost: ({ context, event }) => context.lost + event.output.lost,
-                      missing: ({ event }) => event.output.remaining,
-                      reason: ({ event }) =>
-                        `${event.output.remaining} batches still missing; retrying`,
-                    }),
-                  },
-                  {
-                    target: "live",
-                    actions: assign({
-                      repaired: ({ context, event }) => context.repaired + event.output.repaired,
-                      lost: ({ context, event }) => context.lost + event.output.lost,
-                      missing: 0,
-                      reason: ({ event }) =>
-                        event.output.lost
-                          ? `live: repaired ${event.output.repaired} batches, ` +
-                            `${event.output.lost} lost for good`
-                          : `live: repaired ${event.output.repaired} batches`,
-                    }),
-                  },
-                ],
-                onError: {
-                  target: "repair_wait",
-                  actions: assign({
-                    lastError: ({ event }) => message(event.error),
-                    reason: ({ event }) => `repair failed: ${message(event.error)}`,
-                  }),
-                },
-              },
-            },
-            repair_wait: {
-              after: { repairRetry: "repairing" },
-            },
-          },
-        },
-        link: {
-          initial: "up",
-          states: {
-            up: {
-              on: {
-                // The bus resubscribed after an outage nobody's publish noticed: resync too.
-                "sync.link_up": { actions: "resync" },
-                "sync.link_down": {
-                  target: "down",
-                  actions: assign({
-                    lastError: ({ event }) => event.reason,
-                    reason: ({ event }) => `pub/sub link down: ${event.reason}`,
-                  }),
-                },
-              },
-            },
-            down: {
-              on: {
-                "sync.link_up": {
-                  target: "up",
-                  actions: [
-                    "resync",
-                    assign({ reason: "pub/sub link back; resynchronising with peers" }),
-                  ],
-                },
-              },
-            },
-          },
-        },
-        heads: {
-          initial: "waiting",
-          states: {
-            waiting: {
-              after: { heads: "announcing" },
-            },
-            announcing: {
-              invoke: {
-                src: "announce",
-                input: ({ context }) => ({ origin: context.origin }),
-                onDone: "waiting",
-                onError: "waiting",
-              },
-            },
-          },
-        },
-        snapshots: {
-          initial: "standby",
-          states: {
-            standby: {
-              on: {
-                "sync.role": {
-                  guard: "roleHeld",
-                  target: "active",
-                  actions: assign({ snapshotter: true }),
-                },
-              },
-            },
-            active: {
-              initial: "waiting",
-              on: {
-                "sync.role": {
-                  guard: "roleLost",
-                  target: "standby",
-                  actions: assign({ snapshotter: false }),
-                },
-              },
-              states: {
-                waiting: {
-                  after: {
-                    snapshot: [
-                      { guard: "caughtUp", target: "writing" },
-                      { target: "waiting", reenter: true },
-                    ],
-                  },
-                },
-                writing: {
-                  invoke: {
-                    src: "snapshot",
-                    input: ({ context }) => ({ origin: context.origin }),
-                    onDone: {
-                      target: "waiting",
-                      actions: assign({
-                        snapshotRounds: ({ context, event }) =>
-                          context.snapshotRounds + (event.output.round === null ? 0 : 1),
-                      }),
-                    },
-                    onError: {
-                      target: "waiting",
-                      actions: assign({
-                        lastError: ({ event }) => `snapshot failed: ${message(event.error)}`,
-                      }),
-                    },
-                  },
-                },
-              },
-            },
-          },
-        },
-      },
-    },
+    starting: startingState,
+    retrying: retryingState,
+    running: runningState,
   },
 });
+
+/** A snapshot of the sync-node chart. */
+export type SyncNodeSnapshot = SnapshotFrom<typeof syncNodeMachine>;
+
+/** What the chart says about the node, for its stats and health. */
+export interface SyncNodeFacts {
+  /** The origin is registered and the node runs (or ran, when the chart stopped). */
+  open: boolean;
+  /** The replication region caught up. */
+  caughtUp: boolean;
+  /** The link region is not `down`. */
+  linkUp: boolean;
+  /** Fencing token of the snapshot role while held, else null. */
+  roleToken: number | null;
+}
+
+/** Reads the node's phase from a snapshot of its chart (null: no chart ever ran). */
+export function syncNodeFacts(s: SyncNodeSnapshot | null): SyncNodeFacts {
+  if (!s) return { open: false, caughtUp: false, linkUp: true, roleToken: null };
+  return {
+    open: s.matches("running"),
+    caughtUp: s.matches({ running: { replication: "caught_up" } }),
+    linkUp: !s.matches({ running: { link: "down" } }),
+    roleToken: s.context.roleToken,
+  };
+}

@@ -204,15 +204,25 @@ export async function listOrigins(sql: Sql): Promise<OriginRow[]> {
   }
 }
 
+/** Sealed batches of one origin to store (`json` is the batch's JSON text, as published). */
+export interface AppendBatchesInput {
+  /** The origin that sealed them. */
+  origin: string;
+  /** Its instance (registers the origin if it is not yet). */
+  instanceId: string;
+  /** When the origin started (registers the origin if it is not yet). */
+  startedAt: Date;
+  /** The batches. */
+  batches: readonly { seq: number; json: string }[];
+}
+
 /**
- * Stores sealed batches of one origin (`json` is the batch's JSON text, as published) and
- * raises the origin's persisted sequence number, in one transaction.
+ * Stores sealed batches of one origin and raises the origin's persisted sequence number,
+ * registering the origin if needed, in one transaction: batches sealed before the origin
+ * was registered are stored, and counted, like any others.
  */
-export async function appendBatches(
-  sql: Sql,
-  origin: string,
-  batches: readonly { seq: number; json: string }[],
-): Promise<void> {
+export async function appendBatches(sql: Sql, input: AppendBatchesInput): Promise<void> {
+  const { origin, batches } = input;
   if (!batches.length) return;
   // The JSON texts are spliced into one JSON array parameter (not into the SQL), so the
   // driver does not serialise them a second time.
@@ -227,9 +237,11 @@ export async function appendBatches(
         FROM jsonb_array_elements(${param}::text::jsonb) AS e
         ON CONFLICT (aggregate_type, aggregate_id, version) DO NOTHING`;
       await tx`
-        UPDATE sync_origins
-        SET persisted_seq = GREATEST(persisted_seq, ${high}), persisted_at = now()
-        WHERE origin = ${origin}`;
+        INSERT INTO sync_origins (origin, instance_id, started_at, persisted_seq, persisted_at)
+        VALUES (${origin}, ${input.instanceId}, ${input.startedAt}, ${high}, now())
+        ON CONFLICT (origin) DO UPDATE
+        SET persisted_seq = GREATEST(sync_origins.persisted_seq, EXCLUDED.persisted_seq),
+            persisted_at = now()`;
     });
   } catch (err) {
     rethrowDatabaseError(err, "store sync batches");

@@ -14,8 +14,7 @@
  * ```
  * @module
  */
-import { fromCallback, fromPromise } from "xstate";
-import { type SyncNodeContext, syncNodeMachine } from "../../machines/sync_node.ts";
+import type { SyncNodeContext } from "../../machines/sync_node.ts";
 import { getStreamById, onStreamChange, type Stream } from "../../store/streams.ts";
 import type { ActorSpec, ConcernParts, RuntimeServices } from "../runtime/types.ts";
 import type { InvalidatingCache } from "./cache.ts";
@@ -38,29 +37,7 @@ export function syncActorSpec(node: SyncNode, settings: Partial<SyncSettings> = 
   return {
     id: SYNC_ACTOR,
     chart: "sync_node",
-    create: () =>
-      syncNodeMachine.provide({
-        actors: {
-          open: fromPromise(() => node.open()),
-          catchUp: fromPromise(() => node.catchUp()),
-          repair: fromPromise(() => node.repair()),
-          announce: fromPromise(() => node.announce()),
-          snapshot: fromPromise(() => node.snapshot()),
-          link: fromCallback(({ sendBack }) => {
-            const off = node.onSignal((e) => {
-              if (e.type !== "sync.role") sendBack(e);
-            });
-            return () => void off();
-          }),
-          role: fromCallback(({ sendBack }) => {
-            const off = node.onSignal((e) => {
-              if (e.type === "sync.role") sendBack(e);
-            });
-            return () => void off();
-          }),
-        },
-        actions: { resync: () => node.resync() },
-      }),
+    create: () => node.logic,
     input: () => ({
       instanceId: node.instanceId,
       headsMs: settings.headsMs,
@@ -77,7 +54,7 @@ export function syncActorSpec(node: SyncNode, settings: Partial<SyncSettings> = 
         missing: s.missing,
         repaired: ctx.repaired,
         lost: ctx.lost,
-        snapshotter: ctx.snapshotter,
+        snapshotter: ctx.roleToken !== null,
         snapshotRounds: ctx.snapshotRounds,
         reason: ctx.reason,
       };
