@@ -2,15 +2,17 @@
  * Pending MFA challenges: what another instance needs to resume a login attempt that is
  * waiting for a code (the client's next request may reach any instance).
  *
- * Stored in Redis under `keyspace.key("login", "attempt", attemptId)` with a TTL equal to
- * the time left, or in this process without Redis (a single instance). The record holds
- * the SHA-256 of the challenge token, never the token, and no password or code.
+ * Stored in Redis (`login:attempt:<id>`, store/redis_sessions.ts) with a TTL equal to the
+ * time left, or in this process without Redis (a single instance). The record holds the
+ * SHA-256 of the challenge token, never the token, and no password or code; what comes back
+ * from Redis is parsed with the record's schema before it is believed.
  * @module
  */
 import type { Redis } from "ioredis";
 import { z } from "zod";
 import type { LoginDevice } from "../../machines/login.ts";
 import type { Keyspace } from "../../store/redis.ts";
+import { createLoginAttemptStore } from "../../store/redis_sessions.ts";
 
 /** A resumable login attempt. */
 export interface ChallengeRecord {
@@ -65,12 +67,12 @@ export function createChallengeStore(options: {
   now: () => number;
 }): ChallengeStore {
   const { redis, keyspace, now } = options;
+  const stored = redis ? createLoginAttemptStore(redis, keyspace) : null;
   const local = new Map<string, ChallengeRecord>();
-  const key = (id: string) => keyspace.key("login", "attempt", id);
   return {
     async save(record) {
       const ttl = Math.max(1, record.deadline - now());
-      if (redis) await redis.set(key(record.attemptId), JSON.stringify(record), "PX", ttl);
+      if (stored) await stored.save(record.attemptId, JSON.stringify(record), ttl);
       else {
         local.set(record.attemptId, record);
         if (local.size > 10_000) {
@@ -80,8 +82,8 @@ export function createChallengeStore(options: {
     },
     async load(attemptId) {
       let raw: unknown;
-      if (redis) {
-        const text = await redis.get(key(attemptId));
+      if (stored) {
+        const text = await stored.load(attemptId);
         if (text === null) return null;
         try {
           raw = JSON.parse(text);
@@ -96,7 +98,7 @@ export function createChallengeStore(options: {
       return parsed.data;
     },
     async remove(attemptId) {
-      if (redis) await redis.del(key(attemptId));
+      if (stored) await stored.remove(attemptId);
       else local.delete(attemptId);
     },
   };

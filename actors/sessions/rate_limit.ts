@@ -1,10 +1,9 @@
 /**
  * Fixed-window attempt counters for login and registration: in Redis (shared by every
- * instance) or, without Redis, in this process.
+ * instance; keys and commands in store/redis_sessions.ts) or, without Redis, in this process.
  *
  * `hit` counts an attempt *before* the work it guards, so concurrent attempts each see a
- * distinct count and a burst cannot slip past the limit. Redis: `SET key 0 PX window NX`
- * and `INCR key` in one MULTI, so the counter always carries its expiry. When Redis
+ * distinct count and a burst cannot slip past the limit. When Redis
  * fails the limiter lets the attempt through (and reports it): the per-user MFA lockout in
  * PostgreSQL still bounds guessing, and refusing every login during a Redis outage would
  * turn a cache failure into a full outage.
@@ -12,6 +11,7 @@
  */
 import type { Redis } from "ioredis";
 import type { Keyspace } from "../../store/redis.ts";
+import { createRateCounterStore, rateLimitKey } from "../../store/redis_sessions.ts";
 
 /** A limit: at most `limit` attempts per `windowMs`. */
 export interface RateLimit {
@@ -43,7 +43,7 @@ export interface RateLimiter {
 export interface RateLimiterOptions {
   /** Redis connection; null: counters live in this process. */
   redis: Redis | null;
-  /** Key namer. */
+  /** Key namer (in-process counters use the same keys). */
   keyspace: Keyspace;
   /** Clock (in-process counters only; Redis expires keys on its own clock). */
   now: () => number;
@@ -55,21 +55,14 @@ export interface RateLimiterOptions {
 export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
   const { redis, keyspace, now } = options;
   const onError = options.onError ?? (() => {});
+  const counters = redis ? createRateCounterStore(redis) : null;
   const local = new Map<string, { count: number; resetAt: number }>();
 
   async function hitRedis(key: string, limit: RateLimit): Promise<RateDecision> {
     try {
-      const results = await redis!.multi()
-        .set(key, "0", "PX", limit.windowMs, "NX")
-        .incr(key)
-        .pttl(key)
-        .exec();
-      const failed = results?.find(([err]) => err);
-      if (!results || failed) throw failed?.[0] ?? new Error("MULTI was aborted");
-      const count = Number(results[1][1]);
-      const ttl = Number(results[2][1]);
+      const { count, ttlMs } = await counters!.hit(key, limit.windowMs);
       const allowed = count <= limit.limit;
-      return { allowed, count, retryAfterMs: allowed ? 0 : Math.max(1, ttl) };
+      return { allowed, count, retryAfterMs: allowed ? 0 : Math.max(1, ttlMs) };
     } catch (err) {
       onError(err);
       return { allowed: true, count: 0, retryAfterMs: 0 };
@@ -93,17 +86,17 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
 
   return {
     hit(parts, limit) {
-      const key = keyspace.key("ratelimit", ...parts);
-      return redis ? hitRedis(key, limit) : Promise.resolve(hitLocal(key, limit));
+      const key = rateLimitKey(keyspace, parts);
+      return counters ? hitRedis(key, limit) : Promise.resolve(hitLocal(key, limit));
     },
     async reset(parts) {
-      const key = keyspace.key("ratelimit", ...parts);
-      if (!redis) {
+      const key = rateLimitKey(keyspace, parts);
+      if (!counters) {
         local.delete(key);
         return;
       }
       try {
-        await redis.del(key);
+        await counters.reset(key);
       } catch (err) {
         onError(err);
       }
