@@ -9,14 +9,12 @@
  * @module
  */
 import { dirname } from "node:path";
-import type { Redis } from "ioredis";
 import { type AnyActorRef, fromCallback, fromPromise } from "xstate";
-import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Database } from "../../store/database.ts";
 import type { MessageBus } from "../../store/bus.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import type { FailoverStore, PublishedRecord } from "../../store/redis_failover.ts";
 import {
   alterSystem,
   ensureSlot,
@@ -73,21 +71,6 @@ import type { FailoverSettings } from "./settings.ts";
 /** The lease role whose holder takes failover decisions. */
 export const FAILOVER_ROLE = "failover";
 
-/** The published primary as stored in Redis. */
-export const PublishedRecord = z.object({
-  node: z.string().min(1),
-  epoch: z.number().int().nonnegative(),
-  readOnlyNode: z.string().nullable().default(null),
-  token: z.number().nullable().default(null),
-  by: z.string().default(""),
-  at: z.number().default(0),
-  kind: z.string().default("failover"),
-  why: z.string().default(""),
-});
-
-/** The record stored at `failover:primary`. */
-export type PublishedRecord = z.infer<typeof PublishedRecord>;
-
 /** A lease event source the `watchLease` actor subscribes to. */
 export interface LeaseFeed {
   /** The current token, or null when not held. */
@@ -106,10 +89,8 @@ export interface FailoverDeps {
   nodes: Map<string, NodeClient>;
   /** The runtime's database handle (re-pointed by `repointPool`). */
   db: Database;
-  /** Redis, or null for a single instance. */
-  redis: Redis | null;
-  /** Key namer. */
-  keyspace: Keyspace;
+  /** The published primary in Redis (store/redis_failover.ts), or null for a single instance. */
+  published: FailoverStore | null;
   /** Cluster messages. */
   transport: Transport;
   /** Pub/sub bus (replication alerts go out on it). */
@@ -132,45 +113,12 @@ export interface FailoverDeps {
   actor(): AnyActorRef | undefined;
 }
 
-/** Redis key of the published primary. */
-export function primaryKey(keyspace: Keyspace): string {
-  return keyspace.key("failover", "primary");
-}
-
-/** Redis key of the coordinator's last status. */
-export function statusKey(keyspace: Keyspace): string {
-  return keyspace.key("failover", "status");
-}
-
-async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: number | undefined;
-  promise.catch(() => {});
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** Reads the published primary from Redis; null when none or Redis does not answer. */
 export async function readPublished(
-  deps: Pick<FailoverDeps, "redis" | "keyspace">,
+  deps: Pick<FailoverDeps, "published">,
   timeoutMs = 500,
 ): Promise<PublishedRecord | null> {
-  if (!deps.redis) return null;
-  try {
-    const raw = await withTimeout(deps.redis.get(primaryKey(deps.keyspace)), timeoutMs, "redis");
-    if (!raw) return null;
-    const parsed = PublishedRecord.safeParse(JSON.parse(raw));
-    return parsed.success ? parsed.data : null;
-  } catch {
-    return null;
-  }
+  return deps.published ? await deps.published.readPrimary(timeoutMs) : null;
 }
 
 function node(deps: FailoverDeps, name: string): NodeClient {
@@ -663,14 +611,14 @@ export async function publish(deps: FailoverDeps, input: PublishInput): Promise<
     why: input.why,
   };
   // 1. Redis, only under the current fencing token: a deposed coordinator cannot publish.
-  if (deps.redis) {
+  if (deps.published) {
     if (deps.leases && input.token) {
-      await deps.leases.fencedSet({ role: FAILOVER_ROLE, token: input.token }, {
-        key: primaryKey(deps.keyspace),
-        value: JSON.stringify(record),
-      });
+      await deps.leases.fencedSet(
+        { role: FAILOVER_ROLE, token: input.token },
+        deps.published.primaryWrite(record),
+      );
     } else {
-      await deps.redis.set(primaryKey(deps.keyspace), JSON.stringify(record));
+      await deps.published.writePrimary(record);
     }
   }
   const ms = input.startedAt !== null ? deps.now() - input.startedAt : null;
@@ -879,17 +827,16 @@ export async function sampleNodes(
         deps.log.debug("replication_status not stored", { error: describeError(err) })
       );
   }
-  if (deps.redis && deps.leases && input.leader) {
-    await deps.leases.fencedSet({ role: FAILOVER_ROLE, token: input.leader }, {
-      key: statusKey(deps.keyspace),
-      value: JSON.stringify({
+  if (deps.published && deps.leases && input.leader) {
+    await deps.leases.fencedSet(
+      { role: FAILOVER_ROLE, token: input.leader },
+      deps.published.statusWrite({
         by: deps.instanceId,
         at: sample.at,
         why: input.why,
         sync: sample.sync,
       }),
-      pxMs: 60_000,
-    }).catch(() => {});
+    ).catch(() => {});
   }
   return sample;
 }

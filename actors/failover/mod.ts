@@ -23,6 +23,7 @@ import {
   createRedisClient,
   redisConfigured,
 } from "../../store/redis.ts";
+import { createFailoverStore } from "../../store/redis_failover.ts";
 import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { createPgTools } from "../../store/pg_tools.ts";
@@ -172,10 +173,8 @@ export async function resolvePrimaryUrl(
   const client = createRedisClient(config.redis, { name: "rs-resolve-primary" });
   try {
     await client.connect();
-    const record = await readPublished({
-      redis: client,
-      keyspace: createKeyspace(config.redis.keyPrefix),
-    }, options.timeoutMs ?? 2000);
+    const record = await createFailoverStore(client, createKeyspace(config.redis.keyPrefix))
+      .readPrimary(options.timeoutMs ?? 2000);
     const node = record &&
       settings.nodes.find((n) => n.name === record.node);
     return node?.url ?? url;
@@ -313,8 +312,7 @@ function fullConcern(
     settings,
     nodes,
     db,
-    redis,
-    keyspace,
+    published: redis ? createFailoverStore(redis, keyspace) : null,
     transport,
     bus: services.bus,
     leases,

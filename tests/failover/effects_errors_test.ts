@@ -15,7 +15,6 @@ import {
   answerVote,
   collectVotes,
   type FailoverDeps,
-  primaryKey,
   promote,
   publish,
   readPublished,
@@ -37,6 +36,7 @@ import { type Database, openDatabase } from "../../store/database.ts";
 import { migrate } from "../../store/migrations.ts";
 import { createPgTools, pgCtlStop } from "../../store/pg_tools.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
+import { createFailoverStore, primaryKey } from "../../store/redis_failover.ts";
 import { fenceNode } from "../../store/replication.ts";
 import { startRedis } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
@@ -103,13 +103,13 @@ Deno.test({
     try {
       db = await openDatabase({ url: cluster.url("fe1"), connectTimeoutS: 10, poolSize: 2 });
       await migrate(db.sql);
+      const keyspace = createKeyspace("rsfe:");
       const base: FailoverDeps = {
         instanceId: "fe-test",
         settings,
         nodes: clients,
         db,
-        redis,
-        keyspace: createKeyspace("rsfe:"),
+        published: createFailoverStore(redis, keyspace),
         transport,
         bus,
         leases: null,
@@ -463,9 +463,9 @@ Deno.test({
 
       let epoch = 0;
       await t.step("publication: epochs only grow, and Redis garbage is not believed", async () => {
-        await redis.set(primaryKey(base.keyspace), "not json");
+        await redis.set(primaryKey(keyspace), "not json");
         assert.equal(await published(), null);
-        await redis.set(primaryKey(base.keyspace), JSON.stringify({ node: "fe1", epoch: -1 }));
+        await redis.set(primaryKey(keyspace), JSON.stringify({ node: "fe1", epoch: -1 }));
         assert.equal(await published(), null);
         // Past every epoch failover_history already names (the rejoin records above).
         const recorded = Number(

@@ -1,0 +1,119 @@
+/**
+ * The failover concern's keys on Redis: key layout, the stored record and typed calls
+ * (actors/failover/effects.ts decides what to publish and when):
+ *
+ * - `failover:primary`: the published primary as JSON ({@linkcode PublishedRecord}), no TTL;
+ *   every instance reads it to know where the pool points, and a restarting one to know
+ *   which node to open;
+ * - `failover:status`: the coordinator's last monitor status as JSON, for 60 s.
+ *
+ * The coordinator writes both under the failover lease's fencing token: the calls here
+ * only describe those writes ({@linkcode FencedWrite}) and actors/runtime/leases.ts makes
+ * them in the fence's script, so a deposed coordinator cannot publish. Only a lone
+ * instance (no leases) writes the primary directly.
+ *
+ * A stored record is parsed with a schema: anything else in that key counts as none.
+ * @module
+ */
+import type { Redis } from "ioredis";
+import { z } from "zod";
+import type { Keyspace } from "./redis.ts";
+import type { FencedWrite } from "./redis_leases.ts";
+
+/** The published primary as stored in Redis. */
+export const PublishedRecord = z.object({
+  node: z.string().min(1),
+  epoch: z.number().int().nonnegative(),
+  readOnlyNode: z.string().nullable().default(null),
+  token: z.number().nullable().default(null),
+  by: z.string().default(""),
+  at: z.number().default(0),
+  kind: z.string().default("failover"),
+  why: z.string().default(""),
+});
+
+/** The record stored at `failover:primary`. */
+export type PublishedRecord = z.infer<typeof PublishedRecord>;
+
+/** The coordinator's last monitor status, stored at `failover:status`. */
+export interface CoordinatorStatus {
+  /** Instance id of the coordinator. */
+  by: string;
+  /** When the sample was taken (ms since the epoch). */
+  at: number;
+  /** The monitor's sentence. */
+  why: string;
+  /** synchronous_standby_names of the primary as sampled. */
+  sync: unknown;
+}
+
+/** How long the coordinator's status outlives its last write. */
+const STATUS_TTL_MS = 60_000;
+
+/** The failover calls on one connection and keyspace. */
+export interface FailoverStore {
+  /**
+   * The published primary; null when none is published, the value is not a record, or
+   * Redis gives no answer within `timeoutMs`. Never throws.
+   */
+  readPrimary(timeoutMs: number): Promise<PublishedRecord | null>;
+  /** Publishes `record` unconditionally (a lone instance, which holds no lease). */
+  writePrimary(record: PublishedRecord): Promise<void>;
+  /** The write that publishes `record`, for a fenced write under the failover lease. */
+  primaryWrite(record: PublishedRecord): FencedWrite;
+  /** The write that stores the coordinator's status, for a fenced write. */
+  statusWrite(status: CoordinatorStatus): FencedWrite;
+}
+
+/** Redis key of the published primary. */
+export function primaryKey(keyspace: Keyspace): string {
+  return keyspace.key("failover", "primary");
+}
+
+/** Redis key of the coordinator's last status. */
+export function statusKey(keyspace: Keyspace): string {
+  return keyspace.key("failover", "status");
+}
+
+/** `promise`, or a rejection once `ms` have passed; the timer is always cleared. */
+async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: number | undefined;
+  promise.catch(() => {});
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`redis: no answer within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The failover calls over `redis`, with keys under `keyspace`. */
+export function createFailoverStore(redis: Redis, keyspace: Keyspace): FailoverStore {
+  const primary = primaryKey(keyspace);
+  const status = statusKey(keyspace);
+  return {
+    async readPrimary(timeoutMs) {
+      try {
+        const raw = await withTimeout(redis.get(primary), timeoutMs);
+        if (!raw) return null;
+        const parsed = PublishedRecord.safeParse(JSON.parse(raw));
+        return parsed.success ? parsed.data : null;
+      } catch {
+        return null;
+      }
+    },
+    async writePrimary(record) {
+      await redis.set(primary, JSON.stringify(record));
+    },
+    primaryWrite(record) {
+      return { key: primary, value: JSON.stringify(record) };
+    },
+    statusWrite(value) {
+      return { key: status, value: JSON.stringify(value), pxMs: STATUS_TTL_MS };
+    },
+  };
+}
