@@ -326,6 +326,7 @@ function createCore(options: TransportOptions) {
 
   return {
     log,
+    now,
     counters,
     parse,
     deliver,
@@ -513,7 +514,7 @@ export function createRedisTransport(
           kind: "reply",
           id: messageId(),
           corr,
-          sentAt: Date.now(),
+          sentAt: core.now(),
           ok: false,
           error: { code: "CLUSTER_UNAVAILABLE", message: `Cannot send the request: ${err}` },
         }));
