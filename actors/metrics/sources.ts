@@ -8,7 +8,7 @@
  * | `system` | host | /proc/stat (CPU), Deno.systemMemoryInfo(), statfs of /proc/mounts, /proc/net/dev |
  * | `streams` | cluster | live streams and their open session (PostgreSQL) |
  * | `database` | cluster | pg_stat_activity, pg_database_size, pg_stat_replication, timed queries |
- * | `cache` | cluster | Redis INFO stats and commandstats |
+ * | `cache` | cluster | Redis INFO stats and commandstats (store/redis_stats.ts) |
  *
  * Cluster-scoped sources read shared servers, so one instance of a cluster collects them
  * (see collector.ts); host-scoped ones run on every instance.
@@ -25,6 +25,7 @@ import {
   ping,
   replicationLag,
 } from "../../store/database_stats.ts";
+import { readRedisStats, type RedisStats } from "../../store/redis_stats.ts";
 import type { PromFamily } from "./prometheus.ts";
 import type { QueryTimer } from "./query_timer.ts";
 
@@ -397,34 +398,8 @@ export function databaseSource(
 // cache
 // ---------------------------------------------------------------------------------------
 
-/** Parses a Redis INFO answer into `key → value`. */
-export function parseInfo(text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const line of text.split(/\r?\n/)) {
-    if (!line || line.startsWith("#")) continue;
-    const i = line.indexOf(":");
-    if (i > 0) out.set(line.slice(0, i), line.slice(i + 1));
-  }
-  return out;
-}
-
-/** Calls per command from INFO commandstats (`cmdstat_get:calls=3,...`). */
-export function parseCommandStats(info: Map<string, string>): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const [key, value] of info) {
-    if (!key.startsWith("cmdstat_")) continue;
-    const calls = /(?:^|,)calls=(\d+)/.exec(value);
-    if (calls) out.set(key.slice("cmdstat_".length), Number(calls[1]));
-  }
-  return out;
-}
-
-interface CacheReading {
+interface CacheReading extends RedisStats {
   at: number;
-  hits: number;
-  misses: number;
-  commands: number;
-  perCommand: Map<string, number>;
 }
 
 /** Hit rate and operations per second of Redis, from INFO. */
@@ -435,18 +410,7 @@ export function cacheSource(redis: Redis, options: { maxCommands?: number } = {}
     name: "cache",
     scope: "cluster",
     async collect(at) {
-      const [stats, commandStats] = await Promise.all([
-        redis.info("stats"),
-        redis.info("commandstats"),
-      ]);
-      const info = parseInfo(stats);
-      const reading: CacheReading = {
-        at,
-        hits: Number(info.get("keyspace_hits") ?? 0),
-        misses: Number(info.get("keyspace_misses") ?? 0),
-        commands: Number(info.get("total_commands_processed") ?? 0),
-        perCommand: parseCommandStats(parseInfo(commandStats)),
-      };
+      const reading: CacheReading = { at, ...await readRedisStats(redis) };
       const before = last;
       last = reading;
       // Rates need a previous reading; a restarted server (counters went back) starts over.

@@ -12,14 +12,13 @@ import {
 } from "../../store/streams.ts";
 import type { Sql } from "../../store/types.ts";
 import { createUser } from "../../store/users.ts";
+import { parseCommandStats, parseInfo } from "../../store/redis_stats.ts";
 import { collectOnce } from "../../actors/metrics/collector.ts";
 import { createQueryTimer } from "../../actors/metrics/query_timer.ts";
 import {
   cacheSource,
   databaseSource,
-  parseCommandStats,
   parseCpu,
-  parseInfo,
   parseMounts,
   parseNetDev,
   type Source,
