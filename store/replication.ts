@@ -1,6 +1,7 @@
 /**
- * SQL of the failover manager: what it reads from each PostgreSQL node (recovery state,
- * LSNs, pg_stat_replication, WAL receiver, synchronous standbys, where the node runs), the
+ * SQL of the failover manager: the pools it opens on each PostgreSQL node
+ * ({@linkcode openNodePool}), what it reads from each node (recovery state, LSNs,
+ * pg_stat_replication, WAL receiver, synchronous standbys, where the node runs), the
  * administrative statements it sends (promote, fence, re-point a replica, synchronous
  * standbys), and the replication_status / failover_history / replication_canary tables.
  *
@@ -9,8 +10,36 @@
  * characters node names and connection strings built by the failover manager can contain.
  * @module
  */
+import postgres from "postgres";
 import { RuntimeError } from "../lib/errors.ts";
 import type { Sql } from "./types.ts";
+
+/**
+ * A pool of `max` connections straight to one node (not through the runtime's pool, which
+ * only ever points at the published primary), opened lazily, failing fast: the failover
+ * manager's probes and administration (actors/failover/nodes.ts puts a time limit on each
+ * call and drops a pool that hangs).
+ */
+export function openNodePool(url: string, options: { max: number; applicationName: string }): Sql {
+  return postgres(url, {
+    max: options.max,
+    connect_timeout: 3,
+    // Every call tries a fresh connection: postgres.js would otherwise wait out a reconnect
+    // backoff growing to 20 s after repeated failures, so a node that refuses connections
+    // would read "no answer within N ms" after a few probes (and close() would leave that
+    // timer running). The probe interval already paces the attempts.
+    backoff: () => 0,
+    idle_timeout: 60,
+    max_lifetime: null,
+    // No array-types query on connect: postgres.js drops that query's promise, so a
+    // connection cut during it (a timed-out probe of a stalled node ends its pool) rejects
+    // with nobody listening and ends the process (porsager/postgres#1192). These pools
+    // never send or read arrays.
+    fetch_types: false,
+    onnotice: () => {},
+    connection: { application_name: options.applicationName },
+  }) as Sql;
+}
 
 /** What one node says about itself. */
 export interface NodeState {

@@ -1,13 +1,13 @@
 /**
  * Direct connections to each PostgreSQL node of the cluster (not through the runtime's
  * pool, which only ever points at the published primary): a one-connection pool for the
- * probes of the primary and a small one for sampling and administration. Every call has
- * a time limit; a call that runs out of time resets its pool, so nothing queues behind a
- * hung server.
+ * probes of the primary and a small one for sampling and administration, both opened by
+ * store/replication.ts. Every call has a time limit; a call that runs out of time resets
+ * its pool, so nothing queues behind a hung server.
  * @module
  */
-import postgres from "postgres";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
+import { openNodePool } from "../../store/replication.ts";
 import type { Sql } from "../../store/types.ts";
 import type { NodeSetting } from "./settings.ts";
 
@@ -44,24 +44,7 @@ export function createNodeClient(
   let probeSql: Sql | null = null;
 
   function open(max: number): Sql {
-    return postgres(setting.url, {
-      max,
-      connect_timeout: 3,
-      // Every call tries a fresh connection: postgres.js would otherwise wait out a reconnect
-      // backoff growing to 20 s after repeated failures, so a node that refuses connections
-      // would read "no answer within N ms" after a few probes (and close() would leave that
-      // timer running). The probe interval already paces the attempts.
-      backoff: () => 0,
-      idle_timeout: 60,
-      max_lifetime: null,
-      // No array-types query on connect: postgres.js drops that query's promise, so a
-      // connection cut during it (a timed-out probe of a stalled node ends its pool) rejects
-      // with nobody listening and ends the process (porsager/postgres#1192). These pools
-      // never send or read arrays.
-      fetch_types: false,
-      onnotice: () => {},
-      connection: { application_name: options.applicationName },
-    }) as Sql;
+    return openNodePool(setting.url, { max, applicationName: options.applicationName });
   }
 
   async function within<T>(
