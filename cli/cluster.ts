@@ -14,6 +14,7 @@
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { accessProblem, lookupAccount } from "../lib/os_access.ts";
+import { createDatabase, withServer } from "../store/backup_server.ts";
 import { createPgTools, type PgServerProcess } from "../store/pg_tools.ts";
 
 const encoder = new TextEncoder();
@@ -215,9 +216,11 @@ export async function main(argv: string[]): Promise<number> {
       settings: { ...replication, cluster_name: "pg1" },
     });
     members.push({ name: "pg-primary", stop: () => primary.stop() });
-    await pg.runOk("psql", ["-X", "-q", "-c", "CREATE DATABASE rootstream"], {
-      connection: { url: primary.url() },
-    });
+    await withServer(
+      primary.url(),
+      { applicationName: "rootstream-cluster" },
+      (sql) => createDatabase(sql, "rootstream"),
+    );
     const replicaDir = `${dir}/pg-replica/data`;
     await pg.prepareDir(`${dir}/pg-replica`);
     await pg.runOk("pg_basebackup", ["-D", replicaDir, "-R", "-X", "stream", "-c", "fast"], {
