@@ -55,6 +55,9 @@ function npmName(to: string): string {
 /** Modules that may import anything (they exercise or demonstrate the rest). */
 const FREE = ["tests/", "bench/", "examples/"];
 
+/** The database and Redis drivers: whoever imports one as a value can open connections. */
+const DRIVERS = ["postgres", "ioredis", "@electric-sql/pglite", "@electric-sql/pglite-socket"];
+
 /** The layer rules, in the order docs/architecture.md lists them. */
 export const RULES: readonly ImportRule[] = [
   {
@@ -100,6 +103,12 @@ export const RULES: readonly ImportRule[] = [
     applies: (from) => inside(from, "machines/", "lib/", "store/", "actors/", "api/", "console/"),
     breaks: (e) =>
       ["main.ts", "mod.ts", "runtime.ts"].includes(e.to) || inside(e.to, "cli/", "concerns/"),
+  },
+  {
+    rule: "only store/ imports the database and Redis drivers (postgres, ioredis, PGlite) as " +
+      "values: connections are opened in store/; elsewhere only their types",
+    applies: (from) => !inside(from, "store/", ...FREE),
+    breaks: (e) => e.kind === "code" && e.to.startsWith("npm:") && DRIVERS.includes(npmName(e.to)),
   },
 ];
 

@@ -109,4 +109,27 @@ Deno.test("import check", async (t) => {
       await Deno.remove(root, { recursive: true });
     }
   });
+
+  await t.step("only store/ imports a database or Redis driver as a value", async () => {
+    const drivers = "import postgres from 'npm:postgres@^3.4.9';\n" +
+      "import type { Redis } from 'npm:ioredis@^5.8.2';\n" +
+      "export const open = postgres;\nexport type R = Redis;\n";
+    const root = await fixture({
+      ...CLEAN,
+      "store/pool.ts": drivers,
+      "actors/door/pool.ts": drivers,
+      "actors/door/redis.ts": "import type { Redis } from 'npm:ioredis@^5.8.2';\n" +
+        "export function ping(r: Redis): Promise<string> {\n  return r.ping();\n}\n",
+    });
+    try {
+      const problems = checkImports(await readImportGraph(root));
+      assert.deepEqual(problems, [
+        "actors/door/pool.ts imports npm:postgres@^3.4.9: only store/ imports the database " +
+        "and Redis drivers (postgres, ioredis, PGlite) as values: connections are opened in " +
+        "store/; elsewhere only their types",
+      ]);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  });
 });
