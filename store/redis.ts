@@ -5,7 +5,8 @@
  * Every key and channel the runtime touches is built by {@linkcode createKeyspace}, so
  * one prefix (RS_KEY_PREFIX) isolates a deployment and nothing else invents key names.
  * Each Redis protocol (its key layout, its scripts, typed calls) has its own module beside
- * this one: store/redis_leases.ts, store/redis_membership.ts, store/redis_inbox.ts.
+ * this one: store/redis_leases.ts, store/redis_membership.ts, store/redis_inbox.ts,
+ * store/redis_sessions.ts, store/redis_failover.ts (and store/sessions.ts its cache).
  * @module
  */
 import { Redis, type RedisOptions } from "ioredis";
