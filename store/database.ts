@@ -231,6 +231,8 @@ const READ_ONLY_SQLSTATE = "25006";
 
 /** A renewal happens at most this often; a broken connection it missed fails again later. */
 const RENEW_MIN_INTERVAL_MS = 1000;
+/** A caught driver fault renews sooner, but one burst of faults renews once. */
+const RENEW_FORCED_INTERVAL_MS = 100;
 
 /**
  * postgres.js codes of a query that never reached the server: rejected by a pool that was
@@ -382,12 +384,14 @@ function createSwitchableDatabase(
    * every later reconnect of that object stall until connect_timeout), and nothing in its API
    * replaces one connection; a new pool holds no such object. Opening it does no I/O. Lost
    * connections renew at most once a second (a broken one left fails again, and renews
-   * then); a caught driver fault, rare and certain, renews at once (`force`).
+   * then); a caught driver fault or a lost reserved connection, certain evidence, sooner
+   * (`force`).
    */
   function renew(pool: Sql, why: string, options: { force?: boolean } = {}): void {
     if (closed || pool !== current) return;
     const now = performance.now();
-    if (!options.force && now - renewedAt < RENEW_MIN_INTERVAL_MS) return;
+    const interval = options.force ? RENEW_FORCED_INTERVAL_MS : RENEW_MIN_INTERVAL_MS;
+    if (now - renewedAt < interval) return;
     renewedAt = now;
     current = postgres(url, poolOptions(init.options)) as Sql;
     renewals++;
