@@ -10,13 +10,17 @@
  * epochs refused, the old pool drained), and every module that captured `db.sql` follows.
  * With `setSwitchWait(ms)`, a query that fails with a connection or read-only error waits
  * up to `ms` for such a switch and is retried once on the new primary.
+ *
+ * A lost connection (closed, reset or ended by the server) also renews the pool: a fresh
+ * pool on the same server replaces it, because postgres.js can leave a lost connection
+ * object unusable (see `guardSocketErrors` in lib/db_errors.ts).
  * @module
  */
 import postgres from "postgres";
 import { describeError, RuntimeError } from "../lib/errors.ts";
 import { redactUrl } from "../lib/config.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
-import { isConnectionError, pgCode } from "../lib/db_errors.ts";
+import { isConnectionError, isConnectionLost, onDriverFault, pgCode } from "../lib/db_errors.ts";
 import type { Sql } from "./types.ts";
 
 /** Which kind of PostgreSQL the runtime is using. */
@@ -35,6 +39,11 @@ export interface Database {
   readonly describe: string;
   /** How many times the pool was re-pointed (0 for the pool opened at start-up). */
   readonly generation: number;
+  /**
+   * How many times the pool was renewed on the same server after it lost a connection
+   * (postgres.js can leave a lost connection unusable, so the whole pool is replaced).
+   */
+  readonly renewals: number;
   /** Epoch of the primary the pool points at (0 until a failover manager sets one). */
   readonly epoch: number;
   /** True while the pool points at a read-only node (degraded mode). */
@@ -108,6 +117,7 @@ function delay(ms: number): Promise<void> {
 async function pingSql(
   sql: Sql,
   timeoutMs: number,
+  onError: (err: unknown) => void = () => {},
 ): Promise<{ ok: boolean; latencyMs: number; error?: string }> {
   const started = performance.now();
   let timer: number | undefined;
@@ -120,7 +130,7 @@ async function pingSql(
     });
     const query = sql`SELECT 1 AS ok`.execute();
     // A query abandoned on timeout must not surface later as an unhandled rejection.
-    query.catch(() => {});
+    query.catch(onError);
     await Promise.race([query, timeout]);
     return { ok: true, latencyMs: Math.round((performance.now() - started) * 10) / 10 };
   } catch (err) {
@@ -213,11 +223,22 @@ async function openServer(url: string, options: OpenDatabaseOptions): Promise<Da
     await sql.end({ timeout: 0 });
     throw err;
   }
-  return createSwitchableDatabase(sql, { describe, options });
+  return createSwitchableDatabase(sql, { url, describe, options });
 }
 
 /** SQLSTATE read_only_sql_transaction: a write reached a fenced or demoted primary. */
 const READ_ONLY_SQLSTATE = "25006";
+
+/** A renewal happens at most this often; a broken connection it missed fails again later. */
+const RENEW_MIN_INTERVAL_MS = 1000;
+/** A caught driver fault renews sooner, but one burst of faults renews once. */
+const RENEW_FORCED_INTERVAL_MS = 100;
+
+/**
+ * postgres.js codes of a query that never reached the server: rejected by a pool that was
+ * ending, or waiting on a connection that never opened. Such a query may run again safely.
+ */
+const NEVER_SENT = new Set(["CONNECTION_ENDED", "CONNECT_TIMEOUT"]);
 
 /** True for errors a query may be retried after once the pool has switched primaries. */
 function switchRetryable(err: unknown): boolean {
@@ -233,35 +254,166 @@ interface QueryLike extends Promise<unknown> {
   streaming?: boolean;
 }
 
+/** What runs on a pool: our queries (and transactions), and connections reserved from it. */
+type UseKind = "query" | "reserved";
+
+/**
+ * Counts what runs on each pool, so a replaced pool is ended only once that is done: its
+ * queries (at most until a deadline, then they are cut) and its reserved connections (a
+ * backup's lock is held for as long as the backup runs: never cut for a renewal).
+ */
+function createPoolUses() {
+  const uses = new Map<Sql, Record<UseKind, number>>();
+  const watchers = new Map<Sql, Set<() => void>>();
+  function check(pool: Sql): void {
+    for (const fn of [...watchers.get(pool) ?? []]) fn();
+  }
+  return {
+    add(pool: Sql, kind: UseKind): void {
+      const u = uses.get(pool) ?? { query: 0, reserved: 0 };
+      u[kind]++;
+      uses.set(pool, u);
+    },
+    done(pool: Sql, kind: UseKind): void {
+      const u = uses.get(pool);
+      if (!u) return;
+      u[kind] = Math.max(0, u[kind] - 1);
+      if (!u.query && !u.reserved) uses.delete(pool);
+      check(pool);
+    },
+    /** True while a connection reserved from `pool` is held. */
+    reserved(pool: Sql): boolean {
+      return (uses.get(pool)?.reserved ?? 0) > 0;
+    },
+    /**
+     * Resolves when no query runs on `pool` (or `queryMs` passed) and no reserved connection
+     * is held, or when `stop()` says to end it now.
+     */
+    drained(pool: Sql, queryMs: number, stop: () => boolean): Promise<void> {
+      return new Promise((resolve) => {
+        let late = false;
+        const set = watchers.get(pool) ?? new Set<() => void>();
+        watchers.set(pool, set);
+        const test = () => {
+          const u = uses.get(pool);
+          if (!stop() && u && ((u.query && !late) || u.reserved)) return;
+          clearTimeout(timer);
+          set.delete(test);
+          if (!set.size) watchers.delete(pool);
+          resolve();
+        };
+        const timer = setTimeout(() => {
+          late = true;
+          test();
+        }, queryMs);
+        set.add(test);
+        test();
+      });
+    },
+    /** Re-tests every waiting pool (after `stop()` may have turned true). */
+    recheck(): void {
+      for (const pool of [...watchers.keys()]) check(pool);
+    },
+  };
+}
+
 /**
  * Wraps a pool in a stable `sql` handle that always delegates to the current pool, plus
- * `repoint` to swap pools (serialised) and a retry-once of queries caught by a switch.
+ * `repoint` to swap pools (serialised), a retry-once of queries caught by a switch, and the
+ * renewal of a pool that lost a connection.
  */
 function createSwitchableDatabase(
   initial: Sql,
-  init: { describe: string; options: OpenDatabaseOptions },
+  init: { url: string; describe: string; options: OpenDatabaseOptions },
 ): Database {
   const log = init.options.log ?? silentLogger;
   let current = initial;
+  let url = init.url;
   let describe = init.describe;
   let generation = 0;
+  let renewals = 0;
+  let renewedAt = -Infinity;
   let epoch = 0;
   let readOnly = false;
   let switchWaitMs = 0;
   let closed = false;
+  let closeTimeoutS = 5;
   const waiters = new Set<() => void>();
   const draining = new Set<Promise<void>>();
+  const uses = createPoolUses();
+  /** Replaced pools not yet ended, and those of them to end without further waiting. */
+  const retired = new Set<Sql>();
+  const cut = new Set<Sql>();
   let queue: Promise<unknown> = Promise.resolve();
+  /**
+   * A driver fault caught by the process guard may have broken a connection of any pool: the
+   * current one is renewed, and a replaced one still held open by a reserved connection is
+   * ended (the fault is most likely that connection's: written to after it closed, its query
+   * would wait forever).
+   */
+  const unsubscribe = onDriverFault((kind) => {
+    renew(current, `the driver reported ${kind}`, { force: true });
+    for (const pool of retired) if (uses.reserved(pool)) cut.add(pool);
+    uses.recheck();
+  });
 
   function wake(): void {
     for (const fn of [...waiters]) fn();
     waiters.clear();
   }
 
+  /**
+   * Ends a replaced pool once what runs on it is done: its queries within `drainS` (then
+   * they are cut), its reserved connections whenever released; everything at once on close.
+   */
+  function retire(pool: Sql, drainS: number): void {
+    retired.add(pool);
+    const drain = (async () => {
+      await uses.drained(pool, drainS * 1000, () => closed || cut.has(pool));
+      retired.delete(pool);
+      cut.delete(pool);
+      await pool.end({ timeout: closed ? closeTimeoutS : 1 }).catch(() => {});
+    })();
+    draining.add(drain);
+    drain.finally(() => draining.delete(drain));
+  }
+
+  /**
+   * Replaces `pool`, if it is still the current one, by a fresh pool on the same server. A
+   * connection postgres.js lost may stay broken (bytes it never sent and a spent timer make
+   * every later reconnect of that object stall until connect_timeout), and nothing in its API
+   * replaces one connection; a new pool holds no such object. Opening it does no I/O. Lost
+   * connections renew at most once a second (a broken one left fails again, and renews
+   * then); a caught driver fault or a lost reserved connection, certain evidence, sooner
+   * (`force`).
+   */
+  function renew(pool: Sql, why: string, options: { force?: boolean } = {}): void {
+    if (closed || pool !== current) return;
+    const now = performance.now();
+    const interval = options.force ? RENEW_FORCED_INTERVAL_MS : RENEW_MIN_INTERVAL_MS;
+    if (now - renewedAt < interval) return;
+    renewedAt = now;
+    current = postgres(url, poolOptions(init.options)) as Sql;
+    renewals++;
+    // Its queries run on; ones waiting there on a broken connection retry on the new pool.
+    retire(pool, Math.ceil((init.options.queryTimeoutMs ?? 15000) / 1000) + 5);
+    log.warn("database pool renewed after a lost connection", { target: describe, renewals, why });
+  }
+
+  /** Renews `pool` when `err` says one of its connections was lost. */
+  function noteFailure(err: unknown, pool: Sql): void {
+    if (isConnectionLost(err)) renew(pool, describeError(err));
+  }
+
   /** True when a failed query should run again on the (new) current pool. */
-  async function shouldRetry(err: unknown, startedGeneration: number): Promise<boolean> {
+  async function shouldRetry(
+    err: unknown,
+    started: { generation: number; pool: Sql },
+  ): Promise<boolean> {
     if (closed || !switchRetryable(err)) return false;
-    if (generation !== startedGeneration) return true;
+    if (generation !== started.generation) return true;
+    // Stranded by a renewal before it reached the server: safe to run on the fresh pool.
+    if (started.pool !== current && NEVER_SENT.has(pgCode(err) ?? "")) return true;
     if (switchWaitMs <= 0) return false;
     let timer: number | undefined;
     await new Promise<void>((resolve) => {
@@ -273,26 +425,43 @@ function createSwitchableDatabase(
       waiters.add(done);
       timer = setTimeout(done, switchWaitMs);
     });
-    return generation !== startedGeneration;
+    return generation !== started.generation;
+  }
+
+  /** Runs `work` on `pool`, counted in flight there, renewing the pool if it lost a connection. */
+  async function runOn<T>(pool: Sql, work: () => Promise<T>): Promise<T> {
+    uses.add(pool, "query");
+    try {
+      return await work();
+    } catch (err) {
+      noteFailure(err, pool);
+      throw err;
+    } finally {
+      uses.done(pool, "query");
+    }
   }
 
   /** Makes a Query retry once on the current pool when a switch caught it. */
-  function wrapQuery(query: QueryLike, remake: () => QueryLike): QueryLike {
-    const startedGeneration = generation;
+  function wrapQuery(query: QueryLike, pool: Sql, remake: () => QueryLike): QueryLike {
+    const started = { generation, pool };
     const ownThen = Object.getPrototypeOf(query).then as Promise<unknown>["then"];
     let settled: Promise<unknown> | null = null;
     async function settle(): Promise<unknown> {
       try {
-        return await new Promise((resolve, reject) => ownThen.call(query, resolve, reject));
+        return await runOn(
+          pool,
+          () => new Promise((resolve, reject) => ownThen.call(query, resolve, reject)),
+        );
       } catch (err) {
         // Cursors and streams have handed rows out already: running them again is not safe.
         if (query.cursorFn || query.forEachFn || query.streaming) throw err;
-        if (!(await shouldRetry(err, startedGeneration))) throw err;
-        log.debug("retrying a query on the new primary", { error: describeError(err) });
+        if (!(await shouldRetry(err, started))) throw err;
+        log.debug("retrying a query on the new pool", { error: describeError(err) });
+        const next = current;
         const again = remake();
         if (query.isRaw) again.isRaw = query.isRaw;
         if (query.options && again.options) Object.assign(again.options, query.options);
-        return await again;
+        return await runOn(next, () => again);
       }
     }
     Object.defineProperty(query, "then", {
@@ -308,31 +477,107 @@ function createSwitchableDatabase(
 
   /** Runs `fn` on the current pool; once more on the new pool when a switch caught it. */
   async function retryOnce<T>(fn: (pool: Sql) => Promise<T>): Promise<T> {
-    const startedGeneration = generation;
+    const started = { generation, pool: current };
     try {
-      return await fn(current);
+      return await runOn(started.pool, () => fn(started.pool));
     } catch (err) {
-      if (!(await shouldRetry(err, startedGeneration))) throw err;
-      return await fn(current);
+      if (!(await shouldRetry(err, started))) throw err;
+      const next = current;
+      return await runOn(next, () => fn(next));
     }
+  }
+
+  /**
+   * A reserved connection, counted as held on its pool until released. Once one of its
+   * queries lost the connection, the pool is renewed and every later query on it fails at
+   * once with that error: postgres.js would write it to the closed connection (a null
+   * socket: the process-level fault) and never answer. Nor is a lost one handed back to
+   * the pool, where postgres.js would count it open.
+   */
+  async function reserve(): Promise<unknown> {
+    const pool = current;
+    uses.add(pool, "reserved");
+    let conn: Sql;
+    try {
+      conn = await (pool as unknown as { reserve(): Promise<Sql> }).reserve();
+    } catch (err) {
+      uses.done(pool, "reserved");
+      noteFailure(err, pool);
+      throw err;
+    }
+    let lost: unknown = null;
+    let released = false;
+    function letGo(): void {
+      if (released) return;
+      released = true;
+      uses.done(pool, "reserved");
+    }
+    function observe(q: QueryLike): QueryLike {
+      const ownThen = Object.getPrototypeOf(q).then as Promise<unknown>["then"];
+      Object.defineProperty(q, "then", {
+        configurable: true,
+        writable: true,
+        value(onFulfilled?: (v: unknown) => unknown, onRejected?: (e: unknown) => unknown) {
+          return ownThen.call(q, onFulfilled, (err: unknown) => {
+            if (!lost && isConnectionLost(err)) {
+              lost = err;
+              letGo();
+              renew(pool, describeError(err), { force: true });
+            }
+            if (onRejected) return onRejected(err);
+            throw err;
+          });
+        },
+      });
+      return q;
+    }
+    function run(make: () => QueryLike): QueryLike {
+      return lost ? Promise.reject(lost) as QueryLike : observe(make());
+    }
+    return new Proxy(conn, {
+      apply(target, _this, args: unknown[]) {
+        const call = () => (target as unknown as (...a: unknown[]) => QueryLike)(...args);
+        // Only tagged-template queries run; helpers (identifiers, builders) are plain values.
+        return Array.isArray((args[0] as { raw?: unknown })?.raw) ? run(call) : call();
+      },
+      get(target, prop) {
+        const value = Reflect.get(target, prop);
+        if (prop === "release") {
+          return () => {
+            const wasLost = lost !== null;
+            letGo();
+            if (!wasLost) (value as () => void).call(target);
+          };
+        }
+        if (prop === "unsafe") {
+          return (...a: unknown[]) => run(() => (value as (...a: unknown[]) => QueryLike)(...a));
+        }
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
   }
 
   const wrapped: Record<PropertyKey, unknown> = {
     begin: (...args: unknown[]) =>
       retryOnce((pool) => (pool.begin as (...a: unknown[]) => Promise<unknown>)(...args)),
     unsafe: (...args: unknown[]) => {
+      const pool = current;
       const make = () => (current.unsafe as (...a: unknown[]) => QueryLike)(...args);
-      return wrapQuery(make(), make);
+      return wrapQuery((pool.unsafe as (...a: unknown[]) => QueryLike)(...args), pool, make);
     },
+    reserve,
   };
 
   const handle = new Proxy(function () {}, {
     apply(_target, _this, args: unknown[]) {
       const [strings, ...values] = args;
+      const pool = current;
       const make = () => (current as unknown as (...a: unknown[]) => QueryLike)(strings, ...values);
       const made = make();
       // Only tagged-template queries run; helpers (identifiers, builders) are plain values.
-      return Array.isArray((strings as { raw?: unknown })?.raw) ? wrapQuery(made, make) : made;
+      return Array.isArray((strings as { raw?: unknown })?.raw)
+        ? wrapQuery(made, pool, make)
+        : made;
     },
     get(_target, prop) {
       if (prop in wrapped) return wrapped[prop];
@@ -344,30 +589,30 @@ function createSwitchableDatabase(
     },
   }) as unknown as Sql;
 
-  function repoint(url: string, options: RepointOptions = {}): Promise<RepointResult> {
+  function repoint(target: string, options: RepointOptions = {}): Promise<RepointResult> {
     const run = async (): Promise<RepointResult> => {
       if (closed) {
         throw new RuntimeError("DATABASE_UNAVAILABLE", "Cannot re-point the pool: it is closed");
       }
-      const target = redactUrl(url);
+      const shown = redactUrl(target);
       if (options.epoch !== undefined && options.epoch < epoch) {
         throw new RuntimeError(
           "DATABASE_STALE_EPOCH",
-          `Refused to re-point the pool to ${target}: its epoch ${options.epoch} is older than ` +
+          `Refused to re-point the pool to ${shown}: its epoch ${options.epoch} is older than ` +
             `the current epoch ${epoch}`,
           { details: { epoch: options.epoch, current: epoch } },
         );
       }
       const started = performance.now();
-      const next = postgres(url, poolOptions(init.options)) as Sql;
+      const next = postgres(target, poolOptions(init.options)) as Sql;
       try {
         const check = next`SELECT pg_is_in_recovery() AS recovery`.execute();
         check.catch(() => {});
-        const rows = await raceTimeout(check, options.checkTimeoutMs ?? 5000, target);
+        const rows = await raceTimeout(check, options.checkTimeoutMs ?? 5000, shown);
         if ((rows[0] as { recovery: boolean }).recovery && !options.readOnly) {
           throw new RuntimeError(
             "DATABASE_NOT_PRIMARY",
-            `Refused to re-point the pool to ${target}: it is in recovery (a replica), not a ` +
+            `Refused to re-point the pool to ${shown}: it is in recovery (a replica), not a ` +
               "writable primary",
           );
         }
@@ -376,14 +621,15 @@ function createSwitchableDatabase(
         if (err instanceof RuntimeError) throw err;
         throw new RuntimeError(
           "DATABASE_UNAVAILABLE",
-          `Cannot re-point the pool to ${target}: ${describeError(err)}`,
+          `Cannot re-point the pool to ${shown}: ${describeError(err)}`,
           { cause: err },
         );
       }
       const old = current;
       const from = describe;
       current = next;
-      describe = target;
+      url = target;
+      describe = shown;
       generation++;
       if (options.epoch !== undefined) epoch = options.epoch;
       readOnly = options.readOnly === true;
@@ -392,8 +638,8 @@ function createSwitchableDatabase(
       draining.add(drain);
       drain.finally(() => draining.delete(drain));
       const ms = Math.round(performance.now() - started);
-      log.info("database pool re-pointed", { from, to: target, generation, epoch, ms });
-      return { from, to: target, generation, epoch, ms };
+      log.info("database pool re-pointed", { from, to: shown, generation, epoch, ms });
+      return { from, to: shown, generation, epoch, ms };
     };
     const next = queue.then(run, run);
     queue = next.catch(() => {});
@@ -409,13 +655,19 @@ function createSwitchableDatabase(
     get generation() {
       return generation;
     },
+    get renewals() {
+      return renewals;
+    },
     get epoch() {
       return epoch;
     },
     get readOnly() {
       return readOnly;
     },
-    ping: (timeoutMs = 2000) => pingSql(current, timeoutMs),
+    ping: (timeoutMs = 2000) => {
+      const pool = current;
+      return pingSql(pool, timeoutMs, (err) => noteFailure(err, pool));
+    },
     repoint,
     setSwitchWait(ms: number) {
       switchWaitMs = Math.max(0, ms);
@@ -424,7 +676,11 @@ function createSwitchableDatabase(
     },
     async close(timeoutS = 5) {
       closed = true;
+      closeTimeoutS = timeoutS;
+      unsubscribe();
       wake();
+      // Replaced pools still draining end now too.
+      uses.recheck();
       await current.end({ timeout: timeoutS });
       await Promise.all([...draining]);
     },
@@ -488,6 +744,7 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
     mode: "embedded",
     describe: `embedded PGlite in ${dataDir}/pgdata`,
     generation: 0,
+    renewals: 0,
     epoch: 0,
     readOnly: false,
     ping: (timeoutMs = 2000) => pingSql(sql, timeoutMs),

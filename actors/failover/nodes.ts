@@ -3,9 +3,12 @@
  * pool, which only ever points at the published primary): a one-connection pool for the
  * probes of the primary and a small one for sampling and administration, both opened by
  * store/replication.ts. Every call has a time limit; a call that runs out of time resets
- * its pool, so nothing queues behind a hung server.
+ * its pool, so nothing queues behind a hung server. So does a call that lost its
+ * connection: postgres.js can leave a lost connection object unusable (see
+ * `guardSocketErrors` in lib/db_errors.ts).
  * @module
  */
+import { isConnectionLost, onDriverFault } from "../../lib/db_errors.ts";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { openNodePool } from "../../store/replication.ts";
 import type { Sql } from "../../store/types.ts";
@@ -43,6 +46,24 @@ export function createNodeClient(
   let admin: Sql | null = null;
   let probeSql: Sql | null = null;
 
+  const ending = new Set<Promise<void>>();
+
+  /**
+   * Forgets `sql` if it is still in use, so the next call opens a fresh pool, and ends it:
+   * a hung one at once, one that lost a connection after a grace second, so calls running
+   * on its other connections (a fence on the admin pool) still finish.
+   */
+  function drop(sql: Sql, graceS: number): void {
+    if (admin === sql) admin = null;
+    else if (probeSql === sql) probeSql = null;
+    else return;
+    const end = sql.end({ timeout: graceS }).catch(() => {});
+    ending.add(end);
+    end.finally(() => ending.delete(end));
+  }
+  // A driver fault the process guard caught may have broken a connection of these pools.
+  const unsubscribe = onDriverFault(() => [admin, probeSql].forEach((p) => p && drop(p, 1)));
+
   function open(max: number): Sql {
     return openNodePool(setting.url, { max, applicationName: options.applicationName });
   }
@@ -56,16 +77,16 @@ export function createNodeClient(
     const sql = which === "admin" ? (admin ??= open(2)) : (probeSql ??= open(1));
     let timer: number | undefined;
     const work = fn(sql);
-    work.catch(() => {});
+    work.catch((err) => {
+      if (isConnectionLost(err)) drop(sql, 1);
+    });
     try {
       return await Promise.race([
         work,
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => {
             // A hung server: drop the pool so the next call starts on fresh connections.
-            if (which === "admin" && admin === sql) admin = null;
-            if (which === "probe" && probeSql === sql) probeSql = null;
-            sql.end({ timeout: 0 }).catch(() => {});
+            drop(sql, 0);
             reject(
               new RuntimeError(
                 "DATABASE_UNAVAILABLE",
@@ -85,9 +106,11 @@ export function createNodeClient(
     run: (fn, o) => within("admin", fn, o.timeoutMs, o.what),
     probe: (fn, o) => within("probe", fn, o.timeoutMs, "probe"),
     async close() {
+      unsubscribe();
       const pools = [admin, probeSql];
       admin = probeSql = null;
       await Promise.all(pools.map((p) => p?.end({ timeout: 1 }).catch(() => {})));
+      await Promise.all([...ending]);
     },
   };
 }

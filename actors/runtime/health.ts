@@ -5,6 +5,7 @@
  */
 import type { Redis } from "ioredis";
 import type { CoreConfig } from "../../lib/config.ts";
+import { driverFaultCounts } from "../../lib/db_errors.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Database } from "../../store/database.ts";
 import type { MigrationReport } from "../../store/migrations.ts";
@@ -73,7 +74,15 @@ export async function checkHealth(h: HealthInputs): Promise<HealthReport> {
     ),
   ]);
   const checks: HealthReport["checks"] = {
-    database: { ...dbCheck, mode: db.mode, target: db.describe },
+    database: {
+      ...dbCheck,
+      mode: db.mode,
+      target: db.describe,
+      // Faults of the database driver this process survived, and the pool renewals they
+      // (or any lost connection) caused: not failures of the check, evidence for operators.
+      renewals: db.renewals,
+      driverFaults: driverFaultCounts(),
+    },
     redis: redisCheck
       ? { ...redisCheck, target: describeRedis(config.redis) }
       : { ok: true, mode: "in-process", note: "single instance, no Redis configured" },

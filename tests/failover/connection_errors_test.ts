@@ -141,10 +141,13 @@ Deno.test("a session ended during its start-up query leaves the process running"
       what: "a query answered on a new connection",
     });
     assert.equal(row.one, 1);
-    await until(() => lines.some((l) => /ignored a connection error nobody listened to/.test(l)), {
-      what: "the stranded 57P01 rejection caught and logged",
-      state: () => lines,
-    });
+    await until(
+      () => lines.some((l) => /caught a database driver fault .*kind=stranded-rejection/.test(l)),
+      {
+        what: "the stranded 57P01 rejection caught and logged",
+        state: () => lines,
+      },
+    );
     assert.match(lines.join("\n"), /code=57P01/);
   } finally {
     await sql.end({ timeout: 1 });
