@@ -163,6 +163,7 @@ Deno.test("authorisation in a running instance", async (t) => {
       assert.equal(asOperator.status, 200);
     });
 
+    let annSecret = "";
     await t.step("finding 4: factors change only after a recent re-authentication", async () => {
       const token = await login("ann");
       const auth = { authorization: `Bearer ${token}` };
@@ -196,6 +197,7 @@ Deno.test("authorisation in a running instance", async (t) => {
         json: { code: totpCode(enroll.body.secret, Date.now()) },
       });
       assert.equal(confirm.status, 200, JSON.stringify(confirm.body));
+      annSecret = enroll.body.secret;
       // The re-authentication belongs to the session, not the account: another has none.
       const me = await call("GET", "/auth/me", { headers: auth });
       assert.ok(me.body.session.reauthenticatedAt);
@@ -293,6 +295,41 @@ Deno.test("authorisation in a running instance", async (t) => {
       assert.equal(wrong.status, 401);
       assert.match(wrong.body, /Wrong username or password/);
       assert.equal(wrong.headers.get("set-cookie"), null);
+    });
+
+    await t.step("the sign-in form asks for the second factor when there is one", async () => {
+      const form = { origin: SITE, "content-type": "application/x-www-form-urlencoded" };
+      const first = await call("POST", "/login", {
+        headers: form,
+        body: new URLSearchParams({ login: "ann", password: PASSWORD, next: "/" }).toString(),
+      });
+      assert.equal(first.status, 200);
+      assert.equal(first.headers.get("set-cookie"), null, "no session before the code");
+      const challenge = /name="challenge" value="([^"]+)"/.exec(first.body)?.[1];
+      assert.ok(challenge, "the code form carries the challenge");
+      const wrong = await call("POST", "/login/mfa", {
+        headers: form,
+        body: new URLSearchParams({ challenge, code: "000000", next: "/" }).toString(),
+      });
+      assert.equal(wrong.status, 401);
+      assert.match(wrong.body, /The code is invalid/);
+      // The next step's code: the one that confirmed enrolment is never accepted again.
+      const ok = await call("POST", "/login/mfa", {
+        headers: form,
+        body: new URLSearchParams({
+          challenge,
+          code: totpCode(annSecret, Date.now() + 30_000),
+          next: "/",
+        }).toString(),
+      });
+      assert.equal(ok.status, 303, ok.body);
+      assert.match(ok.headers.get("set-cookie") ?? "", /^rs_session=/);
+      // ann is a user: the console turns her away, with a page that says why.
+      const page = await call("GET", "/", {
+        headers: { cookie: ok.headers.get("set-cookie")!.split(";")[0] },
+      });
+      assert.equal(page.status, 403);
+      assert.match(page.body, /role <strong>user<\/strong>/);
     });
 
     await t.step("an admin session acts only after re-authenticating", async () => {
