@@ -4,7 +4,7 @@
  * server with their routes; and stops it in reverse.
  * @module
  */
-import type { Hono } from "hono";
+import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { Redis } from "ioredis";
 import {
   type Concern,
@@ -72,7 +72,7 @@ export interface Runtime {
   /** The secret-at-rest key. */
   readonly secretKey: Uint8Array;
   /** The HTTP app (tests call `app.request()`). */
-  readonly app: Hono;
+  readonly app: OpenAPIHono;
   /** Migrations applied at start-up. */
   readonly migrations: MigrationReport;
   /** The root supervisor and its children. */
@@ -310,7 +310,14 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     const byName = Object.fromEntries(concerns);
     const health = concernApi(byName, "core")!.health;
     const shutdown = new AbortController();
-    const app = createHttpApp(concerns, { log: log.child("http"), signal: shutdown.signal });
+    const app = createHttpApp(concerns, {
+      log: log.child("http"),
+      signal: shutdown.signal,
+      config,
+      secretKey: secret.key,
+      version: VERSION,
+      now: services.now,
+    });
     let server: Deno.HttpServer | null = null;
     if (options.serve !== false) {
       server = Deno.serve({

@@ -2,16 +2,15 @@
  * Routes of the backup concern: `GET /backups` (history), `GET /backups/:id` (one run with its manifest
  * summary and verification), `POST /backups` (queue a backup on the scheduler).
  *
- * POST needs `Authorization: Bearer <RS_ADMIN_TOKEN>`, compared in constant time; with no
- * RS_ADMIN_TOKEN configured it is disabled (403), a missing or wrong token is 401. The GET
- * routes show no secrets (no keys, no credentials) and are open like /health.
+ * The GET routes show paths and errors of the storage: operators only (or `backups:read`).
+ * POST is an admin action: an admin session that re-authenticated recently, or the admin
+ * token (RS_ADMIN_TOKEN).
  * @module
  */
-import type { Hono } from "hono";
-import { createHash, timingSafeEqual } from "node:crypto";
-import { z } from "zod";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import { RuntimeError } from "../lib/errors.ts";
 import type { BackupRecord } from "../store/backup_history.ts";
+import { declareRoute, jsonBody, jsonResponse, serve } from "./authz/mod.ts";
 
 /** Backup types accepted by POST /backups. */
 const TYPES = ["full", "base", "incremental", "differential"] as const;
@@ -30,8 +29,6 @@ export interface BackupRoutesDeps {
   availability: { ok: boolean; reason: string | null };
   /** Queues a backup on whichever instance holds the scheduler lease. */
   request(type: (typeof TYPES)[number]): Promise<{ instance: string }>;
-  /** RS_ADMIN_TOKEN, or null (POST disabled). */
-  adminToken: string | null;
 }
 
 const listQuery = z.object({
@@ -44,6 +41,68 @@ const listQuery = z.object({
 const postBody = z.object({ type: z.enum(TYPES) }).strict();
 
 const idParam = z.string().regex(/^[1-9]\d{0,17}$/);
+
+const Backup = z.looseObject({
+  id: z.string(),
+  name: z.string(),
+  type: z.string(),
+  status: z.string(),
+  startedAt: z.string(),
+}).openapi("Backup");
+
+/** The backup routes' declarations. */
+export const BACKUP_ROUTES = {
+  list: declareRoute({
+    method: "get",
+    path: "/backups",
+    tags: ["backup"],
+    summary: "Backup history, newest first",
+    access: { caller: "operator", scope: "backups:read" },
+    invalid: "Invalid query: type is full, base, incremental or differential; limit is 1-1000; " +
+      "deleted is true or false",
+    request: { query: listQuery },
+    responses: {
+      200: jsonResponse(
+        z.object({
+          available: z.boolean(),
+          unavailableReason: z.string().optional(),
+          backups: z.array(Backup),
+        }),
+        "The history",
+      ),
+    },
+  }),
+  get: declareRoute({
+    method: "get",
+    path: "/backups/{id}",
+    tags: ["backup"],
+    summary: "One backup with its manifest summary and verification",
+    access: { caller: "operator", scope: "backups:read" },
+    invalid: "Invalid backup id: expected a positive integer",
+    request: { params: z.object({ id: idParam }) },
+    responses: {
+      200: jsonResponse(z.object({ backup: Backup }), "The backup"),
+      404: jsonResponse(z.looseObject({}), "No such backup (BACKUP_NOT_FOUND)"),
+    },
+  }),
+  create: declareRoute({
+    method: "post",
+    path: "/backups",
+    tags: ["backup"],
+    summary: "Queues a backup on the instance that holds the scheduler lease",
+    access: { caller: "admin" },
+    maxBody: 4 * 1024,
+    invalid: 'Invalid body: expected {"type": "full" | "base" | "incremental" | "differential"}',
+    request: { body: jsonBody(postBody) },
+    responses: {
+      202: jsonResponse(
+        z.object({ status: z.literal("queued"), type: z.string(), scheduler: z.string() }),
+        "Queued",
+      ),
+      503: jsonResponse(z.looseObject({}), "Backups cannot run here (BACKUP_UNAVAILABLE)"),
+    },
+  }),
+};
 
 /** The public view of a history row. */
 export function backupView(r: BackupRecord, detail = false): Record<string, unknown> {
@@ -68,45 +127,14 @@ export function backupView(r: BackupRecord, detail = false): Record<string, unkn
   };
 }
 
-function digest(text: string): Uint8Array {
-  return createHash("sha256").update(text).digest();
-}
-
-/** Throws unless `header` carries the admin token (constant-time comparison of digests). */
-export function requireAdmin(header: string | undefined, token: string | null): void {
-  if (!token) {
-    throw new RuntimeError(
-      "FORBIDDEN",
-      "Creating backups over HTTP is disabled: set RS_ADMIN_TOKEN on the server to enable it",
-    );
-  }
-  const presented = /^Bearer\s+(\S+)$/i.exec(header ?? "")?.[1];
-  // Comparing fixed-length digests keeps the time independent of where (and whether)
-  // the strings differ, including their lengths.
-  const ok = presented !== undefined && timingSafeEqual(digest(presented), digest(token));
-  if (!ok) {
-    throw new RuntimeError(
-      "UNAUTHORIZED",
-      "Creating a backup needs `Authorization: Bearer <RS_ADMIN_TOKEN>`",
-    );
-  }
-}
-
 /** Adds the backup routes. */
-export function addBackupRoutes(app: Hono, deps: BackupRoutesDeps): void {
-  app.get("/backups", async (c) => {
-    const q = listQuery.safeParse(c.req.query());
-    if (!q.success) {
-      throw new RuntimeError(
-        "VALIDATION_FAILED",
-        "Invalid query: type is full, base, incremental or differential; limit is 1-1000; " +
-          "deleted is true or false",
-      );
-    }
+export function addBackupRoutes(app: OpenAPIHono, deps: BackupRoutesDeps): void {
+  serve(app, BACKUP_ROUTES.list, async (c) => {
+    const q = c.req.valid("query");
     const rows = await deps.list({
-      type: q.data.type,
-      limit: q.data.limit ?? 50,
-      includeDeleted: q.data.deleted ?? false,
+      type: q.type,
+      limit: q.limit ?? 50,
+      includeDeleted: q.deleted ?? false,
     });
     return c.json({
       available: deps.availability.ok,
@@ -115,41 +143,22 @@ export function addBackupRoutes(app: Hono, deps: BackupRoutesDeps): void {
     });
   });
 
-  app.get("/backups/:id", async (c) => {
-    const id = idParam.safeParse(c.req.param("id"));
-    if (!id.success) {
-      throw new RuntimeError("VALIDATION_FAILED", "Invalid backup id: expected a positive integer");
-    }
-    const record = await deps.get(id.data);
-    if (!record) throw new RuntimeError("BACKUP_NOT_FOUND", `Backup ${id.data} does not exist`);
+  serve(app, BACKUP_ROUTES.get, async (c) => {
+    const { id } = c.req.valid("param");
+    const record = await deps.get(id);
+    if (!record) throw new RuntimeError("BACKUP_NOT_FOUND", `Backup ${id} does not exist`);
     return c.json({ backup: backupView(record, true) });
   });
 
-  app.post("/backups", async (c) => {
-    requireAdmin(c.req.header("authorization"), deps.adminToken);
+  serve(app, BACKUP_ROUTES.create, async (c) => {
     if (!deps.availability.ok) {
       throw new RuntimeError(
         "BACKUP_UNAVAILABLE",
         `Cannot create a backup: ${deps.availability.reason}`,
       );
     }
-    let body: unknown;
-    try {
-      body = await c.req.json();
-    } catch {
-      throw new RuntimeError(
-        "VALIDATION_FAILED",
-        'Invalid body: expected JSON like {"type":"full"}',
-      );
-    }
-    const parsed = postBody.safeParse(body);
-    if (!parsed.success) {
-      throw new RuntimeError(
-        "VALIDATION_FAILED",
-        'Invalid body: expected {"type": "full" | "base" | "incremental" | "differential"}',
-      );
-    }
-    const { instance } = await deps.request(parsed.data.type);
-    return c.json({ status: "queued", type: parsed.data.type, scheduler: instance }, 202);
+    const { type } = c.req.valid("json");
+    const { instance } = await deps.request(type);
+    return c.json({ status: "queued", type, scheduler: instance }, 202);
   });
 }

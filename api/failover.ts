@@ -3,14 +3,15 @@
  * the published primary and its epoch, the coordinator, alerts and the failover history),
  * `POST /failover/switchover` (planned, zero-loss switch to a replica) and
  * `POST /replication/canary` (writes one row through this instance's pool and says which
- * node took it). The two POSTs need `Authorization: Bearer <RS_ADMIN_TOKEN>`; without
- * RS_ADMIN_TOKEN they answer 403.
+ * node took it). `/replication` is for operators (or `replication:read`); the two POSTs are
+ * admin actions: an admin session that re-authenticated recently, or the admin token.
  * @module
  */
-import type { Hono } from "hono";
-import { z } from "zod";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import type { SwitchoverResult } from "../actors/failover/mod.ts";
 import { RuntimeError } from "../lib/errors.ts";
+import { describePrincipal } from "./authz/authorizer.ts";
+import { declareRoute, jsonBody, jsonResponse, serve } from "./authz/mod.ts";
 
 /** What the routes need from the failover concern. */
 export interface FailoverRouteDeps {
@@ -22,52 +23,75 @@ export interface FailoverRouteDeps {
   switchover?(options: { target: string | null; requestedBy: string }): Promise<SwitchoverResult>;
   /** Writes a canary row through this instance's pool. */
   canary(): Promise<Record<string, unknown>>;
-  /** RS_ADMIN_TOKEN, or null (admin routes answer 403). */
-  adminToken: string | null;
 }
 
 const switchoverBody = z.object({
   target: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/, "a node name").nullable().optional(),
 }).strict();
 
-async function digest(text: string): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
-}
+const unavailable = jsonResponse(
+  z.looseObject({}),
+  "Replication is not available here (REPLICATION_UNAVAILABLE)",
+);
 
-/**
- * Checks `Authorization: Bearer <token>` against the admin token in constant time (both
- * sides are hashed first, so neither the length nor a prefix leaks through timing).
- */
-export async function checkAdminToken(header: string | undefined, token: string | null) {
-  if (!token) {
-    throw new RuntimeError(
-      "FORBIDDEN",
-      "Admin endpoints are disabled: set RS_ADMIN_TOKEN to enable them",
-    );
-  }
-  const given = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "")?.[1] ?? "";
-  const [a, b] = await Promise.all([digest(given), digest(token)]);
-  let diff = given ? 0 : 1;
-  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
-  if (diff !== 0) {
-    throw new RuntimeError("UNAUTHORIZED", "A valid admin bearer token is required");
-  }
-}
+/** The failover routes' declarations. */
+export const FAILOVER_ROUTES = {
+  replication: declareRoute({
+    method: "get",
+    path: "/replication",
+    tags: ["failover"],
+    summary: "Every node's role, state, LSNs, lag, the primary, coordinator and history",
+    access: { caller: "operator", scope: "replication:read" },
+    responses: {
+      200: jsonResponse(z.looseObject({}), "The replication status"),
+      503: unavailable,
+    },
+  }),
+  switchover: declareRoute({
+    method: "post",
+    path: "/failover/switchover",
+    tags: ["failover"],
+    summary: "Planned, zero-loss switch of the primary to a replica",
+    access: { caller: "admin" },
+    maxBody: 4 * 1024,
+    request: {
+      body: jsonBody(switchoverBody, {
+        required: false,
+        description: "The target node, or none for the best replica",
+      }),
+    },
+    responses: {
+      200: jsonResponse(z.looseObject({ ok: z.boolean() }), "The switchover happened"),
+      409: jsonResponse(z.looseObject({}), "Refused (FAILOVER_REFUSED, FAILOVER_IN_PROGRESS)"),
+      503: unavailable,
+    },
+  }),
+  canary: declareRoute({
+    method: "post",
+    path: "/replication/canary",
+    tags: ["failover"],
+    summary: "Writes a canary row through this instance's pool and says which node took it",
+    access: { caller: "admin" },
+    responses: {
+      200: jsonResponse(z.looseObject({}), "Where the row was written"),
+      503: unavailable,
+    },
+  }),
+};
 
 /** Adds `GET /replication`, `POST /failover/switchover` and `POST /replication/canary`. */
-export function addFailoverRoutes(app: Hono, deps: FailoverRouteDeps): void {
+export function addFailoverRoutes(app: OpenAPIHono, deps: FailoverRouteDeps): void {
   function available(): void {
     if (deps.unavailable) throw new RuntimeError("REPLICATION_UNAVAILABLE", deps.unavailable);
   }
 
-  app.get("/replication", async (c) => {
+  serve(app, FAILOVER_ROUTES.replication, async (c) => {
     available();
     c.header("cache-control", "no-store");
     return c.json(await deps.status());
   });
 
-  app.post("/failover/switchover", async (c) => {
-    await checkAdminToken(c.req.header("authorization"), deps.adminToken);
+  serve(app, FAILOVER_ROUTES.switchover, async (c) => {
     available();
     if (!deps.switchover) {
       throw new RuntimeError(
@@ -75,33 +99,17 @@ export function addFailoverRoutes(app: Hono, deps: FailoverRouteDeps): void {
         "Switchover needs DATABASE_NODES (every PostgreSQL node of the cluster)",
       );
     }
-    let raw: unknown = {};
-    const text = await c.req.text();
-    if (text.trim()) {
-      try {
-        raw = JSON.parse(text);
-      } catch {
-        throw new RuntimeError("VALIDATION_FAILED", 'The body must be JSON: {"target": "pg2"}');
-      }
-    }
-    const body = switchoverBody.safeParse(raw);
-    if (!body.success) {
-      throw new RuntimeError(
-        "VALIDATION_FAILED",
-        `Invalid switchover request: ${body.error.issues[0]?.message ?? "bad body"}`,
-      );
-    }
+    const body = c.req.valid("json");
     const started = performance.now();
     const result = await deps.switchover({
-      target: body.data.target ?? null,
-      requestedBy: `api (${c.req.header("x-forwarded-for") ?? "direct"})`,
+      target: body.target ?? null,
+      requestedBy: `api (${describePrincipal(c.get("principal"))})`,
     });
     if (!result.ok) throw new RuntimeError("FAILOVER_REFUSED", result.why);
     return c.json({ ...result, ms: Math.round(performance.now() - started) });
   });
 
-  app.post("/replication/canary", async (c) => {
-    await checkAdminToken(c.req.header("authorization"), deps.adminToken);
+  serve(app, FAILOVER_ROUTES.canary, async (c) => {
     available();
     return c.json(await deps.canary());
   });

@@ -1,11 +1,13 @@
 /**
  * Routes of the metrics concern: `GET /metrics` (Prometheus text exposition), `GET /dashboards` (the
  * list), `GET /dashboards/<name>?range=1h&step=5m&end=<ms>` (a dashboard's data as JSON)
- * and `GET /alerts` (every alert rule's state).
+ * and `GET /alerts` (every alert rule's state). Operators only, or a machine token with
+ * `metrics:read` (a Prometheus scrape).
  * @module
  */
-import type { Hono } from "hono";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import { RuntimeError } from "../lib/errors.ts";
+import { declareRoute, jsonResponse, serve } from "./authz/mod.ts";
 import type { AlertView } from "../actors/metrics/alerts.ts";
 import type { Dashboard, DashboardData } from "../actors/metrics/dashboards.ts";
 import type { MetricsReader } from "../actors/metrics/reader.ts";
@@ -41,15 +43,81 @@ export interface MetricsRouteDeps {
   now: () => number;
 }
 
+const access = { caller: "operator", scope: "metrics:read" } as const;
+
+/** The metrics routes' declarations. */
+export const METRICS_ROUTES = {
+  metrics: declareRoute({
+    method: "get",
+    path: "/metrics",
+    tags: ["metrics"],
+    summary: "Prometheus text exposition of this instance's metrics",
+    access,
+    kind: "text",
+    responses: {
+      200: {
+        description: "The exposition",
+        content: { "text/plain": { schema: z.string() } },
+      },
+    },
+  }),
+  dashboards: declareRoute({
+    method: "get",
+    path: "/dashboards",
+    tags: ["metrics"],
+    summary: "The dashboards and their panels",
+    access,
+    responses: {
+      200: jsonResponse(
+        z.object({
+          backend: z.string().nullable(),
+          dashboards: z.array(z.looseObject({ name: z.string(), title: z.string() })),
+        }),
+        "The dashboards",
+      ),
+    },
+  }),
+  dashboard: declareRoute({
+    method: "get",
+    path: "/dashboards/{name}",
+    tags: ["metrics"],
+    summary: "A dashboard's series over a window (`range`, `step`, `end`)",
+    access,
+    request: {
+      params: z.object({ name: z.string().max(100) }),
+      query: z.object({
+        range: z.string().max(32).optional().openapi({ example: "1h" }),
+        step: z.string().max(32).optional().openapi({ example: "5m" }),
+        end: z.string().max(32).optional().openapi({ description: "end of the window (ms)" }),
+      }),
+    },
+    responses: {
+      200: jsonResponse(z.looseObject({}), "The dashboard's data"),
+      404: jsonResponse(z.looseObject({}), "No such dashboard (NOT_FOUND)"),
+      503: jsonResponse(z.looseObject({}), "No metrics reader (METRICS_UNAVAILABLE)"),
+    },
+  }),
+  alerts: declareRoute({
+    method: "get",
+    path: "/alerts",
+    tags: ["metrics"],
+    summary: "Every alert rule's state",
+    access,
+    responses: {
+      200: jsonResponse(z.object({ alerts: z.array(z.looseObject({})) }), "The alerts"),
+    },
+  }),
+};
+
 /** Adds the metrics routes. */
-export function addMetricsRoutes(app: Hono, deps: MetricsRouteDeps): void {
-  app.get("/metrics", async (c) => {
+export function addMetricsRoutes(app: OpenAPIHono, deps: MetricsRouteDeps): void {
+  serve(app, METRICS_ROUTES.metrics, async (c) => {
     c.header("content-type", deps.expositionContentType);
     c.header("cache-control", "no-store");
     return c.body(await deps.exposition());
   });
 
-  app.get("/dashboards", (c) =>
+  serve(app, METRICS_ROUTES.dashboards, (c) =>
     c.json({
       backend: deps.reader?.describe ?? null,
       dashboards: Object.values(deps.dashboards.all).map((d) => ({
@@ -61,8 +129,8 @@ export function addMetricsRoutes(app: Hono, deps: MetricsRouteDeps): void {
       })),
     }));
 
-  app.get("/dashboards/:name", async (c) => {
-    const name = c.req.param("name");
+  serve(app, METRICS_ROUTES.dashboard, async (c) => {
+    const { name } = c.req.valid("param");
     const all = deps.dashboards.all;
     const dashboard = Object.hasOwn(all, name) ? all[name] : undefined;
     if (!dashboard) {
@@ -82,5 +150,5 @@ export function addMetricsRoutes(app: Hono, deps: MetricsRouteDeps): void {
     return c.json(await deps.dashboards.render(deps.reader, dashboard, window));
   });
 
-  app.get("/alerts", (c) => c.json({ alerts: deps.alerts() }));
+  serve(app, METRICS_ROUTES.alerts, (c) => c.json({ alerts: deps.alerts() }));
 }

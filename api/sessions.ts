@@ -1,47 +1,44 @@
 /**
- * Routes of the sessions concern, authentication and sessions: registration, password + MFA login, TOTP
- * enrolment and unenrolment, backup codes, logout, refresh, and the caller's sessions.
+ * Routes of the sessions concern, authentication and sessions: registration, password + MFA
+ * login, re-authentication, TOTP enrolment and unenrolment, backup codes, logout, refresh,
+ * the caller's account and sessions.
  *
- * A session token is accepted as `Authorization: Bearer <token>` or as the
- * `rs_session` cookie (HttpOnly, Secure, SameSite=Strict: scripts cannot read it and
- * other sites cannot make the browser send it). Login sets the cookie and also returns
- * the token in the body for non-browser clients. The client may bind its session to a
- * device with `X-Device-Fingerprint`; a token then works only with the same header.
+ * A session token is accepted as `Authorization: Bearer <token>` or as the session cookie
+ * (`__Host-rs_session`: HttpOnly, Secure, Path=/, no Domain, SameSite=Strict; `rs_session`
+ * without Secure in local development over http, see api/authz/settings.ts). Login sets the
+ * cookie and also returns the token in the body for non-browser clients. The client may bind
+ * its session to a device with `X-Device-Fingerprint`; a token then works only with the
+ * same header.
  *
- * Every body is parsed with zod (at most 16 KiB); errors are JSON `{ error: { code,
- * message } }` with the catalogue's status, plus `Retry-After` when rate limited or locked.
- * Responses carrying tokens or secrets are `Cache-Control: no-store`.
+ * Changing authentication factors (enrolling, confirming or disabling MFA, new backup
+ * codes) needs a re-authentication (`POST /auth/reauth`) within RS_REAUTH_WINDOW_S: a
+ * stolen session alone cannot take the account over (403 REAUTH_REQUIRED).
+ *
+ * Every body is JSON (`application/json`, else 415), parsed with zod, at most 16 KiB; errors
+ * are JSON `{ error: { code, message } }` with the catalogue's status, plus `Retry-After`
+ * when rate limited or locked. Responses carrying tokens or secrets are
+ * `Cache-Control: no-store`.
  * @module
  */
-import { isIP } from "node:net";
-import type { Context, Hono } from "hono";
-import { bodyLimit } from "hono/body-limit";
-import { deleteCookie, getCookie, setCookie } from "hono/cookie";
-import { z } from "zod";
-import type {
-  AuthContext,
-  LoginResult,
-  RequestContext,
-  SessionService,
-} from "../actors/sessions/mod.ts";
-import { RuntimeError } from "../lib/errors.ts";
-import { type Logger, silentLogger } from "../lib/log.ts";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import { deleteCookie, setCookie } from "hono/cookie";
+import type { AuthContext, LoginResult, SessionService } from "../actors/sessions/mod.ts";
+import { ROLES } from "../lib/access.ts";
 import type { Session } from "../store/sessions.ts";
-import { errorResponse } from "./app.ts";
+import { authorizerOf, declareRoute, jsonBody, jsonResponse, serve } from "./authz/mod.ts";
+import type { Principal } from "./authz/mod.ts";
+import { requestContext } from "./client.ts";
 
 /** What {@linkcode addSessionRoutes} needs. */
 export interface SessionRoutesDeps {
   /** The sessions concern (actors/sessions). */
   sessions: SessionService;
-  /** Name of the session cookie; `rs_session`. */
-  cookieName?: string;
   /**
    * Trust `X-Forwarded-For` / `X-Geo-Location` from a reverse proxy (only behind one that
    * overwrites them); otherwise the socket's address is used and no location is recorded.
    */
   trustProxy?: boolean;
-  /** Log. */
-  log?: Logger;
 }
 
 const MAX_BODY = 16 * 1024;
@@ -58,62 +55,242 @@ const loginBody = z.object({
   remember: z.boolean().optional(),
 });
 const codeBody = z.object({ code: z.string().min(1).max(64) });
+const method = z.enum(["totp", "backup_code"]);
 const verifyBody = z.object({
   challenge: z.string().min(1).max(200),
   code: z.string().min(1).max(64),
-  method: z.enum(["totp", "backup_code"]).optional(),
+  method: method.optional(),
 });
-const disableBody = codeBody.extend({ method: z.enum(["totp", "backup_code"]).optional() });
-const uuidParam = z.string().regex(
+const disableBody = codeBody.extend({ method: method.optional() });
+const reauthBody = z.object({
+  password: z.string().min(1).max(1024),
+  code: z.string().min(1).max(64).optional(),
+  method: method.optional(),
+});
+const uuid = z.string().regex(
   /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i,
+  "expected a UUID",
 );
 
-async function body<T>(c: Context, schema: z.ZodType<T>): Promise<T> {
-  let raw: unknown;
-  try {
-    raw = await c.req.json();
-  } catch {
-    throw new RuntimeError("VALIDATION_FAILED", "Invalid request: the body must be JSON");
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const field = issue.path.join(".") || "body";
-    throw new RuntimeError("VALIDATION_FAILED", `Invalid request: ${field}: ${issue.message}`, {
-      details: { field },
-    });
-  }
-  return parsed.data;
-}
+const LoginAnswer = z.union([
+  z.object({
+    status: z.literal("authenticated"),
+    token: z.string(),
+    userId: z.number(),
+    session: z.object({ id: z.string(), expiresAt: z.string() }),
+    backupCodesRemaining: z.number().nullable(),
+  }),
+  z.object({
+    status: z.literal("mfa_required"),
+    challenge: z.string(),
+    expiresAt: z.string(),
+    methods: z.array(z.string()),
+  }),
+]).openapi("LoginAnswer");
 
-function clientIp(c: Context, trustProxy: boolean): string | null {
-  if (trustProxy) {
-    const forwarded = c.req.header("x-forwarded-for")?.split(",")[0]?.trim();
-    if (forwarded && isIP(forwarded)) return forwarded;
-  }
-  const info = c.env as { remoteAddr?: { hostname?: string } } | undefined;
-  const host = info?.remoteAddr?.hostname;
-  return host && isIP(host) ? host : null;
-}
+const SessionView = z.object({
+  id: z.string(),
+  current: z.boolean(),
+  createdAt: z.string(),
+  expiresAt: z.string(),
+  lastActivityAt: z.string().nullable(),
+  ipAddress: z.string().nullable(),
+  userAgent: z.string().nullable(),
+  geoLocation: z.string().nullable(),
+  isRemembered: z.boolean(),
+  deviceBound: z.boolean(),
+}).openapi("Session");
 
-function requestContext(c: Context, trustProxy: boolean): RequestContext {
-  const fingerprint = c.req.header("x-device-fingerprint")?.trim();
-  return {
-    fingerprint: fingerprint ? fingerprint.slice(0, 255) : null,
-    ipAddress: clientIp(c, trustProxy),
-    userAgent: c.req.header("user-agent") ?? null,
-    geoLocation: trustProxy ? c.req.header("x-geo-location") ?? null : null,
-  };
-}
+const UserView = z.object({
+  id: z.number(),
+  username: z.string(),
+  email: z.string(),
+  displayName: z.string().nullable(),
+  role: z.enum(ROLES as ["user", "operator", "admin"]),
+  createdAt: z.string(),
+}).openapi("User");
 
-function bearer(c: Context, cookieName: string): string | null {
-  const header = c.req.header("authorization");
-  if (header) {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
-    return m ? m[1] : "";
-  }
-  return getCookie(c, cookieName) ?? null;
-}
+const BackupCodes = z.object({ backupCodes: z.array(z.string()) });
+
+const anyone = { caller: "anonymous" } as const;
+const signedIn = { caller: "user" } as const;
+const steppedUp = { caller: "user", stepUp: true } as const;
+
+/** The sessions routes' declarations. */
+export const SESSION_ROUTES = {
+  register: declareRoute({
+    method: "post",
+    path: "/auth/register",
+    tags: ["auth"],
+    summary: "Creates an account (role user)",
+    access: anyone,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(registerBody) },
+    responses: {
+      201: jsonResponse(z.object({ user: UserView.omit({ role: true }) }), "Created"),
+      409: jsonResponse(z.looseObject({}), "Taken (USER_EXISTS)"),
+      429: jsonResponse(z.looseObject({}), "Too many registrations (RATE_LIMITED)"),
+    },
+  }),
+  login: declareRoute({
+    method: "post",
+    path: "/auth/login",
+    tags: ["auth"],
+    summary: "Password step of a login; sets the session cookie when no second factor is due",
+    access: anyone,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(loginBody) },
+    responses: {
+      200: jsonResponse(LoginAnswer, "Authenticated, or a second factor is required"),
+      401: jsonResponse(z.looseObject({}), "Wrong login or password (INVALID_CREDENTIALS)"),
+      429: jsonResponse(z.looseObject({}), "Too many attempts (RATE_LIMITED, MFA_LOCKED)"),
+    },
+  }),
+  verifyMfa: declareRoute({
+    method: "post",
+    path: "/auth/mfa/verify",
+    tags: ["auth"],
+    summary: "Second-factor step of a login",
+    access: anyone,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(verifyBody) },
+    responses: {
+      200: jsonResponse(LoginAnswer, "Authenticated"),
+      401: jsonResponse(z.looseObject({}), "Wrong code or expired challenge"),
+      429: jsonResponse(z.looseObject({}), "Locked (MFA_LOCKED)"),
+    },
+  }),
+  reauth: declareRoute({
+    method: "post",
+    path: "/auth/reauth",
+    tags: ["auth"],
+    summary: "Re-authentication: the password (and a code when MFA is on) again, for step-up",
+    access: signedIn,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(reauthBody) },
+    responses: {
+      200: jsonResponse(z.object({ reauthenticatedAt: z.string() }), "Recorded on the session"),
+      403: jsonResponse(z.looseObject({}), "Wrong password or code (REAUTH_FAILED)"),
+      429: jsonResponse(z.looseObject({}), "Too many attempts (RATE_LIMITED, MFA_LOCKED)"),
+    },
+  }),
+  me: declareRoute({
+    method: "get",
+    path: "/auth/me",
+    tags: ["auth"],
+    summary: "The caller's account, role and session",
+    access: signedIn,
+    responses: {
+      200: jsonResponse(
+        z.object({
+          user: UserView,
+          session: z.object({ id: z.string(), reauthenticatedAt: z.string().nullable() }),
+        }),
+        "The account",
+      ),
+    },
+  }),
+  mfaStatus: declareRoute({
+    method: "get",
+    path: "/auth/mfa",
+    tags: ["auth"],
+    summary: "The caller's MFA state",
+    access: signedIn,
+    responses: {
+      200: jsonResponse(
+        z.object({
+          enrolled: z.boolean(),
+          enabled: z.boolean(),
+          backupCodesRemaining: z.number(),
+          confirmedAt: z.string().nullable(),
+        }),
+        "The MFA state",
+      ),
+    },
+  }),
+  enroll: declareRoute({
+    method: "post",
+    path: "/auth/mfa/enroll",
+    tags: ["auth"],
+    summary: "Starts TOTP enrolment (needs a recent re-authentication)",
+    access: steppedUp,
+    responses: {
+      200: jsonResponse(
+        z.object({ secret: z.string(), uri: z.string(), qrSvg: z.string() }),
+        "The secret, its otpauth:// URI and a QR code",
+      ),
+    },
+  }),
+  confirm: declareRoute({
+    method: "post",
+    path: "/auth/mfa/confirm",
+    tags: ["auth"],
+    summary: "Confirms enrolment with a code; revokes the other sessions (step-up)",
+    access: steppedUp,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(codeBody) },
+    responses: {
+      200: jsonResponse(BackupCodes.extend({ enabled: z.literal(true) }), "Enabled"),
+    },
+  }),
+  backupCodes: declareRoute({
+    method: "post",
+    path: "/auth/mfa/backup-codes",
+    tags: ["auth"],
+    summary: "New backup codes after a fresh TOTP code (step-up)",
+    access: steppedUp,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(codeBody) },
+    responses: { 200: jsonResponse(BackupCodes, "The new codes (shown once)") },
+  }),
+  disableMfa: declareRoute({
+    method: "delete",
+    path: "/auth/mfa",
+    tags: ["auth"],
+    summary: "Turns MFA off after a fresh code; revokes the other sessions (step-up)",
+    access: steppedUp,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(disableBody) },
+    responses: { 200: jsonResponse(z.object({ enabled: z.literal(false) }), "Disabled") },
+  }),
+  logout: declareRoute({
+    method: "post",
+    path: "/auth/logout",
+    tags: ["auth"],
+    summary: "Ends the caller's session and clears the cookie",
+    access: signedIn,
+    responses: { 200: jsonResponse(z.object({ loggedOut: z.literal(true) }), "Logged out") },
+  }),
+  refresh: declareRoute({
+    method: "post",
+    path: "/sessions/refresh",
+    tags: ["auth"],
+    summary: "Slides the caller's session expiry",
+    access: signedIn,
+    responses: { 200: jsonResponse(z.object({ session: SessionView }), "Refreshed") },
+  }),
+  list: declareRoute({
+    method: "get",
+    path: "/sessions",
+    tags: ["auth"],
+    summary: "The caller's live sessions, newest first",
+    access: signedIn,
+    responses: { 200: jsonResponse(z.object({ sessions: z.array(SessionView) }), "Sessions") },
+  }),
+  revoke: declareRoute({
+    method: "delete",
+    path: "/sessions/{id}",
+    tags: ["auth"],
+    summary: "Revokes one of the caller's sessions",
+    access: signedIn,
+    invalid: "Invalid session id: expected a UUID",
+    request: { params: z.object({ id: uuid }) },
+    responses: {
+      200: jsonResponse(z.object({ revoked: z.literal(true) }), "Revoked"),
+      404: jsonResponse(z.looseObject({}), "Not one of the caller's live sessions"),
+    },
+  }),
+};
 
 function sessionView(s: Session, currentId: string | null) {
   return {
@@ -130,206 +307,171 @@ function sessionView(s: Session, currentId: string | null) {
   };
 }
 
-/** Adds the /auth and /sessions routes to `app`. */
-export function addSessionRoutes(app: Hono, deps: SessionRoutesDeps): void {
-  const { sessions } = deps;
-  const cookieName = deps.cookieName ?? "rs_session";
-  const trustProxy = deps.trustProxy ?? false;
-  const log = deps.log ?? silentLogger;
+/** The session of a request the guard let through as `user`. */
+function authOf(c: Context): AuthContext {
+  const p = c.get("principal") as Principal;
+  if (p?.kind !== "session") throw new Error("a user route ran without a session principal");
+  return p.auth;
+}
 
-  type Handler = (c: Context) => Promise<Response>;
-  // Errors become the shared JSON shape; rate limits and locks also say when to retry.
-  function handle(fn: Handler): Handler {
-    return async (c) => {
-      try {
-        return await fn(c);
-      } catch (err) {
-        const res = errorResponse(err, log);
-        const retry = err instanceof RuntimeError ? err.details?.retryAfterMs : undefined;
-        if (typeof retry === "number") {
-          res.headers.set("retry-after", String(Math.max(1, Math.ceil(retry / 1000))));
-        }
-        if (err instanceof RuntimeError && err.status === 401) {
-          res.headers.set("www-authenticate", 'Bearer realm="rootstream"');
-        }
-        res.headers.set("cache-control", "no-store");
-        return res;
-      }
-    };
-  }
-
-  function authed(fn: (c: Context, auth: AuthContext, ctx: RequestContext) => Promise<Response>) {
-    return handle(async (c) => {
-      const ctx = requestContext(c, trustProxy);
-      const auth = await sessions.authenticate(bearer(c, cookieName), ctx);
-      return await fn(c, auth, ctx);
-    });
-  }
-
-  function loggedIn(c: Context, result: LoginResult): Response {
-    if (result.status === "authenticated") {
-      const maxAge = Math.max(
-        0,
-        Math.floor((Date.parse(result.session.expiresAt) - sessions.now()) / 1000),
-      );
-      setCookie(c, cookieName, result.token, {
-        path: "/",
-        httpOnly: true,
-        secure: true,
-        sameSite: "Strict",
-        maxAge,
-      });
-    }
-    return c.json(result);
-  }
-
-  const limit = bodyLimit({
-    maxSize: MAX_BODY,
-    onError: () =>
-      errorResponse(
-        new RuntimeError(
-          "VALIDATION_FAILED",
-          `Invalid request: the body exceeds ${MAX_BODY} bytes`,
-        ),
-        log,
-      ),
+/** Sets the session cookie (the authorizer's policy) to expire with the session. */
+export function setSessionCookie(
+  c: Context,
+  token: string,
+  options: { expiresAt: number; now: number },
+): void {
+  const policy = authorizerOf(c).cookie;
+  setCookie(c, policy.name, token, {
+    path: "/",
+    httpOnly: true,
+    secure: policy.secure,
+    sameSite: "Strict",
+    maxAge: Math.max(0, Math.floor((options.expiresAt - options.now) / 1000)),
   });
+}
+
+/** Clears the session cookie. */
+export function clearSessionCookie(c: Context): void {
+  const policy = authorizerOf(c).cookie;
+  deleteCookie(c, policy.name, {
+    path: "/",
+    secure: policy.secure,
+    httpOnly: true,
+    sameSite: "Strict",
+  });
+}
+
+/** Adds the /auth and /sessions routes to `app`. */
+export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): void {
+  const { sessions } = deps;
+  const trustProxy = deps.trustProxy ?? false;
+  const R = SESSION_ROUTES;
+
   for (const path of ["/auth/*", "/sessions", "/sessions/*"]) {
-    app.use(path, limit);
     app.use(path, async (c, next) => {
       await next();
       c.header("cache-control", "no-store");
     });
   }
 
-  app.post(
-    "/auth/register",
-    handle(async (c) => {
-      const input = await body(c, registerBody);
-      const user = await sessions.register(input, requestContext(c, trustProxy));
-      return c.json({
-        user: {
-          id: user.id,
-          username: user.username,
-          email: user.email,
-          displayName: user.displayName,
-          createdAt: user.createdAt.toISOString(),
-        },
-      }, 201);
-    }),
-  );
-
-  app.post(
-    "/auth/login",
-    handle(async (c) => {
-      const input = await body(c, loginBody);
-      return loggedIn(c, await sessions.login(input, requestContext(c, trustProxy)));
-    }),
-  );
-
-  app.post(
-    "/auth/mfa/verify",
-    handle(async (c) => {
-      const input = await body(c, verifyBody);
-      return loggedIn(c, await sessions.verifyMfa(input, requestContext(c, trustProxy)));
-    }),
-  );
-
-  app.get(
-    "/auth/mfa",
-    authed(async (c, auth) => {
-      const status = await sessions.mfa.status(auth.session.userId);
-      return c.json({
-        enrolled: status.enrolled,
-        enabled: status.enabled,
-        backupCodesRemaining: status.backupCodesRemaining,
-        confirmedAt: status.confirmedAt?.toISOString() ?? null,
+  function loggedIn(c: Context, result: LoginResult): Response {
+    if (result.status === "authenticated") {
+      setSessionCookie(c, result.token, {
+        expiresAt: Date.parse(result.session.expiresAt),
+        now: sessions.now(),
       });
-    }),
-  );
+    }
+    return c.json(result);
+  }
 
-  app.post(
-    "/auth/mfa/enroll",
-    authed(async (c, auth) => c.json(await sessions.enrollMfa(auth))),
-  );
+  serve(app, R.register, async (c) => {
+    const user = await sessions.register(c.req.valid("json"), requestContext(c, trustProxy));
+    return c.json({
+      user: {
+        id: user.id,
+        username: user.username,
+        email: user.email,
+        displayName: user.displayName,
+        createdAt: user.createdAt.toISOString(),
+      },
+    }, 201);
+  });
 
-  app.post(
-    "/auth/mfa/confirm",
-    authed(async (c, auth, ctx) => {
-      const { code } = await body(c, codeBody);
-      const { backupCodes } = await sessions.confirmMfa(auth, code, ctx);
-      return c.json({ enabled: true, backupCodes });
-    }),
-  );
+  serve(app, R.login, async (c) => {
+    const input = c.req.valid("json");
+    return loggedIn(c, await sessions.login(input, requestContext(c, trustProxy)));
+  });
 
-  app.post(
-    "/auth/mfa/backup-codes",
-    authed(async (c, auth, ctx) => {
-      const { code } = await body(c, codeBody);
-      return c.json(await sessions.regenerateBackupCodes(auth, code, ctx));
-    }),
-  );
+  serve(app, R.verifyMfa, async (c) => {
+    const input = c.req.valid("json");
+    return loggedIn(c, await sessions.verifyMfa(input, requestContext(c, trustProxy)));
+  });
 
-  app.delete(
-    "/auth/mfa",
-    authed(async (c, auth, ctx) => {
-      const input = await body(c, disableBody);
-      await sessions.disableMfa(auth, input, ctx);
-      return c.json({ enabled: false });
-    }),
-  );
+  serve(app, R.reauth, async (c) => {
+    const { reauthenticatedAt } = await sessions.reauthenticate(
+      authOf(c),
+      c.req.valid("json"),
+      requestContext(c, trustProxy),
+    );
+    return c.json({ reauthenticatedAt: reauthenticatedAt.toISOString() });
+  });
 
-  app.post(
-    "/auth/logout",
-    authed(async (c, auth) => {
-      await sessions.logout(auth);
-      deleteCookie(c, cookieName, { path: "/", secure: true, httpOnly: true, sameSite: "Strict" });
-      return c.json({ loggedOut: true });
-    }),
-  );
+  serve(app, R.me, async (c) => {
+    const auth = authOf(c);
+    const { user, authority } = await sessions.me(auth);
+    return c.json({
+      user: {
+        id: user.id,
+        username: user.username,
+        email: user.email,
+        displayName: user.displayName,
+        role: user.role,
+        createdAt: user.createdAt.toISOString(),
+      },
+      session: {
+        id: auth.session.id,
+        reauthenticatedAt: authority.reauthenticatedAt?.toISOString() ?? null,
+      },
+    });
+  });
 
-  app.post(
-    "/sessions/refresh",
-    authed(async (c, auth) => {
-      const s = await sessions.refresh(auth);
-      if (getCookie(c, cookieName) === auth.token) {
-        setCookie(c, cookieName, auth.token, {
-          path: "/",
-          httpOnly: true,
-          secure: true,
-          sameSite: "Strict",
-          maxAge: Math.max(0, Math.floor((s.expiresAt.getTime() - sessions.now()) / 1000)),
-        });
-      }
-      return c.json({ session: sessionView(s, auth.session.id) });
-    }),
-  );
+  serve(app, R.mfaStatus, async (c) => {
+    const status = await sessions.mfa.status(authOf(c).session.userId);
+    return c.json({
+      enrolled: status.enrolled,
+      enabled: status.enabled,
+      backupCodesRemaining: status.backupCodesRemaining,
+      confirmedAt: status.confirmedAt?.toISOString() ?? null,
+    });
+  });
 
-  app.get(
-    "/sessions",
-    authed(async (c, auth) => {
-      const list = await sessions.listSessions(auth);
-      return c.json({ sessions: list.map((s) => sessionView(s, auth.session.id)) });
-    }),
-  );
+  serve(app, R.enroll, async (c) => c.json(await sessions.enrollMfa(authOf(c))));
 
-  app.delete(
-    "/sessions/:id",
-    authed(async (c, auth) => {
-      const id = uuidParam.safeParse(c.req.param("id"));
-      if (!id.success) {
-        throw new RuntimeError("VALIDATION_FAILED", "Invalid session id: expected a UUID");
-      }
-      await sessions.revokeSession(auth, id.data.toLowerCase());
-      if (id.data.toLowerCase() === auth.session.id) {
-        deleteCookie(c, cookieName, {
-          path: "/",
-          secure: true,
-          httpOnly: true,
-          sameSite: "Strict",
-        });
-      }
-      return c.json({ revoked: true });
-    }),
-  );
+  serve(app, R.confirm, async (c) => {
+    const { code } = c.req.valid("json");
+    const ctx = requestContext(c, trustProxy);
+    const { backupCodes } = await sessions.confirmMfa(authOf(c), code, ctx);
+    return c.json({ enabled: true, backupCodes });
+  });
+
+  serve(app, R.backupCodes, async (c) => {
+    const { code } = c.req.valid("json");
+    const ctx = requestContext(c, trustProxy);
+    return c.json(await sessions.regenerateBackupCodes(authOf(c), code, ctx));
+  });
+
+  serve(app, R.disableMfa, async (c) => {
+    await sessions.disableMfa(authOf(c), c.req.valid("json"), requestContext(c, trustProxy));
+    return c.json({ enabled: false });
+  });
+
+  serve(app, R.logout, async (c) => {
+    await sessions.logout(authOf(c));
+    clearSessionCookie(c);
+    return c.json({ loggedOut: true });
+  });
+
+  serve(app, R.refresh, async (c) => {
+    const auth = authOf(c);
+    const s = await sessions.refresh(auth);
+    const p = c.get("principal") as Principal;
+    if (p.kind === "session" && p.viaCookie) {
+      setSessionCookie(c, auth.token, { expiresAt: s.expiresAt.getTime(), now: sessions.now() });
+    }
+    return c.json({ session: sessionView(s, auth.session.id) });
+  });
+
+  serve(app, R.list, async (c) => {
+    const auth = authOf(c);
+    const list = await sessions.listSessions(auth);
+    return c.json({ sessions: list.map((s) => sessionView(s, auth.session.id)) });
+  });
+
+  serve(app, R.revoke, async (c) => {
+    const auth = authOf(c);
+    const id = c.req.valid("param").id.toLowerCase();
+    await sessions.revokeSession(auth, id);
+    if (id === auth.session.id) clearSessionCookie(c);
+    return c.json({ revoked: true });
+  });
 }

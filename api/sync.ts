@@ -11,24 +11,24 @@
  * - `GET /state/:type/:id` — an entity's current state on this instance
  *   (`?source=db`: rebuilt from PostgreSQL, latest snapshot plus later deltas).
  * - `PATCH /state/:type/:id` — applies a delta (validated) here at once; replication is
- *   asynchronous (`?wait=persisted`: answer once it is stored in PostgreSQL). Only when
- *   RS_STATE_WRITE_TOKEN is set, with `Authorization: Bearer <token>`; otherwise 403.
+ *   asynchronous (`?wait=persisted`: answer once it is stored in PostgreSQL). Programs only:
+ *   a machine token with `state:write` (or RS_STATE_WRITE_TOKEN).
  * - `GET /state/conflicts`, `POST /state/conflicts/:id/resolve` — unmergeable conflicts
- *   and their manual resolution; same token.
+ *   and their manual resolution, by an operator (or a token with `state:write`).
+ *
+ * Every read is for operators (or a machine token with `state:read`): entity state is not
+ * public data.
  * @module
  */
-import { createHash, timingSafeEqual } from "node:crypto";
-import type { Context, Hono, MiddlewareHandler } from "hono";
-import { bodyLimit } from "hono/body-limit";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import { streamSSE } from "hono/streaming";
+import { declareRoute, jsonBody, jsonResponse, serve } from "./authz/mod.ts";
 import { pumpEvents } from "./sse.ts";
-import { z } from "zod";
 import type { Json } from "../lib/crdt.ts";
 import { parseChannelPattern } from "../lib/channel_pattern.ts";
 import { ENTITY_ID_RE, ENTITY_TYPE_RE, FIELD_RE } from "../lib/crdt_batch.ts";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
-import { errorResponse } from "./app.ts";
 import type { DeliveryInfo, SyncNode } from "../actors/sync/node.ts";
 import type { ConflictStore } from "../store/sync.ts";
 
@@ -38,8 +38,6 @@ export interface SyncRouteDeps {
   node: SyncNode;
   /** The conflict table (store/sync.ts `conflictStore`). */
   conflicts: ConflictStore;
-  /** Bearer token that allows writes, or null: writes over HTTP are disabled. */
-  writeToken: string | null;
   /** Events buffered per event-stream client before it is told it missed some (default 256). */
   sseBuffer?: number;
   /** Event streams served at once; more are refused with RATE_LIMITED (default 1000). */
@@ -52,12 +50,12 @@ export interface SyncRouteDeps {
   log?: Logger;
 }
 
-const typeParam = z.string().regex(ENTITY_TYPE_RE);
-const idParam = z.string().regex(ENTITY_ID_RE);
+const typeParam = z.string().max(32).regex(ENTITY_TYPE_RE, "1-32 lower-case letters, digits or _");
+const idParam = z.string().max(128).regex(ENTITY_ID_RE, "1-128 letters, digits or _ . : @ -");
 const deltaBody = z.record(z.string().regex(FIELD_RE), z.unknown() as z.ZodType<Json>)
   .refine((d) => Object.keys(d).length >= 1 && Object.keys(d).length <= 64, {
     message: "must name 1 to 64 fields",
-  });
+  }).openapi({ description: 'Field → new value (or an operation like {"inc": 1})' });
 const resolveBody = z.object({ value: z.unknown() as z.ZodType<Json> }).refine(
   (b) => b.value !== undefined,
   { message: "value is required" },
@@ -66,59 +64,113 @@ const resolveBody = z.object({ value: z.unknown() as z.ZodType<Json> }).refine(
 const MAX_BODY = 64 * 1024;
 const conflictQuery = z.object({
   status: z.enum(["open", "resolved", "all"]).optional(),
-  limit: z.string().regex(/^\d{1,4}$/).transform(Number).optional(),
+  limit: z.string().regex(/^\d{1,4}$/).transform(Number).optional()
+    .openapi({ type: "string", description: "1-1000" }),
 });
+const entityParams = z.object({ type: typeParam, id: idParam });
 
-/** True when `given` equals `expected`, compared in constant time. */
-export function tokenMatches(given: string, expected: string): boolean {
-  // Comparing SHA-256 digests gives equal-length inputs: the time says nothing either.
-  const a = createHash("sha256").update(given).digest();
-  const b = createHash("sha256").update(expected).digest();
-  return timingSafeEqual(a, b);
-}
+const read = { caller: "operator", scope: "state:read" } as const;
+const Entity = z.looseObject({}).openapi("Entity");
+const Conflict = z.looseObject({ id: z.number() }).openapi("Conflict");
 
-function requireWriter(c: Context, token: string | null): void {
-  if (token === null) {
-    throw new RuntimeError(
-      "STATE_WRITE_DISABLED",
-      "State writes over HTTP are disabled on this instance: set RS_STATE_WRITE_TOKEN to enable them",
-    );
-  }
-  const header = c.req.header("authorization") ?? "";
-  const m = /^Bearer (.+)$/.exec(header);
-  if (!m || !tokenMatches(m[1], token)) {
-    throw new RuntimeError("UNAUTHORIZED", "Cannot change state: a valid bearer token is required");
-  }
-}
-
-function parseEntity(c: Context): { type: string; id: string } {
-  const type = typeParam.safeParse(c.req.param("type"));
-  const id = idParam.safeParse(c.req.param("id"));
-  if (!type.success) {
-    throw new RuntimeError(
-      "VALIDATION_FAILED",
-      "Invalid entity type: expected 1-32 lower-case letters, digits or _",
-    );
-  }
-  if (!id.success) {
-    throw new RuntimeError(
-      "VALIDATION_FAILED",
-      "Invalid entity id: expected 1-128 letters, digits or _ . : @ -",
-    );
-  }
-  return { type: type.data, id: id.data };
-}
-
-async function jsonBody(c: Context): Promise<unknown> {
-  try {
-    return await c.req.json();
-  } catch {
-    throw new RuntimeError("VALIDATION_FAILED", "Invalid body: expected a JSON object");
-  }
-}
+/** The sync routes' declarations. */
+export const SYNC_ROUTES = {
+  state: declareRoute({
+    method: "get",
+    path: "/state",
+    tags: ["sync"],
+    summary: "This instance's sync facts and a digest of every entity value",
+    access: read,
+    responses: {
+      200: jsonResponse(
+        z.object({ instance: z.string(), sync: z.looseObject({}), digest: z.string() }),
+        "The facts",
+      ),
+    },
+  }),
+  stream: declareRoute({
+    method: "get",
+    path: "/state/stream",
+    tags: ["sync"],
+    summary: "Server-sent events of published events and entity changes matching `pattern`",
+    access: read,
+    kind: "events",
+    request: {
+      query: z.object({
+        pattern: z.string().max(256).optional().openapi({ example: "stream.*" }),
+      }),
+    },
+    responses: {
+      200: {
+        description: "An event stream",
+        content: { "text/event-stream": { schema: z.string() } },
+      },
+      429: jsonResponse(z.looseObject({}), "Too many event streams (RATE_LIMITED)"),
+    },
+  }),
+  conflicts: declareRoute({
+    method: "get",
+    path: "/state/conflicts",
+    tags: ["sync"],
+    summary: "Unmergeable conflicts",
+    access: read,
+    invalid: "Invalid query: status is open, resolved or all; limit is 1-1000",
+    request: { query: conflictQuery },
+    responses: {
+      200: jsonResponse(z.object({ conflicts: z.array(Conflict) }), "The conflicts"),
+    },
+  }),
+  resolve: declareRoute({
+    method: "post",
+    path: "/state/conflicts/{id}/resolve",
+    tags: ["sync"],
+    summary: "Resolves a conflict with the chosen value",
+    access: { caller: "operator", scope: "state:write" },
+    maxBody: MAX_BODY,
+    request: {
+      params: z.object({ id: z.string().regex(/^[1-9]\d{0,15}$/, "a positive integer") }),
+      body: jsonBody(resolveBody),
+    },
+    responses: {
+      200: jsonResponse(z.object({ conflict: Conflict, entity: Entity }), "Resolved"),
+      404: jsonResponse(z.looseObject({}), "No open conflict (SYNC_CONFLICT_NOT_FOUND)"),
+    },
+  }),
+  entity: declareRoute({
+    method: "get",
+    path: "/state/{type}/{id}",
+    tags: ["sync"],
+    summary: "An entity's current state here (`source=db`: rebuilt from PostgreSQL)",
+    access: read,
+    request: {
+      params: entityParams,
+      query: z.object({ source: z.enum(["memory", "db"]).optional() }),
+    },
+    responses: {
+      200: jsonResponse(z.object({ entity: Entity }), "The entity"),
+      404: jsonResponse(z.looseObject({}), "No state (STATE_NOT_FOUND)"),
+    },
+  }),
+  patch: declareRoute({
+    method: "patch",
+    path: "/state/{type}/{id}",
+    tags: ["sync"],
+    summary: "Applies a delta here; replicated asynchronously (`wait=persisted`: stored first)",
+    access: { caller: "machine", scope: "state:write" },
+    maxBody: MAX_BODY,
+    request: {
+      params: entityParams,
+      query: z.object({ wait: z.enum(["persisted"]).optional() }),
+      body: jsonBody(deltaBody),
+    },
+    responses: {
+      200: jsonResponse(z.object({ entity: Entity }), "The entity after the delta"),
+    },
+  }),
+};
 
 /** Adds the `/state` routes. */
-export function addSyncRoutes(app: Hono, deps: SyncRouteDeps): void {
+export function addSyncRoutes(app: OpenAPIHono, deps: SyncRouteDeps): void {
   const bufferSize = deps.sseBuffer ?? 256;
   const now = deps.now ?? Date.now;
   const log = deps.log ?? silentLogger;
@@ -127,27 +179,13 @@ export function addSyncRoutes(app: Hono, deps: SyncRouteDeps): void {
   // Every open stream is a subscription each state change is matched against, so their
   // number is what bounds the work a crowd of anonymous clients can cause.
   let openStreams = 0;
-  // The caller is checked before the body is read: only a token holder can make us read one.
-  const writer: MiddlewareHandler = async (c, next) => {
-    requireWriter(c, deps.writeToken);
-    await next();
-  };
-  const limit = bodyLimit({
-    maxSize: MAX_BODY,
-    onError: () =>
-      errorResponse(
-        new RuntimeError("VALIDATION_FAILED", `Invalid body: it exceeds ${MAX_BODY} bytes`),
-        log,
-      ),
-  });
-
-  app.get("/state", (c) => {
+  serve(app, SYNC_ROUTES.state, (c) => {
     c.header("cache-control", "no-store");
     return c.json({ instance: node.instanceId, sync: node.stats(), digest: node.digest() });
   });
 
-  app.get("/state/stream", (c) => {
-    const pattern = c.req.query("pattern") ?? "*";
+  serve(app, SYNC_ROUTES.stream, (c) => {
+    const pattern = c.req.valid("query").pattern ?? "*";
     parseChannelPattern(pattern); // validates (VALIDATION_FAILED) before the stream opens
     if (openStreams >= maxStreams) {
       throw new RuntimeError(
@@ -196,30 +234,15 @@ export function addSyncRoutes(app: Hono, deps: SyncRouteDeps): void {
     });
   });
 
-  app.get("/state/conflicts", writer, async (c) => {
-    const q = conflictQuery.safeParse(c.req.query());
-    if (!q.success) {
-      throw new RuntimeError(
-        "VALIDATION_FAILED",
-        "Invalid query: status is open, resolved or all; limit is 1-1000",
-      );
-    }
-    const conflicts = await deps.conflicts.list({ status: q.data.status, limit: q.data.limit });
+  serve(app, SYNC_ROUTES.conflicts, async (c) => {
+    const q = c.req.valid("query");
+    const conflicts = await deps.conflicts.list({ status: q.status, limit: q.limit });
     return c.json({ conflicts });
   });
 
-  app.post("/state/conflicts/:id/resolve", writer, limit, async (c) => {
-    const id = Number(c.req.param("id"));
-    if (!Number.isSafeInteger(id) || id < 1) {
-      throw new RuntimeError(
-        "VALIDATION_FAILED",
-        "Invalid conflict id: expected a positive integer",
-      );
-    }
-    const body = resolveBody.safeParse(await jsonBody(c));
-    if (!body.success) {
-      throw new RuntimeError("VALIDATION_FAILED", 'Invalid body: expected {"value": <JSON>}');
-    }
+  serve(app, SYNC_ROUTES.resolve, async (c) => {
+    const id = Number(c.req.valid("param").id);
+    const body = { data: c.req.valid("json") };
     const resolved = await deps.conflicts.resolve(id, {
       value: body.data.value,
       by: `http@${node.instanceId}`,
@@ -236,9 +259,9 @@ export function addSyncRoutes(app: Hono, deps: SyncRouteDeps): void {
     return c.json({ conflict: resolved, entity });
   });
 
-  app.get("/state/:type/:id", async (c) => {
-    const { type, id } = parseEntity(c);
-    const entity = c.req.query("source") === "db"
+  serve(app, SYNC_ROUTES.entity, async (c) => {
+    const { type, id } = c.req.valid("param");
+    const entity = c.req.valid("query").source === "db"
       ? await node.rebuild(type, id)
       : node.getSnapshot(type, id);
     if (!entity) throw new RuntimeError("STATE_NOT_FOUND", `No state for ${type} ${id}`);
@@ -246,19 +269,11 @@ export function addSyncRoutes(app: Hono, deps: SyncRouteDeps): void {
     return c.json({ entity });
   });
 
-  app.patch("/state/:type/:id", writer, limit, async (c) => {
-    const { type, id } = parseEntity(c);
-    const body = deltaBody.safeParse(await jsonBody(c));
-    if (!body.success) {
-      const issue = body.error.issues[0];
-      throw new RuntimeError(
-        "VALIDATION_FAILED",
-        `Invalid delta: ${issue?.path.join(".") || "body"} ${issue?.message ?? "is invalid"}`,
-      );
-    }
-    const entity = node.applyDelta(type, id, body.data);
+  serve(app, SYNC_ROUTES.patch, async (c) => {
+    const { type, id } = c.req.valid("param");
+    const entity = node.applyDelta(type, id, c.req.valid("json"));
     // Replication is asynchronous; `?wait=persisted` answers once the delta is stored.
-    if (c.req.query("wait") === "persisted") await node.flush({ persisted: true });
+    if (c.req.valid("query").wait === "persisted") await node.flush({ persisted: true });
     return c.json({ entity });
   });
 }

@@ -23,9 +23,10 @@ import {
   untilAllFollow,
 } from "../tests/support/pg_cluster.ts";
 import { type Figure, median, progress, round } from "./_util.ts";
+import { TEST_ADMIN_TOKEN } from "../tests/support/auth.ts";
 
 const TRIALS = Number(Deno.env.get("BENCH_FAILOVER_TRIALS") ?? 5);
-const TOKEN = "bench-failover-admin-token";
+const TOKEN = TEST_ADMIN_TOKEN;
 
 async function sleep(ms: number): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));

@@ -318,8 +318,11 @@ export async function main(argv: string[]): Promise<number> {
       );
     }
 
-    // Three runtime instances sharing one secret key.
+    // Three runtime instances sharing one secret key, and one admin token (the operator
+    // views need a credential; RS_ADMIN_TOKEN from the environment wins).
     const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+    const adminToken = Deno.env.get("RS_ADMIN_TOKEN") ||
+      btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
     const sentinels = ports.sentinels.map((p) => `127.0.0.1:${p}`).join(",");
     const pgUrl = (port: number) => `postgres://postgres@127.0.0.1:${port}/rootstream`;
     const urls: string[] = [];
@@ -332,6 +335,7 @@ export async function main(argv: string[]): Promise<number> {
         REDIS_SENTINELS: sentinels,
         REDIS_SENTINEL_MASTER: "rootstream",
         RS_SECRET_KEY: key,
+        RS_ADMIN_TOKEN: adminToken,
         RS_INSTANCE_ID: id,
         RS_PORT: String(port),
         RS_DATA_DIR: `${dir}/${id}`,
@@ -358,6 +362,12 @@ export async function main(argv: string[]): Promise<number> {
     );
     console.log("RootStream cluster is up:");
     for (const [i, u] of urls.entries()) console.log(`  node-${i + 1}  ${u}  (console: ${u}/)`);
+    console.log(`Admin token (operator views, admin actions): ${adminToken}`);
+    console.log(
+      "Sign in to the console with an admin account: printf '%s' \"$PASSWORD\" | " +
+        `DATABASE_URL=${pgUrl(ports.pgPrimary)} deno task cli users create-admin ` +
+        "--username admin --email admin@example.com --password-stdin",
+    );
     console.log("Press Ctrl-C to stop everything.");
     const sig = await interrupted;
     say(`received ${sig}`);

@@ -6,9 +6,12 @@
  * ```sh
  * deno task cli backup create --type full
  * deno task cli backup restore --to "2025-01-15 14:30:00+00" --target-dir /var/lib/pg-restored
+ * printf '%s' "$PASSWORD" | deno task cli users create-admin --username root --email root@example.com --password-stdin
+ * deno task cli tokens create --name prometheus --scope metrics:read
  * ```
  * @module
  */
+import { runAccessCli } from "./access.ts";
 import { runBackupCli } from "./backup.ts";
 
 /** Command groups: what each is for and how to run it. */
@@ -16,6 +19,14 @@ export const GROUPS: Record<string, { about: string; run(args: string[]): Promis
   backup: {
     about: "take, list, verify, restore (incl. point-in-time) and prune database backups",
     run: (args) => runBackupCli(args),
+  },
+  users: {
+    about: "create the first admin, give accounts roles (user, operator, admin), list them",
+    run: (args) => runAccessCli("users", args),
+  },
+  tokens: {
+    about: "make, list and revoke scoped machine tokens (Prometheus, probes, state writers)",
+    run: (args) => runAccessCli("tokens", args),
   },
 };
 

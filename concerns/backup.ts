@@ -28,7 +28,6 @@ export function createBackupConcern(
         get: (id) => service.get(id),
         availability: service.availability,
         request: parts.request,
-        adminToken: settings.adminToken,
       });
     },
   };

@@ -6,6 +6,7 @@
  * @module
  */
 import { type ConfigSources, type CoreConfig, loadConfigWith } from "../lib/config.ts";
+import { ACCESS_CONFIG } from "../api/authz/settings.ts";
 import { BACKUP_CONFIG } from "../actors/backup/settings.ts";
 import { FAILOVER_CONFIG } from "../actors/failover/settings.ts";
 import { METRICS_CONFIG } from "../actors/metrics/settings.ts";
@@ -14,6 +15,7 @@ import { SYNC_CONFIG } from "../actors/sync/settings.ts";
 
 /** Each concern's part of the configuration, in the order docs/configuration.md lists them. */
 export const CONCERN_CONFIG = {
+  access: ACCESS_CONFIG,
   sessions: SESSIONS_CONFIG,
   sync: SYNC_CONFIG,
   metrics: METRICS_CONFIG,

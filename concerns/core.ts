@@ -101,6 +101,7 @@ export function createCoreConcern(services: RuntimeServices, deps: CoreDeps): Co
         instanceId: config.instanceId,
         signal: context.signal,
         log: services.log.child("console"),
+        peer: context.peer,
       });
     },
   };

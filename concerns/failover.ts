@@ -25,7 +25,6 @@ export async function createFailoverConcern(
         status: api.status,
         canary: api.canary,
         switchover: api.switchover,
-        adminToken: settings.adminToken,
       });
     },
   };

@@ -8,7 +8,7 @@
  * factory, so the order below is the one the compiler accepts, not a convention.
  * @module
  */
-import type { Hono } from "hono";
+import type { OpenAPIHono } from "@hono/zod-openapi";
 import { resolvePrimaryUrl } from "../actors/failover/mod.ts";
 import type { BackupService } from "../actors/backup/service.ts";
 import type { FailoverApi } from "../actors/failover/mod.ts";
@@ -16,7 +16,9 @@ import type { MetricsApi } from "../actors/metrics/mod.ts";
 import type { SessionService } from "../actors/sessions/mod.ts";
 import type { SyncService } from "../actors/sync/mod.ts";
 import type { RuntimeServices } from "../actors/runtime/types.ts";
-import { createApp } from "../api/app.ts";
+import { assertAllDeclared, createApp } from "../api/app.ts";
+import { type AuthBackend, createAuthorizer, createPeerSigner } from "../api/authz/mod.ts";
+import { addOpenApiRoute } from "../api/openapi.ts";
 import type { Logger } from "../lib/log.ts";
 import { createBackupConcern } from "./backup.ts";
 import type { Config } from "./config.ts";
@@ -111,13 +113,63 @@ export async function createConcerns(
   return [["core", core], ...built];
 }
 
-/** The HTTP app with every concern's routes, registered the one way: `Concern.routes`. */
-export function createHttpApp(
-  concerns: Concerns,
-  options: { log: Logger; signal: AbortSignal },
-): Hono {
-  const app = createApp({ log: options.log });
-  for (const [, concern] of concerns) concern.routes?.(app, { signal: options.signal });
+/** What the authorizer asks the sessions concern: sessions, their authority, machine tokens. */
+export function authBackendOf(sessions: SessionService): AuthBackend {
+  return {
+    authenticate: (token, ctx) => sessions.authenticate(token, ctx),
+    authority: (token) => sessions.authority(token),
+    verifyMachineToken: (token) => sessions.access.verifyToken(token),
+  };
+}
+
+/** What {@linkcode createHttpApp} needs besides the concerns. */
+export interface HttpAppOptions {
+  /** Request and error log. */
+  log: Logger;
+  /** Aborted on shutdown (event streams end). */
+  signal: AbortSignal;
+  /** The configuration (access settings, proxy trust, instance id). */
+  config: Config;
+  /** The cluster's shared secret key (peer signatures between instances). */
+  secretKey: Uint8Array;
+  /** Release version, for /openapi.json. */
+  version: string;
+  /** Clock (ms). */
+  now: () => number;
+}
+
+/**
+ * The HTTP app with every concern's routes, registered the one way: `Concern.routes`, each
+ * declared (who may call it, its schemas). The authorizer checks sessions through the
+ * sessions concern when it runs, and the static tokens of the configuration. Throws when a
+ * route has no declaration.
+ */
+export function createHttpApp(concerns: Concerns, options: HttpAppOptions): OpenAPIHono {
+  const { config, log } = options;
+  const sessions = concernApi(Object.fromEntries(concerns), "sessions");
+  const backend = sessions ? authBackendOf(sessions) : null;
+  const peer = createPeerSigner(options.secretKey, {
+    instanceId: config.instanceId,
+    now: options.now,
+  });
+  const access = config.concerns.access;
+  if (!access.secureCookie && !["127.0.0.1", "::1", "localhost"].includes(config.http.host)) {
+    log.warn(
+      "the session cookie is sent over plain http (rs_session, not Secure): set " +
+        "RS_ALLOWED_ORIGINS (or RS_PUBLIC_URL) to the https origin browsers use",
+    );
+  }
+  const authorizer = createAuthorizer({
+    backend,
+    settings: access,
+    peer,
+    trustProxy: config.concerns.sessions.trustProxy,
+    now: options.now,
+  });
+  const app = createApp({ log, authorizer });
+  for (const [, concern] of concerns) concern.routes?.(app, { signal: options.signal, peer });
+  addOpenApiRoute(app, { version: options.version });
+  assertAllDeclared(app);
   return app;
 }
 

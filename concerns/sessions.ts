@@ -1,11 +1,14 @@
 /**
  * The sessions concern: the session service and its supervisor actor (actors/sessions)
- * with the `/auth` and `/sessions` routes (api/sessions.ts).
+ * with the `/auth` and `/sessions` routes (api/sessions.ts), the console's sign-in pages
+ * (api/login.ts) and the admin routes of roles and machine tokens (api/admin.ts).
  * @module
  */
 import { createSessionsParts, type SessionService } from "../actors/sessions/mod.ts";
 import type { SessionsSettings } from "../actors/sessions/settings.ts";
 import type { RuntimeServices } from "../actors/runtime/types.ts";
+import { addAdminRoutes } from "../api/admin.ts";
+import { addLoginPages } from "../api/login.ts";
 import { addSessionRoutes } from "../api/sessions.ts";
 import type { Concern } from "./types.ts";
 
@@ -17,11 +20,10 @@ export function createSessionsConcern(
   const parts = createSessionsParts(services, settings);
   return {
     ...parts,
-    routes: (app) =>
-      addSessionRoutes(app, {
-        sessions: parts.api,
-        trustProxy: settings.trustProxy,
-        log: services.log,
-      }),
+    routes(app) {
+      addSessionRoutes(app, { sessions: parts.api, trustProxy: settings.trustProxy });
+      addLoginPages(app, { sessions: parts.api, trustProxy: settings.trustProxy });
+      addAdminRoutes(app, { access: parts.api.access, now: services.now });
+    },
   };
 }

@@ -33,7 +33,6 @@ export function createSyncConcern(
       addSyncRoutes(app, {
         node: parts.api.node,
         conflicts: conflictStore(services.db.sql),
-        writeToken: settings.writeToken,
         sseBuffer: settings.sseBuffer,
         signal: AbortSignal.any([shutdown.signal, context.signal]),
         now: services.now,

@@ -81,6 +81,11 @@
 
   async function fetchHtml(url) {
     const res = await fetch(url, { headers: { accept: "text/html" } });
+    if (res.status === 401) {
+      // The session ended (expired, revoked, signed out elsewhere): sign in again.
+      location.assign("/login?next=" + encodeURIComponent(location.pathname));
+      throw new Error("signed out");
+    }
     if (!res.ok) throw new Error(url + " answered " + res.status);
     const tpl = document.createElement("template");
     tpl.innerHTML = await res.text(); // server-rendered, every value escaped there

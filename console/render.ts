@@ -8,6 +8,7 @@
  * timeline and panels are all in the HTML.
  * @module
  */
+import { renderViewer } from "./login.ts";
 import type { ActorView, TransitionRecord } from "../actors/runtime/inspector.ts";
 import type { BackupRow, Figure, ReplicationNode, Series } from "./concerns.ts";
 import {
@@ -134,6 +135,8 @@ export interface PageModel {
   instances: InstanceModel[];
   /** Concern panels. */
   panels: PanelsModel;
+  /** The signed-in person viewing the page, if known. */
+  viewer?: { name: string; role: string } | null;
 }
 
 /** Timeline rows shown. */
@@ -668,6 +671,7 @@ export function renderPage(model: PageModel): string {
     count === 1 ? "" : "s"
   }</span> · rendered ${timeTag(model.generatedAt)} UTC</p></div>
 <p class="live" id="live-status" role="status" aria-live="polite" data-live>Static snapshot. <a href="/">Reload</a> for fresh data; live updates need JavaScript.</p>
+${renderViewer(model.viewer ?? null)}
 <nav class="jump" aria-label="Sections"><a href="#overview">Overview</a><span data-nav>${
     model.instances.map((i) => `<a href="#inst-${slug(i.member.id)}">${e(i.member.id)}</a>`).join(
       "",

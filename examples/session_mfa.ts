@@ -1,7 +1,8 @@
 /**
- * Session + MFA, as in the planning document's usage example: register, log in, enrol
- * TOTP, confirm with a code from the authenticator, log in again with password + code,
- * list and revoke sessions.
+ * Session + MFA, as in the planning document's usage example: register, log in,
+ * re-authenticate, enrol TOTP, confirm with a code from the authenticator, log in again with
+ * password + code, list and revoke sessions. (Over HTTP the enrolment routes refuse a
+ * session that did not re-authenticate within RS_REAUTH_WINDOW_S: 403 REAUTH_REQUIRED.)
  *
  * Run: DATABASE_URL=postgres://… REDIS_URL=redis://… deno run -A examples/session_mfa.ts
  * (without them it runs on embedded PostgreSQL in a temporary directory).
@@ -25,6 +26,9 @@ try {
   const first = await sessions.login({ login: username, password: "s3cure-enough-pass" });
   if (first.status !== "authenticated") throw new Error("no MFA yet, so no second step");
   const auth = await sessions.authenticate(first.token);
+
+  // Changing a factor needs the password again (POST /auth/reauth over HTTP).
+  await sessions.reauthenticate(auth, { password: "s3cure-enough-pass" });
 
   // Enrol: show enrollment.qrSvg to the user; their app derives codes from the URI.
   const enrollment = await sessions.enrollMfa(auth);

@@ -75,7 +75,7 @@ export interface Enrollment {
 export type MfaMethod = "totp" | "backup_code";
 
 /** What a code was checked for. */
-export type MfaPurpose = "login" | "confirm" | "disable" | "backup_codes";
+export type MfaPurpose = "login" | "confirm" | "disable" | "backup_codes" | "reauth";
 
 /** Why a code was refused. */
 export type MfaRefusal = "invalid" | "replayed" | "locked" | "not_enrolled";

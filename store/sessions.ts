@@ -36,6 +36,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { isIP } from "node:net";
 import type { Redis } from "ioredis";
 import { z } from "zod";
+import type { Role } from "../lib/access.ts";
 import { isRuntimeError, RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import type { MessageBus } from "./bus.ts";
@@ -178,6 +179,23 @@ export interface SessionStoreOptions {
   onDependencyError?: (what: "redis" | "database", err: unknown) => void;
 }
 
+/**
+ * What a session may do, read from PostgreSQL (never from the cache, which an attacker
+ * with Redis access could write): its owner's role and the last re-authentication.
+ */
+export interface SessionAuthority {
+  /** The session. */
+  sessionId: string;
+  /** Its owner. */
+  userId: number;
+  /** The owner's username. */
+  username: string;
+  /** The owner's role now. */
+  role: Role;
+  /** When the owner last re-authenticated in this session, or null. */
+  reauthenticatedAt: Date | null;
+}
+
 /** The session store returned by {@linkcode createSessionStore}. */
 export interface SessionStore {
   /** `redis` or `local`: where validation is cached. */
@@ -192,6 +210,13 @@ export interface SessionStore {
   getByToken(token: string): Promise<Session | null>;
   /** Checks a token: known, not revoked, not expired, same device. Cached. */
   validate(token: string, device?: DeviceInfo): Promise<SessionCheck>;
+  /**
+   * The authority of a live session, by its token, from PostgreSQL; null when the token is
+   * unknown there, revoked, expired or its owner deactivated.
+   */
+  authority(token: string): Promise<SessionAuthority | null>;
+  /** Records that the session's owner re-authenticated at `at`; false when it is not live. */
+  markReauthenticated(id: string, at: Date): Promise<boolean>;
   /** Slides the expiry of a live session forward; null when it is not live. */
   refresh(id: string): Promise<Session | null>;
   /** Revokes one session (only if owned by `options.userId` when given); false if not live. */
@@ -806,6 +831,52 @@ export function createSessionStore(sql: Sql, options: SessionStoreOptions): Sess
     };
   }
 
+  async function authority(token: string): Promise<SessionAuthority | null> {
+    if (typeof token !== "string" || !TOKEN_RE.test(token)) return null;
+    const hash = createHash("sha256").update(token, "utf8").digest();
+    const at = new Date(now());
+    try {
+      const rows = await sql<
+        {
+          id: string;
+          user_id: string;
+          username: string;
+          role: SessionAuthority["role"];
+          reauthenticated_at: Date | null;
+        }[]
+      >`
+        SELECT s.id, s.user_id, u.username, u.role, s.reauthenticated_at
+        FROM sessions s JOIN users u ON u.id = s.user_id
+        WHERE s.token_hash = ${hash} AND s.revoked_at IS NULL AND s.expires_at > ${at}
+          AND u.is_active`;
+      const row = rows[0];
+      return row
+        ? {
+          sessionId: row.id,
+          userId: Number(row.user_id),
+          username: row.username,
+          role: row.role,
+          reauthenticatedAt: row.reauthenticated_at,
+        }
+        : null;
+    } catch (err) {
+      onDependencyError("database", err);
+      rethrowDatabaseError(err, "check session authority");
+    }
+  }
+
+  async function markReauthenticated(id: string, at: Date): Promise<boolean> {
+    if (typeof id !== "string" || !UUID_RE.test(id)) return false;
+    try {
+      const result = await sql`
+        UPDATE sessions SET reauthenticated_at = ${at}
+        WHERE id = ${id} AND revoked_at IS NULL AND expires_at > ${at}`;
+      return result.count > 0;
+    } catch (err) {
+      rethrowDatabaseError(err, "record re-authentication");
+    }
+  }
+
   async function refresh(id: string): Promise<Session | null> {
     if (typeof id !== "string" || !UUID_RE.test(id)) return null;
     const at = new Date(now());
@@ -958,6 +1029,8 @@ export function createSessionStore(sql: Sql, options: SessionStoreOptions): Sess
     getById,
     getByToken,
     validate,
+    authority,
+    markReauthenticated,
     refresh,
     revoke,
     revokeAllForUser,

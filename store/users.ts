@@ -9,6 +9,7 @@
  */
 import type postgres from "postgres";
 import { z } from "zod";
+import { type Role, ROLES } from "../lib/access.ts";
 import { RuntimeError } from "../lib/errors.ts";
 import {
   hashPassword,
@@ -19,6 +20,8 @@ import {
 import { isCheckViolation, isUniqueViolation, rethrowDatabaseError } from "./pg_errors.ts";
 import type { Sql } from "./types.ts";
 import { idSchema, parseInput } from "./validate.ts";
+
+export type { Role } from "../lib/access.ts";
 
 /** A user account as the rest of the runtime sees it (never the password hash). */
 export interface User {
@@ -36,6 +39,8 @@ export interface User {
   isVerified: boolean;
   /** Inactive accounts cannot log in. */
   isActive: boolean;
+  /** What the account may do beyond its own data. */
+  role: Role;
   /** When the user last logged in, or null if never. */
   lastLoginAt: Date | null;
   /** When the account was created. */
@@ -60,6 +65,12 @@ export interface CreateUserInput {
 export interface UserPasswordOptions {
   /** scrypt cost for new hashes (tests pass `{ ln: 10 }` for speed). */
   hashing?: PasswordOptions;
+}
+
+/** Options of {@linkcode createUser}. */
+export interface CreateUserOptions extends UserPasswordOptions {
+  /** The new account's role (default `user`; registration never passes another). */
+  role?: Role;
 }
 
 /** Login name (username or email) and password given to {@linkcode verifyCredentials}. */
@@ -90,6 +101,7 @@ interface UserRow {
   avatar_url: string | null;
   is_verified: boolean;
   is_active: boolean;
+  role: Role;
   last_login_at: Date | null;
   created_at: Date;
   updated_at: Date;
@@ -108,6 +120,7 @@ const USER_COLUMNS = [
   "avatar_url",
   "is_verified",
   "is_active",
+  "role",
   "last_login_at",
   "created_at",
   "updated_at",
@@ -145,6 +158,8 @@ const avatarUrlSchema = z
   .refine(isHttpUrl, "must be an http or https URL")
   .nullable();
 
+const roleSchema = z.enum(ROLES, { error: "must be user, operator or admin" });
+
 const createUserSchema = z.object({
   username: usernameSchema,
   email: emailSchema,
@@ -178,6 +193,7 @@ function toUser(row: UserRow): User {
     avatarUrl: row.avatar_url,
     isVerified: row.is_verified,
     isActive: row.is_active,
+    role: row.role,
     lastLoginAt: row.last_login_at,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
@@ -218,15 +234,17 @@ function notFound(action: string, id: number): RuntimeError {
 export async function createUser(
   sql: Sql,
   input: CreateUserInput,
-  options: UserPasswordOptions = {},
+  options: CreateUserOptions = {},
 ): Promise<User> {
   const action = "create user";
   const data = parseInput(createUserSchema, input, { action: action, name: "input" });
+  const role = parseInput(roleSchema, options.role ?? "user", { action, name: "role" });
   const passwordHash = await hashPassword(data.password, options.hashing);
   try {
     const rows = await sql<UserRow[]>`
-      INSERT INTO users (username, email, password_hash, display_name)
-      VALUES (${data.username}, ${data.email}, ${passwordHash}, ${data.displayName ?? null})
+      INSERT INTO users (username, email, password_hash, display_name, role)
+      VALUES (${data.username}, ${data.email}, ${passwordHash}, ${data.displayName ?? null},
+              ${role})
       RETURNING ${sql(USER_COLUMNS)}`;
     return toUser(rows[0]);
   } catch (err) {
@@ -350,6 +368,37 @@ export async function verifyCredentials(
   return toUser(row);
 }
 
+/**
+ * True when `password` is the password of the active user `id` (re-authentication: the
+ * caller already knows who it is). Costs one scrypt whatever the outcome.
+ */
+export async function checkPassword(
+  sql: Sql,
+  id: number,
+  password: string,
+  options: UserPasswordOptions = {},
+): Promise<boolean> {
+  const action = "check password";
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
+  const given = parseInput(z.string({ error: "must be a string" }), password, {
+    action,
+    name: "password",
+  });
+  let row: { password_hash: string; is_active: boolean } | undefined;
+  try {
+    [row] = await sql<{ password_hash: string; is_active: boolean }[]>`
+      SELECT password_hash, is_active FROM users WHERE id = ${userId}`;
+  } catch (err) {
+    rethrowDatabaseError(err, action);
+  }
+  if (!row || given.length > MAX_PASSWORD_LENGTH) {
+    await verifyPassword(given.slice(0, MAX_PASSWORD_LENGTH), await dummyHash(options.hashing));
+    return false;
+  }
+  const ok = await verifyPassword(given, row.password_hash);
+  return ok && row.is_active;
+}
+
 /** Changes display name and/or avatar URL; returns the updated user. */
 export async function updateProfile(
   sql: Sql,
@@ -465,6 +514,71 @@ export async function deleteUser(sql: Sql, id: number): Promise<boolean> {
   try {
     const result = await sql`DELETE FROM users WHERE id = ${userId}`;
     return result.count > 0;
+  } catch (err) {
+    rethrowDatabaseError(err, action);
+  }
+}
+
+/**
+ * Gives the user `role`; returns the user as it was before and after. Role changes take
+ * effect at the next request: privileged routes read the role from PostgreSQL every time.
+ */
+export async function setRole(
+  sql: Sql,
+  id: number,
+  role: Role,
+): Promise<{ before: Role; user: User }> {
+  const action = "change role";
+  const userId = parseInput(idSchema, id, { action: action, name: "id" });
+  const next = parseInput(roleSchema, role, { action: action, name: "role" });
+  try {
+    // The old value comes from the same statement, so the audit record cannot race.
+    const rows = await sql<(UserRow & { before: Role })[]>`
+      UPDATE users u SET role = ${next}
+      FROM (SELECT id, role AS before FROM users WHERE id = ${userId} FOR UPDATE) old
+      WHERE u.id = old.id
+      RETURNING ${sql(USER_COLUMNS.map((c) => `u.${c}`))}, old.before`;
+    if (!rows.length) throw notFound(action, userId);
+    const { before, ...row } = rows[0];
+    return { before, user: toUser(row as UserRow) };
+  } catch (err) {
+    rethrowDatabaseError(err, action);
+  }
+}
+
+/** How many active accounts have `role` (the CLI refuses to demote the last admin). */
+export async function countActiveWithRole(sql: Sql, role: Role): Promise<number> {
+  const action = "count users";
+  const r = parseInput(roleSchema, role, { action: action, name: "role" });
+  try {
+    const [row] = await sql<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM users WHERE role = ${r} AND is_active`;
+    return row.n;
+  } catch (err) {
+    rethrowDatabaseError(err, action);
+  }
+}
+
+/** Accounts, by id; with `role`, only those that have it (at most `limit`, default 100). */
+export async function listUsers(
+  sql: Sql,
+  options: { role?: Role; limit?: number } = {},
+): Promise<User[]> {
+  const action = "list users";
+  const role = options.role === undefined
+    ? null
+    : parseInput(roleSchema, options.role, { action, name: "role" });
+  const limit = parseInput(
+    z.number().int().min(1).max(1000),
+    options.limit ?? 100,
+    { action, name: "limit" },
+  );
+  try {
+    const rows = await sql<UserRow[]>`
+      SELECT ${sql(USER_COLUMNS)} FROM users
+      WHERE ${role}::text IS NULL OR role = ${role}
+      ORDER BY id LIMIT ${limit}`;
+    return rows.map(toUser);
   } catch (err) {
     rethrowDatabaseError(err, action);
   }

@@ -13,6 +13,7 @@ import { createRedisBus } from "../store/bus.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../store/redis.ts";
 import { startPostgres, startRedis } from "./harness/mod.ts";
 import { getJson, type InstanceProcess, launchInstance, until } from "./support/instance.ts";
+import { TEST_ADMIN_TOKEN } from "./support/auth.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 const PREFIX = "rsct:";
@@ -33,6 +34,7 @@ Deno.test("cluster of three processes", async (t) => {
     DATABASE_URL: dbUrl,
     REDIS_URL: redis.url,
     RS_SECRET_KEY: KEY,
+    RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
     RS_DATA_DIR: dataDir,
     RS_KEY_PREFIX: PREFIX,
     RS_INSTANCE_ID: id,

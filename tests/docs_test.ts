@@ -51,7 +51,7 @@ Deno.test("documented commands work as written", async (t) => {
     DATABASE_URL: await pg.createDatabase(),
     REDIS_URL: redis.url,
     RS_SECRET_KEY: btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
-    RS_ADMIN_TOKEN: "doc-test-admin-token",
+    RS_ADMIN_TOKEN: "doc-test-admin-token-0123456789-abcdef",
     RS_DATA_DIR: dataDir,
     RS_PORT: "0",
     LOG_LEVEL: "warn",

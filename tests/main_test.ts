@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { freePort, startPostgres, startRedis } from "./harness/mod.ts";
 import { launchInstance as launch, ROOT } from "./support/instance.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN } from "./support/auth.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 
@@ -63,9 +64,17 @@ Deno.test({
   name: "main: with no environment it starts embedded and says what is unavailable",
   fn: async () => {
     const dataDir = await Deno.makeTempDir({ prefix: "rs-main-embedded-" });
-    const inst = await launch({ RS_DATA_DIR: dataDir, RS_PORT: "0", PATH: Deno.env.get("PATH")! });
+    const inst = await launch({
+      RS_DATA_DIR: dataDir,
+      RS_PORT: "0",
+      PATH: Deno.env.get("PATH")!,
+      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
+    });
     try {
-      const res = await fetch(`${inst.url}/health`);
+      // A probe sees the status only; the details are for operators.
+      const probe = await (await fetch(`${inst.url}/health`)).json();
+      assert.deepEqual(probe, { status: "ok" });
+      const res = await fetch(`${inst.url}/health`, { headers: ADMIN_HEADERS });
       const body = await res.json();
       assert.equal(res.status, 200);
       assert.deepEqual(body.mode, { database: "embedded", bus: "in-process" });
@@ -92,10 +101,11 @@ Deno.test("main: with DATABASE_URL and REDIS_URL it uses those servers, stops on
     DATABASE_URL: await pg.createDatabase(),
     REDIS_URL: redis.url,
     RS_SECRET_KEY: KEY,
+    RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
     RS_DATA_DIR: dataDir,
   }, ["--port", "0", "--instance-id", "it-1"]);
   try {
-    const body = await (await fetch(`${inst.url}/health`)).json();
+    const body = await (await fetch(`${inst.url}/health`, { headers: ADMIN_HEADERS })).json();
     assert.equal(body.status, "ok");
     assert.equal(body.instance, "it-1");
     assert.deepEqual(body.mode, { database: "postgres", bus: "redis" });

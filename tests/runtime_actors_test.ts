@@ -10,6 +10,7 @@ import { loadConfig } from "../concerns/config.ts";
 import { startRuntime } from "../runtime.ts";
 import { startPostgres } from "./harness/mod.ts";
 import { until } from "./support/instance.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN } from "./support/auth.ts";
 
 /** Reads a server-sent event stream, one event at a time. */
 function eventReader(body: ReadableStream<Uint8Array>) {
@@ -40,6 +41,7 @@ Deno.test("actor runtime in one instance (no Redis)", async (t) => {
     env: {
       DATABASE_URL: await pg.createDatabase(),
       RS_SECRET_KEY: btoa(String.fromCharCode(...new Uint8Array(32).fill(1))),
+      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
       RS_PORT: "0",
       RS_DATA_DIR: dataDir,
       RS_INSTANCE_ID: "solo",
@@ -65,14 +67,17 @@ Deno.test("actor runtime in one instance (no Redis)", async (t) => {
         type: "ping",
       }).then(() => null, (e) => e);
       assert.ok(isRuntimeError(err, "CLUSTER_UNAVAILABLE"));
-      const cluster = await (await fetch(`${rt.url}/cluster`)).json();
+      const cluster = await (await fetch(`${rt.url}/cluster`, { headers: ADMIN_HEADERS })).json();
       assert.equal(cluster.mode, "single-instance");
       assert.deepEqual(cluster.members.map((m: { id: string }) => m.id), ["solo"]);
     });
 
     await t.step("/actors/stream sends the snapshot, then each transition", async () => {
       // The abort bounds every read below: a transition that never comes fails the step.
-      const res = await fetch(`${rt.url}/actors/stream`, { signal: AbortSignal.timeout(30_000) });
+      const res = await fetch(`${rt.url}/actors/stream`, {
+        headers: ADMIN_HEADERS,
+        signal: AbortSignal.timeout(30_000),
+      });
       assert.equal(res.headers.get("content-type"), "text/event-stream");
       const events = eventReader(res.body!);
       try {
@@ -102,7 +107,7 @@ Deno.test("actor runtime in one instance (no Redis)", async (t) => {
         state: () => rt.supervisor.children().fragile,
       });
       assert.equal(rt.supervisor.children().diagnostics.generation, 1, "siblings untouched");
-      const health = await (await fetch(`${rt.url}/health`)).json();
+      const health = await (await fetch(`${rt.url}/health`, { headers: ADMIN_HEADERS })).json();
       assert.equal(health.checks.actors.state, "healthy");
     });
 
@@ -121,23 +126,23 @@ Deno.test("actor runtime in one instance (no Redis)", async (t) => {
           what: "the supervisor giving up fragile",
           state: () => rt.supervisor.children().fragile,
         });
-        const res = await fetch(`${rt.url}/health`);
+        const res = await fetch(`${rt.url}/health`, { headers: ADMIN_HEADERS });
         const health = await res.json();
         assert.equal(res.status, 200);
         assert.equal(health.status, "degraded");
         assert.equal(health.checks.actors.state, "degraded");
         assert.match(health.checks.actors.reason, /gave up fragile because it failed 3 times/);
-        const actors = await (await fetch(`${rt.url}/actors`)).json();
+        const actors = await (await fetch(`${rt.url}/actors`, { headers: ADMIN_HEADERS })).json();
         assert.equal(actors.supervisor.children.fragile.status, "failed");
       },
     );
 
     await t.step("charts are served with the live state highlighted", async () => {
-      const res = await fetch(`${rt.url}/charts/supervisor.svg`);
+      const res = await fetch(`${rt.url}/charts/supervisor.svg`, { headers: ADMIN_HEADERS });
       assert.equal(res.status, 200);
       const svg = await res.text();
       assert.match(svg, /id="state-supervising\.degraded"[^>]*class="[^"]*active/);
-      const missing = await fetch(`${rt.url}/charts/nope.svg`);
+      const missing = await fetch(`${rt.url}/charts/nope.svg`, { headers: ADMIN_HEADERS });
       assert.equal(missing.status, 404);
       await missing.body?.cancel();
     });

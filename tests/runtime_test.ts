@@ -5,11 +5,12 @@ import { createUser } from "../store/users.ts";
 import { createStream, startStream } from "../store/streams.ts";
 import { startPostgres, startRedis } from "./harness/mod.ts";
 import { until } from "./support/instance.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN } from "./support/auth.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 
 async function getJson(url: string) {
-  const res = await fetch(url);
+  const res = await fetch(url, { headers: ADMIN_HEADERS });
   return { status: res.status, body: await res.json() };
 }
 
@@ -22,6 +23,7 @@ Deno.test("runtime on real PostgreSQL and Redis", async (t) => {
       DATABASE_URL: await pg.createDatabase(),
       REDIS_URL: redis.url,
       RS_SECRET_KEY: KEY,
+      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
       RS_PORT: "0",
       RS_DATA_DIR: dataDir,
       DATABASE_CONNECT_TIMEOUT_S: "5",
@@ -119,7 +121,7 @@ Deno.test("runtime on real PostgreSQL and Redis", async (t) => {
     await t.step(
       "/metrics counts each supervised actor (metrics gets the supervisor)",
       async () => {
-        const text = await (await fetch(`${rt.url}/metrics`)).text();
+        const text = await (await fetch(`${rt.url}/metrics`, { headers: ADMIN_HEADERS })).text();
         for (const actor of ["cluster", "sync", "sessions", "metrics"]) {
           assert.match(text, new RegExp(`^rootstream_actor_up\\{actor="${actor}"\\} 1$`, "m"));
           assert.match(

@@ -68,8 +68,6 @@ export interface BackupSettings {
   pgBinDir: string;
   /** OS user server programs run as when the runtime is root. */
   pgServerUser: string;
-  /** Bearer token for POST /backups (RS_ADMIN_TOKEN); null disables it. */
-  adminToken: string | null;
 }
 
 /** The backup settings, documented (docs/configuration.md can list them). */
@@ -203,8 +201,8 @@ export const BACKUP_SETTINGS: readonly { env: string; default: string; descripti
   },
 ];
 
-/** Every variable this module reads (RS_ADMIN_TOKEN is shared with the failover routes). */
-const BACKUP_ENV_VARS = [...BACKUP_SETTINGS.map((s) => s.env), "RS_ADMIN_TOKEN"];
+/** Every variable this module reads. */
+const BACKUP_ENV_VARS = BACKUP_SETTINGS.map((s) => s.env);
 
 function int(min: number, max: number, what: string) {
   return z.string().trim().regex(/^\d+$/, { message: `an integer (${what})` }).transform(Number)
@@ -297,7 +295,6 @@ const schema = z.object({
   PG_OS_USER: z.string().trim().regex(/^[a-z_][a-z0-9_-]{0,31}$/, {
     message: "an OS user name",
   }).default("postgres"),
-  RS_ADMIN_TOKEN: z.string().min(16, { message: "at least 16 characters" }).optional(),
 });
 
 /** A backup setting that is wrong in combination with another: one problem sentence. */
@@ -397,7 +394,6 @@ export function loadBackupSettings(
     retry: { max: c.BACKUP_RETRY_MAX, delayMs: c.BACKUP_RETRY_DELAY_S * 1000 },
     pgBinDir: c.PG_BIN_DIR,
     pgServerUser: c.PG_OS_USER,
-    adminToken: c.RS_ADMIN_TOKEN ?? null,
   };
 }
 

@@ -46,8 +46,6 @@ export interface FailoverSettings {
   lagAlertBytes: number;
   /** REPLICATION_LAG_ALERT_S: lag above which an alert is raised. */
   lagAlertSeconds: number;
-  /** RS_ADMIN_TOKEN: bearer token of the admin endpoints (null: they answer 403). */
-  adminToken: string | null;
   /** FAILOVER_FAILPOINT: test-only fault injection (`exit-after-promote`). */
   failpoint: "exit-after-promote" | null;
 }
@@ -107,11 +105,6 @@ export const FAILOVER_VARIABLES: readonly { env: string; default: string; descri
       env: "REPLICATION_LAG_ALERT_S",
       default: "10",
       description: "replica lag (seconds) that raises an alert",
-    },
-    {
-      env: "RS_ADMIN_TOKEN",
-      default: "(none: admin endpoints answer 403)",
-      description: "bearer token of POST /failover/switchover and POST /replication/canary",
     },
     {
       env: "FAILOVER_FAILPOINT",
@@ -178,7 +171,6 @@ const schema = z.object({
   FAILOVER_USE_SLOTS: onOff.default(true),
   REPLICATION_LAG_ALERT_BYTES: int(0, Number.MAX_SAFE_INTEGER, "bytes").default(16 * 1024 * 1024),
   REPLICATION_LAG_ALERT_S: int(0, 86_400, "seconds").default(10),
-  RS_ADMIN_TOKEN: z.string().min(16, { message: "at least 16 characters" }).optional(),
   FAILOVER_FAILPOINT: z.enum(["exit-after-promote"], { message: "exit-after-promote" })
     .optional(),
 });
@@ -216,7 +208,6 @@ export function loadFailoverSettings(env: Record<string, string | undefined>): F
     useSlots: e.FAILOVER_USE_SLOTS,
     lagAlertBytes: e.REPLICATION_LAG_ALERT_BYTES,
     lagAlertSeconds: e.REPLICATION_LAG_ALERT_S,
-    adminToken: e.RS_ADMIN_TOKEN ?? null,
     failpoint: e.FAILOVER_FAILPOINT ?? null,
   };
 }

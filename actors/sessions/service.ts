@@ -61,17 +61,20 @@ import type { MessageBus } from "../../store/bus.ts";
 import { createEventStore, type EventStore } from "../../store/event_store.ts";
 import { createMfaStore, type Enrollment, type MfaCheck, type MfaStore } from "../../store/mfa.ts";
 import type { Keyspace } from "../../store/redis.ts";
+import { type AccessService, createAccessService } from "./access.ts";
 import { randomToken } from "../../store/secure_random.ts";
 import {
   createSessionStore,
   type DeviceInfo,
   type Session,
+  type SessionAuthority,
   type SessionStore,
   type SessionStoreOptions,
   type ValidSession,
 } from "../../store/sessions.ts";
 import type { Sql } from "../../store/types.ts";
 import {
+  checkPassword,
   createUser,
   type CreateUserInput,
   getUserById,
@@ -117,8 +120,16 @@ export interface SessionServiceOptions {
     verifyTimeoutMs?: number;
     journalTimeoutMs?: number;
   };
-  /** Attempt limits; defaults: 10 per IP+login and 100 per IP per 15 min, 20 registrations per IP per hour. */
-  rateLimits?: { perIpLogin?: RateLimit; perIp?: RateLimit; registerPerIp?: RateLimit };
+  /**
+   * Attempt limits; defaults: 10 per IP+login and 100 per IP per 15 min, 20 registrations per
+   * IP per hour, 10 failed re-authentications per user per 15 min.
+   */
+  rateLimits?: {
+    perIpLogin?: RateLimit;
+    perIp?: RateLimit;
+    registerPerIp?: RateLimit;
+    reauthPerUser?: RateLimit;
+  };
   /** scrypt cost of password hashes (tests use `{ ln: 10 }`). */
   hashing?: PasswordOptions;
   /** Input of the sessions actor (cleanup interval, probe backoff, login cap). */
@@ -231,6 +242,21 @@ export interface SessionService {
   ): Promise<LoginResult>;
   /** Validates a bearer token; throws the 401 that fits. */
   authenticate(token: string | null | undefined, ctx?: RequestContext): Promise<AuthContext>;
+  /** A session's role and last re-authentication, from PostgreSQL (null: not live there). */
+  authority(token: string): Promise<SessionAuthority | null>;
+  /**
+   * Re-authentication in a live session: the password, and a TOTP (or backup) code when MFA
+   * is on. Records `reauthenticated_at` on the session; REAUTH_FAILED when wrong.
+   */
+  reauthenticate(
+    auth: AuthContext,
+    input: { password: string; code?: string; method?: "totp" | "backup_code" },
+    ctx?: RequestContext,
+  ): Promise<{ reauthenticatedAt: Date }>;
+  /** The caller's account and what the session may do. */
+  me(auth: AuthContext): Promise<{ user: User; authority: SessionAuthority }>;
+  /** Roles and machine tokens (admin routes, CLI). */
+  readonly access: AccessService;
   /** Starts TOTP enrolment for the caller. */
   enrollMfa(auth: AuthContext): Promise<Enrollment>;
   /** Confirms enrolment; returns the backup codes. */
@@ -317,6 +343,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     perIpLogin: o.rateLimits?.perIpLogin ?? { limit: 10, windowMs: 15 * MINUTE },
     perIp: o.rateLimits?.perIp ?? { limit: 100, windowMs: 15 * MINUTE },
     registerPerIp: o.rateLimits?.registerPerIp ?? { limit: 20, windowMs: 60 * MINUTE },
+    reauthPerUser: o.rateLimits?.reauthPerUser ?? { limit: 10, windowMs: 15 * MINUTE },
   };
   const loginOptions = {
     maxMfaAttempts: o.login?.maxMfaAttempts ?? 5,
@@ -363,6 +390,13 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     onError: (err) => reportFailure("redis", err),
   });
   const challenges = createChallengeStore({ redis, keyspace, now });
+  const access = createAccessService({
+    sql,
+    events,
+    now,
+    log: log.child("access"),
+    hashing: o.hashing,
+  });
 
   // Resources, not lifecycle: journal writes still running (a stopped attempt does not wait
   // for its last write; close() does) and the feed's bus subscriptions (close() ends those a
@@ -827,6 +861,68 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     }
   }
 
+  async function reauthenticate(
+    auth: AuthContext,
+    input: { password: string; code?: string; method?: "totp" | "backup_code" },
+    ctx: RequestContext = {},
+  ): Promise<{ reauthenticatedAt: Date }> {
+    const userId = auth.session.userId;
+    const key = ["reauth", String(userId)];
+    const decision = await limiter.hit(key, limits.reauthPerUser);
+    if (!decision.allowed) {
+      throw new RuntimeError(
+        "RATE_LIMITED",
+        `Too many re-authentication attempts; try again in ${
+          Math.ceil(decision.retryAfterMs / 1000)
+        } s`,
+        { details: { retryAfterMs: decision.retryAfterMs } },
+      );
+    }
+    const refused = (reason: string, message: string) =>
+      new RuntimeError("REAUTH_FAILED", `Re-authentication failed: ${message}`, {
+        details: { reason },
+      });
+    if (!await checkPassword(sql, userId, input.password, { hashing: o.hashing })) {
+      throw refused("invalid_password", "the password is wrong");
+    }
+    const status = await mfa.status(userId);
+    if (status.enabled) {
+      if (!input.code) {
+        throw refused(
+          "code_required",
+          "MFA is on for this account: send a TOTP code (or a backup code) with the password",
+        );
+      }
+      const check = input.method === "backup_code"
+        ? await mfa.verifyBackupCode(userId, input.code, {
+          ipAddress: ctx.ipAddress,
+          purpose: "reauth",
+        })
+        : await mfa.verifyTotp(userId, input.code, { ipAddress: ctx.ipAddress, purpose: "reauth" });
+      if (!check.ok) {
+        if (check.reason === "locked" || check.locked) throw codeRefusal(check, "re-authenticate");
+        throw refused(`code_${check.reason}`, `the code is ${check.reason}`);
+      }
+    }
+    const at = new Date(now());
+    if (!await sessions.markReauthenticated(auth.session.id, at)) {
+      throw new RuntimeError("SESSION_INVALID", "The session is no longer live; log in again");
+    }
+    await limiter.reset(key);
+    return { reauthenticatedAt: at };
+  }
+
+  async function me(auth: AuthContext) {
+    const [user, authority] = await Promise.all([
+      getUserById(sql, auth.session.userId),
+      sessions.authority(auth.token),
+    ]);
+    if (!user || !authority) {
+      throw new RuntimeError("SESSION_INVALID", "The session is no longer live; log in again");
+    }
+    return { user, authority };
+  }
+
   async function register(input: CreateUserInput, ctx: RequestContext = {}): Promise<User> {
     const decision = await limiter.hit(
       ["register", ctx.ipAddress ?? "unknown"],
@@ -944,6 +1040,10 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     login,
     verifyMfa,
     authenticate,
+    authority: (token) => sessions.authority(token),
+    reauthenticate,
+    me,
+    access,
     enrollMfa,
     confirmMfa,
     regenerateBackupCodes,

@@ -9,8 +9,6 @@ import { RuntimeError } from "../../lib/errors.ts";
 
 /** Settings of the sync concern. */
 export interface SyncSettings {
-  /** Bearer token that enables `PATCH /state/...`; null disables HTTP writes. */
-  writeToken: string | null;
   /** Period of sequence announcements (ms). */
   headsMs: number;
   /** Period of snapshot rounds (ms). */
@@ -25,11 +23,6 @@ export interface SyncSettings {
 
 /** The environment variables of the sync concern, with their defaults. */
 export const SYNC_SETTINGS = [
-  {
-    env: "RS_STATE_WRITE_TOKEN",
-    default: "(unset: PATCH /state is disabled)",
-    description: "Bearer token (16+ characters) that allows PATCH /state/:type/:id",
-  },
   { env: "RS_SYNC_HEADS_MS", default: "1000", description: "Sync sequence announcement period" },
   { env: "RS_SYNC_SNAPSHOT_MS", default: "10000", description: "Sync snapshot round period" },
   { env: "RS_SYNC_REPAIR_RETRY_MS", default: "250", description: "Pause between repair attempts" },
@@ -47,8 +40,6 @@ function ms(min: number, max: number, fallback: number) {
 }
 
 const envSchema = z.object({
-  RS_STATE_WRITE_TOKEN: z.string().min(16, { message: "at least 16 characters" }).max(256)
-    .optional(),
   RS_SYNC_HEADS_MS: ms(50, 60_000, 1000),
   RS_SYNC_SNAPSHOT_MS: ms(100, 3_600_000, 10_000),
   RS_SYNC_REPAIR_RETRY_MS: ms(10, 60_000, 250),
@@ -69,7 +60,6 @@ export function readSyncSettings(env: Record<string, string | undefined>): SyncS
   }
   const d = parsed.data;
   return {
-    writeToken: d.RS_STATE_WRITE_TOKEN ?? null,
     headsMs: d.RS_SYNC_HEADS_MS,
     snapshotMs: d.RS_SYNC_SNAPSHOT_MS,
     repairRetryMs: d.RS_SYNC_REPAIR_RETRY_MS,

@@ -4,13 +4,15 @@
  *
  * Rendering through Graphviz costs milliseconds, and a review page polls, so SVGs are
  * cached per (machine, active states) in a small LRU map; a machine has few states, so the
- * map stays warm.
+ * map stays warm. Operators only: the highlighted state is the runtime's internals.
  * @module
  */
-import type { Context, Hono } from "hono";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
+import type { Context } from "hono";
 import type { AnyStateMachine } from "xstate";
 import { RuntimeError } from "../../lib/errors.ts";
 import { activeStatePaths, renderSvg, toMermaid } from "../../lib/charts.ts";
+import { declareRoute, serve } from "../authz/mod.ts";
 
 /** What the chart routes need from the runtime. */
 export interface ChartRouteDeps {
@@ -31,8 +33,38 @@ function notFound(c: Context, name: string): Response {
   return c.json(err.toJSON(), 404);
 }
 
+/** The chart route's declaration. */
+export const CHART_ROUTES = {
+  chart: declareRoute({
+    method: "get",
+    path: "/charts/{file}",
+    tags: ["cluster"],
+    summary: "A statechart: `<machine>.svg` with the current state highlighted, or `.mmd`",
+    access: { caller: "operator", scope: "cluster:read" },
+    kind: "asset",
+    request: {
+      params: z.object({
+        file: z.string().max(200).openapi({ example: "supervisor.svg" }),
+      }),
+    },
+    responses: {
+      200: {
+        description: "The chart",
+        content: {
+          "image/svg+xml": { schema: z.string() },
+          "text/plain": { schema: z.string() },
+        },
+      },
+      404: {
+        description: "No such machine (NOT_FOUND)",
+        content: { "application/json": { schema: z.looseObject({}) } },
+      },
+    },
+  }),
+};
+
 /** Adds `GET /charts/:name.svg` (current state highlighted) and `GET /charts/:name.mmd`. */
-export function addChartRoutes(app: Hono, deps: ChartRouteDeps): void {
+export function addChartRoutes(app: OpenAPIHono, deps: ChartRouteDeps): void {
   const limit = Math.max(1, deps.cacheSize ?? 64);
   const render = deps.render ?? renderSvg;
   // Keyed by name + active paths; the machine is kept to notice a replaced definition.
@@ -59,8 +91,8 @@ export function addChartRoutes(app: Hono, deps: ChartRouteDeps): void {
     return svg;
   }
 
-  app.get("/charts/:file", async (c) => {
-    const file = c.req.param("file");
+  serve(app, CHART_ROUTES.chart, async (c) => {
+    const { file } = c.req.valid("param");
     const match = file.match(FILE);
     const name = match?.[1] ?? file;
     const machine = match && Object.hasOwn(deps.machines, name) ? deps.machines[name] : undefined;

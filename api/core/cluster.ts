@@ -1,11 +1,13 @@
 /**
  * Inspection routes: `GET /actors` (this instance's actors, JSON), `GET /actors/stream`
  * (server-sent events of every change, for the review console), `GET /cluster` (live
- * instances with their roles and actors' states).
+ * instances with their roles and actors' states). Operators only (or `cluster:read`):
+ * they show internal addresses and the runtime's state.
  * @module
  */
-import type { Hono } from "hono";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import { streamSSE } from "hono/streaming";
+import { declareRoute, jsonResponse, serve } from "../authz/mod.ts";
 import { pumpEvents } from "../sse.ts";
 import type { ActorView, Inspector, TransitionRecord } from "../../actors/runtime/inspector.ts";
 import type { LiveMember } from "../../actors/runtime/membership.ts";
@@ -30,11 +32,78 @@ export interface ClusterRouteDeps {
   signal?: AbortSignal;
 }
 
+const ActorView = z.looseObject({
+  id: z.string(),
+  path: z.string(),
+  machine: z.string().nullable(),
+  status: z.string(),
+  state: z.unknown(),
+  summary: z.record(z.string(), z.unknown()).optional(),
+  updatedAt: z.number(),
+}).openapi("ActorView");
+
+const Member = z.looseObject({
+  id: z.string(),
+  url: z.string(),
+  roles: z.array(z.object({ role: z.string(), token: z.number() })),
+  heartbeatAgeMs: z.number().nullable(),
+}).openapi("Member");
+
+/** The inspection routes' declarations. */
+export const CLUSTER_ROUTES = {
+  actors: declareRoute({
+    method: "get",
+    path: "/actors",
+    tags: ["cluster"],
+    summary: "This instance's actors, supervisor, transport counters and recent transitions",
+    access: { caller: "operator", scope: "cluster:read" },
+    responses: {
+      200: jsonResponse(
+        z.looseObject({
+          instance: z.string(),
+          supervisor: z.looseObject({ state: z.string(), reason: z.string() }),
+          transport: z.record(z.string(), z.number()).nullable(),
+          actors: z.array(ActorView),
+          transitions: z.array(z.looseObject({ seq: z.number(), path: z.string() })),
+        }),
+        "The actors",
+      ),
+    },
+  }),
+  actorStream: declareRoute({
+    method: "get",
+    path: "/actors/stream",
+    tags: ["cluster"],
+    summary: "Server-sent events: hello (every actor), then a snapshot per change",
+    access: { caller: "operator", scope: "cluster:read" },
+    kind: "events",
+    responses: {
+      200: {
+        description: "An event stream",
+        content: { "text/event-stream": { schema: z.string() } },
+      },
+    },
+  }),
+  cluster: declareRoute({
+    method: "get",
+    path: "/cluster",
+    tags: ["cluster"],
+    summary: "Live instances with their URLs, roles and heartbeat age",
+    access: { caller: "operator", scope: "cluster:read" },
+    responses: {
+      200: jsonResponse(
+        z.object({ instance: z.string(), mode: z.string(), members: z.array(Member) }),
+        "The members",
+      ),
+    },
+  }),
+};
+
 /** Adds the inspection routes. */
-export function addClusterRoutes(app: Hono, deps: ClusterRouteDeps): void {
+export function addClusterRoutes(app: OpenAPIHono, deps: ClusterRouteDeps): void {
   const bufferSize = deps.sseBuffer ?? 256;
 
-  app.get("/actors", (c) =>
+  serve(app, CLUSTER_ROUTES.actors, (c) =>
     c.json({
       instance: deps.instanceId,
       supervisor: deps.supervisor(),
@@ -43,8 +112,9 @@ export function addClusterRoutes(app: Hono, deps: ClusterRouteDeps): void {
       transitions: deps.inspector.transitions().slice(-100),
     }));
 
-  app.get(
-    "/actors/stream",
+  serve(
+    app,
+    CLUSTER_ROUTES.actorStream,
     (c) =>
       streamSSE(
         c,
@@ -73,7 +143,7 @@ export function addClusterRoutes(app: Hono, deps: ClusterRouteDeps): void {
       ),
   );
 
-  app.get("/cluster", async (c) => {
+  serve(app, CLUSTER_ROUTES.cluster, async (c) => {
     const members = deps.members ? await deps.members() : [deps.self()];
     return c.json({
       instance: deps.instanceId,

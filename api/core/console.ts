@@ -11,11 +11,17 @@
  * browser talks to one origin only (no CORS, and instances behind a load balancer need not
  * be reachable from the reviewer's browser). Everything read from an instance is
  * validated; concern endpoints that are absent (404) are shown as unavailable.
+ *
+ * The console is an operator view: a person signs in (`/login`, api/login.ts) with an
+ * operator or admin account, and only then sees it. Its own reads of this instance are
+ * in-process requests with an operator-read principal no outside request can carry
+ * (api/authz `internalEnv`); its reads of other instances carry a peer signature
+ * (api/authz/peer.ts), good for that one GET on that one instance for a minute.
  * @module
  */
-import type { Context, Hono } from "hono";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
+import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
-import { z } from "zod";
 import type { ActorView } from "../../actors/runtime/inspector.ts";
 import { activeStatePaths } from "../../lib/charts.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
@@ -46,6 +52,15 @@ import {
   type TransitionView,
 } from "../../console/render.ts";
 import { type ChartTemplate, highlightChart, parseChartSvg } from "../../console/svg.ts";
+import {
+  authorizerOf,
+  declareRoute,
+  internalEnv,
+  PEER_HEADER,
+  type PeerSigner,
+  type Principal,
+  serve,
+} from "../authz/mod.ts";
 
 /** What the console needs from the runtime. */
 export interface ConsoleDeps {
@@ -61,6 +76,8 @@ export interface ConsoleDeps {
   now?: () => number;
   /** Timeout of each read from another instance (ms, default 2500). */
   timeoutMs?: number;
+  /** Signs reads of other instances; without it they answer 401 (shown as unavailable). */
+  peer?: PeerSigner | null;
 }
 
 /** Actors drawn per instance; the rest are listed in a table. */
@@ -87,10 +104,10 @@ const PAGE_HEADERS: Record<string, string> = {
   "content-type": "text/html; charset=utf-8",
   "cache-control": "no-store",
   "x-content-type-options": "nosniff",
-  "referrer-policy": "no-referrer",
+  "referrer-policy": "same-origin",
   // Defence in depth behind the escaping: nothing inline runs, nothing foreign loads.
   "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; " +
-    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; " +
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; " +
     "frame-ancestors 'none'",
 };
 
@@ -213,11 +230,103 @@ function unitOf(name: string): MetricSeries["unit"] {
 // ---------------------------------------------------------------------------------------
 // The console
 
+const html = { "text/html": { schema: z.string() } };
+/** The console is for people with the operator or admin role (no machine scope). */
+const operator = { caller: "operator" } as const;
+
+/** The review console's declarations. */
+export const CONSOLE_ROUTES = {
+  page: declareRoute({
+    method: "get",
+    path: "/",
+    tags: ["console"],
+    summary: "The review console (a person without a session is sent to /login)",
+    access: operator,
+    kind: "page",
+    responses: {
+      200: { description: "The console", content: html },
+      303: { description: "To /login" },
+    },
+  }),
+  instances: declareRoute({
+    method: "get",
+    path: "/console/fragments/instances",
+    tags: ["console"],
+    summary: "Fragment: every instance with its actors",
+    access: operator,
+    responses: { 200: { description: "HTML", content: html } },
+  }),
+  instance: declareRoute({
+    method: "get",
+    path: "/console/fragments/instance",
+    tags: ["console"],
+    summary: "Fragment: one instance with its actors",
+    access: operator,
+    request: { query: z.object({ id: z.string().max(64).optional() }) },
+    responses: {
+      200: { description: "HTML", content: html },
+      404: {
+        description: "No live instance by that id",
+        content: { "application/json": { schema: z.looseObject({}) } },
+      },
+    },
+  }),
+  panels: declareRoute({
+    method: "get",
+    path: "/console/fragments/panels",
+    tags: ["console"],
+    summary: "Fragment: sessions, backups, replication, dashboards and metrics",
+    access: operator,
+    responses: { 200: { description: "HTML", content: html } },
+  }),
+  messages: declareRoute({
+    method: "get",
+    path: "/console/fragments/messages",
+    tags: ["console"],
+    summary: "Fragment: messages between instances",
+    access: operator,
+    responses: { 200: { description: "HTML", content: html } },
+  }),
+  events: declareRoute({
+    method: "get",
+    path: "/console/events",
+    tags: ["console"],
+    summary: "Server-sent events merging every instance's /actors/stream",
+    access: operator,
+    kind: "events",
+    responses: {
+      200: {
+        description: "An event stream",
+        content: { "text/event-stream": { schema: z.string() } },
+      },
+    },
+  }),
+};
+
+/** The console's script and stylesheet: public (the sign-in page uses the stylesheet). */
+export const ASSET_ROUTES: Record<string, ReturnType<typeof assetRoute>> = Object.fromEntries(
+  Object.entries(ASSETS).map(([name, { type }]) => [name, assetRoute(name, type)]),
+);
+
+function assetRoute(name: string, type: string) {
+  return declareRoute({
+    method: "get",
+    path: `/console/${name}`,
+    tags: ["console"],
+    summary: `The console's ${name.endsWith(".js") ? "script" : "stylesheet"}`,
+    access: { caller: "anonymous" },
+    kind: "asset",
+    responses: {
+      200: { description: name, content: { [type.split(";")[0]]: { schema: z.string() } } },
+    },
+  });
+}
+
 /**
  * Adds the review console (`GET /`, `/console/*`). Call it before the server takes its
  * first request: Hono builds its router then.
  */
-export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
+export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
   const log = deps.log ?? silentLogger;
   const now = deps.now ?? Date.now;
   const timeoutMs = deps.timeoutMs ?? 2500;
@@ -233,18 +342,34 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
     | { at: number; ok: boolean; value: Promise<PanelsModel["dashboards"]> }
     | null = null;
 
+  // Who the console's own reads are: an operator read, made in this process only. Every
+  // route that serves them is for operators, so the console reads for the person viewing
+  // it what that person may read.
+  const self: Principal = { kind: "peer", instance: deps.instanceId };
+  const selfEnv = internalEnv(self);
+
+  /** A signed GET of `path` on another member (api/authz/peer.ts). */
+  function peerFetch(member: Pick<Member, "id" | "url">, path: string, signal: AbortSignal) {
+    const url = new URL(path, member.url);
+    const headers: Record<string, string> = {};
+    if (deps.peer) {
+      headers[PEER_HEADER] = deps.peer.sign("GET", url.pathname + url.search, member.id);
+    }
+    return fetch(url, { signal, headers });
+  }
+
   /** GETs `path` from a member: this instance in-process, the others over HTTP. */
   async function get(
     member: Pick<Member, "id" | "url">,
     path: string,
     options: { ms?: number; signal?: AbortSignal } = {},
   ): Promise<Response> {
-    if (member.id === deps.instanceId) return await app.request(path);
+    if (member.id === deps.instanceId) return await app.request(path, {}, selfEnv);
     if (!member.url) throw new Error("it advertises no URL");
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), options.ms ?? timeoutMs);
     try {
-      const res = await fetch(new URL(path, member.url), { signal: ctl.signal });
+      const res = await peerFetch(member, path, ctl.signal);
       // Buffer the body under the same deadline.
       const body = await res.arrayBuffer();
       return new Response(body, { status: res.status, headers: res.headers });
@@ -297,7 +422,7 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
   }
 
   async function listMembers(): Promise<{ mode: string; members: Member[] }> {
-    const res = await app.request("/cluster");
+    const res = await app.request("/cluster", {}, selfEnv);
     if (!res.ok) {
       await res.body?.cancel();
       throw new Error(`GET /cluster answered ${res.status}`);
@@ -674,10 +799,21 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
     return c.body(body);
   }
 
-  app.get("/", async (c) => html(c, renderPage(await pageModel())));
+  /** The person viewing: who, and whether the console is theirs to see. */
+  async function viewer(c: Context): Promise<{ name: string; role: string } | null> {
+    const p = c.get("principal");
+    if (p?.kind !== "session") return null;
+    const authority = await authorizerOf(c).authority(p);
+    return authority ? { name: authority.username, role: authority.role } : null;
+  }
 
-  for (const name of Object.keys(ASSETS)) {
-    app.get(`/console/${name}`, async (c) => {
+  serve(app, CONSOLE_ROUTES.page, async (c) => {
+    const model = await pageModel();
+    return html(c, renderPage({ ...model, viewer: await viewer(c) }));
+  });
+
+  for (const [name, route] of Object.entries(ASSET_ROUTES)) {
+    serve(app, route, async (c) => {
       c.header("content-type", ASSETS[name].type);
       c.header("cache-control", "no-cache");
       c.header("x-content-type-options", "nosniff");
@@ -685,13 +821,13 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
     });
   }
 
-  app.get("/console/fragments/instances", async (c) => {
+  serve(app, CONSOLE_ROUTES.instances, async (c) => {
     const model = await pageModel();
     return html(c, renderInstances(model));
   });
 
-  app.get("/console/fragments/instance", async (c) => {
-    const id = c.req.query("id") ?? "";
+  serve(app, CONSOLE_ROUTES.instance, async (c) => {
+    const id = c.req.valid("query").id ?? "";
     const { members } = await listMembers();
     const member = members.find((m) => m.id === id);
     if (!member) {
@@ -702,12 +838,12 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
     return html(c, renderInstance(await instanceModel(member)));
   });
 
-  app.get("/console/fragments/panels", async (c) => {
+  serve(app, CONSOLE_ROUTES.panels, async (c) => {
     const { members } = await listMembers();
     return html(c, renderPanels(await panels(members)));
   });
 
-  app.get("/console/fragments/messages", async (c) => {
+  serve(app, CONSOLE_ROUTES.messages, async (c) => {
     const { members } = await listMembers();
     // Messages need transitions only: no charts.
     const instances: InstanceModel[] = await Promise.all(members.map(async (m) => {
@@ -730,7 +866,7 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
     return html(c, renderMessages(instances));
   });
 
-  app.get("/console/events", (c) => {
+  serve(app, CONSOLE_ROUTES.events, (c) => {
     c.header("x-content-type-options", "nosniff");
     return streamSSE(c, async (stream) => {
       const ctl = new AbortController();
@@ -770,9 +906,9 @@ export function addConsoleRoutes(app: Hono, deps: ConsoleDeps): void {
           while (!local.signal.aborted) {
             try {
               const res = member.id === deps.instanceId
-                ? await app.request("/actors/stream")
+                ? await app.request("/actors/stream", {}, selfEnv)
                 : member.url
-                ? await fetch(new URL("/actors/stream", member.url), { signal: local.signal })
+                ? await peerFetch(member, "/actors/stream", local.signal)
                 : null;
               if (!res) throw new Error("it advertises no URL");
               if (!res.ok || !res.body) {

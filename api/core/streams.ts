@@ -1,13 +1,12 @@
 /**
  * Public, read-only stream directory routes: the live list and one stream's public view.
- * Owner actions (create, start, stop, key reset) need authentication and arrive with
- * the sessions work.
+ * Open to anyone: they show only what a stream's owner made public.
  * @module
  */
-import type { Hono } from "hono";
-import { z } from "zod";
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import { RuntimeError } from "../../lib/errors.ts";
 import type { Stream } from "../../store/streams.ts";
+import { declareRoute, jsonResponse, serve } from "../authz/mod.ts";
 
 /** What the stream directory reads (store/streams.ts over the runtime's pool). */
 export interface StreamRouteDeps {
@@ -16,6 +15,21 @@ export interface StreamRouteDeps {
   /** One stream by id, or null. */
   get(id: number): Promise<Stream | null>;
 }
+
+const PublicStream = z.object({
+  id: z.number(),
+  userId: z.number(),
+  name: z.string(),
+  description: z.string().nullable(),
+  isLive: z.boolean(),
+  viewerCount: z.number(),
+  bitrateKbps: z.number().nullable(),
+  fps: z.number().nullable(),
+  resolution: z.string().nullable(),
+  codec: z.string().nullable(),
+  startedAt: z.string().nullable(),
+  endedAt: z.string().nullable(),
+}).openapi("PublicStream");
 
 /** The fields anyone may see; the key prefix and owner-only data stay private. */
 function publicView(s: Stream) {
@@ -35,30 +49,51 @@ function publicView(s: Stream) {
   };
 }
 
-const idParam = z.string().regex(/^[1-9]\d{0,17}$/);
-const listQuery = z.object({
-  limit: z.string().regex(/^\d{1,3}$/).transform(Number).refine((n) => n >= 1 && n <= 100)
-    .optional(),
-});
+/** The stream directory's declarations. */
+export const STREAM_ROUTES = {
+  list: declareRoute({
+    method: "get",
+    path: "/streams",
+    tags: ["streams"],
+    summary: "Live public streams, most viewers first",
+    access: { caller: "anonymous" },
+    invalid: "Invalid query: limit must be 1-100",
+    request: {
+      query: z.object({
+        limit: z.string().regex(/^\d{1,3}$/).transform(Number).refine((n) => n >= 1 && n <= 100)
+          .optional().openapi({ type: "string", description: "1-100 (default 50)" }),
+      }),
+    },
+    responses: {
+      200: jsonResponse(z.object({ streams: z.array(PublicStream) }), "The live streams"),
+    },
+  }),
+  get: declareRoute({
+    method: "get",
+    path: "/streams/{id}",
+    tags: ["streams"],
+    summary: "One public stream",
+    access: { caller: "anonymous" },
+    invalid: "Invalid stream id: expected a positive integer",
+    request: { params: z.object({ id: z.string().regex(/^[1-9]\d{0,17}$/) }) },
+    responses: {
+      200: jsonResponse(z.object({ stream: PublicStream }), "The stream"),
+    },
+  }),
+};
 
 /** Adds `GET /streams` (live, public, most viewers first) and `GET /streams/:id`. */
-export function addStreamRoutes(app: Hono, deps: StreamRouteDeps): void {
-  app.get("/streams", async (c) => {
-    const q = listQuery.safeParse(c.req.query());
-    if (!q.success) {
-      throw new RuntimeError("VALIDATION_FAILED", "Invalid query: limit must be 1-100");
-    }
-    const streams = await deps.listLive({ limit: q.data.limit ?? 50 });
+export function addStreamRoutes(app: OpenAPIHono, deps: StreamRouteDeps): void {
+  serve(app, STREAM_ROUTES.list, async (c) => {
+    const q = c.req.valid("query");
+    const streams = await deps.listLive({ limit: q.limit ?? 50 });
     return c.json({ streams: streams.map(publicView) });
   });
-  app.get("/streams/:id", async (c) => {
-    const id = idParam.safeParse(c.req.param("id"));
-    if (!id.success) {
-      throw new RuntimeError("VALIDATION_FAILED", "Invalid stream id: expected a positive integer");
-    }
-    const stream = await deps.get(Number(id.data));
+  serve(app, STREAM_ROUTES.get, async (c) => {
+    const { id } = c.req.valid("param");
+    const stream = await deps.get(Number(id));
     if (!stream || !stream.isPublic) {
-      throw new RuntimeError("STREAM_NOT_FOUND", `Stream ${id.data} does not exist`);
+      throw new RuntimeError("STREAM_NOT_FOUND", `Stream ${id} does not exist`);
     }
     return c.json({ stream: publicView(stream) });
   });

@@ -7,8 +7,9 @@ import {
   type SessionService,
 } from "../../actors/sessions/mod.ts";
 import type { RuntimeServices } from "../../actors/runtime/types.ts";
-import { createApp } from "../../api/app.ts";
 import { addSessionRoutes } from "../../api/sessions.ts";
+import { authBackendOf } from "../../concerns/mod.ts";
+import { testApp } from "../support/auth.ts";
 import { totpCode, totpCodeAt, totpStep } from "../../lib/totp.ts";
 import { createRedisBus, type MessageBus } from "../../store/bus.ts";
 import { createEventStore } from "../../store/event_store.ts";
@@ -36,7 +37,7 @@ interface Reply {
 
 interface Instance {
   name: string;
-  app: ReturnType<typeof createApp>;
+  app: ReturnType<typeof testApp>;
   service: SessionService;
   actor: AnyActorRef;
   stop(): Promise<void>;
@@ -83,7 +84,13 @@ async function startInstance(
   const started = createActor(spec.create(services), { input: spec.input?.(services) });
   started.start();
   actor = started;
-  const app = createApp();
+  // The production cookie: __Host-rs_session, Secure (every browser origin is https).
+  const app = testApp({
+    backend: authBackendOf(service),
+    trustProxy: true,
+    now: () => clock,
+    settings: { secureCookie: true },
+  });
   addSessionRoutes(app, { sessions: service, trustProxy: true });
   return {
     name,
@@ -201,7 +208,8 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
         assert.equal(r.body.status, "authenticated");
         assert.match(r.body.token, /^[A-Za-z0-9_-]{43}$/);
         const cookie = r.headers.get("set-cookie") ?? "";
-        assert.match(cookie, new RegExp(`^rs_session=${r.body.token};`));
+        assert.match(cookie, new RegExp(`^__Host-rs_session=${r.body.token};`));
+        assert.ok(!/domain=/i.test(cookie), `no Domain attribute in ${cookie}`);
         for (const attr of ["HttpOnly", "Secure", "SameSite=Strict", "Path=/", "Max-Age=43200"]) {
           assert.ok(cookie.includes(attr), `${attr} in ${cookie}`);
         }
@@ -209,6 +217,37 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
         password1 = r.body.token;
       },
     );
+
+    await t.step("enrolling needs a recent re-authentication (finding 4)", async () => {
+      // A session alone (a stolen one, say) cannot add a second factor the owner lacks.
+      const refused = await call(b, "POST", "/auth/mfa/enroll", {
+        token: password1,
+        fingerprint: "laptop",
+      });
+      expectError(refused, 403, "REAUTH_REQUIRED");
+      assert.equal(refused.body.error.details.reauthenticate, "POST /auth/reauth");
+      expectError(
+        await call(a, "POST", "/auth/reauth", {
+          token: password1,
+          fingerprint: "laptop",
+          body: { password: "not the password" },
+        }),
+        403,
+        "REAUTH_FAILED",
+      );
+      expectError(
+        await call(b, "POST", "/auth/mfa/enroll", { token: password1, fingerprint: "laptop" }),
+        403,
+        "REAUTH_REQUIRED",
+      );
+      const ok = await call(a, "POST", "/auth/reauth", {
+        token: password1,
+        fingerprint: "laptop",
+        body: { password },
+      });
+      assert.equal(ok.status, 200, JSON.stringify(ok.body));
+      assert.equal(Date.parse(ok.body.reauthenticatedAt), clock);
+    });
 
     await t.step("enrol on one instance, confirm on the other, with the URI's secret", async () => {
       const e = await call(b, "POST", "/auth/mfa/enroll", {
@@ -251,7 +290,7 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
     await t.step("logout ends the session everywhere", async () => {
       const r = await call(a, "POST", "/auth/logout", { token: password1, fingerprint: "laptop" });
       assert.equal(r.status, 200);
-      assert.match(r.headers.get("set-cookie") ?? "", /rs_session=;.*Max-Age=0/);
+      assert.match(r.headers.get("set-cookie") ?? "", /__Host-rs_session=;.*Max-Age=0/);
       expectError(
         await call(b, "GET", "/sessions", { token: password1, fingerprint: "laptop" }),
         401,
@@ -377,7 +416,7 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
       "list sessions (cookie or bearer) and revoke one: refused at once on the other instance",
       async () => {
         const list = await call(b, "GET", "/sessions", {
-          cookie: `rs_session=${token}`,
+          cookie: `__Host-rs_session=${token}`,
           fingerprint: "laptop",
         });
         assert.equal(list.status, 200, JSON.stringify(list.body));
@@ -446,7 +485,9 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
       );
       for (const text of INJECTIONS) {
         expectError(
-          await call(a, "GET", "/sessions", { cookie: `rs_session=${encodeURIComponent(text)}` }),
+          await call(a, "GET", "/sessions", {
+            cookie: `__Host-rs_session=${encodeURIComponent(text)}`,
+          }),
           401,
           "SESSION_INVALID",
         );
@@ -557,7 +598,32 @@ Deno.test("auth over HTTP on two instances sharing PostgreSQL and Redis", async 
       expectError(other, 401, "INVALID_CREDENTIALS");
     });
 
-    await t.step("unenrolling needs a fresh code; then password alone logs in", async () => {
+    await t.step("unenrolling needs a re-authentication and a fresh code", async () => {
+      expectError(
+        await call(a, "DELETE", "/auth/mfa", {
+          token,
+          fingerprint: "laptop",
+          body: { code: totpCode(mfaSecret, clock) },
+        }),
+        403,
+        "REAUTH_REQUIRED",
+      );
+      // With MFA on, re-authentication takes the second factor too.
+      const noCode = await call(a, "POST", "/auth/reauth", {
+        token,
+        fingerprint: "laptop",
+        body: { password },
+      });
+      expectError(noCode, 403, "REAUTH_FAILED");
+      assert.equal(noCode.body.error.details.reason, "code_required");
+      const reauth = await call(b, "POST", "/auth/reauth", {
+        token,
+        fingerprint: "laptop",
+        body: { password, code: totpCode(mfaSecret, clock) },
+      });
+      assert.equal(reauth.status, 200, JSON.stringify(reauth.body));
+      // The next code: an accepted code is never accepted again.
+      clock += 30_000;
       expectError(
         await call(a, "DELETE", "/auth/mfa", {
           token,

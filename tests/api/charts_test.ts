@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { Hono } from "hono";
+import type { OpenAPIHono } from "@hono/zod-openapi";
 import { createActor, setup } from "xstate";
 import { addChartRoutes } from "../../api/core/charts.ts";
 import { renderSvg, toMermaid } from "../../lib/charts.ts";
+import { ADMIN_HEADERS, testApp } from "../support/auth.ts";
 
 /** A lease holder: a compound state with a guarded renewal loop and a final state. */
 const lease = setup({
@@ -33,8 +34,8 @@ function activeClasses(svg: string): string[] {
     .map((m) => m[1]);
 }
 
-async function svgOf(app: Hono, path = "/charts/lease.svg"): Promise<string> {
-  const res = await app.request(path);
+async function svgOf(app: OpenAPIHono, path = "/charts/lease.svg"): Promise<string> {
+  const res = await app.request(path, { headers: ADMIN_HEADERS });
   assert.equal(res.status, 200);
   return await res.text();
 }
@@ -43,12 +44,12 @@ Deno.test("chart routes", async (t) => {
   await t.step("the svg highlights the running actor's current state", async () => {
     const actor = createActor(lease).start();
     try {
-      const app = new Hono();
+      const app = testApp();
       addChartRoutes(app, {
         machines: { lease },
         activeState: (name) => name === "lease" ? actor.getSnapshot().value : undefined,
       });
-      const res = await app.request("/charts/lease.svg");
+      const res = await app.request("/charts/lease.svg", { headers: ADMIN_HEADERS });
       assert.equal(res.status, 200);
       assert.equal(res.headers.get("content-type"), "image/svg+xml; charset=utf-8");
       const svg = await res.text();
@@ -67,7 +68,7 @@ Deno.test("chart routes", async (t) => {
   await t.step("a state already drawn comes from the bounded cache", async () => {
     let current: unknown = "follower";
     const rendered: string[][] = [];
-    const app = new Hono();
+    const app = testApp();
     addChartRoutes(app, {
       machines: { lease },
       activeState: () => current,
@@ -96,9 +97,9 @@ Deno.test("chart routes", async (t) => {
   });
 
   await t.step("the mermaid text is served as plain text", async () => {
-    const app = new Hono();
+    const app = testApp();
     addChartRoutes(app, { machines: { lease }, activeState: () => undefined });
-    const res = await app.request("/charts/lease.mmd");
+    const res = await app.request("/charts/lease.mmd", { headers: ADMIN_HEADERS });
     assert.equal(res.status, 200);
     assert.equal(res.headers.get("content-type"), "text/plain; charset=utf-8");
     const text = await res.text();
@@ -108,7 +109,7 @@ Deno.test("chart routes", async (t) => {
   });
 
   await t.step("unknown charts and extensions are 404 with a JSON error", async () => {
-    const app = new Hono();
+    const app = testApp();
     addChartRoutes(app, { machines: { lease }, activeState: () => undefined });
     for (
       const path of [
@@ -118,7 +119,7 @@ Deno.test("chart routes", async (t) => {
         "/charts/toString.svg",
       ]
     ) {
-      const res = await app.request(path);
+      const res = await app.request(path, { headers: ADMIN_HEADERS });
       assert.equal(res.status, 404, path);
       const body = await res.json();
       assert.equal(body.error.code, "NOT_FOUND");
@@ -126,8 +127,16 @@ Deno.test("chart routes", async (t) => {
     }
   });
 
+  await t.step("charts are for operators: anonymous callers get 401", async () => {
+    const app = testApp();
+    addChartRoutes(app, { machines: { lease }, activeState: () => undefined });
+    const res = await app.request("/charts/lease.svg");
+    assert.equal(res.status, 401);
+    assert.equal((await res.json()).error.code, "UNAUTHORIZED");
+  });
+
   await t.step("a machine with no running actor is drawn without highlight", async () => {
-    const app = new Hono();
+    const app = testApp();
     addChartRoutes(app, { machines: { lease }, activeState: () => undefined });
     const svg = await svgOf(app);
     assert.deepEqual(activeClasses(svg), []);

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
-import { createApp } from "../../api/app.ts";
 import { addBackupRoutes, type BackupRoutesDeps } from "../../api/backup.ts";
 import type { BackupRecord } from "../../store/backup_history.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN, testApp } from "../support/auth.ts";
 
-const TOKEN = "admin-token-0123456789abcdef";
+const TOKEN = TEST_ADMIN_TOKEN;
 
 function record(id: number): BackupRecord {
   return {
@@ -41,10 +41,9 @@ function app(overrides: Partial<BackupRoutesDeps> = {}) {
       calls.request.push(type);
       return Promise.resolve({ instance: "host-b" });
     },
-    adminToken: TOKEN,
     ...overrides,
   };
-  const hono = createApp();
+  const hono = testApp();
   addBackupRoutes(hono, deps);
   return { hono, calls };
 }
@@ -60,7 +59,7 @@ function post(body: unknown, auth?: string) {
 Deno.test("backup routes", async (t) => {
   await t.step("GET /backups lists the history with filters", async () => {
     const { hono, calls } = app();
-    const res = await hono.request("/backups?type=full&limit=5");
+    const res = await hono.request("/backups?type=full&limit=5", { headers: ADMIN_HEADERS });
     assert.equal(res.status, 200);
     const body = await res.json();
     assert.equal(body.available, true);
@@ -68,26 +67,31 @@ Deno.test("backup routes", async (t) => {
     assert.equal(body.backups[0].verifiedAt, "2025-01-15T02:02:00.000Z");
     assert.equal(body.backups[0].metadata, undefined, "details only on GET /backups/:id");
     assert.deepEqual(calls.list, [{ type: "full", limit: 5, includeDeleted: false }]);
-    assert.equal((await hono.request("/backups?type=weekly")).status, 400);
+    assert.equal(
+      (await hono.request("/backups?type=weekly", { headers: ADMIN_HEADERS })).status,
+      400,
+    );
   });
 
   await t.step("GET /backups/:id shows one backup with its details, or 404", async () => {
     const { hono } = app();
-    const res = await hono.request("/backups/1");
+    const res = await hono.request("/backups/1", { headers: ADMIN_HEADERS });
     assert.equal(res.status, 200);
     assert.deepEqual((await res.json()).backup.metadata, { tables: 3 });
-    const missing = await hono.request("/backups/99");
+    const missing = await hono.request("/backups/99", { headers: ADMIN_HEADERS });
     assert.equal(missing.status, 404);
     assert.equal((await missing.json()).error.code, "BACKUP_NOT_FOUND");
-    assert.equal((await hono.request("/backups/abc")).status, 400);
+    assert.equal((await hono.request("/backups/abc", { headers: ADMIN_HEADERS })).status, 400);
   });
 
-  await t.step("POST /backups is forbidden while RS_ADMIN_TOKEN is unset", async () => {
-    const { hono, calls } = app({ adminToken: null });
-    const res = await hono.request(post({ type: "full" }, `Bearer ${TOKEN}`));
-    assert.equal(res.status, 403);
-    assert.match((await res.json()).error.message, /RS_ADMIN_TOKEN/);
-    assert.deepEqual(calls.request, []);
+  await t.step("the history is for operators: anonymous callers get 401", async () => {
+    const { hono, calls } = app();
+    for (const path of ["/backups", "/backups/1"]) {
+      const res = await hono.request(path);
+      assert.equal(res.status, 401, path);
+      assert.equal((await res.json()).error.code, "UNAUTHORIZED");
+    }
+    assert.deepEqual(calls.list, []);
   });
 
   await t.step("POST /backups needs the bearer token", async () => {

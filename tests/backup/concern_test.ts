@@ -3,13 +3,13 @@ import { loadConfig } from "../../concerns/config.ts";
 import { startRuntime } from "../../runtime.ts";
 import { createBackupConcern } from "../../concerns/backup.ts";
 import { startPostgres } from "../harness/mod.ts";
-import { createApp } from "../../api/app.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN, testApp } from "../support/auth.ts";
 import { silentLogger } from "../../lib/log.ts";
 import type { RuntimeServices } from "../../actors/runtime/types.ts";
 import { until } from "../support/instance.ts";
 import { migratedPool, seedApp, tempDir, TEST_KEY } from "./_helpers.ts";
 
-const TOKEN = "admin-token-0123456789abcdef";
+const TOKEN = TEST_ADMIN_TOKEN;
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 
 Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async (t) => {
@@ -46,7 +46,7 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
     await t.step("the backup completes, is verified, and shows in GET /backups", async () => {
       let last: unknown = null;
       const backup = await until(async () => {
-        const body = await (await rt.app.request("/backups")).json();
+        const body = await (await rt.app.request("/backups", { headers: ADMIN_HEADERS })).json();
         const b = last = body.backups[0];
         return b && b.status === "completed" && b.verifiedAt ? b : null;
       }, {
@@ -56,7 +56,8 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
       });
       assert.equal(backup.type, "full");
       assert.equal(backup.trigger, "manual");
-      const one = await (await rt.app.request(`/backups/${backup.id}`)).json();
+      const one = await (await rt.app.request(`/backups/${backup.id}`, { headers: ADMIN_HEADERS }))
+        .json();
       assert.equal(one.backup.metadata.database, "app");
       const actor = rt.inspector.list().find((a) => a.id === "backup");
       assert.equal((actor?.summary as { stats: { completed: number } }).stats.completed, 1);
@@ -89,16 +90,16 @@ Deno.test("backup concern in embedded mode says backups are unavailable", async 
     now: Date.now,
   } as unknown as RuntimeServices;
   const concern = createBackupConcern(services, config.concerns.backup);
-  const app = createApp();
-  concern.routes!(app, { signal: new AbortController().signal });
+  const app = testApp();
+  concern.routes!(app, { signal: new AbortController().signal, peer: null });
   try {
     assert.deepEqual(concern.actors, [], "no scheduler runs");
-    const list = await (await app.request("/backups")).json();
+    const list = await (await app.request("/backups", { headers: ADMIN_HEADERS })).json();
     assert.equal(list.available, false);
     assert.match(list.unavailableReason, /PGlite/);
     const res = await app.request("/backups", {
       method: "POST",
-      headers: { authorization: `Bearer ${TOKEN}` },
+      headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
       body: JSON.stringify({ type: "full" }),
     });
     assert.equal(res.status, 503);

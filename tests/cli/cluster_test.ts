@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { getJson, ROOT, until } from "../support/instance.ts";
+import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
 
 function portFree(port: number): boolean {
   try {
@@ -30,7 +31,12 @@ Deno.test("deno task cluster: three instances up, everything stopped on Ctrl-C",
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", "cli/cluster.ts", "--base-port", String(base)],
     cwd: ROOT,
-    env: { NO_COLOR: "1", RUST_BACKTRACE: "0", LOG_LEVEL: "warn" },
+    env: {
+      NO_COLOR: "1",
+      RUST_BACKTRACE: "0",
+      LOG_LEVEL: "warn",
+      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
+    },
     stdout: "piped",
     stderr: "piped",
   }).spawn();

@@ -36,7 +36,7 @@ Deno.test("one configuration", async (t) => {
         METRICS_INTERVAL_MS: "500",
         DATABASE_NODES: "pg1=postgres://u:p@db1/app",
         BACKUP_SCHEDULE_FULL: "off",
-        RS_ADMIN_TOKEN: "an-admin-token-of-some-length",
+        RS_ADMIN_TOKEN: "an-admin-token-of-some-length-0123456789",
       },
       args: [],
     });
@@ -45,8 +45,7 @@ Deno.test("one configuration", async (t) => {
     assert.equal(c.concerns.metrics.intervalMs, 500);
     assert.deepEqual(c.concerns.failover.nodes.map((n) => n.name), ["pg1"]);
     assert.equal(c.concerns.backup.schedules.full, null);
-    assert.equal(c.concerns.failover.adminToken, "an-admin-token-of-some-length");
-    assert.equal(c.concerns.backup.adminToken, "an-admin-token-of-some-length");
+    assert.equal(c.concerns.access.adminToken, "an-admin-token-of-some-length-0123456789");
   });
 
   await t.step("one error names every bad variable, core and concerns alike", () => {

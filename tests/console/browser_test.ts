@@ -1,17 +1,23 @@
 /**
- * The review console in headless Chromium against two running instances: the page goes
- * live, a transition on the other instance moves the highlighted state in the drawn
- * statechart, a screenshot is kept in tests/artifacts/console.png, and with JavaScript
- * disabled the server-rendered page still shows instances, states and charts.
+ * The review console in headless Chromium against two running instances: a person signs in
+ * with an operator account first (the login form; screenshots of it and of the console are
+ * kept in tests/artifacts/), the page goes live, a transition on the other instance moves
+ * the highlighted state in the drawn statechart, with JavaScript disabled the sign-in and
+ * the server-rendered page still work, and an account without the role is turned away.
  */
 import assert from "node:assert/strict";
 import { chromium, type Page } from "playwright-core";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { ROOT, until } from "../support/instance.ts";
-import { type ConsoleNode, fragileSpec, startConsoleNode } from "./support.ts";
+import { ADMIN_HEADERS } from "../support/auth.ts";
+import { type ConsoleNode, createAccount, fragileSpec, startConsoleNode } from "./support.ts";
 
-/** Where the screenshot is kept (gitignored). */
+/** Where the screenshots are kept (gitignored). */
 const SCREENSHOT = `${ROOT}tests/artifacts/console.png`;
+const LOGIN_SCREENSHOT = `${ROOT}tests/artifacts/login.png`;
+
+/** The operator who signs in. */
+const OPERATOR = { username: "ops", password: "operator password 1", role: "operator" } as const;
 
 /** Fill of a highlighted state (console.css `--hl-fill`). */
 const HIGHLIGHT = "rgb(253, 230, 138)";
@@ -78,6 +84,15 @@ async function waitFor(page: Page, expression: string, what: string, ms = 10_000
   }
 }
 
+/** Signs in through the login form the console sends a person without a session to. */
+async function signIn(page: Page, url: string, account = OPERATOR): Promise<void> {
+  await page.goto(`${url}/`);
+  assert.equal(new URL(page.url()).pathname, "/login", "a person without a session signs in first");
+  await page.fill("#login", account.username);
+  await page.fill("#password", account.password);
+  await Promise.all([page.waitForURL((u) => u.pathname !== "/login"), page.click("button")]);
+}
+
 /** Waits until `state` is highlighted in the chart of `path` on `instance`. */
 async function waitForHighlight(page: Page, instance: string, path: string, state: string) {
   await waitFor(
@@ -124,9 +139,11 @@ Deno.test("review console in a browser", async (t) => {
     );
     const [a] = nodes;
     await until(async () => {
-      const body = await (await fetch(`${a.url}/cluster`)).json();
+      const body = await (await fetch(`${a.url}/cluster`, { headers: ADMIN_HEADERS })).json();
       return body.members.length === 2;
     }, { what: "both instances in /cluster" });
+    await createAccount(a, OPERATOR);
+    await createAccount(a, { username: "viewer", password: "viewer password 1", role: "user" });
 
     await t.step("the page goes live and shows both instances' statecharts", async () => {
       // Reduced motion: no colour transitions, so computed colours are final at once.
@@ -141,6 +158,19 @@ Deno.test("review console in a browser", async (t) => {
         if (msg.type() === "error") errors.push(`${msg.text()} (${msg.location().url})`);
       });
       await page.goto(`${a.url}/`);
+      assert.equal(new URL(page.url()).pathname, "/login");
+      await page.fill("#login", OPERATOR.username);
+      await page.fill("#password", "not the password");
+      await page.click("button");
+      assert.match(await page.locator("[role=alert]").innerText(), /Wrong username or password/);
+      await Deno.mkdir(`${ROOT}tests/artifacts`, { recursive: true });
+      await page.screenshot({ path: LOGIN_SCREENSHOT });
+      console.log(`login screenshot: ${LOGIN_SCREENSHOT}`);
+      await page.fill("#password", OPERATOR.password);
+      await Promise.all([page.waitForURL((u) => u.pathname === "/"), page.click("button")]);
+      assert.match(await page.locator(".viewer").innerText(), /Signed in as ops \(operator\)/);
+      // The refused password's 401 was the browser's console error, not the console's.
+      errors.length = 0;
       await page.waitForSelector('[data-live][data-state="live"]');
       for (const id of ["node-a", "node-b"]) await waitForLive(page, id);
       const before = await highlighted(page, "node-b", "supervisor", "supervising.healthy");
@@ -173,7 +203,6 @@ Deno.test("review console in a browser", async (t) => {
       );
       assert.deepEqual(errors, []);
 
-      await Deno.mkdir(`${ROOT}tests/artifacts`, { recursive: true });
       await page.screenshot({ path: SCREENSHOT, fullPage: true });
       console.log(`console screenshot: ${SCREENSHOT}`);
       await page.close();
@@ -182,7 +211,8 @@ Deno.test("review console in a browser", async (t) => {
     await t.step("without JavaScript the server-rendered page shows it all", async () => {
       const context = await browser.newContext({ javaScriptEnabled: false });
       const page = await context.newPage();
-      await page.goto(`${a.url}/`);
+      // Signing in is a plain form: it works without JavaScript too.
+      await signIn(page, a.url);
       const ids = await page.evaluate(
         `[...document.querySelectorAll("section[data-instance]")].map((s) => s.dataset.instance)`,
       );
@@ -211,9 +241,18 @@ Deno.test("review console in a browser", async (t) => {
       await context.close();
     });
 
+    await t.step("an account without the operator role is turned away", async () => {
+      const page = await browser.newPage();
+      await signIn(page, a.url, { username: "viewer", password: "viewer password 1" } as never);
+      const res = await page.goto(`${a.url}/`);
+      assert.equal(res?.status(), 403);
+      assert.match(await page.locator("main").innerText(), /role user/);
+      await page.close();
+    });
+
     await t.step("an instance that leaves disappears from the live page", async () => {
       const page = await browser.newPage();
-      await page.goto(`${a.url}/`);
+      await signIn(page, a.url);
       await waitForLive(page, "node-b");
       await nodes[1].stop();
       await waitFor(

@@ -9,7 +9,11 @@ import { setup } from "xstate";
 import type { ActorSpec, RemoteEvent } from "../../actors/runtime/types.ts";
 import { startPostgres } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
+import { ADMIN_HEADERS } from "../support/auth.ts";
 import { fragileSpec, readEvents, type SseEvent, startConsoleNode } from "./support.ts";
+
+/** This test runs no sessions concern: the admin token reads as an operator. */
+const OPERATOR = { headers: ADMIN_HEADERS };
 
 /** An actor whose id, states and summary are full of markup. */
 const EVIL_STATE = "<img src=x onerror=alert(1)>";
@@ -138,8 +142,33 @@ Deno.test("review console of a single instance", async (t) => {
     routes: (rt) => concerns = fakeConcerns(rt.app as never),
   });
   try {
+    await t.step("the console is an operator view (finding 2)", async () => {
+      // A person without a session is sent to the login form, and comes back after it.
+      const page = await fetch(`${node.url}/`, { redirect: "manual" });
+      assert.equal(page.status, 303);
+      assert.equal(page.headers.get("location"), "/login?next=%2F");
+      await page.body?.cancel();
+      for (
+        const path of [
+          "/console/fragments/instances",
+          "/console/fragments/instance?id=solo",
+          "/console/fragments/panels",
+          "/console/fragments/messages",
+          "/console/events",
+        ]
+      ) {
+        const res = await fetch(`${node.url}${path}`);
+        assert.equal(res.status, 401, path);
+        assert.equal((await res.json()).error.code, "UNAUTHORIZED", path);
+      }
+      // The stylesheet is public: the login form (the sessions concern's) uses it.
+      const css = await fetch(`${node.url}/console/console.css`);
+      assert.equal(css.status, 200);
+      await css.body?.cancel();
+    });
+
     await t.step("GET / draws every actor with its current state highlighted", async () => {
-      const res = await fetch(`${node.url}/`);
+      const res = await fetch(`${node.url}/`, OPERATOR);
       assert.equal(res.status, 200);
       assert.match(res.headers.get("content-type")!, /^text\/html/);
       assert.match(res.headers.get("content-security-policy")!, /script-src 'self'/);
@@ -160,7 +189,7 @@ Deno.test("review console of a single instance", async (t) => {
     });
 
     await t.step("values an actor reports cannot inject markup", async () => {
-      const html = await (await fetch(`${node.url}/`)).text();
+      const html = await (await fetch(`${node.url}/`, OPERATOR)).text();
       assert.ok(!html.includes("<script>alert"), "no script from a summary");
       assert.ok(!html.includes("<img src=x"), "no element from a state name");
       assert.ok(!html.includes("<b>bk-1"), "no element from a backup id");
@@ -170,7 +199,7 @@ Deno.test("review console of a single instance", async (t) => {
     });
 
     await t.step("absent concern endpoints are reported unavailable", async () => {
-      const html = await (await fetch(`${node.url}/`)).text();
+      const html = await (await fetch(`${node.url}/`, OPERATOR)).text();
       assert.ok(
         html.includes(
           "<strong>Unavailable</strong>: this instance does not serve <code>GET /backups</code>",
@@ -198,7 +227,7 @@ Deno.test("review console of a single instance", async (t) => {
       // Counters become rates from their second sample on; samples are ≥ 2 s apart.
       let html = "";
       await until(async () => {
-        const res = await fetch(`${node.url}/console/fragments/panels`);
+        const res = await fetch(`${node.url}/console/fragments/panels`, OPERATOR);
         assert.equal(res.status, 200);
         html = await res.text();
         return html.includes('aria-label="rootstream_messages_total: latest');
@@ -229,16 +258,16 @@ Deno.test("review console of a single instance", async (t) => {
       const css = await fetch(`${node.url}/console/console.css`);
       assert.match(css.headers.get("content-type")!, /^text\/css/);
       assert.match(await css.text(), /\.state\.active/);
-      const one = await fetch(`${node.url}/console/fragments/instance?id=solo`);
+      const one = await fetch(`${node.url}/console/fragments/instance?id=solo`, OPERATOR);
       assert.equal(one.status, 200);
       assert.match(
         await one.text(),
         /^<section class="instance card" id="inst-[0-9a-f]{8}" data-instance="solo"/,
       );
-      const none = await fetch(`${node.url}/console/fragments/instance?id=nobody`);
+      const none = await fetch(`${node.url}/console/fragments/instance?id=nobody`, OPERATOR);
       assert.equal(none.status, 404);
       await none.body?.cancel();
-      const messages = await fetch(`${node.url}/console/fragments/messages`);
+      const messages = await fetch(`${node.url}/console/fragments/messages`, OPERATOR);
       assert.match(await messages.text(), /No correlated messages among the recent transitions/);
     });
 
@@ -248,6 +277,7 @@ Deno.test("review console of a single instance", async (t) => {
         `${node.url}/console/events`,
         (s) => s.some(snapshotOf("solo", "supervisor", "degraded")),
         {
+          headers: ADMIN_HEADERS,
           onEvent: async (e) => {
             if (e.event === "hello" && !crashed) {
               crashed = true;
@@ -274,7 +304,7 @@ Deno.test("review console of a single instance", async (t) => {
         transition: { event: string };
       };
       assert.equal(change.transition.event, "xstate.error.actor.fragile");
-      const html = await (await fetch(`${node.url}/`)).text();
+      const html = await (await fetch(`${node.url}/`, OPERATOR)).text();
       assert.match(figure(html, "supervisor"), /data-actor-state>supervising\.degraded</);
       assert.match(
         html,

@@ -1,15 +1,17 @@
 /**
- * Runtime instances with the review console wired in, for the console's tests: each
- * instance runs in this process (`startRuntime`), with `addConsoleRoutes` added before its
- * first request, and test actors that change state on demand.
+ * Runtime instances with the review console (the core concern serves it), for the
+ * console's tests: each instance runs in this process (`startRuntime`), with test actors
+ * that change state on demand, and operators who sign in through the login form.
  * @module
  */
 import type { ActorSpec } from "../../actors/runtime/types.ts";
 import type { ConcernFactory } from "../../concerns/types.ts";
 export { fragileSpec } from "../support/fragile_actor.ts";
-import { addConsoleRoutes } from "../../api/core/console.ts";
 import { loadConfig } from "../../concerns/config.ts";
+import type { Role } from "../../lib/access.ts";
+import { createUser } from "../../store/users.ts";
 import { type Runtime, startRuntime } from "../../runtime.ts";
+import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
 
 /** Shared secret key of the test instances. */
 export const TEST_KEY: string = btoa(String.fromCharCode(...new Uint8Array(32).fill(7)));
@@ -53,6 +55,7 @@ export async function startConsoleNode(
     env: {
       DATABASE_URL: options.databaseUrl,
       RS_SECRET_KEY: TEST_KEY,
+      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
       RS_PORT: "0",
       RS_DATA_DIR: options.dataDir,
       RS_INSTANCE_ID: id,
@@ -65,22 +68,47 @@ export async function startConsoleNode(
     args: [],
   });
   const rt = await startRuntime(config, { actors: options.actors, concerns: options.concerns });
-  const streams = new AbortController();
   options.routes?.(rt);
-  addConsoleRoutes(rt.app, { instanceId: id, signal: streams.signal });
   let stopping: Promise<void> | null = null;
   return {
     id,
     rt,
     url: rt.url,
     stop() {
-      stopping ??= (async () => {
-        streams.abort();
-        await rt.stop();
-      })();
+      stopping ??= rt.stop();
       return stopping;
     },
   };
+}
+
+/** Creates an account with `role` in the instance's database. */
+export async function createAccount(
+  node: ConsoleNode,
+  account: { username: string; password: string; role: Role },
+): Promise<void> {
+  await createUser(node.rt.db.sql, {
+    username: account.username,
+    email: `${account.username}@example.com`,
+    password: account.password,
+  }, { role: account.role, hashing: { ln: 10 } });
+}
+
+/**
+ * Signs in through the console's login form (`POST /login`, as a browser on this site
+ * would) and returns the session cookie (`name=value`) to send with later requests.
+ */
+export async function signIn(url: string, login: string, password: string): Promise<string> {
+  const res = await fetch(`${url}/login`, {
+    method: "POST",
+    redirect: "manual",
+    headers: { "content-type": "application/x-www-form-urlencoded", origin: url },
+    body: new URLSearchParams({ login, password, next: "/" }),
+  });
+  await res.body?.cancel();
+  if (res.status !== 303) throw new Error(`POST /login answered ${res.status}, not 303`);
+  const cookie = res.headers.get("set-cookie")?.split(";")[0];
+  if (!cookie) throw new Error("POST /login set no cookie");
+  return cookie;
 }
 
 /** One server-sent event. */
@@ -95,10 +123,14 @@ export interface SseEvent {
 export async function readEvents(
   url: string,
   until: (seen: SseEvent[]) => boolean,
-  options: { ms?: number; onEvent?: (event: SseEvent) => Promise<void> | void } = {},
+  options: {
+    ms?: number;
+    onEvent?: (event: SseEvent) => Promise<void> | void;
+    headers?: Record<string, string>;
+  } = {},
 ): Promise<SseEvent[]> {
   const ctl = new AbortController();
-  const res = await fetch(url, { signal: ctl.signal });
+  const res = await fetch(url, { signal: ctl.signal, headers: options.headers });
   if (!res.ok || !res.body) throw new Error(`GET ${url} answered ${res.status}`);
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   const seen: SseEvent[] = [];

@@ -1,25 +1,22 @@
 /**
  * The replication routes and the failover settings, without servers: the admin bearer
- * token (403 when unset, 401 when missing or wrong), the unavailable answer of embedded
+ * token (401 when missing, wrong or not configured), the unavailable answer of embedded
  * mode, and settings errors that name the variable.
  */
 import assert from "node:assert/strict";
-import { Hono } from "hono";
 import { loadFailoverSettings } from "../../actors/failover/settings.ts";
 import { addFailoverRoutes, type FailoverRouteDeps } from "../../api/failover.ts";
-import { errorResponse } from "../../api/app.ts";
 import { isRuntimeError } from "../../lib/errors.ts";
-import { silentLogger } from "../../lib/log.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN, testApp } from "../support/auth.ts";
 
-const TOKEN = "a-long-enough-admin-token";
+const TOKEN = TEST_ADMIN_TOKEN;
 
-function app(deps: Partial<FailoverRouteDeps>) {
+function app(deps: Partial<FailoverRouteDeps>, options: { adminToken?: string | null } = {}) {
   const calls: { target: string | null }[] = [];
-  const a = new Hono();
-  a.onError((err) => errorResponse(err, silentLogger));
+  const adminToken = options.adminToken === undefined ? TOKEN : options.adminToken;
+  const a = testApp({ settings: { adminToken } });
   addFailoverRoutes(a, {
     unavailable: null,
-    adminToken: TOKEN,
     status: () => Promise.resolve({ available: true }),
     canary: () => Promise.resolve({ id: 1, node: "pg1" }),
     switchover: (o) => {
@@ -36,20 +33,28 @@ function app(deps: Partial<FailoverRouteDeps>) {
 }
 
 function post(path: string, headers: Record<string, string> = {}, body?: string) {
-  return new Request(`http://x${path}`, { method: "POST", headers, body });
+  const type: Record<string, string> = body === undefined
+    ? {}
+    : { "content-type": "application/json" };
+  return new Request(`http://x${path}`, { method: "POST", headers: { ...type, ...headers }, body });
 }
 
 Deno.test("replication routes", async (t) => {
-  await t.step("admin endpoints answer 403 when RS_ADMIN_TOKEN is not set", async () => {
-    const { app: a, calls } = app({ adminToken: null });
+  await t.step("without RS_ADMIN_TOKEN no bearer token is the admin token (401)", async () => {
+    const { app: a, calls } = app({}, { adminToken: null });
     for (const path of ["/failover/switchover", "/replication/canary"]) {
       const res = await a.request(post(path, { authorization: `Bearer ${TOKEN}` }));
-      assert.equal(res.status, 403);
-      const body = await res.json();
-      assert.equal(body.error.code, "FORBIDDEN");
-      assert.match(body.error.message, /set RS_ADMIN_TOKEN/);
+      assert.equal(res.status, 401);
+      assert.equal((await res.json()).error.code, "UNAUTHORIZED");
     }
     assert.equal(calls.length, 0);
+  });
+
+  await t.step("GET /replication is for operators: 401 without a credential", async () => {
+    const { app: a } = app({});
+    const res = await a.request("http://x/replication");
+    assert.equal(res.status, 401);
+    await res.body?.cancel();
   });
 
   await t.step("a missing or wrong token is 401, the right one goes through", async () => {
@@ -93,7 +98,7 @@ Deno.test("replication routes", async (t) => {
 
   await t.step("embedded mode says replication is unavailable", async () => {
     const { app: a } = app({ unavailable: "replication needs PostgreSQL servers" });
-    const res = await a.request("http://x/replication");
+    const res = await a.request("http://x/replication", { headers: ADMIN_HEADERS });
     assert.equal(res.status, 503);
     const body = await res.json();
     assert.equal(body.error.code, "REPLICATION_UNAVAILABLE");
@@ -115,7 +120,6 @@ Deno.test("failover settings", async (t) => {
     assert.equal(s.confirmations, 3);
     assert.equal(s.voteTimeoutMs, 1500);
     assert.equal(s.syncMode, true);
-    assert.equal(s.adminToken, null);
     assert.deepEqual(loadFailoverSettings({}).nodes, []);
   });
 
@@ -128,7 +132,6 @@ Deno.test("failover settings", async (t) => {
         /DATABASE_NODES: expected a postgres:\/\/ URL for node pg1/,
       ],
       [{ DATABASE_NODES: "pg1=postgres://a/db,pg1=postgres://b/db" }, /unique node names/],
-      [{ RS_ADMIN_TOKEN: "short" }, /RS_ADMIN_TOKEN: expected at least 16 characters/],
     ];
     for (const [env, message] of cases) {
       const err = (() => {

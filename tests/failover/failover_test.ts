@@ -22,8 +22,9 @@ import {
   untilAllFollow,
   type Writers,
 } from "../support/pg_cluster.ts";
+import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
 
-const TOKEN = "failover-test-admin-token";
+const TOKEN = TEST_ADMIN_TOKEN;
 
 async function sleep(ms: number): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));
@@ -439,7 +440,9 @@ Deno.test({
           assert.equal(r.published.epoch, epoch, "degraded keeps the epoch");
           assert.equal(r.published.readOnlyNode, null);
           assert.match(r.published.why, sentence);
-          const res = await fetch(`${url}/health`);
+          const res = await fetch(`${url}/health`, {
+            headers: { authorization: `Bearer ${TOKEN}` },
+          });
           const health = await res.json();
           // No node answers at all, so the database check makes it "unavailable" (503).
           assert.equal(res.status, 503);

@@ -13,6 +13,7 @@ import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis
 import { startPostgres } from "../harness/mod.ts";
 import { getJson, until } from "../support/instance.ts";
 import { randomKey, replication, startInstances, startSentinels } from "../support/pg_cluster.ts";
+import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
 
 const PREFIX = "rsst:";
 
@@ -27,6 +28,7 @@ Deno.test("redis sentinel: the runtime keeps working across a master switch", as
     REDIS_SENTINELS: sentinel.sentinels,
     REDIS_SENTINEL_MASTER: sentinel.name,
     RS_SECRET_KEY: randomKey(),
+    RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
     RS_KEY_PREFIX: PREFIX,
     RS_HEARTBEAT_MS: "250",
     RS_DEAD_AFTER_MS: "3000",

@@ -10,13 +10,15 @@ import { createMetricsConcern } from "../../concerns/metrics.ts";
 import type { CollectorContext } from "../../machines/metrics_collector.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { eventually, startVictoriaMetrics } from "../support/metrics_servers.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN } from "../support/auth.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 const SAMPLE_LINE =
   /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\.)*",?)*\})? \S+$/;
 
+/** GETs as an operator (the admin token). */
 async function get(url: string) {
-  const res = await fetch(url);
+  const res = await fetch(url, { headers: ADMIN_HEADERS });
   const text = await res.text();
   return { status: res.status, type: res.headers.get("content-type"), text };
 }
@@ -48,6 +50,7 @@ Deno.test("metrics concern in a running instance", async (t) => {
       DATABASE_URL: await pg.createDatabase(),
       REDIS_URL: redis.url,
       RS_SECRET_KEY: KEY,
+      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
       RS_PORT: "0",
       RS_DATA_DIR: dataDir,
       RS_INSTANCE_ID: "metrics-a",
@@ -253,6 +256,7 @@ Deno.test("metrics concern without INFLUX_URL", async (t) => {
     env: {
       DATABASE_URL: await pg.createDatabase(),
       RS_SECRET_KEY: KEY,
+      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
       RS_PORT: "0",
       RS_DATA_DIR: dataDir,
       DATABASE_CONNECT_TIMEOUT_S: "5",

@@ -5,6 +5,7 @@
  */
 
 import { AssertionError } from "node:assert";
+import { ADMIN_HEADERS } from "./auth.ts";
 
 /** Repository root. */
 export const ROOT: string = new URL("../..", import.meta.url).pathname;
@@ -145,8 +146,11 @@ export async function until<T>(
   throw new Error(`timed out after ${ms} ms waiting for ${options.what}${failed}${seen}`);
 }
 
-/** GETs a URL and parses JSON. */
+/**
+ * GETs a URL as an operator (the test instances' admin token, RS_ADMIN_TOKEN =
+ * TEST_ADMIN_TOKEN) and parses JSON.
+ */
 export async function getJson<T = Record<string, unknown>>(url: string): Promise<T> {
-  const res = await fetch(url);
+  const res = await fetch(url, { headers: ADMIN_HEADERS });
   return await res.json() as T;
 }

@@ -11,6 +11,7 @@ import { type PgServer, startPostgres, startRedis, startReplica } from "../harne
 import type { RedisServer } from "../harness/mod.ts";
 import { freePort } from "../harness/ports.ts";
 import { type InstanceProcess, launchInstance, until } from "./instance.ts";
+import { ADMIN_HEADERS } from "./auth.ts";
 
 /** A primary and its replicas, all on one database. */
 export interface PgCluster extends AsyncDisposable {
@@ -257,7 +258,7 @@ export function startWriters(
 /** GET /replication of an instance (loosely typed: tests read many fields). */
 // deno-lint-ignore no-explicit-any
 export async function replication(url: string): Promise<Record<string, any>> {
-  const res = await fetch(`${url}/replication`);
+  const res = await fetch(`${url}/replication`, { headers: ADMIN_HEADERS });
   return await res.json();
 }
 

@@ -4,26 +4,22 @@
  * health and actor views, and the stream cache invalidated across instances.
  */
 import assert from "node:assert/strict";
-import { Hono } from "hono";
 import { concernApi } from "../../concerns/mod.ts";
 import { createSyncConcern } from "../../concerns/sync.ts";
-import { createSyncNode } from "../../actors/sync/node.ts";
-import { createLocalTransport } from "../../actors/runtime/transport.ts";
-import { addSyncRoutes } from "../../api/sync.ts";
-import { errorResponse } from "../../api/app.ts";
 import { loadConfig } from "../../concerns/config.ts";
-import { silentLogger } from "../../lib/log.ts";
 import { type Runtime, startRuntime } from "../../runtime.ts";
-import { createLocalBus } from "../../store/bus.ts";
 import { createStream, startStream } from "../../store/streams.ts";
-import { conflictStore, recordConflicts } from "../../store/sync.ts";
+import { recordConflicts } from "../../store/sync.ts";
 import { createUser } from "../../store/users.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { until } from "./support.ts";
 import { sseReader } from "../support/sse.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN, TEST_STATE_WRITE_TOKEN } from "../support/auth.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
-const TOKEN = "test-write-token-0123456789";
+const TOKEN = TEST_STATE_WRITE_TOKEN;
+/** What the write token may read (state:read); the rest needs an operator. */
+const reader = { authorization: `Bearer ${TOKEN}` };
 const auth = { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" };
 
 Deno.test("state routes and the sync concern in two runtimes", async (t) => {
@@ -43,6 +39,8 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
         RS_INSTANCE_ID: id,
         RS_KEY_PREFIX: "rsapi:",
         RS_LEASE_TTL_MS: "1000",
+        RS_STATE_WRITE_TOKEN: TOKEN,
+        RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
       },
       args: [],
     });
@@ -51,7 +49,6 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
         sync: (services, c) =>
           createSyncConcern(services, {
             ...c.concerns.sync,
-            writeToken: TOKEN,
             sseBuffer: 4,
             headsMs: 200,
             snapshotMs: 60_000,
@@ -80,24 +77,22 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
       assert.equal(wrong.status, 401);
       await wrong.body?.cancel();
 
-      // Without RS_STATE_WRITE_TOKEN there is no way to write over HTTP at all.
-      const node = createSyncNode({
-        instanceId: "solo",
-        sql: a.db.sql,
-        bus: createLocalBus(),
-        transport: createLocalTransport({
-          instanceId: "solo",
-          bus: createLocalBus(),
-          actors: { spec: () => undefined, ref: () => undefined },
-        }),
+      // Writing state is for programs with a state:write token: not even the admin token.
+      const admin = await fetch(`${a.url}/state/stream/1`, {
+        method: "PATCH",
+        body,
+        headers: { ...ADMIN_HEADERS, "content-type": "application/json" },
       });
-      const app = new Hono();
-      app.onError((err) => errorResponse(err, silentLogger));
-      addSyncRoutes(app, { node, conflicts: conflictStore(a.db.sql), writeToken: null });
-      const res = await app.request("/state/stream/1", { method: "PATCH", body, headers: auth });
-      assert.equal(res.status, 403);
-      assert.equal((await res.json()).error.code, "STATE_WRITE_DISABLED");
-      await node.close();
+      assert.equal(admin.status, 403);
+      assert.equal((await admin.json()).error.code, "FORBIDDEN");
+      // JSON only with a JSON content type (finding 8).
+      const text = await fetch(`${a.url}/state/stream/1`, {
+        method: "PATCH",
+        body,
+        headers: { authorization: `Bearer ${TOKEN}`, "content-type": "text/plain" },
+      });
+      assert.equal(text.status, 415);
+      assert.equal((await text.json()).error.code, "UNSUPPORTED_MEDIA_TYPE");
     });
 
     await t.step("a PATCH is validated, applied and visible on the other instance", async () => {
@@ -115,7 +110,7 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
       });
       assert.equal(badField.status, 400);
       await badField.body?.cancel();
-      const badType = await fetch(`${a.url}/state/Stream!/1`);
+      const badType = await fetch(`${a.url}/state/Stream!/1`, { headers: reader });
       assert.equal(badType.status, 400);
       await badType.body?.cancel();
 
@@ -127,22 +122,22 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
       assert.equal(ok.status, 200);
       assert.deepEqual((await ok.json()).entity.state, { title: "Finals", viewers: 3 });
       await until(async () => {
-        const res = await fetch(`${b.url}/state/stream/1`);
+        const res = await fetch(`${b.url}/state/stream/1`, { headers: reader });
         const body = await res.json();
         return res.status === 200 && body.entity.state.viewers === 3;
       }, "the entity on B");
       // PostgreSQL alone (snapshot + deltas) rebuilds the same state.
       await until(async () => {
-        const res = await fetch(`${b.url}/state/stream/1?source=db`);
+        const res = await fetch(`${b.url}/state/stream/1?source=db`, { headers: reader });
         return res.status === 200 && (await res.json()).entity.state.title === "Finals";
       }, "the entity from the database");
-      const missing = await fetch(`${b.url}/state/stream/404`);
+      const missing = await fetch(`${b.url}/state/stream/404`, { headers: reader });
       assert.equal(missing.status, 404);
       assert.equal((await missing.json()).error.code, "STATE_NOT_FOUND");
     });
 
     await t.step("the event stream follows a pattern across instances", async () => {
-      const res = await fetch(`${b.url}/state/stream?pattern=stream.*`);
+      const res = await fetch(`${b.url}/state/stream?pattern=stream.*`, { headers: reader });
       assert.equal(res.headers.get("content-type"), "text/event-stream");
       const sse = sseReader(res);
       assert.equal((await sse.next()).event, "hello");
@@ -165,7 +160,7 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
     });
 
     await t.step("a slow client is told it missed events; the node never waits", async () => {
-      const res = await fetch(`${a.url}/state/stream?pattern=stream.changed`);
+      const res = await fetch(`${a.url}/state/stream?pattern=stream.changed`, { headers: reader });
       const sse = sseReader(res);
       assert.equal((await sse.next()).event, "hello");
       const node = concernApi(a.concerns, "sync")!.node;
@@ -245,19 +240,19 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
     });
 
     await t.step("health and the actor view report the sync node", async () => {
-      const health = await (await fetch(`${a.url}/health`)).json();
+      const health = await (await fetch(`${a.url}/health`, { headers: ADMIN_HEADERS })).json();
       assert.equal(health.checks.sync.ok, true);
       assert.equal(health.checks.sync.caughtUp, true);
-      const actors = await (await fetch(`${a.url}/actors`)).json();
+      const actors = await (await fetch(`${a.url}/actors`, { headers: ADMIN_HEADERS })).json();
       const sync = actors.actors.find((x: { id: string }) => x.id === "sync");
       assert.ok(sync, "the sync actor is listed");
       assert.equal(sync.machine, "sync_node");
       assert.match(sync.summary.origin, /^api-a~/);
-      const state = await (await fetch(`${a.url}/state`)).json();
-      const stateB = await (await fetch(`${b.url}/state`)).json();
+      const state = await (await fetch(`${a.url}/state`, { headers: reader })).json();
+      const stateB = await (await fetch(`${b.url}/state`, { headers: reader })).json();
       await until(async () => {
-        const x = await (await fetch(`${a.url}/state`)).json();
-        const y = await (await fetch(`${b.url}/state`)).json();
+        const x = await (await fetch(`${a.url}/state`, { headers: reader })).json();
+        const y = await (await fetch(`${b.url}/state`, { headers: reader })).json();
         return x.digest === y.digest;
       }, "equal digests");
       assert.match(state.digest, /^[0-9a-f]{64}$/);

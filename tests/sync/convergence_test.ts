@@ -13,6 +13,8 @@ import { type InstanceProcess, launchInstance, until } from "../support/instance
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 const TOKEN = "convergence-token-0123456789";
+/** The write token reads state too (state:read). */
+const READER = { headers: { authorization: `Bearer ${TOKEN}` } };
 const NAMES = ["conv-a", "conv-b", "conv-c"];
 
 /** One update: which instance applies it, to which entity, what. */
@@ -94,7 +96,7 @@ Deno.test("three processes converge under concurrent updates, a Redis restart an
   /** Publishes that failed so far, summed over the instances. */
   async function publishFailures(): Promise<number> {
     const stats = await Promise.all(
-      nodes.map(async (n) => (await (await fetch(`${n.url}/state`)).json()).sync),
+      nodes.map(async (n) => (await (await fetch(`${n.url}/state`, READER)).json()).sync),
     );
     return stats.reduce((sum, s) => sum + s.publishFailures, 0);
   }
@@ -107,7 +109,7 @@ Deno.test("three processes converge under concurrent updates, a Redis restart an
       await until(async () => {
         for (const e of ids) {
           const states = await Promise.all(nodes.map(async (n) => {
-            const res = await fetch(`${n.url}/state/stream/${prefix}-${e}`);
+            const res = await fetch(`${n.url}/state/stream/${prefix}-${e}`, READER);
             const body = await res.json();
             return res.ok ? (body.entity as Entity).state : null;
           }));
@@ -136,7 +138,7 @@ Deno.test("three processes converge under concurrent updates, a Redis restart an
     // And the whole state, not only these entities, is identical everywhere.
     await until(async () => {
       const digests = await Promise.all(
-        nodes.map(async (n) => (await (await fetch(`${n.url}/state`)).json()).digest),
+        nodes.map(async (n) => (await (await fetch(`${n.url}/state`, READER)).json()).digest),
       );
       return digests.every((d) => d === digests[0]);
     }, { ms, what: "equal digests" });
@@ -201,14 +203,14 @@ Deno.test("three processes converge under concurrent updates, a Redis restart an
     await t.step("nothing was given up, and everything reached PostgreSQL", async () => {
       await until(async () => {
         const stats = await Promise.all(
-          nodes.map(async (n) => (await (await fetch(`${n.url}/state`)).json()).sync),
+          nodes.map(async (n) => (await (await fetch(`${n.url}/state`, READER)).json()).sync),
         );
         return stats.every((s) => s.persistBacklog === 0 && s.missing === 0);
       }, { what: "all batches stored" });
       let failed = 0, repaired = 0;
       const all: unknown[] = [];
       for (const n of nodes) {
-        const { sync } = await (await fetch(`${n.url}/state`)).json();
+        const { sync } = await (await fetch(`${n.url}/state`, READER)).json();
         all.push(sync);
         assert.equal(sync.lost, 0, JSON.stringify(sync));
         assert.equal(sync.rejected, 0, JSON.stringify(sync));

@@ -1,5 +1,6 @@
 /**
- * A subscription pattern is client input: `GET /state/stream?pattern=` is open to anyone.
+ * A subscription pattern is client input: `GET /state/stream?pattern=` is open to every
+ * reader of state (a token with `state:read`).
  * An instance process with two event streams whose patterns are of the maximum length and
  * as adversarial as a backtracking matcher allows keeps answering `/health/live` promptly
  * while state changes flow, the stream whose pattern matches still gets every change, and
@@ -7,14 +8,11 @@
  * The number of open streams, and the size of write bodies, are bounded too.
  */
 import assert from "node:assert/strict";
-import { Hono } from "hono";
 import postgres from "postgres";
 import { createLocalTransport } from "../../actors/runtime/transport.ts";
 import { createSyncNode } from "../../actors/sync/node.ts";
-import { errorResponse } from "../../api/app.ts";
 import { addSyncRoutes } from "../../api/sync.ts";
 import { MAX_PATTERN_LENGTH } from "../../lib/channel_pattern.ts";
-import { silentLogger } from "../../lib/log.ts";
 import { createLocalBus } from "../../store/bus.ts";
 import { conflictStore } from "../../store/sync.ts";
 import type { Sql } from "../../store/types.ts";
@@ -22,9 +20,12 @@ import { startPostgres, startRedis } from "../harness/mod.ts";
 import { type InstanceProcess, launchInstance } from "../support/instance.ts";
 import { type SseReader, sseReader } from "../support/sse.ts";
 import { until } from "./support.ts";
+import { testApp } from "../support/auth.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 const TOKEN = "pattern-test-token-0123456789";
+/** The write token reads state too (state:read). */
+const READER = { headers: { authorization: `Bearer ${TOKEN}` } };
 /** The issue's bound: a live instance answers its liveness probe within this. */
 const LIVE_MS = 100;
 /** State changes, each on a channel of its own so every one is matched afresh. */
@@ -90,7 +91,10 @@ Deno.test("an adversarial subscription pattern cannot stall the instance", async
           ["", /empty/],
         ] as const
       ) {
-        const res = await fetch(`${url}/state/stream?pattern=${encodeURIComponent(pattern)}`);
+        const res = await fetch(
+          `${url}/state/stream?pattern=${encodeURIComponent(pattern)}`,
+          READER,
+        );
         const body = await res.json();
         assert.equal(res.status, 400, JSON.stringify(body));
         assert.equal(body.error.code, "VALIDATION_FAILED");
@@ -103,7 +107,10 @@ Deno.test("an adversarial subscription pattern cannot stall the instance", async
       const warm = await fetchWithin(`${url}/health/live`, 5_000);
       assert.ok("res" in warm, `the instance answers at all: ${JSON.stringify(warm)}`);
       for (const pattern of [NEVER, EVERY_CHANGE]) {
-        const res = await fetch(`${url}/state/stream?pattern=${encodeURIComponent(pattern)}`);
+        const res = await fetch(
+          `${url}/state/stream?pattern=${encodeURIComponent(pattern)}`,
+          READER,
+        );
         assert.equal(res.status, 200, `the stream of a ${pattern.length}-character pattern opens`);
         const sse = sseReader(res);
         streams.push(sse);
@@ -167,18 +174,17 @@ Deno.test("an adversarial subscription pattern cannot stall the instance", async
           actors: { spec: () => undefined, ref: () => undefined },
         }),
       });
-      const app = new Hono();
-      app.onError((err) => errorResponse(err, silentLogger));
-      addSyncRoutes(app, { node, conflicts: conflictStore(sql), writeToken: TOKEN, maxStreams: 2 });
+      const app = testApp({ settings: { stateWriteToken: TOKEN } });
+      addSyncRoutes(app, { node, conflicts: conflictStore(sql), maxStreams: 2 });
       const mine: SseReader[] = [];
       try {
         for (const n of [1, 2]) {
-          const res = await app.request("/state/stream?pattern=*");
+          const res = await app.request("/state/stream?pattern=*", READER);
           assert.equal(res.status, 200, `stream ${n} opens`);
           mine.push(sseReader(res));
           assert.equal((await mine[mine.length - 1].next(`hello of stream ${n}`)).event, "hello");
         }
-        const third = await app.request("/state/stream?pattern=*");
+        const third = await app.request("/state/stream?pattern=*", READER);
         if (third.status === 200) {
           mine.push(sseReader(third));
           assert.fail("a third stream opened beyond the cap of 2");
@@ -190,7 +196,7 @@ Deno.test("an adversarial subscription pattern cannot stall the instance", async
         // A client that leaves frees its place once the server notices.
         await mine.shift()!.cancel();
         await until(async () => {
-          const res = await app.request("/state/stream?pattern=*");
+          const res = await app.request("/state/stream?pattern=*", READER);
           if (res.status !== 200) {
             await res.body?.cancel();
             return false;

@@ -1,0 +1,68 @@
+/**
+ * Requests between instances of one cluster (the review console reads every member's
+ * `/actors`, `/charts`, `/metrics` and `/actors/stream`): each carries
+ * `X-RS-Peer: v1:<from instance>:<expires ms>:<HMAC>`, the HMAC-SHA256 of the method, the
+ * path with its query, both instance ids and the expiry, keyed by HKDF(RS_SECRET_KEY,
+ * "rootstream/peer-http/v1"). Only instances that share the secret key can make one; it
+ * is good for one path on one instance for a minute, for GET only, and grants operator
+ * reads (api/authz/guard.ts), nothing else. So a member URL that an attacker planted
+ * would get a credential only for the request it was sent.
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { createHmac, hkdfSync, timingSafeEqual } from "node:crypto";
+
+/** Signs and checks peer requests. */
+export interface PeerSigner {
+  /** This instance's id. */
+  readonly instanceId: string;
+  /** The header value for `GET path` sent to instance `to`. */
+  sign(method: string, path: string, to: string): string;
+  /** The sending instance's id when `header` is valid for this request here, else null. */
+  verify(header: string, method: string, path: string): string | null;
+}
+
+/** Header that carries the signature. */
+export const PEER_HEADER = "x-rs-peer";
+
+const INSTANCE_RE = /^[\w.-]{1,64}$/;
+
+/** How long a signature is accepted (ms), and how far ahead its expiry may be. */
+const LIFETIME_MS = 60_000;
+
+/** Creates the signer of this instance from the cluster's shared secret key. */
+export function createPeerSigner(
+  secretKey: Uint8Array,
+  options: { instanceId: string; now: () => number },
+): PeerSigner {
+  const key = Buffer.from(
+    hkdfSync("sha256", secretKey, new Uint8Array(0), "rootstream/peer-http/v1", 32),
+  );
+  const { instanceId, now } = options;
+  function mac(method: string, path: string, from: string, to: string, expires: number) {
+    return createHmac("sha256", key)
+      .update(`v1\n${method.toUpperCase()}\n${path}\n${from}\n${to}\n${expires}`)
+      .digest();
+  }
+  return {
+    instanceId,
+    sign(method, path, to) {
+      const expires = now() + LIFETIME_MS;
+      const sig = mac(method, path, instanceId, to, expires).toString("base64url");
+      return `v1:${instanceId}:${expires}:${sig}`;
+    },
+    verify(header, method, path) {
+      if (header.length > 256) return null;
+      const parts = header.split(":");
+      if (parts.length !== 4 || parts[0] !== "v1") return null;
+      const [, from, exp, sig] = parts;
+      if (!INSTANCE_RE.test(from) || !/^\d{1,15}$/.test(exp)) return null;
+      const expires = Number(exp);
+      const at = now();
+      if (expires <= at || expires > at + LIFETIME_MS + 5_000) return null;
+      const given = Buffer.from(sig, "base64url");
+      const want = mac(method, path, from, instanceId, expires);
+      return given.length === want.length && timingSafeEqual(given, want) ? from : null;
+    },
+  };
+}
