@@ -439,7 +439,12 @@ export function createRedisTransport(
     let backoff = 100;
     while (running) {
       try {
-        if (reader.status !== "ready") await reader.connect().catch(() => {});
+        // Connect only a connection nobody is connecting: calling connect() while ioredis
+        // waits to reconnect orphans its reconnect timer (a leaked timer that fires after
+        // close, seen under load); a "reconnecting" reader queues our read until it is back.
+        if (reader.status === "wait" || reader.status === "end") {
+          await reader.connect().catch(() => {});
+        }
         if (backlog) {
           // (Re)create the group after start-up or an outage (a restarted Redis without
           // persistence has lost it); the steady-state loop below skips this round trip.
