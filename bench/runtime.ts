@@ -14,6 +14,7 @@ import { closeRedis, createKeyspace, createRedisClient } from "../store/redis.ts
 import { startPostgres, startRedis } from "../tests/harness/mod.ts";
 import { launchInstance, ROOT, until } from "../tests/support/instance.ts";
 import { type Figure, median, percentile, progress, round } from "./_util.ts";
+import { createMessageAuth } from "../lib/message_auth.ts";
 
 const REPS = 5;
 const RTT_SAMPLES = 2000;
@@ -67,10 +68,13 @@ export async function run(): Promise<Figure[]> {
   await using redis = await startRedis();
   const prefix = "rsbench:";
   const dataDir = await Deno.makeTempDir({ prefix: "rs-bench-" });
+  // The instance's key: this process seals and opens envelopes as the instance does.
+  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+  const auth = createMessageAuth(Uint8Array.from(atob(key), (c) => c.charCodeAt(0)));
   const node = await launchInstance({
     DATABASE_URL: await pg.createDatabase(),
     REDIS_URL: redis.url,
-    RS_SECRET_KEY: btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
+    RS_SECRET_KEY: key,
     RS_DATA_DIR: dataDir,
     RS_KEY_PREFIX: prefix,
     RS_INSTANCE_ID: "bench-b",
@@ -96,9 +100,10 @@ export async function run(): Promise<Figure[]> {
   const keyspace = createKeyspace(prefix);
   const client = createRedisClient(settings, { name: "bench-a" });
   await client.connect();
-  const bus = createRedisBus(client, { keyspace });
+  const bus = createRedisBus(client, { keyspace, auth });
   const transport = createRedisTransport(client, {
     keyspace,
+    auth,
     bus,
     instanceId: "bench-a",
     actors: { spec: () => undefined, ref: () => undefined },
