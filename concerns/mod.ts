@@ -152,6 +152,7 @@ export function createHttpApp(concerns: Concerns, options: HttpAppOptions): Open
   const peer = createPeerSigner(options.secretKey, {
     instanceId: config.instanceId,
     now: options.now,
+    previous: config.previousSecretKey,
   });
   const access = config.concerns.access;
   if (!access.secureCookie && !["127.0.0.1", "::1", "localhost"].includes(config.http.host)) {
