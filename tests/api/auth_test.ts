@@ -19,7 +19,7 @@ import type { Sql } from "../../store/types.ts";
 import { loginActorId } from "../../machines/session_supervisor.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
-import { testAuth } from "../support/message_auth.ts";
+import { createMessageAuth } from "../../lib/message_auth.ts";
 
 const HOUR = 3_600_000;
 const INJECTIONS = [
@@ -62,7 +62,8 @@ async function startInstance(
   }, { name });
   await redis.connect();
   const keyspace = createKeyspace("rs:");
-  const auth = testAuth();
+  // Sealed with the shared key, like every instance of a cluster.
+  const auth = createMessageAuth(secretKey);
   const bus: MessageBus = createRedisBus(redis, { keyspace, auth });
   // The test is the composition root: the service reaches the actor it builds below.
   let actor: AnyActorRef | undefined = undefined;

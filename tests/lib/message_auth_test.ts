@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { createHmac, hkdfSync } from "node:crypto";
 import { createLogger } from "../../lib/log.ts";
 import { claimedSender, createMessageAuth, MESSAGE_PURPOSES } from "../../lib/message_auth.ts";
 
@@ -32,6 +34,14 @@ Deno.test("message authentication", async (t) => {
     assert.equal(auth.open("sync.batch", "sync.batches", '{"v":1,"s":7}'), null);
     assert.equal(auth.open("sync.batch", "sync.batches", "rs1.short"), null);
     assert.equal(createMessageAuth(k2).open("sync.batch", "sync.batches", sealed), null);
+  });
+
+  await t.step("the MAC is HMAC-SHA256 with the purpose's HKDF key", () => {
+    const derived = Buffer.from(
+      hkdfSync("sha256", k1, "rootstream/message-auth/v1", "rootstream session.cache", 32),
+    );
+    const want = createHmac("sha256", derived).update("3:abc\nbody").digest("base64url");
+    assert.equal(auth.seal("session.cache", "abc", "body"), `rs1.${want}.body`);
   });
 
   await t.step("every purpose derives its own key", () => {

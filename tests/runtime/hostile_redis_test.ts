@@ -19,6 +19,7 @@ import type { MessageAuth } from "../../lib/message_auth.ts";
 import { createKeyspace } from "../../store/redis.ts";
 import { injectRaw } from "../../store/redis_inbox.ts";
 import { createFailoverStore, type PublishedRecord } from "../../store/redis_failover.ts";
+import { createLoginAttemptStore } from "../../store/redis_sessions.ts";
 import { createUser } from "../../store/users.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { ADMIN_HEADERS, TEST_ADMIN_TOKEN, WRITER_HEADERS } from "../support/auth.ts";
@@ -370,6 +371,22 @@ Deno.test("a hostile Redis writer forges every kind of record and none is believ
         await raw.del(ks.key("member", "evil"), ks.key("member", "copy"));
         await trap.shutdown();
       }
+    });
+
+    await t.step("a forged login attempt reads as none", async () => {
+      const attempts = createLoginAttemptStore(raw, ks, auth);
+      const id = crypto.randomUUID();
+      const record = JSON.stringify({ attemptId: id, userId: 1, mfaFailures: 0 });
+      await raw.set(ks.key("login", "attempt", id), record, "PX", 60_000);
+      assert.equal(await attempts.load(id), null, "unsealed: no attempt");
+      await attempts.save(id, record, 60_000);
+      assert.equal(await attempts.load(id), record, "control: sealed is read");
+      const other = crypto.randomUUID();
+      await raw.set(
+        ks.key("login", "attempt", other),
+        (await raw.get(ks.key("login", "attempt", id)))!,
+      );
+      assert.equal(await attempts.load(other), null, "a genuine record under another attempt id");
     });
 
     await t.step("a forged published primary is not believed", async () => {
