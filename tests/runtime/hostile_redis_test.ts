@@ -161,6 +161,11 @@ Deno.test("a hostile Redis writer forges every kind of record and none is believ
       await refilled.body?.cancel();
       const after = (await health(a)).byKind["session.cache"] ?? 0;
       assert.ok(after >= before + 3, `refusals counted in /health: ${before} -> ${after}`);
+      const metrics = await (await fetch(`${a.url}/metrics`, { headers: ADMIN_HEADERS })).text();
+      assert.match(
+        metrics,
+        /^rootstream_redis_records_refused_total\{kind="session\.cache"\} [1-9]/m,
+      );
       // Control: the same entry sealed with the cluster's key *is* believed by the cache —
       // the MAC is what refuses the forgeries above. (The HTTP layer reads a session's
       // authority from PostgreSQL besides, a second line this test does not rely on.)
