@@ -137,6 +137,18 @@ export const SETTINGS: readonly SettingDoc[] = [
     default: "10",
     description: "Grace period for in-flight work on SIGINT/SIGTERM",
   },
+  {
+    env: "RS_ENV",
+    default: "(none)",
+    description:
+      "Deployment environment; `production` (or NODE_ENV=production) refuses test-only switches",
+  },
+  {
+    env: "RS_TEST_FAILPOINTS",
+    default: "0",
+    description:
+      "1 allows fault injection (FAILOVER_FAILPOINT) for tests; refused in production (exit 2)",
+  },
 ];
 
 /** The environment: variable names to values (empty values count as unset). */
@@ -170,6 +182,8 @@ export interface CoreConfig {
   publicUrl: string | null;
   cluster: { heartbeatMs: number; deadAfterMs: number; leaseTtlMs: number };
   supervisor: { maxRestarts: number; withinMs: number };
+  /** RS_TEST_FAILPOINTS=1: fault injection allowed (never in production). */
+  testFailpoints: boolean;
 }
 
 /**
@@ -262,6 +276,10 @@ const schema = z.object({
   RS_LEASE_TTL_MS: intIn(300, 600_000, "milliseconds").default(5000),
   RS_MAX_RESTARTS: intIn(0, 1000, "failures").default(5),
   RS_RESTART_WINDOW_S: intIn(1, 86_400, "seconds").default(60),
+  RS_ENV: z.string().trim().regex(/^[\w.-]{1,32}$/, {
+    message: "a name like production, staging or test",
+  }).optional(),
+  RS_TEST_FAILPOINTS: z.enum(["0", "1"], { message: "0 or 1" }).default("0"),
 }).refine((c) => c.RS_DEAD_AFTER_MS >= 2 * c.RS_HEARTBEAT_MS, {
   message: "at least twice RS_HEARTBEAT_MS, so one late heartbeat does not declare death",
   path: ["RS_DEAD_AFTER_MS"],
@@ -354,6 +372,16 @@ export function loadConfigWith<C extends Record<string, ConcernConfig<unknown>>>
   } catch (err) {
     problems.push(...problemsOf(err));
   }
+  const production = [["RS_ENV", raw.RS_ENV], ["NODE_ENV", env.NODE_ENV]]
+    .find(([, v]) => v?.trim().toLowerCase() === "production");
+  if (production && raw.RS_TEST_FAILPOINTS === "1") {
+    // Fault injection kills processes on purpose: never where it could do so for real.
+    problems.push(
+      `RS_TEST_FAILPOINTS=1 is refused with ${
+        production[0]
+      }=production: fail-points are for tests only`,
+    );
+  }
   // With a bad core value the concerns are still checked (against the core defaults), so
   // one run names every bad variable.
   const base = core ?? parseCore({}, sources);
@@ -433,6 +461,7 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       leaseTtlMs: c.RS_LEASE_TTL_MS,
     },
     supervisor: { maxRestarts: c.RS_MAX_RESTARTS, withinMs: c.RS_RESTART_WINDOW_S * 1000 },
+    testFailpoints: c.RS_TEST_FAILPOINTS === "1",
   };
 }
 
