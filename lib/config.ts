@@ -72,6 +72,12 @@ export const SETTINGS: readonly SettingDoc[] = [
     description: "Password of the Sentinels themselves (the data-node password goes in REDIS_URL)",
   },
   {
+    env: "REDIS_CA_FILE",
+    default: "(system roots)",
+    description:
+      "CA certificate (PEM) a rediss:// server's and the Sentinels' certificates must chain to",
+  },
+  {
     env: "RS_KEY_PREFIX",
     default: "rs:",
     description: "Namespace prefix of every Redis key and channel",
@@ -171,6 +177,8 @@ export interface CoreConfig {
     sentinelMaster: string;
     sentinelPassword: string | null;
     keyPrefix: string;
+    /** REDIS_CA_FILE: the CA of rediss:// servers, or null for the system's roots. */
+    caFile: string | null;
   };
   dataDir: string;
   instanceId: string;
@@ -255,6 +263,7 @@ const schema = z.object({
     message: "a master name of letters, digits, '.', '_' or '-'",
   }).default("mymaster"),
   REDIS_SENTINEL_PASSWORD: z.string().optional(),
+  REDIS_CA_FILE: z.string().trim().min(1, { message: "a file path" }).optional(),
   RS_KEY_PREFIX: z.string().regex(/^[\w.:-]{1,32}$/, {
     message: "1-32 characters of letters, digits, '.', ':', '_' or '-'",
   }).default("rs:"),
@@ -447,6 +456,7 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       sentinelMaster: c.REDIS_SENTINEL_MASTER,
       sentinelPassword: c.REDIS_SENTINEL_PASSWORD ?? null,
       keyPrefix: c.RS_KEY_PREFIX,
+      caFile: c.REDIS_CA_FILE ?? null,
     },
     dataDir: c.RS_DATA_DIR,
     instanceId: c.RS_INSTANCE_ID ??
