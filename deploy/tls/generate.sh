@@ -4,10 +4,12 @@
 # existing files are kept, so restarts do not rotate them. Production: use your own CA.
 #
 #   generate.sh OUT_DIR NAME[,SAN...] ...
-#   e.g. generate.sh /certs "nginx,localhost,127.0.0.1" "pg-primary,pg-primary,localhost"
+#   e.g. generate.sh /certs nginx,localhost,127.0.0.1 postgres,pg-primary,pg-replica-1
 #
-# Each NAME gets NAME.crt / NAME.key (0600, owner: OWNER_UID:OWNER_GID when set); every
-# client verifies against ca.crt. SANs that look like IPv4 addresses become IP SANs.
+# Each NAME gets NAME.crt / NAME.key (0600, owner: OWNER_UID:OWNER_GID when set), valid for
+# NAME and every SAN after it (IPv4-looking SANs become IP SANs); every client verifies
+# against ca.crt. The CA's key is deleted once the certificates exist (KEEP_CA_KEY=1 keeps
+# it), so no service that mounts the directory can issue more.
 set -eu
 out=${1:?usage: generate.sh OUT_DIR NAME[,SAN...] ...}
 shift
@@ -23,6 +25,10 @@ fi
 for spec in "$@"; do
   name=${spec%%,*}
   [ -s "$out/$name.crt" ] && continue
+  if [ ! -s "$out/ca.key" ]; then
+    echo "generate.sh: $out/$name.crt is missing and the CA key is gone; remove $out to start over" >&2
+    exit 1
+  fi
   sans=""
   for san in $(echo "$spec" | tr ',' ' '); do
     case "$san" in
@@ -39,6 +45,7 @@ for spec in "$@"; do
     -CAcreateserial -days "$days" -sha256 -extfile "$out/$name.ext" -out "$out/$name.crt" 2>/dev/null
   rm -f "$out/$name.csr" "$out/$name.ext"
 done
+[ "${KEEP_CA_KEY:-0}" = 1 ] || rm -f "$out/ca.key" "$out/ca.srl"
 chmod 0644 "$out"/*.crt
 chmod 0755 "$out"
 if [ -n "${OWNER_UID:-}" ]; then
