@@ -183,7 +183,7 @@ Deno.test("deploy/ topology", async (t) => {
     assert.match(nginx, /ssl_protocols TLSv1\.2 TLSv1\.3;/);
     const hsts = /add_header Strict-Transport-Security "max-age=(\d+)[^"]*" always;/.exec(nginx);
     assert.ok(hsts && Number(hsts[1]) >= 31_536_000, "HSTS for at least a year");
-    const plain = /server \{\s*listen 80;([\s\S]*?)\n  \}/.exec(nginx)?.[1] ?? "";
+    const plain = /server \{\s*listen 80;([\s\S]*?)\n {2}\}/.exec(nginx)?.[1] ?? "";
     assert.ok(plain, "the port-80 server block");
     assert.doesNotMatch(plain, /proxy_pass/, "port 80 forwards nothing");
     assert.match(plain, /return 301 https:/);

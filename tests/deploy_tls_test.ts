@@ -72,7 +72,7 @@ Deno.test("deploy: PostgreSQL and Redis over verified TLS, Redis as a least-priv
     const aclFile = `${certs}/users.acl`;
     await Deno.writeTextFile(aclFile, acl);
     const tlsPort = await freePort();
-    await using redis = await startRedis({
+    await using _redis = await startRedis({
       args: [
         "--tls-port",
         String(tlsPort),
