@@ -209,7 +209,10 @@ export function createAuthorizer(options: AuthorizerOptions): Authorizer {
       }
       // Both static tokens are compared every time, so which one (if any) matched is not
       // told by the time taken.
-      const isAdmin = sameSecret(token, settings.adminToken);
+      // During a rotation the previous admin token is accepted too (docs/security.md).
+      const isCurrentAdmin = sameSecret(token, settings.adminToken);
+      const isPreviousAdmin = sameSecret(token, settings.adminTokenPrevious ?? null);
+      const isAdmin = isCurrentAdmin || isPreviousAdmin;
       const isWriter = sameSecret(token, settings.stateWriteToken);
       if (isAdmin) return { kind: "admin_token" };
       if (isWriter) {
