@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { accessProblem, lookupAccount } from "../lib/os_access.ts";
 import { createDatabase, withServer } from "../store/backup_server.ts";
-import { createPgTools, type PgServerProcess } from "../store/pg_tools.ts";
+import { childEnvironment, createPgTools, type PgServerProcess } from "../store/pg_tools.ts";
 
 const encoder = new TextEncoder();
 
@@ -72,7 +72,9 @@ function spawn(
 ): { child: Deno.ChildProcess; member: Member } {
   const child = new Deno.Command(cmd, {
     args,
-    env: options.env,
+    // Servers get the allow-list only (store/pg_tools.ts); a runtime is given its settings.
+    clearEnv: true,
+    env: options.env ?? childEnvironment(),
     cwd: options.cwd,
     stdin: "null",
     stdout: "piped",
