@@ -22,8 +22,8 @@ import { clearSessionCookie, setSessionCookie } from "./sessions.ts";
 export interface LoginPageDeps {
   /** The sessions concern. */
   sessions: SessionService;
-  /** Trust proxy headers for the client's address. */
-  trustProxy?: boolean;
+  /** Proxies in front that append to X-Forwarded-For (api/client.ts); 0: the socket's address. */
+  trustedProxyHops?: number;
 }
 
 /** Headers of every page: no caching, nothing foreign, forms only to this site. */
@@ -135,7 +135,7 @@ function refusal(err: unknown): { status: 401 | 429 | 503; message: string } {
 /** Adds the login pages. */
 export function addLoginPages(app: OpenAPIHono, deps: LoginPageDeps): void {
   const { sessions } = deps;
-  const trustProxy = deps.trustProxy ?? false;
+  const trustedProxyHops = deps.trustedProxyHops ?? 0;
 
   function signedIn(c: Context, result: LoginResult, next: string): Response {
     if (result.status !== "authenticated") {
@@ -159,7 +159,7 @@ export function addLoginPages(app: OpenAPIHono, deps: LoginPageDeps): void {
     try {
       const result = await sessions.login(
         { login: input.login, password: input.password },
-        requestContext(c, trustProxy),
+        requestContext(c, trustedProxyHops),
       );
       return signedIn(c, result, next);
     } catch (err) {
@@ -176,7 +176,7 @@ export function addLoginPages(app: OpenAPIHono, deps: LoginPageDeps): void {
         challenge: input.challenge,
         code: input.code,
         method: input.method ?? "totp",
-      }, requestContext(c, trustProxy));
+      }, requestContext(c, trustedProxyHops));
       return signedIn(c, result, next);
     } catch (err) {
       const { status, message } = refusal(err);

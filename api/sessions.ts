@@ -35,10 +35,11 @@ export interface SessionRoutesDeps {
   /** The sessions concern (actors/sessions). */
   sessions: SessionService;
   /**
-   * Trust `X-Forwarded-For` / `X-Geo-Location` from a reverse proxy (only behind one that
-   * overwrites them); otherwise the socket's address is used and no location is recorded.
+   * Reverse proxies in front, each appending to `X-Forwarded-For` (api/client.ts): the
+   * client is that many entries from the right, and `X-Geo-Location` is believed; 0: the
+   * socket's address is used and no location is recorded.
    */
-  trustProxy?: boolean;
+  trustedProxyHops?: number;
 }
 
 const MAX_BODY = 16 * 1024;
@@ -344,7 +345,7 @@ export function clearSessionCookie(c: Context): void {
 /** Adds the /auth and /sessions routes to `app`. */
 export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): void {
   const { sessions } = deps;
-  const trustProxy = deps.trustProxy ?? false;
+  const trustedProxyHops = deps.trustedProxyHops ?? 0;
   const R = SESSION_ROUTES;
 
   for (const path of ["/auth/*", "/sessions", "/sessions/*"]) {
@@ -365,7 +366,7 @@ export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): voi
   }
 
   serve(app, R.register, async (c) => {
-    const user = await sessions.register(c.req.valid("json"), requestContext(c, trustProxy));
+    const user = await sessions.register(c.req.valid("json"), requestContext(c, trustedProxyHops));
     return c.json({
       user: {
         id: user.id,
@@ -379,19 +380,19 @@ export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): voi
 
   serve(app, R.login, async (c) => {
     const input = c.req.valid("json");
-    return loggedIn(c, await sessions.login(input, requestContext(c, trustProxy)));
+    return loggedIn(c, await sessions.login(input, requestContext(c, trustedProxyHops)));
   });
 
   serve(app, R.verifyMfa, async (c) => {
     const input = c.req.valid("json");
-    return loggedIn(c, await sessions.verifyMfa(input, requestContext(c, trustProxy)));
+    return loggedIn(c, await sessions.verifyMfa(input, requestContext(c, trustedProxyHops)));
   });
 
   serve(app, R.reauth, async (c) => {
     const { reauthenticatedAt } = await sessions.reauthenticate(
       authOf(c),
       c.req.valid("json"),
-      requestContext(c, trustProxy),
+      requestContext(c, trustedProxyHops),
     );
     return c.json({ reauthenticatedAt: reauthenticatedAt.toISOString() });
   });
@@ -429,19 +430,19 @@ export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): voi
 
   serve(app, R.confirm, async (c) => {
     const { code } = c.req.valid("json");
-    const ctx = requestContext(c, trustProxy);
+    const ctx = requestContext(c, trustedProxyHops);
     const { backupCodes } = await sessions.confirmMfa(authOf(c), code, ctx);
     return c.json({ enabled: true, backupCodes });
   });
 
   serve(app, R.backupCodes, async (c) => {
     const { code } = c.req.valid("json");
-    const ctx = requestContext(c, trustProxy);
+    const ctx = requestContext(c, trustedProxyHops);
     return c.json(await sessions.regenerateBackupCodes(authOf(c), code, ctx));
   });
 
   serve(app, R.disableMfa, async (c) => {
-    await sessions.disableMfa(authOf(c), c.req.valid("json"), requestContext(c, trustProxy));
+    await sessions.disableMfa(authOf(c), c.req.valid("json"), requestContext(c, trustedProxyHops));
     return c.json({ enabled: false });
   });
 

@@ -271,6 +271,15 @@ export function addSyncRoutes(app: OpenAPIHono, deps: SyncRouteDeps): void {
 
   serve(app, SYNC_ROUTES.patch, async (c) => {
     const { type, id } = c.req.valid("param");
+    // The schema's record drops a `__proto__` key (it cannot be an object's own data), so
+    // look at the parsed body itself: such a delta is refused, never half-applied.
+    const raw: unknown = await c.req.json();
+    if (typeof raw === "object" && raw !== null && Object.hasOwn(raw, "__proto__")) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        'Invalid request: "__proto__" cannot be a field name',
+      );
+    }
     const entity = node.applyDelta(type, id, c.req.valid("json"));
     // Replication is asynchronous; `?wait=persisted` answers once the delta is stored.
     if (c.req.valid("query").wait === "persisted") await node.flush({ persisted: true });

@@ -4,6 +4,12 @@
  * VictoriaMetrics (when installed), and 3 runtime instances on consecutive ports. Prints
  * their URLs; Ctrl-C (or SIGTERM) stops everything, runtimes first.
  *
+ * Hardened like deploy/compose.yaml (docs/security.md, "Deployment hardening"): a local CA
+ * and certificate from deploy/tls/generate.sh; PostgreSQL with TLS, reached with
+ * sslmode=verify-full; Redis and the Sentinels TLS-only, the data nodes with the ACL users of
+ * deploy/redis/users.acl.template (the runtimes as `rootstream`), the Sentinels with a
+ * password; passwords in config files (0600), never on a command line.
+ *
  * Flags: `--base-port N` (first runtime port, default 8081; the other services use
  * ports above it), `--dir PATH` (default: a new temporary directory; PostgreSQL runs as
  * the `postgres` user when started by root, so the path must be traversable by it: a
@@ -15,7 +21,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { accessProblem, lookupAccount } from "../lib/os_access.ts";
 import { createDatabase, withServer } from "../store/backup_server.ts";
-import { createPgTools, type PgServerProcess } from "../store/pg_tools.ts";
+import { childEnvironment, createPgTools, type PgServerProcess } from "../store/pg_tools.ts";
 
 const encoder = new TextEncoder();
 
@@ -66,7 +72,9 @@ function spawn(
 ): { child: Deno.ChildProcess; member: Member } {
   const child = new Deno.Command(cmd, {
     args,
-    env: options.env,
+    // Servers get the allow-list only (store/pg_tools.ts); a runtime is given its settings.
+    clearEnv: true,
+    env: options.env ?? childEnvironment(),
     cwd: options.cwd,
     stdin: "null",
     stdout: "piped",
@@ -107,13 +115,80 @@ async function waitFor(what: string, check: () => Promise<boolean>, ms = 30_000)
   throw new Error(`timed out waiting for ${what}`);
 }
 
-async function redisCli(port: number, ...args: string[]): Promise<string> {
+/** TLS material and passwords of the local topology. */
+interface Secrets {
+  certs: string;
+  passwords: { runtime: string; sentinelNode: string; replica: string; sentinel: string };
+}
+
+/** redis-cli over TLS as `user`; the password travels in REDISCLI_AUTH, not in argv. */
+async function redisCli(
+  secrets: Secrets,
+  auth: { user?: string; password: string },
+  port: number,
+  ...args: string[]
+): Promise<string> {
   const out = await new Deno.Command("redis-cli", {
-    args: ["-p", String(port), ...args],
+    args: [
+      "--tls",
+      "--cacert",
+      `${secrets.certs}/ca.crt`,
+      "-h",
+      "127.0.0.1",
+      "-p",
+      String(port),
+      ...(auth.user ? ["--user", auth.user] : []),
+      ...args,
+    ],
+    env: { REDISCLI_AUTH: auth.password },
     stdout: "piped",
     stderr: "null",
   }).output();
   return new TextDecoder().decode(out.stdout).trim();
+}
+
+function randomPassword(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(16)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}
+
+async function sha256Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", encoder.encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The shipped ACL rules with this topology's password hashes (comments dropped). */
+async function aclFile(secrets: Secrets): Promise<string> {
+  const template = await Deno.readTextFile(
+    new URL("../deploy/redis/users.acl.template", import.meta.url),
+  );
+  const p = secrets.passwords;
+  return template.split("\n").filter((l) => l && !l.startsWith("#")).join("\n")
+    .replace("__RUNTIME_SHA256__", await sha256Hex(p.runtime))
+    .replace("__SENTINEL_SHA256__", await sha256Hex(p.sentinelNode))
+    .replace("__REPLICA_SHA256__", await sha256Hex(p.replica)) + "\n";
+}
+
+/** A local CA and a certificate for 127.0.0.1 / localhost, by the shipped script. */
+async function makeCertificates(dir: string, ownerUid: number | null): Promise<string> {
+  const certs = `${dir}/certs`;
+  const out = await new Deno.Command("sh", {
+    args: [
+      new URL("../deploy/tls/generate.sh", import.meta.url).pathname,
+      certs,
+      "localhost,127.0.0.1",
+    ],
+    env: ownerUid === null ? {} : { OWNER_UID: String(ownerUid) },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(`generating certificates failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return certs;
 }
 
 const flags = z.object({
@@ -183,6 +258,28 @@ export async function main(argv: string[]): Promise<number> {
     }
   }
 
+  if (!(await commandExists("openssl"))) {
+    console.error("openssl is not installed. HINT: apt-get install openssl");
+    if (!opts.dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    return 1;
+  }
+  const serverAccount = pg.dropsPrivileges ? await lookupAccount(pg.serverUser) : null;
+  const secrets: Secrets = {
+    // PostgreSQL (as its OS user) must own its key; Redis runs as this user (root then).
+    certs: await makeCertificates(dir, serverAccount?.uid ?? null),
+    passwords: {
+      runtime: randomPassword(),
+      sentinelNode: randomPassword(),
+      replica: randomPassword(),
+      sentinel: randomPassword(),
+    },
+  };
+  const tls = {
+    cert: `${secrets.certs}/localhost.crt`,
+    key: `${secrets.certs}/localhost.key`,
+    ca: `${secrets.certs}/ca.crt`,
+  };
+
   const members: Member[] = [];
   const stopAll = async () => {
     for (const m of members.reverse()) {
@@ -210,6 +307,9 @@ export async function main(argv: string[]): Promise<number> {
       wal_log_hints: "on",
       wal_keep_size: "256MB",
       listen_addresses: "127.0.0.1",
+      ssl: "on",
+      ssl_cert_file: tls.cert,
+      ssl_key_file: tls.key,
     };
     const primary: PgServerProcess = await pg.startServer(primaryDir, {
       port: ports.pgPrimary,
@@ -235,12 +335,37 @@ export async function main(argv: string[]): Promise<number> {
     members.push({ name: "pg-replica", stop: () => replica.stop() });
     say(`PostgreSQL primary :${ports.pgPrimary}, replica :${ports.pgReplica}`);
 
-    // Redis master + replica + 3 Sentinels (each with its own writable config file).
+    // Redis master + replica + 3 Sentinels, TLS only. The data nodes get the shipped ACL
+    // users and a config file with masterauth (0600); the Sentinels one with their passwords.
+    const acl = `${dir}/users.acl`;
+    await Deno.writeTextFile(acl, await aclFile(secrets), { mode: 0o600 });
+    const tlsArgs = [
+      "--tls-cert-file",
+      tls.cert,
+      "--tls-key-file",
+      tls.key,
+      "--tls-ca-cert-file",
+      tls.ca,
+      "--tls-auth-clients",
+      "no",
+      "--tls-replication",
+      "yes",
+    ];
     const redisArgs = (port: number, name: string) => [
+      `${dir}/${name}/node.conf`,
       "--port",
+      "0",
+      "--tls-port",
       String(port),
+      ...tlsArgs,
       "--bind",
       "127.0.0.1",
+      "--protected-mode",
+      "yes",
+      "--aclfile",
+      acl,
+      "--masteruser",
+      "replica",
       "--save",
       "",
       "--appendonly",
@@ -252,43 +377,64 @@ export async function main(argv: string[]): Promise<number> {
     ];
     for (const name of ["redis-master", "redis-replica"]) {
       await Deno.mkdir(`${dir}/${name}`, { recursive: true });
+      const replicaOf = name === "redis-replica"
+        ? `replicaof 127.0.0.1 ${ports.redisMaster}\n`
+        : "";
+      await Deno.writeTextFile(
+        `${dir}/${name}/node.conf`,
+        `masterauth "${secrets.passwords.replica}"\n${replicaOf}`,
+        { mode: 0o600 },
+      );
     }
     members.push(
       spawn("redis", "redis-server", redisArgs(ports.redisMaster, "redis-master")).member,
     );
     members.push(
-      spawn("redis-repl", "redis-server", [
-        ...redisArgs(ports.redisReplica, "redis-replica"),
-        "--replicaof",
-        "127.0.0.1",
-        String(ports.redisMaster),
-      ]).member,
+      spawn("redis-repl", "redis-server", redisArgs(ports.redisReplica, "redis-replica")).member,
     );
+    const asSentinelUser = { user: "sentinel", password: secrets.passwords.sentinelNode };
     await waitFor(
       "redis",
       async () =>
-        (await redisCli(ports.redisReplica, "INFO", "replication")).includes(
-          "master_link_status:up",
-        ),
+        (await redisCli(secrets, asSentinelUser, ports.redisReplica, "INFO", "replication"))
+          .includes("master_link_status:up"),
     );
     for (const [i, port] of ports.sentinels.entries()) {
       const conf = `${dir}/sentinel-${i + 1}.conf`;
       await Deno.writeTextFile(
         conf,
         [
-          `port ${port}`,
+          "port 0",
+          `tls-port ${port}`,
+          `tls-cert-file ${tls.cert}`,
+          `tls-key-file ${tls.key}`,
+          `tls-ca-cert-file ${tls.ca}`,
+          "tls-auth-clients no",
+          "tls-replication yes",
           "bind 127.0.0.1",
           `dir ${dir}`,
+          `requirepass "${secrets.passwords.sentinel}"`,
+          `sentinel sentinel-pass "${secrets.passwords.sentinel}"`,
           `sentinel monitor rootstream 127.0.0.1 ${ports.redisMaster} 2`,
+          "sentinel auth-user rootstream sentinel",
+          `sentinel auth-pass rootstream "${secrets.passwords.sentinelNode}"`,
           "sentinel down-after-milliseconds rootstream 2000",
           "sentinel failover-timeout rootstream 10000",
           "",
         ].join("\n"),
+        { mode: 0o600 },
       );
       members.push(spawn(`sentinel-${i + 1}`, "redis-sentinel", [conf]).member);
     }
     await waitFor("sentinels to see each other", async () => {
-      const out = await redisCli(ports.sentinels[0], "SENTINEL", "MASTER", "rootstream");
+      const out = await redisCli(
+        secrets,
+        { password: secrets.passwords.sentinel },
+        ports.sentinels[0],
+        "SENTINEL",
+        "MASTER",
+        "rootstream",
+      );
       const lines = out.split("\n");
       const field = (k: string) => Number(lines[lines.indexOf(k) + 1]);
       return field("num-other-sentinels") >= 2 && field("num-slaves") >= 1;
@@ -296,7 +442,7 @@ export async function main(argv: string[]): Promise<number> {
     say(
       `Redis master :${ports.redisMaster}, replica :${ports.redisReplica}, Sentinels :${
         ports.sentinels.join(", :")
-      }`,
+      } (TLS, ACL users)`,
     );
 
     // VictoriaMetrics (accepts the InfluxDB v2 write API), when installed.
@@ -324,7 +470,8 @@ export async function main(argv: string[]): Promise<number> {
     const adminToken = Deno.env.get("RS_ADMIN_TOKEN") ||
       btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
     const sentinels = ports.sentinels.map((p) => `127.0.0.1:${p}`).join(",");
-    const pgUrl = (port: number) => `postgres://postgres@127.0.0.1:${port}/rootstream`;
+    const pgUrl = (port: number) =>
+      `postgres://postgres@localhost:${port}/rootstream?sslmode=verify-full&sslrootcert=${tls.ca}`;
     const urls: string[] = [];
     for (const [i, port] of ports.runtimes.entries()) {
       const id = `node-${i + 1}`;
@@ -334,6 +481,12 @@ export async function main(argv: string[]): Promise<number> {
         DATABASE_NODES: `pg1=${pgUrl(ports.pgPrimary)},pg2=${pgUrl(ports.pgReplica)}`,
         REDIS_SENTINELS: sentinels,
         REDIS_SENTINEL_MASTER: "rootstream",
+        // With Sentinels the URL carries the data nodes' user and password, and rediss:
+        // TLS to the data nodes and the Sentinels alike.
+        REDIS_URL:
+          `rediss://rootstream:${secrets.passwords.runtime}@127.0.0.1:${ports.redisMaster}`,
+        REDIS_CA_FILE: tls.ca,
+        REDIS_SENTINEL_PASSWORD: secrets.passwords.sentinel,
         RS_SECRET_KEY: key,
         RS_ADMIN_TOKEN: adminToken,
         RS_INSTANCE_ID: id,
@@ -365,7 +518,7 @@ export async function main(argv: string[]): Promise<number> {
     console.log(`Admin token (operator views, admin actions): ${adminToken}`);
     console.log(
       "Sign in to the console with an admin account: printf '%s' \"$PASSWORD\" | " +
-        `DATABASE_URL=${pgUrl(ports.pgPrimary)} deno task cli users create-admin ` +
+        `DATABASE_URL='${pgUrl(ports.pgPrimary)}' deno task cli users create-admin ` +
         "--username admin --email admin@example.com --password-stdin",
     );
     console.log("Press Ctrl-C to stop everything.");

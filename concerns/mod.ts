@@ -165,7 +165,7 @@ export function createHttpApp(concerns: Concerns, options: HttpAppOptions): Open
     backend,
     settings: access,
     peer,
-    trustProxy: config.concerns.sessions.trustProxy,
+    trustedProxyHops: config.concerns.sessions.trustedProxyHops,
     now: options.now,
   });
   const app = createApp({ log, authorizer });

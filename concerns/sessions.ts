@@ -21,8 +21,8 @@ export function createSessionsConcern(
   return {
     ...parts,
     routes(app) {
-      addSessionRoutes(app, { sessions: parts.api, trustProxy: settings.trustProxy });
-      addLoginPages(app, { sessions: parts.api, trustProxy: settings.trustProxy });
+      addSessionRoutes(app, { sessions: parts.api, trustedProxyHops: settings.trustedProxyHops });
+      addLoginPages(app, { sessions: parts.api, trustedProxyHops: settings.trustedProxyHops });
       addAdminRoutes(app, { access: parts.api.access, now: services.now });
     },
   };

@@ -72,6 +72,12 @@ export const SETTINGS: readonly SettingDoc[] = [
     description: "Password of the Sentinels themselves (the data-node password goes in REDIS_URL)",
   },
   {
+    env: "REDIS_CA_FILE",
+    default: "(system roots)",
+    description:
+      "CA certificate (PEM) a rediss:// server's and the Sentinels' certificates must chain to",
+  },
+  {
     env: "RS_KEY_PREFIX",
     default: "rs:",
     description: "Namespace prefix of every Redis key and channel",
@@ -149,6 +155,18 @@ export const SETTINGS: readonly SettingDoc[] = [
     default: "10",
     description: "Grace period for in-flight work on SIGINT/SIGTERM",
   },
+  {
+    env: "RS_ENV",
+    default: "(none)",
+    description:
+      "Deployment environment; `production` (or NODE_ENV=production) refuses test-only switches",
+  },
+  {
+    env: "RS_TEST_FAILPOINTS",
+    default: "0",
+    description:
+      "1 allows fault injection (FAILOVER_FAILPOINT) for tests; refused in production (exit 2)",
+  },
 ];
 
 /** The environment: variable names to values (empty values count as unset). */
@@ -171,6 +189,8 @@ export interface CoreConfig {
     sentinelMaster: string;
     sentinelPassword: string | null;
     keyPrefix: string;
+    /** REDIS_CA_FILE: the CA of rediss:// servers, or null for the system's roots. */
+    caFile: string | null;
   };
   dataDir: string;
   instanceId: string;
@@ -186,6 +206,8 @@ export interface CoreConfig {
   publicUrl: string | null;
   cluster: { heartbeatMs: number; deadAfterMs: number; leaseTtlMs: number };
   supervisor: { maxRestarts: number; withinMs: number };
+  /** RS_TEST_FAILPOINTS=1: fault injection allowed (never in production). */
+  testFailpoints: boolean;
 }
 
 /**
@@ -257,6 +279,7 @@ const schema = z.object({
     message: "a master name of letters, digits, '.', '_' or '-'",
   }).default("mymaster"),
   REDIS_SENTINEL_PASSWORD: z.string().optional(),
+  REDIS_CA_FILE: z.string().trim().min(1, { message: "a file path" }).optional(),
   RS_KEY_PREFIX: z.string().regex(/^[\w.:-]{1,32}$/, {
     message: "1-32 characters of letters, digits, '.', ':', '_' or '-'",
   }).default("rs:"),
@@ -282,6 +305,10 @@ const schema = z.object({
   RS_LEASE_TTL_MS: intIn(300, 600_000, "milliseconds").default(5000),
   RS_MAX_RESTARTS: intIn(0, 1000, "failures").default(5),
   RS_RESTART_WINDOW_S: intIn(1, 86_400, "seconds").default(60),
+  RS_ENV: z.string().trim().regex(/^[\w.-]{1,32}$/, {
+    message: "a name like production, staging or test",
+  }).optional(),
+  RS_TEST_FAILPOINTS: z.enum(["0", "1"], { message: "0 or 1" }).default("0"),
 }).refine((c) => c.RS_DEAD_AFTER_MS >= 2 * c.RS_HEARTBEAT_MS, {
   message: "at least twice RS_HEARTBEAT_MS, so one late heartbeat does not declare death",
   path: ["RS_DEAD_AFTER_MS"],
@@ -374,6 +401,16 @@ export function loadConfigWith<C extends Record<string, ConcernConfig<unknown>>>
   } catch (err) {
     problems.push(...problemsOf(err));
   }
+  const production = [["RS_ENV", raw.RS_ENV], ["NODE_ENV", env.NODE_ENV]]
+    .find(([, v]) => v?.trim().toLowerCase() === "production");
+  if (production && raw.RS_TEST_FAILPOINTS === "1") {
+    // Fault injection kills processes on purpose: never where it could do so for real.
+    problems.push(
+      `RS_TEST_FAILPOINTS=1 is refused with ${
+        production[0]
+      }=production: fail-points are for tests only`,
+    );
+  }
   // With a bad core value the concerns are still checked (against the core defaults), so
   // one run names every bad variable.
   const base = core ?? parseCore({}, sources);
@@ -439,6 +476,7 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       sentinelMaster: c.REDIS_SENTINEL_MASTER,
       sentinelPassword: c.REDIS_SENTINEL_PASSWORD ?? null,
       keyPrefix: c.RS_KEY_PREFIX,
+      caFile: c.REDIS_CA_FILE ?? null,
     },
     dataDir: c.RS_DATA_DIR,
     instanceId: c.RS_INSTANCE_ID ??
@@ -455,6 +493,7 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       leaseTtlMs: c.RS_LEASE_TTL_MS,
     },
     supervisor: { maxRestarts: c.RS_MAX_RESTARTS, withinMs: c.RS_RESTART_WINDOW_S * 1000 },
+    testFailpoints: c.RS_TEST_FAILPOINTS === "1",
   };
 }
 

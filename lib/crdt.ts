@@ -115,17 +115,25 @@ export interface MergeResult {
   concurrent: number;
 }
 
+/**
+ * `record[key]` when `record` has it as its own property, else undefined: never an inherited
+ * one, so field and origin names like `constructor` or `toString` are data like any other.
+ */
+export function own<T>(record: Record<string, T> | undefined, key: string): T | undefined {
+  return record !== undefined && Object.hasOwn(record, key) ? record[key] : undefined;
+}
+
 /** Compares two version vectors. */
 export function compareVersions(a: VersionVector, b: VersionVector): Causality {
   let less = false;
   let more = false;
   for (const k in a) {
-    const x = a[k], y = b[k] ?? 0;
+    const x = a[k], y = own(b, k) ?? 0;
     if (x < y) less = true;
     else if (x > y) more = true;
   }
   for (const k in b) {
-    if (k in a) continue;
+    if (Object.hasOwn(a, k)) continue;
     if (b[k] > 0) less = true;
   }
   return less && more ? "concurrent" : less ? "before" : more ? "after" : "equal";
@@ -134,13 +142,13 @@ export function compareVersions(a: VersionVector, b: VersionVector): Causality {
 /** The pointwise maximum of two version vectors (a new object). */
 export function mergeVersions(a: VersionVector, b: VersionVector): VersionVector {
   const out: VersionVector = { ...a };
-  for (const k in b) if ((out[k] ?? 0) < b[k]) out[k] = b[k];
+  for (const k in b) if ((own(out, k) ?? 0) < b[k]) out[k] = b[k];
   return out;
 }
 
 /** The strategy of one field of an entity type. */
 export function fieldStrategy(strategy: EntityStrategy | undefined, field: string): FieldStrategy {
-  return strategy?.fields?.[field] ?? strategy?.fallback ?? "lww";
+  return own(strategy?.fields, field) ?? strategy?.fallback ?? "lww";
 }
 
 /** JSON with object keys sorted, so equal values have equal text. */
@@ -219,7 +227,7 @@ export function entityValues(state: EntityState): Record<string, Json> {
 
 /** True when `x` (a writer's view) does not cover register `r`: the writer had not seen it. */
 function unseen(x: VersionVector, r: Register): boolean {
-  return (x[r.o] ?? 0) < r.d;
+  return (own(x, r.o) ?? 0) < r.d;
 }
 
 function mergeRegister(
@@ -230,7 +238,7 @@ function mergeRegister(
   strategy: FieldStrategy,
   result: MergeResult,
 ): void {
-  const local = state.f[field];
+  const local = own(state.f, field);
   if (!local) {
     state.f[field] = incoming;
     result.changed.push(field);
@@ -265,14 +273,14 @@ function mergeCounterTotals(
   n: number,
   result: MergeResult,
 ): void {
-  let counter = state.c[field];
+  let counter = own(state.c, field);
   if (!counter) counter = state.c[field] = { p: {}, n: {} };
   let grew = false;
-  if ((counter.p[origin] ?? 0) < p) {
+  if ((own(counter.p, origin) ?? 0) < p) {
     counter.p[origin] = p;
     grew = true;
   }
-  if ((counter.n[origin] ?? 0) < n) {
+  if ((own(counter.n, origin) ?? 0) < n) {
     counter.n[origin] = n;
     grew = true;
   }
@@ -289,7 +297,7 @@ export function applyEntityDelta(
   strategy?: EntityStrategy,
 ): MergeResult {
   const result: MergeResult = { changed: [], conflicts: [], concurrent: 0 };
-  const view = (state.vv[delta.o] ?? 0) >= delta.d ? null : delta.x;
+  const view = (own(state.vv, delta.o) ?? 0) >= delta.d ? null : delta.x;
   if (delta.f) {
     for (const field in delta.f) {
       const [v, w, l] = delta.f[field];
@@ -309,7 +317,7 @@ export function applyEntityDelta(
       mergeCounterTotals(state, field, delta.o, p, n, result);
     }
   }
-  if ((state.vv[delta.o] ?? 0) < delta.d) state.vv[delta.o] = delta.d;
+  if ((own(state.vv, delta.o) ?? 0) < delta.d) state.vv[delta.o] = delta.d;
   return result;
 }
 
@@ -332,10 +340,10 @@ export function mergeEntityStates(
   }
   for (const field in remote.c) {
     const counter = remote.c[field];
-    state.c[field] ??= { p: {}, n: {} };
+    if (!own(state.c, field)) state.c[field] = { p: {}, n: {} };
     const origins = new Set([...Object.keys(counter.p), ...Object.keys(counter.n)]);
     for (const o of origins) {
-      mergeCounterTotals(state, field, o, counter.p[o] ?? 0, counter.n[o] ?? 0, result);
+      mergeCounterTotals(state, field, o, own(counter.p, o) ?? 0, own(counter.n, o) ?? 0, result);
     }
   }
   state.vv = mergeVersions(state.vv, remote.vv);

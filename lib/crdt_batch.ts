@@ -46,8 +46,8 @@ export interface Batch {
 export const ENTITY_TYPE_RE: RegExp = /^[a-z][a-z0-9_]{0,31}$/;
 /** Entity ids: numbers, UUIDs, slugs. */
 export const ENTITY_ID_RE: RegExp = /^[A-Za-z0-9_.:@-]{1,128}$/;
-/** Field names. */
-export const FIELD_RE: RegExp = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+/** Field names (never `__proto__`: an object key that would change the prototype, not be data). */
+export const FIELD_RE: RegExp = /^(?!__proto__$)[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 /** Channels: dot-separated lower-case segments, e.g. `stream.started`. */
 export const CHANNEL_RE: RegExp = /^[a-z0-9_-]+(\.[a-z0-9_-]+)+$/;
 /** Cache names. */

@@ -12,6 +12,7 @@
  * {@linkcode withServer}), the socket directory given as `?host=/dir`.
  * @module
  */
+import { pgConnectArgs } from "./pg_tls.ts";
 import postgres from "postgres";
 import { RuntimeError } from "../lib/errors.ts";
 import type { Sql } from "./types.ts";
@@ -88,7 +89,9 @@ export function connectServer(url: string, options: ConnectServerOptions = {}): 
     parsed.searchParams.delete("port");
     path = `${socketDir.replace(/\/+$/, "")}/.s.PGSQL.${port}`;
   }
-  return postgres(parsed.toString(), {
+  const tls = pgConnectArgs(parsed.toString());
+  return postgres(tls.url, {
+    ...tls.options,
     max: options.max ?? 1,
     ...(path ? { path } : {}),
     ...(options.database ? { database: options.database } : {}),

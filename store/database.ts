@@ -16,6 +16,7 @@
  * object unusable (see `guardSocketErrors` in lib/db_errors.ts).
  * @module
  */
+import { pgConnectArgs } from "./pg_tls.ts";
 import postgres from "postgres";
 import { describeError, RuntimeError } from "../lib/errors.ts";
 import { redactUrl } from "../lib/config.ts";
@@ -208,10 +209,16 @@ function poolOptions(options: OpenDatabaseOptions) {
   } as const;
 }
 
+/** A pool on a server URL (libpq TLS parameters honoured: store/pg_tls.ts); no I/O yet. */
+function openPool(url: string, options: OpenDatabaseOptions): Sql {
+  const args = pgConnectArgs(url);
+  return postgres(args.url, { ...poolOptions(options), ...args.options }) as Sql;
+}
+
 /** Opens a pool on a real PostgreSQL server and waits until it answers. */
 async function openServer(url: string, options: OpenDatabaseOptions): Promise<Database> {
   const describe = redactUrl(url);
-  const sql = postgres(url, poolOptions(options)) as Sql;
+  const sql = openPool(url, options);
   try {
     await waitForDatabase(sql, {
       connectTimeoutS: options.connectTimeoutS ?? 30,
@@ -393,7 +400,7 @@ function createSwitchableDatabase(
     const interval = options.force ? RENEW_FORCED_INTERVAL_MS : RENEW_MIN_INTERVAL_MS;
     if (now - renewedAt < interval) return;
     renewedAt = now;
-    current = postgres(url, poolOptions(init.options)) as Sql;
+    current = openPool(url, init.options);
     renewals++;
     // Its queries run on; ones waiting there on a broken connection retry on the new pool.
     retire(pool, Math.ceil((init.options.queryTimeoutMs ?? 15000) / 1000) + 5);
@@ -604,7 +611,7 @@ function createSwitchableDatabase(
         );
       }
       const started = performance.now();
-      const next = postgres(target, poolOptions(init.options)) as Sql;
+      const next = openPool(target, init.options);
       try {
         const check = next`SELECT pg_is_in_recovery() AS recovery`.execute();
         check.catch(() => {});

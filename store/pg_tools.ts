@@ -104,6 +104,44 @@ export interface ToolProcess {
   kill(signal?: Deno.Signal): void;
 }
 
+/** PATH of a child when this process has none (or the caller asked for a bare environment). */
+const DEFAULT_CHILD_PATH = "/usr/local/bin:/usr/bin:/bin";
+
+/** Variables a child inherits from this process; everything else (secrets) stays here. */
+const INHERITED_VARIABLES: ReadonlySet<string> = new Set([
+  "PATH",
+  "LANG",
+  "LANGUAGE",
+  "LC_ALL",
+  "LC_CTYPE",
+  "LC_COLLATE",
+  "LC_NUMERIC",
+  "LC_TIME",
+  "TZ",
+  "TMPDIR",
+  "LD_LIBRARY_PATH",
+]);
+
+/**
+ * The environment of every program this module starts (pg_dump, pg_basebackup, tar, zstd,
+ * a `postgres` on restored data and the archive commands it runs): an allow-list of this
+ * process's variables (PATH, locale, TZ, TMPDIR, libpq's PG*) plus `extra`. Never the
+ * runtime's secrets (RS_SECRET_KEY, RS_ADMIN_TOKEN, BACKUP_ENCRYPTION_KEY, INFLUX_TOKEN,
+ * REDIS_URL, DATABASE_URL, …): a child that logs, crashes with a core dump or runs an
+ * operator's archive command cannot leak what it never had.
+ */
+export function childEnvironment(
+  extra: Record<string, string> = {},
+  parent: Record<string, string> = Deno.env.toObject(),
+): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(parent)) {
+    if (INHERITED_VARIABLES.has(name) || /^PG[A-Z0-9_]+$/.test(name)) env[name] = value;
+  }
+  env.PATH ??= DEFAULT_CHILD_PATH;
+  return { ...env, ...extra };
+}
+
 /** Options of {@linkcode PgTools.run} and {@linkcode PgTools.spawn}. */
 export interface ToolOptions {
   /** Connection the program uses (as PG* environment variables). */
@@ -111,8 +149,9 @@ export interface ToolOptions {
   /** Extra environment variables. */
   env?: Record<string, string>;
   /**
-   * Start from an empty environment (only PATH, `env` and the connection's variables) instead
-   * of this process's, as a program PostgreSQL runs would see it.
+   * Not even the allow-listed variables of this process ({@linkcode childEnvironment}): only
+   * a default PATH, `env` and the connection's variables, as a program PostgreSQL runs
+   * would see it.
    */
   clearEnv?: boolean;
   /** Working directory (default: the system temp dir). */
@@ -455,7 +494,7 @@ export function createPgTools(options: PgToolsOptions = {}): PgTools {
 
   function envFor(opts: ToolOptions): Record<string, string> {
     return {
-      ...(opts.clearEnv ? { PATH: "/usr/local/bin:/usr/bin:/bin" } : {}),
+      ...(opts.clearEnv ? { PATH: DEFAULT_CHILD_PATH } : childEnvironment()),
       ...(opts.connection ? connectionEnv(opts.connection) : {}),
       ...(opts.env ?? {}),
       // Messages in English, so the parsing of pg_basebackup / server logs holds.
@@ -478,7 +517,9 @@ export function createPgTools(options: PgToolsOptions = {}): PgTools {
       child = new Deno.Command(argv.cmd, {
         args: argv.args,
         cwd: opts.cwd ?? "/tmp",
-        clearEnv: opts.clearEnv ?? false,
+        // Never this process's environment: it holds RS_SECRET_KEY, RS_ADMIN_TOKEN,
+        // BACKUP_ENCRYPTION_KEY, INFLUX_TOKEN, which no child needs.
+        clearEnv: true,
         env: envFor(opts),
         stdin: opts.stdin ?? "null",
         stdout: opts.stdout ?? "piped",
@@ -690,7 +731,9 @@ async function startServer(
     const child = new Deno.Command("/bin/sh", {
       args: ["-c", 'exec "$@" >>"$0" 2>&1 </dev/null', logPath, ...serverArgv],
       cwd: "/tmp",
-      env: { LC_MESSAGES: "C" },
+      // The server, and every archive_command it runs, sees only the allow-list.
+      clearEnv: true,
+      env: childEnvironment({ LC_MESSAGES: "C" }),
       stdin: "null",
       stdout: "null",
       stderr: "null",

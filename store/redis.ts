@@ -25,6 +25,32 @@ export interface RedisSettings {
   sentinelPassword: string | null;
   /** Namespace prefix of every key and channel. */
   keyPrefix: string;
+  /**
+   * CA certificate file (PEM) that a `rediss://` server's certificate (and, with Sentinels,
+   * theirs) must chain to; null or absent: the system's roots.
+   */
+  caFile?: string | null;
+}
+
+/**
+ * TLS options for a `rediss://` URL: the server's certificate verified against `caFile`
+ * (or the system's roots) and its name against the host; null for `redis://`.
+ */
+function tlsOptions(settings: RedisSettings): { ca?: string; rejectUnauthorized: true } | null {
+  const secure = settings.url !== null && new URL(settings.url).protocol === "rediss:";
+  if (!secure) return null;
+  if (!settings.caFile) return { rejectUnauthorized: true };
+  try {
+    return { ca: Deno.readTextFileSync(settings.caFile), rejectUnauthorized: true };
+  } catch (err) {
+    throw new RuntimeError(
+      "CONFIG_INVALID",
+      `Cannot read the Redis CA file ${settings.caFile} (REDIS_CA_FILE): ${
+        err instanceof Error ? err.message : String(err)
+      }`,
+      { cause: err },
+    );
+  }
 }
 
 /** Builds namespaced Redis key and channel names. */
@@ -99,6 +125,7 @@ export function createRedisClient(
   }
   const log = options.log ?? silentLogger;
   const u = settings.url ? new URL(settings.url) : null;
+  const tls = tlsOptions(settings);
   const common: RedisOptions = {
     connectionName: options.name ?? "rootstream",
     lazyConnect: true,
@@ -117,6 +144,8 @@ export function createRedisClient(
       sentinels: settings.sentinels,
       name: settings.sentinelMaster,
       sentinelPassword: settings.sentinelPassword ?? undefined,
+      // rediss:// with Sentinels: the data nodes and the Sentinels both speak TLS.
+      ...(tls ? { tls, enableTLSForSentinelMode: true, sentinelTLS: tls } : {}),
       sentinelRetryStrategy: (times) => Math.min(100 * times, 2000),
       // Off: ioredis's detector can leave a connection closed for good when +switch-master
       // arrives mid-reconnect (seen in the Sentinel failover test); the reconnect after the
@@ -127,7 +156,7 @@ export function createRedisClient(
       ...common,
       host: u!.hostname,
       port: u!.port ? Number(u!.port) : 6379,
-      tls: u!.protocol === "rediss:" ? {} : undefined,
+      tls: tls ?? undefined,
     });
   let wasReady = false;
   client.on("ready", () => {

@@ -10,6 +10,7 @@
  * characters node names and connection strings built by the failover manager can contain.
  * @module
  */
+import { pgConnectArgs } from "./pg_tls.ts";
 import postgres from "postgres";
 import { RuntimeError } from "../lib/errors.ts";
 import type { Sql } from "./types.ts";
@@ -21,7 +22,9 @@ import type { Sql } from "./types.ts";
  * call and drops a pool that hangs).
  */
 export function openNodePool(url: string, options: { max: number; applicationName: string }): Sql {
-  return postgres(url, {
+  const tls = pgConnectArgs(url);
+  return postgres(tls.url, {
+    ...tls.options,
     max: options.max,
     connect_timeout: 3,
     // Every call tries a fresh connection: postgres.js would otherwise wait out a reconnect

@@ -47,6 +47,39 @@ Deno.test("main: a bad concern setting exits 2 naming it, before anything is ope
   }
 });
 
+Deno.test("main: fail-points need the test-only flag and are refused in production (finding 7)", async (t) => {
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-main-failpoint-" });
+  try {
+    await t.step("FAILOVER_FAILPOINT without RS_TEST_FAILPOINTS=1 does not start", async () => {
+      const res = await runToExit({
+        RS_DATA_DIR: dataDir,
+        FAILOVER_FAILPOINT: "exit-after-promote",
+      });
+      assert.equal(res.code, 2, res.stderr);
+      assert.match(res.stderr, /FAILOVER_FAILPOINT is a test-only fault injection/);
+    });
+    for (const name of ["RS_ENV", "NODE_ENV"]) {
+      await t.step(`RS_TEST_FAILPOINTS=1 with ${name}=production does not start`, async () => {
+        const res = await runToExit({
+          RS_DATA_DIR: dataDir,
+          [name]: "production",
+          RS_TEST_FAILPOINTS: "1",
+          FAILOVER_FAILPOINT: "exit-after-promote",
+        });
+        assert.equal(res.code, 2, res.stderr);
+        assert.match(
+          res.stderr,
+          new RegExp(`RS_TEST_FAILPOINTS=1 is refused with ${name}=production`),
+        );
+      });
+    }
+    const written = [...Deno.readDirSync(dataDir)].map((e) => e.name);
+    assert.deepEqual(written, [], "nothing opened before the refusal");
+  } finally {
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
 Deno.test("main: an unreachable database is retried, then start-up fails clearly", async () => {
   const port = await freePort();
   const res = await runToExit({

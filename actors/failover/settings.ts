@@ -109,7 +109,8 @@ export const FAILOVER_VARIABLES: readonly { env: string; default: string; descri
     {
       env: "FAILOVER_FAILPOINT",
       default: "(none)",
-      description: "tests only: exit-after-promote kills the coordinator right after pg_promote",
+      description:
+        "tests only, needs RS_TEST_FAILPOINTS=1: exit-after-promote kills the coordinator right after pg_promote",
     },
   ];
 
@@ -176,24 +177,35 @@ const schema = z.object({
 });
 
 /** Reads and validates the failover settings; CONFIG_INVALID names every wrong variable. */
-export function loadFailoverSettings(env: Record<string, string | undefined>): FailoverSettings {
+export function loadFailoverSettings(
+  env: Record<string, string | undefined>,
+  options: { testFailpoints?: boolean } = {},
+): FailoverSettings {
   const picked = Object.fromEntries(
     Object.keys(schema.shape).map((k) => [k, env[k] === "" ? undefined : env[k]]),
   );
   const parsed = schema.safeParse(picked);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) =>
+  const lines = parsed.success
+    ? []
+    : parsed.error.issues.map((i) =>
       `${String(i.path[0])}: expected ${i.message}, got ${
         JSON.stringify(picked[String(i.path[0])])
       }`
     );
+  if (picked.FAILOVER_FAILPOINT !== undefined && !options.testFailpoints) {
+    lines.push(
+      "FAILOVER_FAILPOINT is a test-only fault injection: it needs RS_TEST_FAILPOINTS=1 " +
+        "(refused in production)",
+    );
+  }
+  if (!parsed.success || lines.length) {
     throw new RuntimeError(
       "CONFIG_INVALID",
       `Invalid failover configuration: ${lines.join("; ")}`,
       { details: { problems: lines } },
     );
   }
-  const e = parsed.data;
+  const e = parsed.data!;
   return {
     nodes: e.DATABASE_NODES ?? [],
     probeIntervalMs: e.FAILOVER_PROBE_INTERVAL_MS,
@@ -217,5 +229,5 @@ export const FAILOVER_CONFIG: ConcernConfig<FailoverSettings> = {
   title: "Replication and failover",
   intro: "Read by the failover concern (actors/failover).",
   variables: FAILOVER_VARIABLES,
-  parse: (env) => loadFailoverSettings(env),
+  parse: (env, core) => loadFailoverSettings(env, { testFailpoints: core.testFailpoints }),
 };

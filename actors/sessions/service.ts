@@ -123,11 +123,13 @@ export interface SessionServiceOptions {
     journalTimeoutMs?: number;
   };
   /**
-   * Attempt limits; defaults: 10 per IP+login and 100 per IP per 15 min, 20 registrations per
-   * IP per hour, 10 failed re-authentications per user per 15 min.
+   * Attempt limits; defaults: 10 per IP+login, 100 per IP and 50 per login (from every
+   * address, counting only attempts the per-address limits let through) per 15 min, 20
+   * registrations per IP per hour, 10 failed re-authentications per user per 15 min.
    */
   rateLimits?: {
     perIpLogin?: RateLimit;
+    perLogin?: RateLimit;
     perIp?: RateLimit;
     registerPerIp?: RateLimit;
     reauthPerUser?: RateLimit;
@@ -348,6 +350,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
   const limits = {
     perIpLogin: o.rateLimits?.perIpLogin ?? { limit: 10, windowMs: 15 * MINUTE },
     perIp: o.rateLimits?.perIp ?? { limit: 100, windowMs: 15 * MINUTE },
+    perLogin: o.rateLimits?.perLogin ?? { limit: 50, windowMs: 15 * MINUTE },
     registerPerIp: o.rateLimits?.registerPerIp ?? { limit: 20, windowMs: 60 * MINUTE },
     reauthPerUser: o.rateLimits?.reauthPerUser ?? { limit: 10, windowMs: 15 * MINUTE },
   };
@@ -420,6 +423,19 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
 
   function ipLoginKey(ip: string | null, login: string): string[] {
     return ["login", sha256Hex(`${ip ?? "-"}\n${login.toLowerCase()}`).slice(0, 32)];
+  }
+
+  function loginKey(login: string): string[] {
+    return ["login-account", sha256Hex(login.toLowerCase()).slice(0, 32)];
+  }
+
+  function rateLimited(decision: { count: number; retryAfterMs: number }, ip: string | null) {
+    log.warn("login rate limited", { ip, count: decision.count });
+    return new RuntimeError(
+      "RATE_LIMITED",
+      `Too many login attempts; try again in ${Math.ceil(decision.retryAfterMs / 1000)} s`,
+      { details: { retryAfterMs: decision.retryAfterMs } },
+    );
   }
 
   /**
@@ -757,15 +773,13 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       limiter.hit(key, limits.perIpLogin),
     ]);
     for (const decision of [perIp, perIpLogin]) {
-      if (!decision.allowed) {
-        log.warn("login rate limited", { ip: d.ipAddress, count: decision.count });
-        throw new RuntimeError(
-          "RATE_LIMITED",
-          `Too many login attempts; try again in ${Math.ceil(decision.retryAfterMs / 1000)} s`,
-          { details: { retryAfterMs: decision.retryAfterMs } },
-        );
-      }
+      if (!decision.allowed) throw rateLimited(decision, d.ipAddress);
     }
+    // The account-wide limit (guessing one password from many addresses) counts only what
+    // the per-address limits let through: one client adds at most perIpLogin.limit to it,
+    // so a flood from one address can never lock the account for everyone else.
+    const perLogin = await limiter.hit(loginKey(input.login), limits.perLogin);
+    if (!perLogin.allowed) throw rateLimited(perLogin, d.ipAddress);
     const attemptId = crypto.randomUUID();
     const challenge = `${attemptId}.${randomToken(32)}`;
     const ref = startAttempt(actor, {
@@ -779,7 +793,9 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       ...loginOptions,
     }, "log in");
     const result = answer(await settle(ref, answerable), challenge);
-    if (result.status === "authenticated") await limiter.reset(key);
+    if (result.status === "authenticated") {
+      await Promise.all([limiter.reset(key), limiter.reset(loginKey(input.login))]);
+    }
     return result;
   }
 
@@ -842,7 +858,10 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     }
     const result = answer(snap, input.challenge);
     if (result.status === "authenticated") {
-      await limiter.reset(ipLoginKey(snap.context.device.ipAddress, snap.context.login));
+      await Promise.all([
+        limiter.reset(ipLoginKey(snap.context.device.ipAddress, snap.context.login)),
+        limiter.reset(loginKey(snap.context.login)),
+      ]);
     }
     return result;
   }

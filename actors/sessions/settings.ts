@@ -1,6 +1,6 @@
 /**
  * Settings of the sessions concern (session lifetimes, the per-user limit, MFA lockout and
- * whether to trust a proxy's headers), parsed with zod as part of the one configuration
+ * how many proxies' X-Forwarded-For entries to trust), parsed with zod as part of the one configuration
  * (concerns/config.ts). A wrong value stops start-up (exit 2) naming the variable.
  * @module
  */
@@ -20,8 +20,11 @@ export interface SessionsSettings {
   mfaMaxFailures: number;
   /** MFA failure window and lock duration (ms). */
   mfaLockWindowMs: number;
-  /** Trust X-Forwarded-For / X-Geo-Location (only behind a proxy that overwrites them). */
-  trustProxy: boolean;
+  /**
+   * Reverse proxies in front of the runtime that append to X-Forwarded-For: the client's
+   * address is that many entries from the right (api/client.ts); 0: the socket's address.
+   */
+  trustedProxyHops: number;
 }
 
 /** The variables of the sessions concern, documented. */
@@ -52,10 +55,16 @@ export const SESSIONS_SETTINGS: readonly SettingDoc[] = [
     description: "MFA failure window and lock duration",
   },
   {
-    env: "RS_TRUST_PROXY",
-    default: "false",
+    env: "RS_TRUSTED_PROXY_HOPS",
+    default: "0",
     description:
-      "Trust X-Forwarded-For / X-Geo-Location (only behind a proxy that overwrites them)",
+      "Reverse proxies in front that append to X-Forwarded-For (the shipped nginx: 1); the client's address is that many entries from the right, X-Geo-Location is believed; 0 uses the socket's address",
+  },
+  {
+    env: "RS_TRUST_PROXY",
+    default: "(removed)",
+    description:
+      "Replaced by RS_TRUSTED_PROXY_HOPS; set, it stops start-up with a sentence saying what to set instead",
   },
 ];
 
@@ -65,7 +74,7 @@ const schema = z.object({
   SESSION_MAX_PER_USER: intIn(1, 10_000, "sessions").default(10),
   MFA_MAX_FAILURES: intIn(1, 1000, "failures").default(5),
   MFA_LOCK_WINDOW_S: intIn(10, 86_400, "seconds").default(900),
-  RS_TRUST_PROXY: z.enum(["true", "false"], { message: "true or false" }).default("false"),
+  RS_TRUSTED_PROXY_HOPS: intIn(0, 10, "proxies").default(0),
 });
 
 /** Reads and validates the sessions settings; CONFIG_INVALID names every bad variable. */
@@ -75,26 +84,36 @@ export function loadSessionsSettings(env: Record<string, string | undefined>): S
     const v = env[s.env];
     if (v !== undefined && v !== "") raw[s.env] = v;
   }
-  const result = schema.safeParse(raw);
-  if (!result.success) {
-    const problems = result.error.issues.map((issue) => {
-      const name = String(issue.path[0]);
-      return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${
-        JSON.stringify(raw[name])
-      }`;
-    });
+  const { RS_TRUST_PROXY: legacy, ...rest } = raw;
+  const result = schema.safeParse(rest);
+  const problems = result.success ? [] : result.error.issues.map((issue) => {
+    const name = String(issue.path[0]);
+    return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${
+      JSON.stringify(raw[name])
+    }`;
+  });
+  if (legacy !== undefined && legacy !== "false") {
+    // It trusted the LEFTMOST X-Forwarded-For entry, which the client writes: refuse rather
+    // than guess, so nobody keeps a spoofable setting by not reading the changelog.
+    problems.push(
+      `RS_TRUST_PROXY was replaced by RS_TRUSTED_PROXY_HOPS: remove it and set ` +
+        `RS_TRUSTED_PROXY_HOPS to the number of reverse proxies in front of the runtime ` +
+        `(1 behind the shipped nginx; 0 when clients connect directly)`,
+    );
+  }
+  if (!result.success || problems.length) {
     throw new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${problems.join("; ")}`, {
       details: { problems },
     });
   }
-  const c = result.data;
+  const c = result.data!;
   return {
     ttlMs: c.SESSION_TTL_S * 1000,
     rememberTtlMs: c.SESSION_REMEMBER_TTL_S * 1000,
     maxPerUser: c.SESSION_MAX_PER_USER,
     mfaMaxFailures: c.MFA_MAX_FAILURES,
     mfaLockWindowMs: c.MFA_LOCK_WINDOW_S * 1000,
-    trustProxy: c.RS_TRUST_PROXY === "true",
+    trustedProxyHops: c.RS_TRUSTED_PROXY_HOPS,
   };
 }
 

@@ -15,6 +15,7 @@ import {
   mergeEntityStates,
   type MergeResult,
   newestStamp,
+  own,
 } from "../../lib/crdt.ts";
 import { ENTITY_ID_RE, ENTITY_TYPE_RE, entityKey } from "../../lib/crdt_batch.ts";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
@@ -118,7 +119,8 @@ export function notifyChange(
   if (!matching(deps, channel).length) return;
   const changes: Record<string, Json> = {};
   for (const f of changed) {
-    changes[f] = e.state.c[f] ? counterValue(e.state.c[f]) : e.state.f[f]?.v ?? null;
+    const counter = own(e.state.c, f);
+    changes[f] = counter ? counterValue(counter) : own(e.state.f, f)?.v ?? null;
   }
   deliver(deps, channel, { type: e.type, id: e.id, changes }, info);
 }

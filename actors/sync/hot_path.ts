@@ -22,6 +22,7 @@ import {
   entityValues,
   fieldStrategy,
   type Json,
+  own,
 } from "../../lib/crdt.ts";
 import {
   type Batch,
@@ -151,8 +152,11 @@ export function applyLocalDelta(
       throw new RuntimeError("VALIDATION_FAILED", `Cannot ${action}: ${field} has no value`);
     }
     if (kind === "counter") {
-      const cur = current?.c[field] ? counterValue(current.c[field]) : 0;
-      counts.push([field, counterAmount(field, value as CounterOp, cur, action)]);
+      const cur = own(current?.c, field);
+      counts.push([
+        field,
+        counterAmount(field, value as CounterOp, cur ? counterValue(cur) : 0, action),
+      ]);
     } else if (kind === "max" && (typeof value !== "number" || !Number.isFinite(value))) {
       throw new RuntimeError("VALIDATION_FAILED", `Cannot ${action}: ${field} must be a number`);
     } else if (kind === "sticky" && typeof value !== "boolean") {
@@ -172,9 +176,10 @@ export function applyLocalDelta(
     local.f![field] = w;
   }
   for (const [field, amount] of counts) {
-    if (amount === 0 && entity.state.c[field]) continue;
-    const counter = entity.state.c[field] ?? { p: {}, n: {} };
-    let p = counter.p[origin] ?? 0, n = counter.n[origin] ?? 0;
+    const existing = own(entity.state.c, field);
+    if (amount === 0 && existing) continue;
+    const counter = existing ?? { p: {}, n: {} };
+    let p = own(counter.p, origin) ?? 0, n = own(counter.n, origin) ?? 0;
     if (amount > 0) p += amount;
     else n -= amount;
     (entry.c ??= {})[field] = [p, n];

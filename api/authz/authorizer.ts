@@ -108,8 +108,8 @@ export interface AuthorizerOptions {
   settings: AccessSettings;
   /** Peer signatures (shared secret key), or null. */
   peer?: PeerSigner | null;
-  /** Trust proxy headers for the client's address. */
-  trustProxy?: boolean;
+  /** Proxies in front that append to X-Forwarded-For (api/client.ts); 0: the socket's address. */
+  trustedProxyHops?: number;
   /** Clock (ms). */
   now?: () => number;
 }
@@ -154,7 +154,7 @@ function bearerToken(header: string): string | null {
 export function createAuthorizer(options: AuthorizerOptions): Authorizer {
   const { backend, settings } = options;
   const now = options.now ?? Date.now;
-  const trustProxy = options.trustProxy ?? false;
+  const trustedProxyHops = options.trustedProxyHops ?? 0;
   const cookie = cookiePolicy(settings);
   const peer = options.peer ?? null;
 
@@ -170,7 +170,7 @@ export function createAuthorizer(options: AuthorizerOptions): Authorizer {
       };
     }
     try {
-      const auth = await backend.authenticate(token, requestContext(c, trustProxy));
+      const auth = await backend.authenticate(token, requestContext(c, trustedProxyHops));
       return { kind: "session", auth, viaCookie };
     } catch (err) {
       if (err instanceof RuntimeError && err.status === 401) {
@@ -209,7 +209,10 @@ export function createAuthorizer(options: AuthorizerOptions): Authorizer {
       }
       // Both static tokens are compared every time, so which one (if any) matched is not
       // told by the time taken.
-      const isAdmin = sameSecret(token, settings.adminToken);
+      // During a rotation the previous admin token is accepted too (docs/security.md).
+      const isCurrentAdmin = sameSecret(token, settings.adminToken);
+      const isPreviousAdmin = sameSecret(token, settings.adminTokenPrevious ?? null);
+      const isAdmin = isCurrentAdmin || isPreviousAdmin;
       const isWriter = sameSecret(token, settings.stateWriteToken);
       if (isAdmin) return { kind: "admin_token" };
       if (isWriter) {

@@ -14,6 +14,11 @@ export interface AccessSettings {
   /** RS_ADMIN_TOKEN: the break-glass bearer token of admin actions, or null (none). */
   adminToken: string | null;
   /**
+   * RS_ADMIN_TOKEN_PREVIOUS: the admin token being rotated out, still accepted until every
+   * instance and every client has the new one (docs/security.md), or null.
+   */
+  adminTokenPrevious?: string | null;
+  /**
    * RS_STATE_WRITE_TOKEN: a static machine token with the scopes `state:read` and
    * `state:write` (for deployments that predate machine tokens), or null.
    */
@@ -42,6 +47,12 @@ export const ACCESS_SETTINGS: readonly SettingDoc[] = [
       "people use an admin session with recent re-authentication instead",
   },
   {
+    env: "RS_ADMIN_TOKEN_PREVIOUS",
+    default: "(none)",
+    description: "The admin token being rotated out: accepted like RS_ADMIN_TOKEN until it " +
+      "is removed, so the token changes without downtime (docs/security.md)",
+  },
+  {
     env: "RS_STATE_WRITE_TOKEN",
     default: "(none)",
     description: "A static machine token with the scopes state:read and state:write (PATCH " +
@@ -68,6 +79,9 @@ const ORIGIN_RE =
 
 const schema = z.object({
   RS_ADMIN_TOKEN: z.string().min(32, { message: "at least 32 characters" }).max(512, {
+    message: "at most 512 characters",
+  }).optional(),
+  RS_ADMIN_TOKEN_PREVIOUS: z.string().min(32, { message: "at least 32 characters" }).max(512, {
     message: "at most 512 characters",
   }).optional(),
   RS_STATE_WRITE_TOKEN: z.string().min(16, { message: "at least 16 characters" }).max(256, {
@@ -124,6 +138,7 @@ export function loadAccessSettings(
     : [];
   return {
     adminToken: c.RS_ADMIN_TOKEN ?? null,
+    adminTokenPrevious: c.RS_ADMIN_TOKEN_PREVIOUS ?? null,
     stateWriteToken: c.RS_STATE_WRITE_TOKEN ?? null,
     allowedOrigins,
     reauthWindowMs: c.RS_REAUTH_WINDOW_S * 1000,

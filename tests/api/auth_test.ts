@@ -91,11 +91,11 @@ async function startInstance(
   // The production cookie: __Host-rs_session, Secure (every browser origin is https).
   const app = testApp({
     backend: authBackendOf(service),
-    trustProxy: true,
+    trustedProxyHops: 1,
     now: () => clock,
     settings: { secureCookie: true },
   });
-  addSessionRoutes(app, { sessions: service, trustProxy: true });
+  addSessionRoutes(app, { sessions: service, trustedProxyHops: 1 });
   return {
     name,
     app,

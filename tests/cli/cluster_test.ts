@@ -59,7 +59,7 @@ Deno.test("deno task cluster: three instances up, everything stopped on Ctrl-C",
     }, { what: "three members" });
     const health = await getJson<{ status: string; mode: { bus: string } }>(`${urls[2]}/health`);
     assert.equal(health.mode.bus, "redis");
-    assert.match(err, /Sentinels :\d+, :\d+, :\d+/);
+    assert.match(err, /Sentinels :\d+, :\d+, :\d+ \(TLS, ACL users\)/);
   } finally {
     child.kill("SIGINT");
     const status = await child.status;

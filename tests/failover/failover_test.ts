@@ -338,7 +338,10 @@ Deno.test({
           for (const id of Object.keys(instances.byId)) await instances.stop(id);
           await Promise.all(
             ["node-a", "node-b", "node-c"].map((id) =>
-              instances.launch(id, { FAILOVER_FAILPOINT: "exit-after-promote" })
+              instances.launch(id, {
+                FAILOVER_FAILPOINT: "exit-after-promote",
+                RS_TEST_FAILPOINTS: "1",
+              })
             ),
           );
           await untilAllFollow(urls(), { node: "pg1" });

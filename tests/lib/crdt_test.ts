@@ -190,3 +190,20 @@ Deno.test("entity CRDT", async (t) => {
     );
   });
 });
+
+Deno.test("crdt: field and origin names of Object.prototype members are own data (finding 8)", () => {
+  const state = emptyEntity();
+  const result = applyEntityDelta(state, {
+    o: "toString",
+    d: 1,
+    x: {},
+    f: Object.fromEntries([["constructor", [1, 1, 0]], ["toString", ["x", 1, 0]]]),
+    c: Object.fromEntries([["valueOf", [2, 0]]]),
+  }, { fields: Object.fromEntries([["valueOf", "counter" as const]]) });
+  assert.deepEqual(result.changed.sort(), ["constructor", "toString", "valueOf"]);
+  assert.deepEqual(entityValues(state), { constructor: 1, toString: "x", valueOf: 2 });
+  const merged = mergeEntityStates(emptyEntity(), state);
+  assert.deepEqual(entityValues(merged.state), { constructor: 1, toString: "x", valueOf: 2 });
+  assert.equal(compareVersions({ toString: 1 }, {}), "after");
+  assert.deepEqual(mergeVersions({}, { constructor: 3 }), { constructor: 3 });
+});

@@ -47,8 +47,8 @@ export interface TestAuthOptions {
   backend?: AuthBackend | null;
   /** Overrides of {@linkcode testAccessSettings}. */
   settings?: Partial<AccessSettings>;
-  /** Trust X-Forwarded-For. */
-  trustProxy?: boolean;
+  /** Trusted proxy hops (api/client.ts). */
+  trustedProxyHops?: number;
   /** Clock (ms). */
   now?: () => number;
 }
@@ -58,7 +58,7 @@ export function testAuthorizer(options: TestAuthOptions = {}): Authorizer {
   return createAuthorizer({
     backend: options.backend ?? null,
     settings: testAccessSettings(options.settings),
-    trustProxy: options.trustProxy,
+    trustedProxyHops: options.trustedProxyHops,
     now: options.now,
   });
 }

@@ -136,6 +136,41 @@ Deno.test("state routes and the sync concern in two runtimes", async (t) => {
       assert.equal((await missing.json()).error.code, "STATE_NOT_FOUND");
     });
 
+    await t.step("finding 8: fields named like Object.prototype members are data", async () => {
+      const fields = { constructor: "c", toString: "t", hasOwnProperty: 7, valueOf: false };
+      const ok = await fetch(`${a.url}/state/stream/proto`, {
+        method: "PATCH",
+        headers: auth,
+        body: JSON.stringify(fields),
+      });
+      assert.equal(ok.status, 200);
+      assert.deepEqual((await ok.json()).entity.state, fields);
+      await until(async () => {
+        const res = await fetch(`${b.url}/state/stream/proto`, { headers: reader });
+        return res.status === 200 && (await res.json()).entity.state.constructor === "c";
+      }, "the prototype-named fields on B");
+      await until(async () => {
+        const res = await fetch(`${b.url}/state/stream/proto?source=db`, { headers: reader });
+        if (res.status !== 200) {
+          await res.body?.cancel();
+          return false;
+        }
+        const state = (await res.json()).entity.state;
+        return state.toString === "t" && state.hasOwnProperty === 7 && state.valueOf === false;
+      }, "the prototype-named fields rebuilt from the database");
+      // `__proto__` cannot be data in a JS object: refused, never accepted and dropped.
+      const proto = await fetch(`${a.url}/state/stream/proto`, {
+        method: "PATCH",
+        headers: auth,
+        body: '{"__proto__":{"polluted":true},"title":"x"}',
+      });
+      assert.equal(proto.status, 400);
+      assert.equal((await proto.json()).error.code, "VALIDATION_FAILED");
+      const after = await fetch(`${a.url}/state/stream/proto`, { headers: reader });
+      assert.equal((await after.json()).entity.state.title, undefined, "no partial write");
+      assert.equal(({} as Record<string, unknown>).polluted, undefined);
+    });
+
     await t.step("the event stream follows a pattern across instances", async () => {
       const res = await fetch(`${b.url}/state/stream?pattern=stream.*`, { headers: reader });
       assert.equal(res.headers.get("content-type"), "text/event-stream");
