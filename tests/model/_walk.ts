@@ -173,8 +173,11 @@ export function replay<W>(model: ChartModel<W>, moves: readonly Move[]): Replaye
 
   function live(): Call[] {
     for (let i = calls.length - 1; i >= 0; i--) {
+      // A stopped actor (its state was left) keeps an "active" snapshot; XState's
+      // processing status says it no longer runs.
+      const ref = calls[i].ref as unknown as { _processingStatus: number };
       const status = calls[i].ref.getSnapshot().status;
-      if (status !== "active") calls.splice(i, 1);
+      if (status !== "active" || ref._processingStatus !== 1) calls.splice(i, 1);
     }
     return calls;
   }

@@ -93,7 +93,7 @@ const failure = (): Answer => ({ error: new Error("connect ECONNREFUSED") });
 /** The lease chart's model. */
 export const leaseModel: ChartModel<LeaseWorld> = {
   name: "lease",
-  maxDepth: 14,
+  maxDepth: 30,
   world: () => ({
     redis: { holder: "b", token: 4, expiresAt: 150 },
     lastOkSentAt: null,
