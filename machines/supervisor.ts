@@ -65,6 +65,12 @@ export interface SupervisorContext {
   withinMs: number;
   backoffBaseMs: number;
   backoffMaxMs: number;
+  /**
+   * Per child, how many times an operator retried it: a failure's window event carries the
+   * count it was raised under, so failures from before a RETRY (whose count was reset) can
+   * no longer be forgotten in place of failures that came after it.
+   */
+  epochs: Record<string, number>;
   /** Why the supervisor is in its current state, one sentence. */
   reason: string;
 }
@@ -72,7 +78,7 @@ export interface SupervisorContext {
 /** Events the supervisor handles. */
 export type SupervisorEvent =
   | { type: "RESTART"; id: string }
-  | { type: "WINDOW_EXPIRED"; id: string }
+  | { type: "WINDOW_EXPIRED"; id: string; epoch?: number }
   | { type: "RETRY"; id: string }
   | { type: "STOP" }
   | { type: `xstate.error.actor.${string}`; error: unknown; actorId?: string }
@@ -181,7 +187,9 @@ export const supervisorMachine = setup({
       // The failed incarnation stays in `children` until removed; drop it so the id is free.
       enqueue(({ self }) => reapOrphans(self, id));
       enqueue.stopChild(id);
-      enqueue.raise({ type: "WINDOW_EXPIRED", id }, { delay: context.withinMs });
+      enqueue.raise({ type: "WINDOW_EXPIRED", id, epoch: context.epochs[id] ?? 0 }, {
+        delay: context.withinMs,
+      });
       enqueue.raise({ type: "RESTART", id }, { delay, id: `restart.${id}` });
     }),
     /** Marks the child given up: too many failures inside the window. */
@@ -204,7 +212,9 @@ export const supervisorMachine = setup({
       });
       enqueue(({ self }) => reapOrphans(self, id));
       enqueue.stopChild(id);
-      enqueue.raise({ type: "WINDOW_EXPIRED", id }, { delay: context.withinMs });
+      enqueue.raise({ type: "WINDOW_EXPIRED", id, epoch: context.epochs[id] ?? 0 }, {
+        delay: context.withinMs,
+      });
     }),
     /** Starts a new incarnation of a child waiting for its restart. */
     restartChild: enqueueActions(({ context, event, enqueue }) => {
@@ -244,15 +254,17 @@ export const supervisorMachine = setup({
             generation: child.generation + 1,
           },
         },
+        epochs: { ...context.epochs, [id]: (context.epochs[id] ?? 0) + 1 },
         reason: `retried ${id} on operator request`,
       });
     }),
     /** A failure left the intensity window. */
     forgetFailure: assign({
       children: ({ context, event }) => {
-        const id = (event as { id: string }).id;
+        const { id, epoch } = event as { id: string; epoch?: number };
         const child = context.children[id];
-        if (!child) return context.children;
+        // A failure from before the operator's last RETRY was already forgotten by it.
+        if (!child || (epoch ?? 0) !== (context.epochs[id] ?? 0)) return context.children;
         return {
           ...context.children,
           [id]: { ...child, recentFailures: Math.max(0, child.recentFailures - 1) },
@@ -299,6 +311,7 @@ export const supervisorMachine = setup({
     withinMs: input.withinMs ?? 60_000,
     backoffBaseMs: input.backoffBaseMs ?? 100,
     backoffMaxMs: input.backoffMaxMs ?? 10_000,
+    epochs: Object.fromEntries(input.children.map((c) => [c.id, 0])),
     reason: `started ${input.children.length} children`,
   }),
   initial: "supervising",

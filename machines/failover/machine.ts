@@ -65,6 +65,10 @@ import type {
   VoteOutput,
 } from "./types.ts";
 
+function unpublishedSentence(node: string): string {
+  return `bootstrap: publishing ${node}, promoted earlier but never published`;
+}
+
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -167,6 +171,15 @@ const failover = setup({
         case "newer":
           return { primary: verdict.primary, failures: 0, why: verdict.why };
         case "bootstrap":
+          // A node this coordinator already promoted (a switchover whose publication
+          // failed) is the primary now: publish it, never the node it replaced.
+          if (context.promotion && context.promotion.node !== context.primary.node) {
+            return {
+              lastProbe,
+              switchover: null,
+              why: unpublishedSentence(context.promotion.node),
+            };
+          }
           return {
             lastProbe,
             promotion: {

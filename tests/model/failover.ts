@@ -1,0 +1,325 @@
+/**
+ * Model of the `failover` chart of one instance: the `failover` lease comes and goes (each
+ * acquisition with a newer fencing token), other coordinators announce newer primaries,
+ * an operator asks for a switchover, and every effect answers, fails or hangs: probes
+ * answer or fail, votes reach a majority or not, a promotion promotes / finds nothing /
+ * crashes, a fake Redis accepts a publication only under a fencing token at least as new
+ * as the last one it accepted and only for a newer epoch.
+ *
+ * Invariants: never two promotions published for one epoch; the detector enters
+ * `promoting` only as the coordinator and only on a majority vote of this suspicion
+ * round; every promote / switchover / publish runs under the token of the lease held now,
+ * never older than a token used before.
+ * @module
+ */
+import { failoverMachine } from "../../machines/failover/mod.ts";
+import type { Answer, Call, ChartModel, Run, StepView } from "./_walk.ts";
+
+/** The failover model's world: the fake Redis and what the monitors remember. */
+export interface FailoverWorld {
+  /** Published record in the fake Redis, with the token it was written under. */
+  redis: { node: string; epoch: number; token: number } | null;
+  /** Token of the last LEASE_ACQUIRED, null while the lease is lost. */
+  lease: number | null;
+  /** Highest token ever given. */
+  lastToken: number;
+  /** Highest token an effect ran under. */
+  highestUsed: number;
+  /** Node accepted by the fake Redis per epoch (from anyone). */
+  published: Record<number, string>;
+  /** Node this instance's promote / switchover promoted, per epoch it is to be published at. */
+  promoted: Record<number, string>;
+  /** The last vote round's answer since the detector last left `healthy`. */
+  vote: "majority" | "minority" | null;
+}
+
+const FENCED = ["promote", "switchover", "publish"];
+
+function candidate(primary: string): string {
+  return primary === "pg2" ? "pg3" : "pg2";
+}
+
+function now(run: Run<FailoverWorld>): number {
+  return run.clock.now();
+}
+
+function probe(ok: boolean) {
+  return (_c: Call, run: Run<FailoverWorld>): Answer => {
+    const r = run.world.redis;
+    return {
+      output: {
+        ok,
+        error: ok ? null : "connect ECONNREFUSED",
+        latencyMs: ok ? 1 : -1,
+        at: now(run),
+        published: r ? { node: r.node, epoch: r.epoch, readOnlyNode: null } : null,
+      },
+    };
+  };
+}
+
+function detector(snapshot: StepView<FailoverWorld>["snapshot"]): string {
+  const v = snapshot.value.detector;
+  return typeof v === "string" ? v : Object.keys(v)[0];
+}
+
+/** The failover chart's model. */
+export const failoverModel: ChartModel<FailoverWorld> = {
+  name: "failover",
+  maxDepth: 8,
+  world: () => ({
+    redis: null,
+    lease: null,
+    lastToken: 10,
+    highestUsed: 0,
+    published: {},
+    promoted: {},
+    vote: null,
+  }),
+  build(run) {
+    const effects = [
+      "readStart",
+      "probePrimary",
+      "collectVotes",
+      "promote",
+      "switchover",
+      "publish",
+      "reassess",
+      "repointPool",
+      "sampleNodes",
+      "repair",
+    ];
+    return {
+      logic: failoverMachine.provide({
+        actors: Object.fromEntries(effects.map((src) => [src, run.effect(src)])) as never,
+      }),
+      input: {
+        instanceId: "a",
+        nodes: ["pg1", "pg2", "pg3"],
+        probeIntervalMs: 100,
+        probeTimeoutMs: 150,
+        confirmations: 2,
+        monitorIntervalMs: 5000,
+        confirmTimeoutMs: 200,
+        poolRetryMs: 100,
+      },
+    };
+  },
+  events(snapshot, world) {
+    const events: ({ type: string } & Record<string, unknown>)[] = [];
+    if (snapshot.matches({ role: "follower" })) {
+      events.push({ type: "LEASE_ACQUIRED", token: world.lastToken + 1 });
+    } else {
+      events.push({ type: "LEASE_LOST", why: "lease expired" });
+    }
+    const p = snapshot.context.primary;
+    if (
+      p.epoch > 0 &&
+      (snapshot.matches({ detector: "healthy" }) || snapshot.matches({ detector: "suspect" }))
+    ) {
+      // Another coordinator published a newer primary.
+      events.push({ type: "failover.primary", node: candidate(p.node), epoch: p.epoch + 1 });
+    }
+    if (snapshot.matches({ role: "coordinator", detector: "healthy" })) {
+      events.push({ type: "SWITCHOVER", id: "sw1", target: candidate(p.node), requestedBy: "ops" });
+    }
+    return events;
+  },
+  effects: {
+    readStart: {
+      // What Redis holds (nothing on a fresh cluster).
+      answer: (_c, run) => {
+        const r = run.world.redis;
+        return {
+          output: {
+            published: r ? { node: r.node, epoch: r.epoch, readOnlyNode: null } : null,
+            pool: null,
+          },
+        };
+      },
+    },
+    probePrimary: { answers: probe(true), fails: probe(false) },
+    collectVotes: {
+      majority: (_c, run) => {
+        run.world.vote = "majority";
+        return { output: { agree: 2, live: 3, votes: [] } };
+      },
+      minority: (_c, run) => {
+        run.world.vote = "minority";
+        return {
+          output: { agree: 1, live: 3, votes: [{ instance: "b", agree: false, why: "answers" }] },
+        };
+      },
+      crash: () => ({ error: new Error("bus: timeout") }),
+    },
+    promote: {
+      promoted: (c, run) => {
+        const input = c.input as { primary: { node: string; epoch: number } };
+        const node = candidate(input.primary.node);
+        run.world.promoted[input.primary.epoch + 1] = node;
+        return {
+          output: { node, lsn: "0/3000000", adopted: false, why: "best replica", parked: null },
+        };
+      },
+      none: () => ({
+        output: {
+          node: null,
+          choice: { node: null, adopt: false, why: "no replica is caught up" },
+          readOnlyNode: "pg3",
+        },
+      }),
+      crash: () => ({ error: new Error("pg_ctl promote failed") }),
+    },
+    switchover: {
+      done: (c, run) => {
+        const input = c.input as {
+          request: { target: string };
+          primary: { epoch: number };
+        };
+        run.world.promoted[input.primary.epoch + 1] = input.request.target;
+        return {
+          output: {
+            node: input.request.target,
+            lsn: "0/3000000",
+            adopted: false,
+            why: "caught up",
+            parked: null,
+          },
+        };
+      },
+      refused: () => ({ error: new Error("target is lagging") }),
+    },
+    publish: {
+      answer: (c, run) => {
+        const input = c.input as {
+          kind: string;
+          node: string;
+          epoch: number;
+          token: number | null;
+          readOnlyNode: string | null;
+        };
+        const r = run.world.redis;
+        const token = input.token ?? -1;
+        const same = r && r.node === input.node && r.epoch === input.epoch;
+        if (r && !same && (token < r.token || input.epoch <= r.epoch)) {
+          return { error: new Error(`fenced: token ${input.token} epoch ${input.epoch}`) };
+        }
+        if (input.kind !== "degraded") {
+          run.world.redis = { node: input.node, epoch: input.epoch, token };
+          run.world.published[input.epoch] ??= input.node;
+        }
+        return {
+          output: {
+            published: { node: input.node, epoch: input.epoch, readOnlyNode: input.readOnlyNode },
+            why: `published ${input.node} (epoch ${input.epoch})`,
+          },
+        };
+      },
+      crash: () => ({ error: new Error("redis: connection lost") }),
+    },
+    reassess: {
+      back: () => ({
+        output: {
+          primaryOk: true,
+          choice: { node: null, adopt: false, why: "primary answers" },
+          readOnlyNode: null,
+        },
+      }),
+      candidate: () => ({
+        output: {
+          primaryOk: false,
+          choice: { node: "pg2", adopt: false, why: "pg2 caught up" },
+          readOnlyNode: null,
+        },
+      }),
+      still_down: () => ({
+        output: {
+          primaryOk: false,
+          choice: { node: null, adopt: false, why: "no replica is caught up" },
+          readOnlyNode: "pg3",
+        },
+      }),
+    },
+    repointPool: {
+      ok: (c) => ({ output: c.input }),
+    },
+    sampleNodes: { failed: () => ({ error: new Error("sampling timed out") }) },
+    repair: { ok: () => ({ output: { why: "repaired" } }) },
+  },
+  key(snapshot, world) {
+    const c = snapshot.context;
+    return [
+      c.leader === null ? null : c.leader === world.lease,
+      c.failures,
+      c.primary,
+      c.pool,
+      c.promotion?.node ?? null,
+      c.switchover !== null,
+      c.announced,
+      world.redis,
+      world.lease !== null,
+      world.vote,
+    ];
+  },
+  invariants: {
+    "track the lease and the vote round": ({ move, snapshot, prev, world }) => {
+      if (move?.type === "send" && move.event.type === "LEASE_ACQUIRED") {
+        world.lease = move.event.token as number;
+        world.lastToken = Math.max(world.lastToken, world.lease);
+      }
+      if (move?.type === "send" && move.event.type === "LEASE_LOST") world.lease = null;
+      if (move?.type === "send" && move.event.type === "failover.primary") {
+        // Another coordinator published it: Redis has it, under a newer token.
+        const { node, epoch } = move.event as unknown as { node: string; epoch: number };
+        world.lastToken++;
+        world.redis = { node, epoch, token: world.lastToken };
+        world.published[epoch] ??= node;
+      }
+      if (detector(snapshot) === "healthy" && detector(prev) !== "healthy") world.vote = null;
+      return null;
+    },
+    "never two promotions published for one epoch": ({ snapshot, world }) => {
+      for (const ref of Object.values(snapshot.children ?? {})) {
+        // deno-lint-ignore no-explicit-any
+        const r = ref as any;
+        if (r.src !== "publish") continue;
+        const input = r.getSnapshot().input;
+        if (input.kind === "degraded") continue;
+        const accepted = world.published[input.epoch];
+        if (accepted !== undefined && accepted !== input.node) {
+          return `publishing ${input.node} for epoch ${input.epoch}, which already has ${accepted}`;
+        }
+        const promoted = world.promoted[input.epoch];
+        if (promoted !== undefined && promoted !== input.node) {
+          return `publishing ${input.node} for epoch ${input.epoch}, for which ${promoted} was promoted`;
+        }
+      }
+      return null;
+    },
+    "promoting only as the coordinator, on a majority vote": ({ snapshot, prev, world }) => {
+      if (detector(snapshot) !== "promoting" || detector(prev) === "promoting") return null;
+      if (snapshot.context.leader === null) return "promoting without the lease";
+      if (world.vote !== "majority") {
+        return `promoting after a ${world.vote ?? "missing"} vote`;
+      }
+      return null;
+    },
+    "fenced effects run under the newest token": ({ snapshot, world }) => {
+      for (const ref of Object.values(snapshot.children ?? {})) {
+        // deno-lint-ignore no-explicit-any
+        const r = ref as any;
+        if (!FENCED.includes(r.src)) continue;
+        const input = r.getSnapshot().input;
+        if (r.src === "publish" && input.kind === "degraded" && input.token === null) continue;
+        if (input.token === null || input.token !== world.lease) {
+          return `${r.src} runs under token ${input.token} while the lease token is ${world.lease}`;
+        }
+        if (input.token < world.highestUsed) {
+          return `${r.src} runs under token ${input.token}, older than ${world.highestUsed} used before`;
+        }
+        world.highestUsed = input.token;
+      }
+      return null;
+    },
+  },
+};
