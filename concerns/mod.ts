@@ -70,7 +70,11 @@ async function defaultConcerns(
     log: services.log.child(name),
   });
   built.push(["sync", createSyncConcern(scoped("sync"), config.concerns.sync)]);
-  built.push(["sessions", createSessionsConcern(scoped("sessions"), config.concerns.sessions)]);
+  built.push(["sessions", createSessionsConcern(
+      scoped("sessions"),
+      config.concerns.sessions,
+      config.concerns.limits,
+    )]);
   built.push([
     "failover",
     await createFailoverConcern(scoped("failover"), config.concerns.failover),
