@@ -19,6 +19,7 @@ import { isConnectionError } from "../lib/db_errors.ts";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import type { Authorizer } from "./authz/authorizer.ts";
+import type { StreamLimiter } from "./authz/streams.ts";
 
 /** What the app needs. */
 export interface AppDeps {
@@ -26,6 +27,8 @@ export interface AppDeps {
   authorizer: Authorizer;
   /** Request / error log. */
   log?: Logger;
+  /** Caps on open event streams (api/authz/streams.ts); none without it. */
+  streams?: StreamLimiter;
 }
 
 /** Codes of the HTTP errors Hono and its middleware raise themselves. */
@@ -107,6 +110,7 @@ export function createApp(deps: AppDeps): OpenAPIHono {
   });
   app.use("*", async (c, next) => {
     c.set("authorizer", deps.authorizer);
+    c.set("streamLimiter", deps.streams);
     await next();
   });
   app.onError((err) => errorResponse(err, log));
