@@ -27,6 +27,7 @@ import fc from "fast-check";
 import { ERROR_STATUS } from "../../lib/errors.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
+import { startControl, timedGet } from "../support/control.ts";
 import { launchInstance } from "../support/instance.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 20261206);
@@ -446,42 +447,6 @@ function violation(req: FuzzRequest, a: Answer): string | null {
 // ---------------------------------------------------------------------------------------
 // The liveness probe and its control
 
-/** A trivial HTTP server in its own process: the control probe's target. */
-async function startControl(): Promise<{ url: string; stop(): Promise<void> }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      "Deno.serve({ hostname: '127.0.0.1', port: 0, onListen: ({ port }) => " +
-      "console.log(port) }, () => new Response('ok'));",
-    ],
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let out = "";
-  while (!out.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error("the control server exited before listening");
-    out += value;
-  }
-  return {
-    url: `http://127.0.0.1:${out.trim()}`,
-    async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-      await reader.cancel();
-    },
-  };
-}
-
-async function timed(url: string): Promise<number> {
-  const t0 = performance.now();
-  const res = await fetch(url, { signal: AbortSignal.timeout(30_000) });
-  await res.arrayBuffer();
-  if (res.status !== 200) throw new Error(`${url} answered ${res.status}`);
-  return performance.now() - t0;
-}
-
 interface ProbeStats {
   probes: number;
   late: number;
@@ -498,7 +463,7 @@ function startProbe(health: string, control: string): { stop(): Promise<ProbeSta
   const timer = setInterval(() => {
     const p = (async () => {
       try {
-        const [h, c] = await Promise.all([timed(health), timed(control)]);
+        const [h, c] = await Promise.all([timedGet(health), timedGet(control)]);
         excess.push(h - c);
       } catch (err) {
         failures.push(`liveness probe failed: ${(err as Error).message}`);
