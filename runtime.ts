@@ -28,6 +28,7 @@ import { createLocalTransport, createRedisTransport } from "./actors/runtime/tra
 import type { ActorSpec, RuntimeServices, Transport } from "./actors/runtime/types.ts";
 import { redactUrl } from "./lib/config.ts";
 import { type Logger, silentLogger } from "./lib/log.ts";
+import { createMessageAuth } from "./lib/message_auth.ts";
 import { loadSecretKey } from "./lib/secret_key.ts";
 import { createLocalBus, createRedisBus, type MessageBus } from "./store/bus.ts";
 import { type Database, openDatabase } from "./store/database.ts";
@@ -157,11 +158,20 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     } else if (secret.source === "file" && config.database.url) {
       log.warn(`using the secret key from ${secret.path}; set RS_SECRET_KEY on every instance`);
     }
+    // Every record this instance writes to Redis is sealed with keys derived from the secret
+    // key, and every one it reads is opened before it is believed (docs/security.md).
+    const messageAuth = createMessageAuth(secret.key, {
+      previous: config.previousSecretKey,
+      log: log.child("message-auth"),
+    });
+    if (config.previousSecretKey) {
+      log.info("RS_SECRET_KEY_PREVIOUS is set: records sealed with it are still accepted");
+    }
 
     // After a failover the configured URL may name a demoted node: start on the primary
     // the cluster last agreed on (the failover concern's key in Redis).
     const db = await openDatabase({
-      url: await startupDatabaseUrl(config),
+      url: await startupDatabaseUrl(config, messageAuth),
       dataDir: config.dataDir,
       poolSize: config.database.poolSize,
       connectTimeoutS: config.database.connectTimeoutS,
@@ -197,7 +207,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
           error: err instanceof Error ? err.message : String(err),
         });
       }
-      bus = createRedisBus(client, { keyspace, log: log.child("bus") });
+      bus = createRedisBus(client, { keyspace, auth: messageAuth, log: log.child("bus") });
     } else {
       bus = createLocalBus({ log: log.child("bus") });
     }
@@ -219,9 +229,10 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       actors: localActors,
       bus,
       log: log.child("transport"),
+      maxMessageAgeMs: config.messageMaxAgeMs,
     };
     const transport = redis
-      ? createRedisTransport(redis, { ...transportOptions, keyspace })
+      ? createRedisTransport(redis, { ...transportOptions, keyspace, auth: messageAuth })
       : createLocalTransport(transportOptions);
     cleanups.push(() => transport.close());
 
@@ -245,6 +256,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         info: selfInfo,
         heartbeatMs: config.cluster.heartbeatMs,
         deadAfterMs: config.cluster.deadAfterMs,
+        auth: messageAuth,
         log: log.child("cluster"),
       })
       : null;
@@ -280,6 +292,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       transport,
       leases,
       secretKey: secret.key,
+      messageAuth,
       now: Date.now,
       actors: localActors,
     };

@@ -4,7 +4,10 @@
  * in the same run between the same kind of two processes.
  *
  * Figures: message_rtt_p50_ms, message_rtt_p99_ms (baseline: raw pub/sub round trip),
- * messages_per_s (baseline: raw pub/sub messages echoed per second).
+ * messages_per_s (baseline: raw pub/sub messages echoed per second); both include sealing and
+ * opening every envelope and reply (lib/message_auth.ts). envelope_seal_open_per_s isolates
+ * that cost in this process: one seal and one open of a request envelope, next to the JSON
+ * stringify + parse of the same envelope (which every message pays anyway).
  * @module
  */
 import { Redis } from "ioredis";
@@ -14,11 +17,39 @@ import { closeRedis, createKeyspace, createRedisClient } from "../store/redis.ts
 import { startPostgres, startRedis } from "../tests/harness/mod.ts";
 import { launchInstance, ROOT, until } from "../tests/support/instance.ts";
 import { type Figure, median, percentile, progress, round } from "./_util.ts";
+import { createMessageAuth } from "../lib/message_auth.ts";
 
 const REPS = 5;
 const RTT_SAMPLES = 2000;
 const THROUGHPUT_MESSAGES = 5000;
 const WINDOW = 64;
+
+/** Seal + open of a typical envelope per second, and JSON stringify + parse of it. */
+function sealOpenRates(): { seal: number; json: number } {
+  const auth = createMessageAuth(crypto.getRandomValues(new Uint8Array(32)));
+  const env = {
+    v: 1,
+    kind: "request",
+    id: crypto.randomUUID(),
+    from: { instance: "bench-a", actor: "runtime" },
+    to: { instance: "bench-b", actor: "diagnostics" },
+    event: { type: "diag.ping" },
+    corr: crypto.randomUUID(),
+    sentAt: Date.now(),
+  };
+  const n = 50_000;
+  const body = JSON.stringify(env);
+  let t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    const sealed = auth.seal("transport.envelope", "bench-b", body);
+    if (!auth.open("transport.envelope", "bench-b", sealed)) throw new Error("seal broken");
+  }
+  const seal = n / ((performance.now() - t0) / 1000);
+  t0 = performance.now();
+  for (let i = 0; i < n; i++) JSON.parse(JSON.stringify(env));
+  const json = n / ((performance.now() - t0) / 1000);
+  return { seal, json };
+}
 
 /** Round trips through a raw ioredis echo process. */
 async function rawRtt(pub: Redis, sub: Redis, prefix: string, n: number): Promise<number[]> {
@@ -67,10 +98,13 @@ export async function run(): Promise<Figure[]> {
   await using redis = await startRedis();
   const prefix = "rsbench:";
   const dataDir = await Deno.makeTempDir({ prefix: "rs-bench-" });
+  // The instance's key: this process seals and opens envelopes as the instance does.
+  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+  const auth = createMessageAuth(Uint8Array.from(atob(key), (c) => c.charCodeAt(0)));
   const node = await launchInstance({
     DATABASE_URL: await pg.createDatabase(),
     REDIS_URL: redis.url,
-    RS_SECRET_KEY: btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32)))),
+    RS_SECRET_KEY: key,
     RS_DATA_DIR: dataDir,
     RS_KEY_PREFIX: prefix,
     RS_INSTANCE_ID: "bench-b",
@@ -96,9 +130,10 @@ export async function run(): Promise<Figure[]> {
   const keyspace = createKeyspace(prefix);
   const client = createRedisClient(settings, { name: "bench-a" });
   await client.connect();
-  const bus = createRedisBus(client, { keyspace });
+  const bus = createRedisBus(client, { keyspace, auth });
   const transport = createRedisTransport(client, {
     keyspace,
+    auth,
     bus,
     instanceId: "bench-a",
     actors: { spec: () => undefined, ref: () => undefined },
@@ -120,7 +155,11 @@ export async function run(): Promise<Figure[]> {
 
     const p50: number[] = [], p99: number[] = [], rawP50: number[] = [], rawP99: number[] = [];
     const rate: number[] = [], rawRate: number[] = [];
+    const sealRate: number[] = [], jsonRate: number[] = [];
     for (let rep = 0; rep < REPS; rep++) {
+      const cost = sealOpenRates();
+      sealRate.push(cost.seal);
+      jsonRate.push(cost.json);
       const samples: number[] = [];
       for (let i = 0; i < RTT_SAMPLES; i++) {
         const t0 = performance.now();
@@ -174,6 +213,17 @@ export async function run(): Promise<Figure[]> {
         value: Math.round(median(rate)),
         better: "higher",
         baseline: { name: "redis_pubsub_echo_per_s", value: Math.round(median(rawRate)) },
+      },
+      {
+        suite: "runtime",
+        name: "envelope_seal_open_per_s",
+        unit: "ops/s",
+        value: Math.round(median(sealRate)),
+        better: "higher",
+        baseline: {
+          name: "envelope_json_roundtrip_per_s",
+          value: Math.round(median(jsonRate)),
+        },
       },
     ];
   } finally {

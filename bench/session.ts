@@ -26,6 +26,7 @@ import type { Sql } from "../store/types.ts";
 import { createUser } from "../store/users.ts";
 import { startPostgres, startRedis } from "../tests/harness/mod.ts";
 import { type Figure, median, percentile, progress, round } from "./_util.ts";
+import { createMessageAuth } from "../lib/message_auth.ts";
 
 const REPS = 5;
 const ROUND_MS = 1000;
@@ -74,12 +75,14 @@ export async function run(): Promise<Figure[]> {
   }, { name: "bench-session" });
   await redis.connect();
   const keyspace = createKeyspace("rsbench:");
-  const bus = createRedisBus(redis, { keyspace });
+  const auth = createMessageAuth(crypto.getRandomValues(new Uint8Array(32)));
+  const bus = createRedisBus(redis, { keyspace, auth });
   try {
     await migrate(sql);
     // The bench is a composition root: it hands the store the real clock.
     const store = createSessionStore(sql, {
       redis,
+      auth,
       keyspace,
       bus,
       now: () => Date.now(),

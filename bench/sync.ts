@@ -29,6 +29,7 @@ import type { Sql } from "../store/types.ts";
 import { startPostgres, startRedis } from "../tests/harness/mod.ts";
 import { ROOT } from "../tests/support/instance.ts";
 import { type Figure, median, percentile, progress, round } from "./_util.ts";
+import { createMessageAuth } from "../lib/message_auth.ts";
 
 const REPS = 5;
 const RATE = 10_000;
@@ -89,8 +90,19 @@ export async function run(): Promise<Figure[]> {
   const sql = postgres(dbUrl, { max: 8, onnotice: () => {} }) as Sql;
   await migrate(sql);
 
+  // One cluster key for both sides: batches and envelopes are sealed as in production.
+  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
+  const auth = createMessageAuth(Uint8Array.from(atob(key), (c) => c.charCodeAt(0)));
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "tests/fixtures/sync_bench_peer.ts", redis.url, dbUrl, PREFIX],
+    args: [
+      "run",
+      "--allow-all",
+      "tests/fixtures/sync_bench_peer.ts",
+      redis.url,
+      dbUrl,
+      PREFIX,
+      key,
+    ],
     cwd: ROOT,
     stdin: "piped",
     stdout: "piped",
@@ -107,10 +119,11 @@ export async function run(): Promise<Figure[]> {
     keyPrefix: PREFIX,
   }, { name: "bench-a" });
   await client.connect();
-  const bus = createRedisBus(client, { keyspace });
+  const bus = createRedisBus(client, { keyspace, auth });
   const local: { spec?: ReturnType<typeof syncActorSpec>; actor?: AnyActorRef } = {};
   const transport = createRedisTransport(client, {
     keyspace,
+    auth,
     bus,
     instanceId: "bench-a",
     actors: { spec: (id) => id === "sync" ? local.spec : undefined, ref: () => local.actor },

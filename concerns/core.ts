@@ -64,6 +64,7 @@ export function createCoreConcern(services: RuntimeServices, deps: CoreDeps): Co
       startedAt: deps.startedAt,
       supervisor: deps.supervisor,
       concerns: deps.concerns,
+      messageAuth: services.messageAuth,
     });
   return {
     api: { health },

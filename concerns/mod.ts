@@ -26,6 +26,7 @@ import {
 import { clientIp } from "../api/client.ts";
 import { addOpenApiRoute } from "../api/openapi.ts";
 import type { Logger } from "../lib/log.ts";
+import type { MessageAuth } from "../lib/message_auth.ts";
 import { createBackupConcern } from "./backup.ts";
 import type { Config } from "./config.ts";
 import { type CoreApi, type CoreDeps, createCoreConcern } from "./core.ts";
@@ -164,6 +165,7 @@ export function createHttpApp(concerns: Concerns, options: HttpAppOptions): Open
   const peer = createPeerSigner(options.secretKey, {
     instanceId: config.instanceId,
     now: options.now,
+    previous: config.previousSecretKey,
   });
   const access = config.concerns.access;
   if (!access.secureCookie && !["127.0.0.1", "::1", "localhost"].includes(config.http.host)) {
@@ -204,6 +206,6 @@ export function concernApi<K extends keyof ConcernApis>(
  * The URL the database pool opens on: after a failover, the primary the cluster last agreed
  * on (the failover concern's record in Redis), else DATABASE_URL.
  */
-export function startupDatabaseUrl(config: Config): Promise<string | null> {
-  return resolvePrimaryUrl(config, config.concerns.failover);
+export function startupDatabaseUrl(config: Config, auth: MessageAuth): Promise<string | null> {
+  return resolvePrimaryUrl(config, config.concerns.failover, { auth });
 }

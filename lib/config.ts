@@ -92,7 +92,19 @@ export const SETTINGS: readonly SettingDoc[] = [
     env: "RS_SECRET_KEY",
     default: "(generated into RS_DATA_DIR)",
     description:
-      "32-byte key, base64, encrypting secrets at rest; every instance of a cluster must share it",
+      "32-byte key, base64, encrypting secrets at rest and keying the MACs of every record in Redis; every instance of a cluster must share it",
+  },
+  {
+    env: "RS_SECRET_KEY_PREVIOUS",
+    default: "(none)",
+    description:
+      "During a rotation of RS_SECRET_KEY, the old key (32 bytes, base64): records in Redis sealed with it are still accepted; unset it once every instance runs the new key (docs/security.md)",
+  },
+  {
+    env: "RS_MESSAGE_MAX_AGE_S",
+    default: "300",
+    description:
+      "Requests and broadcasts between instances older than this (or dated this far ahead) are refused, which bounds replays",
   },
   {
     env: "LOG_LEVEL",
@@ -164,6 +176,10 @@ export interface CoreConfig {
   instanceId: string;
   /** Raw 32-byte key, or null when it is to be read from / generated into the data dir. */
   secretKey: Uint8Array | null;
+  /** The key being rotated out (RS_SECRET_KEY_PREVIOUS): still accepted on records read from Redis. */
+  previousSecretKey: Uint8Array | null;
+  /** Requests and broadcasts older than this are refused (bounds replays), ms. */
+  messageMaxAgeMs: number;
   log: { level: "debug" | "info" | "warn" | "error"; format: "text" | "json" };
   shutdownTimeoutS: number;
   /** Advertised URL, or null to derive it from the listen address. */
@@ -251,6 +267,10 @@ const schema = z.object({
   RS_SECRET_KEY: z.string().trim().refine((s) => decodeKey(s) !== null, {
     message: "32 bytes encoded as base64 (e.g. the output of `openssl rand -base64 32`)",
   }).optional(),
+  RS_SECRET_KEY_PREVIOUS: z.string().trim().refine((s) => decodeKey(s) !== null, {
+    message: "32 bytes encoded as base64 (the RS_SECRET_KEY being rotated out)",
+  }).optional(),
+  RS_MESSAGE_MAX_AGE_S: intIn(5, 86_400, "seconds").default(300),
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"], {
     message: "one of debug, info, warn, error",
   }).default("info"),
@@ -424,6 +444,8 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
     instanceId: c.RS_INSTANCE_ID ??
       `${hostname.replace(/[^\w.-]/g, "-").slice(0, 40)}-${pid}`,
     secretKey,
+    previousSecretKey: c.RS_SECRET_KEY_PREVIOUS ? decodeKey(c.RS_SECRET_KEY_PREVIOUS) : null,
+    messageMaxAgeMs: c.RS_MESSAGE_MAX_AGE_S * 1000,
     log: { level: c.LOG_LEVEL, format: c.LOG_FORMAT },
     shutdownTimeoutS: c.RS_SHUTDOWN_TIMEOUT_S,
     publicUrl: c.RS_PUBLIC_URL ?? null,

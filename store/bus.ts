@@ -12,10 +12,16 @@
  * - {@linkcode createLocalBus}: in-process, for a single instance without Redis.
  *
  * A handler that throws is logged and counted; it never breaks delivery to others.
+ *
+ * On Redis every message is sealed (lib/message_auth.ts) with an HMAC bound to its channel,
+ * and opened before any handler sees it: a message published by anyone without the
+ * cluster's secret key, altered on the way, or replayed onto another channel is dropped,
+ * counted (`forged`) and logged once per claimed sender. Handlers only ever get the body.
  * @module
  */
 import type { Redis } from "ioredis";
 import { type Logger, silentLogger } from "../lib/log.ts";
+import { claimedSender, type MessageAuth, type MessagePurpose } from "../lib/message_auth.ts";
 import type { Keyspace } from "./redis.ts";
 
 /** Receives one message. */
@@ -31,6 +37,8 @@ export interface BusStats {
   handlerErrors: number;
   /** Times the subscriber connection came back and resubscribed. */
   resubscribes: number;
+  /** Messages dropped because their MAC did not verify (Redis only). */
+  forged: number;
 }
 
 /** The contract both backends implement. */
@@ -50,7 +58,7 @@ export interface MessageBus {
 }
 
 function newStats(): BusStats {
-  return { published: 0, delivered: 0, handlerErrors: 0, resubscribes: 0 };
+  return { published: 0, delivered: 0, handlerErrors: 0, resubscribes: 0, forged: 0 };
 }
 
 function deliver(
@@ -113,15 +121,27 @@ export function createLocalBus(options: { log?: Logger } = {}): MessageBus {
 }
 
 /**
+ * The key purpose of a channel's messages: the transport's broadcasts and replies and the
+ * sync node's batches each have their own; everything else is a bus message.
+ */
+export function channelPurpose(channel: string): MessagePurpose {
+  if (channel === "rt.broadcast") return "transport.broadcast";
+  if (channel.startsWith("rt.reply.")) return "transport.reply";
+  if (channel.startsWith("sync.")) return "sync.batch";
+  return "bus.message";
+}
+
+/**
  * A bus over Redis pub/sub. `publisher` is a shared command connection; the bus opens
  * its own subscriber connection with `publisher.duplicate()` (a subscribed connection
- * cannot run other commands).
+ * cannot run other commands). `auth` seals what is published and opens what arrives.
  */
 export function createRedisBus(
   publisher: Redis,
-  options: { keyspace: Keyspace; log?: Logger },
+  options: { keyspace: Keyspace; auth: MessageAuth; log?: Logger },
 ): MessageBus {
   const log = options.log ?? silentLogger;
+  const auth = options.auth;
   const ks = options.keyspace;
   const channelPrefix = ks.channel("x").slice(0, -1);
   // We resubscribe ourselves so the set of channels is owned (and tested) here.
@@ -134,7 +154,16 @@ export function createRedisBus(
 
   subscriber.on("message", (fullChannel: string, message: string) => {
     const channel = fullChannel.slice(channelPrefix.length);
-    deliver(subs.get(channel), message, channel, stats, log);
+    const handlers = subs.get(channel);
+    if (!handlers) return;
+    const purpose = channelPurpose(channel);
+    const opened = auth.open(purpose, channel, message);
+    if (!opened) {
+      stats.forged++;
+      auth.refused(purpose, claimedSender(message), { channel });
+      return;
+    }
+    deliver(handlers, opened.body, channel, stats, log);
   });
   subscriber.on("ready", () => {
     if (!everReady) {
@@ -163,7 +192,10 @@ export function createRedisBus(
     kind: "redis",
     async publish(channel, message) {
       stats.published++;
-      await publisher.publish(ks.channel(channel), message);
+      await publisher.publish(
+        ks.channel(channel),
+        auth.seal(channelPurpose(channel), channel, message),
+      );
     },
     async subscribe(channel, handler) {
       let set = subs.get(channel);

@@ -403,6 +403,13 @@ export function createMfaStore(sql: Sql, options: MfaStoreOptions): MfaStore {
         let remaining = row.backup_codes.length;
         if (input.method === "totp") {
           const secret = box.openText(row.secret, { context: context(userId) });
+          if (!row.secret.startsWith(`v1.${box.keyId}.`)) {
+            // Sealed with RS_SECRET_KEY_PREVIOUS (a rotation): re-sealed with the current key
+            // under the row lock, so the previous key can be retired once users came back.
+            await tx`
+              UPDATE user_mfa SET secret = ${box.seal(secret, { context: context(userId) })}
+              WHERE id = ${row.id}`;
+          }
           step = matchTotp(secret, input.code, { now: at, window });
           const last = row.last_used_step === null ? null : Number(row.last_used_step);
           outcome = step === null

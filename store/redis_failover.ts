@@ -12,12 +12,18 @@
  * them in the fence's script, so a deposed coordinator cannot publish. Only a lone
  * instance (no leases) writes the primary directly.
  *
- * A stored record is parsed with a schema: anything else in that key counts as none.
+ * A stored record is parsed with a schema: anything else in that key counts as none. Both
+ * are sealed (lib/message_auth.ts, purpose `failover.record`, bound to their key) and opened
+ * before they are parsed: a primary written without the cluster's secret key counts as none
+ * published, so nobody with only Redis access can re-point the instances' pools. The
+ * primary has no TTL, so one still sealed with RS_SECRET_KEY_PREVIOUS is re-sealed with the
+ * current key when read (compare-and-set: never over a newer record).
  * @module
  */
 import type { Redis } from "ioredis";
 import { z } from "zod";
-import type { Keyspace } from "./redis.ts";
+import { claimedSender, type MessageAuth } from "../lib/message_auth.ts";
+import { defineScript, type Keyspace } from "./redis.ts";
 import type { FencedWrite } from "./redis_leases.ts";
 
 /** The published primary as stored in Redis. */
@@ -75,6 +81,14 @@ export function statusKey(keyspace: Keyspace): string {
   return keyspace.key("failover", "status");
 }
 
+// KEYS: the key. ARGV: the value read, its replacement. Replaces only an unchanged value.
+const RESEAL = defineScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0`);
+
 /** `promise`, or a rejection once `ms` have passed; the timer is always cleared. */
 async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: number | undefined;
@@ -92,28 +106,44 @@ async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
 }
 
 /** The failover calls over `redis`, with keys under `keyspace`. */
-export function createFailoverStore(redis: Redis, keyspace: Keyspace): FailoverStore {
+export function createFailoverStore(
+  redis: Redis,
+  keyspace: Keyspace,
+  auth: MessageAuth,
+): FailoverStore {
   const primary = primaryKey(keyspace);
   const status = statusKey(keyspace);
+  const seal = (key: string, value: unknown) =>
+    auth.seal("failover.record", key, JSON.stringify(value));
   return {
     async readPrimary(timeoutMs) {
       try {
         const raw = await withTimeout(redis.get(primary), timeoutMs);
         if (!raw) return null;
-        const parsed = PublishedRecord.safeParse(JSON.parse(raw));
+        const opened = auth.open("failover.record", primary, raw);
+        if (!opened) {
+          auth.refused("failover.record", claimedSender(raw), { key: "failover:primary" });
+          return null;
+        }
+        const parsed = PublishedRecord.safeParse(JSON.parse(opened.body));
+        if (parsed.success && opened.previous) {
+          const resealed = auth.seal("failover.record", primary, opened.body);
+          await withTimeout(RESEAL(redis, [primary], [raw, resealed]), timeoutMs)
+            .catch(() => {}); // the next read tries again
+        }
         return parsed.success ? parsed.data : null;
       } catch {
         return null;
       }
     },
     async writePrimary(record) {
-      await redis.set(primary, JSON.stringify(record));
+      await redis.set(primary, seal(primary, record));
     },
     primaryWrite(record) {
-      return { key: primary, value: JSON.stringify(record) };
+      return { key: primary, value: seal(primary, record) };
     },
     statusWrite(value) {
-      return { key: status, value: JSON.stringify(value), pxMs: STATUS_TTL_MS };
+      return { key: status, value: seal(status, value), pxMs: STATUS_TTL_MS };
     },
   };
 }

@@ -8,9 +8,15 @@
  *
  * A heartbeat writes both and reads the live members in the same round trip; members dead
  * for 30 windows are dropped from the set.
+ *
+ * The info carries the member's URL, which the console fetches server-side, so it is sealed
+ * (lib/message_auth.ts, purpose `membership.info`, bound to the member id): an info written
+ * without the cluster's secret key, or a genuine one copied under another id, reads as
+ * absent — the member is not listed and its URL never fetched.
  * @module
  */
 import type { Redis } from "ioredis";
+import type { MessageAuth } from "../lib/message_auth.ts";
 import { defineScript, type Keyspace } from "./redis.ts";
 
 /** A live member and the time since its last heartbeat. */
@@ -27,7 +33,7 @@ export interface MemberStore {
   heartbeat(id: string, info: string): Promise<MemberAge[]>;
   /** The live members. */
   live(): Promise<MemberAge[]>;
-  /** The stored info (JSON, unparsed) of each id, null where it expired. */
+  /** The stored info (JSON, unparsed) of each id, null where it expired or is not sealed by us. */
   infos(ids: readonly string[]): Promise<(string | null)[]>;
   /** Removes `id` from the registry at once. */
   remove(id: string): Promise<void>;
@@ -71,20 +77,30 @@ function pairs(flat: string[]): MemberAge[] {
 export function createMemberStore(
   redis: Redis,
   keyspace: Keyspace,
-  options: { deadAfterMs: number },
+  options: { deadAfterMs: number; auth: MessageAuth },
 ): MemberStore {
+  const auth = options.auth;
   const zset = keyspace.key("members");
   const infoKey = (id: string) => keyspace.key("member", id);
   const dead = String(options.deadAfterMs);
   return {
     async heartbeat(id, info) {
-      return pairs(await HEARTBEAT(redis, [zset, infoKey(id)], [id, info, dead]) as string[]);
+      const sealed = auth.seal("membership.info", id, info);
+      return pairs(await HEARTBEAT(redis, [zset, infoKey(id)], [id, sealed, dead]) as string[]);
     },
     async live() {
       return pairs(await LIVE(redis, [zset], [dead]) as string[]);
     },
     async infos(ids) {
-      return ids.length ? await redis.mget(...ids.map(infoKey)) : [];
+      if (!ids.length) return [];
+      const raw = await redis.mget(...ids.map(infoKey));
+      return raw.map((value, i) => {
+        if (value === null) return null;
+        const opened = auth.open("membership.info", ids[i], value);
+        if (opened) return opened.body;
+        auth.refused("membership.info", ids[i], { member: ids[i] });
+        return null;
+      });
     },
     async remove(id) {
       await redis.multi().zrem(zset, id).del(infoKey(id)).exec();

@@ -9,31 +9,44 @@
  *   its TTL and incremented in the same MULTI, so a counter never lives without its expiry.
  *
  * Values come back unparsed: the caller validates them with its schema, since anything in
- * Redis may have been written by someone else.
+ * Redis may have been written by someone else. A login attempt's record is also sealed
+ * (lib/message_auth.ts, purpose `login.attempt`, bound to the attempt id): one written
+ * without the secret key (say, a forged attempt with its failure count reset to 0) reads
+ * as no attempt at all.
  * @module
  */
 import type { Redis } from "ioredis";
+import { claimedSender, type MessageAuth } from "../lib/message_auth.ts";
 import type { Keyspace } from "./redis.ts";
 
 /** Pending login attempts on one connection and keyspace. */
 export interface LoginAttemptStore {
   /** Stores the attempt's record (JSON) for `ttlMs`, replacing any earlier one. */
   save(attemptId: string, record: string, ttlMs: number): Promise<void>;
-  /** The stored record (JSON, unparsed), or null when unknown or expired. */
+  /** The stored record (JSON, unparsed), or null when unknown, expired or not sealed by us. */
   load(attemptId: string): Promise<string | null>;
   /** Deletes the attempt's record. */
   remove(attemptId: string): Promise<void>;
 }
 
 /** The login-attempt calls over `redis`, with keys under `keyspace`. */
-export function createLoginAttemptStore(redis: Redis, keyspace: Keyspace): LoginAttemptStore {
+export function createLoginAttemptStore(
+  redis: Redis,
+  keyspace: Keyspace,
+  auth: MessageAuth,
+): LoginAttemptStore {
   const key = (attemptId: string) => keyspace.key("login", "attempt", attemptId);
   return {
     async save(attemptId, record, ttlMs) {
-      await redis.set(key(attemptId), record, "PX", ttlMs);
+      await redis.set(key(attemptId), auth.seal("login.attempt", attemptId, record), "PX", ttlMs);
     },
     async load(attemptId) {
-      return await redis.get(key(attemptId));
+      const raw = await redis.get(key(attemptId));
+      if (raw === null) return null;
+      const opened = auth.open("login.attempt", attemptId, raw);
+      if (opened) return opened.body;
+      auth.refused("login.attempt", claimedSender(raw), { attempt: attemptId });
+      return null;
     },
     async remove(attemptId) {
       await redis.del(key(attemptId));

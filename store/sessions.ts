@@ -28,6 +28,15 @@
  * about three times the work per login. The evicted sessions are revoked like any other
  * (tombstones, bus message) and returned by `create`.
  *
+ * Authenticity of the cache: anyone who can write to Redis could write a "valid" entry under
+ * the SHA-256 of a token of their choosing and so mint a session. Every entry is therefore
+ * sealed (lib/message_auth.ts, purpose `session.cache`) with an HMAC keyed from the cluster's
+ * secret key and bound to its token hash; an entry that does not open (no MAC, a wrong one,
+ * or a genuine entry copied under another token's key) is refused — counted and logged once
+ * — and validation reads PostgreSQL as on a miss, then replaces the entry (unless it is a
+ * tombstone). A tombstone is not sealed: writing one can only refuse a token (denial of
+ * service, which Redis write access allows anyway), never accept one.
+ *
  * Every time comes from the injected `now()`; nothing here reads the wall clock.
  * @module
  */
@@ -39,6 +48,7 @@ import { z } from "zod";
 import type { Role } from "../lib/access.ts";
 import { isRuntimeError, RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
+import { claimedSender, type MessageAuth } from "../lib/message_auth.ts";
 import type { MessageBus } from "./bus.ts";
 import type { EventStore } from "./event_store.ts";
 import { rethrowDatabaseError } from "./pg_errors.ts";
@@ -145,6 +155,8 @@ export interface RevocationMessage {
 export interface SessionStoreOptions {
   /** Redis command connection; null or absent: a per-process cache stands in. */
   redis?: Redis | null;
+  /** Seals and opens the Redis cache's entries; required with `redis`. */
+  auth?: MessageAuth | null;
   /** Key namer (all Redis keys go through it). */
   keyspace: Keyspace;
   /** Bus revocations are published on; absent: not published. */
@@ -242,6 +254,8 @@ export interface SessionStore {
 export const REVOCATION_CHANNEL = "sessions.revoked";
 
 const TOMBSTONE = "!revoked";
+/** What the Redis cache answers for an entry whose MAC does not verify (never stored). */
+const FORGED = "\u0000forged";
 const TOKEN_RE = /^[A-Za-z0-9_-]{43}$/;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -423,22 +437,38 @@ interface Cache {
   markRevoked(hash: string, ttlMs: number): void;
 }
 
-function createRedisCache(redis: Redis, keyspace: Keyspace): Cache {
+function createRedisCache(redis: Redis, keyspace: Keyspace, auth: MessageAuth): Cache {
   // keyspace.key("session", hash), with the constant part built (and checked) once: this
   // is the validation hot path, and a hex digest needs no per-call check.
   const prefix = keyspace.key("session", "x").slice(0, -1);
   const key = (hash: string) => prefix + hash;
+  // Bound to the token hash: an entry is good for the key it was written under only.
+  const seal = (hash: string, value: string) => auth.seal("session.cache", hash, value);
   return {
     kind: "redis",
-    get: (hash) => redis.get(key(hash)),
+    async get(hash) {
+      const raw = await redis.get(key(hash));
+      if (raw === null || raw === TOMBSTONE) return raw;
+      const opened = auth.open("session.cache", hash, raw);
+      if (opened) return opened.body;
+      auth.refused("session.cache", claimedSender(raw), { key: `session:${hash.slice(0, 12)}…` });
+      return FORGED;
+    },
     async fill(hash, value, ttlMs) {
-      await redis.set(key(hash), value, "PX", ttlMs, "NX");
+      await redis.set(key(hash), seal(hash, value), "PX", ttlMs, "NX");
     },
     async put(hash, value, ttlMs) {
-      await redis.set(key(hash), value, "PX", ttlMs);
+      await redis.set(key(hash), seal(hash, value), "PX", ttlMs);
     },
     async update(hash, value, ttlMs) {
-      await redis.eval(UPDATE_UNLESS_TOMBSTONE, 1, key(hash), value, String(ttlMs), TOMBSTONE);
+      await redis.eval(
+        UPDATE_UNLESS_TOMBSTONE,
+        1,
+        key(hash),
+        seal(hash, value),
+        String(ttlMs),
+        TOMBSTONE,
+      );
     },
     async tombstone(hashes, ttlMs) {
       if (!hashes.length) return;
@@ -542,8 +572,11 @@ export function createSessionStore(sql: Sql, options: SessionStoreOptions): Sess
       throw new RuntimeError("CONFIG_INVALID", `Session option ${name} must be positive: ${v}`);
     }
   }
+  if (options.redis && !options.auth) {
+    throw new TypeError("createSessionStore: a Redis cache needs `auth` to seal its entries");
+  }
   const cache = options.redis
-    ? createRedisCache(options.redis, keyspace)
+    ? createRedisCache(options.redis, keyspace, options.auth!)
     : createLocalCache(now, options.localCacheSize ?? 10_000);
   const onDependencyError = options.onDependencyError ?? (() => {});
   // Memos of two pure functions on the validation hot path (bounded; they hold digests
@@ -788,7 +821,8 @@ export function createSessionStore(sql: Sql, options: SessionStoreOptions): Sess
     if (cached === TOMBSTONE) {
       return { ok: false, reason: "revoked", sessionId: null, userId: null };
     }
-    let entry = cached === null ? null : parseEntry(cached);
+    const forged = cached === FORGED;
+    let entry = cached === null || forged ? null : parseEntry(cached);
     if (!entry) {
       let row: SessionRow | null;
       try {
@@ -806,7 +840,15 @@ export function createSessionStore(sql: Sql, options: SessionStoreOptions): Sess
       const remaining = entry.e - now();
       if (cacheOk && remaining > 0) {
         const value = JSON.stringify(entry);
-        await safely("fill", () => cache.fill(hex, value, entryTtl(entry!.e)));
+        // A refused entry is replaced (unless a tombstone landed meanwhile); SET NX would
+        // leave it there and send every validation of this token to PostgreSQL.
+        await safely(
+          "fill",
+          () =>
+            forged
+              ? cache.update(hex, value, entryTtl(entry!.e))
+              : cache.fill(hex, value, entryTtl(entry!.e)),
+        );
       }
     }
     const at = now();

@@ -14,6 +14,7 @@ import { closeRedis, createKeyspace, createRedisClient } from "../store/redis.ts
 import { startPostgres, startRedis } from "./harness/mod.ts";
 import { getJson, type InstanceProcess, launchInstance, until } from "./support/instance.ts";
 import { TEST_ADMIN_TOKEN } from "./support/auth.ts";
+import { authFor } from "./support/message_auth.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
 const PREFIX = "rsct:";
@@ -59,9 +60,11 @@ Deno.test("cluster of three processes", async (t) => {
   const keyspace = createKeyspace(PREFIX);
   const client = createRedisClient(settings, { name: "tester" });
   await client.connect();
-  const bus = createRedisBus(client, { keyspace });
+  const auth = authFor(KEY);
+  const bus = createRedisBus(client, { keyspace, auth });
   const tester = createRedisTransport(client, {
     keyspace,
+    auth,
     bus,
     instanceId: "tester",
     actors: { spec: () => undefined, ref: () => undefined },
@@ -146,12 +149,16 @@ Deno.test("cluster of three processes", async (t) => {
     });
 
     await t.step("poisoned messages are counted and dropped; the receiver carries on", async () => {
-      await injectRaw(client, { keyspace, instance: "node-a", raw: "{not json" });
+      // Sealed with the cluster's key (so they reach the parser) but malformed.
+      const sealed = (raw: string) => auth.seal("transport.envelope", "node-a", raw);
+      await injectRaw(client, { keyspace, instance: "node-a", raw: sealed("{not json") });
       await injectRaw(client, {
         keyspace,
         instance: "node-a",
-        raw: JSON.stringify({ v: 1, kind: "send", id: "x", from: {}, to: {}, event: 42 }),
+        raw: sealed(JSON.stringify({ v: 1, kind: "send", id: "x", from: {}, to: {}, event: 42 })),
       });
+      // Not sealed at all: refused before it is parsed.
+      await injectRaw(client, { keyspace, instance: "node-a", raw: "{not json" });
       await injectRaw(client, { keyspace, instance: "node-a", raw: "x".repeat(200_000) });
       await tester.send({ instance: "node-a", actor: "diagnostics" }, {
         type: "diag.unknown-type",
@@ -172,6 +179,7 @@ Deno.test("cluster of three processes", async (t) => {
         `${nodes["node-a"].url}/actors`,
       )).transport;
       assert.equal(stats.dropped_malformed, 2);
+      assert.equal(stats.dropped_forged, 1);
       assert.equal(stats.dropped_oversized, 1);
       assert.equal(stats.dropped_unknown_event, 1);
       assert.equal(stats.dropped_invalid_event, 1);

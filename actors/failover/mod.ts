@@ -17,6 +17,7 @@ import type { AnyActorRef, Snapshot } from "xstate";
 import type { CoreConfig } from "../../lib/config.ts";
 import { guardSocketErrors } from "../../lib/db_errors.ts";
 import type { Logger } from "../../lib/log.ts";
+import type { MessageAuth } from "../../lib/message_auth.ts";
 import {
   closeRedis,
   createKeyspace,
@@ -165,7 +166,7 @@ function watchRedis(
 export async function resolvePrimaryUrl(
   config: CoreConfig,
   settings: FailoverSettings,
-  options: { timeoutMs?: number } = {},
+  options: { auth: MessageAuth; timeoutMs?: number },
 ): Promise<string | null> {
   const url = config.database.url;
   if (!url || !redisConfigured(config.redis)) return url;
@@ -173,8 +174,11 @@ export async function resolvePrimaryUrl(
   const client = createRedisClient(config.redis, { name: "rs-resolve-primary" });
   try {
     await client.connect();
-    const record = await createFailoverStore(client, createKeyspace(config.redis.keyPrefix))
-      .readPrimary(options.timeoutMs ?? 2000);
+    const record = await createFailoverStore(
+      client,
+      createKeyspace(config.redis.keyPrefix),
+      options.auth,
+    ).readPrimary(options.timeoutMs ?? 2000);
     const node = record &&
       settings.nodes.find((n) => n.name === record.node);
     return node?.url ?? url;
@@ -287,6 +291,7 @@ function fullConcern(
       keyspace,
       instanceId,
       deadAfterMs: config.cluster.deadAfterMs,
+      auth: services.messageAuth,
       info: () => ({ id: instanceId, url: "", version: "", startedAt: 0, roles: [], actors: [] }),
     })
     : null;
@@ -312,7 +317,7 @@ function fullConcern(
     settings,
     nodes,
     db,
-    published: redis ? createFailoverStore(redis, keyspace) : null,
+    published: redis ? createFailoverStore(redis, keyspace, services.messageAuth) : null,
     transport,
     bus: services.bus,
     leases,

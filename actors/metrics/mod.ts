@@ -351,6 +351,16 @@ export function createMetricsParts(
       "Bus resubscriptions after a reconnect",
       bus.resubscribes,
     ));
+    // Records read from Redis whose MAC did not verify (lib/message_auth.ts), by kind.
+    const refused = services.messageAuth.stats().forged;
+    for (const [kind, value] of Object.entries(refused)) {
+      families.push(counter(
+        "rootstream_redis_records_refused_total",
+        "Records read from Redis refused for a missing or wrong MAC, by kind",
+        value ?? 0,
+        { kind },
+      ));
+    }
     const children = options.supervised?.();
     if (children) {
       families.push({

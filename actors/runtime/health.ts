@@ -12,6 +12,7 @@ import type { MigrationReport } from "../../store/migrations.ts";
 import { describeRedis, pingRedis } from "../../store/redis.ts";
 import type { Supervisor } from "./supervisor.ts";
 import type { HealthFact } from "./types.ts";
+import type { MessageAuth } from "../../lib/message_auth.ts";
 
 /** What `/health` reports. */
 export interface HealthReport {
@@ -48,6 +49,13 @@ export interface HealthInputs {
   supervisor: () => Supervisor;
   /** Each concern's health facts, by concern name. */
   concerns: readonly (readonly [string, () => Promise<HealthFact>])[];
+  /** Seals records in Redis: its counters of refused (forged) records are reported. */
+  messageAuth?: MessageAuth;
+}
+
+function authFacts(auth: MessageAuth) {
+  const s = auth.stats();
+  return { refused: s.forgedTotal, refusedByKind: s.forged, rotating: s.rotating };
 }
 
 /**
@@ -84,7 +92,13 @@ export async function checkHealth(h: HealthInputs): Promise<HealthReport> {
       driverFaults: driverFaultCounts(),
     },
     redis: redisCheck
-      ? { ...redisCheck, target: describeRedis(config.redis) }
+      ? {
+        ...redisCheck,
+        target: describeRedis(config.redis),
+        // Records read from Redis whose MAC did not verify: evidence of a hostile writer (or
+        // an instance with another RS_SECRET_KEY), not a failure of this instance.
+        ...(h.messageAuth ? { authentication: authFacts(h.messageAuth) } : {}),
+      }
       : { ok: true, mode: "in-process", note: "single instance, no Redis configured" },
     migrations: {
       ok: migrations.unknown.length === 0,

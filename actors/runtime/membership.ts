@@ -9,6 +9,7 @@
 import type { Redis } from "ioredis";
 import { fromPromise } from "xstate";
 import { type Logger, silentLogger } from "../../lib/log.ts";
+import type { MessageAuth } from "../../lib/message_auth.ts";
 import type { Keyspace } from "../../store/redis.ts";
 import { createMemberStore } from "../../store/redis_membership.ts";
 import { clusterNodeMachine, type MemberView } from "../../machines/cluster_node.ts";
@@ -50,6 +51,8 @@ export interface MembershipOptions {
   deadAfterMs?: number;
   /** Logger. */
   log?: Logger;
+  /** Seals this instance's info and opens the others' (store/redis_membership.ts). */
+  auth: MessageAuth;
 }
 
 /** Membership service: the `cluster` actor spec plus reads of the live member list. */
@@ -69,7 +72,7 @@ export function createMembership(redis: Redis, options: MembershipOptions): Memb
   const log = options.log ?? silentLogger;
   const heartbeatMs = options.heartbeatMs ?? 500;
   const deadAfterMs = options.deadAfterMs ?? 2000;
-  const store = createMemberStore(redis, options.keyspace, { deadAfterMs });
+  const store = createMemberStore(redis, options.keyspace, { deadAfterMs, auth: options.auth });
   const listeners = new Set<(c: { joined: string[]; left: string[] }) => void>();
 
   function heartbeat(): Promise<MemberView[]> {

@@ -7,6 +7,16 @@
  * | `broadcast(actor, event)` | Redis pub/sub | **at-most-once**, to the instances subscribed at that moment |
  * | `request(to, event)` | request: the inbox (at-least-once); reply: pub/sub (at-most-once) | resolves with the reply or rejects with REQUEST_TIMEOUT |
  *
+ * Authenticity: on Redis every envelope is sealed (lib/message_auth.ts) with an HMAC keyed from
+ * the cluster's secret key and bound to the receiving instance (inbox entries) or the channel
+ * (broadcasts, replies: store/bus.ts), and opened before anything in it is believed. An entry
+ * without a valid MAC — written by someone with raw Redis access, altered, or copied into
+ * another instance's inbox — is dropped and counted (`dropped_forged`), and logged once per
+ * claimed sender. Replays of genuine messages are bounded: a message id is delivered once per
+ * incarnation of the receiver (`dropped_replayed`), and requests and broadcasts older than
+ * `maxMessageAgeMs` (or dated that far ahead) are refused (`dropped_stale`); sends keep
+ * at-least-once redelivery across restarts, so they have no age limit.
+ *
  * Every message is parsed against the envelope schema and the receiving actor's own event
  * schema before it reaches the actor. Malformed, oversized, unknown-actor and unknown-event
  * messages are counted (`stats()`), logged and dropped — acknowledged, so a poisoned entry
@@ -18,6 +28,7 @@ import type { AnyActorRef } from "xstate";
 import { z } from "zod";
 import { RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
+import { claimedSender, type MessageAuth } from "../../lib/message_auth.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Keyspace } from "../../store/redis.ts";
 import { createInboxReader, createInboxWriter, type InboxEntry } from "../../store/redis_inbox.ts";
@@ -25,6 +36,10 @@ import type { ActorAddress, ActorSpec, DeliveryMeta, RemoteEvent, Transport } fr
 
 /** Largest accepted message, in bytes of JSON (default). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024;
+/** Requests and broadcasts older than this are refused (default; RS_MESSAGE_MAX_AGE_S). */
+export const DEFAULT_MAX_MESSAGE_AGE_MS = 300_000;
+/** Message ids remembered for de-duplication, at most. */
+const MAX_SEEN_IDS = 200_000;
 
 const idPart = z.string().min(1).max(128).regex(/^[\w.:-]+$/);
 const address = z.object({ instance: idPart, actor: idPart });
@@ -80,6 +95,8 @@ export interface TransportOptions {
   maxMessageBytes?: number;
   /** Default request timeout. */
   requestTimeoutMs?: number;
+  /** Requests and broadcasts older than this (or dated this far ahead) are refused. */
+  maxMessageAgeMs?: number;
 }
 
 type Counters = Record<
@@ -95,6 +112,9 @@ type Counters = Record<
   | "dropped_unknown_actor"
   | "dropped_unknown_event"
   | "dropped_invalid_event"
+  | "dropped_forged"
+  | "dropped_replayed"
+  | "dropped_stale"
   | "deferred",
   number
 >;
@@ -113,6 +133,9 @@ function newCounters(): Counters {
     dropped_unknown_actor: 0,
     dropped_unknown_event: 0,
     dropped_invalid_event: 0,
+    dropped_forged: 0,
+    dropped_replayed: 0,
+    dropped_stale: 0,
     deferred: 0,
   };
 }
@@ -136,6 +159,38 @@ function createCore(options: TransportOptions) {
   >();
   const replyChannel = (instance: string) => `rt.reply.${instance}`;
   const inflight = new Set<Promise<void>>();
+  const maxAgeMs = options.maxMessageAgeMs ?? DEFAULT_MAX_MESSAGE_AGE_MS;
+  /** Ids of messages delivered, with when they may be forgotten (insertion = time order). */
+  const seen = new Map<string, number>();
+  /** Senders already logged for a replayed or stale message (counted after that). */
+  const loggedReplays = new Set<string>();
+
+  function remember(id: string): void {
+    const t = now();
+    seen.set(id, t + maxAgeMs * 2);
+    if (seen.size <= 1000) return;
+    for (const [old, until] of seen) {
+      if (until > t && seen.size <= MAX_SEEN_IDS) break;
+      seen.delete(old);
+    }
+  }
+
+  /** Counts a genuine but replayed or out-of-date message, logging the first per sender. */
+  function refuseReplay(
+    reason: "dropped_replayed" | "dropped_stale",
+    detail: Record<string, unknown> & { from: string },
+  ): Outcome {
+    counters[reason]++;
+    const key = `${reason}:${detail.from}`;
+    if (!loggedReplays.has(key) && loggedReplays.size < 1000) {
+      loggedReplays.add(key);
+      log.warn("message dropped; further ones from this sender are only counted", {
+        reason: reason.replace("dropped_", ""),
+        ...detail,
+      });
+    }
+    return "dropped";
+  }
 
   function drop(reason: keyof Counters, detail: Record<string, unknown>): Outcome {
     counters[reason]++;
@@ -181,6 +236,10 @@ function createCore(options: TransportOptions) {
       type: env.event.type,
       from: env.from.instance,
     };
+    if (env.kind !== "send" && Math.abs(now() - env.sentAt) > maxAgeMs) {
+      return refuseReplay("dropped_stale", { ...detail, sentAt: env.sentAt });
+    }
+    if (seen.has(env.id)) return refuseReplay("dropped_replayed", detail);
     if (!spec) {
       if (env.kind === "request" && env.corr) {
         await sendReply(env.from.instance, env.corr, {
@@ -230,6 +289,7 @@ function createCore(options: TransportOptions) {
       })();
       inflight.add(work);
       work.finally(() => inflight.delete(work));
+      remember(env.id);
       counters.delivered++;
       if (redelivery) counters.redelivered++;
       return "delivered";
@@ -245,6 +305,7 @@ function createCore(options: TransportOptions) {
       return "deferred";
     }
     ref.send({ ...parsed.data, origin: meta });
+    remember(env.id);
     counters.delivered++;
     if (redelivery) counters.redelivered++;
     return "delivered";
@@ -347,10 +408,12 @@ function createCore(options: TransportOptions) {
  */
 export function createRedisTransport(
   redis: Redis,
-  options: TransportOptions & { keyspace: Keyspace; inboxMaxLen?: number },
+  options: TransportOptions & { keyspace: Keyspace; auth: MessageAuth; inboxMaxLen?: number },
 ): Transport & { start(): Promise<void> } {
   const core = createCore(options);
   const { log, counters } = core;
+  const auth = options.auth;
+  const maxSealed = (options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES) + 128;
   const reader = redis.duplicate({
     connectionName: `rs-inbox-${options.instanceId}`,
     enableAutoPipelining: false,
@@ -371,7 +434,19 @@ export function createRedisTransport(
   async function handleEntry(entry: InboxEntry, redelivery: boolean): Promise<boolean> {
     // Trimmed away while pending, or not a message: nothing to deliver.
     if (entry.message === null) return true;
-    const env = core.parse(entry.message);
+    if (entry.message.length > maxSealed) {
+      counters.dropped_oversized++;
+      log.warn("message dropped", { reason: "oversized", bytes: entry.message.length });
+      return true;
+    }
+    // Bound to this instance: a genuine entry copied from another inbox does not open.
+    const opened = auth.open("transport.envelope", options.instanceId, entry.message);
+    if (!opened) {
+      counters.dropped_forged++;
+      auth.refused("transport.envelope", claimedSender(entry.message), { entry: entry.id });
+      return true;
+    }
+    const env = core.parse(opened.body);
     if (!env) return true; // counted as malformed / oversized by parse
     if (env.kind === "reply" || env.kind === "broadcast") {
       counters.dropped_malformed++;
@@ -439,7 +514,12 @@ export function createRedisTransport(
     let backoff = 100;
     while (running) {
       try {
-        if (reader.status !== "ready") await reader.connect().catch(() => {});
+        // Connect only a connection nobody is connecting: calling connect() while ioredis
+        // waits to reconnect orphans its reconnect timer (a leaked timer that fires after
+        // close, seen under load); a "reconnecting" reader queues our read until it is back.
+        if (reader.status === "wait" || reader.status === "end") {
+          await reader.connect().catch(() => {});
+        }
         if (backlog) {
           // (Re)create the group after start-up or an outage (a restarted Redis without
           // persistence has lost it); the steady-state loop below skips this round trip.
@@ -485,7 +565,7 @@ export function createRedisTransport(
     },
     async send(to, event, opts = {}) {
       const { env, json } = core.envelope("send", to, event, { from: opts.from });
-      await inboxes.append(to.instance, json);
+      await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
       counters.sent++;
       return env.id;
     },
@@ -506,7 +586,7 @@ export function createRedisTransport(
       const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
       counters.requests++;
       try {
-        await inboxes.append(to.instance, json);
+        await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
       } catch (err) {
         reply.catch(() => {});
         core.onReply(JSON.stringify({

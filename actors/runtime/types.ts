@@ -8,6 +8,7 @@ import type { Redis } from "ioredis";
 import type { z } from "zod";
 import type { CoreConfig } from "../../lib/config.ts";
 import type { Logger } from "../../lib/log.ts";
+import type { MessageAuth } from "../../lib/message_auth.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Database } from "../../store/database.ts";
 import type { Keyspace } from "../../store/redis.ts";
@@ -102,6 +103,8 @@ export interface RuntimeServices {
   leases: LeaseManager | null;
   /** The 32-byte key that encrypts secrets at rest (RS_SECRET_KEY). */
   secretKey: Uint8Array;
+  /** Seals and opens every record kept in Redis (keys derived from the secret key). */
+  messageAuth: MessageAuth;
   /** Wall clock, injectable. */
   now: () => number;
   /** This instance's running actors by registry id, as the runtime supervisor knows them. */

@@ -10,6 +10,7 @@
  */
 import type { Redis } from "ioredis";
 import { z } from "zod";
+import type { MessageAuth } from "../../lib/message_auth.ts";
 import type { LoginDevice } from "../../machines/login.ts";
 import type { Keyspace } from "../../store/redis.ts";
 import { createLoginAttemptStore } from "../../store/redis_sessions.ts";
@@ -65,9 +66,14 @@ export function createChallengeStore(options: {
   redis: Redis | null;
   keyspace: Keyspace;
   now: () => number;
+  /** Seals the records kept in Redis; required with `redis`. */
+  auth?: MessageAuth | null;
 }): ChallengeStore {
   const { redis, keyspace, now } = options;
-  const stored = redis ? createLoginAttemptStore(redis, keyspace) : null;
+  if (redis && !options.auth) {
+    throw new TypeError("createChallengeStore: records in Redis need `auth` to be sealed");
+  }
+  const stored = redis ? createLoginAttemptStore(redis, keyspace, options.auth!) : null;
   const local = new Map<string, ChallengeRecord>();
   return {
     async save(record) {

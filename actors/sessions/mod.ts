@@ -74,6 +74,8 @@ export function createSessionsParts(
     keyspace: services.keyspace,
     bus: services.bus,
     secretKey: services.secretKey,
+    auth: services.messageAuth,
+    previousSecretKey: services.config.previousSecretKey,
     instanceId: services.instanceId,
     now: services.now,
     log: services.log,

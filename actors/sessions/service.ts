@@ -30,6 +30,8 @@ import type { Redis } from "ioredis";
 import { type AnyActorRef, waitFor } from "xstate";
 import { describeError, ERROR_STATUS, type ErrorCode, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
+import type { MessageAuth } from "../../lib/message_auth.ts";
+import { createSecretBox } from "../../lib/secret_box.ts";
 import type { PasswordOptions } from "../../lib/password.ts";
 import {
   awaitingCode,
@@ -155,6 +157,10 @@ export interface SessionServiceDeps {
   bus: MessageBus;
   /** The runtime's 32-byte secret key (seals TOTP secrets). */
   secretKey: Uint8Array;
+  /** Seals what is kept in Redis (session cache, login attempts); required with `redis`. */
+  auth?: MessageAuth | null;
+  /** RS_SECRET_KEY_PREVIOUS during a rotation: MFA secrets sealed with it still open. */
+  previousSecretKey?: Uint8Array | null;
   /** This instance's id. */
   instanceId?: string;
   /** Clock in ms; the composition root passes the runtime's. */
@@ -381,6 +387,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
   const sessions = createSessionStore(sql, {
     ...o.sessions,
     redis,
+    auth: deps.auth,
     keyspace,
     bus,
     eventStore: events,
@@ -389,14 +396,20 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     log: log.child("store"),
     onDependencyError: reportFailure,
   });
-  const mfa = createMfaStore(sql, { secretKey: deps.secretKey, now, ...o.mfa });
+  const mfa = createMfaStore(sql, {
+    box: createSecretBox(deps.secretKey, {
+      previousKeys: deps.previousSecretKey ? [deps.previousSecretKey] : [],
+    }),
+    now,
+    ...o.mfa,
+  });
   const limiter = createRateLimiter({
     redis,
     keyspace,
     now,
     onError: (err) => reportFailure("redis", err),
   });
-  const challenges = createChallengeStore({ redis, keyspace, now });
+  const challenges = createChallengeStore({ redis, keyspace, now, auth: deps.auth });
   // scrypt takes 32 MiB and ~160 ms a hash: a login storm waits here, a bounded number of
   // checks at a time, instead of holding memory for every attempt at once.
   const hashGate = createGate({

@@ -6,7 +6,8 @@
  * "rootstream/peer-http/v1"). Only instances that share the secret key can make one; it
  * is good for one path on one instance for a minute, for GET only, and grants operator
  * reads (api/authz/guard.ts), nothing else. So a member URL that an attacker planted
- * would get a credential only for the request it was sent.
+ * would get a credential only for the request it was sent. During a rotation of the key,
+ * `previous` (RS_SECRET_KEY_PREVIOUS) is accepted too; requests are signed with the current one.
  * @module
  */
 import { Buffer } from "node:buffer";
@@ -33,14 +34,22 @@ const LIFETIME_MS = 60_000;
 /** Creates the signer of this instance from the cluster's shared secret key. */
 export function createPeerSigner(
   secretKey: Uint8Array,
-  options: { instanceId: string; now: () => number },
+  options: { instanceId: string; now: () => number; previous?: Uint8Array | null },
 ): PeerSigner {
-  const key = Buffer.from(
-    hkdfSync("sha256", secretKey, new Uint8Array(0), "rootstream/peer-http/v1", 32),
-  );
+  const derive = (root: Uint8Array) =>
+    Buffer.from(hkdfSync("sha256", root, new Uint8Array(0), "rootstream/peer-http/v1", 32));
+  const key = derive(secretKey);
+  const keys = options.previous ? [key, derive(options.previous)] : [key];
   const { instanceId, now } = options;
-  function mac(method: string, path: string, from: string, to: string, expires: number) {
-    return createHmac("sha256", key)
+  function mac(
+    method: string,
+    path: string,
+    from: string,
+    to: string,
+    expires: number,
+    k: Buffer = key,
+  ) {
+    return createHmac("sha256", k)
       .update(`v1\n${method.toUpperCase()}\n${path}\n${from}\n${to}\n${expires}`)
       .digest();
   }
@@ -61,8 +70,11 @@ export function createPeerSigner(
       const at = now();
       if (expires <= at || expires > at + LIFETIME_MS + 5_000) return null;
       const given = Buffer.from(sig, "base64url");
-      const want = mac(method, path, from, instanceId, expires);
-      return given.length === want.length && timingSafeEqual(given, want) ? from : null;
+      for (const k of keys) {
+        const want = mac(method, path, from, instanceId, expires, k);
+        if (given.length === want.length && timingSafeEqual(given, want)) return from;
+      }
+      return null;
     },
   };
 }

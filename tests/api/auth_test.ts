@@ -19,6 +19,7 @@ import type { Sql } from "../../store/types.ts";
 import { loginActorId } from "../../machines/session_supervisor.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
+import { createMessageAuth } from "../../lib/message_auth.ts";
 
 const HOUR = 3_600_000;
 const INJECTIONS = [
@@ -61,7 +62,9 @@ async function startInstance(
   }, { name });
   await redis.connect();
   const keyspace = createKeyspace("rs:");
-  const bus: MessageBus = createRedisBus(redis, { keyspace });
+  // Sealed with the shared key, like every instance of a cluster.
+  const auth = createMessageAuth(secretKey);
+  const bus: MessageBus = createRedisBus(redis, { keyspace, auth });
   // The test is the composition root: the service reaches the actor it builds below.
   let actor: AnyActorRef | undefined = undefined;
   const service = createSessionService({
@@ -69,6 +72,7 @@ async function startInstance(
     redis,
     keyspace,
     bus,
+    auth,
     secretKey,
     instanceId: name,
     now: () => clock,

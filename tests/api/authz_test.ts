@@ -484,6 +484,18 @@ Deno.test("peer signatures hold for one GET of one path on one instance, for a m
   assert.equal(b.verify(header, "GET", "/actors?x=1"), null, "expired");
 });
 
+Deno.test("peer signatures during a key rotation: the previous key is accepted", () => {
+  const now = () => 1_000_000;
+  const oldKey = crypto.getRandomValues(new Uint8Array(32));
+  const newKey = crypto.getRandomValues(new Uint8Array(32));
+  const notYet = createPeerSigner(oldKey, { instanceId: "node-a", now, previous: newKey });
+  const rolled = createPeerSigner(newKey, { instanceId: "node-b", now, previous: oldKey });
+  const done = createPeerSigner(newKey, { instanceId: "node-c", now });
+  assert.equal(rolled.verify(notYet.sign("GET", "/actors", "node-b"), "GET", "/actors"), "node-a");
+  assert.equal(notYet.verify(rolled.sign("GET", "/actors", "node-a"), "GET", "/actors"), "node-b");
+  assert.equal(done.verify(notYet.sign("GET", "/actors", "node-c"), "GET", "/actors"), null);
+});
+
 Deno.test("access settings: tokens, origins and the cookie they imply", () => {
   const settings = (env: Record<string, string>, publicUrl: string | null = null) =>
     loadAccessSettings(env, { publicUrl });

@@ -41,6 +41,7 @@ import { fenceNode } from "../../store/replication.ts";
 import { startRedis } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
 import { startPgCluster } from "../support/pg_cluster.ts";
+import { testAuth } from "../support/message_auth.ts";
 
 /** A node whose server does not run: nothing listens on port 1, so connecting is refused. */
 const DOWN_URL = "postgres://postgres@127.0.0.1:1/rsfailover";
@@ -109,7 +110,7 @@ Deno.test({
         settings,
         nodes: clients,
         db,
-        published: createFailoverStore(redis, keyspace),
+        published: createFailoverStore(redis, keyspace, testAuth()),
         transport,
         bus,
         leases: null,

@@ -14,8 +14,11 @@ import { startPostgres } from "../harness/mod.ts";
 import { getJson, until } from "../support/instance.ts";
 import { randomKey, replication, startInstances, startSentinels } from "../support/pg_cluster.ts";
 import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
+import { authFor } from "../support/message_auth.ts";
 
 const PREFIX = "rsst:";
+
+const KEY = randomKey();
 
 Deno.test("redis sentinel: the runtime keeps working across a master switch", async (t) => {
   await using pg = await startPostgres();
@@ -27,7 +30,7 @@ Deno.test("redis sentinel: the runtime keeps working across a master switch", as
     DATABASE_NODES: `${pg.name}=${dbUrl}`,
     REDIS_SENTINELS: sentinel.sentinels,
     REDIS_SENTINEL_MASTER: sentinel.name,
-    RS_SECRET_KEY: randomKey(),
+    RS_SECRET_KEY: KEY,
     RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
     RS_KEY_PREFIX: PREFIX,
     RS_HEARTBEAT_MS: "250",
@@ -52,9 +55,11 @@ Deno.test("redis sentinel: the runtime keeps working across a master switch", as
       keyPrefix: PREFIX,
     }, { name: "tester" });
     await client.connect();
-    const bus = createRedisBus(client, { keyspace });
+    const auth = authFor(KEY);
+    const bus = createRedisBus(client, { keyspace, auth });
     const transport = createRedisTransport(client, {
       keyspace,
+      auth,
       bus,
       instanceId: "tester",
       actors: { spec: () => undefined, ref: () => undefined },

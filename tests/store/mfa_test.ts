@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { isRuntimeError } from "../../lib/errors.ts";
+import { createSecretBox } from "../../lib/secret_box.ts";
 import { totpCode, totpCodeAt, totpStep } from "../../lib/totp.ts";
 import { migrate } from "../../store/migrations.ts";
 import { createMfaStore, type MfaStore, type MfaStoreOptions } from "../../store/mfa.ts";
@@ -287,6 +288,26 @@ Deno.test("MFA store on PostgreSQL", async (t) => {
         rejectsWith("SECRET_KEY_MISMATCH"),
       );
     });
+
+    await t.step(
+      "a rotated key: old secrets open, and are re-sealed at their next use",
+      async () => {
+        const { userId, secret } = await enrolled();
+        const newKey = crypto.getRandomValues(new Uint8Array(32));
+        const rotated = createMfaStore(sql, {
+          ...options,
+          box: createSecretBox(newKey, { previousKeys: [key] }),
+        });
+        assert.ok((await rotated.verifyTotp(userId, totpCode(secret, clock))).ok);
+        clock += 30_000;
+        const retired = createMfaStore(sql, { ...options, secretKey: newKey });
+        assert.ok(
+          (await retired.verifyTotp(userId, totpCode(secret, clock))).ok,
+          "re-sealed: the new key alone opens it",
+        );
+        clock += 30_000;
+      },
+    );
 
     await t.step("SQL-injection strings are just wrong codes", async () => {
       const { userId } = await enrolled();

@@ -9,6 +9,7 @@ import {
 } from "../../store/redis.ts";
 import { startRedis } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
+import { testAuth } from "../support/message_auth.ts";
 
 function settings(url: string, prefix = "rs-test:"): RedisSettings {
   return {
@@ -70,8 +71,9 @@ Deno.test("redis client and bus against a real redis-server", async (t) => {
   const b = createRedisClient(settings(redis.url), { name: "test-b" });
   await a.connect();
   await b.connect();
-  const busA = createRedisBus(a, { keyspace: createKeyspace("rs-test:") });
-  const busB = createRedisBus(b, { keyspace: createKeyspace("rs-test:") });
+  const auth = testAuth();
+  const busA = createRedisBus(a, { keyspace: createKeyspace("rs-test:"), auth });
+  const busB = createRedisBus(b, { keyspace: createKeyspace("rs-test:"), auth });
   try {
     await t.step("health probe answers PONG", async () => {
       const h = await pingRedis(a);

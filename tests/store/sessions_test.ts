@@ -16,6 +16,7 @@ import type { Sql } from "../../store/types.ts";
 import { createUser } from "../../store/users.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
+import { testAuth } from "../support/message_auth.ts";
 
 const INJECTIONS = [
   "'; DROP TABLE sessions; --",
@@ -58,12 +59,13 @@ Deno.test("session store on PostgreSQL + Redis", async (t) => {
   await redis.connect();
   await redis2.connect();
   const keyspace = createKeyspace("rs-t:");
-  const bus = createRedisBus(redis, { keyspace });
-  const bus2 = createRedisBus(redis2, { keyspace });
+  const auth = testAuth();
+  const bus = createRedisBus(redis, { keyspace, auth });
+  const bus2 = createRedisBus(redis2, { keyspace, auth });
   let clock = Date.UTC(2030, 0, 1);
   const now = () => clock;
   const events = createEventStore(sql);
-  const base: SessionStoreOptions = { redis, keyspace, bus, now, eventStore: events };
+  const base: SessionStoreOptions = { redis, auth, keyspace, bus, now, eventStore: events };
   const store = createSessionStore(sql, { ...base, instanceId: "a" });
   // A second instance: its own pool, Redis connection and bus, same servers.
   const other = createSessionStore(sql2, {
@@ -329,6 +331,7 @@ Deno.test("session store on PostgreSQL + Redis", async (t) => {
         keyspace,
         now,
         redis: broken,
+        auth,
         onDependencyError: (what) => failures.push(what),
       });
       const { token } = await store.create({ userId });

@@ -22,8 +22,12 @@ export interface InstanceProcess {
   stop(signal?: Deno.Signal): Promise<Deno.CommandStatus>;
 }
 
-/** How long an instance may take to print the URL it serves. */
-const START_TIMEOUT_MS = 60_000;
+/**
+ * How long an instance may take to print the URL it serves. Generous on purpose: an embedded
+ * start runs PGlite's initdb and the migrations in WebAssembly, which took over 60 s on 2 cores
+ * with a load average of 20 (measured); this bound only catches an instance that hangs.
+ */
+const START_TIMEOUT_MS = 180_000;
 
 /** Starts `main.ts` with `env` and `args`; resolves once it printed the URL it serves. */
 export async function launchInstance(

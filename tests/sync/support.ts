@@ -14,6 +14,10 @@ import { createRedisBus, type MessageBus } from "../../store/bus.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
 import type { Sql } from "../../store/types.ts";
 import { until as untilHolds } from "../support/instance.ts";
+import { testAuth } from "../support/message_auth.ts";
+
+/** One key for every node a test builds by hand (they share one cluster). */
+const SYNC_TEST_AUTH = testAuth();
 
 /** Which inbound messages a node loses. */
 export interface Loss {
@@ -101,11 +105,12 @@ export async function startTestNode(name: string, options: TestNodeOptions): Pro
     overrides: { retryStrategy: () => 50 },
   });
   await client.connect();
-  const rawBus = createRedisBus(client, { keyspace });
+  const rawBus = createRedisBus(client, { keyspace, auth: SYNC_TEST_AUTH });
   const loss: Loss = { all: false, nextBatches: 0, dropped: 0 };
   const local: { spec?: ReturnType<typeof syncActorSpec>; actor?: AnyActorRef } = {};
   const transport = createRedisTransport(client, {
     keyspace,
+    auth: SYNC_TEST_AUTH,
     bus: rawBus,
     instanceId: name,
     actors: { spec: (id) => id === "sync" ? local.spec : undefined, ref: () => local.actor },
