@@ -214,6 +214,8 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     cleanups.push(() => bus.close());
 
     const inspector = createInspector({
+      retentionMs: config.concerns.limits.inspectorRetentionMs,
+      maxStopped: config.concerns.limits.inspectorMaxStopped,
       summarize: (id, snapshot) => specsById.get(id)?.summarize?.(snapshot as never),
     });
     const specsById = new Map<string, ActorSpec>();

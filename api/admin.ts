@@ -125,7 +125,7 @@ export const ADMIN_ROUTES = {
     request: {
       params: z.object({
         id: z.string().regex(
-          /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i,
+          /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/,
           "expected a UUID",
         ),
       }),

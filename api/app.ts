@@ -19,6 +19,7 @@ import { isConnectionError } from "../lib/db_errors.ts";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import type { Authorizer } from "./authz/authorizer.ts";
+import type { StreamLimiter } from "./authz/streams.ts";
 
 /** What the app needs. */
 export interface AppDeps {
@@ -26,7 +27,14 @@ export interface AppDeps {
   authorizer: Authorizer;
   /** Request / error log. */
   log?: Logger;
+  /** Caps on open event streams (api/authz/streams.ts); none without it. */
+  streams?: StreamLimiter;
 }
+
+/** Longest request target (path and query) served, in characters. */
+export const MAX_URL_LENGTH = 8 * 1024;
+/** Most header bytes (names and values) a request may carry. */
+export const MAX_HEADER_BYTES = 16 * 1024;
 
 /** Codes of the HTTP errors Hono and its middleware raise themselves. */
 const HTTP_CODES: Record<number, RuntimeError["code"]> = {
@@ -106,7 +114,26 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     },
   });
   app.use("*", async (c, next) => {
+    // Bounded before any route reads them: a query or a header is parsed, matched and
+    // logged by code that should not have to think about megabytes.
+    const url = c.req.url;
+    const target = url.length - (url.indexOf("/", url.indexOf("//") + 2) >>> 0);
+    if (target > MAX_URL_LENGTH) {
+      throw new RuntimeError(
+        "URI_TOO_LONG",
+        `Request target too long: ${target} characters, at most ${MAX_URL_LENGTH}`,
+      );
+    }
+    let headerBytes = 0;
+    c.req.raw.headers.forEach((value, name) => headerBytes += name.length + value.length + 4);
+    if (headerBytes > MAX_HEADER_BYTES) {
+      throw new RuntimeError(
+        "HEADERS_TOO_LARGE",
+        `Request headers too large: ${headerBytes} bytes, at most ${MAX_HEADER_BYTES}`,
+      );
+    }
     c.set("authorizer", deps.authorizer);
+    c.set("streamLimiter", deps.streams);
     await next();
   });
   app.onError((err) => errorResponse(err, log));

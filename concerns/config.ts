@@ -12,6 +12,7 @@ import { FAILOVER_CONFIG } from "../actors/failover/settings.ts";
 import { METRICS_CONFIG } from "../actors/metrics/settings.ts";
 import { SESSIONS_CONFIG } from "../actors/sessions/settings.ts";
 import { SYNC_CONFIG } from "../actors/sync/settings.ts";
+import { LIMITS_CONFIG } from "../lib/limits.ts";
 
 /** Each concern's part of the configuration, in the order docs/configuration.md lists them. */
 export const CONCERN_CONFIG = {
@@ -21,6 +22,7 @@ export const CONCERN_CONFIG = {
   metrics: METRICS_CONFIG,
   failover: FAILOVER_CONFIG,
   backup: BACKUP_CONFIG,
+  limits: LIMITS_CONFIG,
 };
 
 /** The parsed settings of every concern, by concern name. */

@@ -17,7 +17,13 @@ import type { SessionService } from "../actors/sessions/mod.ts";
 import type { SyncService } from "../actors/sync/mod.ts";
 import type { RuntimeServices } from "../actors/runtime/types.ts";
 import { assertAllDeclared, createApp } from "../api/app.ts";
-import { type AuthBackend, createAuthorizer, createPeerSigner } from "../api/authz/mod.ts";
+import {
+  type AuthBackend,
+  createAuthorizer,
+  createPeerSigner,
+  createStreamLimiter,
+} from "../api/authz/mod.ts";
+import { clientIp } from "../api/client.ts";
 import { addOpenApiRoute } from "../api/openapi.ts";
 import type { Logger } from "../lib/log.ts";
 import type { MessageAuth } from "../lib/message_auth.ts";
@@ -71,7 +77,14 @@ async function defaultConcerns(
     log: services.log.child(name),
   });
   built.push(["sync", createSyncConcern(scoped("sync"), config.concerns.sync)]);
-  built.push(["sessions", createSessionsConcern(scoped("sessions"), config.concerns.sessions)]);
+  built.push([
+    "sessions",
+    createSessionsConcern(
+      scoped("sessions"),
+      config.concerns.sessions,
+      config.concerns.limits,
+    ),
+  ]);
   built.push([
     "failover",
     await createFailoverConcern(scoped("failover"), config.concerns.failover),
@@ -168,7 +181,12 @@ export function createHttpApp(concerns: Concerns, options: HttpAppOptions): Open
     trustedProxyHops: config.concerns.sessions.trustedProxyHops,
     now: options.now,
   });
-  const app = createApp({ log, authorizer });
+  const streams = createStreamLimiter({
+    maxPerClient: config.concerns.limits.sseMaxPerClient,
+    maxTotal: config.concerns.limits.sseMaxTotal,
+    addressOf: (c) => clientIp(c, config.concerns.sessions.trustedProxyHops),
+  });
+  const app = createApp({ log, authorizer, streams });
   for (const [, concern] of concerns) concern.routes?.(app, { signal: options.signal, peer });
   addOpenApiRoute(app, { version: options.version });
   assertAllDeclared(app);

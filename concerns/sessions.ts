@@ -6,6 +6,7 @@
  */
 import { createSessionsParts, type SessionService } from "../actors/sessions/mod.ts";
 import type { SessionsSettings } from "../actors/sessions/settings.ts";
+import type { LimitsSettings } from "../lib/limits.ts";
 import type { RuntimeServices } from "../actors/runtime/types.ts";
 import { addAdminRoutes } from "../api/admin.ts";
 import { addLoginPages } from "../api/login.ts";
@@ -16,8 +17,9 @@ import type { Concern } from "./types.ts";
 export function createSessionsConcern(
   services: RuntimeServices,
   settings: SessionsSettings,
+  limits?: LimitsSettings,
 ): Concern<SessionService> {
-  const parts = createSessionsParts(services, settings);
+  const parts = createSessionsParts(services, settings, limits);
   return {
     ...parts,
     routes(app) {

@@ -17,6 +17,7 @@
  */
 import type { AnyStateMachine } from "xstate";
 import { instance, type Viz } from "@viz-js/viz";
+import { Worker } from "node:worker_threads";
 
 /** Options for the chart renderers. */
 export interface ChartOptions {
@@ -688,6 +689,60 @@ function polishSvg(svg: string): string {
       /<g id="state-([^"]*)" class="([^"]*)"/g,
       '<g id="state-$1" class="$2" data-state="$1"',
     );
+}
+
+// The worker that renders for servers (see renderSvgOffThread): started for a burst of
+// renders, ended when none is left (an idle worker would keep the process alive; renders are
+// rare, the chart routes cache them).
+let worker: Worker | null = null;
+let jobs = 0;
+const waiting = new Map<number, { resolve(svg: string): void; reject(err: Error): void }>();
+
+function graphvizWorker(): Worker {
+  if (worker) return worker;
+  const w = new Worker(new URL("./charts_worker.ts", import.meta.url));
+  w.on("message", (msg: { id: number; svg?: string; error?: string }) => {
+    const job = waiting.get(msg.id);
+    waiting.delete(msg.id);
+    if (!job) return;
+    if (msg.svg !== undefined) job.resolve(msg.svg);
+    else job.reject(new Error(msg.error ?? "the chart worker failed"));
+    if (!waiting.size && worker === w) {
+      worker = null;
+      w.terminate();
+    }
+  });
+  const fail = (err: unknown) => {
+    if (worker === w) worker = null;
+    for (const job of waiting.values()) {
+      job.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    waiting.clear();
+  };
+  w.on("error", fail);
+  w.on("exit", () => fail(new Error("the chart worker exited")));
+  worker = w;
+  return w;
+}
+
+/**
+ * {@linkcode renderSvg} with Graphviz in a worker thread, for servers: the DOT is made here,
+ * the layout (the costly part) runs beside the event loop instead of blocking it.
+ */
+export async function renderSvgOffThread(
+  machine: AnyStateMachine,
+  options: ChartOptions = {},
+): Promise<string> {
+  const dot = toDot(machine, options);
+  const w = graphvizWorker();
+  const id = ++jobs;
+  const svg = await new Promise<string>((resolve, reject) => {
+    waiting.set(id, { resolve, reject });
+    w.postMessage({ id, dot });
+  }).catch((err: Error) => {
+    throw new Error(`Cannot render chart ${String(machine.id)}: ${err.message}`);
+  });
+  return polishSvg(svg);
 }
 
 /** SVG of a machine rendered by Graphviz (WASM), with `options.active` states highlighted. */

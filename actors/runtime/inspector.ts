@@ -56,6 +56,14 @@ export interface InspectorOptions {
   summarize?: (id: string, snapshot: unknown) => Record<string, unknown> | undefined;
   /** Transitions kept. */
   maxTransitions?: number;
+  /**
+   * How long the view of an actor that stopped (or finished, or failed) stays listed (ms,
+   * default 60 s): every login attempt is an actor, and a view kept forever is a leak any
+   * anonymous client can grow.
+   */
+  retentionMs?: number;
+  /** Views of stopped actors kept at most, oldest dropped first (default 1000). */
+  maxStopped?: number;
 }
 
 /** The live view. */
@@ -112,7 +120,11 @@ function defaultSummary(snapshot: unknown): Record<string, unknown> {
 export function createInspector(options: InspectorOptions = {}): Inspector {
   const now = options.now ?? Date.now;
   const max = options.maxTransitions ?? 500;
+  const retentionMs = options.retentionMs ?? 60_000;
+  const maxStopped = options.maxStopped ?? 1000;
   const views = new Map<string, ActorView>();
+  // Paths of views that are no longer active, by when they ended, oldest first.
+  const ended = new Map<string, number>();
   const bySession = new Map<string, string>();
   const log: TransitionRecord[] = [];
   const listeners = new Set<(view: ActorView, t: TransitionRecord | null) => void>();
@@ -125,6 +137,16 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
       } catch {
         // An observer's bug must not reach the actor system.
       }
+    }
+  }
+
+  /** Drops the views of actors that ended more than `retentionMs` ago, or beyond the cap. */
+  function prune(): void {
+    const cutoff = now() - retentionMs;
+    for (const [path, at] of ended) {
+      if (at > cutoff && ended.size <= maxStopped) break;
+      ended.delete(path);
+      views.delete(path);
     }
   }
 
@@ -160,6 +182,9 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
       };
       const before = views.get(path);
       views.set(path, view);
+      ended.delete(path);
+      if (view.status !== "active") ended.set(path, at);
+      prune();
       let t: TransitionRecord | null = null;
       const eventType = ev.event?.type ?? "";
       // State changes, plus failures and completions of children (they change no state
@@ -183,8 +208,14 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
       if (view.status !== "active") bySession.delete(ref.sessionId);
       emit(view, t);
     },
-    list: () => [...views.values()],
-    get: (key) => views.get(key) ?? [...views.values()].find((v) => v.id === key),
+    list() {
+      prune();
+      return [...views.values()];
+    },
+    get(key) {
+      prune();
+      return views.get(key) ?? [...views.values()].find((v) => v.id === key);
+    },
     transitions: () => [...log],
     subscribe(fn) {
       listeners.add(fn);

@@ -16,6 +16,7 @@ import type {
 import { createSessionService, type SessionService } from "./service.ts";
 import { createSessionSupervisorLogic } from "./supervisor.ts";
 import type { SessionsSettings } from "./settings.ts";
+import { DEFAULT_LIMITS, type LimitsSettings } from "../../lib/limits.ts";
 
 export {
   type AuthContext,
@@ -64,6 +65,7 @@ export function createSessionsActorSpec(
 export function createSessionsParts(
   services: RuntimeServices,
   settings: SessionsSettings,
+  limits: LimitsSettings = DEFAULT_LIMITS,
 ): ConcernParts<SessionService> {
   const cfg = settings;
   const service = createSessionService({
@@ -85,6 +87,7 @@ export function createSessionsParts(
         maxSessionsPerUser: cfg.maxPerUser,
       },
       mfa: { maxFailures: cfg.mfaMaxFailures, lockWindowMs: cfg.mfaLockWindowMs },
+      hashLimits: { concurrency: limits.hashConcurrency, queue: limits.hashQueue },
     },
   });
   return {

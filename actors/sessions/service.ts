@@ -88,6 +88,8 @@ import { createChallengeStore } from "./challenges.ts";
 import { createRateLimiter, type RateLimit } from "./rate_limit.ts";
 import { ping } from "../../store/database_stats.ts";
 import { isConnectionError } from "../../lib/db_errors.ts";
+import { createGate } from "../../lib/gate.ts";
+import { DEFAULT_LIMITS } from "../../lib/limits.ts";
 
 /** Bus channel on which an instance announces that a login attempt ended. */
 export const LOGIN_CHANNEL = "sessions.login";
@@ -136,6 +138,11 @@ export interface SessionServiceOptions {
   };
   /** scrypt cost of password hashes (tests use `{ ln: 10 }`). */
   hashing?: PasswordOptions;
+  /**
+   * Password hashes computed at once and checks waiting for one (lib/limits.ts); beyond
+   * the queue a login, re-authentication or registration answers 503 SERVER_BUSY.
+   */
+  hashLimits?: { concurrency: number; queue: number };
   /** Input of the sessions actor (cleanup interval, probe backoff, login cap). */
   supervisor?: SessionSupervisorInput;
 }
@@ -406,6 +413,13 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     onError: (err) => reportFailure("redis", err),
   });
   const challenges = createChallengeStore({ redis, keyspace, now, auth: deps.auth });
+  // scrypt takes 32 MiB and ~160 ms a hash: a login storm waits here, a bounded number of
+  // checks at a time, instead of holding memory for every attempt at once.
+  const hashGate = createGate({
+    limit: o.hashLimits?.concurrency ?? DEFAULT_LIMITS.hashConcurrency,
+    queue: o.hashLimits?.queue ?? DEFAULT_LIMITS.hashQueue,
+    what: "Password checks",
+  });
   const access = createAccessService({
     sql,
     events,
@@ -562,10 +576,12 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
   const effects: SessionEffects = {
     checkCredentials(input) {
       return faulting(input.attemptId, "check the password", async () => {
-        const user = await verifyCredentials(sql, {
-          login: input.login,
-          password: input.password,
-        }, { hashing: o.hashing });
+        const user = await hashGate.run(() =>
+          verifyCredentials(sql, {
+            login: input.login,
+            password: input.password,
+          }, { hashing: o.hashing })
+        );
         if (!user) return { outcome: "invalid" };
         const status = await mfa.status(user.id);
         const lock = status.enabled ? await mfa.lockState(user.id) : null;
@@ -914,7 +930,10 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       new RuntimeError("REAUTH_FAILED", `Re-authentication failed: ${message}`, {
         details: { reason },
       });
-    if (!await checkPassword(sql, userId, input.password, { hashing: o.hashing })) {
+    const matches = await hashGate.run(() =>
+      checkPassword(sql, userId, input.password, { hashing: o.hashing })
+    );
+    if (!matches) {
       throw refused("invalid_password", "the password is wrong");
     }
     const status = await mfa.status(userId);
@@ -969,7 +988,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
         { details: { retryAfterMs: decision.retryAfterMs } },
       );
     }
-    return await createUser(sql, input, { hashing: o.hashing });
+    return await hashGate.run(() => createUser(sql, input, { hashing: o.hashing }));
   }
 
   async function enrollMfa(auth: AuthContext): Promise<Enrollment> {

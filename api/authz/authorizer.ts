@@ -122,6 +122,11 @@ export function cookiePolicy(settings: Pick<AccessSettings, "secureCookie">): Co
 }
 
 const PRINCIPAL_ENV = Symbol("rootstream.principal");
+
+/** Whether a request is one this process made itself (`app.request` with {@linkcode internalEnv}). */
+export function isInternal(c: Context): boolean {
+  return (c.env as Record<symbol, Principal> | undefined)?.[PRINCIPAL_ENV] !== undefined;
+}
 const RESOLVED = Symbol("rootstream.resolved");
 
 /**

@@ -11,7 +11,9 @@
  *    without a session to `/login` instead;
  * 3. the body: a declared JSON body must come as `application/json` (a form as
  *    `application/x-www-form-urlencoded`), else 415 UNSUPPORTED_MEDIA_TYPE; it is read up
- *    to the route's `maxBody` bytes.
+ *    to the route's `maxBody` bytes;
+ * 4. event streams: a slot per client address and of the instance (api/authz/streams.ts),
+ *    else 429 STREAMS_PER_CLIENT_EXCEEDED or 503 STREAMS_EXHAUSTED.
  *
  * The principal is then available to the handler as `c.get("principal")`.
  * @module
@@ -24,6 +26,8 @@ import { renderForbiddenPage } from "../../console/login.ts";
 import { roleAtLeast, type Scope } from "../../lib/access.ts";
 import { RuntimeError } from "../../lib/errors.ts";
 import type { Authorizer, Principal } from "./authorizer.ts";
+import { isInternal } from "./authorizer.ts";
+import { releasingBody, type StreamLimiter } from "./streams.ts";
 import type { Access, RouteKind } from "./types.ts";
 
 declare module "hono" {
@@ -32,6 +36,8 @@ declare module "hono" {
     authorizer: Authorizer;
     /** The caller, once the route's guard let it through. */
     principal: Principal;
+    /** Caps on open event streams (api/app.ts sets it when the app has one). */
+    streamLimiter: StreamLimiter | undefined;
   }
 }
 
@@ -285,6 +291,22 @@ export function guard(options: GuardOptions): MiddlewareHandler {
             accepted.join(" or "),
         );
       }
+    }
+    // An event stream holds a slot of its client's and of the instance's until it ends
+    // (in-process reads of the console are bounded by the console itself).
+    const streams = kind === "events" && !isInternal(c) ? c.get("streamLimiter") : undefined;
+    if (streams) {
+      const release = streams.acquire(c);
+      try {
+        await next();
+      } catch (err) {
+        release();
+        throw err;
+      }
+      // A refusal (its body read or not) holds nothing open.
+      if (!c.res.ok) release();
+      else c.res = releasingBody(c.res, release);
+      return;
     }
     if (limit) return await limit(c, next);
     await next();

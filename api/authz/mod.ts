@@ -31,6 +31,7 @@ export {
 } from "./authorizer.ts";
 export { authorize, authorizerOf, principalOf, seesDetails } from "./guard.ts";
 export { createPeerSigner, PEER_HEADER, type PeerSigner } from "./peer.ts";
+export { createStreamLimiter, type StreamLimiter, type StreamLimiterOptions } from "./streams.ts";
 export {
   ACCESS_CONFIG,
   ACCESS_SETTINGS,

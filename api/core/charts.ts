@@ -11,7 +11,12 @@ import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import type { AnyStateMachine } from "xstate";
 import { RuntimeError } from "../../lib/errors.ts";
-import { activeStatePaths, renderSvg, toMermaid } from "../../lib/charts.ts";
+import {
+  activeStatePaths,
+  type renderSvg,
+  renderSvgOffThread,
+  toMermaid,
+} from "../../lib/charts.ts";
 import { declareRoute, serve } from "../authz/mod.ts";
 
 /** What the chart routes need from the runtime. */
@@ -22,7 +27,7 @@ export interface ChartRouteDeps {
   activeState: (name: string) => unknown;
   /** Most SVGs kept (default 64). */
   cacheSize?: number;
-  /** Renders a chart (default `renderSvg`; tests count calls through it). */
+  /** Renders a chart (default `renderSvgOffThread`; tests count calls through it). */
   render?: typeof renderSvg;
 }
 
@@ -66,7 +71,8 @@ export const CHART_ROUTES = {
 /** Adds `GET /charts/:name.svg` (current state highlighted) and `GET /charts/:name.mmd`. */
 export function addChartRoutes(app: OpenAPIHono, deps: ChartRouteDeps): void {
   const limit = Math.max(1, deps.cacheSize ?? 64);
-  const render = deps.render ?? renderSvg;
+  // Graphviz in a worker: a render never stops the event loop (and /health/live with it).
+  const render = deps.render ?? renderSvgOffThread;
   // Keyed by name + active paths; the machine is kept to notice a replaced definition.
   // Promises are cached so concurrent requests for one picture render it once.
   const cache = new Map<string, { machine: AnyStateMachine; svg: Promise<string> }>();

@@ -94,6 +94,12 @@ const OUTBOX_LIMIT = 500;
 const DASHBOARDS_EVERY_MS = 30_000;
 /** How often the event stream re-reads the member list (ms). */
 const MEMBER_POLL_MS = 2000;
+/** Actor views cached per member for browsers that join later. */
+const MAX_CACHED_VIEWS = 500;
+/** Transitions cached per member for browsers that join later. */
+const CACHED_TRANSITIONS = 100;
+/** How long one reading of the member list, and one page model, serve every request (ms). */
+const CLUSTER_VIEW_TTL_MS = 1000;
 
 const ASSETS: Record<string, { type: string }> = {
   "console.js": { type: "text/javascript; charset=utf-8" },
@@ -421,7 +427,21 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     }
   }
 
-  async function listMembers(): Promise<{ mode: string; members: Member[] }> {
+  // Every fragment, page and the hub read the member list: one reading serves them all for
+  // a moment, so a burst of requests costs one GET /cluster.
+  let membersCache: { at: number; value: Promise<{ mode: string; members: Member[] }> } | null =
+    null;
+  function listMembers(): Promise<{ mode: string; members: Member[] }> {
+    if (membersCache && now() - membersCache.at < CLUSTER_VIEW_TTL_MS) return membersCache.value;
+    const entry = { at: now(), value: readMembers() };
+    membersCache = entry;
+    entry.value.catch(() => {
+      if (membersCache === entry) membersCache = null;
+    });
+    return entry.value;
+  }
+
+  async function readMembers(): Promise<{ mode: string; members: Member[] }> {
     const res = await app.request("/cluster", {}, selfEnv);
     if (!res.ok) {
       await res.body?.cancel();
@@ -755,7 +775,20 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     return value;
   }
 
-  async function pageModel(): Promise<PageModel> {
+  // `GET /` reads every member (its actors, charts, metrics): requests within a moment share
+  // one reading instead of fanning out to every member each.
+  let pageCache: { at: number; value: Promise<PageModel> } | null = null;
+  function pageModel(): Promise<PageModel> {
+    if (pageCache && now() - pageCache.at < CLUSTER_VIEW_TTL_MS) return pageCache.value;
+    const entry = { at: now(), value: readPageModel() };
+    pageCache = entry;
+    entry.value.catch(() => {
+      if (pageCache === entry) pageCache = null;
+    });
+    return entry.value;
+  }
+
+  async function readPageModel(): Promise<PageModel> {
     const generatedAt = now();
     let mode = "unknown";
     let members: Member[] = [];
@@ -866,6 +899,218 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     return html(c, renderMessages(instances));
   });
 
+  // ---- One feed for every browser ----------------------------------------------------
+  // Each browser on /console/events would otherwise open a stream to every member and poll
+  // the member list itself: N viewers x M members streams. Instead one hub, running while
+  // anyone watches, follows each member once and polls the list once; each browser gets the
+  // hub's cached view of a member when it joins, then the same events as everyone.
+
+  type Listener = (event: string, data: unknown) => void;
+  interface Upstream {
+    member: Member;
+    stop(): void;
+    done: Promise<void>;
+    /** The member's actors as last seen (hello, then each snapshot), for late joiners. */
+    views: Map<string, z.infer<typeof viewSchema>> | null;
+    transitions: z.infer<typeof transitionSchema>[];
+    status: { connected: boolean; reason?: string } | null;
+  }
+  interface Hub {
+    listeners: Set<Listener>;
+    upstreams: Map<string, Upstream>;
+    cluster: unknown;
+    stop(): Promise<void>;
+  }
+  let hub: Hub | null = null;
+
+  function startHub(): Hub {
+    const ctl = new AbortController();
+    const stopOnShutdown = () => ctl.abort();
+    shutdown.addEventListener("abort", stopOnShutdown, { once: true });
+    if (shutdown.aborted) ctl.abort();
+    const listeners = new Set<Listener>();
+    const upstreams = new Map<string, Upstream>();
+    const self: Hub = { listeners, upstreams, cluster: null, stop };
+
+    function broadcast(event: string, data: unknown): void {
+      for (const fn of [...listeners]) {
+        try {
+          fn(event, data);
+        } catch { /* one browser's failure is not the others' */ }
+      }
+    }
+
+    function remember(u: Upstream, view: z.infer<typeof viewSchema>): void {
+      if (!u.views) return;
+      u.views.delete(view.path);
+      u.views.set(view.path, view);
+      // Stopped actors (every login attempt is one) go first once the cache is full.
+      if (u.views.size > MAX_CACHED_VIEWS) {
+        for (const [path, v] of u.views) {
+          if (u.views.size <= MAX_CACHED_VIEWS) break;
+          if (v.status !== "active") u.views.delete(path);
+        }
+      }
+    }
+
+    function follow(member: Member): void {
+      const local = new AbortController();
+      let reader: ReadableStreamDefaultReader<string> | null = null;
+      const end = () => {
+        local.abort();
+        reader?.cancel().catch(() => {});
+      };
+      ctl.signal.addEventListener("abort", end, { once: true });
+      const u: Upstream = {
+        member,
+        stop: end,
+        done: Promise.resolve(),
+        views: null,
+        transitions: [],
+        status: null,
+      };
+      const status = (s: { connected: boolean; reason?: string }) => {
+        u.status = s;
+        broadcast("upstream", { instance: member.id, ...s });
+      };
+      u.done = (async () => {
+        let backoff = 500;
+        while (!local.signal.aborted) {
+          try {
+            const res = member.id === deps.instanceId
+              ? await app.request("/actors/stream", {}, selfEnv)
+              : member.url
+              ? await peerFetch(member, "/actors/stream", local.signal)
+              : null;
+            if (!res) throw new Error("it advertises no URL");
+            if (!res.ok || !res.body) {
+              await res.body?.cancel();
+              throw new Error(`status ${res.status}`);
+            }
+            reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+            if (local.signal.aborted) await reader.cancel();
+            status({ connected: true });
+            backoff = 500;
+            for await (const msg of sseMessages(reader)) {
+              let data: unknown;
+              try {
+                data = JSON.parse(msg.data);
+              } catch {
+                continue;
+              }
+              if (msg.event === "hello") {
+                const p = helloSchema.safeParse(data);
+                if (!p.success) continue;
+                u.views = new Map();
+                for (const v of p.data.actors) remember(u, v);
+                u.transitions = p.data.transitions.slice(-CACHED_TRANSITIONS);
+                broadcast("hello", { instance: member.id, ...p.data });
+              } else if (msg.event === "snapshot") {
+                const p = snapshotSchema.safeParse(data);
+                if (!p.success) continue;
+                remember(u, p.data.view);
+                if (p.data.transition) {
+                  u.transitions.push(p.data.transition);
+                  if (u.transitions.length > CACHED_TRANSITIONS) u.transitions.shift();
+                }
+                broadcast("snapshot", { instance: member.id, ...p.data });
+              } else if (msg.event === "missed") {
+                const p = missedSchema.safeParse(data);
+                if (!p.success) continue;
+                u.views = new Map();
+                for (const v of p.data.actors) remember(u, v);
+                broadcast("missed", { instance: member.id, ...p.data });
+              }
+            }
+            reader = null;
+            if (!local.signal.aborted) throw new Error("its event stream ended");
+          } catch (err) {
+            reader = null;
+            if (local.signal.aborted) break;
+            status({ connected: false, reason: errorText(err) });
+            await sleep(backoff, local.signal);
+            backoff = Math.min(backoff * 2, 10_000);
+          }
+        }
+        ctl.signal.removeEventListener("abort", end);
+      })();
+      upstreams.set(member.id, u);
+    }
+
+    let known = "";
+    async function syncMembers(): Promise<void> {
+      let members: Member[];
+      try {
+        ({ members } = await listMembers());
+      } catch (err) {
+        self.cluster = { error: errorText(err), members: null };
+        broadcast("cluster", self.cluster);
+        return;
+      }
+      const ids = new Set(members.map((m) => m.id));
+      for (const [id, u] of upstreams) {
+        const now = members.find((m) => m.id === id);
+        if (!ids.has(id) || now?.url !== u.member.url || now?.startedAt !== u.member.startedAt) {
+          u.stop();
+          upstreams.delete(id);
+        }
+      }
+      for (const m of members) if (!upstreams.has(m.id)) follow(m);
+      const summary = JSON.stringify(members.map((m) => [m.id, m.url, m.startedAt, m.roles]));
+      if (summary !== known) {
+        known = summary;
+        self.cluster = { members: members.map(memberModel) };
+        broadcast("cluster", self.cluster);
+      }
+    }
+
+    const loop = (async () => {
+      try {
+        await syncMembers();
+        while (!ctl.signal.aborted) {
+          await sleep(MEMBER_POLL_MS, ctl.signal);
+          if (!ctl.signal.aborted) await syncMembers();
+        }
+      } finally {
+        for (const u of upstreams.values()) u.stop();
+        await Promise.all([...upstreams.values()].map((u) => u.done));
+        shutdown.removeEventListener("abort", stopOnShutdown);
+      }
+    })();
+
+    async function stop(): Promise<void> {
+      ctl.abort();
+      await loop;
+    }
+    return self;
+  }
+
+  /** Joins the hub (starting it); the returned function leaves (stopping it when last). */
+  function join(listener: Listener): () => Promise<void> {
+    if (!hub) hub = startHub();
+    const mine = hub;
+    // What a late joiner needs to start complete: the member list and each member's view.
+    if (mine.cluster) listener("cluster", mine.cluster);
+    for (const u of mine.upstreams.values()) {
+      if (u.status) listener("upstream", { instance: u.member.id, ...u.status });
+      if (u.views) {
+        listener("hello", {
+          instance: u.member.id,
+          actors: [...u.views.values()],
+          transitions: [...u.transitions],
+        });
+      }
+    }
+    mine.listeners.add(listener);
+    return async () => {
+      mine.listeners.delete(listener);
+      if (mine.listeners.size === 0) {
+        if (hub === mine) hub = null;
+        await mine.stop();
+      }
+    };
+  }
+
   serve(app, CONSOLE_ROUTES.events, (c) => {
     c.header("x-content-type-options", "nosniff");
     return streamSSE(c, async (stream) => {
@@ -888,98 +1133,8 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
         wake?.();
       }
       ctl.signal.addEventListener("abort", () => wake?.(), { once: true });
-
-      const upstreams = new Map<
-        string,
-        { member: Member; stop: () => void; done: Promise<void> }
-      >();
-      function follow(member: Member): void {
-        const local = new AbortController();
-        let reader: ReadableStreamDefaultReader<string> | null = null;
-        const end = () => {
-          local.abort();
-          reader?.cancel().catch(() => {});
-        };
-        ctl.signal.addEventListener("abort", end, { once: true });
-        const done = (async () => {
-          let backoff = 500;
-          while (!local.signal.aborted) {
-            try {
-              const res = member.id === deps.instanceId
-                ? await app.request("/actors/stream", {}, selfEnv)
-                : member.url
-                ? await peerFetch(member, "/actors/stream", local.signal)
-                : null;
-              if (!res) throw new Error("it advertises no URL");
-              if (!res.ok || !res.body) {
-                await res.body?.cancel();
-                throw new Error(`status ${res.status}`);
-              }
-              reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-              if (local.signal.aborted) await reader.cancel();
-              emit("upstream", { instance: member.id, connected: true });
-              backoff = 500;
-              for await (const msg of sseMessages(reader)) {
-                let data: unknown;
-                try {
-                  data = JSON.parse(msg.data);
-                } catch {
-                  continue;
-                }
-                if (msg.event === "hello") {
-                  const p = helloSchema.safeParse(data);
-                  if (p.success) emit("hello", { instance: member.id, ...p.data });
-                } else if (msg.event === "snapshot") {
-                  const p = snapshotSchema.safeParse(data);
-                  if (p.success) emit("snapshot", { instance: member.id, ...p.data });
-                } else if (msg.event === "missed") {
-                  const p = missedSchema.safeParse(data);
-                  if (p.success) emit("missed", { instance: member.id, ...p.data });
-                }
-              }
-              reader = null;
-              if (!local.signal.aborted) throw new Error("its event stream ended");
-            } catch (err) {
-              reader = null;
-              if (local.signal.aborted) break;
-              emit("upstream", { instance: member.id, connected: false, reason: errorText(err) });
-              await sleep(backoff, local.signal);
-              backoff = Math.min(backoff * 2, 10_000);
-            }
-          }
-          ctl.signal.removeEventListener("abort", end);
-        })();
-        upstreams.set(member.id, { member, stop: end, done });
-      }
-
-      let known = "";
-      async function syncMembers(): Promise<void> {
-        let members: Member[];
-        try {
-          ({ members } = await listMembers());
-        } catch (err) {
-          emit("cluster", { error: errorText(err), members: null });
-          return;
-        }
-        const ids = new Set(members.map((m) => m.id));
-        for (const [id, u] of upstreams) {
-          const now = members.find((m) => m.id === id);
-          if (!ids.has(id) || now?.url !== u.member.url || now?.startedAt !== u.member.startedAt) {
-            u.stop();
-            upstreams.delete(id);
-          }
-        }
-        for (const m of members) if (!upstreams.has(m.id)) follow(m);
-        const summary = JSON.stringify(
-          members.map((m) => [m.id, m.url, m.startedAt, m.roles]),
-        );
-        if (summary !== known) {
-          known = summary;
-          emit("cluster", { members: members.map(memberModel) });
-        }
-      }
-
-      const pump = (async () => {
+      const leave = join(emit);
+      try {
         while (!ctl.signal.aborted) {
           if (!outbox.length) {
             const tick = new Promise<void>((r) => wake = r);
@@ -995,20 +1150,10 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
           const item = outbox.shift()!;
           await stream.writeSSE(item);
         }
-      })();
-
-      try {
-        await syncMembers();
-        while (!ctl.signal.aborted) {
-          await sleep(MEMBER_POLL_MS, ctl.signal);
-          if (!ctl.signal.aborted) await syncMembers();
-        }
       } finally {
         stop();
         shutdown.removeEventListener("abort", stop);
-        for (const u of upstreams.values()) u.stop();
-        await Promise.all([...upstreams.values()].map((u) => u.done));
-        await pump;
+        await leave();
       }
     });
   });

@@ -10,6 +10,7 @@ import type { ActorSpec, RemoteEvent } from "../../actors/runtime/types.ts";
 import { startPostgres } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
 import { ADMIN_HEADERS } from "../support/auth.ts";
+import { type ReadEvent, type SseReader, sseReader } from "../support/sse.ts";
 import { fragileSpec, readEvents, type SseEvent, startConsoleNode } from "./support.ts";
 
 /** This test runs no sessions concern: the admin token reads as an operator. */
@@ -311,6 +312,37 @@ Deno.test("review console of a single instance", async (t) => {
         /<td>solo<\/td><td>supervisor<\/td><td><code>xstate\.error\.actor\.fragile<\/code>/,
       );
     });
+
+    await t.step(
+      "a viewer joining a watched console starts complete from the shared feed",
+      async () => {
+        // The first viewer starts the one feed of this member; the second joins it (finding 6:
+        // no stream per viewer and member) and still gets the members, the member's status and
+        // its actors before any change.
+        const open = () => fetch(`${node.url}/console/events`, { headers: ADMIN_HEADERS });
+        const first = sseReader(await open());
+        const second: SseReader[] = [];
+        try {
+          while ((await first.next("the first viewer's hello")).event !== "hello") { /* on */ }
+          second.push(sseReader(await open()));
+          const names: string[] = [];
+          let hello: ReadEvent | null = null;
+          while (!hello) {
+            const e = await second[0].next("the second viewer's hello");
+            names.push(e.event);
+            if (e.event === "hello") hello = e;
+          }
+          assert.ok(names.indexOf("cluster") < names.indexOf("hello"), names.join(","));
+          assert.ok(names.includes("upstream"), names.join(","));
+          assert.equal(hello.data.instance, "solo");
+          const actors = hello.data.actors as { path: string }[];
+          assert.ok(actors.some((a) => a.path === "supervisor/fragile"), "the member's actors");
+        } finally {
+          await first.cancel();
+          for (const s of second) await s.cancel();
+        }
+      },
+    );
   } finally {
     await node.stop();
     await Deno.remove(dataDir, { recursive: true });

@@ -1,0 +1,125 @@
+/**
+ * Bounds on the work one client can cause: event-stream clients per address and in all,
+ * how long the inspector keeps views of stopped actors, and how many password hashes run
+ * at once (and wait). Parsed with zod as part of the one configuration (concerns/config.ts);
+ * a wrong value stops start-up (exit 2) naming the variable.
+ * @module
+ */
+import { z } from "zod";
+import { type ConcernConfig, intIn, type SettingDoc } from "./config.ts";
+import { RuntimeError } from "./errors.ts";
+
+/** The validated limits. */
+export interface LimitsSettings {
+  /** Event streams (`/state/stream`, `/actors/stream`, `/console/events`) per client address. */
+  sseMaxPerClient: number;
+  /** Event streams this instance serves at once, all clients together. */
+  sseMaxTotal: number;
+  /** How long the inspector keeps the view of a stopped actor (ms). */
+  inspectorRetentionMs: number;
+  /** Views of stopped actors kept at most (the oldest go first). */
+  inspectorMaxStopped: number;
+  /** Password hashes (login, re-authentication, registration) computed at once. */
+  hashConcurrency: number;
+  /** Password checks waiting for a slot; beyond it a login answers 503 SERVER_BUSY. */
+  hashQueue: number;
+}
+
+/** The defaults, for components built without a configuration (tests, examples). */
+export const DEFAULT_LIMITS: Readonly<LimitsSettings> = Object.freeze({
+  sseMaxPerClient: 8,
+  sseMaxTotal: 256,
+  inspectorRetentionMs: 60_000,
+  inspectorMaxStopped: 1000,
+  hashConcurrency: 4,
+  hashQueue: 64,
+});
+
+/** The variables of the limits, documented. */
+export const LIMITS_SETTINGS: readonly SettingDoc[] = [
+  {
+    env: "RS_SSE_MAX_PER_CLIENT",
+    default: String(DEFAULT_LIMITS.sseMaxPerClient),
+    description: "Event streams (/state/stream, /actors/stream, /console/events) one client " +
+      "address may hold open; one more answers 429 STREAMS_PER_CLIENT_EXCEEDED",
+  },
+  {
+    env: "RS_SSE_MAX_TOTAL",
+    default: String(DEFAULT_LIMITS.sseMaxTotal),
+    description: "Event streams this instance serves at once, all clients together; one " +
+      "more answers 503 STREAMS_EXHAUSTED",
+  },
+  {
+    env: "RS_INSPECTOR_RETENTION_S",
+    default: String(DEFAULT_LIMITS.inspectorRetentionMs / 1000),
+    description: "How long /actors keeps showing an actor after it stopped (a finished " +
+      "login attempt, say)",
+  },
+  {
+    env: "RS_INSPECTOR_MAX_STOPPED",
+    default: String(DEFAULT_LIMITS.inspectorMaxStopped),
+    description: "Views of stopped actors kept at most; the oldest are dropped first",
+  },
+  {
+    env: "RS_HASH_CONCURRENCY",
+    default: String(DEFAULT_LIMITS.hashConcurrency),
+    description: "Password hashes (scrypt, 32 MiB each) computed at once by logins, " +
+      "re-authentications and registrations",
+  },
+  {
+    env: "RS_HASH_QUEUE",
+    default: String(DEFAULT_LIMITS.hashQueue),
+    description: "Password checks waiting for a hashing slot; one more answers 503 " +
+      "SERVER_BUSY with Retry-After",
+  },
+];
+
+const schema = z.object({
+  RS_SSE_MAX_PER_CLIENT: intIn(1, 10_000, "streams").default(DEFAULT_LIMITS.sseMaxPerClient),
+  RS_SSE_MAX_TOTAL: intIn(1, 100_000, "streams").default(DEFAULT_LIMITS.sseMaxTotal),
+  RS_INSPECTOR_RETENTION_S: intIn(0, 86_400, "seconds").default(60),
+  RS_INSPECTOR_MAX_STOPPED: intIn(0, 1_000_000, "views").default(
+    DEFAULT_LIMITS.inspectorMaxStopped,
+  ),
+  RS_HASH_CONCURRENCY: intIn(1, 256, "hashes").default(DEFAULT_LIMITS.hashConcurrency),
+  RS_HASH_QUEUE: intIn(0, 100_000, "waiting checks").default(DEFAULT_LIMITS.hashQueue),
+});
+
+/** Reads and validates the limits; CONFIG_INVALID names every bad variable. */
+export function loadLimitsSettings(env: Record<string, string | undefined>): LimitsSettings {
+  const raw: Record<string, string> = {};
+  for (const s of LIMITS_SETTINGS) {
+    const v = env[s.env];
+    if (v !== undefined && v !== "") raw[s.env] = v;
+  }
+  const result = schema.safeParse(raw);
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => {
+      const name = String(issue.path[0]);
+      return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${
+        JSON.stringify(raw[name])
+      }`;
+    });
+    throw new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${problems.join("; ")}`, {
+      details: { problems },
+    });
+  }
+  const c = result.data;
+  return {
+    sseMaxPerClient: c.RS_SSE_MAX_PER_CLIENT,
+    sseMaxTotal: c.RS_SSE_MAX_TOTAL,
+    inspectorRetentionMs: c.RS_INSPECTOR_RETENTION_S * 1000,
+    inspectorMaxStopped: c.RS_INSPECTOR_MAX_STOPPED,
+    hashConcurrency: c.RS_HASH_CONCURRENCY,
+    hashQueue: c.RS_HASH_QUEUE,
+  };
+}
+
+/** The limits' part of the one configuration. */
+export const LIMITS_CONFIG: ConcernConfig<LimitsSettings> = {
+  title: "Limits",
+  intro: "Bounds on the work one client can cause (read by the HTTP app, the inspector and " +
+    "the sessions concern).",
+  variables: LIMITS_SETTINGS,
+  parse: (env) => loadLimitsSettings(env),
+};

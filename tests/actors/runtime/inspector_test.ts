@@ -1,0 +1,85 @@
+import assert from "node:assert/strict";
+import { assign, createActor, createMachine, setup, stopChild } from "xstate";
+import { createInspector } from "../../../actors/runtime/inspector.ts";
+
+// A parent that holds login attempts as children by id, like the session supervisor does
+// (machines/session_supervisor.ts): spawned as `login:<uuid>`, stopped when they end.
+const attempt = createMachine({
+  id: "login",
+  initial: "checking",
+  states: { checking: { on: { DONE: "done" } }, done: { type: "final" } },
+});
+const parent = setup({
+  types: {} as {
+    context: { ids: string[] };
+    events: { type: "START"; id: string } | { type: "END"; id: string };
+  },
+  actors: { attempt },
+}).createMachine({
+  id: "sessions",
+  context: { ids: [] },
+  on: {
+    START: {
+      actions: assign(({ context, event, spawn }) => {
+        spawn("attempt", { id: event.id });
+        return { ids: [...context.ids, event.id] };
+      }),
+    },
+    END: { actions: stopChild(({ event }) => event.id) },
+  },
+});
+
+function paths(list: { path: string }[]): string[] {
+  return list.map((v) => v.path).filter((p) => p.includes("login:"));
+}
+
+Deno.test("inspector: views of stopped actors go after the retention", async (t) => {
+  let clock = 1_000_000;
+  const inspector = createInspector({ now: () => clock, retentionMs: 60_000, maxStopped: 100 });
+  const root = createActor(parent, { id: "sessions", inspect: (ev) => inspector.inspect(ev) })
+    .start();
+  const a = `login:${crypto.randomUUID()}`;
+  const b = `login:${crypto.randomUUID()}`;
+
+  await t.step("a running login attempt is listed", () => {
+    root.send({ type: "START", id: a });
+    root.send({ type: "START", id: b });
+    assert.deepEqual(paths(inspector.list()), [`sessions/${a}`, `sessions/${b}`]);
+  });
+
+  await t.step("a stopped attempt stays listed within the retention, as stopped", () => {
+    root.send({ type: "END", id: a });
+    clock += 59_000;
+    assert.equal(inspector.get(`sessions/${a}`)?.status, "stopped");
+    assert.deepEqual(paths(inspector.list()), [`sessions/${a}`, `sessions/${b}`]);
+  });
+
+  await t.step("after the retention the stopped attempt is gone; the running one stays", () => {
+    clock += 2_000;
+    assert.deepEqual(paths(inspector.list()), [`sessions/${b}`]);
+    assert.equal(inspector.get(`sessions/${a}`), undefined);
+    assert.ok(inspector.list().some((v) => v.path === "sessions"), "the parent stays");
+  });
+
+  await t.step("a running actor is kept however long it runs", () => {
+    clock += 24 * 3600_000;
+    assert.deepEqual(paths(inspector.list()), [`sessions/${b}`]);
+  });
+  root.stop();
+});
+
+Deno.test("inspector: at most maxStopped views of stopped actors are kept", () => {
+  let clock = 0;
+  const inspector = createInspector({ now: () => clock, retentionMs: 60_000, maxStopped: 10 });
+  const root = createActor(parent, { id: "sessions", inspect: (ev) => inspector.inspect(ev) })
+    .start();
+  const ids = Array.from({ length: 50 }, () => `login:${crypto.randomUUID()}`);
+  for (const id of ids) {
+    root.send({ type: "START", id });
+    clock += 1;
+    root.send({ type: "END", id });
+  }
+  // A storm of attempts within the retention: only the newest 10 stopped views remain.
+  assert.deepEqual(paths(inspector.list()), ids.slice(-10).map((id) => `sessions/${id}`));
+  root.stop();
+});
