@@ -141,8 +141,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     FAILOVER_SYNC_MODE: "on",
     RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
     RS_STATE_WRITE_TOKEN: TEST_STATE_WRITE_TOKEN,
-    // Each simulated user has its own address (X-Forwarded-For), as behind a proxy.
-    RS_TRUST_PROXY: "true",
+    // Each simulated user has its own address (X-Forwarded-For), as behind one proxy hop.
+    RS_TRUSTED_PROXY_HOPS: "1",
     LOG_LEVEL: "info",
   });
   const url = (id: string): string | null => instances.byId[id]?.url ?? null;
