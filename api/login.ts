@@ -77,6 +77,8 @@ export const LOGIN_ROUTES = {
       200: { description: "The second factor's form", content: html },
       303: { description: "Signed in: to `next`" },
       401: { description: "The form again, saying why", content: html },
+      429: { description: "Too many attempts: the form again, with Retry-After", content: html },
+      503: { description: "Busy or unavailable: the form again, with Retry-After", content: html },
     },
   }),
   mfa: declareRoute({
@@ -98,6 +100,8 @@ export const LOGIN_ROUTES = {
     responses: {
       303: { description: "Signed in: to `next`" },
       401: { description: "The form again, saying why", content: html },
+      429: { description: "Too many attempts: the form again, with Retry-After", content: html },
+      503: { description: "Busy or unavailable: the form again, with Retry-After", content: html },
     },
   }),
   logout: declareRoute({
@@ -122,8 +126,18 @@ function redirect(c: Context, to: string): Response {
 }
 
 /** The status and sentence a failed sign-in shows on the form. */
-function refusal(err: unknown): { status: 401 | 429 | 503; message: string } {
+/** How a page answers a refused sign-in: its status and sentence, plus the error's code and
+ * `Retry-After` as headers, so a script or a probe reads the same code a JSON client gets. */
+function refusal(
+  c: Context,
+  err: unknown,
+): { status: 401 | 429 | 503; message: string } {
   if (!(err instanceof RuntimeError) || err.status >= 500 && err.status !== 503) throw err;
+  c.header("x-error-code", err.code);
+  const retry = err.details?.retryAfterMs;
+  if (typeof retry === "number") {
+    c.header("retry-after", String(Math.max(1, Math.ceil(retry / 1000))));
+  }
   if (err.status === 429) return { status: 429, message: err.message };
   if (err.status === 503) return { status: 503, message: err.message };
   if (err.code === "INVALID_CREDENTIALS") {
@@ -163,7 +177,7 @@ export function addLoginPages(app: OpenAPIHono, deps: LoginPageDeps): void {
       );
       return signedIn(c, result, next);
     } catch (err) {
-      const { status, message } = refusal(err);
+      const { status, message } = refusal(c, err);
       return pageResponse(c, renderLoginPage({ next, login: input.login, error: message }), status);
     }
   });
@@ -179,7 +193,7 @@ export function addLoginPages(app: OpenAPIHono, deps: LoginPageDeps): void {
       }, requestContext(c, trustedProxyHops));
       return signedIn(c, result, next);
     } catch (err) {
-      const { status, message } = refusal(err);
+      const { status, message } = refusal(c, err);
       // A challenge that ended (expired, too many codes) cannot take another code.
       const over = err instanceof RuntimeError &&
         (err.code === "LOGIN_EXPIRED" || err.code === "MFA_LOCKED" ||

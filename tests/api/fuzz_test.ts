@@ -393,6 +393,8 @@ async function send(base: string, req: FuzzRequest): Promise<Answer> {
       } catch { /* a JSON answer that is not JSON: the status says enough */ }
     } else {
       await res.arrayBuffer();
+      // Pages (the sign-in form) carry the error's code as a header.
+      code = res.headers.get("x-error-code");
     }
     return { status: res.status, code, headers: res.headers };
   } finally {
