@@ -12,7 +12,7 @@ import {
   type ConcernFactory,
   createConcerns,
   createHttpApp,
-  startupDatabaseUrl,
+  startupDatabase,
 } from "./concerns/mod.ts";
 import type { Config } from "./concerns/config.ts";
 import type { HealthReport } from "./actors/runtime/health.ts";
@@ -170,8 +170,10 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
 
     // After a failover the configured URL may name a demoted node: start on the primary
     // the cluster last agreed on (the failover concern's key in Redis).
+    const start = await startupDatabase(config, messageAuth);
     const db = await openDatabase({
-      url: await startupDatabaseUrl(config, messageAuth),
+      url: start.url,
+      epoch: start.epoch,
       dataDir: config.dataDir,
       poolSize: config.database.poolSize,
       connectTimeoutS: config.database.connectTimeoutS,

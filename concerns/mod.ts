@@ -202,9 +202,12 @@ export function concernApi<K extends keyof ConcernApis>(
 }
 
 /**
- * The URL the database pool opens on: after a failover, the primary the cluster last agreed
- * on (the failover concern's record in Redis), else DATABASE_URL.
+ * The URL the database pool opens on and the epoch it follows: after a failover, the primary
+ * the cluster last agreed on (the failover concern's record in Redis), else DATABASE_URL (0).
  */
-export function startupDatabaseUrl(config: Config, auth: MessageAuth): Promise<string | null> {
+export function startupDatabase(
+  config: Config,
+  auth: MessageAuth,
+): Promise<{ url: string | null; epoch: number }> {
   return resolvePrimaryUrl(config, config.concerns.failover, { auth });
 }

@@ -109,6 +109,8 @@ export interface OpenDatabaseOptions {
   log?: Logger;
   /** Injected sleep, for tests. */
   sleep?: (ms: number) => Promise<void>;
+  /** Epoch of the primary `url` names, when known at start (the published one); 0 otherwise. */
+  epoch?: number;
 }
 
 function delay(ms: number): Promise<void> {
@@ -340,7 +342,7 @@ function createSwitchableDatabase(
   let generation = 0;
   let renewals = 0;
   let renewedAt = -Infinity;
-  let epoch = 0;
+  let epoch = init.options.epoch ?? 0;
   let readOnly = false;
   let switchWaitMs = 0;
   let closed = false;

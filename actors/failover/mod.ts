@@ -161,16 +161,17 @@ function watchRedis(
  * The URL the runtime should open its pool on: the node published as primary in Redis
  * when DATABASE_NODES and Redis are configured (an instance restarting after a failover
  * must not open — and migrate — its stale DATABASE_URL, now a replica or a fenced old
- * primary), else `config.database.url`. Never throws; Redis gets `timeoutMs` to answer.
+ * primary) with its epoch, else `config.database.url` with epoch 0. Never throws; Redis
+ * gets `timeoutMs` to answer.
  */
 export async function resolvePrimaryUrl(
   config: CoreConfig,
   settings: FailoverSettings,
   options: { auth: MessageAuth; timeoutMs?: number },
-): Promise<string | null> {
+): Promise<{ url: string | null; epoch: number }> {
   const url = config.database.url;
-  if (!url || !redisConfigured(config.redis)) return url;
-  if (!settings.nodes.length) return url;
+  if (!url || !redisConfigured(config.redis)) return { url, epoch: 0 };
+  if (!settings.nodes.length) return { url, epoch: 0 };
   const client = createRedisClient(config.redis, { name: "rs-resolve-primary" });
   try {
     await client.connect();
@@ -181,9 +182,11 @@ export async function resolvePrimaryUrl(
     ).readPrimary(options.timeoutMs ?? 2000);
     const node = record &&
       settings.nodes.find((n) => n.name === record.node);
-    return node?.url ?? url;
+    // The pool starts labelled with the epoch it follows, so what it writes (canary rows,
+    // /replication) never shows an epoch older than the one the cluster agreed on.
+    return node ? { url: node.url, epoch: record.epoch } : { url, epoch: 0 };
   } catch {
-    return url;
+    return { url, epoch: 0 };
   } finally {
     await closeRedis(client);
   }
