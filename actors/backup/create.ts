@@ -11,7 +11,14 @@
  *   with a gap check → tar → compress → encrypt → checksum → store.
  * @module
  */
-import { BACKUP_CIPHER, createEncryptStream, PBKDF2_ITERATIONS } from "../../lib/backup_crypto.ts";
+import {
+  BACKUP_CIPHER,
+  createAuthStream,
+  encryptionHeader,
+  OPENSSL_PASS_ENV,
+  opensslEncArgs,
+  PBKDF2_ITERATIONS,
+} from "../../lib/backup_crypto.ts";
 import { RuntimeError } from "../../lib/errors.ts";
 import { lookupAccount } from "../../lib/os_access.ts";
 import {
@@ -27,7 +34,13 @@ import {
   serverFacts,
   withExportedSnapshot,
 } from "../../store/backup_server.ts";
-import { type BackupContext, databaseOf, requireServer } from "./context.ts";
+import {
+  type BackupContext,
+  databaseOf,
+  removeTree,
+  requireServer,
+  scratchDir,
+} from "./context.ts";
 import {
   type CatalogEntry,
   type Manifest,
@@ -36,7 +49,7 @@ import {
   readCatalog,
 } from "./manifest.ts";
 import { explainArchiveCommand } from "./archiver.ts";
-import { compressor, measure, runPipeline } from "./pipeline.ts";
+import { codecCommand, counter, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
 import { tarFiles } from "./tar.ts";
 import { listArchive, segmentSize, selectWal, switchAndAwaitArchive } from "./wal.ts";
 
@@ -60,8 +73,14 @@ function encryptionFacts(): Manifest["encryption"] {
 }
 
 /**
- * Streams `source` through measure → compress → encrypt into `<name>/<fileName>`. On any
- * failure the partial object is deleted and the error says which stage failed.
+ * Streams `source` into `<name>/<fileName>`, the bulk work done by native programs:
+ *
+ *   source → (this process counts) → zstd/gzip → FIFO → openssl enc → (this process:
+ *   SHA-256 + HMAC in 1 MiB batches) → storage
+ *
+ * The compressor and openssl run beside the tool on other cores; this process only copies
+ * the plain bytes once and hashes the (smaller) encrypted ones once. On any failure the
+ * partial object is deleted and the error says which stage failed.
  */
 export async function storeEncrypted(
   ctx: BackupContext,
@@ -75,42 +94,63 @@ export async function storeEncrypted(
   },
 ): Promise<{ file: ManifestFile; results: ToolResult[] }> {
   const key = `${options.name}/${options.fileName}`;
-  const raw = measure();
-  const codec = compressor(ctx.tools, ctx.settings.compression);
-  const encrypt = createEncryptStream(ctx.passphrase);
+  const scratch = await scratchDir(ctx, "backup");
+  const running: ToolProcess[] = [];
   try {
+    const fifo = await makeFifo(ctx.tools, `${scratch}/compressed.fifo`);
+    const codec = spawnCodec(ctx.tools, codecCommand(ctx.settings.compression), {
+      input: null,
+      output: fifo,
+      signal: options.signal,
+    });
+    running.push(codec);
+    const salt = crypto.getRandomValues(new Uint8Array(8));
+    const encrypt = ctx.tools.spawnTool("openssl", [
+      ...opensslEncArgs({ encrypt: salt }, PBKDF2_ITERATIONS),
+      "-in",
+      fifo,
+    ], { stdout: "piped", env: { [OPENSSL_PASS_ENV]: ctx.passphrase }, signal: options.signal });
+    running.push(encrypt);
+    const plain = counter();
+    const pump = options.source.pipeThrough(plain.stage).pipeTo(codec.stdin!);
+    const auth = createAuthStream(ctx.passphrase, {
+      sha256: true,
+      prefix: encryptionHeader(salt),
+    });
     const { value, results } = await runPipeline({
-      source: options.source,
-      stages: [raw.stage, codec.stage, encrypt.stream],
+      source: encrypt.stdout!,
+      stages: [auth.stream],
+      pumps: [pump],
       sink: (stream) => ctx.storage.put(key, stream, { signal: options.signal }),
-      processes: [...options.processes, ...(codec.process ? [codec.process] : [])],
+      processes: [...options.processes, codec, encrypt],
       signal: options.signal,
       what: `backup ${options.name}`,
     });
-    const encrypted = await encrypt.result;
-    if (encrypted.size !== value.size) {
+    const sealed = await auth.result;
+    if (sealed.size !== value.size) {
       throw new RuntimeError(
         "STORAGE_FAILED",
-        `Backup ${options.name}: the storage kept ${value.size} of ${encrypted.size} bytes of ${key}`,
+        `Backup ${options.name}: the storage kept ${value.size} of ${sealed.size} bytes of ${key}`,
       );
     }
-    const plain = raw.result();
     return {
       file: {
         name: options.fileName,
         content: options.content,
         compression: ctx.settings.compression.tool,
-        size: encrypted.size,
-        sha256: encrypted.sha256,
-        hmac: encrypted.hmac,
-        plainSize: plain.size,
-        plainSha256: plain.sha256,
+        size: sealed.size,
+        sha256: sealed.sha256!,
+        hmac: sealed.hmac,
+        plainSize: plain.bytes(),
       },
       results,
     };
   } catch (err) {
+    for (const p of running) p.kill("SIGKILL");
     await ctx.storage.delete(key).catch(() => {});
     throw err;
+  } finally {
+    await removeTree(scratch);
   }
 }
 

@@ -113,6 +113,11 @@ export interface PipelineOptions<T> {
   stages: (Stage | TransformStream<Uint8Array, Uint8Array>)[];
   /** Consumes the output (a storage upload, a process's stdin, …). */
   sink: (stream: ReadableStream<Uint8Array>) => Promise<T>;
+  /**
+   * Other transfers of the same run (e.g. a tool's output pumped into a compressor whose
+   * output reaches `source` through a FIFO); a failure of one fails the run.
+   */
+  pumps?: Promise<unknown>[];
   /** Every program involved; each must exit 0. */
   processes: ToolProcess[];
   /** Aborting fails the run and kills the programs. */
@@ -147,7 +152,9 @@ export async function runPipeline<T>(
   if (options.signal?.aborted) onAbort();
   options.signal?.addEventListener("abort", onAbort, { once: true });
 
-  const pipes: Promise<void>[] = [];
+  const pipes: Promise<void>[] = (options.pumps ?? []).map((p) =>
+    p.then(() => {}, (err) => failed(err))
+  );
   let stream = options.source;
   for (const stage of options.stages) {
     pipes.push(stream.pipeTo(stage.writable).catch((err) => failed(err)));
@@ -204,4 +211,62 @@ function chooseError(errors: unknown[], results: ToolResult[], what: string): un
     );
   }
   return toolError(results.find((r) => !r.success)!, what);
+}
+
+/** A pass-through stage that only counts the bytes (no per-byte work beyond the copy). */
+export function counter(): { stage: TransformStream<Uint8Array, Uint8Array>; bytes: () => number } {
+  let bytes = 0;
+  const stage = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      bytes += chunk.length;
+      controller.enqueue(chunk);
+    },
+  });
+  return { stage, bytes: () => bytes };
+}
+
+/** The shell command (exec'd, so the process is the tool) of a compressor or decompressor. */
+export function codecCommand(
+  settings: CompressionSettings | { tool: "zstd" | "gzip"; decompress: true },
+): string {
+  if ("decompress" in settings) {
+    return settings.tool === "zstd" ? "zstd -q -d -c" : "gzip -d -c";
+  }
+  return settings.tool === "zstd"
+    ? `zstd -q -${settings.level} -T${settings.threads} -c`
+    : `gzip -${Math.min(settings.level, 9)} -c`;
+}
+
+/** Creates a FIFO (mode 600) the server user owns, so its tools can open it too. */
+export async function makeFifo(tools: PgTools, path: string): Promise<string> {
+  assertSuccess(await tools.runTool("mkfifo", ["-m", "600", path]), "mkfifo");
+  await tools.chownToServerUser(path);
+  return path;
+}
+
+/**
+ * Starts `command` (a codec command line) reading `input` (a FIFO path, or its stdin when
+ * null) and writing `output` (a FIFO path, or its stdout when null). The shell only
+ * redirects and then becomes the program (exec), so killing it kills the program.
+ */
+export function spawnCodec(
+  tools: PgTools,
+  command: string,
+  io: { input: string | null; output: string | null; signal?: AbortSignal },
+): ToolProcess {
+  const redirect = [
+    io.input === null ? "" : ' < "$1"',
+    io.output === null ? "" : ' > "$2"',
+  ].join("");
+  return tools.spawnTool("sh", [
+    "-c",
+    `exec ${command}${redirect}`,
+    "sh",
+    io.input ?? "",
+    io.output ?? "",
+  ], {
+    stdin: io.input === null ? "piped" : "null",
+    stdout: io.output === null ? "piped" : "null",
+    signal: io.signal,
+  });
 }
