@@ -88,8 +88,12 @@ export async function storeEncrypted(
     name: string;
     fileName: string;
     content: ManifestFile["content"];
-    source: ReadableStream<Uint8Array>;
-    processes: ToolProcess[];
+    /**
+     * The data: a stream, or a program started here that writes to `output` (a FIFO the
+     * compressor reads, so the plain bytes never pass through this process) or, when
+     * `output` is null, to its stdout.
+     */
+    source: ReadableStream<Uint8Array> | ((output: string | null) => ToolProcess);
     signal?: AbortSignal;
   },
 ): Promise<{ file: ManifestFile; results: ToolResult[] }> {
@@ -98,12 +102,27 @@ export async function storeEncrypted(
   const running: ToolProcess[] = [];
   try {
     const fifo = await makeFifo(ctx.tools, `${scratch}/compressed.fifo`);
-    const codec = spawnCodec(ctx.tools, codecCommand(ctx.settings.compression), {
-      input: null,
+    // zstd -vv reports the exact bytes it read, so a program can write straight into it;
+    // gzip does not, so its input is counted here.
+    const direct = typeof options.source === "function" &&
+      ctx.settings.compression.tool === "zstd";
+    const plainFifo = direct ? await makeFifo(ctx.tools, `${scratch}/plain.fifo`) : null;
+    const codec = spawnCodec(ctx.tools, codecCommand(ctx.settings.compression, { count: direct }), {
+      input: plainFifo,
       output: fifo,
       signal: options.signal,
     });
     running.push(codec);
+    const tools: ToolProcess[] = [];
+    let input: ReadableStream<Uint8Array> | null = null;
+    if (typeof options.source === "function") {
+      const tool = options.source(plainFifo);
+      tools.push(tool);
+      running.push(tool);
+      if (!direct) input = tool.stdout!;
+    } else {
+      input = options.source;
+    }
     const salt = crypto.getRandomValues(new Uint8Array(8));
     const encrypt = ctx.tools.spawnTool("openssl", [
       ...opensslEncArgs({ encrypt: salt }, PBKDF2_ITERATIONS),
@@ -112,7 +131,7 @@ export async function storeEncrypted(
     ], { stdout: "piped", env: { [OPENSSL_PASS_ENV]: ctx.passphrase }, signal: options.signal });
     running.push(encrypt);
     const plain = counter();
-    const pump = options.source.pipeThrough(plain.stage).pipeTo(codec.stdin!);
+    const pumps = input ? [input.pipeThrough(plain.stage).pipeTo(codec.stdin!)] : [];
     const auth = createAuthStream(ctx.passphrase, {
       sha256: true,
       prefix: encryptionHeader(salt),
@@ -120,9 +139,9 @@ export async function storeEncrypted(
     const { value, results } = await runPipeline({
       source: encrypt.stdout!,
       stages: [auth.stream],
-      pumps: [pump],
+      pumps,
       sink: (stream) => ctx.storage.put(key, stream, { signal: options.signal }),
-      processes: [...options.processes, codec, encrypt],
+      processes: [...tools, codec, encrypt],
       signal: options.signal,
       what: `backup ${options.name}`,
     });
@@ -141,7 +160,7 @@ export async function storeEncrypted(
         size: sealed.size,
         sha256: sealed.sha256!,
         hmac: sealed.hmac,
-        plainSize: plain.bytes(),
+        plainSize: direct ? zstdBytesRead(results, options.name) : plain.bytes(),
       },
       results,
     };
@@ -152,6 +171,18 @@ export async function storeEncrypted(
   } finally {
     await removeTree(scratch);
   }
+}
+
+/** The exact byte count `zstd -vv` reports having read (`( 123 B =>  45 B, …)`). */
+function zstdBytesRead(results: ToolResult[], name: string): number {
+  for (const r of results) {
+    const all = [...r.stderr.matchAll(/\(\s*(\d+) B =>\s*\d+ B,/g)];
+    if (all.length) return Number(all.at(-1)![1]);
+  }
+  throw new RuntimeError(
+    "BACKUP_FAILED",
+    `Backup ${name}: zstd did not report how many bytes it compressed (zstd -vv)`,
+  );
 }
 
 /** A full logical backup: pg_dump custom format of the runtime's database. */
@@ -165,20 +196,26 @@ export async function createFullBackup(
   // One exported snapshot for pg_dump and the row counts: the test-restore can then demand
   // exactly these counts.
   return await withExportedSnapshot(sql, async (snapshot) => {
-    const dump = ctx.tools.spawn("pg_dump", [
-      "--format=custom",
-      "--compress=0",
-      `--snapshot=${snapshot.id}`,
-      "--no-password",
-    ], { connection: { url }, signal: options.signal });
     const counting = ctx.settings.rowCounts ? snapshot.countRows() : Promise.resolve(null);
     counting.catch(() => {});
     const { file } = await storeEncrypted(ctx, {
       name: options.name,
       fileName: `dump.pgc.${extension(ctx)}.enc`,
       content: "pg_dump-custom",
-      source: dump.stdout!,
-      processes: [dump],
+      source: (output) =>
+        ctx.tools.spawn("pg_dump", [
+          "--format=custom",
+          "--compress=0",
+          `--snapshot=${snapshot.id}`,
+          "--no-password",
+          // Into the compressor's FIFO; --no-sync, as pg_dump would fsync that (EINVAL) —
+          // the storage makes the stored file durable.
+          ...(output ? [`--file=${output}`, "--no-sync"] : []),
+        ], {
+          connection: { url },
+          stdout: output ? "null" : "piped",
+          signal: options.signal,
+        }),
       signal: options.signal,
     });
     const tables = await counting;
@@ -209,7 +246,7 @@ export async function createBaseBackup(
   const server = await serverFacts(sql);
   const databases = await connectableDatabases(sql);
   const bytes = await segmentSize(sql);
-  const backup = ctx.tools.spawn("pg_basebackup", [
+  const args = [
     "--pgdata=-",
     "--format=tar",
     "--wal-method=fetch",
@@ -219,17 +256,31 @@ export async function createBaseBackup(
     "--manifest-checksums=CRC32C",
     "--verbose",
     "--no-password",
-  ], { connection: { url }, signal: options.signal });
-  const { file, results } = await storeEncrypted(ctx, {
+  ];
+  let backup: ToolProcess | null = null;
+  const { file } = await storeEncrypted(ctx, {
     name: options.name,
     fileName: `base.tar.${extension(ctx)}.enc`,
     content: "pg_basebackup-tar",
-    source: backup.stdout!,
-    processes: [backup],
+    source: (output) =>
+      backup = output
+        // pg_basebackup writes a tar stream to stdout only: the shell points that at the
+        // FIFO the compressor reads, then becomes pg_basebackup (exec).
+        ? ctx.tools.spawnTool(
+          "sh",
+          ["-c", 'exec "$0" "$@" > "$RS_OUTPUT"', `${ctx.tools.binDir}/pg_basebackup`, ...args],
+          {
+            connection: { url },
+            env: { RS_OUTPUT: output },
+            stdout: "null",
+            signal: options.signal,
+          },
+        )
+        : ctx.tools.spawn("pg_basebackup", args, { connection: { url }, signal: options.signal }),
     signal: options.signal,
   });
   const endTime = new Date(ctx.now()).toISOString();
-  const stderr = results.find((r) => r.program === "pg_basebackup")?.stderr ?? "";
+  const stderr = (await backup!.finished).stderr;
   const range = parseBaseBackupWal(stderr);
   if (!range) {
     await ctx.storage.delete(`${options.name}/${file.name}`).catch(() => {});
@@ -353,7 +404,6 @@ export async function createWalBackup(
     fileName: `wal.tar.${extension(ctx)}.enc`,
     content: "wal-tar",
     source: tar.stream,
-    processes: [],
     signal: options.signal,
   });
   const files = await tar.tarred;

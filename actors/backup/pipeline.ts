@@ -228,12 +228,14 @@ export function counter(): { stage: TransformStream<Uint8Array, Uint8Array>; byt
 /** The shell command (exec'd, so the process is the tool) of a compressor or decompressor. */
 export function codecCommand(
   settings: CompressionSettings | { tool: "zstd" | "gzip"; decompress: true },
+  options: { count?: boolean } = {},
 ): string {
   if ("decompress" in settings) {
     return settings.tool === "zstd" ? "zstd -q -d -c" : "gzip -d -c";
   }
+  // -vv: the exact bytes read, on stderr at the end (no progress: stderr is no terminal).
   return settings.tool === "zstd"
-    ? `zstd -q -${settings.level} -T${settings.threads} -c`
+    ? `zstd ${options.count ? "-vv" : "-q"} -${settings.level} -T${settings.threads} -c`
     : `gzip -${Math.min(settings.level, 9)} -c`;
 }
 
