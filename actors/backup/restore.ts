@@ -367,7 +367,11 @@ async function compareRowCounts(
   return { tables: tables.length, rows };
 }
 
-/** Unpacks a stored tar file (base backup or WAL) into `dir`, as the server user. */
+/**
+ * Unpacks a stored tar file (base backup or WAL) into `dir`, as the server user. Callers
+ * checked every file (size, SHA-256, HMAC) first; the stream's HMAC is checked again on the
+ * way (the file could change in between), its SHA-256 is not computed a second time.
+ */
 async function extractTar(
   ctx: BackupContext,
   manifest: Manifest,
@@ -387,7 +391,6 @@ async function extractTar(
         path: fifo,
         consumer: tar,
         signal,
-        sha256: true,
       });
     }
   } finally {
