@@ -246,13 +246,64 @@ export const OPENSSL_PASS_ENV = "RS_BACKUP_PASSPHRASE";
  * prepended by the caller; decrypting, openssl reads the salt from the header.
  */
 export function opensslEncArgs(
-  mode: { encrypt: Uint8Array } | { decrypt: true },
+  mode: { encrypt: Uint8Array | null } | { decrypt: true },
   iterations: number = PBKDF2_ITERATIONS,
 ): string[] {
   const common = ["-aes-256-cbc", "-pbkdf2", "-iter", String(iterations), "-md", "sha256"];
-  return "encrypt" in mode
-    ? ["enc", "-e", ...common, "-S", hex(mode.encrypt), "-pass", `env:${OPENSSL_PASS_ENV}`]
-    : ["enc", "-d", ...common, "-pass", `env:${OPENSSL_PASS_ENV}`];
+  const pass = ["-pass", `env:${OPENSSL_PASS_ENV}`];
+  if ("decrypt" in mode) return ["enc", "-d", ...common, ...pass];
+  // Without -S openssl draws the salt itself and writes the header.
+  return ["enc", "-e", ...common, ...(mode.encrypt ? ["-S", hex(mode.encrypt)] : []), ...pass];
+}
+
+/**
+ * Authenticates a finished encrypted file on disk (one pass, 4 MiB reads): its size,
+ * SHA-256 and HMAC under the key derived from the salt in its header.
+ */
+export async function authenticateFile(
+  path: string,
+  passphrase: string,
+  options: { iterations?: number; name?: string } = {},
+): Promise<AuthenticatedFile> {
+  checkPassphrase(passphrase);
+  using file = await Deno.open(path, { read: true });
+  const buf = new Uint8Array(4 << 20);
+  const sha = createHash("sha256");
+  let mac: ReturnType<typeof createHmac> | null = null;
+  let size = 0;
+  while (true) {
+    let n = 0;
+    // Fill the buffer (a read may return less), so the header arrives in one piece.
+    while (n < buf.length) {
+      const got = await file.read(buf.subarray(n));
+      if (got === null) break;
+      n += got;
+    }
+    if (n === 0) break;
+    const chunk = buf.subarray(0, n);
+    if (!mac) {
+      if (n < HEADER_BYTES || !MAGIC.every((b, i) => chunk[i] === b)) {
+        throw new RuntimeError(
+          "BACKUP_FAILED",
+          `${options.name ?? path}: openssl did not write the \`Salted__\` header`,
+        );
+      }
+      const keys = await fileKeys(
+        passphrase,
+        chunk.slice(8, 16),
+        options.iterations ?? PBKDF2_ITERATIONS,
+      );
+      mac = createHmac("sha256", keys.macKey);
+    }
+    mac.update(chunk);
+    sha.update(chunk);
+    size += n;
+    if (n < buf.length) break;
+  }
+  if (!mac) {
+    throw new RuntimeError("BACKUP_FAILED", `${options.name ?? path}: openssl wrote nothing`);
+  }
+  return { size, sha256: sha.digest("hex"), hmac: mac.digest("hex") };
 }
 
 /** The 16-byte `Salted__` header of a file encrypted with `salt` (8 bytes). */

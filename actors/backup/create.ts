@@ -12,6 +12,8 @@
  * @module
  */
 import {
+  type AuthenticatedFile,
+  authenticateFile,
   BACKUP_CIPHER,
   createAuthStream,
   encryptionHeader,
@@ -50,6 +52,7 @@ import {
 } from "./manifest.ts";
 import { explainArchiveCommand } from "./archiver.ts";
 import { codecCommand, counter, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
+import type { StagedFile } from "./storage.ts";
 import { tarFiles } from "./tar.ts";
 import { listArchive, segmentSize, selectWal, switchAndAwaitArchive } from "./wal.ts";
 
@@ -75,12 +78,13 @@ function encryptionFacts(): Manifest["encryption"] {
 /**
  * Streams `source` into `<name>/<fileName>`, the bulk work done by native programs:
  *
- *   source → (this process counts) → zstd/gzip → FIFO → openssl enc → (this process:
- *   SHA-256 + HMAC in 1 MiB batches) → storage
+ *   tool → FIFO → zstd → FIFO → openssl enc → the storage's staged file (local storage),
+ *   then one hash pass (SHA-256 + HMAC, 4 MiB reads) before it is fsynced and renamed;
+ *   S3: openssl enc → (this process: SHA-256 + HMAC in 1 MiB batches) → upload.
  *
- * The compressor and openssl run beside the tool on other cores; this process only copies
- * the plain bytes once and hashes the (smaller) encrypted ones once. On any failure the
- * partial object is deleted and the error says which stage failed.
+ * The compressor and openssl run beside the tool on other cores. A stream source (the WAL
+ * tar) or gzip (no byte count of its own) feeds the compressor through this process. On
+ * any failure the partial object is deleted and the error says which stage failed.
  */
 export async function storeEncrypted(
   ctx: BackupContext,
@@ -100,6 +104,7 @@ export async function storeEncrypted(
   const key = `${options.name}/${options.fileName}`;
   const scratch = await scratchDir(ctx, "backup");
   const running: ToolProcess[] = [];
+  let staged: StagedFile | null = null;
   try {
     const fifo = await makeFifo(ctx.tools, `${scratch}/compressed.fifo`);
     // zstd -vv reports the exact bytes it read, so a program can write straight into it;
@@ -123,34 +128,69 @@ export async function storeEncrypted(
     } else {
       input = options.source;
     }
-    const salt = crypto.getRandomValues(new Uint8Array(8));
-    const encrypt = ctx.tools.spawnTool("openssl", [
-      ...opensslEncArgs({ encrypt: salt }, PBKDF2_ITERATIONS),
-      "-in",
-      fifo,
-    ], { stdout: "piped", env: { [OPENSSL_PASS_ENV]: ctx.passphrase }, signal: options.signal });
-    running.push(encrypt);
     const plain = counter();
     const pumps = input ? [input.pipeThrough(plain.stage).pipeTo(codec.stdin!)] : [];
-    const auth = createAuthStream(ctx.passphrase, {
-      sha256: true,
-      prefix: encryptionHeader(salt),
-    });
-    const { value, results } = await runPipeline({
-      source: encrypt.stdout!,
-      stages: [auth.stream],
-      pumps,
-      sink: (stream) => ctx.storage.put(key, stream, { signal: options.signal }),
-      processes: [...tools, codec, encrypt],
-      signal: options.signal,
-      what: `backup ${options.name}`,
-    });
-    const sealed = await auth.result;
-    if (sealed.size !== value.size) {
-      throw new RuntimeError(
-        "STORAGE_FAILED",
-        `Backup ${options.name}: the storage kept ${value.size} of ${sealed.size} bytes of ${key}`,
-      );
+    const what = `backup ${options.name}`;
+    const env = { [OPENSSL_PASS_ENV]: ctx.passphrase };
+    let sealed: AuthenticatedFile;
+    let results: ToolResult[];
+    if (ctx.storage.stage) {
+      // Local storage: openssl writes the file in place (salt and header included), then
+      // one pass of 4 MiB reads (from the page cache) hashes it; commit fsyncs and renames.
+      staged = await ctx.storage.stage(key);
+      const encrypt = ctx.tools.spawnTool("openssl", [
+        ...opensslEncArgs({ encrypt: null }, PBKDF2_ITERATIONS),
+        "-in",
+        fifo,
+        "-out",
+        staged.path,
+      ], { stdout: "null", env, signal: options.signal });
+      running.push(encrypt);
+      ({ results } = await runPipeline({
+        source: new ReadableStream({ start: (c) => c.close() }),
+        stages: [],
+        pumps,
+        sink: (stream) => stream.pipeTo(new WritableStream()),
+        processes: [...tools, codec, encrypt],
+        signal: options.signal,
+        what,
+      }));
+      sealed = await authenticateFile(staged.path, ctx.passphrase, { name: key });
+      const { size } = await staged.commit();
+      staged = null;
+      if (size !== sealed.size) {
+        throw new RuntimeError("STORAGE_FAILED", `${what}: ${key} changed while it was stored`);
+      }
+    } else {
+      const salt = crypto.getRandomValues(new Uint8Array(8));
+      const encrypt = ctx.tools.spawnTool("openssl", [
+        ...opensslEncArgs({ encrypt: salt }, PBKDF2_ITERATIONS),
+        "-in",
+        fifo,
+      ], { stdout: "piped", env, signal: options.signal });
+      running.push(encrypt);
+      const auth = createAuthStream(ctx.passphrase, {
+        sha256: true,
+        prefix: encryptionHeader(salt),
+      });
+      const run = await runPipeline({
+        source: encrypt.stdout!,
+        stages: [auth.stream],
+        pumps,
+        sink: (stream) => ctx.storage.put(key, stream, { signal: options.signal }),
+        processes: [...tools, codec, encrypt],
+        signal: options.signal,
+        what,
+      });
+      results = run.results;
+      sealed = await auth.result;
+      if (sealed.size !== run.value.size) {
+        throw new RuntimeError(
+          "STORAGE_FAILED",
+          `Backup ${options.name}: the storage kept ${run.value.size} of ${sealed.size} bytes ` +
+            `of ${key}`,
+        );
+      }
     }
     return {
       file: {
@@ -166,6 +206,7 @@ export async function storeEncrypted(
     };
   } catch (err) {
     for (const p of running) p.kill("SIGKILL");
+    await staged?.abort();
     await ctx.storage.delete(key).catch(() => {});
     throw err;
   } finally {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import {
+  authenticateFile,
   checkEncryptedFile,
   createAuthStream,
   createDecryptStream,
@@ -238,6 +239,32 @@ Deno.test("openssl does the AES, one batched pass authenticates (the backup pipe
     await assert.rejects(check.result, (e) => isRuntimeError(e, "BACKUP_CORRUPT"));
     const passed = out.reduce((n, c) => n + c.length, 0);
     assert.ok(passed < stored.length, `${passed} of ${stored.length} bytes passed`);
+  });
+
+  await t.step("openssl drawing its own salt, authenticated on disk: the same format", async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const file = `${dir}/x.enc`;
+      await sh(
+        `openssl ${opensslEncArgs({ encrypt: null }).join(" ")} -out "${file}"`,
+        { [OPENSSL_PASS_ENV]: KEY },
+        data,
+      );
+      const onDisk = await authenticateFile(file, KEY);
+      const bytes = await Deno.readFile(file);
+      const check = createAuthStream(KEY, {
+        expect: { hmac: onDisk.hmac, sha256: onDisk.sha256!, size: onDisk.size },
+      });
+      await through(check.stream, pieces(bytes));
+      assert.equal((await check.result).sha256, onDisk.sha256);
+      const plain = await sh(
+        `openssl ${opensslEncArgs({ decrypt: true }).join(" ")} -in "${file}"`,
+        { [OPENSSL_PASS_ENV]: KEY },
+      );
+      assert.deepEqual(plain, data);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   });
 
   await t.step("another key and a missing header are BACKUP_CORRUPT", async () => {
