@@ -1,18 +1,13 @@
 /**
- * The streaming pipeline of backups and restores, in constant memory:
+ * The streaming plumbing of backups and restores, in constant memory. The bulk work runs in
+ * native programs joined by FIFOs (the compressor, `openssl enc`); this process moves and
+ * authenticates only what it must (see create.ts and restore.ts for the two directions).
  *
- *   backup:  tool stdout → measure → compress (zstd | gzip) → encrypt + HMAC → storage
- *   restore: storage → decrypt + HMAC check → decompress → measure → tool stdin
- *
- * Every stage is a stream with backpressure, so memory does not grow with the database.
  * {@linkcode runPipeline} pipes the stages itself and watches every pipe and every process:
  * a stage that fails, or a program that exits non-zero, fails the whole run with the most
  * telling error, and the processes still running are killed.
  * @module
  */
-import { createHash } from "node:crypto";
-import { Duplex } from "node:stream";
-import { createGunzip, createGzip } from "node:zlib";
 import { RuntimeError } from "../../lib/errors.ts";
 import {
   assertSuccess,
@@ -24,85 +19,14 @@ import {
 /** A readable / writable pair the data flows through. */
 export type Stage = { writable: WritableStream<Uint8Array>; readable: ReadableStream<Uint8Array> };
 
-/** A compression or decompression stage, with the program behind it (if any). */
-export interface CodecStage {
-  /** The stream pair. */
-  stage: Stage;
-  /** The zstd process, or null for node:zlib. */
-  process: ToolProcess | null;
-}
-
 /** Compression settings. */
 export interface CompressionSettings {
-  /** zstd (the binary, fastest) or gzip (node:zlib). */
+  /** zstd or gzip (the binaries). */
   tool: "zstd" | "gzip";
   /** Level (zstd 1-19, gzip 1-9). */
   level: number;
   /** zstd worker threads, 0 = one per core. */
   threads: number;
-}
-
-/** Starts a compressor. */
-export function compressor(tools: PgTools, settings: CompressionSettings): CodecStage {
-  if (settings.tool === "zstd") {
-    const proc = tools.spawnTool(
-      "zstd",
-      ["-q", `-${settings.level}`, `-T${settings.threads}`, "-c", "-"],
-      { stdin: "piped", stdout: "piped" },
-    );
-    return { stage: { writable: proc.stdin!, readable: proc.stdout! }, process: proc };
-  }
-  const pair = Duplex.toWeb(createGzip({ level: Math.min(settings.level, 9) })) as unknown as Stage;
-  return { stage: pair, process: null };
-}
-
-/** Starts a decompressor for files written with `tool`. */
-export function decompressor(tools: PgTools, tool: "zstd" | "gzip"): CodecStage {
-  if (tool === "zstd") {
-    const proc = tools.spawnTool("zstd", ["-q", "-d", "-c", "-"], {
-      stdin: "piped",
-      stdout: "piped",
-    });
-    return { stage: { writable: proc.stdin!, readable: proc.stdout! }, process: proc };
-  }
-  return { stage: Duplex.toWeb(createGunzip()) as unknown as Stage, process: null };
-}
-
-/** Byte count and SHA-256 of what flowed through a {@linkcode measure} stage. */
-export interface Measurement {
-  /** Bytes. */
-  size: number;
-  /** Hex SHA-256. */
-  sha256: string;
-}
-
-/** A pass-through stage that counts and hashes the bytes. */
-export function measure(): {
-  stage: TransformStream<Uint8Array, Uint8Array>;
-  result: () => Measurement;
-} {
-  const hash = createHash("sha256");
-  let size = 0;
-  let digest: string | null = null;
-  const stage = new TransformStream<Uint8Array, Uint8Array>({
-    transform(chunk, controller) {
-      hash.update(chunk);
-      size += chunk.length;
-      controller.enqueue(chunk);
-    },
-    flush() {
-      digest = hash.digest("hex");
-    },
-  });
-  return {
-    stage,
-    result: () => {
-      if (digest === null) {
-        throw new RuntimeError("INTERNAL", "The measured stream did not finish");
-      }
-      return { size, sha256: digest };
-    },
-  };
 }
 
 /** Options of {@linkcode runPipeline}. */

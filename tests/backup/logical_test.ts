@@ -178,6 +178,25 @@ Deno.test("full (logical) backups", async (t) => {
       await Deno.writeTextFile(path, original);
     });
 
+    await t.step("gzip and row counts off (the defaults but zstd) round-trip too", async () => {
+      const gz = testService({ url, sql, dir, env: { BACKUP_COMPRESSION: "gzip" } });
+      try {
+        const result = await gz.create("full", { trigger: "manual" });
+        const manifest = await readManifest(gz.context.storage, result.name!, {
+          passphrase: TEST_KEY,
+        });
+        assert.equal(manifest.files[0].compression, "gzip");
+        assert.equal(manifest.files[0].name, "dump.pgc.gz.enc");
+        assert.equal(manifest.logical?.tables, null, "no row counts unless asked");
+        assert.ok(manifest.files[0].plainSize > manifest.files[0].size / 2);
+        const report = await gz.restoreLogical(result.name!, { database: "app_gz", url: pg.url });
+        assert.equal(report.tablesChecked, 0);
+        assert.equal(await fingerprint(pg, "app_gz"), await fingerprint(pg, "app"));
+      } finally {
+        gz.close();
+      }
+    });
+
     await t.step("restoring onto an existing database is refused", async () => {
       await assert.rejects(
         service.restoreLogical(name, { database: "app", url: pg.url }),
