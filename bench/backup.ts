@@ -13,6 +13,11 @@
  * - base_backup_mb_per_s: our physical base backup (pg_basebackup -Ft -X fetch → zstd →
  *   AES + HMAC → storage); baseline raw_base_backup_mb_per_s: `pg_basebackup -Ft -X none -D -
  *   | zstd -3 -T0 | openssl enc > file`.
+ * - base_restore_mb_per_s: our restore of that base backup into a new data directory
+ *   (check every file, decrypt + HMAC, zstd -d, tar -x, recovery in a throw-away server,
+ *   probe, clean stop, rename); baseline raw_base_restore_mb_per_s: `openssl enc -d -in
+ *   base.tar.zst.enc | zstd -d | tar -x` of the same stored file, then start the server on
+ *   it until it accepts connections (recovery) and stop it.
  * - backup_rss_mb: peak RSS of this process while backing up (constant-memory check).
  *
  * Every figure prints `ratio` = figure / baseline. MB/s = database size (pg_database_size
@@ -148,6 +153,8 @@ export async function run(): Promise<Figure[]> {
       base: [] as number[],
       rawBase: [] as number[],
       rss: [] as number[],
+      baseRestore: [] as number[],
+      rawBaseRestore: [] as number[],
     };
     for (let rep = 0; rep < REPS; rep++) {
       const raw = await timed(() =>
@@ -186,12 +193,44 @@ export async function run(): Promise<Figure[]> {
       const base = await timed(() => service.create("base"));
       s.base.push(clusterMb / base.seconds);
       await Deno.remove(`${dir}/base.enc`);
+
+      const rawDir = `${dir}/raw-restore-${rep}`;
+      const sockets = `${dir}/raw-socket-${rep}`;
+      await tools.prepareDir(sockets);
+      const stored = `${dir}/store/${base.value.name}/base.tar.zst.enc`;
+      const rawBaseRestore = await timed(async () => {
+        await tools.prepareDir(rawDir);
+        await bash(
+          `${ENC} -d -in ${stored} | zstd -q -d | setpriv --reuid=${tools.serverUser} ` +
+            `--regid=${tools.serverUser} --init-groups tar -x -C ${rawDir}`,
+        );
+        const server = await tools.startServer(rawDir, {
+          tcp: false,
+          trustLocalSocket: true,
+          socketDir: sockets,
+          logPath: `${sockets}/raw-restore.log`,
+          settings: { archive_mode: "off" },
+        });
+        await server.stop();
+      });
+      s.rawBaseRestore.push(clusterMb / rawBaseRestore.seconds);
+      await Deno.remove(rawDir, { recursive: true });
+      const ourBaseRestore = await timed(() =>
+        service.restorePointInTime({
+          targetTime: null,
+          targetDir: `${dir}/restore-${rep}`,
+          base: base.value.name!,
+        })
+      );
+      s.baseRestore.push(clusterMb / ourBaseRestore.seconds);
+      await Deno.remove(`${dir}/restore-${rep}`, { recursive: true });
       progress(
         `backup rep ${rep + 1}/${REPS}: backup ${round(s.backup[rep], 1)} MB/s (raw pipeline ` +
           `${round(s.raw[rep], 1)}), stored ${round(ours.value.storedBytes / 1e6, 1)} MB, ` +
           `rss ${round(s.rss[rep], 0)} MB; restore ${round(s.restore[rep], 1)} MB/s (raw ` +
           `${round(s.rawRestore[rep], 1)}); base ${round(s.base[rep], 1)} MB/s (raw ` +
-          `${round(s.rawBase[rep], 1)})`,
+          `${round(s.rawBase[rep], 1)}); base restore ${round(s.baseRestore[rep], 1)} MB/s (raw ` +
+          `${round(s.rawBaseRestore[rep], 1)})`,
       );
     }
     return [
@@ -206,6 +245,10 @@ export async function run(): Promise<Figure[]> {
       figure("base_backup_mb_per_s", "MB/s", s.base, {
         name: "raw_base_backup_mb_per_s",
         values: s.rawBase,
+      }),
+      figure("base_restore_mb_per_s", "MB/s", s.baseRestore, {
+        name: "raw_base_restore_mb_per_s",
+        values: s.rawBaseRestore,
       }),
       figure("backup_rss_mb", "MB", s.rss, null, "lower"),
     ];
