@@ -1,17 +1,28 @@
 /**
- * Backup suite: full (logical) backup and restore throughput on a generated database of
- * about 1 GB (BENCH_BACKUP_MB) whose rows compress about 2:1 like real data (random hex,
- * numbers, timestamps), next to the bare tools measured in the same run:
+ * Backup suite: backup and restore throughput on a generated database of about 1 GB
+ * (BENCH_BACKUP_MB) whose rows compress about 2:1 like real data (random hex, numbers,
+ * timestamps), each next to the raw shell pipeline of the same tools measured in the same
+ * run, on a server with fsync on (as production runs):
  *
- * - backup_mb_per_s: our full backup (pg_dump -Fc -Z0 | zstd -3 | AES-256-CBC + HMAC |
- *   SHA-256 | local storage, plus row counts in the dump's snapshot); baseline: bare
- *   `pg_dump -Fc -f /dev/null` (its default zlib compression, no encryption).
- * - restore_mb_per_s: our restore (check every file's SHA-256 + HMAC, decrypt, zstd -d,
- *   pg_restore in one transaction into a staging database, row-count probes, rename);
- *   baseline: bare `pg_restore -d` of a plain `pg_dump -Fc` file.
+ * - backup_mb_per_s: our full backup (pg_dump -Fc -Z0 → zstd → AES-256-CBC + HMAC → local
+ *   storage, fsynced); baseline raw_pipeline_mb_per_s: `pg_dump -Fc -Z0 --no-sync | zstd -3
+ *   -T0 | openssl enc -aes-256-cbc -pbkdf2 > file` in bash (what someone would choose).
+ * - restore_mb_per_s: our restore (decrypt + HMAC, zstd -d, pg_restore in one transaction
+ *   into a staging database, rename); baseline raw_restore_mb_per_s: `openssl enc -d | zstd
+ *   -d | pg_restore -d new` of the raw pipeline's file.
+ * - base_backup_mb_per_s: our physical base backup (pg_basebackup -Ft -X fetch → zstd →
+ *   AES + HMAC → storage); baseline raw_base_backup_mb_per_s: `pg_basebackup -Ft -X none -D -
+ *   | zstd -3 -T0 | openssl enc > file`.
+ * - base_restore_mb_per_s: our restore of that base backup into a new data directory
+ *   (check every file, decrypt + HMAC, zstd -d, tar -x, recovery in a throw-away server,
+ *   probe, clean stop, rename); baseline raw_base_restore_mb_per_s: `openssl enc -d -in
+ *   base.tar.zst.enc | zstd -d | tar -x` of the same stored file, then start the server on
+ *   it until it accepts connections (recovery) and stop it.
  * - backup_rss_mb: peak RSS of this process while backing up (constant-memory check).
  *
- * MB/s = database size (pg_database_size) / seconds, medians of BENCH_REPS (default 3).
+ * Every figure prints `ratio` = figure / baseline. MB/s = database size (pg_database_size
+ * of the bench database; the whole cluster for base backups) / seconds, medians of
+ * BENCH_REPS (default 3) with ours and the baseline interleaved in each repetition.
  * @module
  */
 import postgres from "postgres";
@@ -27,6 +38,7 @@ import { type Figure, median, progress, round } from "./_util.ts";
 const TARGET_MB = Number(Deno.env.get("BENCH_BACKUP_MB") ?? 1024);
 const REPS = Number(Deno.env.get("BENCH_REPS") ?? 3);
 const KEY = "bench-passphrase-0123456789abcdef";
+const ENC = "openssl enc -aes-256-cbc -pbkdf2 -iter 100000 -md sha256 -pass env:BENCH_KEY";
 
 async function timed<T>(fn: () => Promise<T>): Promise<{ value: T; seconds: number }> {
   const t0 = performance.now();
@@ -59,17 +71,43 @@ async function generate(sql: Sql, mb: number): Promise<number> {
     progress(`backup: generated ${to} / ${total} rows`);
   }
   await sql`VACUUM ANALYZE bench_data`;
+  await sql`CHECKPOINT`;
   const [{ bytes }] = await sql<{ bytes: string }[]>`
     SELECT pg_database_size(current_database())::text AS bytes`;
   return Number(bytes);
 }
 
+function figure(
+  name: string,
+  unit: string,
+  values: number[],
+  baseline: { name: string; values: number[] } | null,
+  better: "higher" | "lower" = "higher",
+): Figure & { ratio?: number } {
+  const value = median(values);
+  const base = baseline ? median(baseline.values) : null;
+  return {
+    suite: "backup",
+    name,
+    unit,
+    value: round(value, 1),
+    better,
+    baseline: baseline ? { name: baseline.name, value: round(base!, 1) } : null,
+    ...(base ? { ratio: round(value / base, 2) } : {}),
+  };
+}
+
 /** Runs the suite. */
 export async function run(): Promise<Figure[]> {
-  progress(`backup: starting PostgreSQL; generating ~${TARGET_MB} MB`);
+  progress(`backup: starting PostgreSQL (fsync on); generating ~${TARGET_MB} MB`);
   await using pg = await startPostgres({
     name: "bench-backup",
-    settings: { shared_buffers: "256MB", max_wal_size: "4GB", checkpoint_timeout: "30min" },
+    settings: {
+      fsync: "on",
+      shared_buffers: "256MB",
+      max_wal_size: "4GB",
+      checkpoint_timeout: "30min",
+    },
   });
   const url = await pg.createDatabase("benchdb");
   const dir = await Deno.makeTempDir({ prefix: "rs-bench-backup-" });
@@ -89,78 +127,130 @@ export async function run(): Promise<Figure[]> {
     log: silentLogger,
     now: Date.now,
   });
+  const bash = (script: string, database?: string) =>
+    tools.runTool("bash", ["-c", `set -euo pipefail; ${script}`], {
+      connection: { url, ...(database ? { database } : {}) },
+      env: { BENCH_KEY: KEY },
+      cwd: dir,
+    }).then((r) => {
+      if (!r.success) throw new Error(`bash ${script} failed: ${r.stderr}`);
+      return r;
+    });
   try {
     await migrate(sql);
     const bytes = await generate(sql, TARGET_MB);
     const mb = bytes / 1e6;
-    progress(`backup: database is ${round(mb, 1)} MB`);
-    const plainDump = `${dir}/plain.dump`;
-    await tools.runOk("pg_dump", ["-Fc", "-f", plainDump], { connection: { url } });
+    const [{ cluster }] = await sql<{ cluster: string }[]>`
+      SELECT sum(pg_database_size(datname))::text AS cluster FROM pg_database`;
+    const clusterMb = Number(cluster) / 1e6;
+    progress(`backup: database is ${round(mb, 1)} MB, cluster ${round(clusterMb, 1)} MB`);
 
-    const backup: number[] = [];
-    const baseline: number[] = [];
-    const restore: number[] = [];
-    const baselineRestore: number[] = [];
-    const rss: number[] = [];
+    const s = {
+      backup: [] as number[],
+      raw: [] as number[],
+      restore: [] as number[],
+      rawRestore: [] as number[],
+      base: [] as number[],
+      rawBase: [] as number[],
+      rss: [] as number[],
+      baseRestore: [] as number[],
+      rawBaseRestore: [] as number[],
+    };
     for (let rep = 0; rep < REPS; rep++) {
-      const bare = await timed(() =>
-        tools.runOk("pg_dump", ["-Fc", "--no-sync", "-f", "/dev/null"], { connection: { url } })
+      const raw = await timed(() =>
+        bash(`pg_dump -Fc -Z0 --no-sync | zstd -q -3 -T0 | ${ENC} > raw.enc`)
       );
-      baseline.push(mb / bare.seconds);
+      s.raw.push(mb / raw.seconds);
 
       let peak = Deno.memoryUsage().rss;
       const sampler = setInterval(() => peak = Math.max(peak, Deno.memoryUsage().rss), 200);
       const ours = await timed(() => service.create("full"));
       clearInterval(sampler);
-      backup.push(mb / ours.seconds);
-      rss.push(peak / 1e6);
+      s.backup.push(mb / ours.seconds);
+      s.rss.push(peak / 1e6);
 
-      const bareRestore = await timed(async () => {
+      const rawRestore = await timed(async () => {
         await pg.psql(`CREATE DATABASE bare_${rep}`);
-        await tools.runOk("pg_restore", ["-d", `bare_${rep}`, plainDump], {
-          connection: { url, database: `bare_${rep}` },
-        });
+        await bash(
+          `${ENC} -d < raw.enc | zstd -q -d | pg_restore --exit-on-error --single-transaction ` +
+            `-d bare_${rep}`,
+          `bare_${rep}`,
+        );
       });
-      baselineRestore.push(mb / bareRestore.seconds);
+      s.rawRestore.push(mb / rawRestore.seconds);
       await pg.psql(`DROP DATABASE bare_${rep}`);
 
       const ourRestore = await timed(() =>
         service.restoreLogical(ours.value.name!, { database: `restored_${rep}`, url })
       );
-      restore.push(mb / ourRestore.seconds);
+      s.restore.push(mb / ourRestore.seconds);
       await pg.psql(`DROP DATABASE restored_${rep}`);
+
+      const rawBase = await timed(() =>
+        bash(`pg_basebackup -Ft -X none -D - --no-password | zstd -q -3 -T0 | ${ENC} > base.enc`)
+      );
+      s.rawBase.push(clusterMb / rawBase.seconds);
+      const base = await timed(() => service.create("base"));
+      s.base.push(clusterMb / base.seconds);
+      await Deno.remove(`${dir}/base.enc`);
+
+      const rawDir = `${dir}/raw-restore-${rep}`;
+      const sockets = `${dir}/raw-socket-${rep}`;
+      await tools.prepareDir(sockets);
+      const stored = `${dir}/store/${base.value.name}/base.tar.zst.enc`;
+      const rawBaseRestore = await timed(async () => {
+        await tools.prepareDir(rawDir);
+        await bash(
+          `${ENC} -d -in ${stored} | zstd -q -d | setpriv --reuid=${tools.serverUser} ` +
+            `--regid=${tools.serverUser} --init-groups tar -x -C ${rawDir}`,
+        );
+        const server = await tools.startServer(rawDir, {
+          tcp: false,
+          trustLocalSocket: true,
+          socketDir: sockets,
+          logPath: `${sockets}/raw-restore.log`,
+          settings: { archive_mode: "off" },
+        });
+        await server.stop();
+      });
+      s.rawBaseRestore.push(clusterMb / rawBaseRestore.seconds);
+      await Deno.remove(rawDir, { recursive: true });
+      const ourBaseRestore = await timed(() =>
+        service.restorePointInTime({
+          targetTime: null,
+          targetDir: `${dir}/restore-${rep}`,
+          base: base.value.name!,
+        })
+      );
+      s.baseRestore.push(clusterMb / ourBaseRestore.seconds);
+      await Deno.remove(`${dir}/restore-${rep}`, { recursive: true });
       progress(
-        `backup rep ${rep + 1}/${REPS}: backup ${round(backup[rep], 1)} MB/s (bare pg_dump ` +
-          `${round(baseline[rep], 1)}), stored ${round(ours.value.storedBytes / 1e6, 1)} MB, ` +
-          `rss ${round(rss[rep], 0)} MB; restore ${round(restore[rep], 1)} MB/s (bare ` +
-          `pg_restore ${round(baselineRestore[rep], 1)})`,
+        `backup rep ${rep + 1}/${REPS}: backup ${round(s.backup[rep], 1)} MB/s (raw pipeline ` +
+          `${round(s.raw[rep], 1)}), stored ${round(ours.value.storedBytes / 1e6, 1)} MB, ` +
+          `rss ${round(s.rss[rep], 0)} MB; restore ${round(s.restore[rep], 1)} MB/s (raw ` +
+          `${round(s.rawRestore[rep], 1)}); base ${round(s.base[rep], 1)} MB/s (raw ` +
+          `${round(s.rawBase[rep], 1)}); base restore ${round(s.baseRestore[rep], 1)} MB/s (raw ` +
+          `${round(s.rawBaseRestore[rep], 1)})`,
       );
     }
     return [
-      {
-        suite: "backup",
-        name: "backup_mb_per_s",
-        unit: "MB/s",
-        value: round(median(backup), 1),
-        better: "higher",
-        baseline: { name: "pg_dump_devnull_mb_per_s", value: round(median(baseline), 1) },
-      },
-      {
-        suite: "backup",
-        name: "restore_mb_per_s",
-        unit: "MB/s",
-        value: round(median(restore), 1),
-        better: "higher",
-        baseline: { name: "pg_restore_mb_per_s", value: round(median(baselineRestore), 1) },
-      },
-      {
-        suite: "backup",
-        name: "backup_rss_mb",
-        unit: "MB",
-        value: round(median(rss), 0),
-        better: "lower",
-        baseline: null,
-      },
+      figure("backup_mb_per_s", "MB/s", s.backup, {
+        name: "raw_pipeline_mb_per_s",
+        values: s.raw,
+      }),
+      figure("restore_mb_per_s", "MB/s", s.restore, {
+        name: "raw_restore_mb_per_s",
+        values: s.rawRestore,
+      }),
+      figure("base_backup_mb_per_s", "MB/s", s.base, {
+        name: "raw_base_backup_mb_per_s",
+        values: s.rawBase,
+      }),
+      figure("base_restore_mb_per_s", "MB/s", s.baseRestore, {
+        name: "raw_base_restore_mb_per_s",
+        values: s.rawBaseRestore,
+      }),
+      figure("backup_rss_mb", "MB", s.rss, null, "lower"),
     ];
   } finally {
     service.close();

@@ -21,10 +21,11 @@
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { loadConfig } from "../concerns/config.ts";
+import { redactUrl } from "../lib/config.ts";
 import { describeError, RuntimeError } from "../lib/errors.ts";
 import { createLogger, type Logger } from "../lib/log.ts";
 import { openServerPool } from "../store/backup_server.ts";
-import { migrate } from "../store/migrations.ts";
+import { migrate, migrationStatus } from "../store/migrations.ts";
 import type { Sql } from "../store/types.ts";
 import {
   backupPassphrase,
@@ -68,7 +69,9 @@ commands:
                        print archive_command (archive dir default: BACKUP_WAL_ARCHIVE_DIR;
                        script dir default: "archiver" beside the archive)
 
-options: --json for machine-readable output`;
+options: --json for machine-readable output
+         --yes   let the CLI create the runtime's tables in a database that has none
+                 (it applies pending migrations to DATABASE_URL's database and says so)`;
 
 const OPTIONS = {
   type: { type: "string" },
@@ -88,6 +91,7 @@ const OPTIONS = {
   "script-dir": { type: "string" },
   deno: { type: "string" },
   json: { type: "boolean" },
+  yes: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -140,10 +144,50 @@ interface Opened {
   close(): Promise<void>;
 }
 
+/**
+ * Applies the runtime's pending migrations (as the runtime does at start-up, so the history
+ * table exists before its first start), saying which database it changes. A database
+ * without any runtime table is most likely not the runtime's: without `--yes` the CLI does
+ * not touch it: commands that need the history fail (VALIDATION_FAILED), the others go on
+ * with the storage alone. Returns whether the database is the runtime's (now migrated).
+ */
+async function migrateKnowingly(
+  pool: Sql,
+  url: string,
+  options: { needDatabase: boolean; log: Logger; yes: boolean; err: (line: string) => void },
+): Promise<boolean> {
+  const status = await migrationStatus(pool);
+  const where = `database ${databaseName(url)} at ${redactUrl(url)}`;
+  if (!status.applied.length && !options.yes) {
+    const sentence = `${where} has no runtime tables yet: the backup CLI would create them ` +
+      `(${status.pending.length} migrations). HINT: check DATABASE_URL, or pass --yes to ` +
+      "create them there";
+    if (options.needDatabase) throw new RuntimeError("VALIDATION_FAILED", `Refusing: ${sentence}`);
+    options.err(`warning: not using the database: ${sentence}; using the backup storage alone`);
+    return false;
+  }
+  if (status.pending.length) {
+    options.err(
+      `applying ${status.pending.length} pending runtime migration(s) to ${where}: ` +
+        status.pending.join(", "),
+    );
+    await migrate(pool, { log: options.log });
+  }
+  return true;
+}
+
+function databaseName(url: string): string {
+  try {
+    return decodeURIComponent(new URL(url).pathname.replace(/^\//, "")) || "(default)";
+  } catch {
+    return "(unknown)";
+  }
+}
+
 /** Opens the service from the environment; the database is optional for restores. */
 async function open(
   env: Record<string, string | undefined>,
-  options: { needDatabase: boolean; log: Logger },
+  options: { needDatabase: boolean; log: Logger; yes: boolean; err: (line: string) => void },
 ): Promise<Opened> {
   const config = loadConfig({ env, args: [] });
   const settings = config.concerns.backup;
@@ -152,16 +196,20 @@ async function open(
   if (url) {
     try {
       const pool = await openServerPool(url, { max: 4, applicationName: "rootstream-cli-backup" });
+      let migrated = false;
       try {
-        // Pending migrations, as the runtime applies them at start-up: the history table
-        // then exists even before the first runtime start.
-        await migrate(pool, { log: options.log });
+        migrated = await migrateKnowingly(pool, url, options);
       } catch (err) {
         await pool.end({ timeout: 1 });
         throw err;
       }
-      sql = pool;
+      if (migrated) {
+        sql = pool;
+      } else {
+        await pool.end({ timeout: 1 });
+      }
     } catch (err) {
+      if (err instanceof RuntimeError && err.code === "VALIDATION_FAILED") throw err;
       if (options.needDatabase) {
         throw new RuntimeError(
           "DATABASE_CONNECT_FAILED",
@@ -327,7 +375,12 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
 
   let opened: Opened | null = null;
   try {
-    opened = await open(env, { needDatabase: needs[command], log });
+    opened = await open(env, {
+      needDatabase: needs[command],
+      log,
+      yes: values.yes === true,
+      err,
+    });
     const { service } = opened;
     switch (command) {
       case "create": {

@@ -4,14 +4,23 @@
  *
  * - full: export a snapshot → pg_dump -Fc -Z0 in that snapshot (and row counts in it) →
  *   compress → encrypt → checksum → store.
- * - base: pg_basebackup -Ft -X fetch to stdout (with its own SHA-256 backup_manifest inside)
+ * - base: pg_basebackup -Ft -X fetch to stdout (with its own CRC32C backup_manifest inside)
  *   → compress → encrypt → checksum → store; the WAL range from its verbose output.
  * - incremental / differential: pg_switch_wal() and wait for the archive → choose the
  *   archived WAL since the previous link (incremental) or since the base (differential),
  *   with a gap check → tar → compress → encrypt → checksum → store.
  * @module
  */
-import { BACKUP_CIPHER, createEncryptStream, PBKDF2_ITERATIONS } from "../../lib/backup_crypto.ts";
+import {
+  type AuthenticatedFile,
+  authenticateFile,
+  BACKUP_CIPHER,
+  createAuthStream,
+  encryptionHeader,
+  OPENSSL_PASS_ENV,
+  opensslEncArgs,
+  PBKDF2_ITERATIONS,
+} from "../../lib/backup_crypto.ts";
 import { RuntimeError } from "../../lib/errors.ts";
 import { lookupAccount } from "../../lib/os_access.ts";
 import {
@@ -27,7 +36,13 @@ import {
   serverFacts,
   withExportedSnapshot,
 } from "../../store/backup_server.ts";
-import { type BackupContext, databaseOf, requireServer } from "./context.ts";
+import {
+  type BackupContext,
+  databaseOf,
+  removeTree,
+  requireServer,
+  scratchDir,
+} from "./context.ts";
 import {
   type CatalogEntry,
   type Manifest,
@@ -36,7 +51,8 @@ import {
   readCatalog,
 } from "./manifest.ts";
 import { explainArchiveCommand } from "./archiver.ts";
-import { compressor, measure, runPipeline } from "./pipeline.ts";
+import { codecCommand, counter, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
+import type { StagedFile } from "./storage.ts";
 import { tarFiles } from "./tar.ts";
 import { listArchive, segmentSize, selectWal, switchAndAwaitArchive } from "./wal.ts";
 
@@ -60,8 +76,15 @@ function encryptionFacts(): Manifest["encryption"] {
 }
 
 /**
- * Streams `source` through measure → compress → encrypt into `<name>/<fileName>`. On any
- * failure the partial object is deleted and the error says which stage failed.
+ * Streams `source` into `<name>/<fileName>`, the bulk work done by native programs:
+ *
+ *   tool → FIFO → zstd → FIFO → openssl enc → the storage's staged file (local storage),
+ *   then one hash pass (SHA-256 + HMAC, 4 MiB reads) before it is fsynced and renamed;
+ *   S3: openssl enc → (this process: SHA-256 + HMAC in 1 MiB batches) → upload.
+ *
+ * The compressor and openssl run beside the tool on other cores. A stream source (the WAL
+ * tar) or gzip (no byte count of its own) feeds the compressor through this process. On
+ * any failure the partial object is deleted and the error says which stage failed.
  */
 export async function storeEncrypted(
   ctx: BackupContext,
@@ -69,49 +92,138 @@ export async function storeEncrypted(
     name: string;
     fileName: string;
     content: ManifestFile["content"];
-    source: ReadableStream<Uint8Array>;
-    processes: ToolProcess[];
+    /**
+     * The data: a stream, or a program started here that writes to `output` (a FIFO the
+     * compressor reads, so the plain bytes never pass through this process) or, when
+     * `output` is null, to its stdout.
+     */
+    source: ReadableStream<Uint8Array> | ((output: string | null) => ToolProcess);
     signal?: AbortSignal;
   },
 ): Promise<{ file: ManifestFile; results: ToolResult[] }> {
   const key = `${options.name}/${options.fileName}`;
-  const raw = measure();
-  const codec = compressor(ctx.tools, ctx.settings.compression);
-  const encrypt = createEncryptStream(ctx.passphrase);
+  const scratch = await scratchDir(ctx, "backup");
+  const running: ToolProcess[] = [];
+  let staged: StagedFile | null = null;
   try {
-    const { value, results } = await runPipeline({
-      source: options.source,
-      stages: [raw.stage, codec.stage, encrypt.stream],
-      sink: (stream) => ctx.storage.put(key, stream, { signal: options.signal }),
-      processes: [...options.processes, ...(codec.process ? [codec.process] : [])],
+    const fifo = await makeFifo(ctx.tools, `${scratch}/compressed.fifo`);
+    // zstd -vv reports the exact bytes it read, so a program can write straight into it;
+    // gzip does not, so its input is counted here.
+    const direct = typeof options.source === "function" &&
+      ctx.settings.compression.tool === "zstd";
+    const plainFifo = direct ? await makeFifo(ctx.tools, `${scratch}/plain.fifo`) : null;
+    const codec = spawnCodec(ctx.tools, codecCommand(ctx.settings.compression, { count: direct }), {
+      input: plainFifo,
+      output: fifo,
       signal: options.signal,
-      what: `backup ${options.name}`,
     });
-    const encrypted = await encrypt.result;
-    if (encrypted.size !== value.size) {
-      throw new RuntimeError(
-        "STORAGE_FAILED",
-        `Backup ${options.name}: the storage kept ${value.size} of ${encrypted.size} bytes of ${key}`,
-      );
+    running.push(codec);
+    const tools: ToolProcess[] = [];
+    let input: ReadableStream<Uint8Array> | null = null;
+    if (typeof options.source === "function") {
+      const tool = options.source(plainFifo);
+      tools.push(tool);
+      running.push(tool);
+      if (!direct) input = tool.stdout!;
+    } else {
+      input = options.source;
     }
-    const plain = raw.result();
+    const plain = counter();
+    const pumps = input ? [input.pipeThrough(plain.stage).pipeTo(codec.stdin!)] : [];
+    const what = `backup ${options.name}`;
+    const env = { [OPENSSL_PASS_ENV]: ctx.passphrase };
+    let sealed: AuthenticatedFile;
+    let results: ToolResult[];
+    if (ctx.storage.stage) {
+      // Local storage: openssl writes the file in place (salt and header included), then
+      // one pass of 4 MiB reads (from the page cache) hashes it; commit fsyncs and renames.
+      staged = await ctx.storage.stage(key);
+      const encrypt = ctx.tools.spawnTool("openssl", [
+        ...opensslEncArgs({ encrypt: null }, PBKDF2_ITERATIONS),
+        "-in",
+        fifo,
+        "-out",
+        staged.path,
+      ], { stdout: "null", env, signal: options.signal });
+      running.push(encrypt);
+      ({ results } = await runPipeline({
+        source: new ReadableStream({ start: (c) => c.close() }),
+        stages: [],
+        pumps,
+        sink: (stream) => stream.pipeTo(new WritableStream()),
+        processes: [...tools, codec, encrypt],
+        signal: options.signal,
+        what,
+      }));
+      sealed = await authenticateFile(staged.path, ctx.passphrase, { name: key });
+      const { size } = await staged.commit();
+      staged = null;
+      if (size !== sealed.size) {
+        throw new RuntimeError("STORAGE_FAILED", `${what}: ${key} changed while it was stored`);
+      }
+    } else {
+      const salt = crypto.getRandomValues(new Uint8Array(8));
+      const encrypt = ctx.tools.spawnTool("openssl", [
+        ...opensslEncArgs({ encrypt: salt }, PBKDF2_ITERATIONS),
+        "-in",
+        fifo,
+      ], { stdout: "piped", env, signal: options.signal });
+      running.push(encrypt);
+      const auth = createAuthStream(ctx.passphrase, {
+        sha256: true,
+        prefix: encryptionHeader(salt),
+      });
+      const run = await runPipeline({
+        source: encrypt.stdout!,
+        stages: [auth.stream],
+        pumps,
+        sink: (stream) => ctx.storage.put(key, stream, { signal: options.signal }),
+        processes: [...tools, codec, encrypt],
+        signal: options.signal,
+        what,
+      });
+      results = run.results;
+      sealed = await auth.result;
+      if (sealed.size !== run.value.size) {
+        throw new RuntimeError(
+          "STORAGE_FAILED",
+          `Backup ${options.name}: the storage kept ${run.value.size} of ${sealed.size} bytes ` +
+            `of ${key}`,
+        );
+      }
+    }
     return {
       file: {
         name: options.fileName,
         content: options.content,
         compression: ctx.settings.compression.tool,
-        size: encrypted.size,
-        sha256: encrypted.sha256,
-        hmac: encrypted.hmac,
-        plainSize: plain.size,
-        plainSha256: plain.sha256,
+        size: sealed.size,
+        sha256: sealed.sha256!,
+        hmac: sealed.hmac,
+        plainSize: direct ? zstdBytesRead(results, options.name) : plain.bytes(),
       },
       results,
     };
   } catch (err) {
+    for (const p of running) p.kill("SIGKILL");
+    await staged?.abort();
     await ctx.storage.delete(key).catch(() => {});
     throw err;
+  } finally {
+    await removeTree(scratch);
   }
+}
+
+/** The exact byte count `zstd -vv` reports having read (`( 123 B =>  45 B, …)`). */
+function zstdBytesRead(results: ToolResult[], name: string): number {
+  for (const r of results) {
+    const all = [...r.stderr.matchAll(/\(\s*(\d+) B =>\s*\d+ B,/g)];
+    if (all.length) return Number(all.at(-1)![1]);
+  }
+  throw new RuntimeError(
+    "BACKUP_FAILED",
+    `Backup ${name}: zstd did not report how many bytes it compressed (zstd -vv)`,
+  );
 }
 
 /** A full logical backup: pg_dump custom format of the runtime's database. */
@@ -125,20 +237,26 @@ export async function createFullBackup(
   // One exported snapshot for pg_dump and the row counts: the test-restore can then demand
   // exactly these counts.
   return await withExportedSnapshot(sql, async (snapshot) => {
-    const dump = ctx.tools.spawn("pg_dump", [
-      "--format=custom",
-      "--compress=0",
-      `--snapshot=${snapshot.id}`,
-      "--no-password",
-    ], { connection: { url }, signal: options.signal });
     const counting = ctx.settings.rowCounts ? snapshot.countRows() : Promise.resolve(null);
     counting.catch(() => {});
     const { file } = await storeEncrypted(ctx, {
       name: options.name,
       fileName: `dump.pgc.${extension(ctx)}.enc`,
       content: "pg_dump-custom",
-      source: dump.stdout!,
-      processes: [dump],
+      source: (output) =>
+        ctx.tools.spawn("pg_dump", [
+          "--format=custom",
+          "--compress=0",
+          `--snapshot=${snapshot.id}`,
+          "--no-password",
+          // Into the compressor's FIFO; --no-sync, as pg_dump would fsync that (EINVAL) —
+          // the storage makes the stored file durable.
+          ...(output ? [`--file=${output}`, "--no-sync"] : []),
+        ], {
+          connection: { url },
+          stdout: output ? "null" : "piped",
+          signal: options.signal,
+        }),
       signal: options.signal,
     });
     const tables = await counting;
@@ -169,25 +287,41 @@ export async function createBaseBackup(
   const server = await serverFacts(sql);
   const databases = await connectableDatabases(sql);
   const bytes = await segmentSize(sql);
-  const backup = ctx.tools.spawn("pg_basebackup", [
+  const args = [
     "--pgdata=-",
     "--format=tar",
     "--wal-method=fetch",
     "--checkpoint=fast",
-    "--manifest-checksums=SHA256",
+    // CRC32C (the default) is enough for pg_verifybackup to find damaged files: the stored
+    // file has its own HMAC, and SHA-256 here costs the server a full hash pass.
+    "--manifest-checksums=CRC32C",
     "--verbose",
     "--no-password",
-  ], { connection: { url }, signal: options.signal });
-  const { file, results } = await storeEncrypted(ctx, {
+  ];
+  let backup: ToolProcess | null = null;
+  const { file } = await storeEncrypted(ctx, {
     name: options.name,
     fileName: `base.tar.${extension(ctx)}.enc`,
     content: "pg_basebackup-tar",
-    source: backup.stdout!,
-    processes: [backup],
+    source: (output) =>
+      backup = output
+        // pg_basebackup writes a tar stream to stdout only: the shell points that at the
+        // FIFO the compressor reads, then becomes pg_basebackup (exec).
+        ? ctx.tools.spawnTool(
+          "sh",
+          ["-c", 'exec "$0" "$@" > "$RS_OUTPUT"', `${ctx.tools.binDir}/pg_basebackup`, ...args],
+          {
+            connection: { url },
+            env: { RS_OUTPUT: output },
+            stdout: "null",
+            signal: options.signal,
+          },
+        )
+        : ctx.tools.spawn("pg_basebackup", args, { connection: { url }, signal: options.signal }),
     signal: options.signal,
   });
   const endTime = new Date(ctx.now()).toISOString();
-  const stderr = results.find((r) => r.program === "pg_basebackup")?.stderr ?? "";
+  const stderr = (await backup!.finished).stderr;
   const range = parseBaseBackupWal(stderr);
   if (!range) {
     await ctx.storage.delete(`${options.name}/${file.name}`).catch(() => {});
@@ -311,7 +445,6 @@ export async function createWalBackup(
     fileName: `wal.tar.${extension(ctx)}.enc`,
     content: "wal-tar",
     source: tar.stream,
-    processes: [],
     signal: options.signal,
   });
   const files = await tar.tarred;

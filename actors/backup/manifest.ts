@@ -41,8 +41,11 @@ const fileSchema = z.object({
   hmac: hex64,
   /** Bytes the PostgreSQL tool produced (before compression). */
   plainSize: z.number().int().nonnegative(),
-  /** SHA-256 of those bytes. */
-  plainSha256: hex64,
+  /**
+   * SHA-256 of those bytes: written by earlier versions only (the HMAC of the stored bytes
+   * and the compressor's own frame checksums cover the plain bytes without a second pass).
+   */
+  plainSha256: hex64.optional(),
 });
 
 const walFileSchema = z.object({

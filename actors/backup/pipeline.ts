@@ -1,18 +1,13 @@
 /**
- * The streaming pipeline of backups and restores, in constant memory:
+ * The streaming plumbing of backups and restores, in constant memory. The bulk work runs in
+ * native programs joined by FIFOs (the compressor, `openssl enc`); this process moves and
+ * authenticates only what it must (see create.ts and restore.ts for the two directions).
  *
- *   backup:  tool stdout → measure → compress (zstd | gzip) → encrypt + HMAC → storage
- *   restore: storage → decrypt + HMAC check → decompress → measure → tool stdin
- *
- * Every stage is a stream with backpressure, so memory does not grow with the database.
  * {@linkcode runPipeline} pipes the stages itself and watches every pipe and every process:
  * a stage that fails, or a program that exits non-zero, fails the whole run with the most
  * telling error, and the processes still running are killed.
  * @module
  */
-import { createHash } from "node:crypto";
-import { Duplex } from "node:stream";
-import { createGunzip, createGzip } from "node:zlib";
 import { RuntimeError } from "../../lib/errors.ts";
 import {
   assertSuccess,
@@ -24,85 +19,14 @@ import {
 /** A readable / writable pair the data flows through. */
 export type Stage = { writable: WritableStream<Uint8Array>; readable: ReadableStream<Uint8Array> };
 
-/** A compression or decompression stage, with the program behind it (if any). */
-export interface CodecStage {
-  /** The stream pair. */
-  stage: Stage;
-  /** The zstd process, or null for node:zlib. */
-  process: ToolProcess | null;
-}
-
 /** Compression settings. */
 export interface CompressionSettings {
-  /** zstd (the binary, fastest) or gzip (node:zlib). */
+  /** zstd or gzip (the binaries). */
   tool: "zstd" | "gzip";
   /** Level (zstd 1-19, gzip 1-9). */
   level: number;
   /** zstd worker threads, 0 = one per core. */
   threads: number;
-}
-
-/** Starts a compressor. */
-export function compressor(tools: PgTools, settings: CompressionSettings): CodecStage {
-  if (settings.tool === "zstd") {
-    const proc = tools.spawnTool(
-      "zstd",
-      ["-q", `-${settings.level}`, `-T${settings.threads}`, "-c", "-"],
-      { stdin: "piped", stdout: "piped" },
-    );
-    return { stage: { writable: proc.stdin!, readable: proc.stdout! }, process: proc };
-  }
-  const pair = Duplex.toWeb(createGzip({ level: Math.min(settings.level, 9) })) as unknown as Stage;
-  return { stage: pair, process: null };
-}
-
-/** Starts a decompressor for files written with `tool`. */
-export function decompressor(tools: PgTools, tool: "zstd" | "gzip"): CodecStage {
-  if (tool === "zstd") {
-    const proc = tools.spawnTool("zstd", ["-q", "-d", "-c", "-"], {
-      stdin: "piped",
-      stdout: "piped",
-    });
-    return { stage: { writable: proc.stdin!, readable: proc.stdout! }, process: proc };
-  }
-  return { stage: Duplex.toWeb(createGunzip()) as unknown as Stage, process: null };
-}
-
-/** Byte count and SHA-256 of what flowed through a {@linkcode measure} stage. */
-export interface Measurement {
-  /** Bytes. */
-  size: number;
-  /** Hex SHA-256. */
-  sha256: string;
-}
-
-/** A pass-through stage that counts and hashes the bytes. */
-export function measure(): {
-  stage: TransformStream<Uint8Array, Uint8Array>;
-  result: () => Measurement;
-} {
-  const hash = createHash("sha256");
-  let size = 0;
-  let digest: string | null = null;
-  const stage = new TransformStream<Uint8Array, Uint8Array>({
-    transform(chunk, controller) {
-      hash.update(chunk);
-      size += chunk.length;
-      controller.enqueue(chunk);
-    },
-    flush() {
-      digest = hash.digest("hex");
-    },
-  });
-  return {
-    stage,
-    result: () => {
-      if (digest === null) {
-        throw new RuntimeError("INTERNAL", "The measured stream did not finish");
-      }
-      return { size, sha256: digest };
-    },
-  };
 }
 
 /** Options of {@linkcode runPipeline}. */
@@ -113,6 +37,11 @@ export interface PipelineOptions<T> {
   stages: (Stage | TransformStream<Uint8Array, Uint8Array>)[];
   /** Consumes the output (a storage upload, a process's stdin, …). */
   sink: (stream: ReadableStream<Uint8Array>) => Promise<T>;
+  /**
+   * Other transfers of the same run (e.g. a tool's output pumped into a compressor whose
+   * output reaches `source` through a FIFO); a failure of one fails the run.
+   */
+  pumps?: Promise<unknown>[];
   /** Every program involved; each must exit 0. */
   processes: ToolProcess[];
   /** Aborting fails the run and kills the programs. */
@@ -147,7 +76,9 @@ export async function runPipeline<T>(
   if (options.signal?.aborted) onAbort();
   options.signal?.addEventListener("abort", onAbort, { once: true });
 
-  const pipes: Promise<void>[] = [];
+  const pipes: Promise<void>[] = (options.pumps ?? []).map((p) =>
+    p.then(() => {}, (err) => failed(err))
+  );
   let stream = options.source;
   for (const stage of options.stages) {
     pipes.push(stream.pipeTo(stage.writable).catch((err) => failed(err)));
@@ -204,4 +135,64 @@ function chooseError(errors: unknown[], results: ToolResult[], what: string): un
     );
   }
   return toolError(results.find((r) => !r.success)!, what);
+}
+
+/** A pass-through stage that only counts the bytes (no per-byte work beyond the copy). */
+export function counter(): { stage: TransformStream<Uint8Array, Uint8Array>; bytes: () => number } {
+  let bytes = 0;
+  const stage = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      bytes += chunk.length;
+      controller.enqueue(chunk);
+    },
+  });
+  return { stage, bytes: () => bytes };
+}
+
+/** The shell command (exec'd, so the process is the tool) of a compressor or decompressor. */
+export function codecCommand(
+  settings: CompressionSettings | { tool: "zstd" | "gzip"; decompress: true },
+  options: { count?: boolean } = {},
+): string {
+  if ("decompress" in settings) {
+    return settings.tool === "zstd" ? "zstd -q -d -c" : "gzip -d -c";
+  }
+  // -vv: the exact bytes read, on stderr at the end (no progress: stderr is no terminal).
+  return settings.tool === "zstd"
+    ? `zstd ${options.count ? "-vv" : "-q"} -${settings.level} -T${settings.threads} -c`
+    : `gzip -${Math.min(settings.level, 9)} -c`;
+}
+
+/** Creates a FIFO (mode 600) the server user owns, so its tools can open it too. */
+export async function makeFifo(tools: PgTools, path: string): Promise<string> {
+  assertSuccess(await tools.runTool("mkfifo", ["-m", "600", path]), "mkfifo");
+  await tools.chownToServerUser(path);
+  return path;
+}
+
+/**
+ * Starts `command` (a codec command line) reading `input` (a FIFO path, or its stdin when
+ * null) and writing `output` (a FIFO path, or its stdout when null). The shell only
+ * redirects and then becomes the program (exec), so killing it kills the program.
+ */
+export function spawnCodec(
+  tools: PgTools,
+  command: string,
+  io: { input: string | null; output: string | null; signal?: AbortSignal },
+): ToolProcess {
+  const redirect = [
+    io.input === null ? "" : ' < "$1"',
+    io.output === null ? "" : ' > "$2"',
+  ].join("");
+  return tools.spawnTool("sh", [
+    "-c",
+    `exec ${command}${redirect}`,
+    "sh",
+    io.input ?? "",
+    io.output ?? "",
+  ], {
+    stdin: io.input === null ? "piped" : "null",
+    stdout: io.output === null ? "piped" : "null",
+    signal: io.signal,
+  });
 }

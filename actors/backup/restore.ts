@@ -14,7 +14,12 @@
  * The same functions serve verification: a test-restore into a throw-away cluster.
  * @module
  */
-import { checkEncryptedFile, createDecryptStream } from "../../lib/backup_crypto.ts";
+import {
+  checkEncryptedFile,
+  createAuthStream,
+  OPENSSL_PASS_ENV,
+  opensslEncArgs,
+} from "../../lib/backup_crypto.ts";
 import { redactUrl } from "../../lib/config.ts";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import {
@@ -43,7 +48,7 @@ import {
   userOf,
 } from "./context.ts";
 import { type Catalog, type Manifest, type ManifestFile, readManifest } from "./manifest.ts";
-import { decompressor, measure, runPipeline } from "./pipeline.ts";
+import { codecCommand, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
 
 /** The result of checking one stored file. */
 export interface FileCheck {
@@ -113,82 +118,71 @@ export function assertFilesOk(name: string, checks: FileCheck[]): void {
 }
 
 /**
- * Streams one stored file — decrypted, HMAC-checked, decompressed and checked against the
- * manifest's plain SHA-256 — into a consumer (a program's stdin). Fails if any check fails,
- * after the consumer may have seen data: callers write into staging only.
- */
-async function streamStoredFile(
-  ctx: BackupContext,
-  manifest: Manifest,
-  file: ManifestFile,
-  consumer: {
-    stdin: WritableStream<Uint8Array>;
-    process: ToolProcess;
-  },
-  signal?: AbortSignal,
-): Promise<void> {
-  const what = `restore of ${manifest.name}/${file.name}`;
-  const source = await ctx.storage.get(`${manifest.name}/${file.name}`);
-  const decrypt = createDecryptStream(ctx.passphrase, {
-    hmac: file.hmac,
-    sha256: file.sha256,
-    size: file.size,
-    iterations: manifest.encryption.iterations,
-    name: `${manifest.name}/${file.name}`,
-  });
-  const codec = decompressor(ctx.tools, file.compression);
-  const plain = measure();
-  await runPipeline({
-    source,
-    stages: [decrypt.stream, codec.stage, plain.stage],
-    sink: (stream) => stream.pipeTo(consumer.stdin),
-    processes: [...(codec.process ? [codec.process] : []), consumer.process],
-    signal,
-    what,
-  });
-  const measured = plain.result();
-  if (measured.size !== file.plainSize || measured.sha256 !== file.plainSha256) {
-    throw new RuntimeError(
-      "BACKUP_CORRUPT",
-      `Cannot restore ${manifest.name}/${file.name}: the decompressed data does not match ` +
-        "the manifest",
-    );
-  }
-}
-
-/**
- * Streams one stored file — decrypted and HMAC-checked here — through the decompressor
- * program straight into `path` (a FIFO a consumer program reads), so the plaintext never
- * passes through this process. zstd / gzip check their own frame checksums.
+ * Streams one stored file into `path` (a FIFO a consumer program reads), the bulk work done
+ * by native programs:
+ *
+ *   storage → (this process: HMAC, and SHA-256 when asked, in 1 MiB batches) → openssl -d
+ *   → FIFO → zstd -d / gzip -d → `path`
+ *
+ * The plaintext never passes through this process; zstd / gzip check their own frame
+ * checksums. The last batch reaches openssl only once the HMAC matched, but the consumer
+ * may have seen data before: callers write into staging only.
  */
 async function streamStoredFileToPath(
   ctx: BackupContext,
   manifest: Manifest,
   file: ManifestFile,
-  options: { path: string; consumer: ToolProcess; signal?: AbortSignal },
+  options: { path: string; consumer: ToolProcess; signal?: AbortSignal; sha256?: boolean },
 ): Promise<void> {
+  const what = `restore of ${manifest.name}/${file.name}`;
   const source = await ctx.storage.get(`${manifest.name}/${file.name}`);
-  const decrypt = createDecryptStream(ctx.passphrase, {
-    hmac: file.hmac,
-    size: file.size,
-    iterations: manifest.encryption.iterations,
-    name: `${manifest.name}/${file.name}`,
-  });
-  const decompress = file.compression === "zstd" ? "zstd -d -q -c" : "gzip -d -c";
-  // The shell only redirects and then becomes the decompressor (exec).
-  const writer = ctx.tools.spawnTool("sh", ["-c", `exec ${decompress} > "$0"`, options.path], {
-    stdin: "piped",
-    stdout: "null",
-    signal: options.signal,
-  });
-  await runPipeline({
-    source,
-    stages: [decrypt.stream],
-    sink: (stream) => stream.pipeTo(writer.stdin!),
-    processes: [writer, options.consumer],
-    signal: options.signal,
-    what: `restore of ${manifest.name}/${file.name}`,
-  });
+  const running: ToolProcess[] = [];
+  try {
+    const between = await makeFifo(ctx.tools, `${options.path}.compressed`);
+    const decrypt = ctx.tools.spawnTool("openssl", [
+      ...opensslEncArgs({ decrypt: true }, manifest.encryption.iterations),
+      "-out",
+      between,
+    ], {
+      stdin: "piped",
+      stdout: "null",
+      env: { [OPENSSL_PASS_ENV]: ctx.passphrase },
+      signal: options.signal,
+    });
+    running.push(decrypt);
+    const writer = spawnCodec(
+      ctx.tools,
+      codecCommand({ tool: file.compression, decompress: true }),
+      {
+        input: between,
+        output: options.path,
+        signal: options.signal,
+      },
+    );
+    running.push(writer);
+    const auth = createAuthStream(ctx.passphrase, {
+      iterations: manifest.encryption.iterations,
+      expect: {
+        hmac: file.hmac,
+        size: file.size,
+        ...(options.sha256 ? { sha256: file.sha256 } : {}),
+      },
+      name: `${manifest.name}/${file.name}`,
+    });
+    await runPipeline({
+      source,
+      stages: [auth.stream],
+      sink: (stream) => stream.pipeTo(decrypt.stdin!),
+      processes: [decrypt, writer, options.consumer],
+      signal: options.signal,
+      what,
+    });
+    await auth.result;
+  } catch (err) {
+    for (const p of running) p.kill("SIGKILL");
+    await source.cancel().catch(() => {});
+    throw err;
+  }
 }
 
 const DB_NAME_RE = /^[a-z_][a-z0-9_]{0,62}$/;
@@ -373,21 +367,34 @@ async function compareRowCounts(
   return { tables: tables.length, rows };
 }
 
-/** Unpacks a stored tar file (base backup or WAL) into `dir`, as the server user. */
+/**
+ * Unpacks a stored tar file (base backup or WAL) into `dir`, as the server user. Callers
+ * checked every file (size, SHA-256, HMAC) first; the stream's HMAC is checked again on the
+ * way (the file could change in between), its SHA-256 is not computed a second time.
+ */
 async function extractTar(
   ctx: BackupContext,
   manifest: Manifest,
   dir: string,
   signal?: AbortSignal,
 ): Promise<void> {
-  for (const file of manifest.files) {
-    const tar = ctx.tools.spawnTool("tar", ["-x", "-f", "-", "-C", dir], {
-      asServerUser: true,
-      stdin: "piped",
-      stdout: "null",
-      signal,
-    });
-    await streamStoredFile(ctx, manifest, file, { stdin: tar.stdin!, process: tar }, signal);
+  const scratch = await scratchDir(ctx, "extract");
+  try {
+    for (const [i, file] of manifest.files.entries()) {
+      const fifo = await makeFifo(ctx.tools, `${scratch}/tar-${i}.fifo`);
+      const tar = ctx.tools.spawnTool("tar", ["-x", "-f", fifo, "-C", dir], {
+        asServerUser: true,
+        stdout: "null",
+        signal,
+      });
+      await streamStoredFileToPath(ctx, manifest, file, {
+        path: fifo,
+        consumer: tar,
+        signal,
+      });
+    }
+  } finally {
+    await removeTree(scratch);
   }
 }
 

@@ -180,8 +180,9 @@ export const BACKUP_SETTINGS: readonly { env: string; default: string; descripti
   },
   {
     env: "BACKUP_ROW_COUNTS",
-    default: "true",
-    description: "count rows in the dump's snapshot for the test-restore",
+    default: "false",
+    description:
+      "count every table's rows in the dump's snapshot (exact, but a second full read of the data) for the test-restore to compare",
   },
   { env: "BACKUP_RETRY_MAX", default: "3", description: "retries of a failed scheduled backup" },
   {
@@ -288,7 +289,7 @@ const schema = z.object({
     message: "restore, checksums or off",
   }).default("restore"),
   BACKUP_SCRATCH_DIR: path.optional(),
-  BACKUP_ROW_COUNTS: bool.default(true),
+  BACKUP_ROW_COUNTS: bool.default(false),
   BACKUP_RETRY_MAX: int(0, 100, "retries").default(3),
   BACKUP_RETRY_DELAY_S: int(1, 86400, "seconds").default(60),
   PG_BIN_DIR: path.default("/usr/lib/postgresql/15/bin"),

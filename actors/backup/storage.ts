@@ -34,6 +34,16 @@ export interface StoredObject {
   size: number;
 }
 
+/** A file being written in place (see {@linkcode BackupStorage.stage}). */
+export interface StagedFile {
+  /** Where to write. */
+  path: string;
+  /** Makes it durable and moves it to its key; returns its size. */
+  commit(): Promise<{ size: number }>;
+  /** Removes it; never throws. */
+  abort(): Promise<void>;
+}
+
 /** A place to keep backups (see the module doc for the guarantees). */
 export interface BackupStorage {
   /** `local` or `s3`. */
@@ -46,6 +56,12 @@ export interface BackupStorage {
     body: ReadableStream<Uint8Array>,
     options?: { signal?: AbortSignal },
   ): Promise<{ size: number }>;
+  /**
+   * Local storage only: a temporary file beside `key`'s place that a program may write
+   * directly (so the bytes need not pass through this process); `commit` fsyncs it and
+   * renames it into place (all-or-nothing, like `put`), `abort` removes it.
+   */
+  stage?(key: string): Promise<StagedFile>;
   /** Stores a small text (manifests). */
   putText(key: string, text: string): Promise<void>;
   /** Streams `key`; BACKUP_NOT_FOUND when missing. */
@@ -165,10 +181,42 @@ export function createLocalStorage(root: string): BackupStorage {
     return found.sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
   }
 
+  async function stage(key: string): Promise<StagedFile> {
+    const target = path(key);
+    const dir = target.replace(/\/[^/]+$/, "");
+    const tmp = `${target}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+    try {
+      await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+      (await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 })).close();
+    } catch (err) {
+      throw storageError("write", target, err);
+    }
+    return {
+      path: tmp,
+      async commit() {
+        try {
+          using file = await Deno.open(tmp, { read: true, write: true });
+          await file.sync();
+          const { size } = await file.stat();
+          await Deno.rename(tmp, target);
+          await syncDir(dir);
+          return { size };
+        } catch (err) {
+          await Deno.remove(tmp).catch(() => {});
+          throw storageError("write", target, err);
+        }
+      },
+      async abort() {
+        await Deno.remove(tmp).catch(() => {});
+      },
+    };
+  }
+
   return {
     kind: "local",
     locate: (key) => `file://${path(key)}`,
     put,
+    stage,
     async putText(key, text) {
       await put(key, ReadableStream.from([new TextEncoder().encode(text)]));
     },

@@ -5,7 +5,7 @@
  *
  * - full: pg_restore into a freshly initdb'd cluster; every table's row count must equal
  *   the count taken in pg_dump's own snapshot.
- * - base: pg_verifybackup against pg_basebackup's SHA-256 manifest, then start the copy
+ * - base: pg_verifybackup against pg_basebackup's CRC32C manifest, then start the copy
  *   (crash recovery from its own WAL) and connect to every database it had.
  * - incremental / differential: the base plus the WAL chain up to this backup, replayed to
  *   the end; the replay must reach this backup's last segment.

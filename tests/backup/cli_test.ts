@@ -64,8 +64,31 @@ Deno.test("deno task cli backup", async (t) => {
       }
     });
 
-    await t.step("create takes and verifies a full backup", async () => {
+    await t.step("a database without runtime tables is not migrated without --yes", async () => {
       const r = await cli(["create", "--json"], env);
+      assert.equal(r.code, 1);
+      assert.match(
+        r.err,
+        /^error VALIDATION_FAILED: Refusing: database app at .* no runtime tables/,
+      );
+      assert.match(r.err, /--yes/);
+      assert.equal(
+        await pg.psql("SELECT to_regclass('schema_migrations') IS NULL", { database: "app" }),
+        "t",
+      );
+      // Commands that can work from the storage alone go on without touching it.
+      const listed = await cli(["list", "--storage"], env);
+      assert.equal(listed.code, 0, listed.err);
+      assert.match(listed.err, /not using the database: database app .*--yes/);
+      assert.equal(
+        await pg.psql("SELECT to_regclass('schema_migrations') IS NULL", { database: "app" }),
+        "t",
+      );
+    });
+
+    await t.step("create takes and verifies a full backup", async () => {
+      const r = await cli(["create", "--json", "--yes"], env);
+      assert.match(r.err, /applying \d+ pending runtime migration\(s\) to database app at /);
       assert.equal(r.code, 0, r.err);
       const body = JSON.parse(r.out);
       name = body.result.name;

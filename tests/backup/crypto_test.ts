@@ -1,10 +1,16 @@
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import {
+  authenticateFile,
   checkEncryptedFile,
+  createAuthStream,
   createDecryptStream,
   createEncryptStream,
   type EncryptedFile,
+  encryptionHeader,
+  OPENSSL_PASS_ENV,
+  opensslEncArgs,
   passphraseFromSecretKey,
   signManifest,
   verifyManifest,
@@ -155,6 +161,125 @@ Deno.test("backup encryption (openssl-compatible AES-256-CBC + HMAC-SHA256)", as
     const { warm, peak, bytes } = JSON.parse(new TextDecoder().decode(out.stdout));
     assert.ok(bytes > 400 * 1024 * 1024, `only ${bytes} bytes came out`);
     assert.ok(peak - warm < 64 * 1024 * 1024, `RSS grew ${(peak - warm) >> 20} MiB`);
+  });
+});
+
+/** Pipes `chunks` through `stage`; returns what came out. */
+async function through(
+  stage: TransformStream<Uint8Array, Uint8Array>,
+  chunks: Uint8Array[],
+): Promise<Uint8Array> {
+  const out: Uint8Array[] = [];
+  await ReadableStream.from(chunks).pipeThrough(stage).pipeTo(
+    new WritableStream({ write: (c) => void out.push(c) }),
+  );
+  const bytes = new Uint8Array(out.reduce((n, c) => n + c.length, 0));
+  let o = 0;
+  for (const c of out) bytes.set(c, (o += c.length) - c.length);
+  return bytes;
+}
+
+/** Splits into uneven pieces, as a pipe delivers them. */
+function pieces(bytes: Uint8Array): Uint8Array[] {
+  const cuts = [0, 5, 17, 70_000, 1_500_000, bytes.length].filter((n) => n <= bytes.length);
+  return cuts.slice(1).map((end, i) => bytes.subarray(cuts[i], end));
+}
+
+Deno.test("openssl does the AES, one batched pass authenticates (the backup pipeline)", async (t) => {
+  // Over the 1 MiB batch, so that the last batch is held back until the end.
+  const data = new Uint8Array(randomBytes(2_500_003));
+  const salt = new Uint8Array(randomBytes(8));
+  const body = await sh(
+    `openssl ${opensslEncArgs({ encrypt: salt }).join(" ")}`,
+    { [OPENSSL_PASS_ENV]: KEY },
+    data,
+  );
+  const sealing = createAuthStream(KEY, { sha256: true, prefix: encryptionHeader(salt) });
+  const stored = await through(sealing.stream, pieces(body));
+  const sealed = await sealing.result;
+
+  await t.step("the stored file is the openssl format the JS decryptor reads", async () => {
+    assert.equal(sealed.size, stored.length);
+    assert.equal(stored.length, 16 + body.length);
+    const { chunks } = await decrypt(stored, {
+      size: sealed.size,
+      sha256: sealed.sha256!,
+      hmac: sealed.hmac,
+      plainSize: data.length,
+    });
+    assert.deepEqual(new Uint8Array(Buffer.concat(chunks)), data);
+  });
+
+  await t.step("openssl -d with the same arguments restores it byte for byte", async () => {
+    const plain = await sh(
+      `openssl ${opensslEncArgs({ decrypt: true }).join(" ")}`,
+      { [OPENSSL_PASS_ENV]: KEY },
+      stored,
+    );
+    assert.deepEqual(plain, data);
+  });
+
+  await t.step("checking passes the bytes through unchanged when they authenticate", async () => {
+    const check = createAuthStream(KEY, { expect: { hmac: sealed.hmac, size: sealed.size } });
+    assert.deepEqual(await through(check.stream, pieces(stored)), stored);
+    assert.equal((await check.result).hmac, sealed.hmac);
+  });
+
+  await t.step("a flipped byte fails at the end and the last batch is held back", async () => {
+    const bad = stored.slice();
+    bad[100] ^= 1;
+    const check = createAuthStream(KEY, { expect: { hmac: sealed.hmac, size: sealed.size } });
+    const out: Uint8Array[] = [];
+    await assert.rejects(
+      ReadableStream.from(pieces(bad)).pipeThrough(check.stream).pipeTo(
+        new WritableStream({ write: (c) => void out.push(c) }),
+      ),
+      (e) => isRuntimeError(e, "BACKUP_CORRUPT") && /HMAC/.test(e.message),
+    );
+    await assert.rejects(check.result, (e) => isRuntimeError(e, "BACKUP_CORRUPT"));
+    const passed = out.reduce((n, c) => n + c.length, 0);
+    assert.ok(passed < stored.length, `${passed} of ${stored.length} bytes passed`);
+  });
+
+  await t.step("openssl drawing its own salt, authenticated on disk: the same format", async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const file = `${dir}/x.enc`;
+      await sh(
+        `openssl ${opensslEncArgs({ encrypt: null }).join(" ")} -out "${file}"`,
+        { [OPENSSL_PASS_ENV]: KEY },
+        data,
+      );
+      const onDisk = await authenticateFile(file, KEY);
+      const bytes = await Deno.readFile(file);
+      const check = createAuthStream(KEY, {
+        expect: { hmac: onDisk.hmac, sha256: onDisk.sha256!, size: onDisk.size },
+      });
+      await through(check.stream, pieces(bytes));
+      assert.equal((await check.result).sha256, onDisk.sha256);
+      const plain = await sh(
+        `openssl ${opensslEncArgs({ decrypt: true }).join(" ")} -in "${file}"`,
+        { [OPENSSL_PASS_ENV]: KEY },
+      );
+      assert.deepEqual(plain, data);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+
+  await t.step("another key and a missing header are BACKUP_CORRUPT", async () => {
+    const other = createAuthStream("another passphrase 0123456789", {
+      expect: { hmac: sealed.hmac },
+    });
+    await assert.rejects(
+      through(other.stream, pieces(stored)),
+      (e) => isRuntimeError(e, "BACKUP_CORRUPT"),
+    );
+    const headless = createAuthStream(KEY, { expect: { hmac: sealed.hmac } });
+    await assert.rejects(
+      through(headless.stream, [body.subarray(0, 4096)]),
+      (e) => isRuntimeError(e, "BACKUP_CORRUPT") && /Salted__/.test(e.message),
+    );
   });
 });
 
