@@ -69,9 +69,14 @@ export function createPeerSigner(
       const expires = Number(exp);
       const at = now();
       if (expires <= at || expires > at + LIFETIME_MS + 5_000) return null;
-      const given = Buffer.from(sig, "base64url");
+      // Compare the text, not decoded bytes: base64url's last character carries two unused
+      // bits, so decoding would accept four spellings of one signature (an altered header
+      // that still verified one time in sixteen).
+      const given = Buffer.from(sig, "latin1");
       for (const k of keys) {
-        const want = mac(method, path, from, instanceId, expires, k);
+        const want = Buffer.from(
+          mac(method, path, from, instanceId, expires, k).toString("base64url"),
+        );
         if (given.length === want.length && timingSafeEqual(given, want)) return from;
       }
       return null;
