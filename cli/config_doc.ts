@@ -7,6 +7,7 @@
  */
 import { CONCERN_CONFIG } from "../concerns/config.ts";
 import { SETTINGS } from "../lib/config.ts";
+import { formatMarkdown } from "./_markdown.ts";
 
 /** A documented setting. */
 interface Doc {
@@ -54,22 +55,6 @@ export function renderConfigurationDoc(): string {
     out.push("");
   }
   return out.join("\n");
-}
-
-/** Formats Markdown the way `deno fmt` (with this project's settings) would. */
-async function formatMarkdown(text: string): Promise<string> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["fmt", "--ext=md", "-"],
-    cwd: new URL("..", import.meta.url).pathname,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(text));
-  await writer.close();
-  const out = await child.output();
-  return out.success ? new TextDecoder().decode(out.stdout) : text;
 }
 
 /** Writes (or with `--check` verifies) docs/configuration.md; returns the exit code. */

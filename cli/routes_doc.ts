@@ -7,6 +7,7 @@
  * @module
  */
 import { routeTableMarkdown } from "../concerns/routes.ts";
+import { formatMarkdown } from "./_markdown.ts";
 
 const BEGIN = "<!-- routes:begin -->";
 const END = "<!-- routes:end -->";
@@ -20,22 +21,6 @@ export function withRouteTable(markdown: string): string {
   }
   const table = routeTableMarkdown();
   return `${markdown.slice(0, start + BEGIN.length)}\n\n${table}\n\n${markdown.slice(end)}`;
-}
-
-/** Formats Markdown the way `deno fmt` (with this project's settings) would. */
-async function formatMarkdown(text: string): Promise<string> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["fmt", "--ext=md", "-"],
-    cwd: new URL("..", import.meta.url).pathname,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(text));
-  await writer.close();
-  const out = await child.output();
-  return out.success ? new TextDecoder().decode(out.stdout) : text;
 }
 
 /** Writes (or with `--check` verifies) the route table; returns the exit code. */
