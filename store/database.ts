@@ -393,14 +393,18 @@ function createSwitchableDatabase(
    * every later reconnect of that object stall until connect_timeout), and nothing in its API
    * replaces one connection; a new pool holds no such object. Opening it does no I/O. Lost
    * connections renew at most once a second (a broken one left fails again, and renews
-   * then); a caught driver fault or a lost reserved connection, certain evidence, sooner
-   * (`force`).
+   * then); a caught driver fault, certain evidence, sooner (`force`); a lost reserved
+   * connection always (`always`: it is never handed back, so the pool stays one short).
    */
-  function renew(pool: Sql, why: string, options: { force?: boolean } = {}): void {
+  function renew(
+    pool: Sql,
+    why: string,
+    options: { force?: boolean; always?: boolean } = {},
+  ): void {
     if (closed || pool !== current) return;
     const now = performance.now();
     const interval = options.force ? RENEW_FORCED_INTERVAL_MS : RENEW_MIN_INTERVAL_MS;
-    if (now - renewedAt < interval) return;
+    if (!options.always && now - renewedAt < interval) return;
     renewedAt = now;
     current = openPool(url, init.options);
     renewals++;
@@ -531,7 +535,10 @@ function createSwitchableDatabase(
             if (!lost && isConnectionLost(err)) {
               lost = err;
               letGo();
-              renew(pool, describeError(err), { force: true });
+              // Never handed back, the lost connection leaves its pool one short for good:
+              // that pool is renewed even when another renewal happened a moment ago (a
+              // driver fault of a replaced pool renews the current one too).
+              renew(pool, describeError(err), { always: true });
             }
             if (onRejected) return onRejected(err);
             throw err;
