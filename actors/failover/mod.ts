@@ -45,6 +45,7 @@ import type {
 import { createMembership } from "../runtime/membership.ts";
 import type { ActorSpec, ConcernParts, RemoteEvent, RuntimeServices } from "../runtime/types.ts";
 import {
+  answerObserve,
   answerVote,
   createFailoverLogic,
   FAILOVER_ROLE,
@@ -69,6 +70,12 @@ const primaryEvent = z.object({
 
 const voteEvent = z.object({
   type: z.literal("failover.vote"),
+  node: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/),
+  epoch: z.number().int().nonnegative(),
+}) as unknown as z.ZodType<RemoteEvent>;
+
+const observeEvent = z.object({
+  type: z.literal("failover.observe"),
   node: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/),
   epoch: z.number().int().nonnegative(),
 }) as unknown as z.ZodType<RemoteEvent>;
@@ -389,6 +396,7 @@ function fullConcern(
       lagAlertBytes: settings.lagAlertBytes,
       lagAlertSeconds: settings.lagAlertSeconds,
       syncMode: settings.syncMode,
+      fastPath: settings.fastPath,
       maxLagBytes: settings.maxLagBytes,
     };
   }
@@ -526,6 +534,10 @@ function fullConcern(
       "failover.vote": {
         schema: voteEvent,
         handle: (event) => answerVote(deps, event as unknown as { node: string; epoch: number }),
+      },
+      "failover.observe": {
+        schema: observeEvent,
+        handle: (event) => answerObserve(deps, event as unknown as { node: string; epoch: number }),
       },
       "failover.switchover": {
         schema: switchoverEvent,
