@@ -26,6 +26,7 @@ import { startPostgres, startRedis, startReplica } from "../tests/harness/mod.ts
 import { until } from "../tests/support/instance.ts";
 import {
   type PgCluster,
+  postmasterPid,
   randomKey,
   replication,
   startInstances,
@@ -257,8 +258,14 @@ async function partitionTrial(i: number, redisUrl: string): Promise<{ s: number;
       ),
     );
     const s = (first - stoppedAt) / 1000;
-    // The coordinator killed the stopped postmaster before promoting; end its backends too,
-    // so requests that hung on them end now.
+    // The coordinator killed the stopped postmaster before promoting (it runs on this
+    // host); kill it here if it did not, then let the stopped backends run so they see
+    // their postmaster gone and exit (a stopped process cannot), ending requests hung there.
+    const pid = postmasterPid(cluster.nodes.pg1.dataDir);
+    if (pid) Deno.kill(pid, "SIGKILL");
+    try {
+      cluster.pause("pg1", false);
+    } catch { /* nothing of it runs any more */ }
     await cluster.kill("pg1");
     await writes.stop();
     const ids = writes.acked.map((w) => w.id);

@@ -321,6 +321,11 @@ function fullConcern(
     : null;
 
   let ref: AnyActorRef | undefined;
+  // A query through the pool that lost (or could not get) its connection: the chart may
+  // probe the primary at once instead of at the next interval (detection starts sooner).
+  const unhookPool = db.onConnectionError((why) => {
+    if (!stopping && ref?.getSnapshot().status === "active") ref.send({ type: "POOL_ERROR", why });
+  });
   const identities = new Map<string, NodeIdentity>();
   const deps: FailoverDeps = {
     instanceId,
@@ -483,6 +488,10 @@ function fullConcern(
       decision: ctx?.decision ?? null,
       failures: ctx?.failures ?? 0,
       lastProbe: ctx?.lastProbe ?? null,
+      // Which path this suspicion round is on, and the evidence gathered on the fast one.
+      path: ctx?.path ?? "careful",
+      fastPath: settings.fastPath,
+      evidence: ctx?.evidence ?? null,
       primary: ctx
         ? { ...ctx.primary, address: nodes.get(ctx.primary.node)?.setting.address ?? null }
         : null,
@@ -572,6 +581,7 @@ function fullConcern(
     },
     async stop() {
       stopping = true;
+      unhookPool();
       await campaign?.resign().catch(() => {});
       await Promise.all([...nodes.values()].map((n) => n.close()));
     },

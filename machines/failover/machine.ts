@@ -472,6 +472,7 @@ const failover = setup({
   delays: {
     probeInterval: ({ context }) => context.probeIntervalMs,
     probeTimeout: ({ context }) => context.probeTimeoutMs,
+    earlyProbeHoldoff: ({ context }) => Math.min(100, Math.floor(context.probeIntervalMs / 5)),
     monitorInterval: ({ context }) => context.monitorIntervalMs,
     confirmTimeout: ({ context }) => context.confirmTimeoutMs,
     poolRetry: ({ context }) => context.poolRetryMs,
@@ -702,7 +703,32 @@ const HEALTHY_STATE = failover.createStateConfig({
     ],
   },
   states: {
-    waiting: { after: { probeInterval: "probing" } },
+    // A pool query that lost its connection is a hint: the next probe runs at once rather
+    // than at the end of the interval (at most one early probe per `earlyProbeHoldoff`, so
+    // a pool failing on and on cannot make the probes run back to back). It is only a probe:
+    // what it finds is weighed like any other. Only here: a suspect primary's probes keep
+    // their interval, so the careful count never runs faster.
+    waiting: {
+      initial: "resting",
+      after: { probeInterval: "probing" },
+      states: {
+        resting: { after: { earlyProbeHoldoff: "listening" } },
+        listening: {
+          on: {
+            POOL_ERROR: {
+              target: "#failover.detector.healthy.probing",
+              actions: {
+                type: "say",
+                params: ({ context, event }) => ({
+                  why: `probing ${context.primary.node} at once: a query through the pool ` +
+                    `failed (${event.why})`,
+                }),
+              },
+            },
+          },
+        },
+      },
+    },
     probing: PROBING,
   },
 });

@@ -307,7 +307,9 @@ export type FailoverEvent =
   | { type: "LEASE_ACQUIRED"; token: number }
   | { type: "LEASE_LOST"; why: string }
   | { type: "failover.primary"; node: string; epoch: number; readOnlyNode?: string | null }
-  | { type: "SWITCHOVER"; id: string; target: string | null; requestedBy: string };
+  | { type: "SWITCHOVER"; id: string; target: string | null; requestedBy: string }
+  /** A query through this instance's pool failed with a connection error (a hint, not evidence). */
+  | { type: "POOL_ERROR"; why: string };
 
 /**
  * Input of the failover machine: who this instance is, the nodes and the timings. Where to

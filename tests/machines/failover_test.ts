@@ -529,6 +529,34 @@ Deno.test("failover machine", async (t) => {
     assert.equal(h.ops("promote").length, 0);
   });
 
+  await t.step(
+    "a pool query that lost its connection brings the next probe forward, once per hold-off",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      await h.advance(110); // probe at 100, answered; waiting until 200
+      h.actor.send({ type: "POOL_ERROR", why: "connect ECONNREFUSED 127.0.0.1:5000" });
+      await h.advance(1);
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100], "within the hold-off: ignored");
+      await h.advance(14); // t=125: hold-off (20 ms at a 100 ms interval) is over
+      h.actor.send({ type: "POOL_ERROR", why: "connect ECONNREFUSED 127.0.0.1:5000" });
+      await h.advance(1);
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 125]);
+      // Only a probe: the primary answered, nothing else happens, the interval goes on.
+      assert.equal(detector(h.actor), "healthy");
+      await h.advance(100);
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 125, 225]);
+      // A suspect primary's probes keep their interval: the careful count never speeds up.
+      h.world.primary = "down";
+      await h.advance(100); // t=326: the probe at 325 failed
+      assert.equal(detector(h.actor), "suspect");
+      const before = h.ops("probe").length;
+      h.actor.send({ type: "POOL_ERROR", why: "connection lost" });
+      await h.advance(1);
+      assert.equal(h.ops("probe").length, before);
+    },
+  );
+
   await t.step("the promotion's sentence names the candidate and the vote", async () => {
     using h = harness();
     h.lease.acquire(10);

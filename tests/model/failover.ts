@@ -78,7 +78,7 @@ function detector(snapshot: StepView<FailoverWorld>["snapshot"]): string {
 /** The failover chart's model. */
 export const failoverModel: ChartModel<FailoverWorld> = {
   name: "failover",
-  maxDepth: 8,
+  maxDepth: 9,
   world: () => ({
     redis: null,
     lease: null,
@@ -134,6 +134,10 @@ export const failoverModel: ChartModel<FailoverWorld> = {
     ) {
       // Another coordinator published a newer primary.
       events.push({ type: "failover.primary", node: candidate(p.node), epoch: p.epoch + 1 });
+    }
+    if (snapshot.matches({ detector: "healthy" })) {
+      // A query through the pool lost its connection: a hint to probe early.
+      events.push({ type: "POOL_ERROR", why: "connection refused" });
     }
     if (snapshot.matches({ role: "coordinator", detector: "healthy" })) {
       events.push({ type: "SWITCHOVER", id: "sw1", target: candidate(p.node), requestedBy: "ops" });
