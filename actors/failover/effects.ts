@@ -36,6 +36,7 @@ import {
 import {
   type Assessment,
   type CandidateChoice,
+  CERTAIN_OBSERVERS,
   chooseCandidate,
   type Evidence,
   type FailoverContext,
@@ -754,8 +755,12 @@ async function receiverOf(
 
 /**
  * After a refused probe (fast path): every other live instance looks at the primary afresh
- * (`failover.observe`), and every other node's WAL receiver is read, all at once. What it
- * means is {@linkcode judgeEvidence}'s to say.
+ * (`failover.observe`), and every other node's WAL receiver is read, all at once. A
+ * receiver lags its primary's death by the time the walsender takes to exit and the replica
+ * to read the end of the stream: when the instances saw refusals but a receiver still
+ * streamed, the receivers are read again every 20 ms for up to min(250 ms, half a probe
+ * interval), instead of leaving it to the next probe. What it all means is
+ * {@linkcode judgeEvidence}'s to say.
  */
 export async function corroborate(
   deps: FailoverDeps,
@@ -780,7 +785,18 @@ export async function corroborate(
     })),
     Promise.all(replicas.map((r) => receiverOf(deps, r, primary))),
   ]);
-  return { observers: [input.mine, ...observed], receivers };
+  const observers = [input.mine, ...observed];
+  let settled = receivers;
+  const refusals = observers.filter((o) => o.refused).length;
+  const until = deps.now() + Math.min(250, deps.settings.probeIntervalMs / 2);
+  while (
+    refusals >= CERTAIN_OBSERVERS && settled.some((r) => r.streaming === true) &&
+    deps.now() < until
+  ) {
+    await new Promise((r) => setTimeout(r, 20));
+    settled = await Promise.all(replicas.map((r) => receiverOf(deps, r, primary)));
+  }
+  return { observers, receivers: settled };
 }
 
 /** Asks every live instance whether it sees the primary down; this one agrees. */
