@@ -228,7 +228,7 @@ Deno.test({
           const reason = now.history[0].reason as string;
           assert.match(
             reason,
-            /^certain: pg1 refused connections from [23] of 3 instances \(.*\) and no replica's WAL receiver streams from it \(pg2: .*; pg3: .*\), and [23] of 3 live instances agree: failing over \(fast path\); promoted pg[23] because pg[23] has the highest replay LSN .*; published pg[23] with epoch \d+ under fencing token \d+: every instance re-points to it/,
+            /^certain: pg1 refused connections from [23] of 3 instances \(.*\) and no replica's WAL receiver streams from it \(pg[23]: .*\), and [23] of 3 live instances agree: failing over \(fast path\); promoted pg[23] because pg[23] has the highest replay LSN .*; published pg[23] with epoch \d+ under fencing token \d+: every instance re-points to it/,
           );
           // The coordinator's decision says the same.
           const views = await Promise.all(urls().map(replication));
