@@ -61,6 +61,12 @@ export interface Database {
    * re-point before it is retried once on the new primary; 0 (the default) fails at once.
    */
   setSwitchWait(ms: number): void;
+  /**
+   * Calls `listener` when a query on the current pool fails with a connection error
+   * (refused, reset, closed): a hint that the server may be gone, which the failover
+   * concern answers with a probe at once. Returns the unsubscribe.
+   */
+  onConnectionError(listener: (error: string) => void): () => void;
   /** Closes the pool (waiting up to `timeoutS` for queries) and, if embedded, PGlite. */
   close(timeoutS?: number): Promise<void>;
 }
@@ -441,12 +447,26 @@ function createSwitchableDatabase(
     return generation !== started.generation;
   }
 
+  const connectionErrorListeners = new Set<(error: string) => void>();
+
+  /** Tells the listeners a query on the current pool lost (or never got) its connection. */
+  function noteConnectionError(err: unknown, pool: Sql): void {
+    if (pool !== current || !isConnectionError(err)) return;
+    const text = describeError(err);
+    for (const listener of connectionErrorListeners) {
+      try {
+        listener(text);
+      } catch { /* a listener's fault is not the query's */ }
+    }
+  }
+
   /** Runs `work` on `pool`, counted in flight there, renewing the pool if it lost a connection. */
   async function runOn<T>(pool: Sql, work: () => Promise<T>): Promise<T> {
     uses.add(pool, "query");
     try {
       return await work();
     } catch (err) {
+      noteConnectionError(err, pool);
       noteFailure(err, pool);
       throw err;
     } finally {
@@ -685,6 +705,10 @@ function createSwitchableDatabase(
       return pingSql(pool, timeoutMs, (err) => noteFailure(err, pool));
     },
     repoint,
+    onConnectionError(listener: (error: string) => void) {
+      connectionErrorListeners.add(listener);
+      return () => connectionErrorListeners.delete(listener);
+    },
     setSwitchWait(ms: number) {
       switchWaitMs = Math.max(0, ms);
       // Queries already waiting re-check at once: with 0 they fail now instead of later.
@@ -773,6 +797,7 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
         ),
       ),
     setSwitchWait: () => {},
+    onConnectionError: () => () => {},
     close: async (timeoutS = 5) => {
       await sql.end({ timeout: timeoutS });
       // pglite-socket can wait on a socket the client already abandoned; PGlite's files
