@@ -12,7 +12,7 @@
 import { describeError } from "../../lib/errors.ts";
 import type { ChildStatus } from "../../machines/supervisor.ts";
 import { type ConcernParts, type RuntimeServices, TRANSPORT_LEVELS } from "../runtime/types.ts";
-import { type Alerts, type AlertView, createAlerts } from "./alerts.ts";
+import { type Alerts, type AlertView, createAlerts, unevaluatedView } from "./alerts.ts";
 import { nextCronRun } from "../backup/settings.ts";
 import {
   actorsSource,
@@ -444,7 +444,10 @@ export function createMetricsParts(
   return {
     api,
     actors: [spec, ...(alerts?.specs ?? [])],
-    alerts: () => alerts?.views() ?? [],
+    // Without a reader the rules still show, each saying why it is not evaluated.
+    alerts: () =>
+      alerts?.views() ??
+        settings.alertRules.map((r) => unevaluatedView(r, readerUnavailable || "no reader")),
     readerUnavailable,
     health() {
       const now = services.now();

@@ -167,11 +167,29 @@ Deno.test("metrics concern in a running instance", async (t) => {
     await t.step("GET /dashboards/<name> answers from the time series", async () => {
       const list = JSON.parse((await get(`${rt.url}/dashboards`)).text);
       assert.deepEqual(list.dashboards.map((d: { name: string }) => d.name), [
-        "streams",
-        "system",
+        "sessions",
+        "mfa",
+        "backup",
+        "replication",
         "database",
         "cache",
+        "system",
+        "streams",
       ]);
+      // The new sources' measurements reach the dashboards through the reader.
+      await eventually(async () => {
+        await vm.flush();
+        const replication = JSON.parse(
+          (await get(`${rt.url}/dashboards/replication?range=10m&step=1m`)).text,
+        );
+        const up = replication.panels.find((p: { id: string }) => p.id === "database_up");
+        const sessions = JSON.parse(
+          (await get(`${rt.url}/dashboards/sessions?range=10m&step=1m`)).text,
+        );
+        const logins = sessions.panels.find((p: { id: string }) => p.id === "logins");
+        return up.series.some((s: { points: [number, number][] }) => s.points.at(-1)?.[1] === 1) &&
+          logins.series.length === 3;
+      }, { what: "database_up and login outcomes in the replication and sessions dashboards" });
       const res = await get(`${rt.url}/dashboards/streams?range=10m&step=1m`);
       assert.equal(res.status, 200);
       const body = JSON.parse(res.text);
@@ -306,7 +324,19 @@ Deno.test("metrics concern without INFLUX_URL", async (t) => {
       const health = JSON.parse((await get(`${rt.url}/health`)).text);
       assert.equal(health.checks.metrics.ok, true);
       assert.match(health.checks.metrics.writer, /disabled/);
-      assert.deepEqual(JSON.parse((await get(`${rt.url}/alerts`)).text), { alerts: [] });
+      // Every rule (the defaults and the configured one) is listed, saying why it is idle.
+      const alerts = JSON.parse((await get(`${rt.url}/alerts`)).text).alerts as {
+        rule: string;
+        status: string;
+        reason: string;
+      }[];
+      assert.ok(
+        alerts.some((a) => a.rule === "x") && alerts.some((a) => a.rule === "failed_logins"),
+      );
+      for (const a of alerts) {
+        assert.equal(a.status, "inactive");
+        assert.equal(a.reason, "not evaluated: INFLUX_URL is not set");
+      }
     });
   } finally {
     await rt.stop();
