@@ -41,8 +41,14 @@ const LOGIN_FIELDS: Record<string, string> = {
   Locked: "mfa_locked",
 };
 
-/** Login outcomes, MFA checks and enrolment, and sessions (PostgreSQL, whole cluster). */
-export function authSource(sql: Sql): Source {
+/**
+ * Login outcomes, MFA checks and enrolment, and sessions (PostgreSQL, whole cluster).
+ *
+ * Counting starts at the first cycle, and starts over after a gap longer than `maxGapMs`
+ * (another instance collected meanwhile, as the coordinator lease moved): what happened in
+ * the gap is not reported as one interval's burst, which would look like an attack.
+ */
+export function authSource(sql: Sql, options: { maxGapMs: number }): Source {
   let marks: { loginEvents: number; mfaAttempts: number } | null = null;
   let lastAt: number | null = null;
   const totals: Record<string, number> = {
@@ -56,10 +62,10 @@ export function authSource(sql: Sql): Source {
     scope: "cluster",
     async collect(at) {
       const points: MetricPoint[] = [];
-      const first = marks === null;
-      marks ??= await activityWatermarks(sql);
-      const logins = await loginEventsSince(sql, marks.loginEvents);
-      const checks = await mfaAttemptsSince(sql, marks.mfaAttempts);
+      const first = marks === null || lastAt === null || at - lastAt > options.maxGapMs;
+      const since = first || marks === null ? await activityWatermarks(sql) : marks;
+      const logins = await loginEventsSince(sql, since.loginEvents);
+      const checks = await mfaAttemptsSince(sql, since.mfaAttempts);
       marks = { loginEvents: logins.lastId, mfaAttempts: checks.lastId };
       const fields: Record<string, number> = {};
       for (const [event, field] of Object.entries(LOGIN_FIELDS)) {

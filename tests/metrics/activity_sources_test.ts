@@ -60,7 +60,7 @@ Deno.test("activity sources (PostgreSQL)", async (t) => {
       "auth: logins ended per interval, from the journal, history not replayed",
       async () => {
         await journal("Failed", 4); // before the first cycle: not counted
-        const auth = authSource(sql);
+        const auth = authSource(sql, { maxGapMs: 30_000 });
         const t0 = Date.now();
         let fields = one(await auth.collect(t0), "auth_logins");
         assert.deepEqual(fields, { failed: 0, succeeded: 0, mfa_required: 0, mfa_locked: 0 });
@@ -77,14 +77,22 @@ Deno.test("activity sources (PostgreSQL)", async (t) => {
         fields = one(await auth.collect(t0 + 20_000), "auth_logins");
         assert.equal(fields.failed, 0, "counted once");
 
+        // A long gap (the coordinator lease was elsewhere): the events in it are not one burst.
+        await journal("Failed", 20);
+        fields = one(await auth.collect(t0 + 120_000), "auth_logins");
+        assert.equal(fields.failed, 0, "counting starts over after a gap");
+        await journal("Failed", 1);
+        fields = one(await auth.collect(t0 + 130_000), "auth_logins");
+        assert.equal(fields.failed, 1);
+
         const counters = auth.counters!()[0];
         assert.equal(counters.name, "rootstream_auth_login_attempts_total");
-        assert.equal(counters.samples.find((s) => s.labels?.outcome === "failed")?.value, 12);
+        assert.equal(counters.samples.find((s) => s.labels?.outcome === "failed")?.value, 13);
       },
     );
 
     await t.step("auth: MFA enrolment and code checks, sessions", async () => {
-      const auth = authSource(sql);
+      const auth = authSource(sql, { maxGapMs: 30_000 });
       const t0 = Date.now();
       await auth.collect(t0);
       await sql`
