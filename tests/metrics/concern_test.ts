@@ -212,9 +212,9 @@ Deno.test("metrics concern in a running instance", async (t) => {
       await updateViewerCount(rt.db.sql, stream.id, { viewers: 150 });
       await eventually(async () => {
         await vm.flush();
-        return hook.received.some((p) => p.status === "firing");
+        return hook.received.some((p) => p.rule === "viewers_high" && p.status === "firing");
       }, { ms: 20_000, what: "the firing webhook" });
-      const firing = hook.received.find((p) => p.status === "firing")!;
+      const firing = hook.received.find((p) => p.rule === "viewers_high" && p.status === "firing")!;
       assert.equal(firing.rule, "viewers_high");
       assert.equal(firing.value, 150);
       assert.equal(firing.severity, "page");
@@ -244,9 +244,11 @@ Deno.test("metrics concern in a running instance", async (t) => {
       await updateViewerCount(rt.db.sql, stream.id, { viewers: 3 });
       await eventually(async () => {
         await vm.flush();
-        return hook.received.some((p) => p.status === "resolved");
+        return hook.received.some((p) => p.rule === "viewers_high" && p.status === "resolved");
       }, { ms: 20_000, what: "the resolved webhook" });
-      const resolved = hook.received.find((p) => p.status === "resolved")!;
+      const resolved = hook.received.find((p) =>
+        p.rule === "viewers_high" && p.status === "resolved"
+      )!;
       assert.equal(resolved.value, 3);
       assert.ok(lines.some((l) => /alert viewers_high resolved/.test(l)));
       assert.equal(hook.received.filter((p) => p.status === "firing").length, 1);
