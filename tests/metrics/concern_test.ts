@@ -251,7 +251,10 @@ Deno.test("metrics concern in a running instance", async (t) => {
       )!;
       assert.equal(resolved.value, 3);
       assert.ok(lines.some((l) => /alert viewers_high resolved/.test(l)));
-      assert.equal(hook.received.filter((p) => p.status === "firing").length, 1);
+      assert.equal(
+        hook.received.filter((p) => p.rule === "viewers_high" && p.status === "firing").length,
+        1,
+      );
     });
 
     await t.step("/health carries the metrics check", async () => {
