@@ -57,6 +57,10 @@ Deno.test("promtool check metrics finds nothing on a live instance's /metrics", 
       "rootstream_alert_firing",
       "rootstream_database_up",
       "rootstream_actor_up",
+      "rootstream_sessions_active",
+      "rootstream_users_active",
+      "rootstream_backup_overdue",
+      "rootstream_auth_login_attempts_total",
     ];
     await eventually(async () => {
       const res = await fetch(`${rt.url}/metrics`, { headers: ADMIN_HEADERS });
