@@ -1,8 +1,9 @@
 /**
  * The alert rules every instance runs unless told otherwise: the three the planning document
- * names (failed logins above 10 a minute, database downtime, memory above 90 %) and
- * replication lag, a failed backup, a verified backup older than its schedule allows, a
- * spike of MFA lockouts and an actor the supervisor gave up on.
+ * names (failed logins above 10 a minute, database downtime, memory above 90 %, replication
+ * lag above 5 s, a backup failure, disk space below 10 % free, connection pool exhaustion),
+ * a verified backup older than its schedule allows, a spike of MFA lockouts and an actor the
+ * supervisor gave up on.
  *
  * They are written in the `ALERT_RULES` format and parsed by the same schema (settings.ts).
  * A rule of `ALERT_RULES` with one of these names replaces it; `ALERT_DEFAULTS_DISABLED`
@@ -62,6 +63,32 @@ export const DEFAULT_ALERT_RULES = [
     for: "30s",
     severity: "critical",
     summary: "A replica replays more than 5 s behind the primary",
+  },
+  {
+    name: "disk_space_low",
+    measurement: "system_disk_usage",
+    field: "percent",
+    aggregate: "max",
+    window: "1m",
+    groupBy: ["host", "mount"],
+    op: ">",
+    threshold: 90,
+    for: "5m",
+    severity: "warning",
+    summary: "A file system has less than 10 % free for 5 minutes",
+  },
+  {
+    name: "connection_pool_exhausted",
+    measurement: "database_connections",
+    field: "percent",
+    aggregate: "max",
+    window: "1m",
+    groupBy: ["host"],
+    op: ">",
+    threshold: 90,
+    for: "1m",
+    severity: "critical",
+    summary: "More than 90 % of PostgreSQL's max_connections in use for a minute",
   },
   {
     name: "backup_failed",

@@ -33,6 +33,16 @@ const SCENARIOS: Record<
   database_down: { tags: { host: "db:5432" }, bad: { up: 0 }, good: { up: 1 } },
   memory_high: { tags: { host: "stream-01" }, bad: { percent: 95 }, good: { percent: 60 } },
   replication_lag: { tags: { replica: "replica1" }, bad: { seconds: 8 }, good: { seconds: 0.2 } },
+  disk_space_low: {
+    tags: { host: "stream-01", mount: "/var" },
+    bad: { percent: 96, bytes: 9.6e11 },
+    good: { percent: 40, bytes: 4e11 },
+  },
+  connection_pool_exhausted: {
+    tags: { host: "db:5432" },
+    bad: { percent: 95, count: 95, max: 100 },
+    good: { percent: 30, count: 30, max: 100 },
+  },
   backup_failed: {
     tags: { type: "full" },
     bad: { last_failed: 1, overdue: 0 },
