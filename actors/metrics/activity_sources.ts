@@ -197,7 +197,12 @@ export function backupSource(sql: Sql, view: BackupScheduleView): Source {
  */
 export function databaseUpSource(
   sql: Sql,
-  options: { host: string; timeoutMs: number; probe?: (sql: Sql) => Promise<void> },
+  options: {
+    host: string;
+    instance: string;
+    timeoutMs: number;
+    probe?: (sql: Sql) => Promise<void>;
+  },
 ): Source {
   const probe = options.probe ?? ping;
   let up: number | null = null;
@@ -219,7 +224,7 @@ export function databaseUpSource(
       }
       return [{
         measurement: "database_up",
-        tags: { host: options.host },
+        tags: { host: options.host, instance: options.instance },
         fields: { up },
         time: at,
       }];
@@ -230,7 +235,11 @@ export function databaseUpSource(
         name: "rootstream_database_up",
         help: "1 when this instance reached PostgreSQL in the last cycle",
         type: "gauge",
-        samples: [{ name: "rootstream_database_up", labels: { host: options.host }, value: up }],
+        samples: [{
+          name: "rootstream_database_up",
+          labels: { host: options.host, instance: options.instance },
+          value: up,
+        }],
       }];
     },
   };

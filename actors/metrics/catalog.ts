@@ -370,7 +370,7 @@ export const METRIC_DEFS: readonly MetricDef[] = [
   {
     measurement: "database_up",
     field: "up",
-    tags: ["host"],
+    tags: ["host", "instance"],
     unit: "0/1",
     help:
       "1 when this instance reached PostgreSQL in the last cycle (/metrics: rootstream_database_up)",

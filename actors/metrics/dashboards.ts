@@ -230,7 +230,7 @@ export const DASHBOARDS: Record<string, Dashboard> = {
         id: "database_up",
         title: "PostgreSQL reachable (1 = yes), per instance",
         unit: "",
-        targets: [target("up", "database_up", "up", "min", ["host"])],
+        targets: [target("up", "database_up", "up", "min", ["instance"])],
       },
     ],
   },

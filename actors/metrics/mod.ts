@@ -131,7 +131,11 @@ export function createMetricsParts(
     streamsSource(services.db.sql, { timer }),
     databaseSource(services.db.sql, { timer, host: dbHost }),
     // Half the source's time: a probe that times out still reports up = 0 in this cycle.
-    databaseUpSource(services.db.sql, { host: dbHost, timeoutMs: sourceTimeoutMs / 2 }),
+    databaseUpSource(services.db.sql, {
+      host: dbHost,
+      instance: services.instanceId,
+      timeoutMs: sourceTimeoutMs / 2,
+    }),
     authSource(services.db.sql, { maxGapMs: 3 * settings.intervalMs }),
     ...(backupView ? [backupSource(services.db.sql, backupView)] : []),
     ...(supervised ? [actorsSource(supervised, { host: services.instanceId })] : []),

@@ -179,8 +179,11 @@ Deno.test("activity sources (PostgreSQL)", async (t) => {
     });
 
     await t.step("database_up: 1 while PostgreSQL answers, 0 when it does not", async () => {
-      const up = databaseUpSource(sql, { host: "db", timeoutMs: 2000 });
-      assert.deepEqual(one(await up.collect(Date.now()), "database_up", { host: "db" }), { up: 1 });
+      const up = databaseUpSource(sql, { host: "db", instance: "rs-1", timeoutMs: 2000 });
+      assert.deepEqual(
+        one(await up.collect(Date.now()), "database_up", { host: "db", instance: "rs-1" }),
+        { up: 1 },
+      );
       // Nothing listens on a free port: the connection is refused.
       const closed = postgres(`postgres://rs@127.0.0.1:${await freePort()}/rs`, {
         max: 1,
@@ -188,7 +191,7 @@ Deno.test("activity sources (PostgreSQL)", async (t) => {
         onnotice: () => {},
       }) as Sql;
       try {
-        const down = databaseUpSource(closed, { host: "db", timeoutMs: 2000 });
+        const down = databaseUpSource(closed, { host: "db", instance: "rs-1", timeoutMs: 2000 });
         assert.deepEqual(one(await down.collect(Date.now()), "database_up"), { up: 0 });
         assert.equal(down.counters!()[0].samples[0].value, 0);
       } finally {
