@@ -576,9 +576,11 @@ function metricsPanel(p: PanelsModel): string {
       const errors = d.errors.map((m) => `<tr><td colspan="3" class="error">${e(m)}</td></tr>`)
         .join("");
       tables.push(
-        `<table class="metrics"><caption>Dashboard ${e(d.title)} <span class="muted">(/dashboards/${
+        `<table class="metrics"><caption>Dashboard ${
+          e(d.title)
+        } <span class="muted">(<a href="/dashboards/${encodeURIComponent(d.name)}">/dashboards/${
           e(d.name)
-        })</span></caption><tbody>${
+        }</a>)</span></caption><tbody>${
           rows || errors ? rows + errors : `<tr><td class="muted">no series in range</td></tr>`
         }</tbody></table>`,
       );

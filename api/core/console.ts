@@ -730,7 +730,8 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
       });
     }
     const out = await Promise.all(
-      names.slice(0, 4).map(async ({ name, title }) => {
+      // The plan's seven dashboards and streams: each linked, each read.
+      names.slice(0, 12).map(async ({ name, title }) => {
         const read = await readJson(self, `/dashboards/${encodeURIComponent(name)}`);
         return read.ok
           ? { name, title, series: dashboardSeries(read.body), errors: dashboardErrors(read.body) }
