@@ -4,7 +4,8 @@
  * runtime. docs/backup.md walks through every command.
  *
  * ```sh
- * deno task cli backup create [--type full|base|incremental|differential] [--no-verify]
+ * deno task cli backup create [--type full|base|incremental|differential] [--incremental]
+ *   [--no-verify]
  * deno task cli backup list [--type T] [--limit N] [--all] [--storage]
  * deno task cli backup verify <id|name> [--checksums-only]
  * deno task cli backup restore <id|name> --database <new-db> [--url <postgres-url>] [--no-owner]
@@ -49,8 +50,10 @@ export interface BackupCliDeps {
 const USAGE = `usage: deno task cli backup <command> [options]
 
 commands:
-  create [--type full|base|incremental|differential] [--no-verify]
-                       take a backup now (default type: full) and verify it
+  create [--type full|base|incremental|differential] [--incremental] [--no-verify]
+                       take a backup now (default type: full) and verify it;
+                       --type base --incremental stores only the data files changed
+                       since the newest base backup (file-level incremental base)
   list [--type T] [--limit N] [--all] [--storage]
                        the backup history (--storage: the backups found in the storage)
   verify <id|name> [--checksums-only]
@@ -76,6 +79,7 @@ options: --json for machine-readable output
 const OPTIONS = {
   type: { type: "string" },
   "no-verify": { type: "boolean" },
+  incremental: { type: "boolean" },
   limit: { type: "string" },
   all: { type: "boolean" },
   storage: { type: "boolean" },
@@ -384,7 +388,13 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
     const { service } = opened;
     switch (command) {
       case "create": {
-        const result = await service.create(type, { trigger: "manual" });
+        if (values.incremental && type !== "base") {
+          return usage("--incremental applies to base backups: use --type base --incremental");
+        }
+        const result = await service.create(type, {
+          trigger: "manual",
+          incremental: values.incremental === true,
+        });
         let verified: unknown = null;
         if (
           !result.skipped && result.name && !values["no-verify"] &&

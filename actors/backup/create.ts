@@ -52,6 +52,12 @@ import {
 } from "./manifest.ts";
 import { explainArchiveCommand } from "./archiver.ts";
 import { codecCommand, counter, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
+import {
+  filterBaseTar,
+  type FilterResult,
+  IncrementalMismatch,
+  type IncrementalParent,
+} from "./base_files.ts";
 import type { StagedFile } from "./storage.ts";
 import { tarFiles } from "./tar.ts";
 import { listArchive, segmentSize, selectWal, switchAndAwaitArchive } from "./wal.ts";
@@ -98,6 +104,8 @@ export async function storeEncrypted(
      * `output` is null, to its stdout.
      */
     source: ReadableStream<Uint8Array> | ((output: string | null) => ToolProcess);
+    /** Programs behind a stream `source` (each must exit 0). */
+    producers?: ToolProcess[];
     signal?: AbortSignal;
   },
 ): Promise<{ file: ManifestFile; results: ToolResult[] }> {
@@ -118,7 +126,8 @@ export async function storeEncrypted(
       signal: options.signal,
     });
     running.push(codec);
-    const tools: ToolProcess[] = [];
+    const tools: ToolProcess[] = [...(options.producers ?? [])];
+    running.push(...tools);
     let input: ReadableStream<Uint8Array> | null = null;
     if (typeof options.source === "function") {
       const tool = options.source(plainFifo);
@@ -278,13 +287,73 @@ export async function createFullBackup(
   });
 }
 
-/** A physical base backup of the whole cluster (pg_basebackup, WAL fetched into the tar). */
-export async function createBaseBackup(
+/**
+ * A file-level incremental base backup: pg_basebackup's tar stream filtered against the
+ * newest base backup's file list (base_files.ts), so only the files changed since then are
+ * stored; the manifest lists every file and the backup holding it. Without a parent that
+ * has a file list (the newest base is a plain one, or from another cluster) everything is
+ * stored, as the root of a new chain. A file whose content changed without its size or
+ * mtime changing makes the run start over storing everything.
+ */
+export async function createIncrementalBaseBackup(
   ctx: BackupContext,
   options: CreateOptions,
 ): Promise<Manifest> {
-  const { url, sql } = requireServer(ctx, "a base (physical) backup");
+  const { url, sql } = requireServer(ctx, "an incremental base backup");
   const server = await serverFacts(sql);
+  const catalog = await readCatalog(ctx.storage, ctx.passphrase);
+  const newest = catalog.entries.map((e) => e.manifest)
+    .filter((m) => m.type === "base" && m.wal).at(-1);
+  const parent: IncrementalParent | null = newest?.physical?.files &&
+      newest.server.systemIdentifier === server.systemIdentifier
+    ? {
+      name: newest.name,
+      startedAtS: Math.floor(Date.parse(newest.startedAt) / 1000),
+      files: newest.physical.files,
+    }
+    : null;
+  try {
+    return await takeBase(ctx, options, { url, sql, server, parent });
+  } catch (err) {
+    if (!parent || !isMismatch(err)) throw err;
+    ctx.log.warn("incremental base backup: a file changed without its size or mtime; storing all", {
+      name: options.name,
+      error: err instanceof Error ? err.message : String(err),
+    });
+    return await takeBase(ctx, options, { url, sql, server, parent: null });
+  }
+}
+
+function isMismatch(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 6; depth++) {
+    if (e instanceof IncrementalMismatch) return true;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+/** A physical base backup of the whole cluster (pg_basebackup, WAL fetched into the tar). */
+export function createBaseBackup(ctx: BackupContext, options: CreateOptions): Promise<Manifest> {
+  const { url, sql } = requireServer(ctx, "a base (physical) backup");
+  return takeBase(ctx, options, { url, sql, server: null, parent: undefined });
+}
+
+/**
+ * Runs pg_basebackup into the storage: straight into the compressor (plain base backups,
+ * `parent` undefined) or through the incremental filter (`parent` null or a backup).
+ */
+async function takeBase(
+  ctx: BackupContext,
+  options: CreateOptions,
+  run: {
+    url: string;
+    sql: ReturnType<typeof requireServer>["sql"];
+    server: Manifest["server"] | null;
+    parent: IncrementalParent | null | undefined;
+  },
+): Promise<Manifest> {
+  const { url, sql, parent } = run;
+  const server = run.server ?? await serverFacts(sql);
   const databases = await connectableDatabases(sql);
   const bytes = await segmentSize(sql);
   const args = [
@@ -299,11 +368,19 @@ export async function createBaseBackup(
     "--no-password",
   ];
   let backup: ToolProcess | null = null;
+  let filtered: { stream: ReadableStream<Uint8Array>; result: Promise<FilterResult> } | null = null;
+  if (parent !== undefined) {
+    backup = ctx.tools.spawn("pg_basebackup", args, {
+      connection: { url },
+      signal: options.signal,
+    });
+    filtered = filterBaseTar(backup.stdout!, { name: options.name, parent });
+  }
   const { file } = await storeEncrypted(ctx, {
     name: options.name,
     fileName: `base.tar.${extension(ctx)}.enc`,
     content: "pg_basebackup-tar",
-    source: (output) =>
+    source: filtered ? filtered.stream : (output) =>
       backup = output
         // pg_basebackup writes a tar stream to stdout only: the shell points that at the
         // FIFO the compressor reads, then becomes pg_basebackup (exec).
@@ -318,8 +395,10 @@ export async function createBaseBackup(
           },
         )
         : ctx.tools.spawn("pg_basebackup", args, { connection: { url }, signal: options.signal }),
+    producers: filtered ? [backup!] : [],
     signal: options.signal,
   });
+  const listed = filtered ? await filtered.result : null;
   const endTime = new Date(ctx.now()).toISOString();
   const stderr = (await backup!.finished).stderr;
   const range = parseBaseBackupWal(stderr);
@@ -353,7 +432,9 @@ export async function createBaseBackup(
       segmentBytes: bytes,
     },
     logical: null,
-    physical: { databases },
+    physical: listed
+      ? { databases, parent: parent?.name ?? null, files: listed.files }
+      : { databases },
   };
 }
 

@@ -55,6 +55,7 @@ import {
 import { type Catalog, type Manifest, type ManifestFile, readManifest } from "./manifest.ts";
 import { codecCommand, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
 import type { ProgressListener } from "./progress.ts";
+import { filesNotListed } from "./base_files.ts";
 
 /** The result of checking one stored file. */
 export interface FileCheck {
@@ -504,6 +505,58 @@ async function extractTar(
   }
 }
 
+/**
+ * The base backups a base backup needs, oldest first: itself for a plain one; for a
+ * file-level incremental one, its parents up to the root of its chain.
+ */
+export function baseChain(catalog: Catalog, base: Manifest): Manifest[] {
+  const chain = [base];
+  const byName = new Map(catalog.entries.map((e) => [e.manifest.name, e.manifest]));
+  for (let m = base; m.physical?.parent;) {
+    const parent = byName.get(m.physical.parent);
+    if (!parent) {
+      throw new RuntimeError(
+        "BACKUP_NOT_FOUND",
+        `Base backup ${base.name} references files in ${m.physical.parent}, which is not in ` +
+          "the storage: it cannot be restored",
+      );
+    }
+    if (chain.includes(parent)) {
+      throw new RuntimeError("BACKUP_CORRUPT", `The chain of base backup ${base.name} loops`);
+    }
+    chain.unshift(parent);
+    m = parent;
+  }
+  return chain;
+}
+
+/**
+ * Assembles a data directory from a chain of base backups (baseChain): each tar that holds
+ * some of the newest backup's files is unpacked in order, the later ones over the earlier,
+ * then the files the newest backup does not list (removed from the cluster since) are
+ * deleted. The result is byte for byte what pg_basebackup sent for the newest backup.
+ */
+async function unpackBase(
+  ctx: BackupContext,
+  chain: Manifest[],
+  dir: string,
+  options: { signal?: AbortSignal; onProgress?: ProgressListener; sha256?: boolean },
+): Promise<void> {
+  const newest = chain.at(-1)!;
+  const files = newest.physical?.files;
+  if (chain.length === 1 || !files) {
+    for (const m of chain) await extractTar(ctx, m, dir, options);
+    return;
+  }
+  const holders = new Set(files.map((f) => f.in));
+  for (const m of chain) {
+    // The newest always: its tar has the directories, backup_label and the WAL.
+    if (m === newest || holders.has(m.name)) await extractTar(ctx, m, dir, options);
+  }
+  const extra = await filesNotListed(dir, new Set(files.map((f) => f.path)));
+  for (const path of extra) await Deno.remove(`${dir}/${path}`);
+}
+
 /** How a restored data directory recovers. */
 interface RecoveryPlan {
   /** Directories restore_command copies WAL from, in order. */
@@ -729,10 +782,11 @@ export async function restorePointInTime(
   let server: PgServerProcess | null = null;
   try {
     const check = options.precheck ? checkFiles : checkSizes;
-    for (const m of [base, ...walBackups]) assertFilesOk(m.name, await check(ctx, m));
+    const bases = baseChain(options.catalog, base);
+    for (const m of [...bases, ...walBackups]) assertFilesOk(m.name, await check(ctx, m));
     await Deno.mkdir(parent, { recursive: true });
     await ctx.tools.prepareDir(staging);
-    await extractTar(ctx, base, staging, options);
+    await unpackBase(ctx, bases, staging, options);
     await ctx.tools.prepareDir(walDir);
     for (const m of walBackups) await extractTar(ctx, m, walDir, options);
     const undo = await configureRecovery(ctx, staging, {
@@ -865,9 +919,10 @@ export async function testRestorePhysical(
       ? [manifest]
       : [];
     // Sizes now; SHA-256 and HMAC of every file while it is unpacked (one read).
-    for (const m of [base, ...chain]) assertFilesOk(m.name, await checkSizes(ctx, m));
+    const bases = baseChain(catalog, base);
+    for (const m of [...bases, ...chain]) assertFilesOk(m.name, await checkSizes(ctx, m));
     await ctx.tools.prepareDir(dataDir);
-    await extractTar(ctx, base, dataDir, { ...options, sha256: true });
+    await unpackBase(ctx, bases, dataDir, { ...options, sha256: true });
     const probe: PhysicalProbe = { databases: [] };
     if (manifest.type === "base") {
       const verified = await ctx.tools.run("pg_verifybackup", ["--quiet", dataDir], {

@@ -32,7 +32,13 @@ import type { Logger } from "../../lib/log.ts";
 import { createPgTools } from "../../store/pg_tools.ts";
 import type { Sql } from "../../store/types.ts";
 import { type BackupContext, EMBEDDED_REASON, requireServer } from "./context.ts";
-import { createBaseBackup, createFullBackup, createWalBackup, planWalBackup } from "./create.ts";
+import {
+  createBaseBackup,
+  createFullBackup,
+  createIncrementalBaseBackup,
+  createWalBackup,
+  planWalBackup,
+} from "./create.ts";
 import {
   BACKUP_NAME_RE,
   type Catalog,
@@ -98,7 +104,12 @@ export interface BackupService {
   /** Takes a backup (BACKUP_BUSY when another run holds the lock). */
   create(
     type: BackupType,
-    options?: { trigger?: BackupTrigger; signal?: AbortSignal },
+    options?: {
+      trigger?: BackupTrigger;
+      signal?: AbortSignal;
+      /** Base backups: store only the files changed since the newest base (base_files.ts). */
+      incremental?: boolean;
+    },
   ): Promise<BackupRunResult>;
   /** Verifies a backup and records the outcome (history + verification.json). */
   verify(
@@ -227,7 +238,7 @@ export function createBackupService(ctx: BackupContext): BackupService {
 
   async function create(
     type: BackupType,
-    options: { trigger?: BackupTrigger; signal?: AbortSignal } = {},
+    options: { trigger?: BackupTrigger; signal?: AbortSignal; incremental?: boolean } = {},
   ): Promise<BackupRunResult> {
     const { sql } = requireServer(ctx, `a ${type} backup`);
     const started = performance.now();
@@ -287,7 +298,10 @@ export function createBackupService(ctx: BackupContext): BackupService {
         const manifest = type === "full"
           ? await createFullBackup(ctx, createOptions)
           : type === "base"
-          ? await createBaseBackup(ctx, createOptions)
+          ? await (options.incremental ? createIncrementalBaseBackup : createBaseBackup)(
+            ctx,
+            createOptions,
+          )
           : await createWalBackup(ctx, { ...createOptions, type, plan: plan! });
         await writeManifest(ctx.storage, manifest, { passphrase: ctx.passphrase });
         const plainBytes = manifest.files.reduce((n, f) => n + f.plainSize, 0);
@@ -486,5 +500,12 @@ function summarize(m: Manifest): Record<string, unknown> {
     tables: m.logical?.tables?.length ?? null,
     rows: m.logical?.tables?.reduce((n, t) => n + t.rows, 0) ?? null,
     databases: m.physical?.databases ?? null,
+    ...(m.physical?.files
+      ? {
+        parent: m.physical.parent ?? null,
+        filesCopied: m.physical.files.filter((f) => f.in === m.name).length,
+        filesReferenced: m.physical.files.filter((f) => f.in !== m.name).length,
+      }
+      : {}),
   };
 }
