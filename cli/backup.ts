@@ -34,6 +34,7 @@ import {
   openBackupService,
 } from "../actors/backup/service.ts";
 import { BACKUP_TYPES, type BackupType } from "../actors/backup/settings.ts";
+import { type TerminalProgress, terminalProgress } from "../actors/backup/progress.ts";
 import { installArchiver } from "../actors/backup/archiver.ts";
 import { createPgTools } from "../store/pg_tools.ts";
 
@@ -45,6 +46,8 @@ export interface BackupCliDeps {
   out?: (line: string) => void;
   /** Standard error lines. */
   err?: (line: string) => void;
+  /** The progress line (default: on stdout when it is a terminal and `out` is not given). */
+  progress?: TerminalProgress;
 }
 
 const USAGE = `usage: deno task cli backup <command> [options]
@@ -386,6 +389,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
       err,
     });
     const { service } = opened;
+    // On a terminal: one line of progress (phase, bytes, rate, ETA); otherwise nothing.
+    const bar = deps.progress ??
+      (json || deps.out ? { listener: null, done() {} } : terminalProgress());
     switch (command) {
       case "create": {
         if (values.incremental && type !== "base") {
@@ -394,13 +400,19 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
         const result = await service.create(type, {
           trigger: "manual",
           incremental: values.incremental === true,
+          onProgress: bar.listener ?? undefined,
         });
+        bar.done();
         let verified: unknown = null;
         if (
           !result.skipped && result.name && !values["no-verify"] &&
           service.context.settings.verify !== "off"
         ) {
-          const v = await service.verify(result.name, { discardOnFailure: true });
+          const v = await service.verify(result.name, {
+            discardOnFailure: true,
+            onProgress: bar.listener ?? undefined,
+          });
+          bar.done();
           verified = v;
           if (!v.ok) {
             print(
@@ -459,7 +471,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
       case "verify": {
         const result = await service.verify(ref!, {
           mode: values["checksums-only"] ? "checksums" : "restore",
+          onProgress: bar.listener ?? undefined,
         });
+        bar.done();
         print(
           result,
           result.ok
@@ -475,7 +489,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
             database: values.database,
             url: values.url,
             noOwner: values["no-owner"] === true,
+            onProgress: bar.listener ?? undefined,
           });
+          bar.done();
           print(
             report,
             `restored ${report.backup} into database ${report.database}: ` +
@@ -488,7 +504,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
           targetTime: target,
           targetDir: values["target-dir"]!,
           base: values.base ?? ref,
+          onProgress: bar.listener ?? undefined,
         });
+        bar.done();
         print(
           report,
           [

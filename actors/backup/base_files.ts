@@ -111,7 +111,12 @@ function checksumOk(h: Uint8Array): boolean {
 export function filterBaseTar(
   input: ReadableStream<Uint8Array>,
   options: { name: string; parent: IncrementalParent | null },
-): { stream: ReadableStream<Uint8Array>; result: Promise<FilterResult> } {
+): {
+  stream: ReadableStream<Uint8Array>;
+  result: Promise<FilterResult>;
+  /** Bytes of the input read so far (for progress). */
+  bytesRead: () => number;
+} {
   const parentFiles = new Map((options.parent?.files ?? []).map((f) => [f.path, f]));
   const parentStart = options.parent?.startedAtS ?? 0;
   let resolve!: (r: FilterResult) => void;
@@ -264,7 +269,7 @@ export function filterBaseTar(
       reject(reason);
     },
   });
-  return { stream: input.pipeThrough(filter), result };
+  return { stream: input.pipeThrough(filter), result, bytesRead: () => out.bytesRead };
 }
 
 /**

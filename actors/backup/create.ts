@@ -33,6 +33,7 @@ import {
 } from "../../store/pg_tools.ts";
 import {
   connectableDatabases,
+  estimateSizes,
   serverFacts,
   withExportedSnapshot,
 } from "../../store/backup_server.ts";
@@ -52,12 +53,8 @@ import {
 } from "./manifest.ts";
 import { explainArchiveCommand } from "./archiver.ts";
 import { codecCommand, counter, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
-import {
-  filterBaseTar,
-  type FilterResult,
-  IncrementalMismatch,
-  type IncrementalParent,
-} from "./base_files.ts";
+import { filterBaseTar, IncrementalMismatch, type IncrementalParent } from "./base_files.ts";
+import type { ProgressListener } from "./progress.ts";
 import type { StagedFile } from "./storage.ts";
 import { tarFiles } from "./tar.ts";
 import { listArchive, segmentSize, selectWal, switchAndAwaitArchive } from "./wal.ts";
@@ -70,6 +67,22 @@ export interface CreateOptions {
   startedAt: number;
   /** Aborting kills the tools and fails the run. */
   signal?: AbortSignal;
+  /** Receives the bytes read so far (about twice a second). */
+  onProgress?: ProgressListener;
+}
+
+/** How often a running backup reports its progress. */
+const PROGRESS_EVERY_MS = 500;
+
+/** The bytes a process has read so far (`rchar` of /proc/<pid>/io); null when unknown. */
+async function bytesReadBy(pid: number): Promise<number | null> {
+  try {
+    const text = await Deno.readTextFile(`/proc/${pid}/io`);
+    const m = /^rchar:\s*(\d+)/m.exec(text);
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
 }
 
 /** File extension of the configured compression. */
@@ -107,12 +120,21 @@ export async function storeEncrypted(
     /** Programs behind a stream `source` (each must exit 0). */
     producers?: ToolProcess[];
     signal?: AbortSignal;
+    /** Progress: plain bytes read, of about `total`. */
+    progress?: {
+      phase: string;
+      total: number | null;
+      listener: ProgressListener;
+      /** The bytes read so far, when the caller counts them (a filtered stream). */
+      bytes?: () => number;
+    };
   },
 ): Promise<{ file: ManifestFile; results: ToolResult[] }> {
   const key = `${options.name}/${options.fileName}`;
   const scratch = await scratchDir(ctx, "backup");
   const running: ToolProcess[] = [];
   let staged: StagedFile | null = null;
+  let ticker: number | null = null;
   try {
     const fifo = await makeFifo(ctx.tools, `${scratch}/compressed.fifo`);
     // zstd -vv reports the exact bytes it read, so a program can write straight into it;
@@ -139,6 +161,19 @@ export async function storeEncrypted(
     }
     const plain = counter();
     const pumps = input ? [input.pipeThrough(plain.stage).pipeTo(codec.stdin!)] : [];
+    const progress = options.progress;
+    if (progress) {
+      // The compressor's own read count when the tool writes into it directly.
+      const count = progress.bytes ??
+        (direct ? () => bytesReadBy(codec.pid) : () => plain.bytes());
+      ticker = setInterval(() => {
+        Promise.resolve(count()).then((bytes) => {
+          if (bytes !== null && ticker !== null) {
+            progress.listener({ phase: progress.phase, bytes, total: progress.total });
+          }
+        }, () => {});
+      }, PROGRESS_EVERY_MS);
+    }
     const what = `backup ${options.name}`;
     const env = { [OPENSSL_PASS_ENV]: ctx.passphrase };
     let sealed: AuthenticatedFile;
@@ -201,6 +236,13 @@ export async function storeEncrypted(
         );
       }
     }
+    const plainSize = direct ? zstdBytesRead(results, options.name) : plain.bytes();
+    if (progress) {
+      clearInterval(ticker!);
+      ticker = null;
+      const bytes = progress.bytes?.() ?? plainSize;
+      progress.listener({ phase: progress.phase, bytes, total: progress.total });
+    }
     return {
       file: {
         name: options.fileName,
@@ -209,7 +251,7 @@ export async function storeEncrypted(
         size: sealed.size,
         sha256: sealed.sha256!,
         hmac: sealed.hmac,
-        plainSize: direct ? zstdBytesRead(results, options.name) : plain.bytes(),
+        plainSize,
       },
       results,
     };
@@ -219,6 +261,8 @@ export async function storeEncrypted(
     await ctx.storage.delete(key).catch(() => {});
     throw err;
   } finally {
+    if (ticker !== null) clearInterval(ticker);
+    ticker = null;
     await removeTree(scratch);
   }
 }
@@ -248,9 +292,15 @@ export async function createFullBackup(
   return await withExportedSnapshot(sql, async (snapshot) => {
     const counting = ctx.settings.rowCounts ? snapshot.countRows() : Promise.resolve(null);
     counting.catch(() => {});
+    const estimate = options.onProgress ? await estimateSizes(sql) : null;
     const { file } = await storeEncrypted(ctx, {
       name: options.name,
       fileName: `dump.pgc.${extension(ctx)}.enc`,
+      progress: options.onProgress && {
+        phase: "dumping",
+        total: estimate!.tables,
+        listener: options.onProgress,
+      },
       content: "pg_dump-custom",
       source: (output) =>
         ctx.tools.spawn("pg_dump", [
@@ -368,7 +418,7 @@ async function takeBase(
     "--no-password",
   ];
   let backup: ToolProcess | null = null;
-  let filtered: { stream: ReadableStream<Uint8Array>; result: Promise<FilterResult> } | null = null;
+  let filtered: ReturnType<typeof filterBaseTar> | null = null;
   if (parent !== undefined) {
     backup = ctx.tools.spawn("pg_basebackup", args, {
       connection: { url },
@@ -376,9 +426,17 @@ async function takeBase(
     });
     filtered = filterBaseTar(backup.stdout!, { name: options.name, parent });
   }
+  const estimate = options.onProgress ? await estimateSizes(sql) : null;
+  const filteredSoFar = filtered;
   const { file } = await storeEncrypted(ctx, {
     name: options.name,
     fileName: `base.tar.${extension(ctx)}.enc`,
+    progress: options.onProgress && {
+      phase: "copying the cluster",
+      total: estimate!.cluster,
+      listener: options.onProgress,
+      bytes: filteredSoFar ? () => filteredSoFar.bytesRead() : undefined,
+    },
     content: "pg_basebackup-tar",
     source: filtered ? filtered.stream : (output) =>
       backup = output

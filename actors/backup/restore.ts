@@ -70,10 +70,44 @@ export interface FileCheck {
 }
 
 /** Checks every stored file of a backup against its manifest (typed results, no throw). */
-export async function checkFiles(ctx: BackupContext, manifest: Manifest): Promise<FileCheck[]> {
+export async function checkFiles(
+  ctx: BackupContext,
+  manifest: Manifest,
+  options: { onProgress?: ProgressListener } = {},
+): Promise<FileCheck[]> {
   const checks: FileCheck[] = [];
+  const total = manifest.files.reduce((n, f) => n + f.size, 0);
+  let before = 0;
   for (const file of manifest.files) {
     const key = `${manifest.name}/${file.name}`;
+    const local = ctx.storage.localPath?.(key);
+    if (local && (await ctx.storage.stat(key))?.size === file.size) {
+      // Local storage: 4 MiB reads hashed natively, no stream.
+      const done = before;
+      const seen = await authenticateFile(local, ctx.passphrase, {
+        iterations: manifest.encryption.iterations,
+        name: key,
+        onProgress: options.onProgress &&
+          ((bytes) =>
+            options.onProgress!({
+              phase: `checking ${manifest.name}`,
+              bytes: done + bytes,
+              total,
+            })),
+      }).catch((err) => {
+        // No `Salted__` header: the bytes are not what was stored.
+        if (err instanceof RuntimeError && err.code === "BACKUP_FAILED") return null;
+        throw err;
+      });
+      before += file.size;
+      const status = !seen || !constantTimeEqualHex(seen.sha256!, file.sha256)
+        ? "checksum_mismatch"
+        : !constantTimeEqualHex(seen.hmac, file.hmac.toLowerCase())
+        ? "hmac_mismatch"
+        : "ok";
+      checks.push({ file: file.name, status, size: file.size, expectedSize: file.size });
+      continue;
+    }
     const stat = await ctx.storage.stat(key);
     if (!stat) {
       checks.push({ file: file.name, status: "missing", size: null, expectedSize: file.size });
@@ -297,6 +331,8 @@ export interface LogicalRestoreOptions {
   precheck?: boolean;
   /** Aborting stops and rolls back. */
   signal?: AbortSignal;
+  /** Reports the stored bytes read so far. */
+  onProgress?: ProgressListener;
 }
 
 /** What a logical restore did. */
@@ -397,6 +433,8 @@ export async function restoreLogical(
         path: fifo,
         consumer: restore,
         signal: options.signal,
+        onProgress: options.onProgress &&
+          ((bytes) => options.onProgress!({ phase: "restoring", bytes, total: file.size })),
       });
       const probe = await compareRowCounts(url, staging, manifest);
       await renameDatabase(admin, staging, options.database);
@@ -894,7 +932,7 @@ export interface PhysicalProbe {
 export async function testRestorePhysical(
   ctx: BackupContext,
   manifest: Manifest,
-  options: { catalog: Catalog; signal?: AbortSignal },
+  options: { catalog: Catalog; signal?: AbortSignal; onProgress?: ProgressListener },
 ): Promise<PhysicalProbe> {
   const { catalog, signal } = options;
   const scratch = await scratchDir(ctx, "verify");
@@ -986,7 +1024,7 @@ export async function testRestorePhysical(
 export async function testRestoreLogical(
   ctx: BackupContext,
   manifest: Manifest,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; onProgress?: ProgressListener } = {},
 ): Promise<LogicalRestoreReport> {
   const { signal } = options;
   const scratch = await scratchDir(ctx, "verify");
@@ -1004,6 +1042,7 @@ export async function testRestoreLogical(
       url: server.url("postgres"),
       noOwner: true,
       signal,
+      onProgress: options.onProgress,
     });
   } finally {
     if (server) await server.stop();

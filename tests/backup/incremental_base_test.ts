@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { filterBaseTar, IncrementalMismatch } from "../../actors/backup/base_files.ts";
 import { tarHeader } from "../../actors/backup/tar.ts";
+import type { ProgressEvent } from "../../actors/backup/progress.ts";
+import {
+  failBackupRun,
+  getBackupByName,
+  insertBackupRun,
+  recordBackupProgress,
+} from "../../store/backup_history.ts";
 import { createPgTools } from "../../store/pg_tools.ts";
 import { startPostgres } from "../harness/mod.ts";
 import { fingerprint, migratedPool, seedApp, tempDir, testService } from "./_helpers.ts";
@@ -44,8 +51,19 @@ Deno.test("file-level incremental base backups: create, verify, restore, retenti
          CHECKPOINT;`,
         { database: "app" },
       );
-      const result = await service.create("base", { incremental: true });
+      const events: ProgressEvent[] = [];
+      const result = await service.create("base", {
+        incremental: true,
+        onProgress: (e) => events.push(e),
+      });
       names.push(result.name!);
+      // The last event counts every byte pg_basebackup sent (not only what was stored).
+      const last = events.at(-1)!;
+      assert.equal(last.phase, "copying the cluster");
+      assert.ok(last.total! > 0 && last.bytes > result.plainBytes, JSON.stringify(last));
+      const row = await getBackupByName(sql, result.name!);
+      assert.equal(row!.status, "completed");
+      assert.equal(row!.metadata.progress, undefined);
       const root = await service.manifest(names[0]);
       const m = await service.manifest(result.name!);
       assert.equal(m.physical!.parent, names[0]);
@@ -91,11 +109,18 @@ Deno.test("file-level incremental base backups: create, verify, restore, retenti
     await t.step("restore assembles the chain into a data directory and replays", async () => {
       const expected = await fingerprint(pg, "app");
       const target = `${dir}/restored`;
+      const events: ProgressEvent[] = [];
       const report = await service.restorePointInTime({
         targetTime: null,
         targetDir: target,
         base: names[2],
+        onProgress: (e) => events.push(e),
       });
+      // Each backup of the chain that holds files is unpacked, its stored bytes counted.
+      const unpacked = new Set(events.map((e) => e.phase));
+      assert.ok(unpacked.has(`unpacking ${names[2]}`), [...unpacked].join(","));
+      const end = events.filter((e) => e.phase === `unpacking ${names[2]}`).at(-1)!;
+      assert.equal(end.bytes, end.total);
       assert.equal(report.base, names[2]);
       assert.ok(report.databases.includes("app"));
       const sockets = `${dir}/sockets`;
@@ -125,6 +150,23 @@ Deno.test("file-level incremental base backups: create, verify, restore, retenti
       } finally {
         await server.stop();
       }
+    });
+
+    await t.step("a running backup's progress is in its history row", async () => {
+      const run = await insertBackupRun(sql, {
+        name: "20250101T000000Z-full-0a0b0c",
+        type: "full",
+        path: "file:///nowhere/",
+        startedAt: new Date(),
+        trigger: "manual",
+        instanceId: "test",
+      });
+      const progress = { phase: "dumping", bytesDone: 1, bytesTotal: 2, etaSeconds: 3 };
+      await recordBackupProgress(sql, run.id, progress);
+      assert.deepEqual((await getBackupByName(sql, run.name))!.metadata.progress, progress);
+      await failBackupRun(sql, run.id, { completedAt: new Date(), error: "test" });
+      await recordBackupProgress(sql, run.id, progress);
+      assert.equal((await getBackupByName(sql, run.name))!.metadata.progress, undefined);
     });
 
     await t.step("retention keeps the parents a kept incremental needs", async () => {
