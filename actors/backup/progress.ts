@@ -109,7 +109,8 @@ export function formatProgress(p: BackupProgress): string {
   } else {
     parts.push(formatBytes(p.bytesDone));
   }
-  parts.push(`${formatBytes(p.bytesPerSecond)}/s`);
+  // No rate yet (the phase's first event): say nothing rather than `0 B/s`.
+  if (p.bytesPerSecond > 0) parts.push(`${formatBytes(p.bytesPerSecond)}/s`);
   if (p.etaSeconds !== null) parts.push(`ETA ${formatDuration(p.etaSeconds)}`);
   return parts.join("  ");
 }

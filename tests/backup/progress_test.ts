@@ -31,6 +31,8 @@ Deno.test("progress: rate and ETA since the phase began", () => {
   meter.update({ phase: "checking", bytes: 4e6, total: null });
   assert.equal(meter.snapshot()!.etaSeconds, null);
   assert.equal(formatProgress(meter.snapshot()!), "checking  4.0 MB  2.0 MB/s");
+  meter.update({ phase: "restoring", bytes: 1e6, total: 2e6 });
+  assert.equal(formatProgress(meter.snapshot()!), "restoring  1.0 MB / 2.0 MB (50 %)");
   assert.equal(formatBytes(999), "999 B");
   assert.equal(formatBytes(1_234_567_890), "1.2 GB");
   assert.equal(formatDuration(3725), "1 h 02 min");
