@@ -305,6 +305,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
     if (!t.success) return usage(`Invalid --type ${values.type}: ${BACKUP_TYPES.join(", ")}`);
     type = t.data;
   }
+  if (values.incremental && (command !== "create" || type !== "base")) {
+    return usage("--incremental applies to base backups: create --type base --incremental");
+  }
 
   const needs: Record<string, boolean> = {
     create: true,
@@ -394,9 +397,6 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
       (json || deps.out ? { listener: null, done() {} } : terminalProgress());
     switch (command) {
       case "create": {
-        if (values.incremental && type !== "base") {
-          return usage("--incremental applies to base backups: use --type base --incremental");
-        }
         const result = await service.create(type, {
           trigger: "manual",
           incremental: values.incremental === true,
