@@ -57,6 +57,10 @@ export interface LoginDevice {
 export const MFA_METHODS = {
   totp: { submitted: "TotpSubmitted" },
   backup_code: { submitted: "BackupCodeSubmitted" },
+  /** A passkey's assertion (the code is its JSON); also the only method of a passkey login. */
+  webauthn: { submitted: "PasskeySubmitted" },
+  /** A six-digit code sent by e-mail. */
+  email: { submitted: "EmailCodeSubmitted" },
 } as const;
 
 /** A second-factor method (a key of {@linkcode MFA_METHODS}). */
@@ -74,9 +78,14 @@ export function isMfaMethod(method: unknown): method is MfaMethod {
 export interface LoginInput {
   /** Attempt id (UUID): the event-store aggregate id and the actor's id. */
   attemptId: string;
-  /** Username or email as typed. */
+  /** Username or email as typed ("" for a passkey login: the passkey names its user). */
   login: string;
-  /** The password (absent when resuming). */
+  /**
+   * A passkey login: no password; the attempt waits for a passkey from the start, and the
+   * passkey's verifier says whose it is.
+   */
+  passwordless?: boolean;
+  /** The password (absent when resuming or for a passkey login). */
   password?: string;
   /** Hex SHA-256 of the MFA challenge token handed to the client. */
   challengeHash: string;
@@ -115,7 +124,12 @@ export type CredentialsResult =
 
 /** What a code check reports (the shape of store/mfa.ts's MfaCheck, minus what we don't use). */
 export type CodeResult =
-  | { ok: true; backupCodesRemaining: number }
+  | {
+    ok: true;
+    backupCodesRemaining: number;
+    /** Whose factor it was: set by a passkey login's verifier (the attempt had no user yet). */
+    userId?: number;
+  }
   | {
     ok: false;
     reason: "invalid" | "replayed" | "locked" | "not_enrolled";
@@ -234,6 +248,8 @@ export interface LoginContext {
   verifyTimeoutMs: number;
   journalTimeoutMs: number;
   resumed: boolean;
+  /** A passkey login (no password; only `webauthn` is offered). */
+  passwordless: boolean;
   /** When this instance started waiting for a code, ms since the epoch; null before. */
   waitFrom: number | null;
   /** When the wait for a code ends, ms since the epoch; null until the attempt needs a code. */
@@ -264,8 +280,8 @@ export type LoginEvent =
 export interface CodeCheckInput {
   /** Attempt id. */
   attemptId: string;
-  /** The user. */
-  userId: number;
+  /** The user; null in a passkey login (the passkey names its user). */
+  userId: number | null;
   /** Which second factor the code is for. */
   method: MfaMethod;
   /** The code as typed. */
@@ -460,9 +476,13 @@ const login = setup({
       };
     }),
     /** Notes how many backup codes are left. */
-    acceptCode: assign(({ event }) => {
+    acceptCode: assign(({ context, event }) => {
       const r = (event as unknown as Done<CodeResult>).output;
-      return { backupCodesRemaining: r.ok ? r.backupCodesRemaining : null };
+      return {
+        backupCodesRemaining: r.ok ? r.backupCodesRemaining : null,
+        // A passkey login learns its user from the passkey.
+        userId: r.ok && context.userId === null ? r.userId ?? null : context.userId,
+      };
     }),
     /** Keeps the new session. */
     keepSession: assign(({ event }) => ({
@@ -523,6 +543,8 @@ const login = setup({
   guards: {
     /** The attempt continues one started on another instance. */
     resuming: ({ context }) => context.resumed,
+    /** A passkey login: no password to check. */
+    passwordless: ({ context }) => context.passwordless,
     /** The password did not match (or the account is unknown or inactive). */
     credentialsInvalid: ({ event }) =>
       (event as unknown as Done<CredentialsResult>).output.outcome === "invalid",
@@ -537,9 +559,15 @@ const login = setup({
       return r.outcome === "ok" && r.mfaEnabled;
     },
     /** The submitted code names a method this chart knows. */
-    methodOffered: ({ event }) => isMfaMethod((event as { method?: unknown }).method),
-    /** The code was accepted. */
-    codeAccepted: ({ event }) => (event as unknown as Done<CodeResult>).output.ok,
+    methodOffered: ({ context, event }) => {
+      const method = (event as { method?: unknown }).method;
+      return isMfaMethod(method) && (!context.passwordless || method === "webauthn");
+    },
+    /** The code was accepted (and, in a passkey login, named its user). */
+    codeAccepted: ({ context, event }) => {
+      const r = (event as unknown as Done<CodeResult>).output;
+      return r.ok && (context.userId !== null || typeof r.userId === "number");
+    },
     /** The user-wide lockout is (now) in force. */
     codeLocked: ({ event }) => {
       const r = (event as unknown as Done<CodeResult>).output;
@@ -626,7 +654,7 @@ const verifyingState = login.createStateConfig({
       const e = event as Partial<Extract<LoginEvent, { type: "SUBMIT_CODE" }>>;
       return {
         attemptId: context.attemptId,
-        userId: context.userId!,
+        userId: context.userId,
         method: context.method!,
         code: e.code ?? "",
         // The address the code came from (the attempts log), else the login's.
@@ -739,6 +767,11 @@ const attemptRegion = login.createStateConfig({
           target: "mfa_required",
           actions: { type: "record", params: { event: "LoginResumed" } },
         },
+        {
+          guard: "passwordless",
+          target: "mfa_required",
+          actions: { type: "record", params: { event: "LoginStarted" } },
+        },
         { target: "credentials", actions: { type: "record", params: { event: "LoginStarted" } } },
       ],
     },
@@ -802,8 +835,11 @@ export const loginMachine = login.createMachine({
     verifyTimeoutMs: input.verifyTimeoutMs ?? 15_000,
     journalTimeoutMs: input.journalTimeoutMs ?? 15_000,
     resumed: input.resume !== undefined,
-    waitFrom: input.resume ? input.startedAt : null,
-    deadline: input.resume?.deadline ?? null,
+    passwordless: input.passwordless === true && input.resume === undefined,
+    // A resumed attempt waits from now until its deadline; a passkey login from its start.
+    waitFrom: input.resume || input.passwordless ? input.startedAt : null,
+    deadline: input.resume?.deadline ??
+      (input.passwordless ? input.startedAt + (input.mfaTimeoutMs ?? 300_000) : null),
     method: null,
     mfaFailures: input.resume?.mfaFailures ?? 0,
     rejections: 0,
