@@ -32,8 +32,10 @@ export const PAGE_HEADERS: Record<string, string> = {
   "cache-control": "no-store",
   "x-content-type-options": "nosniff",
   "referrer-policy": "same-origin",
-  "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; " +
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  // script-src / connect-src 'self': the passkey button (console/passkey.js) and its fetches.
+  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; " +
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; " +
+    "frame-ancestors 'none'",
 };
 
 /** A local path to go to after signing in; anything else (another site) becomes `/`. */

@@ -66,7 +66,11 @@ ${alert(m.error)}
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required maxlength="1024">
 <button type="submit">Sign in</button>
-</form>`,
+</form>
+<p class="muted">Or, with a passkey registered to your account:</p>
+<button type="button" id="passkey-login" data-next="${e(m.next)}">Sign in with a passkey</button>
+<p class="auth-error" role="alert" id="passkey-error" hidden></p>
+<script src="/console/passkey.js" defer></script>`,
   );
 }
 
