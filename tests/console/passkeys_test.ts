@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { type Browser, type CDPSession, chromium, type Page } from "playwright-core";
+import { verifyAuthenticationResponse } from "@simplewebauthn/server";
 import { freePort, startPostgres } from "../harness/mod.ts";
 import { type ConsoleNode, createAccount, startConsoleNode } from "./support.ts";
 
@@ -223,9 +224,19 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
         const body = await res.json();
         assert.equal(res.status, 401);
         assert.equal(body.error.code, "MFA_INVALID_CODE");
-        const [{ sign_count: count }] = await sql<{ sign_count: string }[]>`
-          SELECT sign_count FROM webauthn_credentials`;
+        const [{ sign_count: count, public_key: publicKey }] = await sql<
+          { sign_count: string; public_key: Uint8Array }[]
+        >`SELECT sign_count, public_key FROM webauthn_credentials`;
         assert.notEqual(Number(count), 1001, "the refused answer did not advance the counter");
+        // Signature, challenge and counter were right: the origin alone was refused.
+        const alone = await verifyAuthenticationResponse({
+          response: JSON.parse(answer.value),
+          expectedChallenge: start.options.challenge,
+          expectedOrigin: `http://localhost:${otherPort}`,
+          expectedRPID: "localhost",
+          credential: { id: JSON.parse(answer.value).id, publicKey: new Uint8Array(publicKey), counter: 0 },
+        });
+        assert.equal(alone.verified, true);
       } finally {
         await elsewhere.close();
       }

@@ -1,0 +1,202 @@
+/**
+ * E-mail codes over real SMTP: the harness's SMTP server (smtp-server, in this process)
+ * receives what nodemailer sends; the test reads each delivered message and types its code.
+ * Turning the factor on (step-up, a code to the account's address), signing in with a code,
+ * a wrong code, single use, the send rate limit per user, the shared lockout, and the
+ * ten-minute validity (the store, with its clock).
+ */
+import assert from "node:assert/strict";
+import { freePort, startPostgres, startSmtp } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
+import { type ConsoleNode, createAccount, startConsoleNode } from "../console/support.ts";
+import { createEmailCodeStore } from "../../store/email_codes.ts";
+
+const PERSON = { username: "emil", password: "emil's password 1", role: "user" } as const;
+const ADDRESS = "emil@example.com";
+
+/** The six-digit code of a delivered message (its subject line). */
+function codeOf(raw: string): string {
+  const m = /^Subject: Your RootStream code: (\d{6})\r?$/m.exec(raw);
+  if (!m) throw new Error(`no code in the message:\n${raw}`);
+  return m[1];
+}
+
+Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lockout", async (t) => {
+  await using pg = await startPostgres();
+  await using smtp = await startSmtp();
+  const databaseUrl = await pg.createDatabase();
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-email-codes-" });
+  let node: ConsoleNode | null = null;
+  try {
+    node = await startConsoleNode("mail", {
+      databaseUrl,
+      dataDir,
+      env: { SMTP_URL: smtp.url, SMTP_FROM: "RootStream <codes@rootstream.test>" },
+    });
+    await createAccount(node, PERSON);
+    const url = node.url;
+    async function call(
+      method: string,
+      path: string,
+      body?: unknown,
+      token?: string,
+    ): Promise<{ status: number; body: Record<string, any> }> {
+      const res = await fetch(`${url}${path}`, {
+        method,
+        headers: {
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+          ...(token ? { authorization: `Bearer ${token}` } : {}),
+        },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return { status: res.status, body: await res.json() };
+    }
+    /** Waits for message number `n` (1-based) and returns it. */
+    async function message(n: number) {
+      return await until(() => smtp.messages[n - 1], {
+        what: `e-mail number ${n}`,
+        state: () => smtp.messages.length,
+      });
+    }
+    const password = async () =>
+      await call("POST", "/auth/login", { login: PERSON.username, password: PERSON.password });
+
+    let token = "";
+    await t.step("turning e-mail codes on takes a step-up and a code sent to the address", async () => {
+      const login = await password();
+      assert.equal(login.body.status, "authenticated");
+      token = login.body.token;
+      const early = await call("POST", "/auth/mfa/email/enable", undefined, token);
+      assert.equal(early.status, 403);
+      assert.equal(early.body.error.code, "REAUTH_REQUIRED");
+      const reauth = await call("POST", "/auth/reauth", { password: PERSON.password }, token);
+      assert.equal(reauth.status, 200);
+      const sent = await call("POST", "/auth/mfa/email/enable", undefined, token);
+      assert.equal(sent.status, 200, JSON.stringify(sent.body));
+      assert.equal(sent.body.sentTo, "e***@example.com");
+      const mail = await message(1);
+      assert.deepEqual(mail.to, [ADDRESS]);
+      assert.equal(mail.from, "codes@rootstream.test");
+      const confirmed = await call("POST", "/auth/mfa/email/confirm", {
+        code: codeOf(mail.raw),
+      }, token);
+      assert.deepEqual(confirmed, { status: 200, body: { enabled: true } });
+      // Stored as a keyed digest, never as the code.
+      const rows = await node!.rt.db.sql`SELECT count(*)::int AS n FROM email_codes`;
+      assert.equal(rows[0].n, 0, "the accepted code is gone");
+    });
+
+    await t.step("a password login then needs the code of a message sent to it", async () => {
+      const start = await password();
+      assert.equal(start.body.status, "mfa_required");
+      assert.ok(start.body.methods.includes("email"));
+      const sent = await call("POST", "/auth/mfa/email/send", { challenge: start.body.challenge });
+      assert.equal(sent.status, 200, JSON.stringify(sent.body));
+      const code = codeOf((await message(2)).raw);
+      const stored = await node!.rt.db.sql<{ code_hash: Uint8Array }[]>`
+        SELECT code_hash FROM email_codes`;
+      assert.equal(stored.length, 1);
+      assert.ok(!new TextDecoder().decode(stored[0].code_hash).includes(code));
+      const wrong = String((Number(code) + 1) % 1_000_000).padStart(6, "0");
+      const refused = await call("POST", "/auth/mfa/verify", {
+        challenge: start.body.challenge,
+        method: "email",
+        code: wrong,
+      });
+      assert.equal(refused.status, 401);
+      assert.equal(refused.body.error.code, "MFA_INVALID_CODE");
+      const ok = await call("POST", "/auth/mfa/verify", {
+        challenge: start.body.challenge,
+        method: "email",
+        code,
+      });
+      assert.equal(ok.body.status, "authenticated", JSON.stringify(ok.body));
+
+      // Single use, and bound to its attempt: the same code in a new attempt is refused.
+      const again = await password();
+      const reused = await call("POST", "/auth/mfa/verify", {
+        challenge: again.body.challenge,
+        method: "email",
+        code,
+      });
+      assert.equal(reused.status, 401);
+      assert.equal(reused.body.error.code, "MFA_INVALID_CODE");
+    });
+
+    await t.step("sends are rate-limited per user", async () => {
+      // Two sent so far; the limit is 5 per 15 minutes.
+      const start = await password();
+      const statuses: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        statuses.push(
+          (await call("POST", "/auth/mfa/email/send", { challenge: start.body.challenge })).status,
+        );
+      }
+      assert.deepEqual(statuses, [200, 200, 200, 429]);
+      await message(5);
+      // The last code sent for the attempt is the one that counts.
+      const code = codeOf(smtp.messages[4].raw);
+      const earlier = codeOf(smtp.messages[3].raw);
+      if (earlier !== code) {
+        const old = await call("POST", "/auth/mfa/verify", {
+          challenge: start.body.challenge,
+          method: "email",
+          code: earlier,
+        });
+        assert.equal(old.status, 401);
+      }
+      const ok = await call("POST", "/auth/mfa/verify", {
+        challenge: start.body.challenge,
+        method: "email",
+        code,
+      });
+      assert.equal(ok.body.status, "authenticated", JSON.stringify(ok.body));
+    });
+
+    await t.step("wrong codes lock the account's second factor like TOTP", async () => {
+      let last = { status: 0, body: {} as Record<string, any> };
+      let attempt = await password();
+      assert.equal(attempt.body.status, "mfa_required");
+      // Failures so far since the last success: none (the last code was accepted).
+      for (let i = 0; i < 5; i++) {
+        last = await call("POST", "/auth/mfa/verify", {
+          challenge: attempt.body.challenge,
+          method: "email",
+          code: "000000",
+        });
+      }
+      assert.equal(last.status, 429, JSON.stringify(last.body));
+      assert.equal(last.body.error.code, "MFA_LOCKED");
+      attempt = await password();
+      assert.equal(attempt.status, 429, "a new login is locked at once");
+      assert.equal(attempt.body.error.code, "MFA_LOCKED");
+      const [{ n }] = await node!.rt.db.sql<{ n: number }[]>`
+        SELECT count(*)::int AS n FROM mfa_attempts WHERE method = 'email' AND outcome = 'invalid'`;
+      assert.ok(n >= 5);
+    });
+
+    await t.step("a code is valid ten minutes", async () => {
+      const store = createEmailCodeStore(node!.rt.db.sql);
+      const [{ id }] = await node!.rt.db.sql<{ id: string }[]>`SELECT id FROM users`;
+      const digest = new Uint8Array(32).fill(1);
+      const at = Date.now();
+      await store.save("test:expiry", {
+        userId: Number(id),
+        address: ADDRESS,
+        digest,
+        expiresAt: at + 600_000,
+        at,
+      });
+      const check = (when: number) =>
+        node!.rt.db.sql.begin((tx) =>
+          store.consume(tx as never, "test:expiry", { userId: Number(id), digest, at: when })
+        );
+      assert.equal((await check(at + 600_000)).outcome, "missing", "not at 10 minutes");
+      assert.equal((await check(at + 599_999)).outcome, "accepted", "just before");
+      assert.equal((await check(at + 1)).outcome, "missing", "and only once");
+    });
+  } finally {
+    await node?.stop();
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
