@@ -276,7 +276,8 @@ export const SESSION_ROUTES = {
     method: "post",
     path: "/auth/passkey/options",
     tags: ["auth"],
-    summary: "Starts a passkey login: its challenge token and the options for navigator.credentials.get",
+    summary:
+      "Starts a passkey login: its challenge token and the options for navigator.credentials.get",
     access: anyone,
     responses: {
       200: jsonResponse(

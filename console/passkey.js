@@ -52,7 +52,7 @@
     return await post("/auth/passkeys", { name, response: credential.toJSON() });
   }
 
-  window.rsPasskey = { post, assertion, login, secondFactor, register };
+  globalThis.rsPasskey = { post, assertion, login, secondFactor, register };
 
   const button = document.getElementById("passkey-login");
   const error = document.getElementById("passkey-error");

@@ -226,7 +226,11 @@ export function createWebAuthnStore(sql: Sql): WebAuthnStore {
         const rows = await tx<Row[]>`
           SELECT * FROM webauthn_credentials WHERE credential_id = ${raw} FOR UPDATE`;
         if (!rows.length) return null;
-        return { ...toPasskey(rows[0]), userId: Number(rows[0].user_id), publicKey: rows[0].public_key };
+        return {
+          ...toPasskey(rows[0]),
+          userId: Number(rows[0].user_id),
+          publicKey: rows[0].public_key,
+        };
       }),
     advanceCounter: (tx, id, count, at) =>
       guarded("advance a passkey counter", async () => {

@@ -290,7 +290,13 @@ export function createFactors(deps: FactorDeps): Factors {
     const code = String(randomInt(0, 1_000_000)).padStart(6, "0");
     const at = now();
     const expiresAt = at + EMAIL_CODE_TTL_MS;
-    await emailCodes.save(subject, { userId, address, digest: digest(subject, code), expiresAt, at });
+    await emailCodes.save(subject, {
+      userId,
+      address,
+      digest: digest(subject, code),
+      expiresAt,
+      at,
+    });
     await deps.mailer.send({
       to: address,
       subject: `Your RootStream code: ${code}`,

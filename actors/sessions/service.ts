@@ -88,7 +88,10 @@ import { createChallengeStore } from "./challenges.ts";
 import { createFactors, type Factors, type WebAuthnSettings } from "./factors.ts";
 import type { Mailer } from "./mailer.ts";
 import type { Passkey } from "../../store/webauthn.ts";
-import type { PublicKeyCredentialCreationOptionsJSON, PublicKeyCredentialRequestOptionsJSON } from "@simplewebauthn/server";
+import type {
+  PublicKeyCredentialCreationOptionsJSON,
+  PublicKeyCredentialRequestOptionsJSON,
+} from "@simplewebauthn/server";
 import { createRateLimiter, type RateLimit } from "./rate_limit.ts";
 import { ping } from "../../store/database_stats.ts";
 import { isConnectionError } from "../../lib/db_errors.ts";
@@ -317,7 +320,9 @@ export interface SessionService {
   /** Starts a passkey login: a login attempt waiting for a passkey, and its options. */
   passkeyLogin(
     ctx?: RequestContext,
-  ): Promise<{ challenge: string; expiresAt: string; options: PublicKeyCredentialRequestOptionsJSON }>;
+  ): Promise<
+    { challenge: string; expiresAt: string; options: PublicKeyCredentialRequestOptionsJSON }
+  >;
   /** Options for a passkey as the second factor of login attempt `challenge`. */
   passkeyOptions(challenge: string): Promise<PublicKeyCredentialRequestOptionsJSON>;
   /** Sends an e-mail code for login attempt `challenge`. */

@@ -120,7 +120,8 @@ const schema = z.object({
   ).default("localhost"),
   WEBAUTHN_RP_NAME: z.string().min(1).max(64).default("RootStream"),
   WEBAUTHN_ORIGIN: z.string().max(2048).refine(
-    (v) => v.split(",").every((o) => URL.canParse(o.trim()) && new URL(o.trim()).origin === o.trim()),
+    (v) =>
+      v.split(",").every((o) => URL.canParse(o.trim()) && new URL(o.trim()).origin === o.trim()),
     "origins scheme://host[:port], comma-separated",
   ).default("http://localhost:8080"),
   SMTP_URL: z.string().max(2048).refine(
@@ -142,7 +143,9 @@ export function loadSessionsSettings(env: Record<string, string | undefined>): S
   const problems = result.success ? [] : result.error.issues.map((issue) => {
     const name = String(issue.path[0]);
     // SMTP_URL may carry a password: never echoed.
-    const got = name === "SMTP_URL" ? "(not shown: it may hold a password)" : JSON.stringify(raw[name]);
+    const got = name === "SMTP_URL"
+      ? "(not shown: it may hold a password)"
+      : JSON.stringify(raw[name]);
     return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${got}`;
   });
   if (legacy !== undefined && legacy !== "false") {

@@ -6,7 +6,7 @@
  * ten-minute validity (the store, with its clock).
  */
 import assert from "node:assert/strict";
-import { freePort, startPostgres, startSmtp } from "../harness/mod.ts";
+import { type SmtpServer, startPostgres, startSmtp } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
 import { type ConsoleNode, createAccount, startConsoleNode } from "../console/support.ts";
 import { createEmailCodeStore } from "../../store/email_codes.ts";
@@ -19,6 +19,41 @@ function codeOf(raw: string): string {
   const m = /^Subject: Your RootStream code: (\d{6})\r?$/m.exec(raw);
   if (!m) throw new Error(`no code in the message:\n${raw}`);
   return m[1];
+}
+
+/** What the tests read of an answer's JSON. */
+interface Body {
+  status?: string;
+  token?: string;
+  challenge?: string;
+  methods?: string[];
+  sentTo?: string;
+  enabled?: boolean;
+  error?: { code: string; message: string };
+}
+
+/** One JSON request to the instance. */
+async function request(
+  url: string,
+  r: { method: string; path: string; body?: unknown; token?: string },
+): Promise<{ status: number; body: Body }> {
+  const res = await fetch(`${url}${r.path}`, {
+    method: r.method,
+    headers: {
+      ...(r.body === undefined ? {} : { "content-type": "application/json" }),
+      ...(r.token ? { authorization: `Bearer ${r.token}` } : {}),
+    },
+    body: r.body === undefined ? undefined : JSON.stringify(r.body),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+/** Waits for message number `n` (1-based) and returns it. */
+async function delivered(smtp: SmtpServer, n: number) {
+  return await until(() => smtp.messages[n - 1], {
+    what: `e-mail number ${n}`,
+    state: () => smtp.messages.length,
+  });
 }
 
 Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lockout", async (t) => {
@@ -35,61 +70,44 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
     });
     await createAccount(node, PERSON);
     const url = node.url;
-    async function call(
-      method: string,
-      path: string,
-      body?: unknown,
-      token?: string,
-    ): Promise<{ status: number; body: Record<string, any> }> {
-      const res = await fetch(`${url}${path}`, {
-        method,
-        headers: {
-          ...(body === undefined ? {} : { "content-type": "application/json" }),
-          ...(token ? { authorization: `Bearer ${token}` } : {}),
-        },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      return { status: res.status, body: await res.json() };
-    }
-    /** Waits for message number `n` (1-based) and returns it. */
-    async function message(n: number) {
-      return await until(() => smtp.messages[n - 1], {
-        what: `e-mail number ${n}`,
-        state: () => smtp.messages.length,
-      });
-    }
+    const call = (method: string, path: string, body?: unknown, token?: string) =>
+      request(url, { method, path, body, token });
+    const message = (n: number) => delivered(smtp, n);
     const password = async () =>
       await call("POST", "/auth/login", { login: PERSON.username, password: PERSON.password });
 
     let token = "";
-    await t.step("turning e-mail codes on takes a step-up and a code sent to the address", async () => {
-      const login = await password();
-      assert.equal(login.body.status, "authenticated");
-      token = login.body.token;
-      const early = await call("POST", "/auth/mfa/email/enable", undefined, token);
-      assert.equal(early.status, 403);
-      assert.equal(early.body.error.code, "REAUTH_REQUIRED");
-      const reauth = await call("POST", "/auth/reauth", { password: PERSON.password }, token);
-      assert.equal(reauth.status, 200);
-      const sent = await call("POST", "/auth/mfa/email/enable", undefined, token);
-      assert.equal(sent.status, 200, JSON.stringify(sent.body));
-      assert.equal(sent.body.sentTo, "e***@example.com");
-      const mail = await message(1);
-      assert.deepEqual(mail.to, [ADDRESS]);
-      assert.equal(mail.from, "codes@rootstream.test");
-      const confirmed = await call("POST", "/auth/mfa/email/confirm", {
-        code: codeOf(mail.raw),
-      }, token);
-      assert.deepEqual(confirmed, { status: 200, body: { enabled: true } });
-      // Stored as a keyed digest, never as the code.
-      const rows = await node!.rt.db.sql`SELECT count(*)::int AS n FROM email_codes`;
-      assert.equal(rows[0].n, 0, "the accepted code is gone");
-    });
+    await t.step(
+      "turning e-mail codes on takes a step-up and a code sent to the address",
+      async () => {
+        const login = await password();
+        assert.equal(login.body.status, "authenticated");
+        token = login.body.token ?? "";
+        const early = await call("POST", "/auth/mfa/email/enable", undefined, token);
+        assert.equal(early.status, 403);
+        assert.equal(early.body.error?.code, "REAUTH_REQUIRED");
+        const reauth = await call("POST", "/auth/reauth", { password: PERSON.password }, token);
+        assert.equal(reauth.status, 200);
+        const sent = await call("POST", "/auth/mfa/email/enable", undefined, token);
+        assert.equal(sent.status, 200, JSON.stringify(sent.body));
+        assert.equal(sent.body.sentTo, "e***@example.com");
+        const mail = await message(1);
+        assert.deepEqual(mail.to, [ADDRESS]);
+        assert.equal(mail.from, "codes@rootstream.test");
+        const confirmed = await call("POST", "/auth/mfa/email/confirm", {
+          code: codeOf(mail.raw),
+        }, token);
+        assert.deepEqual(confirmed, { status: 200, body: { enabled: true } });
+        // Stored as a keyed digest, never as the code.
+        const rows = await node!.rt.db.sql`SELECT count(*)::int AS n FROM email_codes`;
+        assert.equal(rows[0].n, 0, "the accepted code is gone");
+      },
+    );
 
     await t.step("a password login then needs the code of a message sent to it", async () => {
       const start = await password();
       assert.equal(start.body.status, "mfa_required");
-      assert.ok(start.body.methods.includes("email"));
+      assert.ok(start.body.methods?.includes("email"));
       const sent = await call("POST", "/auth/mfa/email/send", { challenge: start.body.challenge });
       assert.equal(sent.status, 200, JSON.stringify(sent.body));
       const code = codeOf((await message(2)).raw);
@@ -104,7 +122,7 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
         code: wrong,
       });
       assert.equal(refused.status, 401);
-      assert.equal(refused.body.error.code, "MFA_INVALID_CODE");
+      assert.equal(refused.body.error?.code, "MFA_INVALID_CODE");
       const ok = await call("POST", "/auth/mfa/verify", {
         challenge: start.body.challenge,
         method: "email",
@@ -120,7 +138,7 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
         code,
       });
       assert.equal(reused.status, 401);
-      assert.equal(reused.body.error.code, "MFA_INVALID_CODE");
+      assert.equal(reused.body.error?.code, "MFA_INVALID_CODE");
     });
 
     await t.step("sends are rate-limited per user", async () => {
@@ -154,7 +172,7 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
     });
 
     await t.step("wrong codes lock the account's second factor like TOTP", async () => {
-      let last = { status: 0, body: {} as Record<string, any> };
+      let last: { status: number; body: Body } = { status: 0, body: {} };
       let attempt = await password();
       assert.equal(attempt.body.status, "mfa_required");
       // Failures so far since the last success: none (the last code was accepted).
@@ -166,10 +184,10 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
         });
       }
       assert.equal(last.status, 429, JSON.stringify(last.body));
-      assert.equal(last.body.error.code, "MFA_LOCKED");
+      assert.equal(last.body.error?.code, "MFA_LOCKED");
       attempt = await password();
       assert.equal(attempt.status, 429, "a new login is locked at once");
-      assert.equal(attempt.body.error.code, "MFA_LOCKED");
+      assert.equal(attempt.body.error?.code, "MFA_LOCKED");
       const [{ n }] = await node!.rt.db.sql<{ n: number }[]>`
         SELECT count(*)::int AS n FROM mfa_attempts WHERE method = 'email' AND outcome = 'invalid'`;
       assert.ok(n >= 5);

@@ -78,12 +78,18 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
   const port = await freePort();
   const origin = `http://localhost:${port}`;
   let node: ConsoleNode | null = null;
-  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: CHROMIUM_ARGS,
+  });
   // A page on another origin (same host, other port: the RP id is still `localhost`).
   const otherPort = await freePort();
   const other = Deno.serve(
     { hostname: "127.0.0.1", port: otherPort, onListen: () => {} },
-    () => new Response("<!doctype html><title>elsewhere</title>", { headers: { "content-type": "text/html" } }),
+    () =>
+      new Response("<!doctype html><title>elsewhere</title>", {
+        headers: { "content-type": "text/html" },
+      }),
   );
   try {
     node = await startConsoleNode("pk", {
@@ -103,15 +109,23 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
     let credential: CdpCredential;
 
     await t.step("a signed-in person registers a passkey after re-authenticating", async () => {
-      const signedIn = await run<Outcome>(page, `
+      const signedIn = await run<Outcome>(
+        page,
+        `
         const r = await rsPasskey.post("/auth/login", { login: arg.u, password: arg.p });
-        return r.status;`, { u: PERSON.username, p: PERSON.password });
+        return r.status;`,
+        { u: PERSON.username, p: PERSON.password },
+      );
       assert.deepEqual(signedIn, { ok: true, value: "authenticated" });
       const early = await run<Outcome>(page, `return await rsPasskey.register("laptop");`);
       assert.equal(early.ok, false);
       assert.equal(!early.ok && early.code, "REAUTH_REQUIRED", "adding a factor needs step-up");
-      const reauth = await run<Outcome>(page, `
-        return await rsPasskey.post("/auth/reauth", { password: arg });`, PERSON.password);
+      const reauth = await run<Outcome>(
+        page,
+        `
+        return await rsPasskey.post("/auth/reauth", { password: arg });`,
+        PERSON.password,
+      );
       assert.equal(reauth.ok, true);
       const reg = await run<Outcome<{ passkey: { name: string; signCount: number } }>>(
         page,
@@ -119,8 +133,11 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
       );
       assert.equal(reg.ok, true, JSON.stringify(reg));
       assert.equal(reg.ok && reg.value.passkey.name, "laptop");
-      const list = await run<Outcome<{ passkeys: { name: string }[] }>>(page, `
-        const r = await fetch("/auth/passkeys"); return await r.json();`);
+      const list = await run<Outcome<{ passkeys: { name: string }[] }>>(
+        page,
+        `
+        const r = await fetch("/auth/passkeys"); return await r.json();`,
+      );
       assert.deepEqual(list.ok && list.value.passkeys.map((p) => p.name), ["laptop"]);
       const creds = await first.cdp.send("WebAuthn.getCredentials", {
         authenticatorId: first.authenticatorId,
@@ -143,19 +160,25 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
 
     await t.step("the password now asks for a second factor, and the passkey is one", async () => {
       await page.goto(`${origin}/login`);
-      const r = await run<Outcome<{ status: string; userId: number }>>(page, `
+      const r = await run<Outcome<{ status: string; userId: number }>>(
+        page,
+        `
         const start = await rsPasskey.post("/auth/login", { login: arg.u, password: arg.p });
         if (start.status !== "mfa_required") return start;
-        return await rsPasskey.secondFactor(start.challenge);`, {
-        u: PERSON.username,
-        p: PERSON.password,
-      });
+        return await rsPasskey.secondFactor(start.challenge);`,
+        {
+          u: PERSON.username,
+          p: PERSON.password,
+        },
+      );
       assert.equal(r.ok && r.value.status, "authenticated", JSON.stringify(r));
       await run(page, `return await rsPasskey.post("/auth/logout");`);
     });
 
     await t.step("an answer replayed to another attempt, or to its own, is refused", async () => {
-      const r = await run<Outcome<{ first: string; toOther: unknown; toOwn: unknown }>>(page, `
+      const r = await run<Outcome<{ first: string; toOther: unknown; toOwn: unknown }>>(
+        page,
+        `
         const a = await rsPasskey.post("/auth/passkey/options");
         const code = await rsPasskey.assertion(a.options);
         const first = (await rsPasskey.post("/auth/mfa/verify", { challenge: a.challenge, method: "webauthn", code })).status;
@@ -164,7 +187,8 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
           catch (e) { return { code: e.code }; }
         };
         const b = await rsPasskey.post("/auth/passkey/options");
-        return { first, toOther: await attempt(b.challenge), toOwn: await attempt(a.challenge) };`);
+        return { first, toOther: await attempt(b.challenge), toOwn: await attempt(a.challenge) };`,
+      );
       assert.equal(r.ok, true, JSON.stringify(r));
       if (!r.ok) return;
       assert.equal(r.value.first, "authenticated");
@@ -206,20 +230,34 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
           method: "POST",
           headers: { origin },
         })).json();
-        const answer = await run<Outcome<string>>(elsewhere.page, `
+        const answer = await run<Outcome<string>>(
+          elsewhere.page,
+          `
           const c = await navigator.credentials.get({
             publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(arg),
           });
-          return JSON.stringify(c.toJSON());`, start.options);
+          return JSON.stringify(c.toJSON());`,
+          start.options,
+        );
         assert.equal(answer.ok, true, JSON.stringify(answer));
         if (!answer.ok) return;
-        assert.equal(JSON.parse(atob(
-          JSON.parse(answer.value).response.clientDataJSON.replaceAll("-", "+").replaceAll("_", "/"),
-        )).origin, `http://localhost:${otherPort}`);
+        assert.equal(
+          JSON.parse(atob(
+            JSON.parse(answer.value).response.clientDataJSON.replaceAll("-", "+").replaceAll(
+              "_",
+              "/",
+            ),
+          )).origin,
+          `http://localhost:${otherPort}`,
+        );
         const res = await fetch(`${origin}/auth/mfa/verify`, {
           method: "POST",
           headers: { "content-type": "application/json", origin },
-          body: JSON.stringify({ challenge: start.challenge, method: "webauthn", code: answer.value }),
+          body: JSON.stringify({
+            challenge: start.challenge,
+            method: "webauthn",
+            code: answer.value,
+          }),
         });
         const body = await res.json();
         assert.equal(res.status, 401);
@@ -234,7 +272,11 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
           expectedChallenge: start.options.challenge,
           expectedOrigin: `http://localhost:${otherPort}`,
           expectedRPID: "localhost",
-          credential: { id: JSON.parse(answer.value).id, publicKey: new Uint8Array(publicKey), counter: 0 },
+          credential: {
+            id: JSON.parse(answer.value).id,
+            publicKey: new Uint8Array(publicKey),
+            counter: 0,
+          },
         });
         assert.equal(alone.verified, true);
       } finally {
@@ -244,17 +286,21 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
 
     await t.step("the passkey is removed with a fresh re-authentication", async () => {
       const [{ id }] = await sql<{ id: string }[]>`SELECT id FROM webauthn_credentials`;
-      const removal = await run<Outcome>(page, `
+      const removal = await run<Outcome>(
+        page,
+        `
         const start = await rsPasskey.post("/auth/login", { login: arg.u, password: arg.p });
         await rsPasskey.secondFactor(start.challenge);
         await rsPasskey.post("/auth/reauth", { password: arg.p });
         const r = await fetch("/auth/passkeys/" + arg.id, { method: "DELETE" });
         const list = await (await fetch("/auth/passkeys")).json();
-        return { status: r.status, left: list.passkeys.length };`, {
-        u: PERSON.username,
-        p: PERSON.password,
-        id: Number(id),
-      });
+        return { status: r.status, left: list.passkeys.length };`,
+        {
+          u: PERSON.username,
+          p: PERSON.password,
+          id: Number(id),
+        },
+      );
       assert.deepEqual(removal, { ok: true, value: { status: 200, left: 0 } });
     });
     await first.close();
