@@ -869,9 +869,18 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       startedAt: now(),
       ...loginOptions,
     }, "log in");
-    const result = answer(await settle(ref, answerable), challenge);
+    const snap = await settle(ref, answerable);
+    const result = answer(snap, challenge);
     if (result.status === "authenticated") {
       await Promise.all([limiter.reset(key), limiter.reset(loginKey(input.login))]);
+    }
+    if (result.status === "mfa_required" && snap.context.userId !== null) {
+      // The methods this account has, in the chart's order.
+      const userId = snap.context.userId;
+      const [totp, others] = await Promise.all([mfa.status(userId), factors.methodsOf(userId)]);
+      const has = new Set<MfaMethod>(others);
+      if (totp.enabled) has.add("totp").add("backup_code");
+      result.methods = MFA_METHOD_NAMES.filter((m) => has.has(m));
     }
     return result;
   }
