@@ -67,9 +67,11 @@ ${alert(m.error)}
 <input id="password" name="password" type="password" autocomplete="current-password" required maxlength="1024">
 <button type="submit">Sign in</button>
 </form>
+<div id="passkey" hidden>
 <p class="muted">Or, with a passkey registered to your account:</p>
 <button type="button" id="passkey-login" data-next="${e(m.next)}">Sign in with a passkey</button>
-<p class="auth-error" role="alert" id="passkey-error" hidden></p>
+<p class="auth-error" id="passkey-error" hidden></p>
+</div>
 <script src="/console/passkey.js" defer></script>`,
   );
 }

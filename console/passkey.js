@@ -56,6 +56,9 @@
 
   const button = document.getElementById("passkey-login");
   const error = document.getElementById("passkey-error");
+  // Shown only where scripts run and the browser has passkeys (the form works without).
+  const section = document.getElementById("passkey");
+  if (section && globalThis.PublicKeyCredential) section.hidden = false;
   if (button) {
     button.addEventListener("click", () => {
       if (error) error.hidden = true;
@@ -64,6 +67,7 @@
       }, (err) => {
         if (error) {
           error.textContent = err.message;
+          error.setAttribute("role", "alert");
           error.hidden = false;
         }
       });
