@@ -13,11 +13,14 @@
  *   deadline) runs on the parent state, so a rejected code does not restart the clock.
  *   `SUBMIT_CODE` names its method; `verifying` runs the one verifier effect
  *   (`verifyCode`) with that method and records the method's own event (see
- *   {@linkcode MFA_METHODS}: adding a method such as WebAuthn or an e-mail code is one entry
+ *   {@linkcode MFA_METHODS}: totp, backup_code, webauthn, email; adding a method is one entry
  *   there plus its verifier in actors/sessions/, never another state). Every check is
  *   bounded by `verifyTimeout`. A rejected code returns to `waiting` until the attempt's
  *   own limit (`maxMfaAttempts`) ends it in `failed`; the user-wide lockout (store/mfa.ts,
  *   shared by all instances) ends it in `locked`.
+ * - A passkey login (`input.passwordless`) has no password: it starts in `mfa_required` with
+ *   no user, its deadline `mfaTimeoutMs` from its start; only `webauthn` is offered, and the
+ *   verifier that accepts the passkey names the user (`CodeResult.userId`).
  * - An attempt started on another instance can be *resumed* here (`input.resume`): it
  *   starts in `mfa_required` with its deadline and failures.
  *
@@ -106,7 +109,7 @@ export interface LoginInput {
   /** Longest write of the journal (events, challenge record) in ms; 15 s. */
   journalTimeoutMs?: number;
   /** Continue an attempt from another instance: its user, failures and deadline (ms since the epoch). */
-  resume?: { userId: number; mfaFailures: number; deadline: number };
+  resume?: { userId: number | null; mfaFailures: number; deadline: number };
 }
 
 /** What `checkCredentials` reports. */
@@ -216,7 +219,13 @@ export type JournalEntry =
     /** The session, for `Authenticated`. */
     sessionId: string | null;
   }
-  | { kind: "save_challenge"; userId: number; mfaFailures: number; deadline: number }
+  | {
+    kind: "save_challenge";
+    /** The user; null in a passkey login (not known until the passkey is). */
+    userId: number | null;
+    mfaFailures: number;
+    deadline: number;
+  }
   | { kind: "forget_challenge" };
 
 /** The journal region's data. */
@@ -324,6 +333,8 @@ export interface JournalInput {
   device: LoginDevice;
   /** Hex SHA-256 of the challenge token. */
   challengeHash: string;
+  /** A passkey login (the resumable record says so). */
+  passwordless: boolean;
   /** Event-store version reached so far; null: read it first. */
   version: number | null;
   /** The entries. */
@@ -434,12 +445,14 @@ const login = setup({
     ),
     /** Notes the resumable record (deadline, failures) another instance needs. */
     saveChallenge: assign(({ context }) =>
-      context.userId === null || context.deadline === null ? {} : noted(context, {
-        kind: "save_challenge",
-        userId: context.userId,
-        mfaFailures: context.mfaFailures,
-        deadline: context.deadline,
-      })
+      (context.userId === null && !context.passwordless) || context.deadline === null
+        ? {}
+        : noted(context, {
+          kind: "save_challenge",
+          userId: context.userId,
+          mfaFailures: context.mfaFailures,
+          deadline: context.deadline,
+        })
     ),
     /** Notes the removal of the resumable record, when the attempt had one (it is over). */
     forgetChallenge: assign(({ context }) =>
@@ -805,6 +818,7 @@ const journalRegion = login.createStateConfig({
           remember: context.remember,
           device: context.device,
           challengeHash: context.challengeHash,
+          passwordless: context.passwordless,
           version: context.journal.version,
           entries: context.journal.pending.slice(0, context.journal.writing),
         }),
@@ -835,7 +849,7 @@ export const loginMachine = login.createMachine({
     verifyTimeoutMs: input.verifyTimeoutMs ?? 15_000,
     journalTimeoutMs: input.journalTimeoutMs ?? 15_000,
     resumed: input.resume !== undefined,
-    passwordless: input.passwordless === true && input.resume === undefined,
+    passwordless: input.passwordless === true,
     // A resumed attempt waits from now until its deadline; a passkey login from its start.
     waitFrom: input.resume || input.passwordless ? input.startedAt : null,
     deadline: input.resume?.deadline ??

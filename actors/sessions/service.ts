@@ -589,6 +589,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
           attemptId: input.attemptId,
           challengeHash: input.challengeHash,
           userId: entry.userId,
+          passwordless: input.passwordless,
           login: input.login,
           remember: input.remember,
           device: input.device,
@@ -693,6 +694,9 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     async cleanup() {
       const removed = await sessions.cleanupExpired();
       const attempts = await mfa.cleanupAttempts();
+      // Expired passkey challenges and e-mail codes: already refused by their checks, dropped here.
+      await factors.passkeys.cleanup(now());
+      await factors.emailCodes.cleanup(now());
       return { sessions: removed, attempts };
     },
     async probe() {
@@ -948,6 +952,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
         device: record.device,
         startedAt: now(),
         ...loginOptions,
+        passwordless: record.passwordless,
         resume: {
           userId: record.userId,
           mfaFailures: record.mfaFailures,

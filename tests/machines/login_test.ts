@@ -253,7 +253,7 @@ Deno.test("login statechart (fake effects, simulated clock)", async (t) => {
   await t.step(
     "a passkey login: no password, only webauthn, the passkey names its user",
     async () => {
-      const { actor, journal, codeInputs, effects } = start({
+      const { actor, journal, entries, codeInputs, effects } = start({
         // The fake verifier of every method but backup codes: a passkey that belongs to 42.
         totp: (code) =>
           Promise.resolve(
@@ -278,7 +278,15 @@ Deno.test("login statechart (fake effects, simulated clock)", async (t) => {
       assert.equal(snap.output?.outcome, "authenticated");
       assert.equal(snap.output?.userId, 42);
       assert.deepEqual(effects.at(-1), "issue 42 remember=false");
-      assert.deepEqual(journal.slice(0, 3), ["LoginStarted", "MfaRequired", "PasskeySubmitted"]);
+      // The resumable record is saved without a user: another instance can take the passkey.
+      assert.deepEqual(journal.slice(0, 4), [
+        "LoginStarted",
+        "MfaRequired",
+        "save failures=0",
+        "PasskeySubmitted",
+      ]);
+      const saved = entries.find((e) => e.kind === "save_challenge");
+      assert.equal(saved?.kind === "save_challenge" && saved.userId, null);
       assert.ok(!journal.includes("CredentialsAccepted"));
     },
   );
