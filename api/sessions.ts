@@ -83,8 +83,9 @@ const CodeSent = z.object({ sentTo: z.string(), expiresAt: z.string() });
 const disableBody = codeBody.extend({ method: method.optional() });
 const reauthBody = z.object({
   password: z.string().min(1).max(1024),
-  code: z.string().min(1).max(64).optional(),
-  method: method.optional(),
+  // A passkey's answer is its JSON text.
+  code: z.string().min(1).max(8192).optional(),
+  method: z.enum(["totp", "backup_code", "webauthn", "email"]).optional(),
 });
 const uuid = z.string().regex(
   /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/,
@@ -191,6 +192,23 @@ export const SESSION_ROUTES = {
       200: jsonResponse(z.object({ reauthenticatedAt: z.string() }), "Recorded on the session"),
       403: jsonResponse(z.looseObject({}), "Wrong password or code (REAUTH_FAILED)"),
       429: jsonResponse(z.looseObject({}), "Too many attempts (RATE_LIMITED, MFA_LOCKED)"),
+    },
+  }),
+  reauthChallenge: declareRoute({
+    method: "post",
+    path: "/auth/reauth/challenge",
+    tags: ["auth"],
+    summary: "A passkey's options, or an e-mail code sent, for POST /auth/reauth",
+    access: signedIn,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(z.object({ method: z.enum(["webauthn", "email"]) })) },
+    responses: {
+      200: jsonResponse(
+        z.union([z.object({ options: z.looseObject({}) }), CodeSent]),
+        "Options for navigator.credentials.get, or where the code went",
+      ),
+      409: jsonResponse(z.looseObject({}), "The account has no such factor (MFA_NOT_ENROLLED)"),
+      429: jsonResponse(z.looseObject({}), "Too many codes sent (RATE_LIMITED)"),
     },
   }),
   me: declareRoute({
@@ -578,6 +596,10 @@ export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): voi
   serve(app, R.emailDisable, async (c) => {
     await sessions.disableEmailCodes(authOf(c));
     return c.json({ enabled: false as const });
+  });
+
+  serve(app, R.reauthChallenge, async (c) => {
+    return c.json(await sessions.reauthChallenge(authOf(c), c.req.valid("json").method));
   });
 
   serve(app, R.reauth, async (c) => {

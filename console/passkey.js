@@ -52,7 +52,14 @@
     return await post("/auth/passkeys", { name, response: credential.toJSON() });
   }
 
-  globalThis.rsPasskey = { post, assertion, login, secondFactor, register };
+  /** Re-authentication (step-up) with the password and a passkey. */
+  async function reauth(password) {
+    const { options } = await post("/auth/reauth/challenge", { method: "webauthn" });
+    const code = await assertion(options);
+    return await post("/auth/reauth", { password, method: "webauthn", code });
+  }
+
+  globalThis.rsPasskey = { post, assertion, login, secondFactor, register, reauth };
 
   const button = document.getElementById("passkey-login");
   const error = document.getElementById("passkey-error");

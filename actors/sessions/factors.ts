@@ -105,8 +105,17 @@ export interface Factors {
     userId: number,
     subject: string,
     code: string,
-    options: { purpose: "login" | "confirm"; ipAddress?: string | null },
+    options: { purpose: "login" | "confirm" | "reauth"; ipAddress?: string | null },
   ): Promise<MfaCheck>;
+  /** Options for a passkey re-authentication in session `sessionId`. */
+  reauthOptions(userId: number, sessionId: string): Promise<PublicKeyCredentialRequestOptionsJSON>;
+  /** Checks a passkey's answer to the session's re-authentication challenge. */
+  checkReauthPasskey(
+    userId: number,
+    sessionId: string,
+    code: string,
+    options: { ipAddress?: string | null },
+  ): Promise<CodeResult>;
 }
 
 /** E-mail codes are valid this long. */
@@ -169,8 +178,15 @@ export function createFactors(deps: FactorDeps): Factors {
     }
   }
 
-  async function verifyPasskey(input: CodeCheckInput): Promise<CodeResult> {
-    const subject = `login:${input.attemptId}`;
+  function verifyPasskey(input: CodeCheckInput): Promise<CodeResult> {
+    return checkPasskey(input, { subject: `login:${input.attemptId}`, purpose: "login" });
+  }
+
+  async function checkPasskey(
+    input: Pick<CodeCheckInput, "attemptId" | "userId" | "code" | "ipAddress">,
+    bound: { subject: string; purpose: "login" | "reauth" },
+  ): Promise<CodeResult> {
+    const subject = bound.subject;
     const parsed = assertionSchema.safeParse(parseJson(input.code));
     if (!parsed.success) {
       // Consumed all the same: a malformed answer ends this challenge too.
@@ -190,7 +206,7 @@ export function createFactors(deps: FactorDeps): Factors {
     let counter: { was: number; now: number } | null = null;
     const r = await mfa.checkFactor(owner, {
       method: "webauthn",
-      purpose: "login",
+      purpose: bound.purpose,
       ipAddress: input.ipAddress,
     }, async (tx, at) => {
       const challenge = await passkeys.takeChallenge(subject, at, tx);
@@ -242,7 +258,7 @@ export function createFactors(deps: FactorDeps): Factors {
     userId: number,
     subject: string,
     code: string,
-    options: { purpose: "login" | "confirm"; ipAddress?: string | null },
+    options: { purpose: "login" | "confirm" | "reauth"; ipAddress?: string | null },
   ): Promise<MfaCheck> {
     const typed = typeof code === "string" ? code.trim().slice(0, 16) : "";
     return await mfa.checkFactor(userId, {
@@ -250,7 +266,7 @@ export function createFactors(deps: FactorDeps): Factors {
       purpose: options.purpose,
       ipAddress: options.ipAddress,
     }, async (tx, at) => {
-      if (options.purpose === "login" && await emailCodes.address(userId) === null) {
+      if (options.purpose !== "confirm" && await emailCodes.address(userId) === null) {
         return "not_enrolled";
       }
       const r = await emailCodes.consume(tx, subject, {
@@ -413,5 +429,30 @@ export function createFactors(deps: FactorDeps): Factors {
     },
     sendCode,
     checkCode,
+    async reauthOptions(userId, sessionId) {
+      const allow = await passkeys.list(userId);
+      const options = await generateAuthenticationOptions({
+        rpID: rp.rpId,
+        userVerification: "preferred",
+        allowCredentials: allow.map((p) => ({
+          id: p.credentialId,
+          transports: p.transports as never,
+        })),
+      });
+      await passkeys.saveChallenge(`reauth:${sessionId}`, {
+        value: options.challenge,
+        userId,
+        expiresAt: now() + REGISTRATION_TTL_MS,
+      });
+      return options;
+    },
+    checkReauthPasskey(userId, sessionId, code, options) {
+      return checkPasskey({
+        attemptId: `reauth:${sessionId}`,
+        userId,
+        code,
+        ipAddress: options.ipAddress ?? null,
+      }, { subject: `reauth:${sessionId}`, purpose: "reauth" });
+    },
   };
 }

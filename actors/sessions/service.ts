@@ -194,6 +194,9 @@ export interface SessionServiceDeps {
   sessionsActor: () => AnyActorRef | undefined;
 }
 
+/** The second factors a re-authentication takes. */
+export type ReauthMethod = "totp" | "backup_code" | "webauthn" | "email";
+
 /** Client details of a request. */
 export type RequestContext = DeviceInfo;
 
@@ -280,9 +283,19 @@ export interface SessionService {
    */
   reauthenticate(
     auth: AuthContext,
-    input: { password: string; code?: string; method?: "totp" | "backup_code" },
+    input: { password: string; code?: string; method?: ReauthMethod },
     ctx?: RequestContext,
   ): Promise<{ reauthenticatedAt: Date }>;
+  /**
+   * What a re-authentication with a passkey or an e-mail code answers: a passkey's options
+   * (bound to the session), or where the code was sent.
+   */
+  reauthChallenge(
+    auth: AuthContext,
+    method: "webauthn" | "email",
+  ): Promise<
+    { options: PublicKeyCredentialRequestOptionsJSON } | { sentTo: string; expiresAt: string }
+  >;
   /** The caller's account and what the session may do. */
   me(auth: AuthContext): Promise<{ user: User; authority: SessionAuthority }>;
   /** Roles and machine tokens (admin routes, CLI). */
@@ -1079,7 +1092,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
 
   async function reauthenticate(
     auth: AuthContext,
-    input: { password: string; code?: string; method?: "totp" | "backup_code" },
+    input: { password: string; code?: string; method?: ReauthMethod },
     ctx: RequestContext = {},
   ): Promise<{ reauthenticatedAt: Date }> {
     const userId = auth.session.userId;
@@ -1105,21 +1118,37 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       throw refused("invalid_password", "the password is wrong");
     }
     const status = await mfa.status(userId);
-    if (status.enabled) {
+    const others = await factors.methodsOf(userId);
+    if (status.enabled || others.length) {
       if (!input.code) {
         throw refused(
           "code_required",
-          "MFA is on for this account: send a TOTP code (or a backup code) with the password",
+          "a second factor is on for this account: send a code (TOTP, backup or e-mail) " +
+            "or a passkey's answer with the password",
         );
       }
-      const check = input.method === "backup_code"
-        ? await mfa.verifyBackupCode(userId, input.code, {
-          ipAddress: ctx.ipAddress,
-          purpose: "reauth",
-        })
-        : await mfa.verifyTotp(userId, input.code, { ipAddress: ctx.ipAddress, purpose: "reauth" });
+      const method = input.method ?? (status.enabled ? "totp" : others[0]);
+      const opts = { ipAddress: ctx.ipAddress, purpose: "reauth" as const };
+      const subject = `reauth:${auth.session.id}`;
+      const check: { ok: boolean; reason?: string; locked?: boolean; retryAfterMs?: number } =
+        method === "backup_code"
+          ? await mfa.verifyBackupCode(userId, input.code, opts)
+          : method === "webauthn"
+          ? await factors.checkReauthPasskey(userId, auth.session.id, input.code, opts)
+          : method === "email"
+          ? await factors.checkCode(userId, subject, input.code, opts)
+          : await mfa.verifyTotp(userId, input.code, opts);
       if (!check.ok) {
-        if (check.reason === "locked" || check.locked) throw codeRefusal(check, "re-authenticate");
+        if (check.reason === "locked" || check.locked) {
+          const retryAfterMs = check.retryAfterMs ?? 0;
+          throw new RuntimeError(
+            "MFA_LOCKED",
+            `Cannot re-authenticate: too many wrong codes; try again in ${
+              Math.ceil(retryAfterMs / 1000)
+            } s`,
+            { details: { retryAfterMs } },
+          );
+        }
         throw refused(`code_${check.reason}`, `the code is ${check.reason}`);
       }
     }
@@ -1274,6 +1303,26 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     factors,
     passkeyLogin,
     passkeyOptions,
+    async reauthChallenge(auth, method) {
+      const userId = auth.session.userId;
+      if (method === "webauthn") {
+        if (await factors.passkeys.count(userId) === 0) {
+          throw new RuntimeError("MFA_NOT_ENROLLED", "This account has no passkey");
+        }
+        return { options: await factors.reauthOptions(userId, auth.session.id) };
+      }
+      const address = await factors.emailCodes.address(userId);
+      if (address === null) {
+        throw new RuntimeError("MFA_NOT_ENROLLED", "E-mail codes are not on for this account");
+      }
+      const { expiresAt } = await factors.sendCode(
+        userId,
+        address,
+        `reauth:${auth.session.id}`,
+        "confirm it is you",
+      );
+      return { sentTo: masked(address), expiresAt: new Date(expiresAt).toISOString() };
+    },
     sendLoginCode,
     listPasskeys: (auth) => factors.passkeys.list(auth.session.userId),
     async passkeyRegistrationOptions(auth) {
