@@ -66,6 +66,21 @@
   // Shown only where scripts run and the browser has passkeys (the form works without).
   const section = document.getElementById("passkey");
   if (section && globalThis.PublicKeyCredential) section.hidden = false;
+  const mfaButton = document.getElementById("passkey-mfa");
+  if (mfaButton) {
+    mfaButton.addEventListener("click", () => {
+      if (error) error.hidden = true;
+      secondFactor(mfaButton.dataset.challenge).then(() => {
+        location.assign(mfaButton.dataset.next || "/");
+      }, (err) => {
+        if (error) {
+          error.textContent = err.message;
+          error.setAttribute("role", "alert");
+          error.hidden = false;
+        }
+      });
+    });
+  }
   if (button) {
     button.addEventListener("click", () => {
       if (error) error.hidden = true;

@@ -157,35 +157,52 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
       assert.equal(reauth.status, 200, JSON.stringify(reauth.body));
     });
 
-    await t.step("sends are rate-limited per user", async () => {
-      // Three sent so far; the limit is 5 per 15 minutes.
-      const start = await password();
-      const statuses: number[] = [];
-      for (let i = 0; i < 3; i++) {
-        statuses.push(
-          (await call("POST", "/auth/mfa/email/send", { challenge: start.body.challenge })).status,
-        );
-      }
-      assert.deepEqual(statuses, [200, 200, 429]);
-      await message(5);
-      // The last code sent for the attempt is the one that counts.
-      const code = codeOf(smtp.messages[4].raw);
-      const earlier = codeOf(smtp.messages[3].raw);
-      if (earlier !== code) {
-        const old = await call("POST", "/auth/mfa/verify", {
-          challenge: start.body.challenge,
-          method: "email",
-          code: earlier,
+    await t.step(
+      "the console's sign-in pages: send (rate-limited per user) and enter the code",
+      async () => {
+        // Three sent so far; the limit is 5 per 15 minutes.
+        const form = (path: string, fields: Record<string, string>) =>
+          fetch(`${url}${path}`, {
+            method: "POST",
+            redirect: "manual",
+            headers: { "content-type": "application/x-www-form-urlencoded", origin: url },
+            body: new URLSearchParams(fields),
+          });
+        const signIn = await form("/login", {
+          login: PERSON.username,
+          password: PERSON.password,
+          next: "/auth/me",
         });
-        assert.equal(old.status, 401);
-      }
-      const ok = await call("POST", "/auth/mfa/verify", {
-        challenge: start.body.challenge,
-        method: "email",
-        code,
-      });
-      assert.equal(ok.body.status, "authenticated", JSON.stringify(ok.body));
-    });
+        const mfaPage = await signIn.text();
+        assert.equal(signIn.status, 200);
+        assert.ok(mfaPage.includes('action="/login/mfa/email"'), "the page offers an e-mail code");
+        assert.ok(!mfaPage.includes("passkey-mfa"), "no passkey button: the account has none");
+        // The challenge token (a UUID and base64url: nothing the page had to escape).
+        const challenge = mfaPage.split('name="challenge" value="')[1].split('"')[0];
+        const statuses: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const res = await form("/login/mfa/email", { challenge, next: "/auth/me" });
+          const text = await res.text();
+          statuses.push(res.status);
+          if (res.status === 200) assert.ok(text.includes("A code was sent to e***@example.com"));
+        }
+        assert.deepEqual(statuses, [200, 200, 429]);
+        await message(5);
+        // The last code sent for the attempt is the one that counts.
+        const code = codeOf(smtp.messages[4].raw);
+        const earlier = codeOf(smtp.messages[3].raw);
+        if (earlier !== code) {
+          const old = await form("/login/mfa", { challenge, code: earlier, method: "email" });
+          await old.body?.cancel();
+          assert.equal(old.status, 401);
+        }
+        const ok = await form("/login/mfa", { challenge, code, method: "email", next: "/auth/me" });
+        await ok.body?.cancel();
+        assert.equal(ok.status, 303);
+        assert.equal(ok.headers.get("location"), "/auth/me");
+        assert.ok(ok.headers.get("set-cookie"), "signed in: the session cookie is set");
+      },
+    );
 
     await t.step("wrong codes lock the account's second factor like TOTP", async () => {
       let last: { status: number; body: Body } = { status: 0, body: {} };

@@ -175,6 +175,24 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
       await run(page, `return await rsPasskey.post("/auth/logout");`);
     });
 
+    await t.step("the console's second-factor page takes the passkey too", async () => {
+      await page.goto(`${origin}/login?next=/auth/me`);
+      await page.fill("#login", PERSON.username);
+      await page.fill("#password", PERSON.password);
+      await Promise.all([
+        page.waitForSelector("#passkey-mfa", { state: "visible" }),
+        page.click('form[action="/login"] button'),
+      ]);
+      assert.equal(await page.isVisible('form[action="/login/mfa/email"]'), false, "no e-mail");
+      await Promise.all([
+        page.waitForURL((u) => u.pathname === "/auth/me"),
+        page.click("#passkey-mfa"),
+      ]);
+      assert.equal(JSON.parse(await page.innerText("body")).user.username, PERSON.username);
+      await page.goto(`${origin}/login`);
+      await run(page, `return await rsPasskey.post("/auth/logout");`);
+    });
+
     await t.step("an answer replayed to another attempt, or to its own, is refused", async () => {
       const r = await run<Outcome<{ first: string; toOther: unknown; toOwn: unknown }>>(
         page,
