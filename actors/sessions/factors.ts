@@ -286,8 +286,8 @@ export function createFactors(deps: FactorDeps): Factors {
   ): Promise<{ expiresAt: number }> {
     if (!deps.mailer) {
       throw new RuntimeError(
-        "MFA_NOT_ENROLLED",
-        "E-mail codes are off on this server: SMTP_URL is not set",
+        "EMAIL_SEND_FAILED",
+        "Cannot send the e-mail: this server has no SMTP server configured (SMTP_URL)",
       );
     }
     const [perUser, perAddress] = await Promise.all([
@@ -345,7 +345,9 @@ export function createFactors(deps: FactorDeps): Factors {
       const [n, address] = await Promise.all([passkeys.count(userId), emailCodes.address(userId)]);
       const methods: ("webauthn" | "email")[] = [];
       if (n > 0) methods.push("webauthn");
-      if (address !== null && deps.mailer) methods.push("email");
+      // Whether or not SMTP is configured now: taking SMTP_URL away must not quietly drop
+      // an account's second factor (sends then fail with a sentence saying why).
+      if (address !== null) methods.push("email");
       return methods;
     },
     async loginOptions(attemptId, userId, expiresAt) {

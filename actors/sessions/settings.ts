@@ -90,7 +90,7 @@ export const SESSIONS_SETTINGS: readonly SettingDoc[] = [
   },
   {
     env: "SMTP_URL",
-    default: "(none: e-mail codes off)",
+    default: "(none: no code can be sent)",
     description:
       "E-mail codes: the SMTP server, smtp://user:pass@host:587 (STARTTLS when offered) or smtps://host:465",
   },
