@@ -12,7 +12,9 @@
  *   array by the UPDATE that accepts it. Two instances checking the same code at once
  *   queue on the row lock, and the second sees the first one's step or array.
  * - **Lockout.** `maxFailures` (5) failed checks within `lockWindowMs` (15 min) since the
- *   user's last success lock MFA for that user: checks are refused unchecked (logged as
+ *   user's last success, of any method (TOTP, backup codes, and through
+ *   {@linkcode MfaStore.checkFactor} passkeys and e-mail codes, all under the user's row lock)
+ *   lock MFA for that user: checks are refused unchecked (logged as
  *   `locked`, not counted) until the oldest of those failures leaves the window. Counted
  *   under the same row lock, so parallel guesses cannot overshoot the limit.
  * - **Everything is logged.** Every check, accepted or not, is a row in mfa_attempts with
@@ -389,6 +391,9 @@ export function createMfaStore(sql: Sql, options: MfaStoreOptions): MfaStore {
     try {
       return await sql.begin(async (tx) => {
         const at = now();
+        // Same lock order as checkFactor (the user's row, then user_mfa): one lockout count
+        // for TOTP, backup codes, passkeys and e-mail codes.
+        await tx`SELECT id FROM users WHERE id = ${userId} FOR NO KEY UPDATE`;
         const [row] = await tx<MfaRow[]>`
           SELECT id, user_id, secret, is_enabled, backup_codes, backup_codes_salt,
                  backup_codes_params, last_used_step, confirmed_at, last_used_at
@@ -670,8 +675,10 @@ export function createMfaStore(sql: Sql, options: MfaStoreOptions): MfaStore {
     try {
       return await sql.begin(async (tx) => {
         const at = now();
-        // The user's row serialises checks of these factors (there may be no user_mfa row).
-        const [user] = await tx`SELECT id FROM users WHERE id = ${id} FOR UPDATE`;
+        // The user's row serialises the checks of every method (there may be no user_mfa
+        // row), so parallel guesses across methods cannot overshoot the lockout. NO KEY: rows
+        // referencing the user (sessions, attempts) can still be written meanwhile.
+        const [user] = await tx`SELECT id FROM users WHERE id = ${id} FOR NO KEY UPDATE`;
         if (!user) return refused("not_enrolled", { locked: false, failures: 0, retryAfterMs: 0 });
         const lock = await lockStateOn(tx, id, at);
         const log = (outcome: MfaAttempt["outcome"]) =>
