@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { type Browser, type CDPSession, chromium, type Page } from "playwright-core";
 import { verifyAuthenticationResponse } from "@simplewebauthn/server";
-import { freePort, startPostgres } from "../harness/mod.ts";
+import { freePort, startPostgres, startRedis } from "../harness/mod.ts";
 import { type ConsoleNode, createAccount, startConsoleNode } from "./support.ts";
 
 const PERSON = { username: "pia", password: "pia's password 1", role: "user" } as const;
@@ -73,11 +73,13 @@ type Outcome<T = Record<string, unknown>> =
 
 Deno.test("passkeys in a browser: register, sign in, clones, replays and other origins refused", async (t) => {
   await using pg = await startPostgres();
+  await using redis = await startRedis();
   const databaseUrl = await pg.createDatabase();
   const dataDir = await Deno.makeTempDir({ prefix: "rs-passkeys-" });
   const port = await freePort();
   const origin = `http://localhost:${port}`;
   let node: ConsoleNode | null = null;
+  let second: ConsoleNode | null = null;
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: CHROMIUM_ARGS,
@@ -92,16 +94,19 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
       }),
   );
   try {
+    const env = {
+      WEBAUTHN_RP_ID: "localhost",
+      WEBAUTHN_ORIGIN: origin,
+      WEBAUTHN_RP_NAME: "RootStream test",
+    };
     node = await startConsoleNode("pk", {
       databaseUrl,
       dataDir,
-      env: {
-        RS_PORT: String(port),
-        WEBAUTHN_RP_ID: "localhost",
-        WEBAUTHN_ORIGIN: origin,
-        WEBAUTHN_RP_NAME: "RootStream test",
-      },
+      redisUrl: redis.url,
+      env: { ...env, RS_PORT: String(port) },
     });
+    // A second instance of the same cluster: a passkey login may finish there.
+    second = await startConsoleNode("pk-2", { databaseUrl, dataDir, redisUrl: redis.url, env });
     await createAccount(node, PERSON);
     const sql = node.rt.db.sql;
     const first = await pageWithAuthenticator(browser, `${origin}/login`);
@@ -191,6 +196,30 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
       assert.equal(JSON.parse(await page.innerText("body")).user.username, PERSON.username);
       await page.goto(`${origin}/login`);
       await run(page, `return await rsPasskey.post("/auth/logout");`);
+    });
+
+    await t.step("a passkey login started here finishes on the other instance", async () => {
+      await page.goto(`${origin}/login`);
+      const r = await run<Outcome<{ challenge: string; code: string }>>(
+        page,
+        `
+        const start = await rsPasskey.post("/auth/passkey/options");
+        return { challenge: start.challenge, code: await rsPasskey.assertion(start.options) };`,
+      );
+      assert.equal(r.ok, true, JSON.stringify(r));
+      if (!r.ok) return;
+      const res = await fetch(`${second!.url}/auth/mfa/verify`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          challenge: r.value.challenge,
+          method: "webauthn",
+          code: r.value.code,
+        }),
+      });
+      const body = await res.json();
+      assert.equal(res.status, 200, JSON.stringify(body));
+      assert.equal(body.status, "authenticated");
     });
 
     await t.step("an answer replayed to another attempt, or to its own, is refused", async () => {
@@ -332,6 +361,7 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
   } finally {
     await browser.close();
     await other.shutdown();
+    await second?.stop();
     await node?.stop();
     await Deno.remove(dataDir, { recursive: true });
   }
