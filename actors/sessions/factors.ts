@@ -223,7 +223,9 @@ export function createFactors(deps: FactorDeps): Factors {
           expectedChallenge: challenge.value,
           expectedOrigin: rp.origins,
           expectedRPID: rp.rpId,
-          requireUserVerification: false,
+          // A passkey alone (a passkey login) must have verified its user (PIN, biometrics):
+          // possession and that check are the two factors. After a password, presence is enough.
+          requireUserVerification: input.userId === null,
           // The counter is checked by the conditional UPDATE below, the one place for it.
           credential: {
             id: credential.credentialId,
@@ -354,7 +356,7 @@ export function createFactors(deps: FactorDeps): Factors {
       const allow = userId === null ? [] : await passkeys.list(userId);
       const options = await generateAuthenticationOptions({
         rpID: rp.rpId,
-        userVerification: "preferred",
+        userVerification: userId === null ? "required" : "preferred",
         allowCredentials: allow.map((p) => ({
           id: p.credentialId,
           transports: p.transports as never,
