@@ -240,8 +240,12 @@ export const SESSION_ROUTES = {
           enabled: z.boolean(),
           backupCodesRemaining: z.number(),
           confirmedAt: z.string().nullable(),
+          /** Passkeys registered. */
+          passkeys: z.number(),
+          /** E-mail codes on. */
+          emailCodes: z.boolean(),
         }),
-        "The MFA state",
+        "The MFA state (TOTP's, and how many passkeys, and whether e-mail codes are on)",
       ),
     },
   }),
@@ -631,12 +635,19 @@ export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): voi
   });
 
   serve(app, R.mfaStatus, async (c) => {
-    const status = await sessions.mfa.status(authOf(c).session.userId);
+    const userId = authOf(c).session.userId;
+    const [status, passkeys, emailAddress] = await Promise.all([
+      sessions.mfa.status(userId),
+      sessions.factors.passkeys.count(userId),
+      sessions.factors.emailCodes.address(userId),
+    ]);
     return c.json({
       enrolled: status.enrolled,
       enabled: status.enabled,
       backupCodesRemaining: status.backupCodesRemaining,
       confirmedAt: status.confirmedAt?.toISOString() ?? null,
+      passkeys,
+      emailCodes: emailAddress !== null,
     });
   });
 

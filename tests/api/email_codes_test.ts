@@ -29,6 +29,8 @@ interface Body {
   methods?: string[];
   sentTo?: string;
   enabled?: boolean;
+  passkeys?: number;
+  emailCodes?: boolean;
   error?: { code: string; message: string };
 }
 
@@ -98,6 +100,12 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
           code: codeOf(mail.raw),
         }, token);
         assert.deepEqual(confirmed, { status: 200, body: { enabled: true } });
+        const status = await call("GET", "/auth/mfa", undefined, token);
+        assert.deepEqual(
+          [status.body.enabled, status.body.passkeys, status.body.emailCodes],
+          [false, 0, true],
+          "TOTP off, no passkey, e-mail codes on",
+        );
         // Stored as a keyed digest, never as the code.
         const rows = await node!.rt.db.sql`SELECT count(*)::int AS n FROM email_codes`;
         assert.equal(rows[0].n, 0, "the accepted code is gone");
