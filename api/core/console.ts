@@ -103,6 +103,7 @@ const CLUSTER_VIEW_TTL_MS = 1000;
 
 const ASSETS: Record<string, { type: string }> = {
   "console.js": { type: "text/javascript; charset=utf-8" },
+  "passkey.js": { type: "text/javascript; charset=utf-8" },
   "console.css": { type: "text/css; charset=utf-8" },
 };
 
