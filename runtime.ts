@@ -259,6 +259,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         heartbeatMs: config.cluster.heartbeatMs,
         deadAfterMs: config.cluster.deadAfterMs,
         auth: messageAuth,
+        bus,
         log: log.child("cluster"),
       })
       : null;
@@ -268,6 +269,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         redis,
         keyspace,
         instanceId: config.instanceId,
+        bus,
         log: log.child("leases"),
         inspect: (ev) => inspector.inspect(ev),
       })

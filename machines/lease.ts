@@ -117,7 +117,7 @@ export type LeaseEmitted =
   | { type: "failed"; role: string; op: "acquire" | "renew" | "release"; error: string };
 
 /** Events the lease actor accepts. */
-export type LeaseEvent = { type: "RESIGN" };
+export type LeaseEvent = { type: "RESIGN" } | { type: "WAKE" };
 
 /** Context of {@linkcode leaseMachine}. */
 export interface LeaseContext {
@@ -186,12 +186,14 @@ export const leaseMachine = setup({
     ),
   },
   delays: {
-    // The first attempt is immediate; while a holder's lease is about to run out, wake
-    // up right when it does, so a dead holder is replaced within its TTL.
+    // The first attempt is immediate; while another instance holds the lease, wake up right
+    // when its TTL runs out (not every retryMs before that: a standby's polls cost Redis
+    // commands at every instance and told nothing new), so a dead holder is replaced within
+    // its TTL; with no holder seen, every retryMs.
     retryDelay: ({ context }) => {
       if (context.attempts === 0) return 0;
       const left = context.holderTtlMs;
-      return left !== null && left >= 0 && left < context.retryMs ? left + 1 : context.retryMs;
+      return left !== null && left >= 0 ? left + 1 : context.retryMs;
     },
     renewInterval: ({ context }) => context.renewMs,
     renewRetry: ({ context }) => context.renewRetryMs,
@@ -342,7 +344,8 @@ export const leaseMachine = setup({
   states: {
     standby: {
       after: { retryDelay: "acquiring" },
-      on: { RESIGN: "resigning" },
+      // WAKE: the holder announced it released the lease; try now, not at its TTL's end.
+      on: { RESIGN: "resigning", WAKE: "acquiring" },
     },
     acquiring: {
       entry: "countAttempt",

@@ -531,7 +531,9 @@ export function createRedisTransport(
           continue;
         }
         if (deferred.size) await retryDeferred();
-        await handleBatch(await inbox.readNew(100, deferred.size ? 100 : 1000), false);
+        // A long block: an idle instance costs one read per 15 s, and a new entry still wakes
+        // the read at once (close() ends it by disconnecting the reader).
+        await handleBatch(await inbox.readNew(100, deferred.size ? 100 : 15_000), false);
         backoff = 100;
       } catch (err) {
         if (!running) return;
