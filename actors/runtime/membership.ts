@@ -111,9 +111,10 @@ export function createMembership(redis: Redis, options: MembershipOptions): Memb
     };
   }
 
-  function announce(delta: MemberDelta): void {
+  /** Tells every instance to read the changes this call appended (awaited: no stray op). */
+  async function announce(delta: MemberDelta): Promise<void> {
     if (!delta.wrote || !bus) return;
-    bus.publish(MEMBERS_CHANNEL, delta.cursor).catch((err) =>
+    await bus.publish(MEMBERS_CHANNEL, delta.cursor).catch((err) =>
       log.debug("membership notice not sent", { error: String(err) })
     );
   }
@@ -127,7 +128,7 @@ export function createMembership(redis: Redis, options: MembershipOptions): Memb
     // Not in the set before this beat (reaped during a pause, or Redis lost its data): the
     // info may be gone too, so the next beat writes it again.
     if (delta.rejoined && !send) written = null;
-    announce(delta);
+    await announce(delta);
     return answer(query, delta);
   }
 
