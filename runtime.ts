@@ -270,6 +270,8 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         keyspace,
         instanceId: config.instanceId,
         bus,
+        // Departures wake the standbys (below), so they need not poll each held lease.
+        standbyTtls: membership ? 2 : undefined,
         log: log.child("leases"),
         inspect: (ev) => inspector.inspect(ev),
       })
@@ -284,6 +286,13 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       })
       : null;
     if (leases) cleanups.push(() => leases.close());
+    // An instance that left may have held leases: its standbys try at once (and again right
+    // when its lease runs out) instead of polling every held lease.
+    if (leases && membership) {
+      membership.onChange((change) => {
+        if (change.left.length) leases.wake();
+      });
+    }
 
     const services: RuntimeServices = {
       config,

@@ -117,6 +117,11 @@ export interface LeaseManager {
   fenced<T>(fence: LeaseFence, fn: (fence: LeaseFence) => T | Promise<T>): Promise<T>;
   /** Writes `key` only when the fence's token is current, checked in the same script. */
   fencedSet(fence: LeaseFence, options: FencedSetOptions): Promise<void>;
+  /**
+   * Tells every standby campaign to try now (an instance left the cluster: it may have held
+   * a lease); one whose holder's lease still runs tries again right at its end.
+   */
+  wake(): void;
   /** Resigns every campaign (releasing held leases); the Redis client stays open. */
   close(): Promise<void>;
 }
@@ -140,6 +145,12 @@ export interface LeaseManagerDeps {
    * out, and a notice wakes it when the holder released early (a graceful shutdown).
    */
   bus?: MessageBus;
+  /**
+   * With {@linkcode LeaseManager.wake} wired to membership departures (and `bus` for
+   * releases), standbys poll a held lease only every `standbyTtls` TTLs (a backstop) instead
+   * of at each seen TTL's end; absent: at each TTL's end.
+   */
+  standbyTtls?: number;
 }
 
 /** The bus channel of lease release notices. */
@@ -284,7 +295,14 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
     }
     const actor = createActor(logic, {
       id: `lease:${role}`,
-      input: { role, instanceId, ...timings.data },
+      input: {
+        role,
+        instanceId,
+        ...timings.data,
+        ...(deps.standbyTtls
+          ? { standbyMs: Math.round(deps.standbyTtls * timings.data.ttlMs) }
+          : {}),
+      },
       ...(deps.inspect ? { inspect: deps.inspect } : {}),
     });
     const ctx = actor.getSnapshot().context;
@@ -465,5 +483,11 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
     await off?.().catch(() => {});
   }
 
-  return { instanceId, campaign, holder, checkToken, fenced, fencedSet, close };
+  function wake(): void {
+    for (const c of campaigns.values()) {
+      if (c.actor.getSnapshot().status === "active") c.actor.send({ type: "WAKE" });
+    }
+  }
+
+  return { instanceId, campaign, holder, checkToken, fenced, fencedSet, wake, close };
 }

@@ -220,6 +220,22 @@ Deno.test("lease machine", async (t) => {
     assert.equal(h.actor.getSnapshot().context.token, 1);
   });
 
+  await t.step("with WAKEs wired, a standby polls a held lease only every standbyMs", async () => {
+    using h = harness({ standbyMs: 1000 });
+    h.fake.other = { instance: "b", token: 4, ttlMs: 300 };
+    await h.advance(1500);
+    assert.deepEqual(calls(h.fake, "acquire"), [0, 1000]);
+    // The holder left the cluster: WAKE tries now, finds its lease still running for 300 ms,
+    // and tries again right at its end, not standbyMs later.
+    h.actor.send({ type: "WAKE" });
+    await h.advance(0);
+    assert.deepEqual(calls(h.fake, "acquire"), [0, 1000, 1500]);
+    h.fake.other = null;
+    await h.advance(301);
+    assert.deepEqual(calls(h.fake, "acquire"), [0, 1000, 1500, 1801]);
+    assert.equal(stateOf(h.actor), '{"held":"waiting"}');
+  });
+
   await t.step("with no holder seen, retries every retryMs", async () => {
     using h = harness();
     h.fake.mode = "down";
