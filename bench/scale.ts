@@ -21,9 +21,12 @@
  * The instances are full instances (`deno run main.ts`, every concern) with a PostgreSQL pool
  * of 2 connections each so 24 fit under PostgreSQL's default connection limit.
  *
- * Redis Cluster: `--redis-cluster host:port,...` (or RS_BENCH_REDIS_CLUSTER) is handed to the
- * instances as REDIS_CLUSTER_NODES, for the deployment the i16-cluster branch adds; without it
- * the suite runs on one throw-away Redis.
+ * Redis Cluster: `--redis-cluster host:port,...` (or RS_BENCH_REDIS_CLUSTER, the masters of a
+ * running cluster) is handed to the instances as REDIS_CLUSTER_NODES, for the Redis Cluster
+ * deployment (branch i16-cluster), and the idle command count sums INFO over those nodes; the
+ * broadcasts of this process still go through a plain client of the first node (a classic
+ * PUBLISH reaches every node's subscribers; a sharded one needs the cluster client of that
+ * branch). Without it the suite runs on one throw-away Redis.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -215,16 +218,25 @@ export async function run(args: string[] = []): Promise<Figure[]> {
   const dbUrl = await pg.createDatabase();
   const dataDir = await Deno.makeTempDir({ prefix: "rs-bench-scale-" });
   const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
-  const admin = new Redis(redis.url);
+  // Redis commands are read with INFO from every server the instances use (summed).
+  const admin = opts.clusterNodes
+    ? opts.clusterNodes.split(",").map((hp) => {
+      const [host, port] = hp.trim().split(":");
+      return new Redis({ host, port: Number(port) });
+    })
+    : [new Redis(redis.url)];
   const rows: Row[] = [];
   try {
     for (const n of opts.sizes) {
-      rows.push(await measure(n, { redisUrl: redis.url, dbUrl, dataDir, key, admin, opts }));
+      const redisUrl = opts.clusterNodes
+        ? `redis://${opts.clusterNodes.split(",")[0].trim()}`
+        : redis.url;
+      rows.push(await measure(n, { redisUrl, dbUrl, dataDir, key, admin, opts }));
       const r = rows.at(-1)!;
       progress(`scale n=${n}: ${JSON.stringify(r)}  (load ${Deno.loadavg().join(" ")})`);
     }
   } finally {
-    admin.disconnect();
+    for (const a of admin) a.disconnect();
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
   const figures: Figure[] = [];
@@ -274,7 +286,7 @@ async function measure(
     dbUrl: string;
     dataDir: string;
     key: string;
-    admin: Redis;
+    admin: Redis[];
     opts: ScaleOptions;
   },
 ): Promise<Row> {
@@ -339,20 +351,34 @@ async function measure(
 
     // Idle: let start-up work finish, then one window.
     await sleep(10_000);
-    const info = async () =>
-      Number(/total_commands_processed:(\d+)/.exec(await ctx.admin.info("stats"))![1]);
+    const info = async () => {
+      let total = 0;
+      for (const a of ctx.admin) {
+        total += Number(/total_commands_processed:(\d+)/.exec(await a.info("stats"))![1]);
+      }
+      return total;
+    };
+    const allStats = async () => {
+      const out: Record<string, number> = {};
+      for (const a of ctx.admin) {
+        for (const [k, v] of Object.entries(commandStats(await a.info("commandstats")))) {
+          out[k] = (out[k] ?? 0) + v;
+        }
+      }
+      return out;
+    };
     const pids = ids.map((id) => nodes.get(id)!.child.pid);
     const before = await Promise.all(pids.map(procStat));
-    const stats0 = commandStats(await ctx.admin.info("commandstats"));
+    const stats0 = await allStats();
     const c0 = await info();
     const t0 = performance.now();
     await sleep(ctx.opts.idleS * 1000);
     const c1 = await info();
-    const stats1 = commandStats(await ctx.admin.info("commandstats"));
+    const stats1 = await allStats();
     const elapsed = (performance.now() - t0) / 1000;
     const after = await Promise.all(pids.map(procStat));
-    // The two INFO calls are this bench's own.
-    const idleCmds = (c1 - c0 - 1) / elapsed / n;
+    // The INFO calls between the two counts are this bench's own.
+    const idleCmds = (c1 - c0 - (2 * ctx.admin.length - 1)) / elapsed / n;
     // Per-command breakdown on stderr (a script's inner commands are counted here too).
     const perCommand = Object.entries(stats1)
       .map(([cmd, calls]) => [cmd, round((calls - (stats0[cmd] ?? 0)) / elapsed / n, 2)] as const)
