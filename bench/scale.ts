@@ -137,29 +137,41 @@ async function procStat(pid: number): Promise<{ ticks: number; rss: number }> {
   return { ticks, rss };
 }
 
-/** An SSE reader that calls `onEvent(data)` for each event until closed. */
-function openEvents(url: string, onEvent: (data: string) => void): { close(): Promise<void> } {
+/**
+ * An SSE reader that calls `onEvent(data)` for each event until closed; a stream the server
+ * ends (or that fails) is opened again.
+ */
+function openEvents(
+  url: string,
+  onEvent: (data: string) => void,
+): { close(): Promise<void> } {
   const ac = new AbortController();
   const done = (async () => {
-    const res = await fetch(url, { headers: ADMIN_HEADERS, signal: ac.signal });
-    if (!res.body) return;
-    let buf = "";
-    for await (const chunk of res.body.pipeThrough(new TextDecoderStream())) {
-      buf += chunk;
-      let i;
-      while ((i = buf.indexOf("\n\n")) >= 0) {
-        const block = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const data = block.split("\n").filter((l) => l.startsWith("data:"))
-          .map((l) => l.slice(5).trimStart()).join("\n");
-        if (data) onEvent(data);
-      }
+    while (!ac.signal.aborted) {
+      try {
+        const res = await fetch(url, { headers: ADMIN_HEADERS, signal: ac.signal });
+        if (!res.body) continue;
+        let buf = "";
+        for await (const chunk of res.body.pipeThrough(new TextDecoderStream())) {
+          buf += chunk;
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            const data = block.split("\n").filter((l) => l.startsWith("data:"))
+              .map((l) => l.slice(5).trimStart()).join("\n");
+            if (data) onEvent(data);
+          }
+        }
+      } catch { /* aborted, or the connection broke: open again unless closed */ }
+      if (!ac.signal.aborted) await sleep(100);
     }
-  })().catch(() => {});
+  })();
   return {
     async close() {
       ac.abort();
-      await done;
+      // A body read the abort does not reach must not hold the bench up.
+      await Promise.race([done, sleep(2000)]);
     },
   };
 }
@@ -392,8 +404,11 @@ async function measure(
     const rss = after.map((a) => a.rss / 1e6);
 
     // Broadcast to all, through this process's own transport.
+    progress(`scale n=${n}: broadcasts`);
     const broadcastP99 = await broadcasts(ids, nodes, ctx, prefix);
+    progress(`scale n=${n}: sync writes`);
     const syncP99 = await syncWrites(ids, nodes, n);
+    progress(`scale n=${n}: kill -9 of the coordinator`);
 
     // kill -9 of the coordinator: detection by every survivor, and the lease's handover.
     const leaderOf = (id: string) =>
@@ -496,7 +511,11 @@ async function broadcasts(
         "every instance to get the broadcast",
         () => ids.every((id) => received.get(id)! > base.get(id)!) || null,
         10_000,
-      );
+      ).catch(() => {
+        // Counted as a 10 s sample (an event stream lost it, or a receiver was starved).
+        const late = ids.filter((id) => !(received.get(id)! > base.get(id)!));
+        progress(`scale: broadcast ${i} not seen within 10 s by ${late.join(",")}`);
+      });
       samples.push(performance.now() - t0);
       await sleep(20);
     }
@@ -539,7 +558,10 @@ async function syncWrites(
         "every instance to stream the change",
         () => ids.every((id) => seen.get(id)!.has(String(i))) || null,
         10_000,
-      );
+      ).catch(() => {
+        const late = ids.filter((id) => !seen.get(id)!.has(String(i)));
+        progress(`scale: sync write ${i} not streamed within 10 s by ${late.join(",")}`);
+      });
       samples.push(performance.now() - t0);
       await sleep(20);
     }
