@@ -259,6 +259,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         heartbeatMs: config.cluster.heartbeatMs,
         deadAfterMs: config.cluster.deadAfterMs,
         auth: messageAuth,
+        bus,
         log: log.child("cluster"),
       })
       : null;
@@ -268,6 +269,9 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         redis,
         keyspace,
         instanceId: config.instanceId,
+        bus,
+        // Departures wake the standbys (below), so they need not poll each held lease.
+        standbyTtls: membership ? 2 : undefined,
         log: log.child("leases"),
         inspect: (ev) => inspector.inspect(ev),
       })
@@ -282,6 +286,13 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       })
       : null;
     if (leases) cleanups.push(() => leases.close());
+    // An instance that left may have held leases: its standbys try at once (and again right
+    // when its lease runs out) instead of polling every held lease.
+    if (leases && membership) {
+      membership.onChange((change) => {
+        if (change.left.length) leases.wake();
+      });
+    }
 
     const services: RuntimeServices = {
       config,
