@@ -1,6 +1,7 @@
 /**
- * The review console: `GET /` renders the whole cluster as HTML (every live instance,
- * each actor drawn as its statechart with the current state highlighted, recent
+ * The review console: `GET /` renders the whole cluster as HTML (a matrix of every live
+ * instance × its actors with status and state, filterable by concern and state; the
+ * statechart of the actor picked in it with the current state highlighted; recent
  * transitions, messages between instances, sessions, backups, replication and key
  * metrics), and `/console/*` serves the page's script and stylesheet, the fragments the
  * script re-fetches, and `/console/events`, one server-sent event stream that merges every
@@ -38,13 +39,16 @@ import { formatState } from "../../console/html.ts";
 import {
   type ActorModel,
   type InstanceModel,
+  matrixColumns,
   type MemberModel,
   type MetricSeries,
   type PageModel,
+  type PageView,
   type PanelsModel,
   type Reading,
+  renderChartPanel,
   renderInstance,
-  renderInstances,
+  renderMatrix,
   renderMessages,
   renderPage,
   renderPanels,
@@ -240,6 +244,14 @@ const html = { "text/html": { schema: z.string() } };
 /** The console is for people with the operator or admin role (no machine scope). */
 const operator = { caller: "operator" } as const;
 
+/** What the page's query may say: the filters, and the actor whose chart is drawn. */
+const pageQuery = z.object({
+  instance: z.string().max(64).optional(),
+  actor: z.string().max(200).optional(),
+  concern: z.string().max(64).optional(),
+  state: z.string().max(100).optional(),
+});
+
 /** The review console's declarations. */
 export const CONSOLE_ROUTES = {
   page: declareRoute({
@@ -249,6 +261,7 @@ export const CONSOLE_ROUTES = {
     summary: "The review console (a person without a session is sent to /login)",
     access: operator,
     kind: "page",
+    request: { query: pageQuery },
     responses: {
       200: { description: "The console", content: html },
       303: { description: "To /login" },
@@ -258,17 +271,25 @@ export const CONSOLE_ROUTES = {
     method: "get",
     path: "/console/fragments/instances",
     tags: ["console"],
-    summary: "Fragment: every instance with its actors",
+    summary: "Fragment: the instances × actors matrix, filtered",
     access: operator,
+    request: { query: pageQuery },
     responses: { 200: { description: "HTML", content: html } },
   }),
   instance: declareRoute({
     method: "get",
     path: "/console/fragments/instance",
     tags: ["console"],
-    summary: "Fragment: one instance with its actors",
+    summary: "Fragment: one instance's row of the matrix",
     access: operator,
-    request: { query: z.object({ id: z.string().max(64).optional() }) },
+    request: {
+      query: z.object({
+        id: z.string().max(64).optional(),
+        columns: z.string().max(4000).optional(),
+        concern: z.string().max(64).optional(),
+        state: z.string().max(100).optional(),
+      }),
+    },
     responses: {
       200: { description: "HTML", content: html },
       404: {
@@ -276,6 +297,15 @@ export const CONSOLE_ROUTES = {
         content: { "application/json": { schema: z.looseObject({}) } },
       },
     },
+  }),
+  chart: declareRoute({
+    method: "get",
+    path: "/console/fragments/chart",
+    tags: ["console"],
+    summary: "Fragment: one actor's statechart with its current state",
+    access: operator,
+    request: { query: pageQuery },
+    responses: { 200: { description: "HTML", content: html } },
   }),
   panels: declareRoute({
     method: "get",
@@ -556,7 +586,8 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
       ...base,
       supervisor: parsed.data.supervisor,
       transport: parsed.data.transport,
-      actors: await Promise.all(drawn.map((v) => actorModel(member, v))),
+      // Charts are drawn one at a time, for the actor picked in the matrix (chartSelection).
+      actors: drawn.map((v) => ({ ...v, chart: null, chartNote: null, chartWidth: null })),
       listed,
       transitions: parsed.data.transitions.map((t) => ({ ...t, instance: member.id })),
     };
@@ -840,9 +871,38 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     return authority ? { name: authority.username, role: authority.role } : null;
   }
 
+  /** The query's view of the page: filters, and the chart of the actor picked (if any). */
+  async function pageView(
+    model: PageModel,
+    query: z.infer<typeof pageQuery>,
+  ): Promise<PageView> {
+    const filter = { concern: query.concern ?? "", state: query.state ?? "" };
+    if (!query.instance || !query.actor) return { filter, chart: null };
+    const inst = model.instances.find((i) => i.member.id === query.instance);
+    const view = inst?.actors.find((a) => a.path === query.actor) ??
+      inst?.listed.find((a) => a.path === query.actor);
+    if (!inst || !view) {
+      return {
+        filter,
+        chart: null,
+        chartNote: `No actor ${query.actor} on a live instance named ${query.instance}.`,
+      };
+    }
+    const member = (await listMembers().catch(() => ({ members: [] as Member[] }))).members
+      .find((m) => m.id === inst.member.id) ??
+      { ...inst.member, startedAt: null };
+    return { filter, chart: { instance: inst.member.id, actor: await actorModel(member, view) } };
+  }
+
   serve(app, CONSOLE_ROUTES.page, async (c) => {
     const model = await pageModel();
-    return html(c, renderPage({ ...model, viewer: await viewer(c) }));
+    const view = await pageView(model, c.req.valid("query"));
+    return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
+  });
+
+  serve(app, CONSOLE_ROUTES.chart, async (c) => {
+    const view = await pageView(await pageModel(), c.req.valid("query"));
+    return html(c, renderChartPanel(view.chart, view.chartNote));
   });
 
   for (const [name, route] of Object.entries(ASSET_ROUTES)) {
@@ -856,11 +916,17 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
 
   serve(app, CONSOLE_ROUTES.instances, async (c) => {
     const model = await pageModel();
-    return html(c, renderInstances(model));
+    const query = c.req.valid("query");
+    const filter = { concern: query.concern ?? "", state: query.state ?? "" };
+    const selected = query.instance && query.actor
+      ? { instance: query.instance, path: query.actor }
+      : null;
+    return html(c, renderMatrix(model, { filter, selected }));
   });
 
   serve(app, CONSOLE_ROUTES.instance, async (c) => {
-    const id = c.req.valid("query").id ?? "";
+    const query = c.req.valid("query");
+    const id = query.id ?? "";
     const { members } = await listMembers();
     const member = members.find((m) => m.id === id);
     if (!member) {
@@ -868,7 +934,19 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
         error: { code: "NOT_FOUND", message: `No live instance named ${id}` },
       }, 404);
     }
-    return html(c, renderInstance(await instanceModel(member)));
+    const inst = await instanceModel(member);
+    // The page's columns, so the row lines up; an actor outside them marks the row
+    // (data-new-columns) and the page re-reads the whole matrix.
+    const columns = (query.columns ?? "").split(",").filter(Boolean).slice(0, 200).map((path) => {
+      const last = path.slice(path.lastIndexOf("/") + 1);
+      const machine = inst.actors.find((a) => a.path === path)?.machine;
+      return { path, concern: machine ?? last, label: last };
+    });
+    const filter = { concern: query.concern ?? "", state: query.state ?? "" };
+    return html(
+      c,
+      renderInstance(inst, columns.length ? columns : matrixColumns([inst]), { filter }),
+    );
   });
 
   serve(app, CONSOLE_ROUTES.panels, async (c) => {
