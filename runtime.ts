@@ -241,8 +241,8 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       })
       : null;
     if (history) {
-      inspector.subscribe((_view, t) => {
-        if (t) history.transition(t);
+      inspector.subscribe((view, t) => {
+        if (t) history.transition(t, view.machine);
       });
       cleanups.push(() => history.close());
     }

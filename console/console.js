@@ -261,6 +261,8 @@
   document.addEventListener("click", (ev) => {
     const link = ev.target instanceof Element && ev.target.closest("a[data-open-chart]");
     if (!link || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey) return;
+    // A recorded moment is drawn by the server: the plain link keeps the moment.
+    if (document.body.dataset.mode === "history") return;
     ev.preventDefault();
     openChart(link).then((ok) => {
       if (!ok) location.assign(link.href); // the plain link still works
@@ -480,6 +482,11 @@
   }
 
   wireFilters();
+  // A recorded moment is not live: nothing may move it.
+  if (document.body.dataset.mode === "history") {
+    setLive("Recorded history: not live.", "off");
+    return;
+  }
   connect();
   setInterval(refreshPanels, PANELS_EVERY_MS);
   document.addEventListener("visibilitychange", refreshPanels);

@@ -264,8 +264,13 @@ export function rowMatches(
 }
 
 /** The link that opens an actor's chart, keeping the filters. */
-export function chartHref(instance: string, path: string, filter: MatrixFilter): string {
-  const q = new URLSearchParams({ instance, actor: path });
+export function chartHref(
+  instance: string,
+  path: string,
+  filter: MatrixFilter,
+  extra: Record<string, string> = {},
+): string {
+  const q = new URLSearchParams({ ...extra, instance, actor: path });
   if (filter.concern) q.set("concern", filter.concern);
   if (filter.state) q.set("state", filter.state);
   return `/?${q}#chart`;
@@ -276,6 +281,7 @@ function matrixCell(
   col: MatrixColumn,
   filter: MatrixFilter,
   selected: { instance: string; path: string } | null,
+  extra: Record<string, string>,
 ): string {
   const a = inst.actors.find((x) => x.path === col.path);
   const hidden = filter.concern && col.concern !== filter.concern ? " hidden" : "";
@@ -289,7 +295,7 @@ function matrixCell(
   const known = ["active", "done", "error", "stopped"].includes(a.status) ? a.status : "other";
   return `<td class="cell status-${known}${match}" ${attrs} data-state-text="${
     e(state)
-  }"><a href="${e(chartHref(inst.member.id, a.path, filter))}" data-open-chart title="${
+  }"><a href="${e(chartHref(inst.member.id, a.path, filter, extra))}" data-open-chart title="${
     e(`${inst.member.id} / ${a.path}: ${a.status}, ${state}. Open its chart.`)
   }"${current}>${statusBadge(a.status)}<output class="actor-state" data-actor-state>${
     e(compactState(state))
@@ -306,6 +312,7 @@ export function renderInstance(
   options: {
     filter?: MatrixFilter;
     selected?: { instance: string; path: string } | null;
+    linkParams?: Record<string, string>;
   } = {},
 ): string {
   const filter = options.filter ?? { concern: "", state: "" };
@@ -342,7 +349,9 @@ export function renderInstance(
     ? `<td class="error" colspan="${
       Math.max(columns.length, 1)
     }" role="alert">Cannot read this instance's actors: ${e(inst.error)}</td>`
-    : columns.map((c) => matrixCell(inst, c, filter, options.selected ?? null)).join("");
+    : columns.map((c) =>
+      matrixCell(inst, c, filter, options.selected ?? null, options.linkParams ?? {})
+    ).join("");
   const known = new Set(columns.map((c) => c.path));
   const outside = inst.actors.some((a) => depthOf(a.path) <= MATRIX_DEPTH && !known.has(a.path));
   const hidden = rowMatches(inst, columns, filter) ? "" : " hidden";
@@ -352,9 +361,17 @@ export function renderInstance(
 }
 
 /** The filter form: plain GET, so it works without JavaScript; the script filters in place. */
-function filterForm(columns: MatrixColumn[], filter: MatrixFilter, count: number): string {
+function filterForm(
+  columns: MatrixColumn[],
+  filter: MatrixFilter,
+  count: number,
+  keep: Record<string, string>,
+): string {
   const concerns = [...new Set(columns.map((c) => c.concern))].sort();
-  return `<form class="filters" method="get" action="/" data-filters>
+  const hidden = Object.entries(keep).map(([k, v]) =>
+    `<input type="hidden" name="${e(k)}" value="${e(v)}">`
+  ).join("");
+  return `<form class="filters" method="get" action="/" data-filters>${hidden}
 <label>Concern <select name="concern"><option value="">all</option>${
     concerns.map((c) =>
       `<option value="${e(c)}"${c === filter.concern ? " selected" : ""}>${e(c)}</option>`
@@ -371,7 +388,11 @@ function filterForm(columns: MatrixColumn[], filter: MatrixFilter, count: number
 /** The overview matrix: instances × actors, with the filter form above it. */
 export function renderMatrix(
   model: Pick<PageModel, "instances" | "clusterError">,
-  options: { filter?: MatrixFilter; selected?: { instance: string; path: string } | null } = {},
+  options: {
+    filter?: MatrixFilter;
+    selected?: { instance: string; path: string } | null;
+    linkParams?: Record<string, string>;
+  } = {},
 ): string {
   const filter = options.filter ?? { concern: "", state: "" };
   const columns = matrixColumns(model.instances);
@@ -388,7 +409,7 @@ export function renderMatrix(
     }"${hidden}>${e(c.label)}</th>`;
   }).join("");
   return `${warning}${
-    filterForm(columns, filter, shown)
+    filterForm(columns, filter, shown, options.linkParams ?? {})
   }<div class="matrix-wrap"><table class="matrix" data-matrix>
 <caption>Each row is an instance, each column an actor; a cell shows the actor's status and state and opens its chart.</caption>
 <thead><tr><th scope="col">Instance</th>${head}</tr></thead>
@@ -431,7 +452,10 @@ export function timelineSignature(t: TransitionView): string {
  * Every transition of every instance, newest first. Identical transitions are folded into
  * their newest one with a count, so periodic ones (heartbeats) do not push the rest out.
  */
-export function timelineRows(instances: InstanceModel[]): TimelineRow[] {
+export function timelineRows(
+  instances: InstanceModel[],
+  maxRows = TIMELINE_ROWS,
+): TimelineRow[] {
   const rows = new Map<string, TimelineRow>();
   const all = instances.flatMap((i) => i.transitions)
     .sort((a, b) => b.at - a.at || b.seq - a.seq);
@@ -443,15 +467,16 @@ export function timelineRows(instances: InstanceModel[]): TimelineRow[] {
       row.since = t.at;
     } else rows.set(sig, { ...t, count: 1, since: t.at });
   }
-  return [...rows.values()].slice(0, TIMELINE_ROWS);
+  return [...rows.values()].slice(0, maxRows);
 }
 
 function originText(o: Origin): string {
   return `${o.kind} from ${o.from.instance}/${o.from.actor}`;
 }
 
-function renderTimeline(instances: InstanceModel[]): string {
-  const rows = timelineRows(instances);
+/** The timeline table: newest first, identical transitions folded. */
+export function renderTimeline(instances: InstanceModel[], maxRows = TIMELINE_ROWS): string {
+  const rows = timelineRows(instances, maxRows);
   return `<table class="timeline" id="timeline-table">
 <caption>Newest first, identical transitions folded into one row; times are each instance's clock (UTC).</caption>
 <thead><tr><th scope="col">Time</th><th scope="col">Instance</th><th scope="col">Actor</th><th scope="col">Event</th><th scope="col">New state</th></tr></thead>
@@ -477,11 +502,14 @@ function renderTimeline(instances: InstanceModel[]): string {
 }
 
 /** Transitions caused by a transport message, oldest first (at most the last 40). */
-export function correlatedMessages(instances: InstanceModel[]): TransitionView[] {
+export function correlatedMessages(
+  instances: InstanceModel[],
+  maxRows = MESSAGE_ROWS,
+): TransitionView[] {
   return instances.flatMap((i) => i.transitions)
     .filter((t) => t.origin !== undefined)
     .sort((a, b) => a.at - b.at || a.seq - b.seq)
-    .slice(-MESSAGE_ROWS);
+    .slice(-maxRows);
 }
 
 function truncate(text: string, max: number): string {
@@ -492,8 +520,8 @@ function truncate(text: string, max: number): string {
  * The messages between instances as a sequence diagram (one lifeline per instance, one
  * arrow per transition a message caused) with the same facts as a table.
  */
-export function renderMessages(instances: InstanceModel[]): string {
-  const messages = correlatedMessages(instances);
+export function renderMessages(instances: InstanceModel[], maxRows = MESSAGE_ROWS): string {
+  const messages = correlatedMessages(instances, maxRows);
   const note =
     `<p class="note">An arrow is a transition that a transport message caused, drawn from the sender named in the message's delivery metadata (<code>origin</code>) to the receiving actor; dashed ones were broadcasts. Send and receive times come from different clocks. Transitions without that metadata are not guessed at, and messages that changed no state do not appear.</p>`;
   if (!messages.length) {
@@ -798,6 +826,12 @@ export interface PageView {
   chart: ChartSelection | null;
   /** Why no chart is drawn though one was asked for. */
   chartNote?: string;
+  /** The time control (console/history.ts), rendered. */
+  timeControl?: string;
+  /** True when the page shows a recorded moment, not the live cluster. */
+  history?: boolean;
+  /** Extra query parameters the matrix's links keep (the recorded moment). */
+  linkParams?: Record<string, string>;
 }
 
 /** The full page. */
@@ -819,7 +853,7 @@ export function renderPage(
 <link rel="stylesheet" href="/console/console.css">
 <script src="/console/console.js" defer></script>
 </head>
-<body data-self="${e(model.instance)}">
+<body data-self="${e(model.instance)}"${view.history ? ` data-mode="history"` : ""}>
 <a class="skip" href="#instances">Skip to the matrix</a>
 <header class="top">
 <div class="brand"><h1>RootStream <span>review console</span></h1>
@@ -833,13 +867,20 @@ ${renderViewer(model.viewer ?? null)}
 <nav class="jump" aria-label="Sections"><a href="#instances">Matrix</a><a href="#chart">Chart</a><a href="#timeline">Transitions</a><a href="#messages">Messages</a><a href="#overview">Concerns</a></nav>
 </header>
 <main>
+<section id="time" aria-labelledby="time-h"><h2 id="time-h">Time</h2>${
+    view.timeControl ?? ""
+  }</section>
 <section id="instances" aria-labelledby="instances-h"><h2 id="instances-h">Instances × actors</h2>
-<div data-matrix-host>${renderMatrix(model, { filter: view.filter, selected })}</div></section>
+<div data-matrix-host>${
+    renderMatrix(model, { filter: view.filter, selected, linkParams: view.linkParams })
+  }</div></section>
 <section id="chart" aria-labelledby="chart-h"><h2 id="chart-h">Statechart</h2>
 <p class="legend"><span class="swatch"></span> marks the actor's current state.</p>
 ${renderChartPanel(view.chart, view.chartNote)}</section>
 <div class="split">
-<section id="timeline" aria-labelledby="timeline-h"><h2 id="timeline-h">Recent transitions</h2>
+<section id="timeline" aria-labelledby="timeline-h"><h2 id="timeline-h">${
+    view.history ? "Transitions in the range" : "Recent transitions"
+  }</h2>
 ${renderTimeline(model.instances)}</section>
 <section id="messages" aria-labelledby="messages-h"><h2 id="messages-h">Messages between instances</h2>
 <div data-messages>${renderMessages(model.instances)}</div></section>

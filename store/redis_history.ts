@@ -30,6 +30,8 @@ export const historyRecordSchema = z.discriminatedUnion("k", [
     state: z.unknown(),
     /** Id of the message that caused it, when one did. */
     cause: z.string().max(200).optional(),
+    /** The actor's machine (its chart's name). */
+    machine: z.string().max(200).optional(),
   }),
   z.object({
     k: z.literal("message"),
@@ -102,12 +104,14 @@ export interface ReadHistoryOptions {
   from?: number;
   /** Up to this server time (ms, inclusive). */
   to?: number;
-  /** Entries at most (oldest first). */
+  /** Entries at most. */
   limit: number;
+  /** The newest `limit` entries up to `to`, newest first (the states at a moment). */
+  newestFirst?: boolean;
 }
 
 /**
- * Records between two server times, oldest first. A record that does not verify (written
+ * Records between two server times, oldest first (or newest first with `newestFirst`). A record that does not verify (written
  * by someone without the key) is counted by `auth.refused` and left out.
  */
 export async function readHistory(
@@ -119,7 +123,9 @@ export async function readHistory(
   const key = historyKey(keyspace);
   const start = options.from === undefined ? "-" : String(Math.max(0, Math.floor(options.from)));
   const end = options.to === undefined ? "+" : String(Math.max(0, Math.floor(options.to)));
-  const raw = await redis.xrange(key, start, end, "COUNT", options.limit);
+  const raw = options.newestFirst
+    ? await redis.xrevrange(key, end, start, "COUNT", options.limit)
+    : await redis.xrange(key, start, end, "COUNT", options.limit);
   const out: HistoryEntry[] = [];
   for (const [entryId, fields] of raw) {
     const i = fields.indexOf("r");

@@ -36,8 +36,8 @@ export interface ReceivedMessage {
 
 /** The recorder one instance runs. */
 export interface HistoryRecorder {
-  /** Records a transition the inspector saw. */
-  transition(t: TransitionRecord): void;
+  /** Records a transition the inspector saw (of an actor running `machine`). */
+  transition(t: TransitionRecord, machine?: string | null): void;
   /** Records a message the transport received for a local actor. */
   message(m: ReceivedMessage): void;
   /** Writes what is buffered now. */
@@ -133,7 +133,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   }
 
   return {
-    transition(t) {
+    transition(t, machine) {
       push({
         k: "transition",
         instance,
@@ -143,6 +143,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
         event: t.event,
         state: t.state,
         ...(t.origin && { cause: t.origin.id }),
+        ...(machine && { machine }),
       });
     },
     message(m) {

@@ -52,9 +52,19 @@ import {
   renderMessages,
   renderPage,
   renderPanels,
+  renderTimeline,
   type ReplicationRow,
   type TransitionView,
 } from "../../console/render.ts";
+import {
+  instancesAt,
+  type Moment,
+  parseMoment,
+  type Recorded,
+  renderReport,
+  renderTimeControl,
+} from "../../console/history.ts";
+import { HISTORY_LIMIT } from "./history.ts";
 import { type ChartTemplate, highlightChart, parseChartSvg } from "../../console/svg.ts";
 import {
   authorizerOf,
@@ -250,7 +260,45 @@ const pageQuery = z.object({
   actor: z.string().max(200).optional(),
   concern: z.string().max(64).optional(),
   state: z.string().max(100).optional(),
+  /** A recorded moment (epoch ms or ISO date, Redis server clock): time travel. */
+  at: z.string().max(40).optional(),
+  /** The start of the range leading to `at` (default a minute before). */
+  from: z.string().max(40).optional(),
 });
+
+/** A recorded entry as GET /history answers it (validated again: it crossed HTTP). */
+const recordedSchema = z.discriminatedUnion("k", [
+  z.object({
+    k: z.literal("transition"),
+    entryId: z.string(),
+    serverAt: z.number(),
+    instance: z.string(),
+    at: z.number(),
+    seq: z.number(),
+    path: z.string(),
+    event: z.string(),
+    state: z.unknown(),
+    cause: z.string().optional(),
+    machine: z.string().optional(),
+  }),
+  z.object({
+    k: z.literal("message"),
+    entryId: z.string(),
+    serverAt: z.number(),
+    instance: z.string(),
+    id: z.string(),
+    kind: z.string(),
+    from: z.object({ instance: z.string(), actor: z.string() }),
+    to: z.object({ instance: z.string(), actor: z.string() }),
+    event: z.string(),
+    corr: z.string().optional(),
+    sentAt: z.number(),
+  }),
+]);
+const historySchema = z.object({ entries: z.array(recordedSchema) });
+
+/** The default range before a moment (ms). */
+const DEFAULT_RANGE_MS = 60_000;
 
 /** The review console's declarations. */
 export const CONSOLE_ROUTES = {
@@ -306,6 +354,23 @@ export const CONSOLE_ROUTES = {
     access: operator,
     request: { query: pageQuery },
     responses: { 200: { description: "HTML", content: html } },
+  }),
+  export: declareRoute({
+    method: "get",
+    path: "/console/export",
+    tags: ["console"],
+    summary: "A recorded range as a self-contained HTML report (charts, sequence, timeline)",
+    access: operator,
+    request: {
+      query: z.object({ from: z.string().max(40).optional(), to: z.string().max(40).optional() }),
+    },
+    responses: {
+      200: { description: "The report, as a download", content: html },
+      400: {
+        description: "No valid range",
+        content: { "application/json": { schema: z.looseObject({}) } },
+      },
+    },
   }),
   panels: declareRoute({
     method: "get",
@@ -875,6 +940,7 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
   async function pageView(
     model: PageModel,
     query: z.infer<typeof pageQuery>,
+    options: { history?: boolean } = {},
   ): Promise<PageView> {
     const filter = { concern: query.concern ?? "", state: query.state ?? "" };
     if (!query.instance || !query.actor) return { filter, chart: null };
@@ -888,16 +954,145 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
         chartNote: `No actor ${query.actor} on a live instance named ${query.instance}.`,
       };
     }
-    const member = (await listMembers().catch(() => ({ members: [] as Member[] }))).members
-      .find((m) => m.id === inst.member.id) ??
-      { ...inst.member, startedAt: null };
+    // A recorded moment is drawn with this instance's charts: the machines are the code's.
+    const member = options.history
+      ? selfMember
+      : (await listMembers().catch(() => ({ members: [] as Member[] }))).members
+        .find((m) => m.id === inst.member.id) ??
+        { ...inst.member, startedAt: null };
     return { filter, chart: { instance: inst.member.id, actor: await actorModel(member, view) } };
   }
 
+  const selfMember: Member = {
+    id: deps.instanceId,
+    url: "",
+    roles: [],
+    heartbeatAgeMs: null,
+    startedAt: null,
+  };
+
+  /** Reads the recorded history from this instance's GET /history. */
+  async function recorded(query: Record<string, string>): Promise<Recorded[]> {
+    const read = await readJson(selfMember, `/history?${new URLSearchParams(query)}`);
+    if (!read.ok) throw new Error(read.reason);
+    const parsed = historySchema.safeParse(read.body);
+    if (!parsed.success) throw new Error("GET /history answered an unexpected shape");
+    return parsed.data.entries as Recorded[];
+  }
+
+  /** The cluster at a recorded moment: every instance's states, the range's events. */
+  async function momentModel(moment: Moment, concern: string) {
+    const [newest, range, after] = await Promise.all([
+      recorded({ to: String(moment.at), limit: String(HISTORY_LIMIT), order: "desc" }),
+      recorded({ from: String(moment.from), to: String(moment.at), limit: String(HISTORY_LIMIT) }),
+      recorded({ from: String(moment.at + 1), limit: "2000" }),
+    ]);
+    // Stepping goes event by event, over the concern filtered on when there is one.
+    const matches = (r: Recorded) =>
+      r.k === "transition" &&
+      (!concern || r.machine === concern || r.path.slice(r.path.lastIndexOf("/") + 1) === concern);
+    const prev = newest.find((r) => r.serverAt < moment.at && matches(r))?.serverAt ?? null;
+    const next = after.find(matches)?.serverAt ?? null;
+    return { instances: instancesAt(newest, range, moment), prev, next, range };
+  }
+
   serve(app, CONSOLE_ROUTES.page, async (c) => {
+    const query = c.req.valid("query");
     const model = await pageModel();
-    const view = await pageView(model, c.req.valid("query"));
-    return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
+    const keep: Record<string, string> = {};
+    for (const k of ["concern", "state", "instance", "actor"] as const) {
+      if (query[k]) keep[k] = query[k]!;
+    }
+    const at = parseMoment(query.at);
+    if (query.at && at === null) {
+      const view = await pageView(model, query);
+      view.timeControl = renderTimeControl({
+        moment: null,
+        prev: null,
+        next: null,
+        keep,
+        error: `${query.at} is not a moment: give epoch milliseconds or an ISO date`,
+      });
+      return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
+    }
+    if (at === null) {
+      const view = await pageView(model, query);
+      view.timeControl = renderTimeControl({ moment: null, prev: null, next: null, keep });
+      return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
+    }
+    const from = Math.min(parseMoment(query.from) ?? at - DEFAULT_RANGE_MS, at);
+    const moment = { from, at };
+    try {
+      const past = await momentModel(moment, query.concern ?? "");
+      const pastModel: PageModel = { ...model, instances: past.instances, clusterError: null };
+      const view = await pageView(pastModel, query, { history: true });
+      view.linkParams = { from: String(from), at: String(at) };
+      view.history = true;
+      view.timeControl = renderTimeControl({ moment, prev: past.prev, next: past.next, keep });
+      return html(c, renderPage({ ...pastModel, viewer: await viewer(c) }, view));
+    } catch (err) {
+      const view = await pageView(model, query);
+      view.timeControl = renderTimeControl({
+        moment: null,
+        prev: null,
+        next: null,
+        keep,
+        error: errorText(err),
+      });
+      return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
+    }
+  });
+
+  serve(app, CONSOLE_ROUTES.export, async (c) => {
+    const query = c.req.valid("query");
+    const to = parseMoment(query.to);
+    if (to === null) {
+      return c.json({
+        error: { code: "INVALID_RANGE", message: "to must be epoch milliseconds or an ISO date" },
+      }, 400);
+    }
+    const from = Math.min(parseMoment(query.from) ?? to - DEFAULT_RANGE_MS, to);
+    const moment = { from, at: to };
+    const past = await momentModel(moment, "");
+    // Charts of the actors that moved in the range (at most MAX_DRAWN), at its end.
+    const moved = new Set(
+      past.range.filter((r) => r.k === "transition").map((r) =>
+        `${r.instance}\n${(r as { path: string }).path}`
+      ),
+    );
+    const charts: string[] = [];
+    for (const inst of past.instances) {
+      for (const actor of inst.actors) {
+        if (charts.length >= MAX_DRAWN || !moved.has(`${inst.member.id}\n${actor.path}`)) continue;
+        charts.push(
+          renderChartPanel({
+            instance: inst.member.id,
+            actor: await actorModel(selfMember, actor),
+          }),
+        );
+      }
+    }
+    const body = renderReport({
+      moment,
+      css: await asset("console.css"),
+      matrix: renderMatrix({ instances: past.instances, clusterError: null }),
+      charts,
+      timeline: renderTimeline(past.instances, 500),
+      messages: renderMessages(past.instances, 200),
+      generatedAt: now(),
+      instance: deps.instanceId,
+    });
+    for (const [k, v] of Object.entries(PAGE_HEADERS)) c.header(k, v);
+    // The report carries its stylesheet inline (it opens from disk); still nothing runs.
+    c.header(
+      "content-security-policy",
+      "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; " +
+        "form-action 'none'; frame-ancestors 'none'",
+    );
+    const name = `rootstream-${new Date(from).toISOString()}-${new Date(to).toISOString()}.html`
+      .replaceAll(":", "-");
+    c.header("content-disposition", `attachment; filename="${name}"`);
+    return c.body(body);
   });
 
   serve(app, CONSOLE_ROUTES.chart, async (c) => {

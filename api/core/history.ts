@@ -30,6 +30,7 @@ export const HISTORY_ROUTES = {
         from: z.coerce.number().int().min(0).optional(),
         to: z.coerce.number().int().min(0).optional(),
         limit: z.coerce.number().int().min(1).max(HISTORY_LIMIT).optional(),
+        order: z.enum(["asc", "desc"]).optional(),
       }),
     },
     responses: {
@@ -54,7 +55,12 @@ export function addHistoryRoutes(app: OpenAPIHono, deps: HistoryDeps): void {
       }, 503);
     }
     const q = c.req.valid("query");
-    const entries = await deps.read({ from: q.from, to: q.to, limit: q.limit ?? 1000 });
+    const entries = await deps.read({
+      from: q.from,
+      to: q.to,
+      limit: q.limit ?? 1000,
+      newestFirst: q.order === "desc",
+    });
     return c.json({ entries }, 200);
   });
 }

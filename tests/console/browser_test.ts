@@ -15,6 +15,9 @@ import { type ConsoleNode, createAccount, fragileSpec, startConsoleNode } from "
 /** Where the screenshots are kept (gitignored). */
 const SCREENSHOT = `${ROOT}tests/artifacts/console.png`;
 const SCREENSHOT_24 = `${ROOT}tests/artifacts/console-24.png`;
+const HISTORY_SCREENSHOT = `${ROOT}tests/artifacts/console-history.png`;
+const REPORT = `${ROOT}tests/artifacts/report.html`;
+const REPORT_SCREENSHOT = `${ROOT}tests/artifacts/report.png`;
 const LOGIN_SCREENSHOT = `${ROOT}tests/artifacts/login.png`;
 
 /** The operator who signs in. */
@@ -293,6 +296,106 @@ Deno.test("review console in a browser", async (t) => {
         /No backups yet\.[\s\S]*from \/backups/,
       );
       await context.close();
+    });
+
+    await t.step("time travel: step to the recorded crash, then export the range", async () => {
+      // The recorded history (every instance's transitions, Redis server clock) holds the
+      // moment node-b's supervisor gave up.
+      const entries = await until(async () => {
+        const res = await fetch(`${a.url}/history?limit=5000`, { headers: ADMIN_HEADERS });
+        const body = await res.json() as { entries: Record<string, unknown>[] };
+        return body.entries.some((e) =>
+          e.instance === "node-b" && e.path === "supervisor" &&
+          JSON.stringify(e.state).includes("degraded")
+        ) && body.entries;
+      }, { what: "the crash in the recorded history" });
+      const gaveUp = entries.find((e) =>
+        e.instance === "node-b" && e.path === "supervisor" &&
+        JSON.stringify(e.state).includes("degraded")
+      )!.serverAt as number;
+      const from = entries[0].serverAt as number;
+      const page = await browser.newPage({
+        viewport: { width: 1440, height: 900 },
+        reducedMotion: "reduce",
+        acceptDownloads: true,
+      });
+      await signIn(page, a.url);
+      const q = new URLSearchParams({
+        from: String(from),
+        at: String(gaveUp - 1),
+        concern: "supervisor",
+        instance: "node-b",
+        actor: "supervisor",
+      });
+      await page.goto(`${a.url}/?${q}`);
+      assert.equal(await page.getAttribute("body", "data-mode"), "history");
+      // Just before: node-b was healthy, in the matrix and in its chart.
+      assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.healthy");
+      assert.equal(
+        (await highlighted(page, "node-b", "supervisor", "supervising.healthy")).active,
+        true,
+      );
+      // One event on (stepping over the supervisor concern): the moment it gave up.
+      await Promise.all([page.waitForURL(/at=/), page.click("a[data-step=next]")]);
+      assert.equal(Number(new URL(page.url()).searchParams.get("at")), gaveUp);
+      assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.degraded");
+      const then = await highlighted(page, "node-b", "supervisor", "supervising.degraded");
+      assert.deepEqual(then, {
+        found: true,
+        active: true,
+        text: "supervising.degraded",
+        fill: HIGHLIGHT,
+      });
+      // node-a was healthy all along; the page is not live (nothing moves a past moment).
+      assert.equal(await cellText(page, "node-a", "supervisor"), "supervising.healthy");
+      assert.match(await page.locator("[data-live]").innerText(), /Recorded history/);
+      // The range's messages as a sequence diagram: node-a's crash message to node-b.
+      const arrows = await page.locator("#messages svg.sequence g.msg title").allTextContents();
+      assert.ok(
+        arrows.some((a) => /from node-a\/runtime to node-b\/fragile: crash/.test(a)),
+        arrows.join("\n"),
+      );
+      await page.screenshot({ path: HISTORY_SCREENSHOT, fullPage: true });
+      console.log(`history screenshot: ${HISTORY_SCREENSHOT}`);
+      // Back one event: healthy again.
+      await Promise.all([page.waitForURL(/at=/), page.click("a[data-step=prev]")]);
+      assert.ok(Number(new URL(page.url()).searchParams.get("at")) < gaveUp);
+      assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.healthy");
+
+      // Export the range up to the crash, and open the file from disk: no cluster needed.
+      await page.goto(
+        `${a.url}/?${new URLSearchParams({ from: String(from), at: String(gaveUp) })}`,
+      );
+      const [download] = await Promise.all([
+        page.waitForEvent("download"),
+        page.click("a[data-export]"),
+      ]);
+      await download.saveAs(REPORT);
+      await page.close();
+      const offline = await browser.newContext({
+        javaScriptEnabled: false,
+        offline: true,
+        viewport: { width: 1440, height: 900 },
+      });
+      const report = await offline.newPage();
+      await report.goto(`file://${REPORT}`);
+      assert.match(await report.title(), /RootStream report/);
+      assert.equal(await cellText(report, "node-b", "supervisor"), "supervising.degraded");
+      const reportArrows = await report.locator("svg.sequence g.msg title").allTextContents();
+      assert.ok(reportArrows.some((a) => /node-b\/fragile: crash/.test(a)));
+      // The chart of node-b's supervisor, highlighted where it ended the range.
+      const drawn = await report.evaluate(`(() => {
+        const panel = [...document.querySelectorAll("[data-chart-panel]")]
+          .find((p) => p.dataset.instance === "node-b" && p.dataset.path === "supervisor");
+        const node = panel && panel.querySelector('[data-state="supervising.degraded"]');
+        const shape = node && node.querySelector("path, polygon, ellipse");
+        return shape ? getComputedStyle(shape).fill : null;
+      })()`);
+      assert.equal(drawn, HIGHLIGHT, "the stylesheet travels inside the report");
+      assert.ok(await report.locator("[data-timeline] tr").count() > 0);
+      await report.screenshot({ path: REPORT_SCREENSHOT, fullPage: true });
+      console.log(`report: ${REPORT}, screenshot ${REPORT_SCREENSHOT}`);
+      await offline.close();
     });
 
     await t.step("an account without the operator role is turned away", async () => {
