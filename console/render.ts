@@ -282,6 +282,7 @@ function matrixCell(
   filter: MatrixFilter,
   selected: { instance: string; path: string } | null,
   extra: Record<string, string>,
+  cellHref?: (instance: string, path: string) => string | null,
 ): string {
   const a = inst.actors.find((x) => x.path === col.path);
   const hidden = filter.concern && col.concern !== filter.concern ? " hidden" : "";
@@ -295,7 +296,9 @@ function matrixCell(
   const known = ["active", "done", "error", "stopped"].includes(a.status) ? a.status : "other";
   return `<td class="cell status-${known}${match}" ${attrs} data-state-text="${
     e(state)
-  }"><a href="${e(chartHref(inst.member.id, a.path, filter, extra))}" data-open-chart title="${
+  }"><a href="${
+    e(cellHref?.(inst.member.id, a.path) ?? chartHref(inst.member.id, a.path, filter, extra))
+  }" data-open-chart title="${
     e(`${inst.member.id} / ${a.path}: ${a.status}, ${state}. Open its chart.`)
   }"${current}>${statusBadge(a.status)}<output class="actor-state" data-actor-state>${
     e(compactState(state))
@@ -313,6 +316,7 @@ export function renderInstance(
     filter?: MatrixFilter;
     selected?: { instance: string; path: string } | null;
     linkParams?: Record<string, string>;
+    cellHref?: (instance: string, path: string) => string | null;
   } = {},
 ): string {
   const filter = options.filter ?? { concern: "", state: "" };
@@ -350,7 +354,14 @@ export function renderInstance(
       Math.max(columns.length, 1)
     }" role="alert">Cannot read this instance's actors: ${e(inst.error)}</td>`
     : columns.map((c) =>
-      matrixCell(inst, c, filter, options.selected ?? null, options.linkParams ?? {})
+      matrixCell(
+        inst,
+        c,
+        filter,
+        options.selected ?? null,
+        options.linkParams ?? {},
+        options.cellHref,
+      )
     ).join("");
   const known = new Set(columns.map((c) => c.path));
   const outside = inst.actors.some((a) => depthOf(a.path) <= MATRIX_DEPTH && !known.has(a.path));
@@ -392,6 +403,10 @@ export function renderMatrix(
     filter?: MatrixFilter;
     selected?: { instance: string; path: string } | null;
     linkParams?: Record<string, string>;
+    /** Where a cell links to instead of the page's chart (the report: its own anchors). */
+    cellHref?: (instance: string, path: string) => string | null;
+    /** Leave the filter form out (the report, which no server answers). */
+    noForm?: boolean;
   } = {},
 ): string {
   const filter = options.filter ?? { concern: "", state: "" };
@@ -409,7 +424,7 @@ export function renderMatrix(
     }"${hidden}>${e(c.label)}</th>`;
   }).join("");
   return `${warning}${
-    filterForm(columns, filter, shown, options.linkParams ?? {})
+    options.noForm ? "" : filterForm(columns, filter, shown, options.linkParams ?? {})
   }<div class="matrix-wrap"><table class="matrix" data-matrix>
 <caption>Each row is an instance, each column an actor; a cell shows the actor's status and state and opens its chart.</caption>
 <thead><tr><th scope="col">Instance</th>${head}</tr></thead>
@@ -428,9 +443,11 @@ export function renderChartPanel(
       e(note ?? "Pick a cell of the matrix to draw that actor's statechart here.")
     }</p></div>`;
   }
-  return `<div data-chart-panel data-instance="${e(selection.instance)}" data-path="${
-    e(selection.actor.path)
-  }"><h3>${e(selection.instance)} <span class="muted">/</span> ${e(selection.actor.path)}</h3>${
+  return `<div data-chart-panel id="chart-${
+    slug(`${selection.instance}\n${selection.actor.path}`)
+  }" data-instance="${e(selection.instance)}" data-path="${e(selection.actor.path)}"><h3>${
+    e(selection.instance)
+  } <span class="muted">/</span> ${e(selection.actor.path)}</h3>${
     actorFigure(selection.actor)
   }</div>`;
 }

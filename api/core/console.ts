@@ -56,6 +56,7 @@ import {
   type ReplicationRow,
   type TransitionView,
 } from "../../console/render.ts";
+import { slug } from "../../console/html.ts";
 import {
   instancesAt,
   type Moment,
@@ -1054,28 +1055,39 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     const from = Math.min(parseMoment(query.from) ?? to - DEFAULT_RANGE_MS, to);
     const moment = { from, at: to };
     const past = await momentModel(moment, "");
-    // Charts of the actors that moved in the range (at most MAX_DRAWN), at its end.
-    const moved = new Set(
-      past.range.filter((r) => r.k === "transition").map((r) =>
-        `${r.instance}\n${(r as { path: string }).path}`
-      ),
-    );
+    // Charts of the actors that moved in the range (at most MAX_DRAWN), at its end; those
+    // that moved least first: periodic ones (heartbeats, lease renewals) are seldom the story.
+    const moves = new Map<string, number>();
+    for (const r of past.range) {
+      if (r.k !== "transition") continue;
+      const key = `${r.instance}\n${r.path}`;
+      moves.set(key, (moves.get(key) ?? 0) + 1);
+    }
+    const picked = past.instances.flatMap((inst) =>
+      inst.actors.map((actor) => ({
+        inst,
+        actor,
+        n: moves.get(`${inst.member.id}\n${actor.path}`),
+      }))
+    ).filter((x) => x.n !== undefined)
+      .sort((a, b) => a.n! - b.n!)
+      .slice(0, MAX_DRAWN);
     const charts: string[] = [];
-    for (const inst of past.instances) {
-      for (const actor of inst.actors) {
-        if (charts.length >= MAX_DRAWN || !moved.has(`${inst.member.id}\n${actor.path}`)) continue;
-        charts.push(
-          renderChartPanel({
-            instance: inst.member.id,
-            actor: await actorModel(selfMember, actor),
-          }),
-        );
-      }
+    const drawn = new Set<string>();
+    for (const { inst, actor } of picked) {
+      charts.push(
+        renderChartPanel({ instance: inst.member.id, actor: await actorModel(selfMember, actor) }),
+      );
+      drawn.add(`${inst.member.id}\n${actor.path}`);
     }
     const body = renderReport({
       moment,
       css: await asset("console.css"),
-      matrix: renderMatrix({ instances: past.instances, clusterError: null }),
+      matrix: renderMatrix({ instances: past.instances, clusterError: null }, {
+        noForm: true,
+        cellHref: (instance, path) =>
+          drawn.has(`${instance}\n${path}`) ? `#chart-${slug(`${instance}\n${path}`)}` : "#charts",
+      }),
       charts,
       timeline: renderTimeline(past.instances, 500),
       messages: renderMessages(past.instances, 200),

@@ -301,7 +301,10 @@ Deno.test("review console of a single instance", async (t) => {
         `${node.url}/console/fragments/chart?instance=solo&actor=supervisor`,
         OPERATOR,
       );
-      assert.match(await chart.text(), /^<div data-chart-panel data-instance="solo"[\s\S]*<svg/);
+      assert.match(
+        await chart.text(),
+        /^<div data-chart-panel id="chart-[0-9a-f]{8}" data-instance="solo"[\s\S]*<svg/,
+      );
       const missing = await fetch(
         `${node.url}/console/fragments/chart?instance=solo&actor=nobody`,
         OPERATOR,
