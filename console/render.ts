@@ -537,10 +537,15 @@ function truncate(text: string, max: number): string {
  * The messages between instances as a sequence diagram (one lifeline per instance, one
  * arrow per transition a message caused) with the same facts as a table.
  */
-export function renderMessages(instances: InstanceModel[], maxRows = MESSAGE_ROWS): string {
+export function renderMessages(
+  instances: InstanceModel[],
+  maxRows = MESSAGE_ROWS,
+  options: { recorded?: boolean } = {},
+): string {
   const messages = correlatedMessages(instances, maxRows);
-  const note =
-    `<p class="note">An arrow is a transition that a transport message caused, drawn from the sender named in the message's delivery metadata (<code>origin</code>) to the receiving actor; dashed ones were broadcasts. Send and receive times come from different clocks. Transitions without that metadata are not guessed at, and messages that changed no state do not appear.</p>`;
+  const note = options.recorded
+    ? `<p class="note">The recorded messages of the range: an arrow from the sender to the receiving actor, labelled with the state it caused (or "no state change"); times are the Redis server's clock when it was recorded.</p>`
+    : `<p class="note">An arrow is a transition that a transport message caused, drawn from the sender named in the message's delivery metadata (<code>origin</code>) to the receiving actor; dashed ones were broadcasts. Send and receive times come from different clocks. Transitions without that metadata are not guessed at, and messages that changed no state do not appear.</p>`;
   if (!messages.length) {
     return `${note}<p class="muted" data-messages-empty>No correlated messages among the recent transitions.</p>`;
   }
@@ -900,7 +905,9 @@ ${renderChartPanel(view.chart, view.chartNote)}</section>
   }</h2>
 ${renderTimeline(model.instances)}</section>
 <section id="messages" aria-labelledby="messages-h"><h2 id="messages-h">Messages between instances</h2>
-<div data-messages>${renderMessages(model.instances)}</div></section>
+<div data-messages>${
+    renderMessages(model.instances, undefined, { recorded: view.history })
+  }</div></section>
 </div>
 <section id="overview" aria-labelledby="overview-h"><h2 id="overview-h">Concerns</h2>
 <div id="panels">${renderPanels(model.panels)}</div></section>

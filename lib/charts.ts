@@ -989,7 +989,7 @@ function compareCharts(before: Chart, after: Chart): { diff: ChartDiff; merged: 
     const lines = now.map((line) => (was.includes(line) ? line : `+ ${line}`));
     for (const line of was) {
       if (!now.includes(line)) {
-        lines.push(`− ${line}`);
+        lines.push(`- ${line}`);
         notes.push(`removed: ${line}`);
       }
     }

@@ -1090,7 +1090,7 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
       }),
       charts,
       timeline: renderTimeline(past.instances, 500),
-      messages: renderMessages(past.instances, 200),
+      messages: renderMessages(past.instances, 200, { recorded: true }),
       generatedAt: now(),
       instance: deps.instanceId,
     });
