@@ -10,7 +10,7 @@
  */
 import { renderViewer } from "./login.ts";
 import type { ActorView, TransitionRecord } from "../actors/runtime/inspector.ts";
-import type { BackupRow, Figure, ReplicationNode, Series } from "./concerns.ts";
+import type { BackupRow, BackupRowProgress, Figure, ReplicationNode, Series } from "./concerns.ts";
 import {
   escapeHtml as e,
   formatQuantity,
@@ -683,6 +683,29 @@ function sessionsPanel(r: PanelsModel["sessions"]): string {
   );
 }
 
+/** A running backup's progress: a bar (when the total is known) and one line of figures. */
+function backupProgressCell(p: BackupRowProgress): string {
+  const known = p.total !== null && p.total > 0;
+  const percent = known ? Math.min(100, Math.floor((p.done / p.total!) * 100)) : null;
+  const figures = [
+    p.phase,
+    known
+      ? `${formatQuantity(p.done, "bytes")} of ${formatQuantity(p.total!, "bytes")}`
+      : formatQuantity(p.done, "bytes"),
+    ...(p.rate !== null ? [`${formatQuantity(p.rate, "bytes")}/s`] : []),
+    ...(p.eta !== null
+      ? [`ETA ${p.eta < 120 ? `${p.eta} s` : `${Math.round(p.eta / 60)} min`}`]
+      : []),
+  ].join(" · ");
+  return `<div>${
+    known
+      ? `<progress max="100" value="${percent}" aria-label="${
+        e(p.phase)
+      }: ${percent} %">${percent} %</progress> `
+      : ""
+  }<span class="muted">${e(figures)}</span></div>`;
+}
+
 function backupsPanel(r: PanelsModel["backups"]): string {
   if (!r.ok) return card("backups", "Backups", unavailable(r));
   if (!r.data.length) {
@@ -699,7 +722,11 @@ function backupsPanel(r: PanelsModel["backups"]): string {
       b.error ? ` <span class="error" title="${e(b.error)}">${e(truncate(b.error, 60))}</span>` : ""
     }</td><td>${b.startedAt ? timeTag(b.startedAt) : "—"}</td><td>${
       b.sizeBytes === null ? "—" : e(formatQuantity(b.sizeBytes, "bytes"))
-    }</td></tr>`
+    }</td></tr>${
+      b.progress
+        ? `<tr class="backup-progress"><td colspan="5">${backupProgressCell(b.progress)}</td></tr>`
+        : ""
+    }`
   ).join("");
   return card(
     "backups",
@@ -778,9 +805,11 @@ function metricsPanel(p: PanelsModel): string {
       const errors = d.errors.map((m) => `<tr><td colspan="3" class="error">${e(m)}</td></tr>`)
         .join("");
       tables.push(
-        `<table class="metrics"><caption>Dashboard ${e(d.title)} <span class="muted">(/dashboards/${
+        `<table class="metrics"><caption>Dashboard ${
+          e(d.title)
+        } <span class="muted">(<a href="/dashboards/${encodeURIComponent(d.name)}">/dashboards/${
           e(d.name)
-        })</span></caption><tbody>${
+        }</a>)</span></caption><tbody>${
           rows || errors ? rows + errors : `<tr><td class="muted">no series in range</td></tr>`
         }</tbody></table>`,
       );

@@ -62,6 +62,11 @@ export interface BackupStorage {
    * renames it into place (all-or-nothing, like `put`), `abort` removes it.
    */
   stage?(key: string): Promise<StagedFile>;
+  /**
+   * Local storage only: the path of `key`'s file, so a program (openssl) can read it
+   * directly while this process authenticates the same file beside it.
+   */
+  localPath?(key: string): string;
   /** Stores a small text (manifests). */
   putText(key: string, text: string): Promise<void>;
   /** Streams `key`; BACKUP_NOT_FOUND when missing. */
@@ -217,6 +222,7 @@ export function createLocalStorage(root: string): BackupStorage {
     locate: (key) => `file://${path(key)}`,
     put,
     stage,
+    localPath: path,
     async putText(key, text) {
       await put(key, ReadableStream.from([new TextEncoder().encode(text)]));
     },

@@ -407,6 +407,8 @@ function createCore(options: TransportOptions) {
     awaitReply,
     onReply,
     failPending,
+    /** Requests waiting for their reply now. */
+    pendingRequests: () => pending.size,
     drain,
     replyChannel,
     requestTimeoutMs: options.requestTimeoutMs ?? 5000,
@@ -613,7 +615,11 @@ export function createRedisTransport(
       }
       return await reply;
     },
-    stats: () => ({ ...counters, pendingRequests: 0, deferredNow: deferred.size }),
+    stats: () => ({
+      ...counters,
+      pending_requests: core.pendingRequests(),
+      deferred_messages: deferred.size,
+    }),
     async close() {
       running = false;
       for (const off of unsubscribers.splice(0)) await off().catch(() => {});
@@ -679,7 +685,7 @@ export function createLocalTransport(options: TransportOptions): Transport & {
       if (parsed && parsed.kind === "request") await core.deliver(parsed);
       return await reply;
     },
-    stats: () => ({ ...counters }),
+    stats: () => ({ ...counters, pending_requests: core.pendingRequests() }),
     async close() {
       core.failPending();
       await off?.();

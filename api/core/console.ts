@@ -118,6 +118,7 @@ const CLUSTER_VIEW_TTL_MS = 1000;
 
 const ASSETS: Record<string, { type: string }> = {
   "console.js": { type: "text/javascript; charset=utf-8" },
+  "passkey.js": { type: "text/javascript; charset=utf-8" },
   "console.css": { type: "text/css; charset=utf-8" },
 };
 
@@ -827,7 +828,8 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
       });
     }
     const out = await Promise.all(
-      names.slice(0, 4).map(async ({ name, title }) => {
+      // The plan's seven dashboards and streams: each linked, each read.
+      names.slice(0, 12).map(async ({ name, title }) => {
         const read = await readJson(self, `/dashboards/${encodeURIComponent(name)}`);
         return read.ok
           ? { name, title, series: dashboardSeries(read.body), errors: dashboardErrors(read.body) }

@@ -277,7 +277,10 @@ Deno.test("review console of a single instance", async (t) => {
       assert.match(html, /<code title="rootstream_stream_viewers">stream_viewers<\/code>/);
       assert.match(html, /aria-label="rootstream_stream_viewers: latest 42/);
       assert.match(html, /aria-label="rootstream_messages_total: latest [\d.]+\/s/);
-      assert.match(html, /Dashboard Streams <span class="muted">\(\/dashboards\/streams\)/);
+      assert.match(
+        html,
+        /Dashboard Streams <span class="muted">\(<a href="\/dashboards\/streams">\/dashboards\/streams<\/a>\)/,
+      );
       assert.match(
         html,
         /aria-label="Viewers per stream: viewers \(stream_id=s1\): latest 4 viewers, range 3 viewers to 5 viewers over 3 samples"/,

@@ -21,6 +21,7 @@ import {
   renderInstance,
   renderMatrix,
   renderMessages,
+  renderPanels,
   sparkline,
   timelineRows,
   type TransitionView,
@@ -118,6 +119,36 @@ Deno.test("concern endpoint readers take what they recognise", async (t) => {
     assert.deepEqual([named[0].id, named[0].sizeBytes], ["full-1", 4]);
     assert.equal(rows[1].startedAt, 1_700_000_000_000, "seconds become ms");
     assert.deepEqual(backupRows({ error: "x" }), []);
+    const running = backupRows([{
+      name: "20250101T000000Z-base-abcdef",
+      type: "base",
+      status: "in_progress",
+      progress: {
+        phase: "copying the cluster",
+        bytesDone: 512 * 1024 * 1024,
+        bytesTotal: 1024 * 1024 * 1024,
+        bytesPerSecond: 64 * 1024 * 1024,
+        etaSeconds: 8,
+      },
+    }]);
+    assert.deepEqual(running[0].progress, {
+      phase: "copying the cluster",
+      done: 512 * 1024 * 1024,
+      total: 1024 * 1024 * 1024,
+      rate: 64 * 1024 * 1024,
+      eta: 8,
+    });
+    assert.equal(named[0].progress, null);
+    const off = { ok: false as const, source: "/x", missing: true, reason: "off" };
+    const html = renderPanels({
+      sessions: off,
+      backups: { ok: true, source: "/backups", data: running },
+      replication: off,
+      metrics: [],
+      dashboards: off,
+    });
+    assert.match(html, /<progress max="100" value="50" aria-label="copying the cluster: 50 %">/);
+    assert.match(html, /copying the cluster · 512 MiB of 1\.0 GiB · 64\.0 MiB\/s · ETA 8 s/);
   });
 
   await t.step("replication: nodes with role and lag, in either layout", () => {

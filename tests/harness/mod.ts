@@ -29,3 +29,4 @@ export {
 } from "./postgres.ts";
 export { type RedisServer, startRedis, type StartRedisOptions } from "./redis.ts";
 export { HarnessError, type HarnessErrorCode } from "./_process.ts";
+export { type DeliveredMail, type SmtpServer, startSmtp } from "./smtp.ts";
