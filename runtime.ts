@@ -17,6 +17,8 @@ import {
 import type { Config } from "./concerns/config.ts";
 import type { HealthReport } from "./actors/runtime/health.ts";
 import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
+import { createHistoryRecorder, type ReceivedMessage } from "./actors/runtime/history.ts";
+import { createHistoryWriter } from "./store/redis_history.ts";
 import { createMembership, type MemberInfo, type Membership } from "./actors/runtime/membership.ts";
 import { startSupervisor, type Supervisor } from "./actors/runtime/supervisor.ts";
 import {
@@ -226,12 +228,31 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       spec: (id: string) => specsById.get(id),
       ref: (id: string) => supervisor?.ref(id),
     };
+    // Every transition and every message received is recorded in the cluster's history
+    // (Redis stream, docs/console.md), batched off the hot path.
+    const history = redis
+      ? createHistoryRecorder({
+        instanceId: config.instanceId,
+        append: createHistoryWriter(redis, keyspace, messageAuth, {
+          maxEntries: config.concerns.limits.historyMaxEntries,
+          maxAgeMs: config.concerns.limits.historyMaxAgeMs,
+        }).append,
+        log: log.child("history"),
+      })
+      : null;
+    if (history) {
+      inspector.subscribe((view, t) => {
+        if (t) history.transition(t, view.machine);
+      });
+      cleanups.push(() => history.close());
+    }
     const transportOptions = {
       instanceId: config.instanceId,
       actors: localActors,
       bus,
       log: log.child("transport"),
       maxMessageAgeMs: config.messageMaxAgeMs,
+      onReceived: history ? (m: ReceivedMessage) => history.message(m) : undefined,
     };
     const transport = redis
       ? createRedisTransport(redis, { ...transportOptions, keyspace, auth: messageAuth })

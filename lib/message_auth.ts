@@ -4,8 +4,8 @@
  * Redis is shared by every instance and reachable by whoever holds its password, so it is
  * not trusted: every control record written there (transport envelopes and replies,
  * broadcasts, sync batches and announcements, session-cache entries, pending login
- * attempts, membership info with the member's URL, the published primary and the
- * coordinator's status) is *sealed* with an HMAC-SHA256 and *opened* before anything in it
+ * attempts, membership info with the member's URL, the published primary, the
+ * coordinator's status and the recorded history) is *sealed* with an HMAC-SHA256 and *opened* before anything in it
  * is believed.
  *
  * - One key per purpose, derived with HKDF-SHA256 from `RS_SECRET_KEY` (the purpose string
@@ -40,6 +40,7 @@ export const MESSAGE_PURPOSES = [
   "login.attempt",
   "membership.info",
   "failover.record",
+  "history.record",
 ] as const;
 
 /** One kind of sealed record. */

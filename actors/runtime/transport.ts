@@ -23,6 +23,7 @@
  * is never redelivered forever — and never crash the receiver.
  * @module
  */
+import type { ReceivedMessage } from "./history.ts";
 import type { Redis } from "ioredis";
 import type { AnyActorRef } from "xstate";
 import { RuntimeError } from "../../lib/errors.ts";
@@ -69,6 +70,8 @@ export interface TransportOptions {
   requestTimeoutMs?: number;
   /** Requests and broadcasts older than this (or dated this far ahead) are refused. */
   maxMessageAgeMs?: number;
+  /** Told of each message for a local actor (the history recorder; it must not block). */
+  onReceived?: (message: ReceivedMessage) => void;
 }
 
 type Counters = Record<
@@ -232,6 +235,15 @@ function createCore(options: TransportOptions) {
       sentAt: env.sentAt,
       correlationId: env.corr,
     };
+    options.onReceived?.({
+      id: env.id,
+      kind: env.kind,
+      from: env.from,
+      to: env.to.actor,
+      event: env.event.type,
+      corr: env.corr,
+      sentAt: env.sentAt,
+    });
     if (env.kind === "request") {
       const handler = spec.requests?.[env.event.type];
       if (!handler) return drop("dropped_unknown_event", detail);

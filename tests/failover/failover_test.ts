@@ -23,7 +23,7 @@ import {
   untilAllFollow,
   type Writers,
 } from "../support/pg_cluster.ts";
-import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
+import { ADMIN_HEADERS, TEST_ADMIN_TOKEN } from "../support/auth.ts";
 
 const TOKEN = TEST_ADMIN_TOKEN;
 
@@ -234,6 +234,53 @@ Deno.test({
           const views = await Promise.all(urls().map(replication));
           const decided = views.find((v) => v.decision?.kind === "failover");
           assert.equal(decided?.decision.why, now.history[0].reason);
+          // The recorded history (docs/console.md) tells the same story on one clock: one
+          // instance promoting, then every instance re-pointing its pool; and the console at
+          // that recorded moment shows it.
+          // Recording is batched (a quarter second): wait until every instance's is in.
+          type Entry = Record<string, unknown>;
+          let failover: Entry[] = [];
+          const states = (e: Entry) => JSON.stringify(e.state);
+          const promotingOf = () => failover.find((e) => states(e).includes('"promoting"'));
+          const repointedAfter = (id: string, p: Entry) =>
+            failover.find((e) =>
+              e.instance === id && (e.serverAt as number) >= (p.serverAt as number) &&
+              states(e).includes('"switching"')
+            );
+          await until(async () => {
+            const res = await fetch(`${urls()[0]}/history?limit=5000&order=desc`, {
+              headers: ADMIN_HEADERS,
+            });
+            const body = await res.json() as { entries: Entry[] };
+            failover = body.entries
+              .filter((e) => e.k === "transition" && e.machine === "failover").reverse();
+            const p = promotingOf();
+            return !!p && ["node-a", "node-b", "node-c"].every((id) => repointedAfter(id, p));
+          }, {
+            what: "the promotion and every instance's re-pointing in the recorded history",
+            state: () => [...new Set(failover.map((e) => `${e.instance} ${states(e)}`))].slice(-30),
+          });
+          const promoting = promotingOf()!;
+          const at = new URLSearchParams({
+            at: String(promoting.serverAt),
+            concern: "failover",
+            instance: String(promoting.instance),
+            actor: String(promoting.path),
+          });
+          const page = await (await fetch(`${urls()[0]}/?${at}`, { headers: ADMIN_HEADERS }))
+            .text();
+          const row = page.slice(
+            page.indexOf(`<tr class="instance" data-instance="${promoting.instance}"`),
+          );
+          const cellAt = row.indexOf(`data-path="${promoting.path}"`);
+          const cell = row.slice(cellAt, row.indexOf("</td>", cellAt));
+          assert.ok(cellAt >= 0 && cellAt < row.indexOf("</tr>"), JSON.stringify(promoting));
+          assert.match(
+            cell,
+            /data-state-text="[^"]*detector\.promoting/,
+            JSON.stringify(promoting),
+          );
+          assert.match(page, /class="node state atomic active" data-state="detector\.promoting"/);
           epochAfterKill = now.primary.epoch;
           writers = null;
         },
