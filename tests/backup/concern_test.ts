@@ -75,6 +75,7 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
         const refused = await post({ type: "full", incremental: true });
         assert.equal(refused.status, 400, "incremental applies to base backups only");
         const names: string[] = [];
+        const ids: number[] = [];
         for (let i = 0; i < 2; i++) {
           const res = await post({ type: "base", incremental: true });
           assert.equal(res.status, 202, await res.clone().text());
@@ -97,7 +98,10 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
           // A plain base backup has no `parent` key: its presence says the request's flag
           // reached the service.
           assert.equal(one.backup.metadata.parent, i === 0 ? null : names[0]);
+          // The history row links it to its parent (migration 008), as WAL backups to their base.
+          assert.equal(one.backup.parentId, i === 0 ? null : ids[0]);
           names.push(done.name);
+          ids.push(done.id);
         }
       },
     );
@@ -155,6 +159,7 @@ Deno.test("scheduled base backups are incremental with BACKUP_SCHEDULE_BASE_INCR
       (await (await rt.app.request(`/backups/${id}`, { headers: ADMIN_HEADERS })).json()).backup;
     assert.equal((await detail(first.id)).metadata.parent, null);
     assert.equal((await detail(second.id)).metadata.parent, first.name);
+    assert.equal((await detail(second.id)).parentId, first.id);
   } finally {
     await rt.stop();
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
