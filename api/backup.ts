@@ -28,7 +28,10 @@ export interface BackupRoutesDeps {
   /** Whether backups can run here, and why not. */
   availability: { ok: boolean; reason: string | null };
   /** Queues a backup on whichever instance holds the scheduler lease. */
-  request(type: (typeof TYPES)[number]): Promise<{ instance: string }>;
+  request(
+    type: (typeof TYPES)[number],
+    options?: { incremental?: boolean },
+  ): Promise<{ instance: string }>;
 }
 
 const listQuery = z.object({
@@ -38,7 +41,9 @@ const listQuery = z.object({
   deleted: z.enum(["true", "false"]).transform((v) => v === "true").optional(),
 });
 
-const postBody = z.object({ type: z.enum(TYPES) }).strict();
+// `incremental`: a file-level incremental base backup (only with type base).
+const postBody = z.object({ type: z.enum(TYPES), incremental: z.boolean().optional() }).strict()
+  .refine((b) => !b.incremental || b.type === "base");
 
 const idParam = z.string().regex(/^[1-9]\d{0,17}$/);
 
@@ -92,11 +97,17 @@ export const BACKUP_ROUTES = {
     summary: "Queues a backup on the instance that holds the scheduler lease",
     access: { caller: "admin" },
     maxBody: 4 * 1024,
-    invalid: 'Invalid body: expected {"type": "full" | "base" | "incremental" | "differential"}',
+    invalid: 'Invalid body: expected {"type": "full" | "base" | "incremental" | "differential"} ' +
+      '(and "incremental": true only with "type": "base")',
     request: { body: jsonBody(postBody) },
     responses: {
       202: jsonResponse(
-        z.object({ status: z.literal("queued"), type: z.string(), scheduler: z.string() }),
+        z.object({
+          status: z.literal("queued"),
+          type: z.string(),
+          incremental: z.boolean(),
+          scheduler: z.string(),
+        }),
         "Queued",
       ),
       503: jsonResponse(z.looseObject({}), "Backups cannot run here (BACKUP_UNAVAILABLE)"),
@@ -159,8 +170,8 @@ export function addBackupRoutes(app: OpenAPIHono, deps: BackupRoutesDeps): void 
         `Cannot create a backup: ${deps.availability.reason}`,
       );
     }
-    const { type } = c.req.valid("json");
-    const { instance } = await deps.request(type);
-    return c.json({ status: "queued", type, scheduler: instance }, 202);
+    const { type, incremental = false } = c.req.valid("json");
+    const { instance } = await deps.request(type, incremental ? { incremental } : {});
+    return c.json({ status: "queued", type, incremental, scheduler: instance }, 202);
   });
 }

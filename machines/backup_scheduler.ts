@@ -45,6 +45,8 @@ export interface Schedule {
   type: ScheduledBackupType;
   /** Cron expression (evaluated by the `readSchedule` and `loadLastRuns` effects). */
   cron: string;
+  /** Base backups: file-level incremental (only the files changed since the newest base). */
+  incremental?: boolean;
 }
 
 /** One queued or running backup. */
@@ -53,6 +55,8 @@ export interface BackupJob {
   type: ScheduledBackupType;
   /** What asked for it. */
   trigger: "schedule" | "missed" | "manual";
+  /** Base backups: file-level incremental (only the files changed since the newest base). */
+  incremental?: boolean;
   /** When it was queued (injected clock). */
   queuedAt: number;
 }
@@ -147,6 +151,8 @@ export interface BackupAlert {
 export interface BackupSchedulerInput {
   /** Cron expression per type (null / absent: not scheduled). */
   schedules: Partial<Record<ScheduledBackupType, string | null>>;
+  /** Scheduled base backups are file-level incremental ones (default false). */
+  baseIncremental?: boolean;
   /** Retries after a failed backup (default 3). */
   retryMax?: number;
   /** First pause before a retry (default 60 s; doubling up to 1 h). */
@@ -229,7 +235,13 @@ export interface BackupSchedulerContext {
 export type BackupSchedulerEvent =
   | { type: "LEASE.ACQUIRED"; token?: number | null }
   | { type: "LEASE.LOST"; reason: string }
-  | { type: "BACKUP.REQUEST"; backupType: ScheduledBackupType; at: number }
+  | {
+    type: "BACKUP.REQUEST";
+    backupType: ScheduledBackupType;
+    at: number;
+    /** Base backups: file-level incremental. */
+    incremental?: boolean;
+  }
   | {
     type: "backup.alert";
     kind: "failed" | "gave_up";
@@ -378,28 +390,29 @@ const schedulerSetup = setup({
     /** Queues a requested backup unless its type is already queued or running. */
     queueRequest: assign((
       { context },
-      params: { backupType: ScheduledBackupType; at: number },
+      params: { backupType: ScheduledBackupType; at: number; incremental: boolean },
     ) => {
+      const incremental = params.incremental && params.backupType === "base";
       const { queue, added } = enqueue(context.queue, context.job, [{
         type: params.backupType,
         trigger: "manual",
         queuedAt: params.at,
+        ...(incremental ? { incremental: true } : {}),
       }]);
       return {
         queue,
         clockAt: params.at,
         reason: added.length
-          ? `queued a requested ${params.backupType} backup`
+          ? `queued a requested ${incremental ? "incremental base" : params.backupType} backup`
           : `a ${params.backupType} backup is already queued or running`,
       };
     }),
     /** Takes a schedule reading: queues what fell due, moves those schedules on. */
     applyReading: assign(({ context }, reading: ScheduleReading) => {
       const at = reading.at;
-      const due = context.schedules
-        .filter((s) => (context.nextDue[s.type] ?? Infinity) <= at)
-        .map((s) => s.type)
-        .sort(byPriority);
+      const dueSchedules = context.schedules
+        .filter((s) => (context.nextDue[s.type] ?? Infinity) <= at);
+      const due = dueSchedules.map((s) => s.type).sort(byPriority);
       const nextDue: BackupSchedulerContext["nextDue"] = {};
       for (const s of context.schedules) {
         const kept = context.nextDue[s.type];
@@ -410,7 +423,14 @@ const schedulerSetup = setup({
       const { queue, added } = enqueue(
         context.queue,
         context.job,
-        due.map((type) => ({ type, trigger: "schedule" as const, queuedAt: at })),
+        due.map((type) => ({
+          type,
+          trigger: "schedule" as const,
+          queuedAt: at,
+          ...(dueSchedules.some((s) => s.type === type && s.incremental)
+            ? { incremental: true }
+            : {}),
+        })),
       );
       return {
         nextDue,
@@ -434,7 +454,12 @@ const schedulerSetup = setup({
           return reading.lastRuns[s.type] !== undefined && typeof due === "number" &&
             due <= reading.at;
         })
-        .map((s) => ({ type: s.type, trigger: "missed" as const, queuedAt: reading.at }));
+        .map((s) => ({
+          type: s.type,
+          trigger: "missed" as const,
+          queuedAt: reading.at,
+          ...(s.incremental ? { incremental: true } : {}),
+        }));
       const { queue, added } = enqueue(context.queue, context.job, missed);
       return {
         queue,
@@ -794,7 +819,11 @@ export const backupSchedulerMachine = schedulerSetup.createMachine({
   context: ({ input }) => ({
     schedules: Object.entries(input.schedules)
       .filter((e): e is [ScheduledBackupType, string] => typeof e[1] === "string" && e[1] !== "")
-      .map(([type, cron]) => ({ type, cron }))
+      .map(([type, cron]) => ({
+        type,
+        cron,
+        ...(type === "base" && input.baseIncremental ? { incremental: true } : {}),
+      }))
       .sort((a, b) => byPriority(a.type, b.type)),
     retryMax: input.retryMax ?? 3,
     retryDelayMs: input.retryDelayMs ?? 60_000,
@@ -841,7 +870,11 @@ export const backupSchedulerMachine = schedulerSetup.createMachine({
           actions: [
             {
               type: "queueRequest",
-              params: ({ event }) => ({ backupType: event.backupType, at: event.at }),
+              params: ({ event }) => ({
+                backupType: event.backupType,
+                at: event.at,
+                incremental: event.incremental === true,
+              }),
             },
             raise({ type: "QUEUE.CHANGED" }),
           ],

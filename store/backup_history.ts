@@ -149,11 +149,14 @@ export async function completeBackupRun(
     compressedSize: number;
     encryptionMethod: string;
     metadata: Record<string, unknown>;
+    /** The parent, when known only at the end (an incremental base backup); else kept. */
+    parentId?: number | null;
   },
 ): Promise<BackupRecord> {
   const [row] = await sql<Row[]>`
     UPDATE backup_history
     SET status = 'completed', completed_at = ${fields.completedAt},
+        parent_id = coalesce(${fields.parentId ?? null}::bigint, parent_id),
         backup_size = ${fields.backupSize}, compressed_size = ${fields.compressedSize},
         encryption_method = ${fields.encryptionMethod},
         metadata = ${sql.json(fields.metadata as never)}, error_message = NULL

@@ -47,7 +47,16 @@ export function createBackupParts(
     log.info(`backups to ${storage}; schedules (${settings.timezone}): ${scheduled}`);
   }
 
-  async function request(type: BackupType): Promise<{ instance: string }> {
+  async function request(
+    type: BackupType,
+    options: { incremental?: boolean } = {},
+  ): Promise<{ instance: string }> {
+    if (options.incremental && type !== "base") {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `incremental applies to base backups only, not to a ${type} backup`,
+      );
+    }
     let holder = services.instanceId;
     if (services.leases) {
       const found = await services.leases.holder(SCHEDULER_ROLE);
@@ -61,7 +70,11 @@ export function createBackupParts(
     }
     return await services.transport.request<{ queued: true; instance: string }>(
       { instance: holder, actor: BACKUP_ACTOR_ID },
-      { type: "backup.request", backupType: type },
+      {
+        type: "backup.request",
+        backupType: type,
+        ...(options.incremental ? { incremental: true } : {}),
+      },
       { timeoutMs: 5000 },
     );
   }

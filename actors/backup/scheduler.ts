@@ -79,6 +79,7 @@ const alertEvent = z.object({
 const requestEvent = z.object({
   type: z.literal("backup.request"),
   backupType,
+  incremental: z.boolean().optional(),
 }).passthrough() as unknown as z.ZodType<RemoteEvent>;
 
 /** The time now and each schedule's next run after it (croner, in the configured zone). */
@@ -123,6 +124,7 @@ export async function createBackup(
     deps.service.create(input.job.type, {
       trigger: input.attempt > 1 ? "retry" : input.job.trigger,
       signal,
+      ...(input.job.incremental ? { incremental: true } : {}),
     });
   try {
     let result;
@@ -298,6 +300,7 @@ export function schedulerSpec(deps: SchedulerDeps): ActorSpec {
     create: () => createSchedulerLogic(deps),
     input: () => ({
       schedules: deps.settings.schedules,
+      baseIncremental: deps.settings.baseIncremental,
       retryMax: deps.settings.retry.max,
       retryDelayMs: deps.settings.retry.delayMs,
       verify: deps.settings.verify !== "off",
@@ -330,6 +333,11 @@ function queueRequest(
       `Instance ${instanceId} does not hold the backup scheduler lease`,
     );
   }
-  ref.send({ type: "BACKUP.REQUEST", backupType: event.backupType, at: deps.now() });
+  ref.send({
+    type: "BACKUP.REQUEST",
+    backupType: event.backupType,
+    at: deps.now(),
+    ...(event.incremental === true ? { incremental: true } : {}),
+  });
   return { queued: true, instance: instanceId };
 }

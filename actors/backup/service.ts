@@ -343,7 +343,13 @@ export function createBackupService(ctx: BackupContext): BackupService {
         const plainBytes = manifest.files.reduce((n, f) => n + f.plainSize, 0);
         const storedBytes = manifest.files.reduce((n, f) => n + f.size, 0);
         await progressWrite;
+        // An incremental base backup's parent is chosen while it runs (the newest base with
+        // a file list); recorded when that base is in this database's history.
+        const baseParent = manifest.physical?.parent
+          ? await getBackupByName(sql, manifest.physical.parent)
+          : null;
         await completeBackupRun(sql, record.id, {
+          parentId: baseParent?.id ?? null,
           completedAt: new Date(ctx.now()),
           backupSize: plainBytes,
           compressedSize: storedBytes,

@@ -48,6 +48,8 @@ export interface BackupSettings {
   compression: { tool: "zstd" | "gzip"; level: number; threads: number };
   /** Cron expression per type, or null when that type is not scheduled. */
   schedules: Record<BackupType, string | null>;
+  /** Scheduled base backups are file-level incremental (BACKUP_SCHEDULE_BASE_INCREMENTAL). */
+  baseIncremental: boolean;
   /** Time zone the cron expressions are read in (IANA name). */
   timezone: string;
   /** Retention per type. */
@@ -123,6 +125,11 @@ export const BACKUP_SETTINGS: readonly { env: string; default: string; descripti
     description: "cron of full (logical) backups, or off",
   },
   { env: "BACKUP_SCHEDULE_BASE", default: "off", description: "cron of base backups" },
+  {
+    env: "BACKUP_SCHEDULE_BASE_INCREMENTAL",
+    default: "false",
+    description: "scheduled base backups store only the files changed since the newest base",
+  },
   {
     env: "BACKUP_SCHEDULE_INCREMENTAL",
     default: "off",
@@ -270,6 +277,7 @@ const schema = z.object({
   BACKUP_COMPRESSION_THREADS: int(0, 256, "zstd threads, 0 = one per core").default(0),
   BACKUP_SCHEDULE_FULL: cron.default("0 2 * * *"),
   BACKUP_SCHEDULE_BASE: cron.default(null),
+  BACKUP_SCHEDULE_BASE_INCREMENTAL: bool.default(false),
   BACKUP_SCHEDULE_INCREMENTAL: cron.default(null),
   BACKUP_SCHEDULE_DIFFERENTIAL: cron.default(null),
   BACKUP_SCHEDULE_TZ: timezone.default("UTC"),
@@ -374,6 +382,7 @@ export function loadBackupSettings(
       incremental: c.BACKUP_SCHEDULE_INCREMENTAL,
       differential: c.BACKUP_SCHEDULE_DIFFERENTIAL,
     },
+    baseIncremental: c.BACKUP_SCHEDULE_BASE_INCREMENTAL,
     timezone: c.BACKUP_SCHEDULE_TZ,
     retention: {
       full: { days: c.BACKUP_RETENTION_FULL_DAYS, count: c.BACKUP_RETENTION_FULL_COUNT },

@@ -37,8 +37,8 @@ function app(overrides: Partial<BackupRoutesDeps> = {}) {
     },
     get: (id) => Promise.resolve(id === "1" ? record(1) : null),
     availability: { ok: true, reason: null },
-    request: (type) => {
-      calls.request.push(type);
+    request: (type, options) => {
+      calls.request.push(options?.incremental ? `${type} incremental` : type);
       return Promise.resolve({ instance: "host-b" });
     },
     ...overrides,
@@ -103,8 +103,29 @@ Deno.test("backup routes", async (t) => {
     assert.deepEqual(calls.request, []);
     const ok = await hono.request(post({ type: "base" }, `Bearer ${TOKEN}`));
     assert.equal(ok.status, 202);
-    assert.deepEqual(await ok.json(), { status: "queued", type: "base", scheduler: "host-b" });
+    assert.deepEqual(await ok.json(), {
+      status: "queued",
+      type: "base",
+      incremental: false,
+      scheduler: "host-b",
+    });
     assert.deepEqual(calls.request, ["base"]);
+  });
+
+  await t.step("POST /backups passes incremental on for base backups only", async () => {
+    const { hono, calls } = app();
+    const auth = `Bearer ${TOKEN}`;
+    const ok = await hono.request(post({ type: "base", incremental: true }, auth));
+    assert.equal(ok.status, 202);
+    assert.equal((await ok.json()).incremental, true);
+    for (
+      const body of [{ type: "full", incremental: true }, { type: "base", incremental: "yes" }]
+    ) {
+      const res = await hono.request(post(body, auth));
+      assert.equal(res.status, 400, JSON.stringify(body));
+      assert.match((await res.json()).error.message, /incremental/);
+    }
+    assert.deepEqual(calls.request, ["base incremental"]);
   });
 
   await t.step("POST /backups validates the body after authorisation", async () => {

@@ -63,11 +63,103 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
       assert.equal((actor?.summary as { stats: { completed: number } }).stats.completed, 1);
     });
 
+    await t.step(
+      "POST /backups takes incremental base backups; the second has a parent",
+      async () => {
+        const post = (body: unknown) =>
+          rt.app.request("/backups", {
+            method: "POST",
+            headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+            body: JSON.stringify(body),
+          });
+        const refused = await post({ type: "full", incremental: true });
+        assert.equal(refused.status, 400, "incremental applies to base backups only");
+        const names: string[] = [];
+        const ids: number[] = [];
+        for (let i = 0; i < 2; i++) {
+          const res = await post({ type: "base", incremental: true });
+          assert.equal(res.status, 202, await res.clone().text());
+          assert.equal((await res.json()).incremental, true);
+          let last: unknown = null;
+          const done = await until(async () => {
+            const body = await (await rt.app.request("/backups?type=base", {
+              headers: ADMIN_HEADERS,
+            })).json();
+            const b = last = body.backups.find((r: { name: string }) => !names.includes(r.name));
+            return b && b.status === "completed" && b.verifiedAt ? b : null;
+          }, {
+            what: `incremental base backup ${i + 1} completed and verified`,
+            ms: 120_000,
+            state: () => last,
+          });
+          const one = await (await rt.app.request(`/backups/${done.id}`, {
+            headers: ADMIN_HEADERS,
+          })).json();
+          // A plain base backup has no `parent` key: its presence says the request's flag
+          // reached the service.
+          assert.equal(one.backup.metadata.parent, i === 0 ? null : names[0]);
+          // The history row links it to its parent (migration 008), as WAL backups to their base.
+          assert.equal(one.backup.parentId, i === 0 ? null : ids[0]);
+          names.push(done.name);
+          ids.push(done.id);
+        }
+      },
+    );
+
     await t.step("/health reports the backup concern", async () => {
       const health = await rt.health();
       assert.equal(health.checks.backup.ok, true);
       assert.equal(health.checks.backup.available, true);
     });
+  } finally {
+    await rt.stop();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("scheduled base backups are incremental with BACKUP_SCHEDULE_BASE_INCREMENTAL", async () => {
+  await using pg = await startPostgres({ name: "bk-concern-sched" });
+  const url = await pg.createDatabase("app");
+  await seedApp(pg, "app", 200);
+  const dataDir = await tempDir("rs-bk-concern-sched-");
+  const config = loadConfig({
+    env: {
+      DATABASE_URL: url,
+      RS_SECRET_KEY: KEY,
+      RS_DATA_DIR: dataDir,
+      RS_PORT: "0",
+      BACKUP_DIR: `${dataDir}/backups`,
+      BACKUP_ENCRYPTION_KEY: TEST_KEY,
+      BACKUP_VERIFY: "off",
+      BACKUP_SCHEDULE_FULL: "off",
+      BACKUP_SCHEDULE_BASE: "* * * * * *",
+      BACKUP_SCHEDULE_BASE_INCREMENTAL: "true",
+      RS_ADMIN_TOKEN: TOKEN,
+    },
+    args: [],
+  });
+  const rt = await startRuntime(config, {
+    serve: false,
+    concerns: { backup: (services, c) => createBackupConcern(services, c.concerns.backup) },
+  });
+  try {
+    let last: unknown = null;
+    const two = await until(async () => {
+      const body = await (await rt.app.request("/backups?type=base", { headers: ADMIN_HEADERS }))
+        .json();
+      const done = body.backups.filter((b: { status: string }) => b.status === "completed");
+      last = done;
+      return done.length >= 2 ? done : null;
+    }, { what: "two scheduled base backups completed", ms: 120_000, state: () => last });
+    // Newest first: the second names the first as its parent.
+    const [second, first] = [two.at(-2), two.at(-1)];
+    assert.equal(first.trigger, "schedule");
+    assert.equal(second.trigger, "schedule");
+    const detail = async (id: string) =>
+      (await (await rt.app.request(`/backups/${id}`, { headers: ADMIN_HEADERS })).json()).backup;
+    assert.equal((await detail(first.id)).metadata.parent, null);
+    assert.equal((await detail(second.id)).metadata.parent, first.name);
+    assert.equal((await detail(second.id)).parentId, first.id);
   } finally {
     await rt.stop();
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
