@@ -62,6 +62,12 @@ export const SETTINGS: readonly SettingDoc[] = [
     description: "Comma-separated Sentinel host:port list; when set, Redis is reached through them",
   },
   {
+    env: "REDIS_CLUSTER_NODES",
+    default: "(none)",
+    description:
+      "Comma-separated host:port list of Redis Cluster nodes (any few); when set, Redis is a cluster (docs/redis-cluster.md)",
+  },
+  {
     env: "REDIS_SENTINEL_MASTER",
     default: "mymaster",
     description: "Master name the Sentinels monitor",
@@ -188,6 +194,8 @@ export interface CoreConfig {
     sentinels: { host: string; port: number }[];
     sentinelMaster: string;
     sentinelPassword: string | null;
+    /** REDIS_CLUSTER_NODES: seed nodes of a Redis Cluster; empty for single Redis / Sentinel. */
+    clusterNodes: { host: string; port: number }[];
     keyPrefix: string;
     /** REDIS_CA_FILE: the CA of rediss:// servers, or null for the system's roots. */
     caFile: string | null;
@@ -275,6 +283,10 @@ const schema = z.object({
     (s) => s.split(",").every((p) => hostPort.test(p.trim())),
     { message: "a comma-separated list of host:port" },
   ).optional(),
+  REDIS_CLUSTER_NODES: z.string().trim().refine(
+    (s) => s.split(",").every((p) => hostPort.test(p.trim())),
+    { message: "a comma-separated list of host:port" },
+  ).optional(),
   REDIS_SENTINEL_MASTER: z.string().trim().regex(/^[\w.-]+$/, {
     message: "a master name of letters, digits, '.', '_' or '-'",
   }).default("mymaster"),
@@ -313,6 +325,15 @@ const schema = z.object({
   message: "at least twice RS_HEARTBEAT_MS, so one late heartbeat does not declare death",
   path: ["RS_DEAD_AFTER_MS"],
 });
+
+/** `host:port,host:port` (validated by the schema) as endpoints; `[v6]:port` unbracketed. */
+function hostPorts(list: string): { host: string; port: number }[] {
+  return list.split(",").map((part) => {
+    const p = part.trim();
+    const i = p.lastIndexOf(":");
+    return { host: p.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(p.slice(i + 1)) };
+  });
+}
 
 function decodeKey(s: string): Uint8Array | null {
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(s)) return null;
@@ -452,13 +473,16 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
     );
   }
   const c = result.data;
-  const sentinels = c.REDIS_SENTINELS
-    ? c.REDIS_SENTINELS.split(",").map((part) => {
-      const p = part.trim();
-      const i = p.lastIndexOf(":");
-      return { host: p.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(p.slice(i + 1)) };
-    })
-    : [];
+  const sentinels = c.REDIS_SENTINELS ? hostPorts(c.REDIS_SENTINELS) : [];
+  const clusterNodes = c.REDIS_CLUSTER_NODES ? hostPorts(c.REDIS_CLUSTER_NODES) : [];
+  if (sentinels.length > 0 && clusterNodes.length > 0) {
+    throw new RuntimeError(
+      "CONFIG_INVALID",
+      "Invalid configuration: REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set; " +
+        "Redis is either Sentinel-managed or a Redis Cluster, set one of them",
+      { details: { problems: ["REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set"] } },
+    );
+  }
   const secretKey = c.RS_SECRET_KEY ? decodeKey(c.RS_SECRET_KEY) : null;
   const hostname = sources.hostname ?? Deno.hostname();
   const pid = sources.pid ?? Deno.pid;
@@ -475,6 +499,7 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       sentinels,
       sentinelMaster: c.REDIS_SENTINEL_MASTER,
       sentinelPassword: c.REDIS_SENTINEL_PASSWORD ?? null,
+      clusterNodes,
       keyPrefix: c.RS_KEY_PREFIX,
       caFile: c.REDIS_CA_FILE ?? null,
     },

@@ -1,5 +1,6 @@
 /**
- * The one Redis client module: connection (direct or through Sentinel), the key
+ * The one Redis client module: connection (direct, through Sentinel, or to a Redis
+ * Cluster), the key
  * namespace helper, Lua scripts, and a health probe.
  *
  * Every key and channel the runtime touches is built by {@linkcode createKeyspace}, so
@@ -9,7 +10,7 @@
  * store/redis_sessions.ts, store/redis_failover.ts (and store/sessions.ts its cache).
  * @module
  */
-import { Redis, type RedisOptions } from "ioredis";
+import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 
@@ -23,6 +24,11 @@ export interface RedisSettings {
   sentinelMaster: string;
   /** Password of the Sentinels themselves. */
   sentinelPassword: string | null;
+  /**
+   * Seed nodes of a Redis Cluster (REDIS_CLUSTER_NODES); when non-empty the client is an
+   * ioredis `Cluster` and `url` only carries the password / TLS scheme of the nodes.
+   */
+  clusterNodes?: { host: string; port: number }[];
   /** Namespace prefix of every key and channel. */
   keyPrefix: string;
   /**
@@ -83,13 +89,33 @@ export function createKeyspace(prefix: string): Keyspace {
   };
 }
 
-/** True when the settings name a Redis server (URL or Sentinels). */
+/**
+ * A command connection: one server (direct or Sentinel-managed) or a Redis Cluster. Every
+ * store module takes this type; a key a Lua script or MULTI touches together shares one hash
+ * tag (`{...}`), so each such call stays within one slot of a cluster.
+ */
+export type RedisClient = Redis | Cluster;
+
+/** True when the settings name a Redis server (URL, Sentinels or cluster nodes). */
 export function redisConfigured(settings: RedisSettings): boolean {
-  return settings.url !== null || settings.sentinels.length > 0;
+  return settings.url !== null || settings.sentinels.length > 0 || isClusterMode(settings);
+}
+
+/** True when the settings name a Redis Cluster (REDIS_CLUSTER_NODES). */
+export function isClusterMode(settings: RedisSettings): boolean {
+  return (settings.clusterNodes?.length ?? 0) > 0;
+}
+
+/** True when `client` is a Redis Cluster client. */
+export function isCluster(client: RedisClient): client is Cluster {
+  return client instanceof Cluster;
 }
 
 /** Describes the target for logs, password masked. */
 export function describeRedis(settings: RedisSettings): string {
+  if (isClusterMode(settings)) {
+    return `cluster via ${settings.clusterNodes!.map((s) => `${s.host}:${s.port}`).join(",")}`;
+  }
   if (settings.sentinels.length > 0) {
     return `sentinel master "${settings.sentinelMaster}" via ${
       settings.sentinels.map((s) => `${s.host}:${s.port}`).join(",")
@@ -107,19 +133,22 @@ export interface RedisClientOptions {
   name?: string;
   /** Where connection changes are logged. */
   log?: Logger;
-  /** Extra ioredis options (tests shorten retry timings). */
+  /** Extra ioredis options (tests shorten retry timings); per node in a cluster. */
   overrides?: Partial<RedisOptions>;
+  /** Extra ioredis `Cluster` options (cluster mode only). */
+  clusterOverrides?: Partial<ClusterOptions>;
 }
 
 /**
- * Opens an ioredis client for the settings. Connects lazily, retries forever with
- * capped backoff (a Redis outage must not kill the process) and fails queued commands
- * fast while disconnected so callers get REDIS_UNAVAILABLE instead of hanging.
+ * Opens an ioredis client for the settings (a `Cluster` when cluster nodes are set).
+ * Connects lazily, retries forever with capped backoff (a Redis outage must not kill the
+ * process) and fails queued commands fast while disconnected so callers get
+ * REDIS_UNAVAILABLE instead of hanging.
  */
 export function createRedisClient(
   settings: RedisSettings,
   options: RedisClientOptions = {},
-): Redis {
+): RedisClient {
   if (!redisConfigured(settings)) {
     throw new RuntimeError("REDIS_UNAVAILABLE", "Redis is not configured: set REDIS_URL");
   }
@@ -138,6 +167,9 @@ export function createRedisClient(
     db: u && u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0,
     ...options.overrides,
   };
+  if (isClusterMode(settings)) {
+    return watch(createClusterClient(settings, common, tls, options.clusterOverrides), log);
+  }
   const client = settings.sentinels.length > 0
     ? new Redis({
       ...common,
@@ -158,21 +190,96 @@ export function createRedisClient(
       port: u!.port ? Number(u!.port) : 6379,
       tls: tls ?? undefined,
     });
+  return watch(client, log);
+}
+
+/** Logs reconnects, errors and master switches of a client. */
+function watch<C extends RedisClient>(client: C, log: Logger): C {
+  const name = isCluster(client)
+    ? client.options.redisOptions?.connectionName
+    : client.options.connectionName;
   let wasReady = false;
   client.on("ready", () => {
-    if (wasReady) log.info("redis reconnected", { name: common.connectionName });
+    if (wasReady) log.info("redis reconnected", { name });
     wasReady = true;
   });
   client.on("error", (err: Error) => {
-    log.debug("redis connection error", { name: common.connectionName, error: err.message });
+    log.debug("redis connection error", { name, error: err.message });
   });
   client.on("+switch-master", () => log.warn("redis master switched"));
+  client.on("-node", (node: Redis) => {
+    log.debug("redis cluster node removed", {
+      name,
+      node: `${node.options.host}:${node.options.port}`,
+    });
+  });
   return client;
+}
+
+/**
+ * A Redis Cluster client: commands go to the master of their key's slot, MOVED / ASK
+ * replies are followed by ioredis, and the slot map is re-read every second so a failover
+ * (a replica promoted after its master died) is picked up without waiting for an error.
+ * Sharded pub/sub (SSUBSCRIBE) is enabled: ioredis keeps one subscriber per master and
+ * subscribes every channel again on the master that owns its slot after the map changed.
+ */
+function createClusterClient(
+  settings: RedisSettings,
+  common: RedisOptions,
+  tls: { ca?: string; rejectUnauthorized: true } | null,
+  overrides: Partial<ClusterOptions> | undefined,
+): Cluster {
+  const { db: _db, ...nodeOptions } = common;
+  return new Cluster(settings.clusterNodes!, {
+    lazyConnect: true,
+    enableOfflineQueue: true,
+    maxRedirections: 16,
+    retryDelayOnFailover: 200,
+    retryDelayOnClusterDown: 200,
+    retryDelayOnTryAgain: 200,
+    slotsRefreshTimeout: 2000,
+    slotsRefreshInterval: 1000,
+    clusterRetryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), 2000),
+    shardedSubscribers: true,
+    redisOptions: { ...nodeOptions, tls: tls ?? undefined },
+    ...overrides,
+  });
+}
+
+/**
+ * A new connection to the same Redis (or cluster) as `client`, e.g. for blocking reads or
+ * a subscriber; `name` is its CLIENT LIST name.
+ */
+export function duplicateRedis(
+  client: RedisClient,
+  options: { name: string; autoResubscribe?: boolean; enableAutoPipelining?: boolean },
+): RedisClient {
+  if (isCluster(client)) {
+    return client.duplicate([], {
+      ...(options.enableAutoPipelining !== undefined
+        ? { enableAutoPipelining: options.enableAutoPipelining }
+        : {}),
+      redisOptions: {
+        ...client.options.redisOptions,
+        connectionName: options.name,
+        ...(options.autoResubscribe !== undefined
+          ? { autoResubscribe: options.autoResubscribe }
+          : {}),
+      },
+    });
+  }
+  return client.duplicate({
+    connectionName: options.name,
+    ...(options.autoResubscribe !== undefined ? { autoResubscribe: options.autoResubscribe } : {}),
+    ...(options.enableAutoPipelining !== undefined
+      ? { enableAutoPipelining: options.enableAutoPipelining }
+      : {}),
+  });
 }
 
 /** Sends PING within `timeoutMs`; never throws. */
 export async function pingRedis(
-  client: Redis,
+  client: RedisClient,
   timeoutMs = 1000,
 ): Promise<{ ok: boolean; latencyMs: number; error?: string }> {
   const started = performance.now();
@@ -198,7 +305,7 @@ export async function pingRedis(
 }
 
 /** Closes a client: QUIT when connected, disconnect otherwise; never throws. */
-export async function closeRedis(client: Redis): Promise<void> {
+export async function closeRedis(client: RedisClient): Promise<void> {
   if (client.status === "ready") {
     await client.quit().catch(() => client.disconnect());
   } else {
@@ -208,7 +315,7 @@ export async function closeRedis(client: Redis): Promise<void> {
 
 /** A Lua script: run on a connection with its keys and arguments. */
 export type RedisScript = (
-  redis: Redis,
+  redis: RedisClient,
   keys: readonly string[],
   args: readonly (string | number)[],
 ) => Promise<unknown>;

@@ -8,8 +8,7 @@
  * comes back does not stay forever.
  * @module
  */
-import type { Redis } from "ioredis";
-import type { Keyspace } from "./redis.ts";
+import type { Keyspace, RedisClient } from "./redis.ts";
 
 /** The consumer group every instance reads its own inbox through. */
 export const INBOX_GROUP = "runtime";
@@ -51,7 +50,7 @@ function inboxKey(keyspace: Keyspace, instance: string): string {
 
 /** Writes to inboxes over `redis`; a stream is capped near `maxLen` entries. */
 export function createInboxWriter(
-  redis: Redis,
+  redis: RedisClient,
   keyspace: Keyspace,
   options: { maxLen: number; now?: () => number },
 ): InboxWriter {
@@ -91,8 +90,8 @@ function entries(res: unknown): InboxEntry[] {
  * reads on `reader` (a connection of its own), acknowledgements on `redis`.
  */
 export function createInboxReader(
-  redis: Redis,
-  reader: Redis,
+  redis: RedisClient,
+  reader: RedisClient,
   keyspace: Keyspace,
   instance: string,
 ): InboxReader {
@@ -144,7 +143,7 @@ export function createInboxReader(
 
 /** Appends a raw string to an instance's inbox, bypassing every check (tests and tools). */
 export async function injectRaw(
-  redis: Redis,
+  redis: RedisClient,
   options: { keyspace: Keyspace; instance: string; raw: string },
 ): Promise<void> {
   await redis.xadd(inboxKey(options.keyspace, options.instance), "*", "m", options.raw);

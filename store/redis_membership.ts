@@ -2,9 +2,9 @@
  * The membership protocol on Redis: key layout, Lua scripts and typed calls
  * (actors/runtime/membership.ts drives them from the cluster-node statechart).
  *
- * - `members`: a sorted set of instance ids scored by their last heartbeat, in ms of the
+ * - `{members}`: a sorted set of instance ids scored by their last heartbeat, in ms of the
  *   Redis server's own clock (so host clock skew cannot make a live instance look dead);
- * - `member:<id>`: the instance's JSON info, with a TTL of the dead-after window.
+ * - `{members}:member:<id>`: the instance's JSON info, with a TTL of the dead-after window.
  *
  * A heartbeat writes both and reads the live members in the same round trip; members dead
  * for 30 windows are dropped from the set.
@@ -15,9 +15,8 @@
  * absent — the member is not listed and its URL never fetched.
  * @module
  */
-import type { Redis } from "ioredis";
 import type { MessageAuth } from "../lib/message_auth.ts";
-import { defineScript, type Keyspace } from "./redis.ts";
+import { defineScript, type Keyspace, type RedisClient } from "./redis.ts";
 
 /** A live member and the time since its last heartbeat. */
 export interface MemberAge {
@@ -37,6 +36,19 @@ export interface MemberStore {
   infos(ids: readonly string[]): Promise<(string | null)[]>;
   /** Removes `id` from the registry at once. */
   remove(id: string): Promise<void>;
+}
+
+/**
+ * Key of the member set. Its hash tag (`{members}`) is shared by every info key, so the
+ * heartbeat script and the MGET of infos stay within one slot of a Redis Cluster.
+ */
+export function membersKey(keyspace: Keyspace): string {
+  return keyspace.key("{members}");
+}
+
+/** Key of member `id`'s info (same hash tag as {@linkcode membersKey}). */
+export function memberInfoKey(keyspace: Keyspace, id: string): string {
+  return keyspace.key("{members}", "member", id);
 }
 
 // KEYS: members, member:<id>. ARGV: id, info, dead-after ms.
@@ -75,13 +87,13 @@ function pairs(flat: string[]): MemberAge[] {
 
 /** The membership calls over `redis`; a member silent for `deadAfterMs` is not live. */
 export function createMemberStore(
-  redis: Redis,
+  redis: RedisClient,
   keyspace: Keyspace,
   options: { deadAfterMs: number; auth: MessageAuth },
 ): MemberStore {
   const auth = options.auth;
-  const zset = keyspace.key("members");
-  const infoKey = (id: string) => keyspace.key("member", id);
+  const zset = membersKey(keyspace);
+  const infoKey = (id: string) => memberInfoKey(keyspace, id);
   const dead = String(options.deadAfterMs);
   return {
     async heartbeat(id, info) {

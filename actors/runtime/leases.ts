@@ -22,11 +22,10 @@
  * @module
  */
 import { type Actor, createActor, fromPromise, type InspectionEvent } from "xstate";
-import type { Redis } from "ioredis";
 import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import type { Keyspace, RedisClient } from "../../store/redis.ts";
 import { createLeaseStore, type FenceStatus } from "../../store/redis_leases.ts";
 import {
   type LeaseAcquireInput,
@@ -123,8 +122,8 @@ export interface LeaseManager {
 /** Dependencies of {@linkcode createLeaseManager}. */
 export interface LeaseManagerDeps {
   /** Redis command connection. */
-  redis: Redis;
-  /** Key namer; leases live at `lease:<role>` and `lease:<role>:fence`. */
+  redis: RedisClient;
+  /** Key namer; leases live at `lease:{<role>}` and `lease:{<role>}:fence` (one slot per role). */
   keyspace: Keyspace;
   /** This instance's id (must be unique in the cluster). */
   instanceId: string;

@@ -6,11 +6,10 @@
  * cluster-node statechart.
  * @module
  */
-import type { Redis } from "ioredis";
 import { fromPromise } from "xstate";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { MessageAuth } from "../../lib/message_auth.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import type { Keyspace, RedisClient } from "../../store/redis.ts";
 import { createMemberStore } from "../../store/redis_membership.ts";
 import { clusterNodeMachine, type MemberView } from "../../machines/cluster_node.ts";
 import type { ActorSpec } from "./types.ts";
@@ -68,7 +67,7 @@ export interface Membership {
 }
 
 /** Creates the membership service on a Redis connection. */
-export function createMembership(redis: Redis, options: MembershipOptions): Membership {
+export function createMembership(redis: RedisClient, options: MembershipOptions): Membership {
   const log = options.log ?? silentLogger;
   const heartbeatMs = options.heartbeatMs ?? 500;
   const deadAfterMs = options.deadAfterMs ?? 2000;

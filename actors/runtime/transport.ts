@@ -23,14 +23,13 @@
  * is never redelivered forever — and never crash the receiver.
  * @module
  */
-import type { Redis } from "ioredis";
 import type { AnyActorRef } from "xstate";
 import { z } from "zod";
 import { RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import { claimedSender, type MessageAuth } from "../../lib/message_auth.ts";
 import type { MessageBus } from "../../store/bus.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import { duplicateRedis, type Keyspace, type RedisClient } from "../../store/redis.ts";
 import { createInboxReader, createInboxWriter, type InboxEntry } from "../../store/redis_inbox.ts";
 import type { ActorAddress, ActorSpec, DeliveryMeta, RemoteEvent, Transport } from "./types.ts";
 
@@ -407,15 +406,15 @@ function createCore(options: TransportOptions) {
  * uses its own blocking connection.
  */
 export function createRedisTransport(
-  redis: Redis,
+  redis: RedisClient,
   options: TransportOptions & { keyspace: Keyspace; auth: MessageAuth; inboxMaxLen?: number },
 ): Transport & { start(): Promise<void> } {
   const core = createCore(options);
   const { log, counters } = core;
   const auth = options.auth;
   const maxSealed = (options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES) + 128;
-  const reader = redis.duplicate({
-    connectionName: `rs-inbox-${options.instanceId}`,
+  const reader = duplicateRedis(redis, {
+    name: `rs-inbox-${options.instanceId}`,
     enableAutoPipelining: false,
   });
   reader.on("error", () => {});

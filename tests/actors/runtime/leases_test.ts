@@ -1,12 +1,16 @@
 import assert from "node:assert/strict";
-import type { Redis } from "ioredis";
 import {
   type CampaignOptions,
   createLeaseManager,
   type LeaseCampaign,
 } from "../../../actors/runtime/leases.ts";
 import { isRuntimeError } from "../../../lib/errors.ts";
-import { closeRedis, createKeyspace, createRedisClient } from "../../../store/redis.ts";
+import {
+  closeRedis,
+  createKeyspace,
+  createRedisClient,
+  type RedisClient,
+} from "../../../store/redis.ts";
 import { type RedisServer, startRedis } from "../../harness/mod.ts";
 import { until } from "../../support/instance.ts";
 
@@ -17,7 +21,7 @@ const LONG_TTL = 4500; // renew 1500, margin 900: 2.1 s of slack for each renewa
 // check what follows from them whatever the scheduling: who holds, which token is refused,
 // that a holder cut off from Redis has stopped by its own deadline.
 
-function client(url: string): Redis {
+function client(url: string): RedisClient {
   return createRedisClient(
     { url, sentinels: [], sentinelMaster: "mymaster", sentinelPassword: null, keyPrefix: "t:" },
     // Reconnect quickly so the restart test does not wait for the production backoff.
@@ -160,7 +164,12 @@ Deno.test("leases on a real redis-server", async (t) => {
     });
     await until(() => ca.held(), { what: "a holds" });
     // Someone else's lease replaces ours behind our back (e.g. an operator's manual edit).
-    await c.redis.set(c.keyspace.key("lease", "scheduler"), '{"holder":"z","token":1}', "PX", 5000);
+    await c.redis.set(
+      c.keyspace.key("lease", "{scheduler}"),
+      '{"holder":"z","token":1}',
+      "PX",
+      5000,
+    );
     await until(() => !ca.held() && events.length === 2, {
       what: "a noticing that its lease was taken (at its next renewal, 200 ms)",
       ms: 5000,
@@ -180,7 +189,7 @@ Deno.test("leases on a real redis-server", async (t) => {
     assert.equal(ca.actor.getSnapshot().value, "released");
     const check = client(redis.url);
     try {
-      assert.equal(await check.exists("close:lease:scheduler"), 0);
+      assert.equal(await check.exists("close:lease:{scheduler}"), 0);
     } finally {
       await closeRedis(check);
     }
