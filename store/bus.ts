@@ -151,7 +151,11 @@ export function createRedisBus(
   const sharded = isCluster(publisher);
   // We resubscribe ourselves so the set of channels is owned (and tested) here; on a cluster
   // ioredis's subscriber group does it per shard (it alone knows which master owns a slot).
-  const subscriber = duplicateRedis(publisher, { name: "rs-bus", autoResubscribe: false });
+  const subscriber = duplicateRedis(publisher, {
+    name: "rs-bus",
+    autoResubscribe: false,
+    sharded,
+  });
   const subs = new Map<string, Set<MessageHandler>>();
   const resubscribed = new Set<() => void>();
   const stats = newStats();

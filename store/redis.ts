@@ -13,6 +13,7 @@
 import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
+import type { EventEmitter as NodeEventEmitter } from "node:events";
 
 /** Redis connection settings (the `redis` part of the runtime config). */
 export interface RedisSettings {
@@ -220,8 +221,7 @@ function watch<C extends RedisClient>(client: C, log: Logger): C {
  * A Redis Cluster client: commands go to the master of their key's slot, MOVED / ASK
  * replies are followed by ioredis, and the slot map is re-read every second so a failover
  * (a replica promoted after its master died) is picked up without waiting for an error.
- * Sharded pub/sub (SSUBSCRIBE) is enabled: ioredis keeps one subscriber per master and
- * subscribes every channel again on the master that owns its slot after the map changed.
+ * Sharded pub/sub is enabled on subscriber connections only ({@linkcode duplicateRedis}).
  */
 function createClusterClient(
   settings: RedisSettings,
@@ -240,8 +240,9 @@ function createClusterClient(
     slotsRefreshTimeout: 2000,
     slotsRefreshInterval: 1000,
     clusterRetryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), 2000),
-    shardedSubscribers: true,
-    redisOptions: { ...nodeOptions, tls: tls ?? undefined },
+    // A connection to a dead node never closes by itself after end(): destroy it soon
+    // (ioredis waits 2 s by default, keeping a timer per dead connection that long).
+    redisOptions: { ...nodeOptions, disconnectTimeout: 200, tls: tls ?? undefined },
     ...overrides,
   });
 }
@@ -252,9 +253,27 @@ function createClusterClient(
  */
 export function duplicateRedis(
   client: RedisClient,
-  options: { name: string; autoResubscribe?: boolean; enableAutoPipelining?: boolean },
+  options: {
+    name: string;
+    autoResubscribe?: boolean;
+    enableAutoPipelining?: boolean;
+    /**
+     * Cluster only: SSUBSCRIBE on this connection, through ioredis's subscriber group (one
+     * subscriber per master; after the slot map changed, each channel is subscribed again on
+     * the master now owning its slot, then `subscribersReady` is emitted).
+     */
+    sharded?: boolean;
+  },
 ): RedisClient {
   if (isCluster(client)) {
+    if (options.sharded) {
+      const sub = client.duplicate([], {
+        shardedSubscribers: true,
+        redisOptions: { ...client.options.redisOptions, connectionName: options.name },
+      });
+      trackShardedRetries(sub);
+      return sub;
+    }
     return client.duplicate([], {
       ...(options.enableAutoPipelining !== undefined
         ? { enableAutoPipelining: options.enableAutoPipelining }
@@ -274,6 +293,36 @@ export function duplicateRedis(
     ...(options.enableAutoPipelining !== undefined
       ? { enableAutoPipelining: options.enableAutoPipelining }
       : {}),
+  });
+}
+
+/**
+ * ioredis 5.11 retries a sharded subscriber that could not connect (its master just died)
+ * after a backoff of up to 2 s, on a timer nobody clears: it outlives close() (a leaked timer
+ * in tests, a stray slot refresh in production). This puts the same retry on timers that
+ * are cleared once the client ends. Relies on the private `subscriberGroupEmitter`; on an
+ * ioredis without it nothing changes.
+ */
+function trackShardedRetries(cluster: Cluster): void {
+  const group = (cluster as unknown as { subscriberGroupEmitter?: NodeEventEmitter })
+    .subscriberGroupEmitter;
+  if (!group) return;
+  group.removeAllListeners("subscriberConnectFailed");
+  const timers = new Set<number>();
+  group.on("subscriberConnectFailed", (failure: { delay: number; error: Error }) => {
+    cluster.emit("error", failure.error);
+    const timer = setTimeout(() => {
+      timers.delete(timer);
+      if (cluster.status !== "ready") return;
+      cluster.refreshSlotsCache((err) => {
+        if (err?.name === "ClusterAllFailedError") cluster.disconnect(true);
+      });
+    }, failure.delay);
+    timers.add(timer);
+  });
+  cluster.on("end", () => {
+    for (const timer of timers) clearTimeout(timer);
+    timers.clear();
   });
 }
 

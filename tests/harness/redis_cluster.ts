@@ -48,6 +48,11 @@ export interface RedisClusterServer extends AsyncDisposable {
    * (Redis replication is asynchronous: only then does killing a master lose nothing).
    */
   waitReplicated(): Promise<void>;
+  /**
+   * Moves the slot of `key` (and its keys) to another master, as a resharding does
+   * (SETSLOT IMPORTING / MIGRATING, MIGRATE, SETSLOT NODE); returns the new owner.
+   */
+  moveSlotOf(key: string): Promise<RedisServer>;
   /** Stops every node and removes their directories. */
   [Symbol.asyncDispose](): Promise<void>;
 }
@@ -254,6 +259,31 @@ class ClusterOfNodes implements RedisClusterServer {
         }
       }
     }
+  }
+
+  async moveSlotOf(key: string): Promise<RedisServer> {
+    const from = await this.masterOf(key);
+    const slot = (await from.cli("cluster", "keyslot", key)).trim();
+    const masters = (await this.#view()).filter((l) =>
+      l.flags.includes("master") && !l.flags.includes("fail") && l.slots.length > 0
+    ).map((l) => this.#byPort(l.port));
+    const to = masters.find((m) => m !== from)!;
+    const fromId = (await from.cli("cluster", "myid")).trim();
+    const toId = (await to.cli("cluster", "myid")).trim();
+    await to.cli("cluster", "setslot", slot, "importing", fromId);
+    await from.cli("cluster", "setslot", slot, "migrating", toId);
+    while (true) {
+      const keys = (await from.cli("cluster", "getkeysinslot", slot, "100")).split("\n")
+        .filter((k) => k);
+      if (!keys.length) break;
+      await from.cli("migrate", "127.0.0.1", String(to.port), "", "0", "5000", "KEYS", ...keys);
+    }
+    await to.cli("cluster", "setslot", slot, "node", toId);
+    await from.cli("cluster", "setslot", slot, "node", toId);
+    for (const m of masters) {
+      if (m !== from && m !== to) await m.cli("cluster", "setslot", slot, "node", toId);
+    }
+    return to;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
