@@ -148,7 +148,13 @@ function watchRedis(
       stream?: { remoteAddress?: string; remotePort?: number };
     } | null)?.stream;
     return {
-      mode: services.config.redis.sentinels.length ? "sentinel" : redis ? "direct" : "none",
+      mode: services.config.redis.sentinels.length
+        ? "sentinel"
+        : services.config.redis.clusterNodes?.length
+        ? "cluster"
+        : redis
+        ? "direct"
+        : "none",
       master: stream?.remoteAddress ? `${stream.remoteAddress}:${stream.remotePort}` : null,
       reconnects,
       lastReconnectAt: lastReconnectAt ? new Date(lastReconnectAt).toISOString() : null,
