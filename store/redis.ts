@@ -1,7 +1,6 @@
 /**
  * The one Redis client module: connection (direct, through Sentinel, or to a Redis
- * Cluster), the key
- * namespace helper, Lua scripts, and a health probe.
+ * Cluster), the key namespace helper, Lua scripts, and a health probe.
  *
  * Every key and channel the runtime touches is built by {@linkcode createKeyspace}, so
  * one prefix (RS_KEY_PREFIX) isolates a deployment and nothing else invents key names.
