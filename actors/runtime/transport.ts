@@ -583,11 +583,14 @@ export function createRedisTransport(
       const corr = messageId();
       const { json } = core.envelope("request", to, event, { from: opts.from, corr });
       const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
+      // The reply may come back (on a Redis Cluster, over another shard) before the append's
+      // own answer: a refusal arriving then must not count as an unhandled rejection; the
+      // `await reply` below still hands it to the caller.
+      reply.catch(() => {});
       counters.requests++;
       try {
         await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
       } catch (err) {
-        reply.catch(() => {});
         core.onReply(JSON.stringify({
           v: 1,
           kind: "reply",
