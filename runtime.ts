@@ -234,7 +234,12 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       maxMessageAgeMs: config.messageMaxAgeMs,
     };
     const transport = redis
-      ? createRedisTransport(redis, { ...transportOptions, keyspace, auth: messageAuth })
+      ? createRedisTransport(redis, {
+        ...transportOptions,
+        keyspace,
+        auth: messageAuth,
+        inboxReplicas: config.redis.waitReplicas ?? 0,
+      })
       : createLocalTransport(transportOptions);
     cleanups.push(() => transport.close());
 

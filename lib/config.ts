@@ -68,6 +68,12 @@ export const SETTINGS: readonly SettingDoc[] = [
       "Comma-separated host:port list of Redis Cluster nodes (any few); when set, Redis is a cluster (docs/redis-cluster.md)",
   },
   {
+    env: "REDIS_WAIT_REPLICAS",
+    default: "0",
+    description:
+      "Replicas that must hold an addressed message before its send succeeds (WAIT, within 1 s); 0: the master's answer suffices (asynchronous replication: a master dying at once may lose it)",
+  },
+  {
     env: "REDIS_SENTINEL_MASTER",
     default: "mymaster",
     description: "Master name the Sentinels monitor",
@@ -196,6 +202,8 @@ export interface CoreConfig {
     sentinelPassword: string | null;
     /** REDIS_CLUSTER_NODES: seed nodes of a Redis Cluster; empty for single Redis / Sentinel. */
     clusterNodes: { host: string; port: number }[];
+    /** REDIS_WAIT_REPLICAS: replicas an addressed message must reach before its send succeeds. */
+    waitReplicas: number;
     keyPrefix: string;
     /** REDIS_CA_FILE: the CA of rediss:// servers, or null for the system's roots. */
     caFile: string | null;
@@ -287,6 +295,7 @@ const schema = z.object({
     (s) => s.split(",").every((p) => hostPort.test(p.trim())),
     { message: "a comma-separated list of host:port" },
   ).optional(),
+  REDIS_WAIT_REPLICAS: intIn(0, 16, "replicas").default(0),
   REDIS_SENTINEL_MASTER: z.string().trim().regex(/^[\w.-]+$/, {
     message: "a master name of letters, digits, '.', '_' or '-'",
   }).default("mymaster"),
@@ -500,6 +509,7 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       sentinelMaster: c.REDIS_SENTINEL_MASTER,
       sentinelPassword: c.REDIS_SENTINEL_PASSWORD ?? null,
       clusterNodes,
+      waitReplicas: c.REDIS_WAIT_REPLICAS,
       keyPrefix: c.RS_KEY_PREFIX,
       caFile: c.REDIS_CA_FILE ?? null,
     },

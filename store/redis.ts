@@ -29,6 +29,8 @@ export interface RedisSettings {
    * ioredis `Cluster` and `url` only carries the password / TLS scheme of the nodes.
    */
   clusterNodes?: { host: string; port: number }[];
+  /** Replicas an addressed message must reach before its send succeeds (REDIS_WAIT_REPLICAS). */
+  waitReplicas?: number;
   /** Namespace prefix of every key and channel. */
   keyPrefix: string;
   /**

@@ -8,6 +8,7 @@
  * comes back does not stay forever.
  * @module
  */
+import { RuntimeError } from "../lib/errors.ts";
 import type { Keyspace, RedisClient } from "./redis.ts";
 
 /** The consumer group every instance reads its own inbox through. */
@@ -17,6 +18,8 @@ export const INBOX_GROUP = "runtime";
 const INBOX_TTL_MS = 24 * 3600 * 1000;
 /** How often one sender pushes a target inbox's expiry back (the hot path is one XADD). */
 const EXPIRY_REFRESH_MS = 60_000;
+/** How long an append waits for its replicas (`replicas` > 0) before the send fails. */
+export const REPLICA_WAIT_MS = 1000;
 
 /** One stream entry: its id and the message, or null when it was trimmed or is not ours. */
 export interface InboxEntry {
@@ -48,13 +51,35 @@ function inboxKey(keyspace: Keyspace, instance: string): string {
   return keyspace.key("inbox", instance);
 }
 
-/** Writes to inboxes over `redis`; a stream is capped near `maxLen` entries. */
+/**
+ * Writes to inboxes over `redis`; a stream is capped near `maxLen` entries. With `replicas`
+ * > 0 an append succeeds only once that many replicas of the inbox's master hold it (WAIT in
+ * the same pipeline, so on the connection and node that took the XADD); otherwise it fails
+ * with REDIS_UNAVAILABLE, and the message may or may not be delivered.
+ */
 export function createInboxWriter(
   redis: RedisClient,
   keyspace: Keyspace,
-  options: { maxLen: number; now?: () => number },
+  options: { maxLen: number; now?: () => number; replicas?: number },
 ): InboxWriter {
   const now = options.now ?? Date.now;
+  const replicas = options.replicas ?? 0;
+  async function replicated(instance: string, pexpire: boolean, message: string): Promise<void> {
+    const key = inboxKey(keyspace, instance);
+    const pipeline = redis.pipeline().xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message);
+    if (pexpire) pipeline.pexpire(key, INBOX_TTL_MS);
+    const res = await pipeline.wait(replicas, REPLICA_WAIT_MS).exec();
+    const err = res?.find(([e]) => e)?.[0];
+    if (err) throw err;
+    const acked = Number(res?.at(-1)?.[1]);
+    if (acked < replicas) {
+      throw new RuntimeError(
+        "REDIS_UNAVAILABLE",
+        `The message to ${instance} reached ${acked} of ${replicas} replicas within ` +
+          `${REPLICA_WAIT_MS} ms (REDIS_WAIT_REPLICAS); it may or may not be delivered`,
+      );
+    }
+  }
   /** When each target inbox's expiry was last pushed back (ms). */
   const expiryRefreshed = new Map<string, number>();
   return {
@@ -62,8 +87,10 @@ export function createInboxWriter(
       const key = inboxKey(keyspace, instance);
       const last = expiryRefreshed.get(instance) ?? 0;
       const t = now();
-      if (t - last > EXPIRY_REFRESH_MS) {
-        expiryRefreshed.set(instance, t);
+      const refresh = t - last > EXPIRY_REFRESH_MS;
+      if (refresh) expiryRefreshed.set(instance, t);
+      if (replicas > 0) return await replicated(instance, refresh, message);
+      if (refresh) {
         const res = await redis.pipeline()
           .xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message)
           .pexpire(key, INBOX_TTL_MS)

@@ -407,7 +407,13 @@ function createCore(options: TransportOptions) {
  */
 export function createRedisTransport(
   redis: RedisClient,
-  options: TransportOptions & { keyspace: Keyspace; auth: MessageAuth; inboxMaxLen?: number },
+  options: TransportOptions & {
+    keyspace: Keyspace;
+    auth: MessageAuth;
+    inboxMaxLen?: number;
+    /** Replicas an appended message must reach before a send succeeds (0: the master's answer). */
+    inboxReplicas?: number;
+  },
 ): Transport & { start(): Promise<void> } {
   const core = createCore(options);
   const { log, counters } = core;
@@ -420,6 +426,7 @@ export function createRedisTransport(
   reader.on("error", () => {});
   const inboxes = createInboxWriter(redis, options.keyspace, {
     maxLen: options.inboxMaxLen ?? 10_000,
+    replicas: options.inboxReplicas ?? 0,
     now: options.now,
   });
   const inbox = createInboxReader(redis, reader, options.keyspace, options.instanceId);

@@ -106,6 +106,7 @@ export async function runClusterSuite(
     instanceId: "tester",
     actors: { spec: () => undefined, ref: () => undefined },
     requestTimeoutMs: 3000,
+    inboxReplicas: settings.waitReplicas ?? 0,
   });
   await tester.start();
   const leases = createLeaseManager({ redis: client, keyspace, instanceId: "tester" });

@@ -50,7 +50,9 @@ export async function redisClusterTarget(): Promise<RedisTarget> {
   const cluster = await startRedisCluster();
   return {
     kind: "cluster",
-    env: { REDIS_CLUSTER_NODES: cluster.seeds },
+    // Every addressed message is on a replica before its send succeeds, so a master killed
+    // at any moment loses no accepted message.
+    env: { REDIS_CLUSTER_NODES: cluster.seeds, REDIS_WAIT_REPLICAS: "1" },
     server: null,
     cluster,
     settings: (prefix) => ({
@@ -59,6 +61,7 @@ export async function redisClusterTarget(): Promise<RedisTarget> {
       sentinelMaster: "mymaster",
       sentinelPassword: null,
       clusterNodes: cluster.startupNodes,
+      waitReplicas: 1,
       keyPrefix: prefix,
     }),
     [Symbol.asyncDispose]: () => cluster[Symbol.asyncDispose](),

@@ -1,0 +1,58 @@
+/**
+ * The inbox writer's replica acknowledgement (REDIS_WAIT_REPLICAS): a send succeeds only once
+ * that many replicas hold the message, and says so when they do not.
+ */
+import assert from "node:assert/strict";
+import { isRuntimeError } from "../../lib/errors.ts";
+import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
+import { createInboxWriter } from "../../store/redis_inbox.ts";
+import { startRedis } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
+
+function client(url: string) {
+  return createRedisClient({
+    url,
+    sentinels: [],
+    sentinelMaster: "mymaster",
+    sentinelPassword: null,
+    keyPrefix: "inb:",
+  }, { name: "inbox-test" });
+}
+
+Deno.test("inbox appends wait for replicas when asked", async (t) => {
+  await using primary = await startRedis();
+  const redis = client(primary.url);
+  await redis.connect();
+  const keyspace = createKeyspace("inb:");
+  try {
+    await t.step("without a replica, a send that needs one fails and says why", async () => {
+      const writer = createInboxWriter(redis, keyspace, { maxLen: 100, replicas: 1 });
+      const err = await writer.append("alone", "m1").then(() => null, (e) => e);
+      assert.ok(isRuntimeError(err, "REDIS_UNAVAILABLE"), String(err));
+      assert.match(err.message, /reached 0 of 1 replicas .*may or may not be delivered/);
+      // Not lost either: the master took it (at-least-once may still deliver it).
+      assert.equal(await redis.xlen(keyspace.key("inbox", "alone")), 1);
+    });
+
+    await t.step("with a replica, the message is on it when the send returns", async () => {
+      await using replica = await startRedis({
+        args: ["--replicaof", "127.0.0.1", String(primary.port)],
+      });
+      await until(
+        async () => (await replica.cli("info", "replication")).includes("master_link_status:up"),
+        { what: "the replica in sync", ms: 20_000 },
+      );
+      const writer = createInboxWriter(redis, keyspace, { maxLen: 100, replicas: 1 });
+      for (let i = 0; i < 5; i++) {
+        await writer.append("paired", `m${i}`);
+        assert.equal(Number(await replica.cli("xlen", keyspace.key("inbox", "paired"))), i + 1);
+      }
+      // Without the option nothing waits (the default, unchanged hot path).
+      const plain = createInboxWriter(redis, keyspace, { maxLen: 100 });
+      await plain.append("paired", "fast");
+      assert.equal(await redis.xlen(keyspace.key("inbox", "paired")), 6);
+    });
+  } finally {
+    await closeRedis(redis);
+  }
+});
