@@ -9,7 +9,8 @@
  * @module
  */
 import { RuntimeError } from "../lib/errors.ts";
-import type { Keyspace, RedisClient } from "./redis.ts";
+import type { Cluster } from "ioredis";
+import { isCluster, type Keyspace, type RedisClient } from "./redis.ts";
 
 /** The consumer group every instance reads its own inbox through. */
 export const INBOX_GROUP = "runtime";
@@ -20,6 +21,16 @@ const INBOX_TTL_MS = 24 * 3600 * 1000;
 const EXPIRY_REFRESH_MS = 60_000;
 /** How long an append waits for its replicas (`replicas` > 0) before the send fails. */
 export const REPLICA_WAIT_MS = 1000;
+/** Cluster replies meaning "not here, not now": the command was not applied. */
+const REDIRECT = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /;
+/** How often an append with WAIT is sent again after such a reply. */
+const REDIRECT_ATTEMPTS = 5;
+
+/** Re-reads a cluster's slot map after a redirect, then waits a little longer each attempt. */
+async function refreshSlots(cluster: Cluster, attempt: number): Promise<void> {
+  await new Promise<void>((resolve) => cluster.refreshSlotsCache(() => resolve()));
+  await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
+}
 
 /** One stream entry: its id and the message, or null when it was trimmed or is not ours. */
 export interface InboxEntry {
@@ -66,11 +77,21 @@ export function createInboxWriter(
   const replicas = options.replicas ?? 0;
   async function replicated(instance: string, pexpire: boolean, message: string): Promise<void> {
     const key = inboxKey(keyspace, instance);
-    const pipeline = redis.pipeline().xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message);
-    if (pexpire) pipeline.pexpire(key, INBOX_TTL_MS);
-    const res = await pipeline.wait(replicas, REPLICA_WAIT_MS).exec();
-    const err = res?.find(([e]) => e)?.[0];
-    if (err) throw err;
+    let res: [Error | null, unknown][] | null = null;
+    for (let attempt = 1;; attempt++) {
+      const pipeline = redis.pipeline().xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message);
+      if (pexpire) pipeline.pexpire(key, INBOX_TTL_MS);
+      res = await pipeline.wait(replicas, REPLICA_WAIT_MS).exec();
+      const err = res?.find(([e]) => e)?.[0];
+      if (!err) break;
+      // ioredis follows MOVED / ASK for a pipeline only when every command failed alike;
+      // WAIT has no key and answers wherever it runs, so the redirect of the XADD (which was
+      // then not applied) comes back here: re-read the slot map and send the lot again.
+      if (!isCluster(redis) || attempt >= REDIRECT_ATTEMPTS || !REDIRECT.test(err.message)) {
+        throw err;
+      }
+      await refreshSlots(redis, attempt);
+    }
     const acked = Number(res?.at(-1)?.[1]);
     if (acked < replicas) {
       throw new RuntimeError(

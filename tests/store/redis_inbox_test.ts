@@ -7,6 +7,7 @@ import { isRuntimeError } from "../../lib/errors.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
 import { createInboxWriter } from "../../store/redis_inbox.ts";
 import { startRedis } from "../harness/mod.ts";
+import { redisClusterTarget } from "../support/redis_target.ts";
 import { until } from "../support/instance.ts";
 
 function client(url: string) {
@@ -52,6 +53,28 @@ Deno.test("inbox appends wait for replicas when asked", async (t) => {
       await plain.append("paired", "fast");
       assert.equal(await redis.xlen(keyspace.key("inbox", "paired")), 6);
     });
+  } finally {
+    await closeRedis(redis);
+  }
+});
+
+Deno.test("on a Redis Cluster an append that waits for replicas follows its slot", async () => {
+  await using target = await redisClusterTarget();
+  const keyspace = createKeyspace("inb:");
+  // No periodic slot-map refresh: after the move the client still sends to the old owner,
+  // which answers MOVED to the XADD (WAIT answers anyway: ioredis does not redirect that mix).
+  const redis = createRedisClient(target.settings("inb:"), {
+    name: "inbox-cluster-test",
+    clusterOverrides: { slotsRefreshInterval: 0 },
+  });
+  await redis.connect();
+  try {
+    const writer = createInboxWriter(redis, keyspace, { maxLen: 100, replicas: 1 });
+    const key = keyspace.key("inbox", "mover");
+    await writer.append("mover", "before");
+    const owner = await target.cluster!.moveSlotOf(key);
+    await writer.append("mover", "after");
+    assert.equal(Number(await owner.cli("xlen", key)), 2, "both on the slot's new owner");
   } finally {
     await closeRedis(redis);
   }
