@@ -231,7 +231,8 @@ function createClusterClient(
   overrides: Partial<ClusterOptions> | undefined,
 ): Cluster {
   const { db: _db, ...nodeOptions } = common;
-  return new Cluster(settings.clusterNodes!, {
+  const refreshMs = overrides?.slotsRefreshInterval ?? SLOTS_REFRESH_MS;
+  const cluster = new Cluster(settings.clusterNodes!, {
     lazyConnect: true,
     enableOfflineQueue: true,
     maxRedirections: 16,
@@ -239,13 +240,45 @@ function createClusterClient(
     retryDelayOnClusterDown: 200,
     retryDelayOnTryAgain: 200,
     slotsRefreshTimeout: 2000,
-    slotsRefreshInterval: 1000,
     clusterRetryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), 2000),
     // A connection to a dead node never closes by itself after end(): destroy it soon
     // (ioredis waits 2 s by default, keeping a timer per dead connection that long).
     redisOptions: { ...nodeOptions, disconnectTimeout: 200, tls: tls ?? undefined },
     ...overrides,
+    // Ours instead (keepSlotsFresh): ioredis's own periodic refresh schedules its next round
+    // when a refresh in flight at quit() completes, so a closed client kept refreshing.
+    slotsRefreshInterval: 0,
   });
+  keepSlotsFresh(cluster, refreshMs);
+  return cluster;
+}
+
+/** How often a cluster client re-reads the slot map when nothing else made it. */
+const SLOTS_REFRESH_MS = 1000;
+
+/** The slot-map refresh period of each cluster client (duplicates inherit it). */
+const refreshPeriods = new WeakMap<Cluster, number>();
+
+/**
+ * Re-reads `cluster`'s slot map every `everyMs` while it is ready (0: never), so a failover
+ * is followed before a command meets it; stopped when the connection closes or ends.
+ */
+function keepSlotsFresh(cluster: Cluster, everyMs: number): void {
+  refreshPeriods.set(cluster, everyMs);
+  if (everyMs <= 0) return;
+  let timer: number | undefined;
+  const stop = () => {
+    clearInterval(timer);
+    timer = undefined;
+  };
+  cluster.on("ready", () => {
+    if (timer !== undefined) return;
+    timer = setInterval(() => {
+      if (cluster.status === "ready") cluster.refreshSlotsCache(() => {});
+    }, everyMs);
+  });
+  cluster.on("close", stop);
+  cluster.on("end", stop);
 }
 
 /**
@@ -273,9 +306,10 @@ export function duplicateRedis(
         redisOptions: { ...client.options.redisOptions, connectionName: options.name },
       });
       trackShardedRetries(sub);
+      keepSlotsFresh(sub, refreshPeriods.get(client) ?? SLOTS_REFRESH_MS);
       return sub;
     }
-    return client.duplicate([], {
+    const dup = client.duplicate([], {
       ...(options.enableAutoPipelining !== undefined
         ? { enableAutoPipelining: options.enableAutoPipelining }
         : {}),
@@ -287,6 +321,8 @@ export function duplicateRedis(
           : {}),
       },
     });
+    keepSlotsFresh(dup, refreshPeriods.get(client) ?? SLOTS_REFRESH_MS);
+    return dup;
   }
   return client.duplicate({
     connectionName: options.name,
