@@ -16,6 +16,8 @@ import {
 import type { Config } from "./concerns/config.ts";
 import type { HealthReport } from "./actors/runtime/health.ts";
 import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
+import { createHistoryRecorder, type ReceivedMessage } from "./actors/runtime/history.ts";
+import { createHistoryWriter } from "./store/redis_history.ts";
 import { createMembership, type MemberInfo, type Membership } from "./actors/runtime/membership.ts";
 import { startSupervisor, type Supervisor } from "./actors/runtime/supervisor.ts";
 import {
@@ -226,12 +228,31 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       spec: (id: string) => specsById.get(id),
       ref: (id: string) => supervisor?.ref(id),
     };
+    // Every transition and every message received is recorded in the cluster's history
+    // (Redis stream, docs/console.md), batched off the hot path.
+    const history = redis
+      ? createHistoryRecorder({
+        instanceId: config.instanceId,
+        append: createHistoryWriter(redis, keyspace, messageAuth, {
+          maxEntries: config.concerns.limits.historyMaxEntries,
+          maxAgeMs: config.concerns.limits.historyMaxAgeMs,
+        }).append,
+        log: log.child("history"),
+      })
+      : null;
+    if (history) {
+      inspector.subscribe((view, t) => {
+        if (t) history.transition(t, view.machine);
+      });
+      cleanups.push(() => history.close());
+    }
     const transportOptions = {
       instanceId: config.instanceId,
       actors: localActors,
       bus,
       log: log.child("transport"),
       maxMessageAgeMs: config.messageMaxAgeMs,
+      onReceived: history ? (m: ReceivedMessage) => history.message(m) : undefined,
     };
     const transport = redis
       ? createRedisTransport(redis, {
@@ -264,6 +285,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         heartbeatMs: config.cluster.heartbeatMs,
         deadAfterMs: config.cluster.deadAfterMs,
         auth: messageAuth,
+        bus,
         log: log.child("cluster"),
       })
       : null;
@@ -273,6 +295,9 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         redis,
         keyspace,
         instanceId: config.instanceId,
+        bus,
+        // Departures wake the standbys (below), so they need not poll each held lease.
+        standbyTtls: membership ? 2 : undefined,
         log: log.child("leases"),
         inspect: (ev) => inspector.inspect(ev),
       })
@@ -287,6 +312,13 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       })
       : null;
     if (leases) cleanups.push(() => leases.close());
+    // An instance that left may have held leases: its standbys try at once (and again right
+    // when its lease runs out) instead of polling every held lease.
+    if (leases && membership) {
+      membership.onChange((change) => {
+        if (change.left.length) leases.wake();
+      });
+    }
 
     const services: RuntimeServices = {
       config,

@@ -123,6 +123,8 @@ export function backupView(r: BackupRecord, detail = false): Record<string, unkn
     deletedAt: r.deletedAt?.toISOString() ?? null,
     parentId: r.parentId,
     instance: r.instanceId,
+    // While it runs: phase, bytes done / expected, rate, ETA (actors/backup/progress.ts).
+    progress: r.status === "in_progress" ? r.metadata.progress ?? null : null,
     ...(detail ? { metadata: r.metadata, verification: r.verification } : {}),
   };
 }

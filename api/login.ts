@@ -32,8 +32,10 @@ export const PAGE_HEADERS: Record<string, string> = {
   "cache-control": "no-store",
   "x-content-type-options": "nosniff",
   "referrer-policy": "same-origin",
-  "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; " +
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  // script-src / connect-src 'self': the passkey button (console/passkey.js) and its fetches.
+  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; " +
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; " +
+    "frame-ancestors 'none'",
 };
 
 /** A local path to go to after signing in; anything else (another site) becomes `/`. */
@@ -93,7 +95,7 @@ export const LOGIN_ROUTES = {
       body: formBody(z.object({
         challenge: z.string().max(200),
         code: z.string().max(64),
-        method: z.enum(["backup_code"]).optional(),
+        method: z.enum(["totp", "backup_code", "email"]).optional(),
         next: z.string().max(1024).optional(),
       })),
     },
@@ -101,6 +103,27 @@ export const LOGIN_ROUTES = {
       303: { description: "Signed in: to `next`" },
       401: { description: "The form again, saying why", content: html },
       429: { description: "Too many attempts: the form again, with Retry-After", content: html },
+      503: { description: "Busy or unavailable: the form again, with Retry-After", content: html },
+    },
+  }),
+  mfaEmail: declareRoute({
+    method: "post",
+    path: "/login/mfa/email",
+    tags: ["console"],
+    summary: "Sends the e-mail code of a login attempt; the second factor's form again",
+    access: { caller: "anonymous" },
+    kind: "page",
+    maxBody: 8 * 1024,
+    request: {
+      body: formBody(z.object({
+        challenge: z.string().max(200),
+        next: z.string().max(1024).optional(),
+      })),
+    },
+    responses: {
+      200: { description: "The form, saying where the code went", content: html },
+      401: { description: "The form again, saying why", content: html },
+      429: { description: "Too many codes: the form again, with Retry-After", content: html },
       503: { description: "Busy or unavailable: the form again, with Retry-After", content: html },
     },
   }),
@@ -153,7 +176,11 @@ export function addLoginPages(app: OpenAPIHono, deps: LoginPageDeps): void {
 
   function signedIn(c: Context, result: LoginResult, next: string): Response {
     if (result.status !== "authenticated") {
-      return pageResponse(c, renderMfaPage({ next, challenge: result.challenge }), 200);
+      return pageResponse(
+        c,
+        renderMfaPage({ next, challenge: result.challenge, methods: result.methods }),
+        200,
+      );
     }
     setSessionCookie(c, result.token, {
       expiresAt: Date.parse(result.session.expiresAt),
@@ -201,6 +228,32 @@ export function addLoginPages(app: OpenAPIHono, deps: LoginPageDeps): void {
       return pageResponse(
         c,
         over
+          ? renderLoginPage({ next, error: message })
+          : renderMfaPage({ next, challenge: input.challenge, error: message }),
+        status,
+      );
+    }
+  });
+
+  serve(app, LOGIN_ROUTES.mfaEmail, async (c) => {
+    const input = c.req.valid("form");
+    const next = safeNext(input.next);
+    try {
+      const sent = await sessions.sendLoginCode(input.challenge);
+      return pageResponse(
+        c,
+        renderMfaPage({
+          next,
+          challenge: input.challenge,
+          notice: `A code was sent to ${sent.sentTo}; it is valid for 10 minutes.`,
+        }),
+        200,
+      );
+    } catch (err) {
+      const { status, message } = refusal(c, err);
+      return pageResponse(
+        c,
+        err instanceof RuntimeError && err.code === "LOGIN_EXPIRED"
           ? renderLoginPage({ next, error: message })
           : renderMfaPage({ next, challenge: input.challenge, error: message }),
         status,

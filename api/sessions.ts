@@ -26,6 +26,7 @@ import { deleteCookie, setCookie } from "hono/cookie";
 import type { AuthContext, LoginResult, SessionService } from "../actors/sessions/mod.ts";
 import { ROLES } from "../lib/access.ts";
 import type { Session } from "../store/sessions.ts";
+import type { Passkey } from "../store/webauthn.ts";
 import { authorizerOf, declareRoute, jsonBody, jsonResponse, serve } from "./authz/mod.ts";
 import type { Principal } from "./authz/mod.ts";
 import { requestContext } from "./client.ts";
@@ -59,14 +60,32 @@ const codeBody = z.object({ code: z.string().min(1).max(64) });
 const method = z.enum(["totp", "backup_code"]);
 const verifyBody = z.object({
   challenge: z.string().min(1).max(200),
-  code: z.string().min(1).max(64),
-  method: method.optional(),
+  // A passkey's answer is its JSON (PublicKeyCredential.toJSON()), a few KiB at most.
+  code: z.string().min(1).max(8192),
+  method: z.enum(["totp", "backup_code", "webauthn", "email"]).optional(),
 });
+const challengeBody = z.object({ challenge: z.string().min(1).max(200) });
+const passkeyBody = z.object({
+  name: z.string().min(1).max(64),
+  response: z.looseObject({}),
+});
+const PasskeyView = z.object({
+  id: z.number(),
+  name: z.string(),
+  credentialId: z.string(),
+  signCount: z.number(),
+  deviceType: z.string(),
+  backedUp: z.boolean(),
+  createdAt: z.string(),
+  lastUsedAt: z.string().nullable(),
+}).openapi("Passkey");
+const CodeSent = z.object({ sentTo: z.string(), expiresAt: z.string() });
 const disableBody = codeBody.extend({ method: method.optional() });
 const reauthBody = z.object({
   password: z.string().min(1).max(1024),
-  code: z.string().min(1).max(64).optional(),
-  method: method.optional(),
+  // A passkey's answer is its JSON text.
+  code: z.string().min(1).max(8192).optional(),
+  method: z.enum(["totp", "backup_code", "webauthn", "email"]).optional(),
 });
 const uuid = z.string().regex(
   /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/,
@@ -175,6 +194,23 @@ export const SESSION_ROUTES = {
       429: jsonResponse(z.looseObject({}), "Too many attempts (RATE_LIMITED, MFA_LOCKED)"),
     },
   }),
+  reauthChallenge: declareRoute({
+    method: "post",
+    path: "/auth/reauth/challenge",
+    tags: ["auth"],
+    summary: "A passkey's options, or an e-mail code sent, for POST /auth/reauth",
+    access: signedIn,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(z.object({ method: z.enum(["webauthn", "email"]) })) },
+    responses: {
+      200: jsonResponse(
+        z.union([z.object({ options: z.looseObject({}) }), CodeSent]),
+        "Options for navigator.credentials.get, or where the code went",
+      ),
+      409: jsonResponse(z.looseObject({}), "The account has no such factor (MFA_NOT_ENROLLED)"),
+      429: jsonResponse(z.looseObject({}), "Too many codes sent (RATE_LIMITED)"),
+    },
+  }),
   me: declareRoute({
     method: "get",
     path: "/auth/me",
@@ -204,8 +240,12 @@ export const SESSION_ROUTES = {
           enabled: z.boolean(),
           backupCodesRemaining: z.number(),
           confirmedAt: z.string().nullable(),
+          /** Passkeys registered. */
+          passkeys: z.number(),
+          /** E-mail codes on. */
+          emailCodes: z.boolean(),
         }),
-        "The MFA state",
+        "The MFA state (TOTP's, and how many passkeys, and whether e-mail codes are on)",
       ),
     },
   }),
@@ -253,6 +293,119 @@ export const SESSION_ROUTES = {
     maxBody: MAX_BODY,
     request: { body: jsonBody(disableBody) },
     responses: { 200: jsonResponse(z.object({ enabled: z.literal(false) }), "Disabled") },
+  }),
+  passkeyLogin: declareRoute({
+    method: "post",
+    path: "/auth/passkey/options",
+    tags: ["auth"],
+    summary:
+      "Starts a passkey login: its challenge token and the options for navigator.credentials.get",
+    access: anyone,
+    responses: {
+      200: jsonResponse(
+        z.object({ challenge: z.string(), expiresAt: z.string(), options: z.looseObject({}) }),
+        "Answer with POST /auth/mfa/verify, method webauthn",
+      ),
+      429: jsonResponse(z.looseObject({}), "Too many attempts (RATE_LIMITED)"),
+    },
+  }),
+  mfaPasskeyOptions: declareRoute({
+    method: "post",
+    path: "/auth/mfa/passkey/options",
+    tags: ["auth"],
+    summary: "Options for a passkey as the second factor of a login attempt",
+    access: anyone,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(challengeBody) },
+    responses: {
+      200: jsonResponse(z.object({ options: z.looseObject({}) }), "For navigator.credentials.get"),
+      401: jsonResponse(z.looseObject({}), "Expired challenge (LOGIN_EXPIRED)"),
+    },
+  }),
+  mfaEmailSend: declareRoute({
+    method: "post",
+    path: "/auth/mfa/email/send",
+    tags: ["auth"],
+    summary: "Sends a six-digit code by e-mail for a login attempt (rate-limited)",
+    access: anyone,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(challengeBody) },
+    responses: {
+      200: jsonResponse(CodeSent, "Sent; answer with POST /auth/mfa/verify, method email"),
+      401: jsonResponse(z.looseObject({}), "Expired challenge (LOGIN_EXPIRED)"),
+      409: jsonResponse(z.looseObject({}), "E-mail codes are off (MFA_NOT_ENROLLED)"),
+      429: jsonResponse(z.looseObject({}), "Too many codes sent (RATE_LIMITED)"),
+      502: jsonResponse(z.looseObject({}), "The SMTP server refused (EMAIL_SEND_FAILED)"),
+    },
+  }),
+  passkeys: declareRoute({
+    method: "get",
+    path: "/auth/passkeys",
+    tags: ["auth"],
+    summary: "The caller's passkeys",
+    access: signedIn,
+    responses: { 200: jsonResponse(z.object({ passkeys: z.array(PasskeyView) }), "Passkeys") },
+  }),
+  passkeyRegisterOptions: declareRoute({
+    method: "post",
+    path: "/auth/passkeys/options",
+    tags: ["auth"],
+    summary: "Options for navigator.credentials.create, bound to the session (step-up)",
+    access: steppedUp,
+    responses: { 200: jsonResponse(z.object({ options: z.looseObject({}) }), "Options") },
+  }),
+  passkeyRegister: declareRoute({
+    method: "post",
+    path: "/auth/passkeys",
+    tags: ["auth"],
+    summary: "Registers a passkey from its creation response, under a name (step-up)",
+    access: steppedUp,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(passkeyBody) },
+    responses: {
+      201: jsonResponse(z.object({ passkey: PasskeyView }), "Registered"),
+      401: jsonResponse(z.looseObject({}), "Did not verify (WEBAUTHN_REFUSED)"),
+      409: jsonResponse(z.looseObject({}), "Registered already (WEBAUTHN_CREDENTIAL_EXISTS)"),
+    },
+  }),
+  passkeyRemove: declareRoute({
+    method: "delete",
+    path: "/auth/passkeys/{id}",
+    tags: ["auth"],
+    summary: "Removes one of the caller's passkeys (step-up)",
+    access: steppedUp,
+    invalid: "Invalid passkey id: expected a positive integer",
+    request: { params: z.object({ id: z.coerce.number().int().positive().max(2 ** 53) }) },
+    responses: {
+      200: jsonResponse(z.object({ removed: z.literal(true) }), "Removed"),
+      404: jsonResponse(z.looseObject({}), "Not one of the caller's (WEBAUTHN_NOT_FOUND)"),
+    },
+  }),
+  emailEnable: declareRoute({
+    method: "post",
+    path: "/auth/mfa/email/enable",
+    tags: ["auth"],
+    summary: "Sends a code to the account's address to turn e-mail codes on (step-up)",
+    access: steppedUp,
+    responses: { 200: jsonResponse(CodeSent, "Sent; confirm with POST /auth/mfa/email/confirm") },
+  }),
+  emailConfirm: declareRoute({
+    method: "post",
+    path: "/auth/mfa/email/confirm",
+    tags: ["auth"],
+    summary: "Turns e-mail codes on with the code sent (step-up)",
+    access: steppedUp,
+    maxBody: MAX_BODY,
+    request: { body: jsonBody(codeBody) },
+    responses: { 200: jsonResponse(z.object({ enabled: z.literal(true) }), "On") },
+  }),
+  emailDisable: declareRoute({
+    method: "delete",
+    path: "/auth/mfa/email",
+    tags: ["auth"],
+    summary: "Turns e-mail codes off (step-up)",
+    access: steppedUp,
+    responses: { 200: jsonResponse(z.object({ enabled: z.literal(false) }), "Off") },
   }),
   logout: declareRoute({
     method: "post",
@@ -388,6 +541,71 @@ export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): voi
     return loggedIn(c, await sessions.verifyMfa(input, requestContext(c, trustedProxyHops)));
   });
 
+  serve(app, R.passkeyLogin, async (c) => {
+    return c.json(await sessions.passkeyLogin(requestContext(c, trustedProxyHops)));
+  });
+
+  serve(app, R.mfaPasskeyOptions, async (c) => {
+    return c.json({ options: await sessions.passkeyOptions(c.req.valid("json").challenge) });
+  });
+
+  serve(app, R.mfaEmailSend, async (c) => {
+    return c.json(await sessions.sendLoginCode(c.req.valid("json").challenge));
+  });
+
+  function passkeyView(p: Passkey) {
+    return {
+      id: p.id,
+      name: p.name,
+      credentialId: p.credentialId,
+      signCount: p.signCount,
+      deviceType: p.deviceType,
+      backedUp: p.backedUp,
+      createdAt: p.createdAt.toISOString(),
+      lastUsedAt: p.lastUsedAt?.toISOString() ?? null,
+    };
+  }
+
+  serve(app, R.passkeys, async (c) => {
+    return c.json({ passkeys: (await sessions.listPasskeys(authOf(c))).map(passkeyView) });
+  });
+
+  serve(app, R.passkeyRegisterOptions, async (c) => {
+    return c.json({ options: await sessions.passkeyRegistrationOptions(authOf(c)) });
+  });
+
+  serve(app, R.passkeyRegister, async (c) => {
+    const passkey = await sessions.registerPasskey(authOf(c), c.req.valid("json"));
+    return c.json({ passkey: passkeyView(passkey) }, 201);
+  });
+
+  serve(app, R.passkeyRemove, async (c) => {
+    await sessions.removePasskey(authOf(c), c.req.valid("param").id);
+    return c.json({ removed: true as const });
+  });
+
+  serve(app, R.emailEnable, async (c) => {
+    return c.json(await sessions.startEmailCodes(authOf(c)));
+  });
+
+  serve(app, R.emailConfirm, async (c) => {
+    await sessions.confirmEmailCodes(
+      authOf(c),
+      c.req.valid("json").code,
+      requestContext(c, trustedProxyHops),
+    );
+    return c.json({ enabled: true as const });
+  });
+
+  serve(app, R.emailDisable, async (c) => {
+    await sessions.disableEmailCodes(authOf(c));
+    return c.json({ enabled: false as const });
+  });
+
+  serve(app, R.reauthChallenge, async (c) => {
+    return c.json(await sessions.reauthChallenge(authOf(c), c.req.valid("json").method));
+  });
+
   serve(app, R.reauth, async (c) => {
     const { reauthenticatedAt } = await sessions.reauthenticate(
       authOf(c),
@@ -417,12 +635,19 @@ export function addSessionRoutes(app: OpenAPIHono, deps: SessionRoutesDeps): voi
   });
 
   serve(app, R.mfaStatus, async (c) => {
-    const status = await sessions.mfa.status(authOf(c).session.userId);
+    const userId = authOf(c).session.userId;
+    const [status, passkeys, emailAddress] = await Promise.all([
+      sessions.mfa.status(userId),
+      sessions.factors.passkeys.count(userId),
+      sessions.factors.emailCodes.address(userId),
+    ]);
     return c.json({
       enrolled: status.enrolled,
       enabled: status.enabled,
       backupCodesRemaining: status.backupCodesRemaining,
       confirmedAt: status.confirmedAt?.toISOString() ?? null,
+      passkeys,
+      emailCodes: emailAddress !== null,
     });
   });
 

@@ -18,6 +18,11 @@
  *   probe, clean stop, rename); baseline raw_base_restore_mb_per_s: `openssl enc -d -in
  *   base.tar.zst.enc | zstd -d | tar -x` of the same stored file, then start the server on
  *   it until it accepts connections (recovery) and stop it.
+ * - incremental_base_mb_per_s: a file-level incremental base backup (pg_basebackup's tar
+ *   filtered against the previous one's file list, only changed files stored) after the
+ *   newest 1 % of the rows were updated (a hot tail, as in most applications), over the
+ *   cluster size; baseline: the raw base backup pipeline of the same run.
+ *   incremental_base_stored_mb: what it stored; baseline: the full base backup's stored size.
  * - backup_rss_mb: peak RSS of this process while backing up (constant-memory check).
  *
  * Every figure prints `ratio` = figure / baseline. MB/s = database size (pg_database_size
@@ -155,6 +160,7 @@ export async function run(): Promise<Figure[]> {
       rss: [] as number[],
       baseRestore: [] as number[],
       rawBaseRestore: [] as number[],
+      baseStored: [] as number[],
     };
     for (let rep = 0; rep < REPS; rep++) {
       const raw = await timed(() =>
@@ -192,6 +198,7 @@ export async function run(): Promise<Figure[]> {
       s.rawBase.push(clusterMb / rawBase.seconds);
       const base = await timed(() => service.create("base"));
       s.base.push(clusterMb / base.seconds);
+      s.baseStored.push(base.value.storedBytes / 1e6);
       await Deno.remove(`${dir}/base.enc`);
 
       const rawDir = `${dir}/raw-restore-${rep}`;
@@ -233,7 +240,33 @@ export async function run(): Promise<Figure[]> {
           `${round(s.rawBaseRestore[rep], 1)})`,
       );
     }
+    // File-level incremental base: the root of a chain (stores everything, with the file
+    // list), then 1 % of the rows changed, then the incremental measured.
+    const incremental = [] as number[];
+    const incrementalStored = [] as number[];
+    await service.create("base", { incremental: true });
+    for (let rep = 0; rep < REPS; rep++) {
+      const [{ max }] = await sql<{ max: string }[]>`SELECT max(id)::text AS max FROM bench_data`;
+      const from = Math.floor(Number(max) * 0.99);
+      await sql`UPDATE bench_data SET amount = amount + 1 WHERE id > ${from}`;
+      await sql`CHECKPOINT`;
+      const inc = await timed(() => service.create("base", { incremental: true }));
+      incremental.push(clusterMb / inc.seconds);
+      incrementalStored.push(inc.value.storedBytes / 1e6);
+      progress(
+        `backup incremental base ${rep + 1}/${REPS}: ${round(incremental[rep], 1)} MB/s, ` +
+          `stored ${round(incrementalStored[rep], 1)} MB`,
+      );
+    }
     return [
+      figure("incremental_base_mb_per_s", "MB/s", incremental, {
+        name: "raw_base_backup_mb_per_s",
+        values: s.rawBase,
+      }),
+      figure("incremental_base_stored_mb", "MB", incrementalStored, {
+        name: "base_stored_mb",
+        values: s.baseStored,
+      }, "lower"),
       figure("backup_mb_per_s", "MB/s", s.backup, {
         name: "raw_pipeline_mb_per_s",
         values: s.raw,

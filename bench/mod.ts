@@ -7,7 +7,15 @@
 import type { Figure } from "./_util.ts";
 
 /** Suites in the order they run when none is named. */
-export const SUITES = ["runtime", "session", "sync", "backup", "failover", "metrics"] as const;
+export const SUITES = [
+  "runtime",
+  "session",
+  "sync",
+  "backup",
+  "failover",
+  "metrics",
+  "scale",
+] as const;
 
 async function exists(path: URL): Promise<boolean> {
   try {
@@ -18,8 +26,14 @@ async function exists(path: URL): Promise<boolean> {
   }
 }
 
-/** Runs the named suites (all available ones by default); returns the exit code. */
-export async function main(args: string[]): Promise<number> {
+/**
+ * Runs the named suites (all available ones by default); returns the exit code. Arguments
+ * from the first `--flag` on are the suites' options (`deno task bench scale --sizes 3,6`).
+ */
+export async function main(argv: string[]): Promise<number> {
+  const firstFlag = argv.findIndex((a) => a.startsWith("--"));
+  const args = firstFlag < 0 ? argv : argv.slice(0, firstFlag);
+  const flags = firstFlag < 0 ? [] : argv.slice(firstFlag);
   const unknown = args.filter((a) => !(SUITES as readonly string[]).includes(a));
   if (unknown.length) {
     console.error(`Unknown suite(s): ${unknown.join(", ")}. Suites: ${SUITES.join(", ")}`);
@@ -34,9 +48,9 @@ export async function main(args: string[]): Promise<number> {
       if (args.length) failed++;
       continue;
     }
-    const mod = await import(file.href) as { run(): Promise<Figure[]> };
+    const mod = await import(file.href) as { run(flags: string[]): Promise<Figure[]> };
     try {
-      for (const figure of await mod.run()) console.log(JSON.stringify(figure));
+      for (const figure of await mod.run(flags)) console.log(JSON.stringify(figure));
     } catch (err) {
       failed++;
       console.error(`[bench] suite ${suite} failed: ${err instanceof Error ? err.stack : err}`);

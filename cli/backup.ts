@@ -4,7 +4,8 @@
  * runtime. docs/backup.md walks through every command.
  *
  * ```sh
- * deno task cli backup create [--type full|base|incremental|differential] [--no-verify]
+ * deno task cli backup create [--type full|base|incremental|differential] [--incremental]
+ *   [--no-verify]
  * deno task cli backup list [--type T] [--limit N] [--all] [--storage]
  * deno task cli backup verify <id|name> [--checksums-only]
  * deno task cli backup restore <id|name> --database <new-db> [--url <postgres-url>] [--no-owner]
@@ -33,6 +34,7 @@ import {
   openBackupService,
 } from "../actors/backup/service.ts";
 import { BACKUP_TYPES, type BackupType } from "../actors/backup/settings.ts";
+import { type TerminalProgress, terminalProgress } from "../actors/backup/progress.ts";
 import { installArchiver } from "../actors/backup/archiver.ts";
 import { createPgTools } from "../store/pg_tools.ts";
 
@@ -44,13 +46,17 @@ export interface BackupCliDeps {
   out?: (line: string) => void;
   /** Standard error lines. */
   err?: (line: string) => void;
+  /** The progress line (default: on stdout when it is a terminal and `out` is not given). */
+  progress?: TerminalProgress;
 }
 
 const USAGE = `usage: deno task cli backup <command> [options]
 
 commands:
-  create [--type full|base|incremental|differential] [--no-verify]
-                       take a backup now (default type: full) and verify it
+  create [--type full|base|incremental|differential] [--incremental] [--no-verify]
+                       take a backup now (default type: full) and verify it;
+                       --type base --incremental stores only the data files changed
+                       since the newest base backup (file-level incremental base)
   list [--type T] [--limit N] [--all] [--storage]
                        the backup history (--storage: the backups found in the storage)
   verify <id|name> [--checksums-only]
@@ -76,6 +82,7 @@ options: --json for machine-readable output
 const OPTIONS = {
   type: { type: "string" },
   "no-verify": { type: "boolean" },
+  incremental: { type: "boolean" },
   limit: { type: "string" },
   all: { type: "boolean" },
   storage: { type: "boolean" },
@@ -298,6 +305,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
     if (!t.success) return usage(`Invalid --type ${values.type}: ${BACKUP_TYPES.join(", ")}`);
     type = t.data;
   }
+  if (values.incremental && (command !== "create" || type !== "base")) {
+    return usage("--incremental applies to base backups: create --type base --incremental");
+  }
 
   const needs: Record<string, boolean> = {
     create: true,
@@ -382,15 +392,27 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
       err,
     });
     const { service } = opened;
+    // On a terminal: one line of progress (phase, bytes, rate, ETA); otherwise nothing.
+    const bar = deps.progress ??
+      (json || deps.out ? { listener: null, done() {} } : terminalProgress());
     switch (command) {
       case "create": {
-        const result = await service.create(type, { trigger: "manual" });
+        const result = await service.create(type, {
+          trigger: "manual",
+          incremental: values.incremental === true,
+          onProgress: bar.listener ?? undefined,
+        });
+        bar.done();
         let verified: unknown = null;
         if (
           !result.skipped && result.name && !values["no-verify"] &&
           service.context.settings.verify !== "off"
         ) {
-          const v = await service.verify(result.name, { discardOnFailure: true });
+          const v = await service.verify(result.name, {
+            discardOnFailure: true,
+            onProgress: bar.listener ?? undefined,
+          });
+          bar.done();
           verified = v;
           if (!v.ok) {
             print(
@@ -449,7 +471,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
       case "verify": {
         const result = await service.verify(ref!, {
           mode: values["checksums-only"] ? "checksums" : "restore",
+          onProgress: bar.listener ?? undefined,
         });
+        bar.done();
         print(
           result,
           result.ok
@@ -465,7 +489,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
             database: values.database,
             url: values.url,
             noOwner: values["no-owner"] === true,
+            onProgress: bar.listener ?? undefined,
           });
+          bar.done();
           print(
             report,
             `restored ${report.backup} into database ${report.database}: ` +
@@ -478,7 +504,9 @@ export async function runBackupCli(args: string[], deps: BackupCliDeps = {}): Pr
           targetTime: target,
           targetDir: values["target-dir"]!,
           base: values.base ?? ref,
+          onProgress: bar.listener ?? undefined,
         });
+        bar.done();
         print(
           report,
           [

@@ -8,19 +8,26 @@
  * `--out <dir>` and `--machines <module>` point it elsewhere (tests use a temp dir and
  * their own machines). Exit 2 means bad arguments or a machines module that cannot load.
  *
+ * `--diff <git ref>` compares the machines at that ref with the working tree: for every
+ * machine that changed it writes `<out>/<name>.diff.svg` (added states and transitions green,
+ * removed ones red, dashed and struck through, changed guards/actions orange with what they
+ * were) and `<out>/summary.md`, a markdown summary for a pull-request comment, which it also
+ * prints to stdout. `<out>` defaults to `.rootstream/chart-diff/` under the working directory.
+ *
  * @example
  * ```sh
  * deno task charts                                   # regenerate docs/charts/
  * deno run --allow-read cli/charts.ts --check         # CI: fail on stale charts
+ * deno task charts --diff main > comment.md           # what this branch did to the charts
  * ```
  * @module
  */
 import { parseArgs } from "node:util";
-import { isAbsolute, join, relative, resolve } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { z } from "zod";
 import type { AnyStateMachine } from "xstate";
-import { renderSvg, toMermaid } from "../lib/charts.ts";
+import { diffCharts, diffMarkdown, renderSvg, toMermaid } from "../lib/charts.ts";
 
 /** What `generateCharts` needs. */
 export interface ChartsOptions {
@@ -157,14 +164,101 @@ function staleLine(stale: StaleChart): string {
   return `${stale.path} ${what}: run deno task charts`;
 }
 
-const USAGE = "Usage: deno task charts [--check] [--out <dir>] [--machines <module>]";
+const USAGE =
+  "Usage: deno task charts [--check | --diff <git ref>] [--out <dir>] [--machines <module>]";
 
 const argsSchema = z.object({
   check: z.boolean().optional(),
   help: z.boolean().optional(),
   out: z.string().min(1).optional(),
   machines: z.string().min(1).optional(),
+  diff: z.string().min(1).refine((ref) => !ref.startsWith("-"), "a git ref, not an option")
+    .optional(),
 });
+
+/** Runs git in `cwd`; resolves to its stdout, or throws with its stderr. */
+async function git(cwd: string, args: string[]): Promise<Uint8Array> {
+  const out = await new Deno.Command("git", { args, cwd, stdout: "piped", stderr: "piped" })
+    .output();
+  if (!out.success) {
+    const err = new TextDecoder().decode(out.stderr).trim();
+    throw new Error(`git ${args[0]} failed: ${err || `exit ${out.code}`}`);
+  }
+  return out.stdout;
+}
+
+/**
+ * Copies the machines module's folder as it was at `ref` into a temporary directory and
+ * loads it there (machines import only xstate and each other, so the folder is enough).
+ * A ref where the module does not exist yet has no machines.
+ */
+async function machinesAtRef(
+  modulePath: string,
+  ref: string,
+  tmp: string,
+): Promise<Record<string, AnyStateMachine>> {
+  const moduleFile = fileURLToPath(modulePath);
+  const cwd = dirname(moduleFile);
+  const top = new TextDecoder().decode(await git(cwd, ["rev-parse", "--show-toplevel"])).trim();
+  await git(cwd, ["rev-parse", "--verify", "--quiet", "--end-of-options", `${ref}^{commit}`])
+    .catch(() => {
+      throw new Error(`${ref} names no commit`);
+    });
+  const rel = relative(top, moduleFile);
+  const folder = dirname(rel);
+  const listed = new TextDecoder().decode(
+    await git(top, ["ls-tree", "-r", "-z", "--name-only", "--end-of-options", ref, "--", folder]),
+  ).split("\0").filter(Boolean);
+  if (!listed.includes(rel)) return {};
+  for (const file of listed) {
+    const text = await git(top, ["show", `${ref}:${file}`]);
+    await Deno.mkdir(dirname(join(tmp, file)), { recursive: true });
+    await Deno.writeFile(join(tmp, file), text);
+  }
+  return await loadMachines(pathToFileURL(join(tmp, rel)).href);
+}
+
+/** `--diff`: writes a diff SVG per changed machine and summary.md; prints the summary. */
+async function writeDiffs(
+  ref: string,
+  before: Record<string, AnyStateMachine>,
+  after: Record<string, AnyStateMachine>,
+  outDir: string,
+): Promise<void> {
+  await Deno.mkdir(outDir, { recursive: true });
+  for await (const entry of Deno.readDir(outDir)) {
+    if (entry.isFile && (entry.name.endsWith(".diff.svg") || entry.name === "summary.md")) {
+      await Deno.remove(join(outDir, entry.name));
+    }
+  }
+  const names = [...new Set([...Object.keys(before), ...Object.keys(after)])].sort();
+  const sections: string[] = [];
+  for (const name of names) {
+    const result = await diffCharts(before[name] ?? null, after[name] ?? null, {
+      subtitle: `changes since ${ref}`,
+    });
+    if (!result) {
+      console.error(`chart ${name}: unchanged since ${ref}`);
+      continue;
+    }
+    const file = `${name}.diff.svg`;
+    await Deno.writeTextFile(join(outDir, file), result.svg);
+    const what = !before[name] ? "new machine" : !after[name] ? "machine removed" : "changed";
+    console.error(`chart ${name}: ${what}, ${display(join(outDir, file))} written`);
+    sections.push(diffMarkdown(name, result.diff, file));
+  }
+  const summary = [
+    `## Statechart changes since \`${ref}\``,
+    "",
+    sections.length
+      ? `${sections.length} of ${names.length} machine(s) changed.`
+      : `No machine changed (${names.length} compared).`,
+    "",
+    ...sections,
+  ].join("\n").trimEnd() + "\n";
+  await Deno.writeTextFile(join(outDir, "summary.md"), summary);
+  console.log(summary);
+}
 
 async function loadMachines(specifier: string): Promise<Record<string, AnyStateMachine>> {
   const mod = await import(specifier);
@@ -188,6 +282,7 @@ export async function main(args: string[]): Promise<number> {
         help: { type: "boolean", short: "h" },
         out: { type: "string" },
         machines: { type: "string" },
+        diff: { type: "string" },
       },
       strict: true,
       allowPositionals: false,
@@ -201,6 +296,11 @@ export async function main(args: string[]): Promise<number> {
   if (flags.help) {
     console.error(USAGE);
     return 0;
+  }
+  if (flags.check && flags.diff) {
+    console.error("Invalid arguments: --check and --diff do not go together");
+    console.error(USAGE);
+    return 2;
   }
   const outDir = flags.out
     ? resolve(flags.out)
@@ -218,6 +318,29 @@ export async function main(args: string[]): Promise<number> {
       }`,
     );
     return 2;
+  }
+  if (flags.diff) {
+    const tmp = await Deno.makeTempDir({ prefix: "chart_diff_" });
+    try {
+      let before: Record<string, AnyStateMachine>;
+      try {
+        before = await machinesAtRef(modulePath, flags.diff, tmp);
+      } catch (err) {
+        console.error(
+          `Cannot load machines at ${flags.diff}: ${err instanceof Error ? err.message : err}`,
+        );
+        return 2;
+      }
+      await writeDiffs(
+        flags.diff,
+        before,
+        machines,
+        resolve(flags.out ?? ".rootstream/chart-diff"),
+      );
+      return 0;
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
   }
   const report = await generateCharts({ machines, outDir, check: flags.check });
   if (report.stale.length) {

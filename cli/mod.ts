@@ -13,6 +13,7 @@
  */
 import { runAccessCli } from "./access.ts";
 import { runBackupCli } from "./backup.ts";
+import { runGrafanaCli } from "./grafana.ts";
 
 /** Command groups: what each is for and how to run it. */
 export const GROUPS: Record<string, { about: string; run(args: string[]): Promise<number> }> = {
@@ -27,6 +28,10 @@ export const GROUPS: Record<string, { about: string; run(args: string[]): Promis
   tokens: {
     about: "make, list and revoke scoped machine tokens (Prometheus, probes, state writers)",
     run: (args) => runAccessCli("tokens", args),
+  },
+  grafana: {
+    about: "write (or check) deploy/grafana/: the dashboards as Grafana provisioning",
+    run: (args) => runGrafanaCli(args),
   },
 };
 

@@ -1,6 +1,6 @@
 /**
  * The `core` concern: the runtime's own actors (cluster membership, diagnostics) and routes
- * (`/health`, `/actors` and `/cluster`, `/charts`, `/console`, `/streams`), built like every
+ * (`/health`, `/actors` and `/cluster`, `/history`, `/charts`, `/console`, `/streams`), built like every
  * other concern from typed dependencies. Its /health folds in every other concern's facts,
  * so it is built after them and gets them as an argument.
  * @module
@@ -15,6 +15,8 @@ import { addChartRoutes } from "../api/core/charts.ts";
 import { addClusterRoutes } from "../api/core/cluster.ts";
 import { addConsoleRoutes } from "../api/core/console.ts";
 import { addHealthRoutes } from "../api/core/health.ts";
+import { addHistoryRoutes } from "../api/core/history.ts";
+import { readHistory } from "../store/redis_history.ts";
 import { addStreamRoutes } from "../api/core/streams.ts";
 import { MACHINES } from "../machines/mod.ts";
 import type { MigrationReport } from "../store/migrations.ts";
@@ -89,6 +91,12 @@ export function createCoreConcern(services: RuntimeServices, deps: CoreDeps): Co
         self: (): LiveMember => ({ ...deps.self(), heartbeatAgeMs: 0 }),
         transportStats: () => transport.stats(),
         signal: context.signal,
+      });
+      const redisClient = redis;
+      addHistoryRoutes(app, {
+        read: redisClient
+          ? (options) => readHistory(redisClient, services.keyspace, services.messageAuth, options)
+          : null,
       });
       addChartRoutes(app, {
         machines: MACHINES,

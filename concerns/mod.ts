@@ -93,6 +93,11 @@ async function defaultConcerns(
     "metrics",
     createMetricsConcern(scoped("metrics"), config.concerns.metrics, {
       supervised: () => core.supervisor().children(),
+      backup: {
+        schedules: config.concerns.backup.schedules,
+        timezone: config.concerns.backup.timezone,
+        verify: config.concerns.backup.verify,
+      },
     }),
   ]);
   built.push(["backup", createBackupConcern(scoped("backup"), config.concerns.backup)]);

@@ -13,6 +13,7 @@ import type { DeclaredRoute } from "../api/authz/mod.ts";
 import { BACKUP_ROUTES } from "../api/backup.ts";
 import { CHART_ROUTES } from "../api/core/charts.ts";
 import { CLUSTER_ROUTES } from "../api/core/cluster.ts";
+import { HISTORY_ROUTES } from "../api/core/history.ts";
 import { ASSET_ROUTES, CONSOLE_ROUTES } from "../api/core/console.ts";
 import { HEALTH_ROUTES } from "../api/core/health.ts";
 import { STREAM_ROUTES } from "../api/core/streams.ts";
@@ -29,6 +30,7 @@ export const ROUTES_BY_CONCERN: Readonly<Record<string, readonly DeclaredRoute[]
     ...Object.values(HEALTH_ROUTES),
     ...Object.values(STREAM_ROUTES),
     ...Object.values(CLUSTER_ROUTES),
+    ...Object.values(HISTORY_ROUTES),
     ...Object.values(CHART_ROUTES),
     ...Object.values(CONSOLE_ROUTES),
     ...Object.values(ASSET_ROUTES),

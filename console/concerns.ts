@@ -33,6 +33,36 @@ export interface BackupRow {
   verified: boolean | null;
   /** Why it failed, if it did. */
   error: string | null;
+  /** While it runs: phase, bytes done / expected, rate (bytes/s), seconds left. */
+  progress?: BackupRowProgress | null;
+}
+
+/** The progress of a running backup (GET /backups' `progress`). */
+export interface BackupRowProgress {
+  /** What it is doing. */
+  phase: string;
+  /** Bytes done. */
+  done: number;
+  /** Bytes expected (null when unknown). */
+  total: number | null;
+  /** Bytes per second (null when unknown). */
+  rate: number | null;
+  /** Seconds left (null when unknown). */
+  eta: number | null;
+}
+
+function backupProgress(value: unknown): BackupRowProgress | null {
+  if (!isObject(value)) return null;
+  const phase = str(pick(value, ["phase", "step"]));
+  const done = num(pick(value, ["bytesDone", "bytes_done", "done"]));
+  if (phase === null || done === null) return null;
+  return {
+    phase,
+    done,
+    total: num(pick(value, ["bytesTotal", "bytes_total", "total"])),
+    rate: num(pick(value, ["bytesPerSecond", "bytes_per_second", "rate"])),
+    eta: num(pick(value, ["etaSeconds", "eta_seconds", "eta"])),
+  };
 }
 
 /** One database node as the replication endpoint reports it. */
@@ -176,6 +206,7 @@ export function backupRows(body: unknown, max = 10): BackupRow[] {
       ),
       error: str(pick(item, ["errorMessage", "error_message", "error"])),
       verified: verified === undefined ? null : typeof verified === "boolean" ? verified : true,
+      progress: backupProgress(pick(item, ["progress"])),
     });
   }
   rows.sort((a, b) => (b.startedAt ?? 0) - (a.startedAt ?? 0));

@@ -1,10 +1,12 @@
 // RootStream review console: makes the server-rendered page live.
 //
 // One EventSource (/console/events, every instance's inspection stream merged by the
-// server) drives it: a snapshot toggles the `active` class on the chart's `[data-state]`
-// nodes and updates the state text; transitions are added to the timeline. Anything the
-// page has no element for yet (a new instance, a new actor) is re-fetched as a
-// server-rendered fragment. Values from events are only ever set with textContent.
+// server) drives it: a snapshot updates the actor's cell in the instances × actors matrix
+// and, when that actor's chart is the one drawn, toggles the `active` class on the chart's
+// `[data-state]` nodes; transitions are added to the timeline. Anything the page has no
+// element for yet (a new instance, a new actor) is re-fetched as a server-rendered
+// fragment. Clicking a cell fetches that actor's chart in place; the filter form filters
+// in place. Values from events are only ever set with textContent.
 "use strict";
 
 (function () {
@@ -59,7 +61,13 @@
   }
 
   function sections() {
-    return [...document.querySelectorAll("section[data-instance]")];
+    return [...document.querySelectorAll("tr[data-instance]")];
+  }
+
+  /** The matrix's column paths, in order. */
+  function columnPaths() {
+    return [...document.querySelectorAll("[data-matrix] thead th[data-path]")]
+      .map((th) => th.dataset.path);
   }
 
   function sectionOf(instance) {
@@ -101,18 +109,16 @@
       instance,
       setTimeout(async () => {
         try {
-          const frag = await fetchHtml(
-            "/console/fragments/instance?id=" + encodeURIComponent(instance),
-          );
-          const fresh = frag.querySelector("section[data-instance]");
+          const q = new URLSearchParams({ id: instance, columns: columnPaths().join(",") });
+          const frag = await fetchHtml("/console/fragments/instance?" + q);
+          const fresh = frag.querySelector("tr[data-instance]");
           const old = sectionOf(instance);
-          if (fresh) {
-            // Keep what the reader folded or unfolded.
-            const open = old?.querySelector("details.actors-box")?.open;
-            if (open === false) fresh.querySelector("details.actors-box")?.removeAttribute("open");
+          if (fresh && "newColumns" in fresh.dataset) {
+            refreshAll(); // it runs an actor the matrix has no column for
+          } else if (fresh) {
             if (old) old.replaceWith(fresh);
             else placeSection(fresh);
-            rebuildNav();
+            applyFilter();
           }
         } catch {
           // The instance may just have left; the next cluster event says so.
@@ -124,24 +130,9 @@
     );
   }
 
-  /** The header's links to each instance, after sections came or went. */
-  function rebuildNav() {
-    const nav = document.querySelector("[data-nav]");
-    if (!nav) return;
-    nav.replaceChildren(
-      ...sections().map((s) => {
-        const a = document.createElement("a");
-        a.href = "#" + s.id;
-        a.textContent = s.dataset.instance;
-        return a;
-      }),
-    );
-  }
-
   function placeSection(section) {
     const host = document.querySelector("[data-instances]");
     if (!host) return;
-    host.querySelector(":scope > p.error")?.remove();
     // The serving instance comes first, the others by id, as the server orders them.
     const next = sections().find((s) =>
       !("self" in s.dataset) && s.dataset.instance > section.dataset.instance
@@ -173,14 +164,110 @@
   }
 
   async function refreshAll() {
-    const host = document.querySelector("[data-instances]");
+    const host = document.querySelector("[data-matrix-host]");
     if (!host) return;
     try {
-      host.replaceChildren(await fetchHtml("/console/fragments/instances"));
+      host.replaceChildren(
+        await fetchHtml("/console/fragments/instances" + location.search),
+      );
+      wireFilters();
       for (const s of sections()) showConnection(s.dataset.instance);
     } catch { /* the next event tries again */ }
     refreshMessages();
   }
+
+  // --- the matrix: filters and the chart of the picked cell ----------------------------
+
+  function filterValues() {
+    const form = document.querySelector("[data-filters]");
+    if (!form) return { concern: "", state: "" };
+    return {
+      concern: form.elements.concern.value,
+      state: form.elements.state.value.trim().toLowerCase(),
+    };
+  }
+
+  /** The server's filter, in place: columns by concern, rows by state text. */
+  function applyFilter() {
+    const { concern, state } = filterValues();
+    const heads = [...document.querySelectorAll("[data-matrix] thead th[data-path]")];
+    const shownCols = new Set();
+    for (const th of heads) {
+      th.hidden = !!concern && th.dataset.concern !== concern;
+      if (!th.hidden) shownCols.add(th.dataset.path);
+    }
+    let shown = 0;
+    for (const row of sections()) {
+      let any = false;
+      for (const td of row.querySelectorAll("td[data-path]")) {
+        td.hidden = !shownCols.has(td.dataset.path);
+        const text = (td.dataset.stateText || "").toLowerCase();
+        const match = !!state && !td.hidden && "stateText" in td.dataset && text.includes(state);
+        td.classList.toggle("match", match);
+        if (match) any = true;
+      }
+      row.hidden = !!state && !any;
+      if (!row.hidden) shown++;
+    }
+    const count = document.querySelector("[data-shown]");
+    if (count) count.textContent = shown + " instance" + (shown === 1 ? "" : "s") + " shown";
+  }
+
+  function wireFilters() {
+    const form = document.querySelector("[data-filters]");
+    if (!form || form.dataset.wired) return;
+    form.dataset.wired = "1";
+    const update = () => {
+      applyFilter();
+      const q = new URLSearchParams(location.search);
+      const { concern } = filterValues();
+      const state = form.elements.state.value.trim();
+      if (concern) q.set("concern", concern);
+      else q.delete("concern");
+      if (state) q.set("state", state);
+      else q.delete("state");
+      const search = q.toString();
+      history.replaceState(null, "", search ? "?" + search : location.pathname);
+    };
+    form.addEventListener("input", update);
+    form.addEventListener("change", update);
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      update();
+    });
+  }
+
+  async function openChart(link) {
+    const url = new URL(link.href);
+    const host = document.querySelector("[data-chart-panel]");
+    if (!host) return false;
+    try {
+      const frag = await fetchHtml("/console/fragments/chart" + url.search);
+      const fresh = frag.querySelector("[data-chart-panel]");
+      if (!fresh) return false;
+      host.replaceWith(fresh);
+      for (const a of document.querySelectorAll("[data-open-chart][aria-current]")) {
+        a.removeAttribute("aria-current");
+      }
+      link.setAttribute("aria-current", "true");
+      history.pushState(null, "", url.pathname + url.search + "#chart");
+      document.getElementById("chart")?.scrollIntoView({ block: "start" });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  document.addEventListener("click", (ev) => {
+    const link = ev.target instanceof Element && ev.target.closest("a[data-open-chart]");
+    if (!link || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey) return;
+    // A recorded moment is drawn by the server: the plain link keeps the moment.
+    if (document.body.dataset.mode === "history") return;
+    ev.preventDefault();
+    openChart(link).then((ok) => {
+      if (!ok) location.assign(link.href); // the plain link still works
+    });
+  });
 
   // --- live state ---------------------------------------------------------------------
 
@@ -232,34 +319,47 @@
   }
 
   function applyView(instance, view) {
-    const section = sectionOf(instance);
-    if (!section) return refreshInstance(instance);
+    const row = sectionOf(instance);
+    if (!row) return refreshInstance(instance);
     if (view.path === "supervisor") {
-      const state = section.querySelector("[data-supervisor-state]");
-      const reason = section.querySelector("[data-supervisor-reason]");
+      const state = row.querySelector("[data-supervisor-state]");
       if (state) state.textContent = formatState(view.state).split(".").pop();
-      if (reason && typeof view.summary?.reason === "string") {
-        reason.textContent = view.summary.reason;
+    }
+    const panel = document.querySelector("[data-chart-panel][data-path]");
+    if (panel && panel.dataset.instance === instance && panel.dataset.path === view.path) {
+      const figure = panel.querySelector("figure.actor");
+      if (figure) {
+        const out = figure.querySelector("[data-actor-state]");
+        if (out) out.textContent = formatState(view.state);
+        setStatus(figure.querySelector("[data-status]"), view.status);
+        setSummary(figure.querySelector("[data-summary]"), view.summary);
+        highlight(figure, view);
       }
     }
-    const figure = byPath(section, "figure.actor", view.path);
-    if (figure) {
+    const cell = byPath(row, "td[data-path]", view.path);
+    if (cell) {
       const text = formatState(view.state);
-      const out = figure.querySelector("[data-actor-state]");
-      if (out) out.textContent = text;
-      setStatus(figure.querySelector("[data-status]"), view.status);
-      setSummary(figure.querySelector("[data-summary]"), view.summary);
-      highlight(figure, view);
+      cell.dataset.stateText = text;
+      const out = cell.querySelector("[data-actor-state]");
+      // One line, as the server draws it: the first active path and how many more.
+      const paths = text.split(", ");
+      if (out) out.textContent = paths.length > 1 ? paths[0] + " +" + (paths.length - 1) : text;
+      else return refreshInstance(instance); // the actor was not there when drawn
+      const link = cell.querySelector("a");
+      if (link) {
+        link.title = instance + " / " + view.path + ": " + view.status + ", " + text +
+          ". Open its chart.";
+      }
+      setStatus(cell.querySelector("[data-status]"), view.status);
+      const known = ["active", "done", "error", "stopped"].includes(view.status)
+        ? view.status
+        : "other";
+      cell.className = cell.className.replace(/\bstatus-\S+/, "status-" + known);
+      if (filterValues().state) applyFilter();
       return;
     }
-    const row = byPath(section, "tr[data-path]", view.path);
-    if (row) {
-      const cell = row.querySelector("[data-actor-state]");
-      if (cell) cell.textContent = formatState(view.state);
-      setStatus(row.querySelector("[data-status]"), view.status);
-      return;
-    }
-    refreshInstance(instance); // an actor the page has not drawn yet
+    // Nested actors (a login's MFA challenge) have no column; a new top-level one does.
+    if (view.path.split("/").length <= 2) refreshInstance(instance);
   }
 
   function reconcile(instance, actors) {
@@ -326,7 +426,6 @@
         s.remove();
       }
     }
-    rebuildNav();
     for (const m of data.members) {
       const s = sectionOf(m.id);
       const roles = JSON.stringify(m.roles);
@@ -382,6 +481,12 @@
     on(source, "resync", refreshAll);
   }
 
+  wireFilters();
+  // A recorded moment is not live: nothing may move it.
+  if (document.body.dataset.mode === "history") {
+    setLive("Recorded history: not live.", "off");
+    return;
+  }
   connect();
   setInterval(refreshPanels, PANELS_EVERY_MS);
   document.addEventListener("visibilitychange", refreshPanels);

@@ -24,6 +24,10 @@ export interface MfaPageModel {
   challenge: string;
   /** Why the last code failed, if it did. */
   error?: string | null;
+  /** The second factors the account has (the login's `methods`); all when unknown. */
+  methods?: readonly string[];
+  /** A note to show (an e-mail code was sent). */
+  notice?: string | null;
 }
 
 function page(title: string, body: string): string {
@@ -66,25 +70,64 @@ ${alert(m.error)}
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required maxlength="1024">
 <button type="submit">Sign in</button>
-</form>`,
+</form>
+<div id="passkey" hidden>
+<p class="muted">Or, with a passkey registered to your account:</p>
+<button type="button" id="passkey-login" data-next="${e(m.next)}">Sign in with a passkey</button>
+<p class="auth-error" id="passkey-error" hidden></p>
+</div>
+<script src="/console/passkey.js" defer></script>`,
   );
 }
 
-/** The second factor's form (POST /login/mfa). */
+/** The second factor's form (POST /login/mfa), with what the account has: a code (TOTP, backup
+ * or e-mail, and a button that sends the e-mail code), and a passkey button (scripts only). */
 export function renderMfaPage(m: MfaPageModel): string {
+  const has = (method: string) => !m.methods || m.methods.includes(method);
+  const hidden = `<input type="hidden" name="next" value="${e(m.next)}">
+<input type="hidden" name="challenge" value="${e(m.challenge)}">`;
+  const choice = (value: string, label: string, checked: boolean) =>
+    `<label><input type="radio" name="method" value="${value}"${
+      checked ? " checked" : ""
+    }> ${label}</label>`;
+  const choices = [
+    has("totp") ? choice("totp", "Authenticator app code", true) : "",
+    has("backup_code") ? choice("backup_code", "A backup code", false) : "",
+    has("email") ? choice("email", "The code sent by e-mail", !has("totp")) : "",
+  ].filter(Boolean).join("\n");
+  const codeForm = has("totp") || has("email")
+    ? `<form method="post" action="/login/mfa" class="auth-form">
+${hidden}
+<label for="code">Code</label>
+<input id="code" name="code" autocomplete="one-time-code" inputmode="numeric" required maxlength="64" autofocus>
+${choices}
+<button type="submit">Verify</button>
+</form>`
+    : "";
+  const emailForm = has("email")
+    ? `<form method="post" action="/login/mfa/email" class="auth-form">
+${hidden}
+<button type="submit">Send me a code by e-mail</button>
+</form>`
+    : "";
+  const passkey = has("webauthn")
+    ? `<div id="passkey" hidden>
+<button type="button" id="passkey-mfa" data-challenge="${e(m.challenge)}" data-next="${
+      e(m.next)
+    }">Use a passkey</button>
+<p class="auth-error" id="passkey-error" hidden></p>
+</div>
+<script src="/console/passkey.js" defer></script>`
+    : "";
   return page(
     "Second factor",
     `<h2>Second factor</h2>
-<p class="muted">Enter the code of your authenticator app, or one of your backup codes.</p>
+<p class="muted">Confirm it is you with one of your second factors.</p>
 ${alert(m.error)}
-<form method="post" action="/login/mfa" class="auth-form">
-<input type="hidden" name="next" value="${e(m.next)}">
-<input type="hidden" name="challenge" value="${e(m.challenge)}">
-<label for="code">Code</label>
-<input id="code" name="code" autocomplete="one-time-code" inputmode="numeric" required maxlength="64" autofocus>
-<label><input type="checkbox" name="method" value="backup_code"> This is a backup code</label>
-<button type="submit">Verify</button>
-</form>`,
+${m.notice ? `<p class="muted" role="status">${e(m.notice)}</p>` : ""}
+${codeForm}
+${emailForm}
+${passkey}`,
   );
 }
 

@@ -10,7 +10,7 @@
  */
 import { renderViewer } from "./login.ts";
 import type { ActorView, TransitionRecord } from "../actors/runtime/inspector.ts";
-import type { BackupRow, Figure, ReplicationNode, Series } from "./concerns.ts";
+import type { BackupRow, BackupRowProgress, Figure, ReplicationNode, Series } from "./concerns.ts";
 import {
   escapeHtml as e,
   formatQuantity,
@@ -183,83 +183,273 @@ ${summaryList(actor.summary)}
 </figure>`;
 }
 
-function factsList(items: [string, string][]): string {
-  return `<dl class="facts">${
-    items.map(([k, v]) => `<div><dt>${e(k)}</dt><dd>${v}</dd></div>`).join("")
-  }</dl>`;
+/** A column of the overview matrix: one actor path, the same on every instance. */
+export interface MatrixColumn {
+  /** Actor path (`supervisor/cluster_node`). */
+  path: string;
+  /** What it is filtered by: the machine's name, or the path's last part. */
+  concern: string;
+  /** Header text. */
+  label: string;
 }
 
-/** One instance's section: membership facts, every actor as a chart, listed actors. */
-export function renderInstance(inst: InstanceModel): string {
+/** The overview's filters (query parameters `concern` and `state`). */
+export interface MatrixFilter {
+  /** Only the columns of this concern ("" for all). */
+  concern: string;
+  /** Only instances with an actor whose state contains this text ("" for all). */
+  state: string;
+}
+
+/** The actor whose chart is drawn (query parameters `instance` and `actor`). */
+export interface ChartSelection {
+  /** Instance id. */
+  instance: string;
+  /** The actor, with its chart. */
+  actor: ActorModel;
+}
+
+/** Actors deeper than this are counted per instance, not given a column. */
+const MATRIX_DEPTH = 2;
+
+function depthOf(path: string): number {
+  return path.split("/").length;
+}
+
+/**
+ * The matrix's columns: every actor path (at most two levels deep) any instance reports, in
+ * the order first seen, the root supervisor first.
+ */
+export function matrixColumns(instances: InstanceModel[]): MatrixColumn[] {
+  const out = new Map<string, MatrixColumn>();
+  for (const inst of instances) {
+    for (const a of inst.actors) {
+      if (depthOf(a.path) > MATRIX_DEPTH || out.has(a.path)) continue;
+      const last = a.path.slice(a.path.lastIndexOf("/") + 1);
+      out.set(a.path, { path: a.path, concern: a.machine ?? last, label: last });
+    }
+  }
+  // The root supervisor first, then shallower before deeper, else as first seen.
+  return [...out.values()].sort((a, b) =>
+    (a.path === "supervisor" ? -1 : b.path === "supervisor" ? 1 : 0) ||
+    depthOf(a.path) - depthOf(b.path)
+  );
+}
+
+/** Columns left by the concern filter. */
+export function visibleColumns(columns: MatrixColumn[], filter: MatrixFilter): MatrixColumn[] {
+  return filter.concern ? columns.filter((c) => c.concern === filter.concern) : columns;
+}
+
+/** A state in one short line: its first active path, and how many more there are. */
+export function compactState(text: string): string {
+  const paths = text.split(", ");
+  return paths.length > 1 ? `${paths[0]} +${paths.length - 1}` : text;
+}
+
+/** Whether an actor's state matches the state filter (case-insensitive text match). */
+export function stateMatches(state: unknown, wanted: string): boolean {
+  return !wanted || formatState(state).toLowerCase().includes(wanted.toLowerCase());
+}
+
+/** Whether an instance's row is shown under `filter`. */
+export function rowMatches(
+  inst: InstanceModel,
+  columns: MatrixColumn[],
+  filter: MatrixFilter,
+): boolean {
+  if (!filter.state) return true;
+  const paths = new Set(visibleColumns(columns, filter).map((c) => c.path));
+  return inst.actors.some((a) => paths.has(a.path) && stateMatches(a.state, filter.state));
+}
+
+/** The link that opens an actor's chart, keeping the filters. */
+export function chartHref(
+  instance: string,
+  path: string,
+  filter: MatrixFilter,
+  extra: Record<string, string> = {},
+): string {
+  const q = new URLSearchParams({ ...extra, instance, actor: path });
+  if (filter.concern) q.set("concern", filter.concern);
+  if (filter.state) q.set("state", filter.state);
+  return `/?${q}#chart`;
+}
+
+function matrixCell(
+  inst: InstanceModel,
+  col: MatrixColumn,
+  filter: MatrixFilter,
+  selected: { instance: string; path: string } | null,
+  extra: Record<string, string>,
+  cellHref?: (instance: string, path: string) => string | null,
+): string {
+  const a = inst.actors.find((x) => x.path === col.path);
+  const hidden = filter.concern && col.concern !== filter.concern ? " hidden" : "";
+  const attrs = `data-path="${e(col.path)}" data-concern="${e(col.concern)}"${hidden}`;
+  if (!a) return `<td class="cell none" ${attrs}><span class="muted">—</span></td>`;
+  const state = formatState(a.state);
+  const match = filter.state && stateMatches(a.state, filter.state) ? " match" : "";
+  const current = selected && selected.instance === inst.member.id && selected.path === a.path
+    ? ` aria-current="true"`
+    : "";
+  const known = ["active", "done", "error", "stopped"].includes(a.status) ? a.status : "other";
+  return `<td class="cell status-${known}${match}" ${attrs} data-state-text="${
+    e(state)
+  }"><a href="${
+    e(cellHref?.(inst.member.id, a.path) ?? chartHref(inst.member.id, a.path, filter, extra))
+  }" data-open-chart title="${
+    e(`${inst.member.id} / ${a.path}: ${a.status}, ${state}. Open its chart.`)
+  }"${current}>${statusBadge(a.status)}<output class="actor-state" data-actor-state>${
+    e(compactState(state))
+  }</output></a></td>`;
+}
+
+/**
+ * One instance's row of the matrix: who it is (roles, heartbeat, supervisor, connection),
+ * then one cell per column with its actor's status and state.
+ */
+export function renderInstance(
+  inst: InstanceModel,
+  columns: MatrixColumn[] = matrixColumns([inst]),
+  options: {
+    filter?: MatrixFilter;
+    selected?: { instance: string; path: string } | null;
+    linkParams?: Record<string, string>;
+    cellHref?: (instance: string, path: string) => string | null;
+  } = {},
+): string {
+  const filter = options.filter ?? { concern: "", state: "" };
   const m = inst.member;
   const id = `inst-${slug(m.id)}`;
-  const roles = m.roles.length
-    ? m.roles.map((r) => `${e(r.role)} <span class="muted">(token ${e(r.token)})</span>`).join(
-      ", ",
-    )
-    : `<span class="muted">none</span>`;
-  const facts: [string, string][] = [
-    [
-      "URL",
-      // Only web URLs become links: an advertised `javascript:` URL stays inert text.
-      /^https?:\/\//i.test(m.url)
-        ? `<a href="${e(m.url)}">${e(m.url)}</a>`
-        : m.url
-        ? e(m.url)
-        : `<span class="muted">none</span>`,
-    ],
-    ["roles", roles],
-    [
-      "heartbeat",
-      m.heartbeatAgeMs === null ? "—" : `${e(Math.round(m.heartbeatAgeMs))} ms ago`,
-    ],
-  ];
-  if (inst.supervisor) {
-    facts.push([
-      "supervisor",
-      `<span data-supervisor-state>${
-        e(inst.supervisor.state)
-      }</span> <span class="muted" data-supervisor-reason>${e(inst.supervisor.reason)}</span>`,
-    ]);
-  }
-  const body = inst.error
-    ? `<p class="error" role="alert">Cannot read this instance's actors: ${e(inst.error)}</p>`
-    : inst.actors.length
-    ? `<details class="actors-box" open><summary>${e(inst.actors.length)} actor${
-      inst.actors.length === 1 ? "" : "s"
-    } drawn</summary><div class="actors">${inst.actors.map(actorFigure).join("\n")}</div></details>`
-    : `<p class="muted">No actors reported.</p>`;
-  const listed = inst.listed.length
-    ? `<details class="listed"><summary>${
-      e(inst.listed.length)
-    } more actors (ended, or nested beyond the drawing limit)</summary>
-<table><thead><tr><th scope="col">Actor path</th><th scope="col">Machine</th><th scope="col">Status</th><th scope="col">State</th></tr></thead><tbody>${
-      inst.listed.map((a) =>
-        `<tr data-path="${e(a.path)}"><td>${e(a.path)}</td><td>${e(a.machine ?? "—")}</td><td>${
-          statusBadge(a.status)
-        }</td><td data-actor-state>${e(formatState(a.state))}</td></tr>`
-      ).join("")
-    }</tbody></table></details>`
+  const roles = m.roles.map((r) =>
+    `<span class="badge role" title="fencing token ${e(r.token)}">${e(r.role)}</span>`
+  ).join(" ");
+  const heartbeat = m.heartbeatAgeMs === null
+    ? ""
+    : `<span class="muted" title="age of its last heartbeat">♥ ${
+      e(Math.round(m.heartbeatAgeMs))
+    } ms</span>`;
+  const supervisor = inst.supervisor
+    ? `<span class="sup" title="${
+      e(inst.supervisor.reason)
+    }">supervisor <span data-supervisor-state>${
+      e(inst.supervisor.state.split(".").pop())
+    }</span></span>`
     : "";
-  const transport = inst.transport && Object.keys(inst.transport).length
-    ? `<details class="transport"><summary>Transport counters</summary>${
-      factsList(Object.entries(inst.transport).map(([k, v]) => [k, e(v)]))
-    }</details>`
+  const extra = inst.actors.filter((a) => depthOf(a.path) > MATRIX_DEPTH).length +
+    inst.listed.length;
+  const more = extra
+    ? `<span class="muted" title="nested or ended actors, not in the matrix">+${
+      e(extra)
+    } nested</span>`
     : "";
-  return `<section class="instance card" id="${id}" data-instance="${e(m.id)}"${
-    inst.self ? " data-self" : ""
-  } aria-labelledby="${id}-h">
-<header class="instance-head">
-<h3 id="${id}-h">${e(m.id)}</h3>${
-    inst.self ? ` <span class="badge self">serving this page</span>` : ""
+  const head = `<th scope="row" id="${id}"><span class="inst-id">${e(m.id)}</span>${
+    inst.self ? ` <span class="badge self" title="serving this page">this</span>` : ""
+  } ${roles}<br><span class="conn" data-conn>${
+    inst.error ? "unreachable" : "snapshot"
+  }</span> ${heartbeat} ${supervisor} ${more}</th>`;
+  const cells = inst.error
+    ? `<td class="error" colspan="${
+      Math.max(columns.length, 1)
+    }" role="alert">Cannot read this instance's actors: ${e(inst.error)}</td>`
+    : columns.map((c) =>
+      matrixCell(
+        inst,
+        c,
+        filter,
+        options.selected ?? null,
+        options.linkParams ?? {},
+        options.cellHref,
+      )
+    ).join("");
+  const known = new Set(columns.map((c) => c.path));
+  const outside = inst.actors.some((a) => depthOf(a.path) <= MATRIX_DEPTH && !known.has(a.path));
+  const hidden = rowMatches(inst, columns, filter) ? "" : " hidden";
+  return `<tr class="instance" data-instance="${e(m.id)}"${inst.self ? " data-self" : ""}${
+    outside ? " data-new-columns" : ""
+  } data-roles="${e(JSON.stringify(m.roles))}"${hidden}>${head}${cells}</tr>`;
+}
+
+/** The filter form: plain GET, so it works without JavaScript; the script filters in place. */
+function filterForm(
+  columns: MatrixColumn[],
+  filter: MatrixFilter,
+  count: number,
+  keep: Record<string, string>,
+): string {
+  const concerns = [...new Set(columns.map((c) => c.concern))].sort();
+  const hidden = Object.entries(keep).map(([k, v]) =>
+    `<input type="hidden" name="${e(k)}" value="${e(v)}">`
+  ).join("");
+  return `<form class="filters" method="get" action="/" data-filters>${hidden}
+<label>Concern <select name="concern"><option value="">all</option>${
+    concerns.map((c) =>
+      `<option value="${e(c)}"${c === filter.concern ? " selected" : ""}>${e(c)}</option>`
+    ).join("")
+  }</select></label>
+<label>State contains <input name="state" value="${
+    e(filter.state)
+  }" maxlength="100" placeholder="e.g. degraded" autocomplete="off"></label>
+<button type="submit">Filter</button> <a href="/">clear</a>
+<span class="muted" data-shown>${e(count)} instance${count === 1 ? "" : "s"} shown</span>
+</form>`;
+}
+
+/** The overview matrix: instances × actors, with the filter form above it. */
+export function renderMatrix(
+  model: Pick<PageModel, "instances" | "clusterError">,
+  options: {
+    filter?: MatrixFilter;
+    selected?: { instance: string; path: string } | null;
+    linkParams?: Record<string, string>;
+    /** Where a cell links to instead of the page's chart (the report: its own anchors). */
+    cellHref?: (instance: string, path: string) => string | null;
+    /** Leave the filter form out (the report, which no server answers). */
+    noForm?: boolean;
+  } = {},
+): string {
+  const filter = options.filter ?? { concern: "", state: "" };
+  const columns = matrixColumns(model.instances);
+  const warning = model.clusterError
+    ? `<p class="error" role="alert">Cannot list the cluster's instances (${
+      e(model.clusterError)
+    }); showing this instance only.</p>`
+    : "";
+  const shown = model.instances.filter((i) => rowMatches(i, columns, filter)).length;
+  const head = columns.map((c) => {
+    const hidden = filter.concern && c.concern !== filter.concern ? " hidden" : "";
+    return `<th scope="col" data-path="${e(c.path)}" data-concern="${e(c.concern)}" title="${
+      e(c.path)
+    }"${hidden}>${e(c.label)}</th>`;
+  }).join("");
+  return `${warning}${
+    options.noForm ? "" : filterForm(columns, filter, shown, options.linkParams ?? {})
+  }<div class="matrix-wrap"><table class="matrix" data-matrix>
+<caption>Each row is an instance, each column an actor; a cell shows the actor's status and state and opens its chart.</caption>
+<thead><tr><th scope="col">Instance</th>${head}</tr></thead>
+<tbody data-instances>${
+    model.instances.map((i) => renderInstance(i, columns, { ...options, filter })).join("\n")
+  }</tbody></table></div>`;
+}
+
+/** The chart panel: the selected actor's statechart with its live state, or how to pick one. */
+export function renderChartPanel(
+  selection: ChartSelection | null,
+  note?: string,
+): string {
+  if (!selection) {
+    return `<div data-chart-panel><p class="muted">${
+      e(note ?? "Pick a cell of the matrix to draw that actor's statechart here.")
+    }</p></div>`;
   }
-<span class="conn" data-conn>${inst.error ? "unreachable" : "snapshot"}</span>
-${factsList(facts)}
-</header>
-${body}
-${listed}
-${transport}
-</section>`;
+  return `<div data-chart-panel id="chart-${
+    slug(`${selection.instance}\n${selection.actor.path}`)
+  }" data-instance="${e(selection.instance)}" data-path="${e(selection.actor.path)}"><h3>${
+    e(selection.instance)
+  } <span class="muted">/</span> ${e(selection.actor.path)}</h3>${
+    actorFigure(selection.actor)
+  }</div>`;
 }
 
 /** A timeline row: the newest of its identical transitions, with how many were folded in. */
@@ -279,7 +469,10 @@ export function timelineSignature(t: TransitionView): string {
  * Every transition of every instance, newest first. Identical transitions are folded into
  * their newest one with a count, so periodic ones (heartbeats) do not push the rest out.
  */
-export function timelineRows(instances: InstanceModel[]): TimelineRow[] {
+export function timelineRows(
+  instances: InstanceModel[],
+  maxRows = TIMELINE_ROWS,
+): TimelineRow[] {
   const rows = new Map<string, TimelineRow>();
   const all = instances.flatMap((i) => i.transitions)
     .sort((a, b) => b.at - a.at || b.seq - a.seq);
@@ -291,15 +484,16 @@ export function timelineRows(instances: InstanceModel[]): TimelineRow[] {
       row.since = t.at;
     } else rows.set(sig, { ...t, count: 1, since: t.at });
   }
-  return [...rows.values()].slice(0, TIMELINE_ROWS);
+  return [...rows.values()].slice(0, maxRows);
 }
 
 function originText(o: Origin): string {
   return `${o.kind} from ${o.from.instance}/${o.from.actor}`;
 }
 
-function renderTimeline(instances: InstanceModel[]): string {
-  const rows = timelineRows(instances);
+/** The timeline table: newest first, identical transitions folded. */
+export function renderTimeline(instances: InstanceModel[], maxRows = TIMELINE_ROWS): string {
+  const rows = timelineRows(instances, maxRows);
   return `<table class="timeline" id="timeline-table">
 <caption>Newest first, identical transitions folded into one row; times are each instance's clock (UTC).</caption>
 <thead><tr><th scope="col">Time</th><th scope="col">Instance</th><th scope="col">Actor</th><th scope="col">Event</th><th scope="col">New state</th></tr></thead>
@@ -325,11 +519,14 @@ function renderTimeline(instances: InstanceModel[]): string {
 }
 
 /** Transitions caused by a transport message, oldest first (at most the last 40). */
-export function correlatedMessages(instances: InstanceModel[]): TransitionView[] {
+export function correlatedMessages(
+  instances: InstanceModel[],
+  maxRows = MESSAGE_ROWS,
+): TransitionView[] {
   return instances.flatMap((i) => i.transitions)
     .filter((t) => t.origin !== undefined)
     .sort((a, b) => a.at - b.at || a.seq - b.seq)
-    .slice(-MESSAGE_ROWS);
+    .slice(-maxRows);
 }
 
 function truncate(text: string, max: number): string {
@@ -340,10 +537,15 @@ function truncate(text: string, max: number): string {
  * The messages between instances as a sequence diagram (one lifeline per instance, one
  * arrow per transition a message caused) with the same facts as a table.
  */
-export function renderMessages(instances: InstanceModel[]): string {
-  const messages = correlatedMessages(instances);
-  const note =
-    `<p class="note">An arrow is a transition that a transport message caused, drawn from the sender named in the message's delivery metadata (<code>origin</code>) to the receiving actor; dashed ones were broadcasts. Send and receive times come from different clocks. Transitions without that metadata are not guessed at, and messages that changed no state do not appear.</p>`;
+export function renderMessages(
+  instances: InstanceModel[],
+  maxRows = MESSAGE_ROWS,
+  options: { recorded?: boolean } = {},
+): string {
+  const messages = correlatedMessages(instances, maxRows);
+  const note = options.recorded
+    ? `<p class="note">The recorded messages of the range: an arrow from the sender to the receiving actor, labelled with the state it caused (or "no state change"); times are the Redis server's clock when it was recorded.</p>`
+    : `<p class="note">An arrow is a transition that a transport message caused, drawn from the sender named in the message's delivery metadata (<code>origin</code>) to the receiving actor; dashed ones were broadcasts. Send and receive times come from different clocks. Transitions without that metadata are not guessed at, and messages that changed no state do not appear.</p>`;
   if (!messages.length) {
     return `${note}<p class="muted" data-messages-empty>No correlated messages among the recent transitions.</p>`;
   }
@@ -481,6 +683,29 @@ function sessionsPanel(r: PanelsModel["sessions"]): string {
   );
 }
 
+/** A running backup's progress: a bar (when the total is known) and one line of figures. */
+function backupProgressCell(p: BackupRowProgress): string {
+  const known = p.total !== null && p.total > 0;
+  const percent = known ? Math.min(100, Math.floor((p.done / p.total!) * 100)) : null;
+  const figures = [
+    p.phase,
+    known
+      ? `${formatQuantity(p.done, "bytes")} of ${formatQuantity(p.total!, "bytes")}`
+      : formatQuantity(p.done, "bytes"),
+    ...(p.rate !== null ? [`${formatQuantity(p.rate, "bytes")}/s`] : []),
+    ...(p.eta !== null
+      ? [`ETA ${p.eta < 120 ? `${p.eta} s` : `${Math.round(p.eta / 60)} min`}`]
+      : []),
+  ].join(" · ");
+  return `<div>${
+    known
+      ? `<progress max="100" value="${percent}" aria-label="${
+        e(p.phase)
+      }: ${percent} %">${percent} %</progress> `
+      : ""
+  }<span class="muted">${e(figures)}</span></div>`;
+}
+
 function backupsPanel(r: PanelsModel["backups"]): string {
   if (!r.ok) return card("backups", "Backups", unavailable(r));
   if (!r.data.length) {
@@ -497,7 +722,11 @@ function backupsPanel(r: PanelsModel["backups"]): string {
       b.error ? ` <span class="error" title="${e(b.error)}">${e(truncate(b.error, 60))}</span>` : ""
     }</td><td>${b.startedAt ? timeTag(b.startedAt) : "—"}</td><td>${
       b.sizeBytes === null ? "—" : e(formatQuantity(b.sizeBytes, "bytes"))
-    }</td></tr>`
+    }</td></tr>${
+      b.progress
+        ? `<tr class="backup-progress"><td colspan="5">${backupProgressCell(b.progress)}</td></tr>`
+        : ""
+    }`
   ).join("");
   return card(
     "backups",
@@ -576,9 +805,11 @@ function metricsPanel(p: PanelsModel): string {
       const errors = d.errors.map((m) => `<tr><td colspan="3" class="error">${e(m)}</td></tr>`)
         .join("");
       tables.push(
-        `<table class="metrics"><caption>Dashboard ${e(d.title)} <span class="muted">(/dashboards/${
+        `<table class="metrics"><caption>Dashboard ${
+          e(d.title)
+        } <span class="muted">(<a href="/dashboards/${encodeURIComponent(d.name)}">/dashboards/${
           e(d.name)
-        })</span></caption><tbody>${
+        }</a>)</span></caption><tbody>${
           rows || errors ? rows + errors : `<tr><td class="muted">no series in range</td></tr>`
         }</tbody></table>`,
       );
@@ -638,18 +869,30 @@ export function renderPanels(p: PanelsModel): string {
   }${metricsPanel(p)}</div>`;
 }
 
-/** All instance sections. */
-export function renderInstances(model: PageModel): string {
-  const warning = model.clusterError
-    ? `<p class="error" role="alert">Cannot list the cluster's instances (${
-      e(model.clusterError)
-    }); showing this instance only.</p>`
-    : "";
-  return warning + model.instances.map(renderInstance).join("\n");
+/** Everything of the page that depends on the query: filters and the selected chart. */
+export interface PageView {
+  /** Filters of the matrix. */
+  filter: MatrixFilter;
+  /** The actor whose chart is drawn. */
+  chart: ChartSelection | null;
+  /** Why no chart is drawn though one was asked for. */
+  chartNote?: string;
+  /** The time control (console/history.ts), rendered. */
+  timeControl?: string;
+  /** True when the page shows a recorded moment, not the live cluster. */
+  history?: boolean;
+  /** Extra query parameters the matrix's links keep (the recorded moment). */
+  linkParams?: Record<string, string>;
 }
 
 /** The full page. */
-export function renderPage(model: PageModel): string {
+export function renderPage(
+  model: PageModel,
+  view: PageView = { filter: { concern: "", state: "" }, chart: null },
+): string {
+  const selected = view.chart
+    ? { instance: view.chart.instance, path: view.chart.actor.path }
+    : null;
   const count = model.instances.length;
   return `<!doctype html>
 <html lang="en">
@@ -661,8 +904,8 @@ export function renderPage(model: PageModel): string {
 <link rel="stylesheet" href="/console/console.css">
 <script src="/console/console.js" defer></script>
 </head>
-<body data-self="${e(model.instance)}">
-<a class="skip" href="#instances">Skip to instances</a>
+<body data-self="${e(model.instance)}"${view.history ? ` data-mode="history"` : ""}>
+<a class="skip" href="#instances">Skip to the matrix</a>
 <header class="top">
 <div class="brand"><h1>RootStream <span>review console</span></h1>
 <p class="meta">served by <strong>${e(model.instance)}</strong> · cluster mode <strong>${
@@ -672,24 +915,31 @@ export function renderPage(model: PageModel): string {
   }</span> · rendered ${timeTag(model.generatedAt)} UTC</p></div>
 <p class="live" id="live-status" role="status" aria-live="polite" data-live>Static snapshot. <a href="/">Reload</a> for fresh data; live updates need JavaScript.</p>
 ${renderViewer(model.viewer ?? null)}
-<nav class="jump" aria-label="Sections"><a href="#overview">Overview</a><span data-nav>${
-    model.instances.map((i) => `<a href="#inst-${slug(i.member.id)}">${e(i.member.id)}</a>`).join(
-      "",
-    )
-  }</span><a href="#timeline">Transitions</a><a href="#messages">Messages</a></nav>
+<nav class="jump" aria-label="Sections"><a href="#instances">Matrix</a><a href="#chart">Chart</a><a href="#timeline">Transitions</a><a href="#messages">Messages</a><a href="#overview">Concerns</a></nav>
 </header>
 <main>
-<section id="overview" aria-labelledby="overview-h"><h2 id="overview-h">Overview</h2>
-<div id="panels">${renderPanels(model.panels)}</div></section>
-<section id="instances" aria-labelledby="instances-h"><h2 id="instances-h">Instances and their actors</h2>
-<p class="legend">Each actor is drawn as its statechart; <span class="swatch"></span> marks its current state.</p>
-<div data-instances>${renderInstances(model)}</div></section>
+<section id="time" aria-labelledby="time-h"><h2 id="time-h">Time</h2>${
+    view.timeControl ?? ""
+  }</section>
+<section id="instances" aria-labelledby="instances-h"><h2 id="instances-h">Instances × actors</h2>
+<div data-matrix-host>${
+    renderMatrix(model, { filter: view.filter, selected, linkParams: view.linkParams })
+  }</div></section>
+<section id="chart" aria-labelledby="chart-h"><h2 id="chart-h">Statechart</h2>
+<p class="legend"><span class="swatch"></span> marks the actor's current state.</p>
+${renderChartPanel(view.chart, view.chartNote)}</section>
 <div class="split">
-<section id="timeline" aria-labelledby="timeline-h"><h2 id="timeline-h">Recent transitions</h2>
+<section id="timeline" aria-labelledby="timeline-h"><h2 id="timeline-h">${
+    view.history ? "Transitions in the range" : "Recent transitions"
+  }</h2>
 ${renderTimeline(model.instances)}</section>
 <section id="messages" aria-labelledby="messages-h"><h2 id="messages-h">Messages between instances</h2>
-<div data-messages>${renderMessages(model.instances)}</div></section>
+<div data-messages>${
+    renderMessages(model.instances, undefined, { recorded: view.history })
+  }</div></section>
 </div>
+<section id="overview" aria-labelledby="overview-h"><h2 id="overview-h">Concerns</h2>
+<div id="panels">${renderPanels(model.panels)}</div></section>
 </main>
 <footer><p>RootStream runtime · <a href="/actors">/actors</a> · <a href="/cluster">/cluster</a> · <a href="/health">/health</a></p></footer>
 </body>

@@ -61,7 +61,18 @@ interface Edge {
   target: string;
   label: string;
   kind: "transition" | "history-default";
+  /** The event part of the label (`onDone(promote)`, `after 100ms`, `GO`). */
+  event: string;
+  /** The guard as drawn, when there is one. */
+  guard?: string;
+  /** Named actions, in order. */
+  actions: string[];
+  /** Set on a diff chart: how this transition changed. */
+  mark?: DiffMark;
 }
+
+/** How a state or transition differs between two versions of a machine (chart diffs). */
+export type DiffMark = "added" | "removed" | "changed";
 
 /** A machine flattened into what both renderers need, in document order. */
 interface Chart {
@@ -75,6 +86,10 @@ interface Chart {
    * loops, which Graphviz stacks into unreadable piles on busy states.
    */
   internal: Map<string, string[]>;
+  /** Diff charts: the state's detail lines, replacing what its node would list. */
+  details?: Map<string, string[]>;
+  /** Diff charts: states that were added, removed or changed. */
+  marks?: Map<string, DiffMark>;
 }
 
 const HIGHLIGHT_FILL = "#fde68a";
@@ -169,12 +184,20 @@ function eventText(
   return type;
 }
 
-function transitionLabel(event: string, t: ChartTransitionDef): string {
-  let label = event;
+/** The parts of a transition's label: event, guard (if any) and named actions. */
+function transitionParts(
+  event: string,
+  t: ChartTransitionDef,
+): { event: string; guard?: string; actions: string[] } {
   // xstate.route wraps the user's guard in its own matcher; that matcher is noise.
-  if (t.guard !== undefined && event !== "route") label += ` [${guardText(t.guard)}]`;
-  const actions = actionNames(t.actions);
-  if (actions.length) label += ` / ${actions.join(", ")}`;
+  const guard = t.guard !== undefined && event !== "route" ? guardText(t.guard) : undefined;
+  return { event, guard, actions: actionNames(t.actions) };
+}
+
+function partsLabel(parts: { event: string; guard?: string; actions: string[] }): string {
+  let label = parts.event;
+  if (parts.guard !== undefined) label += ` [${parts.guard}]`;
+  if (parts.actions.length) label += ` / ${parts.actions.join(", ")}`;
   return label;
 }
 
@@ -196,13 +219,15 @@ function buildChart(machine: AnyStateMachine): Chart {
   const ids = new Map<string, ChartNode>();
   const edges: Edge[] = [];
   const internal = new Map<string, string[]>();
-  const add = (source: string, t: ChartTransitionDef, label: string) => {
+  const add = (source: string, t: ChartTransitionDef, event: string) => {
+    const parts = transitionParts(event, t);
+    const label = partsLabel(parts);
     if (!t.target?.length) {
       internal.set(source, [...(internal.get(source) ?? []), label]);
       return;
     }
     for (const target of t.target) {
-      edges.push({ source, target: pathOf(target), label, kind: "transition" });
+      edges.push({ source, target: pathOf(target), label, kind: "transition", ...parts });
     }
   };
   const visit = (node: ChartNode) => {
@@ -214,13 +239,20 @@ function buildChart(machine: AnyStateMachine): Chart {
   const collect = (node: ChartNode) => {
     const source = pathOf(node);
     for (const defs of node.transitions?.values() ?? []) {
-      for (const t of defs) add(source, t, transitionLabel(eventText(node, t, delays), t));
+      for (const t of defs) add(source, t, eventText(node, t, delays));
     }
-    for (const t of node.always ?? []) add(source, t, transitionLabel("always", t));
+    for (const t of node.always ?? []) add(source, t, "always");
     if (node.type === "history") {
       const target = historyDefault(node, ids);
       if (target) {
-        edges.push({ source, target: pathOf(target), label: "", kind: "history-default" });
+        edges.push({
+          source,
+          target: pathOf(target),
+          label: "",
+          kind: "history-default",
+          event: "default",
+          actions: [],
+        });
       }
     }
     for (const child of children(node)) collect(child);
@@ -300,6 +332,8 @@ function mermaidText(text: string): string {
 
 /** Lines listed inside a state: entry/exit actions, invoked actors, internal transitions. */
 function stateDetails(chart: Chart, node: ChartNode): string[] {
+  const override = chart.details?.get(pathOf(node));
+  if (override) return override;
   const lines: string[] = [];
   const entry = actionNames(node.entry);
   const exit = actionNames(node.exit);
@@ -495,10 +529,26 @@ function dotEnds(chart: Chart, source: string, target: string): DotEdge {
 
 /** Graphviz DOT of a machine, with clusters for compound and parallel states. */
 export function toDot(machine: AnyStateMachine, options: ChartOptions = {}): string {
-  const chart = buildChart(machine);
+  return chartDot(buildChart(machine), options);
+}
+
+/** Colours of diff marks: stroke/text and fill. */
+const DIFF_STYLE: Record<DiffMark, { color: string; fill: string }> = {
+  added: { color: "#15803d", fill: "#dcfce7" },
+  removed: { color: "#b91c1c", fill: "#fee2e2" },
+  changed: { color: "#c2410c", fill: "#ffedd5" },
+};
+
+function chartDot(chart: Chart, options: ChartOptions & { subtitle?: string } = {}): string {
   const active = resolveActive(chart, options.active);
   const ancestors = activeAncestors(active);
-  const edges: (DotEdge & { label?: string; style?: string; class: string })[] = [];
+  const edges: (DotEdge & {
+    label?: string;
+    style?: string;
+    class: string;
+    color?: string;
+    penwidth?: number;
+  })[] = [];
   // Initial transitions first, so each container's initial dot ranks before its states.
   for (const [path, node] of chart.nodes) {
     if (node.type !== "compound") continue;
@@ -510,11 +560,14 @@ export function toDot(machine: AnyStateMachine, options: ChartOptions = {}): str
   }
   for (const edge of chart.edges) {
     const history = edge.kind === "history-default";
+    const mark = edge.mark;
     edges.push({
       ...dotEnds(chart, edge.source, edge.target),
       label: edge.label || undefined,
-      style: history ? "dashed" : undefined,
-      class: history ? "history-default" : "transition",
+      style: history || mark === "removed" ? "dashed" : undefined,
+      class: (history ? "history-default" : "transition") + (mark ? ` diff-${mark}` : ""),
+      color: mark ? DIFF_STYLE[mark].color : undefined,
+      penwidth: mark ? 2 : undefined,
     });
   }
   const used = new Set(edges.flatMap((e) => [e.tail, e.head]));
@@ -527,7 +580,11 @@ export function toDot(machine: AnyStateMachine, options: ChartOptions = {}): str
         rankdir: "LR",
         fontname: "Helvetica",
         fontsize: 14,
-        label: rootDetails.length ? dotLabel(chart.title, rootDetails) : chart.title,
+        label: rootDetails.length
+          ? dotLabel(chart.title, rootDetails)
+          : options.subtitle
+          ? dotLabel(chart.title, [options.subtitle])
+          : chart.title,
         labelloc: "t",
         nodesep: 0.3,
         ranksep: 0.4,
@@ -591,12 +648,15 @@ export function toDot(machine: AnyStateMachine, options: ChartOptions = {}): str
     const classes = ["state", node.type];
     if (isActive) classes.push("active");
     if (isAncestor) classes.push("active-ancestor");
+    const mark = chart.marks?.get(path);
+    if (mark) classes.push(`diff-${mark}`);
+    const diff = mark ? DIFF_STYLE[mark] : undefined;
     const label = dotLabel(displayKey(node), stateDetails(chart, node));
     if (isContainer(node)) {
       const style = ["rounded"];
       // Regions of a parallel state are dashed, as in Harel's and UML's notation.
-      if (node.parent?.type === "parallel") style.push("dashed");
-      if (isActive) style.push("filled");
+      if (node.parent?.type === "parallel" || mark === "removed") style.push("dashed");
+      if (isActive || diff) style.push("filled");
       lines.push(`${indent}subgraph ${dotString(`cluster_${path}`)} {`);
       lines.push(
         `${indent}  graph${
@@ -605,9 +665,10 @@ export function toDot(machine: AnyStateMachine, options: ChartOptions = {}): str
             id: `state-${path}`,
             class: classes.join(" "),
             style: style.join(","),
-            color: isActive || isAncestor ? HIGHLIGHT_STROKE : "#475569",
-            penwidth: isActive ? 3 : isAncestor ? 2 : 1,
-            fillcolor: isActive ? HIGHLIGHT_CLUSTER_FILL : undefined,
+            color: diff?.color ?? (isActive || isAncestor ? HIGHLIGHT_STROKE : "#475569"),
+            fontcolor: diff?.color,
+            penwidth: diff ? 2 : isActive ? 3 : isAncestor ? 2 : 1,
+            fillcolor: diff?.fill ?? (isActive ? HIGHLIGHT_CLUSTER_FILL : undefined),
             fontsize: 12,
             margin: 10,
           })
@@ -629,9 +690,11 @@ export function toDot(machine: AnyStateMachine, options: ChartOptions = {}): str
           id: `state-${path}`,
           class: classes.join(" "),
           peripheries: node.type === "final" ? 2 : undefined,
-          fillcolor: isActive ? HIGHLIGHT_FILL : undefined,
-          color: isActive ? HIGHLIGHT_STROKE : undefined,
-          penwidth: isActive ? 3 : undefined,
+          style: mark === "removed" ? "rounded,filled,dashed" : undefined,
+          fillcolor: diff?.fill ?? (isActive ? HIGHLIGHT_FILL : undefined),
+          color: diff?.color ?? (isActive ? HIGHLIGHT_STROKE : undefined),
+          fontcolor: diff?.color,
+          penwidth: diff ? 2 : isActive ? 3 : undefined,
         })
       }`,
     );
@@ -655,6 +718,9 @@ export function toDot(machine: AnyStateMachine, options: ChartOptions = {}): str
       lhead: e.lhead,
       style: e.style,
       class: e.class,
+      color: e.color,
+      fontcolor: e.color,
+      penwidth: e.penwidth,
     });
     lines.push(`  ${dotString(e.tail)} -> ${dotString(e.head)}${attrs}`);
   }
@@ -757,4 +823,321 @@ export async function renderSvg(
     throw new Error(`Cannot render chart ${String(machine.id)}: ${detail}`);
   }
   return polishSvg(result.output);
+}
+
+// ---------------------------------------------------------------------------------------
+// Chart diffs
+
+/** One transition as a reviewer reads it. */
+export interface TransitionText {
+  /** Source state path ("" is the machine itself). */
+  source: string;
+  /** Target state path. */
+  target: string;
+  /** Event as drawn (`GO`, `after 100ms`, `onDone(promote)`). */
+  event: string;
+  /** Guard as drawn, when there is one. */
+  guard?: string;
+  /** Named actions. */
+  actions: string[];
+}
+
+/** What changed in one machine between two versions, state by state and edge by edge. */
+export interface ChartDiff {
+  /** The machine's id (the after version's, or the before one's when it was removed). */
+  title: string;
+  /** States (key paths) only in the after version. */
+  addedStates: string[];
+  /** States only in the before version. */
+  removedStates: string[];
+  /** States in both whose type, initial state or details (entry, exit, invoke, internal) changed. */
+  changedStates: { path: string; notes: string[] }[];
+  /** Transitions only in the after version. */
+  addedTransitions: TransitionText[];
+  /** Transitions only in the before version. */
+  removedTransitions: TransitionText[];
+  /** Transitions in both (same source, event, target) whose guard or actions changed. */
+  changedTransitions: { before: TransitionText; after: TransitionText }[];
+}
+
+/** True when a diff found nothing to show. */
+export function isEmptyDiff(diff: ChartDiff): boolean {
+  return !diff.addedStates.length && !diff.removedStates.length &&
+    !diff.changedStates.length && !diff.addedTransitions.length &&
+    !diff.removedTransitions.length && !diff.changedTransitions.length;
+}
+
+/** A machine with no states: the "before" of a machine that is new, the "after" of one removed. */
+function emptyChart(title: string): Chart {
+  const root: ChartNode = {
+    key: title,
+    id: title,
+    path: [],
+    type: "compound",
+    history: false,
+    states: {},
+    config: {},
+    initial: { target: [] },
+    transitions: new Map(),
+    invoke: [],
+    entry: [],
+    exit: [],
+  };
+  return { title, root, nodes: new Map([["", root]]), edges: [], internal: new Map() };
+}
+
+/**
+ * One tree holding the states of both versions: the after version's children in their
+ * order, then the before version's removed ones. A state that gained or lost children is
+ * drawn as a container so the removed children still have somewhere to be.
+ */
+function mergeNodes(after?: ChartNode, before?: ChartNode, parent?: ChartNode): ChartNode {
+  const base = (after ?? before)!;
+  const node: ChartNode = {
+    key: base.key,
+    id: base.id,
+    path: base.path,
+    type: base.type,
+    history: base.history,
+    parent,
+    states: {},
+    config: base.config,
+    initial: base.initial,
+    transitions: base.transitions,
+    always: base.always,
+    invoke: base.invoke,
+    entry: base.entry,
+    exit: base.exit,
+  };
+  const keys = Object.keys(after?.states ?? {});
+  for (const key of Object.keys(before?.states ?? {})) if (!keys.includes(key)) keys.push(key);
+  for (const key of keys) {
+    node.states[key] = mergeNodes(after?.states?.[key], before?.states?.[key], node);
+  }
+  if (keys.length && !isContainer(node)) node.type = "compound";
+  return node;
+}
+
+function edgeKey(edge: Edge): string {
+  return `${edge.kind}\u0000${edge.source}\u0000${edge.event}\u0000${edge.target}`;
+}
+
+function textOf(edge: Edge): TransitionText {
+  const text: TransitionText = {
+    source: edge.source,
+    target: edge.target,
+    event: edge.event,
+    actions: edge.actions,
+  };
+  if (edge.guard !== undefined) text.guard = edge.guard;
+  return text;
+}
+
+function sameParts(a: Edge, b: Edge): boolean {
+  return a.guard === b.guard && a.actions.join("\u0000") === b.actions.join("\u0000");
+}
+
+function whatChanged(before: Edge, after: Edge): string {
+  const notes: string[] = [];
+  if (before.guard !== after.guard) notes.push(`was [${before.guard ?? "no guard"}]`);
+  if (before.actions.join() !== after.actions.join()) {
+    notes.push(`was / ${before.actions.join(", ") || "no actions"}`);
+  }
+  return notes.join("; ");
+}
+
+/** Compares two charts; returns the diff and the merged chart that draws it. */
+function compareCharts(before: Chart, after: Chart): { diff: ChartDiff; merged: Chart } {
+  const diff: ChartDiff = {
+    title: after.nodes.size > 1 || before.nodes.size <= 1 ? after.title : before.title,
+    addedStates: [],
+    removedStates: [],
+    changedStates: [],
+    addedTransitions: [],
+    removedTransitions: [],
+    changedTransitions: [],
+  };
+  const root = mergeNodes(after.root, before.root);
+  const nodes = new Map<string, ChartNode>();
+  const visit = (node: ChartNode) => {
+    nodes.set(pathOf(node), node);
+    for (const child of children(node)) visit(child);
+  };
+  visit(root);
+  const marks = new Map<string, DiffMark>();
+  const details = new Map<string, string[]>();
+  for (const path of nodes.keys()) {
+    const a = after.nodes.get(path);
+    const b = before.nodes.get(path);
+    if (path !== "" && a && !b) {
+      marks.set(path, "added");
+      diff.addedStates.push(path);
+    } else if (path !== "" && b && !a) {
+      marks.set(path, "removed");
+      diff.removedStates.push(path);
+      details.set(path, stateDetails(before, b));
+    }
+    if (!a || !b) continue;
+    const notes: string[] = [];
+    if (a.type !== b.type) notes.push(`type ${b.type} → ${a.type}`);
+    const initialOf = (n: ChartNode) => (n.initial?.target ?? []).map(pathOf).join(", ");
+    if (a.type === "compound" && b.type === "compound" && initialOf(a) !== initialOf(b)) {
+      notes.push(`initial ${initialOf(b) || "none"} → ${initialOf(a) || "none"}`);
+    }
+    const was = stateDetails(before, b);
+    const now = stateDetails(after, a);
+    const lines = now.map((line) => (was.includes(line) ? line : `+ ${line}`));
+    for (const line of was) {
+      if (!now.includes(line)) {
+        lines.push(`- ${line}`);
+        notes.push(`removed: ${line}`);
+      }
+    }
+    for (const line of now) if (!was.includes(line)) notes.push(`added: ${line}`);
+    if (notes.length) {
+      details.set(path, [...lines, ...notes.filter((n) => !/^(added|removed): /.test(n))]);
+      marks.set(path, "changed");
+      diff.changedStates.push({ path, notes });
+    } else {
+      details.set(path, now);
+    }
+  }
+  for (const path of diff.addedStates) {
+    details.set(path, stateDetails(after, after.nodes.get(path)!));
+  }
+  const group = (edges: Edge[]) => {
+    const out = new Map<string, Edge[]>();
+    for (const edge of edges) out.set(edgeKey(edge), [...(out.get(edgeKey(edge)) ?? []), edge]);
+    return out;
+  };
+  const beforeEdges = group(before.edges);
+  const afterEdges = group(after.edges);
+  const edges: Edge[] = [];
+  for (const edge of after.edges) {
+    const olds = beforeEdges.get(edgeKey(edge)) ?? [];
+    const index = afterEdges.get(edgeKey(edge))!.indexOf(edge);
+    const old = olds[index];
+    if (!old) {
+      edges.push({ ...edge, mark: "added" });
+      diff.addedTransitions.push(textOf(edge));
+    } else if (!sameParts(old, edge)) {
+      edges.push({ ...edge, label: `${edge.label} (${whatChanged(old, edge)})`, mark: "changed" });
+      diff.changedTransitions.push({ before: textOf(old), after: textOf(edge) });
+    } else {
+      edges.push(edge);
+    }
+  }
+  for (const edge of before.edges) {
+    const news = afterEdges.get(edgeKey(edge)) ?? [];
+    const index = beforeEdges.get(edgeKey(edge))!.indexOf(edge);
+    if (news[index]) continue;
+    edges.push({ ...edge, mark: "removed" });
+    diff.removedTransitions.push(textOf(edge));
+  }
+  const merged: Chart = {
+    title: diff.title,
+    root,
+    nodes,
+    edges,
+    internal: new Map(),
+    details,
+    marks,
+  };
+  return { diff, merged };
+}
+
+/** Options of {@linkcode diffCharts}. */
+export interface DiffChartOptions {
+  /** A line under the title (e.g. "changes since main"). */
+  subtitle?: string;
+}
+
+/** Strikes through the text of removed states and transitions (DOT has no such attribute). */
+function strikeRemoved(svg: string): string {
+  return svg.split("<g ").map((part) => {
+    const open = part.slice(0, part.indexOf(">") + 1);
+    if (!/class="[^"]*diff-removed/.test(open)) return part;
+    return part.replaceAll("<text ", '<text text-decoration="line-through" ');
+  }).join("<g ");
+}
+
+/**
+ * Compares two versions of a machine (either may be null: the machine is new, or gone) and
+ * draws one SVG: added states and transitions in green, removed ones red, dashed and struck
+ * through, changed ones orange with what they were. Returns null when nothing changed.
+ */
+export async function diffCharts(
+  before: AnyStateMachine | null,
+  after: AnyStateMachine | null,
+  options: DiffChartOptions = {},
+): Promise<{ diff: ChartDiff; svg: string } | null> {
+  if (!before && !after) return null;
+  const a = after ? buildChart(after) : emptyChart(String(before!.id));
+  const b = before ? buildChart(before) : emptyChart(String(after!.id));
+  const { diff, merged } = compareCharts(b, a);
+  if (isEmptyDiff(diff)) return null;
+  const legend = "green: added · red, dashed, struck through: removed · orange: changed";
+  const subtitle = [options.subtitle, legend].filter(Boolean).join(" — ");
+  const dot = chartDot(merged, { subtitle });
+  const result = (await viz()).render(dot, { format: "svg" });
+  if (result.status !== "success") {
+    const detail = result.errors.map((e) => e.message).join("; ");
+    throw new Error(`Cannot render the diff of chart ${diff.title}: ${detail}`);
+  }
+  return { diff, svg: strikeRemoved(polishSvg(result.output)) };
+}
+
+function transitionMd(t: TransitionText): string {
+  let text = `\`${t.source || "(machine)"}\` —${t.event}`;
+  if (t.guard !== undefined) text += ` [${t.guard}]`;
+  if (t.actions.length) text += ` / ${t.actions.join(", ")}`;
+  return `${text}→ \`${t.target || "(machine)"}\``;
+}
+
+/** A markdown section for one machine's diff, for a pull-request comment. */
+export function diffMarkdown(name: string, diff: ChartDiff, svgFile?: string): string {
+  const lines = [`### \`${name}\``, ""];
+  const count = (n: number, what: string) => `${n} ${what}${n === 1 ? "" : "s"}`;
+  lines.push(
+    `States: +${diff.addedStates.length} −${diff.removedStates.length} ~${diff.changedStates.length}; ` +
+      `transitions: +${diff.addedTransitions.length} −${diff.removedTransitions.length} ~${diff.changedTransitions.length}` +
+      (svgFile ? ` (picture: \`${svgFile}\`)` : ""),
+    "",
+  );
+  if (diff.addedStates.length) {
+    lines.push(
+      `- **${count(diff.addedStates.length, "state")} added:** ${
+        diff.addedStates.map((s) => `\`${s}\``).join(", ")
+      }`,
+    );
+  }
+  if (diff.removedStates.length) {
+    lines.push(
+      `- **${count(diff.removedStates.length, "state")} removed:** ${
+        diff.removedStates.map((s) => `~~\`${s}\`~~`).join(", ")
+      }`,
+    );
+  }
+  for (const state of diff.changedStates) {
+    lines.push(`- **state changed:** \`${state.path || "(machine)"}\`: ${state.notes.join("; ")}`);
+  }
+  for (const t of diff.addedTransitions) lines.push(`- **transition added:** ${transitionMd(t)}`);
+  for (const t of diff.removedTransitions) {
+    lines.push(`- **transition removed:** ~~${transitionMd(t)}~~`);
+  }
+  for (const { before, after } of diff.changedTransitions) {
+    const parts: string[] = [];
+    if (before.guard !== after.guard) {
+      parts.push(`guard \`${before.guard ?? "none"}\` → \`${after.guard ?? "none"}\``);
+    }
+    if (before.actions.join() !== after.actions.join()) {
+      parts.push(
+        `actions \`${before.actions.join(", ") || "none"}\` → \`${
+          after.actions.join(", ") || "none"
+        }\``,
+      );
+    }
+    lines.push(`- **transition changed:** ${transitionMd(after)}: ${parts.join("; ")}`);
+  }
+  return lines.join("\n") + "\n";
 }

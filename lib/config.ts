@@ -138,13 +138,15 @@ export const SETTINGS: readonly SettingDoc[] = [
   },
   {
     env: "RS_HEARTBEAT_MS",
-    default: "500",
-    description: "Cluster heartbeat period",
+    default: "1000",
+    description:
+      "Cluster heartbeat period (departures reach every instance by notice, not by heartbeat)",
   },
   {
     env: "RS_DEAD_AFTER_MS",
     default: "2000",
-    description: "An instance silent this long is dead (noticed within this plus one heartbeat)",
+    description:
+      "An instance silent this long is dead (noticed within this plus one heartbeat divided by the instance count)",
   },
   {
     env: "RS_LEASE_TTL_MS",
@@ -321,7 +323,7 @@ const schema = z.object({
   LOG_FORMAT: z.enum(["text", "json"], { message: "text or json" }).default("text"),
   RS_SHUTDOWN_TIMEOUT_S: intIn(0, 600, "seconds").default(10),
   RS_PUBLIC_URL: urlWith(["http:", "https:"], "http://host:8080").optional(),
-  RS_HEARTBEAT_MS: intIn(50, 60_000, "milliseconds").default(500),
+  RS_HEARTBEAT_MS: intIn(50, 60_000, "milliseconds").default(1000),
   RS_DEAD_AFTER_MS: intIn(100, 600_000, "milliseconds").default(2000),
   RS_LEASE_TTL_MS: intIn(300, 600_000, "milliseconds").default(5000),
   RS_MAX_RESTARTS: intIn(0, 1000, "failures").default(5),

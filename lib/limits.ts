@@ -23,6 +23,10 @@ export interface LimitsSettings {
   hashConcurrency: number;
   /** Password checks waiting for a slot; beyond it a login answers 503 SERVER_BUSY. */
   hashQueue: number;
+  /** Entries the cluster's recorded history keeps at most (approximately). */
+  historyMaxEntries: number;
+  /** How long the recorded history keeps an entry, by the Redis server clock (ms). */
+  historyMaxAgeMs: number;
 }
 
 /** The defaults, for components built without a configuration (tests, examples). */
@@ -33,6 +37,8 @@ export const DEFAULT_LIMITS: Readonly<LimitsSettings> = Object.freeze({
   inspectorMaxStopped: 1000,
   hashConcurrency: 4,
   hashQueue: 64,
+  historyMaxEntries: 500_000,
+  historyMaxAgeMs: 7 * 86_400_000,
 });
 
 /** The variables of the limits, documented. */
@@ -72,6 +78,17 @@ export const LIMITS_SETTINGS: readonly SettingDoc[] = [
     description: "Password checks waiting for a hashing slot; one more answers 503 " +
       "SERVER_BUSY with Retry-After",
   },
+  {
+    env: "RS_HISTORY_MAX_ENTRIES",
+    default: String(DEFAULT_LIMITS.historyMaxEntries),
+    description: "Entries (transitions and messages of every instance) the recorded " +
+      "history in Redis keeps at most; the oldest are trimmed (docs/console.md)",
+  },
+  {
+    env: "RS_HISTORY_MAX_AGE_S",
+    default: String(DEFAULT_LIMITS.historyMaxAgeMs / 1000),
+    description: "How long the recorded history keeps an entry, by the Redis server clock",
+  },
 ];
 
 const schema = z.object({
@@ -83,6 +100,12 @@ const schema = z.object({
   ),
   RS_HASH_CONCURRENCY: intIn(1, 256, "hashes").default(DEFAULT_LIMITS.hashConcurrency),
   RS_HASH_QUEUE: intIn(0, 100_000, "waiting checks").default(DEFAULT_LIMITS.hashQueue),
+  RS_HISTORY_MAX_ENTRIES: intIn(1000, 100_000_000, "entries").default(
+    DEFAULT_LIMITS.historyMaxEntries,
+  ),
+  RS_HISTORY_MAX_AGE_S: intIn(60, 90 * 86_400, "seconds").default(
+    DEFAULT_LIMITS.historyMaxAgeMs / 1000,
+  ),
 });
 
 /** Reads and validates the limits; CONFIG_INVALID names every bad variable. */
@@ -112,6 +135,8 @@ export function loadLimitsSettings(env: Record<string, string | undefined>): Lim
     inspectorMaxStopped: c.RS_INSPECTOR_MAX_STOPPED,
     hashConcurrency: c.RS_HASH_CONCURRENCY,
     hashQueue: c.RS_HASH_QUEUE,
+    historyMaxEntries: c.RS_HISTORY_MAX_ENTRIES,
+    historyMaxAgeMs: c.RS_HISTORY_MAX_AGE_S * 1000,
   };
 }
 

@@ -4,8 +4,8 @@
  * Redis is shared by every instance and reachable by whoever holds its password, so it is
  * not trusted: every control record written there (transport envelopes and replies,
  * broadcasts, sync batches and announcements, session-cache entries, pending login
- * attempts, membership info with the member's URL, the published primary and the
- * coordinator's status) is *sealed* with an HMAC-SHA256 and *opened* before anything in it
+ * attempts, membership info with the member's URL, the published primary, the
+ * coordinator's status and the recorded history) is *sealed* with an HMAC-SHA256 and *opened* before anything in it
  * is believed.
  *
  * - One key per purpose, derived with HKDF-SHA256 from `RS_SECRET_KEY` (the purpose string
@@ -25,8 +25,8 @@
  * Sealed form: `rs1.<43 characters of base64url MAC>.<body>`.
  * @module
  */
-import { Buffer } from "node:buffer";
-import { createHash, hkdfSync, timingSafeEqual } from "node:crypto";
+import { hkdfSync } from "node:crypto";
+import { hmacBase64url, type HmacKey, hmacKey, sameText } from "./hmac_sha256.ts";
 import { type Logger, silentLogger } from "./log.ts";
 
 /** The kinds of record sealed, each with its own derived key. */
@@ -40,6 +40,7 @@ export const MESSAGE_PURPOSES = [
   "login.attempt",
   "membership.info",
   "failover.record",
+  "history.record",
 ] as const;
 
 /** One kind of sealed record. */
@@ -92,38 +93,28 @@ const SALT = "rootstream/message-auth/v1";
 /** Distinct (purpose, sender) pairs logged before further ones are only counted. */
 const MAX_LOGGED_SENDERS = 1000;
 
-/** A purpose's HMAC key as its two padded blocks (RFC 2104: K ⊕ ipad, K ⊕ opad). */
-interface PaddedKey {
-  inner: Buffer;
-  outer: Buffer;
-}
+/** A purpose's HMAC key, its pad blocks compressed once (lib/hmac_sha256.ts). */
+type PaddedKey = HmacKey;
 
 /** The key of one purpose, derived from a 32-byte secret. */
 function derive(secret: Uint8Array, purpose: MessagePurpose): PaddedKey {
-  const key = Buffer.from(hkdfSync("sha256", secret, SALT, `rootstream ${purpose}`, 32));
-  const inner = Buffer.alloc(64, 0x36), outer = Buffer.alloc(64, 0x5c);
-  for (let i = 0; i < key.length; i++) {
-    inner[i] ^= key[i];
-    outer[i] ^= key[i];
-  }
-  return { inner, outer };
+  return hmacKey(new Uint8Array(hkdfSync("sha256", secret, SALT, `rootstream ${purpose}`, 32)));
 }
 
 /**
- * HMAC-SHA256 of the binding and body, base64url. Written out as two hashes over the
- * precomputed pads (the same bytes as createHmac, which tests/lib/message_auth_test.ts
- * checks): Deno's createHmac sets a key up on every call, the largest cost of a message on
+ * HMAC-SHA256 of the binding and body, base64url (the same bytes as createHmac, which
+ * tests/lib/message_auth_test.ts checks). Computed by lib/hmac_sha256.ts over the key's
+ * precomputed pad states: node:crypto's per-call cost was the largest cost of a message on
  * the hot path.
  */
 function mac(key: PaddedKey, binding: string, body: string): string {
   // The binding is length-prefixed so no (binding, body) pair can be re-cut as another.
-  const inner = createHash("sha256").update(key.inner)
-    .update(`${binding.length}:${binding}\n${body}`).digest();
-  return createHash("sha256").update(key.outer).update(inner).digest("base64url");
+  return hmacBase64url(key, `${binding.length}:${binding}\n${body}`);
 }
 
-function check(presented: Buffer, key: PaddedKey, binding: string, body: string): boolean {
-  return timingSafeEqual(presented, Buffer.from(mac(key, binding, body), "latin1"));
+/** Constant-time comparison of the presented MAC with the expected one. */
+function check(presented: string, key: PaddedKey, binding: string, body: string): boolean {
+  return sameText(presented, mac(key, binding, body));
 }
 
 /**
@@ -163,7 +154,7 @@ export function createMessageAuth(
       if (sealed.length < HEADER || !sealed.startsWith(PREFIX) || sealed[HEADER - 1] !== ".") {
         return null;
       }
-      const presented = Buffer.from(sealed.slice(PREFIX.length, HEADER - 1), "latin1");
+      const presented = sealed.slice(PREFIX.length, HEADER - 1);
       if (presented.length !== MAC_CHARS) return null;
       const body = sealed.slice(HEADER);
       if (check(presented, current.get(purpose)!, binding, body)) {

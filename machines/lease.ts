@@ -105,6 +105,12 @@ export interface LeaseMachineInput {
   safetyMarginMs?: number;
   /** How long one Redis call may take before it counts as failed (default renew / 2). */
   opTimeoutMs?: number;
+  /**
+   * While another instance holds the lease, wait at least this long between attempts (not
+   * only until its TTL runs out) — for managers that send WAKE when the holder departs the
+   * cluster or releases the lease. Absent: wake at each seen TTL's end.
+   */
+  standbyMs?: number;
 }
 
 /** Why a holder stopped holding. */
@@ -117,7 +123,7 @@ export type LeaseEmitted =
   | { type: "failed"; role: string; op: "acquire" | "renew" | "release"; error: string };
 
 /** Events the lease actor accepts. */
-export type LeaseEvent = { type: "RESIGN" };
+export type LeaseEvent = { type: "RESIGN" } | { type: "WAKE" };
 
 /** Context of {@linkcode leaseMachine}. */
 export interface LeaseContext {
@@ -137,6 +143,10 @@ export interface LeaseContext {
   safetyMarginMs: number;
   /** Time limit of one Redis call. */
   opTimeoutMs: number;
+  /** Least wait while another instance holds the lease (null: until its TTL's end). */
+  standbyMs: number | null;
+  /** The last attempt followed a WAKE: the next waits for the seen TTL's end only. */
+  woken: boolean;
   /** Our fencing token while held (kept after a loss for the record). */
   token: number | null;
   /** Injected-clock time the last successful acquire / renew was sent. */
@@ -186,12 +196,18 @@ export const leaseMachine = setup({
     ),
   },
   delays: {
-    // The first attempt is immediate; while a holder's lease is about to run out, wake
-    // up right when it does, so a dead holder is replaced within its TTL.
+    // The first attempt is immediate; while another instance holds the lease, wake up right
+    // when its TTL runs out (not every retryMs before that: a standby's polls cost Redis
+    // commands at every instance and told nothing new), so a dead holder is replaced within
+    // its TTL; with no holder seen, every retryMs.
+    // After a WAKE (the holder departed or released), or without WAKEs, exactly then; with
+    // WAKEs wired, at least standbyMs apart.
     retryDelay: ({ context }) => {
       if (context.attempts === 0) return 0;
       const left = context.holderTtlMs;
-      return left !== null && left >= 0 && left < context.retryMs ? left + 1 : context.retryMs;
+      if (left === null || left < 0) return context.retryMs;
+      if (context.woken || context.standbyMs === null) return left + 1;
+      return Math.max(left + 1, context.standbyMs);
     },
     renewInterval: ({ context }) => context.renewMs,
     renewRetry: ({ context }) => context.renewRetryMs,
@@ -327,6 +343,8 @@ export const leaseMachine = setup({
       renewRetryMs: input.renewRetryMs ?? Math.max(1, Math.floor(renewMs / 4)),
       safetyMarginMs: input.safetyMarginMs ?? Math.floor(input.ttlMs / 5),
       opTimeoutMs: input.opTimeoutMs ?? Math.max(1, Math.floor(renewMs / 2)),
+      standbyMs: input.standbyMs ?? null,
+      woken: false,
       token: null,
       lastRenewedAt: null,
       observedAt: null,
@@ -341,8 +359,13 @@ export const leaseMachine = setup({
   initial: "standby",
   states: {
     standby: {
-      after: { retryDelay: "acquiring" },
-      on: { RESIGN: "resigning" },
+      after: { retryDelay: { target: "acquiring", actions: assign({ woken: false }) } },
+      // WAKE: the holder released the lease or left the cluster; try now, and if its lease
+      // still runs, again right at its end.
+      on: {
+        RESIGN: "resigning",
+        WAKE: { target: "acquiring", actions: assign({ woken: true }) },
+      },
     },
     acquiring: {
       entry: "countAttempt",

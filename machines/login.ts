@@ -13,11 +13,14 @@
  *   deadline) runs on the parent state, so a rejected code does not restart the clock.
  *   `SUBMIT_CODE` names its method; `verifying` runs the one verifier effect
  *   (`verifyCode`) with that method and records the method's own event (see
- *   {@linkcode MFA_METHODS}: adding a method such as WebAuthn or an e-mail code is one entry
+ *   {@linkcode MFA_METHODS}: totp, backup_code, webauthn, email; adding a method is one entry
  *   there plus its verifier in actors/sessions/, never another state). Every check is
  *   bounded by `verifyTimeout`. A rejected code returns to `waiting` until the attempt's
  *   own limit (`maxMfaAttempts`) ends it in `failed`; the user-wide lockout (store/mfa.ts,
  *   shared by all instances) ends it in `locked`.
+ * - A passkey login (`input.passwordless`) has no password: it starts in `mfa_required` with
+ *   no user, its deadline `mfaTimeoutMs` from its start; only `webauthn` is offered, and the
+ *   verifier that accepts the passkey names the user (`CodeResult.userId`).
  * - An attempt started on another instance can be *resumed* here (`input.resume`): it
  *   starts in `mfa_required` with its deadline and failures.
  *
@@ -57,6 +60,10 @@ export interface LoginDevice {
 export const MFA_METHODS = {
   totp: { submitted: "TotpSubmitted" },
   backup_code: { submitted: "BackupCodeSubmitted" },
+  /** A passkey's assertion (the code is its JSON); also the only method of a passkey login. */
+  webauthn: { submitted: "PasskeySubmitted" },
+  /** A six-digit code sent by e-mail. */
+  email: { submitted: "EmailCodeSubmitted" },
 } as const;
 
 /** A second-factor method (a key of {@linkcode MFA_METHODS}). */
@@ -74,9 +81,14 @@ export function isMfaMethod(method: unknown): method is MfaMethod {
 export interface LoginInput {
   /** Attempt id (UUID): the event-store aggregate id and the actor's id. */
   attemptId: string;
-  /** Username or email as typed. */
+  /** Username or email as typed ("" for a passkey login: the passkey names its user). */
   login: string;
-  /** The password (absent when resuming). */
+  /**
+   * A passkey login: no password; the attempt waits for a passkey from the start, and the
+   * passkey's verifier says whose it is.
+   */
+  passwordless?: boolean;
+  /** The password (absent when resuming or for a passkey login). */
   password?: string;
   /** Hex SHA-256 of the MFA challenge token handed to the client. */
   challengeHash: string;
@@ -97,7 +109,7 @@ export interface LoginInput {
   /** Longest write of the journal (events, challenge record) in ms; 15 s. */
   journalTimeoutMs?: number;
   /** Continue an attempt from another instance: its user, failures and deadline (ms since the epoch). */
-  resume?: { userId: number; mfaFailures: number; deadline: number };
+  resume?: { userId: number | null; mfaFailures: number; deadline: number };
 }
 
 /** What `checkCredentials` reports. */
@@ -115,7 +127,12 @@ export type CredentialsResult =
 
 /** What a code check reports (the shape of store/mfa.ts's MfaCheck, minus what we don't use). */
 export type CodeResult =
-  | { ok: true; backupCodesRemaining: number }
+  | {
+    ok: true;
+    backupCodesRemaining: number;
+    /** Whose factor it was: set by a passkey login's verifier (the attempt had no user yet). */
+    userId?: number;
+  }
   | {
     ok: false;
     reason: "invalid" | "replayed" | "locked" | "not_enrolled";
@@ -202,7 +219,13 @@ export type JournalEntry =
     /** The session, for `Authenticated`. */
     sessionId: string | null;
   }
-  | { kind: "save_challenge"; userId: number; mfaFailures: number; deadline: number }
+  | {
+    kind: "save_challenge";
+    /** The user; null in a passkey login (not known until the passkey is). */
+    userId: number | null;
+    mfaFailures: number;
+    deadline: number;
+  }
   | { kind: "forget_challenge" };
 
 /** The journal region's data. */
@@ -234,6 +257,8 @@ export interface LoginContext {
   verifyTimeoutMs: number;
   journalTimeoutMs: number;
   resumed: boolean;
+  /** A passkey login (no password; only `webauthn` is offered). */
+  passwordless: boolean;
   /** When this instance started waiting for a code, ms since the epoch; null before. */
   waitFrom: number | null;
   /** When the wait for a code ends, ms since the epoch; null until the attempt needs a code. */
@@ -264,8 +289,8 @@ export type LoginEvent =
 export interface CodeCheckInput {
   /** Attempt id. */
   attemptId: string;
-  /** The user. */
-  userId: number;
+  /** The user; null in a passkey login (the passkey names its user). */
+  userId: number | null;
   /** Which second factor the code is for. */
   method: MfaMethod;
   /** The code as typed. */
@@ -308,6 +333,8 @@ export interface JournalInput {
   device: LoginDevice;
   /** Hex SHA-256 of the challenge token. */
   challengeHash: string;
+  /** A passkey login (the resumable record says so). */
+  passwordless: boolean;
   /** Event-store version reached so far; null: read it first. */
   version: number | null;
   /** The entries. */
@@ -418,12 +445,14 @@ const login = setup({
     ),
     /** Notes the resumable record (deadline, failures) another instance needs. */
     saveChallenge: assign(({ context }) =>
-      context.userId === null || context.deadline === null ? {} : noted(context, {
-        kind: "save_challenge",
-        userId: context.userId,
-        mfaFailures: context.mfaFailures,
-        deadline: context.deadline,
-      })
+      (context.userId === null && !context.passwordless) || context.deadline === null
+        ? {}
+        : noted(context, {
+          kind: "save_challenge",
+          userId: context.userId,
+          mfaFailures: context.mfaFailures,
+          deadline: context.deadline,
+        })
     ),
     /** Notes the removal of the resumable record, when the attempt had one (it is over). */
     forgetChallenge: assign(({ context }) =>
@@ -460,9 +489,13 @@ const login = setup({
       };
     }),
     /** Notes how many backup codes are left. */
-    acceptCode: assign(({ event }) => {
+    acceptCode: assign(({ context, event }) => {
       const r = (event as unknown as Done<CodeResult>).output;
-      return { backupCodesRemaining: r.ok ? r.backupCodesRemaining : null };
+      return {
+        backupCodesRemaining: r.ok ? r.backupCodesRemaining : null,
+        // A passkey login learns its user from the passkey.
+        userId: r.ok && context.userId === null ? r.userId ?? null : context.userId,
+      };
     }),
     /** Keeps the new session. */
     keepSession: assign(({ event }) => ({
@@ -523,6 +556,8 @@ const login = setup({
   guards: {
     /** The attempt continues one started on another instance. */
     resuming: ({ context }) => context.resumed,
+    /** A passkey login: no password to check. */
+    passwordless: ({ context }) => context.passwordless,
     /** The password did not match (or the account is unknown or inactive). */
     credentialsInvalid: ({ event }) =>
       (event as unknown as Done<CredentialsResult>).output.outcome === "invalid",
@@ -537,9 +572,15 @@ const login = setup({
       return r.outcome === "ok" && r.mfaEnabled;
     },
     /** The submitted code names a method this chart knows. */
-    methodOffered: ({ event }) => isMfaMethod((event as { method?: unknown }).method),
-    /** The code was accepted. */
-    codeAccepted: ({ event }) => (event as unknown as Done<CodeResult>).output.ok,
+    methodOffered: ({ context, event }) => {
+      const method = (event as { method?: unknown }).method;
+      return isMfaMethod(method) && (!context.passwordless || method === "webauthn");
+    },
+    /** The code was accepted (and, in a passkey login, named its user). */
+    codeAccepted: ({ context, event }) => {
+      const r = (event as unknown as Done<CodeResult>).output;
+      return r.ok && (context.userId !== null || typeof r.userId === "number");
+    },
     /** The user-wide lockout is (now) in force. */
     codeLocked: ({ event }) => {
       const r = (event as unknown as Done<CodeResult>).output;
@@ -626,7 +667,7 @@ const verifyingState = login.createStateConfig({
       const e = event as Partial<Extract<LoginEvent, { type: "SUBMIT_CODE" }>>;
       return {
         attemptId: context.attemptId,
-        userId: context.userId!,
+        userId: context.userId,
         method: context.method!,
         code: e.code ?? "",
         // The address the code came from (the attempts log), else the login's.
@@ -739,6 +780,11 @@ const attemptRegion = login.createStateConfig({
           target: "mfa_required",
           actions: { type: "record", params: { event: "LoginResumed" } },
         },
+        {
+          guard: "passwordless",
+          target: "mfa_required",
+          actions: { type: "record", params: { event: "LoginStarted" } },
+        },
         { target: "credentials", actions: { type: "record", params: { event: "LoginStarted" } } },
       ],
     },
@@ -772,6 +818,7 @@ const journalRegion = login.createStateConfig({
           remember: context.remember,
           device: context.device,
           challengeHash: context.challengeHash,
+          passwordless: context.passwordless,
           version: context.journal.version,
           entries: context.journal.pending.slice(0, context.journal.writing),
         }),
@@ -802,8 +849,11 @@ export const loginMachine = login.createMachine({
     verifyTimeoutMs: input.verifyTimeoutMs ?? 15_000,
     journalTimeoutMs: input.journalTimeoutMs ?? 15_000,
     resumed: input.resume !== undefined,
-    waitFrom: input.resume ? input.startedAt : null,
-    deadline: input.resume?.deadline ?? null,
+    passwordless: input.passwordless === true,
+    // A resumed attempt waits from now until its deadline; a passkey login from its start.
+    waitFrom: input.resume || input.passwordless ? input.startedAt : null,
+    deadline: input.resume?.deadline ??
+      (input.passwordless ? input.startedAt + (input.mfaTimeoutMs ?? 300_000) : null),
     method: null,
     mfaFailures: input.resume?.mfaFailures ?? 0,
     rejections: 0,

@@ -163,6 +163,21 @@ export async function completeBackupRun(
   return toRecord(row);
 }
 
+/**
+ * Records the progress of a running backup (metadata.progress) so every process can show
+ * it; ignored once the run has finished (completion replaces the metadata).
+ */
+export async function recordBackupProgress(
+  sql: Sql,
+  id: number,
+  progress: Record<string, unknown>,
+): Promise<void> {
+  await sql`
+    UPDATE backup_history
+    SET metadata = metadata || jsonb_build_object('progress', ${sql.json(progress as never)}::jsonb)
+    WHERE id = ${id} AND status = 'in_progress'`;
+}
+
 /** Marks a run failed with the reason. */
 export async function failBackupRun(
   sql: Sql,
@@ -172,7 +187,8 @@ export async function failBackupRun(
   await sql`
     UPDATE backup_history
     SET status = 'failed', completed_at = GREATEST(${fields.completedAt}, started_at),
-        error_message = ${clip(fields.error)}, verified_at = NULL
+        error_message = ${clip(fields.error)}, verified_at = NULL,
+        metadata = metadata - 'progress'
     WHERE id = ${id}`;
 }
 

@@ -142,6 +142,23 @@ export async function serverFacts(sql: Sql): Promise<ServerFacts> {
   return { version: row.version, systemIdentifier: row.sysid };
 }
 
+/**
+ * Sizes that estimate how many bytes a backup reads: the tables of the connected database
+ * (heap + TOAST, what pg_dump reads; no indexes) and the whole cluster (a base backup).
+ */
+export async function estimateSizes(
+  sql: Sql,
+): Promise<{ tables: number; cluster: number }> {
+  const [row] = await sql<{ tables: string; cluster: string }[]>`
+    SELECT (SELECT coalesce(sum(pg_table_size(c.oid)), 0) FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          )::text AS tables,
+           (SELECT sum(pg_database_size(datname)) FROM pg_database
+             WHERE datallowconn)::text AS cluster`;
+  return { tables: Number(row.tables), cluster: Number(row.cluster) };
+}
+
 /** Databases that accept connections, by name. */
 export async function connectableDatabases(sql: Sql): Promise<string[]> {
   const rows = await sql<{ datname: string }[]>`

@@ -61,6 +61,12 @@ export interface Database {
    * re-point before it is retried once on the new primary; 0 (the default) fails at once.
    */
   setSwitchWait(ms: number): void;
+  /**
+   * Calls `listener` when a query on the current pool fails with a connection error
+   * (refused, reset, closed): a hint that the server may be gone, which the failover
+   * concern answers with a probe at once. Returns the unsubscribe.
+   */
+  onConnectionError(listener: (error: string) => void): () => void;
   /** Closes the pool (waiting up to `timeoutS` for queries) and, if embedded, PGlite. */
   close(timeoutS?: number): Promise<void>;
 }
@@ -393,14 +399,18 @@ function createSwitchableDatabase(
    * every later reconnect of that object stall until connect_timeout), and nothing in its API
    * replaces one connection; a new pool holds no such object. Opening it does no I/O. Lost
    * connections renew at most once a second (a broken one left fails again, and renews
-   * then); a caught driver fault or a lost reserved connection, certain evidence, sooner
-   * (`force`).
+   * then); a caught driver fault, certain evidence, sooner (`force`); a lost reserved
+   * connection always (`always`: it is never handed back, so the pool stays one short).
    */
-  function renew(pool: Sql, why: string, options: { force?: boolean } = {}): void {
+  function renew(
+    pool: Sql,
+    why: string,
+    options: { force?: boolean; always?: boolean } = {},
+  ): void {
     if (closed || pool !== current) return;
     const now = performance.now();
     const interval = options.force ? RENEW_FORCED_INTERVAL_MS : RENEW_MIN_INTERVAL_MS;
-    if (now - renewedAt < interval) return;
+    if (!options.always && now - renewedAt < interval) return;
     renewedAt = now;
     current = openPool(url, init.options);
     renewals++;
@@ -437,12 +447,26 @@ function createSwitchableDatabase(
     return generation !== started.generation;
   }
 
+  const connectionErrorListeners = new Set<(error: string) => void>();
+
+  /** Tells the listeners a query on the current pool lost (or never got) its connection. */
+  function noteConnectionError(err: unknown, pool: Sql): void {
+    if (pool !== current || !isConnectionError(err)) return;
+    const text = describeError(err);
+    for (const listener of connectionErrorListeners) {
+      try {
+        listener(text);
+      } catch { /* a listener's fault is not the query's */ }
+    }
+  }
+
   /** Runs `work` on `pool`, counted in flight there, renewing the pool if it lost a connection. */
   async function runOn<T>(pool: Sql, work: () => Promise<T>): Promise<T> {
     uses.add(pool, "query");
     try {
       return await work();
     } catch (err) {
+      noteConnectionError(err, pool);
       noteFailure(err, pool);
       throw err;
     } finally {
@@ -531,7 +555,10 @@ function createSwitchableDatabase(
             if (!lost && isConnectionLost(err)) {
               lost = err;
               letGo();
-              renew(pool, describeError(err), { force: true });
+              // Never handed back, the lost connection leaves its pool one short for good:
+              // that pool is renewed even when another renewal happened a moment ago (a
+              // driver fault of a replaced pool renews the current one too).
+              renew(pool, describeError(err), { always: true });
             }
             if (onRejected) return onRejected(err);
             throw err;
@@ -678,6 +705,10 @@ function createSwitchableDatabase(
       return pingSql(pool, timeoutMs, (err) => noteFailure(err, pool));
     },
     repoint,
+    onConnectionError(listener: (error: string) => void) {
+      connectionErrorListeners.add(listener);
+      return () => connectionErrorListeners.delete(listener);
+    },
     setSwitchWait(ms: number) {
       switchWaitMs = Math.max(0, ms);
       // Queries already waiting re-check at once: with 0 they fail now instead of later.
@@ -766,6 +797,7 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
         ),
       ),
     setSwitchWait: () => {},
+    onConnectionError: () => () => {},
     close: async (timeoutS = 5) => {
       await sql.end({ timeout: timeoutS });
       // pglite-socket can wait on a socket the client already abandoned; PGlite's files

@@ -12,7 +12,9 @@
  *   array by the UPDATE that accepts it. Two instances checking the same code at once
  *   queue on the row lock, and the second sees the first one's step or array.
  * - **Lockout.** `maxFailures` (5) failed checks within `lockWindowMs` (15 min) since the
- *   user's last success lock MFA for that user: checks are refused unchecked (logged as
+ *   user's last success, of any method (TOTP, backup codes, and through
+ *   {@linkcode MfaStore.checkFactor} passkeys and e-mail codes, all under the user's row lock)
+ *   lock MFA for that user: checks are refused unchecked (logged as
  *   `locked`, not counted) until the oldest of those failures leaves the window. Counted
  *   under the same row lock, so parallel guesses cannot overshoot the limit.
  * - **Everything is logged.** Every check, accepted or not, is a row in mfa_attempts with
@@ -74,6 +76,12 @@ export interface Enrollment {
 /** Which kind of code. */
 export type MfaMethod = "totp" | "backup_code";
 
+/** Every method the attempts log and the lockout know: the TOTP row's two, passkeys, e-mail codes. */
+export type FactorMethod = MfaMethod | "webauthn" | "email";
+
+/** What a factor check of {@linkcode MfaStore.checkFactor} decided. */
+export type FactorOutcome = "accepted" | "invalid" | "replayed" | "not_enrolled";
+
 /** What a code was checked for. */
 export type MfaPurpose = "login" | "confirm" | "disable" | "backup_codes" | "reauth";
 
@@ -82,7 +90,7 @@ export type MfaRefusal = "invalid" | "replayed" | "locked" | "not_enrolled";
 
 /** Result of a code check. */
 export type MfaCheck =
-  | { ok: true; method: MfaMethod; backupCodesRemaining: number }
+  | { ok: true; method: FactorMethod; backupCodesRemaining: number }
   | {
     ok: false;
     reason: MfaRefusal;
@@ -110,8 +118,8 @@ export interface MfaLockState {
 export interface MfaAttempt {
   /** Row id. */
   id: number;
-  /** totp or backup_code. */
-  method: MfaMethod;
+  /** totp, backup_code, webauthn or email. */
+  method: FactorMethod;
   /** What it was for. */
   purpose: MfaPurpose | "reset";
   /** Accepted (or an operator reset). */
@@ -184,6 +192,17 @@ export interface MfaStore {
     code: string,
     options?: { ipAddress?: string | null; method?: MfaMethod },
   ): Promise<MfaCheck>;
+  /**
+   * A check of another factor (passkey, e-mail code) under the same lockout and attempts
+   * log as TOTP: in one transaction holding the user's row lock, refused unchecked while
+   * locked, else `verify` decides (and does its own writes in `tx`), and the outcome is
+   * logged and counted.
+   */
+  checkFactor(
+    userId: number,
+    input: { method: "webauthn" | "email"; purpose: MfaPurpose; ipAddress?: string | null },
+    verify: (tx: Tx, at: number) => Promise<FactorOutcome>,
+  ): Promise<MfaCheck>;
   /** Current lock state of a user. */
   lockState(userId: number): Promise<MfaLockState>;
   /** Lifts a lock (an operator action, logged as a `reset` attempt). */
@@ -194,8 +213,9 @@ export interface MfaStore {
   cleanupAttempts(): Promise<number>;
 }
 
+/** A transaction of the pool (what {@linkcode MfaStore.checkFactor} hands its check). */
 // deno-lint-ignore ban-types
-type Tx = postgres.TransactionSql<{}>;
+export type Tx = postgres.TransactionSql<{}>;
 
 interface MfaRow {
   id: string;
@@ -212,7 +232,7 @@ interface MfaRow {
 
 interface AttemptRow {
   id: string;
-  method: MfaMethod;
+  method: FactorMethod;
   purpose: MfaPurpose | "reset";
   success: boolean;
   outcome: MfaAttempt["outcome"];
@@ -337,7 +357,7 @@ export function createMfaStore(sql: Sql, options: MfaStoreOptions): MfaStore {
     tx: Tx | Sql,
     userId: number,
     a: {
-      method: MfaMethod;
+      method: FactorMethod;
       purpose: MfaPurpose | "reset";
       outcome: MfaAttempt["outcome"];
       ip: string | null;
@@ -371,6 +391,9 @@ export function createMfaStore(sql: Sql, options: MfaStoreOptions): MfaStore {
     try {
       return await sql.begin(async (tx) => {
         const at = now();
+        // Same lock order as checkFactor (the user's row, then user_mfa): one lockout count
+        // for TOTP, backup codes, passkeys and e-mail codes.
+        await tx`SELECT id FROM users WHERE id = ${userId} FOR NO KEY UPDATE`;
         const [row] = await tx<MfaRow[]>`
           SELECT id, user_id, secret, is_enabled, backup_codes, backup_codes_salt,
                  backup_codes_params, last_used_step, confirmed_at, last_used_at
@@ -634,6 +657,47 @@ export function createMfaStore(sql: Sql, options: MfaStoreOptions): MfaStore {
     });
   }
 
+  async function checkFactor(
+    userId: number,
+    input: { method: "webauthn" | "email"; purpose: MfaPurpose; ipAddress?: string | null },
+    verify: (tx: Tx, at: number) => Promise<FactorOutcome>,
+  ): Promise<MfaCheck> {
+    const id = parseUserId(userId, "check a second factor");
+    const ip = parseIp(input.ipAddress);
+    const refused = (reason: MfaRefusal, lock: MfaLockState): MfaCheck => ({
+      ok: false,
+      reason,
+      failures: lock.failures,
+      maxFailures,
+      locked: lock.locked,
+      retryAfterMs: lock.retryAfterMs,
+    });
+    try {
+      return await sql.begin(async (tx) => {
+        const at = now();
+        // The user's row serialises the checks of every method (there may be no user_mfa
+        // row), so parallel guesses across methods cannot overshoot the lockout. NO KEY: rows
+        // referencing the user (sessions, attempts) can still be written meanwhile.
+        const [user] = await tx`SELECT id FROM users WHERE id = ${id} FOR NO KEY UPDATE`;
+        if (!user) return refused("not_enrolled", { locked: false, failures: 0, retryAfterMs: 0 });
+        const lock = await lockStateOn(tx, id, at);
+        const log = (outcome: MfaAttempt["outcome"]) =>
+          logAttempt(tx, id, { method: input.method, purpose: input.purpose, outcome, ip, at });
+        if (lock.locked) {
+          await log("locked");
+          return refused("locked", lock);
+        }
+        const outcome = await verify(tx, at);
+        if (outcome === "not_enrolled") return refused("not_enrolled", lock);
+        await log(outcome);
+        if (outcome !== "accepted") return refused(outcome, await lockStateOn(tx, id, at));
+        return { ok: true as const, method: input.method, backupCodesRemaining: 0 };
+      }) as MfaCheck;
+    } catch (err) {
+      rethrowDatabaseError(err, "check a second factor");
+    }
+  }
+
   async function lockState(userId: number): Promise<MfaLockState> {
     const id = parseUserId(userId, "read MFA lock state");
     try {
@@ -694,6 +758,7 @@ export function createMfaStore(sql: Sql, options: MfaStoreOptions): MfaStore {
     verifyBackupCode,
     regenerateBackupCodes,
     disable,
+    checkFactor,
     lockState,
     resetLock,
     listAttempts,

@@ -33,6 +33,7 @@ import {
 } from "../../store/pg_tools.ts";
 import {
   connectableDatabases,
+  estimateSizes,
   serverFacts,
   withExportedSnapshot,
 } from "../../store/backup_server.ts";
@@ -52,6 +53,8 @@ import {
 } from "./manifest.ts";
 import { explainArchiveCommand } from "./archiver.ts";
 import { codecCommand, counter, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
+import { filterBaseTar, IncrementalMismatch, type IncrementalParent } from "./base_files.ts";
+import type { ProgressListener } from "./progress.ts";
 import type { StagedFile } from "./storage.ts";
 import { tarFiles } from "./tar.ts";
 import { listArchive, segmentSize, selectWal, switchAndAwaitArchive } from "./wal.ts";
@@ -64,6 +67,22 @@ export interface CreateOptions {
   startedAt: number;
   /** Aborting kills the tools and fails the run. */
   signal?: AbortSignal;
+  /** Receives the bytes read so far (about twice a second). */
+  onProgress?: ProgressListener;
+}
+
+/** How often a running backup reports its progress. */
+const PROGRESS_EVERY_MS = 500;
+
+/** The bytes a process has read so far (`rchar` of /proc/<pid>/io); null when unknown. */
+async function bytesReadBy(pid: number): Promise<number | null> {
+  try {
+    const text = await Deno.readTextFile(`/proc/${pid}/io`);
+    const m = /^rchar:\s*(\d+)/m.exec(text);
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
 }
 
 /** File extension of the configured compression. */
@@ -98,13 +117,24 @@ export async function storeEncrypted(
      * `output` is null, to its stdout.
      */
     source: ReadableStream<Uint8Array> | ((output: string | null) => ToolProcess);
+    /** Programs behind a stream `source` (each must exit 0). */
+    producers?: ToolProcess[];
     signal?: AbortSignal;
+    /** Progress: plain bytes read, of about `total`. */
+    progress?: {
+      phase: string;
+      total: number | null;
+      listener: ProgressListener;
+      /** The bytes read so far, when the caller counts them (a filtered stream). */
+      bytes?: () => number;
+    };
   },
 ): Promise<{ file: ManifestFile; results: ToolResult[] }> {
   const key = `${options.name}/${options.fileName}`;
   const scratch = await scratchDir(ctx, "backup");
   const running: ToolProcess[] = [];
   let staged: StagedFile | null = null;
+  let ticker: number | null = null;
   try {
     const fifo = await makeFifo(ctx.tools, `${scratch}/compressed.fifo`);
     // zstd -vv reports the exact bytes it read, so a program can write straight into it;
@@ -118,7 +148,8 @@ export async function storeEncrypted(
       signal: options.signal,
     });
     running.push(codec);
-    const tools: ToolProcess[] = [];
+    const tools: ToolProcess[] = [...(options.producers ?? [])];
+    running.push(...tools);
     let input: ReadableStream<Uint8Array> | null = null;
     if (typeof options.source === "function") {
       const tool = options.source(plainFifo);
@@ -130,6 +161,19 @@ export async function storeEncrypted(
     }
     const plain = counter();
     const pumps = input ? [input.pipeThrough(plain.stage).pipeTo(codec.stdin!)] : [];
+    const progress = options.progress;
+    if (progress) {
+      // The compressor's own read count when the tool writes into it directly.
+      const count = progress.bytes ??
+        (direct ? () => bytesReadBy(codec.pid) : () => plain.bytes());
+      ticker = setInterval(() => {
+        Promise.resolve(count()).then((bytes) => {
+          if (bytes !== null && ticker !== null) {
+            progress.listener({ phase: progress.phase, bytes, total: progress.total });
+          }
+        }, () => {});
+      }, PROGRESS_EVERY_MS);
+    }
     const what = `backup ${options.name}`;
     const env = { [OPENSSL_PASS_ENV]: ctx.passphrase };
     let sealed: AuthenticatedFile;
@@ -192,6 +236,13 @@ export async function storeEncrypted(
         );
       }
     }
+    const plainSize = direct ? zstdBytesRead(results, options.name) : plain.bytes();
+    if (progress) {
+      clearInterval(ticker!);
+      ticker = null;
+      const bytes = progress.bytes?.() ?? plainSize;
+      progress.listener({ phase: progress.phase, bytes, total: progress.total });
+    }
     return {
       file: {
         name: options.fileName,
@@ -200,7 +251,7 @@ export async function storeEncrypted(
         size: sealed.size,
         sha256: sealed.sha256!,
         hmac: sealed.hmac,
-        plainSize: direct ? zstdBytesRead(results, options.name) : plain.bytes(),
+        plainSize,
       },
       results,
     };
@@ -210,6 +261,8 @@ export async function storeEncrypted(
     await ctx.storage.delete(key).catch(() => {});
     throw err;
   } finally {
+    if (ticker !== null) clearInterval(ticker);
+    ticker = null;
     await removeTree(scratch);
   }
 }
@@ -239,9 +292,15 @@ export async function createFullBackup(
   return await withExportedSnapshot(sql, async (snapshot) => {
     const counting = ctx.settings.rowCounts ? snapshot.countRows() : Promise.resolve(null);
     counting.catch(() => {});
+    const estimate = options.onProgress ? await estimateSizes(sql) : null;
     const { file } = await storeEncrypted(ctx, {
       name: options.name,
       fileName: `dump.pgc.${extension(ctx)}.enc`,
+      progress: options.onProgress && {
+        phase: "dumping",
+        total: estimate!.tables,
+        listener: options.onProgress,
+      },
       content: "pg_dump-custom",
       source: (output) =>
         ctx.tools.spawn("pg_dump", [
@@ -278,13 +337,73 @@ export async function createFullBackup(
   });
 }
 
-/** A physical base backup of the whole cluster (pg_basebackup, WAL fetched into the tar). */
-export async function createBaseBackup(
+/**
+ * A file-level incremental base backup: pg_basebackup's tar stream filtered against the
+ * newest base backup's file list (base_files.ts), so only the files changed since then are
+ * stored; the manifest lists every file and the backup holding it. Without a parent that
+ * has a file list (the newest base is a plain one, or from another cluster) everything is
+ * stored, as the root of a new chain. A file whose content changed without its size or
+ * mtime changing makes the run start over storing everything.
+ */
+export async function createIncrementalBaseBackup(
   ctx: BackupContext,
   options: CreateOptions,
 ): Promise<Manifest> {
-  const { url, sql } = requireServer(ctx, "a base (physical) backup");
+  const { url, sql } = requireServer(ctx, "an incremental base backup");
   const server = await serverFacts(sql);
+  const catalog = await readCatalog(ctx.storage, ctx.passphrase);
+  const newest = catalog.entries.map((e) => e.manifest)
+    .filter((m) => m.type === "base" && m.wal).at(-1);
+  const parent: IncrementalParent | null = newest?.physical?.files &&
+      newest.server.systemIdentifier === server.systemIdentifier
+    ? {
+      name: newest.name,
+      startedAtS: Math.floor(Date.parse(newest.startedAt) / 1000),
+      files: newest.physical.files,
+    }
+    : null;
+  try {
+    return await takeBase(ctx, options, { url, sql, server, parent });
+  } catch (err) {
+    if (!parent || !isMismatch(err)) throw err;
+    ctx.log.warn("incremental base backup: a file changed without its size or mtime; storing all", {
+      name: options.name,
+      error: err instanceof Error ? err.message : String(err),
+    });
+    return await takeBase(ctx, options, { url, sql, server, parent: null });
+  }
+}
+
+function isMismatch(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 6; depth++) {
+    if (e instanceof IncrementalMismatch) return true;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+/** A physical base backup of the whole cluster (pg_basebackup, WAL fetched into the tar). */
+export function createBaseBackup(ctx: BackupContext, options: CreateOptions): Promise<Manifest> {
+  const { url, sql } = requireServer(ctx, "a base (physical) backup");
+  return takeBase(ctx, options, { url, sql, server: null, parent: undefined });
+}
+
+/**
+ * Runs pg_basebackup into the storage: straight into the compressor (plain base backups,
+ * `parent` undefined) or through the incremental filter (`parent` null or a backup).
+ */
+async function takeBase(
+  ctx: BackupContext,
+  options: CreateOptions,
+  run: {
+    url: string;
+    sql: ReturnType<typeof requireServer>["sql"];
+    server: Manifest["server"] | null;
+    parent: IncrementalParent | null | undefined;
+  },
+): Promise<Manifest> {
+  const { url, sql, parent } = run;
+  const server = run.server ?? await serverFacts(sql);
   const databases = await connectableDatabases(sql);
   const bytes = await segmentSize(sql);
   const args = [
@@ -299,11 +418,27 @@ export async function createBaseBackup(
     "--no-password",
   ];
   let backup: ToolProcess | null = null;
+  let filtered: ReturnType<typeof filterBaseTar> | null = null;
+  if (parent !== undefined) {
+    backup = ctx.tools.spawn("pg_basebackup", args, {
+      connection: { url },
+      signal: options.signal,
+    });
+    filtered = filterBaseTar(backup.stdout!, { name: options.name, parent });
+  }
+  const estimate = options.onProgress ? await estimateSizes(sql) : null;
+  const filteredSoFar = filtered;
   const { file } = await storeEncrypted(ctx, {
     name: options.name,
     fileName: `base.tar.${extension(ctx)}.enc`,
+    progress: options.onProgress && {
+      phase: "copying the cluster",
+      total: estimate!.cluster,
+      listener: options.onProgress,
+      bytes: filteredSoFar ? () => filteredSoFar.bytesRead() : undefined,
+    },
     content: "pg_basebackup-tar",
-    source: (output) =>
+    source: filtered ? filtered.stream : (output) =>
       backup = output
         // pg_basebackup writes a tar stream to stdout only: the shell points that at the
         // FIFO the compressor reads, then becomes pg_basebackup (exec).
@@ -318,8 +453,10 @@ export async function createBaseBackup(
           },
         )
         : ctx.tools.spawn("pg_basebackup", args, { connection: { url }, signal: options.signal }),
+    producers: filtered ? [backup!] : [],
     signal: options.signal,
   });
+  const listed = filtered ? await filtered.result : null;
   const endTime = new Date(ctx.now()).toISOString();
   const stderr = (await backup!.finished).stderr;
   const range = parseBaseBackupWal(stderr);
@@ -353,7 +490,9 @@ export async function createBaseBackup(
       segmentBytes: bytes,
     },
     logical: null,
-    physical: { databases },
+    physical: listed
+      ? { databases, parent: parent?.name ?? null, files: listed.files }
+      : { databases },
   };
 }
 

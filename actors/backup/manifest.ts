@@ -92,8 +92,23 @@ export const manifestSchema = z.object({
       z.object({ schema: z.string(), table: z.string(), rows: z.number().int().nonnegative() }),
     ).nullable(),
   }).nullable(),
-  /** Base backups: the databases of the cluster. */
-  physical: z.object({ databases: z.array(z.string()) }).nullable(),
+  /**
+   * Base backups: the databases of the cluster; incremental base backups (and the root of
+   * their chain) also list every file and the backup storing it (see base_files.ts).
+   */
+  physical: z.object({
+    databases: z.array(z.string()),
+    /** The base backup an incremental base backup references (null: stores everything). */
+    parent: z.string().regex(BACKUP_NAME_RE).nullable().optional(),
+    /** Every regular file of the data directory and which backup of the chain holds it. */
+    files: z.array(z.object({
+      path: z.string().min(1),
+      size: z.number().int().nonnegative(),
+      mtime: z.number().int(),
+      sha256: z.string().regex(/^[0-9a-f]{64}$/),
+      in: z.string().regex(BACKUP_NAME_RE),
+    })).optional(),
+  }).nullable(),
 });
 
 /** A backup manifest (signed on disk). */

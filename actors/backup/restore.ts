@@ -6,16 +6,21 @@
  * - A logical restore goes into a staging database that is renamed to the requested name
  *   only after pg_restore succeeded, the stream's HMAC matched at its end, and the probes
  *   (row counts) agree; on any failure the staging database is dropped.
- * - A physical restore (PITR) first checks every stored file it needs against the manifest
- *   (size, SHA-256, HMAC), then unpacks into a staging directory next to the target, replays
- *   WAL in a throw-away server on a private socket, probes it, stops it cleanly and only
- *   then renames the directory to the target; on failure the staging files are removed.
+ * - A physical restore (PITR) first checks that every stored file it needs is there with its
+ *   recorded size, then unpacks into a staging directory next to the target while each file
+ *   is authenticated (HMAC) beside the unpacking, replays WAL in a throw-away server on a
+ *   private socket, probes it, stops it cleanly and only then renames the directory to the
+ *   target; on any failure (a file that does not authenticate included) the staging files
+ *   are removed. `precheck` reads every file once up front instead (SHA-256 and HMAC).
  *
  * The same functions serve verification: a test-restore into a throw-away cluster.
  * @module
  */
 import {
+  type AuthenticatedFile,
+  authenticateFile,
   checkEncryptedFile,
+  constantTimeEqualHex,
   createAuthStream,
   OPENSSL_PASS_ENV,
   opensslEncArgs,
@@ -49,6 +54,8 @@ import {
 } from "./context.ts";
 import { type Catalog, type Manifest, type ManifestFile, readManifest } from "./manifest.ts";
 import { codecCommand, makeFifo, runPipeline, spawnCodec } from "./pipeline.ts";
+import type { ProgressListener } from "./progress.ts";
+import { filesNotListed } from "./base_files.ts";
 
 /** The result of checking one stored file. */
 export interface FileCheck {
@@ -63,10 +70,44 @@ export interface FileCheck {
 }
 
 /** Checks every stored file of a backup against its manifest (typed results, no throw). */
-export async function checkFiles(ctx: BackupContext, manifest: Manifest): Promise<FileCheck[]> {
+export async function checkFiles(
+  ctx: BackupContext,
+  manifest: Manifest,
+  options: { onProgress?: ProgressListener } = {},
+): Promise<FileCheck[]> {
   const checks: FileCheck[] = [];
+  const total = manifest.files.reduce((n, f) => n + f.size, 0);
+  let before = 0;
   for (const file of manifest.files) {
     const key = `${manifest.name}/${file.name}`;
+    const local = ctx.storage.localPath?.(key);
+    if (local && (await ctx.storage.stat(key))?.size === file.size) {
+      // Local storage: 4 MiB reads hashed natively, no stream.
+      const done = before;
+      const seen = await authenticateFile(local, ctx.passphrase, {
+        iterations: manifest.encryption.iterations,
+        name: key,
+        onProgress: options.onProgress &&
+          ((bytes) =>
+            options.onProgress!({
+              phase: `checking ${manifest.name}`,
+              bytes: done + bytes,
+              total,
+            })),
+      }).catch((err) => {
+        // No `Salted__` header: the bytes are not what was stored.
+        if (err instanceof RuntimeError && err.code === "BACKUP_FAILED") return null;
+        throw err;
+      });
+      before += file.size;
+      const status = !seen || !constantTimeEqualHex(seen.sha256!, file.sha256)
+        ? "checksum_mismatch"
+        : !constantTimeEqualHex(seen.hmac, file.hmac.toLowerCase())
+        ? "hmac_mismatch"
+        : "ok";
+      checks.push({ file: file.name, status, size: file.size, expectedSize: file.size });
+      continue;
+    }
     const stat = await ctx.storage.stat(key);
     if (!stat) {
       checks.push({ file: file.name, status: "missing", size: null, expectedSize: file.size });
@@ -97,6 +138,20 @@ export async function checkFiles(ctx: BackupContext, manifest: Manifest): Promis
   return checks;
 }
 
+/**
+ * The cheap part of {@linkcode checkFiles}: every stored file is there with the size the
+ * manifest recorded (a stat each, no read). The contents are authenticated as they stream.
+ */
+export async function checkSizes(ctx: BackupContext, manifest: Manifest): Promise<FileCheck[]> {
+  const checks: FileCheck[] = [];
+  for (const file of manifest.files) {
+    const stat = await ctx.storage.stat(`${manifest.name}/${file.name}`);
+    const status = !stat ? "missing" : stat.size !== file.size ? "size_mismatch" : "ok";
+    checks.push({ file: file.name, status, size: stat?.size ?? null, expectedSize: file.size });
+  }
+  return checks;
+}
+
 /** Throws BACKUP_CORRUPT describing the first bad file, if any. */
 export function assertFilesOk(name: string, checks: FileCheck[]): void {
   const bad = checks.find((c) => c.status !== "ok");
@@ -119,32 +174,47 @@ export function assertFilesOk(name: string, checks: FileCheck[]): void {
 
 /**
  * Streams one stored file into `path` (a FIFO a consumer program reads), the bulk work done
- * by native programs:
+ * by native programs.
  *
- *   storage → (this process: HMAC, and SHA-256 when asked, in 1 MiB batches) → openssl -d
- *   → FIFO → zstd -d / gzip -d → `path`
+ * Local storage: `openssl enc -d -in <stored file>` → FIFO → zstd -d / gzip -d → `path`,
+ * while this process reads the same file beside it (4 MiB reads from the page cache, on
+ * the other core) for its HMAC (and SHA-256 when asked); nothing of the stream passes
+ * through this process. S3: storage → (this process: HMAC in 1 MiB batches) → openssl -d
+ * → FIFO → zstd -d → `path`, the last batch held back until the HMAC matched.
  *
- * The plaintext never passes through this process; zstd / gzip check their own frame
- * checksums. The last batch reaches openssl only once the HMAC matched, but the consumer
- * may have seen data before: callers write into staging only.
+ * Either way the consumer may have seen data before the HMAC was compared: callers write
+ * into staging only, and a mismatch fails the run with BACKUP_CORRUPT. zstd / gzip check
+ * their own frame checksums.
  */
 async function streamStoredFileToPath(
   ctx: BackupContext,
   manifest: Manifest,
   file: ManifestFile,
-  options: { path: string; consumer: ToolProcess; signal?: AbortSignal; sha256?: boolean },
+  options: {
+    path: string;
+    consumer: ToolProcess;
+    signal?: AbortSignal;
+    sha256?: boolean;
+    onProgress?: (bytes: number) => void;
+  },
 ): Promise<void> {
-  const what = `restore of ${manifest.name}/${file.name}`;
-  const source = await ctx.storage.get(`${manifest.name}/${file.name}`);
+  const key = `${manifest.name}/${file.name}`;
+  const what = `restore of ${key}`;
+  const local = ctx.storage.localPath?.(key) ?? null;
+  if (local && !(await ctx.storage.stat(key))) {
+    throw new RuntimeError("BACKUP_NOT_FOUND", `The backup file ${local} does not exist`);
+  }
+  const source = local ? null : await ctx.storage.get(key);
   const running: ToolProcess[] = [];
   try {
     const between = await makeFifo(ctx.tools, `${options.path}.compressed`);
     const decrypt = ctx.tools.spawnTool("openssl", [
       ...opensslEncArgs({ decrypt: true }, manifest.encryption.iterations),
+      ...(local ? ["-in", local] : []),
       "-out",
       between,
     ], {
-      stdin: "piped",
+      stdin: local ? "null" : "piped",
       stdout: "null",
       env: { [OPENSSL_PASS_ENV]: ctx.passphrase },
       signal: options.signal,
@@ -160,6 +230,20 @@ async function streamStoredFileToPath(
       },
     );
     running.push(writer);
+    const processes = [decrypt, writer, options.consumer];
+    if (local) {
+      await runPipeline({
+        source: new ReadableStream({ start: (c) => c.close() }),
+        stages: [],
+        pumps: [authenticateStored(ctx, manifest, file, local, options)],
+        sink: (stream) => stream.pipeTo(new WritableStream()),
+        processes,
+        signal: options.signal,
+        what,
+      });
+      return;
+    }
+    let seen = 0;
     const auth = createAuthStream(ctx.passphrase, {
       iterations: manifest.encryption.iterations,
       expect: {
@@ -167,21 +251,65 @@ async function streamStoredFileToPath(
         size: file.size,
         ...(options.sha256 ? { sha256: file.sha256 } : {}),
       },
-      name: `${manifest.name}/${file.name}`,
+      name: key,
+    });
+    const progress = new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        seen += chunk.length;
+        options.onProgress?.(seen);
+        controller.enqueue(chunk);
+      },
     });
     await runPipeline({
-      source,
-      stages: [auth.stream],
+      source: source!,
+      stages: [progress, auth.stream],
       sink: (stream) => stream.pipeTo(decrypt.stdin!),
-      processes: [decrypt, writer, options.consumer],
+      processes,
       signal: options.signal,
       what,
     });
     await auth.result;
   } catch (err) {
     for (const p of running) p.kill("SIGKILL");
-    await source.cancel().catch(() => {});
+    await source?.cancel().catch(() => {});
     throw err;
+  }
+}
+
+/** Authenticates a stored local file (size, HMAC, SHA-256 when asked); BACKUP_CORRUPT if not. */
+async function authenticateStored(
+  ctx: BackupContext,
+  manifest: Manifest,
+  file: ManifestFile,
+  path: string,
+  options: { sha256?: boolean; onProgress?: (bytes: number) => void; signal?: AbortSignal },
+): Promise<void> {
+  const name = `${manifest.name}/${file.name}`;
+  const corrupt = (detail: string) =>
+    new RuntimeError("BACKUP_CORRUPT", `Cannot decrypt ${name}: ${detail}`);
+  let seen: AuthenticatedFile;
+  try {
+    seen = await authenticateFile(path, ctx.passphrase, {
+      iterations: manifest.encryption.iterations,
+      name,
+      sha256: options.sha256 ?? false,
+      onProgress: options.onProgress,
+      signal: options.signal,
+    });
+  } catch (err) {
+    if (err instanceof RuntimeError && err.code === "BACKUP_FAILED") {
+      throw corrupt("it does not start with the openssl `Salted__` header");
+    }
+    throw err;
+  }
+  if (seen.size !== file.size) {
+    throw corrupt(`it is ${seen.size} bytes, the manifest says ${file.size} (truncated?)`);
+  }
+  if (options.sha256 && !constantTimeEqualHex(seen.sha256!, file.sha256)) {
+    throw corrupt("its SHA-256 does not match the manifest");
+  }
+  if (!constantTimeEqualHex(seen.hmac, file.hmac.toLowerCase())) {
+    throw corrupt("its HMAC-SHA256 does not match (altered, truncated, or another key)");
   }
 }
 
@@ -203,6 +331,8 @@ export interface LogicalRestoreOptions {
   precheck?: boolean;
   /** Aborting stops and rolls back. */
   signal?: AbortSignal;
+  /** Reports the stored bytes read so far. */
+  onProgress?: ProgressListener;
 }
 
 /** What a logical restore did. */
@@ -303,6 +433,8 @@ export async function restoreLogical(
         path: fifo,
         consumer: restore,
         signal: options.signal,
+        onProgress: options.onProgress &&
+          ((bytes) => options.onProgress!({ phase: "restoring", bytes, total: file.size })),
       });
       const probe = await compareRowCounts(url, staging, manifest);
       await renameDatabase(admin, staging, options.database);
@@ -368,17 +500,20 @@ async function compareRowCounts(
 }
 
 /**
- * Unpacks a stored tar file (base backup or WAL) into `dir`, as the server user. Callers
- * checked every file (size, SHA-256, HMAC) first; the stream's HMAC is checked again on the
- * way (the file could change in between), its SHA-256 is not computed a second time.
+ * Unpacks a stored tar file (base backup or WAL) into `dir`, as the server user; each file
+ * is authenticated (size, HMAC) while it streams (see streamStoredFileToPath), so callers
+ * unpack into staging only.
  */
 async function extractTar(
   ctx: BackupContext,
   manifest: Manifest,
   dir: string,
-  signal?: AbortSignal,
+  options: { signal?: AbortSignal; onProgress?: ProgressListener; sha256?: boolean } = {},
 ): Promise<void> {
+  const { signal } = options;
   const scratch = await scratchDir(ctx, "extract");
+  const total = manifest.files.reduce((n, f) => n + f.size, 0);
+  let before = 0;
   try {
     for (const [i, file] of manifest.files.entries()) {
       const fifo = await makeFifo(ctx.tools, `${scratch}/tar-${i}.fifo`);
@@ -387,15 +522,77 @@ async function extractTar(
         stdout: "null",
         signal,
       });
+      const done = before;
       await streamStoredFileToPath(ctx, manifest, file, {
         path: fifo,
         consumer: tar,
         signal,
+        sha256: options.sha256,
+        onProgress: options.onProgress &&
+          ((bytes) =>
+            options.onProgress!({
+              phase: `unpacking ${manifest.name}`,
+              bytes: done + bytes,
+              total,
+            })),
       });
+      before += file.size;
     }
   } finally {
     await removeTree(scratch);
   }
+}
+
+/**
+ * The base backups a base backup needs, oldest first: itself for a plain one; for a
+ * file-level incremental one, its parents up to the root of its chain.
+ */
+export function baseChain(catalog: Catalog, base: Manifest): Manifest[] {
+  const chain = [base];
+  const byName = new Map(catalog.entries.map((e) => [e.manifest.name, e.manifest]));
+  for (let m = base; m.physical?.parent;) {
+    const parent = byName.get(m.physical.parent);
+    if (!parent) {
+      throw new RuntimeError(
+        "BACKUP_NOT_FOUND",
+        `Base backup ${base.name} references files in ${m.physical.parent}, which is not in ` +
+          "the storage: it cannot be restored",
+      );
+    }
+    if (chain.includes(parent)) {
+      throw new RuntimeError("BACKUP_CORRUPT", `The chain of base backup ${base.name} loops`);
+    }
+    chain.unshift(parent);
+    m = parent;
+  }
+  return chain;
+}
+
+/**
+ * Assembles a data directory from a chain of base backups (baseChain): each tar that holds
+ * some of the newest backup's files is unpacked in order, the later ones over the earlier,
+ * then the files the newest backup does not list (removed from the cluster since) are
+ * deleted. The result is byte for byte what pg_basebackup sent for the newest backup.
+ */
+async function unpackBase(
+  ctx: BackupContext,
+  chain: Manifest[],
+  dir: string,
+  options: { signal?: AbortSignal; onProgress?: ProgressListener; sha256?: boolean },
+): Promise<void> {
+  const newest = chain.at(-1)!;
+  const files = newest.physical?.files;
+  if (chain.length === 1 || !files) {
+    for (const m of chain) await extractTar(ctx, m, dir, options);
+    return;
+  }
+  const holders = new Set(files.map((f) => f.in));
+  for (const m of chain) {
+    // The newest always: its tar has the directories, backup_label and the WAL.
+    if (m === newest || holders.has(m.name)) await extractTar(ctx, m, dir, options);
+  }
+  const extra = await filesNotListed(dir, new Set(files.map((f) => f.path)));
+  for (const path of extra) await Deno.remove(`${dir}/${path}`);
 }
 
 /** How a restored data directory recovers. */
@@ -519,6 +716,15 @@ export interface PitrOptions {
   base?: string;
   /** The storage catalog (read when not given). */
   catalog: Catalog;
+  /**
+   * Read every stored file once up front (SHA-256, HMAC) before unpacking anything. Off by
+   * default: the files are authenticated while they are unpacked into the staging
+   * directory, which is removed on a mismatch, so a damaged backup costs a wasted
+   * unpacking instead of a second read of every backup.
+   */
+  precheck?: boolean;
+  /** Reports the phase and the stored bytes read so far. */
+  onProgress?: ProgressListener;
   /** Aborting stops and removes the staging files. */
   signal?: AbortSignal;
 }
@@ -613,12 +819,14 @@ export async function restorePointInTime(
   const scratch = await scratchDir(ctx, "pitr");
   let server: PgServerProcess | null = null;
   try {
-    for (const m of [base, ...walBackups]) assertFilesOk(m.name, await checkFiles(ctx, m));
+    const check = options.precheck ? checkFiles : checkSizes;
+    const bases = baseChain(options.catalog, base);
+    for (const m of [...bases, ...walBackups]) assertFilesOk(m.name, await check(ctx, m));
     await Deno.mkdir(parent, { recursive: true });
     await ctx.tools.prepareDir(staging);
-    await extractTar(ctx, base, staging, options.signal);
+    await unpackBase(ctx, bases, staging, options);
     await ctx.tools.prepareDir(walDir);
-    for (const m of walBackups) await extractTar(ctx, m, walDir, options.signal);
+    for (const m of walBackups) await extractTar(ctx, m, walDir, options);
     const undo = await configureRecovery(ctx, staging, {
       walDirs: [walDir, ...(usedArchive ? [archive!] : [])],
       targetTime: options.targetTime,
@@ -660,6 +868,15 @@ export async function restorePointInTime(
   } catch (err) {
     if (server) await server.stop();
     await removeTree(staging);
+    if (err instanceof RuntimeError && err.code === "BACKUP_CORRUPT") {
+      throw new RuntimeError(
+        "BACKUP_CORRUPT",
+        /nothing was restored/.test(err.message)
+          ? err.message
+          : `${err.message}; nothing was restored (the staging directory was removed)`,
+        { cause: err, details: err.details },
+      );
+    }
     throw err;
   } finally {
     await removeTree(walDir);
@@ -715,7 +932,7 @@ export interface PhysicalProbe {
 export async function testRestorePhysical(
   ctx: BackupContext,
   manifest: Manifest,
-  options: { catalog: Catalog; signal?: AbortSignal },
+  options: { catalog: Catalog; signal?: AbortSignal; onProgress?: ProgressListener },
 ): Promise<PhysicalProbe> {
   const { catalog, signal } = options;
   const scratch = await scratchDir(ctx, "verify");
@@ -739,9 +956,11 @@ export async function testRestorePhysical(
       : manifest.type === "differential"
       ? [manifest]
       : [];
-    for (const m of [base, ...chain]) assertFilesOk(m.name, await checkFiles(ctx, m));
+    // Sizes now; SHA-256 and HMAC of every file while it is unpacked (one read).
+    const bases = baseChain(catalog, base);
+    for (const m of [...bases, ...chain]) assertFilesOk(m.name, await checkSizes(ctx, m));
     await ctx.tools.prepareDir(dataDir);
-    await extractTar(ctx, base, dataDir, signal);
+    await unpackBase(ctx, bases, dataDir, { ...options, sha256: true });
     const probe: PhysicalProbe = { databases: [] };
     if (manifest.type === "base") {
       const verified = await ctx.tools.run("pg_verifybackup", ["--quiet", dataDir], {
@@ -759,7 +978,7 @@ export async function testRestorePhysical(
       probe.pgVerifybackup = true;
     } else {
       await ctx.tools.prepareDir(walDir);
-      for (const m of chain) await extractTar(ctx, m, walDir, signal);
+      for (const m of chain) await extractTar(ctx, m, walDir, { ...options, sha256: true });
       await configureRecovery(ctx, dataDir, { walDirs: [walDir], targetTime: null });
     }
     server = await startRestored(ctx, dataDir, {
@@ -805,7 +1024,7 @@ export async function testRestorePhysical(
 export async function testRestoreLogical(
   ctx: BackupContext,
   manifest: Manifest,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; onProgress?: ProgressListener } = {},
 ): Promise<LogicalRestoreReport> {
   const { signal } = options;
   const scratch = await scratchDir(ctx, "verify");
@@ -823,6 +1042,7 @@ export async function testRestoreLogical(
       url: server.url("postgres"),
       noOwner: true,
       signal,
+      onProgress: options.onProgress,
     });
   } finally {
     if (server) await server.stop();

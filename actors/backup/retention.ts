@@ -11,6 +11,8 @@
  *   a link would cut every later link off its base);
  * - incremental and differential backups of a deleted base are deleted with it (they cannot
  *   be restored without it);
+ * - a kept file-level incremental base backup keeps the base backups it references (its
+ *   chain up to the root), whatever their own rules say;
  * - the local WAL archive keeps every segment from the start of the oldest kept base
  *   backup on: the WAL a kept base needs to become consistent and to roll forward.
  * Folders without a manifest (unfinished runs) are deleted after a day; folders whose
@@ -90,6 +92,24 @@ export function planRetention(
           ? `the newest verified ${type} backup is always kept`
           : `the newest ${type} backup is kept while none is verified`,
       });
+    }
+  }
+
+  // A kept file-level incremental base backup keeps every base backup it references (its
+  // whole chain up to the root): restoring it assembles files from them.
+  const byName = new Map(entries.map((e) => [e.manifest.name, e.manifest]));
+  for (const e of entries) {
+    if (verdict.get(e.manifest.name)?.del !== false) continue;
+    for (let m = e.manifest, depth = 0; m.physical?.parent && depth < entries.length; depth++) {
+      const parent = byName.get(m.physical.parent);
+      if (!parent) break;
+      if (verdict.get(parent.name)?.del) {
+        verdict.set(parent.name, {
+          del: false,
+          reason: `the incremental base backup ${m.name} references files in it`,
+        });
+      }
+      m = parent;
     }
   }
 

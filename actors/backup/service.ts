@@ -25,6 +25,7 @@ import {
   markDeleted,
   markVerificationFailed,
   markVerified,
+  recordBackupProgress,
   tryBackupLock,
 } from "../../store/backup_history.ts";
 import { BACKUP_CIPHER, passphraseFromSecretKey } from "../../lib/backup_crypto.ts";
@@ -32,7 +33,13 @@ import type { Logger } from "../../lib/log.ts";
 import { createPgTools } from "../../store/pg_tools.ts";
 import type { Sql } from "../../store/types.ts";
 import { type BackupContext, EMBEDDED_REASON, requireServer } from "./context.ts";
-import { createBaseBackup, createFullBackup, createWalBackup, planWalBackup } from "./create.ts";
+import {
+  createBaseBackup,
+  createFullBackup,
+  createIncrementalBaseBackup,
+  createWalBackup,
+  planWalBackup,
+} from "./create.ts";
 import {
   BACKUP_NAME_RE,
   type Catalog,
@@ -51,6 +58,7 @@ import {
   restoreLogical,
   restorePointInTime,
 } from "./restore.ts";
+import { type ProgressListener, ProgressMeter } from "./progress.ts";
 import { planRetention, type RetentionPlan } from "./retention.ts";
 import type { BackupSettings, BackupType } from "./settings.ts";
 import { type BackupStorage, createLocalStorage, createS3Storage } from "./storage.ts";
@@ -89,6 +97,9 @@ export interface PruneReport {
   dryRun: boolean;
 }
 
+/** How often a running backup's progress is written to its history row. */
+const PROGRESS_RECORD_MS = 2000;
+
 /** The backup operations. */
 export interface BackupService {
   /** Whether backups can run here, and why not. */
@@ -98,12 +109,24 @@ export interface BackupService {
   /** Takes a backup (BACKUP_BUSY when another run holds the lock). */
   create(
     type: BackupType,
-    options?: { trigger?: BackupTrigger; signal?: AbortSignal },
+    options?: {
+      trigger?: BackupTrigger;
+      signal?: AbortSignal;
+      /** Base backups: store only the files changed since the newest base (base_files.ts). */
+      incremental?: boolean;
+      /** Progress as it runs (also recorded in the history row's metadata.progress). */
+      onProgress?: ProgressListener;
+    },
   ): Promise<BackupRunResult>;
   /** Verifies a backup and records the outcome (history + verification.json). */
   verify(
     nameOrId: string,
-    options?: { mode?: "checksums" | "restore"; signal?: AbortSignal; discardOnFailure?: boolean },
+    options?: {
+      mode?: "checksums" | "restore";
+      signal?: AbortSignal;
+      discardOnFailure?: boolean;
+      onProgress?: ProgressListener;
+    },
   ): Promise<VerifyResult>;
   /** Restores a full backup into a new database. */
   restoreLogical(
@@ -112,7 +135,13 @@ export interface BackupService {
   ): Promise<LogicalRestoreReport>;
   /** Point-in-time recovery into a new data directory. */
   restorePointInTime(
-    options: { targetTime: Date | null; targetDir: string; base?: string; signal?: AbortSignal },
+    options: {
+      targetTime: Date | null;
+      targetDir: string;
+      base?: string;
+      signal?: AbortSignal;
+      onProgress?: ProgressListener;
+    },
   ): Promise<PitrReport>;
   /** Applies the retention policy (BACKUP_BUSY while a backup runs). */
   prune(options?: { dryRun?: boolean }): Promise<PruneReport>;
@@ -227,7 +256,12 @@ export function createBackupService(ctx: BackupContext): BackupService {
 
   async function create(
     type: BackupType,
-    options: { trigger?: BackupTrigger; signal?: AbortSignal } = {},
+    options: {
+      trigger?: BackupTrigger;
+      signal?: AbortSignal;
+      incremental?: boolean;
+      onProgress?: ProgressListener;
+    } = {},
   ): Promise<BackupRunResult> {
     const { sql } = requireServer(ctx, `a ${type} backup`);
     const started = performance.now();
@@ -272,6 +306,7 @@ export function createBackupService(ctx: BackupContext): BackupService {
             "HINT: take a new base backup to start a new chain",
         );
       }
+      let progressWrite: Promise<void> | null = null;
       const record = await insertBackupRun(sql, {
         name,
         type,
@@ -283,15 +318,31 @@ export function createBackupService(ctx: BackupContext): BackupService {
       });
       ctx.log.info("backup started", { name, type, trigger: options.trigger ?? "manual" });
       try {
-        const createOptions = { name, startedAt, signal: options.signal };
+        // Progress: to the caller at once, to the history row every few seconds.
+        const meter = new ProgressMeter(ctx.now);
+        let recorded = 0;
+        const onProgress: ProgressListener = (event) => {
+          meter.update(event);
+          options.onProgress?.(event);
+          if (ctx.now() - recorded < PROGRESS_RECORD_MS || progressWrite) return;
+          recorded = ctx.now();
+          progressWrite = recordBackupProgress(sql, record.id, { ...meter.snapshot() })
+            .catch((err) => ctx.log.debug("could not record backup progress", { error: `${err}` }))
+            .finally(() => progressWrite = null);
+        };
+        const createOptions = { name, startedAt, signal: options.signal, onProgress };
         const manifest = type === "full"
           ? await createFullBackup(ctx, createOptions)
           : type === "base"
-          ? await createBaseBackup(ctx, createOptions)
+          ? await (options.incremental ? createIncrementalBaseBackup : createBaseBackup)(
+            ctx,
+            createOptions,
+          )
           : await createWalBackup(ctx, { ...createOptions, type, plan: plan! });
         await writeManifest(ctx.storage, manifest, { passphrase: ctx.passphrase });
         const plainBytes = manifest.files.reduce((n, f) => n + f.plainSize, 0);
         const storedBytes = manifest.files.reduce((n, f) => n + f.size, 0);
+        await progressWrite;
         await completeBackupRun(sql, record.id, {
           completedAt: new Date(ctx.now()),
           backupSize: plainBytes,
@@ -315,6 +366,7 @@ export function createBackupService(ctx: BackupContext): BackupService {
         };
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
+        await progressWrite;
         await failBackupRun(sql, record.id, { completedAt: new Date(ctx.now()), error: message })
           .catch(() => {});
         await removeBackupFiles(name).catch(() => {});
@@ -336,11 +388,16 @@ export function createBackupService(ctx: BackupContext): BackupService {
       mode?: "checksums" | "restore";
       signal?: AbortSignal;
       discardOnFailure?: boolean;
+      onProgress?: ProgressListener;
     } = {},
   ): Promise<VerifyResult> {
     const name = await resolveName(nameOrId);
     const mode = options.mode ?? (ctx.settings.verify === "checksums" ? "checksums" : "restore");
-    const result = await verifyBackup(ctx, name, { mode, signal: options.signal });
+    const result = await verifyBackup(ctx, name, {
+      mode,
+      signal: options.signal,
+      onProgress: options.onProgress,
+    });
     const at = new Date(ctx.now());
     const detail = { ...result } as unknown as Record<string, unknown>;
     if (result.ok) {
@@ -486,5 +543,12 @@ function summarize(m: Manifest): Record<string, unknown> {
     tables: m.logical?.tables?.length ?? null,
     rows: m.logical?.tables?.reduce((n, t) => n + t.rows, 0) ?? null,
     databases: m.physical?.databases ?? null,
+    ...(m.physical?.files
+      ? {
+        parent: m.physical.parent ?? null,
+        filesCopied: m.physical.files.filter((f) => f.in === m.name).length,
+        filesReferenced: m.physical.files.filter((f) => f.in !== m.name).length,
+      }
+      : {}),
   };
 }

@@ -12,18 +12,7 @@
  * - Keys are relative paths of letters, digits, `.`, `_`, `-` and `/`, never `..`.
  * @module
  */
-import {
-  AbortMultipartUploadCommand,
-  CompleteMultipartUploadCommand,
-  CreateMultipartUploadCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  UploadPartCommand,
-} from "@aws-sdk/client-s3";
+import type { S3Client } from "@aws-sdk/client-s3";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 
 /** One stored object. */
@@ -62,6 +51,11 @@ export interface BackupStorage {
    * renames it into place (all-or-nothing, like `put`), `abort` removes it.
    */
   stage?(key: string): Promise<StagedFile>;
+  /**
+   * Local storage only: the path of `key`'s file, so a program (openssl) can read it
+   * directly while this process authenticates the same file beside it.
+   */
+  localPath?(key: string): string;
   /** Stores a small text (manifests). */
   putText(key: string, text: string): Promise<void>;
   /** Streams `key`; BACKUP_NOT_FOUND when missing. */
@@ -217,6 +211,7 @@ export function createLocalStorage(root: string): BackupStorage {
     locate: (key) => `file://${path(key)}`,
     put,
     stage,
+    localPath: path,
     async putText(key, text) {
       await put(key, ReadableStream.from([new TextEncoder().encode(text)]));
     },
@@ -313,29 +308,49 @@ function isNotFound(err: unknown): boolean {
   return e?.name === "NoSuchKey" || e?.name === "NotFound" || e?.$metadata?.httpStatusCode === 404;
 }
 
+type S3Sdk = typeof import("@aws-sdk/client-s3");
+let sdkPromise: Promise<S3Sdk> | null = null;
+
+/**
+ * The AWS SDK, loaded at the first S3 call: it is the largest module graph of the runtime
+ * (about 16 MB resident when loaded), and most instances never talk to S3.
+ */
+function s3Sdk(): Promise<S3Sdk> {
+  sdkPromise ??= import("@aws-sdk/client-s3");
+  return sdkPromise;
+}
+
 /** S3-compatible object storage (AWS S3, or any server speaking its REST protocol). */
 export function createS3Storage(options: S3StorageOptions): BackupStorage {
   const bucket = options.bucket;
   const prefix = options.prefix ? options.prefix.replace(/^\/+/, "").replace(/\/?$/, "/") : "";
   if (prefix) checkKey(prefix);
   const partSize = Math.max(options.partSize ?? 8 * 1024 * 1024, 5 * 1024 * 1024);
-  const client = new S3Client({
-    region: options.region ?? "us-east-1",
-    ...(options.endpoint ? { endpoint: options.endpoint } : {}),
-    forcePathStyle: options.forcePathStyle ?? Boolean(options.endpoint),
-    ...(options.accessKeyId && options.secretAccessKey
-      ? {
-        credentials: {
-          accessKeyId: options.accessKeyId,
-          secretAccessKey: options.secretAccessKey,
-        },
-      }
-      : {}),
-    // Checksums only where S3 requires them: S3-compatible servers often reject the
-    // newer flexible-checksum headers. Integrity is ours anyway (SHA-256 + HMAC).
-    requestChecksumCalculation: "WHEN_REQUIRED",
-    responseChecksumValidation: "WHEN_REQUIRED",
-  });
+  let created: S3Client | null = null;
+  /** The client and the SDK's commands, made at the first call. */
+  async function ready(): Promise<{ client: S3Client; m: S3Sdk }> {
+    const m = await s3Sdk();
+    created ??= newClient(m);
+    return { client: created, m };
+  }
+  const newClient = (m: S3Sdk) =>
+    new m.S3Client({
+      region: options.region ?? "us-east-1",
+      ...(options.endpoint ? { endpoint: options.endpoint } : {}),
+      forcePathStyle: options.forcePathStyle ?? Boolean(options.endpoint),
+      ...(options.accessKeyId && options.secretAccessKey
+        ? {
+          credentials: {
+            accessKeyId: options.accessKeyId,
+            secretAccessKey: options.secretAccessKey,
+          },
+        }
+        : {}),
+      // Checksums only where S3 requires them: S3-compatible servers often reject the
+      // newer flexible-checksum headers. Integrity is ours anyway (SHA-256 + HMAC).
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+    });
   const objectKey = (key: string) => prefix + checkKey(key);
   const where = (key: string) => `s3://${bucket}/${objectKey(key)}`;
 
@@ -345,6 +360,7 @@ export function createS3Storage(options: S3StorageOptions): BackupStorage {
     opts: { signal?: AbortSignal } = {},
   ): Promise<{ size: number }> {
     const Key = objectKey(key);
+    const { client, m } = await ready();
     let uploadId: string | undefined;
     let size = 0;
     try {
@@ -354,21 +370,21 @@ export function createS3Storage(options: S3StorageOptions): BackupStorage {
         size += part.length;
         if (uploadId === undefined && part.length < partSize) {
           // The whole object fits in one part: a single PutObject.
-          await client.send(new PutObjectCommand({ Bucket: bucket, Key, Body: part }), {
+          await client.send(new m.PutObjectCommand({ Bucket: bucket, Key, Body: part }), {
             abortSignal: opts.signal,
           });
           return { size };
         }
         if (uploadId === undefined) {
           const created = await client.send(
-            new CreateMultipartUploadCommand({ Bucket: bucket, Key }),
+            new m.CreateMultipartUploadCommand({ Bucket: bucket, Key }),
             { abortSignal: opts.signal },
           );
           uploadId = created.UploadId!;
         }
         const PartNumber = done.length + 1;
         const uploaded = await client.send(
-          new UploadPartCommand({
+          new m.UploadPartCommand({
             Bucket: bucket,
             Key,
             UploadId: uploadId,
@@ -381,13 +397,13 @@ export function createS3Storage(options: S3StorageOptions): BackupStorage {
       }
       if (uploadId === undefined) {
         await client.send(
-          new PutObjectCommand({ Bucket: bucket, Key, Body: new Uint8Array() }),
+          new m.PutObjectCommand({ Bucket: bucket, Key, Body: new Uint8Array() }),
           { abortSignal: opts.signal },
         );
         return { size };
       }
       await client.send(
-        new CompleteMultipartUploadCommand({
+        new m.CompleteMultipartUploadCommand({
           Bucket: bucket,
           Key,
           UploadId: uploadId,
@@ -399,7 +415,7 @@ export function createS3Storage(options: S3StorageOptions): BackupStorage {
     } catch (err) {
       if (uploadId !== undefined) {
         await client.send(
-          new AbortMultipartUploadCommand({ Bucket: bucket, Key, UploadId: uploadId }),
+          new m.AbortMultipartUploadCommand({ Bucket: bucket, Key, UploadId: uploadId }),
         ).catch(() => {});
       }
       throw storageError("upload", where(key), err);
@@ -407,8 +423,11 @@ export function createS3Storage(options: S3StorageOptions): BackupStorage {
   }
 
   async function get(key: string): Promise<ReadableStream<Uint8Array>> {
+    const { client, m } = await ready();
     try {
-      const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: objectKey(key) }));
+      const out = await client.send(
+        new m.GetObjectCommand({ Bucket: bucket, Key: objectKey(key) }),
+      );
       return out.Body!.transformToWebStream() as ReadableStream<Uint8Array>;
     } catch (err) {
       if (isNotFound(err)) {
@@ -434,9 +453,10 @@ export function createS3Storage(options: S3StorageOptions): BackupStorage {
       return await new Response(stream).text();
     },
     async stat(key) {
+      const { client, m } = await ready();
       try {
         const head = await client.send(
-          new HeadObjectCommand({ Bucket: bucket, Key: objectKey(key) }),
+          new m.HeadObjectCommand({ Bucket: bucket, Key: objectKey(key) }),
         );
         return { key, size: head.ContentLength ?? 0 };
       } catch (err) {
@@ -446,12 +466,13 @@ export function createS3Storage(options: S3StorageOptions): BackupStorage {
     },
     async list(listPrefix) {
       checkKey(listPrefix, true);
+      const { client, m } = await ready();
       const found: StoredObject[] = [];
       let token: string | undefined;
       try {
         do {
           const page = await client.send(
-            new ListObjectsV2Command({
+            new m.ListObjectsV2Command({
               Bucket: bucket,
               Prefix: prefix + listPrefix,
               ContinuationToken: token,
@@ -468,15 +489,16 @@ export function createS3Storage(options: S3StorageOptions): BackupStorage {
       return found.sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
     },
     async delete(key) {
+      const { client, m } = await ready();
       try {
-        await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: objectKey(key) }));
+        await client.send(new m.DeleteObjectCommand({ Bucket: bucket, Key: objectKey(key) }));
       } catch (err) {
         if (isNotFound(err)) return;
         throw storageError("delete", where(key), err);
       }
     },
     close() {
-      client.destroy();
+      created?.destroy();
     },
   };
 }

@@ -14,6 +14,7 @@
 import { RuntimeError } from "../../lib/errors.ts";
 import type { BackupContext } from "./context.ts";
 import { type Catalog, type Manifest, readCatalog, readManifest } from "./manifest.ts";
+import type { ProgressListener } from "./progress.ts";
 import { checkFiles, type FileCheck, testRestoreLogical, testRestorePhysical } from "./restore.ts";
 
 /** What a verification found. */
@@ -40,7 +41,12 @@ export interface VerifyResult {
 export async function verifyBackup(
   ctx: BackupContext,
   name: string,
-  options: { mode: "checksums" | "restore"; catalog?: Catalog; signal?: AbortSignal },
+  options: {
+    mode: "checksums" | "restore";
+    catalog?: Catalog;
+    signal?: AbortSignal;
+    onProgress?: ProgressListener;
+  },
 ): Promise<VerifyResult> {
   const started = performance.now();
   const result: VerifyResult = {
@@ -56,7 +62,7 @@ export async function verifyBackup(
   try {
     const manifest = await readManifest(ctx.storage, name, { passphrase: ctx.passphrase });
     result.type = manifest.type;
-    result.files = await checkFiles(ctx, manifest);
+    result.files = await checkFiles(ctx, manifest, { onProgress: options.onProgress });
     const bad = result.files.find((f) => f.status !== "ok");
     if (bad) {
       throw new RuntimeError(
@@ -67,13 +73,17 @@ export async function verifyBackup(
     }
     if (options.mode === "restore") {
       if (manifest.type === "full") {
-        const report = await testRestoreLogical(ctx, manifest, { signal: options.signal });
+        const report = await testRestoreLogical(ctx, manifest, {
+          signal: options.signal,
+          onProgress: options.onProgress,
+        });
         result.probes = { tablesChecked: report.tablesChecked, rows: report.rows };
       } else {
         const catalog = options.catalog ?? await readCatalog(ctx.storage, ctx.passphrase);
         const probe = await testRestorePhysical(ctx, manifest, {
           catalog,
           signal: options.signal,
+          onProgress: options.onProgress,
         });
         result.probes = { ...probe };
       }

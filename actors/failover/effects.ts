@@ -40,7 +40,9 @@ import {
 import {
   type Assessment,
   type CandidateChoice,
+  CERTAIN_OBSERVERS,
   chooseCandidate,
+  type Evidence,
   type FailoverContext,
   type FailoverEvent,
   failoverMachine,
@@ -50,6 +52,7 @@ import {
   lsnToNumber,
   type NodeSample,
   type NoPromotion,
+  type Observation,
   parseSyncStandbys,
   type PoolTarget,
   type ProbeOutput,
@@ -58,6 +61,7 @@ import {
   type PublishInput,
   type PublishOutput,
   readOnlyFallback,
+  type ReceiverState,
   type ReplicationSample,
   type StartFacts,
   type SwitchoverRequest,
@@ -172,22 +176,32 @@ export async function readStart(deps: FailoverDeps): Promise<StartFacts> {
 // Probes and samples
 // ---------------------------------------------------------------------------------------
 
-/** One probe of `name`: answers and is out of recovery. */
+/** True when `err` is a refused TCP connection (the host answered, nothing listens). */
+export function isRefused(err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === "ECONNREFUSED";
+}
+
+/** One probe of `name`: answers and is out of recovery; `refused` when ECONNREFUSED. */
 export async function probeNode(
   deps: FailoverDeps,
   name: string,
   timeoutMs: number,
-): Promise<{ ok: boolean; error: string | null; latencyMs: number }> {
+): Promise<{ ok: boolean; error: string | null; latencyMs: number; refused: boolean }> {
   const t0 = deps.now();
   try {
     const recovery = await node(deps, name).probe((sql) => isInRecovery(sql), { timeoutMs });
     const latencyMs = Math.round(deps.now() - t0);
     if (recovery) {
-      return { ok: false, error: `${name} answers but is in recovery`, latencyMs };
+      return { ok: false, error: `${name} answers but is in recovery`, latencyMs, refused: false };
     }
-    return { ok: true, error: null, latencyMs };
+    return { ok: true, error: null, latencyMs, refused: false };
   } catch (err) {
-    return { ok: false, error: shortError(err), latencyMs: Math.round(deps.now() - t0) };
+    return {
+      ok: false,
+      error: shortError(err),
+      latencyMs: Math.round(deps.now() - t0),
+      refused: isRefused(err),
+    };
   }
 }
 
@@ -689,6 +703,106 @@ export async function answerVote(
     : { agree: true, why: `a fresh probe failed here (${fresh.error})` };
 }
 
+// ---------------------------------------------------------------------------------------
+// Fast path: certain evidence
+// ---------------------------------------------------------------------------------------
+
+/** How this instance answers "look at `node` of this epoch now": a fresh probe. */
+export async function answerObserve(
+  deps: FailoverDeps,
+  event: { node: string; epoch: number },
+): Promise<{ refused: boolean; why: string }> {
+  const ctx = (deps.actor()?.getSnapshot() as { context?: FailoverContext } | undefined)?.context;
+  if (ctx && ctx.primary.epoch > event.epoch) {
+    return {
+      refused: false,
+      why: `I follow ${ctx.primary.node} of the newer epoch ${ctx.primary.epoch}`,
+    };
+  }
+  const fresh = await probeNode(
+    deps,
+    event.node,
+    Math.max(50, Math.min(deps.settings.probeTimeoutMs, deps.settings.voteTimeoutMs - 100)),
+  );
+  return fresh.ok
+    ? { refused: false, why: `${event.node} answered here in ${fresh.latencyMs} ms` }
+    : { refused: fresh.refused, why: fresh.error ?? "no answer" };
+}
+
+/** Whether `replica`'s WAL receiver streams from `primary` now (pg_stat_wal_receiver). */
+async function receiverOf(
+  deps: FailoverDeps,
+  replica: string,
+  primary: string,
+): Promise<ReceiverState> {
+  try {
+    const s = await node(deps, replica).run(readNodeState, {
+      timeoutMs: deps.settings.probeTimeoutMs,
+      what: "WAL receiver",
+    });
+    if (!s.inRecovery) return { node: replica, streaming: false, why: "out of recovery" };
+    const from = node(deps, primary).setting.address;
+    const streaming = s.receiverStatus === "streaming" && s.sender === from;
+    return {
+      node: replica,
+      streaming,
+      why: streaming
+        ? `receiver streaming from ${from}`
+        : s.receiverStatus
+        ? `receiver ${s.receiverStatus}${s.sender && s.sender !== from ? ` from ${s.sender}` : ""}`
+        : "no WAL receiver",
+    };
+  } catch (err) {
+    return { node: replica, streaming: null, why: `no answer (${shortError(err)})` };
+  }
+}
+
+/**
+ * After a refused probe (fast path): every other live instance looks at the primary afresh
+ * (`failover.observe`), and every other node's WAL receiver is read, all at once. A
+ * receiver lags its primary's death by the time the walsender takes to exit and the replica
+ * to read the end of the stream: when the instances saw refusals but a receiver still
+ * streamed, the receivers are read again every 20 ms for up to min(250 ms, half a probe
+ * interval), instead of leaving it to the next probe. What it all means is
+ * {@linkcode judgeEvidence}'s to say.
+ */
+export async function corroborate(
+  deps: FailoverDeps,
+  input: { primary: Published; mine: Observation },
+): Promise<Evidence> {
+  const primary = input.primary.node;
+  const replicas = [...deps.nodes.keys()].filter((n) => n !== primary);
+  const members = deps.membership ? await deps.membership.members() : [];
+  const others = members.map((m) => m.id).filter((id) => id !== deps.instanceId);
+  const [observed, receivers] = await Promise.all([
+    Promise.all(others.map(async (instance): Promise<Observation> => {
+      try {
+        const reply = await deps.transport.request<{ refused: boolean; why: string }>(
+          { instance, actor: "failover" },
+          { type: "failover.observe", node: primary, epoch: input.primary.epoch },
+          { timeoutMs: deps.settings.voteTimeoutMs, from: "failover" },
+        );
+        return { instance, refused: reply.refused === true, why: String(reply.why ?? "") };
+      } catch (err) {
+        return { instance, refused: false, why: `no answer: ${describeError(err)}` };
+      }
+    })),
+    Promise.all(replicas.map((r) => receiverOf(deps, r, primary))),
+  ]);
+  const observers = [input.mine, ...observed];
+  let settled = receivers;
+  const refusals = observers.filter((o) => o.refused).length;
+  const until = deps.now() + Math.min(250, deps.settings.probeIntervalMs / 2);
+  while (
+    refusals >= CERTAIN_OBSERVERS && settled.some((r) => r.streaming === true) &&
+    deps.now() < until
+  ) {
+    await new Promise((r) => setTimeout(r, 20));
+    settled = await Promise.all(replicas.map((r) => receiverOf(deps, r, primary)));
+  }
+  return { observers, receivers: settled };
+}
+
 /** Asks every live instance whether it sees the primary down; this one agrees. */
 export async function collectVotes(
   deps: FailoverDeps,
@@ -1005,6 +1119,7 @@ export function createFailoverLogic(
         };
       }),
       readStart: fromPromise(() => readStart(deps)),
+      corroborate: fromPromise(({ input }) => corroborate(deps, input)),
       collectVotes: fromPromise(({ input }) => collectVotes(deps, input)),
       promote: fromPromise(({ input }) => promote(deps, input)),
       switchover: fromPromise(({ input }) => switchover(deps, input)),

@@ -45,6 +45,7 @@ import type {
 import { createMembership } from "../runtime/membership.ts";
 import type { ActorSpec, ConcernParts, RemoteEvent, RuntimeServices } from "../runtime/types.ts";
 import {
+  answerObserve,
   answerVote,
   createFailoverLogic,
   FAILOVER_ROLE,
@@ -69,6 +70,12 @@ const primaryEvent = z.object({
 
 const voteEvent = z.object({
   type: z.literal("failover.vote"),
+  node: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/),
+  epoch: z.number().int().nonnegative(),
+}) as unknown as z.ZodType<RemoteEvent>;
+
+const observeEvent = z.object({
+  type: z.literal("failover.observe"),
   node: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/),
   epoch: z.number().int().nonnegative(),
 }) as unknown as z.ZodType<RemoteEvent>;
@@ -320,6 +327,11 @@ function fullConcern(
     : null;
 
   let ref: AnyActorRef | undefined;
+  // A query through the pool that lost (or could not get) its connection: the chart may
+  // probe the primary at once instead of at the next interval (detection starts sooner).
+  const unhookPool = db.onConnectionError((why) => {
+    if (!stopping && ref?.getSnapshot().status === "active") ref.send({ type: "POOL_ERROR", why });
+  });
   const identities = new Map<string, NodeIdentity>();
   const deps: FailoverDeps = {
     instanceId,
@@ -395,6 +407,7 @@ function fullConcern(
       lagAlertBytes: settings.lagAlertBytes,
       lagAlertSeconds: settings.lagAlertSeconds,
       syncMode: settings.syncMode,
+      fastPath: settings.fastPath,
       maxLagBytes: settings.maxLagBytes,
     };
   }
@@ -481,6 +494,10 @@ function fullConcern(
       decision: ctx?.decision ?? null,
       failures: ctx?.failures ?? 0,
       lastProbe: ctx?.lastProbe ?? null,
+      // Which path this suspicion round is on, and the evidence gathered on the fast one.
+      path: ctx?.path ?? "careful",
+      fastPath: settings.fastPath,
+      evidence: ctx?.evidence ?? null,
       primary: ctx
         ? { ...ctx.primary, address: nodes.get(ctx.primary.node)?.setting.address ?? null }
         : null,
@@ -533,6 +550,10 @@ function fullConcern(
         schema: voteEvent,
         handle: (event) => answerVote(deps, event as unknown as { node: string; epoch: number }),
       },
+      "failover.observe": {
+        schema: observeEvent,
+        handle: (event) => answerObserve(deps, event as unknown as { node: string; epoch: number }),
+      },
       "failover.switchover": {
         schema: switchoverEvent,
         handle: (event) => runSwitchover(event as unknown as SwitchoverRequest),
@@ -566,6 +587,7 @@ function fullConcern(
     },
     async stop() {
       stopping = true;
+      unhookPool();
       await campaign?.resign().catch(() => {});
       await Promise.all([...nodes.values()].map((n) => n.close()));
     },

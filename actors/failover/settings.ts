@@ -34,6 +34,8 @@ export interface FailoverSettings {
   monitorIntervalMs: number;
   /** FAILOVER_SYNC_MODE: keep synchronous_standby_names on the streaming replicas. */
   syncMode: boolean;
+  /** FAILOVER_FAST_PATH: certain evidence (refused by ≥ 2 instances, no WAL stream) skips the count. */
+  fastPath: boolean;
   /** FAILOVER_MAX_LAG_BYTES: async mode: a replica further behind is not promoted. */
   maxLagBytes: number;
   /** FAILOVER_QUERY_WAIT_MS: a query caught by a failover waits this long for the switch. */
@@ -79,6 +81,12 @@ export const FAILOVER_VARIABLES: readonly { env: string; default: string; descri
       env: "FAILOVER_SYNC_MODE",
       default: "on",
       description: "on: synchronous_commit=remote_apply with ANY 1 of the streaming replicas",
+    },
+    {
+      env: "FAILOVER_FAST_PATH",
+      default: "on",
+      description:
+        "on: a primary refusing connections from 2 instances while no replica streams from it is voted on at once, without waiting for FAILOVER_CONFIRMATIONS",
     },
     {
       env: "FAILOVER_MAX_LAG_BYTES",
@@ -166,6 +174,7 @@ const schema = z.object({
   FAILOVER_VOTE_TIMEOUT_MS: int(50, 60_000, "milliseconds").optional(),
   FAILOVER_MONITOR_INTERVAL_MS: int(100, 600_000, "milliseconds").default(1000),
   FAILOVER_SYNC_MODE: onOff.default(true),
+  FAILOVER_FAST_PATH: onOff.default(true),
   FAILOVER_MAX_LAG_BYTES: int(0, Number.MAX_SAFE_INTEGER, "bytes").default(16 * 1024 * 1024),
   FAILOVER_QUERY_WAIT_MS: int(0, 600_000, "milliseconds").default(10_000),
   FAILOVER_SWITCHOVER_TIMEOUT_MS: int(100, 3_600_000, "milliseconds").default(30_000),
@@ -214,6 +223,7 @@ export function loadFailoverSettings(
     voteTimeoutMs: e.FAILOVER_VOTE_TIMEOUT_MS ?? e.FAILOVER_PROBE_TIMEOUT_MS + 500,
     monitorIntervalMs: e.FAILOVER_MONITOR_INTERVAL_MS,
     syncMode: e.FAILOVER_SYNC_MODE,
+    fastPath: e.FAILOVER_FAST_PATH,
     maxLagBytes: e.FAILOVER_MAX_LAG_BYTES,
     queryWaitMs: e.FAILOVER_QUERY_WAIT_MS,
     switchoverTimeoutMs: e.FAILOVER_SWITCHOVER_TIMEOUT_MS,

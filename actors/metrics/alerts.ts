@@ -149,6 +149,11 @@ export function alertPayload(n: AlertNotification, instance: string): AlertPaylo
   };
 }
 
+/** The view of a rule that is not evaluated (no reader), saying why. */
+export function unevaluatedView(rule: AlertRuleConfig, why: string): AlertView {
+  return { ...view(rule, "inactive", null), reason: `not evaluated: ${why}` };
+}
+
 function view(rule: AlertRuleConfig, status: AlertStatus, c: AlertContext | null): AlertView {
   return {
     rule: rule.name,

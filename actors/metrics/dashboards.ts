@@ -4,10 +4,16 @@
  *
  * | dashboard | panels (default range / step) |
  * | --- | --- |
- * | `streams` | viewers per stream, bitrate, fps (1 h in 5-minute buckets) |
- * | `system` | CPU and memory per host, disk use (1 h in 1-minute buckets) |
- * | `database` | p50 / p95 / p99 query time per query type, connections, size, replication lag (1 h / 1 min) |
+ * | `sessions` | live sessions, sessions created / revoked, login outcomes (1 h / 1 min) |
+ * | `mfa` | users enrolled per method, share enrolled, code checks, lockouts (6 h / 5 min) |
+ * | `backup` | verified backup age vs allowed, failed / overdue, size, duration (7 d / 1 h) |
+ * | `replication` | replay lag (s, bytes) per replica, PostgreSQL reachable (1 h / 1 min) |
+ * | `database` | p50 / p95 / p99 query time, connections, pool use, size, replication lag (1 h / 1 min) |
  * | `cache` | hit rate, operations per second (1 h / 1 min) |
+ * | `system` | CPU, memory, disk, network, supervised actors (1 h / 1 min) |
+ * | `streams` | viewers per stream, bitrate, fps (1 h / 5 min) |
+ *
+ * deploy/grafana/ holds the same dashboards as Grafana JSON (cli/grafana.ts writes them).
  *
  * A panel whose query fails carries an `error` and the others still answer.
  * @module
@@ -81,93 +87,150 @@ export interface DashboardData {
 const MIN = 60_000;
 const HOUR = 3_600_000;
 
-/** The dashboards, by name. */
+/** One target (shorthand for the tables below). */
+function target(
+  label: string,
+  measurement: string,
+  field: string,
+  aggregate: Aggregate,
+  groupBy: string[] = [],
+): PanelTarget {
+  return groupBy.length
+    ? { label, measurement, field, aggregate, groupBy }
+    : { label, measurement, field, aggregate };
+}
+
+/** The dashboards, by name: the planning document's seven, and `streams`. */
 export const DASHBOARDS: Record<string, Dashboard> = {
-  streams: {
-    name: "streams",
-    title: "Streams",
-    rangeMs: HOUR,
-    stepMs: 5 * MIN,
-    panels: [
-      {
-        id: "viewers",
-        title: "Viewers per stream",
-        unit: "viewers",
-        targets: [{
-          label: "viewers",
-          measurement: "stream_viewers",
-          field: "count",
-          aggregate: "mean",
-          groupBy: ["stream_id"],
-        }],
-      },
-      {
-        id: "bitrate",
-        title: "Bitrate per stream",
-        unit: "kbit/s",
-        targets: [{
-          label: "bitrate",
-          measurement: "stream_bitrate",
-          field: "kbps",
-          aggregate: "mean",
-          groupBy: ["stream_id"],
-        }],
-      },
-      {
-        id: "fps",
-        title: "Frames per second",
-        unit: "fps",
-        targets: [{
-          label: "fps",
-          measurement: "stream_fps",
-          field: "fps",
-          aggregate: "mean",
-          groupBy: ["stream_id"],
-        }],
-      },
-    ],
-  },
-  system: {
-    name: "system",
-    title: "System resources",
+  sessions: {
+    name: "sessions",
+    title: "Session management overview",
     rangeMs: HOUR,
     stepMs: MIN,
     panels: [
       {
-        id: "cpu",
-        title: "CPU usage",
-        unit: "%",
-        targets: [{
-          label: "cpu",
-          measurement: "system_cpu_usage",
-          field: "percent",
-          aggregate: "mean",
-          groupBy: ["host"],
-        }],
+        id: "active",
+        title: "Live sessions",
+        unit: "sessions",
+        targets: [target("active", "sessions", "active", "last")],
       },
       {
-        id: "memory",
-        title: "Memory in use",
+        id: "churn",
+        title: "Sessions created and revoked",
+        unit: "sessions",
+        targets: [
+          target("created", "sessions", "created", "sum"),
+          target("revoked", "sessions", "revoked", "sum"),
+        ],
+      },
+      {
+        id: "logins",
+        title: "Login attempts by outcome",
+        unit: "attempts",
+        targets: [
+          target("succeeded", "auth_logins", "succeeded", "sum"),
+          target("failed", "auth_logins", "failed", "sum"),
+          target("MFA locked", "auth_logins", "mfa_locked", "sum"),
+        ],
+      },
+    ],
+  },
+  mfa: {
+    name: "mfa",
+    title: "MFA enrolment and usage",
+    rangeMs: 6 * HOUR,
+    stepMs: 5 * MIN,
+    panels: [
+      {
+        id: "enrolled",
+        title: "Users enrolled per method",
+        unit: "users",
+        targets: [target("enrolled", "auth_mfa_enrolled", "users", "last", ["method"])],
+      },
+      {
+        id: "enrolment_rate",
+        title: "Share of active users with MFA",
+        unit: "%",
+        targets: [target("enrolled", "auth_mfa_users", "percent", "last")],
+      },
+      {
+        id: "checks",
+        title: "Code checks by method and outcome",
+        unit: "checks",
+        targets: [target("checks", "auth_mfa_checks", "count", "sum", ["method", "outcome"])],
+      },
+      {
+        id: "lockouts",
+        title: "Logins that needed MFA, and MFA lockouts",
+        unit: "attempts",
+        targets: [
+          target("MFA required", "auth_logins", "mfa_required", "sum"),
+          target("MFA locked", "auth_logins", "mfa_locked", "sum"),
+        ],
+      },
+    ],
+  },
+  backup: {
+    name: "backup",
+    title: "Backup and recovery status",
+    rangeMs: 7 * 24 * HOUR,
+    stepMs: HOUR,
+    panels: [
+      {
+        id: "verified_age",
+        title: "Age of the newest verified backup, and the age its schedule allows",
+        unit: "s",
+        targets: [
+          target("age", "backup_status", "verified_age_seconds", "last", ["type"]),
+          target("allowed", "backup_status", "allowed_age_seconds", "last", ["type"]),
+        ],
+      },
+      {
+        id: "health",
+        title: "Last run failed / verified backup overdue (1 = yes)",
+        unit: "",
+        targets: [
+          target("last failed", "backup_status", "last_failed", "max", ["type"]),
+          target("overdue", "backup_status", "overdue", "max", ["type"]),
+        ],
+      },
+      {
+        id: "size",
+        title: "Size of the newest backup (compressed)",
         unit: "bytes",
-        targets: [{
-          label: "memory",
-          measurement: "system_memory_usage",
-          field: "bytes",
-          aggregate: "mean",
-          groupBy: ["host"],
-        }],
+        targets: [target("size", "backup_status", "size_bytes", "last", ["type"])],
       },
       {
-        id: "disk",
-        title: "Disk in use",
-        unit: "%",
-        targets: [{
-          label: "disk",
-          measurement: "system_disk_usage",
-          field: "percent",
-          aggregate: "max",
-          groupBy: ["host", "mount"],
-        }],
+        id: "duration",
+        title: "Duration of the newest backup",
+        unit: "s",
+        targets: [target("duration", "backup_status", "duration_seconds", "last", ["type"])],
+      },
+    ],
+  },
+  replication: {
+    name: "replication",
+    title: "Replication health",
+    rangeMs: HOUR,
+    stepMs: MIN,
+    panels: [
+      {
+        id: "lag_seconds",
+        title: "Replay lag per replica",
+        unit: "s",
+        targets: [target("lag", "database_replication_lag", "seconds", "max", ["replica"])],
+      },
+      {
+        id: "lag_bytes",
+        title: "WAL not yet replayed per replica",
+        unit: "bytes",
+        targets: [target("lag", "database_replication_lag", "bytes", "max", ["replica"])],
+      },
+      {
+        id: "database_up",
+        title: "PostgreSQL reachable (1 = yes), per instance",
+        unit: "",
+        targets: [target("up", "database_up", "up", "min", ["instance"])],
       },
     ],
   },
@@ -181,59 +244,37 @@ export const DASHBOARDS: Record<string, Dashboard> = {
         id: "query_time",
         title: "Query time p50 / p95 / p99",
         unit: "ms",
-        targets: (["p50", "p95", "p99"] as const).map((field) => ({
-          label: field,
-          measurement: "database_query_time",
-          field,
-          // The worst interval of each bucket: a percentile cannot be averaged.
-          aggregate: "max" as const,
-          groupBy: ["query_type"],
-        })),
+        // The worst interval of each bucket: a percentile cannot be averaged.
+        targets: (["p50", "p95", "p99"] as const).map((field) =>
+          target(field, "database_query_time", field, "max", ["query_type"])
+        ),
       },
       {
         id: "connections",
         title: "Connections",
         unit: "connections",
         targets: [
-          {
-            label: "connections",
-            measurement: "database_connections",
-            field: "count",
-            aggregate: "max",
-            groupBy: ["host"],
-          },
-          {
-            label: "max_connections",
-            measurement: "database_connections",
-            field: "max",
-            aggregate: "max",
-            groupBy: ["host"],
-          },
+          target("connections", "database_connections", "count", "max", ["host"]),
+          target("max_connections", "database_connections", "max", "max", ["host"]),
         ],
+      },
+      {
+        id: "pool",
+        title: "Share of max_connections in use",
+        unit: "%",
+        targets: [target("used", "database_connections", "percent", "max", ["host"])],
       },
       {
         id: "size",
         title: "Database size",
         unit: "bytes",
-        targets: [{
-          label: "size",
-          measurement: "database_size",
-          field: "bytes",
-          aggregate: "last",
-          groupBy: ["database"],
-        }],
+        targets: [target("size", "database_size", "bytes", "last", ["database"])],
       },
       {
         id: "replication_lag",
         title: "Replication lag",
         unit: "s",
-        targets: [{
-          label: "lag",
-          measurement: "database_replication_lag",
-          field: "seconds",
-          aggregate: "max",
-          groupBy: ["replica"],
-        }],
+        targets: [target("lag", "database_replication_lag", "seconds", "max", ["replica"])],
       },
     ],
   },
@@ -247,25 +288,91 @@ export const DASHBOARDS: Record<string, Dashboard> = {
         id: "hit_rate",
         title: "Cache hit rate",
         unit: "%",
-        targets: [{
-          label: "hit rate",
-          measurement: "cache_hit_rate",
-          field: "percent",
-          aggregate: "mean",
-          groupBy: ["cache_type"],
-        }],
+        targets: [target("hit rate", "cache_hit_rate", "percent", "mean", ["cache_type"])],
       },
       {
         id: "operations",
         title: "Operations per second",
         unit: "ops/s",
-        targets: [{
-          label: "ops",
-          measurement: "cache_operations",
-          field: "per_s",
-          aggregate: "mean",
-          groupBy: ["cache_type", "operation"],
-        }],
+        targets: [
+          target("ops", "cache_operations", "per_s", "mean", ["cache_type", "operation"]),
+        ],
+      },
+    ],
+  },
+  system: {
+    name: "system",
+    title: "System resource utilisation",
+    rangeMs: HOUR,
+    stepMs: MIN,
+    panels: [
+      {
+        id: "cpu",
+        title: "CPU usage",
+        unit: "%",
+        targets: [target("cpu", "system_cpu_usage", "percent", "mean", ["host"])],
+      },
+      {
+        id: "memory",
+        title: "Memory in use",
+        unit: "bytes",
+        targets: [target("memory", "system_memory_usage", "bytes", "mean", ["host"])],
+      },
+      {
+        id: "memory_percent",
+        title: "Share of memory in use",
+        unit: "%",
+        targets: [target("memory", "system_memory_usage", "percent", "max", ["host"])],
+      },
+      {
+        id: "disk",
+        title: "Disk in use",
+        unit: "%",
+        targets: [target("disk", "system_disk_usage", "percent", "max", ["host", "mount"])],
+      },
+      {
+        id: "network",
+        title: "Network bytes per second",
+        unit: "bytes/s",
+        targets: [
+          target("received", "system_network_rx", "bytes_per_s", "mean", ["host", "interface"]),
+          target("sent", "system_network_tx", "bytes_per_s", "mean", ["host", "interface"]),
+        ],
+      },
+      {
+        id: "actors",
+        title: "Supervised actors running / given up",
+        unit: "actors",
+        targets: [
+          target("running", "runtime_actors", "running", "min", ["host"]),
+          target("given up", "runtime_actors", "given_up", "max", ["host"]),
+        ],
+      },
+    ],
+  },
+  streams: {
+    name: "streams",
+    title: "Streams",
+    rangeMs: HOUR,
+    stepMs: 5 * MIN,
+    panels: [
+      {
+        id: "viewers",
+        title: "Viewers per stream",
+        unit: "viewers",
+        targets: [target("viewers", "stream_viewers", "count", "mean", ["stream_id"])],
+      },
+      {
+        id: "bitrate",
+        title: "Bitrate per stream",
+        unit: "kbit/s",
+        targets: [target("bitrate", "stream_bitrate", "kbps", "mean", ["stream_id"])],
+      },
+      {
+        id: "fps",
+        title: "Frames per second",
+        unit: "fps",
+        targets: [target("fps", "stream_fps", "fps", "mean", ["stream_id"])],
       },
     ],
   },

@@ -11,12 +11,20 @@
  */
 import { describeError } from "../../lib/errors.ts";
 import type { ChildStatus } from "../../machines/supervisor.ts";
-import type { ConcernParts, RuntimeServices } from "../runtime/types.ts";
-import { type Alerts, type AlertView, createAlerts } from "./alerts.ts";
+import { type ConcernParts, type RuntimeServices, TRANSPORT_LEVELS } from "../runtime/types.ts";
+import { type Alerts, type AlertView, createAlerts, unevaluatedView } from "./alerts.ts";
+import { nextCronRun } from "../backup/settings.ts";
+import {
+  actorsSource,
+  authSource,
+  type BackupScheduleView,
+  backupSource,
+  databaseUpSource,
+} from "./activity_sources.ts";
 import { gaugeFamilies } from "./catalog.ts";
 import { collectorSpec, type LatestCollection } from "./collector.ts";
 import { createInfluxQlReader } from "./influxql_reader.ts";
-import { type PromFamily, renderExposition } from "./prometheus.ts";
+import { type PromFamily, renderExposition, snakeCase } from "./prometheus.ts";
 import { createPromQlReader } from "./promql_reader.ts";
 import { createQueryTimer, type QueryTimer } from "./query_timer.ts";
 import type { MetricsReader } from "./reader.ts";
@@ -50,7 +58,12 @@ export interface MetricsConcernOptions {
   webhook?: Partial<WebhookOptions>;
   /** Longest a source may take per cycle (default: the interval, at most 5 s). */
   sourceTimeoutMs?: number;
+  /** The backup schedules, for the `backup` source's overdue figure (none: not collected). */
+  backup?: { schedules: Record<string, string | null>; timezone: string; verify: string };
 }
+
+/** How long after a scheduled time a backup type's verified backup may still be missing. */
+const BACKUP_GRACE_MS = 3_600_000;
 
 function databaseHost(url: string | null): string {
   if (!url) return "embedded";
@@ -101,13 +114,31 @@ export function createMetricsParts(
 ): MetricsParts {
   const log = services.log;
   const timer = createQueryTimer();
+  const sourceTimeoutMs = options.sourceTimeoutMs ?? Math.min(settings.intervalMs, 5000);
+  const dbHost = databaseHost(services.config.database.url);
+  const backup = options.backup;
+  const backupView: BackupScheduleView | null = backup
+    ? {
+      schedules: backup.schedules,
+      nextRun: (cron, after) => nextCronRun(cron, after, { timezone: backup.timezone }),
+      verified: backup.verify !== "off",
+      graceMs: BACKUP_GRACE_MS,
+    }
+    : null;
+  const supervised = options.supervised;
   const sources = options.sources?.(services, timer) ?? [
     systemSource(),
     streamsSource(services.db.sql, { timer }),
-    databaseSource(services.db.sql, {
-      timer,
-      host: databaseHost(services.config.database.url),
+    databaseSource(services.db.sql, { timer, host: dbHost }),
+    // Half the source's time: a probe that times out still reports up = 0 in this cycle.
+    databaseUpSource(services.db.sql, {
+      host: dbHost,
+      instance: services.instanceId,
+      timeoutMs: sourceTimeoutMs / 2,
     }),
+    authSource(services.db.sql, { maxGapMs: 3 * settings.intervalMs }),
+    ...(backupView ? [backupSource(services.db.sql, backupView)] : []),
+    ...(supervised ? [actorsSource(supervised, { host: services.instanceId })] : []),
     ...(services.redis ? [cacheSource(services.redis)] : []),
   ];
 
@@ -157,9 +188,11 @@ export function createMetricsParts(
       webhook,
       broadcast: (event) => services.transport.broadcast("metrics", event),
     });
-  } else if (settings.alertRules.length) {
+  } else if (settings.alertRules.some((r) => r.origin === "configured")) {
     log.warn(
-      `metrics: ${settings.alertRules.length} alert rules are configured but not evaluated: ` +
+      `metrics: ${
+        settings.alertRules.filter((r) => r.origin === "configured").length
+      } configured alert rules are not evaluated: ` +
         "alerts read through the time-series reader, which needs INFLUX_URL",
     );
   }
@@ -174,7 +207,7 @@ export function createMetricsParts(
   const spec = collectorSpec({
     sources,
     now: services.now,
-    sourceTimeoutMs: options.sourceTimeoutMs ?? Math.min(settings.intervalMs, 5000),
+    sourceTimeoutMs,
     clusterCollector: leases
       ? async () => {
         const holder = await leases.holder("coordinator");
@@ -326,10 +359,17 @@ export function createMetricsParts(
           value,
           { reason: key.slice("dropped_".length) },
         ));
+      } else if (TRANSPORT_LEVELS.includes(key)) {
+        // Levels (they go down again) are gauges: rate() over them would mean nothing.
+        families.push(gauge(
+          `rootstream_transport_${snakeCase(key)}`,
+          `Inter-instance transport level: ${key.replaceAll("_", " ")} now`,
+          value,
+        ));
       } else {
         families.push(counter(
-          `rootstream_transport_${key}_total`,
-          `Inter-instance transport counter: ${key}`,
+          `rootstream_transport_${snakeCase(key)}_total`,
+          `Inter-instance transport counter: ${key.replaceAll("_", " ")}`,
           value,
         ));
       }
@@ -408,7 +448,10 @@ export function createMetricsParts(
   return {
     api,
     actors: [spec, ...(alerts?.specs ?? [])],
-    alerts: () => alerts?.views() ?? [],
+    // Without a reader the rules still show, each saying why it is not evaluated.
+    alerts: () =>
+      alerts?.views() ??
+        settings.alertRules.map((r) => unevaluatedView(r, readerUnavailable || "no reader")),
     readerUnavailable,
     health() {
       const now = services.now();

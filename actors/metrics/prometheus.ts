@@ -36,6 +36,11 @@ export function promName(text: string): string {
   return /^[a-zA-Z_:]/.test(cleaned) ? cleaned : "_" + cleaned;
 }
 
+/** `pendingRequests` → `pending_requests`: Prometheus names are snake_case. */
+export function snakeCase(text: string): string {
+  return text.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
+}
+
 /** A valid label name (no `:`; `__` prefixes are reserved, so they are replaced). */
 export function promLabelName(text: string): string {
   const cleaned = text.replace(/[^a-zA-Z0-9_]/g, "_");

@@ -10,6 +10,7 @@ import { z } from "zod";
 import type { ConcernConfig, SettingDoc } from "../../lib/config.ts";
 import { RuntimeError } from "../../lib/errors.ts";
 import type { AlertOperator, AlertRule } from "../../machines/alert.ts";
+import { DEFAULT_ALERT_RULE_NAMES, DEFAULT_ALERT_RULES } from "./default_rules.ts";
 import { type Aggregate, AGGREGATES } from "./reader.ts";
 
 /** The metrics settings, documented like lib/config.ts SETTINGS. */
@@ -45,7 +46,15 @@ export const METRICS_SETTINGS: readonly SettingDoc[] = [
   {
     env: "ALERT_RULES",
     default: "(none)",
-    description: "Alert rules: JSON, or the path of a JSON file (see docs/monitoring.md)",
+    description:
+      "Alert rules added to the defaults (one with a default's name replaces it): JSON, or the path of a JSON file (see docs/monitoring.md)",
+  },
+  {
+    env: "ALERT_DEFAULTS_DISABLED",
+    default: "(none: every default rule is on)",
+    description: `Default alert rules turned off, comma-separated, or all (${
+      DEFAULT_ALERT_RULE_NAMES.join(", ")
+    })`,
   },
   {
     env: "ALERT_WEBHOOK_URL",
@@ -70,6 +79,8 @@ export interface AlertRuleConfig extends AlertRule {
   groupBy: string[];
   /** How the values of several groups become one: max, min, sum or mean. */
   reduce: "max" | "min" | "sum" | "mean";
+  /** `default` (shipped, DEFAULT_ALERT_RULES) or `configured` (ALERT_RULES). */
+  origin: "default" | "configured";
 }
 
 /** The validated settings. */
@@ -170,6 +181,7 @@ const envSchema = z.object({
   METRICS_INTERVAL_MS: intIn(100, 3_600_000).default(10_000),
   METRICS_BUFFER_POINTS: intIn(1000, 10_000_000).default(100_000),
   ALERT_RULES: z.string().optional(),
+  ALERT_DEFAULTS_DISABLED: z.string().max(4096).optional(),
   ALERT_WEBHOOK_URL: httpUrl("https://hooks.example.com/alerts").optional(),
 });
 
@@ -212,6 +224,15 @@ function loadRules(
       "rules" in parsed
     ? (parsed as { rules: unknown }).rules
     : parsed;
+  return parseRules(list, source, intervalMs, "configured");
+}
+
+function parseRules(
+  list: unknown,
+  source: string,
+  intervalMs: number,
+  origin: AlertRuleConfig["origin"],
+): AlertRuleConfig[] {
   const result = rulesSchema.safeParse(list);
   if (!result.success) {
     const issue = result.error.issues[0];
@@ -244,8 +265,26 @@ function loadRules(
       severity: r.severity,
       summary: r.summary ??
         `${r.aggregate}(${r.measurement}.${r.field}) over ${r.window} ms ${r.op} ${r.threshold}`,
+      origin,
     };
   });
+}
+
+/** The default rules `ALERT_DEFAULTS_DISABLED` turns off; CONFIG_INVALID for an unknown name. */
+function disabledDefaults(raw: string | undefined): Set<string> {
+  const names = (raw ?? "").split(",").map((n) => n.trim()).filter((n) => n !== "");
+  if (names.length === 1 && names[0] === "all") return new Set(DEFAULT_ALERT_RULE_NAMES);
+  for (const name of names) {
+    if (!DEFAULT_ALERT_RULE_NAMES.includes(name)) {
+      throw invalid(
+        "ALERT_DEFAULTS_DISABLED",
+        `names no default rule: ${JSON.stringify(name.slice(0, 64))} (the defaults are ${
+          DEFAULT_ALERT_RULE_NAMES.join(", ")
+        }, or all)`,
+      );
+    }
+  }
+  return new Set(names);
 }
 
 /**
@@ -273,9 +312,18 @@ export function loadMetricsSettings(
     });
   }
   const c = result.data;
-  const alertRules = c.ALERT_RULES
+  const configured = c.ALERT_RULES
     ? loadRules(c.ALERT_RULES, c.METRICS_INTERVAL_MS, options.readTextFile ?? Deno.readTextFileSync)
     : [];
+  const disabled = disabledDefaults(c.ALERT_DEFAULTS_DISABLED);
+  const replaced = new Set(configured.map((r) => r.name));
+  const defaults = parseRules(
+    DEFAULT_ALERT_RULES.filter((r) => !disabled.has(r.name) && !replaced.has(r.name)),
+    "DEFAULT_ALERT_RULES",
+    c.METRICS_INTERVAL_MS,
+    "default",
+  );
+  const alertRules = [...defaults, ...configured];
   return {
     influx: c.INFLUX_URL
       ? {

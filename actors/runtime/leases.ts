@@ -25,6 +25,7 @@ import { type Actor, createActor, fromPromise, type InspectionEvent } from "xsta
 import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
+import type { MessageBus } from "../../store/bus.ts";
 import type { Keyspace, RedisClient } from "../../store/redis.ts";
 import { createLeaseStore, type FenceStatus, leaseTag } from "../../store/redis_leases.ts";
 import {
@@ -115,6 +116,11 @@ export interface LeaseManager {
   fenced<T>(fence: LeaseFence, fn: (fence: LeaseFence) => T | Promise<T>): Promise<T>;
   /** Writes `key` only when the fence's token is current, checked in the same script. */
   fencedSet(fence: LeaseFence, options: FencedSetOptions): Promise<void>;
+  /**
+   * Tells every standby campaign to try now (an instance left the cluster: it may have held
+   * a lease); one whose holder's lease still runs tries again right at its end.
+   */
+  wake(): void;
   /** Resigns every campaign (releasing held leases); the Redis client stays open. */
   close(): Promise<void>;
 }
@@ -133,7 +139,21 @@ export interface LeaseManagerDeps {
   now?: () => number;
   /** XState inspection hook, so lease actors show up in /actors and the console. */
   inspect?: (event: InspectionEvent) => void;
+  /**
+   * Carries release notices (channel `leases`): a standby waits for the holder's TTL to run
+   * out, and a notice wakes it when the holder released early (a graceful shutdown).
+   */
+  bus?: MessageBus;
+  /**
+   * With {@linkcode LeaseManager.wake} wired to membership departures (and `bus` for
+   * releases), standbys poll a held lease only every `standbyTtls` TTLs (a backstop) instead
+   * of at each seen TTL's end; absent: at each TTL's end.
+   */
+  standbyTtls?: number;
 }
+
+/** The bus channel of lease release notices. */
+export const LEASES_CHANNEL = "leases";
 
 const RoleName = z.string().regex(
   /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/,
@@ -195,11 +215,40 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
   }
 
   async function release(input: LeaseReleaseInput): Promise<LeaseReleaseOutput> {
+    let released: boolean;
     try {
-      return { released: await store.release(input.role, input.instanceId, input.token ?? null) };
+      released = await store.release(input.role, input.instanceId, input.token ?? null);
     } catch (err) {
       throw unavailable("release", input.role, err);
     }
+    if (released && deps.bus) {
+      await deps.bus.publish(LEASES_CHANNEL, JSON.stringify({ role: input.role, by: instanceId }))
+        .catch((err) => log.debug("lease release notice not sent", { error: describeError(err) }));
+    }
+    return { released };
+  }
+
+  /** Wakes this instance's standby campaign of a role another instance released. */
+  function onNotice(raw: string): void {
+    let notice: { role?: unknown; by?: unknown };
+    try {
+      notice = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (typeof notice?.role !== "string" || notice.by === instanceId) return;
+    const c = campaigns.get(notice.role);
+    if (c && c.actor.getSnapshot().status === "active") c.actor.send({ type: "WAKE" });
+  }
+  let unsubscribe: Promise<(() => Promise<void>) | null> | null = null;
+  function listen(): void {
+    if (!deps.bus || unsubscribe) return;
+    unsubscribe = deps.bus.subscribe(LEASES_CHANNEL, onNotice).catch((err) => {
+      log.warn("lease release notices unavailable; standbys wait for TTLs", {
+        error: describeError(err),
+      });
+      return null;
+    });
   }
 
   const logic = leaseMachine.provide({
@@ -245,7 +294,14 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
     }
     const actor = createActor(logic, {
       id: `lease:${role}`,
-      input: { role, instanceId, ...timings.data },
+      input: {
+        role,
+        instanceId,
+        ...timings.data,
+        ...(deps.standbyTtls
+          ? { standbyMs: Math.round(deps.standbyTtls * timings.data.ttlMs) }
+          : {}),
+      },
       ...(deps.inspect ? { inspect: deps.inspect } : {}),
     });
     const ctx = actor.getSnapshot().context;
@@ -325,6 +381,7 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
       stop,
     };
     campaigns.set(role, handle);
+    listen();
     actor.start();
     return handle;
   }
@@ -430,7 +487,16 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
 
   async function close(): Promise<void> {
     await Promise.all([...campaigns.values()].map((c) => c.resign()));
+    const off = await unsubscribe;
+    unsubscribe = null;
+    await off?.().catch(() => {});
   }
 
-  return { instanceId, campaign, holder, checkToken, fenced, fencedSet, close };
+  function wake(): void {
+    for (const c of campaigns.values()) {
+      if (c.actor.getSnapshot().status === "active") c.actor.send({ type: "WAKE" });
+    }
+  }
+
+  return { instanceId, campaign, holder, checkToken, fenced, fencedSet, wake, close };
 }

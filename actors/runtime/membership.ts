@@ -1,17 +1,29 @@
 /**
  * Cluster membership on Redis: heartbeats with the Redis server's own clock (so host
- * clock skew cannot make a live instance look dead), a live-member list from the same
- * round trip, and per-instance info (URL, roles, actors' states) for `GET /cluster`.
+ * clock skew cannot make a live instance look dead), the changes to the live-member list
+ * from the same round trip (a full list only on join or after a gap), and per-instance info
+ * (URL, roles, actors' states) for `GET /cluster`, written only when it changed (and
+ * refreshed every `infoTtlMs / 3`). An instance whose heartbeat appended a change (its own
+ * join, or members it reaped) publishes a sealed notice on the bus channel `members`; every
+ * instance reads the changes when the notice arrives, so a departure reaches the whole
+ * cluster at once instead of one heartbeat later. A lost notice costs nothing but time: the
+ * next heartbeat reads the same changes.
  * The keys and scripts are store/redis_membership.ts; this module drives them from the
  * cluster-node statechart.
  * @module
  */
-import { fromPromise } from "xstate";
+import { fromCallback, fromPromise } from "xstate";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { MessageAuth } from "../../lib/message_auth.ts";
 import type { Keyspace, RedisClient } from "../../store/redis.ts";
-import { createMemberStore } from "../../store/redis_membership.ts";
-import { clusterNodeMachine, type MemberView } from "../../machines/cluster_node.ts";
+import type { MessageBus } from "../../store/bus.ts";
+import { applyDelta, createMemberStore, type MemberDelta } from "../../store/redis_membership.ts";
+import {
+  type ClusterNodeEvent,
+  clusterNodeMachine,
+  type MembershipAnswer,
+  type MembershipQuery,
+} from "../../machines/cluster_node.ts";
 import type { ActorSpec } from "./types.ts";
 
 /** What an instance publishes about itself. */
@@ -52,7 +64,16 @@ export interface MembershipOptions {
   log?: Logger;
   /** Seals this instance's info and opens the others' (store/redis_membership.ts). */
   auth: MessageAuth;
+  /** Carries change notices (channel `members`); without it changes travel by heartbeat only. */
+  bus?: MessageBus;
+  /** Lifetime of a written info (ms); it is rewritten when it changes or a third of this passed. */
+  infoTtlMs?: number;
+  /** Clock (ms) of the info refresh. */
+  now?: () => number;
 }
+
+/** The bus channel of membership change notices. */
+export const MEMBERS_CHANNEL = "members";
 
 /** Membership service: the `cluster` actor spec plus reads of the live member list. */
 export interface Membership {
@@ -69,19 +90,70 @@ export interface Membership {
 /** Creates the membership service on a Redis connection. */
 export function createMembership(redis: RedisClient, options: MembershipOptions): Membership {
   const log = options.log ?? silentLogger;
-  const heartbeatMs = options.heartbeatMs ?? 500;
+  const heartbeatMs = options.heartbeatMs ?? 1000;
   const deadAfterMs = options.deadAfterMs ?? 2000;
-  const store = createMemberStore(redis, options.keyspace, { deadAfterMs, auth: options.auth });
+  const infoTtlMs = options.infoTtlMs ?? Math.max(60_000, deadAfterMs * 3);
+  const store = createMemberStore(redis, options.keyspace, {
+    deadAfterMs,
+    auth: options.auth,
+    infoTtlMs,
+  });
   const listeners = new Set<(c: { joined: string[]; left: string[] }) => void>();
+  const bus = options.bus;
+  /** The info last written and when: an unchanged info is not rewritten every heartbeat. */
+  let written: { info: string; at: number } | null = null;
 
-  function heartbeat(): Promise<MemberView[]> {
-    return store.heartbeat(options.instanceId, JSON.stringify(options.info()));
+  function answer(query: MembershipQuery, delta: MemberDelta): MembershipAnswer {
+    return {
+      members: applyDelta(query.cursor === null ? [] : query.members, delta),
+      cursor: delta.cursor,
+    };
+  }
+
+  /** Tells every instance to read the changes this call appended (awaited: no stray op). */
+  async function announce(delta: MemberDelta): Promise<void> {
+    if (!delta.wrote || !bus) return;
+    await bus.publish(MEMBERS_CHANNEL, delta.cursor).catch((err) =>
+      log.debug("membership notice not sent", { error: String(err) })
+    );
+  }
+
+  async function heartbeat(query: MembershipQuery): Promise<MembershipAnswer> {
+    const info = JSON.stringify(options.info());
+    const now = (options.now ?? Date.now)();
+    const send = written === null || written.info !== info || now - written.at > infoTtlMs / 3;
+    const delta = await store.heartbeat(options.instanceId, send ? info : null, query.cursor);
+    if (send) written = { info, at: now };
+    // Not in the set before this beat (reaped during a pause, or Redis lost its data): the
+    // info may be gone too, so the next beat writes it again.
+    if (delta.rejoined && !send) written = null;
+    await announce(delta);
+    return answer(query, delta);
   }
 
   const logic = clusterNodeMachine.provide({
     actors: {
-      heartbeat: fromPromise(() => heartbeat()),
-      deregister: fromPromise(() => store.remove(options.instanceId)),
+      heartbeat: fromPromise(({ input }) => heartbeat(input)),
+      readChanges: fromPromise(async ({ input }) =>
+        answer(input, await store.changes(input.cursor))
+      ),
+      changeFeed: fromCallback<ClusterNodeEvent>(({ sendBack }) => {
+        if (!bus) return () => {};
+        let stopped = false;
+        let off: (() => Promise<void>) | null = null;
+        bus.subscribe(MEMBERS_CHANNEL, () => sendBack({ type: "CHANGED" })).then((o) => {
+          if (stopped) o().catch(() => {});
+          else off = o;
+        }, (err) => log.warn("membership notices unavailable", { error: String(err) }));
+        return () => {
+          stopped = true;
+          off?.().catch(() => {});
+        };
+      }),
+      deregister: fromPromise(async () => {
+        await store.remove(options.instanceId);
+        await bus?.publish(MEMBERS_CHANNEL, "leave").catch(() => {});
+      }),
     },
     actions: {
       membershipChanged: (_, change: { joined: string[]; left: string[] }) => {
@@ -131,7 +203,10 @@ export function createMembership(redis: RedisClient, options: MembershipOptions)
       return () => listeners.delete(fn);
     },
     async deregister() {
-      await store.remove(options.instanceId).catch(() => {});
+      try {
+        await store.remove(options.instanceId);
+        await bus?.publish(MEMBERS_CHANNEL, "leave");
+      } catch { /* shutting down: the others reap it after the dead-after window */ }
     },
   };
 }

@@ -23,13 +23,14 @@
  * is never redelivered forever — and never crash the receiver.
  * @module
  */
+import type { ReceivedMessage } from "./history.ts";
 import type { AnyActorRef } from "xstate";
-import { z } from "zod";
 import { RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import { claimedSender, type MessageAuth } from "../../lib/message_auth.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import { duplicateRedis, type Keyspace, type RedisClient } from "../../store/redis.ts";
+import { checkEnvelope, type Envelope, type InboundEnvelope, isEvent } from "./envelope.ts";
 import { createInboxReader, createInboxWriter, type InboxEntry } from "../../store/redis_inbox.ts";
 import type { ActorAddress, ActorSpec, DeliveryMeta, RemoteEvent, Transport } from "./types.ts";
 
@@ -40,35 +41,7 @@ export const DEFAULT_MAX_MESSAGE_AGE_MS = 300_000;
 /** Message ids remembered for de-duplication, at most. */
 const MAX_SEEN_IDS = 200_000;
 
-const idPart = z.string().min(1).max(128).regex(/^[\w.:-]+$/);
-const address = z.object({ instance: idPart, actor: idPart });
-const eventSchema = z.object({ type: z.string().min(1).max(128) }).catchall(z.unknown());
-
-const envelopeSchema = z.discriminatedUnion("kind", [
-  z.object({
-    v: z.literal(1),
-    kind: z.enum(["send", "broadcast", "request"]),
-    id: z.string().min(1).max(64),
-    from: address,
-    to: z.object({ instance: idPart.or(z.literal("*")), actor: idPart }),
-    event: eventSchema,
-    corr: z.string().max(64).optional(),
-    sentAt: z.number(),
-  }),
-  z.object({
-    v: z.literal(1),
-    kind: z.literal("reply"),
-    id: z.string().min(1).max(64),
-    corr: z.string().min(1).max(64),
-    sentAt: z.number(),
-    ok: z.boolean(),
-    result: z.unknown().optional(),
-    error: z.object({ code: z.string(), message: z.string() }).optional(),
-  }),
-]);
-
-type Envelope = z.infer<typeof envelopeSchema>;
-type Inbound = Extract<Envelope, { kind: "send" | "broadcast" | "request" }>;
+type Inbound = InboundEnvelope;
 
 /** How the transport finds local actors. */
 export interface LocalActors {
@@ -96,6 +69,8 @@ export interface TransportOptions {
   requestTimeoutMs?: number;
   /** Requests and broadcasts older than this (or dated this far ahead) are refused. */
   maxMessageAgeMs?: number;
+  /** Told of each message for a local actor (the history recorder; it must not block). */
+  onReceived?: (message: ReceivedMessage) => void;
 }
 
 type Counters = Record<
@@ -210,12 +185,13 @@ function createCore(options: TransportOptions) {
       drop("dropped_malformed", { error: "not JSON" });
       return null;
     }
-    const result = envelopeSchema.safeParse(json);
-    if (!result.success) {
-      drop("dropped_malformed", { error: result.error.issues[0]?.message ?? "bad envelope" });
+    // The one check of the envelope, at the edge; the actor's schema checks the event.
+    const env = checkEnvelope(json);
+    if (typeof env === "string") {
+      drop("dropped_malformed", { error: env });
       return null;
     }
-    return result.data;
+    return env;
   }
 
   async function sendReply(to: string, corr: string, body: Partial<Envelope>): Promise<void> {
@@ -258,6 +234,15 @@ function createCore(options: TransportOptions) {
       sentAt: env.sentAt,
       correlationId: env.corr,
     };
+    options.onReceived?.({
+      id: env.id,
+      kind: env.kind,
+      from: env.from,
+      to: env.to.actor,
+      event: env.event.type,
+      corr: env.corr,
+      sentAt: env.sentAt,
+    });
     if (env.kind === "request") {
       const handler = spec.requests?.[env.event.type];
       if (!handler) return drop("dropped_unknown_event", detail);
@@ -316,8 +301,7 @@ function createCore(options: TransportOptions) {
     event: RemoteEvent,
     extra: { from?: string; corr?: string } = {},
   ): { env: Inbound; json: string } {
-    const checked = eventSchema.safeParse(event);
-    if (!checked.success) {
+    if (!isEvent(event)) {
       throw new RuntimeError("MESSAGE_INVALID", "Cannot send: the event needs a string `type`");
     }
     const env: Inbound = {
@@ -326,7 +310,7 @@ function createCore(options: TransportOptions) {
       id: messageId(),
       from: { instance: options.instanceId, actor: extra.from ?? "runtime" },
       to,
-      event: checked.data,
+      event,
       corr: extra.corr,
       sentAt: now(),
     };
@@ -394,6 +378,8 @@ function createCore(options: TransportOptions) {
     awaitReply,
     onReply,
     failPending,
+    /** Requests waiting for their reply now. */
+    pendingRequests: () => pending.size,
     drain,
     replyChannel,
     requestTimeoutMs: options.requestTimeoutMs ?? 5000,
@@ -537,7 +523,9 @@ export function createRedisTransport(
           continue;
         }
         if (deferred.size) await retryDeferred();
-        await handleBatch(await inbox.readNew(100, deferred.size ? 100 : 1000), false);
+        // A long block: an idle instance costs one read per 15 s, and a new entry still wakes
+        // the read at once (close() ends it by disconnecting the reader).
+        await handleBatch(await inbox.readNew(100, deferred.size ? 100 : 15_000), false);
         backoff = 100;
       } catch (err) {
         if (!running) return;
@@ -610,7 +598,11 @@ export function createRedisTransport(
       }
       return await reply;
     },
-    stats: () => ({ ...counters, pendingRequests: 0, deferredNow: deferred.size }),
+    stats: () => ({
+      ...counters,
+      pending_requests: core.pendingRequests(),
+      deferred_messages: deferred.size,
+    }),
     async close() {
       running = false;
       for (const off of unsubscribers.splice(0)) await off().catch(() => {});
@@ -676,7 +668,7 @@ export function createLocalTransport(options: TransportOptions): Transport & {
       if (parsed && parsed.kind === "request") await core.deliver(parsed);
       return await reply;
     },
-    stats: () => ({ ...counters }),
+    stats: () => ({ ...counters, pending_requests: core.pendingRequests() }),
     async close() {
       core.failPending();
       await off?.();

@@ -74,11 +74,17 @@ export interface Transport {
     event: RemoteEvent,
     options?: { timeoutMs?: number; from?: string },
   ): Promise<T>;
-  /** Counters: sent, delivered, dropped by reason, redelivered, timeouts. */
+  /**
+   * Counters (sent, delivered, dropped by reason, redelivered, timeouts, ...) and the levels
+   * named in TRANSPORT_LEVELS (requests waiting for a reply, messages deferred now).
+   */
   stats(): Record<string, number>;
   /** Stops receiving; in-flight requests reject. */
   close(): Promise<void>;
 }
+
+/** The keys of Transport.stats() that are current levels, not monotonic counters. */
+export const TRANSPORT_LEVELS: readonly string[] = ["pending_requests", "deferred_messages"];
 
 /** What every actor factory can use. */
 export interface RuntimeServices {

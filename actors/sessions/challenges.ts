@@ -20,8 +20,10 @@ export interface ChallengeRecord {
   attemptId: string;
   /** Hex SHA-256 of the challenge token. */
   challengeHash: string;
-  /** The user whose password matched. */
-  userId: number;
+  /** The user whose password matched; null in a passkey login (no user until the passkey). */
+  userId: number | null;
+  /** A passkey login. */
+  passwordless: boolean;
   /** Login as typed (for the rate-limit key and the audit trail). */
   login: string;
   /** "Remember me". */
@@ -47,7 +49,8 @@ export interface ChallengeStore {
 const recordSchema = z.object({
   attemptId: z.string().uuid(),
   challengeHash: z.string().regex(/^[0-9a-f]{64}$/),
-  userId: z.number().int().positive(),
+  userId: z.number().int().positive().nullable(),
+  passwordless: z.boolean().default(false),
   login: z.string().max(254),
   remember: z.boolean(),
   device: z.object({

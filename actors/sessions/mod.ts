@@ -17,6 +17,7 @@ import { createSessionService, type SessionService } from "./service.ts";
 import { createSessionSupervisorLogic } from "./supervisor.ts";
 import type { SessionsSettings } from "./settings.ts";
 import { DEFAULT_LIMITS, type LimitsSettings } from "../../lib/limits.ts";
+import { createSmtpMailer } from "./mailer.ts";
 
 export {
   type AuthContext,
@@ -68,7 +69,10 @@ export function createSessionsParts(
   limits: LimitsSettings = DEFAULT_LIMITS,
 ): ConcernParts<SessionService> {
   const cfg = settings;
+  const mailer = cfg.smtp ? createSmtpMailer(cfg.smtp) : null;
   const service = createSessionService({
+    webauthn: cfg.webauthn,
+    mailer,
     sql: services.db.sql,
     redis: services.redis,
     keyspace: services.keyspace,
@@ -93,6 +97,9 @@ export function createSessionsParts(
   return {
     api: service,
     actors: [createSessionsActorSpec(service)],
-    stop: () => service.close(),
+    stop: async () => {
+      await service.close();
+      mailer?.close();
+    },
   };
 }

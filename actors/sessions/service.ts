@@ -84,6 +84,13 @@ import {
   verifyCredentials,
 } from "../../store/users.ts";
 import { createChallengeStore } from "./challenges.ts";
+import { createFactors, type Factors, type WebAuthnSettings } from "./factors.ts";
+import type { Mailer } from "./mailer.ts";
+import type { Passkey } from "../../store/webauthn.ts";
+import type {
+  PublicKeyCredentialCreationOptionsJSON,
+  PublicKeyCredentialRequestOptionsJSON,
+} from "@simplewebauthn/server";
 import { createRateLimiter, type RateLimit } from "./rate_limit.ts";
 import { ping } from "../../store/database_stats.ts";
 import { isConnectionError } from "../../lib/db_errors.ts";
@@ -134,6 +141,10 @@ export interface SessionServiceOptions {
     perIp?: RateLimit;
     registerPerIp?: RateLimit;
     reauthPerUser?: RateLimit;
+    /** E-mail codes sent per user; 5 per 15 min. */
+    emailPerUser?: RateLimit;
+    /** E-mail codes sent per address; 5 per 15 min. */
+    emailPerAddress?: RateLimit;
   };
   /** scrypt cost of password hashes (tests use `{ ln: 10 }`). */
   hashing?: PasswordOptions;
@@ -170,6 +181,10 @@ export interface SessionServiceDeps {
   log?: Logger;
   /** Tunables. */
   options?: SessionServiceOptions;
+  /** Passkeys' relying party (settings WEBAUTHN_*); default localhost:8080. */
+  webauthn?: WebAuthnSettings;
+  /** The e-mail code sender (SMTP_URL), or null: e-mail codes are off. */
+  mailer?: Mailer | null;
   /**
    * The running sessions actor (the runtime supervisor's child `sessions`, built from
    * {@linkcode SessionService.effects}), or undefined while it is not running. Logins go
@@ -177,6 +192,9 @@ export interface SessionServiceDeps {
    */
   sessionsActor: () => AnyActorRef | undefined;
 }
+
+/** The second factors a re-authentication takes. */
+export type ReauthMethod = "totp" | "backup_code" | "webauthn" | "email";
 
 /** Client details of a request. */
 export type RequestContext = DeviceInfo;
@@ -264,9 +282,19 @@ export interface SessionService {
    */
   reauthenticate(
     auth: AuthContext,
-    input: { password: string; code?: string; method?: "totp" | "backup_code" },
+    input: { password: string; code?: string; method?: ReauthMethod },
     ctx?: RequestContext,
   ): Promise<{ reauthenticatedAt: Date }>;
+  /**
+   * What a re-authentication with a passkey or an e-mail code answers: a passkey's options
+   * (bound to the session), or where the code was sent.
+   */
+  reauthChallenge(
+    auth: AuthContext,
+    method: "webauthn" | "email",
+  ): Promise<
+    { options: PublicKeyCredentialRequestOptionsJSON } | { sentTo: string; expiresAt: string }
+  >;
   /** The caller's account and what the session may do. */
   me(auth: AuthContext): Promise<{ user: User; authority: SessionAuthority }>;
   /** Roles and machine tokens (admin routes, CLI). */
@@ -299,6 +327,32 @@ export interface SessionService {
   listSessions(auth: AuthContext): Promise<Session[]>;
   /** Revokes one of the caller's sessions. */
   revokeSession(auth: AuthContext, sessionId: string): Promise<void>;
+  /** Passkeys and e-mail codes (actors/sessions/factors.ts). */
+  readonly factors: Factors;
+  /** Starts a passkey login: a login attempt waiting for a passkey, and its options. */
+  passkeyLogin(
+    ctx?: RequestContext,
+  ): Promise<
+    { challenge: string; expiresAt: string; options: PublicKeyCredentialRequestOptionsJSON }
+  >;
+  /** Options for a passkey as the second factor of login attempt `challenge`. */
+  passkeyOptions(challenge: string): Promise<PublicKeyCredentialRequestOptionsJSON>;
+  /** Sends an e-mail code for login attempt `challenge`. */
+  sendLoginCode(challenge: string): Promise<{ sentTo: string; expiresAt: string }>;
+  /** The caller's passkeys. */
+  listPasskeys(auth: AuthContext): Promise<Passkey[]>;
+  /** Options to register a passkey (bound to the caller's session). */
+  passkeyRegistrationOptions(auth: AuthContext): Promise<PublicKeyCredentialCreationOptionsJSON>;
+  /** Verifies and stores a new passkey. */
+  registerPasskey(auth: AuthContext, input: { name: string; response: unknown }): Promise<Passkey>;
+  /** Removes one of the caller's passkeys. */
+  removePasskey(auth: AuthContext, id: number): Promise<void>;
+  /** Sends a code to the account's address to turn e-mail codes on. */
+  startEmailCodes(auth: AuthContext): Promise<{ sentTo: string; expiresAt: string }>;
+  /** Turns e-mail codes on with the code sent. */
+  confirmEmailCodes(auth: AuthContext, code: string, ctx?: RequestContext): Promise<void>;
+  /** Turns e-mail codes off. */
+  disableEmailCodes(auth: AuthContext): Promise<void>;
   /** Waits for journal writes in flight and drops bus subscriptions. */
   close(): Promise<void>;
 }
@@ -412,6 +466,21 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     onError: (err) => reportFailure("redis", err),
   });
   const challenges = createChallengeStore({ redis, keyspace, now, auth: deps.auth });
+  const factors = createFactors({
+    sql,
+    mfa,
+    limiter,
+    now,
+    log: log.child("factors"),
+    secretKey: deps.secretKey,
+    webauthn: deps.webauthn ??
+      { rpId: "localhost", rpName: "RootStream", origins: ["http://localhost:8080"] },
+    mailer: deps.mailer ?? null,
+    limits: {
+      emailPerUser: o.rateLimits?.emailPerUser ?? { limit: 5, windowMs: 15 * MINUTE },
+      emailPerAddress: o.rateLimits?.emailPerAddress ?? { limit: 5, windowMs: 15 * MINUTE },
+    },
+  });
   // scrypt takes 32 MiB and ~160 ms a hash: a login storm waits here, a bounded number of
   // checks at a time, instead of holding memory for every attempt at once.
   const hashGate = createGate({
@@ -532,6 +601,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
           attemptId: input.attemptId,
           challengeHash: input.challengeHash,
           userId: entry.userId,
+          passwordless: input.passwordless,
           login: input.login,
           remember: input.remember,
           device: input.device,
@@ -583,11 +653,12 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
         );
         if (!user) return { outcome: "invalid" };
         const status = await mfa.status(user.id);
-        const lock = status.enabled ? await mfa.lockState(user.id) : null;
+        const enabled = status.enabled || await factors.hasFactor(user.id);
+        const lock = enabled ? await mfa.lockState(user.id) : null;
         return {
           outcome: "ok",
           userId: user.id,
-          mfaEnabled: status.enabled,
+          mfaEnabled: enabled,
           mfaLocked: lock?.locked ?? false,
           retryAfterMs: lock?.retryAfterMs ?? 0,
           at: now(),
@@ -600,16 +671,20 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
           input.attemptId,
           "check a TOTP code",
           () =>
-            mfa.verifyTotp(input.userId, input.code, { ipAddress: input.ipAddress }).then(toCode),
+            mfa.verifyTotp(input.userId!, input.code, { ipAddress: input.ipAddress }).then(toCode),
         ),
       backup_code: (input) =>
         faulting(
           input.attemptId,
           "check a backup code",
           () =>
-            mfa.verifyBackupCode(input.userId, input.code, { ipAddress: input.ipAddress })
+            mfa.verifyBackupCode(input.userId!, input.code, { ipAddress: input.ipAddress })
               .then(toCode),
         ),
+      webauthn: (input) =>
+        faulting(input.attemptId, "check a passkey", () => factors.verifiers.webauthn(input)),
+      email: (input) =>
+        faulting(input.attemptId, "check an e-mail code", () => factors.verifiers.email(input)),
     },
     issueSession(input) {
       return faulting(input.attemptId, "issue the session", async () => {
@@ -631,6 +706,9 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     async cleanup() {
       const removed = await sessions.cleanupExpired();
       const attempts = await mfa.cleanupAttempts();
+      // Expired passkey challenges and e-mail codes: already refused by their checks, dropped here.
+      await factors.passkeys.cleanup(now());
+      await factors.emailCodes.cleanup(now());
       return { sessions: removed, attempts };
     },
     async probe() {
@@ -807,9 +885,18 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       startedAt: now(),
       ...loginOptions,
     }, "log in");
-    const result = answer(await settle(ref, answerable), challenge);
+    const snap = await settle(ref, answerable);
+    const result = answer(snap, challenge);
     if (result.status === "authenticated") {
       await Promise.all([limiter.reset(key), limiter.reset(loginKey(input.login))]);
+    }
+    if (result.status === "mfa_required" && snap.context.userId !== null) {
+      // The methods this account has, in the chart's order.
+      const userId = snap.context.userId;
+      const [totp, others] = await Promise.all([mfa.status(userId), factors.methodsOf(userId)]);
+      const has = new Set<MfaMethod>(others);
+      if (totp.enabled) has.add("totp").add("backup_code");
+      result.methods = MFA_METHOD_NAMES.filter((m) => has.has(m));
     }
     return result;
   }
@@ -826,35 +913,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
         `Invalid request: method must be one of ${MFA_METHOD_NAMES.join(", ")}`,
       );
     }
-    const m = typeof input.challenge === "string" ? CHALLENGE_RE.exec(input.challenge) : null;
-    const expired = () =>
-      new RuntimeError("LOGIN_EXPIRED", "Unknown or expired login challenge; log in again");
-    if (!m) throw expired();
-    const attemptId = m[1];
-    const hash = sha256Hex(input.challenge);
-    let ref = actor.system.get(loginActorId(attemptId)) as AnyActorRef | undefined;
-    if (!ref || (ref.getSnapshot() as LoginSnapshot).status !== "active") {
-      // Started on another instance (or this one restarted): resume from the record.
-      const record = await challenges.load(attemptId);
-      if (!record || !sameHex(record.challengeHash, hash)) throw expired();
-      ref = startAttempt(actor, {
-        attemptId,
-        login: record.login,
-        challengeHash: record.challengeHash,
-        remember: record.remember,
-        device: record.device,
-        startedAt: now(),
-        ...loginOptions,
-        resume: {
-          userId: record.userId,
-          mfaFailures: record.mfaFailures,
-          deadline: record.deadline,
-        },
-      }, "continue the login");
-      await settle(ref, answerable);
-    }
-    const before = ref.getSnapshot() as LoginSnapshot;
-    if (!sameHex(before.context.challengeHash, hash)) throw expired();
+    const { ref, before } = await attemptOf(actor, input.challenge);
     if (before.status !== "active") return answer(before, input.challenge);
     if (!awaitingCode(before)) {
       throw new RuntimeError("LOGIN_BUSY", "A code for this login is being checked; wait for it");
@@ -872,13 +931,135 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       });
     }
     const result = answer(snap, input.challenge);
-    if (result.status === "authenticated") {
+    if (result.status === "authenticated" && !snap.context.passwordless) {
       await Promise.all([
         limiter.reset(ipLoginKey(snap.context.device.ipAddress, snap.context.login)),
         limiter.reset(loginKey(snap.context.login)),
       ]);
     }
     return result;
+  }
+
+  /** The live login actor of a challenge token (resumed here from its record if need be). */
+  async function attemptOf(
+    actor: AnyActorRef,
+    challenge: string,
+  ): Promise<{ ref: AnyActorRef; before: LoginSnapshot }> {
+    const m = typeof challenge === "string" ? CHALLENGE_RE.exec(challenge) : null;
+    const expired = () =>
+      new RuntimeError("LOGIN_EXPIRED", "Unknown or expired login challenge; log in again");
+    if (!m) throw expired();
+    const attemptId = m[1];
+    const hash = sha256Hex(challenge);
+    let ref = actor.system.get(loginActorId(attemptId)) as AnyActorRef | undefined;
+    if (!ref || (ref.getSnapshot() as LoginSnapshot).status !== "active") {
+      // Started on another instance (or this one restarted): resume from the record.
+      const record = await challenges.load(attemptId);
+      if (!record || !sameHex(record.challengeHash, hash)) throw expired();
+      ref = startAttempt(actor, {
+        attemptId,
+        login: record.login,
+        challengeHash: record.challengeHash,
+        remember: record.remember,
+        device: record.device,
+        startedAt: now(),
+        ...loginOptions,
+        passwordless: record.passwordless,
+        resume: {
+          userId: record.userId,
+          mfaFailures: record.mfaFailures,
+          deadline: record.deadline,
+        },
+      }, "continue the login");
+      await settle(ref, answerable);
+    }
+    const before = ref.getSnapshot() as LoginSnapshot;
+    if (!sameHex(before.context.challengeHash, hash)) throw expired();
+    return { ref, before };
+  }
+
+  /** A login attempt waiting for a second factor, with its user (never a passkey login's). */
+  async function waitingAttempt(challenge: string) {
+    const actor = requireActor("continue the login");
+    const { before } = await attemptOf(actor, challenge);
+    if (before.status !== "active" || !awaitingCode(before)) {
+      throw new RuntimeError("LOGIN_EXPIRED", "The login attempt ended; log in again");
+    }
+    return before.context;
+  }
+
+  async function passkeyLogin(ctx: RequestContext = {}) {
+    const actor = requireActor("log in");
+    const d = device(ctx);
+    const perIp = await limiter.hit(["login-ip", d.ipAddress ?? "unknown"], limits.perIp);
+    if (!perIp.allowed) throw rateLimited(perIp, d.ipAddress);
+    const attemptId = crypto.randomUUID();
+    const challenge = `${attemptId}.${randomToken(32)}`;
+    const startedAt = now();
+    const ref = startAttempt(actor, {
+      attemptId,
+      login: "",
+      passwordless: true,
+      challengeHash: sha256Hex(challenge),
+      remember: false,
+      device: d,
+      startedAt,
+      ...loginOptions,
+    }, "log in");
+    const snap = await settle(ref, answerable);
+    if (snap.status !== "active") answer(snap, challenge);
+    const deadline = snap.context.deadline!;
+    const options = await factors.loginOptions(attemptId, null, deadline);
+    return { challenge, expiresAt: new Date(deadline).toISOString(), options };
+  }
+
+  async function passkeyOptions(challenge: string) {
+    const context = await waitingAttempt(challenge);
+    if (context.passwordless || context.userId === null) {
+      throw new RuntimeError("LOGIN_EXPIRED", "Unknown or expired login challenge; log in again");
+    }
+    return await factors.loginOptions(context.attemptId, context.userId, context.deadline!);
+  }
+
+  function masked(address: string): string {
+    const at = address.lastIndexOf("@");
+    return at <= 0 ? "***" : `${address[0]}***${address.slice(at)}`;
+  }
+
+  async function sendLoginCode(challenge: string) {
+    const context = await waitingAttempt(challenge);
+    const address = context.userId === null
+      ? null
+      : await factors.emailCodes.address(context.userId);
+    if (context.userId === null || address === null) {
+      throw new RuntimeError("MFA_NOT_ENROLLED", "E-mail codes are not on for this account");
+    }
+    const { expiresAt } = await factors.sendCode(
+      context.userId,
+      address,
+      `login:${context.attemptId}`,
+      "sign in",
+    );
+    return { sentTo: masked(address), expiresAt: new Date(expiresAt).toISOString() };
+  }
+
+  async function userOf(auth: AuthContext): Promise<User> {
+    const user = await getUserById(sql, auth.session.userId);
+    if (!user) throw new RuntimeError("USER_NOT_FOUND", "The account no longer exists");
+    return user;
+  }
+
+  /** A factor was added: when it turned MFA on, sessions made without it end. */
+  async function factorAdded(auth: AuthContext, hadFactor: boolean): Promise<void> {
+    if (hadFactor) return;
+    await sessions.revokeAllForUser(auth.session.userId, {
+      exceptId: auth.session.id,
+      reason: "mfa_changed",
+    });
+  }
+
+  async function anyFactor(userId: number): Promise<boolean> {
+    return (await mfa.status(userId)).enabled || await factors.hasFactor(userId);
   }
 
   async function authenticate(
@@ -910,7 +1091,7 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
 
   async function reauthenticate(
     auth: AuthContext,
-    input: { password: string; code?: string; method?: "totp" | "backup_code" },
+    input: { password: string; code?: string; method?: ReauthMethod },
     ctx: RequestContext = {},
   ): Promise<{ reauthenticatedAt: Date }> {
     const userId = auth.session.userId;
@@ -936,21 +1117,37 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
       throw refused("invalid_password", "the password is wrong");
     }
     const status = await mfa.status(userId);
-    if (status.enabled) {
+    const others = await factors.methodsOf(userId);
+    if (status.enabled || others.length) {
       if (!input.code) {
         throw refused(
           "code_required",
-          "MFA is on for this account: send a TOTP code (or a backup code) with the password",
+          "a second factor is on for this account: send a code (TOTP, backup or e-mail) " +
+            "or a passkey's answer with the password",
         );
       }
-      const check = input.method === "backup_code"
-        ? await mfa.verifyBackupCode(userId, input.code, {
-          ipAddress: ctx.ipAddress,
-          purpose: "reauth",
-        })
-        : await mfa.verifyTotp(userId, input.code, { ipAddress: ctx.ipAddress, purpose: "reauth" });
+      const method = input.method ?? (status.enabled ? "totp" : others[0]);
+      const opts = { ipAddress: ctx.ipAddress, purpose: "reauth" as const };
+      const subject = `reauth:${auth.session.id}`;
+      const check: { ok: boolean; reason?: string; locked?: boolean; retryAfterMs?: number } =
+        method === "backup_code"
+          ? await mfa.verifyBackupCode(userId, input.code, opts)
+          : method === "webauthn"
+          ? await factors.checkReauthPasskey(userId, auth.session.id, input.code, opts)
+          : method === "email"
+          ? await factors.checkCode(userId, subject, input.code, opts)
+          : await mfa.verifyTotp(userId, input.code, opts);
       if (!check.ok) {
-        if (check.reason === "locked" || check.locked) throw codeRefusal(check, "re-authenticate");
+        if (check.reason === "locked" || check.locked) {
+          const retryAfterMs = check.retryAfterMs ?? 0;
+          throw new RuntimeError(
+            "MFA_LOCKED",
+            `Cannot re-authenticate: too many wrong codes; try again in ${
+              Math.ceil(retryAfterMs / 1000)
+            } s`,
+            { details: { retryAfterMs } },
+          );
+        }
         throw refused(`code_${check.reason}`, `the code is ${check.reason}`);
       }
     }
@@ -1102,6 +1299,71 @@ export function createSessionService(deps: SessionServiceDeps): SessionService {
     refresh,
     listSessions,
     revokeSession,
+    factors,
+    passkeyLogin,
+    passkeyOptions,
+    async reauthChallenge(auth, method) {
+      const userId = auth.session.userId;
+      if (method === "webauthn") {
+        if (await factors.passkeys.count(userId) === 0) {
+          throw new RuntimeError("MFA_NOT_ENROLLED", "This account has no passkey");
+        }
+        return { options: await factors.reauthOptions(userId, auth.session.id) };
+      }
+      const address = await factors.emailCodes.address(userId);
+      if (address === null) {
+        throw new RuntimeError("MFA_NOT_ENROLLED", "E-mail codes are not on for this account");
+      }
+      const { expiresAt } = await factors.sendCode(
+        userId,
+        address,
+        `reauth:${auth.session.id}`,
+        "confirm it is you",
+      );
+      return { sentTo: masked(address), expiresAt: new Date(expiresAt).toISOString() };
+    },
+    sendLoginCode,
+    listPasskeys: (auth) => factors.passkeys.list(auth.session.userId),
+    async passkeyRegistrationOptions(auth) {
+      return await factors.registrationOptions(await userOf(auth), auth.session.id);
+    },
+    async registerPasskey(auth, input) {
+      const had = await anyFactor(auth.session.userId);
+      const passkey = await factors.register(auth.session.userId, auth.session.id, input);
+      await factorAdded(auth, had);
+      return passkey;
+    },
+    async removePasskey(auth, id) {
+      if (!await factors.passkeys.remove(auth.session.userId, id)) {
+        throw new RuntimeError("WEBAUTHN_NOT_FOUND", "No such passkey among yours");
+      }
+    },
+    async startEmailCodes(auth) {
+      const user = await userOf(auth);
+      const { expiresAt } = await factors.sendCode(
+        user.id,
+        user.email,
+        `enable:${auth.session.id}`,
+        "turn on e-mail codes",
+      );
+      return { sentTo: masked(user.email), expiresAt: new Date(expiresAt).toISOString() };
+    },
+    async confirmEmailCodes(auth, code, ctx = {}) {
+      const user = await userOf(auth);
+      const had = await anyFactor(user.id);
+      const r = await factors.checkCode(user.id, `enable:${auth.session.id}`, code, {
+        purpose: "confirm",
+        ipAddress: ctx.ipAddress,
+      });
+      if (!r.ok) throw codeRefusal(r, "turn on e-mail codes");
+      await factors.emailCodes.enable(user.id, user.email, now());
+      await factorAdded(auth, had);
+    },
+    async disableEmailCodes(auth) {
+      if (!await factors.emailCodes.disable(auth.session.userId)) {
+        throw new RuntimeError("MFA_NOT_ENROLLED", "E-mail codes are not on for this account");
+      }
+    },
     close,
   };
 }

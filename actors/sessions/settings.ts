@@ -25,6 +25,17 @@ export interface SessionsSettings {
    * address is that many entries from the right (api/client.ts); 0: the socket's address.
    */
   trustedProxyHops: number;
+  /** Passkeys: the relying party (docs/mfa.md). */
+  webauthn: {
+    /** RP id: the site's domain (no scheme, no port). */
+    rpId: string;
+    /** Name browsers show. */
+    rpName: string;
+    /** Origins a ceremony may come from (scheme://host[:port]). */
+    origins: string[];
+  };
+  /** E-mail codes: the SMTP server codes are sent through, or null (the factor is off). */
+  smtp: { url: string; from: string } | null;
 }
 
 /** The variables of the sessions concern, documented. */
@@ -61,6 +72,34 @@ export const SESSIONS_SETTINGS: readonly SettingDoc[] = [
       "Reverse proxies in front that append to X-Forwarded-For (the shipped nginx: 1); the client's address is that many entries from the right, X-Geo-Location is believed; 0 uses the socket's address",
   },
   {
+    env: "WEBAUTHN_RP_ID",
+    default: "localhost",
+    description:
+      "Passkeys: the relying party id, the site's domain as browsers see it (no scheme, no port); a passkey works only under it",
+  },
+  {
+    env: "WEBAUTHN_RP_NAME",
+    default: "RootStream",
+    description: "Passkeys: the site's name shown by browsers and authenticators",
+  },
+  {
+    env: "WEBAUTHN_ORIGIN",
+    default: "http://localhost:8080",
+    description:
+      "Passkeys: the origin(s) a ceremony may come from, comma-separated (https://console.example.com); any other origin is refused",
+  },
+  {
+    env: "SMTP_URL",
+    default: "(none: no code can be sent)",
+    description:
+      "E-mail codes: the SMTP server, smtp://user:pass@host:587 (STARTTLS when offered) or smtps://host:465",
+  },
+  {
+    env: "SMTP_FROM",
+    default: "RootStream <no-reply@localhost>",
+    description: "E-mail codes: the From address of the messages",
+  },
+  {
     env: "RS_TRUST_PROXY",
     default: "(removed)",
     description:
@@ -75,6 +114,21 @@ const schema = z.object({
   MFA_MAX_FAILURES: intIn(1, 1000, "failures").default(5),
   MFA_LOCK_WINDOW_S: intIn(10, 86_400, "seconds").default(900),
   RS_TRUSTED_PROXY_HOPS: intIn(0, 10, "proxies").default(0),
+  WEBAUTHN_RP_ID: z.string().min(1).max(253).refine(
+    (v) => !v.includes("/") && !v.includes(":"),
+    "a domain without scheme or port",
+  ).default("localhost"),
+  WEBAUTHN_RP_NAME: z.string().min(1).max(64).default("RootStream"),
+  WEBAUTHN_ORIGIN: z.string().max(2048).refine(
+    (v) =>
+      v.split(",").every((o) => URL.canParse(o.trim()) && new URL(o.trim()).origin === o.trim()),
+    "origins scheme://host[:port], comma-separated",
+  ).default("http://localhost:8080"),
+  SMTP_URL: z.string().max(2048).refine(
+    (v) => URL.canParse(v) && ["smtp:", "smtps:"].includes(new URL(v).protocol),
+    "an smtp:// or smtps:// URL",
+  ).optional(),
+  SMTP_FROM: z.string().min(3).max(254).default("RootStream <no-reply@localhost>"),
 });
 
 /** Reads and validates the sessions settings; CONFIG_INVALID names every bad variable. */
@@ -88,9 +142,11 @@ export function loadSessionsSettings(env: Record<string, string | undefined>): S
   const result = schema.safeParse(rest);
   const problems = result.success ? [] : result.error.issues.map((issue) => {
     const name = String(issue.path[0]);
-    return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${
-      JSON.stringify(raw[name])
-    }`;
+    // SMTP_URL may carry a password: never echoed.
+    const got = name === "SMTP_URL"
+      ? "(not shown: it may hold a password)"
+      : JSON.stringify(raw[name]);
+    return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${got}`;
   });
   if (legacy !== undefined && legacy !== "false") {
     // It trusted the LEFTMOST X-Forwarded-For entry, which the client writes: refuse rather
@@ -114,6 +170,12 @@ export function loadSessionsSettings(env: Record<string, string | undefined>): S
     mfaMaxFailures: c.MFA_MAX_FAILURES,
     mfaLockWindowMs: c.MFA_LOCK_WINDOW_S * 1000,
     trustedProxyHops: c.RS_TRUSTED_PROXY_HOPS,
+    webauthn: {
+      rpId: c.WEBAUTHN_RP_ID,
+      rpName: c.WEBAUTHN_RP_NAME,
+      origins: c.WEBAUTHN_ORIGIN.split(",").map((o) => o.trim()),
+    },
+    smtp: c.SMTP_URL ? { url: c.SMTP_URL, from: c.SMTP_FROM } : null,
   };
 }
 

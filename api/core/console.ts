@@ -1,6 +1,7 @@
 /**
- * The review console: `GET /` renders the whole cluster as HTML (every live instance,
- * each actor drawn as its statechart with the current state highlighted, recent
+ * The review console: `GET /` renders the whole cluster as HTML (a matrix of every live
+ * instance × its actors with status and state, filterable by concern and state; the
+ * statechart of the actor picked in it with the current state highlighted; recent
  * transitions, messages between instances, sessions, backups, replication and key
  * metrics), and `/console/*` serves the page's script and stylesheet, the fragments the
  * script re-fetches, and `/console/events`, one server-sent event stream that merges every
@@ -38,19 +39,33 @@ import { formatState } from "../../console/html.ts";
 import {
   type ActorModel,
   type InstanceModel,
+  matrixColumns,
   type MemberModel,
   type MetricSeries,
   type PageModel,
+  type PageView,
   type PanelsModel,
   type Reading,
+  renderChartPanel,
   renderInstance,
-  renderInstances,
+  renderMatrix,
   renderMessages,
   renderPage,
   renderPanels,
+  renderTimeline,
   type ReplicationRow,
   type TransitionView,
 } from "../../console/render.ts";
+import { slug } from "../../console/html.ts";
+import {
+  instancesAt,
+  type Moment,
+  parseMoment,
+  type Recorded,
+  renderReport,
+  renderTimeControl,
+} from "../../console/history.ts";
+import { HISTORY_LIMIT } from "./history.ts";
 import { type ChartTemplate, highlightChart, parseChartSvg } from "../../console/svg.ts";
 import {
   authorizerOf,
@@ -103,6 +118,7 @@ const CLUSTER_VIEW_TTL_MS = 1000;
 
 const ASSETS: Record<string, { type: string }> = {
   "console.js": { type: "text/javascript; charset=utf-8" },
+  "passkey.js": { type: "text/javascript; charset=utf-8" },
   "console.css": { type: "text/css; charset=utf-8" },
 };
 
@@ -240,6 +256,52 @@ const html = { "text/html": { schema: z.string() } };
 /** The console is for people with the operator or admin role (no machine scope). */
 const operator = { caller: "operator" } as const;
 
+/** What the page's query may say: the filters, and the actor whose chart is drawn. */
+const pageQuery = z.object({
+  instance: z.string().max(64).optional(),
+  actor: z.string().max(200).optional(),
+  concern: z.string().max(64).optional(),
+  state: z.string().max(100).optional(),
+  /** A recorded moment (epoch ms or ISO date, Redis server clock): time travel. */
+  at: z.string().max(40).optional(),
+  /** The start of the range leading to `at` (default a minute before). */
+  from: z.string().max(40).optional(),
+});
+
+/** A recorded entry as GET /history answers it (validated again: it crossed HTTP). */
+const recordedSchema = z.discriminatedUnion("k", [
+  z.object({
+    k: z.literal("transition"),
+    entryId: z.string(),
+    serverAt: z.number(),
+    instance: z.string(),
+    at: z.number(),
+    seq: z.number(),
+    path: z.string(),
+    event: z.string(),
+    state: z.unknown(),
+    cause: z.string().optional(),
+    machine: z.string().optional(),
+  }),
+  z.object({
+    k: z.literal("message"),
+    entryId: z.string(),
+    serverAt: z.number(),
+    instance: z.string(),
+    id: z.string(),
+    kind: z.string(),
+    from: z.object({ instance: z.string(), actor: z.string() }),
+    to: z.object({ instance: z.string(), actor: z.string() }),
+    event: z.string(),
+    corr: z.string().optional(),
+    sentAt: z.number(),
+  }),
+]);
+const historySchema = z.object({ entries: z.array(recordedSchema) });
+
+/** The default range before a moment (ms). */
+const DEFAULT_RANGE_MS = 60_000;
+
 /** The review console's declarations. */
 export const CONSOLE_ROUTES = {
   page: declareRoute({
@@ -249,6 +311,7 @@ export const CONSOLE_ROUTES = {
     summary: "The review console (a person without a session is sent to /login)",
     access: operator,
     kind: "page",
+    request: { query: pageQuery },
     responses: {
       200: { description: "The console", content: html },
       303: { description: "To /login" },
@@ -258,21 +321,55 @@ export const CONSOLE_ROUTES = {
     method: "get",
     path: "/console/fragments/instances",
     tags: ["console"],
-    summary: "Fragment: every instance with its actors",
+    summary: "Fragment: the instances × actors matrix, filtered",
     access: operator,
+    request: { query: pageQuery },
     responses: { 200: { description: "HTML", content: html } },
   }),
   instance: declareRoute({
     method: "get",
     path: "/console/fragments/instance",
     tags: ["console"],
-    summary: "Fragment: one instance with its actors",
+    summary: "Fragment: one instance's row of the matrix",
     access: operator,
-    request: { query: z.object({ id: z.string().max(64).optional() }) },
+    request: {
+      query: z.object({
+        id: z.string().max(64).optional(),
+        columns: z.string().max(4000).optional(),
+        concern: z.string().max(64).optional(),
+        state: z.string().max(100).optional(),
+      }),
+    },
     responses: {
       200: { description: "HTML", content: html },
       404: {
         description: "No live instance by that id",
+        content: { "application/json": { schema: z.looseObject({}) } },
+      },
+    },
+  }),
+  chart: declareRoute({
+    method: "get",
+    path: "/console/fragments/chart",
+    tags: ["console"],
+    summary: "Fragment: one actor's statechart with its current state",
+    access: operator,
+    request: { query: pageQuery },
+    responses: { 200: { description: "HTML", content: html } },
+  }),
+  export: declareRoute({
+    method: "get",
+    path: "/console/export",
+    tags: ["console"],
+    summary: "A recorded range as a self-contained HTML report (charts, sequence, timeline)",
+    access: operator,
+    request: {
+      query: z.object({ from: z.string().max(40).optional(), to: z.string().max(40).optional() }),
+    },
+    responses: {
+      200: { description: "The report, as a download", content: html },
+      400: {
+        description: "No valid range",
         content: { "application/json": { schema: z.looseObject({}) } },
       },
     },
@@ -556,7 +653,8 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
       ...base,
       supervisor: parsed.data.supervisor,
       transport: parsed.data.transport,
-      actors: await Promise.all(drawn.map((v) => actorModel(member, v))),
+      // Charts are drawn one at a time, for the actor picked in the matrix (chartSelection).
+      actors: drawn.map((v) => ({ ...v, chart: null, chartNote: null, chartWidth: null })),
       listed,
       transitions: parsed.data.transitions.map((t) => ({ ...t, instance: member.id })),
     };
@@ -730,7 +828,8 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
       });
     }
     const out = await Promise.all(
-      names.slice(0, 4).map(async ({ name, title }) => {
+      // The plan's seven dashboards and streams: each linked, each read.
+      names.slice(0, 12).map(async ({ name, title }) => {
         const read = await readJson(self, `/dashboards/${encodeURIComponent(name)}`);
         return read.ok
           ? { name, title, series: dashboardSeries(read.body), errors: dashboardErrors(read.body) }
@@ -840,9 +939,179 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     return authority ? { name: authority.username, role: authority.role } : null;
   }
 
+  /** The query's view of the page: filters, and the chart of the actor picked (if any). */
+  async function pageView(
+    model: PageModel,
+    query: z.infer<typeof pageQuery>,
+    options: { history?: boolean } = {},
+  ): Promise<PageView> {
+    const filter = { concern: query.concern ?? "", state: query.state ?? "" };
+    if (!query.instance || !query.actor) return { filter, chart: null };
+    const inst = model.instances.find((i) => i.member.id === query.instance);
+    const view = inst?.actors.find((a) => a.path === query.actor) ??
+      inst?.listed.find((a) => a.path === query.actor);
+    if (!inst || !view) {
+      return {
+        filter,
+        chart: null,
+        chartNote: `No actor ${query.actor} on a live instance named ${query.instance}.`,
+      };
+    }
+    // A recorded moment is drawn with this instance's charts: the machines are the code's.
+    const member = options.history
+      ? selfMember
+      : (await listMembers().catch(() => ({ members: [] as Member[] }))).members
+        .find((m) => m.id === inst.member.id) ??
+        { ...inst.member, startedAt: null };
+    return { filter, chart: { instance: inst.member.id, actor: await actorModel(member, view) } };
+  }
+
+  const selfMember: Member = {
+    id: deps.instanceId,
+    url: "",
+    roles: [],
+    heartbeatAgeMs: null,
+    startedAt: null,
+  };
+
+  /** Reads the recorded history from this instance's GET /history. */
+  async function recorded(query: Record<string, string>): Promise<Recorded[]> {
+    const read = await readJson(selfMember, `/history?${new URLSearchParams(query)}`);
+    if (!read.ok) throw new Error(read.reason);
+    const parsed = historySchema.safeParse(read.body);
+    if (!parsed.success) throw new Error("GET /history answered an unexpected shape");
+    return parsed.data.entries as Recorded[];
+  }
+
+  /** The cluster at a recorded moment: every instance's states, the range's events. */
+  async function momentModel(moment: Moment, concern: string) {
+    const [newest, range, after] = await Promise.all([
+      recorded({ to: String(moment.at), limit: String(HISTORY_LIMIT), order: "desc" }),
+      recorded({ from: String(moment.from), to: String(moment.at), limit: String(HISTORY_LIMIT) }),
+      recorded({ from: String(moment.at + 1), limit: "2000" }),
+    ]);
+    // Stepping goes event by event, over the concern filtered on when there is one.
+    const matches = (r: Recorded) =>
+      r.k === "transition" &&
+      (!concern || r.machine === concern || r.path.slice(r.path.lastIndexOf("/") + 1) === concern);
+    const prev = newest.find((r) => r.serverAt < moment.at && matches(r))?.serverAt ?? null;
+    const next = after.find(matches)?.serverAt ?? null;
+    return { instances: instancesAt(newest, range, moment), prev, next, range };
+  }
+
   serve(app, CONSOLE_ROUTES.page, async (c) => {
+    const query = c.req.valid("query");
     const model = await pageModel();
-    return html(c, renderPage({ ...model, viewer: await viewer(c) }));
+    const keep: Record<string, string> = {};
+    for (const k of ["concern", "state", "instance", "actor"] as const) {
+      if (query[k]) keep[k] = query[k]!;
+    }
+    const at = parseMoment(query.at);
+    if (query.at && at === null) {
+      const view = await pageView(model, query);
+      view.timeControl = renderTimeControl({
+        moment: null,
+        prev: null,
+        next: null,
+        keep,
+        error: `${query.at} is not a moment: give epoch milliseconds or an ISO date`,
+      });
+      return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
+    }
+    if (at === null) {
+      const view = await pageView(model, query);
+      view.timeControl = renderTimeControl({ moment: null, prev: null, next: null, keep });
+      return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
+    }
+    const from = Math.min(parseMoment(query.from) ?? at - DEFAULT_RANGE_MS, at);
+    const moment = { from, at };
+    try {
+      const past = await momentModel(moment, query.concern ?? "");
+      const pastModel: PageModel = { ...model, instances: past.instances, clusterError: null };
+      const view = await pageView(pastModel, query, { history: true });
+      view.linkParams = { from: String(from), at: String(at) };
+      view.history = true;
+      view.timeControl = renderTimeControl({ moment, prev: past.prev, next: past.next, keep });
+      return html(c, renderPage({ ...pastModel, viewer: await viewer(c) }, view));
+    } catch (err) {
+      const view = await pageView(model, query);
+      view.timeControl = renderTimeControl({
+        moment: null,
+        prev: null,
+        next: null,
+        keep,
+        error: errorText(err),
+      });
+      return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
+    }
+  });
+
+  serve(app, CONSOLE_ROUTES.export, async (c) => {
+    const query = c.req.valid("query");
+    const to = parseMoment(query.to);
+    if (to === null) {
+      return c.json({
+        error: { code: "INVALID_RANGE", message: "to must be epoch milliseconds or an ISO date" },
+      }, 400);
+    }
+    const from = Math.min(parseMoment(query.from) ?? to - DEFAULT_RANGE_MS, to);
+    const moment = { from, at: to };
+    const past = await momentModel(moment, "");
+    // Charts of the actors that moved in the range (at most MAX_DRAWN), at its end; those
+    // that moved least first: periodic ones (heartbeats, lease renewals) are seldom the story.
+    const moves = new Map<string, number>();
+    for (const r of past.range) {
+      if (r.k !== "transition") continue;
+      const key = `${r.instance}\n${r.path}`;
+      moves.set(key, (moves.get(key) ?? 0) + 1);
+    }
+    const picked = past.instances.flatMap((inst) =>
+      inst.actors.map((actor) => ({
+        inst,
+        actor,
+        n: moves.get(`${inst.member.id}\n${actor.path}`),
+      }))
+    ).filter((x) => x.n !== undefined)
+      .sort((a, b) => a.n! - b.n!)
+      .slice(0, MAX_DRAWN);
+    const charts: string[] = [];
+    const drawn = new Set<string>();
+    for (const { inst, actor } of picked) {
+      charts.push(
+        renderChartPanel({ instance: inst.member.id, actor: await actorModel(selfMember, actor) }),
+      );
+      drawn.add(`${inst.member.id}\n${actor.path}`);
+    }
+    const body = renderReport({
+      moment,
+      css: await asset("console.css"),
+      matrix: renderMatrix({ instances: past.instances, clusterError: null }, {
+        noForm: true,
+        cellHref: (instance, path) =>
+          drawn.has(`${instance}\n${path}`) ? `#chart-${slug(`${instance}\n${path}`)}` : "#charts",
+      }),
+      charts,
+      timeline: renderTimeline(past.instances, 500),
+      messages: renderMessages(past.instances, 200, { recorded: true }),
+      generatedAt: now(),
+      instance: deps.instanceId,
+    });
+    for (const [k, v] of Object.entries(PAGE_HEADERS)) c.header(k, v);
+    // The report carries its stylesheet inline (it opens from disk); still nothing runs.
+    c.header(
+      "content-security-policy",
+      "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; " +
+        "form-action 'none'; frame-ancestors 'none'",
+    );
+    const name = `rootstream-${new Date(from).toISOString()}-${new Date(to).toISOString()}.html`
+      .replaceAll(":", "-");
+    c.header("content-disposition", `attachment; filename="${name}"`);
+    return c.body(body);
+  });
+
+  serve(app, CONSOLE_ROUTES.chart, async (c) => {
+    const view = await pageView(await pageModel(), c.req.valid("query"));
+    return html(c, renderChartPanel(view.chart, view.chartNote));
   });
 
   for (const [name, route] of Object.entries(ASSET_ROUTES)) {
@@ -856,11 +1125,17 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
 
   serve(app, CONSOLE_ROUTES.instances, async (c) => {
     const model = await pageModel();
-    return html(c, renderInstances(model));
+    const query = c.req.valid("query");
+    const filter = { concern: query.concern ?? "", state: query.state ?? "" };
+    const selected = query.instance && query.actor
+      ? { instance: query.instance, path: query.actor }
+      : null;
+    return html(c, renderMatrix(model, { filter, selected }));
   });
 
   serve(app, CONSOLE_ROUTES.instance, async (c) => {
-    const id = c.req.valid("query").id ?? "";
+    const query = c.req.valid("query");
+    const id = query.id ?? "";
     const { members } = await listMembers();
     const member = members.find((m) => m.id === id);
     if (!member) {
@@ -868,7 +1143,19 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
         error: { code: "NOT_FOUND", message: `No live instance named ${id}` },
       }, 404);
     }
-    return html(c, renderInstance(await instanceModel(member)));
+    const inst = await instanceModel(member);
+    // The page's columns, so the row lines up; an actor outside them marks the row
+    // (data-new-columns) and the page re-reads the whole matrix.
+    const columns = (query.columns ?? "").split(",").filter(Boolean).slice(0, 200).map((path) => {
+      const last = path.slice(path.lastIndexOf("/") + 1);
+      const machine = inst.actors.find((a) => a.path === path)?.machine;
+      return { path, concern: machine ?? last, label: last };
+    });
+    const filter = { concern: query.concern ?? "", state: query.state ?? "" };
+    return html(
+      c,
+      renderInstance(inst, columns.length ? columns : matrixColumns([inst]), { filter }),
+    );
   });
 
   serve(app, CONSOLE_ROUTES.panels, async (c) => {

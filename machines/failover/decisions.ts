@@ -8,6 +8,7 @@
  */
 import type {
   CandidateChoice,
+  Evidence,
   Finding,
   LagAlert,
   NodeSample,
@@ -179,19 +180,24 @@ export interface DetectorState {
   failures: number;
   /** Fencing token while coordinating, else null. */
   leader: number | null;
+  /** Certain evidence may skip the count (FAILOVER_FAST_PATH). */
+  fastPath?: boolean;
 }
 
 /**
  * What one probe means. `newer`: Redis names a newer primary (follow it); `bootstrap`: the
  * coordinator sees the primary answer and nothing published (publish it); `answered`: the
  * primary is fine (`why` is null when there is nothing new to say); `failed`: one more
- * failed probe in the streak.
+ * failed probe in the streak; `refused`: one more failed probe, refused outright, seen by
+ * the coordinator with the fast path on: it gathers the evidence that may make it certain
+ * (see {@linkcode judgeEvidence}) instead of waiting for the count.
  */
 export type ProbeVerdict =
   | { verdict: "newer"; primary: Published; why: string }
   | { verdict: "bootstrap"; why: string }
   | { verdict: "answered"; why: string | null }
-  | { verdict: "failed"; failures: number; why: string };
+  | { verdict: "failed"; failures: number; why: string }
+  | { verdict: "refused"; failures: number; why: string };
 
 /**
  * Weighs one probe of the primary, whatever the detector's level (healthy or suspect): the
@@ -226,6 +232,14 @@ export function judgeProbe(state: DetectorState, probe: ProbeResult): ProbeVerdi
   }
   const failures = state.failures + 1;
   const error = probe.error ?? "no answer";
+  if (probe.refused && state.leader !== null && state.fastPath) {
+    return {
+      verdict: "refused",
+      failures,
+      why: `suspect: ${primary.node} refused the connection: asking the other instances ` +
+        `and the replicas' WAL receivers whether the evidence is certain (fast path)`,
+    };
+  }
   return {
     verdict: "failed",
     failures,
@@ -250,10 +264,22 @@ export interface VoteJudgement {
 
 /** The vote after N failed probes: a strict majority of the live instances must agree. */
 export function judgeVotes(
-  state: { primary: Published; failures: number; lastError: string | null },
+  state: {
+    primary: Published;
+    failures: number;
+    lastError: string | null;
+    evidenceWhy?: string | null;
+  },
   votes: VoteOutput,
 ): VoteJudgement {
   if (isMajority(votes.agree, votes.live)) {
+    if (state.evidenceWhy) {
+      return {
+        failover: true,
+        why: `${state.evidenceWhy}, and ${votes.agree} of ${votes.live} live instances agree: ` +
+          `failing over (fast path)`,
+      };
+    }
     return {
       failover: true,
       why: `${state.primary.node} failed ${state.failures} consecutive probes ` +
@@ -267,6 +293,64 @@ export function judgeVotes(
       `instances see ${state.primary.node} down (${
         votes.votes.filter((v) => !v.agree).map((v) => `${v.instance}: ${v.why}`).join("; ") ||
         "no majority"
+      })`,
+  };
+}
+
+/** Instances that must see the primary refuse connections for the evidence to be certain. */
+export const CERTAIN_OBSERVERS = 2;
+
+/** What {@linkcode judgeEvidence} decided. */
+export interface EvidenceJudgement {
+  /** The evidence is certain: the fast path may skip the count (the vote stays). */
+  certain: boolean;
+  /** One sentence: what makes it certain, or what is missing. */
+  why: string;
+}
+
+/**
+ * Whether what the coordinator gathered after a refused probe is *certain* evidence that
+ * the primary is gone, not merely slow or cut off: at least {@linkcode CERTAIN_OBSERVERS}
+ * independent instances had their fresh connection refused on the primary's address (the
+ * host answers, no PostgreSQL listens), AND at least one other node answered AND no WAL
+ * receiver of a node that answered still streams from the primary (its walsenders are gone
+ * too). A stalled (SIGSTOPped), overloaded or partitioned primary produces timeouts, not
+ * refusals, and keeps its streams: it never qualifies and stays on the careful path.
+ */
+export function judgeEvidence(primary: Published, evidence: Evidence): EvidenceJudgement {
+  const node = primary.node;
+  const refused = evidence.observers.filter((o) => o.refused);
+  const answered = evidence.receivers.filter((r) => r.streaming !== null);
+  const streaming = answered.filter((r) => r.streaming === true);
+  const others = evidence.observers.filter((o) => !o.refused);
+  const missing: string[] = [];
+  if (refused.length < CERTAIN_OBSERVERS) {
+    missing.push(
+      `only ${refused.length} of ${evidence.observers.length} instances saw ${node} refuse ` +
+        `connections (${CERTAIN_OBSERVERS} needed)` +
+        (others.length ? ` (${others.map((o) => `${o.instance}: ${o.why}`).join("; ")})` : ""),
+    );
+  }
+  if (!answered.length) missing.push("no replica answered to show its WAL receiver");
+  if (streaming.length) {
+    missing.push(
+      `${streaming.map((r) => r.node).join(", ")} still stream${
+        streaming.length === 1 ? "s" : ""
+      } from ${node}`,
+    );
+  }
+  if (missing.length) {
+    return {
+      certain: false,
+      why: `not certain, staying on the careful path: ${missing.join("; ")}`,
+    };
+  }
+  return {
+    certain: true,
+    why: `certain: ${node} refused connections from ${refused.length} of ` +
+      `${evidence.observers.length} instances (${refused.map((o) => o.instance).join(", ")}) ` +
+      `and no replica's WAL receiver streams from it (${
+        answered.map((r) => `${r.node}: ${r.why}`).join("; ")
       })`,
   };
 }

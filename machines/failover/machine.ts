@@ -16,11 +16,14 @@
  *   re-points a stray replica, keeps synchronous_standby_names right) in `maintaining`.
  *
  * Probing is one state config ({@linkcode PROBING}) used at both health levels: every probe
- * goes through one decision ({@linkcode judgeProbe}) whose verdict picks the target. Another
- * kind of evidence about the primary (a certain sign that it is gone, say) is one more
- * verdict in that decision and its transition in {@linkcode PROBING} (to `confirming` when the
- * coordinator may skip the count), or one more event handled next to it; the vote, the
- * promotion and the publication stay as they are.
+ * goes through one decision ({@linkcode judgeProbe}) whose verdict picks the target. Two
+ * paths lead to the vote: the careful one counts N consecutive failed probes (timeouts,
+ * slow or wrong answers: ambiguous); the fast one starts from a probe the coordinator saw
+ * refused (ECONNREFUSED) and goes through `corroborating` ({@linkcode CORROBORATING}): other
+ * instances look afresh and the replicas' WAL receivers are read, and only *certain*
+ * evidence ({@linkcode judgeEvidence}: refused by ≥ 2 instances and no replica streaming from
+ * the primary) skips the count. The vote, the promotion (with its fencing token and sync-mode
+ * checks) and the publication are the same states on both paths.
  *
  * Patroni-style, every decision is one sentence in `context.why` (and `context.decision`
  * for the ones an operator asked for), logged, stored and asserted by the tests. Every
@@ -35,6 +38,7 @@ import {
   findRepair,
   isNewer,
   judgeAnnouncement,
+  judgeEvidence,
   judgeProbe,
   judgeVotes,
   poolBehind,
@@ -46,12 +50,14 @@ import {
 import type {
   Assessment,
   CandidateChoice,
+  Evidence,
   FailoverContext,
   FailoverEvent,
   FailoverInput,
   Finding,
   LagAlert,
   NoPromotion,
+  Observation,
   PoolTarget,
   ProbeOutput,
   ProbeResult,
@@ -96,6 +102,13 @@ const failover = setup({
     /** Probes the primary (and reads the published primary from Redis). */
     probePrimary: fromPromise<ProbeOutput, { primary: Published }>(() =>
       Promise.reject(new Error("probePrimary is not provided"))
+    ),
+    /**
+     * Fast path: after a refused probe, every live instance's fresh look at the primary and
+     * every other node's WAL receiver (is the evidence certain?).
+     */
+    corroborate: fromPromise<Evidence, { primary: Published; mine: Observation }>(() =>
+      Promise.reject(new Error("corroborate is not provided"))
     ),
     /** Asks every live instance whether it sees the primary down. */
     collectVotes: fromPromise<VoteOutput, { primary: Published; failures: number }>(() =>
@@ -161,12 +174,20 @@ const failover = setup({
       primary: published,
       failures: 0,
       suspectSince: null,
+      path: "careful" as const,
+      evidence: null,
+      evidenceWhy: null,
       why: judgeAnnouncement(context.primary, published).why,
     })),
     /** Weighs one probe ({@linkcode judgeProbe}) and keeps what its verdict says. */
     recordProbe: assign(({ context }, probe: ProbeResult) => {
       const verdict = judgeProbe(context, probe);
-      const lastProbe = { ok: probe.ok, error: probe.error, latencyMs: probe.latencyMs };
+      const lastProbe = {
+        ok: probe.ok,
+        error: probe.error,
+        latencyMs: probe.latencyMs,
+        refused: probe.refused,
+      };
       switch (verdict.verdict) {
         case "newer":
           return { primary: verdict.primary, failures: 0, why: verdict.why };
@@ -195,6 +216,7 @@ const failover = setup({
         case "answered":
           return verdict.why === null ? { lastProbe } : { lastProbe, why: verdict.why };
         case "failed":
+        case "refused":
           return {
             failures: verdict.failures,
             suspectSince: context.suspectSince ?? probe.at,
@@ -204,7 +226,27 @@ const failover = setup({
       }
     }),
     /** A healthy primary: no streak of failed probes. */
-    resetSuspicion: assign({ failures: 0, suspectSince: null }),
+    resetSuspicion: assign({
+      failures: 0,
+      suspectSince: null,
+      path: "careful" as const,
+      evidence: null,
+      evidenceWhy: null,
+    }),
+    /**
+     * Keeps the evidence gathered after a refused probe and its judgement
+     * ({@linkcode judgeEvidence}): certain → the fast path; otherwise the careful path goes on
+     * counting failed probes.
+     */
+    recordEvidence: assign(({ context }, evidence: Evidence) => {
+      const judged = judgeEvidence(context.primary, evidence);
+      return {
+        evidence,
+        evidenceWhy: judged.certain ? judged.why : null,
+        path: judged.certain ? "fast" as const : "careful" as const,
+        why: judged.why,
+      };
+    }),
     /** Takes on a switchover an operator asked for. */
     beginSwitchover: assign((_, request: SwitchoverRequest) => ({
       switchover: request,
@@ -228,11 +270,23 @@ const failover = setup({
         primary: context.primary,
         failures: context.failures,
         lastError: context.lastProbe?.error ?? null,
+        evidenceWhy: context.path === "fast" ? context.evidenceWhy : null,
       }, votes);
-      return judged.failover ? { votes, why: judged.why } : { votes, failures: 0, why: judged.why };
+      return judged.failover ? { votes, why: judged.why } : {
+        votes,
+        failures: 0,
+        path: "careful" as const,
+        evidenceWhy: null,
+        why: judged.why,
+      };
     }),
     /** Not failing over now: the streak starts again. */
-    startOver: assign((_, params: { why: string }) => ({ failures: 0, why: params.why })),
+    startOver: assign((_, params: { why: string }) => ({
+      failures: 0,
+      path: "careful" as const,
+      evidenceWhy: null,
+      why: params.why,
+    })),
     /** Keeps the promotion (or adoption) about to be published. */
     recordPromotion: assign(({ context }, output: PromotionOutput) => ({
       promotion: output,
@@ -418,6 +472,7 @@ const failover = setup({
   delays: {
     probeInterval: ({ context }) => context.probeIntervalMs,
     probeTimeout: ({ context }) => context.probeTimeoutMs,
+    earlyProbeHoldoff: ({ context }) => Math.min(100, Math.floor(context.probeIntervalMs / 5)),
     monitorInterval: ({ context }) => context.monitorIntervalMs,
     confirmTimeout: ({ context }) => context.confirmTimeoutMs,
     poolRetry: ({ context }) => context.poolRetryMs,
@@ -436,6 +491,12 @@ const failover = setup({
       judgeProbe(context, probe).verdict === "bootstrap",
     probeAnswered: ({ context }, probe: ProbeResult) =>
       judgeProbe(context, probe).verdict === "answered",
+    /** The coordinator's probe was refused with the fast path on: gather the evidence. */
+    probeRefused: ({ context }, probe: ProbeResult) =>
+      judgeProbe(context, probe).verdict === "refused",
+    /** The evidence gathered is certain ({@linkcode judgeEvidence}), and still the coordinator. */
+    certain: ({ context }, evidence: Evidence) =>
+      context.leader !== null && judgeEvidence(context.primary, evidence).certain,
     newerPrimary: ({ context }, published: Published) => isNewer(context.primary, published),
     majority: ({ context }, votes: VoteOutput) =>
       judgeVotes({
@@ -570,6 +631,11 @@ const PROBING = failover.createStateConfig({
         actions: { type: "recordProbe", params: ({ event }) => event.output },
       },
       {
+        guard: { type: "probeRefused", params: ({ event }) => event.output },
+        target: "#failover.detector.corroborating",
+        actions: { type: "recordProbe", params: ({ event }) => event.output },
+      },
+      {
         target: SUSPECT,
         actions: { type: "recordProbe", params: ({ event }) => event.output },
       },
@@ -582,6 +648,7 @@ const PROBING = failover.createStateConfig({
           ok: false,
           error: errorText(event.error),
           latencyMs: -1,
+          refused: false,
           at: null,
           published: null,
         }),
@@ -597,6 +664,7 @@ const PROBING = failover.createStateConfig({
           ok: false,
           error: `no answer within ${context.probeTimeoutMs} ms`,
           latencyMs: context.probeTimeoutMs,
+          refused: false,
           at: null,
           published: null,
         }),
@@ -635,7 +703,32 @@ const HEALTHY_STATE = failover.createStateConfig({
     ],
   },
   states: {
-    waiting: { after: { probeInterval: "probing" } },
+    // A pool query that lost its connection is a hint: the next probe runs at once rather
+    // than at the end of the interval (at most one early probe per `earlyProbeHoldoff`, so
+    // a pool failing on and on cannot make the probes run back to back). It is only a probe:
+    // what it finds is weighed like any other. Only here: a suspect primary's probes keep
+    // their interval, so the careful count never runs faster.
+    waiting: {
+      initial: "resting",
+      after: { probeInterval: "probing" },
+      states: {
+        resting: { after: { earlyProbeHoldoff: "listening" } },
+        listening: {
+          on: {
+            POOL_ERROR: {
+              target: "#failover.detector.healthy.probing",
+              actions: {
+                type: "say",
+                params: ({ context, event }) => ({
+                  why: `probing ${context.primary.node} at once: a query through the pool ` +
+                    `failed (${event.why})`,
+                }),
+              },
+            },
+          },
+        },
+      },
+    },
     probing: PROBING,
   },
 });
@@ -649,6 +742,63 @@ const SUSPECT_STATE = failover.createStateConfig({
       after: { probeInterval: "probing" },
     },
     probing: PROBING,
+  },
+});
+
+/**
+ * The fast path's gate (coordinator only, after a refused probe): every live instance looks
+ * at the primary afresh and every other node's WAL receiver is read. Certain evidence
+ * ({@linkcode judgeEvidence}) goes straight to the vote; anything less goes back to
+ * `suspect`, where the careful path keeps counting failed probes.
+ */
+const CORROBORATING = failover.createStateConfig({
+  invoke: {
+    src: "corroborate",
+    input: ({ context }) => ({
+      primary: context.primary,
+      mine: {
+        instance: context.instanceId,
+        refused: context.lastProbe?.refused ?? false,
+        why: context.lastProbe?.error ?? "no answer",
+      },
+    }),
+    onDone: [
+      {
+        guard: { type: "certain", params: ({ event }) => event.output },
+        target: "confirming",
+        actions: { type: "recordEvidence", params: ({ event }) => event.output },
+      },
+      {
+        target: "suspect",
+        actions: { type: "recordEvidence", params: ({ event }) => event.output },
+      },
+    ],
+    onError: {
+      target: "suspect",
+      actions: {
+        type: "say",
+        params: ({ event }) => ({
+          why: `not certain, staying on the careful path: gathering the evidence failed: ${
+            errorText(event.error)
+          }`,
+        }),
+      },
+    },
+  },
+  after: {
+    confirmTimeout: {
+      target: "suspect",
+      actions: {
+        type: "say",
+        params: ({ context }) => ({
+          why: `not certain, staying on the careful path: gathering the evidence took longer ` +
+            `than ${context.confirmTimeoutMs} ms`,
+        }),
+      },
+    },
+  },
+  on: {
+    LEASE_LOST: stopActing("stopped gathering evidence: lost the failover lease"),
   },
 });
 
@@ -953,6 +1103,7 @@ const DETECTOR = failover.createStateConfig({
     starting: STARTING,
     healthy: HEALTHY_STATE,
     suspect: SUSPECT_STATE,
+    corroborating: CORROBORATING,
     confirming: CONFIRMING,
     promoting: PROMOTING,
     switchover: SWITCHING_OVER,
@@ -1092,12 +1243,16 @@ export const failoverMachine = failover.createMachine({
     lagAlertBytes: input.lagAlertBytes ?? 16 * 1024 * 1024,
     lagAlertSeconds: input.lagAlertSeconds ?? 10,
     syncMode: input.syncMode ?? true,
+    fastPath: input.fastPath ?? true,
     maxLagBytes: input.maxLagBytes ?? 16 * 1024 * 1024,
     maintenanceBackoffMs: input.maintenanceBackoffMs ?? 10_000,
     poolRetryMs: input.poolRetryMs ?? 500,
     failures: 0,
     lastProbe: null,
     suspectSince: null,
+    path: "careful",
+    evidence: null,
+    evidenceWhy: null,
     votes: null,
     promotion: null,
     switchover: null,

@@ -112,10 +112,47 @@ export interface ProbeOutput {
   error: string | null;
   /** Round trip in ms. */
   latencyMs: number;
+  /**
+   * The primary's address refused the connection (ECONNREFUSED: its host answered, nothing
+   * listens on the port). Unlike a timeout this is not ambiguous about one thing: no
+   * PostgreSQL accepts connections there now.
+   */
+  refused: boolean;
   /** Injected-clock time of the probe. */
   at: number;
   /** Newest primary published in Redis (null: none, or Redis unreachable). */
   published: Published | null;
+}
+
+/** What one observer (a runtime instance) saw when it looked at the primary. */
+export interface Observation {
+  /** The instance. */
+  instance: string;
+  /** Its fresh probe was refused (ECONNREFUSED). */
+  refused: boolean;
+  /** What it saw, as a sentence fragment. */
+  why: string;
+}
+
+/** What a replica's WAL receiver says about the primary (pg_stat_wal_receiver). */
+export interface ReceiverState {
+  /** The replica. */
+  node: string;
+  /** Its WAL receiver streams from the primary now; null when the replica did not answer. */
+  streaming: boolean | null;
+  /** What was seen, as a sentence fragment. */
+  why: string;
+}
+
+/**
+ * Output of the `corroborate` effect: the evidence the coordinator gathers when its probe of
+ * the primary was refused, before it may take the fast path.
+ */
+export interface Evidence {
+  /** Every live instance's fresh look at the primary (this one included). */
+  observers: Observation[];
+  /** Every other node's WAL receiver. */
+  receivers: ReceiverState[];
 }
 
 /** Output of the `collectVotes` effect. */
@@ -257,6 +294,8 @@ export interface ProbeResult {
   error: string | null;
   /** Round trip in ms (-1 when the probe itself failed). */
   latencyMs: number;
+  /** The connection was refused (see {@linkcode ProbeOutput.refused}); false when unknown. */
+  refused: boolean;
   /** Injected-clock time of the probe, or null when not known (the probe failed or hung). */
   at: number | null;
   /** Newest primary published in Redis (null: none, unknown, or Redis unreachable). */
@@ -268,7 +307,9 @@ export type FailoverEvent =
   | { type: "LEASE_ACQUIRED"; token: number }
   | { type: "LEASE_LOST"; why: string }
   | { type: "failover.primary"; node: string; epoch: number; readOnlyNode?: string | null }
-  | { type: "SWITCHOVER"; id: string; target: string | null; requestedBy: string };
+  | { type: "SWITCHOVER"; id: string; target: string | null; requestedBy: string }
+  /** A query through this instance's pool failed with a connection error (a hint, not evidence). */
+  | { type: "POOL_ERROR"; why: string };
 
 /**
  * Input of the failover machine: who this instance is, the nodes and the timings. Where to
@@ -296,6 +337,8 @@ export interface FailoverInput {
   lagAlertSeconds?: number;
   /** Synchronous replication wanted (synchronous_standby_names kept to streaming replicas). */
   syncMode?: boolean;
+  /** Certain evidence (see {@linkcode Evidence}) may skip the count of failed probes. */
+  fastPath?: boolean;
   /** Async mode: a replica further behind than this at the last sample is not eligible. */
   maxLagBytes?: number;
   /** After a failed repair of a node, wait this long before trying it again. */
@@ -332,6 +375,8 @@ export interface FailoverContext {
   lagAlertSeconds: number;
   /** Synchronous replication wanted. */
   syncMode: boolean;
+  /** Certain evidence may skip the count of failed probes (the vote stays). */
+  fastPath: boolean;
   /** Async eligibility limit. */
   maxLagBytes: number;
   /** After a failed repair of a node, wait this long before trying it again. */
@@ -341,9 +386,18 @@ export interface FailoverContext {
   /** Consecutive failed probes of the current primary. */
   failures: number;
   /** The last probe. */
-  lastProbe: { ok: boolean; error: string | null; latencyMs: number } | null;
+  lastProbe: { ok: boolean; error: string | null; latencyMs: number; refused: boolean } | null;
   /** Time (from sample clocks) the first failed probe of this streak was seen. */
   suspectSince: number | null;
+  /**
+   * The path of this suspicion round: `fast` once certain evidence was gathered, `careful`
+   * while it rests on the count of failed probes.
+   */
+  path: "fast" | "careful";
+  /** The evidence gathered on the last refused probe (null: none this round). */
+  evidence: Evidence | null;
+  /** The sentence that judged it (null: none this round). */
+  evidenceWhy: string | null;
   /** The last vote round. */
   votes: VoteOutput | null;
   /** The last promotion. */

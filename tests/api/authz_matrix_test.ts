@@ -102,6 +102,7 @@ function concretePath(path: string, ids: { user: number }): string {
     "/backups/{id}": "/backups/1",
     "/streams/{id}": "/streams/1",
     "/sessions/{id}": `/sessions/${crypto.randomUUID()}`,
+    "/auth/passkeys/{id}": "/auth/passkeys/1",
     "/admin/tokens/{id}": `/admin/tokens/${crypto.randomUUID()}`,
     "/admin/users/{id}/role": `/admin/users/${ids.user}/role`,
     "/charts/{file}": "/charts/supervisor.mmd",

@@ -56,6 +56,8 @@ Deno.test("deno task cli backup", async (t) => {
           ["restore"],
           ["restore", "x", "--to", "2025-01-01 00:00:00", "--target-dir", "/tmp/x"],
           ["verify"],
+          ["create", "--type", "full", "--incremental"],
+          ["create", "--incremental"],
         ]
       ) {
         const r = await cli(args, env);

@@ -175,7 +175,7 @@ Deno.test("physical backups, WAL archiving and point-in-time recovery", async (t
       },
     );
 
-    await t.step("a damaged base backup is refused before anything is written", async () => {
+    await t.step("a damaged base backup is refused and nothing is left behind", async () => {
       const file = `${dir}/store/${base}/${(await service.manifest(base)).files[0].name}`;
       const saved = await Deno.readFile(file);
       const bytes = saved.slice();

@@ -14,6 +14,10 @@ import { type ConsoleNode, createAccount, fragileSpec, startConsoleNode } from "
 
 /** Where the screenshots are kept (gitignored). */
 const SCREENSHOT = `${ROOT}tests/artifacts/console.png`;
+const SCREENSHOT_24 = `${ROOT}tests/artifacts/console-24.png`;
+const HISTORY_SCREENSHOT = `${ROOT}tests/artifacts/console-history.png`;
+const REPORT = `${ROOT}tests/artifacts/report.html`;
+const REPORT_SCREENSHOT = `${ROOT}tests/artifacts/report.png`;
 const LOGIN_SCREENSHOT = `${ROOT}tests/artifacts/login.png`;
 
 /** The operator who signs in. */
@@ -36,16 +40,16 @@ const CHROMIUM_ARGS = [
 
 /**
  * A page expression (a string: this file is type-checked without the DOM library) that
- * finds the chart node of `state` in the figure of actor `path` on `instance`.
+ * finds the chart node of `state` in the drawn chart, when it is actor `path` on `instance`.
  */
 function stateNode(instance: string, path: string, state: string): string {
   const args = JSON.stringify([instance, path, state]);
   return `(() => {
     const [instance, path, state] = ${args};
-    const section = [...document.querySelectorAll("section[data-instance]")]
-      .find((s) => s.dataset.instance === instance);
-    const figure = [...(section ? section.querySelectorAll("figure.actor") : [])]
-      .find((f) => f.dataset.path === path);
+    const panel = document.querySelector("[data-chart-panel]");
+    const figure = panel && panel.dataset.instance === instance && panel.dataset.path === path
+      ? panel.querySelector("figure.actor")
+      : null;
     const node = [...(figure ? figure.querySelectorAll("[data-state]") : [])]
       .find((n) => n.getAttribute("data-state") === state);
     return { figure, node };
@@ -84,6 +88,35 @@ async function waitFor(page: Page, expression: string, what: string, ms = 10_000
   }
 }
 
+/** The state text of the matrix cell of actor `path` on `instance`, or null. */
+async function cellText(page: Page, instance: string, path: string): Promise<string | null> {
+  const args = JSON.stringify([instance, path]);
+  return await page.evaluate(`(() => {
+    const [instance, path] = ${args};
+    const row = [...document.querySelectorAll("tr[data-instance]")]
+      .find((r) => r.dataset.instance === instance);
+    const cell = row && [...row.querySelectorAll("td[data-path]")]
+      .find((c) => c.dataset.path === path);
+    const out = cell && cell.querySelector("[data-actor-state]");
+    return out ? out.textContent : null;
+  })()`);
+}
+
+/** Clicks the matrix cell of actor `path` on `instance` and waits for its chart. */
+async function openChart(page: Page, instance: string, path: string): Promise<void> {
+  const row = page.locator("tr[data-instance]").filter({
+    has: page.locator(`th .inst-id`, { hasText: instance }),
+  });
+  await row.locator(`td[data-path="${path}"] a`).click();
+  await waitFor(
+    page,
+    `(() => { const p = document.querySelector("[data-chart-panel]");
+      return !!p && p.dataset.instance === ${JSON.stringify(instance)} &&
+        p.dataset.path === ${JSON.stringify(path)} && !!p.querySelector("svg"); })()`,
+    `the chart of ${instance}/${path}`,
+  );
+}
+
 /** Signs in through the login form the console sends a person without a session to. */
 async function signIn(page: Page, url: string, account = OPERATOR): Promise<void> {
   await page.goto(`${url}/`);
@@ -108,7 +141,7 @@ async function waitForLive(page: Page, instance: string) {
   await waitFor(
     page,
     `(() => {
-      const section = [...document.querySelectorAll("section[data-instance]")]
+      const section = [...document.querySelectorAll("tr[data-instance]")]
         .find((s) => s.dataset.instance === ${JSON.stringify(instance)});
       return !!section && !!section.querySelector('[data-conn][data-state="live"]');
     })()`,
@@ -145,7 +178,7 @@ Deno.test("review console in a browser", async (t) => {
     await createAccount(a, OPERATOR);
     await createAccount(a, { username: "viewer", password: "viewer password 1", role: "user" });
 
-    await t.step("the page goes live and shows both instances' statecharts", async () => {
+    await t.step("the matrix goes live; a cell opens its statechart, which follows", async () => {
       // Reduced motion: no colour transitions, so computed colours are final at once.
       const page = await browser.newPage({
         viewport: { width: 1440, height: 900 },
@@ -173,6 +206,11 @@ Deno.test("review console in a browser", async (t) => {
       errors.length = 0;
       await page.waitForSelector('[data-live][data-state="live"]');
       for (const id of ["node-a", "node-b"]) await waitForLive(page, id);
+      assert.ok(!(await page.evaluate(`!!document.querySelector("figure")`)), "no chart dump");
+      assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.healthy");
+      // The cell's chart is fetched in place (no reload: the page stays live).
+      await openChart(page, "node-b", "supervisor");
+      assert.equal(new URL(page.url()).search, "?instance=node-b&actor=supervisor");
       const before = await highlighted(page, "node-b", "supervisor", "supervising.healthy");
       assert.deepEqual(before, {
         found: true,
@@ -184,6 +222,7 @@ Deno.test("review console in a browser", async (t) => {
       // A message from node-a crashes node-b's actor; node-b's supervisor gives it up.
       await a.rt.transport.send({ instance: "node-b", actor: "fragile" }, { type: "crash" });
       await waitForHighlight(page, "node-b", "supervisor", "supervising.degraded");
+      assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.degraded");
       const after = await highlighted(page, "node-b", "supervisor", "supervising.healthy");
       assert.deepEqual(after, {
         found: true,
@@ -192,8 +231,18 @@ Deno.test("review console in a browser", async (t) => {
         fill: "rgb(255, 255, 255)",
       });
       // node-a's own supervisor did not move.
-      const other = await highlighted(page, "node-a", "supervisor", "supervising.healthy");
-      assert.equal(other.active, true);
+      assert.equal(await cellText(page, "node-a", "supervisor"), "supervising.healthy");
+      // Filtering by state keeps the rows with a matching actor, in place.
+      await page.fill('[data-filters] input[name="state"]', "degraded");
+      assert.deepEqual(
+        await page.evaluate(
+          `[...document.querySelectorAll("tr[data-instance]:not([hidden])")]
+            .map((r) => r.dataset.instance)`,
+        ),
+        ["node-b"],
+      );
+      assert.match(page.url(), /state=degraded/);
+      await page.fill('[data-filters] input[name="state"]', "");
       const row = await page.locator("[data-timeline] tr", {
         hasText: "xstate.error.actor.fragile",
       }).first().innerText();
@@ -213,8 +262,11 @@ Deno.test("review console in a browser", async (t) => {
       const page = await context.newPage();
       // Signing in is a plain form: it works without JavaScript too.
       await signIn(page, a.url);
+      // A cell is a plain link: the chart is drawn by the server.
+      await page.locator('tr[data-instance="node-b"] td[data-path="supervisor"] a').click();
+      assert.equal(new URL(page.url()).searchParams.get("actor"), "supervisor");
       const ids = await page.evaluate(
-        `[...document.querySelectorAll("section[data-instance]")].map((s) => s.dataset.instance)`,
+        `[...document.querySelectorAll("tr[data-instance]")].map((s) => s.dataset.instance)`,
       );
       assert.deepEqual(ids, ["node-a", "node-b"]);
       const b = await highlighted(page, "node-b", "supervisor", "supervising.degraded");
@@ -225,20 +277,125 @@ Deno.test("review console in a browser", async (t) => {
         text: "supervising.degraded",
         fill: HIGHLIGHT,
       });
-      const a2 = await highlighted(page, "node-a", "supervisor", "supervising.healthy");
-      assert.deepEqual(a2, {
-        found: true,
-        active: true,
-        text: "supervising.healthy",
-        fill: HIGHLIGHT,
-      });
+      assert.equal(await cellText(page, "node-a", "supervisor"), "supervising.healthy");
       assert.match(await page.locator("[data-live]").innerText(), /live updates need JavaScript/);
+      // The filter form is a plain GET form.
+      await page.fill('[data-filters] input[name="state"]', "degraded");
+      await page.locator("[data-filters] button").click();
+      assert.equal(new URL(page.url()).searchParams.get("state"), "degraded");
+      assert.deepEqual(
+        await page.evaluate(
+          `[...document.querySelectorAll("tr[data-instance]:not([hidden])")]
+            .map((r) => r.dataset.instance)`,
+        ),
+        ["node-b"],
+      );
       assert.ok(await page.locator("[data-timeline] tr").count() > 0);
       assert.match(
         await page.locator("#panel-backups").innerText(),
         /No backups yet\.[\s\S]*from \/backups/,
       );
       await context.close();
+    });
+
+    await t.step("time travel: step to the recorded crash, then export the range", async () => {
+      // The recorded history (every instance's transitions, Redis server clock) holds the
+      // moment node-b's supervisor gave up.
+      const entries = await until(async () => {
+        const res = await fetch(`${a.url}/history?limit=5000`, { headers: ADMIN_HEADERS });
+        const body = await res.json() as { entries: Record<string, unknown>[] };
+        return body.entries.some((e) =>
+          e.instance === "node-b" && e.path === "supervisor" &&
+          JSON.stringify(e.state).includes("degraded")
+        ) && body.entries;
+      }, { what: "the crash in the recorded history" });
+      const gaveUp = entries.find((e) =>
+        e.instance === "node-b" && e.path === "supervisor" &&
+        JSON.stringify(e.state).includes("degraded")
+      )!.serverAt as number;
+      const from = entries[0].serverAt as number;
+      const page = await browser.newPage({
+        viewport: { width: 1440, height: 900 },
+        reducedMotion: "reduce",
+        acceptDownloads: true,
+      });
+      await signIn(page, a.url);
+      const q = new URLSearchParams({
+        from: String(from),
+        at: String(gaveUp - 1),
+        concern: "supervisor",
+        instance: "node-b",
+        actor: "supervisor",
+      });
+      await page.goto(`${a.url}/?${q}`);
+      assert.equal(await page.getAttribute("body", "data-mode"), "history");
+      // Just before: node-b was healthy, in the matrix and in its chart.
+      assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.healthy");
+      assert.equal(
+        (await highlighted(page, "node-b", "supervisor", "supervising.healthy")).active,
+        true,
+      );
+      // One event on (stepping over the supervisor concern): the moment it gave up.
+      await Promise.all([page.waitForURL(/at=/), page.click("a[data-step=next]")]);
+      assert.equal(Number(new URL(page.url()).searchParams.get("at")), gaveUp);
+      assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.degraded");
+      const then = await highlighted(page, "node-b", "supervisor", "supervising.degraded");
+      assert.deepEqual(then, {
+        found: true,
+        active: true,
+        text: "supervising.degraded",
+        fill: HIGHLIGHT,
+      });
+      // node-a was healthy all along; the page is not live (nothing moves a past moment).
+      assert.equal(await cellText(page, "node-a", "supervisor"), "supervising.healthy");
+      assert.match(await page.locator("[data-live]").innerText(), /Recorded history/);
+      // The range's messages as a sequence diagram: node-a's crash message to node-b.
+      const arrows = await page.locator("#messages svg.sequence g.msg title").allTextContents();
+      assert.ok(
+        arrows.some((a) => /from node-a\/runtime to node-b\/fragile: crash/.test(a)),
+        arrows.join("\n"),
+      );
+      await page.screenshot({ path: HISTORY_SCREENSHOT, fullPage: true });
+      console.log(`history screenshot: ${HISTORY_SCREENSHOT}`);
+      // Back one event: healthy again.
+      await Promise.all([page.waitForURL(/at=/), page.click("a[data-step=prev]")]);
+      assert.ok(Number(new URL(page.url()).searchParams.get("at")) < gaveUp);
+      assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.healthy");
+
+      // Export the range up to the crash, and open the file from disk: no cluster needed.
+      await page.goto(
+        `${a.url}/?${new URLSearchParams({ from: String(from), at: String(gaveUp) })}`,
+      );
+      const [download] = await Promise.all([
+        page.waitForEvent("download"),
+        page.click("a[data-export]"),
+      ]);
+      await download.saveAs(REPORT);
+      await page.close();
+      const offline = await browser.newContext({
+        javaScriptEnabled: false,
+        offline: true,
+        viewport: { width: 1440, height: 900 },
+      });
+      const report = await offline.newPage();
+      await report.goto(`file://${REPORT}`);
+      assert.match(await report.title(), /RootStream report/);
+      assert.equal(await cellText(report, "node-b", "supervisor"), "supervising.degraded");
+      const reportArrows = await report.locator("svg.sequence g.msg title").allTextContents();
+      assert.ok(reportArrows.some((a) => /node-b\/fragile: crash/.test(a)));
+      // The chart of node-b's supervisor, highlighted where it ended the range.
+      const drawn = await report.evaluate(`(() => {
+        const panel = [...document.querySelectorAll("[data-chart-panel]")]
+          .find((p) => p.dataset.instance === "node-b" && p.dataset.path === "supervisor");
+        const node = panel && panel.querySelector('[data-state="supervising.degraded"]');
+        const shape = node && node.querySelector("path, polygon, ellipse");
+        return shape ? getComputedStyle(shape).fill : null;
+      })()`);
+      assert.equal(drawn, HIGHLIGHT, "the stylesheet travels inside the report");
+      assert.ok(await report.locator("[data-timeline] tr").count() > 0);
+      await report.screenshot({ path: REPORT_SCREENSHOT, fullPage: true });
+      console.log(`report: ${REPORT}, screenshot ${REPORT_SCREENSHOT}`);
+      await offline.close();
     });
 
     await t.step("an account without the operator role is turned away", async () => {
@@ -257,11 +414,57 @@ Deno.test("review console in a browser", async (t) => {
       await nodes[1].stop();
       await waitFor(
         page,
-        `![...document.querySelectorAll("section[data-instance]")]
+        `![...document.querySelectorAll("tr[data-instance]")]
           .some((s) => s.dataset.instance === "node-b")`,
         "node-b's section to go",
       );
       assert.equal(await page.locator("[data-instance-count]").innerText(), "1 live instance");
+      await page.close();
+    });
+
+    await t.step("24 instances: one matrix, fast to paint, light to load", async () => {
+      // 23 lean instances (the core concern only) join node-a: 24 rows in the matrix.
+      const lean: Promise<ConsoleNode>[] = [];
+      for (let n = 1; n <= 23; n++) {
+        const id = `lean-${String(n).padStart(2, "0")}`;
+        lean.push(
+          startConsoleNode(id, { databaseUrl, dataDir, redisUrl: redis.url, concerns: {} }),
+        );
+      }
+      for (const node of await Promise.all(lean)) nodes.push(node);
+      await until(async () => {
+        const res = await fetch(`${a.url}/cluster`, { headers: ADMIN_HEADERS });
+        return (await res.json()).members.length === 24;
+      }, { what: "24 instances in /cluster" });
+      const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+      await signIn(page, a.url);
+      // A fresh load, measured by the browser itself.
+      await page.goto(`${a.url}/?instance=node-a&actor=supervisor`);
+      await page.waitForSelector('[data-live][data-state="live"]');
+      const rows = await page.locator("tr[data-instance]").count();
+      assert.equal(rows, 24);
+      const figures = await page.evaluate(`(() => {
+        const nav = performance.getEntriesByType("navigation")[0];
+        const paint = performance.getEntriesByName("first-contentful-paint")[0];
+        const resources = performance.getEntriesByType("resource")
+          .filter((r) => !r.name.includes("/console/events"));
+        return {
+          firstContentfulPaintMs: Math.round(paint ? paint.startTime : -1),
+          htmlBytes: nav.decodedBodySize,
+          responseMs: Math.round(nav.responseEnd - nav.requestStart),
+          pageBytes: nav.decodedBodySize +
+            resources.reduce((sum, r) => sum + (r.decodedBodySize || 0), 0),
+          domNodes: document.getElementsByTagName("*").length,
+          heightPx: document.documentElement.scrollHeight,
+        };
+      })()`) as Record<string, number>;
+      console.log(JSON.stringify({ instances: 24, ...figures }));
+      assert.ok(figures.firstContentfulPaintMs >= 0, "the browser reports a first paint");
+      // Weight and height are bounded by the matrix, not by charts × instances.
+      assert.ok(figures.htmlBytes < 400_000, `HTML of ${figures.htmlBytes} bytes`);
+      assert.ok(figures.domNodes < 6000, `${figures.domNodes} elements`);
+      await page.screenshot({ path: SCREENSHOT_24, fullPage: true });
+      console.log(`console screenshot at 24 instances: ${SCREENSHOT_24}`);
       await page.close();
     });
   } finally {

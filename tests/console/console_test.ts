@@ -121,6 +121,24 @@ function figure(html: string, path: string): string {
   return html.slice(start, html.indexOf("</figure>", start));
 }
 
+/** The matrix cell of actor `path` on instance `instance`. */
+function cell(html: string, instance: string, path: string): string {
+  const row = html.indexOf(`<tr class="instance" data-instance="${instance}"`);
+  assert.ok(row >= 0, `row for ${instance}`);
+  const end = html.indexOf("</tr>", row);
+  const at = html.indexOf(`data-path="${path}"`, row);
+  assert.ok(at >= 0 && at < end, `cell for ${path}`);
+  return html.slice(html.lastIndexOf("<td", at), html.indexOf("</td>", at));
+}
+
+/** `GET /` with the chart of `path` on `instance` drawn. */
+async function pageWithChart(url: string, instance: string, path: string): Promise<string> {
+  const q = new URLSearchParams({ instance, actor: path });
+  const res = await fetch(`${url}/?${q}`, OPERATOR);
+  assert.equal(res.status, 200);
+  return await res.text();
+}
+
 function snapshotOf(instance: string, path: string, state: string) {
   return (e: SseEvent) => {
     const view = e.data.view as { path: string; state: unknown } | undefined;
@@ -168,29 +186,46 @@ Deno.test("review console of a single instance", async (t) => {
       await css.body?.cancel();
     });
 
-    await t.step("GET / draws every actor with its current state highlighted", async () => {
+    await t.step("GET / is a matrix of actors; a cell's link draws that chart", async () => {
       const res = await fetch(`${node.url}/`, OPERATOR);
       assert.equal(res.status, 200);
       assert.match(res.headers.get("content-type")!, /^text\/html/);
       assert.match(res.headers.get("content-security-policy")!, /script-src 'self'/);
-      const html = await res.text();
-      assert.match(html, /cluster mode <strong>single-instance<\/strong>/);
+      const page = await res.text();
+      assert.match(page, /cluster mode <strong>single-instance<\/strong>/);
+      // No chart is drawn until one is picked: the page stays small at any cluster size.
+      assert.ok(!page.includes("<figure"), "no chart dump");
+      const supCell = cell(page, "solo", "supervisor");
+      assert.match(supCell, /data-actor-state>supervising\.healthy</);
+      assert.match(supCell, /href="\/\?instance=solo&amp;actor=supervisor#chart"/);
+      assert.match(cell(page, "solo", "supervisor/fragile"), /data-actor-state>up</);
+      const html = await pageWithChart(node.url, "solo", "supervisor");
+      assert.match(html, /<a [^>]*aria-current="true">/);
       const sup = figure(html, "supervisor");
       assert.match(sup, /data-actor-state>supervising\.healthy</);
       assert.match(sup, /<svg role="img" aria-label="Statechart of supervisor/);
       assert.match(sup, /class="node state atomic active" data-state="supervising\.healthy"/);
       assert.match(sup, /class="node state atomic" data-state="supervising\.degraded"/);
       assert.match(sup, /class="cluster state compound active-ancestor" data-state="supervising"/);
-      assert.match(figure(html, "supervisor/diagnostics"), /data-state="ready"/);
+      assert.match(
+        figure(
+          await pageWithChart(node.url, "solo", "supervisor/diagnostics"),
+          "supervisor/diagnostics",
+        ),
+        /data-state="ready"/,
+      );
       // A machine the instance has no chart for is shown as text, with the reason.
-      const fragile = figure(html, "supervisor/fragile");
+      const fragile = figure(
+        await pageWithChart(node.url, "solo", "supervisor/fragile"),
+        "supervisor/fragile",
+      );
       assert.match(fragile, /data-actor-state>up</);
       assert.match(fragile, /No chart: solo serves none for machine fragile\./);
       assert.match(fragile, /<dt>pings<\/dt><dd[^>]*>0<\/dd>/);
     });
 
     await t.step("values an actor reports cannot inject markup", async () => {
-      const html = await (await fetch(`${node.url}/`, OPERATOR)).text();
+      const html = await pageWithChart(node.url, "solo", 'supervisor/evil"<i>');
       assert.ok(!html.includes("<script>alert"), "no script from a summary");
       assert.ok(!html.includes("<img src=x"), "no element from a state name");
       assert.ok(!html.includes("<b>bk-1"), "no element from a backup id");
@@ -242,7 +277,10 @@ Deno.test("review console of a single instance", async (t) => {
       assert.match(html, /<code title="rootstream_stream_viewers">stream_viewers<\/code>/);
       assert.match(html, /aria-label="rootstream_stream_viewers: latest 42/);
       assert.match(html, /aria-label="rootstream_messages_total: latest [\d.]+\/s/);
-      assert.match(html, /Dashboard Streams <span class="muted">\(\/dashboards\/streams\)/);
+      assert.match(
+        html,
+        /Dashboard Streams <span class="muted">\(<a href="\/dashboards\/streams">\/dashboards\/streams<\/a>\)/,
+      );
       assert.match(
         html,
         /aria-label="Viewers per stream: viewers \(stream_id=s1\): latest 4 viewers, range 3 viewers to 5 viewers over 3 samples"/,
@@ -261,10 +299,20 @@ Deno.test("review console of a single instance", async (t) => {
       assert.match(await css.text(), /\.state\.active/);
       const one = await fetch(`${node.url}/console/fragments/instance?id=solo`, OPERATOR);
       assert.equal(one.status, 200);
-      assert.match(
-        await one.text(),
-        /^<section class="instance card" id="inst-[0-9a-f]{8}" data-instance="solo"/,
+      assert.match(await one.text(), /^<tr class="instance" data-instance="solo"/);
+      const chart = await fetch(
+        `${node.url}/console/fragments/chart?instance=solo&actor=supervisor`,
+        OPERATOR,
       );
+      assert.match(
+        await chart.text(),
+        /^<div data-chart-panel id="chart-[0-9a-f]{8}" data-instance="solo"[\s\S]*<svg/,
+      );
+      const missing = await fetch(
+        `${node.url}/console/fragments/chart?instance=solo&actor=nobody`,
+        OPERATOR,
+      );
+      assert.match(await missing.text(), /No actor nobody on a live instance named solo\./);
       const none = await fetch(`${node.url}/console/fragments/instance?id=nobody`, OPERATOR);
       assert.equal(none.status, 404);
       await none.body?.cancel();
@@ -305,7 +353,11 @@ Deno.test("review console of a single instance", async (t) => {
         transition: { event: string };
       };
       assert.equal(change.transition.event, "xstate.error.actor.fragile");
-      const html = await (await fetch(`${node.url}/`, OPERATOR)).text();
+      // The page reads the cluster at most once a second (every viewer shares that reading).
+      const html = await until(async () => {
+        const page = await pageWithChart(node.url, "solo", "supervisor");
+        return cell(page, "solo", "supervisor").includes("supervising.degraded") && page;
+      }, { what: "the page showing the new state" });
       assert.match(figure(html, "supervisor"), /data-actor-state>supervising\.degraded</);
       assert.match(
         html,

@@ -16,8 +16,12 @@ import { formatQuantity, formatState } from "../../console/html.ts";
 import {
   correlatedMessages,
   type InstanceModel,
+  matrixColumns,
+  renderChartPanel,
   renderInstance,
+  renderMatrix,
   renderMessages,
+  renderPanels,
   sparkline,
   timelineRows,
   type TransitionView,
@@ -115,6 +119,36 @@ Deno.test("concern endpoint readers take what they recognise", async (t) => {
     assert.deepEqual([named[0].id, named[0].sizeBytes], ["full-1", 4]);
     assert.equal(rows[1].startedAt, 1_700_000_000_000, "seconds become ms");
     assert.deepEqual(backupRows({ error: "x" }), []);
+    const running = backupRows([{
+      name: "20250101T000000Z-base-abcdef",
+      type: "base",
+      status: "in_progress",
+      progress: {
+        phase: "copying the cluster",
+        bytesDone: 512 * 1024 * 1024,
+        bytesTotal: 1024 * 1024 * 1024,
+        bytesPerSecond: 64 * 1024 * 1024,
+        etaSeconds: 8,
+      },
+    }]);
+    assert.deepEqual(running[0].progress, {
+      phase: "copying the cluster",
+      done: 512 * 1024 * 1024,
+      total: 1024 * 1024 * 1024,
+      rate: 64 * 1024 * 1024,
+      eta: 8,
+    });
+    assert.equal(named[0].progress, null);
+    const off = { ok: false as const, source: "/x", missing: true, reason: "off" };
+    const html = renderPanels({
+      sessions: off,
+      backups: { ok: true, source: "/backups", data: running },
+      replication: off,
+      metrics: [],
+      dashboards: off,
+    });
+    assert.match(html, /<progress max="100" value="50" aria-label="copying the cluster: 50 %">/);
+    assert.match(html, /copying the cluster · 512 MiB of 1\.0 GiB · 64\.0 MiB\/s · ETA 8 s/);
   });
 
   await t.step("replication: nodes with role and lag, in either layout", () => {
@@ -248,11 +282,15 @@ Deno.test("rendered HTML escapes what instances report", () => {
     chartNote: "no <chart>",
     chartWidth: null,
   }];
-  const html = renderInstance(inst);
+  const html = renderInstance(inst) +
+    renderChartPanel({ instance: inst.member.id, actor: inst.actors[0] });
   const tags = [...html.matchAll(/<([a-z0-9]+)[\s>]/g)].map((m) => m[1]);
   const allowed = new Set([
-    "section",
-    "header",
+    "tr",
+    "th",
+    "td",
+    "a",
+    "br",
     "h3",
     "span",
     "dl",
@@ -262,15 +300,61 @@ Deno.test("rendered HTML escapes what instances report", () => {
     "figure",
     "figcaption",
     "output",
-    "details",
-    "summary",
     "p",
   ]);
   assert.deepEqual(tags.filter((tag) => !allowed.has(tag)), []);
-  assert.ok(!html.includes("<a "), "a javascript: URL is not a link");
+  assert.ok(!html.includes("javascript:"), "an advertised javascript: URL is not shown");
+  const links = [...html.matchAll(/<a [^>]*href="([^"]*)"/g)].map((m) => m[1]);
+  assert.deepEqual(links, [
+    "/?instance=n%22%3Cx%3E&amp;actor=supervisor%2F%3Ca%3E#chart",
+  ]);
   assert.ok(html.includes('data-instance="n&quot;&lt;x&gt;"'));
   assert.ok(html.includes("&lt;k&gt;.&lt;v&gt;"));
   assert.ok(html.includes("no &lt;chart&gt;"));
+});
+
+Deno.test("the matrix: a column per actor, filtered by concern and state", () => {
+  const view = (path: string, machine: string | null, state: unknown) => ({
+    id: path.slice(path.lastIndexOf("/") + 1),
+    path,
+    machine,
+    status: "active",
+    state,
+    summary: {},
+    updatedAt: 0,
+    chart: null,
+    chartNote: null,
+    chartWidth: null,
+  });
+  const a = instance("node-a", []);
+  a.actors = [
+    view("supervisor", "supervisor", { supervising: "healthy" }),
+    view("supervisor/failover", "failover", { follower: "watching" }),
+    view("supervisor/sessions/login-1", "login", "challenged"),
+  ];
+  const b = instance("node-b", []);
+  b.actors = [
+    view("supervisor", "supervisor", { supervising: "healthy" }),
+    view("supervisor/failover", "failover", { leader: "promoting" }),
+  ];
+  const model = { instances: [a, b], clusterError: null };
+  const columns = matrixColumns([a, b]);
+  assert.deepEqual(columns.map((c) => [c.path, c.concern]), [
+    ["supervisor", "supervisor"],
+    ["supervisor/failover", "failover"],
+  ], "nested actors get no column");
+  const all = renderMatrix(model);
+  assert.match(all, /<tr class="instance" data-instance="node-a"[^>]*>/);
+  assert.match(all, /\+1 nested/);
+  assert.match(all, /2 instances shown/);
+  const promoting = renderMatrix(model, { filter: { concern: "failover", state: "promot" } });
+  assert.match(promoting, /<tr class="instance" data-instance="node-a"[^>]* hidden>/);
+  assert.match(promoting, /<tr class="instance" data-instance="node-b"[^>]*"\s*>/);
+  assert.match(promoting, /1 instance shown/);
+  assert.match(promoting, /<th scope="col" data-path="supervisor" [^>]* hidden>/);
+  assert.match(promoting, /class="cell status-active match" data-path="supervisor\/failover"/);
+  assert.match(promoting, /<option value="failover" selected>/);
+  assert.match(promoting, /name="state" value="promot"/);
 });
 
 Deno.test("formatting helpers", () => {

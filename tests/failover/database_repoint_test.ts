@@ -37,12 +37,21 @@ Deno.test("database handle re-points to a new primary", async (t) => {
         db.setSwitchWait(120_000);
         const [before] = await sql`SELECT inet_server_port() AS port`;
         assert.equal(before.port, primary.port);
+        // The failover concern's hint: told of connection errors, not of SQL errors.
+        const told: string[] = [];
+        const off = db.onConnectionError((why) => told.push(why));
+        const syntax = await sql`SELECT nope_no_such_column`.then(() => null, (e) => e);
+        assert.ok(syntax, "a SQL error");
+        assert.deepEqual(told, [], "a SQL error is no connection error");
         await primary.kill("SIGKILL");
         // In flight while the primary is gone: it fails to connect, then waits.
         const pending = sql`INSERT INTO t VALUES (2) RETURNING inet_server_port() AS port`;
         let settled = false;
         const result = pending.then((rows) => rows[0].port as number).finally(() => settled = true);
         result.catch(() => {});
+        await until(() => told.length > 0, { what: "the connection error told to the listener" });
+        assert.match(told[0], /refused|closed|reset|connection/i);
+        off();
         await replica.psql("select pg_promote(true, 30)");
         assert.equal(settled, false, "the write waits for a switch instead of failing");
         const switched = await db.repoint(replica.url, { epoch: 1 });

@@ -11,9 +11,12 @@
  */
 import assert from "node:assert/strict";
 import {
+  answerObserve,
   answerVote,
   collectVotes,
+  corroborate,
   type FailoverDeps,
+  probeNode,
   promote,
   publish,
   readPublished,
@@ -29,7 +32,11 @@ import { loadFailoverSettings } from "../../actors/failover/settings.ts";
 import { createLocalTransport } from "../../actors/runtime/transport.ts";
 import { isRuntimeError, type RuntimeError } from "../../lib/errors.ts";
 import { silentLogger } from "../../lib/log.ts";
-import { degradedSentence, type ReplicationSample } from "../../machines/failover/mod.ts";
+import {
+  degradedSentence,
+  judgeEvidence,
+  type ReplicationSample,
+} from "../../machines/failover/mod.ts";
 import { createLocalBus } from "../../store/bus.ts";
 import { type Database, openDatabase } from "../../store/database.ts";
 import { migrate } from "../../store/migrations.ts";
@@ -215,6 +222,42 @@ Deno.test({
         });
         assert.deepEqual([votes.agree, votes.live], [1, 1]);
       });
+
+      await t.step(
+        "evidence: a refusal is told from a timeout, a live stream is seen",
+        async () => {
+          // Nothing listens on fe3's port: refused, which the fast path may build on.
+          const refused = await probeNode(base, "fe3", 2000);
+          assert.deepEqual([refused.ok, refused.refused, refused.error], [
+            false,
+            true,
+            "connection refused",
+          ]);
+          assert.equal((await probeNode(base, "fe1", 5000)).refused, false);
+          assert.deepEqual(await answerObserve(base, { node: "fe3", epoch: 0 }), {
+            refused: true,
+            why: "connection refused",
+          });
+          // fe1 alive: fe2's WAL receiver streams from it, so nothing is certain, even with
+          // (hypothetical) refusals from two instances.
+          const mine = { instance: "fe-test", refused: true, why: "connection refused" };
+          const alive = await corroborate(base, {
+            primary: { node: "fe1", epoch: 0, readOnlyNode: null },
+            mine,
+          });
+          assert.deepEqual(alive.observers, [mine], "a single instance is its only observer");
+          const fe2 = alive.receivers.find((r) => r.node === "fe2")!;
+          assert.equal(fe2.streaming, true, fe2.why);
+          assert.match(fe2.why, /^receiver streaming from 127\.0\.0\.1:\d+$/);
+          assert.equal(alive.receivers.find((r) => r.node === "fe3")!.streaming, null);
+          const verdict = judgeEvidence({ node: "fe1", epoch: 0, readOnlyNode: null }, {
+            ...alive,
+            observers: [mine, { ...mine, instance: "other" }],
+          });
+          assert.equal(verdict.certain, false);
+          assert.match(verdict.why, /fe2 still streams from fe1/);
+        },
+      );
 
       await t.step("promote is refused while the primary still answers", async () => {
         const err = await rejected(promote(base, {
@@ -591,6 +634,25 @@ Deno.test({
           { ms: 30_000, what: `fe2 to replay canary ${before} before fe1 is killed` },
         );
         await cluster.kill("fe1");
+        // A crash: refused, and fe2's WAL receiver lost its stream (read again briefly while
+        // it still showed one). One instance is not enough for certain evidence.
+        const mine = { instance: "fe-test", refused: true, why: "connection refused" };
+        const gone = await corroborate(base, {
+          primary: { node: "fe1", epoch, readOnlyNode: null },
+          mine,
+        });
+        const receiver = gone.receivers.find((r) => r.node === "fe2")!;
+        assert.equal(receiver.streaming, false, receiver.why);
+        const alone = judgeEvidence({ node: "fe1", epoch, readOnlyNode: null }, gone);
+        assert.equal(alone.certain, false);
+        assert.match(alone.why, /only 1 of 1 instances saw fe1 refuse connections/);
+        assert.equal(
+          judgeEvidence({ node: "fe1", epoch, readOnlyNode: null }, {
+            ...gone,
+            observers: [mine, { ...mine, instance: "other" }],
+          }).certain,
+          true,
+        );
         const out = await promote(base, {
           primary: { node: "fe1", epoch, readOnlyNode: null },
           token: null,

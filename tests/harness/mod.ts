@@ -34,3 +34,4 @@ export {
   type RedisClusterServer,
   startRedisCluster,
 } from "./redis_cluster.ts";
+export { type DeliveredMail, type SmtpServer, startSmtp } from "./smtp.ts";

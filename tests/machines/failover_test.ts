@@ -4,6 +4,7 @@ import {
   type CandidateChoice,
   chooseCandidate,
   degradedSentence,
+  type Evidence,
   type FailoverEvent,
   type FailoverInput,
   failoverMachine,
@@ -11,6 +12,7 @@ import {
   findRepair,
   formatSyncStandbys,
   isMajority,
+  judgeEvidence,
   judgeProbe,
   judgeVotes,
   type LagAlert,
@@ -38,10 +40,12 @@ interface World {
   /** `readStart` hangs while false. */
   startReady: boolean;
   /**
-   * up: answers at once; down: refuses at once; hang: never answers; slow: answers after
-   * slowMs; error: the probe itself fails.
+   * up: answers at once; down: fails at once (connection lost); refused: ECONNREFUSED at
+   * once; hang: never answers; slow: answers after slowMs; error: the probe itself fails.
    */
-  primary: "up" | "down" | "hang" | "slow" | "error";
+  primary: "up" | "down" | "refused" | "hang" | "slow" | "error";
+  /** What `corroborate` gathers (fast path). */
+  evidence: Evidence;
   slowMs: number;
   published: Published | null;
   votes: VoteOutput;
@@ -120,6 +124,17 @@ function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) 
     slowMs: 0,
     published: null,
     votes: { agree: 3, live: 3, votes: [] },
+    evidence: {
+      observers: [
+        { instance: "a", refused: true, why: "connection refused" },
+        { instance: "b", refused: true, why: "connection refused" },
+        { instance: "c", refused: true, why: "connection refused" },
+      ],
+      receivers: [
+        { node: "pg2", streaming: false, why: "no WAL receiver" },
+        { node: "pg3", streaming: false, why: "no WAL receiver" },
+      ],
+    },
     promotion: { node: "pg2", lsn: "0/3000100", adopted: false, why: "pg2 is best", parked: null },
     degraded: {
       primaryOk: false,
@@ -163,6 +178,7 @@ function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) 
           ok: true,
           error: null,
           latencyMs: clock.now() - at,
+          refused: false,
           at,
           published: world.published,
         });
@@ -170,10 +186,12 @@ function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) 
           case "up":
             return Promise.resolve(answer());
           case "down":
+          case "refused":
             return Promise.resolve({
               ok: false,
-              error: "connection refused",
+              error: world.primary === "down" ? "connection lost" : "connection refused",
               latencyMs: 1,
+              refused: world.primary === "refused",
               at,
               published: world.published,
             });
@@ -186,6 +204,10 @@ function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) 
               clock.setTimeout(() => resolve(answer()), world.slowMs)
             );
         }
+      }),
+      corroborate: fromPromise(({ input }) => {
+        record("corroborate", input);
+        return Promise.resolve(structuredClone(world.evidence));
       }),
       collectVotes: fromPromise(({ input }) => {
         record("votes", input);
@@ -341,7 +363,7 @@ Deno.test("failover machine", async (t) => {
       assert.equal(detector(h.actor), "suspect");
       assert.match(
         h.actor.getSnapshot().context.why,
-        /suspect: a probe of pg1 failed \(connection refused\)/,
+        /suspect: a probe of pg1 failed \(connection lost\)/,
       );
       await h.advance(200); // failures at 300 and 400 -> confirming at 400
       const votes = h.ops("votes");
@@ -374,6 +396,167 @@ Deno.test("failover machine", async (t) => {
     },
   );
 
+  await t.step(
+    "fast path: a refused probe with certain evidence goes to the vote at once, and says why",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      h.world.release = false;
+      await h.advance(150);
+      h.world.primary = "refused";
+      await h.advance(50); // t=200: the first probe after the crash is refused
+      const gathered = h.ops("corroborate");
+      assert.equal(gathered.length, 1);
+      assert.deepEqual(gathered[0].input, {
+        primary: { node: "pg1", epoch: 1, readOnlyNode: null },
+        mine: { instance: "a", refused: true, why: "connection refused" },
+      });
+      const votes = h.ops("votes");
+      assert.equal(votes.length, 1, "the vote is not skipped on the fast path");
+      assert.equal(votes[0].at, 200, "the vote starts right after the first refused probe");
+      assert.equal(detector(h.actor), "promoting");
+      const ctx = h.actor.getSnapshot().context;
+      assert.equal(ctx.path, "fast");
+      assert.equal(ctx.failures, 1);
+      assert.equal(
+        ctx.why,
+        "certain: pg1 refused connections from 3 of 3 instances (a, b, c) and no replica's " +
+          "WAL receiver streams from it (pg2: no WAL receiver; pg3: no WAL receiver), and 3 of " +
+          "3 live instances agree: failing over (fast path)",
+      );
+      h.world.release = true;
+      await h.advance(5);
+      const publish = h.ops("publish")[0].input as PublishInput;
+      assert.equal(publish.kind, "failover");
+      assert.equal(publish.token, 10, "published under the lease's fencing token");
+      assert.match(publish.why, /failing over \(fast path\); promoted pg2 because pg2 is best/);
+      assert.equal(detector(h.actor), "healthy");
+      assert.equal(h.actor.getSnapshot().context.path, "careful", "the next round starts careful");
+    },
+  );
+
+  await t.step(
+    "fast path: refused but a replica still streams -> the careful path counts on",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      h.world.release = false;
+      h.world.primary = "refused";
+      h.world.evidence.receivers[1] = { node: "pg3", streaming: true, why: "streaming" };
+      await h.advance(100); // first refused probe at 100
+      assert.equal(h.ops("corroborate").length, 1);
+      assert.equal(h.ops("votes").length, 0);
+      assert.equal(detector(h.actor), "suspect");
+      assert.equal(
+        h.actor.getSnapshot().context.why,
+        "not certain, staying on the careful path: pg3 still streams from pg1",
+      );
+      await h.advance(200); // refused at 200 and 300: the third failure calls the vote
+      assert.equal(h.ops("corroborate").length, 3);
+      assert.equal(h.ops("votes").length, 1);
+      assert.equal(h.ops("votes")[0].at, 300);
+      assert.equal(
+        h.actor.getSnapshot().context.why,
+        "pg1 failed 3 consecutive probes (last: connection refused) and 3 of 3 live instances agree: failing over",
+      );
+    },
+  );
+
+  await t.step(
+    "fast path: one instance seeing a refusal is not certain; a majority is still needed",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      h.world.primary = "refused";
+      h.world.evidence.observers = [
+        { instance: "a", refused: true, why: "connection refused" },
+        { instance: "b", refused: false, why: "pg1 answered here in 2 ms" },
+      ];
+      h.world.votes = {
+        agree: 1,
+        live: 2,
+        votes: [{ instance: "b", agree: false, why: "pg1 answered here in 2 ms" }],
+      };
+      await h.advance(100);
+      assert.equal(detector(h.actor), "suspect");
+      assert.equal(
+        h.actor.getSnapshot().context.why,
+        "not certain, staying on the careful path: only 1 of 2 instances saw pg1 refuse " +
+          "connections (2 needed) (b: pg1 answered here in 2 ms)",
+      );
+      await h.advance(400);
+      assert.ok(h.ops("votes").length >= 1);
+      assert.equal(h.ops("promote").length, 0, "no majority, no promotion, whatever the path");
+    },
+  );
+
+  await t.step(
+    "fast path: followers and FAILOVER_FAST_PATH=off never gather evidence",
+    async () => {
+      {
+        using h = harness();
+        h.world.primary = "refused";
+        await h.advance(500);
+        assert.equal(h.ops("corroborate").length, 0);
+        assert.equal(detector(h.actor), "suspect");
+      }
+      {
+        using h = harness({ fastPath: false });
+        h.lease.acquire(10);
+        h.world.primary = "refused";
+        await h.advance(250);
+        assert.equal(h.ops("corroborate").length, 0);
+        assert.equal(h.ops("votes").length, 0);
+        await h.advance(50);
+        assert.equal(h.ops("votes").length, 1, "after 3 failed probes, as before");
+      }
+    },
+  );
+
+  await t.step("fast path: losing the lease while gathering evidence stops acting", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.primary = "refused";
+    h.world.release = false;
+    // Evidence that never arrives: the gathering hangs until the lease is lost.
+    h.world.evidence = { observers: [], receivers: [] };
+    await h.advance(100);
+    assert.equal(h.ops("corroborate").length, 1);
+    assert.equal(detector(h.actor), "suspect", "uncertain (no observers) -> careful");
+    h.lease.lose("lease expired");
+    await h.advance(1000);
+    assert.equal(h.ops("votes").length, 0);
+    assert.equal(h.ops("promote").length, 0);
+  });
+
+  await t.step(
+    "a pool query that lost its connection brings the next probe forward, once per hold-off",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      await h.advance(110); // probe at 100, answered; waiting until 200
+      h.actor.send({ type: "POOL_ERROR", why: "connect ECONNREFUSED 127.0.0.1:5000" });
+      await h.advance(1);
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100], "within the hold-off: ignored");
+      await h.advance(14); // t=125: hold-off (20 ms at a 100 ms interval) is over
+      h.actor.send({ type: "POOL_ERROR", why: "connect ECONNREFUSED 127.0.0.1:5000" });
+      await h.advance(1);
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 125]);
+      // Only a probe: the primary answered, nothing else happens, the interval goes on.
+      assert.equal(detector(h.actor), "healthy");
+      await h.advance(100);
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 125, 225]);
+      // A suspect primary's probes keep their interval: the careful count never speeds up.
+      h.world.primary = "down";
+      await h.advance(100); // t=326: the probe at 325 failed
+      assert.equal(detector(h.actor), "suspect");
+      const before = h.ops("probe").length;
+      h.actor.send({ type: "POOL_ERROR", why: "connection lost" });
+      await h.advance(1);
+      assert.equal(h.ops("probe").length, before);
+    },
+  );
+
   await t.step("the promotion's sentence names the candidate and the vote", async () => {
     using h = harness();
     h.lease.acquire(10);
@@ -383,7 +566,7 @@ Deno.test("failover machine", async (t) => {
     assert.equal(detector(h.actor), "promoting");
     assert.equal(
       h.actor.getSnapshot().context.why,
-      "pg1 failed 3 consecutive probes (last: connection refused) and 3 of 3 live instances agree: failing over",
+      "pg1 failed 3 consecutive probes (last: connection lost) and 3 of 3 live instances agree: failing over",
     );
     h.world.release = true;
     await h.advance(5);
@@ -1157,7 +1340,14 @@ Deno.test("failover decisions", async (t) => {
 
   await t.step("probes, votes and publications: each decision says why", () => {
     const primary = { node: "pg1", epoch: 2, readOnlyNode: null };
-    const probe = { ok: true, error: null, latencyMs: 3, at: 10, published: primary };
+    const probe = {
+      ok: true,
+      error: null,
+      latencyMs: 3,
+      refused: false,
+      at: 10,
+      published: primary,
+    };
     assert.deepEqual(judgeProbe({ primary, failures: 0, leader: null }, probe), {
       verdict: "answered",
       why: null,
@@ -1251,6 +1441,71 @@ Deno.test("failover decisions", async (t) => {
         promotion: { ...state.promotion, node: "pg1", adopted: true },
       }).kind,
       "bootstrap",
+    );
+  });
+
+  await t.step("certain evidence: refusals from 2 instances AND no WAL stream left", () => {
+    const pg1: Published = { node: "pg1", epoch: 3, readOnlyNode: null };
+    const refused = (instance: string) => ({ instance, refused: true, why: "connection refused" });
+    const gone = (node: string) => ({ node, streaming: false, why: "no WAL receiver" });
+    const certain = judgeEvidence(pg1, {
+      observers: [refused("a"), refused("b")],
+      receivers: [gone("pg2"), { node: "pg3", streaming: null, why: "no answer" }],
+    });
+    assert.equal(certain.certain, true);
+    assert.equal(
+      certain.why,
+      "certain: pg1 refused connections from 2 of 2 instances (a, b) and no replica's WAL " +
+        "receiver streams from it (pg2: no WAL receiver)",
+    );
+    // A timeout (SIGSTOP, load, partition) is never a refusal.
+    const stalled = judgeEvidence(pg1, {
+      observers: [refused("a"), {
+        instance: "b",
+        refused: false,
+        why: "pg1 gave no answer within 1000 ms (probe)",
+      }],
+      receivers: [gone("pg2"), gone("pg3")],
+    });
+    assert.equal(stalled.certain, false);
+    assert.match(stalled.why, /only 1 of 2 instances saw pg1 refuse connections/);
+    // A port blocked for new connections leaves the streams up: not certain.
+    const blocked = judgeEvidence(pg1, {
+      observers: [refused("a"), refused("b"), refused("c")],
+      receivers: [{ node: "pg2", streaming: true, why: "streaming" }, gone("pg3")],
+    });
+    assert.equal(blocked.certain, false);
+    assert.equal(
+      blocked.why,
+      "not certain, staying on the careful path: pg2 still streams from pg1",
+    );
+    // No replica answered: nothing shows the streams are gone.
+    const blind = judgeEvidence(pg1, {
+      observers: [refused("a"), refused("b")],
+      receivers: [{ node: "pg2", streaming: null, why: "no answer" }],
+    });
+    assert.equal(blind.certain, false);
+    assert.match(blind.why, /no replica answered to show its WAL receiver/);
+    // The refused verdict is the coordinator's, with the fast path on.
+    const probe = {
+      ok: false,
+      error: "connection refused",
+      latencyMs: 1,
+      refused: true,
+      at: 5,
+      published: null,
+    };
+    assert.equal(
+      judgeProbe({ primary: pg1, failures: 0, leader: 7, fastPath: true }, probe).verdict,
+      "refused",
+    );
+    assert.equal(
+      judgeProbe({ primary: pg1, failures: 0, leader: null, fastPath: true }, probe).verdict,
+      "failed",
+    );
+    assert.equal(
+      judgeProbe({ primary: pg1, failures: 0, leader: 7, fastPath: false }, probe).verdict,
+      "failed",
     );
   });
 

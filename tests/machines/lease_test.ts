@@ -204,17 +204,43 @@ Deno.test("lease machine", async (t) => {
     assert.equal(stateOf(h.actor), '"standby"');
   });
 
-  await t.step("retries acquisition from standby every retryMs", async () => {
+  await t.step("a standby waits for the holder's TTL, not every retryMs", async () => {
     using h = harness();
     h.fake.other = { instance: "b", token: 4, ttlMs: 5000 };
     await h.advance(350);
-    assert.deepEqual(calls(h.fake, "acquire"), [0, 100, 200, 300]);
+    assert.deepEqual(calls(h.fake, "acquire"), [0]);
     assert.equal(stateOf(h.actor), '"standby"');
     assert.match(h.actor.getSnapshot().context.why, /held by b \(token 4\) for 5000 ms more/);
+    // The holder released and said so: WAKE tries at once.
     h.fake.other = null;
-    await h.advance(50);
+    h.actor.send({ type: "WAKE" });
+    await h.advance(0);
+    assert.deepEqual(calls(h.fake, "acquire"), [0, 350]);
     assert.equal(stateOf(h.actor), '{"held":"waiting"}');
     assert.equal(h.actor.getSnapshot().context.token, 1);
+  });
+
+  await t.step("with WAKEs wired, a standby polls a held lease only every standbyMs", async () => {
+    using h = harness({ standbyMs: 1000 });
+    h.fake.other = { instance: "b", token: 4, ttlMs: 300 };
+    await h.advance(1500);
+    assert.deepEqual(calls(h.fake, "acquire"), [0, 1000]);
+    // The holder left the cluster: WAKE tries now, finds its lease still running for 300 ms,
+    // and tries again right at its end, not standbyMs later.
+    h.actor.send({ type: "WAKE" });
+    await h.advance(0);
+    assert.deepEqual(calls(h.fake, "acquire"), [0, 1000, 1500]);
+    h.fake.other = null;
+    await h.advance(301);
+    assert.deepEqual(calls(h.fake, "acquire"), [0, 1000, 1500, 1801]);
+    assert.equal(stateOf(h.actor), '{"held":"waiting"}');
+  });
+
+  await t.step("with no holder seen, retries every retryMs", async () => {
+    using h = harness();
+    h.fake.mode = "down";
+    await h.advance(250);
+    assert.deepEqual(calls(h.fake, "acquire"), [0, 100, 200]);
   });
 
   await t.step("wakes up right when a seen lease runs out", async () => {
@@ -287,10 +313,10 @@ Deno.test("lease machine", async (t) => {
 
   await t.step("delays come from the input", async () => {
     using h = harness({ renewMs: 20, retryMs: 7, safetyMarginMs: 100 });
-    h.fake.other = { instance: "b", token: 2, ttlMs: 1000 };
+    h.fake.mode = "down";
     await h.advance(15);
     assert.deepEqual(calls(h.fake, "acquire"), [0, 7, 14]);
-    h.fake.other = null;
+    h.fake.mode = "ok";
     await h.advance(50);
     assert.deepEqual(calls(h.fake, "renew"), [41, 61]);
     h.fake.mode = "down";

@@ -229,7 +229,7 @@ Deno.test("login statechart (fake effects, simulated clock)", async (t) => {
   });
 
   await t.step("one verifying state serves every method; its table names the event", async () => {
-    assert.deepEqual(MFA_METHOD_NAMES, ["totp", "backup_code"]);
+    assert.deepEqual(MFA_METHOD_NAMES, ["totp", "backup_code", "webauthn", "email"]);
     const { actor, journal, codeInputs } = start({ credentials: mfaUser });
     await waiting(actor);
     // A method the chart does not know is not a transition: the attempt keeps waiting.
@@ -249,6 +249,47 @@ Deno.test("login statechart (fake effects, simulated clock)", async (t) => {
     );
     actor.send({ type: "CANCEL" });
   });
+
+  await t.step(
+    "a passkey login: no password, only webauthn, the passkey names its user",
+    async () => {
+      const { actor, journal, entries, codeInputs, effects } = start({
+        // The fake verifier of every method but backup codes: a passkey that belongs to 42.
+        totp: (code) =>
+          Promise.resolve(
+            code === "passkey"
+              ? { ok: true, backupCodesRemaining: 0, userId: 42 } as const
+              : INVALID,
+          ),
+      }, { login: "", password: undefined, passwordless: true });
+      await waiting(actor);
+      const waitingSnap = actor.getSnapshot();
+      assert.ok(waitingSnap.matches({ attempt: { mfa_required: "waiting" } }));
+      assert.equal(waitingSnap.context.userId, null);
+      assert.equal(waitingSnap.context.deadline, waitingSnap.context.waitFrom! + 300_000);
+      // Only a passkey finishes a passkey login: other methods are not transitions.
+      actor.send({ type: "SUBMIT_CODE", method: "totp", code: "passkey" });
+      actor.send({ type: "SUBMIT_CODE", method: "email", code: "passkey" });
+      assert.ok(awaitingCode(actor.getSnapshot()));
+      assert.equal(codeInputs.length, 0);
+      actor.send({ type: "SUBMIT_CODE", method: "webauthn", code: "passkey" });
+      const snap = await done(actor);
+      assert.equal(codeInputs[0].userId, null, "the verifier is told no user");
+      assert.equal(snap.output?.outcome, "authenticated");
+      assert.equal(snap.output?.userId, 42);
+      assert.deepEqual(effects.at(-1), "issue 42 remember=false");
+      // The resumable record is saved without a user: another instance can take the passkey.
+      assert.deepEqual(journal.slice(0, 4), [
+        "LoginStarted",
+        "MfaRequired",
+        "save failures=0",
+        "PasskeySubmitted",
+      ]);
+      const saved = entries.find((e) => e.kind === "save_challenge");
+      assert.equal(saved?.kind === "save_challenge" && saved.userId, null);
+      assert.ok(!journal.includes("CredentialsAccepted"));
+    },
+  );
 
   await t.step("the user-wide lockout ends the attempt in locked", async () => {
     let n = 0;

@@ -167,11 +167,29 @@ Deno.test("metrics concern in a running instance", async (t) => {
     await t.step("GET /dashboards/<name> answers from the time series", async () => {
       const list = JSON.parse((await get(`${rt.url}/dashboards`)).text);
       assert.deepEqual(list.dashboards.map((d: { name: string }) => d.name), [
-        "streams",
-        "system",
+        "sessions",
+        "mfa",
+        "backup",
+        "replication",
         "database",
         "cache",
+        "system",
+        "streams",
       ]);
+      // The new sources' measurements reach the dashboards through the reader.
+      await eventually(async () => {
+        await vm.flush();
+        const replication = JSON.parse(
+          (await get(`${rt.url}/dashboards/replication?range=10m&step=1m`)).text,
+        );
+        const up = replication.panels.find((p: { id: string }) => p.id === "database_up");
+        const sessions = JSON.parse(
+          (await get(`${rt.url}/dashboards/sessions?range=10m&step=1m`)).text,
+        );
+        const logins = sessions.panels.find((p: { id: string }) => p.id === "logins");
+        return up.series.some((s: { points: [number, number][] }) => s.points.at(-1)?.[1] === 1) &&
+          logins.series.length === 3;
+      }, { what: "database_up and login outcomes in the replication and sessions dashboards" });
       const res = await get(`${rt.url}/dashboards/streams?range=10m&step=1m`);
       assert.equal(res.status, 200);
       const body = JSON.parse(res.text);
@@ -194,9 +212,9 @@ Deno.test("metrics concern in a running instance", async (t) => {
       await updateViewerCount(rt.db.sql, stream.id, { viewers: 150 });
       await eventually(async () => {
         await vm.flush();
-        return hook.received.some((p) => p.status === "firing");
+        return hook.received.some((p) => p.rule === "viewers_high" && p.status === "firing");
       }, { ms: 20_000, what: "the firing webhook" });
-      const firing = hook.received.find((p) => p.status === "firing")!;
+      const firing = hook.received.find((p) => p.rule === "viewers_high" && p.status === "firing")!;
       assert.equal(firing.rule, "viewers_high");
       assert.equal(firing.value, 150);
       assert.equal(firing.severity, "page");
@@ -207,7 +225,10 @@ Deno.test("metrics concern in a running instance", async (t) => {
         lines.some((l) => /alert viewers_high firing: fired: 150 > 100 held for 300 ms/.test(l)),
       );
       const alerts = JSON.parse((await get(`${rt.url}/alerts`)).text).alerts;
-      assert.equal(alerts[0].status, "firing");
+      assert.equal(
+        alerts.find((a: { rule: string }) => a.rule === "viewers_high").status,
+        "firing",
+      );
       assert.match(
         (await get(`${rt.url}/metrics`)).text,
         /^rootstream_alert_firing\{rule="viewers_high",severity="page"\} 1$/m,
@@ -223,12 +244,17 @@ Deno.test("metrics concern in a running instance", async (t) => {
       await updateViewerCount(rt.db.sql, stream.id, { viewers: 3 });
       await eventually(async () => {
         await vm.flush();
-        return hook.received.some((p) => p.status === "resolved");
+        return hook.received.some((p) => p.rule === "viewers_high" && p.status === "resolved");
       }, { ms: 20_000, what: "the resolved webhook" });
-      const resolved = hook.received.find((p) => p.status === "resolved")!;
+      const resolved = hook.received.find((p) =>
+        p.rule === "viewers_high" && p.status === "resolved"
+      )!;
       assert.equal(resolved.value, 3);
       assert.ok(lines.some((l) => /alert viewers_high resolved/.test(l)));
-      assert.equal(hook.received.filter((p) => p.status === "firing").length, 1);
+      assert.equal(
+        hook.received.filter((p) => p.rule === "viewers_high" && p.status === "firing").length,
+        1,
+      );
     });
 
     await t.step("/health carries the metrics check", async () => {
@@ -296,14 +322,26 @@ Deno.test("metrics concern without INFLUX_URL", async (t) => {
       assert.doesNotMatch(text, /rootstream_metrics_points_written_total/);
       assert.doesNotMatch(text, /rootstream_cache_/, "no Redis, no cache source");
       assert.ok(lines.some((l) => /INFLUX_URL is not set; metrics are collected/.test(l)));
-      assert.ok(lines.some((l) => /1 alert rules are configured but not evaluated/.test(l)));
+      assert.ok(lines.some((l) => /1 configured alert rules are not evaluated/.test(l)));
       const res = await get(`${rt.url}/dashboards/streams`);
       assert.equal(res.status, 503);
       assert.equal(JSON.parse(res.text).error.code, "METRICS_UNAVAILABLE");
       const health = JSON.parse((await get(`${rt.url}/health`)).text);
       assert.equal(health.checks.metrics.ok, true);
       assert.match(health.checks.metrics.writer, /disabled/);
-      assert.deepEqual(JSON.parse((await get(`${rt.url}/alerts`)).text), { alerts: [] });
+      // Every rule (the defaults and the configured one) is listed, saying why it is idle.
+      const alerts = JSON.parse((await get(`${rt.url}/alerts`)).text).alerts as {
+        rule: string;
+        status: string;
+        reason: string;
+      }[];
+      assert.ok(
+        alerts.some((a) => a.rule === "x") && alerts.some((a) => a.rule === "failed_logins"),
+      );
+      for (const a of alerts) {
+        assert.equal(a.status, "inactive");
+        assert.equal(a.reason, "not evaluated: INFLUX_URL is not set");
+      }
     });
   } finally {
     await rt.stop();

@@ -4,12 +4,17 @@
  * an operator asks for a switchover, and every effect answers, fails or hangs: probes
  * answer or fail, votes reach a majority or not, a promotion promotes / finds nothing /
  * crashes, a fake Redis accepts a publication only under a fencing token at least as new
- * as the last one it accepted and only for a newer epoch.
+ * as the last one it accepted and only for a newer epoch. Probes fail two ways: ambiguously
+ * (a timeout-like error: the careful path counts) or refused (the fast path gathers evidence,
+ * `corroborate`, which comes back certain, uncertain or fails).
  *
  * Invariants: never two promotions published for one epoch; the detector enters
  * `promoting` only as the coordinator and only on a majority vote of this suspicion
- * round; every promote / switchover / publish runs under the token of the lease held now,
- * never older than a token used before.
+ * round, on either path; the fast path reaches the vote only on certain evidence; a
+ * promotion happens only under the lease's token, never older than the token of the record
+ * Redis holds (a promote under an older one is refused, like the real `fenced()`); every
+ * promote / switchover / publish runs under the token of the lease held now, never older
+ * than a token used before.
  * @module
  */
 import { failoverMachine } from "../../machines/failover/mod.ts";
@@ -31,9 +36,15 @@ export interface FailoverWorld {
   promoted: Record<number, string>;
   /** The last vote round's answer since the detector last left `healthy`. */
   vote: "majority" | "minority" | null;
+  /** The last evidence gathered (fast path) since the detector last left `healthy`. */
+  evidence: "certain" | "uncertain" | null;
+  /** Every promotion made: its token, the vote before it and Redis's token then. */
+  promotions: { token: number; vote: string | null; redisToken: number }[];
 }
 
 const FENCED = ["promote", "switchover", "publish"];
+/** FAILOVER_CONFIRMATIONS of the model's instance. */
+const CONFIRMATIONS = 2;
 
 function candidate(primary: string): string {
   return primary === "pg2" ? "pg3" : "pg2";
@@ -43,14 +54,15 @@ function now(run: Run<FailoverWorld>): number {
   return run.clock.now();
 }
 
-function probe(ok: boolean) {
+function probe(ok: boolean, refused = false) {
   return (_c: Call, run: Run<FailoverWorld>): Answer => {
     const r = run.world.redis;
     return {
       output: {
         ok,
-        error: ok ? null : "connect ECONNREFUSED",
+        error: ok ? null : refused ? "connection refused" : "connection lost",
         latencyMs: ok ? 1 : -1,
+        refused,
         at: now(run),
         published: r ? { node: r.node, epoch: r.epoch, readOnlyNode: null } : null,
       },
@@ -66,7 +78,7 @@ function detector(snapshot: StepView<FailoverWorld>["snapshot"]): string {
 /** The failover chart's model. */
 export const failoverModel: ChartModel<FailoverWorld> = {
   name: "failover",
-  maxDepth: 8,
+  maxDepth: 9,
   world: () => ({
     redis: null,
     lease: null,
@@ -75,11 +87,14 @@ export const failoverModel: ChartModel<FailoverWorld> = {
     published: {},
     promoted: {},
     vote: null,
+    evidence: null,
+    promotions: [],
   }),
   build(run) {
     const effects = [
       "readStart",
       "probePrimary",
+      "corroborate",
       "collectVotes",
       "promote",
       "switchover",
@@ -98,7 +113,7 @@ export const failoverModel: ChartModel<FailoverWorld> = {
         nodes: ["pg1", "pg2", "pg3"],
         probeIntervalMs: 100,
         probeTimeoutMs: 150,
-        confirmations: 2,
+        confirmations: CONFIRMATIONS,
         monitorIntervalMs: 5000,
         confirmTimeoutMs: 200,
         poolRetryMs: 100,
@@ -120,6 +135,10 @@ export const failoverModel: ChartModel<FailoverWorld> = {
       // Another coordinator published a newer primary.
       events.push({ type: "failover.primary", node: candidate(p.node), epoch: p.epoch + 1 });
     }
+    if (snapshot.matches({ detector: "healthy" })) {
+      // A query through the pool lost its connection: a hint to probe early.
+      events.push({ type: "POOL_ERROR", why: "connection refused" });
+    }
     if (snapshot.matches({ role: "coordinator", detector: "healthy" })) {
       events.push({ type: "SWITCHOVER", id: "sw1", target: candidate(p.node), requestedBy: "ops" });
     }
@@ -138,7 +157,30 @@ export const failoverModel: ChartModel<FailoverWorld> = {
         };
       },
     },
-    probePrimary: { answers: probe(true), fails: probe(false) },
+    probePrimary: { answers: probe(true), fails: probe(false), refused: probe(false, true) },
+    corroborate: {
+      certain: (c, run) => {
+        run.world.evidence = "certain";
+        const mine = (c.input as { mine: unknown }).mine;
+        return {
+          output: {
+            observers: [mine, { instance: "b", refused: true, why: "connection refused" }],
+            receivers: [{ node: "pg2", streaming: false, why: "no WAL receiver" }],
+          },
+        };
+      },
+      uncertain: (c, run) => {
+        run.world.evidence = "uncertain";
+        const mine = (c.input as { mine: unknown }).mine;
+        return {
+          output: {
+            observers: [mine, { instance: "b", refused: false, why: "no answer within 150 ms" }],
+            receivers: [{ node: "pg2", streaming: true, why: "streaming" }],
+          },
+        };
+      },
+      crash: () => ({ error: new Error("bus: timeout") }),
+    },
     collectVotes: {
       majority: (_c, run) => {
         run.world.vote = "majority";
@@ -154,7 +196,13 @@ export const failoverModel: ChartModel<FailoverWorld> = {
     },
     promote: {
       promoted: (c, run) => {
-        const input = c.input as { primary: { node: string; epoch: number } };
+        const input = c.input as { primary: { node: string; epoch: number }; token: number | null };
+        const redisToken = run.world.redis?.token ?? 0;
+        // Like the real `fenced()`: pg_promote runs only under the lease's current token.
+        if (input.token === null || input.token !== run.world.lease || input.token < redisToken) {
+          return { error: new Error(`fenced: token ${input.token}`) };
+        }
+        run.world.promotions.push({ token: input.token, vote: run.world.vote, redisToken });
         const node = candidate(input.primary.node);
         run.world.promoted[input.primary.epoch + 1] = node;
         return {
@@ -259,6 +307,8 @@ export const failoverModel: ChartModel<FailoverWorld> = {
       world.redis,
       world.lease !== null,
       world.vote,
+      world.evidence,
+      c.path,
     ];
   },
   invariants: {
@@ -275,7 +325,37 @@ export const failoverModel: ChartModel<FailoverWorld> = {
         world.redis = { node, epoch, token: world.lastToken };
         world.published[epoch] ??= node;
       }
-      if (detector(snapshot) === "healthy" && detector(prev) !== "healthy") world.vote = null;
+      if (detector(snapshot) === "healthy" && detector(prev) !== "healthy") {
+        world.vote = null;
+        world.evidence = null;
+      }
+      return null;
+    },
+    "each path reaches the vote only on its evidence": ({ snapshot, prev, world }) => {
+      const from = detector(prev);
+      if (detector(snapshot) !== "confirming" || from === "confirming") return null;
+      // A degraded coordinator votes again when a replica became eligible.
+      if (from === "degraded") return null;
+      const c = snapshot.context;
+      if (c.path === "fast") {
+        if (world.evidence !== "certain") {
+          return `fast path to the vote after ${world.evidence ?? "no"} evidence`;
+        }
+        if (c.failures < 1) return "fast path to the vote without a refused probe";
+        return null;
+      }
+      if (c.failures < CONFIRMATIONS) {
+        return `careful path to the vote after ${c.failures} failed probes (< ${CONFIRMATIONS})`;
+      }
+      return null;
+    },
+    "every promotion: majority vote and a token not older than Redis's": ({ world }) => {
+      for (const p of world.promotions) {
+        if (p.vote !== "majority") return `promoted under token ${p.token} after a ${p.vote} vote`;
+        if (p.token < p.redisToken) {
+          return `promoted under token ${p.token}, older than Redis's ${p.redisToken}`;
+        }
+      }
       return null;
     },
     "never two promotions published for one epoch": ({ snapshot, world }) => {

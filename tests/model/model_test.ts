@@ -94,6 +94,37 @@ Deno.test("model: failover", async (t) => {
       assert.deepEqual(end.world.redis, { node: "pg2", epoch: 1, token: 11 });
     },
   );
+  await t.step(
+    "the walk reaches a fast-path promotion, and the fast path still needs a majority",
+    () => {
+      // Within the depth bound: one refused probe, certain evidence, a majority: promoting
+      // (so the walk above covers the fast path and its invariants).
+      const fast: Move[] = [
+        { type: "send", event: { type: "LEASE_ACQUIRED", token: 11 } },
+        { type: "settle", src: "readStart", outcome: "answer" },
+        { type: "tick", ms: 100 },
+        { type: "settle", src: "probePrimary", outcome: "refused" },
+        { type: "settle", src: "corroborate", outcome: "certain" },
+        { type: "settle", src: "collectVotes", outcome: "majority" },
+      ];
+      const end = replay(failoverModel, fast);
+      assert.equal(end.violation, null);
+      assert.equal(end.steps, fast.length);
+      assert.ok(
+        end.snapshot.matches({ detector: "promoting" }),
+        JSON.stringify(end.snapshot.value),
+      );
+      assert.equal(end.snapshot.context.path, "fast");
+      assert.ok(fast.length <= failoverModel.maxDepth);
+      // Certain evidence and a minority: no promotion.
+      const minority = replay(failoverModel, [
+        ...fast.slice(0, -1),
+        { type: "settle", src: "collectVotes", outcome: "minority" },
+      ]);
+      assert.equal(minority.violation, null);
+      assert.ok(minority.snapshot.matches({ detector: "suspect" }));
+    },
+  );
 });
 
 Deno.test("model: login", () => walk(loginModel));

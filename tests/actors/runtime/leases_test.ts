@@ -19,6 +19,8 @@ import {
   type RedisTarget,
   singleRedisTarget,
 } from "../../support/redis_target.ts";
+import { testAuth } from "../../support/message_auth.ts";
+import { createRedisBus } from "../../../store/bus.ts";
 
 const TTL = 1500; // renew 500, retry 500, margin 300: a holder acts for at most 1200 ms
 const LONG_TTL = 4500; // renew 1500, margin 900: 2.1 s of slack for each renewal
@@ -405,4 +407,48 @@ Deno.test("kill -9 of the holder process: another process takes over once the le
   // The survivor resigned on stdin EOF, which released the lease.
   const closed = holders.filter((h) => h.events.some((e) => e.event === "closed"));
   assert.equal(closed.length, 2);
+});
+
+Deno.test("standbys woken by release notices and departures, not by polling", async (t) => {
+  await using redis = await startRedis();
+  const keyspace = createKeyspace("wake:");
+  const clients = [client(redis.url), client(redis.url)];
+  await Promise.all(clients.map((c) => c.connect()));
+  const auth = testAuth();
+  const buses = clients.map((c) => createRedisBus(c, { keyspace, auth }));
+  // A standby polls a held lease only every 40 TTLs (60 s): within the 10 s these steps wait,
+  // only a notice or wake() can make it acquire.
+  const [a, b] = ["a", "b"].map((instanceId, i) =>
+    createLeaseManager({
+      redis: clients[i],
+      keyspace,
+      instanceId,
+      bus: buses[i],
+      standbyTtls: 40,
+    })
+  );
+  try {
+    await t.step("a released lease is taken at once by the standby", async () => {
+      const ca = a.campaign("wake-release", { ttlMs: 30_000 });
+      await until(() => ca.held(), { what: "a to hold" });
+      const cb = b.campaign("wake-release", { ttlMs: 30_000 });
+      await until(() => cb.actor.getSnapshot().context.attempts >= 1, { what: "b's first try" });
+      await ca.resign();
+      await until(() => cb.held(), { what: "b to take the released lease (30 s TTL)" });
+    });
+
+    await t.step("wake() (a departure) makes a standby take a dead holder's lease", async () => {
+      const ca = a.campaign("wake-dead", { ttlMs: TTL });
+      await until(() => ca.held(), { what: "a to hold" });
+      const cb = b.campaign("wake-dead", { ttlMs: TTL });
+      await until(() => cb.actor.getSnapshot().context.attempts >= 1, { what: "b's first try" });
+      ca.stop(); // dies holding it: no release, the lease runs out by its TTL
+      b.wake();
+      await until(() => cb.held(), { what: "b to take over once the lease ran out" });
+    });
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+    await Promise.all(buses.map((bus) => bus.close()));
+    await Promise.all(clients.map(closeRedis));
+  }
 });

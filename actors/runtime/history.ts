@@ -1,0 +1,175 @@
+/**
+ * Records this instance's actor transitions and the cross-instance messages it receives
+ * into the cluster's history (store/redis_history.ts), off the hot path: `transition` and
+ * `message` only push a small object into a buffer; a timer seals and writes the buffer as
+ * one pipelined batch every `flushMs` (or sooner once `batchSize` records wait). When Redis
+ * is slow or down the buffer is bounded: the oldest records are dropped and counted, the
+ * actors never wait.
+ *
+ * What is recorded is what a reviewer needs and nothing secret: actor path, event type,
+ * state value after it, the message id that caused it; for messages origin, target, event
+ * type, kind and correlation id, never the event's payload (which may hold a code).
+ * @module
+ */
+import type { Logger } from "../../lib/log.ts";
+import { silentLogger } from "../../lib/log.ts";
+import type { HistoryRecord } from "../../store/redis_history.ts";
+import type { TransitionRecord } from "./inspector.ts";
+
+/** What the transport tells the recorder about a message it received. */
+export interface ReceivedMessage {
+  /** Message id. */
+  id: string;
+  /** send, broadcast or request. */
+  kind: string;
+  /** Sender. */
+  from: { instance: string; actor: string };
+  /** Target actor on this instance. */
+  to: string;
+  /** Event type (never the payload). */
+  event: string;
+  /** Correlation id of a request. */
+  corr?: string;
+  /** Sender's clock at send time (ms). */
+  sentAt: number;
+}
+
+/** The recorder one instance runs. */
+export interface HistoryRecorder {
+  /** Records a transition the inspector saw (of an actor running `machine`). */
+  transition(t: TransitionRecord, machine?: string | null): void;
+  /** Records a message the transport received for a local actor. */
+  message(m: ReceivedMessage): void;
+  /** Writes what is buffered now. */
+  flush(): Promise<void>;
+  /** Counters: recorded, written, dropped (buffer full), failed batches. */
+  stats(): { recorded: number; written: number; dropped: number; failedBatches: number };
+  /** Flushes and stops the timer. */
+  close(): Promise<void>;
+}
+
+/** Options of {@linkcode createHistoryRecorder}. */
+export interface HistoryRecorderOptions {
+  /** This instance's id. */
+  instanceId: string;
+  /** Writes one batch (store/redis_history.ts `createHistoryWriter(...).append`). */
+  append(records: readonly HistoryRecord[]): Promise<void>;
+  /** Longest a record waits before its batch is written (ms, default 250). */
+  flushMs?: number;
+  /** Records that trigger a write at once (default 256). */
+  batchSize?: number;
+  /** Records buffered at most while writes fail or lag (default 20 000). */
+  maxBuffered?: number;
+  /** Clock (ms). */
+  now?: () => number;
+  /** Log for failed batches (once per run of failures). */
+  log?: Logger;
+}
+
+/** Creates a recorder; call `close()` on shutdown. */
+export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryRecorder {
+  const flushMs = options.flushMs ?? 250;
+  const batchSize = options.batchSize ?? 256;
+  const maxBuffered = options.maxBuffered ?? 20_000;
+  const now = options.now ?? Date.now;
+  const log = options.log ?? silentLogger;
+  const instance = options.instanceId;
+  const buffer: HistoryRecord[] = [];
+  let timer: number | null = null;
+  let writing: Promise<void> | null = null;
+  let closed = false;
+  let failing = false;
+  const counters = { recorded: 0, written: 0, dropped: 0, failedBatches: 0 };
+
+  function push(record: HistoryRecord): void {
+    if (closed) return;
+    counters.recorded++;
+    buffer.push(record);
+    if (buffer.length > maxBuffered) {
+      const excess = buffer.length - maxBuffered;
+      buffer.splice(0, excess);
+      counters.dropped += excess;
+    }
+    if (buffer.length >= batchSize) schedule(0);
+    else schedule(flushMs);
+  }
+
+  function schedule(ms: number): void {
+    if (timer !== null && ms > 0) return;
+    if (timer !== null) clearTimeout(timer);
+    timer = setTimeout(() => {
+      timer = null;
+      void flush();
+    }, ms);
+  }
+
+  async function writeOnce(): Promise<void> {
+    while (buffer.length) {
+      const batch = buffer.slice(0, batchSize);
+      try {
+        await options.append(batch);
+        buffer.splice(0, batch.length);
+        counters.written += batch.length;
+        if (failing) log.info("history recording resumed");
+        failing = false;
+      } catch (err) {
+        counters.failedBatches++;
+        if (!failing) {
+          log.warn("history batch not written; keeping it for the next attempt", {
+            error: err instanceof Error ? err.message : String(err),
+            buffered: buffer.length,
+          });
+        }
+        failing = true;
+        if (!closed) schedule(Math.max(flushMs, 1000));
+        return;
+      }
+    }
+  }
+
+  function flush(): Promise<void> {
+    writing ??= writeOnce().finally(() => writing = null);
+    return writing;
+  }
+
+  return {
+    transition(t, machine) {
+      push({
+        k: "transition",
+        instance,
+        at: t.at,
+        seq: t.seq,
+        path: t.path,
+        event: t.event,
+        state: t.state,
+        ...(t.origin && { cause: t.origin.id }),
+        ...(machine && { machine }),
+      });
+    },
+    message(m) {
+      push({
+        k: "message",
+        instance,
+        at: now(),
+        id: m.id,
+        kind: m.kind,
+        from: m.from,
+        to: { instance, actor: m.to },
+        event: m.event,
+        ...(m.corr && { corr: m.corr }),
+        sentAt: m.sentAt,
+      });
+    },
+    flush,
+    stats: () => ({ ...counters }),
+    async close() {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+      await writing;
+      await flush();
+      closed = true;
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+    },
+  };
+}

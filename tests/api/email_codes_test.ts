@@ -1,0 +1,261 @@
+/**
+ * E-mail codes over real SMTP: the harness's SMTP server (smtp-server, in this process)
+ * receives what nodemailer sends; the test reads each delivered message and types its code.
+ * Turning the factor on (step-up, a code to the account's address), signing in with a code,
+ * a wrong code, single use, the send rate limit per user, the shared lockout, and the
+ * ten-minute validity (the store, with its clock).
+ */
+import assert from "node:assert/strict";
+import { type SmtpServer, startPostgres, startSmtp } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
+import { type ConsoleNode, createAccount, startConsoleNode } from "../console/support.ts";
+import { createEmailCodeStore } from "../../store/email_codes.ts";
+
+const PERSON = { username: "emil", password: "emil's password 1", role: "user" } as const;
+const ADDRESS = "emil@example.com";
+
+/** The six-digit code of a delivered message (its subject line). */
+function codeOf(raw: string): string {
+  const m = /^Subject: Your RootStream code: (\d{6})\r?$/m.exec(raw);
+  if (!m) throw new Error(`no code in the message:\n${raw}`);
+  return m[1];
+}
+
+/** What the tests read of an answer's JSON. */
+interface Body {
+  status?: string;
+  token?: string;
+  challenge?: string;
+  methods?: string[];
+  sentTo?: string;
+  enabled?: boolean;
+  passkeys?: number;
+  emailCodes?: boolean;
+  error?: { code: string; message: string };
+}
+
+/** One JSON request to the instance. */
+async function request(
+  url: string,
+  r: { method: string; path: string; body?: unknown; token?: string },
+): Promise<{ status: number; body: Body }> {
+  const res = await fetch(`${url}${r.path}`, {
+    method: r.method,
+    headers: {
+      ...(r.body === undefined ? {} : { "content-type": "application/json" }),
+      ...(r.token ? { authorization: `Bearer ${r.token}` } : {}),
+    },
+    body: r.body === undefined ? undefined : JSON.stringify(r.body),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+/** Waits for message number `n` (1-based) and returns it. */
+async function delivered(smtp: SmtpServer, n: number) {
+  return await until(() => smtp.messages[n - 1], {
+    what: `e-mail number ${n}`,
+    state: () => smtp.messages.length,
+  });
+}
+
+Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lockout", async (t) => {
+  await using pg = await startPostgres();
+  await using smtp = await startSmtp();
+  const databaseUrl = await pg.createDatabase();
+  const dataDir = await Deno.makeTempDir({ prefix: "rs-email-codes-" });
+  let node: ConsoleNode | null = null;
+  try {
+    node = await startConsoleNode("mail", {
+      databaseUrl,
+      dataDir,
+      env: { SMTP_URL: smtp.url, SMTP_FROM: "RootStream <codes@rootstream.test>" },
+    });
+    await createAccount(node, PERSON);
+    const url = node.url;
+    const call = (method: string, path: string, body?: unknown, token?: string) =>
+      request(url, { method, path, body, token });
+    const message = (n: number) => delivered(smtp, n);
+    const password = async () =>
+      await call("POST", "/auth/login", { login: PERSON.username, password: PERSON.password });
+
+    let token = "";
+    await t.step(
+      "turning e-mail codes on takes a step-up and a code sent to the address",
+      async () => {
+        const login = await password();
+        assert.equal(login.body.status, "authenticated");
+        token = login.body.token ?? "";
+        const early = await call("POST", "/auth/mfa/email/enable", undefined, token);
+        assert.equal(early.status, 403);
+        assert.equal(early.body.error?.code, "REAUTH_REQUIRED");
+        const reauth = await call("POST", "/auth/reauth", { password: PERSON.password }, token);
+        assert.equal(reauth.status, 200);
+        const sent = await call("POST", "/auth/mfa/email/enable", undefined, token);
+        assert.equal(sent.status, 200, JSON.stringify(sent.body));
+        assert.equal(sent.body.sentTo, "e***@example.com");
+        const mail = await message(1);
+        assert.deepEqual(mail.to, [ADDRESS]);
+        assert.equal(mail.from, "codes@rootstream.test");
+        const confirmed = await call("POST", "/auth/mfa/email/confirm", {
+          code: codeOf(mail.raw),
+        }, token);
+        assert.deepEqual(confirmed, { status: 200, body: { enabled: true } });
+        const status = await call("GET", "/auth/mfa", undefined, token);
+        assert.deepEqual(
+          [status.body.enabled, status.body.passkeys, status.body.emailCodes],
+          [false, 0, true],
+          "TOTP off, no passkey, e-mail codes on",
+        );
+        // Stored as a keyed digest, never as the code.
+        const rows = await node!.rt.db.sql`SELECT count(*)::int AS n FROM email_codes`;
+        assert.equal(rows[0].n, 0, "the accepted code is gone");
+      },
+    );
+
+    await t.step("a password login then needs the code of a message sent to it", async () => {
+      const start = await password();
+      assert.equal(start.body.status, "mfa_required");
+      assert.ok(start.body.methods?.includes("email"));
+      const sent = await call("POST", "/auth/mfa/email/send", { challenge: start.body.challenge });
+      assert.equal(sent.status, 200, JSON.stringify(sent.body));
+      const code = codeOf((await message(2)).raw);
+      const stored = await node!.rt.db.sql<{ code_hash: Uint8Array }[]>`
+        SELECT code_hash FROM email_codes`;
+      assert.equal(stored.length, 1);
+      assert.ok(!new TextDecoder().decode(stored[0].code_hash).includes(code));
+      const wrong = String((Number(code) + 1) % 1_000_000).padStart(6, "0");
+      const refused = await call("POST", "/auth/mfa/verify", {
+        challenge: start.body.challenge,
+        method: "email",
+        code: wrong,
+      });
+      assert.equal(refused.status, 401);
+      assert.equal(refused.body.error?.code, "MFA_INVALID_CODE");
+      const ok = await call("POST", "/auth/mfa/verify", {
+        challenge: start.body.challenge,
+        method: "email",
+        code,
+      });
+      assert.equal(ok.body.status, "authenticated", JSON.stringify(ok.body));
+
+      // Single use, and bound to its attempt: the same code in a new attempt is refused.
+      const again = await password();
+      const reused = await call("POST", "/auth/mfa/verify", {
+        challenge: again.body.challenge,
+        method: "email",
+        code,
+      });
+      assert.equal(reused.status, 401);
+      assert.equal(reused.body.error?.code, "MFA_INVALID_CODE");
+      token = ok.body.token ?? "";
+    });
+
+    await t.step("a re-authentication takes an e-mail code with the password", async () => {
+      const alone = await call("POST", "/auth/reauth", { password: PERSON.password }, token);
+      assert.equal(alone.status, 403, "the password alone is not enough now");
+      assert.equal(alone.body.error?.code, "REAUTH_FAILED");
+      const sent = await call("POST", "/auth/reauth/challenge", { method: "email" }, token);
+      assert.equal(sent.status, 200, JSON.stringify(sent.body));
+      const code = codeOf((await message(3)).raw);
+      const reauth = await call("POST", "/auth/reauth", {
+        password: PERSON.password,
+        method: "email",
+        code,
+      }, token);
+      assert.equal(reauth.status, 200, JSON.stringify(reauth.body));
+    });
+
+    await t.step(
+      "the console's sign-in pages: send (rate-limited per user) and enter the code",
+      async () => {
+        // Three sent so far; the limit is 5 per 15 minutes.
+        const form = (path: string, fields: Record<string, string>) =>
+          fetch(`${url}${path}`, {
+            method: "POST",
+            redirect: "manual",
+            headers: { "content-type": "application/x-www-form-urlencoded", origin: url },
+            body: new URLSearchParams(fields),
+          });
+        const signIn = await form("/login", {
+          login: PERSON.username,
+          password: PERSON.password,
+          next: "/auth/me",
+        });
+        const mfaPage = await signIn.text();
+        assert.equal(signIn.status, 200);
+        assert.ok(mfaPage.includes('action="/login/mfa/email"'), "the page offers an e-mail code");
+        assert.ok(!mfaPage.includes("passkey-mfa"), "no passkey button: the account has none");
+        // The challenge token (a UUID and base64url: nothing the page had to escape).
+        const challenge = mfaPage.split('name="challenge" value="')[1].split('"')[0];
+        const statuses: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const res = await form("/login/mfa/email", { challenge, next: "/auth/me" });
+          const text = await res.text();
+          statuses.push(res.status);
+          if (res.status === 200) assert.ok(text.includes("A code was sent to e***@example.com"));
+        }
+        assert.deepEqual(statuses, [200, 200, 429]);
+        await message(5);
+        // The last code sent for the attempt is the one that counts.
+        const code = codeOf(smtp.messages[4].raw);
+        const earlier = codeOf(smtp.messages[3].raw);
+        if (earlier !== code) {
+          const old = await form("/login/mfa", { challenge, code: earlier, method: "email" });
+          await old.body?.cancel();
+          assert.equal(old.status, 401);
+        }
+        const ok = await form("/login/mfa", { challenge, code, method: "email", next: "/auth/me" });
+        await ok.body?.cancel();
+        assert.equal(ok.status, 303);
+        assert.equal(ok.headers.get("location"), "/auth/me");
+        assert.ok(ok.headers.get("set-cookie"), "signed in: the session cookie is set");
+      },
+    );
+
+    await t.step("wrong codes lock the account's second factor like TOTP", async () => {
+      let last: { status: number; body: Body } = { status: 0, body: {} };
+      let attempt = await password();
+      assert.equal(attempt.body.status, "mfa_required");
+      // Failures so far since the last success: none (the last code was accepted).
+      for (let i = 0; i < 5; i++) {
+        last = await call("POST", "/auth/mfa/verify", {
+          challenge: attempt.body.challenge,
+          method: "email",
+          code: "000000",
+        });
+      }
+      assert.equal(last.status, 429, JSON.stringify(last.body));
+      assert.equal(last.body.error?.code, "MFA_LOCKED");
+      attempt = await password();
+      assert.equal(attempt.status, 429, "a new login is locked at once");
+      assert.equal(attempt.body.error?.code, "MFA_LOCKED");
+      const [{ n }] = await node!.rt.db.sql<{ n: number }[]>`
+        SELECT count(*)::int AS n FROM mfa_attempts WHERE method = 'email' AND outcome = 'invalid'`;
+      assert.ok(n >= 5);
+    });
+
+    await t.step("a code is valid ten minutes", async () => {
+      const store = createEmailCodeStore(node!.rt.db.sql);
+      const [{ id }] = await node!.rt.db.sql<{ id: string }[]>`SELECT id FROM users`;
+      const digest = new Uint8Array(32).fill(1);
+      const at = Date.now();
+      await store.save("test:expiry", {
+        userId: Number(id),
+        address: ADDRESS,
+        digest,
+        expiresAt: at + 600_000,
+        at,
+      });
+      const check = (when: number) =>
+        node!.rt.db.sql.begin((tx) =>
+          store.consume(tx as never, "test:expiry", { userId: Number(id), digest, at: when })
+        );
+      assert.equal((await check(at + 600_000)).outcome, "missing", "not at 10 minutes");
+      assert.equal((await check(at + 599_999)).outcome, "accepted", "just before");
+      assert.equal((await check(at + 1)).outcome, "missing", "and only once");
+    });
+  } finally {
+    await node?.stop();
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});

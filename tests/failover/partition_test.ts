@@ -1,0 +1,111 @@
+/**
+ * A primary alive but unreachable (every process of it SIGSTOPped for longer than the
+ * detection window) is ambiguous evidence: the careful path fails over (N timed-out probes,
+ * a vote), never the fast one. A client on each instance writes through its pool the whole
+ * time; when the old primary wakes up (SIGCONT), no instance writes to it once the new
+ * primary took a write, and no acknowledged write is lost.
+ */
+import assert from "node:assert/strict";
+import { startRedis } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
+import {
+  postmasterPid,
+  randomKey,
+  replication,
+  startInstances,
+  startPgCluster,
+  startWriters,
+  untilAllFollow,
+  type Writers,
+} from "../support/pg_cluster.ts";
+import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
+
+Deno.test({
+  name: "partition: a stopped primary fails over on the careful path; no stale writes",
+  fn: async () => {
+    await using cluster = await startPgCluster();
+    await using redis = await startRedis();
+    await using instances = await startInstances(["part-a", "part-b", "part-c"], {
+      DATABASE_URL: cluster.url("pg1"),
+      DATABASE_NODES: cluster.databaseNodes,
+      DATABASE_CONNECT_TIMEOUT_S: "10",
+      REDIS_URL: redis.url,
+      RS_SECRET_KEY: randomKey(),
+      RS_KEY_PREFIX: "rspt:",
+      RS_HEARTBEAT_MS: "250",
+      RS_DEAD_AFTER_MS: "1000",
+      RS_LEASE_TTL_MS: "1500",
+      FAILOVER_PROBE_INTERVAL_MS: "200",
+      FAILOVER_PROBE_TIMEOUT_MS: "1000",
+      FAILOVER_CONFIRMATIONS: "3",
+      FAILOVER_MONITOR_INTERVAL_MS: "500",
+      FAILOVER_SYNC_MODE: "on",
+      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
+      LOG_LEVEL: "info",
+    });
+    const urls = Object.values(instances.byId).map((p) => p.url);
+    await until(async () => {
+      const v = await replication(urls[0]);
+      return v.primary?.epoch >= 1 &&
+        v.nodes.filter((n: { syncState: string }) => n.syncState === "quorum").length === 2;
+    }, { ms: 30_000, what: "bootstrap and synchronous standbys" });
+    await untilAllFollow(urls, { node: "pg1" });
+    const before = await replication(urls[0]);
+    let writers: Writers | null = startWriters(
+      Object.fromEntries(Object.entries(instances.byId).map(([id, p]) => [id, p.url])),
+      { token: TEST_ADMIN_TOKEN, pauseMs: 5, timeoutMs: 60_000 },
+    );
+    try {
+      await until(() => writers!.acked.filter((w) => w.node === "pg1").length >= 20, {
+        what: "20 writes acknowledged by pg1 before the stop",
+      });
+      cluster.pause("pg1", true);
+      await untilAllFollow(urls, { afterEpoch: before.primary.epoch, ms: 30_000 });
+      const now = await replication(urls[0]);
+      const newPrimary = now.primary.node as string;
+      assert.notEqual(newPrimary, "pg1");
+      const reason = now.history[0].reason as string;
+      // Timeouts are ambiguous: the careful path (N failed probes, then the vote), and the
+      // stopped postmaster on this host is killed before the promotion.
+      assert.match(
+        reason,
+        /^pg1 failed \d+ consecutive probes \(last: .*no answer.*\) and [23] of 3 live instances agree: failing over; promoted pg[23] because .*killed pg1's unresponsive postmaster \(pid \d+\) on this host first/,
+      );
+      assert.doesNotMatch(reason, /fast path/);
+      // The old primary wakes up: what is left of it sees its postmaster gone.
+      cluster.pause("pg1", false);
+      await until(() => writers!.acked.filter((w) => w.node === newPrimary).length >= 20, {
+        ms: 30_000,
+        what: `20 writes acknowledged by ${newPrimary}`,
+        state: () => ({ acked: writers!.acked.length, failed: writers!.failed.slice(-3) }),
+      });
+      assert.equal(postmasterPid(cluster.nodes.pg1.dataDir), null, "pg1's postmaster is gone");
+      await writers.stop();
+      const acked = writers.acked;
+      writers = null;
+      const onNew = acked.filter((w) => w.node === newPrimary);
+      const firstOnNew = Math.min(...onNew.map((w) => w.doneAt));
+      assert.deepEqual(
+        acked.filter((w) => w.node === "pg1" && w.sentAt > firstOnNew),
+        [],
+        "writes taken by pg1 after the new primary took one",
+      );
+      for (const id of Object.keys(instances.byId)) {
+        const mine = acked.filter((w) => w.instance === id);
+        const switched = mine.findIndex((w) => w.node === newPrimary);
+        assert.ok(switched >= 0, `${id} wrote to ${newPrimary}`);
+        assert.deepEqual(mine.slice(switched).filter((w) => w.node !== newPrimary), []);
+      }
+      const ids = acked.map((w) => w.id);
+      const have = new Set(
+        (await cluster.psql(
+          newPrimary,
+          `select id from replication_canary where id = any('{${ids.join(",")}}'::bigint[])`,
+        )).split("\n").filter(Boolean).map(Number),
+      );
+      assert.deepEqual(ids.filter((id) => !have.has(id)), [], "acknowledged writes lost");
+    } finally {
+      await (writers as Writers | null)?.stop();
+    }
+  },
+});

@@ -1,0 +1,39 @@
+import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import fc from "fast-check";
+import { hmacBase64url, hmacKey, sameText } from "../../lib/hmac_sha256.ts";
+
+Deno.test("HMAC-SHA256 matches node:crypto byte for byte", () => {
+  fc.assert(
+    fc.property(
+      fc.uint8Array({ minLength: 0, maxLength: 64 }),
+      fc.oneof(fc.string({ maxLength: 300 }), fc.string({ unit: "binary", maxLength: 200 })),
+      (key, message) => {
+        const expected = createHmac("sha256", key).update(message, "utf8").digest("base64url");
+        assert.equal(hmacBase64url(hmacKey(key), message), expected);
+      },
+    ),
+    { numRuns: 2000 },
+  );
+  // Every length around the block and padding edges, and a large message.
+  const key = hmacKey(new Uint8Array(32).fill(7));
+  for (let n = 0; n < 200; n++) {
+    const m = "x".repeat(n);
+    assert.equal(
+      hmacBase64url(key, m),
+      createHmac("sha256", new Uint8Array(32).fill(7)).update(m).digest("base64url"),
+      `length ${n}`,
+    );
+  }
+  const big = "é".repeat(70_000);
+  assert.equal(
+    hmacBase64url(key, big),
+    createHmac("sha256", new Uint8Array(32).fill(7)).update(big).digest("base64url"),
+  );
+});
+
+Deno.test("sameText compares whole strings", () => {
+  assert.equal(sameText("abc", "abc"), true);
+  assert.equal(sameText("abc", "abd"), false);
+  assert.equal(sameText("abc", "ab"), false);
+});

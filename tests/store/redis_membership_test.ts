@@ -1,0 +1,144 @@
+import assert from "node:assert/strict";
+import { Redis } from "ioredis";
+import {
+  applyDelta,
+  CHANGE_LOG_MAX,
+  createMemberStore,
+  type MemberDelta,
+  membersKey,
+  membersLogKey,
+} from "../../store/redis_membership.ts";
+import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
+import { startRedis } from "../harness/mod.ts";
+import { testAuth } from "../support/message_auth.ts";
+
+Deno.test("membership as a change stream on a real Redis", async (t) => {
+  await using redis = await startRedis();
+  const client = createRedisClient({
+    url: redis.url,
+    sentinels: [],
+    sentinelMaster: "mymaster",
+    sentinelPassword: null,
+    keyPrefix: "rs-mt:",
+  }, { name: "membership-test" });
+  await client.connect();
+  const raw = new Redis(redis.url);
+  const ks = createKeyspace("rs-mt:");
+  const auth = testAuth();
+  const store = createMemberStore(client, ks, { deadAfterMs: 60_000, auth });
+  const info = (id: string) => JSON.stringify({ id, url: `http://${id}` });
+  /** A node's view, kept the way the cluster-node chart keeps it. */
+  function viewer() {
+    let members: string[] = [];
+    let cursor: string | null = null;
+    return {
+      take(d: MemberDelta) {
+        members = applyDelta(cursor === null ? [] : members, d);
+        cursor = d.cursor;
+        return members;
+      },
+      get cursor() {
+        return cursor;
+      },
+    };
+  }
+
+  try {
+    await t.step("a join is a full read; later beats return only the changes", async () => {
+      const a = viewer();
+      const first = await store.heartbeat("a", info("a"), null);
+      assert.equal(first.mode, "full");
+      assert.equal(first.rejoined, true);
+      assert.equal(first.wrote, true);
+      assert.deepEqual(a.take(first), ["a"]);
+      const b = viewer();
+      assert.deepEqual(b.take(await store.heartbeat("b", info("b"), null)), ["a", "b"]);
+      const next = await store.heartbeat("a", null, a.cursor);
+      assert.equal(next.mode, "delta");
+      assert.deepEqual(next.changes, [{ op: "join", id: "b" }]);
+      assert.equal(next.wrote, false);
+      assert.deepEqual(a.take(next), ["a", "b"]);
+      const quiet = await store.heartbeat("a", null, a.cursor);
+      assert.deepEqual(quiet.changes, [], "nothing new");
+      assert.deepEqual(await store.infos(["a", "b"]), [info("a"), info("b")]);
+    });
+
+    await t.step("a departure (remove) reaches the others as a change", async () => {
+      const a = viewer();
+      a.take(await store.heartbeat("a", null, null));
+      await store.remove("b");
+      const d = await store.changes(a.cursor);
+      assert.deepEqual(d.changes, [{ op: "leave", id: "b" }]);
+      assert.deepEqual(a.take(d), ["a"]);
+      assert.deepEqual(await store.infos(["b"]), [null]);
+    });
+
+    await t.step("a silent member is reaped by anyone's heartbeat and reported", async () => {
+      const a = viewer();
+      a.take(await store.heartbeat("a", null, null));
+      // "ghost" last beat 2 minutes ago by the server's clock (the window is 60 s).
+      const [sec] = await raw.time();
+      await raw.zadd(membersKey(ks), Number(sec) * 1000 - 120_000, "ghost");
+      const beat = await store.heartbeat("a", null, a.cursor);
+      assert.equal(beat.wrote, true, "the reaper announces what it appended");
+      assert.deepEqual(beat.changes, [{ op: "leave", id: "ghost" }]);
+      assert.equal(await raw.zscore(membersKey(ks), "ghost"), null);
+      assert.deepEqual(a.take(beat), ["a"]);
+    });
+
+    await t.step("a trimmed or lost cursor is a gap: the answer is a full read", async () => {
+      const a = viewer();
+      a.take(await store.heartbeat("a", null, null));
+      const stale = a.cursor!;
+      await raw.xtrim(membersLogKey(ks), "MAXLEN", 0);
+      await store.heartbeat("c", info("c"), null);
+      const d = await store.heartbeat("a", null, stale);
+      assert.equal(d.mode, "full", JSON.stringify({ stale, d }));
+      assert.deepEqual(a.take(d), ["a", "c"]);
+      // Redis lost everything: the next beat re-adds the member and says so.
+      await raw.flushall();
+      const again = await store.heartbeat("a", null, a.cursor);
+      assert.equal(again.rejoined, true);
+      assert.equal(again.mode, "full", JSON.stringify(again));
+      assert.equal(again.mode, "full");
+      assert.deepEqual(a.take(again), ["a"]);
+    });
+
+    await t.step("one heartbeat costs the same commands at 3 and at 300 members", async () => {
+      async function commandsPerBeat(n: number): Promise<number> {
+        await raw.flushall();
+        const views = Array.from({ length: n }, (_, i) => ({ id: `m${i}`, v: viewer() }));
+        for (const m of views) m.v.take(await store.heartbeat(m.id, info(m.id), null));
+        for (const m of views) m.v.take(await store.heartbeat(m.id, null, m.v.cursor));
+        await raw.config("RESETSTAT");
+        for (const m of views) m.v.take(await store.heartbeat(m.id, null, m.v.cursor));
+        const stats = await raw.info("stats");
+        const total = Number(/total_commands_processed:(\d+)/.exec(stats)![1]);
+        // Minus the INFO itself.
+        return (total - 1) / n;
+      }
+      const small = await commandsPerBeat(3);
+      const large = await commandsPerBeat(300);
+      assert.equal(small, large, `${small} vs ${large} commands per heartbeat`);
+      assert.ok(small <= 5, `${small} commands per heartbeat`);
+    });
+
+    await t.step("the change stream stays capped", async () => {
+      await raw.flushall();
+      const a = viewer();
+      a.take(await store.heartbeat("a", null, null));
+      for (let i = 0; i < CHANGE_LOG_MAX + 300; i++) {
+        await store.heartbeat(`x${i}`, null, null);
+        await store.remove(`x${i}`);
+      }
+      const len = await raw.xlen(membersLogKey(ks));
+      assert.ok(len < CHANGE_LOG_MAX * 1.5, `${len} entries`);
+      const d = await store.heartbeat("a", null, a.cursor);
+      assert.equal(d.mode, "full", "a cursor trimmed away is read as a gap");
+      assert.deepEqual(a.take(d), ["a"]);
+    });
+  } finally {
+    raw.disconnect();
+    await closeRedis(client);
+  }
+});
