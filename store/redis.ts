@@ -220,8 +220,8 @@ function watch<C extends RedisClient>(client: C, log: Logger): C {
 
 /**
  * A Redis Cluster client: commands go to the master of their key's slot, MOVED / ASK
- * replies are followed by ioredis, and the slot map is re-read every second so a failover
- * (a replica promoted after its master died) is picked up without waiting for an error.
+ * replies are followed by ioredis (which re-reads the slot map then, and when a node is
+ * lost), and the map is also re-read every few seconds (`keepSlotsFresh`).
  * Sharded pub/sub is enabled on subscriber connections only ({@linkcode duplicateRedis}).
  */
 function createClusterClient(
@@ -253,8 +253,15 @@ function createClusterClient(
   return cluster;
 }
 
-/** How often a cluster client re-reads the slot map when nothing else made it. */
-const SLOTS_REFRESH_MS = 1000;
+/**
+ * How often a cluster client re-reads the slot map when nothing else made it (a MOVED, a
+ * node lost). Each read is a connection of its own (CLIENT SETNAME, CLUSTER SLOTS), so it is
+ * sparse for command connections; the sharded subscriber, which learns of a failover only
+ * this way, reads more often.
+ */
+const SLOTS_REFRESH_MS = 5000;
+/** The sharded subscriber's slot-map period (a failover's subscriptions move within it). */
+const SUBSCRIBER_SLOTS_REFRESH_MS = 2000;
 
 /** The slot-map refresh period of each cluster client (duplicates inherit it). */
 const refreshPeriods = new WeakMap<Cluster, number>();
@@ -306,7 +313,11 @@ export function duplicateRedis(
         redisOptions: { ...client.options.redisOptions, connectionName: options.name },
       });
       trackShardedRetries(sub);
-      keepSlotsFresh(sub, refreshPeriods.get(client) ?? SLOTS_REFRESH_MS);
+      keepSlotsFresh(
+        sub,
+        Math.min(refreshPeriods.get(client) ?? SLOTS_REFRESH_MS, SUBSCRIBER_SLOTS_REFRESH_MS) ||
+          SUBSCRIBER_SLOTS_REFRESH_MS,
+      );
       return sub;
     }
     const dup = client.duplicate([], {
