@@ -260,6 +260,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         keyspace,
         auth: messageAuth,
         inboxReplicas: config.redis.waitReplicas ?? 0,
+        inboxWaitMs: config.redis.waitTimeoutMs,
       })
       : createLocalTransport(transportOptions);
     cleanups.push(() => transport.close());

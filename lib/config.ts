@@ -71,7 +71,13 @@ export const SETTINGS: readonly SettingDoc[] = [
     env: "REDIS_WAIT_REPLICAS",
     default: "0",
     description:
-      "Replicas that must hold an addressed message before its send succeeds (WAIT, within 1 s); 0: the master's answer suffices (asynchronous replication: a master dying at once may lose it)",
+      "Replicas that must hold an addressed message before its send succeeds (WAIT); 0: the master's answer suffices (asynchronous replication: a master dying at once may lose it)",
+  },
+  {
+    env: "REDIS_WAIT_TIMEOUT_MS",
+    default: "1000",
+    description:
+      "With REDIS_WAIT_REPLICAS: how long a send waits for its replicas before it fails with REDIS_UNAVAILABLE",
   },
   {
     env: "REDIS_SENTINEL_MASTER",
@@ -206,6 +212,8 @@ export interface CoreConfig {
     clusterNodes: { host: string; port: number }[];
     /** REDIS_WAIT_REPLICAS: replicas an addressed message must reach before its send succeeds. */
     waitReplicas: number;
+    /** REDIS_WAIT_TIMEOUT_MS: how long a send waits for those replicas. */
+    waitTimeoutMs: number;
     keyPrefix: string;
     /** REDIS_CA_FILE: the CA of rediss:// servers, or null for the system's roots. */
     caFile: string | null;
@@ -298,6 +306,7 @@ const schema = z.object({
     { message: "a comma-separated list of host:port" },
   ).optional(),
   REDIS_WAIT_REPLICAS: intIn(0, 16, "replicas").default(0),
+  REDIS_WAIT_TIMEOUT_MS: intIn(10, 60_000, "milliseconds").default(1000),
   REDIS_SENTINEL_MASTER: z.string().trim().regex(/^[\w.-]+$/, {
     message: "a master name of letters, digits, '.', '_' or '-'",
   }).default("mymaster"),
@@ -512,6 +521,7 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       sentinelPassword: c.REDIS_SENTINEL_PASSWORD ?? null,
       clusterNodes,
       waitReplicas: c.REDIS_WAIT_REPLICAS,
+      waitTimeoutMs: c.REDIS_WAIT_TIMEOUT_MS,
       keyPrefix: c.RS_KEY_PREFIX,
       caFile: c.REDIS_CA_FILE ?? null,
     },

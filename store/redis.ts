@@ -31,6 +31,8 @@ export interface RedisSettings {
   clusterNodes?: { host: string; port: number }[];
   /** Replicas an addressed message must reach before its send succeeds (REDIS_WAIT_REPLICAS). */
   waitReplicas?: number;
+  /** How long a send waits for those replicas (REDIS_WAIT_TIMEOUT_MS). */
+  waitTimeoutMs?: number;
   /** Namespace prefix of every key and channel. */
   keyPrefix: string;
   /**

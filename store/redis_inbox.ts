@@ -19,7 +19,7 @@ export const INBOX_GROUP = "runtime";
 const INBOX_TTL_MS = 24 * 3600 * 1000;
 /** How often one sender pushes a target inbox's expiry back (the hot path is one XADD). */
 const EXPIRY_REFRESH_MS = 60_000;
-/** How long an append waits for its replicas (`replicas` > 0) before the send fails. */
+/** How long an append waits for its replicas (`replicas` > 0) by default before it fails. */
 export const REPLICA_WAIT_MS = 1000;
 /** Cluster replies meaning "not here, not now": the command was not applied. */
 const REDIRECT = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /;
@@ -71,17 +71,18 @@ function inboxKey(keyspace: Keyspace, instance: string): string {
 export function createInboxWriter(
   redis: RedisClient,
   keyspace: Keyspace,
-  options: { maxLen: number; now?: () => number; replicas?: number },
+  options: { maxLen: number; now?: () => number; replicas?: number; waitMs?: number },
 ): InboxWriter {
   const now = options.now ?? Date.now;
   const replicas = options.replicas ?? 0;
+  const waitMs = options.waitMs ?? REPLICA_WAIT_MS;
   async function replicated(instance: string, pexpire: boolean, message: string): Promise<void> {
     const key = inboxKey(keyspace, instance);
     let res: [Error | null, unknown][] | null = null;
     for (let attempt = 1;; attempt++) {
       const pipeline = redis.pipeline().xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message);
       if (pexpire) pipeline.pexpire(key, INBOX_TTL_MS);
-      res = await pipeline.wait(replicas, REPLICA_WAIT_MS).exec();
+      res = await pipeline.wait(replicas, waitMs).exec();
       const err = res?.find(([e]) => e)?.[0];
       if (!err) break;
       // ioredis follows MOVED / ASK for a pipeline only when every command failed alike;
@@ -97,7 +98,7 @@ export function createInboxWriter(
       throw new RuntimeError(
         "REDIS_UNAVAILABLE",
         `The message to ${instance} reached ${acked} of ${replicas} replicas within ` +
-          `${REPLICA_WAIT_MS} ms (REDIS_WAIT_REPLICAS); it may or may not be delivered`,
+          `${waitMs} ms (REDIS_WAIT_REPLICAS); it may or may not be delivered`,
       );
     }
   }

@@ -399,6 +399,8 @@ export function createRedisTransport(
     inboxMaxLen?: number;
     /** Replicas an appended message must reach before a send succeeds (0: the master's answer). */
     inboxReplicas?: number;
+    /** How long a send waits for those replicas. */
+    inboxWaitMs?: number;
   },
 ): Transport & { start(): Promise<void> } {
   const core = createCore(options);
@@ -413,6 +415,7 @@ export function createRedisTransport(
   const inboxes = createInboxWriter(redis, options.keyspace, {
     maxLen: options.inboxMaxLen ?? 10_000,
     replicas: options.inboxReplicas ?? 0,
+    waitMs: options.inboxWaitMs,
     now: options.now,
   });
   const inbox = createInboxReader(redis, reader, options.keyspace, options.instanceId);

@@ -107,6 +107,7 @@ export async function runClusterSuite(
     actors: { spec: () => undefined, ref: () => undefined },
     requestTimeoutMs: 3000,
     inboxReplicas: settings.waitReplicas ?? 0,
+    inboxWaitMs: settings.waitTimeoutMs,
   });
   await tester.start();
   const leases = createLeaseManager({ redis: client, keyspace, instanceId: "tester" });

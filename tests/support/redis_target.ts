@@ -52,7 +52,13 @@ export async function redisClusterTarget(): Promise<RedisTarget> {
     kind: "cluster",
     // Every addressed message is on a replica before its send succeeds, so a master killed
     // at any moment loses no accepted message.
-    env: { REDIS_CLUSTER_NODES: cluster.seeds, REDIS_WAIT_REPLICAS: "1" },
+    // Generous wait: on a busy test machine a replica may answer late; a send still fails
+    // (visibly) when no replica answers at all.
+    env: {
+      REDIS_CLUSTER_NODES: cluster.seeds,
+      REDIS_WAIT_REPLICAS: "1",
+      REDIS_WAIT_TIMEOUT_MS: "5000",
+    },
     server: null,
     cluster,
     settings: (prefix) => ({
@@ -62,6 +68,7 @@ export async function redisClusterTarget(): Promise<RedisTarget> {
       sentinelPassword: null,
       clusterNodes: cluster.startupNodes,
       waitReplicas: 1,
+      waitTimeoutMs: 5000,
       keyPrefix: prefix,
     }),
     [Symbol.asyncDispose]: () => cluster[Symbol.asyncDispose](),
