@@ -5,7 +5,6 @@
  * @module
  */
 import type { OpenAPIHono } from "@hono/zod-openapi";
-import type { Redis } from "ioredis";
 import {
   type Concern,
   concernApi,
@@ -41,6 +40,7 @@ import {
   createRedisClient,
   describeRedis,
   type Keyspace,
+  type RedisClient,
   redisConfigured,
 } from "./store/redis.ts";
 
@@ -67,7 +67,7 @@ export interface Runtime {
   /** The database pool. */
   readonly db: Database;
   /** The Redis command connection, or null in single-instance mode. */
-  readonly redis: Redis | null;
+  readonly redis: RedisClient | null;
   /** The message bus (Redis pub/sub or in-process). */
   readonly bus: MessageBus;
   /** Namespaced Redis key builder. */
@@ -126,7 +126,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     Object.assign(unavailable, NEEDS_SERVER_DB);
   }
   if (redisOn) {
-    log.info(`mode: Redis ${describeRedis(config.redis)}`);
+    log.info(`mode: RedisClient ${describeRedis(config.redis)}`);
   } else {
     log.info(
       "mode: in-process message bus (no REDIS_URL): single instance; " +
@@ -193,7 +193,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     });
 
     const keyspace = createKeyspace(config.redis.keyPrefix);
-    let redis: Redis | null = null;
+    let redis: RedisClient | null = null;
     let bus: MessageBus;
     if (redisOn) {
       const client = createRedisClient(config.redis, {
@@ -255,7 +255,13 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       onReceived: history ? (m: ReceivedMessage) => history.message(m) : undefined,
     };
     const transport = redis
-      ? createRedisTransport(redis, { ...transportOptions, keyspace, auth: messageAuth })
+      ? createRedisTransport(redis, {
+        ...transportOptions,
+        keyspace,
+        auth: messageAuth,
+        inboxReplicas: config.redis.waitReplicas ?? 0,
+        inboxWaitMs: config.redis.waitTimeoutMs,
+      })
       : createLocalTransport(transportOptions);
     cleanups.push(() => transport.close());
 

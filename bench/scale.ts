@@ -23,10 +23,9 @@
  *
  * Redis Cluster: `--redis-cluster host:port,...` (or RS_BENCH_REDIS_CLUSTER, the masters of a
  * running cluster) is handed to the instances as REDIS_CLUSTER_NODES, for the Redis Cluster
- * deployment (branch i16-cluster), and the idle command count sums INFO over those nodes; the
- * broadcasts of this process still go through a plain client of the first node (a classic
- * PUBLISH reaches every node's subscribers; a sharded one needs the cluster client of that
- * branch). Without it the suite runs on one throw-away Redis.
+ * deployment, and the idle command count sums INFO over those nodes; this process's own
+ * broadcasts go through a cluster client (sharded pub/sub, as the instances' buses). Without
+ * it the suite runs on one throw-away Redis.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -460,16 +459,23 @@ async function measure(
 async function broadcasts(
   ids: string[],
   nodes: Map<string, InstanceProcess>,
-  ctx: { redisUrl: string; key: string },
+  ctx: { redisUrl: string; key: string; opts: { clusterNodes: string | null } },
   prefix: string,
 ): Promise<number> {
   const keyspace = createKeyspace(prefix);
   const auth = createMessageAuth(Uint8Array.from(atob(ctx.key), (c) => c.charCodeAt(0)));
+  // On a Redis Cluster this process is a cluster client too: the instances' buses use sharded
+  // pub/sub, which a classic PUBLISH on one node would not reach.
+  const clusterNodes = ctx.opts.clusterNodes?.split(",").map((hp) => {
+    const [host, port] = hp.trim().split(":");
+    return { host, port: Number(port) };
+  });
   const client = createRedisClient({
-    url: ctx.redisUrl,
+    url: clusterNodes ? null : ctx.redisUrl,
     sentinels: [],
     sentinelMaster: "mymaster",
     sentinelPassword: null,
+    clusterNodes,
     keyPrefix: prefix,
   }, { name: "bench-scale" });
   await client.connect();

@@ -62,6 +62,24 @@ export const SETTINGS: readonly SettingDoc[] = [
     description: "Comma-separated Sentinel host:port list; when set, Redis is reached through them",
   },
   {
+    env: "REDIS_CLUSTER_NODES",
+    default: "(none)",
+    description:
+      "Comma-separated host:port list of Redis Cluster nodes (any few); when set, Redis is a cluster (docs/redis-cluster.md)",
+  },
+  {
+    env: "REDIS_WAIT_REPLICAS",
+    default: "0",
+    description:
+      "Replicas that must hold an addressed message before its send succeeds (WAIT); 0: the master's answer suffices (asynchronous replication: a master dying at once may lose it)",
+  },
+  {
+    env: "REDIS_WAIT_TIMEOUT_MS",
+    default: "1000",
+    description:
+      "With REDIS_WAIT_REPLICAS: how long a send waits for its replicas before it fails with REDIS_UNAVAILABLE",
+  },
+  {
     env: "REDIS_SENTINEL_MASTER",
     default: "mymaster",
     description: "Master name the Sentinels monitor",
@@ -190,6 +208,12 @@ export interface CoreConfig {
     sentinels: { host: string; port: number }[];
     sentinelMaster: string;
     sentinelPassword: string | null;
+    /** REDIS_CLUSTER_NODES: seed nodes of a Redis Cluster; empty for single Redis / Sentinel. */
+    clusterNodes: { host: string; port: number }[];
+    /** REDIS_WAIT_REPLICAS: replicas an addressed message must reach before its send succeeds. */
+    waitReplicas: number;
+    /** REDIS_WAIT_TIMEOUT_MS: how long a send waits for those replicas. */
+    waitTimeoutMs: number;
     keyPrefix: string;
     /** REDIS_CA_FILE: the CA of rediss:// servers, or null for the system's roots. */
     caFile: string | null;
@@ -277,6 +301,12 @@ const schema = z.object({
     (s) => s.split(",").every((p) => hostPort.test(p.trim())),
     { message: "a comma-separated list of host:port" },
   ).optional(),
+  REDIS_CLUSTER_NODES: z.string().trim().refine(
+    (s) => s.split(",").every((p) => hostPort.test(p.trim())),
+    { message: "a comma-separated list of host:port" },
+  ).optional(),
+  REDIS_WAIT_REPLICAS: intIn(0, 16, "replicas").default(0),
+  REDIS_WAIT_TIMEOUT_MS: intIn(10, 60_000, "milliseconds").default(1000),
   REDIS_SENTINEL_MASTER: z.string().trim().regex(/^[\w.-]+$/, {
     message: "a master name of letters, digits, '.', '_' or '-'",
   }).default("mymaster"),
@@ -315,6 +345,15 @@ const schema = z.object({
   message: "at least twice RS_HEARTBEAT_MS, so one late heartbeat does not declare death",
   path: ["RS_DEAD_AFTER_MS"],
 });
+
+/** `host:port,host:port` (validated by the schema) as endpoints; `[v6]:port` unbracketed. */
+function hostPorts(list: string): { host: string; port: number }[] {
+  return list.split(",").map((part) => {
+    const p = part.trim();
+    const i = p.lastIndexOf(":");
+    return { host: p.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(p.slice(i + 1)) };
+  });
+}
 
 function decodeKey(s: string): Uint8Array | null {
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(s)) return null;
@@ -454,13 +493,16 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
     );
   }
   const c = result.data;
-  const sentinels = c.REDIS_SENTINELS
-    ? c.REDIS_SENTINELS.split(",").map((part) => {
-      const p = part.trim();
-      const i = p.lastIndexOf(":");
-      return { host: p.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(p.slice(i + 1)) };
-    })
-    : [];
+  const sentinels = c.REDIS_SENTINELS ? hostPorts(c.REDIS_SENTINELS) : [];
+  const clusterNodes = c.REDIS_CLUSTER_NODES ? hostPorts(c.REDIS_CLUSTER_NODES) : [];
+  if (sentinels.length > 0 && clusterNodes.length > 0) {
+    throw new RuntimeError(
+      "CONFIG_INVALID",
+      "Invalid configuration: REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set; " +
+        "Redis is either Sentinel-managed or a Redis Cluster, set one of them",
+      { details: { problems: ["REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set"] } },
+    );
+  }
   const secretKey = c.RS_SECRET_KEY ? decodeKey(c.RS_SECRET_KEY) : null;
   const hostname = sources.hostname ?? Deno.hostname();
   const pid = sources.pid ?? Deno.pid;
@@ -477,6 +519,9 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       sentinels,
       sentinelMaster: c.REDIS_SENTINEL_MASTER,
       sentinelPassword: c.REDIS_SENTINEL_PASSWORD ?? null,
+      clusterNodes,
+      waitReplicas: c.REDIS_WAIT_REPLICAS,
+      waitTimeoutMs: c.REDIS_WAIT_TIMEOUT_MS,
       keyPrefix: c.RS_KEY_PREFIX,
       caFile: c.REDIS_CA_FILE ?? null,
     },

@@ -8,7 +8,11 @@
  *
  * - {@linkcode createRedisBus}: Redis pub/sub on a dedicated subscriber connection. After
  *   a reconnect (Redis restart, Sentinel switch) every channel is subscribed again before
- *   `resubscribed` listeners run, so no subscription is silently lost.
+ *   `resubscribed` listeners run, so no subscription is silently lost. On a Redis Cluster
+ *   it uses sharded pub/sub (SPUBLISH / SSUBSCRIBE): a channel lives on the shard owning
+ *   its slot, so a message crosses one shard instead of the whole cluster bus, and after a
+ *   failover or resharding ioredis subscribes each channel again on its slot's new master
+ *   (then `resubscribed` listeners run, as after a reconnect).
  * - {@linkcode createLocalBus}: in-process, for a single instance without Redis.
  *
  * A handler that throws is logged and counted; it never breaks delivery to others.
@@ -19,10 +23,9 @@
  * counted (`forged`) and logged once per claimed sender. Handlers only ever get the body.
  * @module
  */
-import type { Redis } from "ioredis";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import { claimedSender, type MessageAuth, type MessagePurpose } from "../lib/message_auth.ts";
-import type { Keyspace } from "./redis.ts";
+import { duplicateRedis, isCluster, type Keyspace, type RedisClient } from "./redis.ts";
 
 /** Receives one message. */
 export type MessageHandler = (message: string, channel: string) => void;
@@ -135,24 +138,31 @@ export function channelPurpose(channel: string): MessagePurpose {
  * A bus over Redis pub/sub. `publisher` is a shared command connection; the bus opens
  * its own subscriber connection with `publisher.duplicate()` (a subscribed connection
  * cannot run other commands). `auth` seals what is published and opens what arrives.
+ * On a cluster client the bus uses sharded pub/sub (see the module doc).
  */
 export function createRedisBus(
-  publisher: Redis,
+  publisher: RedisClient,
   options: { keyspace: Keyspace; auth: MessageAuth; log?: Logger },
 ): MessageBus {
   const log = options.log ?? silentLogger;
   const auth = options.auth;
   const ks = options.keyspace;
   const channelPrefix = ks.channel("x").slice(0, -1);
-  // We resubscribe ourselves so the set of channels is owned (and tested) here.
-  const subscriber = publisher.duplicate({ autoResubscribe: false, connectionName: "rs-bus" });
+  const sharded = isCluster(publisher);
+  // We resubscribe ourselves so the set of channels is owned (and tested) here; on a cluster
+  // ioredis's subscriber group does it per shard (it alone knows which master owns a slot).
+  const subscriber = duplicateRedis(publisher, {
+    name: "rs-bus",
+    autoResubscribe: false,
+    sharded,
+  });
   const subs = new Map<string, Set<MessageHandler>>();
   const resubscribed = new Set<() => void>();
   const stats = newStats();
   let everReady = false;
   let closed = false;
 
-  subscriber.on("message", (fullChannel: string, message: string) => {
+  subscriber.on(sharded ? "smessage" : "message", (fullChannel: string, message: string) => {
     const channel = fullChannel.slice(channelPrefix.length);
     const handlers = subs.get(channel);
     if (!handlers) return;
@@ -165,26 +175,42 @@ export function createRedisBus(
     }
     deliver(handlers, opened.body, channel, stats, log);
   });
+  function resubscribedAll(channels: number): void {
+    stats.resubscribes++;
+    log.info("bus resubscribed after reconnect", { channels });
+    for (const cb of [...resubscribed]) {
+      try {
+        cb();
+      } catch (err) {
+        log.error("resubscribe listener failed", {
+          error: err instanceof Error ? err.message : String(err),
+        });
+      }
+    }
+  }
+  // Cluster: ioredis resubscribes each shard's channels after the slot map changed (a
+  // failover, a resharding) or a shard's subscriber died, then says `subscribersReady`.
+  if (sharded) {
+    subscriber.on("subscribersReady", () => {
+      if (!everReady) {
+        everReady = true;
+        return;
+      }
+      if (!closed) resubscribedAll(subs.size);
+    });
+  }
   subscriber.on("ready", () => {
+    if (sharded) return;
     if (!everReady) {
       everReady = true;
       return;
     }
     const channels = [...subs.keys()].map((c) => ks.channel(c));
     const done = channels.length ? subscriber.subscribe(...channels) : Promise.resolve(0);
-    done.then(() => {
-      stats.resubscribes++;
-      log.info("bus resubscribed after reconnect", { channels: channels.length });
-      for (const cb of [...resubscribed]) {
-        try {
-          cb();
-        } catch (err) {
-          log.error("resubscribe listener failed", {
-            error: err instanceof Error ? err.message : String(err),
-          });
-        }
-      }
-    }, (err: Error) => log.warn("resubscribe failed", { error: err.message }));
+    done.then(
+      () => resubscribedAll(channels.length),
+      (err: Error) => log.warn("resubscribe failed", { error: err.message }),
+    );
   });
   subscriber.on("error", (err: Error) => log.debug("bus subscriber error", { error: err.message }));
 
@@ -192,10 +218,10 @@ export function createRedisBus(
     kind: "redis",
     async publish(channel, message) {
       stats.published++;
-      await publisher.publish(
-        ks.channel(channel),
-        auth.seal(channelPurpose(channel), channel, message),
-      );
+      const full = ks.channel(channel);
+      const sealed = auth.seal(channelPurpose(channel), channel, message);
+      if (sharded) await publisher.spublish(full, sealed);
+      else await publisher.publish(full, sealed);
     },
     async subscribe(channel, handler) {
       let set = subs.get(channel);
@@ -204,7 +230,8 @@ export function createRedisBus(
         set.add(handler);
         try {
           if (subscriber.status === "wait") await subscriber.connect();
-          await subscriber.subscribe(ks.channel(channel));
+          if (sharded) await subscriber.ssubscribe(ks.channel(channel));
+          else await subscriber.subscribe(ks.channel(channel));
         } catch (err) {
           set.delete(handler);
           if (set.size === 0) subs.delete(channel);
@@ -218,7 +245,9 @@ export function createRedisBus(
         if (set!.size === 0 && subs.get(channel) === set) {
           subs.delete(channel);
           if (!closed && subscriber.status === "ready") {
-            await subscriber.unsubscribe(ks.channel(channel)).catch(() => {});
+            await (sharded
+              ? subscriber.sunsubscribe(ks.channel(channel))
+              : subscriber.unsubscribe(ks.channel(channel))).catch(() => {});
           }
         }
       };

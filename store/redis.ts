@@ -1,6 +1,6 @@
 /**
- * The one Redis client module: connection (direct or through Sentinel), the key
- * namespace helper, Lua scripts, and a health probe.
+ * The one Redis client module: connection (direct, through Sentinel, or to a Redis
+ * Cluster), the key namespace helper, Lua scripts, and a health probe.
  *
  * Every key and channel the runtime touches is built by {@linkcode createKeyspace}, so
  * one prefix (RS_KEY_PREFIX) isolates a deployment and nothing else invents key names.
@@ -9,9 +9,10 @@
  * store/redis_sessions.ts, store/redis_failover.ts (and store/sessions.ts its cache).
  * @module
  */
-import { Redis, type RedisOptions } from "ioredis";
+import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
 import { RuntimeError } from "../lib/errors.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
+import type { EventEmitter as NodeEventEmitter } from "node:events";
 
 /** Redis connection settings (the `redis` part of the runtime config). */
 export interface RedisSettings {
@@ -23,6 +24,15 @@ export interface RedisSettings {
   sentinelMaster: string;
   /** Password of the Sentinels themselves. */
   sentinelPassword: string | null;
+  /**
+   * Seed nodes of a Redis Cluster (REDIS_CLUSTER_NODES); when non-empty the client is an
+   * ioredis `Cluster` and `url` only carries the password / TLS scheme of the nodes.
+   */
+  clusterNodes?: { host: string; port: number }[];
+  /** Replicas an addressed message must reach before its send succeeds (REDIS_WAIT_REPLICAS). */
+  waitReplicas?: number;
+  /** How long a send waits for those replicas (REDIS_WAIT_TIMEOUT_MS). */
+  waitTimeoutMs?: number;
   /** Namespace prefix of every key and channel. */
   keyPrefix: string;
   /**
@@ -83,13 +93,33 @@ export function createKeyspace(prefix: string): Keyspace {
   };
 }
 
-/** True when the settings name a Redis server (URL or Sentinels). */
+/**
+ * A command connection: one server (direct or Sentinel-managed) or a Redis Cluster. Every
+ * store module takes this type; a key a Lua script or MULTI touches together shares one hash
+ * tag (`{...}`), so each such call stays within one slot of a cluster.
+ */
+export type RedisClient = Redis | Cluster;
+
+/** True when the settings name a Redis server (URL, Sentinels or cluster nodes). */
 export function redisConfigured(settings: RedisSettings): boolean {
-  return settings.url !== null || settings.sentinels.length > 0;
+  return settings.url !== null || settings.sentinels.length > 0 || isClusterMode(settings);
+}
+
+/** True when the settings name a Redis Cluster (REDIS_CLUSTER_NODES). */
+export function isClusterMode(settings: RedisSettings): boolean {
+  return (settings.clusterNodes?.length ?? 0) > 0;
+}
+
+/** True when `client` is a Redis Cluster client. */
+export function isCluster(client: RedisClient): client is Cluster {
+  return client instanceof Cluster;
 }
 
 /** Describes the target for logs, password masked. */
 export function describeRedis(settings: RedisSettings): string {
+  if (isClusterMode(settings)) {
+    return `cluster via ${settings.clusterNodes!.map((s) => `${s.host}:${s.port}`).join(",")}`;
+  }
   if (settings.sentinels.length > 0) {
     return `sentinel master "${settings.sentinelMaster}" via ${
       settings.sentinels.map((s) => `${s.host}:${s.port}`).join(",")
@@ -107,19 +137,22 @@ export interface RedisClientOptions {
   name?: string;
   /** Where connection changes are logged. */
   log?: Logger;
-  /** Extra ioredis options (tests shorten retry timings). */
+  /** Extra ioredis options (tests shorten retry timings); per node in a cluster. */
   overrides?: Partial<RedisOptions>;
+  /** Extra ioredis `Cluster` options (cluster mode only). */
+  clusterOverrides?: Partial<ClusterOptions>;
 }
 
 /**
- * Opens an ioredis client for the settings. Connects lazily, retries forever with
- * capped backoff (a Redis outage must not kill the process) and fails queued commands
- * fast while disconnected so callers get REDIS_UNAVAILABLE instead of hanging.
+ * Opens an ioredis client for the settings (a `Cluster` when cluster nodes are set).
+ * Connects lazily, retries forever with capped backoff (a Redis outage must not kill the
+ * process) and fails queued commands fast while disconnected so callers get
+ * REDIS_UNAVAILABLE instead of hanging.
  */
 export function createRedisClient(
   settings: RedisSettings,
   options: RedisClientOptions = {},
-): Redis {
+): RedisClient {
   if (!redisConfigured(settings)) {
     throw new RuntimeError("REDIS_UNAVAILABLE", "Redis is not configured: set REDIS_URL");
   }
@@ -138,6 +171,9 @@ export function createRedisClient(
     db: u && u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0,
     ...options.overrides,
   };
+  if (isClusterMode(settings)) {
+    return watch(createClusterClient(settings, common, tls, options.clusterOverrides), log);
+  }
   const client = settings.sentinels.length > 0
     ? new Redis({
       ...common,
@@ -158,21 +194,191 @@ export function createRedisClient(
       port: u!.port ? Number(u!.port) : 6379,
       tls: tls ?? undefined,
     });
+  return watch(client, log);
+}
+
+/** Logs reconnects, errors and master switches of a client. */
+function watch<C extends RedisClient>(client: C, log: Logger): C {
+  const name = isCluster(client)
+    ? client.options.redisOptions?.connectionName
+    : client.options.connectionName;
   let wasReady = false;
   client.on("ready", () => {
-    if (wasReady) log.info("redis reconnected", { name: common.connectionName });
+    if (wasReady) log.info("redis reconnected", { name });
     wasReady = true;
   });
   client.on("error", (err: Error) => {
-    log.debug("redis connection error", { name: common.connectionName, error: err.message });
+    log.debug("redis connection error", { name, error: err.message });
   });
   client.on("+switch-master", () => log.warn("redis master switched"));
+  client.on("-node", (node: Redis) => {
+    log.debug("redis cluster node removed", {
+      name,
+      node: `${node.options.host}:${node.options.port}`,
+    });
+  });
   return client;
+}
+
+/**
+ * A Redis Cluster client: commands go to the master of their key's slot, MOVED / ASK
+ * replies are followed by ioredis (which re-reads the slot map then, and when a node is
+ * lost), and the map is also re-read every few seconds (`keepSlotsFresh`).
+ * Sharded pub/sub is enabled on subscriber connections only ({@linkcode duplicateRedis}).
+ */
+function createClusterClient(
+  settings: RedisSettings,
+  common: RedisOptions,
+  tls: { ca?: string; rejectUnauthorized: true } | null,
+  overrides: Partial<ClusterOptions> | undefined,
+): Cluster {
+  const { db: _db, ...nodeOptions } = common;
+  const refreshMs = overrides?.slotsRefreshInterval ?? SLOTS_REFRESH_MS;
+  const cluster = new Cluster(settings.clusterNodes!, {
+    lazyConnect: true,
+    enableOfflineQueue: true,
+    maxRedirections: 16,
+    retryDelayOnFailover: 200,
+    retryDelayOnClusterDown: 200,
+    retryDelayOnTryAgain: 200,
+    slotsRefreshTimeout: 2000,
+    clusterRetryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), 2000),
+    // A connection to a dead node never closes by itself after end(): destroy it soon
+    // (ioredis waits 2 s by default, keeping a timer per dead connection that long).
+    redisOptions: { ...nodeOptions, disconnectTimeout: 200, tls: tls ?? undefined },
+    ...overrides,
+    // Ours instead (keepSlotsFresh): ioredis's own periodic refresh schedules its next round
+    // when a refresh in flight at quit() completes, so a closed client kept refreshing.
+    slotsRefreshInterval: 0,
+  });
+  keepSlotsFresh(cluster, refreshMs);
+  return cluster;
+}
+
+/**
+ * How often a cluster client re-reads the slot map when nothing else made it (a MOVED, a
+ * node lost). Each read is a connection of its own (CLIENT SETNAME, CLUSTER SLOTS), so it is
+ * sparse for command connections; the sharded subscriber, which learns of a failover only
+ * this way, reads more often.
+ */
+const SLOTS_REFRESH_MS = 5000;
+/** The sharded subscriber's slot-map period (a failover's subscriptions move within it). */
+const SUBSCRIBER_SLOTS_REFRESH_MS = 2000;
+
+/** The slot-map refresh period of each cluster client (duplicates inherit it). */
+const refreshPeriods = new WeakMap<Cluster, number>();
+
+/**
+ * Re-reads `cluster`'s slot map every `everyMs` while it is ready (0: never), so a failover
+ * is followed before a command meets it; stopped when the connection closes or ends.
+ */
+function keepSlotsFresh(cluster: Cluster, everyMs: number): void {
+  refreshPeriods.set(cluster, everyMs);
+  if (everyMs <= 0) return;
+  let timer: number | undefined;
+  const stop = () => {
+    clearInterval(timer);
+    timer = undefined;
+  };
+  cluster.on("ready", () => {
+    if (timer !== undefined) return;
+    timer = setInterval(() => {
+      if (cluster.status === "ready") cluster.refreshSlotsCache(() => {});
+    }, everyMs);
+  });
+  cluster.on("close", stop);
+  cluster.on("end", stop);
+}
+
+/**
+ * A new connection to the same Redis (or cluster) as `client`, e.g. for blocking reads or
+ * a subscriber; `name` is its CLIENT LIST name.
+ */
+export function duplicateRedis(
+  client: RedisClient,
+  options: {
+    name: string;
+    autoResubscribe?: boolean;
+    enableAutoPipelining?: boolean;
+    /**
+     * Cluster only: SSUBSCRIBE on this connection, through ioredis's subscriber group (one
+     * subscriber per master; after the slot map changed, each channel is subscribed again on
+     * the master now owning its slot, then `subscribersReady` is emitted).
+     */
+    sharded?: boolean;
+  },
+): RedisClient {
+  if (isCluster(client)) {
+    if (options.sharded) {
+      const sub = client.duplicate([], {
+        shardedSubscribers: true,
+        redisOptions: { ...client.options.redisOptions, connectionName: options.name },
+      });
+      trackShardedRetries(sub);
+      keepSlotsFresh(
+        sub,
+        Math.min(refreshPeriods.get(client) ?? SLOTS_REFRESH_MS, SUBSCRIBER_SLOTS_REFRESH_MS) ||
+          SUBSCRIBER_SLOTS_REFRESH_MS,
+      );
+      return sub;
+    }
+    const dup = client.duplicate([], {
+      ...(options.enableAutoPipelining !== undefined
+        ? { enableAutoPipelining: options.enableAutoPipelining }
+        : {}),
+      redisOptions: {
+        ...client.options.redisOptions,
+        connectionName: options.name,
+        ...(options.autoResubscribe !== undefined
+          ? { autoResubscribe: options.autoResubscribe }
+          : {}),
+      },
+    });
+    keepSlotsFresh(dup, refreshPeriods.get(client) ?? SLOTS_REFRESH_MS);
+    return dup;
+  }
+  return client.duplicate({
+    connectionName: options.name,
+    ...(options.autoResubscribe !== undefined ? { autoResubscribe: options.autoResubscribe } : {}),
+    ...(options.enableAutoPipelining !== undefined
+      ? { enableAutoPipelining: options.enableAutoPipelining }
+      : {}),
+  });
+}
+
+/**
+ * ioredis 5.11 retries a sharded subscriber that could not connect (its master just died)
+ * after a backoff of up to 2 s, on a timer nobody clears: it outlives close() (a leaked timer
+ * in tests, a stray slot refresh in production). This puts the same retry on timers that
+ * are cleared once the client ends. Relies on the private `subscriberGroupEmitter`; on an
+ * ioredis without it nothing changes.
+ */
+function trackShardedRetries(cluster: Cluster): void {
+  const group = (cluster as unknown as { subscriberGroupEmitter?: NodeEventEmitter })
+    .subscriberGroupEmitter;
+  if (!group) return;
+  group.removeAllListeners("subscriberConnectFailed");
+  const timers = new Set<number>();
+  group.on("subscriberConnectFailed", (failure: { delay: number; error: Error }) => {
+    cluster.emit("error", failure.error);
+    const timer = setTimeout(() => {
+      timers.delete(timer);
+      if (cluster.status !== "ready") return;
+      cluster.refreshSlotsCache((err) => {
+        if (err?.name === "ClusterAllFailedError") cluster.disconnect(true);
+      });
+    }, failure.delay);
+    timers.add(timer);
+  });
+  cluster.on("end", () => {
+    for (const timer of timers) clearTimeout(timer);
+    timers.clear();
+  });
 }
 
 /** Sends PING within `timeoutMs`; never throws. */
 export async function pingRedis(
-  client: Redis,
+  client: RedisClient,
   timeoutMs = 1000,
 ): Promise<{ ok: boolean; latencyMs: number; error?: string }> {
   const started = performance.now();
@@ -198,7 +404,7 @@ export async function pingRedis(
 }
 
 /** Closes a client: QUIT when connected, disconnect otherwise; never throws. */
-export async function closeRedis(client: Redis): Promise<void> {
+export async function closeRedis(client: RedisClient): Promise<void> {
   if (client.status === "ready") {
     await client.quit().catch(() => client.disconnect());
   } else {
@@ -208,7 +414,7 @@ export async function closeRedis(client: Redis): Promise<void> {
 
 /** A Lua script: run on a connection with its keys and arguments. */
 export type RedisScript = (
-  redis: Redis,
+  redis: RedisClient,
   keys: readonly string[],
   args: readonly (string | number)[],
 ) => Promise<unknown>;

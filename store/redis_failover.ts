@@ -20,11 +20,10 @@
  * current key when read (compare-and-set: never over a newer record).
  * @module
  */
-import type { Redis } from "ioredis";
 import { z } from "zod";
 import { claimedSender, type MessageAuth } from "../lib/message_auth.ts";
-import { defineScript, type Keyspace } from "./redis.ts";
-import type { FencedWrite } from "./redis_leases.ts";
+import { defineScript, type Keyspace, type RedisClient } from "./redis.ts";
+import { type FencedWrite, leaseTag } from "./redis_leases.ts";
 
 /** The published primary as stored in Redis. */
 export const PublishedRecord = z.object({
@@ -71,14 +70,20 @@ export interface FailoverStore {
   statusWrite(status: CoordinatorStatus): FencedWrite;
 }
 
+/**
+ * The lease role of the failover coordinator. Its records are written under that lease
+ * (a fenced write), so their keys carry the role's hash tag and share its slot.
+ */
+export const FAILOVER_LEASE_ROLE = "failover";
+
 /** Redis key of the published primary. */
 export function primaryKey(keyspace: Keyspace): string {
-  return keyspace.key("failover", "primary");
+  return keyspace.key("failover", leaseTag(FAILOVER_LEASE_ROLE), "primary");
 }
 
 /** Redis key of the coordinator's last status. */
 export function statusKey(keyspace: Keyspace): string {
-  return keyspace.key("failover", "status");
+  return keyspace.key("failover", leaseTag(FAILOVER_LEASE_ROLE), "status");
 }
 
 // KEYS: the key. ARGV: the value read, its replacement. Replaces only an unchanged value.
@@ -107,7 +112,7 @@ async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
 
 /** The failover calls over `redis`, with keys under `keyspace`. */
 export function createFailoverStore(
-  redis: Redis,
+  redis: RedisClient,
   keyspace: Keyspace,
   auth: MessageAuth,
 ): FailoverStore {

@@ -13,10 +13,9 @@
  * radix-tree nodes of 100 entries), so the stream may hold up to a node more.
  * @module
  */
-import type { Redis } from "ioredis";
 import { z } from "zod";
 import type { MessageAuth } from "../lib/message_auth.ts";
-import type { Keyspace } from "./redis.ts";
+import type { Keyspace, RedisClient } from "./redis.ts";
 
 /** A transition or message as recorded (instance clock in `at`). */
 export const historyRecordSchema = z.discriminatedUnion("k", [
@@ -72,7 +71,7 @@ function historyKey(keyspace: Keyspace): string {
 
 /** Appends batches of records to the history stream, sealed, in one round trip each. */
 export function createHistoryWriter(
-  redis: Redis,
+  redis: RedisClient,
   keyspace: Keyspace,
   auth: MessageAuth,
   bounds: HistoryBounds,
@@ -115,7 +114,7 @@ export interface ReadHistoryOptions {
  * by someone without the key) is counted by `auth.refused` and left out.
  */
 export async function readHistory(
-  redis: Redis,
+  redis: RedisClient,
   keyspace: Keyspace,
   auth: MessageAuth,
   options: ReadHistoryOptions,
@@ -148,6 +147,6 @@ export async function readHistory(
 }
 
 /** Entries in the stream now (for the volume figures in docs). */
-export async function historyLength(redis: Redis, keyspace: Keyspace): Promise<number> {
+export async function historyLength(redis: RedisClient, keyspace: Keyspace): Promise<number> {
   return await redis.xlen(historyKey(keyspace));
 }

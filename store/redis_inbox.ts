@@ -8,8 +8,9 @@
  * comes back does not stay forever.
  * @module
  */
-import type { Redis } from "ioredis";
-import type { Keyspace } from "./redis.ts";
+import { RuntimeError } from "../lib/errors.ts";
+import type { Cluster } from "ioredis";
+import { isCluster, type Keyspace, type RedisClient } from "./redis.ts";
 
 /** The consumer group every instance reads its own inbox through. */
 export const INBOX_GROUP = "runtime";
@@ -18,6 +19,18 @@ export const INBOX_GROUP = "runtime";
 const INBOX_TTL_MS = 24 * 3600 * 1000;
 /** How often one sender pushes a target inbox's expiry back (the hot path is one XADD). */
 const EXPIRY_REFRESH_MS = 60_000;
+/** How long an append waits for its replicas (`replicas` > 0) by default before it fails. */
+export const REPLICA_WAIT_MS = 1000;
+/** Cluster replies meaning "not here, not now": the command was not applied. */
+const REDIRECT = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /;
+/** How often an append with WAIT is sent again after such a reply. */
+const REDIRECT_ATTEMPTS = 5;
+
+/** Re-reads a cluster's slot map after a redirect, then waits a little longer each attempt. */
+async function refreshSlots(cluster: Cluster, attempt: number): Promise<void> {
+  await new Promise<void>((resolve) => cluster.refreshSlotsCache(() => resolve()));
+  await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
+}
 
 /** One stream entry: its id and the message, or null when it was trimmed or is not ours. */
 export interface InboxEntry {
@@ -49,13 +62,46 @@ function inboxKey(keyspace: Keyspace, instance: string): string {
   return keyspace.key("inbox", instance);
 }
 
-/** Writes to inboxes over `redis`; a stream is capped near `maxLen` entries. */
+/**
+ * Writes to inboxes over `redis`; a stream is capped near `maxLen` entries. With `replicas`
+ * > 0 an append succeeds only once that many replicas of the inbox's master hold it (WAIT in
+ * the same pipeline, so on the connection and node that took the XADD); otherwise it fails
+ * with REDIS_UNAVAILABLE, and the message may or may not be delivered.
+ */
 export function createInboxWriter(
-  redis: Redis,
+  redis: RedisClient,
   keyspace: Keyspace,
-  options: { maxLen: number; now?: () => number },
+  options: { maxLen: number; now?: () => number; replicas?: number; waitMs?: number },
 ): InboxWriter {
   const now = options.now ?? Date.now;
+  const replicas = options.replicas ?? 0;
+  const waitMs = options.waitMs ?? REPLICA_WAIT_MS;
+  async function replicated(instance: string, pexpire: boolean, message: string): Promise<void> {
+    const key = inboxKey(keyspace, instance);
+    let res: [Error | null, unknown][] | null = null;
+    for (let attempt = 1;; attempt++) {
+      const pipeline = redis.pipeline().xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message);
+      if (pexpire) pipeline.pexpire(key, INBOX_TTL_MS);
+      res = await pipeline.wait(replicas, waitMs).exec();
+      const err = res?.find(([e]) => e)?.[0];
+      if (!err) break;
+      // ioredis follows MOVED / ASK for a pipeline only when every command failed alike;
+      // WAIT has no key and answers wherever it runs, so the redirect of the XADD (which was
+      // then not applied) comes back here: re-read the slot map and send the lot again.
+      if (!isCluster(redis) || attempt >= REDIRECT_ATTEMPTS || !REDIRECT.test(err.message)) {
+        throw err;
+      }
+      await refreshSlots(redis, attempt);
+    }
+    const acked = Number(res?.at(-1)?.[1]);
+    if (acked < replicas) {
+      throw new RuntimeError(
+        "REDIS_UNAVAILABLE",
+        `The message to ${instance} reached ${acked} of ${replicas} replicas within ` +
+          `${waitMs} ms (REDIS_WAIT_REPLICAS); it may or may not be delivered`,
+      );
+    }
+  }
   /** When each target inbox's expiry was last pushed back (ms). */
   const expiryRefreshed = new Map<string, number>();
   return {
@@ -63,8 +109,10 @@ export function createInboxWriter(
       const key = inboxKey(keyspace, instance);
       const last = expiryRefreshed.get(instance) ?? 0;
       const t = now();
-      if (t - last > EXPIRY_REFRESH_MS) {
-        expiryRefreshed.set(instance, t);
+      const refresh = t - last > EXPIRY_REFRESH_MS;
+      if (refresh) expiryRefreshed.set(instance, t);
+      if (replicas > 0) return await replicated(instance, refresh, message);
+      if (refresh) {
         const res = await redis.pipeline()
           .xadd(key, "MAXLEN", "~", options.maxLen, "*", "m", message)
           .pexpire(key, INBOX_TTL_MS)
@@ -91,8 +139,8 @@ function entries(res: unknown): InboxEntry[] {
  * reads on `reader` (a connection of its own), acknowledgements on `redis`.
  */
 export function createInboxReader(
-  redis: Redis,
-  reader: Redis,
+  redis: RedisClient,
+  reader: RedisClient,
   keyspace: Keyspace,
   instance: string,
 ): InboxReader {
@@ -144,7 +192,7 @@ export function createInboxReader(
 
 /** Appends a raw string to an instance's inbox, bypassing every check (tests and tools). */
 export async function injectRaw(
-  redis: Redis,
+  redis: RedisClient,
   options: { keyspace: Keyspace; instance: string; raw: string },
 ): Promise<void> {
   await redis.xadd(inboxKey(options.keyspace, options.instance), "*", "m", options.raw);

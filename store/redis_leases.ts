@@ -16,9 +16,8 @@
  * A stored lease value is parsed with a schema: anything else in that key counts as no lease.
  * @module
  */
-import type { Redis } from "ioredis";
 import { z } from "zod";
-import { defineScript, type Keyspace } from "./redis.ts";
+import { defineScript, type Keyspace, type RedisClient } from "./redis.ts";
 
 /** A lease as stored: its holder and fencing token. */
 export interface StoredLease {
@@ -169,10 +168,19 @@ function parseLease(raw: unknown): StoredLease | null {
   }
 }
 
+/**
+ * The hash tag of `role`'s keys (`{role}`): the lease, its fence counter and every key a
+ * fenced write of the role touches carry it, so FENCE runs within one slot of a Redis
+ * Cluster (a key without it is refused there with CROSSSLOT).
+ */
+export function leaseTag(role: string): string {
+  return `{${role}}`;
+}
+
 /** The lease calls over `redis`, with keys under `keyspace`. */
-export function createLeaseStore(redis: Redis, keyspace: Keyspace): LeaseStore {
-  const leaseKey = (role: string) => keyspace.key("lease", role);
-  const fenceKey = (role: string) => keyspace.key("lease", role, "fence");
+export function createLeaseStore(redis: RedisClient, keyspace: Keyspace): LeaseStore {
+  const leaseKey = (role: string) => keyspace.key("lease", leaseTag(role));
+  const fenceKey = (role: string) => keyspace.key("lease", leaseTag(role), "fence");
   return {
     async acquire(role, holder, ttlMs) {
       const reply = await ACQUIRE(redis, [leaseKey(role), fenceKey(role)], [holder, ttlMs]) as [

@@ -2,11 +2,11 @@
  * The membership protocol on Redis: key layout, Lua scripts and typed calls
  * (actors/runtime/membership.ts drives them from the cluster-node statechart).
  *
- * - `members`: a sorted set of instance ids scored by their last heartbeat, in ms of the
+ * - `{members}`: a sorted set of instance ids scored by their last heartbeat, in ms of the
  *   Redis server's own clock (so host clock skew cannot make a live instance look dead);
- * - `members:log`: the change stream, one entry per join (`j` = id) or departure (`l` = id),
+ * - `{members}:log`: the change stream, one entry per join (`j` = id) or departure (`l` = id),
  *   capped near {@linkcode CHANGE_LOG_MAX} entries;
- * - `member:<id>`: the instance's JSON info, written when it changed (and refreshed slowly),
+ * - `{members}:member:<id>`: the instance's JSON info, written when it changed (and refreshed slowly),
  *   with a TTL of a few refresh periods.
  *
  * Costs do not grow with the number of instances N: a heartbeat is one script of four
@@ -24,13 +24,28 @@
  * sorted set, holds only ids: what a forged entry could do is make an instance look
  * joined or departed until the next full read, never make one of its URLs fetched.
  *
- * Redis Cluster: the script's keys (`members`, `members:log`, `member:<id>`) must share a slot
- * (a hash tag in the key prefix).
+ * Redis Cluster: the scripts' keys share one slot through the hash tag `{members}`
+ * (`{members}`, `{members}:log`, `{members}:member:<id>`, built by {@linkcode membersKey} and
+ * {@linkcode memberInfoKey}), so every script and the MGET of infos run on one shard.
  * @module
  */
-import type { Redis } from "ioredis";
 import type { MessageAuth } from "../lib/message_auth.ts";
-import { defineScript, type Keyspace } from "./redis.ts";
+import { defineScript, type Keyspace, type RedisClient } from "./redis.ts";
+
+/** Key of the member set; its hash tag `{members}` is shared by every membership key. */
+export function membersKey(keyspace: Keyspace): string {
+  return keyspace.key("{members}");
+}
+
+/** Key of the membership change stream (same hash tag as {@linkcode membersKey}). */
+export function membersLogKey(keyspace: Keyspace): string {
+  return keyspace.key("{members}", "log");
+}
+
+/** Key of member `id`'s info (same hash tag as {@linkcode membersKey}). */
+export function memberInfoKey(keyspace: Keyspace, id: string): string {
+  return keyspace.key("{members}", "member", id);
+}
 
 /** Entries the change stream keeps, about. */
 export const CHANGE_LOG_MAX = 1000;
@@ -220,14 +235,14 @@ export function applyDelta(before: readonly string[], answer: MemberDelta): stri
 
 /** The membership calls over `redis`; a member silent for `deadAfterMs` is not live. */
 export function createMemberStore(
-  redis: Redis,
+  redis: RedisClient,
   keyspace: Keyspace,
   options: { deadAfterMs: number; auth: MessageAuth; infoTtlMs?: number },
 ): MemberStore {
   const auth = options.auth;
-  const zset = keyspace.key("members");
-  const log = keyspace.key("members", "log");
-  const infoKey = (id: string) => keyspace.key("member", id);
+  const zset = membersKey(keyspace);
+  const log = membersLogKey(keyspace);
+  const infoKey = (id: string) => memberInfoKey(keyspace, id);
   const dead = String(options.deadAfterMs);
   const infoTtl = String(options.infoTtlMs ?? 60_000);
   const max = String(CHANGE_LOG_MAX);

@@ -15,9 +15,8 @@
  * as no attempt at all.
  * @module
  */
-import type { Redis } from "ioredis";
 import { claimedSender, type MessageAuth } from "../lib/message_auth.ts";
-import type { Keyspace } from "./redis.ts";
+import type { Keyspace, RedisClient } from "./redis.ts";
 
 /** Pending login attempts on one connection and keyspace. */
 export interface LoginAttemptStore {
@@ -31,7 +30,7 @@ export interface LoginAttemptStore {
 
 /** The login-attempt calls over `redis`, with keys under `keyspace`. */
 export function createLoginAttemptStore(
-  redis: Redis,
+  redis: RedisClient,
   keyspace: Keyspace,
   auth: MessageAuth,
 ): LoginAttemptStore {
@@ -80,7 +79,7 @@ export interface RateCounterStore {
 }
 
 /** The counter calls over `redis`. */
-export function createRateCounterStore(redis: Redis): RateCounterStore {
+export function createRateCounterStore(redis: RedisClient): RateCounterStore {
   return {
     async hit(key, windowMs) {
       const results = await redis.multi()

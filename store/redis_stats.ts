@@ -4,7 +4,7 @@
  * counters. The server's own counters: they only grow until it restarts.
  * @module
  */
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./redis.ts";
 
 /** The server's counters, as of one reading. */
 export interface RedisStats {
@@ -41,7 +41,7 @@ export function parseCommandStats(info: Map<string, string>): Map<string, number
 }
 
 /** Reads INFO stats and commandstats (two commands, sent together). */
-export async function readRedisStats(redis: Redis): Promise<RedisStats> {
+export async function readRedisStats(redis: RedisClient): Promise<RedisStats> {
   const [stats, commandStats] = await Promise.all([
     redis.info("stats"),
     redis.info("commandstats"),

@@ -43,7 +43,6 @@
 import { Buffer } from "node:buffer";
 import { createHash, timingSafeEqual } from "node:crypto";
 import { isIP } from "node:net";
-import type { Redis } from "ioredis";
 import { z } from "zod";
 import type { Role } from "../lib/access.ts";
 import { isRuntimeError, RuntimeError } from "../lib/errors.ts";
@@ -52,7 +51,7 @@ import { claimedSender, type MessageAuth } from "../lib/message_auth.ts";
 import type { MessageBus } from "./bus.ts";
 import type { EventStore } from "./event_store.ts";
 import { rethrowDatabaseError } from "./pg_errors.ts";
-import type { Keyspace } from "./redis.ts";
+import type { Keyspace, RedisClient } from "./redis.ts";
 import { randomToken } from "./secure_random.ts";
 import type { Sql } from "./types.ts";
 
@@ -154,7 +153,7 @@ export interface RevocationMessage {
 /** Options of {@linkcode createSessionStore}. */
 export interface SessionStoreOptions {
   /** Redis command connection; null or absent: a per-process cache stands in. */
-  redis?: Redis | null;
+  redis?: RedisClient | null;
   /** Seals and opens the Redis cache's entries; required with `redis`. */
   auth?: MessageAuth | null;
   /** Key namer (all Redis keys go through it). */
@@ -437,7 +436,7 @@ interface Cache {
   markRevoked(hash: string, ttlMs: number): void;
 }
 
-function createRedisCache(redis: Redis, keyspace: Keyspace, auth: MessageAuth): Cache {
+function createRedisCache(redis: RedisClient, keyspace: Keyspace, auth: MessageAuth): Cache {
   // keyspace.key("session", hash), with the constant part built (and checked) once: this
   // is the validation hot path, and a hex digest needs no per-call check.
   const prefix = keyspace.key("session", "x").slice(0, -1);
@@ -472,11 +471,14 @@ function createRedisCache(redis: Redis, keyspace: Keyspace, auth: MessageAuth): 
     },
     async tombstone(hashes, ttlMs) {
       if (!hashes.length) return;
-      const pipeline = redis.pipeline();
-      for (const h of hashes) pipeline.set(key(h), TOMBSTONE, "PX", ttlMs);
-      const results = await pipeline.exec();
-      const failed = results?.find(([err]) => err);
-      if (failed) throw failed[0];
+      // One SET per key, all sent at once (ioredis writes them without waiting for each
+      // answer): the hashes' keys lie in different slots of a Redis Cluster, where one
+      // pipeline may only touch one slot.
+      const results = await Promise.allSettled(
+        hashes.map((h) => redis.set(key(h), TOMBSTONE, "PX", ttlMs)),
+      );
+      const failed = results.find((r) => r.status === "rejected");
+      if (failed) throw failed.reason;
     },
     markRevoked() {
       // Redis is shared: the revoking instance already wrote the tombstone.

@@ -14,7 +14,11 @@ import { describeError, RuntimeError } from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Database } from "../../store/database.ts";
 import type { MessageBus } from "../../store/bus.ts";
-import type { FailoverStore, PublishedRecord } from "../../store/redis_failover.ts";
+import {
+  FAILOVER_LEASE_ROLE,
+  type FailoverStore,
+  type PublishedRecord,
+} from "../../store/redis_failover.ts";
 import {
   alterSystem,
   ensureSlot,
@@ -73,7 +77,7 @@ import { localPostmaster, processAlive, rejoinNode, startParkedNode } from "./re
 import type { FailoverSettings } from "./settings.ts";
 
 /** The lease role whose holder takes failover decisions. */
-export const FAILOVER_ROLE = "failover";
+export const FAILOVER_ROLE = FAILOVER_LEASE_ROLE;
 
 /** A lease event source the `watchLease` actor subscribes to. */
 export interface LeaseFeed {

@@ -12,7 +12,6 @@
  * everything.
  * @module
  */
-import type { Redis } from "ioredis";
 import type { AnyActorRef, Snapshot } from "xstate";
 import type { CoreConfig } from "../../lib/config.ts";
 import { guardSocketErrors } from "../../lib/db_errors.ts";
@@ -22,6 +21,7 @@ import {
   closeRedis,
   createKeyspace,
   createRedisClient,
+  type RedisClient,
   redisConfigured,
 } from "../../store/redis.ts";
 import { createFailoverStore } from "../../store/redis_failover.ts";
@@ -110,7 +110,7 @@ function stateName(value: unknown): string {
  * nodes it reconfigures, and ioredis checks the role of the node it connects to.)
  */
 export function keepConnected(
-  client: Redis,
+  client: RedisClient,
   options: { log: Logger; stopping: () => boolean },
 ): void {
   client.on("end", () => {
@@ -155,7 +155,13 @@ function watchRedis(
       stream?: { remoteAddress?: string; remotePort?: number };
     } | null)?.stream;
     return {
-      mode: services.config.redis.sentinels.length ? "sentinel" : redis ? "direct" : "none",
+      mode: services.config.redis.sentinels.length
+        ? "sentinel"
+        : services.config.redis.clusterNodes?.length
+        ? "cluster"
+        : redis
+        ? "direct"
+        : "none",
       master: stream?.remoteAddress ? `${stream.remoteAddress}:${stream.remotePort}` : null,
       reconnects,
       lastReconnectAt: lastReconnectAt ? new Date(lastReconnectAt).toISOString() : null,

@@ -14,8 +14,8 @@
  * (see collector.ts); host-scoped ones run on every instance.
  * @module
  */
+import type { RedisClient } from "../../store/redis.ts";
 import { statfsSync } from "node:fs";
-import type { Redis } from "ioredis";
 import type { MetricPoint } from "../../lib/line_protocol.ts";
 import type { Sql } from "../../store/types.ts";
 import {
@@ -403,7 +403,7 @@ interface CacheReading extends RedisStats {
 }
 
 /** Hit rate and operations per second of Redis, from INFO. */
-export function cacheSource(redis: Redis, options: { maxCommands?: number } = {}): Source {
+export function cacheSource(redis: RedisClient, options: { maxCommands?: number } = {}): Source {
   const maxCommands = options.maxCommands ?? 50;
   let last: CacheReading | null = null;
   return {

@@ -3,13 +3,12 @@
  * supervisor and each concern's own facts, folded into one report for `GET /health`.
  * @module
  */
-import type { Redis } from "ioredis";
 import type { CoreConfig } from "../../lib/config.ts";
 import { driverFaultCounts } from "../../lib/db_errors.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Database } from "../../store/database.ts";
 import type { MigrationReport } from "../../store/migrations.ts";
-import { describeRedis, pingRedis } from "../../store/redis.ts";
+import { describeRedis, pingRedis, type RedisClient } from "../../store/redis.ts";
 import type { Supervisor } from "./supervisor.ts";
 import type { HealthFact } from "./types.ts";
 import type { MessageAuth } from "../../lib/message_auth.ts";
@@ -36,7 +35,7 @@ export interface HealthInputs {
   /** The database pool. */
   db: Database;
   /** The Redis command connection, or null in single-instance mode. */
-  redis: Redis | null;
+  redis: RedisClient | null;
   /** The message bus. */
   bus: MessageBus;
   /** Migrations applied at start-up. */

@@ -22,13 +22,12 @@
  * @module
  */
 import { type Actor, createActor, fromPromise, type InspectionEvent } from "xstate";
-import type { Redis } from "ioredis";
 import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { MessageBus } from "../../store/bus.ts";
-import type { Keyspace } from "../../store/redis.ts";
-import { createLeaseStore, type FenceStatus } from "../../store/redis_leases.ts";
+import type { Keyspace, RedisClient } from "../../store/redis.ts";
+import { createLeaseStore, type FenceStatus, leaseTag } from "../../store/redis_leases.ts";
 import {
   type LeaseAcquireInput,
   type LeaseAcquireOutput,
@@ -95,7 +94,7 @@ export interface LeaseCampaign {
 
 /** Options of {@linkcode LeaseManager.fencedSet}. */
 export interface FencedSetOptions {
-  /** Target key, built with the keyspace. */
+  /** Target key, built with the keyspace and holding the role's hash tag (`leaseTag(role)`). */
   key: string;
   /** Value to store. */
   value: string;
@@ -129,8 +128,8 @@ export interface LeaseManager {
 /** Dependencies of {@linkcode createLeaseManager}. */
 export interface LeaseManagerDeps {
   /** Redis command connection. */
-  redis: Redis;
-  /** Key namer; leases live at `lease:<role>` and `lease:<role>:fence`. */
+  redis: RedisClient;
+  /** Key namer; leases live at `lease:{<role>}` and `lease:{<role>}:fence` (one slot per role). */
   keyspace: Keyspace;
   /** This instance's id (must be unique in the cluster). */
   instanceId: string;
@@ -463,6 +462,16 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
       throw new RuntimeError(
         "VALIDATION_FAILED",
         `Refused fenced write for role ${fence.role}: key ${options.key} is outside the keyspace`,
+      );
+    }
+    // The lease, its fence counter and the target are read and written in one script: on a
+    // Redis Cluster they must share a slot, so the target carries the role's hash tag. The
+    // rule holds on every deployment, so a key that would break on a cluster breaks at once.
+    if (!options.key.includes(leaseTag(fence.role))) {
+      throw new RuntimeError(
+        "VALIDATION_FAILED",
+        `Refused fenced write for role ${fence.role}: key ${options.key} lacks the role's hash ` +
+          `tag ${leaseTag(fence.role)} (build it with keyspace.key(..., leaseTag(role), ...))`,
       );
     }
     if (options.pxMs !== undefined && (!Number.isSafeInteger(options.pxMs) || options.pxMs <= 0)) {

@@ -12,11 +12,10 @@
  * cluster-node statechart.
  * @module
  */
-import type { Redis } from "ioredis";
 import { fromCallback, fromPromise } from "xstate";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { MessageAuth } from "../../lib/message_auth.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import type { Keyspace, RedisClient } from "../../store/redis.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import { applyDelta, createMemberStore, type MemberDelta } from "../../store/redis_membership.ts";
 import {
@@ -89,7 +88,7 @@ export interface Membership {
 }
 
 /** Creates the membership service on a Redis connection. */
-export function createMembership(redis: Redis, options: MembershipOptions): Membership {
+export function createMembership(redis: RedisClient, options: MembershipOptions): Membership {
   const log = options.log ?? silentLogger;
   const heartbeatMs = options.heartbeatMs ?? 1000;
   const deadAfterMs = options.deadAfterMs ?? 2000;

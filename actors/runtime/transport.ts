@@ -24,13 +24,12 @@
  * @module
  */
 import type { ReceivedMessage } from "./history.ts";
-import type { Redis } from "ioredis";
 import type { AnyActorRef } from "xstate";
 import { RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import { claimedSender, type MessageAuth } from "../../lib/message_auth.ts";
 import type { MessageBus } from "../../store/bus.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import { duplicateRedis, type Keyspace, type RedisClient } from "../../store/redis.ts";
 import { checkEnvelope, type Envelope, type InboundEnvelope, isEvent } from "./envelope.ts";
 import { createInboxReader, createInboxWriter, type InboxEntry } from "../../store/redis_inbox.ts";
 import type { ActorAddress, ActorSpec, DeliveryMeta, RemoteEvent, Transport } from "./types.ts";
@@ -473,20 +472,30 @@ function createCore(options: TransportOptions) {
  * uses its own blocking connection.
  */
 export function createRedisTransport(
-  redis: Redis,
-  options: TransportOptions & { keyspace: Keyspace; auth: MessageAuth; inboxMaxLen?: number },
+  redis: RedisClient,
+  options: TransportOptions & {
+    keyspace: Keyspace;
+    auth: MessageAuth;
+    inboxMaxLen?: number;
+    /** Replicas an appended message must reach before a send succeeds (0: the master's answer). */
+    inboxReplicas?: number;
+    /** How long a send waits for those replicas. */
+    inboxWaitMs?: number;
+  },
 ): Transport & { start(): Promise<void> } {
   const core = createCore(options);
   const { log, counters } = core;
   const auth = options.auth;
   const maxSealed = (options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES) + 128;
-  const reader = redis.duplicate({
-    connectionName: `rs-inbox-${options.instanceId}`,
+  const reader = duplicateRedis(redis, {
+    name: `rs-inbox-${options.instanceId}`,
     enableAutoPipelining: false,
   });
   reader.on("error", () => {});
   const inboxes = createInboxWriter(redis, options.keyspace, {
     maxLen: options.inboxMaxLen ?? 10_000,
+    replicas: options.inboxReplicas ?? 0,
+    waitMs: options.inboxWaitMs,
     now: options.now,
   });
   const inbox = createInboxReader(redis, reader, options.keyspace, options.instanceId);
@@ -656,11 +665,14 @@ export function createRedisTransport(
       const corr = messageId();
       const { json } = core.envelope("request", to, event, { from: opts.from, corr });
       const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
+      // The reply may come back (on a Redis Cluster, over another shard) before the append's
+      // own answer: a refusal arriving then must not count as an unhandled rejection; the
+      // `await reply` below still hands it to the caller.
+      reply.catch(() => {});
       counters.requests++;
       try {
         await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
       } catch (err) {
-        reply.catch(() => {});
         core.onReply(JSON.stringify({
           v: 1,
           kind: "reply",

@@ -4,14 +4,13 @@
  * @module
  */
 import type { AnyActorLogic, AnyActorRef, Snapshot } from "xstate";
-import type { Redis } from "ioredis";
 import type { z } from "zod";
 import type { CoreConfig } from "../../lib/config.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { MessageAuth } from "../../lib/message_auth.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Database } from "../../store/database.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import type { Keyspace, RedisClient } from "../../store/redis.ts";
 import type { LeaseManager } from "./leases.ts";
 
 /** Where an actor lives: an instance id and the actor's id on it. */
@@ -98,7 +97,7 @@ export interface RuntimeServices {
   /** Database pool. */
   db: Database;
   /** Redis command connection, or null in single-instance mode. */
-  redis: Redis | null;
+  redis: RedisClient | null;
   /** Namespaced key builder. */
   keyspace: Keyspace;
   /** Pub/sub bus. */

@@ -8,11 +8,10 @@
  * from Redis is parsed with the record's schema before it is believed.
  * @module
  */
-import type { Redis } from "ioredis";
 import { z } from "zod";
 import type { MessageAuth } from "../../lib/message_auth.ts";
 import type { LoginDevice } from "../../machines/login.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import type { Keyspace, RedisClient } from "../../store/redis.ts";
 import { createLoginAttemptStore } from "../../store/redis_sessions.ts";
 
 /** A resumable login attempt. */
@@ -66,7 +65,7 @@ const recordSchema = z.object({
 
 /** Creates the store: Redis when given, else a per-process map. */
 export function createChallengeStore(options: {
-  redis: Redis | null;
+  redis: RedisClient | null;
   keyspace: Keyspace;
   now: () => number;
   /** Seals the records kept in Redis; required with `redis`. */

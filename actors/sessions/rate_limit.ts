@@ -9,8 +9,7 @@
  * turn a cache failure into a full outage.
  * @module
  */
-import type { Redis } from "ioredis";
-import type { Keyspace } from "../../store/redis.ts";
+import type { Keyspace, RedisClient } from "../../store/redis.ts";
 import { createRateCounterStore, rateLimitKey } from "../../store/redis_sessions.ts";
 
 /** A limit: at most `limit` attempts per `windowMs`. */
@@ -42,7 +41,7 @@ export interface RateLimiter {
 /** Options of {@linkcode createRateLimiter}. */
 export interface RateLimiterOptions {
   /** Redis connection; null: counters live in this process. */
-  redis: Redis | null;
+  redis: RedisClient | null;
   /** Key namer (in-process counters use the same keys). */
   keyspace: Keyspace;
   /** Clock (in-process counters only; Redis expires keys on its own clock). */

@@ -26,7 +26,6 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { Buffer } from "node:buffer";
-import type { Redis } from "ioredis";
 import { type AnyActorRef, waitFor } from "xstate";
 import { describeError, ERROR_STATUS, type ErrorCode, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
@@ -62,7 +61,7 @@ import {
 import type { MessageBus } from "../../store/bus.ts";
 import { createEventStore, type EventStore } from "../../store/event_store.ts";
 import { createMfaStore, type Enrollment, type MfaCheck, type MfaStore } from "../../store/mfa.ts";
-import type { Keyspace } from "../../store/redis.ts";
+import type { Keyspace, RedisClient } from "../../store/redis.ts";
 import { type AccessService, createAccessService } from "./access.ts";
 import { randomToken } from "../../store/secure_random.ts";
 import {
@@ -163,7 +162,7 @@ export interface SessionServiceDeps {
   /** Database pool. */
   sql: Sql;
   /** Redis command connection, or null (single instance, per-process caches). */
-  redis: Redis | null;
+  redis: RedisClient | null;
   /** Key namer. */
   keyspace: Keyspace;
   /** Message bus (revocations, finished logins). */

@@ -10,7 +10,6 @@
  * rejoin it as a replica, so every earlier step sees the original topology.
  */
 import assert from "node:assert/strict";
-import type { Redis } from "ioredis";
 import {
   answerObserve,
   answerVote,
@@ -42,7 +41,12 @@ import { createLocalBus } from "../../store/bus.ts";
 import { type Database, openDatabase } from "../../store/database.ts";
 import { migrate } from "../../store/migrations.ts";
 import { createPgTools, pgCtlStop } from "../../store/pg_tools.ts";
-import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
+import {
+  closeRedis,
+  createKeyspace,
+  createRedisClient,
+  type RedisClient,
+} from "../../store/redis.ts";
 import { createFailoverStore, primaryKey } from "../../store/redis_failover.ts";
 import { fenceNode } from "../../store/replication.ts";
 import { startRedis } from "../harness/mod.ts";
@@ -93,7 +97,7 @@ Deno.test({
     const clients = new Map<string, NodeClient>(
       settings.nodes.map((n) => [n.name, createNodeClient(n, { applicationName: "fe-test" })]),
     );
-    const redis: Redis = createRedisClient({
+    const redis: RedisClient = createRedisClient({
       url: redisServer.url,
       sentinels: [],
       sentinelMaster: "mymaster",

@@ -7,9 +7,13 @@
  */
 import assert from "node:assert/strict";
 import { createRedisTransport } from "../../actors/runtime/transport.ts";
-import type { Redis } from "ioredis";
 import { createRedisBus, type MessageBus } from "../../store/bus.ts";
-import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
+import {
+  closeRedis,
+  createKeyspace,
+  createRedisClient,
+  type RedisClient,
+} from "../../store/redis.ts";
 import { startPostgres } from "../harness/mod.ts";
 import { getJson, until } from "../support/instance.ts";
 import { randomKey, replication, startInstances, startSentinels } from "../support/pg_cluster.ts";
@@ -42,7 +46,7 @@ Deno.test("redis sentinel: the runtime keeps working across a master switch", as
   // The tester is not under test: it talks to the current master directly, and is made
   // again after the switch (the runtime instances are the ones going through Sentinel).
   type Tester = {
-    client: Redis;
+    client: RedisClient;
     bus: MessageBus;
     transport: ReturnType<typeof createRedisTransport>;
   };

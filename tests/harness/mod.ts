@@ -29,4 +29,9 @@ export {
 } from "./postgres.ts";
 export { type RedisServer, startRedis, type StartRedisOptions } from "./redis.ts";
 export { HarnessError, type HarnessErrorCode } from "./_process.ts";
+export {
+  CLUSTER_NODE_TIMEOUT_MS,
+  type RedisClusterServer,
+  startRedisCluster,
+} from "./redis_cluster.ts";
 export { type DeliveredMail, type SmtpServer, startSmtp } from "./smtp.ts";

@@ -22,6 +22,8 @@ export interface RedisServer extends AsyncDisposable {
   readonly url: string;
   /** Pid of the current run (changes after a restart). */
   readonly pid: number;
+  /** True while the server process runs (it may be SIGSTOPped). */
+  readonly running: boolean;
   /** Working directory (its log is `redis.log` there). */
   readonly dir: string;
   /** Graceful shutdown (SIGTERM), waiting for the exit; idempotent. */

@@ -69,6 +69,29 @@ Deno.test("config", async (t) => {
     assert.match(err.message, /DATABASE_URL \(--database-url\) must be a URL like postgres:\/\//);
   });
 
+  await t.step("REDIS_CLUSTER_NODES selects a Redis Cluster; never with Sentinels", () => {
+    const c = loadConfig({
+      env: { REDIS_CLUSTER_NODES: "n1:7000, [::1]:7001,n3:7002" },
+      args: [],
+    });
+    assert.deepEqual(c.redis.clusterNodes, [
+      { host: "n1", port: 7000 },
+      { host: "::1", port: 7001 },
+      { host: "n3", port: 7002 },
+    ]);
+    assert.equal(c.redis.url, null);
+    assert.deepEqual(loadConfig({ env: {}, args: [] }).redis.clusterNodes, []);
+    assert.match(
+      errorOf(() => loadConfig({ env: { REDIS_CLUSTER_NODES: "n1:7000,n2" }, args: [] })).message,
+      /REDIS_CLUSTER_NODES must be a comma-separated list of host:port/,
+    );
+    const both = errorOf(() =>
+      loadConfig({ env: { REDIS_CLUSTER_NODES: "n1:7000", REDIS_SENTINELS: "s:26379" }, args: [] })
+    );
+    assert.ok(isRuntimeError(both, "CONFIG_INVALID"), String(both));
+    assert.match(both.message, /REDIS_SENTINELS and REDIS_CLUSTER_NODES are both set/);
+  });
+
   await t.step("out-of-range numbers and bad lists are refused", () => {
     assert.match(
       errorOf(() => loadConfig({ env: { RS_PORT: "70000" }, args: [] })).message,

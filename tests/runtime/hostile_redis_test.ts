@@ -18,7 +18,12 @@ import { type Runtime, startRuntime } from "../../runtime.ts";
 import type { MessageAuth } from "../../lib/message_auth.ts";
 import { createKeyspace } from "../../store/redis.ts";
 import { injectRaw } from "../../store/redis_inbox.ts";
-import { createFailoverStore, type PublishedRecord } from "../../store/redis_failover.ts";
+import {
+  createFailoverStore,
+  primaryKey,
+  type PublishedRecord,
+} from "../../store/redis_failover.ts";
+import { memberInfoKey, membersKey } from "../../store/redis_membership.ts";
 import { createLoginAttemptStore } from "../../store/redis_sessions.ts";
 import { createUser } from "../../store/users.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
@@ -344,10 +349,10 @@ Deno.test("a hostile Redis writer forges every kind of record and none is believ
         const [sec] = await raw.time();
         const now = Number(sec) * 1000;
         // Unsealed; and rt-b's genuine info copied under another id.
-        await raw.zadd(ks.key("members"), now + 60_000, "evil");
-        await raw.set(ks.key("member", "evil"), info("evil"), "PX", 60_000);
-        await raw.zadd(ks.key("members"), now + 60_000, "copy");
-        await raw.set(ks.key("member", "copy"), (await raw.get(ks.key("member", "rt-b")))!);
+        await raw.zadd(membersKey(ks), now + 60_000, "evil");
+        await raw.set(memberInfoKey(ks, "evil"), info("evil"), "PX", 60_000);
+        await raw.zadd(membersKey(ks), now + 60_000, "copy");
+        await raw.set(memberInfoKey(ks, "copy"), (await raw.get(memberInfoKey(ks, "rt-b")))!);
         const cluster = await (await fetch(`${a.url}/cluster`, { headers: ADMIN_HEADERS }))
           .json();
         const ids = (cluster.members as { id: string }[]).map((m) => m.id);
@@ -364,7 +369,7 @@ Deno.test("a hostile Redis writer forges every kind of record and none is believ
         assert.ok(((await health(a)).byKind["membership.info"] ?? 0) >= 2);
         // Control: the same info sealed with the cluster's key is listed.
         await raw.set(
-          ks.key("member", "evil"),
+          memberInfoKey(ks, "evil"),
           auth.seal("membership.info", "evil", info("evil")),
           "PX",
           60_000,
@@ -372,8 +377,8 @@ Deno.test("a hostile Redis writer forges every kind of record and none is believ
         const again = await (await fetch(`${a.url}/cluster`, { headers: ADMIN_HEADERS })).json();
         assert.ok((again.members as { id: string }[]).some((m) => m.id === "evil"), "control");
       } finally {
-        await raw.zrem(ks.key("members"), "evil", "copy");
-        await raw.del(ks.key("member", "evil"), ks.key("member", "copy"));
+        await raw.zrem(membersKey(ks), "evil", "copy");
+        await raw.del(memberInfoKey(ks, "evil"), memberInfoKey(ks, "copy"));
         await trap.shutdown();
       }
     });
@@ -406,11 +411,11 @@ Deno.test("a hostile Redis writer forges every kind of record and none is believ
         kind: "failover",
         why: "forged",
       } satisfies PublishedRecord;
-      await raw.set(ks.key("failover", "primary"), JSON.stringify(record));
+      await raw.set(primaryKey(ks), JSON.stringify(record));
       assert.equal(await store.readPrimary(2000), null);
       await store.writePrimary(record);
       assert.equal((await store.readPrimary(2000))?.node, "evil", "control: sealed is read");
-      await raw.del(ks.key("failover", "primary"));
+      await raw.del(primaryKey(ks));
     });
   } finally {
     for (const rt of runtimes.reverse()) await rt.stop();
@@ -500,7 +505,7 @@ Deno.test("rotating RS_SECRET_KEY: instances on both sides of the rollout intero
         3,
         "re-sealed: readable with the new key alone",
       );
-      await raw.del(ks.key("failover", "primary"));
+      await raw.del(primaryKey(ks));
     });
   } finally {
     for (const rt of runtimes.reverse()) await rt.stop();

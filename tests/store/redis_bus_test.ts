@@ -8,6 +8,7 @@ import {
   type RedisSettings,
 } from "../../store/redis.ts";
 import { startRedis } from "../harness/mod.ts";
+import { redisClusterTarget } from "../support/redis_target.ts";
 import { until } from "../support/instance.ts";
 import { testAuth } from "../support/message_auth.ts";
 
@@ -132,6 +133,100 @@ Deno.test("redis client and bus against a real redis-server", async (t) => {
         what: "the message published after the restart",
       });
       assert.equal(busB.stats().resubscribes, 1);
+      await off();
+    });
+  } finally {
+    await busA.close();
+    await busB.close();
+    await closeRedis(a);
+    await closeRedis(b);
+  }
+});
+
+Deno.test("bus on a Redis Cluster: sharded pub/sub, back after a failover and a resharding", async (t) => {
+  await using redis = await redisClusterTarget();
+  const cluster = redis.cluster!;
+  const ks = createKeyspace("rs-test:");
+  const a = createRedisClient(redis.settings("rs-test:"), { name: "test-a" });
+  const b = createRedisClient(redis.settings("rs-test:"), { name: "test-b" });
+  await a.connect();
+  await b.connect();
+  const auth = testAuth();
+  const busA = createRedisBus(a, { keyspace: ks, auth });
+  const busB = createRedisBus(b, { keyspace: ks, auth });
+  let resubscribed = 0;
+  busB.onResubscribed(() => resubscribed++);
+  /** Publishes on busA until busB's handler got one (pub/sub keeps nothing meanwhile). */
+  async function delivered(channel: string, got: string[], what: string) {
+    let n = 0;
+    await until(async () => {
+      await busA.publish(channel, `${what} ${n++}`);
+      return got.some((m) => m.startsWith(what));
+    }, { what: `a message on ${channel} ${what}`, ms: 30_000, state: () => got });
+  }
+  try {
+    await t.step("messages cross over sharded pub/sub, on the channel's shard only", async () => {
+      const received = await nextMessage(busB, "greetings");
+      await busA.publish("greetings", "hello");
+      assert.equal(await received.message(), "hello");
+      const got: string[] = [];
+      const off = await busB.subscribe("sharded", (m) => got.push(m));
+      const owner = await cluster.masterOf(ks.channel("sharded"));
+      assert.equal(
+        await owner.cli("PUBSUB", "SHARDNUMSUB", ks.channel("sharded")),
+        `${ks.channel("sharded")}\n1`,
+        "subscribed on the shard that owns the channel's slot",
+      );
+      for (const node of cluster.nodes) {
+        assert.equal(await node.cli("PUBSUB", "CHANNELS", "*"), "", "no cluster-wide channel");
+      }
+      for (let i = 0; i < 50; i++) await busA.publish("sharded", String(i));
+      await until(() => got.length === 50, { what: "50 messages", state: () => got.length });
+      assert.deepEqual(got, Array.from({ length: 50 }, (_, i) => String(i)), "in order");
+      await off();
+    });
+
+    await t.step(
+      "the channel's master killed: subscribed again on the promoted replica",
+      async () => {
+        const got: string[] = [];
+        const off = await busB.subscribe("durable", (m) => got.push(m));
+        const master = await cluster.masterOf(ks.channel("durable"));
+        const before = resubscribed;
+        await master.kill("SIGKILL");
+        await cluster.waitHealthy({ exclude: [master] });
+        await until(() => resubscribed > before, { what: "busB resubscribing", ms: 30_000 });
+        await delivered("durable", got, "after failover");
+        const owner = await cluster.masterOf(ks.channel("durable"));
+        assert.notEqual(owner.port, master.port);
+        assert.equal(
+          await owner.cli("PUBSUB", "SHARDNUMSUB", ks.channel("durable")),
+          `${ks.channel("durable")}\n1`,
+        );
+        await master.start();
+        await cluster.waitHealthy();
+        await off();
+      },
+    );
+
+    await t.step("the channel's slot moved to another master: followed there", async () => {
+      const got: string[] = [];
+      const off = await busB.subscribe("moving", (m) => got.push(m));
+      const key = ks.key("moving", "k");
+      await a.set(key, "v");
+      const from = await cluster.masterOf(ks.channel("moving"));
+      const to = await cluster.moveSlotOf(ks.channel("moving"));
+      assert.notEqual(to.port, from.port);
+      await delivered("moving", got, "after resharding");
+      assert.equal(
+        await to.cli("PUBSUB", "SHARDNUMSUB", ks.channel("moving")),
+        `${ks.channel("moving")}\n1`,
+      );
+      // Commands follow the slot too (MOVED handled by the client).
+      const moved = await cluster.moveSlotOf(key);
+      assert.equal(await a.get(key), "v");
+      assert.equal(await a.set(key, "w"), "OK");
+      assert.equal(await moved.cli("GET", key), "w");
       await off();
     });
   } finally {

@@ -5,6 +5,8 @@ import {
   CHANGE_LOG_MAX,
   createMemberStore,
   type MemberDelta,
+  membersKey,
+  membersLogKey,
 } from "../../store/redis_membership.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
 import { startRedis } from "../harness/mod.ts";
@@ -76,11 +78,11 @@ Deno.test("membership as a change stream on a real Redis", async (t) => {
       a.take(await store.heartbeat("a", null, null));
       // "ghost" last beat 2 minutes ago by the server's clock (the window is 60 s).
       const [sec] = await raw.time();
-      await raw.zadd(ks.key("members"), Number(sec) * 1000 - 120_000, "ghost");
+      await raw.zadd(membersKey(ks), Number(sec) * 1000 - 120_000, "ghost");
       const beat = await store.heartbeat("a", null, a.cursor);
       assert.equal(beat.wrote, true, "the reaper announces what it appended");
       assert.deepEqual(beat.changes, [{ op: "leave", id: "ghost" }]);
-      assert.equal(await raw.zscore(ks.key("members"), "ghost"), null);
+      assert.equal(await raw.zscore(membersKey(ks), "ghost"), null);
       assert.deepEqual(a.take(beat), ["a"]);
     });
 
@@ -88,7 +90,7 @@ Deno.test("membership as a change stream on a real Redis", async (t) => {
       const a = viewer();
       a.take(await store.heartbeat("a", null, null));
       const stale = a.cursor!;
-      await raw.xtrim(ks.key("members", "log"), "MAXLEN", 0);
+      await raw.xtrim(membersLogKey(ks), "MAXLEN", 0);
       await store.heartbeat("c", info("c"), null);
       const d = await store.heartbeat("a", null, stale);
       assert.equal(d.mode, "full", JSON.stringify({ stale, d }));
@@ -129,7 +131,7 @@ Deno.test("membership as a change stream on a real Redis", async (t) => {
         await store.heartbeat(`x${i}`, null, null);
         await store.remove(`x${i}`);
       }
-      const len = await raw.xlen(ks.key("members", "log"));
+      const len = await raw.xlen(membersLogKey(ks));
       assert.ok(len < CHANGE_LOG_MAX * 1.5, `${len} entries`);
       const d = await store.heartbeat("a", null, a.cursor);
       assert.equal(d.mode, "full", "a cursor trimmed away is read as a gap");

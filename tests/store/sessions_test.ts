@@ -5,16 +5,16 @@ import postgres from "postgres";
 import { createLocalBus, createRedisBus, type MessageBus } from "../../store/bus.ts";
 import { createEventStore } from "../../store/event_store.ts";
 import { migrate } from "../../store/migrations.ts";
-import {
-  closeRedis,
-  createKeyspace,
-  createRedisClient,
-  type RedisSettings,
-} from "../../store/redis.ts";
+import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
 import { createSessionStore, type SessionStoreOptions } from "../../store/sessions.ts";
 import type { Sql } from "../../store/types.ts";
 import { createUser } from "../../store/users.ts";
-import { startPostgres, startRedis } from "../harness/mod.ts";
+import { startPostgres } from "../harness/mod.ts";
+import {
+  redisClusterTarget,
+  type RedisTarget,
+  singleRedisTarget,
+} from "../support/redis_target.ts";
 import { until } from "../support/instance.ts";
 import { testAuth } from "../support/message_auth.ts";
 
@@ -28,10 +28,6 @@ const INJECTIONS = [
 const SECOND = 1000;
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
-
-function redisSettings(url: string): RedisSettings {
-  return { url, sentinels: [], sentinelMaster: "m", sentinelPassword: null, keyPrefix: "rs-t:" };
-}
 
 function sha256Hex(text: string): string {
   return createHash("sha256").update(text).digest("hex");
@@ -49,13 +45,23 @@ async function newUser(sql: Sql): Promise<number> {
 }
 
 Deno.test("session store on PostgreSQL + Redis", async (t) => {
+  await using redis = await singleRedisTarget();
+  await sessionSuite(t, redis);
+});
+
+Deno.test("session store on PostgreSQL + a Redis Cluster", async (t) => {
+  await using redis = await redisClusterTarget();
+  await sessionSuite(t, redis);
+});
+
+/** The session store's behaviours on `target` (single Redis or a cluster). */
+async function sessionSuite(t: Deno.TestContext, target: RedisTarget): Promise<void> {
   await using pg = await startPostgres();
-  await using redisServer = await startRedis();
   const url = await pg.createDatabase();
   const sql = postgres(url, { max: 8, onnotice: () => {} }) as Sql;
   const sql2 = postgres(url, { max: 4, onnotice: () => {} }) as Sql;
-  const redis = createRedisClient(redisSettings(redisServer.url), { name: "sessions-a" });
-  const redis2 = createRedisClient(redisSettings(redisServer.url), { name: "sessions-b" });
+  const redis = createRedisClient(target.settings("rs-t:"), { name: "sessions-a" });
+  const redis2 = createRedisClient(target.settings("rs-t:"), { name: "sessions-b" });
   await redis.connect();
   await redis2.connect();
   const keyspace = createKeyspace("rs-t:");
@@ -346,7 +352,7 @@ Deno.test("session store on PostgreSQL + Redis", async (t) => {
     await sql.end();
     await sql2.end();
   }
-});
+}
 
 async function closeBuses(buses: MessageBus[]): Promise<void> {
   for (const b of buses) await b.close();

@@ -10,15 +10,30 @@ import { isRuntimeError } from "../../lib/errors.ts";
 import { migrate } from "../../store/migrations.ts";
 import { latestCheckpoint } from "../../store/sync.ts";
 import type { Sql } from "../../store/types.ts";
-import { startPostgres, startRedis } from "../harness/mod.ts";
+import { startPostgres } from "../harness/mod.ts";
+import {
+  redisClusterTarget,
+  type RedisTarget,
+  singleRedisTarget,
+} from "../support/redis_target.ts";
 import { startTestNode, type TestNode, type TestNodeOptions, until } from "./support.ts";
 
 Deno.test("sync nodes on PostgreSQL and Redis", async (t) => {
+  await using redis = await singleRedisTarget();
+  await syncSuite(t, redis);
+});
+
+Deno.test("sync nodes on PostgreSQL and a Redis Cluster", async (t) => {
+  await using redis = await redisClusterTarget();
+  await syncSuite(t, redis);
+});
+
+/** The sync node's behaviours on `redis` (single Redis or a cluster). */
+async function syncSuite(t: Deno.TestContext, redis: RedisTarget): Promise<void> {
   await using pg = await startPostgres();
-  await using redis = await startRedis();
   const sql = postgres(await pg.createDatabase(), { max: 8, onnotice: () => {} }) as Sql;
   await migrate(sql);
-  const opts = { redisUrl: redis.url, prefix: "rssync:", sql };
+  const opts = { redis, prefix: "rssync:", sql };
   const nodes: TestNode[] = [];
   const start = async (name: string, extra: Partial<TestNodeOptions> = {}) => {
     const n = await startTestNode(name, { ...opts, ...extra });
@@ -295,4 +310,4 @@ Deno.test("sync nodes on PostgreSQL and Redis", async (t) => {
     for (const n of nodes.reverse()) await n.close();
     await sql.end();
   }
-});
+}

@@ -4,6 +4,7 @@
  * the node's inbound pub/sub messages (to simulate loss deterministically).
  * @module
  */
+import type { RedisTarget } from "../support/redis_target.ts";
 import { type AnyActorRef, createActor } from "xstate";
 import { createLeaseManager, type LeaseManager } from "../../actors/runtime/leases.ts";
 import { createRedisTransport } from "../../actors/runtime/transport.ts";
@@ -73,8 +74,10 @@ export async function until(
 
 /** Options of {@linkcode startTestNode}. */
 export interface TestNodeOptions {
-  /** Redis URL. */
-  redisUrl: string;
+  /** Redis URL (single Redis), or `redis`. */
+  redisUrl?: string;
+  /** The Redis deployment (single or cluster); takes precedence over `redisUrl`. */
+  redis?: RedisTarget;
   /** Key prefix shared by the nodes of one test. */
   prefix: string;
   /** PostgreSQL. */
@@ -92,8 +95,8 @@ export interface TestNodeOptions {
 /** Starts a node and waits until it caught up. */
 export async function startTestNode(name: string, options: TestNodeOptions): Promise<TestNode> {
   const log: Logger = options.verbose ? createLogger(name, { level: "debug" }) : silentLogger;
-  const settings = {
-    url: options.redisUrl,
+  const settings = options.redis ? options.redis.settings(options.prefix) : {
+    url: options.redisUrl ?? null,
     sentinels: [],
     sentinelMaster: "mymaster",
     sentinelPassword: null,

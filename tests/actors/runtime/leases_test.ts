@@ -1,14 +1,24 @@
 import assert from "node:assert/strict";
-import type { Redis } from "ioredis";
 import {
   type CampaignOptions,
   createLeaseManager,
   type LeaseCampaign,
 } from "../../../actors/runtime/leases.ts";
 import { isRuntimeError } from "../../../lib/errors.ts";
-import { closeRedis, createKeyspace, createRedisClient } from "../../../store/redis.ts";
-import { type RedisServer, startRedis } from "../../harness/mod.ts";
+import { leaseTag } from "../../../store/redis_leases.ts";
+import {
+  closeRedis,
+  createKeyspace,
+  createRedisClient,
+  type RedisClient,
+} from "../../../store/redis.ts";
+import { startRedis } from "../../harness/mod.ts";
 import { until } from "../../support/instance.ts";
+import {
+  redisClusterTarget,
+  type RedisTarget,
+  singleRedisTarget,
+} from "../../support/redis_target.ts";
 import { testAuth } from "../../support/message_auth.ts";
 import { createRedisBus } from "../../../store/bus.ts";
 
@@ -19,9 +29,17 @@ const LONG_TTL = 4500; // renew 1500, margin 900: 2.1 s of slack for each renewa
 // check what follows from them whatever the scheduling: who holds, which token is refused,
 // that a holder cut off from Redis has stopped by its own deadline.
 
-function client(url: string): Redis {
+function client(target: RedisTarget | string): RedisClient {
   return createRedisClient(
-    { url, sentinels: [], sentinelMaster: "mymaster", sentinelPassword: null, keyPrefix: "t:" },
+    typeof target === "string"
+      ? {
+        url: target,
+        sentinels: [],
+        sentinelMaster: "mymaster",
+        sentinelPassword: null,
+        keyPrefix: "t:",
+      }
+      : target.settings("t:"),
     // Reconnect quickly so the restart test does not wait for the production backoff.
     { name: "lease-test", overrides: { retryStrategy: () => 50 } },
   );
@@ -32,9 +50,9 @@ function sleep(ms: number): Promise<void> {
 }
 
 /** Two managers (instances a and b) on their own connections and key prefix. */
-async function cluster(redis: RedisServer, prefix: string) {
+async function cluster(redis: RedisTarget, prefix: string) {
   const keyspace = createKeyspace(prefix);
-  const clients = [client(redis.url), client(redis.url)];
+  const clients = [client(redis), client(redis)];
   await Promise.all(clients.map((c) => c.connect()));
   const [a, b] = ["a", "b"].map((instanceId, i) =>
     createLeaseManager({ redis: clients[i], keyspace, instanceId })
@@ -61,9 +79,8 @@ async function refused(code: string, op: Promise<unknown>): Promise<void> {
   await assert.rejects(op, (err) => isRuntimeError(err) && err.code === code);
 }
 
-Deno.test("leases on a real redis-server", async (t) => {
-  await using redis = await startRedis();
-
+/** The lease behaviours every Redis deployment (single, cluster) must show. */
+async function leaseSteps(t: Deno.TestContext, redis: RedisTarget): Promise<void> {
   await t.step("two instances compete: exactly one holds, the other stands by", async () => {
     await using c = await cluster(redis, "compete:");
     const acquired: string[] = [];
@@ -100,7 +117,7 @@ Deno.test("leases on a real redis-server", async (t) => {
       await until(() => ca.held(), { what: "a holds" });
       const cb = c.b.campaign("scheduler", { ttlMs: TTL });
       const old = ca.fence()!;
-      const target = c.keyspace.key("scheduler", "cursor");
+      const target = c.keyspace.key("scheduler", leaseTag("scheduler"), "cursor");
       await c.a.fencedSet(old, { key: target, value: "from-a" });
       assert.equal(await c.a.checkToken("scheduler", old.token), true);
 
@@ -130,6 +147,12 @@ Deno.test("leases on a real redis-server", async (t) => {
         c.b.fenced({ role: "scheduler", token: fresh.token + 1 }, () => 0),
       );
       await refused("VALIDATION_FAILED", c.b.fencedSet(fresh, { key: "elsewhere", value: "x" }));
+      // Outside the role's slot (no hash tag): refused on every deployment, not only where
+      // a cluster would answer CROSSSLOT.
+      await refused(
+        "VALIDATION_FAILED",
+        c.b.fencedSet(fresh, { key: c.keyspace.key("scheduler", "cursor"), value: "x" }),
+      );
     },
   );
 
@@ -162,7 +185,12 @@ Deno.test("leases on a real redis-server", async (t) => {
     });
     await until(() => ca.held(), { what: "a holds" });
     // Someone else's lease replaces ours behind our back (e.g. an operator's manual edit).
-    await c.redis.set(c.keyspace.key("lease", "scheduler"), '{"holder":"z","token":1}', "PX", 5000);
+    await c.redis.set(
+      c.keyspace.key("lease", "{scheduler}"),
+      '{"holder":"z","token":1}',
+      "PX",
+      5000,
+    );
     await until(() => !ca.held() && events.length === 2, {
       what: "a noticing that its lease was taken (at its next renewal, 200 ms)",
       ms: 5000,
@@ -180,9 +208,9 @@ Deno.test("leases on a real redis-server", async (t) => {
     await c[Symbol.asyncDispose]();
     assert.equal(ca.actor.getSnapshot().status, "done", "the campaign ended in released");
     assert.equal(ca.actor.getSnapshot().value, "released");
-    const check = client(redis.url);
+    const check = client(redis);
     try {
-      assert.equal(await check.exists("close:lease:scheduler"), 0);
+      assert.equal(await check.exists("close:lease:{scheduler}"), 0);
     } finally {
       await closeRedis(check);
     }
@@ -198,6 +226,11 @@ Deno.test("leases on a real redis-server", async (t) => {
     c.a.campaign("r", { ttlMs: 1000 });
     assert.throws(() => c.a.campaign("r"), (e) => isRuntimeError(e, "CONFLICT"));
   });
+}
+
+Deno.test("leases on a real redis-server", async (t) => {
+  await using redis = await singleRedisTarget();
+  await leaseSteps(t, redis);
 
   await t.step("a Redis restart crashes nothing and leadership comes back", async () => {
     await using c = await cluster(redis, "restart:");
@@ -206,7 +239,7 @@ Deno.test("leases on a real redis-server", async (t) => {
     await until(() => ca.held(), { what: "a holds" });
     const cb = c.b.campaign("scheduler", { ttlMs: TTL, onLost: (r) => lost.push(`b ${r}`) });
     const before = ca.token()!;
-    await redis.kill();
+    await redis.server!.kill();
     // Cut off from Redis, the holder must stop acting before its lease could expire: every
     // renewal that succeeded was sent before this point, so ttl - margin (1200 ms) from here
     // is past its deadline. held() reads its own clock, so this holds on a starved event
@@ -216,7 +249,7 @@ Deno.test("leases on a real redis-server", async (t) => {
     assert.equal(ca.token(), null);
     await until(() => lost.length > 0, { what: "a announcing the loss", ms: 5000 });
     assert.deepEqual(lost, ["a expired"]);
-    await redis.start(); // without persistence: lease and fence counter are gone
+    await redis.server!.start(); // without persistence: lease and fence counter are gone
     const holder = await until(() => holderOf(ca, cb), {
       what: "leadership back after the Redis restart",
       ms: 15_000,
@@ -226,6 +259,11 @@ Deno.test("leases on a real redis-server", async (t) => {
     assert.equal(ca.actor.getSnapshot().status, "active");
     assert.equal(cb.actor.getSnapshot().status, "active");
   });
+});
+
+Deno.test("leases on a Redis Cluster", async (t) => {
+  await using redis = await redisClusterTarget();
+  await leaseSteps(t, redis);
 });
 
 /** One lease_holder.ts child process and the JSON lines it printed. */
