@@ -108,6 +108,11 @@ export interface StartOptions {
   actors?: ActorSpec[];
   /** Concerns to run instead of the default set of concerns/mod.ts (tests, embedders). */
   concerns?: Record<string, ConcernFactory>;
+  /**
+   * The clock (ms) the concerns run on (login deadlines, code and session expiry, rate-limit
+   * windows); default `Date.now`. Tests move it forward instead of sleeping.
+   */
+  now?: () => number;
 }
 
 /** Starts an instance; throws a RuntimeError (and leaves nothing running) if it can't. */
@@ -333,7 +338,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       leases,
       secretKey: secret.key,
       messageAuth,
-      now: Date.now,
+      now: options.now ?? Date.now,
       actors: localActors,
     };
     const concerns = await createConcerns(services, config, {

@@ -3,7 +3,8 @@
  * receives what nodemailer sends; the test reads each delivered message and types its code.
  * Turning the factor on (step-up, a code to the account's address), signing in with a code,
  * a wrong code, single use, the send rate limit per user, the shared lockout, and the
- * ten-minute validity (the store, with its clock).
+ * ten-minute validity: on the store with explicit times, and through a whole login on the
+ * instance's injected clock (moved forward, no sleep).
  */
 import assert from "node:assert/strict";
 import { type SmtpServer, startPostgres, startSmtp } from "../harness/mod.ts";
@@ -64,10 +65,13 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
   const databaseUrl = await pg.createDatabase();
   const dataDir = await Deno.makeTempDir({ prefix: "rs-email-codes-" });
   let node: ConsoleNode | null = null;
+  // The instance's clock: real time plus what the test moves it forward by.
+  let skew = 0;
   try {
     node = await startConsoleNode("mail", {
       databaseUrl,
       dataDir,
+      now: () => Date.now() + skew,
       env: { SMTP_URL: smtp.url, SMTP_FROM: "RootStream <codes@rootstream.test>" },
     });
     await createAccount(node, PERSON);
@@ -253,6 +257,31 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
       assert.equal((await check(at + 600_000)).outcome, "missing", "not at 10 minutes");
       assert.equal((await check(at + 599_999)).outcome, "accepted", "just before");
       assert.equal((await check(at + 1)).outcome, "missing", "and only once");
+    });
+
+    await t.step("in a login, a code is refused after ten minutes; a fresh one works", async () => {
+      // Past the lockout window and the send limit's window of the steps before.
+      skew += 16 * 60_000;
+      const start = await password();
+      assert.equal(start.body.status, "mfa_required", JSON.stringify(start.body));
+      const challenge = start.body.challenge;
+      const send = async () => {
+        const n = smtp.messages.length + 1;
+        const sent = await call("POST", "/auth/mfa/email/send", { challenge });
+        assert.equal(sent.status, 200, JSON.stringify(sent.body));
+        return codeOf((await message(n)).raw);
+      };
+      const verify = (code: string) =>
+        call("POST", "/auth/mfa/verify", { challenge, method: "email", code });
+      const stale = await send();
+      skew += 10 * 60_000 + 1;
+      const late = await verify(stale);
+      assert.equal(late.status, 401, JSON.stringify(late.body));
+      assert.equal(late.body.error?.code, "MFA_INVALID_CODE", "ten minutes and 1 ms: expired");
+      const fresh = await send();
+      skew += 10 * 60_000 - 1_000;
+      const ok = await verify(fresh);
+      assert.equal(ok.body.status, "authenticated", JSON.stringify(ok.body));
     });
   } finally {
     await node?.stop();

@@ -44,6 +44,8 @@ export interface ConsoleNodeOptions {
   concerns?: Record<string, ConcernFactory>;
   /** Adds routes before the console's (fake concern endpoints). */
   routes?: (rt: Runtime) => void;
+  /** The runtime's clock (ms; default `Date.now`): tests move it forward instead of sleeping. */
+  now?: () => number;
 }
 
 /** Starts one instance and adds the console to its app before any request arrives. */
@@ -67,7 +69,11 @@ export async function startConsoleNode(
     },
     args: [],
   });
-  const rt = await startRuntime(config, { actors: options.actors, concerns: options.concerns });
+  const rt = await startRuntime(config, {
+    actors: options.actors,
+    concerns: options.concerns,
+    now: options.now,
+  });
   options.routes?.(rt);
   let stopping: Promise<void> | null = null;
   return {
