@@ -2,8 +2,10 @@
  * Passkeys end to end in headless Chromium with the DevTools virtual authenticator
  * (CDP `WebAuthn.*`): a person registers a passkey (after re-authenticating), signs in with
  * it alone and as the second factor after the password; a cloned authenticator (the same
- * key with a lower signature counter) is refused, a replayed answer is refused, and an
- * answer made on another origin is refused. Real PostgreSQL, the real runtime.
+ * key with a lower signature counter) is refused, a replayed answer is refused, an
+ * answer made on another origin is refused, and an authenticator that cannot verify its
+ * user is refused as a passwordless login but taken as the second factor after a password.
+ * Real PostgreSQL, the real runtime.
  */
 import assert from "node:assert/strict";
 import { type Browser, type CDPSession, chromium, type Page } from "playwright-core";
@@ -38,6 +40,7 @@ interface CdpCredential {
 async function pageWithAuthenticator(
   browser: Browser,
   url: string,
+  userVerification = true,
 ): Promise<{ page: Page; cdp: CDPSession; authenticatorId: string; close(): Promise<void> }> {
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -48,8 +51,8 @@ async function pageWithAuthenticator(
       protocol: "ctap2",
       transport: "internal",
       hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
+      hasUserVerification: userVerification,
+      isUserVerified: userVerification,
       automaticPresenceSimulation: true,
     },
   });
@@ -328,6 +331,83 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
         assert.equal(alone.verified, true);
       } finally {
         await elsewhere.close();
+      }
+    });
+
+    await t.step("without user verification: refused alone, taken after the password", async () => {
+      const { credentials: [now] } = await first.cdp.send("WebAuthn.getCredentials", {
+        authenticatorId: first.authenticatorId,
+      }) as { credentials: CdpCredential[] };
+      // The same key on an authenticator that has no user verification (no PIN, no biometrics).
+      const noUv = await pageWithAuthenticator(browser, `${origin}/login`, false);
+      try {
+        await noUv.cdp.send("WebAuthn.addCredential", {
+          authenticatorId: noUv.authenticatorId,
+          credential: { ...now, signCount: now.signCount + 1000 },
+        });
+        // The answer's UV flag (authenticator data byte 32, bit 2), and the server's verdict.
+        const answer = `
+          const flags = (code) => {
+            const b64 = JSON.parse(code).response.authenticatorData.replaceAll("-", "+").replaceAll("_", "/");
+            const ad = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            return { up: (ad[32] & 1) !== 0, uv: (ad[32] & 4) !== 0 };
+          };
+          const verify = async (challenge, code) => {
+            try { return (await rsPasskey.post("/auth/mfa/verify", { challenge, method: "webauthn", code })).status; }
+            catch (e) { return e.code; }
+          };`;
+        // The browser would not even ask this authenticator when "required"; a client that
+        // ignores the request (and names the credential) sends an answer without UV: the
+        // server's own check must refuse it.
+        const alone = await run<Outcome>(
+          noUv.page,
+          `${answer}
+          const start = await rsPasskey.post("/auth/passkey/options");
+          const asked = start.options.userVerification;
+          const code = await rsPasskey.assertion({
+            ...start.options,
+            userVerification: "discouraged",
+            allowCredentials: [{ type: "public-key", id: arg }],
+          });
+          return { asked, flags: flags(code), verdict: await verify(start.challenge, code) };`,
+          // Named (base64url): without UV, Chromium's authenticator offers no credential to an
+          // empty allow list (the NotAllowedError seen without it).
+          now.credentialId.replaceAll("+", "-").replaceAll("/", "_").split("=")[0],
+        );
+        assert.deepEqual(alone, {
+          ok: true,
+          value: {
+            asked: "required",
+            flags: { up: true, uv: false },
+            verdict: "MFA_INVALID_CODE",
+          },
+        });
+        const afterPassword = await run<Outcome>(
+          noUv.page,
+          `${answer}
+          const start = await rsPasskey.post("/auth/login", { login: arg.u, password: arg.p });
+          if (start.status !== "mfa_required") return start;
+          const { options } = await rsPasskey.post("/auth/mfa/passkey/options", { challenge: start.challenge });
+          const code = await rsPasskey.assertion(options);
+          return { flags: flags(code), verdict: await verify(start.challenge, code) };`,
+          { u: PERSON.username, p: PERSON.password },
+        );
+        assert.deepEqual(afterPassword, {
+          ok: true,
+          value: { flags: { up: true, uv: false }, verdict: "authenticated" },
+        });
+        await run(noUv.page, `return await rsPasskey.post("/auth/logout");`);
+      } finally {
+        await noUv.close();
+        // The stored counter moved past the first authenticator's: move that one ahead too.
+        await first.cdp.send("WebAuthn.removeCredential", {
+          authenticatorId: first.authenticatorId,
+          credentialId: now.credentialId,
+        });
+        await first.cdp.send("WebAuthn.addCredential", {
+          authenticatorId: first.authenticatorId,
+          credential: { ...now, signCount: now.signCount + 10_000 },
+        });
       }
     });
 
