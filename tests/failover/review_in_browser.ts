@@ -61,7 +61,7 @@ export async function reviewFailoverInBrowser(options: {
   try {
     // The operator's bearer token on every request (the console accepts it as GET /history does).
     const context = await browser.newContext({
-      viewport: { width: 1280, height: 800 },
+      viewport: { width: 1100, height: 800 },
       reducedMotion: "reduce",
       extraHTTPHeaders: { ...ADMIN_HEADERS },
     });
@@ -126,7 +126,16 @@ export async function reviewFailoverInBrowser(options: {
           1,
           "the promoting instance's chart highlights detector.promoting",
         );
-        await page.screenshot({ path: PROMOTING_SCREENSHOT });
+        // From the top of the page (time control, matrix) down to the highlighted state.
+        const box = await page.locator(
+          `[data-chart-panel] [data-state="detector.promoting"].active`,
+        ).boundingBox();
+        assert.ok(box, "the promoting state is drawn");
+        await page.screenshot({
+          path: PROMOTING_SCREENSHOT,
+          fullPage: true,
+          clip: { x: 0, y: 0, width: 1100, height: Math.ceil(box.y + box.height + 60) },
+        });
         console.log(`failover promotion screenshot: ${PROMOTING_SCREENSHOT}`);
       }
       for (const [id, e] of Object.entries(repointed)) {
