@@ -61,7 +61,7 @@ export async function reviewFailoverInBrowser(options: {
   try {
     // The operator's bearer token on every request (the console accepts it as GET /history does).
     const context = await browser.newContext({
-      viewport: { width: 1100, height: 800 },
+      viewport: { width: 1000, height: 800 },
       reducedMotion: "reduce",
       extraHTTPHeaders: { ...ADMIN_HEADERS },
     });
@@ -134,7 +134,7 @@ export async function reviewFailoverInBrowser(options: {
         await page.screenshot({
           path: PROMOTING_SCREENSHOT,
           fullPage: true,
-          clip: { x: 0, y: 0, width: 1100, height: Math.ceil(box.y + box.height + 60) },
+          clip: { x: 0, y: 0, width: 1000, height: Math.ceil(box.y + box.height + 24) },
         });
         console.log(`failover promotion screenshot: ${PROMOTING_SCREENSHOT}`);
       }
