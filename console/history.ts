@@ -71,6 +71,37 @@ export interface Moment {
   from: number;
   /** The moment shown. */
   at: number;
+  /**
+   * When the moment is one recorded event: its stream entry's sequence within the
+   * millisecond `at` (an instance records a quarter second of transitions in one batch, which
+   * Redis stores in one millisecond: stepping event by event has to look inside it). Absent:
+   * everything recorded in `at`.
+   */
+  seq?: number | null;
+}
+
+/** A stream entry id `<ms>-<seq>` as two numbers (ids come from Redis, not from clients). */
+function entryPosition(entryId: string): [number, number] {
+  const dash = entryId.indexOf("-");
+  return [Number(entryId.slice(0, dash)), Number(entryId.slice(dash + 1))];
+}
+
+/**
+ * Where an entry is relative to the moment: negative before it, 0 the moment's own entry
+ * (or any entry of its millisecond when it has no `seq`), positive after it.
+ */
+export function relativeTo(entry: { entryId: string }, moment: Moment): number {
+  const [ms, seq] = entryPosition(entry.entryId);
+  if (ms !== moment.at) return ms - moment.at;
+  return moment.seq === null || moment.seq === undefined ? 0 : seq - moment.seq;
+}
+
+/** Parses `seq` (a stream entry's sequence in its millisecond); null when it is not one. */
+export function parseSeq(text: string | undefined): number | null {
+  const trimmed = text?.trim() ?? "";
+  if (!trimmed || trimmed.length > 12) return null;
+  for (const c of trimmed) if (c < "0" || c > "9") return null;
+  return Number(trimmed);
 }
 
 function emptyInstance(id: string): InstanceModel {
@@ -104,7 +135,7 @@ export function instancesAt(
     return model;
   };
   for (const entry of newestFirst) {
-    if (entry.k !== "transition" || entry.serverAt > moment.at) continue;
+    if (entry.k !== "transition" || relativeTo(entry, moment) > 0) continue;
     const model = inst(entry.instance);
     if (model.actors.some((a) => a.path === entry.path)) continue;
     const actor: ActorModel = {
@@ -124,7 +155,7 @@ export function instancesAt(
       model.supervisor = { state: formatState(entry.state), reason: "" };
     }
   }
-  const inRange = range.filter((r) => r.serverAt >= moment.from && r.serverAt <= moment.at);
+  const inRange = range.filter((r) => r.serverAt >= moment.from && relativeTo(r, moment) <= 0);
   const caused = new Map<string, RecordedTransition>();
   for (const r of inRange) if (r.k === "transition" && r.cause) caused.set(r.cause, r);
   for (const r of inRange) {
@@ -185,14 +216,23 @@ function iso(ms: number): string {
   return new Date(ms).toISOString();
 }
 
+/** Where a step link goes: a millisecond, and the event in it when it is one event. */
+export interface StepTarget {
+  /** Redis server clock (ms). */
+  at: number;
+  /** The event's stream sequence within `at`, or null for the whole millisecond. */
+  seq: number | null;
+}
+
 /** Links and form of the time control. */
 export interface TimeControl {
   /** The moment shown, or null on the live page. */
   moment: Moment | null;
-  /** Server time of the previous / next recorded event (matching the concern filter). */
-  prev: number | null;
+  /** Position (server time, stream sequence) of the previous / next recorded event
+   * (matching the concern filter). */
+  prev: StepTarget | null;
   /** Next one. */
-  next: number | null;
+  next: StepTarget | null;
   /** Query parameters to keep on every link (filters, selected chart). */
   keep: Record<string, string>;
   /** Why the history could not be read, if it could not. */
@@ -210,11 +250,16 @@ export function renderTimeControl(control: TimeControl): string {
   const fields = Object.entries(keep).map(([k, v]) =>
     `<input type="hidden" name="${e(k)}" value="${e(v)}">`
   ).join("");
-  const step = (label: string, at: number | null, rel: string) =>
-    at === null || !m
+  const step = (label: string, to: StepTarget | null, rel: string) =>
+    to === null || !m
       ? `<span class="muted">${e(label)}</span>`
       : `<a rel="${rel}" data-step="${rel}" href="${
-        e(href({ ...keep, from: String(m.from), at: String(at) }))
+        e(href({
+          ...keep,
+          from: String(m.from),
+          at: String(to.at),
+          ...(to.seq === null ? {} : { seq: String(to.seq) }),
+        }))
       }">${e(label)}</a>`;
   const error = control.error
     ? `<p class="unavailable"><strong>History unavailable</strong>: ${e(control.error)}</p>`

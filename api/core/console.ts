@@ -61,9 +61,12 @@ import {
   instancesAt,
   type Moment,
   parseMoment,
+  parseSeq,
   type Recorded,
+  relativeTo,
   renderReport,
   renderTimeControl,
+  type StepTarget,
 } from "../../console/history.ts";
 import { HISTORY_LIMIT } from "./history.ts";
 import { type ChartTemplate, highlightChart, parseChartSvg } from "../../console/svg.ts";
@@ -266,6 +269,8 @@ const pageQuery = z.object({
   at: z.string().max(40).optional(),
   /** The start of the range leading to `at` (default a minute before). */
   from: z.string().max(40).optional(),
+  /** One recorded event within the millisecond `at`: its stream entry's sequence (step links). */
+  seq: z.string().max(12).optional(),
 });
 
 /** A recorded entry as GET /history answers it (validated again: it crossed HTTP). */
@@ -988,14 +993,23 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     const [newest, range, after] = await Promise.all([
       recorded({ to: String(moment.at), limit: String(HISTORY_LIMIT), order: "desc" }),
       recorded({ from: String(moment.from), to: String(moment.at), limit: String(HISTORY_LIMIT) }),
-      recorded({ from: String(moment.at + 1), limit: "2000" }),
+      recorded({ from: String(moment.at), limit: "2000" }),
     ]);
-    // Stepping goes event by event, over the concern filtered on when there is one.
+    // Stepping goes event by event (stream entry by entry: one instance's batch shares a
+    // millisecond), over the concern filtered on when there is one.
     const matches = (r: Recorded) =>
       r.k === "transition" &&
       (!concern || r.machine === concern || r.path.slice(r.path.lastIndexOf("/") + 1) === concern);
-    const prev = newest.find((r) => r.serverAt < moment.at && matches(r))?.serverAt ?? null;
-    const next = after.find(matches)?.serverAt ?? null;
+    const target = (r: Recorded | undefined): StepTarget | null =>
+      r ? { at: r.serverAt, seq: Number(r.entryId.slice(r.entryId.indexOf("-") + 1)) } : null;
+    // Back: from one event, to the matching event before it; from a whole millisecond, to the
+    // last matching event before that millisecond.
+    const prev = target(
+      moment.seq === null || moment.seq === undefined
+        ? newest.find((r) => r.serverAt < moment.at && matches(r))
+        : newest.find((r) => relativeTo(r, moment) < 0 && matches(r)),
+    );
+    const next = target(after.find((r) => relativeTo(r, moment) > 0 && matches(r)));
     return { instances: instancesAt(newest, range, moment), prev, next, range };
   }
 
@@ -1024,12 +1038,16 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
       return html(c, renderPage({ ...model, viewer: await viewer(c) }, view));
     }
     const from = Math.min(parseMoment(query.from) ?? at - DEFAULT_RANGE_MS, at);
-    const moment = { from, at };
+    const moment: Moment = { from, at, seq: parseSeq(query.seq) };
     try {
       const past = await momentModel(moment, query.concern ?? "");
       const pastModel: PageModel = { ...model, instances: past.instances, clusterError: null };
       const view = await pageView(pastModel, query, { history: true });
-      view.linkParams = { from: String(from), at: String(at) };
+      view.linkParams = {
+        from: String(from),
+        at: String(at),
+        ...(moment.seq === null ? {} : { seq: String(moment.seq) }),
+      };
       view.history = true;
       view.timeControl = renderTimeControl({ moment, prev: past.prev, next: past.next, keep });
       return html(c, renderPage({ ...pastModel, viewer: await viewer(c) }, view));

@@ -7,7 +7,9 @@ import assert from "node:assert/strict";
 import {
   instancesAt,
   parseMoment,
+  parseSeq,
   type Recorded,
+  relativeTo,
   renderTimeControl,
 } from "../../console/history.ts";
 import { renderMessages } from "../../console/render.ts";
@@ -74,6 +76,21 @@ Deno.test("time travel from recorded entries", async (t2) => {
     assert.deepEqual(at(500)[1][1][1], 'supervisor/failover="primary"');
   });
 
+  await t2.step("one event inside a millisecond (one recorder batch): by stream sequence", () => {
+    // b's failover went promoting → primary within one batch, stored in one millisecond.
+    const batch: Recorded[] = [
+      { ...t(300, "b", "supervisor/failover", "promoting"), entryId: "300-0" },
+      { ...t(300, "b", "supervisor/failover", "primary"), entryId: "300-1" },
+    ];
+    const state = (seq: number | null) =>
+      instancesAt([...batch].reverse(), batch, { from: 0, at: 300, seq })[0].actors[0].state;
+    assert.equal(state(0), "promoting");
+    assert.equal(state(1), "primary");
+    assert.equal(state(null), "primary", "without seq: the whole millisecond");
+    assert.equal(relativeTo(batch[1], { from: 0, at: 300, seq: 0 }), 1);
+    assert.equal(relativeTo(batch[0], { from: 0, at: 301 }), -1);
+  });
+
   await t2.step("the range's message is an arrow with the state it caused", () => {
     const instances = instancesAt(newestFirst, entries, { from: 140, at: 160 });
     const html = renderMessages(instances);
@@ -90,7 +107,7 @@ Deno.test("time travel from recorded entries", async (t2) => {
     assert.equal(parseMoment(""), null);
     const html = renderTimeControl({
       moment: { from: 100, at: 150 },
-      prev: 120,
+      prev: { at: 120, seq: null },
       next: null,
       keep: { concern: "failover" },
     });
@@ -98,6 +115,18 @@ Deno.test("time travel from recorded entries", async (t2) => {
       html,
       /<a rel="prev" data-step="prev" href="\/\?concern=failover&amp;from=100&amp;at=120">/,
     );
+    // A step to one event of a millisecond names it by its stream sequence.
+    const one = renderTimeControl({
+      moment: { from: 100, at: 150, seq: 2 },
+      prev: null,
+      next: { at: 150, seq: 3 },
+      keep: {},
+    });
+    assert.match(one, /<a rel="next" data-step="next" href="\/\?from=100&amp;at=150&amp;seq=3">/);
+    assert.equal(parseSeq("3"), 3);
+    assert.equal(parseSeq("-1"), null);
+    assert.equal(parseSeq("1e3"), null);
+    assert.equal(parseSeq(undefined), null);
     assert.match(html, /<span class="muted">next event ▶<\/span>/);
     assert.match(html, /href="\/console\/export\?from=100&amp;to=150"/);
   });

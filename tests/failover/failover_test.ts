@@ -24,6 +24,7 @@ import {
   type Writers,
 } from "../support/pg_cluster.ts";
 import { ADMIN_HEADERS, TEST_ADMIN_TOKEN } from "../support/auth.ts";
+import { reviewFailoverInBrowser } from "./review_in_browser.ts";
 
 const TOKEN = TEST_ADMIN_TOKEN;
 
@@ -244,7 +245,7 @@ Deno.test({
           const promotingOf = () => failover.find((e) => states(e).includes('"promoting"'));
           const repointedAfter = (id: string, p: Entry) =>
             failover.find((e) =>
-              e.instance === id && (e.serverAt as number) >= (p.serverAt as number) &&
+              e.instance === id && failover.indexOf(e) > failover.indexOf(p) &&
               states(e).includes('"switching"')
             );
           await until(async () => {
@@ -263,6 +264,8 @@ Deno.test({
           const promoting = promotingOf()!;
           const at = new URLSearchParams({
             at: String(promoting.serverAt),
+            // That event itself: its instance records a batch of transitions in one millisecond.
+            seq: String(promoting.entryId).split("-")[1],
             concern: "failover",
             instance: String(promoting.instance),
             actor: String(promoting.path),
@@ -281,6 +284,15 @@ Deno.test({
             JSON.stringify(promoting),
           );
           assert.match(page, /class="node state atomic active" data-state="detector\.promoting"/);
+          // The same in headless Chromium, a step at a time (docs/console.md's walk-through).
+          await reviewFailoverInBrowser({
+            url: urls()[0],
+            failover,
+            promoting,
+            repointed: Object.fromEntries(
+              ["node-a", "node-b", "node-c"].map((id) => [id, repointedAfter(id, promoting)!]),
+            ),
+          });
           epochAfterKill = now.primary.epoch;
           writers = null;
         },
