@@ -49,6 +49,12 @@ export interface Database {
   readonly epoch: number;
   /** True while the pool points at a read-only node (degraded mode). */
   readonly readOnly: boolean;
+  /**
+   * Raises the epoch the pool is labelled with to `epoch` when that is newer (never lowers
+   * it, never moves the pool); returns the epoch now in force. For a pool opened without a
+   * published epoch: the one the database itself recorded (failover_history).
+   */
+  adoptEpoch(epoch: number): number;
   /** Runs `SELECT 1` within `timeoutMs`; never throws. */
   ping(timeoutMs?: number): Promise<{ ok: boolean; latencyMs: number; error?: string }>;
   /**
@@ -673,6 +679,13 @@ function createSwitchableDatabase(
     get readOnly() {
       return readOnly;
     },
+    adoptEpoch(next: number) {
+      if (Number.isSafeInteger(next) && next > epoch) {
+        log.info("database pool labelled with the recorded epoch", { from: epoch, epoch: next });
+        epoch = next;
+      }
+      return epoch;
+    },
     ping: (timeoutMs = 2000) => {
       const pool = current;
       return pingSql(pool, timeoutMs, (err) => noteFailure(err, pool));
@@ -756,6 +769,7 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
     renewals: 0,
     epoch: 0,
     readOnly: false,
+    adoptEpoch: () => 0,
     ping: (timeoutMs = 2000) => pingSql(sql, timeoutMs),
     repoint: () =>
       Promise.reject(
