@@ -273,6 +273,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     actors_given_up: [],
     mfa_bypassed: [],
     backup_not_restorable: [],
+    backup_partial_left: [],
     instance_exited: [],
   };
   /** Processes the soak itself stops; any other exit of an instance is an anomaly. */
@@ -720,21 +721,40 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       await Deno.writeTextFile(`${dir}/${options.seed}-${label}-${id}.log`, text);
     }
   }
+  /** Fisher-Yates with the fault PRNG. */
+  const shuffle = <T>(xs: T[]): T[] => {
+    for (let i = xs.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [xs[i], xs[j]] = [xs[j], xs[i]];
+    }
+    return xs;
+  };
+  let deck: FaultKind[] = [];
   while (now() < faultsEnd) {
     await sleep(500 + Math.floor(random() * 2000));
     // A node or Redis left down comes back first, so later faults meet a whole cluster.
+    // Otherwise the next of a shuffled deck of the injecting kinds, so a short run still
+    // meets every kind; one that cannot be injected now goes back under the deck.
+    if (!deck.length) {
+      deck = shuffle(
+        kinds.filter((k) => !k.endsWith("_restart_old_primary") && k !== "redis_restart"),
+      );
+    }
     const kind = downPg && random() < 0.7
       ? "pg_restart_old_primary"
       : downRedis && random() < 0.7
       ? "redis_restart"
-      : kinds[Math.floor(random() * kinds.length)];
+      : deck.shift()!;
     const at = now();
     recoveredToo = null;
     const target = await inject(kind).catch((err) => {
       log(`fault ${kind} could not be injected: ${err}`);
       return null;
     });
-    if (target === null) continue;
+    if (target === null) {
+      if (kind !== "pg_restart_old_primary" && kind !== "redis_restart") deck.push(kind);
+      continue;
+    }
     const fault: Fault = { kind, target, at, recoveredAfter: null };
     faults.push(fault);
     log(`${Math.round(at / 1000)} s: ${kind} ${target}`);
@@ -794,11 +814,35 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   }
   // Every acknowledged backup (completed in the history, not deleted by retention) restores:
   // the verify path of the CLI, in restore mode (checksums, decrypt, test-restore).
+  // One more backup: taking the backup lock marks runs of killed instances as interrupted,
+  // so the history has no stale in_progress row when it is read.
+  await request("backup", live().length ? IDS.find((id) => url(id))! : IDS[0], "POST", "/backups", {
+    body: { type: "full" },
+  });
   const history = await until(async () => {
     const h = await backupHistory();
     return h && !h.some((b) => b.status === "in_progress") ? h : null;
   }, { ms: 120_000, what: "no backup running" }).catch(() => null) ?? await backupHistory() ?? [];
   const acknowledgedBackups = history.filter((b) => b.status === "completed" && !b.deletedAt);
+  // A backup that failed (a full disk, a killed instance) leaves nothing behind: every folder
+  // in the storage is a finished backup (its manifest is written last) or one still running.
+  const unfinished = new Set(history.filter((b) => b.status === "in_progress").map((b) => b.name));
+  for await (const entry of Deno.readDir(dirs.backups)) {
+    if (!entry.isDirectory || unfinished.has(entry.name)) continue;
+    const manifest = await Deno.stat(`${dirs.backups}/${entry.name}/manifest.json`).then(
+      () => true,
+      () => false,
+    );
+    if (!manifest) {
+      const files = [];
+      for await (const f of Deno.readDir(`${dirs.backups}/${entry.name}`)) files.push(f.name);
+      anomalies.backup_partial_left.push(
+        `${entry.name} has no manifest (files: ${files.join(", ") || "none"}); history: ${
+          history.find((b) => b.name === entry.name)?.status ?? "none"
+        }`,
+      );
+    }
+  }
   const verifier = openBackupService({
     settings: loadBackupSettings(backupEnv, { dataDir: dirs.root }),
     databaseUrl: null,
