@@ -45,6 +45,12 @@ export interface Database {
    * (postgres.js can leave a lost connection unusable, so the whole pool is replaced).
    */
   readonly renewals: number;
+  /**
+   * The server URL the pool points at now (it moves with `repoint`), credentials included:
+   * for tools that connect on their own (pg_dump, pg_basebackup). Never log it (`describe`
+   * is the redacted form). Null for embedded PGlite.
+   */
+  readonly url: string | null;
   /** Epoch of the primary the pool points at (0 until a failover manager sets one). */
   readonly epoch: number;
   /** True while the pool points at a read-only node (degraded mode). */
@@ -667,6 +673,9 @@ function createSwitchableDatabase(
     get describe() {
       return describe;
     },
+    get url() {
+      return url;
+    },
     get generation() {
       return generation;
     },
@@ -765,6 +774,7 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
     sql,
     mode: "embedded",
     describe: `embedded PGlite in ${dataDir}/pgdata`,
+    url: null,
     generation: 0,
     renewals: 0,
     epoch: 0,
