@@ -276,6 +276,30 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     backup_partial_left: [],
     instance_exited: [],
   };
+  /**
+   * Starts an instance again as a process supervisor (systemd, Kubernetes) would: an instance
+   * that exits during start-up (e.g. its DATABASE_URL is a replica now and Redis, failing
+   * over, named no primary in time) is started again a second later, for up to 60 s; each
+   * such exit is counted (`instance_start_failures`) and its reason logged. Returns the tries.
+   */
+  const startFailures: string[] = [];
+  async function relaunch(id: string): Promise<number> {
+    const deadline = now() + 60_000;
+    for (let tries = 1;; tries++) {
+      try {
+        await instances.launch(id);
+        watch(id);
+        return tries;
+      } catch (err) {
+        const why = String(err).split("\n").find((l) => /start-up failed|error/i.test(l)) ??
+          String(err).slice(0, 200);
+        startFailures.push(`${id}: ${why}`);
+        log(`${id} exited during start-up (try ${tries}): ${why}`);
+        if (now() > deadline) throw err;
+        await sleep(1000);
+      }
+    }
+  }
   /** Processes the soak itself stops; any other exit of an instance is an anomaly. */
   const stopping = new Set<Deno.ChildProcess>();
   const watch = (id: string) => {
@@ -290,7 +314,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       // Started again, so the rest of the soak still meets three instances.
       if (instances.byId[id] === p) {
         stopping.add(p.child);
-        instances.launch(id).then(() => watch(id), (err) => log(`${id} restart: ${err}`));
+        relaunch(id).catch((err) => log(`${id} restart: ${err}`));
       }
     });
   };
@@ -679,9 +703,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         stopping.add(instances.byId[id].child);
         await instances.stop(id, "SIGKILL");
         await sleep(500 + Math.floor(random() * 1500));
-        await instances.launch(id);
-        watch(id);
-        return id;
+        const tries = await relaunch(id);
+        return tries > 1 ? `${id} (started on try ${tries})` : id;
       }
       case "redis_kill_master": {
         if (downRedis) return null;
@@ -922,6 +945,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       "requests",
       "higher",
     ),
+    fig("instance_start_failures", startFailures.length, "exits", "lower"),
     fig("backups_acknowledged", acknowledgedBackups.length, "backups", "higher"),
     fig("backups_restored", backupsVerified, "backups", "higher"),
     ...kinds.flatMap((k) => {
