@@ -291,8 +291,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         watch(id);
         return tries;
       } catch (err) {
-        const why = String(err).split("\n").find((l) => /start-up failed|error/i.test(l)) ??
-          String(err).slice(0, 200);
+        const lines = String(err).split("\n");
+        const why = lines.find((l) => l.includes("start-up failed")) ??
+          lines.find((l) => /error/i.test(l)) ?? String(err).slice(0, 200);
         startFailures.push(`${id}: ${why}`);
         log(`${id} exited during start-up (try ${tries}): ${why}`);
         if (now() > deadline) throw err;
