@@ -34,6 +34,7 @@ import { loadSecretKey } from "./lib/secret_key.ts";
 import { createLocalBus, createRedisBus, type MessageBus } from "./store/bus.ts";
 import { type Database, openDatabase } from "./store/database.ts";
 import { migrate, type MigrationReport } from "./store/migrations.ts";
+import { maxRecordedEpoch } from "./store/replication.ts";
 import {
   closeRedis,
   createKeyspace,
@@ -191,6 +192,12 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     cleanups.push(() => db.close(config.shutdownTimeoutS));
 
     const migrations = await migrate(db.sql, { log: log.child("migrate") });
+    // Redis named no primary (it did not answer, or lost its data in a restart or a Sentinel
+    // switch): the epoch comes from the database, which records every publication, so what
+    // this pool writes is never labelled older than an epoch the cluster already agreed on.
+    if (start.epoch === 0 && db.mode === "postgres") {
+      db.adoptEpoch(await maxRecordedEpoch(db.sql).catch(() => 0));
+    }
     log.info("database ready", {
       target: db.describe,
       migrationsApplied: migrations.applied.length,

@@ -45,10 +45,22 @@ export interface Database {
    * (postgres.js can leave a lost connection unusable, so the whole pool is replaced).
    */
   readonly renewals: number;
+  /**
+   * The server URL the pool points at now (it moves with `repoint`), credentials included:
+   * for tools that connect on their own (pg_dump, pg_basebackup). Never log it (`describe`
+   * is the redacted form). Null for embedded PGlite.
+   */
+  readonly url: string | null;
   /** Epoch of the primary the pool points at (0 until a failover manager sets one). */
   readonly epoch: number;
   /** True while the pool points at a read-only node (degraded mode). */
   readonly readOnly: boolean;
+  /**
+   * Raises the epoch the pool is labelled with to `epoch` when that is newer (never lowers
+   * it, never moves the pool); returns the epoch now in force. For a pool opened without a
+   * published epoch: the one the database itself recorded (failover_history).
+   */
+  adoptEpoch(epoch: number): number;
   /** Runs `SELECT 1` within `timeoutMs`; never throws. */
   ping(timeoutMs?: number): Promise<{ ok: boolean; latencyMs: number; error?: string }>;
   /**
@@ -688,6 +700,9 @@ function createSwitchableDatabase(
     get describe() {
       return describe;
     },
+    get url() {
+      return url;
+    },
     get generation() {
       return generation;
     },
@@ -699,6 +714,13 @@ function createSwitchableDatabase(
     },
     get readOnly() {
       return readOnly;
+    },
+    adoptEpoch(next: number) {
+      if (Number.isSafeInteger(next) && next > epoch) {
+        log.info("database pool labelled with the recorded epoch", { from: epoch, epoch: next });
+        epoch = next;
+      }
+      return epoch;
     },
     ping: (timeoutMs = 2000) => {
       const pool = current;
@@ -783,10 +805,12 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
     sql,
     mode: "embedded",
     describe: `embedded PGlite in ${dataDir}/pgdata`,
+    url: null,
     generation: 0,
     renewals: 0,
     epoch: 0,
     readOnly: false,
+    adoptEpoch: () => 0,
     ping: (timeoutMs = 2000) => pingSql(sql, timeoutMs),
     repoint: () =>
       Promise.reject(

@@ -29,7 +29,9 @@ export function createBackupParts(
   const embedded = services.db.mode === "embedded";
   const service = openBackupService({
     settings,
-    databaseUrl: embedded ? null : services.config.database.url,
+    // Where the pool points now, not DATABASE_URL: after a failover (or a start on the
+    // published primary) pg_dump must read the server that exported the snapshot.
+    databaseUrl: embedded ? null : () => services.db.url,
     sql: services.db.sql,
     secretKey: services.secretKey,
     instanceId: services.instanceId,

@@ -163,8 +163,11 @@ export interface BackupService {
 export interface OpenBackupServiceOptions {
   /** Validated settings (loadBackupSettings). */
   settings: BackupSettings;
-  /** PostgreSQL server URL, or null (embedded mode / no database). */
-  databaseUrl: string | null;
+  /**
+   * PostgreSQL server URL, or null (embedded mode / no database); a function is asked at
+   * each use, so pg_dump follows the pool when a failover re-points it.
+   */
+  databaseUrl: string | null | (() => string | null);
   /** Pool on that server, or null. */
   sql: Sql | null;
   /** RS_SECRET_KEY; the passphrase is derived from it when BACKUP_ENCRYPTION_KEY is unset. */
@@ -213,7 +216,10 @@ export function openBackupService(options: OpenBackupServiceOptions): BackupServ
       log: options.log.child("tools"),
     }),
     passphrase: backupPassphrase(settings, options.secretKey),
-    databaseUrl: options.databaseUrl,
+    get databaseUrl() {
+      const url = options.databaseUrl;
+      return typeof url === "function" ? url() : url;
+    },
     sql: options.sql,
     instanceId: options.instanceId,
     log: options.log,

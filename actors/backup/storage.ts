@@ -132,7 +132,25 @@ export function createLocalStorage(root: string): BackupStorage {
       return { size };
     } catch (err) {
       await Deno.remove(tmp).catch(() => {});
+      await dropEmptyDirs(target);
       throw storageError("write", target, err);
+    }
+  }
+
+  /**
+   * Removes the directories above `target` that are empty, up to the root: a failed write
+   * (or a delete) leaves no empty backup folder, which a listing would show as an
+   * unfinished backup.
+   */
+  async function dropEmptyDirs(target: string): Promise<void> {
+    let dir = target.replace(/\/[^/]+$/, "");
+    while (dir.length > base.length && dir.startsWith(`${base}/`)) {
+      try {
+        await Deno.remove(dir); // fails on a directory that is not empty: then stop
+      } catch {
+        break;
+      }
+      dir = dir.replace(/\/[^/]+$/, "");
     }
   }
 
@@ -183,6 +201,8 @@ export function createLocalStorage(root: string): BackupStorage {
       await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
       (await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 })).close();
     } catch (err) {
+      await Deno.remove(tmp).catch(() => {});
+      await dropEmptyDirs(target);
       throw storageError("write", target, err);
     }
     return {
@@ -197,11 +217,13 @@ export function createLocalStorage(root: string): BackupStorage {
           return { size };
         } catch (err) {
           await Deno.remove(tmp).catch(() => {});
+          await dropEmptyDirs(target);
           throw storageError("write", target, err);
         }
       },
       async abort() {
         await Deno.remove(tmp).catch(() => {});
+        await dropEmptyDirs(target);
       },
     };
   }
@@ -242,19 +264,10 @@ export function createLocalStorage(root: string): BackupStorage {
       try {
         await Deno.remove(target);
       } catch (err) {
-        if (err instanceof Deno.errors.NotFound) return;
-        throw storageError("delete", target, err);
+        if (!(err instanceof Deno.errors.NotFound)) throw storageError("delete", target, err);
       }
-      // Drop directories left empty, up to the root.
-      let dir = target.replace(/\/[^/]+$/, "");
-      while (dir.length > base.length && dir.startsWith(`${base}/`)) {
-        try {
-          await Deno.remove(dir);
-        } catch {
-          break;
-        }
-        dir = dir.replace(/\/[^/]+$/, "");
-      }
+      // Directories left empty go too, also when the file was never written.
+      await dropEmptyDirs(target);
     },
     close() {},
   };

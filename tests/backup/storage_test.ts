@@ -130,6 +130,30 @@ Deno.test("backup storage: local directory", async (t) => {
   const storage = createLocalStorage(`${dir}/store`);
   try {
     await contract(t, storage);
+    // Regression (the chaos soak's backup_partial_left): a backup that failed on a full disk
+    // left its empty folder, which the storage listing shows as an unfinished backup.
+    await t.step("local: a failed or aborted write leaves no folder behind", async () => {
+      const folders = async () => {
+        const names = [];
+        for await (const e of Deno.readDir(`${dir}/store`)) if (e.isDirectory) names.push(e.name);
+        return names.sort();
+      };
+      const before = await folders();
+      const staged = await storage.stage!("failed-1/dump.pgc.zst.enc");
+      await Deno.writeTextFile(staged.path, "part of a dump");
+      await staged.abort();
+      await storage.delete("failed-1/dump.pgc.zst.enc"); // what a failed backup does next
+      const failing = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          controller.error(new Error("No space left on device"));
+        },
+      });
+      await assert.rejects(
+        storage.put("failed-2/dump.pgc.zst.enc", failing),
+        (e) => isRuntimeError(e, "STORAGE_FAILED"),
+      );
+      assert.deepEqual(await folders(), before);
+    });
   } finally {
     storage.close();
     await Deno.remove(dir, { recursive: true });
