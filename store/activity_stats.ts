@@ -4,18 +4,32 @@
  * backup type's last run and last verified backup. Every statement is a postgres.js tagged
  * template; nothing is spliced into SQL text.
  *
- * Journal rows are counted by id above a watermark (ids only grow), not by created_at: the
- * journal's created_at is the database's clock, the collector's cycle is the runtime's.
+ * Journal rows are counted by id past a position (ids only grow), not by created_at: the
+ * journal's created_at is the database's clock, the collector's cycle is the runtime's. Ids
+ * that committed out of order are asked for again (see {@linkcode EventCounts}).
  * @module
  */
 import type { Sql } from "./types.ts";
 
-/** Counts of journal events above a watermark, and the new watermark. */
+/**
+ * Counts of journal rows read past a position, and what the next read starts from.
+ *
+ * Ids come from a sequence when a row is inserted, but rows become visible when their
+ * transaction commits, so a smaller id can appear after a larger one was read (two logins
+ * committing out of order). A reader that only kept "the highest id seen" would skip such a
+ * row for good; so every id below the highest one that was not there is reported in `gaps`,
+ * and the caller asks for it again (`pending`) until it appears or is old enough to be a
+ * rolled-back insert.
+ */
 export interface EventCounts {
   /** Highest id seen (the next call's `afterId`). */
   lastId: number;
   /** Count per event type (or per `method/outcome` for MFA checks). */
   counts: Record<string, number>;
+  /** Pending ids (asked again) that have appeared now. */
+  found: number[];
+  /** Ids in (`afterId`, `lastId`] not there yet: ask for them again. */
+  gaps: number[];
 }
 
 /** The highest id of the login journal and of the MFA attempts log (where counting starts). */
@@ -27,51 +41,75 @@ export async function activityWatermarks(
   return { loginEvents: Number(row.e ?? 0), mfaAttempts: Number(row.a ?? 0) };
 }
 
+interface CountRow {
+  counts: Record<string, string | number> | null;
+  last: string | null;
+  found: string[] | null;
+  gaps: string[] | null;
+}
+
+function toCounts(row: CountRow, afterId: number): EventCounts {
+  return {
+    lastId: Math.max(afterId, Number(row.last ?? afterId)),
+    counts: Object.fromEntries(
+      Object.entries(row.counts ?? {}).map(([k, n]) => [k, Number(n)]),
+    ),
+    found: (row.found ?? []).map(Number),
+    gaps: (row.gaps ?? []).map(Number),
+  };
+}
+
 /**
- * Login attempt outcomes journaled after `afterId` (event types of machines/login.ts:
- * `Failed`, `Locked`, `Authenticated`, `MfaRequired`, …), at most `limit` rows read.
+ * Login attempt outcomes journaled after `afterId` or among the `pending` ids (event types of
+ * machines/login.ts: `Failed`, `Locked`, `Authenticated`, `MfaRequired`, …), at most `limit`
+ * rows read.
  */
 export async function loginEventsSince(
   sql: Sql,
   afterId: number,
+  pending: number[] = [],
   limit = 100_000,
 ): Promise<EventCounts> {
-  // Grouped over every row above the watermark (one statement), so the watermark moves past
-  // other aggregates' events too; only the login aggregate's are counted.
-  const rows = await sql<{ login: boolean; event_type: string; n: string; last: string }[]>`
-    SELECT aggregate_type = 'login' AS login, event_type, count(*) AS n, max(id) AS last
-    FROM (
+  // Over every row past the position (one statement), so the position moves past other
+  // aggregates' events too; only the login aggregate's are counted.
+  const [row] = await sql<CountRow[]>`
+    WITH e AS (
       SELECT id, aggregate_type, event_type FROM event_log
-      WHERE id > ${afterId} ORDER BY id LIMIT ${limit}
-    ) e
-    GROUP BY 1, 2`;
-  const counts: Record<string, number> = {};
-  let lastId = afterId;
-  for (const r of rows) {
-    if (r.login) counts[r.event_type] = Number(r.n);
-    lastId = Math.max(lastId, Number(r.last));
-  }
-  return { lastId, counts };
+      WHERE id > ${afterId} OR id = ANY(${pending}::bigint[])
+      ORDER BY id LIMIT ${limit}
+    ), top AS (SELECT max(id) AS last FROM e WHERE id > ${afterId})
+    SELECT
+      (SELECT json_object_agg(event_type, n) FROM (
+        SELECT event_type, count(*) AS n FROM e WHERE aggregate_type = 'login'
+        GROUP BY event_type) c) AS counts,
+      (SELECT last FROM top) AS last,
+      (SELECT array_agg(id) FROM e WHERE id <= ${afterId}) AS found,
+      (SELECT array_agg(g) FROM generate_series(${afterId} + 1, (SELECT last FROM top)) g
+        WHERE NOT EXISTS (SELECT 1 FROM e WHERE e.id = g)) AS gaps`;
+  return toCounts(row, afterId);
 }
 
-/** MFA code checks logged after `afterId`, counted per `method/outcome`. */
+/** MFA code checks logged after `afterId` or among `pending`, counted per `method/outcome`. */
 export async function mfaAttemptsSince(
   sql: Sql,
   afterId: number,
+  pending: number[] = [],
   limit = 100_000,
 ): Promise<EventCounts> {
-  const rows = await sql<{ method: string; outcome: string; n: string; last: string }[]>`
-    SELECT method, outcome, count(*) AS n, max(id) AS last
-    FROM (SELECT id, method, outcome FROM mfa_attempts WHERE id > ${afterId} ORDER BY id
-          LIMIT ${limit}) a
-    GROUP BY method, outcome`;
-  const counts: Record<string, number> = {};
-  let lastId = afterId;
-  for (const r of rows) {
-    counts[`${r.method}/${r.outcome}`] = Number(r.n);
-    lastId = Math.max(lastId, Number(r.last));
-  }
-  return { lastId, counts };
+  const [row] = await sql<CountRow[]>`
+    WITH a AS (
+      SELECT id, method, outcome FROM mfa_attempts
+      WHERE id > ${afterId} OR id = ANY(${pending}::bigint[])
+      ORDER BY id LIMIT ${limit}
+    ), top AS (SELECT max(id) AS last FROM a WHERE id > ${afterId})
+    SELECT
+      (SELECT json_object_agg(k, n) FROM (
+        SELECT method || '/' || outcome AS k, count(*) AS n FROM a GROUP BY 1) c) AS counts,
+      (SELECT last FROM top) AS last,
+      (SELECT array_agg(id) FROM a WHERE id <= ${afterId}) AS found,
+      (SELECT array_agg(g) FROM generate_series(${afterId} + 1, (SELECT last FROM top)) g
+        WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.id = g)) AS gaps`;
+  return toCounts(row, afterId);
 }
 
 /** Users with a confirmed MFA method, per method, and active users. */

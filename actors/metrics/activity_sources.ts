@@ -18,6 +18,7 @@ import type { MetricPoint } from "../../lib/line_protocol.ts";
 import {
   activityWatermarks,
   backupStatusByType,
+  type EventCounts,
   loginEventsSince,
   mfaAttemptsSince,
   mfaEnrolment,
@@ -41,6 +42,20 @@ const LOGIN_FIELDS: Record<string, string> = {
   Locked: "mfa_locked",
 };
 
+/** How long an id missing below the read position is asked for (then: a rolled-back insert). */
+const GAP_WAIT_MS = 60_000;
+/** At most this many missing ids are asked for (the oldest are given up first). */
+const GAP_MAX = 1_000;
+
+/** Forgets the ids that appeared, remembers new gaps, gives up old or too many ones. */
+function trackGaps(gaps: Map<number, number>, read: EventCounts, at: number): void {
+  for (const id of read.found) gaps.delete(id);
+  for (const id of read.gaps) if (!gaps.has(id)) gaps.set(id, at);
+  for (const [id, since] of gaps) {
+    if (at - since > GAP_WAIT_MS || gaps.size > GAP_MAX) gaps.delete(id);
+  }
+}
+
 /**
  * Login outcomes, MFA checks and enrolment, and sessions (PostgreSQL, whole cluster).
  *
@@ -51,6 +66,9 @@ const LOGIN_FIELDS: Record<string, string> = {
 export function authSource(sql: Sql, options: { maxGapMs: number }): Source {
   let marks: { loginEvents: number; mfaAttempts: number } | null = null;
   let lastAt: number | null = null;
+  /** Ids below the position not committed yet, with when each was first missed. */
+  const loginGaps = new Map<number, number>();
+  const checkGaps = new Map<number, number>();
   const totals: Record<string, number> = {
     failed: 0,
     succeeded: 0,
@@ -63,10 +81,16 @@ export function authSource(sql: Sql, options: { maxGapMs: number }): Source {
     async collect(at) {
       const points: MetricPoint[] = [];
       const first = marks === null || lastAt === null || at - lastAt > options.maxGapMs;
-      const since = first || marks === null ? await activityWatermarks(sql) : marks;
-      const logins = await loginEventsSince(sql, since.loginEvents);
-      const checks = await mfaAttemptsSince(sql, since.mfaAttempts);
+      if (first || marks === null) {
+        marks = await activityWatermarks(sql);
+        loginGaps.clear();
+        checkGaps.clear();
+      }
+      const logins = await loginEventsSince(sql, marks.loginEvents, [...loginGaps.keys()]);
+      const checks = await mfaAttemptsSince(sql, marks.mfaAttempts, [...checkGaps.keys()]);
       marks = { loginEvents: logins.lastId, mfaAttempts: checks.lastId };
+      trackGaps(loginGaps, logins, at);
+      trackGaps(checkGaps, checks, at);
       const fields: Record<string, number> = {};
       for (const [event, field] of Object.entries(LOGIN_FIELDS)) {
         fields[field] = logins.counts[event] ?? 0;

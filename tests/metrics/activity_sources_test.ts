@@ -91,6 +91,32 @@ Deno.test("activity sources (PostgreSQL)", async (t) => {
       },
     );
 
+    await t.step(
+      "auth: a login journaled with a smaller id but committed after a larger one is counted",
+      async () => {
+        const auth = authSource(sql, { maxGapMs: 30_000 });
+        const t0 = Date.now();
+        one(await auth.collect(t0), "auth_logins");
+        // The first login takes its id, then waits to commit while a second one commits.
+        const slow = await sql.reserve();
+        try {
+          await slow`BEGIN`;
+          await slow`INSERT INTO event_log (aggregate_type, aggregate_id, version, event_type)
+                     VALUES ('login', ${crypto.randomUUID()}, 1, 'Failed')`;
+          await journal("Failed", 1);
+          const early = one(await auth.collect(t0 + 1_000), "auth_logins");
+          assert.equal(early.failed, 1, "the committed one");
+          await slow`COMMIT`;
+        } finally {
+          slow.release();
+        }
+        let fields = one(await auth.collect(t0 + 2_000), "auth_logins");
+        assert.equal(fields.failed, 1, "the late one, below the position already read");
+        fields = one(await auth.collect(t0 + 3_000), "auth_logins");
+        assert.equal(fields.failed, 0, "each counted once");
+      },
+    );
+
     await t.step("auth: MFA enrolment and code checks, sessions", async () => {
       const auth = authSource(sql, { maxGapMs: 30_000 });
       const t0 = Date.now();

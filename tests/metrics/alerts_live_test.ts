@@ -50,6 +50,12 @@ Deno.test("failed_logins fires in a running instance, with no rule configured", 
     log: createLogger("rs", { sink: (l) => lines.push(l), level: "info" }),
   });
   try {
+    // Counting starts at the auth source's first cycle (history is not replayed): wait for it,
+    // or the first logins may fall before it.
+    await eventually(async () => {
+      const text = await (await fetch(`${rt.url}/metrics`, { headers: ADMIN_HEADERS })).text();
+      return /^rootstream_metrics_source_up\{source="auth"\} 1$/m.test(text);
+    }, { what: "a metrics cycle in which the auth source answered" });
     // Twelve wrong passwords, each for another (unknown) login: under the per-address limits.
     for (let i = 0; i < 12; i++) {
       const res = await fetch(`${rt.url}/auth/login`, {
