@@ -213,6 +213,8 @@ export async function resolvePrimaryUrl(
       options.auth,
     );
     for (;;) {
+      // Measured before the read: the first unanswered read is always waited for (and said).
+      const waitedMs = Date.now() - started;
       const [answer, views] = await Promise.all([
         store.readPrimaryAnswer(1000),
         Promise.all(nodes.map((n) => viewNode(n))),
@@ -228,7 +230,7 @@ export async function resolvePrimaryUrl(
             }
             : null,
         },
-        waitedMs: answer.answered ? 0 : Date.now() - started,
+        waitedMs: answer.answered ? 0 : waitedMs,
         redisWaitMs: settings.startupRedisWaitMs,
         configured,
         nodes: views,

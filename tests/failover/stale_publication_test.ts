@@ -137,6 +137,41 @@ Deno.test("start-up opens the primary failover_history records, not a stale or r
         await instance.stop("SIGTERM");
       }
     });
+    await t.step("Redis gives no answer and DATABASE_URL is the replica", async () => {
+      // Redis is failing over: it takes connections but answers nothing.
+      await redis.kill("SIGSTOP");
+      let resumed = false;
+      const watcher = postgres(cluster.url("pg1"), { max: 1, onnotice: () => {} }) as Sql;
+      try {
+        const launching = launchInstance({
+          ...env,
+          RS_INSTANCE_ID: "stale-c",
+          FAILOVER_STARTUP_REDIS_WAIT_MS: "500",
+        });
+        launching.catch(() => {});
+        // The pool opened on pg1 (the rest of start-up needs Redis, so it waits for it).
+        await until(async () => {
+          const [row] = await watcher`
+            SELECT count(*)::int AS n FROM pg_stat_activity
+             WHERE application_name = 'rootstream-stale-c'`;
+          return row.n > 0;
+        }, { what: "the instance's pool to open on pg1, the recorded primary", ms: 30_000 });
+        await redis.kill("SIGCONT");
+        resumed = true;
+        const instance = await launching;
+        try {
+          assert.match(instance.stderr(), /waiting for Redis to name the primary/);
+          const row = await canary(instance.url);
+          assert.equal(row.node, "pg1", `the canary went to ${row.node}`);
+          assert.equal(row.epoch, 2, `canary labelled ${row.epoch}, failover_history says 2`);
+        } finally {
+          await instance.stop("SIGTERM");
+        }
+      } finally {
+        if (!resumed) await redis.kill("SIGCONT");
+        await watcher.end();
+      }
+    });
   } finally {
     await closeRedis(client);
     await Deno.remove(dataDir, { recursive: true });
