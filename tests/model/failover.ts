@@ -159,7 +159,16 @@ export const failoverModel: ChartModel<FailoverWorld> = {
         };
       },
     },
-    probePrimary: { answers: probe(true), fails: probe(false), refused: probe(false, true) },
+    probePrimary: {
+      answers: probe(true),
+      fails: probe(false),
+      refused: probe(false, true),
+      // A Redis failover lost the record (asynchronous replication): Redis answers with none.
+      redisLost: (c, run) => {
+        run.world.redis = null;
+        return probe(true)(c, run);
+      },
+    },
     corroborate: {
       certain: (c, run) => {
         run.world.evidence = "certain";
