@@ -178,7 +178,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
 
     // After a failover the configured URL may name a demoted node: start on the primary
     // the cluster last agreed on (the failover concern's key in Redis).
-    const start = await startupDatabase(config, messageAuth);
+    const start = await startupDatabase(config, messageAuth, { log: log.child("start-up") });
     const db = await openDatabase({
       url: start.url,
       epoch: start.epoch,

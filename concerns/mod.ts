@@ -208,11 +208,14 @@ export function concernApi<K extends keyof ConcernApis>(
 
 /**
  * The URL the database pool opens on and the epoch it follows: after a failover, the primary
- * the cluster last agreed on (the failover concern's record in Redis), else DATABASE_URL (0).
+ * the cluster last agreed on (the failover concern's record in Redis, unless failover_history
+ * records a newer epoch or its node is in recovery), else the primary failover_history
+ * records, else DATABASE_URL (0); it waits (and says why) while none is usable.
  */
 export function startupDatabase(
   config: Config,
   auth: MessageAuth,
+  options: { log?: Logger; signal?: AbortSignal } = {},
 ): Promise<{ url: string | null; epoch: number }> {
-  return resolvePrimaryUrl(config, config.concerns.failover, { auth });
+  return resolvePrimaryUrl(config, config.concerns.failover, { auth, ...options });
 }

@@ -62,6 +62,13 @@ export interface FailoverStore {
    * Redis gives no answer within `timeoutMs`. Never throws.
    */
   readPrimary(timeoutMs: number): Promise<PublishedRecord | null>;
+  /**
+   * Like {@linkcode readPrimary}, but tells "Redis did not answer" (`answered: false`) from
+   * "no record" (`answered: true, record: null`). Never throws.
+   */
+  readPrimaryAnswer(
+    timeoutMs: number,
+  ): Promise<{ answered: boolean; record: PublishedRecord | null }>;
   /** Publishes `record` unconditionally (a lone instance, which holds no lease). */
   writePrimary(record: PublishedRecord): Promise<void>;
   /** The write that publishes `record`, for a fenced write under the failover lease. */
@@ -120,27 +127,40 @@ export function createFailoverStore(
   const status = statusKey(keyspace);
   const seal = (key: string, value: unknown) =>
     auth.seal("failover.record", key, JSON.stringify(value));
-  return {
-    async readPrimary(timeoutMs) {
-      try {
-        const raw = await withTimeout(redis.get(primary), timeoutMs);
-        if (!raw) return null;
-        const opened = auth.open("failover.record", primary, raw);
-        if (!opened) {
-          auth.refused("failover.record", claimedSender(raw), { key: "failover:primary" });
-          return null;
-        }
-        const parsed = PublishedRecord.safeParse(JSON.parse(opened.body));
-        if (parsed.success && opened.previous) {
-          const resealed = auth.seal("failover.record", primary, opened.body);
-          await withTimeout(RESEAL(redis, [primary], [raw, resealed]), timeoutMs)
-            .catch(() => {}); // the next read tries again
-        }
-        return parsed.success ? parsed.data : null;
-      } catch {
+  async function readAnswer(
+    timeoutMs: number,
+  ): Promise<{ answered: boolean; record: PublishedRecord | null }> {
+    let raw: string | null;
+    try {
+      raw = await withTimeout(redis.get(primary), timeoutMs);
+    } catch {
+      return { answered: false, record: null };
+    }
+    return { answered: true, record: raw ? await openRecord(raw, timeoutMs) : null };
+  }
+  async function openRecord(raw: string, timeoutMs: number): Promise<PublishedRecord | null> {
+    try {
+      const opened = auth.open("failover.record", primary, raw);
+      if (!opened) {
+        auth.refused("failover.record", claimedSender(raw), { key: "failover:primary" });
         return null;
       }
+      const parsed = PublishedRecord.safeParse(JSON.parse(opened.body));
+      if (parsed.success && opened.previous) {
+        const resealed = auth.seal("failover.record", primary, opened.body);
+        await withTimeout(RESEAL(redis, [primary], [raw, resealed]), timeoutMs)
+          .catch(() => {}); // the next read tries again
+      }
+      return parsed.success ? parsed.data : null;
+    } catch {
+      return null;
+    }
+  }
+  return {
+    async readPrimary(timeoutMs) {
+      return (await readAnswer(timeoutMs)).record;
     },
+    readPrimaryAnswer: readAnswer,
     async writePrimary(record) {
       await redis.set(primary, seal(primary, record));
     },

@@ -452,6 +452,30 @@ export async function maxRecordedEpoch(sql: Sql): Promise<number> {
   return Number(row.epoch);
 }
 
+/**
+ * What a node's failover_history says the primary is: the newest completed publication
+ * (bootstrap, failover or switchover) with its epoch, and the highest epoch recorded at
+ * all; null before the migrations created the table or when nothing was recorded.
+ */
+export async function recordedPrimary(
+  sql: Sql,
+): Promise<{ node: string; epoch: number; maxEpoch: number } | null> {
+  const [table] = await sql`SELECT to_regclass('failover_history') IS NOT NULL AS present`;
+  if (!table.present) return null;
+  const [row] = await sql`
+    SELECT new_primary, epoch, (SELECT max(epoch) FROM failover_history) AS max_epoch
+      FROM failover_history
+     WHERE epoch IS NOT NULL AND status = 'completed'
+       AND kind IN ('bootstrap', 'failover', 'switchover')
+     ORDER BY epoch DESC, id DESC LIMIT 1`;
+  if (!row) return null;
+  return {
+    node: row.new_primary,
+    epoch: Number(row.epoch),
+    maxEpoch: Math.max(Number(row.epoch), Number(row.max_epoch ?? 0)),
+  };
+}
+
 /** Writes a canary row; returns its id and the node (cluster_name) that accepted it. */
 export async function writeCanary(
   sql: Sql,

@@ -61,6 +61,7 @@ import {
   type PublishInput,
   type PublishOutput,
   readOnlyFallback,
+  type ReassertInput,
   type ReceiverState,
   type ReplicationSample,
   type StartFacts,
@@ -681,6 +682,45 @@ export async function publish(deps: FailoverDeps, input: PublishInput): Promise<
   return { published: { node: input.node, epoch, readOnlyNode: input.readOnlyNode }, why };
 }
 
+/**
+ * Writes the followed primary back to Redis, unchanged, under the fencing token: Redis
+ * lost it (an older epoch or none). Never over a record at least as new (read first; the
+ * fence refuses a deposed coordinator). No history row: the publication is recorded already.
+ */
+export async function reassert(
+  deps: FailoverDeps,
+  input: ReassertInput,
+): Promise<{ why: string }> {
+  const { primary, token } = input;
+  if (!deps.published || !deps.leases) throw new Error("no Redis to re-assert the primary in");
+  const answer = await deps.published.readPrimaryAnswer(2000);
+  if (!answer.answered) throw new Error("Redis did not answer");
+  const found = answer.record;
+  if (found && found.epoch >= primary.epoch) {
+    return {
+      why: `not re-asserted: Redis already holds ${found.node} at epoch ${found.epoch}`,
+    };
+  }
+  await deps.leases.fencedSet(
+    { role: FAILOVER_ROLE, token },
+    deps.published.primaryWrite({
+      node: primary.node,
+      epoch: primary.epoch,
+      readOnlyNode: primary.readOnlyNode,
+      token,
+      by: deps.instanceId,
+      at: deps.now(),
+      kind: "reassert",
+      why: "re-asserted: Redis had lost the publication",
+    }),
+  );
+  const why = `re-asserted ${primary.node} at epoch ${primary.epoch} in Redis under fencing ` +
+    `token ${token} (Redis held ` +
+    (found ? `${found.node} at epoch ${found.epoch})` : "no published primary)");
+  deps.log.warn(why);
+  return { why };
+}
+
 // ---------------------------------------------------------------------------------------
 // Votes
 // ---------------------------------------------------------------------------------------
@@ -1106,13 +1146,17 @@ export function createFailoverLogic(
       }),
       probePrimary: fromPromise<ProbeOutput, { primary: Published }>(async ({ input }) => {
         const at = deps.now();
-        const [probe, published] = await Promise.all([
+        const [probe, answer] = await Promise.all([
           probeNode(deps, input.primary.node, deps.settings.probeTimeoutMs),
-          readPublished(deps, Math.min(500, deps.settings.probeTimeoutMs)),
+          deps.published
+            ? deps.published.readPrimaryAnswer(Math.min(500, deps.settings.probeTimeoutMs))
+            : null,
         ]);
+        const published = answer?.record ?? null;
         return {
           ...probe,
           at,
+          redisAnswered: answer?.answered ?? false,
           published: published
             ? { node: published.node, epoch: published.epoch, readOnlyNode: published.readOnlyNode }
             : null,
@@ -1124,6 +1168,7 @@ export function createFailoverLogic(
       promote: fromPromise(({ input }) => promote(deps, input)),
       switchover: fromPromise(({ input }) => switchover(deps, input)),
       publish: fromPromise(({ input }) => publish(deps, input)),
+      reassert: fromPromise(({ input }) => reassert(deps, input)),
       reassess: fromPromise(({ input }) => reassess(deps, input)),
       repointPool: fromPromise(({ input }) => repointPool(deps, input)),
       sampleNodes: fromPromise(({ input }) => sampleNodes(deps, input)),

@@ -29,18 +29,22 @@ import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { createPgTools } from "../../store/pg_tools.ts";
 import {
+  isInRecovery,
   listFailoverRecords,
   type NodeIdentity,
   readNodeState,
   readReplicationRows,
+  recordedPrimary,
   writeCanary,
 } from "../../store/replication.ts";
-import type {
-  Decision,
-  FailoverContext,
-  FailoverEvent,
-  FailoverInput,
-  SwitchoverRequest,
+import {
+  chooseStartupNode,
+  type Decision,
+  type FailoverContext,
+  type FailoverEvent,
+  type FailoverInput,
+  type StartupNodeView,
+  type SwitchoverRequest,
 } from "../../machines/failover/mod.ts";
 import { createMembership } from "../runtime/membership.ts";
 import type { ActorSpec, ConcernParts, RemoteEvent, RuntimeServices } from "../runtime/types.ts";
@@ -52,7 +56,7 @@ import {
   type FailoverDeps,
   readPublished,
 } from "./effects.ts";
-import { createNodeClient, type NodeClient, nodeForUrl } from "./nodes.ts";
+import { createNodeClient, type NodeClient, nodeForUrl, shortError } from "./nodes.ts";
 import type { FailoverSettings } from "./settings.ts";
 
 export { FAILOVER_VARIABLES, type FailoverSettings, loadFailoverSettings } from "./settings.ts";
@@ -171,38 +175,114 @@ function watchRedis(
 }
 
 /**
- * The URL the runtime should open its pool on: the node published as primary in Redis
- * when DATABASE_NODES and Redis are configured (an instance restarting after a failover
- * must not open — and migrate — its stale DATABASE_URL, now a replica or a fenced old
- * primary) with its epoch, else `config.database.url` with epoch 0. Never throws; Redis
- * gets `timeoutMs` to answer.
+ * The URL the runtime should open its pool on, and the epoch it follows, decided by
+ * {@linkcode chooseStartupNode} before anything is written: with DATABASE_NODES and Redis
+ * configured, the primary published in Redis when its node is out of recovery and its epoch
+ * is not below failover_history's highest (Redis replication is asynchronous: a Sentinel
+ * failover can bring back an older record); Redis not answering is waited for up to
+ * FAILOVER_STARTUP_REDIS_WAIT_MS; then the primary failover_history records, else
+ * DATABASE_URL on a cluster that recorded nothing, each only out of recovery. Otherwise it
+ * says why (once per new reason) and decides again every `retryMs` until a coordinator
+ * publishes a usable primary, or `signal` aborts (then it throws). Without DATABASE_NODES
+ * or Redis: `config.database.url` with epoch 0.
  */
 export async function resolvePrimaryUrl(
   config: CoreConfig,
   settings: FailoverSettings,
-  options: { auth: MessageAuth; timeoutMs?: number },
+  options: { auth: MessageAuth; log?: Logger; retryMs?: number; signal?: AbortSignal },
 ): Promise<{ url: string | null; epoch: number }> {
   const url = config.database.url;
   if (!url || !redisConfigured(config.redis)) return { url, epoch: 0 };
   if (!settings.nodes.length) return { url, epoch: 0 };
+  const log = options.log;
   const client = createRedisClient(config.redis, { name: "rs-resolve-primary" });
+  const nodes = settings.nodes.map((n) =>
+    createNodeClient(n, {
+      applicationName: `rootstream-start-${config.instanceId}`.slice(0, 63),
+    })
+  );
+  const configured = nodeForUrl(settings.nodes, url)?.name ?? null;
+  const started = Date.now();
+  let said = "";
   try {
-    await client.connect();
-    const record = await createFailoverStore(
+    // Not awaited: a Redis that is down (failing over) is waited for below, not given up on.
+    client.connect().catch(() => {});
+    const store = createFailoverStore(
       client,
       createKeyspace(config.redis.keyPrefix),
       options.auth,
-    ).readPrimary(options.timeoutMs ?? 2000);
-    const node = record &&
-      settings.nodes.find((n) => n.name === record.node);
-    // The pool starts labelled with the epoch it follows, so what it writes (canary rows,
-    // /replication) never shows an epoch older than the one the cluster agreed on.
-    return node ? { url: node.url, epoch: record.epoch } : { url, epoch: 0 };
-  } catch {
-    return { url, epoch: 0 };
+    );
+    for (;;) {
+      // Measured before the read: the first unanswered read is always waited for (and said).
+      const waitedMs = Date.now() - started;
+      const [answer, views] = await Promise.all([
+        store.readPrimaryAnswer(1000),
+        Promise.all(nodes.map((n) => viewNode(n))),
+      ]);
+      const choice = chooseStartupNode({
+        redis: {
+          answered: answer.answered,
+          record: answer.record
+            ? {
+              node: answer.record.node,
+              epoch: answer.record.epoch,
+              readOnlyNode: answer.record.readOnlyNode,
+            }
+            : null,
+        },
+        waitedMs: answer.answered ? 0 : waitedMs,
+        redisWaitMs: settings.startupRedisWaitMs,
+        configured,
+        nodes: views,
+      });
+      if (choice.open) {
+        log?.info(choice.why);
+        const node = choice.node === null
+          ? null
+          : settings.nodes.find((n) => n.name === choice.node) ?? null;
+        return { url: node ? node.url : url, epoch: choice.epoch };
+      }
+      if (choice.why !== said) {
+        if (choice.error) log?.error(choice.why);
+        else log?.warn(choice.why);
+        said = choice.why;
+      }
+      await pause(options.retryMs ?? 500, options.signal);
+    }
   } finally {
+    await Promise.all(nodes.map((n) => n.close()));
     await closeRedis(client);
   }
+}
+
+/** One node as start-up sees it: answers, in recovery, what its failover_history records. */
+async function viewNode(node: NodeClient): Promise<StartupNodeView> {
+  const name = node.setting.name;
+  try {
+    const [inRecovery, recorded] = await node.run(
+      (sql) => Promise.all([isInRecovery(sql), recordedPrimary(sql)]),
+      { timeoutMs: 2000, what: "start-up check" },
+    );
+    return { name, reachable: true, inRecovery, recorded, error: null };
+  } catch (err) {
+    return { name, reachable: false, inRecovery: false, recorded: null, error: shortError(err) };
+  }
+}
+
+/** Waits `ms`, or rejects when `signal` aborts. */
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", stop);
+      resolve();
+    }, ms);
+    const stop = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", stop, { once: true });
+  });
 }
 
 /** A switchover's outcome, as the coordinator decided it. */

@@ -44,6 +44,8 @@ export interface FailoverSettings {
   switchoverTimeoutMs: number;
   /** FAILOVER_USE_SLOTS: replicas stream through physical replication slots. */
   useSlots: boolean;
+  /** FAILOVER_STARTUP_REDIS_WAIT_MS: start-up waits this long for Redis to name the primary. */
+  startupRedisWaitMs: number;
   /** REPLICATION_LAG_ALERT_BYTES: lag above which an alert is raised. */
   lagAlertBytes: number;
   /** REPLICATION_LAG_ALERT_S: lag above which an alert is raised. */
@@ -104,6 +106,12 @@ export const FAILOVER_VARIABLES: readonly { env: string; default: string; descri
       description: "how long a switchover waits for the target to replay everything",
     },
     { env: "FAILOVER_USE_SLOTS", default: "on", description: "stream through replication slots" },
+    {
+      env: "FAILOVER_STARTUP_REDIS_WAIT_MS",
+      default: "15000",
+      description: "start-up waits this long for Redis to name the primary, then checks the " +
+        "primary failover_history records (never a node in recovery or behind the newest epoch)",
+    },
     {
       env: "REPLICATION_LAG_ALERT_BYTES",
       default: "16777216",
@@ -179,6 +187,7 @@ const schema = z.object({
   FAILOVER_QUERY_WAIT_MS: int(0, 600_000, "milliseconds").default(10_000),
   FAILOVER_SWITCHOVER_TIMEOUT_MS: int(100, 3_600_000, "milliseconds").default(30_000),
   FAILOVER_USE_SLOTS: onOff.default(true),
+  FAILOVER_STARTUP_REDIS_WAIT_MS: int(0, 3_600_000, "milliseconds").default(15_000),
   REPLICATION_LAG_ALERT_BYTES: int(0, Number.MAX_SAFE_INTEGER, "bytes").default(16 * 1024 * 1024),
   REPLICATION_LAG_ALERT_S: int(0, 86_400, "seconds").default(10),
   FAILOVER_FAILPOINT: z.enum(["exit-after-promote"], { message: "exit-after-promote" })
@@ -228,6 +237,7 @@ export function loadFailoverSettings(
     queryWaitMs: e.FAILOVER_QUERY_WAIT_MS,
     switchoverTimeoutMs: e.FAILOVER_SWITCHOVER_TIMEOUT_MS,
     useSlots: e.FAILOVER_USE_SLOTS,
+    startupRedisWaitMs: e.FAILOVER_STARTUP_REDIS_WAIT_MS,
     lagAlertBytes: e.REPLICATION_LAG_ALERT_BYTES,
     lagAlertSeconds: e.REPLICATION_LAG_ALERT_S,
     failpoint: e.FAILOVER_FAILPOINT ?? null,

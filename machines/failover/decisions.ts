@@ -92,6 +92,16 @@ export function chooseStart(facts: StartFacts, nodes: string[]): StartChoice {
     ? `${fallback.node}, where the pool points,`
     : `${fallback.node}, the first of DATABASE_NODES (the pool points at none of them),`;
   const until = fallback.epoch === 0 ? " until the coordinator publishes it" : "";
+  // Redis lost the newest publication (the pool started on the epoch failover_history
+  // records): the older record is not followed; the coordinator writes it back.
+  if (p && onNode && pool.epoch > p.epoch) {
+    return {
+      primary: fallback,
+      why: `starting: the published primary ${p.node} (epoch ${p.epoch}) is older than the ` +
+        `epoch ${pool.epoch} recorded in failover_history: following ${where} with epoch ` +
+        `${pool.epoch} until the coordinator re-asserts it`,
+    };
+  }
   if (p && nodes.includes(p.node)) {
     return {
       primary: p,
@@ -110,6 +120,143 @@ export function chooseStart(facts: StartFacts, nodes: string[]): StartChoice {
     primary: fallback,
     why: `starting: no primary is published (or Redis did not answer); following ${where} ` +
       `with epoch ${fallback.epoch}${until}`,
+  };
+}
+
+/** One node as start-up sees it before opening the pool (see {@linkcode chooseStartupNode}). */
+export interface StartupNodeView {
+  /** Node name. */
+  name: string;
+  /** It answered. */
+  reachable: boolean;
+  /** pg_is_in_recovery() (false when unreachable). */
+  inRecovery: boolean;
+  /** Its failover_history: newest publication and highest epoch, or null (none). */
+  recorded: { node: string; epoch: number; maxEpoch: number } | null;
+  /** Why it did not answer. */
+  error: string | null;
+}
+
+/** What start-up knows when it decides which node to open the pool on. */
+export interface StartupFacts {
+  /** Redis's answer: `answered` false when it gave none. */
+  redis: { answered: boolean; record: Published | null };
+  /** How long start-up has waited for Redis so far. */
+  waitedMs: number;
+  /** How long it waits for Redis before falling back to failover_history (ms). */
+  redisWaitMs: number;
+  /** The DATABASE_NODES name of DATABASE_URL, or null when it is none of them. */
+  configured: string | null;
+  /** Every node of DATABASE_NODES. */
+  nodes: StartupNodeView[];
+}
+
+/** Open the pool on `node` (null: DATABASE_URL) labelled `epoch`, or wait and decide again. */
+export type StartupChoice =
+  | { open: true; node: string | null; epoch: number; why: string }
+  | { open: false; why: string; error: boolean };
+
+/**
+ * Which node start-up opens its pool on, before migrating on it. The primary published in
+ * Redis only when its node answers out of recovery and its epoch is not below the highest
+ * epoch failover_history records (Redis replication is asynchronous: a Sentinel failover
+ * can bring back an older record). Redis not answering is waited for (`redisWaitMs`). Else
+ * the primary failover_history records last, when it answers out of recovery; else
+ * DATABASE_URL, on a cluster that recorded nothing yet, when it is out of recovery.
+ * Anything else: wait (a coordinator publishes the primary) and decide again.
+ */
+export function chooseStartupNode(facts: StartupFacts): StartupChoice {
+  const view = (name: string) => facts.nodes.find((n) => n.name === name) ?? null;
+  const writable = (n: StartupNodeView | null) => n !== null && n.reachable && !n.inRecovery;
+  const state = (n: StartupNodeView | null) =>
+    !n
+      ? "none of DATABASE_NODES"
+      : !n.reachable
+      ? `unreachable (${n.error ?? "no answer"})`
+      : n.inRecovery
+      ? "in recovery (a replica)"
+      : "writable";
+  let newest: StartupNodeView["recorded"] = null;
+  for (const n of facts.nodes) {
+    if (n.reachable && n.recorded && (!newest || n.recorded.epoch > newest.epoch)) {
+      newest = n.recorded;
+    }
+  }
+  const bar = Math.max(0, ...facts.nodes.map((n) => n.recorded?.maxEpoch ?? 0));
+  const { record } = facts.redis;
+  const published = record && view(record.node) ? record : null;
+  let prefix: string;
+  if (published) {
+    const n = view(published.node);
+    if (writable(n) && published.epoch >= bar) {
+      return {
+        open: true,
+        node: published.node,
+        epoch: published.epoch,
+        why: `start-up: opening ${published.node} (epoch ${published.epoch}), the primary ` +
+          `published in Redis`,
+      };
+    }
+    prefix = published.epoch < bar
+      ? `the published primary ${published.node} (epoch ${published.epoch}) is older than ` +
+        `epoch ${bar} recorded in failover_history`
+      : `the published primary ${published.node} (epoch ${published.epoch}) is ${state(n)}`;
+  } else if (!facts.redis.answered && facts.waitedMs < facts.redisWaitMs) {
+    return {
+      open: false,
+      error: false,
+      why: `start-up: waiting for Redis to name the primary (no answer for ${facts.waitedMs} ms; ` +
+        `after ${facts.redisWaitMs} ms the primary failover_history records is checked instead)`,
+    };
+  } else {
+    prefix = !facts.redis.answered
+      ? `Redis gave no answer for ${facts.waitedMs} ms`
+      : record
+      ? `the published primary ${record.node} is none of DATABASE_NODES`
+      : "no primary is published in Redis";
+  }
+  if (newest) {
+    const n = view(newest.node);
+    if (writable(n) && (n!.recorded?.epoch ?? -1) === newest.epoch) {
+      return {
+        open: true,
+        node: newest.node,
+        epoch: bar,
+        why: `start-up: ${prefix}: opening ${newest.node} (epoch ${bar}), the primary ` +
+          `failover_history records, which is writable`,
+      };
+    }
+    return {
+      open: false,
+      error: true,
+      why: `start-up: ${prefix}, and the primary failover_history records, ${newest.node} ` +
+        `(epoch ${newest.epoch}), is ${state(n)}: waiting for the coordinator to publish the ` +
+        `primary`,
+    };
+  }
+  const c = facts.configured ? view(facts.configured) : null;
+  if (!facts.configured) {
+    return {
+      open: true,
+      node: null,
+      epoch: 0,
+      why: `start-up: ${prefix}; DATABASE_URL is none of DATABASE_NODES: opening it`,
+    };
+  }
+  if (writable(c) && !published) {
+    return {
+      open: true,
+      node: null,
+      epoch: 0,
+      why: `start-up: ${prefix} and failover_history records none: opening DATABASE_URL ` +
+        `(${facts.configured}), which is writable`,
+    };
+  }
+  return {
+    open: false,
+    error: true,
+    why: `start-up: ${prefix}, failover_history records no primary and DATABASE_URL ` +
+      `(${facts.configured}) is ${state(c)}: waiting for a primary to be published`,
   };
 }
 
@@ -195,6 +342,7 @@ export interface DetectorState {
 export type ProbeVerdict =
   | { verdict: "newer"; primary: Published; why: string }
   | { verdict: "bootstrap"; why: string }
+  | { verdict: "reassert"; why: string }
   | { verdict: "answered"; why: string | null }
   | { verdict: "failed"; failures: number; why: string }
   | { verdict: "refused"; failures: number; why: string };
@@ -220,6 +368,22 @@ export function judgeProbe(state: DetectorState, probe: ProbeResult): ProbeVerdi
       verdict: "bootstrap",
       why: `bootstrap: publishing ${primary.node} as the primary (epoch 1 or later)`,
     };
+  }
+  // Redis lost the publication (its replication is asynchronous: a Sentinel failover can
+  // promote a replica that never saw it): the coordinator writes what it knows back, or a
+  // restarting instance would follow the stale record.
+  if (probe.ok && state.leader !== null && primary.epoch > 0) {
+    const found = probe.published;
+    if (found ? found.epoch < primary.epoch : probe.redisAnswered === true) {
+      return {
+        verdict: "reassert",
+        why: found
+          ? `Redis holds ${found.node} at epoch ${found.epoch}, older than ${primary.node} at ` +
+            `epoch ${primary.epoch}: re-asserting the publication`
+          : `Redis holds no published primary, ${primary.node} is at epoch ${primary.epoch}: ` +
+            `re-asserting the publication`,
+      };
+    }
   }
   if (probe.ok) {
     return {

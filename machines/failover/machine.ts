@@ -65,6 +65,7 @@ import type {
   Published,
   PublishInput,
   PublishOutput,
+  ReassertInput,
   ReplicationSample,
   StartFacts,
   SwitchoverRequest,
@@ -127,6 +128,10 @@ const failover = setup({
     /** Writes the primary and epoch to Redis under the fencing token, tells every instance, records it. */
     publish: fromPromise<PublishOutput, PublishInput>(() =>
       Promise.reject(new Error("publish is not provided"))
+    ),
+    /** Writes the followed primary back to Redis, same epoch, under the fencing token. */
+    reassert: fromPromise<{ why: string }, ReassertInput>(() =>
+      Promise.reject(new Error("reassert is not provided"))
     ),
     /** Degraded: looks again at the primary and the replicas. */
     reassess: fromPromise<
@@ -213,6 +218,8 @@ const failover = setup({
             switchover: null,
             why: verdict.why,
           };
+        case "reassert":
+          return { lastProbe, failures: 0, why: verdict.why };
         case "answered":
           return verdict.why === null ? { lastProbe } : { lastProbe, why: verdict.why };
         case "failed":
@@ -489,6 +496,9 @@ const failover = setup({
       judgeProbe(context, probe).verdict === "newer",
     needsBootstrap: ({ context }, probe: ProbeResult) =>
       judgeProbe(context, probe).verdict === "bootstrap",
+    /** Redis holds an older epoch than the one followed, or no record: write it back. */
+    needsReassert: ({ context }, probe: ProbeResult) =>
+      judgeProbe(context, probe).verdict === "reassert",
     probeAnswered: ({ context }, probe: ProbeResult) =>
       judgeProbe(context, probe).verdict === "answered",
     /** The coordinator's probe was refused with the fast path on: gather the evidence. */
@@ -623,6 +633,11 @@ const PROBING = failover.createStateConfig({
       {
         guard: { type: "needsBootstrap", params: ({ event }) => event.output },
         target: "#failover.detector.publishing",
+        actions: { type: "recordProbe", params: ({ event }) => event.output },
+      },
+      {
+        guard: { type: "needsReassert", params: ({ event }) => event.output },
+        target: "#failover.detector.reasserting",
         actions: { type: "recordProbe", params: ({ event }) => event.output },
       },
       {
@@ -922,6 +937,37 @@ const SWITCHING_OVER = failover.createStateConfig({
   },
 });
 
+/**
+ * Redis lost the publication (an older epoch or none): the coordinator writes the primary
+ * it follows back, same node and epoch, under its fencing token. Either way back to
+ * healthy: a failed write is tried again after the next probe that finds Redis behind.
+ */
+const REASSERTING = failover.createStateConfig({
+  invoke: {
+    src: "reassert",
+    input: ({ context }) => ({
+      primary: context.primary,
+      token: context.leader ?? 0,
+    }),
+    onDone: {
+      target: "healthy",
+      actions: { type: "say", params: ({ event }) => ({ why: event.output.why }) },
+    },
+    onError: {
+      target: "healthy",
+      actions: {
+        type: "say",
+        params: ({ event }) => ({
+          why: `re-asserting the publication failed, will retry: ${errorText(event.error)}`,
+        }),
+      },
+    },
+  },
+  on: {
+    LEASE_LOST: stopActing("stopped re-asserting: lost the failover lease"),
+  },
+});
+
 /** The new primary and its epoch go to Redis (fenced), the history and every instance. */
 const PUBLISHING = failover.createStateConfig({
   invoke: {
@@ -1108,6 +1154,7 @@ const DETECTOR = failover.createStateConfig({
     promoting: PROMOTING,
     switchover: SWITCHING_OVER,
     publishing: PUBLISHING,
+    reasserting: REASSERTING,
     degraded: DEGRADED,
   },
 });

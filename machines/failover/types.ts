@@ -122,6 +122,8 @@ export interface ProbeOutput {
   at: number;
   /** Newest primary published in Redis (null: none, or Redis unreachable). */
   published: Published | null;
+  /** Redis answered the read: a null `published` is then no record at all. */
+  redisAnswered?: boolean;
 }
 
 /** What one observer (a runtime instance) saw when it looked at the primary. */
@@ -229,6 +231,18 @@ export interface PublishOutput {
   why: string;
 }
 
+/**
+ * Input of the `reassert` effect: the coordinator writes the primary it follows back to
+ * Redis, unchanged (same node, same epoch), under its fencing token, because Redis holds
+ * an older epoch or no record (Redis lost it, e.g. an asynchronous-replication failover).
+ */
+export interface ReassertInput {
+  /** The primary followed now, with the epoch already recorded. */
+  primary: Published;
+  /** The failover lease's fencing token. */
+  token: number;
+}
+
 /** A switchover an operator asked for. */
 export interface SwitchoverRequest {
   /** Request id (the API waits for the decision with this id). */
@@ -300,6 +314,11 @@ export interface ProbeResult {
   at: number | null;
   /** Newest primary published in Redis (null: none, unknown, or Redis unreachable). */
   published: Published | null;
+  /**
+   * Redis answered the read (so a null `published` means no record at all, not an
+   * unreachable Redis); absent or false when unknown.
+   */
+  redisAnswered?: boolean;
 }
 
 /** Events of the failover machine. */

@@ -3,6 +3,7 @@ import { type Actor, createActor, fromCallback, fromPromise, SimulatedClock } fr
 import {
   type CandidateChoice,
   chooseCandidate,
+  chooseStartupNode,
   degradedSentence,
   type Evidence,
   type FailoverEvent,
@@ -938,6 +939,78 @@ function assertSerialisable(actor: Actor<typeof failoverMachine>, when: string):
   assert.deepEqual(restored.context, snapshot.context, `context restored at ${when}`);
 }
 
+Deno.test("start-up: which node the pool opens on", () => {
+  const node = (name: string, inRecovery: boolean, epoch: number | null) => ({
+    name,
+    reachable: true,
+    inRecovery,
+    recorded: epoch === null ? null : { node: "pg2", epoch, maxEpoch: epoch },
+    error: null,
+  });
+  const nodes = [node("pg1", true, 32), node("pg2", false, 32)];
+  const base = { waitedMs: 0, redisWaitMs: 15_000, configured: "pg1", nodes };
+  // The soak's case: Redis brought back pg1 at epoch 31, failover_history says pg2 at 32.
+  const stale = chooseStartupNode({
+    ...base,
+    redis: { answered: true, record: { node: "pg1", epoch: 31, readOnlyNode: null } },
+  });
+  assert.deepEqual(stale, {
+    open: true,
+    node: "pg2",
+    epoch: 32,
+    why: "start-up: the published primary pg1 (epoch 31) is older than epoch 32 recorded in " +
+      "failover_history: opening pg2 (epoch 32), the primary failover_history records, " +
+      "which is writable",
+  });
+  // A current record is followed.
+  assert.deepEqual(
+    chooseStartupNode({
+      ...base,
+      redis: { answered: true, record: { node: "pg2", epoch: 32, readOnlyNode: null } },
+    }),
+    {
+      open: true,
+      node: "pg2",
+      epoch: 32,
+      why: "start-up: opening pg2 (epoch 32), the primary published in Redis",
+    },
+  );
+  // Redis not answering is waited for, then failover_history decides.
+  const silent = { answered: false, record: null };
+  const waiting = chooseStartupNode({ ...base, redis: silent, waitedMs: 1000 });
+  assert.equal(waiting.open, false);
+  assert.match(waiting.why, /waiting for Redis to name the primary/);
+  assert.equal(chooseStartupNode({ ...base, redis: silent, waitedMs: 15_000 }).open, true);
+  // The recorded primary in recovery: never opened; wait and say why.
+  const demoted = chooseStartupNode({
+    ...base,
+    nodes: [node("pg1", true, 32), node("pg2", true, 32)],
+    redis: silent,
+    waitedMs: 15_000,
+  });
+  assert.deepEqual(demoted, {
+    open: false,
+    error: true,
+    why: "start-up: Redis gave no answer for 15000 ms, and the primary failover_history " +
+      "records, pg2 (epoch 32), is in recovery (a replica): waiting for the coordinator to " +
+      "publish the primary",
+  });
+  // Nothing recorded anywhere (a new cluster): DATABASE_URL, only out of recovery.
+  const fresh = [node("pg1", false, null), node("pg2", true, null)];
+  const none = { answered: true, record: null };
+  assert.deepEqual(chooseStartupNode({ ...base, nodes: fresh, redis: none }), {
+    open: true,
+    node: null,
+    epoch: 0,
+    why: "start-up: no primary is published in Redis and failover_history records none: " +
+      "opening DATABASE_URL (pg1), which is writable",
+  });
+  assert.equal(
+    chooseStartupNode({ ...base, configured: "pg2", nodes: fresh, redis: none }).open,
+    false,
+  );
+});
+
 Deno.test("failover machine: what the chart decides itself", async (t) => {
   await t.step(
     "start: the published primary wins; the pool and the monitor wait for the decision",
@@ -1373,6 +1446,32 @@ Deno.test("failover decisions", async (t) => {
     assert.equal(
       judgeProbe({ primary: first, failures: 0, leader: null }, { ...probe, published: null })
         .verdict,
+      "answered",
+    );
+    // Redis lost the publication (older epoch, or answered with none): the coordinator
+    // re-asserts; a follower, or a Redis that did not answer, does nothing.
+    const older = { node: "pg1", epoch: 1, readOnlyNode: null };
+    assert.deepEqual(
+      judgeProbe({ primary, failures: 0, leader: 7 }, { ...probe, published: older }),
+      {
+        verdict: "reassert",
+        why: "Redis holds pg1 at epoch 1, older than pg1 at epoch 2: re-asserting the publication",
+      },
+    );
+    assert.equal(
+      judgeProbe({ primary, failures: 0, leader: null }, { ...probe, published: older }).verdict,
+      "answered",
+    );
+    assert.equal(
+      judgeProbe({ primary, failures: 0, leader: 7 }, {
+        ...probe,
+        published: null,
+        redisAnswered: true,
+      }).verdict,
+      "reassert",
+    );
+    assert.equal(
+      judgeProbe({ primary, failures: 0, leader: 7 }, { ...probe, published: null }).verdict,
       "answered",
     );
     assert.deepEqual(

@@ -42,7 +42,7 @@ export interface FailoverWorld {
   promotions: { token: number; vote: string | null; redisToken: number }[];
 }
 
-const FENCED = ["promote", "switchover", "publish"];
+const FENCED = ["promote", "switchover", "publish", "reassert"];
 /** FAILOVER_CONFIRMATIONS of the model's instance. */
 const CONFIRMATIONS = 2;
 
@@ -65,6 +65,7 @@ function probe(ok: boolean, refused = false) {
         refused,
         at: now(run),
         published: r ? { node: r.node, epoch: r.epoch, readOnlyNode: null } : null,
+        redisAnswered: true,
       },
     };
   };
@@ -99,6 +100,7 @@ export const failoverModel: ChartModel<FailoverWorld> = {
       "promote",
       "switchover",
       "publish",
+      "reassert",
       "reassess",
       "repointPool",
       "sampleNodes",
@@ -157,7 +159,16 @@ export const failoverModel: ChartModel<FailoverWorld> = {
         };
       },
     },
-    probePrimary: { answers: probe(true), fails: probe(false), refused: probe(false, true) },
+    probePrimary: {
+      answers: probe(true),
+      fails: probe(false),
+      refused: probe(false, true),
+      // A Redis failover lost the record (asynchronous replication): Redis answers with none.
+      redisLost: (c, run) => {
+        run.world.redis = null;
+        return probe(true)(c, run);
+      },
+    },
     corroborate: {
       certain: (c, run) => {
         run.world.evidence = "certain";
@@ -262,6 +273,27 @@ export const failoverModel: ChartModel<FailoverWorld> = {
             why: `published ${input.node} (epoch ${input.epoch})`,
           },
         };
+      },
+      crash: () => ({ error: new Error("redis: connection lost") }),
+    },
+    reassert: {
+      // The fake Redis takes the record back only under a token at least as new as its own.
+      answer: (c, run) => {
+        const input = c.input as {
+          primary: { node: string; epoch: number };
+          token: number;
+        };
+        const r = run.world.redis;
+        if (r && (input.token < r.token || r.epoch >= input.primary.epoch)) {
+          return { output: { why: "not re-asserted" } };
+        }
+        run.world.redis = {
+          node: input.primary.node,
+          epoch: input.primary.epoch,
+          token: input.token,
+        };
+        run.world.published[input.primary.epoch] ??= input.primary.node;
+        return { output: { why: "re-asserted" } };
       },
       crash: () => ({ error: new Error("redis: connection lost") }),
     },
