@@ -46,6 +46,47 @@ export interface TransitionRecord {
     kind: string;
     sentAt: number;
   };
+  /**
+   * Set when the transition is a routine step of a periodic cycle: a timer (`xstate.after.*`)
+   * or a child's completion (`xstate.done.actor.*`) that only moved between states the chart
+   * tags {@linkcode ROUTINE_TAG} (heartbeat waiting ⇄ beating, lease renewing ⇄ waiting…); a
+   * timer whose delay is named `…Timeout` (work cut short) is never routine.
+   * Kept in the local log; the recorded history (Redis) leaves these out (docs/console.md).
+   */
+  routine?: true;
+}
+
+/**
+ * Chart tag of a state whose entries and exits by timer or completion are routine: a periodic
+ * cycle that changes nothing a reviewer looks for. Errors, messages, user events and any step
+ * into or out of an untagged state are never routine.
+ */
+export const ROUTINE_TAG = "routine";
+
+interface ActiveNode {
+  id: string;
+  tags?: readonly string[];
+}
+
+/**
+ * Whether a step from `before` to `after` (active state nodes) by `eventType` is routine: a
+ * timer or a child's completion, and every state node entered or left tagged routine.
+ */
+function isRoutine(
+  eventType: string,
+  before: readonly ActiveNode[] | undefined,
+  after: readonly ActiveNode[] | undefined,
+): boolean {
+  if (eventType.startsWith("xstate.after.")) {
+    // A timer that cuts work short (a delay named `…Timeout`, e.g. the lease's `opTimeout`)
+    // is a failure, never routine.
+    if (/^xstate\.after\.[^.]*Timeout\./.test(eventType)) return false;
+  } else if (!eventType.startsWith("xstate.done.actor.")) return false;
+  if (!before || !after) return false;
+  const a = new Set(after.map((n) => n.id));
+  const b = new Set(before.map((n) => n.id));
+  const changed = [...before.filter((n) => !a.has(n.id)), ...after.filter((n) => !b.has(n.id))];
+  return changed.length > 0 && changed.every((n) => n.tags?.includes(ROUTINE_TAG) ?? false);
 }
 
 /** Options of {@linkcode createInspector}. */
@@ -126,6 +167,8 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
   // Paths of views that are no longer active, by when they ended, oldest first.
   const ended = new Map<string, number>();
   const bySession = new Map<string, string>();
+  // Active state nodes of each live actor (XState's snapshot `_nodes`), to tell routine steps.
+  const activeNodes = new Map<string, readonly ActiveNode[]>();
   const log: TransitionRecord[] = [];
   const listeners = new Set<(view: ActorView, t: TransitionRecord | null) => void>();
   let seq = 0;
@@ -165,6 +208,7 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
         value?: unknown;
         status?: string;
         machine?: { id?: string };
+        _nodes?: readonly ActiveNode[];
       };
       if (!snap || !("value" in snap)) return; // only machines have states to draw
       const ref = ev.actorRef as AnyActorRef;
@@ -181,6 +225,9 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
         updatedAt: at,
       };
       const before = views.get(path);
+      const nodesBefore = activeNodes.get(path);
+      if (view.status === "active" && snap._nodes) activeNodes.set(path, snap._nodes);
+      else activeNodes.delete(path);
       views.set(path, view);
       ended.delete(path);
       if (view.status !== "active") ended.set(path, at);
@@ -201,6 +248,7 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
           state: view.state,
           at,
           ...(origin && { origin }),
+          ...(!origin && isRoutine(eventType, nodesBefore, snap._nodes) && { routine: true }),
         };
         log.push(t);
         if (log.length > max) log.splice(0, log.length - max);
