@@ -51,7 +51,10 @@ export interface TransitionRecord {
    * or a child's completion (`xstate.done.actor.*`) that only moved between states the chart
    * tags {@linkcode ROUTINE_TAG} (heartbeat waiting ⇄ beating, lease renewing ⇄ waiting…); a
    * timer whose delay is named `…Timeout` (work cut short) is never routine.
-   * Kept in the local log; the recorded history (Redis) leaves these out (docs/console.md).
+   * Only marked when the unmarked steps alone still end in the actor's current state: the step
+   * returns to the state of the last unmarked step, or is a timer leaving it (the work it starts
+   * returns there). Kept in the local log; the recorded history (Redis) leaves these out
+   * (docs/console.md).
    */
   routine?: true;
 }
@@ -169,6 +172,10 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
   const bySession = new Map<string, string>();
   // Active state nodes of each live actor (XState's snapshot `_nodes`), to tell routine steps.
   const activeNodes = new Map<string, readonly ActiveNode[]>();
+  // State value (JSON) after the last transition of each live actor that was NOT marked routine:
+  // a step is marked routine only if the unmarked steps alone still end where the actor is,
+  // i.e. it returns to that state, or it is a timer leaving it (its work's completion returns).
+  const lastUnmarked = new Map<string, string>();
   const log: TransitionRecord[] = [];
   const listeners = new Set<(view: ActorView, t: TransitionRecord | null) => void>();
   let seq = 0;
@@ -228,6 +235,8 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
       const nodesBefore = activeNodes.get(path);
       if (view.status === "active" && snap._nodes) activeNodes.set(path, snap._nodes);
       else activeNodes.delete(path);
+      const stateBefore = before ? JSON.stringify(before.state) : undefined;
+      const stateAfter = JSON.stringify(view.state);
       views.set(path, view);
       ended.delete(path);
       if (view.status !== "active") ended.set(path, at);
@@ -237,10 +246,15 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
       // State changes, plus failures and completions of children (they change no state
       // value of the parent, yet they are what a reviewer wants on the timeline).
       if (
-        !before || JSON.stringify(before.state) !== JSON.stringify(view.state) ||
+        !before || stateBefore !== stateAfter ||
         eventType.startsWith("xstate.error.") || eventType.startsWith("xstate.done.")
       ) {
         const origin = originOf(ev.event);
+        const recorded = lastUnmarked.get(path);
+        const routine = !origin && isRoutine(eventType, nodesBefore, snap._nodes) &&
+          (recorded === stateAfter ||
+            (eventType.startsWith("xstate.after.") && recorded === stateBefore));
+        if (!routine) lastUnmarked.set(path, stateAfter);
         t = {
           seq: ++seq,
           path,
@@ -248,12 +262,15 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
           state: view.state,
           at,
           ...(origin && { origin }),
-          ...(!origin && isRoutine(eventType, nodesBefore, snap._nodes) && { routine: true }),
+          ...(routine && { routine: true }),
         };
         log.push(t);
         if (log.length > max) log.splice(0, log.length - max);
       }
-      if (view.status !== "active") bySession.delete(ref.sessionId);
+      if (view.status !== "active") {
+        bySession.delete(ref.sessionId);
+        lastUnmarked.delete(path);
+      }
       emit(view, t);
     },
     list() {

@@ -139,3 +139,37 @@ Deno.test("inspector: timer and completion steps between routine-tagged states a
     actor.stop();
   }
 });
+
+Deno.test("inspector: a routine-tagged step is recorded when skipping it would leave the timeline behind", async () => {
+  // NOW (a user event) moves waiting → working: recorded. The completion working → waiting is a
+  // done event between routine states, but the unmarked steps end in `working`, so it is kept.
+  const cycle = setup({
+    actors: { work: fromPromise(() => Promise.resolve(1)) },
+    delays: { tick: 60_000 },
+  }).createMachine({
+    id: "cycle",
+    initial: "waiting",
+    states: {
+      waiting: { tags: ["routine"], after: { tick: "working" }, on: { NOW: "working" } },
+      working: { tags: ["routine"], invoke: { src: "work", onDone: "waiting" } },
+    },
+  });
+  const inspector = createInspector({});
+  const actor = createActor(cycle, { id: "n", inspect: (ev) => inspector.inspect(ev) }).start();
+  try {
+    actor.send({ type: "NOW" });
+    await until(
+      () => inspector.transitions().filter((t) => t.path === "n").length === 3,
+      { what: "the round to end" },
+    );
+    const steps = inspector.transitions().filter((t) => t.path === "n")
+      .map((t) => [t.event.replace(/\.cycle\..*$/, ""), t.state, t.routine ?? false]);
+    assert.deepEqual(steps, [
+      ["xstate.init", "waiting", false],
+      ["NOW", "working", false],
+      ["xstate.done.actor.0", "waiting", false],
+    ]);
+  } finally {
+    actor.stop();
+  }
+});
