@@ -241,7 +241,9 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       ref: (id: string) => supervisor?.ref(id),
     };
     // Every transition and every message received is recorded in the cluster's history
-    // (Redis stream, docs/console.md), batched off the hot path.
+    // (Redis stream, docs/console.md), batched off the hot path — except the routine steps of
+    // periodic cycles (states tagged `routine` in the charts: heartbeats, lease renewals, heads
+    // announcements, metric rounds), which at idle were most of the instance's Redis commands.
     const history = redis
       ? createHistoryRecorder({
         instanceId: config.instanceId,
@@ -254,7 +256,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       : null;
     if (history) {
       inspector.subscribe((view, t) => {
-        if (t) history.transition(t, view.machine);
+        if (t && !t.routine) history.transition(t, view.machine);
       });
       cleanups.push(() => history.close());
     }

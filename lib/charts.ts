@@ -16,7 +16,7 @@
  * @module
  */
 import type { AnyStateMachine } from "xstate";
-import { instance, type Viz } from "@viz-js/viz";
+import type { Viz } from "@viz-js/viz";
 import { Worker } from "node:worker_threads";
 
 /** Options for the chart renderers. */
@@ -735,7 +735,9 @@ let vizPromise: Promise<Viz> | undefined;
 
 /** One Graphviz WASM instance per process: instantiating it costs far more than a render. */
 function viz(): Promise<Viz> {
-  vizPromise ??= instance();
+  // Loaded on the first in-process render (Graphviz's WASM, a few MB): servers render in the
+  // worker (renderSvgOffThread) and need not carry it.
+  vizPromise ??= import("@viz-js/viz").then((m) => m.instance());
   return vizPromise;
 }
 

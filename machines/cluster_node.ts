@@ -198,8 +198,9 @@ export const clusterNodeMachine = setup({
         beat: {
           initial: "waiting",
           states: {
-            waiting: { after: { heartbeat: "beating" } },
+            waiting: { tags: ["routine"], after: { heartbeat: "beating" } },
             beating: {
+              tags: ["routine"],
               invoke: {
                 src: "heartbeat",
                 input: ({ context }) => ({

@@ -359,6 +359,7 @@ export const leaseMachine = setup({
   initial: "standby",
   states: {
     standby: {
+      tags: ["routine"],
       after: { retryDelay: { target: "acquiring", actions: assign({ woken: false }) } },
       // WAKE: the holder released the lease or left the cluster; try now, and if its lease
       // still runs, again right at its end.
@@ -368,6 +369,7 @@ export const leaseMachine = setup({
       },
     },
     acquiring: {
+      tags: ["routine"],
       entry: "countAttempt",
       invoke: {
         src: "acquireLease",
@@ -410,9 +412,11 @@ export const leaseMachine = setup({
       on: { RESIGN: { target: "resigning", actions: ["recordResigned", "notifyLost"] } },
       states: {
         waiting: {
+          tags: ["routine"],
           after: { renewInterval: "renewing" },
         },
         renewing: {
+          tags: ["routine"],
           invoke: {
             src: "renewLease",
             input: ({ context }) => ({

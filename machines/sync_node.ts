@@ -443,6 +443,7 @@ const headsRegion = {
   initial: "waiting",
   states: {
     waiting: {
+      tags: ["routine"],
       invoke: { src: "watchRequests" },
       after: { heads: "announcing" },
       on: {
@@ -459,6 +460,7 @@ const headsRegion = {
       after: { answer: "announcing" },
     },
     announcing: {
+      tags: ["routine"],
       invoke: {
         src: "announce",
         input: { want: false },

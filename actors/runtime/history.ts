@@ -54,7 +54,7 @@ export interface HistoryRecorderOptions {
   instanceId: string;
   /** Writes one batch (store/redis_history.ts `createHistoryWriter(...).append`). */
   append(records: readonly HistoryRecord[]): Promise<void>;
-  /** Longest a record waits before its batch is written (ms, default 250). */
+  /** Longest a record waits before its batch is written (ms, default 1000; nothing when empty). */
   flushMs?: number;
   /** Records that trigger a write at once (default 256). */
   batchSize?: number;
@@ -68,7 +68,7 @@ export interface HistoryRecorderOptions {
 
 /** Creates a recorder; call `close()` on shutdown. */
 export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryRecorder {
-  const flushMs = options.flushMs ?? 250;
+  const flushMs = options.flushMs ?? 1000;
   const batchSize = options.batchSize ?? 256;
   const maxBuffered = options.maxBuffered ?? 20_000;
   const now = options.now ?? Date.now;

@@ -46,6 +46,50 @@ export interface TransitionRecord {
     kind: string;
     sentAt: number;
   };
+  /**
+   * Set when the transition is a routine step of a periodic cycle: a timer (`xstate.after.*`)
+   * or a child's completion (`xstate.done.actor.*`) that only moved between states the chart
+   * tags {@linkcode ROUTINE_TAG} (heartbeat waiting ⇄ beating, lease renewing ⇄ waiting…); a
+   * timer whose delay is named `…Timeout` (work cut short) is never routine.
+   * Only marked when the unmarked steps alone still end in the actor's current state: the step
+   * returns to the state of the last unmarked step, or is a timer leaving it (the work it starts
+   * returns there). Kept in the local log; the recorded history (Redis) leaves these out
+   * (docs/console.md).
+   */
+  routine?: true;
+}
+
+/**
+ * Chart tag of a state whose entries and exits by timer or completion are routine: a periodic
+ * cycle that changes nothing a reviewer looks for. Errors, messages, user events and any step
+ * into or out of an untagged state are never routine.
+ */
+export const ROUTINE_TAG = "routine";
+
+interface ActiveNode {
+  id: string;
+  tags?: readonly string[];
+}
+
+/**
+ * Whether a step from `before` to `after` (active state nodes) by `eventType` is routine: a
+ * timer or a child's completion, and every state node entered or left tagged routine.
+ */
+function isRoutine(
+  eventType: string,
+  before: readonly ActiveNode[] | undefined,
+  after: readonly ActiveNode[] | undefined,
+): boolean {
+  if (eventType.startsWith("xstate.after.")) {
+    // A timer that cuts work short (a delay named `…Timeout`, e.g. the lease's `opTimeout`)
+    // is a failure, never routine.
+    if (/^xstate\.after\.[^.]*Timeout\./.test(eventType)) return false;
+  } else if (!eventType.startsWith("xstate.done.actor.")) return false;
+  if (!before || !after) return false;
+  const a = new Set(after.map((n) => n.id));
+  const b = new Set(before.map((n) => n.id));
+  const changed = [...before.filter((n) => !a.has(n.id)), ...after.filter((n) => !b.has(n.id))];
+  return changed.length > 0 && changed.every((n) => n.tags?.includes(ROUTINE_TAG) ?? false);
 }
 
 /** Options of {@linkcode createInspector}. */
@@ -126,6 +170,12 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
   // Paths of views that are no longer active, by when they ended, oldest first.
   const ended = new Map<string, number>();
   const bySession = new Map<string, string>();
+  // Active state nodes of each live actor (XState's snapshot `_nodes`), to tell routine steps.
+  const activeNodes = new Map<string, readonly ActiveNode[]>();
+  // State value (JSON) after the last transition of each live actor that was NOT marked routine:
+  // a step is marked routine only if the unmarked steps alone still end where the actor is,
+  // i.e. it returns to that state, or it is a timer leaving it (its work's completion returns).
+  const lastUnmarked = new Map<string, string>();
   const log: TransitionRecord[] = [];
   const listeners = new Set<(view: ActorView, t: TransitionRecord | null) => void>();
   let seq = 0;
@@ -165,6 +215,7 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
         value?: unknown;
         status?: string;
         machine?: { id?: string };
+        _nodes?: readonly ActiveNode[];
       };
       if (!snap || !("value" in snap)) return; // only machines have states to draw
       const ref = ev.actorRef as AnyActorRef;
@@ -181,6 +232,11 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
         updatedAt: at,
       };
       const before = views.get(path);
+      const nodesBefore = activeNodes.get(path);
+      if (view.status === "active" && snap._nodes) activeNodes.set(path, snap._nodes);
+      else activeNodes.delete(path);
+      const stateBefore = before ? JSON.stringify(before.state) : undefined;
+      const stateAfter = JSON.stringify(view.state);
       views.set(path, view);
       ended.delete(path);
       if (view.status !== "active") ended.set(path, at);
@@ -190,10 +246,15 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
       // State changes, plus failures and completions of children (they change no state
       // value of the parent, yet they are what a reviewer wants on the timeline).
       if (
-        !before || JSON.stringify(before.state) !== JSON.stringify(view.state) ||
+        !before || stateBefore !== stateAfter ||
         eventType.startsWith("xstate.error.") || eventType.startsWith("xstate.done.")
       ) {
         const origin = originOf(ev.event);
+        const recorded = lastUnmarked.get(path);
+        const routine = !origin && isRoutine(eventType, nodesBefore, snap._nodes) &&
+          (recorded === stateAfter ||
+            (eventType.startsWith("xstate.after.") && recorded === stateBefore));
+        if (!routine) lastUnmarked.set(path, stateAfter);
         t = {
           seq: ++seq,
           path,
@@ -201,11 +262,15 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
           state: view.state,
           at,
           ...(origin && { origin }),
+          ...(routine && { routine: true }),
         };
         log.push(t);
         if (log.length > max) log.splice(0, log.length - max);
       }
-      if (view.status !== "active") bySession.delete(ref.sessionId);
+      if (view.status !== "active") {
+        bySession.delete(ref.sessionId);
+        lastUnmarked.delete(path);
+      }
       emit(view, t);
     },
     list() {

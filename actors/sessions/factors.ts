@@ -15,15 +15,11 @@
  * @module
  */
 import { createHmac, randomInt } from "node:crypto";
-import {
-  type AuthenticationResponseJSON,
-  generateAuthenticationOptions,
-  generateRegistrationOptions,
-  type PublicKeyCredentialCreationOptionsJSON,
-  type PublicKeyCredentialRequestOptionsJSON,
-  type RegistrationResponseJSON,
-  verifyAuthenticationResponse,
-  verifyRegistrationResponse,
+import type {
+  AuthenticationResponseJSON,
+  PublicKeyCredentialCreationOptionsJSON,
+  PublicKeyCredentialRequestOptionsJSON,
+  RegistrationResponseJSON,
 } from "@simplewebauthn/server";
 import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
@@ -35,6 +31,14 @@ import type { Sql } from "../../store/types.ts";
 import { createWebAuthnStore, type Passkey, type WebAuthnStore } from "../../store/webauthn.ts";
 import type { Mailer } from "./mailer.ts";
 import type { RateLimit, RateLimiter } from "./rate_limit.ts";
+
+// @simplewebauthn/server (and its CBOR/ASN.1/crypto dependencies) is ~20 MB resident once
+// loaded; most instances never see a passkey, so it is loaded on the first passkey operation.
+let webauthnModule: Promise<typeof import("@simplewebauthn/server")> | null = null;
+function webauthn(): Promise<typeof import("@simplewebauthn/server")> {
+  webauthnModule ??= import("@simplewebauthn/server");
+  return webauthnModule;
+}
 
 /** The relying party of passkeys. */
 export interface WebAuthnSettings {
@@ -218,7 +222,7 @@ export function createFactors(deps: FactorDeps): Factors {
       if (challenge.userId !== null && challenge.userId !== owner) return "invalid";
       let verified;
       try {
-        verified = await verifyAuthenticationResponse({
+        verified = await (await webauthn()).verifyAuthenticationResponse({
           response,
           expectedChallenge: challenge.value,
           expectedOrigin: rp.origins,
@@ -354,7 +358,7 @@ export function createFactors(deps: FactorDeps): Factors {
     },
     async loginOptions(attemptId, userId, expiresAt) {
       const allow = userId === null ? [] : await passkeys.list(userId);
-      const options = await generateAuthenticationOptions({
+      const options = await (await webauthn()).generateAuthenticationOptions({
         rpID: rp.rpId,
         userVerification: userId === null ? "required" : "preferred",
         allowCredentials: allow.map((p) => ({
@@ -371,7 +375,7 @@ export function createFactors(deps: FactorDeps): Factors {
     },
     async registrationOptions(user, sessionId) {
       const existing = await passkeys.list(user.id);
-      const options = await generateRegistrationOptions({
+      const options = await (await webauthn()).generateRegistrationOptions({
         rpName: rp.rpName,
         rpID: rp.rpId,
         userName: user.username,
@@ -409,7 +413,7 @@ export function createFactors(deps: FactorDeps): Factors {
       }
       let verified;
       try {
-        verified = await verifyRegistrationResponse({
+        verified = await (await webauthn()).verifyRegistrationResponse({
           response: parsed.data as RegistrationResponseJSON,
           expectedChallenge: challenge.value,
           expectedOrigin: rp.origins,
@@ -435,7 +439,7 @@ export function createFactors(deps: FactorDeps): Factors {
     checkCode,
     async reauthOptions(userId, sessionId) {
       const allow = await passkeys.list(userId);
-      const options = await generateAuthenticationOptions({
+      const options = await (await webauthn()).generateAuthenticationOptions({
         rpID: rp.rpId,
         userVerification: "preferred",
         allowCredentials: allow.map((p) => ({

@@ -1,9 +1,11 @@
 /**
  * The e-mail sender of the sessions concern: nodemailer over SMTP (SMTP_URL; STARTTLS when
- * the server offers it, smtps:// for implicit TLS). One transport per service, closed with it.
+ * the server offers it, smtps:// for implicit TLS). One transport per service, made on the first
+ * message (nodemailer is loaded then: ~5 MB resident an idle instance need not carry), closed
+ * with the service.
  * @module
  */
-import nodemailer from "nodemailer";
+import type { Transporter } from "nodemailer";
 import { RuntimeError } from "../../lib/errors.ts";
 
 /** A message to send. */
@@ -26,11 +28,15 @@ export interface Mailer {
 
 /** Creates the SMTP mailer. */
 export function createSmtpMailer(options: { url: string; from: string }): Mailer {
-  const transport = nodemailer.createTransport(options.url);
+  let transport: Promise<Transporter> | null = null;
+  let closed = false;
+  const open = () =>
+    transport ??= import("nodemailer").then((m) => m.default.createTransport(options.url));
   return {
     async send(message) {
       try {
-        await transport.sendMail({ from: options.from, ...message });
+        if (closed) throw new Error("the mailer is closed");
+        await (await open()).sendMail({ from: options.from, ...message });
       } catch (err) {
         throw new RuntimeError(
           "EMAIL_SEND_FAILED",
@@ -40,7 +46,8 @@ export function createSmtpMailer(options: { url: string; from: string }): Mailer
       }
     },
     close() {
-      transport.close();
+      closed = true;
+      void transport?.then((t) => t.close(), () => {});
     },
   };
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
-import { assign, createActor, createMachine, setup, stopChild } from "xstate";
+import { assign, createActor, createMachine, fromPromise, setup, stopChild } from "xstate";
 import { createInspector } from "../../../actors/runtime/inspector.ts";
+import { until } from "../../support/instance.ts";
 
 // A parent that holds login attempts as children by id, like the session supervisor does
 // (machines/session_supervisor.ts): spawned as `login:<uuid>`, stopped when they end.
@@ -82,4 +83,93 @@ Deno.test("inspector: at most maxStopped views of stopped actors are kept", () =
   // A storm of attempts within the retention: only the newest 10 stopped views remain.
   assert.deepEqual(paths(inspector.list()), ids.slice(-10).map((id) => `sessions/${id}`));
   root.stop();
+});
+
+Deno.test("inspector: timer and completion steps between routine-tagged states are marked routine", async () => {
+  // waiting ⇄ working twice (routine), then a third round ends in `done` (not tagged), and a
+  // failed round (error event) is never routine even between tagged states.
+  const cycle = setup({
+    actors: {
+      work: fromPromise<number, { round: number }>(({ input }) => {
+        if (input.round === 2) return Promise.reject(new Error("round 2 fails"));
+        return Promise.resolve(input.round);
+      }),
+    },
+    delays: { tick: 1 },
+  }).createMachine({
+    id: "cycle",
+    context: { round: 0 },
+    initial: "waiting",
+    states: {
+      waiting: { tags: ["routine"], after: { tick: "working" } },
+      working: {
+        tags: ["routine"],
+        entry: assign({ round: ({ context }) => context.round + 1 }),
+        invoke: {
+          src: "work",
+          input: ({ context }) => ({ round: context.round }),
+          onDone: [
+            { guard: ({ event }) => event.output >= 4, target: "done" },
+            { target: "waiting" },
+          ],
+          onError: "waiting",
+        },
+      },
+      done: {},
+    },
+  });
+  const inspector = createInspector({});
+  const actor = createActor(cycle, { id: "c", inspect: (ev) => inspector.inspect(ev) }).start();
+  try {
+    await until(() => actor.getSnapshot().value === "done", { what: "the cycle to end" });
+    const steps = inspector.transitions().filter((t) => t.path === "c")
+      .map((t) => [t.event.replace(/\.cycle\..*$/, ""), t.state, t.routine ?? false]);
+    assert.deepEqual(steps, [
+      ["xstate.init", "waiting", false],
+      ["xstate.after.tick", "working", true],
+      ["xstate.done.actor.0", "waiting", true],
+      ["xstate.after.tick", "working", true],
+      ["xstate.error.actor.0", "waiting", false],
+      ["xstate.after.tick", "working", true],
+      ["xstate.done.actor.0", "waiting", true],
+      ["xstate.after.tick", "working", true],
+      ["xstate.done.actor.0", "done", false],
+    ]);
+  } finally {
+    actor.stop();
+  }
+});
+
+Deno.test("inspector: a routine-tagged step is recorded when skipping it would leave the timeline behind", async () => {
+  // NOW (a user event) moves waiting → working: recorded. The completion working → waiting is a
+  // done event between routine states, but the unmarked steps end in `working`, so it is kept.
+  const cycle = setup({
+    actors: { work: fromPromise(() => Promise.resolve(1)) },
+    delays: { tick: 60_000 },
+  }).createMachine({
+    id: "cycle",
+    initial: "waiting",
+    states: {
+      waiting: { tags: ["routine"], after: { tick: "working" }, on: { NOW: "working" } },
+      working: { tags: ["routine"], invoke: { src: "work", onDone: "waiting" } },
+    },
+  });
+  const inspector = createInspector({});
+  const actor = createActor(cycle, { id: "n", inspect: (ev) => inspector.inspect(ev) }).start();
+  try {
+    actor.send({ type: "NOW" });
+    await until(
+      () => inspector.transitions().filter((t) => t.path === "n").length === 3,
+      { what: "the round to end" },
+    );
+    const steps = inspector.transitions().filter((t) => t.path === "n")
+      .map((t) => [t.event.replace(/\.cycle\..*$/, ""), t.state, t.routine ?? false]);
+    assert.deepEqual(steps, [
+      ["xstate.init", "waiting", false],
+      ["NOW", "working", false],
+      ["xstate.done.actor.0", "waiting", false],
+    ]);
+  } finally {
+    actor.stop();
+  }
 });
