@@ -54,7 +54,13 @@ export interface HistoryRecorderOptions {
   instanceId: string;
   /** Writes one batch (store/redis_history.ts `createHistoryWriter(...).append`). */
   append(records: readonly HistoryRecord[]): Promise<void>;
-  /** Longest a record waits before its batch is written (ms, default 1000; nothing when empty). */
+  /**
+   * Longest a record waits before its batch is written (ms, default 10; nothing when empty).
+   * Short, so that the stream's order (the server clock at write) follows cause and effect
+   * across instances: a coordinator's `promoting` is written before the followers it makes
+   * re-point record their `switching`. Batches still form while a write is in flight, and
+   * routine periodic steps are not recorded, so an idle instance writes next to nothing.
+   */
   flushMs?: number;
   /** Records that trigger a write at once (default 256). */
   batchSize?: number;
@@ -68,7 +74,7 @@ export interface HistoryRecorderOptions {
 
 /** Creates a recorder; call `close()` on shutdown. */
 export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryRecorder {
-  const flushMs = options.flushMs ?? 1000;
+  const flushMs = options.flushMs ?? 10;
   const batchSize = options.batchSize ?? 256;
   const maxBuffered = options.maxBuffered ?? 20_000;
   const now = options.now ?? Date.now;

@@ -238,7 +238,7 @@ Deno.test({
           // The recorded history (docs/console.md) tells the same story on one clock: one
           // instance promoting, then every instance re-pointing its pool; and the console at
           // that recorded moment shows it.
-          // Recording is batched (at most a second): wait until every instance's is in.
+          // Recording is batched (within 10 ms): wait until every instance's is in.
           type Entry = Record<string, unknown>;
           let failover: Entry[] = [];
           const states = (e: Entry) => JSON.stringify(e.state);
