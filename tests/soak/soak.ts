@@ -82,6 +82,8 @@ export interface SoakOptions {
   log?: (line: string) => void;
   /** How long recovery after a fault may take before it is an anomaly (default 90 s). */
   recoveryLimitS?: number;
+  /** Stops injecting faults early; the history is still checked and everything cleaned up. */
+  signal?: AbortSignal;
 }
 
 /** What a soak found. */
@@ -754,8 +756,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     return xs;
   };
   let deck: FaultKind[] = [];
-  while (now() < faultsEnd) {
+  while (now() < faultsEnd && !options.signal?.aborted) {
     await sleep(500 + Math.floor(random() * 2000));
+    if (options.signal?.aborted) break;
     // A node or Redis left down comes back first, so later faults meet a whole cluster.
     // Otherwise the next of a shuffled deck of the injecting kinds, so a short run still
     // meets every kind; one that cannot be injected now goes back under the deck.
@@ -1076,7 +1079,21 @@ if (import.meta.main) {
   });
   const seed = values.seed ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
   const minFaults = Number(values["min-faults"]);
-  const result = await runSoak({ seconds: Number(values.minutes) * 60, seed });
+  // Ctrl-C (or SIGTERM) ends the faults early; the history is still checked and the servers
+  // stopped. A second one leaves at once (the servers may then be left running).
+  const stop = new AbortController();
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(sig, () => {
+      if (stop.signal.aborted) Deno.exit(130);
+      console.error(`[soak] ${sig}: no more faults; checking the history and cleaning up`);
+      stop.abort();
+    });
+  }
+  const result = await runSoak({
+    seconds: Number(values.minutes) * 60,
+    seed,
+    signal: stop.signal,
+  });
   for (const f of result.figures) console.log(JSON.stringify(f));
   for (const [k, list] of Object.entries(result.anomalies)) {
     for (const a of list) console.error(`[soak] anomaly ${k}: ${a}`);
