@@ -110,6 +110,10 @@ export const BACKUP_ROUTES = {
         }),
         "Queued",
       ),
+      409: jsonResponse(
+        z.looseObject({}),
+        "Not queued: a backup of that type is still queued or running (CONFLICT)",
+      ),
       503: jsonResponse(z.looseObject({}), "Backups cannot run here (BACKUP_UNAVAILABLE)"),
     },
   }),

@@ -20,6 +20,7 @@ import { describeError, isRuntimeError, RuntimeError } from "../../lib/errors.ts
 import type { Logger } from "../../lib/log.ts";
 import {
   type BackupAlert,
+  type BackupJob,
   type BackupSchedulerContext,
   type BackupSchedulerEvent,
   backupSchedulerMachine,
@@ -333,11 +334,21 @@ function queueRequest(
       `Instance ${instanceId} does not hold the backup scheduler lease`,
     );
   }
+  const at = deps.now();
   ref.send({
     type: "BACKUP.REQUEST",
     backupType: event.backupType,
-    at: deps.now(),
+    at,
     ...(event.incremental === true ? { incremental: true } : {}),
   });
+  // The chart decided at once: queued (or already started), or not queued because a backup of
+  // that type is still queued or running. The caller hears which, in the chart's words.
+  const context = (ref.getSnapshot() as { context: BackupSchedulerContext }).context;
+  const ours = (job: BackupJob | null) =>
+    job !== null && job.trigger === "manual" && job.type === event.backupType &&
+    job.queuedAt === at;
+  if (!context.queue.some(ours) && !ours(context.job)) {
+    throw new RuntimeError("CONFLICT", `Not queued: ${context.reason}`);
+  }
   return { queued: true, instance: instanceId };
 }

@@ -76,6 +76,16 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
         assert.equal(refused.status, 400, "incremental applies to base backups only");
         const names: string[] = [];
         const ids: number[] = [];
+        const scheduler = () =>
+          rt.inspector.list().find((a) => a.id === "backup")?.summary as {
+            job: unknown;
+            queue: string[];
+            stats: { completed: number };
+          };
+        // The chart is done with a job once it drops it (after retention): the history row says
+        // completed and verified a moment before, and a request of the same type made in between
+        // is refused as still running.
+        const idle = () => scheduler().job === null && scheduler().queue.length === 0;
         for (let i = 0; i < 2; i++) {
           const res = await post({ type: "base", incremental: true });
           assert.equal(res.status, 202, await res.clone().text());
@@ -102,7 +112,19 @@ Deno.test("backup concern in a runtime: POST /backups runs the scheduler", async
           assert.equal(one.backup.parentId, i === 0 ? null : ids[0]);
           names.push(done.name);
           ids.push(done.id);
+          await until(idle, { what: "the scheduler done with the job", state: () => scheduler() });
         }
+        // Asked again while one is queued or running: not queued twice, and the answer says so.
+        const completed = scheduler().stats.completed;
+        const first = await post({ type: "base", incremental: true });
+        assert.equal(first.status, 202, await first.clone().text());
+        const again = await post({ type: "base", incremental: true });
+        assert.equal(again.status, 409, await again.clone().text());
+        assert.match(JSON.stringify(await again.json()), /already queued or running/);
+        await until(() => scheduler().stats.completed > completed && idle(), {
+          what: "the queued base backup done",
+          state: () => scheduler(),
+        });
       },
     );
 
