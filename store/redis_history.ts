@@ -7,9 +7,10 @@
  * one order.
  *
  * Bounded two ways: every append trims the stream near `maxEntries` (`MAXLEN ~`), and each
- * batch also trims entries older than `maxAgeMs` by the server clock (`XTRIM MINID`,
- * computed from the id the server just gave the batch's last entry; exact, and once per
- * batch, so its cost is the entries it evicts). The size bound is approximate (`~`: whole
+ * writer trims entries older than `maxAgeMs` by the server clock (`XTRIM MINID`, computed
+ * from the id the server just gave a batch's last entry) at most once per
+ * {@linkcode AGE_TRIM_EVERY_MS} of server time, so a stream holds entries at most that much past
+ * the age bound and batches written milliseconds apart do not each pay a trim. The size bound is approximate (`~`: whole
  * radix-tree nodes of 100 entries), so the stream may hold up to a node more.
  * @module
  */
@@ -65,6 +66,9 @@ export interface HistoryBounds {
   maxAgeMs: number;
 }
 
+/** A writer trims by age at most this often (server clock, ms). */
+export const AGE_TRIM_EVERY_MS = 10_000;
+
 function historyKey(keyspace: Keyspace): string {
   return keyspace.key("history");
 }
@@ -77,6 +81,7 @@ export function createHistoryWriter(
   bounds: HistoryBounds,
 ): { append(records: readonly HistoryRecord[]): Promise<void> } {
   const key = historyKey(keyspace);
+  let trimmedAt = -Infinity;
   return {
     async append(records) {
       if (!records.length) return;
@@ -90,7 +95,11 @@ export function createHistoryWriter(
       if (err) throw err;
       const lastId = String(res?.[res.length - 1]?.[1] ?? "");
       const serverMs = Number(lastId.split("-")[0]);
-      if (Number.isFinite(serverMs) && serverMs > bounds.maxAgeMs) {
+      if (
+        Number.isFinite(serverMs) && serverMs > bounds.maxAgeMs &&
+        serverMs - trimmedAt >= AGE_TRIM_EVERY_MS
+      ) {
+        trimmedAt = serverMs;
         await redis.xtrim(key, "MINID", String(serverMs - bounds.maxAgeMs));
       }
     },

@@ -101,6 +101,15 @@ Deno.test("recorded history in a redis stream", async (t) => {
       await young.append([transition(5000)]);
       const left = await readHistory(redis, keyspace, auth, { limit: 1000 });
       assert.deepEqual(left.map((e) => e.k === "transition" && e.seq), [5000]);
+      // A writer trims by age at most once per AGE_TRIM_EVERY_MS: a batch a second later does
+      // not pay a trim, so the entry past the age bound is still there until the next one.
+      const kept = left[0].serverAt;
+      await until(async () => Number((await redis.time())[0]) * 1000 > kept + 1000, {
+        what: "the server clock to move on",
+      });
+      await young.append([transition(5001)]);
+      const both = await readHistory(redis, keyspace, auth, { limit: 1000 });
+      assert.deepEqual(both.map((e) => e.k === "transition" && e.seq), [5000, 5001]);
     });
 
     await t.step("the recorder batches records and writes them off the caller's path", async () => {
