@@ -6,7 +6,8 @@
  * the server-rendered page still work, and an account without the role is turned away.
  */
 import assert from "node:assert/strict";
-import { chromium, type Page } from "playwright-core";
+import type { Page } from "playwright-core";
+import { launchChromium } from "../support/browser.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
 import { ROOT, until } from "../support/instance.ts";
 import { ADMIN_HEADERS } from "../support/auth.ts";
@@ -25,18 +26,6 @@ const OPERATOR = { username: "ops", password: "operator password 1", role: "oper
 
 /** Fill of a highlighted state (console.css `--hl-fill`). */
 const HIGHLIGHT = "rgb(253, 230, 138)";
-
-/** Chromium flags for a machine without network: no background connections to hang on. */
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 /**
  * A page expression (a string: this file is type-checked without the DOM library) that
@@ -155,10 +144,7 @@ Deno.test("review console in a browser", async (t) => {
   const databaseUrl = await pg.createDatabase();
   const dataDir = await Deno.makeTempDir({ prefix: "rs-console-browser-" });
   const nodes: ConsoleNode[] = [];
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: CHROMIUM_ARGS,
-  });
+  const browser = await launchChromium();
   try {
     nodes.push(await startConsoleNode("node-a", { databaseUrl, dataDir, redisUrl: redis.url }));
     nodes.push(

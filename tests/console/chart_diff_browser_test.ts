@@ -4,7 +4,7 @@
  * orange. The screenshot is kept in tests/artifacts/chart-diff.png.
  */
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../support/browser.ts";
 import { diffCharts } from "../../lib/charts.ts";
 import { ROOT } from "../support/instance.ts";
 import { MACHINES as BEFORE } from "../fixtures/chart_diff/before.ts";
@@ -14,19 +14,7 @@ const SCREENSHOT = `${ROOT}tests/artifacts/chart-diff.png`;
 
 Deno.test("the chart diff svg in a browser", async () => {
   const { svg } = (await diffCharts(BEFORE.door, AFTER.door, { subtitle: "changes since main" }))!;
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 1100, height: 400 } });
     await page.setContent(`<!doctype html><body style="margin:0">${svg}</body>`);

@@ -8,23 +8,13 @@
  * Real PostgreSQL, the real runtime.
  */
 import assert from "node:assert/strict";
-import { type Browser, type CDPSession, chromium, type Page } from "playwright-core";
+import type { Browser, CDPSession, Page } from "playwright-core";
+import { launchChromium } from "../support/browser.ts";
 import { verifyAuthenticationResponse } from "@simplewebauthn/server";
 import { freePort, startPostgres, startRedis } from "../harness/mod.ts";
 import { type ConsoleNode, createAccount, startConsoleNode } from "./support.ts";
 
 const PERSON = { username: "pia", password: "pia's password 1", role: "user" } as const;
-
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 /** A CDP credential (WebAuthn.getCredentials). */
 interface CdpCredential {
@@ -83,10 +73,7 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
   const origin = `http://localhost:${port}`;
   let node: ConsoleNode | null = null;
   let second: ConsoleNode | null = null;
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: CHROMIUM_ARGS,
-  });
+  const browser = await launchChromium();
   // A page on another origin (same host, other port: the RP id is still `localhost`).
   const otherPort = await freePort();
   const other = Deno.serve(

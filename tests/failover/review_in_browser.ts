@@ -8,7 +8,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../support/browser.ts";
 import { ROOT } from "../support/instance.ts";
 import { ADMIN_HEADERS } from "../support/auth.ts";
 import { formatState } from "../../console/html.ts";
@@ -18,18 +18,6 @@ export type Entry = Record<string, unknown>;
 
 /** Where the screenshot of the promotion is kept (gitignored; docs/console/ has a copy). */
 export const PROMOTING_SCREENSHOT = `${ROOT}tests/artifacts/failover-promoting.png`;
-
-/** Chromium flags for a machine without network (as tests/console/browser_test.ts). */
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 /** Steps taken at most (the range is a second or two of failover transitions). */
 const MAX_STEPS = 200;
@@ -54,10 +42,7 @@ export async function reviewFailoverInBrowser(options: {
   const first = failover.findIndex((e) => (e.serverAt as number) > start);
   const expected = failover.slice(first, last + 1);
   assert.ok(first >= 0 && expected.includes(promoting), JSON.stringify({ first, last }));
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: CHROMIUM_ARGS,
-  });
+  const browser = await launchChromium();
   try {
     // The operator's bearer token on every request (the console accepts it as GET /history does).
     const context = await browser.newContext({
