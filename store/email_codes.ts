@@ -12,7 +12,7 @@
 import { Buffer } from "node:buffer";
 import { timingSafeEqual } from "node:crypto";
 import type { Tx } from "./mfa.ts";
-import { rethrowDatabaseError } from "./pg_errors.ts";
+import { guarded } from "./pg_errors.ts";
 import type { Sql } from "./types.ts";
 
 /** The store returned by {@linkcode createEmailCodeStore}. */
@@ -43,13 +43,6 @@ export interface EmailCodeStore {
 
 /** Creates the e-mail code store on `sql`. */
 export function createEmailCodeStore(sql: Sql): EmailCodeStore {
-  async function guarded<T>(action: string, run: () => Promise<T>): Promise<T> {
-    try {
-      return await run();
-    } catch (err) {
-      rethrowDatabaseError(err, action);
-    }
-  }
   return {
     address: (userId) =>
       guarded("read the e-mail factor", async () => {

@@ -38,3 +38,12 @@ export function rethrowDatabaseError(err: unknown, action: string): never {
   }
   throw err;
 }
+
+/** Runs `run`; a lost connection becomes DATABASE_UNAVAILABLE saying it could not `action`. */
+export async function guarded<T>(action: string, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    rethrowDatabaseError(err, action);
+  }
+}

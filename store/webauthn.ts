@@ -15,7 +15,7 @@
  */
 import { RuntimeError } from "../lib/errors.ts";
 import type { Tx } from "./mfa.ts";
-import { rethrowDatabaseError } from "./pg_errors.ts";
+import { guarded } from "./pg_errors.ts";
 import type { Sql } from "./types.ts";
 
 /** A passkey as listed to its owner. */
@@ -139,13 +139,6 @@ function toPasskey(r: Row): Passkey {
 
 /** Creates the passkey store on `sql`. */
 export function createWebAuthnStore(sql: Sql): WebAuthnStore {
-  async function guarded<T>(action: string, run: () => Promise<T>): Promise<T> {
-    try {
-      return await run();
-    } catch (err) {
-      rethrowDatabaseError(err, action);
-    }
-  }
   return {
     list: (userId) =>
       guarded("list passkeys", async () => {
