@@ -12,6 +12,7 @@
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { RuntimeError } from "./errors.ts";
+import { invalidSettings, pickSettings, settingsProblems } from "./settings.ts";
 
 /** One configuration setting: its environment variable, optional flag and documentation. */
 export interface SettingDoc {
@@ -387,11 +388,7 @@ function flagOptions() {
 /** The variables from `env` and the flags from `args` (flags win), empty ones dropped. */
 function readSources(sources: ConfigSources): { env: Env; raw: Record<string, string> } {
   const env = { ...(sources.env ?? Deno.env.toObject()) };
-  const raw: Record<string, string> = {};
-  for (const s of SETTINGS) {
-    const v = env[s.env];
-    if (v !== undefined && v !== "") raw[s.env] = v;
-  }
+  const raw = pickSettings(env, SETTINGS.map((s) => s.env));
   let parsedFlags: Record<string, string | boolean | undefined>;
   try {
     parsedFlags = parseArgs({
@@ -477,20 +474,10 @@ export function loadConfigWith<C extends Record<string, ConcernConfig<unknown>>>
 function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreConfig {
   const result = schema.safeParse(raw);
   if (!result.success) {
-    const problems = result.error.issues.map((issue) => {
-      const name = String(issue.path[0]);
+    throw invalidSettings(settingsProblems(result.error, raw, (name) => {
       const doc = SETTINGS.find((s) => s.env === name);
-      const label = doc?.flag ? `${name} (--${doc.flag})` : name;
-      const shown = name.includes("SECRET") || name.includes("PASSWORD")
-        ? "<hidden>"
-        : JSON.stringify(raw[name]);
-      return `${label} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${shown}`;
-    });
-    throw new RuntimeError(
-      "CONFIG_INVALID",
-      `Invalid configuration: ${problems.join("; ")}`,
-      { details: { problems } },
-    );
+      return doc?.flag ? `${name} (--${doc.flag})` : name;
+    }));
   }
   const c = result.data;
   const sentinels = c.REDIS_SENTINELS ? hostPorts(c.REDIS_SENTINELS) : [];

@@ -7,7 +7,7 @@
  */
 import { z } from "zod";
 import { type ConcernConfig, intIn, type SettingDoc } from "./config.ts";
-import { RuntimeError } from "./errors.ts";
+import { parseSettings, pickSettings } from "./settings.ts";
 
 /** The validated limits. */
 export interface LimitsSettings {
@@ -110,24 +110,7 @@ const schema = z.object({
 
 /** Reads and validates the limits; CONFIG_INVALID names every bad variable. */
 export function loadLimitsSettings(env: Record<string, string | undefined>): LimitsSettings {
-  const raw: Record<string, string> = {};
-  for (const s of LIMITS_SETTINGS) {
-    const v = env[s.env];
-    if (v !== undefined && v !== "") raw[s.env] = v;
-  }
-  const result = schema.safeParse(raw);
-  if (!result.success) {
-    const problems = result.error.issues.map((issue) => {
-      const name = String(issue.path[0]);
-      return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${
-        JSON.stringify(raw[name])
-      }`;
-    });
-    throw new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${problems.join("; ")}`, {
-      details: { problems },
-    });
-  }
-  const c = result.data;
+  const c = parseSettings(schema, pickSettings(env, LIMITS_SETTINGS.map((s) => s.env)));
   return {
     sseMaxPerClient: c.RS_SSE_MAX_PER_CLIENT,
     sseMaxTotal: c.RS_SSE_MAX_TOTAL,

@@ -9,6 +9,7 @@ import { Cron } from "croner";
 import { z } from "zod";
 import type { ConcernConfig } from "../../lib/config.ts";
 import { RuntimeError } from "../../lib/errors.ts";
+import { parseSettings, pickSettings } from "../../lib/settings.ts";
 
 /** The kinds of backup (docs/backup.md defines them). */
 export const BACKUP_TYPES = ["full", "base", "incremental", "differential"] as const;
@@ -321,25 +322,7 @@ export function loadBackupSettings(
   env: Record<string, string | undefined>,
   options: { dataDir: string },
 ): BackupSettings {
-  const raw: Record<string, string> = {};
-  for (const name of BACKUP_ENV_VARS) {
-    const v = env[name];
-    if (v !== undefined && v !== "") raw[name] = v;
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => {
-      const name = String(i.path[0]);
-      const secret = /KEY|TOKEN|SECRET/.test(name);
-      return `${name}${secret ? "" : `=${JSON.stringify(raw[name] ?? "")}`}: expected ${i.message}`;
-    });
-    throw new RuntimeError(
-      "CONFIG_INVALID",
-      `Invalid backup configuration: ${lines.join("; ")}`,
-      { details: { problems: lines } },
-    );
-  }
-  const c = parsed.data;
+  const c = parseSettings(schema, pickSettings(env, BACKUP_ENV_VARS));
   const kind = c.BACKUP_STORAGE ?? (c.BACKUP_S3_BUCKET ? "s3" : "local");
   let storage: StorageSettings;
   if (kind === "s3") {

@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import type { ConcernConfig } from "../../lib/config.ts";
-import { RuntimeError } from "../../lib/errors.ts";
+import { parseSettings, pickSettings } from "../../lib/settings.ts";
 
 /** One PostgreSQL node of the cluster. */
 export interface NodeSetting {
@@ -199,31 +199,14 @@ export function loadFailoverSettings(
   env: Record<string, string | undefined>,
   options: { testFailpoints?: boolean } = {},
 ): FailoverSettings {
-  const picked = Object.fromEntries(
-    Object.keys(schema.shape).map((k) => [k, env[k] === "" ? undefined : env[k]]),
-  );
-  const parsed = schema.safeParse(picked);
-  const lines = parsed.success
-    ? []
-    : parsed.error.issues.map((i) =>
-      `${String(i.path[0])}: expected ${i.message}, got ${
-        JSON.stringify(picked[String(i.path[0])])
-      }`
-    );
-  if (picked.FAILOVER_FAILPOINT !== undefined && !options.testFailpoints) {
-    lines.push(
+  const picked = pickSettings(env, Object.keys(schema.shape));
+  const extra = picked.FAILOVER_FAILPOINT !== undefined && !options.testFailpoints
+    ? [
       "FAILOVER_FAILPOINT is a test-only fault injection: it needs RS_TEST_FAILPOINTS=1 " +
-        "(refused in production)",
-    );
-  }
-  if (!parsed.success || lines.length) {
-    throw new RuntimeError(
-      "CONFIG_INVALID",
-      `Invalid failover configuration: ${lines.join("; ")}`,
-      { details: { problems: lines } },
-    );
-  }
-  const e = parsed.data!;
+      "(refused in production)",
+    ]
+    : [];
+  const e = parseSettings(schema, picked, { extra });
   return {
     nodes: e.DATABASE_NODES ?? [],
     probeIntervalMs: e.FAILOVER_PROBE_INTERVAL_MS,

@@ -9,6 +9,7 @@
 import { z } from "zod";
 import type { ConcernConfig, SettingDoc } from "../../lib/config.ts";
 import { RuntimeError } from "../../lib/errors.ts";
+import { parseSettings, pickSettings } from "../../lib/settings.ts";
 import type { AlertOperator, AlertRule } from "../../machines/alert.ts";
 import { DEFAULT_ALERT_RULE_NAMES, DEFAULT_ALERT_RULES } from "./default_rules.ts";
 import { type Aggregate, AGGREGATES } from "./reader.ts";
@@ -295,23 +296,7 @@ export function loadMetricsSettings(
   env: Record<string, string | undefined>,
   options: { readTextFile?: (path: string) => string } = {},
 ): MetricsSettings {
-  const raw: Record<string, string> = {};
-  for (const s of METRICS_SETTINGS) {
-    const v = env[s.env];
-    if (v !== undefined && v !== "") raw[s.env] = v;
-  }
-  const result = envSchema.safeParse(raw);
-  if (!result.success) {
-    const problems = result.error.issues.map((issue) => {
-      const name = String(issue.path[0]);
-      const shown = name === "INFLUX_TOKEN" ? "<hidden>" : JSON.stringify(raw[name]);
-      return `${name} ${issue.message.replace(/^Invalid input: /, "must be ")}, got ${shown}`;
-    });
-    throw new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${problems.join("; ")}`, {
-      details: { problems },
-    });
-  }
-  const c = result.data;
+  const c = parseSettings(envSchema, pickSettings(env, METRICS_SETTINGS.map((s) => s.env)));
   const configured = c.ALERT_RULES
     ? loadRules(c.ALERT_RULES, c.METRICS_INTERVAL_MS, options.readTextFile ?? Deno.readTextFileSync)
     : [];

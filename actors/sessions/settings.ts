@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { type ConcernConfig, intIn, type SettingDoc } from "../../lib/config.ts";
-import { RuntimeError } from "../../lib/errors.ts";
+import { parseSettings, pickSettings } from "../../lib/settings.ts";
 
 /** The validated sessions settings. */
 export interface SessionsSettings {
@@ -133,21 +133,11 @@ const schema = z.object({
 
 /** Reads and validates the sessions settings; CONFIG_INVALID names every bad variable. */
 export function loadSessionsSettings(env: Record<string, string | undefined>): SessionsSettings {
-  const raw: Record<string, string> = {};
-  for (const s of SESSIONS_SETTINGS) {
-    const v = env[s.env];
-    if (v !== undefined && v !== "") raw[s.env] = v;
-  }
-  const { RS_TRUST_PROXY: legacy, ...rest } = raw;
-  const result = schema.safeParse(rest);
-  const problems = result.success ? [] : result.error.issues.map((issue) => {
-    const name = String(issue.path[0]);
-    // SMTP_URL may carry a password: never echoed.
-    const got = name === "SMTP_URL"
-      ? "(not shown: it may hold a password)"
-      : JSON.stringify(raw[name]);
-    return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${got}`;
-  });
+  const { RS_TRUST_PROXY: legacy, ...rest } = pickSettings(
+    env,
+    SESSIONS_SETTINGS.map((s) => s.env),
+  );
+  const problems: string[] = [];
   if (legacy !== undefined && legacy !== "false") {
     // It trusted the LEFTMOST X-Forwarded-For entry, which the client writes: refuse rather
     // than guess, so nobody keeps a spoofable setting by not reading the changelog.
@@ -157,12 +147,8 @@ export function loadSessionsSettings(env: Record<string, string | undefined>): S
         `(1 behind the shipped nginx; 0 when clients connect directly)`,
     );
   }
-  if (!result.success || problems.length) {
-    throw new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${problems.join("; ")}`, {
-      details: { problems },
-    });
-  }
-  const c = result.data!;
+  // SMTP_URL may carry a password: its value is never shown (lib/settings.ts).
+  const c = parseSettings(schema, rest, { extra: problems });
   return {
     ttlMs: c.SESSION_TTL_S * 1000,
     rememberTtlMs: c.SESSION_REMEMBER_TTL_S * 1000,

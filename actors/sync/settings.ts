@@ -5,7 +5,7 @@
  */
 import { z } from "zod";
 import type { ConcernConfig } from "../../lib/config.ts";
-import { RuntimeError } from "../../lib/errors.ts";
+import { parseSettings, pickSettings } from "../../lib/settings.ts";
 
 /** Settings of the sync concern. */
 export interface SyncSettings {
@@ -48,17 +48,7 @@ const envSchema = z.object({
 
 /** Reads and validates the sync settings from environment variables. */
 export function readSyncSettings(env: Record<string, string | undefined>): SyncSettings {
-  const raw = Object.fromEntries(
-    SYNC_SETTINGS.map((s) => [s.env, env[s.env] === "" ? undefined : env[s.env]]),
-  );
-  const parsed = envSchema.safeParse(raw);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map((issue) =>
-      `${String(issue.path[0])} must be ${issue.message.replace(/^Invalid input: /, "")}`
-    );
-    throw new RuntimeError("CONFIG_INVALID", problems[0], { details: { problems } });
-  }
-  const d = parsed.data;
+  const d = parseSettings(envSchema, pickSettings(env, SYNC_SETTINGS.map((s) => s.env)));
   return {
     headsMs: d.RS_SYNC_HEADS_MS,
     snapshotMs: d.RS_SYNC_SNAPSHOT_MS,

@@ -7,7 +7,7 @@
  */
 import { z } from "zod";
 import { type ConcernConfig, type CoreConfig, intIn, type SettingDoc } from "../../lib/config.ts";
-import { RuntimeError } from "../../lib/errors.ts";
+import { parseSettings, pickSettings } from "../../lib/settings.ts";
 
 /** The validated access-control settings. */
 export interface AccessSettings {
@@ -110,23 +110,7 @@ export function loadAccessSettings(
   env: Record<string, string | undefined>,
   core: Pick<CoreConfig, "publicUrl">,
 ): AccessSettings {
-  const raw: Record<string, string> = {};
-  for (const s of ACCESS_SETTINGS) {
-    const v = env[s.env];
-    if (v !== undefined && v !== "") raw[s.env] = v;
-  }
-  const result = schema.safeParse(raw);
-  if (!result.success) {
-    const problems = result.error.issues.map((issue) => {
-      const name = String(issue.path[0]);
-      const shown = name.endsWith("TOKEN") ? "<hidden>" : JSON.stringify(raw[name]);
-      return `${name} must be ${issue.message.replace(/^Invalid input: /, "")}, got ${shown}`;
-    });
-    throw new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${problems.join("; ")}`, {
-      details: { problems },
-    });
-  }
-  const c = result.data;
+  const c = parseSettings(schema, pickSettings(env, ACCESS_SETTINGS.map((s) => s.env)));
   const allowedOrigins = (c.RS_ALLOWED_ORIGINS ?? "").split(",").map((o) => o.trim())
     .filter(Boolean).map((o) => canonicalOrigin(o)!);
   // Browsers reach the runtime at the allowed origins, else at its public URL; with neither

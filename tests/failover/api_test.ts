@@ -125,11 +125,11 @@ Deno.test("failover settings", async (t) => {
 
   await t.step("wrong values stop start-up naming the variable", () => {
     const cases: [Record<string, string>, RegExp][] = [
-      [{ FAILOVER_CONFIRMATIONS: "0" }, /FAILOVER_CONFIRMATIONS: expected an integer between 1/],
-      [{ FAILOVER_SYNC_MODE: "maybe" }, /FAILOVER_SYNC_MODE: expected on or off/],
+      [{ FAILOVER_CONFIRMATIONS: "0" }, /FAILOVER_CONFIRMATIONS must be an integer between 1/],
+      [{ FAILOVER_SYNC_MODE: "maybe" }, /FAILOVER_SYNC_MODE must be on or off/],
       [
         { DATABASE_NODES: "pg1=mysql://x" },
-        /DATABASE_NODES: expected a postgres:\/\/ URL for node pg1/,
+        /DATABASE_NODES must be a postgres:\/\/ URL for node pg1/,
       ],
       [{ DATABASE_NODES: "pg1=postgres://a/db,pg1=postgres://b/db" }, /unique node names/],
     ];
