@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { migrate } from "../../store/migrations.ts";
 import { insertFailoverRecord } from "../../store/replication.ts";
+import { leaseTag } from "../../store/redis_leases.ts";
 import type { Sql } from "../../store/types.ts";
 import { silentLogger } from "../../lib/log.ts";
 import { startPostgres, startRedis } from "../harness/mod.ts";
@@ -47,7 +48,7 @@ Deno.test("a pool opened without a published primary is labelled with the record
   // Another coordinator holds the failover lease: nothing is published while this runs.
   await redis.cli(
     "SET",
-    `${prefix}lease:failover`,
+    `${prefix}lease:${leaseTag("failover")}`,
     JSON.stringify({ holder: "elsewhere", token: 1 }),
     "PX",
     "600000",
