@@ -376,10 +376,12 @@ function createSwitchableDatabase(
    * A driver fault caught by the process guard may have broken a connection of any pool: the
    * current one is renewed, and a replaced one still held open by a reserved connection is
    * ended (the fault is most likely that connection's: written to after it closed, its query
-   * would wait forever).
+   * would wait forever). That holds for the current pool too: when it holds a reserved
+   * connection it is replaced even inside the burst interval (a renewal a moment earlier must
+   * not leave that query waiting on a pool nobody ends).
    */
   const unsubscribe = onDriverFault((kind) => {
-    renew(current, `the driver reported ${kind}`, { force: true });
+    renew(current, `the driver reported ${kind}`, { force: true, always: uses.reserved(current) });
     for (const pool of retired) if (uses.reserved(pool)) cut.add(pool);
     uses.recheck();
   });
