@@ -257,8 +257,10 @@ export function opensslEncArgs(
 }
 
 /**
- * Authenticates a finished encrypted file on disk (one pass, 4 MiB reads): its size,
- * SHA-256 and HMAC under the key derived from the salt in its header.
+ * Authenticates an encrypted file on disk (one pass, 4 MiB reads): its size, SHA-256 and
+ * HMAC under the key derived from the salt in its header. With `growing`, the file is still
+ * being written: at its current end the reading waits for more until `growing` settles (the
+ * writer finished), then reads to the end — so the hashing runs beside the writer.
  */
 export async function authenticateFile(
   path: string,
@@ -272,9 +274,13 @@ export async function authenticateFile(
     onProgress?: (bytes: number) => void;
     /** Aborting stops the reading (the promise rejects with the reason). */
     signal?: AbortSignal;
+    /** Settles when the writer of a file still being written is done (see above). */
+    growing?: Promise<unknown>;
   } = {},
 ): Promise<AuthenticatedFile> {
   checkPassphrase(passphrase);
+  let written = !options.growing;
+  options.growing?.then(() => written = true, () => written = true);
   using file = await Deno.open(path, { read: true });
   const buf = new Uint8Array(4 << 20);
   const sha = options.sha256 === false ? null : createHash("sha256");
@@ -284,8 +290,15 @@ export async function authenticateFile(
     let n = 0;
     // Fill the buffer (a read may return less), so the header arrives in one piece.
     while (n < buf.length) {
+      // Read before asking whether the writer is done: an end seen after it was done is final.
+      const final = written;
       const got = await file.read(buf.subarray(n));
-      if (got === null) break;
+      if (got === null) {
+        if (final) break;
+        await new Promise((r) => setTimeout(r, GROWING_POLL_MS));
+        options.signal?.throwIfAborted();
+        continue;
+      }
       n += got;
     }
     if (n === 0) break;
@@ -316,6 +329,9 @@ export async function authenticateFile(
   }
   return { size, sha256: sha ? sha.digest("hex") : null, hmac: mac.digest("hex") };
 }
+
+/** How long {@linkcode authenticateFile} waits at the end of a file still being written. */
+const GROWING_POLL_MS = 10;
 
 /** The 16-byte `Salted__` header of a file encrypted with `salt` (8 bytes). */
 export function encryptionHeader(salt: Uint8Array): Uint8Array {

@@ -27,6 +27,11 @@ export interface StoredObject {
 export interface StagedFile {
   /** Where to write. */
   path: string;
+  /**
+   * Starts writing its data to disk (fdatasync) without moving it, so the caller can do other
+   * work (hash it) meanwhile; `commit` still syncs before the rename.
+   */
+  flush(): Promise<void>;
   /** Makes it durable and moves it to its key; returns its size. */
   commit(): Promise<{ size: number }>;
   /** Removes it; never throws. */
@@ -207,6 +212,14 @@ export function createLocalStorage(root: string): BackupStorage {
     }
     return {
       path: tmp,
+      async flush() {
+        try {
+          using file = await Deno.open(tmp, { read: true, write: true });
+          await file.syncData();
+        } catch (err) {
+          throw storageError("write", target, err);
+        }
+      },
       async commit() {
         try {
           using file = await Deno.open(tmp, { read: true, write: true });

@@ -267,6 +267,34 @@ Deno.test("openssl does the AES, one batched pass authenticates (the backup pipe
     }
   });
 
+  await t.step("a file hashed while it is still written: the same figures as after", async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const file = `${dir}/growing.enc`;
+      using out = await Deno.open(file, { write: true, create: true });
+      let release!: () => void;
+      const writer = (async () => {
+        // The header arrives in two writes; the reader must wait at each end it finds.
+        for (let at = 0; at < stored.length;) {
+          const size = at === 0 ? 7 : 700_001;
+          const piece = stored.subarray(at, Math.min(at + size, stored.length));
+          for (let w = 0; w < piece.length;) w += await out.write(piece.subarray(w));
+          at += piece.length;
+          await new Promise((r) => setTimeout(r, 15));
+        }
+      })();
+      const done = new Promise<void>((r) => release = r);
+      writer.then(release);
+      const whileWritten = await authenticateFile(file, KEY, { growing: done });
+      await writer;
+      assert.deepEqual(whileWritten, await authenticateFile(file, KEY));
+      assert.equal(whileWritten.size, stored.length);
+      assert.equal(whileWritten.hmac, sealed.hmac);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+
   await t.step("another key and a missing header are BACKUP_CORRUPT", async () => {
     const other = createAuthStream("another passphrase 0123456789", {
       expect: { hmac: sealed.hmac },
