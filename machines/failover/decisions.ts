@@ -329,11 +329,15 @@ export interface DetectorState {
   leader: number | null;
   /** Certain evidence may skip the count (FAILOVER_FAST_PATH). */
   fastPath?: boolean;
+  /** The promotion (or adoption) this coordinator made and has not published yet. */
+  promotion?: { node: string } | null;
 }
 
 /**
- * What one probe means. `newer`: Redis names a newer primary (follow it); `bootstrap`: the
- * coordinator sees the primary answer and nothing published (publish it); `answered`: the
+ * What one probe means. `newer`: Redis names a newer primary (follow it); `unpublished`: the
+ * coordinator promoted another node and publishing it failed (publish it now, never follow the
+ * node it replaced again); `bootstrap`: the coordinator sees the primary answer and nothing
+ * published (publish it); `answered`: the
  * primary is fine (`why` is null when there is nothing new to say); `failed`: one more
  * failed probe in the streak; `refused`: one more failed probe, refused outright, seen by
  * the coordinator with the fast path on: it gathers the evidence that may make it certain
@@ -341,6 +345,7 @@ export interface DetectorState {
  */
 export type ProbeVerdict =
   | { verdict: "newer"; primary: Published; why: string }
+  | { verdict: "unpublished"; node: string; why: string }
   | { verdict: "bootstrap"; why: string }
   | { verdict: "reassert"; why: string }
   | { verdict: "answered"; why: string | null }
@@ -361,6 +366,18 @@ export function judgeProbe(state: DetectorState, probe: ProbeResult): ProbeVerdi
       verdict: "newer",
       primary: p,
       why: `following ${p.node} (epoch ${p.epoch}), read from Redis`,
+    };
+  }
+  // A promotion this coordinator made whose publication failed: that node is a primary now
+  // (the old one was fenced before it), so an answer of the old one must not bring the
+  // detector back to following it; the promotion is published instead, under this lease.
+  const promoted = state.promotion?.node;
+  if (probe.ok && state.leader !== null && promoted && promoted !== primary.node) {
+    return {
+      verdict: "unpublished",
+      node: promoted,
+      why: `publishing ${promoted}, promoted earlier but never published (not following ` +
+        `${primary.node} again although it answered)`,
     };
   }
   if (probe.ok && state.leader !== null && primary.epoch === 0 && probe.published === null) {

@@ -72,10 +72,6 @@ import type {
   VoteOutput,
 } from "./types.ts";
 
-function unpublishedSentence(node: string): string {
-  return `bootstrap: publishing ${node}, promoted earlier but never published`;
-}
-
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -177,6 +173,8 @@ const failover = setup({
     /** Follows a newer primary a coordinator announced. */
     followAnnounced: assign(({ context }, published: Published) => ({
       primary: published,
+      // A promotion of ours never published belongs to an epoch that is over now.
+      promotion: null,
       failures: 0,
       suspectSince: null,
       path: "careful" as const,
@@ -195,17 +193,13 @@ const failover = setup({
       };
       switch (verdict.verdict) {
         case "newer":
-          return { primary: verdict.primary, failures: 0, why: verdict.why };
+          // A promotion of ours never published belongs to an epoch that is over now.
+          return { primary: verdict.primary, failures: 0, promotion: null, why: verdict.why };
+        case "unpublished":
+          // A node this coordinator already promoted (a failover or switchover whose
+          // publication failed) is the primary now: publish it, never the node it replaced.
+          return { lastProbe, switchover: null, why: verdict.why };
         case "bootstrap":
-          // A node this coordinator already promoted (a switchover whose publication
-          // failed) is the primary now: publish it, never the node it replaced.
-          if (context.promotion && context.promotion.node !== context.primary.node) {
-            return {
-              lastProbe,
-              switchover: null,
-              why: unpublishedSentence(context.promotion.node),
-            };
-          }
           return {
             lastProbe,
             promotion: {
@@ -494,8 +488,11 @@ const failover = setup({
       context.leader !== null && context.failures >= context.confirmations,
     newerPublished: ({ context }, probe: ProbeResult) =>
       judgeProbe(context, probe).verdict === "newer",
-    needsBootstrap: ({ context }, probe: ProbeResult) =>
-      judgeProbe(context, probe).verdict === "bootstrap",
+    /** Nothing is published yet, or a promotion of ours is not: publish it. */
+    needsPublication: ({ context }, probe: ProbeResult) => {
+      const { verdict } = judgeProbe(context, probe);
+      return verdict === "bootstrap" || verdict === "unpublished";
+    },
     /** Redis holds an older epoch than the one followed, or no record: write it back. */
     needsReassert: ({ context }, probe: ProbeResult) =>
       judgeProbe(context, probe).verdict === "reassert",
@@ -615,8 +612,8 @@ const STARTING = failover.createStateConfig({
 
 /**
  * One probe of the primary, the same state config at both health levels. What it leads to,
- * in order: a newer published primary is followed; the coordinator publishes the first
- * primary (bootstrap); an answer means healthy; anything else (an error, no answer within
+ * in order: a newer published primary is followed; the coordinator publishes a promotion of
+ * its own that was never published, or the first primary (bootstrap); an answer means healthy; anything else (an error, no answer within
  * the probe timeout) is one more failed probe. Targets are absolute, so each level re-enters
  * the level the verdict calls for.
  */
@@ -631,7 +628,7 @@ const PROBING = failover.createStateConfig({
         actions: { type: "recordProbe", params: ({ event }) => event.output },
       },
       {
-        guard: { type: "needsBootstrap", params: ({ event }) => event.output },
+        guard: { type: "needsPublication", params: ({ event }) => event.output },
         target: "#failover.detector.publishing",
         actions: { type: "recordProbe", params: ({ event }) => event.output },
       },

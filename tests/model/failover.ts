@@ -363,6 +363,19 @@ export const failoverModel: ChartModel<FailoverWorld> = {
       }
       return null;
     },
+    "an answer of the old primary never undoes an unpublished promotion": ({ move, snapshot }) => {
+      // Found reading the chart (docs/testing.md): a failover whose publication failed went
+      // back to suspect, and an answer of the old primary made the coordinator healthy
+      // following it again while the node it promoted was a primary nobody published.
+      if (move?.type !== "settle" || move.src !== "probePrimary") return null;
+      const c = snapshot.context;
+      if (detector(snapshot) !== "healthy" || c.leader === null) return null;
+      if (c.promotion && c.promotion.node !== c.primary.node) {
+        return `healthy following ${c.primary.node} although it promoted ${c.promotion.node}, ` +
+          `never published`;
+      }
+      return null;
+    },
     "each path reaches the vote only on its evidence": ({ snapshot, prev, world }) => {
       const from = detector(prev);
       if (detector(snapshot) !== "confirming" || from === "confirming") return null;

@@ -95,6 +95,40 @@ Deno.test("model: failover", async (t) => {
     },
   );
   await t.step(
+    "regression: a failover whose publication failed is published when the old primary answers",
+    () => {
+      // Seen reading the chart: pg1 published at epoch 1; after the failover's publication
+      // failed the detector went back to suspect, and the next answer of pg1 (back from a
+      // partition) made it healthy following pg1 again, while pg2 was a promoted primary
+      // nobody published. (At epoch 0 the bootstrap rule already published pg2.) Longer than the walk's
+      // depth bound, so replayed here; the invariant above guards every shorter path.
+      const path: Move[] = [
+        { type: "send", event: { type: "LEASE_ACQUIRED", token: 11 } },
+        { type: "settle", src: "readStart", outcome: "answer" },
+        { type: "tick", ms: 100 },
+        { type: "settle", src: "probePrimary", outcome: "answers" },
+        { type: "settle", src: "publish", outcome: "answer" },
+        { type: "tick", ms: 100 },
+        { type: "settle", src: "probePrimary", outcome: "refused" },
+        { type: "settle", src: "corroborate", outcome: "certain" },
+        { type: "settle", src: "collectVotes", outcome: "majority" },
+        { type: "settle", src: "promote", outcome: "promoted" },
+        { type: "settle", src: "publish", outcome: "crash" },
+        { type: "tick", ms: 100 },
+        { type: "settle", src: "probePrimary", outcome: "answers" },
+      ];
+      regression(failoverModel, path);
+      const end = replay(failoverModel, [...path, {
+        type: "settle",
+        src: "publish",
+        outcome: "answer",
+      }]);
+      assert.equal(end.violation, null);
+      assert.deepEqual(end.world.redis, { node: "pg2", epoch: 2, token: 11 });
+      assert.equal(end.snapshot.context.primary.node, "pg2");
+    },
+  );
+  await t.step(
     "the walk reaches a fast-path promotion, and the fast path still needs a majority",
     () => {
       // Within the depth bound: one refused probe, certain evidence, a majority: promoting
