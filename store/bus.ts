@@ -48,8 +48,12 @@ export interface BusStats {
 export interface MessageBus {
   /** `redis` or `in-process`. */
   readonly kind: "redis" | "in-process";
-  /** Publishes to a logical channel name (namespaced by the bus). At-most-once. */
-  publish(channel: string, message: string): Promise<void>;
+  /**
+   * Publishes to a logical channel name (namespaced by the bus). At-most-once. Resolves with
+   * the number of subscriptions the message reached (Redis: the subscribers the server
+   * counted, on a cluster those of the channel's shard; 0 means nobody listened).
+   */
+  publish(channel: string, message: string): Promise<number>;
   /** Subscribes; resolves once the subscription is active. Returns the unsubscribe. */
   subscribe(channel: string, handler: MessageHandler): Promise<() => Promise<void>>;
   /** Registers a callback run after the bus resubscribed following a reconnect. */
@@ -95,13 +99,13 @@ export function createLocalBus(options: { log?: Logger } = {}): MessageBus {
   return {
     kind: "in-process",
     publish(channel, message) {
-      if (closed) return Promise.resolve();
+      if (closed) return Promise.resolve(0);
       stats.published++;
       const handlers = subs.get(channel);
       if (handlers?.size) {
         queueMicrotask(() => deliver(handlers, message, channel, stats, log));
       }
-      return Promise.resolve();
+      return Promise.resolve(handlers?.size ?? 0);
     },
     subscribe(channel, handler) {
       let set = subs.get(channel);
@@ -124,12 +128,13 @@ export function createLocalBus(options: { log?: Logger } = {}): MessageBus {
 }
 
 /**
- * The key purpose of a channel's messages: the transport's broadcasts and replies and the
- * sync node's batches each have their own; everything else is a bus message.
+ * The key purpose of a channel's messages: the transport's broadcasts, requests and replies
+ * and the sync node's batches each have their own; everything else is a bus message.
  */
 export function channelPurpose(channel: string): MessagePurpose {
   if (channel === "rt.broadcast") return "transport.broadcast";
   if (channel.startsWith("rt.reply.")) return "transport.reply";
+  if (channel.startsWith("rt.request.")) return "transport.request";
   if (channel.startsWith("sync.")) return "sync.batch";
   return "bus.message";
 }
@@ -220,8 +225,9 @@ export function createRedisBus(
       stats.published++;
       const full = ks.channel(channel);
       const sealed = auth.seal(channelPurpose(channel), channel, message);
-      if (sharded) await publisher.spublish(full, sealed);
-      else await publisher.publish(full, sealed);
+      return sharded
+        ? Number(await publisher.spublish(full, sealed))
+        : await publisher.publish(full, sealed);
     },
     async subscribe(channel, handler) {
       let set = subs.get(channel);
