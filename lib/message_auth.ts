@@ -2,7 +2,7 @@
  * Message authentication for everything the runtime believes from Redis.
  *
  * Redis is shared by every instance and reachable by whoever holds its password, so it is
- * not trusted: every control record written there (transport envelopes and replies,
+ * not trusted: every control record written there (transport envelopes, requests and replies,
  * broadcasts, sync batches and announcements, session-cache entries, pending login
  * attempts, membership info with the member's URL, the published primary, the
  * coordinator's status and the recorded history) is *sealed* with an HMAC-SHA256 and *opened* before anything in it
@@ -33,6 +33,7 @@ import { type Logger, silentLogger } from "./log.ts";
 export const MESSAGE_PURPOSES = [
   "transport.envelope",
   "transport.reply",
+  "transport.request",
   "transport.broadcast",
   "sync.batch",
   "bus.message",

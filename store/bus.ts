@@ -48,8 +48,12 @@ export interface BusStats {
 export interface MessageBus {
   /** `redis` or `in-process`. */
   readonly kind: "redis" | "in-process";
-  /** Publishes to a logical channel name (namespaced by the bus). At-most-once. */
-  publish(channel: string, message: string): Promise<void>;
+  /**
+   * Publishes to a logical channel name (namespaced by the bus). At-most-once. Resolves with
+   * the number of subscriptions the message reached (Redis: the subscribers the server
+   * counted, on a cluster those of the channel's shard; 0 means nobody listened).
+   */
+  publish(channel: string, message: string): Promise<number>;
   /** Subscribes; resolves once the subscription is active. Returns the unsubscribe. */
   subscribe(channel: string, handler: MessageHandler): Promise<() => Promise<void>>;
   /** Registers a callback run after the bus resubscribed following a reconnect. */
@@ -95,13 +99,13 @@ export function createLocalBus(options: { log?: Logger } = {}): MessageBus {
   return {
     kind: "in-process",
     publish(channel, message) {
-      if (closed) return Promise.resolve();
+      if (closed) return Promise.resolve(0);
       stats.published++;
       const handlers = subs.get(channel);
       if (handlers?.size) {
         queueMicrotask(() => deliver(handlers, message, channel, stats, log));
       }
-      return Promise.resolve();
+      return Promise.resolve(handlers?.size ?? 0);
     },
     subscribe(channel, handler) {
       let set = subs.get(channel);
@@ -124,12 +128,13 @@ export function createLocalBus(options: { log?: Logger } = {}): MessageBus {
 }
 
 /**
- * The key purpose of a channel's messages: the transport's broadcasts and replies and the
- * sync node's batches each have their own; everything else is a bus message.
+ * The key purpose of a channel's messages: the transport's broadcasts, requests and replies
+ * and the sync node's batches each have their own; everything else is a bus message.
  */
 export function channelPurpose(channel: string): MessagePurpose {
   if (channel === "rt.broadcast") return "transport.broadcast";
   if (channel.startsWith("rt.reply.")) return "transport.reply";
+  if (channel.startsWith("rt.request.")) return "transport.request";
   if (channel.startsWith("sync.")) return "sync.batch";
   return "bus.message";
 }
@@ -214,14 +219,59 @@ export function createRedisBus(
   });
   subscriber.on("error", (err: Error) => log.debug("bus subscriber error", { error: err.message }));
 
+  /** Full channel names by logical name (a few per instance: replies, requests, sync…). */
+  const fullNames = new Map<string, string>();
+  function fullName(channel: string): string {
+    let full = fullNames.get(channel);
+    if (full === undefined) {
+      if (fullNames.size >= 1024) fullNames.clear();
+      fullNames.set(channel, full = ks.channel(channel));
+    }
+    return full;
+  }
+
+  /**
+   * Publishes made in one run of the event loop's microtasks, written in one pipeline: a burst
+   * of replies (an inbox batch, a socket read of many requests) costs one socket write instead
+   * of one each, which was the largest single cost of a message (`write(2)`, profiled in
+   * bench/runtime.ts); a lone publish still goes out at the end of the current task. Order is
+   * kept: the queue is written in the order of the calls. Not on a cluster, where a pipeline
+   * must stay within one slot and each SPUBLISH goes to its channel's shard.
+   */
+  let queue: { full: string; sealed: string; done(err: Error | null, n: number): void }[] = [];
+  function flushQueue(): void {
+    const batch = queue;
+    queue = [];
+    if (batch.length === 1) {
+      const one = batch[0];
+      publisher.publish(one.full, one.sealed).then((n) => one.done(null, n), (e) => one.done(e, 0));
+      return;
+    }
+    const pipeline = publisher.pipeline();
+    for (const p of batch) pipeline.publish(p.full, p.sealed);
+    pipeline.exec().then(
+      (res) =>
+        batch.forEach((p, i) => {
+          const [err, n] = res?.[i] ?? [new Error("no reply to PUBLISH"), 0];
+          p.done(err, Number(n));
+        }),
+      (err) => batch.forEach((p) => p.done(err, 0)),
+    );
+  }
+
   return {
     kind: "redis",
-    async publish(channel, message) {
-      stats.published++;
-      const full = ks.channel(channel);
-      const sealed = auth.seal(channelPurpose(channel), channel, message);
-      if (sharded) await publisher.spublish(full, sealed);
-      else await publisher.publish(full, sealed);
+    publish(channel, message) {
+      return new Promise<number>((resolve, reject) => {
+        stats.published++;
+        const full = fullName(channel); // throws on a bad name: the promise rejects
+        const sealed = auth.seal(channelPurpose(channel), channel, message);
+        if (sharded) {
+          return void publisher.spublish(full, sealed).then(Number).then(resolve, reject);
+        }
+        if (!queue.length) queueMicrotask(flushQueue);
+        queue.push({ full, sealed, done: (err, n) => err ? reject(err) : resolve(n) });
+      });
     },
     async subscribe(channel, handler) {
       let set = subs.get(channel);

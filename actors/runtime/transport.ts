@@ -5,14 +5,23 @@
  * | --- | --- | --- |
  * | `send(to, event)` | the receiver's inbox, a Redis Stream read through a consumer group | **at-least-once**: an entry is acknowledged only after it was handed to the running actor; entries of a receiver that dies are redelivered when it comes back with the same instance id (same `meta.id`, so receivers can de-duplicate) |
  * | `broadcast(actor, event)` | Redis pub/sub | **at-most-once**, to the instances subscribed at that moment |
- * | `request(to, event)` | request: the inbox (at-least-once); reply: pub/sub (at-most-once) | resolves with the reply or rejects with REQUEST_TIMEOUT |
+ * | `request(to, event)` | request: Redis pub/sub on the receiver's channel `rt.request.<instance>`, or its inbox when nobody listens there; reply: pub/sub on `rt.reply.<instance>` | **at-most-once**: resolves with the reply or rejects with REQUEST_TIMEOUT; the request is handled at most once per incarnation of the receiver (a timed-out request may still have been handled) |
+ *
+ * A request is one PUBLISH each way, like a raw pub/sub echo: no stream entry to append, read,
+ * acknowledge and delete. A reply was never more than at-most-once, so a request lost on the
+ * way (its receiver's subscriber reconnecting at that moment) ends the same way as a lost
+ * reply: REQUEST_TIMEOUT. When the PUBLISH reached no subscriber (the receiver restarting,
+ * or running a version without the request channel) the request goes to the receiver's inbox
+ * instead, as every request did before, and waits there for it within the timeout. Requests
+ * are not ordered with sends: a request may overtake a send made before it to the same actor.
  *
  * Authenticity: on Redis every envelope is sealed (lib/message_auth.ts) with an HMAC keyed from
  * the cluster's secret key and bound to the receiving instance (inbox entries) or the channel
- * (broadcasts, replies: store/bus.ts), and opened before anything in it is believed. An entry
- * without a valid MAC — written by someone with raw Redis access, altered, or copied into
- * another instance's inbox — is dropped and counted (`dropped_forged`), and logged once per
- * claimed sender. Replays of genuine messages are bounded: a message id is delivered once per
+ * (requests, broadcasts, replies: store/bus.ts), and opened before anything in it is
+ * believed. A message without a valid MAC — written by someone with raw Redis access,
+ * altered, or copied into another instance's inbox or channel — is dropped and counted
+ * (inbox entries: `dropped_forged`; channel messages: the bus's `forged`; both in the message
+ * auth's refusals by purpose), and logged once per claimed sender. Replays of genuine messages are bounded: a message id is delivered once per
  * incarnation of the receiver (`dropped_replayed`), and requests and broadcasts older than
  * `maxMessageAgeMs` (or dated that far ahead) are refused (`dropped_stale`); sends keep
  * at-least-once redelivery across restarts, so they have no age limit.
@@ -77,6 +86,7 @@ type Counters = Record<
   | "sent"
   | "broadcasts"
   | "requests"
+  | "requests_via_inbox"
   | "delivered"
   | "redelivered"
   | "replies"
@@ -98,6 +108,7 @@ function newCounters(): Counters {
     sent: 0,
     broadcasts: 0,
     requests: 0,
+    requests_via_inbox: 0,
     delivered: 0,
     redelivered: 0,
     replies: 0,
@@ -149,6 +160,7 @@ function createCore(options: TransportOptions) {
   let expiryTimer: number | undefined;
   let expiryAt = Infinity;
   const replyChannel = (instance: string) => `rt.reply.${instance}`;
+  const requestChannel = (instance: string) => `rt.request.${instance}`;
   const inflight = new Set<Promise<void>>();
   const maxAgeMs = options.maxMessageAgeMs ?? DEFAULT_MAX_MESSAGE_AGE_MS;
   /** Ids of messages delivered, with when they may be forgotten (insertion = time order). */
@@ -462,6 +474,7 @@ function createCore(options: TransportOptions) {
     pendingRequests: () => pending.size,
     drain,
     replyChannel,
+    requestChannel,
     requestTimeoutMs: options.requestTimeoutMs ?? 5000,
   };
 }
@@ -635,6 +648,21 @@ export function createRedisTransport(
       running = true;
       unsubscribers.push(
         await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply),
+        // Requests to this instance (opened by the bus with the channel as binding). A request
+        // is started in the subscriber's own synchronous run, like an inbox batch's entries.
+        await options.bus.subscribe(core.requestChannel(options.instanceId), (raw) => {
+          const env = core.parse(raw);
+          if (!env) return;
+          if (env.kind !== "request") {
+            counters.dropped_malformed++;
+            return;
+          }
+          core.deliver(env).catch((err) =>
+            log.error("delivery failed", {
+              error: err instanceof Error ? err.message : String(err),
+            })
+          );
+        }),
         await options.bus.subscribe("rt.broadcast", (raw) => {
           const env = core.parse(raw);
           if (!env || env.kind !== "broadcast") return;
@@ -665,13 +693,21 @@ export function createRedisTransport(
       const corr = messageId();
       const { json } = core.envelope("request", to, event, { from: opts.from, corr });
       const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
-      // The reply may come back (on a Redis Cluster, over another shard) before the append's
+      // The reply may come back (on a Redis Cluster, over another shard) before the publish's
       // own answer: a refusal arriving then must not count as an unhandled rejection; the
       // `await reply` below still hands it to the caller.
       reply.catch(() => {});
       counters.requests++;
       try {
-        await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
+        // The receiver's request channel: one PUBLISH, no stream entry to read and acknowledge.
+        // Nobody listening (the receiver restarting, its subscriber reconnecting, or an
+        // instance of an earlier version) falls back to its inbox, which holds the request
+        // until the receiver reads it, as every request went before.
+        const reached = await options.bus.publish(core.requestChannel(to.instance), json);
+        if (reached === 0) {
+          counters.requests_via_inbox++;
+          await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
+        }
       } catch (err) {
         core.onReply(JSON.stringify({
           v: 1,

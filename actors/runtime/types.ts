@@ -66,8 +66,9 @@ export interface Transport {
   /** Sends an event to one actor id on every live instance, this one included. At-most-once. */
   broadcast(actor: string, event: RemoteEvent, options?: { from?: string }): Promise<void>;
   /**
-   * Sends a request and waits for the reply. The request rides the at-least-once path, the
-   * reply is at-most-once; no reply within `timeoutMs` rejects with REQUEST_TIMEOUT.
+   * Sends a request and waits for the reply. At-most-once: the request goes over pub/sub to the
+   * receiver (its inbox when nobody listens there), the reply over pub/sub; no reply within
+   * `timeoutMs` rejects with REQUEST_TIMEOUT. Not ordered after earlier sends to the same actor.
    */
   request<T = unknown>(
     to: ActorAddress,

@@ -103,6 +103,30 @@ Deno.test("redis client and bus against a real redis-server", async (t) => {
       await off();
     });
 
+    await t.step(
+      "publishes of one tick go out together, in order, each with its count",
+      async () => {
+        const got: string[] = [];
+        const off = await busB.subscribe("burst", (m) => got.push(m));
+        // Made in one synchronous run: written as one pipeline.
+        const counts = await Promise.all([
+          ...Array.from({ length: 50 }, (_, i) => busA.publish("burst", String(i))),
+          busA.publish("nobody-listens", "lost"),
+        ]);
+        assert.deepEqual(counts, [...Array(50).fill(1), 0]);
+        await until(() => got.length === 50, { what: "the burst on busB" });
+        assert.deepEqual(got, Array.from({ length: 50 }, (_, i) => String(i)));
+        // A bad channel name rejects its own publish only.
+        const [bad, good] = await Promise.allSettled([
+          busA.publish("bad name", "x"),
+          busA.publish("burst", "after"),
+        ]);
+        assert.equal(bad.status, "rejected");
+        assert.deepEqual(good, { status: "fulfilled", value: 1 });
+        await off();
+      },
+    );
+
     await t.step("a throwing handler is counted and others still receive", async () => {
       const got: string[] = [];
       const off1 = await busB.subscribe("poison", () => {
