@@ -817,7 +817,8 @@ export function findRepair(input: RepairInput): Finding | null {
       return {
         kind: "start_standby",
         node: name,
-        why: `${name} was stopped by the switchover: starting it as a replica of ${p.name}`,
+        why: `${name} was stopped by a switchover or a failed rejoin: starting it as a replica ` +
+          `of ${p.name}`,
       };
     }
   }

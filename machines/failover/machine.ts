@@ -391,6 +391,12 @@ const failover = setup({
       const current = sample.primary === context.primary.node;
       return {
         sample,
+        // A parked node seen streaming as a replica was brought back (by us or by hand).
+        parked: context.parked.filter((name) =>
+          !sample.nodes.some((n) =>
+            n.name === name && n.reachable && n.inRecovery === true && n.streaming
+          )
+        ),
         lastGoodSample: current && primary?.reachable && primary.inRecovery === false
           ? sample
           : context.lastGoodSample,
@@ -439,17 +445,26 @@ const failover = setup({
         why: params.why,
       };
     }),
-    /** A repair failed: the node is left alone for a while. */
+    /**
+     * A repair failed: the node is left alone for a while. A rejoin stops the node before its
+     * rewind: when a later step failed it stays stopped, which no sample would ever show as a
+     * node to repair, so it is kept with the parked ones and started as a replica (rewound if
+     * it must be) once its backoff is over.
+     */
     repairFailed: assign(({ context }, params: { error: string }) => {
       const f = context.finding!;
+      const rejoining = f.kind === "rejoin" || f.kind === "start_standby";
       const why = `${f.kind.replace("_", " ")} of ${f.node} failed, retrying in ${
         Math.round(context.maintenanceBackoffMs / 1000)
-      } s: ${params.error}`;
+      } s${rejoining ? " (started as a replica then if it stays stopped)" : ""}: ${params.error}`;
       return {
         backoff: {
           ...context.backoff,
           [f.node]: (context.sample?.at ?? 0) + context.maintenanceBackoffMs,
         },
+        parked: rejoining && !context.parked.includes(f.node)
+          ? [...context.parked, f.node]
+          : context.parked,
         decision: f.kind === "rejoin"
           ? { id: null, kind: "rejoin", ok: false, why, primary: context.primary }
           : context.decision,

@@ -60,6 +60,8 @@ interface World {
   holdPublish: boolean;
   /** Publications fail with this while set. */
   publishError: string | null;
+  /** The repair effect fails with this message. */
+  repairError?: string | null;
 }
 
 const NODES = ["pg1", "pg2", "pg3"];
@@ -275,6 +277,7 @@ function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) 
       repair: fromPromise(
         ({ input }: { input: { finding: Finding; primary: Published; token: number | null } }) => {
           record("repair", input);
+          if (world.repairError) return Promise.reject(new Error(world.repairError));
           return Promise.resolve({ why: `repaired ${input.finding.node}` });
         },
       ),
@@ -859,6 +862,56 @@ Deno.test("failover machine", async (t) => {
     assert.equal(repair.finding.node, "pg2");
     assert.equal(h.actor.getSnapshot().context.why, "repaired pg2");
     assert.equal(h.actor.getSnapshot().context.repoints.pg2, 1);
+  });
+
+  await t.step(
+    "a rejoin that failed after stopping the node: it is started as a replica after its backoff",
+    async () => {
+      using h = harness({ maintenanceBackoffMs: 4000 });
+      h.lease.acquire(10);
+      // pg3 came back writable (a killed old primary restarted): rejoin it.
+      h.world.sample = sampleOf(0, [primaryNode("pg1"), node("pg2"), primaryNode("pg3")]);
+      h.world.repairError = "pg_rewind of pg3 failed, it stays stopped: could not find WAL";
+      await h.advance(1000);
+      assert.equal((h.ops("repair")[0].input as { finding: Finding }).finding.kind, "rejoin");
+      const failed = h.actor.getSnapshot().context;
+      assert.deepEqual(failed.parked, ["pg3"]);
+      assert.match(failed.why, /rejoin of pg3 failed, retrying in 4 s \(started as a replica/);
+      // The rejoin left it stopped: no sample shows it as anything to repair but the parked.
+      h.world.repairError = null;
+      h.world.sample = {
+        ...sampleOf(
+          0,
+          [primaryNode("pg1"), node("pg2"), node("pg3", { reachable: false })],
+          ["pg2"],
+        ),
+        at: h.clock.now(),
+      };
+      const calls = () => h.ops("repair").map((c) => (c.input as { finding: Finding }).finding);
+      await h.advance(2000);
+      assert.equal(calls().length, 1, "nothing within the backoff");
+      await h.advance(4000);
+      h.world.sample = { ...h.world.sample, at: h.clock.now() };
+      await h.advance(1000);
+      const started = calls().at(-1)!;
+      assert.equal(started.kind, "start_standby");
+      assert.equal(started.node, "pg3");
+      assert.deepEqual(h.actor.getSnapshot().context.parked, []);
+    },
+  );
+
+  await t.step("a parked node seen streaming as a replica is no longer parked", async () => {
+    using h = harness();
+    h.lease.acquire(10);
+    h.world.sample = sampleOf(0, [primaryNode("pg1"), node("pg2"), primaryNode("pg3")]);
+    h.world.repairError = "cannot stop pg3 for pg_rewind: timed out";
+    await h.advance(1000);
+    assert.deepEqual(h.actor.getSnapshot().context.parked, ["pg3"]);
+    // Someone (an operator) brought it back as a replica meanwhile.
+    h.world.repairError = null;
+    h.world.sample = { ...sampleOf(0, [primaryNode("pg1"), node("pg2"), node("pg3")]) };
+    await h.advance(1000);
+    assert.deepEqual(h.actor.getSnapshot().context.parked, []);
   });
 
   await t.step("a sample taken against the previous primary is never acted on", async () => {
