@@ -801,7 +801,34 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     }
     if (kind === "pg_restart_old_primary") {
       await until(allStreaming, { ms: recoveryLimit, what: "the old primary streaming again" })
-        .catch(() => anomalies.not_recovered.push(`${target} did not rejoin`));
+        .catch(async () => {
+          // Say what each instance saw and what the rejoin printed, so the anomaly explains
+          // itself (SOAK_LOGS keeps the instances' whole logs too).
+          await dumpLogs(`not-rejoined-${faults.length}`);
+          const views = await Promise.all(
+            live().map((u) =>
+              replication(u).catch((err): Awaited<ReturnType<typeof replication>> => ({
+                error: String(err),
+              }))
+            ),
+          );
+          const seen = views.map((v) => ({
+            primary: v.primary?.node ?? v.primary ?? null,
+            why: v.why ?? v.error ?? null,
+            decision: v.decision?.why ?? null,
+            nodes: (v.nodes ?? []).map((n: { name: string; role: string; state: string }) =>
+              `${n.name}: ${n.role}/${n.state}`
+            ),
+          }));
+          const dataDir = cluster.nodes[target].dataDir;
+          const rejoinLog = await Deno.readTextFile(
+            `${dataDir.replace(/\/[^/]*$/, "")}/${target}-rejoin.log`,
+          ).catch(() => "(none)");
+          anomalies.not_recovered.push(
+            `${target} did not rejoin; seen by each instance: ${JSON.stringify(seen)}; ` +
+              `its rejoin log ends: ${rejoinLog.trim().split("\n").slice(-6).join(" / ")}`,
+          );
+        });
     }
   }
   // Leave the cluster whole, then stop the workload.
