@@ -8,6 +8,7 @@
 import { loadConfig } from "./concerns/config.ts";
 import { guardSocketErrors } from "./lib/db_errors.ts";
 import { RuntimeError } from "./lib/errors.ts";
+import { guardImmediates } from "./lib/immediates.ts";
 import { createLogger } from "./lib/log.ts";
 import { startRuntime } from "./runtime.ts";
 
@@ -27,6 +28,9 @@ export async function main(args: string[]): Promise<number> {
   // A socket error that no promise handles (postgres.js under Deno, when a server dies while
   // a connection opens) must not end the process: log it; everything else stays fatal.
   guardSocketErrors(log);
+  // A cleared immediate can still run under Deno 2.5, and postgres.js's stale one then ends
+  // the process (lib/immediates.ts).
+  guardImmediates();
   let runtime;
   try {
     runtime = await startRuntime(config, { log });

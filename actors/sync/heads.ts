@@ -51,10 +51,23 @@ export async function announce(
 
 /** Handles a message on the heads channel. */
 export function onHeadsMessage(deps: SyncDeps, raw: string): void {
+  // Our own announcement coming back (every second, on every instance): skipped unparsed, as
+  // our own batches are (`announce` writes `v` then `o` first, which is `selfPrefix`).
+  if (raw.startsWith(deps.selfPrefix)) return;
   const d = deps.data;
-  const h = parseMessage(deps, { raw, schema: headsSchema, what: "announcement" });
-  if (!h) return;
-  if (h.o === deps.origin) return;
+  // At idle every peer repeats its last announcement byte for byte each second (N a second
+  // per instance, each with an entry per live origin): a repeat is already validated, and
+  // only its facts (heard now, its sequences) are applied again.
+  let h = d.headsParsed.get(raw) ?? null;
+  if (!h) {
+    h = parseMessage(deps, { raw, schema: headsSchema, what: "announcement" });
+    if (!h) return;
+    if (h.o === deps.origin) return;
+    const before = d.headsRaw.get(h.n);
+    if (before !== undefined) d.headsParsed.delete(before);
+    d.headsRaw.set(h.n, raw);
+    d.headsParsed.set(raw, h);
+  }
   const t = deps.now();
   d.peers.set(h.n, { origin: h.o, at: t, contig: h.c });
   d.originInstance.set(h.o, h.n);

@@ -23,6 +23,7 @@ import type { Sql } from "../../store/types.ts";
 import type { LeaseCampaign, LeaseManager } from "../runtime/leases.ts";
 import type { Transport } from "../runtime/types.ts";
 import type { LocalCache } from "./cache.ts";
+import type { Heads } from "./wire.ts";
 import { PLATFORM_STRATEGIES } from "./platform.ts";
 import { createSequenceTracker, type SequenceTracker } from "./sequences.ts";
 import type { SyncCallback, SyncCounters, SyncNodeOptions } from "./types.ts";
@@ -113,6 +114,13 @@ export interface SyncData {
   originHeard: Map<string, number>;
   /** Peers' announcements, by instance. */
   peers: Map<string, PeerHeads>;
+  /**
+   * Each peer's last announcement as received (text, by instance) and its validated parse (by
+   * that text): at idle a peer repeats it byte for byte every second, and a repeat is not
+   * parsed and validated again (heads.ts). One entry per peer.
+   */
+  headsRaw: Map<string, string>;
+  headsParsed: Map<string, Heads>;
   counters: SyncCounters;
   /** When a rejected message was last logged (ms): one line per 5 s at most. */
   rejectedLoggedAt: number;
@@ -260,6 +268,8 @@ export function createSyncDeps(options: SyncNodeOptions): SyncDeps {
       originInstance: new Map(),
       originHeard: new Map(),
       peers: new Map(),
+      headsRaw: new Map(),
+      headsParsed: new Map(),
       counters: {
         published: 0,
         publishFailures: 0,
