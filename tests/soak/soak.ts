@@ -762,11 +762,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     // A node or Redis left down comes back first, so later faults meet a whole cluster.
     // Otherwise the next of a shuffled deck of the injecting kinds, so a short run still
     // meets every kind; one that cannot be injected now goes back under the deck.
-    if (!deck.length) {
-      deck = shuffle(
-        kinds.filter((k) => !k.endsWith("_restart_old_primary") && k !== "redis_restart"),
-      );
-    }
+    const injecting = () =>
+      kinds.filter((k) => !k.endsWith("_restart_old_primary") && k !== "redis_restart");
+    if (!deck.length) deck = shuffle(injecting());
     const kind = downPg && random() < 0.7
       ? "pg_restart_old_primary"
       : downRedis && random() < 0.7
@@ -779,7 +777,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       return null;
     });
     if (target === null) {
-      if (kind !== "pg_restart_old_primary" && kind !== "redis_restart") deck.push(kind);
+      if (kind !== "pg_restart_old_primary" && kind !== "redis_restart") {
+        deck.push(kind);
+        // Only that kind left (a primary kill waits for every replica to stream): the other
+        // kinds are dealt again meanwhile, so one node that never rejoined does not end the
+        // schedule (seed 20261207 injected nothing for its last 409 s).
+        if (deck.every((k) => k === kind)) {
+          deck.unshift(...shuffle(injecting().filter((k) => k !== kind)));
+        }
+      }
       continue;
     }
     const fault: Fault = { kind, target, at, recoveredAfter: null };
