@@ -12,7 +12,7 @@
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { RuntimeError } from "./errors.ts";
-import { invalidSettings, pickSettings, settingsProblems } from "./settings.ts";
+import { parseSettings, pickSettings } from "./settings.ts";
 
 /** One configuration setting: its environment variable, optional flag and documentation. */
 export interface SettingDoc {
@@ -472,14 +472,12 @@ export function loadConfigWith<C extends Record<string, ConcernConfig<unknown>>>
 
 /** Parses the core settings from the raw variables; throws CONFIG_INVALID naming each bad one. */
 function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreConfig {
-  const result = schema.safeParse(raw);
-  if (!result.success) {
-    throw invalidSettings(settingsProblems(result.error, raw, (name) => {
+  const c = parseSettings(schema, raw, {
+    label: (name) => {
       const doc = SETTINGS.find((s) => s.env === name);
       return doc?.flag ? `${name} (--${doc.flag})` : name;
-    }));
-  }
-  const c = result.data;
+    },
+  });
   const sentinels = c.REDIS_SENTINELS ? hostPorts(c.REDIS_SENTINELS) : [];
   const clusterNodes = c.REDIS_CLUSTER_NODES ? hostPorts(c.REDIS_CLUSTER_NODES) : [];
   if (sentinels.length > 0 && clusterNodes.length > 0) {

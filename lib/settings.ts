@@ -36,7 +36,7 @@ export function shownValue(name: string, value: string | undefined): string {
 }
 
 /** One sentence per zod issue, naming the variable (`label` may add its flag). */
-export function settingsProblems(
+function settingsProblems(
   error: z.ZodError,
   raw: Record<string, string | undefined>,
   label: (name: string) => string = (name) => name,
@@ -50,7 +50,7 @@ export function settingsProblems(
 }
 
 /** CONFIG_INVALID naming every problem (`details.problems` lists them). */
-export function invalidSettings(problems: string[]): RuntimeError {
+function invalidSettings(problems: string[]): RuntimeError {
   return new RuntimeError("CONFIG_INVALID", `Invalid configuration: ${problems.join("; ")}`, {
     details: { problems },
   });

@@ -10,8 +10,9 @@
  * writer trims entries older than `maxAgeMs` by the server clock (`XTRIM MINID`, computed
  * from the id the server just gave a batch's last entry) at most once per
  * {@linkcode AGE_TRIM_EVERY_MS} of server time, so a stream holds entries at most that much past
- * the age bound and batches written milliseconds apart do not each pay a trim. The size bound is approximate (`~`: whole
- * radix-tree nodes of 100 entries), so the stream may hold up to a node more.
+ * the age bound and batches written milliseconds apart do not each pay a trim. The size bound
+ * is approximate (`~`: whole radix-tree nodes of 100 entries), so the stream may hold up to a
+ * node more.
  * @module
  */
 import { z } from "zod";

@@ -21,8 +21,8 @@
  * believed. A message without a valid MAC — written by someone with raw Redis access,
  * altered, or copied into another instance's inbox or channel — is dropped and counted
  * (inbox entries: `dropped_forged`; channel messages: the bus's `forged`; both in the message
- * auth's refusals by purpose), and logged once per claimed sender. Replays of genuine messages are bounded: a message id is delivered once per
- * incarnation of the receiver (`dropped_replayed`), and requests and broadcasts older than
+ * auth's refusals by purpose), and logged once per claimed sender. Replays of genuine messages
+ * are bounded: a message id is delivered once per incarnation of the receiver (`dropped_replayed`), and requests and broadcasts older than
  * `maxMessageAgeMs` (or dated that far ahead) are refused (`dropped_stale`); sends keep
  * at-least-once redelivery across restarts, so they have no age limit.
  *

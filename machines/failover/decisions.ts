@@ -337,15 +337,15 @@ export interface DetectorState {
  * What one probe means. `newer`: Redis names a newer primary (follow it); `unpublished`: the
  * coordinator promoted another node and publishing it failed (publish it now, never follow the
  * node it replaced again); `bootstrap`: the coordinator sees the primary answer and nothing
- * published (publish it); `answered`: the
- * primary is fine (`why` is null when there is nothing new to say); `failed`: one more
+ * published (publish it); `reassert`: Redis lost the publication (write it back); `answered`:
+ * the primary is fine (`why` is null when there is nothing new to say); `failed`: one more
  * failed probe in the streak; `refused`: one more failed probe, refused outright, seen by
  * the coordinator with the fast path on: it gathers the evidence that may make it certain
  * (see {@linkcode judgeEvidence}) instead of waiting for the count.
  */
 export type ProbeVerdict =
   | { verdict: "newer"; primary: Published; why: string }
-  | { verdict: "unpublished"; node: string; why: string }
+  | { verdict: "unpublished"; why: string }
   | { verdict: "bootstrap"; why: string }
   | { verdict: "reassert"; why: string }
   | { verdict: "answered"; why: string | null }
@@ -375,7 +375,6 @@ export function judgeProbe(state: DetectorState, probe: ProbeResult): ProbeVerdi
   if (probe.ok && state.leader !== null && promoted && promoted !== primary.node) {
     return {
       verdict: "unpublished",
-      node: promoted,
       why: `publishing ${promoted}, promoted earlier but never published (not following ` +
         `${primary.node} again although it answered)`,
     };

@@ -628,7 +628,8 @@ const STARTING = failover.createStateConfig({
 /**
  * One probe of the primary, the same state config at both health levels. What it leads to,
  * in order: a newer published primary is followed; the coordinator publishes a promotion of
- * its own that was never published, or the first primary (bootstrap); an answer means healthy; anything else (an error, no answer within
+ * its own that was never published, or the first primary (bootstrap); it writes back a
+ * publication Redis lost; an answer means healthy; anything else (an error, no answer within
  * the probe timeout) is one more failed probe. Targets are absolute, so each level re-enters
  * the level the verdict calls for.
  */

@@ -41,11 +41,13 @@ async function connect(url: string, prefix: string): Promise<RedisClient> {
   return client;
 }
 
-async function canary(url: string): Promise<{ node: string; epoch: number }> {
+/** A canary write through the instance went to pg1, labelled epoch 2 (failover_history's). */
+async function assertWritesRecordedPrimary(url: string): Promise<void> {
   const res = await fetch(`${url}/replication/canary`, { method: "POST", headers: ADMIN_HEADERS });
-  const body = await res.json();
-  assert.equal(res.status, 200, JSON.stringify(body));
-  return body;
+  const row = await res.json();
+  assert.equal(res.status, 200, JSON.stringify(row));
+  assert.equal(row.node, "pg1", `the canary went to ${row.node}`);
+  assert.equal(row.epoch, 2, `canary labelled ${row.epoch}, failover_history says 2`);
 }
 
 Deno.test("start-up opens the primary failover_history records, not a stale or replica node", async (t) => {
@@ -119,9 +121,7 @@ Deno.test("start-up opens the primary failover_history records, not a stale or r
       });
       const instance = await launchInstance({ ...env, RS_INSTANCE_ID: "stale-a" });
       try {
-        const row = await canary(instance.url);
-        assert.equal(row.node, "pg1", `the canary went to ${row.node}`);
-        assert.equal(row.epoch, 2, `canary labelled ${row.epoch}, failover_history says 2`);
+        await assertWritesRecordedPrimary(instance.url);
       } finally {
         await instance.stop("SIGTERM");
       }
@@ -130,9 +130,7 @@ Deno.test("start-up opens the primary failover_history records, not a stale or r
       await client.del(primaryKey(keyspace));
       const instance = await launchInstance({ ...env, RS_INSTANCE_ID: "stale-b" });
       try {
-        const row = await canary(instance.url);
-        assert.equal(row.node, "pg1", `the canary went to ${row.node}`);
-        assert.equal(row.epoch, 2, `canary labelled ${row.epoch}, failover_history says 2`);
+        await assertWritesRecordedPrimary(instance.url);
       } finally {
         await instance.stop("SIGTERM");
       }
@@ -161,9 +159,7 @@ Deno.test("start-up opens the primary failover_history records, not a stale or r
         const instance = await launching;
         try {
           assert.match(instance.stderr(), /waiting for Redis to name the primary/);
-          const row = await canary(instance.url);
-          assert.equal(row.node, "pg1", `the canary went to ${row.node}`);
-          assert.equal(row.epoch, 2, `canary labelled ${row.epoch}, failover_history says 2`);
+          await assertWritesRecordedPrimary(instance.url);
         } finally {
           await instance.stop("SIGTERM");
         }

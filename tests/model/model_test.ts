@@ -63,6 +63,20 @@ Deno.test("model: supervisor", async (t) => {
   );
 });
 
+/** The instance becomes the failover coordinator and reads what Redis holds. */
+const COORDINATOR_STARTS: Move[] = [
+  { type: "send", event: { type: "LEASE_ACQUIRED", token: 11 } },
+  { type: "settle", src: "readStart", outcome: "answer" },
+];
+
+/** A refused probe, certain evidence and a majority vote: the fast path to promoting. */
+const FAST_PATH_MAJORITY: Move[] = [
+  { type: "tick", ms: 100 },
+  { type: "settle", src: "probePrimary", outcome: "refused" },
+  { type: "settle", src: "corroborate", outcome: "certain" },
+  { type: "settle", src: "collectVotes", outcome: "majority" },
+];
+
 Deno.test("model: failover", async (t) => {
   await t.step("every path within the bound keeps the invariants", () => walk(failoverModel));
   await t.step(
@@ -72,8 +86,7 @@ Deno.test("model: failover", async (t) => {
       // over to pg2, publishing it failed, and the next probe of pg1 "bootstrapped" pg1 as
       // the primary of epoch 1 although pg2 had been promoted.
       const path: Move[] = [
-        { type: "send", event: { type: "LEASE_ACQUIRED", token: 11 } },
-        { type: "settle", src: "readStart", outcome: "answer" },
+        ...COORDINATOR_STARTS,
         {
           type: "send",
           event: { type: "SWITCHOVER", id: "sw1", target: "pg2", requestedBy: "ops" },
@@ -100,18 +113,14 @@ Deno.test("model: failover", async (t) => {
       // Seen reading the chart: pg1 published at epoch 1; after the failover's publication
       // failed the detector went back to suspect, and the next answer of pg1 (back from a
       // partition) made it healthy following pg1 again, while pg2 was a promoted primary
-      // nobody published. (At epoch 0 the bootstrap rule already published pg2.) Longer than the walk's
-      // depth bound, so replayed here; the invariant above guards every shorter path.
+      // nobody published. (At epoch 0 the bootstrap rule already published pg2.) Longer than
+      // the walk's depth bound, so replayed here; the invariant above guards every shorter path.
       const path: Move[] = [
-        { type: "send", event: { type: "LEASE_ACQUIRED", token: 11 } },
-        { type: "settle", src: "readStart", outcome: "answer" },
+        ...COORDINATOR_STARTS,
         { type: "tick", ms: 100 },
         { type: "settle", src: "probePrimary", outcome: "answers" },
         { type: "settle", src: "publish", outcome: "answer" },
-        { type: "tick", ms: 100 },
-        { type: "settle", src: "probePrimary", outcome: "refused" },
-        { type: "settle", src: "corroborate", outcome: "certain" },
-        { type: "settle", src: "collectVotes", outcome: "majority" },
+        ...FAST_PATH_MAJORITY,
         { type: "settle", src: "promote", outcome: "promoted" },
         { type: "settle", src: "publish", outcome: "crash" },
         { type: "tick", ms: 100 },
@@ -133,14 +142,7 @@ Deno.test("model: failover", async (t) => {
     () => {
       // Within the depth bound: one refused probe, certain evidence, a majority: promoting
       // (so the walk above covers the fast path and its invariants).
-      const fast: Move[] = [
-        { type: "send", event: { type: "LEASE_ACQUIRED", token: 11 } },
-        { type: "settle", src: "readStart", outcome: "answer" },
-        { type: "tick", ms: 100 },
-        { type: "settle", src: "probePrimary", outcome: "refused" },
-        { type: "settle", src: "corroborate", outcome: "certain" },
-        { type: "settle", src: "collectVotes", outcome: "majority" },
-      ];
+      const fast: Move[] = [...COORDINATOR_STARTS, ...FAST_PATH_MAJORITY];
       const end = replay(failoverModel, fast);
       assert.equal(end.violation, null);
       assert.equal(end.steps, fast.length);
