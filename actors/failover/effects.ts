@@ -769,7 +769,17 @@ export async function answerObserve(
     : { refused: fresh.refused, why: fresh.error ?? "no answer" };
 }
 
-/** Whether `replica`'s WAL receiver streams from `primary` now (pg_stat_wal_receiver). */
+/**
+ * Whether `replica`'s WAL receiver streams from `primary` now (pg_stat_wal_receiver), for
+ * the fast path's evidence. The replica names its sender as it spells it in its
+ * primary_conninfo (`sender_host:sender_port`), which need not be how DATABASE_NODES spells
+ * the primary (a host name against an IP address, localhost against 127.0.0.1, a socket
+ * directory): so a `streaming` receiver counts as streaming from the primary unless its
+ * sender is, spelled exactly the same, another node of DATABASE_NODES. When in doubt it
+ * streams, which keeps the careful path. A receiver streaming from another node (cascading)
+ * and a node out of recovery say nothing about the primary either way: `streaming: null`,
+ * like a replica that did not answer.
+ */
 async function receiverOf(
   deps: FailoverDeps,
   replica: string,
@@ -780,16 +790,40 @@ async function receiverOf(
       timeoutMs: deps.settings.probeTimeoutMs,
       what: "WAL receiver",
     });
-    if (!s.inRecovery) return { node: replica, streaming: false, why: "out of recovery" };
+    if (!s.inRecovery) {
+      return {
+        node: replica,
+        streaming: null,
+        why: `out of recovery: no WAL receiver to tell about ${primary}`,
+      };
+    }
     const from = node(deps, primary).setting.address;
-    const streaming = s.receiverStatus === "streaming" && s.sender === from;
+    if (s.receiverStatus === "streaming") {
+      const other = s.sender === null || s.sender === from ? undefined : [...deps.nodes.values()]
+        .find((n) => n.setting.name !== primary && n.setting.address === s.sender);
+      if (other) {
+        return {
+          node: replica,
+          streaming: null,
+          why: `receiver streaming from ${other.setting.name} (${s.sender}): says nothing ` +
+            `about ${primary}`,
+        };
+      }
+      return {
+        node: replica,
+        streaming: true,
+        why: s.sender === from
+          ? `receiver streaming from ${from}`
+          : `receiver streaming from ${
+            s.sender ?? "an unnamed sender"
+          }, no other node's address: taken as ${primary} (${from})`,
+      };
+    }
     return {
       node: replica,
-      streaming,
-      why: streaming
-        ? `receiver streaming from ${from}`
-        : s.receiverStatus
-        ? `receiver ${s.receiverStatus}${s.sender && s.sender !== from ? ` from ${s.sender}` : ""}`
+      streaming: false,
+      why: s.receiverStatus
+        ? `receiver ${s.receiverStatus}${s.sender ? ` from ${s.sender}` : ""}`
         : "no WAL receiver",
     };
   } catch (err) {
