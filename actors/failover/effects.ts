@@ -362,13 +362,32 @@ async function refreshIdentities(deps: FailoverDeps, sample: ReplicationSample):
 // ---------------------------------------------------------------------------------------
 
 /**
+ * Whether this host may act on `name` (kill, stop, rewind, start): FAILOVER_LOCAL_NODES
+ * lists it, or is `auto`. Its postmaster.pid must still be found here too.
+ */
+export function mayActOn(deps: FailoverDeps, name: string): boolean {
+  return deps.settings.localNodes === null || deps.settings.localNodes.includes(name);
+}
+
+/** The postmaster pid of `name` when it runs on this host and this host may act on it. */
+async function localPid(
+  deps: FailoverDeps,
+  name: string,
+  identity: NodeIdentity,
+): Promise<number | null> {
+  return mayActOn(deps, name) ? await localPostmaster(identity) : null;
+}
+
+/**
  * Best effort, before a promotion: a primary that does not answer but whose postmaster
  * still runs on this host (hung, stopped) is killed, so it cannot take writes when it wakes.
+ * A node FAILOVER_LOCAL_NODES puts on another host is left alone: when it wakes it is a
+ * stale primary nobody follows (every pool is on a newer epoch), fenced by the rejoin.
  */
 async function fenceUnreachable(deps: FailoverDeps, name: string): Promise<string> {
   const identity = deps.identities.get(name);
   if (!identity) return "";
-  const pid = await localPostmaster(identity);
+  const pid = await localPid(deps, name, identity);
   if (pid === null || !processAlive(pid)) return "";
   try {
     Deno.kill(pid, "SIGKILL");
@@ -550,7 +569,7 @@ export async function switchover(
   // 2. Fence the primary: from here on it takes no writes.
   const identity = await oldClient.run(readNodeIdentity, { timeoutMs: 5000, what: "identity" })
     .catch(() => null);
-  const local = identity ? await localPostmaster(identity) : null;
+  const local = identity ? await localPid(deps, old, identity) : null;
   await oldClient.run(fenceNode, { timeoutMs: 5000, what: "fence" });
   let finalLsn: string;
   let parked: string | null = null;
@@ -1082,6 +1101,7 @@ export async function repair(
             ? await rejoinNode({
               primary,
               node: target,
+              local: mayActOn(deps, f.node),
               tools: deps.tools,
               useSlots: deps.settings.useSlots,
               instanceId: deps.instanceId,
@@ -1092,6 +1112,7 @@ export async function repair(
             ? await startParkedNode({
               primary,
               node: target,
+              local: mayActOn(deps, f.node),
               tools: deps.tools,
               useSlots: deps.settings.useSlots,
               instanceId: deps.instanceId,
