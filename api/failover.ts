@@ -21,9 +21,13 @@ export interface FailoverRouteDeps {
   status(): Promise<Record<string, unknown>>;
   /** Runs a switchover (to `target`, or the best replica) and waits for the decision. */
   switchover?(options: { target: string | null; requestedBy: string }): Promise<SwitchoverResult>;
-  /** Writes a canary row through this instance's pool. */
-  canary(): Promise<Record<string, unknown>>;
+  /** Writes a canary row (with an optional note) through this instance's pool. */
+  canary(options?: { note: string | null }): Promise<Record<string, unknown>>;
 }
+
+const canaryBody = z.object({
+  note: z.string().max(200, "at most 200 characters").nullable().optional(),
+}).strict();
 
 const switchoverBody = z.object({
   target: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/, "a node name").nullable().optional(),
@@ -72,6 +76,13 @@ export const FAILOVER_ROUTES = {
     tags: ["failover"],
     summary: "Writes a canary row through this instance's pool and says which node took it",
     access: { caller: "admin" },
+    maxBody: 4 * 1024,
+    request: {
+      body: jsonBody(canaryBody, {
+        required: false,
+        description: "A note stored with the row (to find it on a node later), or none",
+      }),
+    },
     responses: {
       200: jsonResponse(z.looseObject({}), "Where the row was written"),
       503: unavailable,
@@ -111,6 +122,7 @@ export function addFailoverRoutes(app: OpenAPIHono, deps: FailoverRouteDeps): vo
 
   serve(app, FAILOVER_ROUTES.canary, async (c) => {
     available();
-    return c.json(await deps.canary());
+    const body = c.req.valid("json");
+    return c.json(await deps.canary({ note: body.note ?? null }));
   });
 }

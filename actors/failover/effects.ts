@@ -362,13 +362,32 @@ async function refreshIdentities(deps: FailoverDeps, sample: ReplicationSample):
 // ---------------------------------------------------------------------------------------
 
 /**
+ * Whether this host may act on `name` (kill, stop, rewind, start): FAILOVER_LOCAL_NODES
+ * lists it, or is `auto`. Its postmaster.pid must still be found here too.
+ */
+export function mayActOn(deps: FailoverDeps, name: string): boolean {
+  return deps.settings.localNodes === null || deps.settings.localNodes.includes(name);
+}
+
+/** The postmaster pid of `name` when it runs on this host and this host may act on it. */
+async function localPid(
+  deps: FailoverDeps,
+  name: string,
+  identity: NodeIdentity,
+): Promise<number | null> {
+  return mayActOn(deps, name) ? await localPostmaster(identity) : null;
+}
+
+/**
  * Best effort, before a promotion: a primary that does not answer but whose postmaster
  * still runs on this host (hung, stopped) is killed, so it cannot take writes when it wakes.
+ * A node FAILOVER_LOCAL_NODES puts on another host is left alone: when it wakes it is a
+ * stale primary nobody follows (every pool is on a newer epoch), fenced by the rejoin.
  */
 async function fenceUnreachable(deps: FailoverDeps, name: string): Promise<string> {
   const identity = deps.identities.get(name);
   if (!identity) return "";
-  const pid = await localPostmaster(identity);
+  const pid = await localPid(deps, name, identity);
   if (pid === null || !processAlive(pid)) return "";
   try {
     Deno.kill(pid, "SIGKILL");
@@ -550,7 +569,7 @@ export async function switchover(
   // 2. Fence the primary: from here on it takes no writes.
   const identity = await oldClient.run(readNodeIdentity, { timeoutMs: 5000, what: "identity" })
     .catch(() => null);
-  const local = identity ? await localPostmaster(identity) : null;
+  const local = identity ? await localPid(deps, old, identity) : null;
   await oldClient.run(fenceNode, { timeoutMs: 5000, what: "fence" });
   let finalLsn: string;
   let parked: string | null = null;
@@ -769,7 +788,17 @@ export async function answerObserve(
     : { refused: fresh.refused, why: fresh.error ?? "no answer" };
 }
 
-/** Whether `replica`'s WAL receiver streams from `primary` now (pg_stat_wal_receiver). */
+/**
+ * Whether `replica`'s WAL receiver streams from `primary` now (pg_stat_wal_receiver), for
+ * the fast path's evidence. The replica names its sender as it spells it in its
+ * primary_conninfo (`sender_host:sender_port`), which need not be how DATABASE_NODES spells
+ * the primary (a host name against an IP address, localhost against 127.0.0.1, a socket
+ * directory): so a `streaming` receiver counts as streaming from the primary unless its
+ * sender is, spelled exactly the same, another node of DATABASE_NODES. When in doubt it
+ * streams, which keeps the careful path. A receiver streaming from another node (cascading)
+ * and a node out of recovery say nothing about the primary either way: `streaming: null`,
+ * like a replica that did not answer.
+ */
 async function receiverOf(
   deps: FailoverDeps,
   replica: string,
@@ -780,16 +809,40 @@ async function receiverOf(
       timeoutMs: deps.settings.probeTimeoutMs,
       what: "WAL receiver",
     });
-    if (!s.inRecovery) return { node: replica, streaming: false, why: "out of recovery" };
+    if (!s.inRecovery) {
+      return {
+        node: replica,
+        streaming: null,
+        why: `out of recovery: no WAL receiver to tell about ${primary}`,
+      };
+    }
     const from = node(deps, primary).setting.address;
-    const streaming = s.receiverStatus === "streaming" && s.sender === from;
+    if (s.receiverStatus === "streaming") {
+      const other = s.sender === null || s.sender === from ? undefined : [...deps.nodes.values()]
+        .find((n) => n.setting.name !== primary && n.setting.address === s.sender);
+      if (other) {
+        return {
+          node: replica,
+          streaming: null,
+          why: `receiver streaming from ${other.setting.name} (${s.sender}): says nothing ` +
+            `about ${primary}`,
+        };
+      }
+      return {
+        node: replica,
+        streaming: true,
+        why: s.sender === from
+          ? `receiver streaming from ${from}`
+          : `receiver streaming from ${
+            s.sender ?? "an unnamed sender"
+          }, no other node's address: taken as ${primary} (${from})`,
+      };
+    }
     return {
       node: replica,
-      streaming,
-      why: streaming
-        ? `receiver streaming from ${from}`
-        : s.receiverStatus
-        ? `receiver ${s.receiverStatus}${s.sender && s.sender !== from ? ` from ${s.sender}` : ""}`
+      streaming: false,
+      why: s.receiverStatus
+        ? `receiver ${s.receiverStatus}${s.sender ? ` from ${s.sender}` : ""}`
         : "no WAL receiver",
     };
   } catch (err) {
@@ -1048,6 +1101,7 @@ export async function repair(
             ? await rejoinNode({
               primary,
               node: target,
+              local: mayActOn(deps, f.node),
               tools: deps.tools,
               useSlots: deps.settings.useSlots,
               instanceId: deps.instanceId,
@@ -1058,6 +1112,7 @@ export async function repair(
             ? await startParkedNode({
               primary,
               node: target,
+              local: mayActOn(deps, f.node),
               tools: deps.tools,
               useSlots: deps.settings.useSlots,
               instanceId: deps.instanceId,

@@ -310,7 +310,7 @@ export interface FailoverApi {
   /** The replication status as JSON. */
   status(): Promise<Record<string, unknown>>;
   /** Writes a canary row through this instance's pool. */
-  canary(): Promise<Record<string, unknown>>;
+  canary(options?: { note: string | null }): Promise<Record<string, unknown>>;
   /** Runs a switchover and waits for the decision; absent without DATABASE_NODES. */
   switchover?: ReplicationApi["switchover"];
 }
@@ -364,8 +364,12 @@ function monitorOnly(services: RuntimeServices): ConcernParts<FailoverApi> {
           redis: redisStatus(),
         };
       },
-      async canary() {
-        const row = await writeCanary(db.sql, { instance: instanceId, epoch: db.epoch });
+      async canary(options) {
+        const row = await writeCanary(db.sql, {
+          instance: instanceId,
+          epoch: db.epoch,
+          note: options?.note ?? null,
+        });
         return { ...row, epoch: db.epoch, instance: instanceId };
       },
     },
@@ -646,8 +650,12 @@ function fullConcern(
       unavailable: null,
       status,
       switchover,
-      async canary() {
-        const row = await writeCanary(db.sql, { instance: instanceId, epoch: db.epoch });
+      async canary(options) {
+        const row = await writeCanary(db.sql, {
+          instance: instanceId,
+          epoch: db.epoch,
+          note: options?.note ?? null,
+        });
         return { ...row, epoch: db.epoch, instance: instanceId };
       },
     },

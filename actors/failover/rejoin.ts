@@ -30,6 +30,8 @@ export interface RejoinDeps {
   primary: NodeClient;
   /** The node to bring back. */
   node: NodeClient;
+  /** This host may act on the node (FAILOVER_LOCAL_NODES): stop, rewind, start it. */
+  local: boolean;
   /** The PostgreSQL programs (pg_ctl, pg_rewind). */
   tools: PgTools;
   /** Stream through a replication slot. */
@@ -208,11 +210,14 @@ export async function rejoinNode(deps: RejoinDeps): Promise<RejoinResult> {
   deps.log.warn("fenced a node that must not take writes", { node: name, sessionsEnded: ended });
   // 2. Can this host stop, rewind and start it?
   const identity = await deps.node.run(readNodeIdentity, { timeoutMs: 5000, what: "identity" });
-  const pid = await localPostmaster(identity);
+  const pid = deps.local ? await localPostmaster(identity) : null;
   if (pid === null) {
     fail(
-      `${name} is fenced read-only but its data directory ${identity.dataDir} is not on this ` +
-        `host: stop it there and run pg_rewind --source-server='${
+      `${name} is fenced read-only but ` +
+        (deps.local
+          ? `its data directory ${identity.dataDir} is not on this host`
+          : `FAILOVER_LOCAL_NODES puts it on another host`) +
+        `: stop it there and run pg_rewind --source-server='${
           conninfoOf(deps.primary.setting)
         }', then start it with primary_conninfo pointing at ${primaryName}`,
     );
@@ -260,6 +265,9 @@ export async function startParkedNode(
 ): Promise<RejoinResult> {
   const name = deps.node.setting.name;
   const t0 = deps.now();
+  if (!deps.local) {
+    fail(`${name} cannot be started from here: FAILOVER_LOCAL_NODES puts it on another host`);
+  }
   try {
     const verified = await startAndVerify(deps, identity);
     return {

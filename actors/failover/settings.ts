@@ -50,6 +50,12 @@ export interface FailoverSettings {
   lagAlertBytes: number;
   /** REPLICATION_LAG_ALERT_S: lag above which an alert is raised. */
   lagAlertSeconds: number;
+  /**
+   * FAILOVER_LOCAL_NODES: the nodes this host may act on (kill before a promotion, stop,
+   * pg_rewind, start), each still only when its postmaster.pid here names the same server;
+   * null (`auto`): any node whose postmaster.pid is found here.
+   */
+  localNodes: string[] | null;
   /** FAILOVER_FAILPOINT: test-only fault injection (`exit-after-promote`). */
   failpoint: "exit-after-promote" | null;
 }
@@ -123,6 +129,12 @@ export const FAILOVER_VARIABLES: readonly { env: string; default: string; descri
       description: "replica lag (seconds) that raises an alert",
     },
     {
+      env: "FAILOVER_LOCAL_NODES",
+      default: "auto",
+      description:
+        "nodes of DATABASE_NODES on this host, comma-separated, or none: only these are killed before a promotion, stopped, rewound and started from here (auto: any whose postmaster.pid is found here); the others are fenced read-only and left to their host",
+    },
+    {
       env: "FAILOVER_FAILPOINT",
       default: "(none)",
       description:
@@ -190,9 +202,32 @@ const schema = z.object({
   FAILOVER_STARTUP_REDIS_WAIT_MS: int(0, 3_600_000, "milliseconds").default(15_000),
   REPLICATION_LAG_ALERT_BYTES: int(0, Number.MAX_SAFE_INTEGER, "bytes").default(16 * 1024 * 1024),
   REPLICATION_LAG_ALERT_S: int(0, 86_400, "seconds").default(10),
+  FAILOVER_LOCAL_NODES: z.string().trim().transform((text, ctx) => {
+    if (text === "auto") return null;
+    if (text === "none") return [];
+    const names = text.split(",").map((n) => n.trim());
+    if (!names.every((n) => NODE_NAME.test(n))) {
+      ctx.addIssue({ code: "custom", message: "auto, none or node names, comma-separated" });
+      return z.NEVER;
+    }
+    return [...new Set(names)];
+  }).default(null),
   FAILOVER_FAILPOINT: z.enum(["exit-after-promote"], { message: "exit-after-promote" })
     .optional(),
 });
+
+/** A FAILOVER_LOCAL_NODES name that is not a node of DATABASE_NODES: one problem each. */
+function unknownLocalNodes(picked: Record<string, string | undefined>): string[] {
+  const local = schema.shape.FAILOVER_LOCAL_NODES.safeParse(picked.FAILOVER_LOCAL_NODES);
+  const nodes = nodesSchema.optional().safeParse(picked.DATABASE_NODES);
+  if (!local.success || !local.data || !nodes.success) return [];
+  const known = new Set((nodes.data ?? []).map((n) => n.name));
+  return local.data.filter((n) => !known.has(n)).map((n) =>
+    `FAILOVER_LOCAL_NODES: ${n} is not a node of DATABASE_NODES (${
+      [...known].join(", ") || "none set"
+    })`
+  );
+}
 
 /** Reads and validates the failover settings; CONFIG_INVALID names every wrong variable. */
 export function loadFailoverSettings(
@@ -206,7 +241,7 @@ export function loadFailoverSettings(
       "(refused in production)",
     ]
     : [];
-  const e = parseSettings(schema, picked, { extra });
+  const e = parseSettings(schema, picked, { extra: [...extra, ...unknownLocalNodes(picked)] });
   return {
     nodes: e.DATABASE_NODES ?? [],
     probeIntervalMs: e.FAILOVER_PROBE_INTERVAL_MS,
@@ -223,6 +258,7 @@ export function loadFailoverSettings(
     startupRedisWaitMs: e.FAILOVER_STARTUP_REDIS_WAIT_MS,
     lagAlertBytes: e.REPLICATION_LAG_ALERT_BYTES,
     lagAlertSeconds: e.REPLICATION_LAG_ALERT_S,
+    localNodes: e.FAILOVER_LOCAL_NODES,
     failpoint: e.FAILOVER_FAILPOINT ?? null,
   };
 }

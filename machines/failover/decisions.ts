@@ -490,18 +490,39 @@ export interface EvidenceJudgement {
 
 /**
  * Whether what the coordinator gathered after a refused probe is *certain* evidence that
- * the primary is gone, not merely slow or cut off: at least {@linkcode CERTAIN_OBSERVERS}
- * independent instances had their fresh connection refused on the primary's address (the
- * host answers, no PostgreSQL listens), AND at least one other node answered AND no WAL
- * receiver of a node that answered still streams from the primary (its walsenders are gone
- * too). A stalled (SIGSTOPped), overloaded or partitioned primary produces timeouts, not
- * refusals, and keeps its streams: it never qualifies and stays on the careful path.
+ * the primary is gone, not merely slow or cut off. All three must hold:
+ *
+ * 1. at least {@linkcode CERTAIN_OBSERVERS} independent instances had their fresh
+ *    connection refused on the primary's address (the host answers, no PostgreSQL listens);
+ * 2. no replica that answered still streams from the primary (its walsenders are gone);
+ * 3. at least one replica is a *witness*: it streamed from the primary in `lastGoodSample` (the
+ *    last sample taken while the primary answered: pg_stat_replication on the primary) and its WAL
+ *    receiver has now lost that stream. A replica that was not streaming then (detached,
+ *    lagging behind a broken slot, just started) proves nothing by not streaming now.
+ *
+ * Replicas that say nothing (no answer, out of recovery, streaming from another node) neither
+ * block nor count: a replica that cannot be reached cannot show a stream either way, and
+ * requiring every replica would turn a crash with one replica down (maintenance, or on the
+ * dead primary's host) into the careful path without adding safety. Safety is elsewhere: the
+ * fast path only decides *when* to vote, never *whether* to fail over (every refusal is also
+ * a failed probe the careful path counts); the vote, the re-probe, the fencing token and
+ * synchronous mode are the same on both paths. A stalled (SIGSTOPped), overloaded or
+ * partitioned primary produces timeouts, not refusals, and keeps its streams: it never
+ * qualifies and stays on the careful path.
  */
-export function judgeEvidence(primary: Published, evidence: Evidence): EvidenceJudgement {
-  const node = primary.node;
+export function judgeEvidence(
+  state: { primary: Published; lastGoodSample: ReplicationSample | null },
+  evidence: Evidence,
+): EvidenceJudgement {
+  const node = state.primary.node;
+  const before = state.lastGoodSample;
   const refused = evidence.observers.filter((o) => o.refused);
   const answered = evidence.receivers.filter((r) => r.streaming !== null);
   const streaming = answered.filter((r) => r.streaming === true);
+  const silent = evidence.receivers.filter((r) => r.streaming === null);
+  const streamedBefore = (name: string) =>
+    before?.primary === node && before.nodes.some((n) => n.name === name && n.streaming);
+  const witnesses = answered.filter((r) => r.streaming === false && streamedBefore(r.node));
   const others = evidence.observers.filter((o) => !o.refused);
   const missing: string[] = [];
   if (refused.length < CERTAIN_OBSERVERS) {
@@ -518,6 +539,14 @@ export function judgeEvidence(primary: Published, evidence: Evidence): EvidenceJ
         streaming.length === 1 ? "s" : ""
       } from ${node}`,
     );
+  } else if (answered.length && !witnesses.length) {
+    missing.push(
+      `no replica lost a stream from ${node}: ${
+        answered.map((r) => r.node).join(", ")
+      } did not stream from it at the last sample ${
+        before?.primary === node ? "" : `(none taken while ${node} answered)`
+      }`.trimEnd(),
+    );
   }
   if (missing.length) {
     return {
@@ -531,6 +560,8 @@ export function judgeEvidence(primary: Published, evidence: Evidence): EvidenceJ
       `${evidence.observers.length} instances (${refused.map((o) => o.instance).join(", ")}) ` +
       `and no replica's WAL receiver streams from it (${
         answered.map((r) => `${r.node}: ${r.why}`).join("; ")
+      }${
+        silent.length ? `; not counted: ${silent.map((r) => `${r.node}: ${r.why}`).join("; ")}` : ""
       })`,
   };
 }

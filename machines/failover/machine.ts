@@ -21,8 +21,9 @@
  * slow or wrong answers: ambiguous); the fast one starts from a probe the coordinator saw
  * refused (ECONNREFUSED) and goes through `corroborating` ({@linkcode CORROBORATING}): other
  * instances look afresh and the replicas' WAL receivers are read, and only *certain*
- * evidence ({@linkcode judgeEvidence}: refused by ≥ 2 instances and no replica streaming from
- * the primary) skips the count. The vote, the promotion (with its fencing token and sync-mode
+ * evidence ({@linkcode judgeEvidence}: refused by ≥ 2 instances, no replica streaming from
+ * the primary, and at least one that streamed at the last good sample lost its stream) skips
+ * the count. The vote, the promotion (with its fencing token and sync-mode
  * checks) and the publication are the same states on both paths.
  *
  * Patroni-style, every decision is one sentence in `context.why` (and `context.decision`
@@ -240,7 +241,7 @@ const failover = setup({
      * counting failed probes.
      */
     recordEvidence: assign(({ context }, evidence: Evidence) => {
-      const judged = judgeEvidence(context.primary, evidence);
+      const judged = judgeEvidence(context, evidence);
       return {
         evidence,
         evidenceWhy: judged.certain ? judged.why : null,
@@ -518,7 +519,7 @@ const failover = setup({
       judgeProbe(context, probe).verdict === "refused",
     /** The evidence gathered is certain ({@linkcode judgeEvidence}), and still the coordinator. */
     certain: ({ context }, evidence: Evidence) =>
-      context.leader !== null && judgeEvidence(context.primary, evidence).certain,
+      context.leader !== null && judgeEvidence(context, evidence).certain,
     newerPrimary: ({ context }, published: Published) => isNewer(context.primary, published),
     majority: ({ context }, votes: VoteOutput) =>
       judgeVotes({

@@ -140,7 +140,11 @@ export interface Observation {
 export interface ReceiverState {
   /** The replica. */
   node: string;
-  /** Its WAL receiver streams from the primary now; null when the replica did not answer. */
+  /**
+   * Its WAL receiver streams from the primary now (or from a sender that is no other known
+   * node: taken as the primary); null when the replica says nothing about the primary: it did
+   * not answer, is out of recovery, or streams from another node (cascading).
+   */
   streaming: boolean | null;
   /** What was seen, as a sentence fragment. */
   why: string;

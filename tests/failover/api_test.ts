@@ -96,6 +96,27 @@ Deno.test("replication routes", async (t) => {
     }
   });
 
+  await t.step("a canary takes an optional note; a bad one is 400 and writes nothing", async () => {
+    const notes: (string | null)[] = [];
+    const { app: a } = app({
+      canary: (o) => {
+        notes.push(o?.note ?? null);
+        return Promise.resolve({ id: notes.length, node: "pg1" });
+      },
+    });
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    assert.equal((await a.request(post("/replication/canary", auth))).status, 200);
+    const noted = await a.request(post("/replication/canary", auth, '{"note":"check 7"}'));
+    assert.equal(noted.status, 200);
+    assert.deepEqual(await noted.json(), { id: 2, node: "pg1" });
+    for (const body of [`{"note":"${"x".repeat(201)}"}`, '{"note":1}', '{"other":1}']) {
+      const res = await a.request(post("/replication/canary", auth, body));
+      assert.equal(res.status, 400, body);
+      assert.equal((await res.json()).error.code, "VALIDATION_FAILED");
+    }
+    assert.deepEqual(notes, [null, "check 7"]);
+  });
+
   await t.step("embedded mode says replication is unavailable", async () => {
     const { app: a } = app({ unavailable: "replication needs PostgreSQL servers" });
     const res = await a.request("http://x/replication", { headers: ADMIN_HEADERS });
@@ -120,7 +141,14 @@ Deno.test("failover settings", async (t) => {
     assert.equal(s.confirmations, 3);
     assert.equal(s.voteTimeoutMs, 1500);
     assert.equal(s.syncMode, true);
+    assert.equal(s.localNodes, null, "FAILOVER_LOCAL_NODES: auto");
     assert.deepEqual(loadFailoverSettings({}).nodes, []);
+    const nodes = "pg1=postgres://u@db1/app,pg2=postgres://u@db2/app";
+    const local = (v: string) =>
+      loadFailoverSettings({ DATABASE_NODES: nodes, FAILOVER_LOCAL_NODES: v }).localNodes;
+    assert.equal(local("auto"), null);
+    assert.deepEqual(local("none"), []);
+    assert.deepEqual(local(" pg2 , pg1,pg2"), ["pg2", "pg1"]);
   });
 
   await t.step("wrong values stop start-up naming the variable", () => {
@@ -132,6 +160,14 @@ Deno.test("failover settings", async (t) => {
         /DATABASE_NODES must be a postgres:\/\/ URL for node pg1/,
       ],
       [{ DATABASE_NODES: "pg1=postgres://a/db,pg1=postgres://b/db" }, /unique node names/],
+      [
+        { DATABASE_NODES: "pg1=postgres://a/db", FAILOVER_LOCAL_NODES: "pg1,pg3" },
+        /FAILOVER_LOCAL_NODES: pg3 is not a node of DATABASE_NODES \(pg1\)/,
+      ],
+      [
+        { DATABASE_NODES: "pg1=postgres://a/db", FAILOVER_LOCAL_NODES: "pg1;pg2" },
+        /FAILOVER_LOCAL_NODES must be auto, none or node names, comma-separated/,
+      ],
     ];
     for (const [env, message] of cases) {
       const err = (() => {

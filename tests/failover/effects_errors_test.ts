@@ -250,12 +250,86 @@ Deno.test({
           assert.equal(fe2.streaming, true, fe2.why);
           assert.match(fe2.why, /^receiver streaming from 127\.0\.0\.1:\d+$/);
           assert.equal(alive.receivers.find((r) => r.node === "fe3")!.streaming, null);
-          const verdict = judgeEvidence({ node: "fe1", epoch: 0, readOnlyNode: null }, {
+          const verdict = judgeEvidence({
+            primary: { node: "fe1", epoch: 0, readOnlyNode: null },
+            lastGoodSample: sample,
+          }, {
             ...alive,
             observers: [mine, { ...mine, instance: "other" }],
           });
           assert.equal(verdict.certain, false);
           assert.match(verdict.why, /fe2 still streams from fe1/);
+        },
+      );
+
+      await t.step(
+        "evidence: a live stream counts however DATABASE_NODES spells the primary",
+        async () => {
+          // fe2 names its sender 127.0.0.1:PORT (its primary_conninfo); DATABASE_NODES may
+          // spell the same server localhost:PORT. Read textually, fe2 "does not stream from
+          // fe1" and two refusals (a port blocked with REJECT) would pass as certain.
+          const port = cluster.nodes.fe1.port;
+          // Each name over a live client (fe9: fe1's), with the address given here.
+          const spelled = (nodes: Record<string, string>): FailoverDeps => ({
+            ...base,
+            nodes: new Map(
+              Object.entries(nodes).map(([name, address]) => {
+                const client = clients.get(name === "fe9" ? "fe1" : name)!;
+                return [name, { ...client, setting: { ...client.setting, name, address } }];
+              }),
+            ),
+          });
+          const refusals = [
+            { instance: "fe-test", refused: true, why: "connection refused" },
+            { instance: "other", refused: true, why: "connection refused" },
+          ];
+          const fe1 = { node: "fe1", epoch: 0, readOnlyNode: null };
+          const byName = await corroborate(
+            spelled({ fe1: `localhost:${port}`, fe2: `127.0.0.1:${cluster.nodes.fe2.port}` }),
+            { primary: fe1, mine: refusals[0] },
+          );
+          const fe2 = byName.receivers.find((r) => r.node === "fe2")!;
+          assert.equal(fe2.streaming, true, fe2.why);
+          assert.equal(
+            fe2.why,
+            `receiver streaming from 127.0.0.1:${port}, no other node's address: taken as fe1 ` +
+              `(localhost:${port})`,
+          );
+          const verdict = judgeEvidence({ primary: fe1, lastGoodSample: sample }, {
+            ...byName,
+            observers: refusals,
+          });
+          assert.equal(verdict.certain, false, verdict.why);
+          assert.match(verdict.why, /fe2 still streams from fe1/);
+
+          // A sender that is, spelled exactly, another known node (here fe9, the same
+          // server under a second name): a cascading stream, which says nothing about fe1;
+          // a node out of recovery says nothing either. Nobody vouches: not certain.
+          const cascading = await corroborate(
+            spelled({
+              fe1: `localhost:${port}`,
+              fe2: `127.0.0.1:${cluster.nodes.fe2.port}`,
+              fe9: `127.0.0.1:${port}`,
+            }),
+            { primary: fe1, mine: refusals[0] },
+          );
+          assert.deepEqual(
+            cascading.receivers.map((r) => [r.node, r.streaming, r.why]),
+            [
+              [
+                "fe2",
+                null,
+                `receiver streaming from fe9 (127.0.0.1:${port}): says nothing about fe1`,
+              ],
+              ["fe9", null, "out of recovery: no WAL receiver to tell about fe1"],
+            ],
+          );
+          const blind = judgeEvidence({ primary: fe1, lastGoodSample: sample }, {
+            ...cascading,
+            observers: refusals,
+          });
+          assert.equal(blind.certain, false, blind.why);
+          assert.match(blind.why, /no replica answered to show its WAL receiver/);
         },
       );
 
@@ -622,7 +696,6 @@ Deno.test({
 
       let last: ReplicationSample | null = null;
       await t.step("failover: the killed primary's replica is promoted and published", async () => {
-        last = await sampleCluster(base, "fe1", 5000);
         const before = await psql(
           "fe1",
           "insert into replication_canary (instance) values ('before kill') returning id",
@@ -633,6 +706,11 @@ Deno.test({
               "1",
           { ms: 30_000, what: `fe2 to replay canary ${before} before fe1 is killed` },
         );
+        // The coordinator's last good sample: fe2 streams, so it can witness the stream lost.
+        await until(async () => {
+          last = await sampleCluster(base, "fe1", 5000);
+          return last.nodes.find((n) => n.name === "fe2")!.streaming;
+        }, { ms: 30_000, what: "fe2 streaming from fe1 before fe1 is killed" });
         await cluster.kill("fe1");
         // A crash: refused, and fe2's WAL receiver lost its stream (read again briefly while
         // it still showed one). One instance is not enough for certain evidence.
@@ -643,16 +721,15 @@ Deno.test({
         });
         const receiver = gone.receivers.find((r) => r.node === "fe2")!;
         assert.equal(receiver.streaming, false, receiver.why);
-        const alone = judgeEvidence({ node: "fe1", epoch, readOnlyNode: null }, gone);
+        const state = { primary: { node: "fe1", epoch, readOnlyNode: null }, lastGoodSample: last };
+        const alone = judgeEvidence(state, gone);
         assert.equal(alone.certain, false);
         assert.match(alone.why, /only 1 of 1 instances saw fe1 refuse connections/);
-        assert.equal(
-          judgeEvidence({ node: "fe1", epoch, readOnlyNode: null }, {
-            ...gone,
-            observers: [mine, { ...mine, instance: "other" }],
-          }).certain,
-          true,
-        );
+        const two = judgeEvidence(state, {
+          ...gone,
+          observers: [mine, { ...mine, instance: "other" }],
+        });
+        assert.equal(two.certain, true, two.why);
         const out = await promote(base, {
           primary: { node: "fe1", epoch, readOnlyNode: null },
           token: null,

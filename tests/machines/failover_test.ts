@@ -403,7 +403,8 @@ Deno.test("failover machine", async (t) => {
   await t.step(
     "fast path: a refused probe with certain evidence goes to the vote at once, and says why",
     async () => {
-      using h = harness();
+      // A sample of pg1 with its replicas streaming (at 50): they witness the lost streams.
+      using h = harness({ monitorIntervalMs: 50 });
       h.lease.acquire(10);
       h.world.release = false;
       await h.advance(150);
@@ -469,7 +470,8 @@ Deno.test("failover machine", async (t) => {
   await t.step(
     "fast path: one instance seeing a refusal is not certain; a majority is still needed",
     async () => {
-      using h = harness();
+      // A sample of pg1 with its replicas streaming (at 50): they witness the lost streams.
+      using h = harness({ monitorIntervalMs: 50 });
       h.lease.acquire(10);
       h.world.primary = "refused";
       h.world.evidence.observers = [
@@ -1598,20 +1600,24 @@ Deno.test("failover decisions", async (t) => {
 
   await t.step("certain evidence: refusals from 2 instances AND no WAL stream left", () => {
     const pg1: Published = { node: "pg1", epoch: 3, readOnlyNode: null };
+    // The last sample taken while pg1 answered: pg2 and pg3 streamed from it.
+    const before = sampleOf(1, [primaryNode("pg1"), node("pg2"), node("pg3")]);
+    const state = { primary: pg1, lastGoodSample: before };
     const refused = (instance: string) => ({ instance, refused: true, why: "connection refused" });
     const gone = (node: string) => ({ node, streaming: false, why: "no WAL receiver" });
-    const certain = judgeEvidence(pg1, {
+    const certain = judgeEvidence(state, {
       observers: [refused("a"), refused("b")],
       receivers: [gone("pg2"), { node: "pg3", streaming: null, why: "no answer" }],
     });
     assert.equal(certain.certain, true);
+    // A replica that cannot be reached neither blocks nor counts, and the sentence says so.
     assert.equal(
       certain.why,
       "certain: pg1 refused connections from 2 of 2 instances (a, b) and no replica's WAL " +
-        "receiver streams from it (pg2: no WAL receiver)",
+        "receiver streams from it (pg2: no WAL receiver; not counted: pg3: no answer)",
     );
     // A timeout (SIGSTOP, load, partition) is never a refusal.
-    const stalled = judgeEvidence(pg1, {
+    const stalled = judgeEvidence(state, {
       observers: [refused("a"), {
         instance: "b",
         refused: false,
@@ -1622,7 +1628,7 @@ Deno.test("failover decisions", async (t) => {
     assert.equal(stalled.certain, false);
     assert.match(stalled.why, /only 1 of 2 instances saw pg1 refuse connections/);
     // A port blocked for new connections leaves the streams up: not certain.
-    const blocked = judgeEvidence(pg1, {
+    const blocked = judgeEvidence(state, {
       observers: [refused("a"), refused("b"), refused("c")],
       receivers: [{ node: "pg2", streaming: true, why: "streaming" }, gone("pg3")],
     });
@@ -1631,13 +1637,53 @@ Deno.test("failover decisions", async (t) => {
       blocked.why,
       "not certain, staying on the careful path: pg2 still streams from pg1",
     );
+    // One replica still streaming blocks, even when the others lost their streams or
+    // cannot be reached.
+    const one = judgeEvidence(state, {
+      observers: [refused("a"), refused("b")],
+      receivers: [{ node: "pg2", streaming: null, why: "no answer" }, {
+        node: "pg3",
+        streaming: true,
+        why: "receiver streaming from 10.0.0.1:5432, no other node's address: taken as pg1",
+      }],
+    });
+    assert.equal(one.certain, false);
+    assert.match(one.why, /pg3 still streams from pg1/);
     // No replica answered: nothing shows the streams are gone.
-    const blind = judgeEvidence(pg1, {
+    const blind = judgeEvidence(state, {
       observers: [refused("a"), refused("b")],
       receivers: [{ node: "pg2", streaming: null, why: "no answer" }],
     });
     assert.equal(blind.certain, false);
     assert.match(blind.why, /no replica answered to show its WAL receiver/);
+    // A replica that was not streaming before either is no witness of a lost stream.
+    const detached = judgeEvidence(
+      {
+        primary: pg1,
+        lastGoodSample: sampleOf(1, [
+          primaryNode("pg1"),
+          node("pg2", { streaming: false, state: "receiver waiting" }),
+          node("pg3"),
+        ]),
+      },
+      {
+        observers: [refused("a"), refused("b")],
+        receivers: [gone("pg2"), { node: "pg3", streaming: null, why: "no answer" }],
+      },
+    );
+    assert.equal(detached.certain, false);
+    assert.equal(
+      detached.why,
+      "not certain, staying on the careful path: no replica lost a stream from pg1: pg2 did " +
+        "not stream from it at the last sample",
+    );
+    // No sample of pg1 yet (just started, or only samples of another primary): no witness.
+    const unseen = judgeEvidence(
+      { primary: pg1, lastGoodSample: { ...before, primary: "pg2" } },
+      { observers: [refused("a"), refused("b")], receivers: [gone("pg2"), gone("pg3")] },
+    );
+    assert.equal(unseen.certain, false);
+    assert.match(unseen.why, /pg2, pg3 did not stream from it at the last sample \(none taken/);
     // The refused verdict is the coordinator's, with the fast path on.
     const probe = {
       ok: false,

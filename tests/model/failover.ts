@@ -10,7 +10,8 @@
  *
  * Invariants: never two promotions published for one epoch; the detector enters
  * `promoting` only as the coordinator and only on a majority vote of this suspicion
- * round, on either path; the fast path reaches the vote only on certain evidence; a
+ * round, on either path; the fast path reaches the vote only on certain evidence (and a
+ * sample of the primary whose replicas streamed, for the WAL receivers to witness); a
  * promotion happens only under the lease's token, never older than the token of the record
  * Redis holds (a promote under an older one is refused, like the real `fenced()`); every
  * promote / switchover / publish runs under the token of the lease held now, never older
@@ -71,6 +72,34 @@ function probe(ok: boolean, refused = false) {
   };
 }
 
+/** A node of a sample: the primary, or a replica streaming from it in sync. */
+function sampleNode(name: string, primary: boolean) {
+  return {
+    name,
+    address: `127.0.0.1:${5432 + Number(name.slice(2))}`,
+    reachable: true,
+    role: primary ? "primary" : "replica",
+    state: primary ? "primary" : "streaming",
+    healthy: true,
+    inRecovery: !primary,
+    readOnlyFenced: false,
+    currentLsn: primary ? "0/3000000" : null,
+    receiveLsn: primary ? null : "0/3000000",
+    replayLsn: primary ? null : "0/3000000",
+    sentLsn: primary ? null : "0/3000000",
+    writeLsn: primary ? null : "0/3000000",
+    flushLsn: primary ? null : "0/3000000",
+    lagBytes: primary ? null : 0,
+    lagSeconds: primary ? null : 0,
+    syncState: primary ? null : "quorum",
+    timeline: 1,
+    upstream: null,
+    streaming: !primary,
+    error: null,
+    why: primary ? `${name} is the primary` : `${name} streams`,
+  };
+}
+
 function detector(snapshot: StepView<FailoverWorld>["snapshot"]): string {
   const v = snapshot.value.detector;
   return typeof v === "string" ? v : Object.keys(v)[0];
@@ -116,7 +145,8 @@ export const failoverModel: ChartModel<FailoverWorld> = {
         probeIntervalMs: 100,
         probeTimeoutMs: 150,
         confirmations: CONFIRMATIONS,
-        monitorIntervalMs: 5000,
+        // Before the first probe: a sample can witness the replicas' streams for the fast path.
+        monitorIntervalMs: 50,
         confirmTimeoutMs: 200,
         poolRetryMs: 100,
       },
@@ -323,7 +353,26 @@ export const failoverModel: ChartModel<FailoverWorld> = {
     repointPool: {
       ok: (c) => ({ output: c.input }),
     },
-    sampleNodes: { failed: () => ({ error: new Error("sampling timed out") }) },
+    sampleNodes: {
+      // A sample of the primary followed now, its replicas streaming: the witnesses the
+      // fast path needs (judgeEvidence: a replica that lost a stream it had).
+      streaming: (c, run) => {
+        const primary = (c.input as { primary: { node: string } }).primary.node;
+        return {
+          output: {
+            at: now(run),
+            primary,
+            nodes: ["pg1", "pg2", "pg3"].map((name) => sampleNode(name, name === primary)),
+            sync: {
+              method: "ANY",
+              num: 1,
+              names: ["pg1", "pg2", "pg3"].filter((n) => n !== primary),
+            },
+          },
+        };
+      },
+      failed: () => ({ error: new Error("sampling timed out") }),
+    },
     repair: { ok: () => ({ output: { why: "repaired" } }) },
   },
   key(snapshot, world) {
@@ -341,6 +390,7 @@ export const failoverModel: ChartModel<FailoverWorld> = {
       world.vote,
       world.evidence,
       c.path,
+      c.lastGoodSample?.primary === c.primary.node,
     ];
   },
   invariants: {
@@ -387,6 +437,9 @@ export const failoverModel: ChartModel<FailoverWorld> = {
           return `fast path to the vote after ${world.evidence ?? "no"} evidence`;
         }
         if (c.failures < 1) return "fast path to the vote without a refused probe";
+        if (c.lastGoodSample?.primary !== c.primary.node) {
+          return "fast path to the vote without a sample showing the streams it lost";
+        }
         return null;
       }
       if (c.failures < CONFIRMATIONS) {

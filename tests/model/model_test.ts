@@ -69,9 +69,14 @@ const COORDINATOR_STARTS: Move[] = [
   { type: "settle", src: "readStart", outcome: "answer" },
 ];
 
-/** A refused probe, certain evidence and a majority vote: the fast path to promoting. */
+/**
+ * A sample shows the replicas streaming; then a refused probe, certain evidence and a
+ * majority vote: the fast path to promoting.
+ */
 const FAST_PATH_MAJORITY: Move[] = [
-  { type: "tick", ms: 100 },
+  { type: "tick", ms: 50 },
+  { type: "settle", src: "sampleNodes", outcome: "streaming" },
+  { type: "tick", ms: 50 },
   { type: "settle", src: "probePrimary", outcome: "refused" },
   { type: "settle", src: "corroborate", outcome: "certain" },
   { type: "settle", src: "collectVotes", outcome: "majority" },

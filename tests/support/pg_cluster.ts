@@ -218,6 +218,12 @@ export interface Writers {
   stop(): Promise<void>;
 }
 
+/** When the writer sent the request that wrote a canary row, from the row's note (or null). */
+export function sentAtOfNote(note: string | null): number | null {
+  const m = /^\S+ sent (\d+(?:\.\d+)?)$/.exec(note ?? "");
+  return m ? Number(m[1]) : null;
+}
+
 /** Starts one writer per URL: sequential POST /replication/canary, `pauseMs` apart. */
 export function startWriters(
   urls: Record<string, string>,
@@ -232,7 +238,10 @@ export function startWriters(
       try {
         const res = await fetch(`${url}/replication/canary`, {
           method: "POST",
-          headers: { authorization: `Bearer ${options.token}` },
+          headers: { authorization: `Bearer ${options.token}`, "content-type": "application/json" },
+          // The row carries when it was sent: a node's rows show which requests reached it
+          // (acknowledged or not), see sentAtOfNote.
+          body: JSON.stringify({ note: `${instance} sent ${sentAt.toFixed(3)}` }),
           signal: AbortSignal.timeout(options.timeoutMs ?? 20_000),
         });
         const body = await res.json();
