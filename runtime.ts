@@ -244,7 +244,9 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
     // (Redis stream, docs/console.md), batched off the hot path — except the routine steps of
     // periodic cycles (states tagged `routine` in the charts: heartbeats, lease renewals, heads
     // announcements, metric rounds), which at idle were most of the instance's Redis commands.
-    const history = redis
+    // Keyframes (every actor's state, at start and every RS_HISTORY_KEYFRAME_S) let a past
+    // moment show actors that have not moved for a while. RS_HISTORY=off records nothing.
+    const history = redis && config.concerns.limits.history
       ? createHistoryRecorder({
         instanceId: config.instanceId,
         append: createHistoryWriter(redis, keyspace, messageAuth, {
@@ -252,6 +254,10 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
           maxAgeMs: config.concerns.limits.historyMaxAgeMs,
         }).append,
         log: log.child("history"),
+        keyframes: {
+          everyMs: config.concerns.limits.historyKeyframeMs,
+          actors: () => inspector.list(),
+        },
       })
       : null;
     if (history) {
@@ -412,6 +418,8 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       log: log.child("supervisor"),
     });
     supervisor = started;
+    // The first keyframe: every actor as it started.
+    history?.keyframe();
     cleanups.push(() => Promise.resolve(started.stop()));
     // Stopping runs in reverse: HTTP first (event streams end so shutdown can finish),
     // then the actors, then transport, bus, Redis and the database.

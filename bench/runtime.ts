@@ -93,7 +93,13 @@ async function rawThroughput(pub: Redis, sub: Redis, prefix: string, n: number):
 
 /** Runs the suite. */
 export async function run(): Promise<Figure[]> {
-  progress("runtime: starting PostgreSQL, Redis and a runtime instance");
+  // The instance inherits this process's environment: `RS_HISTORY=off deno task bench runtime`
+  // measures it without the recorded history (docs/console.md), on the same commit.
+  progress(
+    `runtime: starting PostgreSQL, Redis and a runtime instance (RS_HISTORY=${
+      Deno.env.get("RS_HISTORY") ?? "on"
+    })`,
+  );
   await using pg = await startPostgres({ name: "bench-runtime" });
   await using redis = await startRedis();
   const prefix = "rsbench:";

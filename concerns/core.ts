@@ -16,7 +16,7 @@ import { addClusterRoutes } from "../api/core/cluster.ts";
 import { addConsoleRoutes } from "../api/core/console.ts";
 import { addHealthRoutes } from "../api/core/health.ts";
 import { addHistoryRoutes } from "../api/core/history.ts";
-import { readHistory } from "../store/redis_history.ts";
+import { readHistory, readKeyframes } from "../store/redis_history.ts";
 import { addStreamRoutes } from "../api/core/streams.ts";
 import { MACHINES } from "../machines/mod.ts";
 import type { MigrationReport } from "../store/migrations.ts";
@@ -96,6 +96,10 @@ export function createCoreConcern(services: RuntimeServices, deps: CoreDeps): Co
       addHistoryRoutes(app, {
         read: redisClient
           ? (options) => readHistory(redisClient, services.keyspace, services.messageAuth, options)
+          : null,
+        keyframes: redisClient
+          ? (options) =>
+            readKeyframes(redisClient, services.keyspace, services.messageAuth, options)
           : null,
       });
       addChartRoutes(app, {

@@ -7,7 +7,7 @@
  * Pure functions of validated entries; the route (api/core/console.ts) reads them.
  * @module
  */
-import type { ActorModel, InstanceModel, TransitionView } from "./render.ts";
+import type { InstanceModel, TransitionView } from "./render.ts";
 import { escapeHtml as e, formatState, timeTag } from "./html.ts";
 
 /** A recorded transition, as GET /history answers it. */
@@ -62,8 +62,30 @@ export interface RecordedMessage {
   sentAt: number;
 }
 
+/** A recorded keyframe: every running actor of one instance and its state. */
+export interface RecordedKeyframe {
+  /** Kind. */
+  k: "keyframe";
+  /** Stream entry id. */
+  entryId: string;
+  /** Redis server clock (ms). */
+  serverAt: number;
+  /** Instance. */
+  instance: string;
+  /** Instance clock (ms). */
+  at: number;
+  /** Its actors. */
+  actors: { path: string; machine?: string; state: unknown }[];
+}
+
 /** One recorded entry. */
-export type Recorded = RecordedTransition | RecordedMessage;
+export type Recorded = RecordedTransition | RecordedMessage | RecordedKeyframe;
+
+/**
+ * A record's place within its millisecond: its stream entry's sequence and its index in that
+ * entry (one entry holds one flush of one instance's records).
+ */
+export type SubPosition = readonly [entry: number, index: number];
 
 /** A moment and the range leading to it (server clock, ms). */
 export interface Moment {
@@ -72,18 +94,39 @@ export interface Moment {
   /** The moment shown. */
   at: number;
   /**
-   * When the moment is one recorded event: its stream entry's sequence within the
-   * millisecond `at` (an instance records a quarter second of transitions in one batch, which
-   * Redis stores in one millisecond: stepping event by event has to look inside it). Absent:
-   * everything recorded in `at`.
+   * When the moment is one recorded event: its place within the millisecond `at` (an
+   * instance writes one flush of records as one stream entry, and several entries can share a
+   * millisecond: stepping event by event has to look inside it). Absent: everything recorded
+   * in `at`.
    */
-  seq?: number | null;
+  seq?: SubPosition | null;
 }
 
-/** A stream entry id `<ms>-<seq>` as two numbers (ids come from Redis, not from clients). */
-function entryPosition(entryId: string): [number, number] {
+/**
+ * A record's place `<ms>-<n>.<i>` as three numbers (ids come from Redis, not from clients; a
+ * bare stream entry id `<ms>-<n>` is its first record).
+ */
+function entryPosition(entryId: string): [number, number, number] {
   const dash = entryId.indexOf("-");
-  return [Number(entryId.slice(0, dash)), Number(entryId.slice(dash + 1))];
+  const dot = entryId.indexOf(".", dash);
+  return [
+    Number(entryId.slice(0, dash)),
+    Number(entryId.slice(dash + 1, dot < 0 ? undefined : dot)),
+    dot < 0 ? 0 : Number(entryId.slice(dot + 1)),
+  ];
+}
+
+/** A record's place within its millisecond (for step links). */
+export function subPosition(entryId: string): SubPosition {
+  const [, n, i] = entryPosition(entryId);
+  return [n, i];
+}
+
+/** Orders two records by their places in the stream (negative: `a` first). */
+export function comparePositions(a: { entryId: string }, b: { entryId: string }): number {
+  const [am, an, ai] = entryPosition(a.entryId);
+  const [bm, bn, bi] = entryPosition(b.entryId);
+  return am - bm || an - bn || ai - bi;
 }
 
 /**
@@ -91,17 +134,20 @@ function entryPosition(entryId: string): [number, number] {
  * (or any entry of its millisecond when it has no `seq`), positive after it.
  */
 export function relativeTo(entry: { entryId: string }, moment: Moment): number {
-  const [ms, seq] = entryPosition(entry.entryId);
+  const [ms, n, i] = entryPosition(entry.entryId);
   if (ms !== moment.at) return ms - moment.at;
-  return moment.seq === null || moment.seq === undefined ? 0 : seq - moment.seq;
+  return moment.seq === null || moment.seq === undefined
+    ? 0
+    : n - moment.seq[0] || i - moment.seq[1];
 }
 
-/** Parses `seq` (a stream entry's sequence in its millisecond); null when it is not one. */
-export function parseSeq(text: string | undefined): number | null {
-  const trimmed = text?.trim() ?? "";
-  if (!trimmed || trimmed.length > 12) return null;
-  for (const c of trimmed) if (c < "0" || c > "9") return null;
-  return Number(trimmed);
+/**
+ * Parses `seq` (`<n>.<i>`: a record's place within a millisecond; a bare `<n>` is the first
+ * record of entry n); null when it is not one.
+ */
+export function parseSeq(text: string | undefined): SubPosition | null {
+  const match = /^(\d{1,12})(?:\.(\d{1,6}))?$/.exec(text?.trim() ?? "");
+  return match ? [Number(match[1]), Number(match[2] ?? 0)] : null;
 }
 
 function emptyInstance(id: string): InstanceModel {
@@ -119,14 +165,17 @@ function emptyInstance(id: string): InstanceModel {
 
 /**
  * Every instance's actors in the state of their last transition at or before `at`, from
- * entries newest first; instances in id order. Transitions of the range `[from, at]` (oldest
- * first) and the messages among them become each instance's `transitions`, as the timeline
- * and the sequence diagram read them.
+ * entries newest first, on top of the instance's newest keyframe at or before `at` (from
+ * `keyframes` or among the entries): an actor that has not moved since the keyframe is in the
+ * keyframe's state, and transitions older than the keyframe no longer count. Instances in id
+ * order. Transitions of the range `[from, at]` (oldest first) and the messages among them
+ * become each instance's `transitions`, as the timeline and the sequence diagram read them.
  */
 export function instancesAt(
   newestFirst: readonly Recorded[],
   range: readonly Recorded[],
   moment: Moment,
+  keyframes: readonly Recorded[] = [],
 ): InstanceModel[] {
   const byId = new Map<string, InstanceModel>();
   const inst = (id: string) => {
@@ -134,25 +183,44 @@ export function instancesAt(
     if (!model) byId.set(id, model = emptyInstance(id));
     return model;
   };
-  for (const entry of newestFirst) {
-    if (entry.k !== "transition" || relativeTo(entry, moment) > 0) continue;
-    const model = inst(entry.instance);
-    if (model.actors.some((a) => a.path === entry.path)) continue;
-    const actor: ActorModel = {
-      id: entry.path.slice(entry.path.lastIndexOf("/") + 1),
-      path: entry.path,
-      machine: entry.machine ?? null,
+  const keyframeOf = new Map<string, RecordedKeyframe>();
+  for (const k of [...keyframes, ...newestFirst]) {
+    if (k.k !== "keyframe" || relativeTo(k, moment) > 0) continue;
+    const known = keyframeOf.get(k.instance);
+    if (!known || comparePositions(k, known) > 0) keyframeOf.set(k.instance, k);
+  }
+  const place = (
+    model: InstanceModel,
+    path: string,
+    machine: string | undefined,
+    state: unknown,
+    serverAt: number,
+  ) => {
+    if (model.actors.some((a) => a.path === path)) return;
+    model.actors.push({
+      id: path.slice(path.lastIndexOf("/") + 1),
+      path,
+      machine: machine ?? null,
       status: "active",
-      state: entry.state,
+      state,
       summary: {},
-      updatedAt: entry.serverAt,
+      updatedAt: serverAt,
       chart: null,
       chartNote: null,
       chartWidth: null,
-    };
-    model.actors.push(actor);
-    if (entry.path === "supervisor") {
-      model.supervisor = { state: formatState(entry.state), reason: "" };
+    });
+    if (path === "supervisor") model.supervisor = { state: formatState(state), reason: "" };
+  };
+  for (const entry of newestFirst) {
+    if (entry.k !== "transition" || relativeTo(entry, moment) > 0) continue;
+    const keyframe = keyframeOf.get(entry.instance);
+    if (keyframe && comparePositions(entry, keyframe) < 0) continue;
+    place(inst(entry.instance), entry.path, entry.machine, entry.state, entry.serverAt);
+  }
+  for (const keyframe of keyframeOf.values()) {
+    const model = inst(keyframe.instance);
+    for (const a of keyframe.actors) {
+      place(model, a.path, a.machine, a.state, keyframe.serverAt);
     }
   }
   const inRange = range.filter((r) => r.serverAt >= moment.from && relativeTo(r, moment) <= 0);
@@ -181,7 +249,7 @@ export function instancesAt(
             : { id: r.cause, from: { instance: "?", actor: "?" }, kind: "send", sentAt: r.at },
         });
       }
-    } else if (!caused.has(r.id)) {
+    } else if (r.k === "message" && !caused.has(r.id)) {
       // A message that changed no state still belongs on the diagram of a range.
       inst(r.instance).transitions.push({
         seq: 0,
@@ -220,8 +288,8 @@ function iso(ms: number): string {
 export interface StepTarget {
   /** Redis server clock (ms). */
   at: number;
-  /** The event's stream sequence within `at`, or null for the whole millisecond. */
-  seq: number | null;
+  /** The event's place within `at`, or null for the whole millisecond. */
+  seq: SubPosition | null;
 }
 
 /** Links and form of the time control. */
@@ -237,6 +305,19 @@ export interface TimeControl {
   keep: Record<string, string>;
   /** Why the history could not be read, if it could not. */
   error?: string | null;
+  /** Events of the range shown when it held more (its oldest left out), else null. */
+  truncated?: number | null;
+}
+
+/** The notice over a range whose oldest events were left out. */
+export function truncationNotice(shown: number | null | undefined): string {
+  return shown
+    ? `<p class="unavailable" data-truncated="${
+      e(shown)
+    }"><strong>Range truncated</strong>: showing the last ${
+      e(shown.toLocaleString("en"))
+    } events (the oldest left out); pick a later start to see the rest.</p>`
+    : "";
 }
 
 function href(params: Record<string, string>): string {
@@ -258,7 +339,7 @@ export function renderTimeControl(control: TimeControl): string {
           ...keep,
           from: String(m.from),
           at: String(to.at),
-          ...(to.seq === null ? {} : { seq: String(to.seq) }),
+          ...(to.seq === null ? {} : { seq: `${to.seq[0]}.${to.seq[1]}` }),
         }))
       }">${e(label)}</a>`;
   const error = control.error
@@ -276,7 +357,9 @@ export function renderTimeControl(control: TimeControl): string {
       e(`/console/export?${new URLSearchParams({ from: String(m.from), to: String(m.at) })}`)
     }" download>Export this range as a report</a>`
     : "";
-  return `<div class="time-control" data-time-control>${error}${status}
+  return `<div class="time-control" data-time-control>${error}${status}${
+    truncationNotice(control.truncated)
+  }
 <form method="get" action="/" class="filters">${fields}
 <label>From <input name="from" value="${m ? e(iso(m.from)) : ""}" placeholder="${
     e(iso(Date.UTC(2026, 0, 1)))
@@ -294,6 +377,8 @@ ${step("◀ previous event", control.prev, "prev")} ${
 /** The self-contained report of a range: the page's parts, its stylesheet inlined, no script. */
 export function renderReport(options: {
   moment: Moment;
+  /** Events of the range shown when it held more, else null. */
+  truncated?: number | null;
   css: string;
   matrix: string;
   charts: string[];
@@ -318,7 +403,7 @@ export function renderReport(options: {
   } UTC (Redis server clock) · exported by <strong>${e(options.instance)}</strong> at ${
     timeTag(options.generatedAt)
   } UTC</p></div></header>
-<main>
+<main>${truncationNotice(options.truncated)}
 <section id="instances"><h2>Instances × actors at the end of the range</h2>${options.matrix}</section>
 <section id="charts"><h2>Statecharts of the actors that moved in the range, at its end</h2>${
     options.charts.length

@@ -23,10 +23,14 @@ export interface LimitsSettings {
   hashConcurrency: number;
   /** Password checks waiting for a slot; beyond it a login answers 503 SERVER_BUSY. */
   hashQueue: number;
-  /** Entries the cluster's recorded history keeps at most (approximately). */
+  /** Whether this instance records its transitions and messages in the cluster's history. */
+  history: boolean;
+  /** Records the cluster's recorded history keeps at most (approximately). */
   historyMaxEntries: number;
   /** How long the recorded history keeps an entry, by the Redis server clock (ms). */
   historyMaxAgeMs: number;
+  /** How often this instance records a keyframe (every actor's state) in the history (ms). */
+  historyKeyframeMs: number;
 }
 
 /** The defaults, for components built without a configuration (tests, examples). */
@@ -37,8 +41,10 @@ export const DEFAULT_LIMITS: Readonly<LimitsSettings> = Object.freeze({
   inspectorMaxStopped: 1000,
   hashConcurrency: 4,
   hashQueue: 64,
+  history: true,
   historyMaxEntries: 500_000,
   historyMaxAgeMs: 7 * 86_400_000,
+  historyKeyframeMs: 300_000,
 });
 
 /** The variables of the limits, documented. */
@@ -79,15 +85,30 @@ export const LIMITS_SETTINGS: readonly SettingDoc[] = [
       "SERVER_BUSY with Retry-After",
   },
   {
+    env: "RS_HISTORY",
+    default: "on",
+    description: "on: this instance records its transitions and the messages it receives in " +
+      "the cluster's history (Redis, docs/console.md); off: it records nothing (GET /history " +
+      "still reads what others record), e.g. to measure the recorder's cost",
+  },
+  {
     env: "RS_HISTORY_MAX_ENTRIES",
     default: String(DEFAULT_LIMITS.historyMaxEntries),
-    description: "Entries (transitions and messages of every instance) the recorded " +
-      "history in Redis keeps at most; the oldest are trimmed (docs/console.md)",
+    description: "Records (transitions, messages and keyframes of every instance) the " +
+      "recorded history in Redis keeps at most, approximately; the oldest are trimmed " +
+      "(docs/console.md)",
   },
   {
     env: "RS_HISTORY_MAX_AGE_S",
     default: String(DEFAULT_LIMITS.historyMaxAgeMs / 1000),
     description: "How long the recorded history keeps an entry, by the Redis server clock",
+  },
+  {
+    env: "RS_HISTORY_KEYFRAME_S",
+    default: String(DEFAULT_LIMITS.historyKeyframeMs / 1000),
+    description: "How often an instance records a keyframe (every running actor's state) in " +
+      "the history, besides one at start; a past moment's states start from the keyframe " +
+      "before it",
   },
 ];
 
@@ -100,11 +121,15 @@ const schema = z.object({
   ),
   RS_HASH_CONCURRENCY: intIn(1, 256, "hashes").default(DEFAULT_LIMITS.hashConcurrency),
   RS_HASH_QUEUE: intIn(0, 100_000, "waiting checks").default(DEFAULT_LIMITS.hashQueue),
-  RS_HISTORY_MAX_ENTRIES: intIn(1000, 100_000_000, "entries").default(
+  RS_HISTORY: z.enum(["on", "off"], { message: "on or off" }).default("on"),
+  RS_HISTORY_MAX_ENTRIES: intIn(1000, 100_000_000, "records").default(
     DEFAULT_LIMITS.historyMaxEntries,
   ),
   RS_HISTORY_MAX_AGE_S: intIn(60, 90 * 86_400, "seconds").default(
     DEFAULT_LIMITS.historyMaxAgeMs / 1000,
+  ),
+  RS_HISTORY_KEYFRAME_S: intIn(10, 86_400, "seconds").default(
+    DEFAULT_LIMITS.historyKeyframeMs / 1000,
   ),
 });
 
@@ -118,8 +143,10 @@ export function loadLimitsSettings(env: Record<string, string | undefined>): Lim
     inspectorMaxStopped: c.RS_INSPECTOR_MAX_STOPPED,
     hashConcurrency: c.RS_HASH_CONCURRENCY,
     hashQueue: c.RS_HASH_QUEUE,
+    history: c.RS_HISTORY === "on",
     historyMaxEntries: c.RS_HISTORY_MAX_ENTRIES,
     historyMaxAgeMs: c.RS_HISTORY_MAX_AGE_S * 1000,
+    historyKeyframeMs: c.RS_HISTORY_KEYFRAME_S * 1000,
   };
 }
 

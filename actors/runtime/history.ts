@@ -1,10 +1,15 @@
 /**
  * Records this instance's actor transitions and the cross-instance messages it receives
  * into the cluster's history (store/redis_history.ts), off the hot path: `transition` and
- * `message` only push a small object into a buffer; a timer seals and writes the buffer as
- * one pipelined batch every `flushMs` (or sooner once `batchSize` records wait). When Redis
- * is slow or down the buffer is bounded: the oldest records are dropped and counted, the
- * actors never wait.
+ * `message` only push a small object into a buffer; a timer hands the buffer to the writer
+ * every `flushMs` (or sooner once `batchSize` records wait), which seals it as one stream
+ * entry (one MAC, one `XADD`). When Redis is slow or down the buffer is bounded: the oldest
+ * records are dropped and counted, the actors never wait.
+ *
+ * Keyframes: `keyframe()` records every running actor's state in one record (at start, then
+ * every `keyframes.everyMs`), so the states at a past moment do not depend on an actor having
+ * moved recently: routine periodic steps are not recorded, and a reader keeps only so many
+ * records.
  *
  * What is recorded is what a reviewer needs and nothing secret: actor path, event type,
  * state value after it, the message id that caused it; for messages origin, target, event
@@ -14,6 +19,7 @@
 import type { Logger } from "../../lib/log.ts";
 import { silentLogger } from "../../lib/log.ts";
 import type { HistoryRecord } from "../../store/redis_history.ts";
+import type { ActorView } from "./inspector.ts";
 import type { TransitionRecord } from "./inspector.ts";
 
 /** What the transport tells the recorder about a message it received. */
@@ -40,6 +46,11 @@ export interface HistoryRecorder {
   transition(t: TransitionRecord, machine?: string | null): void;
   /** Records a message the transport received for a local actor. */
   message(m: ReceivedMessage): void;
+  /**
+   * Records a keyframe (every running actor's state) now and (re)starts the periodic ones;
+   * nothing without the `keyframes` option.
+   */
+  keyframe(): void;
   /** Writes what is buffered now. */
   flush(): Promise<void>;
   /** Counters: recorded, written, dropped (buffer full), failed batches. */
@@ -70,6 +81,8 @@ export interface HistoryRecorderOptions {
   now?: () => number;
   /** Log for failed batches (once per run of failures). */
   log?: Logger;
+  /** Keyframes: the actors to record, and how often (ms). */
+  keyframes?: { everyMs: number; actors: () => readonly ActorView[] };
 }
 
 /** Creates a recorder; call `close()` on shutdown. */
@@ -82,6 +95,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   const instance = options.instanceId;
   const buffer: HistoryRecord[] = [];
   let timer: number | null = null;
+  let keyframeTimer: number | null = null;
   let writing: Promise<void> | null = null;
   let closed = false;
   let failing = false;
@@ -138,7 +152,24 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     return writing;
   }
 
+  function keyframe(): void {
+    const source = options.keyframes;
+    if (!source || closed) return;
+    if (keyframeTimer !== null) clearTimeout(keyframeTimer);
+    keyframeTimer = setTimeout(keyframe, source.everyMs);
+    Deno.unrefTimer(keyframeTimer);
+    push({
+      k: "keyframe",
+      instance,
+      at: now(),
+      actors: source.actors()
+        .filter((v) => v.status === "active")
+        .map((v) => ({ path: v.path, ...(v.machine && { machine: v.machine }), state: v.state })),
+    });
+  }
+
   return {
+    keyframe,
     transition(t, machine) {
       push({
         k: "transition",
@@ -169,6 +200,8 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     flush,
     stats: () => ({ ...counters }),
     async close() {
+      if (keyframeTimer !== null) clearTimeout(keyframeTimer);
+      keyframeTimer = null;
       if (timer !== null) clearTimeout(timer);
       timer = null;
       await writing;

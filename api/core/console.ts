@@ -67,6 +67,7 @@ import {
   renderReport,
   renderTimeControl,
   type StepTarget,
+  subPosition,
 } from "../../console/history.ts";
 import { HISTORY_LIMIT } from "./history.ts";
 import { type ChartTemplate, highlightChart, parseChartSvg } from "../../console/svg.ts";
@@ -269,8 +270,8 @@ const pageQuery = z.object({
   at: z.string().max(40).optional(),
   /** The start of the range leading to `at` (default a minute before). */
   from: z.string().max(40).optional(),
-  /** One recorded event within the millisecond `at`: its stream entry's sequence (step links). */
-  seq: z.string().max(12).optional(),
+  /** One recorded event within the millisecond `at`: `<entry>.<index>` (step links). */
+  seq: z.string().max(25).optional(),
 });
 
 /** A recorded entry as GET /history answers it (validated again: it crossed HTTP). */
@@ -300,6 +301,16 @@ const recordedSchema = z.discriminatedUnion("k", [
     event: z.string(),
     corr: z.string().optional(),
     sentAt: z.number(),
+  }),
+  z.object({
+    k: z.literal("keyframe"),
+    entryId: z.string(),
+    serverAt: z.number(),
+    instance: z.string(),
+    at: z.number(),
+    actors: z.array(
+      z.object({ path: z.string(), machine: z.string().optional(), state: z.unknown() }),
+    ),
   }),
 ]);
 const historySchema = z.object({ entries: z.array(recordedSchema) });
@@ -988,20 +999,34 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     return parsed.data.entries as Recorded[];
   }
 
-  /** The cluster at a recorded moment: every instance's states, the range's events. */
+  /**
+   * The cluster at a recorded moment: every instance's states (from its newest keyframe at or
+   * before the moment, and the newest records up to it), the range's events — the newest
+   * HISTORY_LIMIT of them, read newest first so that a long range loses its oldest events,
+   * not those nearest the moment; `truncated` then says how many are shown.
+   */
   async function momentModel(moment: Moment, concern: string) {
-    const [newest, range, after] = await Promise.all([
+    const [newest, newestRange, after, keyframes] = await Promise.all([
       recorded({ to: String(moment.at), limit: String(HISTORY_LIMIT), order: "desc" }),
-      recorded({ from: String(moment.from), to: String(moment.at), limit: String(HISTORY_LIMIT) }),
+      recorded({
+        from: String(moment.from),
+        to: String(moment.at),
+        limit: String(HISTORY_LIMIT),
+        order: "desc",
+      }),
       recorded({ from: String(moment.at), limit: "2000" }),
+      // Before the moment's millisecond: a keyframe within it may lie after the moment's `seq`
+      // (the newest records above hold the ones in it).
+      recorded({ to: String(Math.max(0, moment.at - 1)), keyframes: "1" }),
     ]);
-    // Stepping goes event by event (stream entry by entry: one instance's batch shares a
-    // millisecond), over the concern filtered on when there is one.
+    const range = newestRange.reverse();
+    // Stepping goes event by event (record by record: one instance's flush shares a stream
+    // entry, and entries share a millisecond), over the concern filtered on when there is one.
     const matches = (r: Recorded) =>
       r.k === "transition" &&
       (!concern || r.machine === concern || r.path.slice(r.path.lastIndexOf("/") + 1) === concern);
     const target = (r: Recorded | undefined): StepTarget | null =>
-      r ? { at: r.serverAt, seq: Number(r.entryId.slice(r.entryId.indexOf("-") + 1)) } : null;
+      r ? { at: r.serverAt, seq: subPosition(r.entryId) } : null;
     // Back: from one event, to the matching event before it; from a whole millisecond, to the
     // last matching event before that millisecond.
     const prev = target(
@@ -1010,7 +1035,13 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
         : newest.find((r) => relativeTo(r, moment) < 0 && matches(r)),
     );
     const next = target(after.find((r) => relativeTo(r, moment) > 0 && matches(r)));
-    return { instances: instancesAt(newest, range, moment), prev, next, range };
+    return {
+      instances: instancesAt(newest, range, moment, keyframes),
+      prev,
+      next,
+      range,
+      truncated: range.length >= HISTORY_LIMIT ? range.length : null,
+    };
   }
 
   serve(app, CONSOLE_ROUTES.page, async (c) => {
@@ -1049,7 +1080,13 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
         ...(moment.seq === null ? {} : { seq: String(moment.seq) }),
       };
       view.history = true;
-      view.timeControl = renderTimeControl({ moment, prev: past.prev, next: past.next, keep });
+      view.timeControl = renderTimeControl({
+        moment,
+        prev: past.prev,
+        next: past.next,
+        keep,
+        truncated: past.truncated,
+      });
       return html(c, renderPage({ ...pastModel, viewer: await viewer(c) }, view));
     } catch (err) {
       const view = await pageView(model, query);
@@ -1102,6 +1139,7 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
     }
     const body = renderReport({
       moment,
+      truncated: past.truncated,
       css: await asset("console.css"),
       matrix: renderMatrix({ instances: past.instances, clusterError: null }, {
         noForm: true,

@@ -1,7 +1,8 @@
 /**
- * `GET /history`: the cluster's recorded transitions and messages between two Redis server
- * times (store/redis_history.ts), oldest first, for the console's time control and for
- * postmortems. Operators only; 503 without Redis (nothing is recorded then).
+ * `GET /history`: the cluster's recorded transitions, messages and keyframes between two Redis
+ * server times (store/redis_history.ts), oldest first (or newest first), for the console's
+ * time control and for postmortems; `?keyframes=1`: each instance's newest keyframe at or
+ * before `to` instead. Operators only; 503 without Redis (nothing is recorded then).
  * @module
  */
 import { type OpenAPIHono, z } from "@hono/zod-openapi";
@@ -12,9 +13,11 @@ import type { HistoryEntry, ReadHistoryOptions } from "../../store/redis_history
 export interface HistoryDeps {
   /** Reads the recorded history, or null when nothing is recorded (no Redis). */
   read: ((options: ReadHistoryOptions) => Promise<HistoryEntry[]>) | null;
+  /** Each instance's newest keyframe at or before `to`, or null without Redis. */
+  keyframes: ((options: { to?: number }) => Promise<HistoryEntry[]>) | null;
 }
 
-/** Entries one request returns at most. */
+/** Records one request returns at most. */
 export const HISTORY_LIMIT = 5000;
 
 /** The history route's declaration. */
@@ -23,7 +26,7 @@ export const HISTORY_ROUTES = {
     method: "get",
     path: "/history",
     tags: ["cluster"],
-    summary: "Recorded transitions and messages of every instance, by Redis server time",
+    summary: "Recorded transitions, messages and keyframes of every instance, by Redis server time",
     access: { caller: "operator", scope: "cluster:read" },
     request: {
       query: z.object({
@@ -31,12 +34,14 @@ export const HISTORY_ROUTES = {
         to: z.coerce.number().int().min(0).optional(),
         limit: z.coerce.number().int().min(1).max(HISTORY_LIMIT).optional(),
         order: z.enum(["asc", "desc"]).optional(),
+        /** 1: each instance's newest keyframe at or before `to` (from, limit, order unused). */
+        keyframes: z.enum(["0", "1"]).optional(),
       }),
     },
     responses: {
       200: jsonResponse(
         z.object({ entries: z.array(z.looseObject({ entryId: z.string(), k: z.string() })) }),
-        "Entries, oldest first",
+        "Records (`entryId` `<server ms>-<n>.<i>`), oldest first unless order=desc",
       ),
       503: jsonResponse(z.looseObject({}), "No Redis: nothing is recorded"),
     },
@@ -46,7 +51,7 @@ export const HISTORY_ROUTES = {
 /** Adds `GET /history`. */
 export function addHistoryRoutes(app: OpenAPIHono, deps: HistoryDeps): void {
   serve(app, HISTORY_ROUTES.history, async (c) => {
-    if (!deps.read) {
+    if (!deps.read || !deps.keyframes) {
       return c.json({
         error: {
           code: "UNAVAILABLE",
@@ -55,6 +60,7 @@ export function addHistoryRoutes(app: OpenAPIHono, deps: HistoryDeps): void {
       }, 503);
     }
     const q = c.req.valid("query");
+    if (q.keyframes === "1") return c.json({ entries: await deps.keyframes({ to: q.to }) }, 200);
     const entries = await deps.read({
       from: q.from,
       to: q.to,
