@@ -196,6 +196,8 @@
       th.hidden = !!concern && th.dataset.concern !== concern;
       if (!th.hidden) shownCols.add(th.dataset.path);
     }
+    const table = document.querySelector("[data-matrix]");
+    if (table) table.classList.toggle("few", shownCols.size <= 3); // FEW_COLUMNS in render.ts
     let shown = 0;
     for (const row of sections()) {
       let any = false;

@@ -396,6 +396,9 @@ function filterForm(
 </form>`;
 }
 
+/** Up to this many visible columns, a cell's state text may use the width it has. */
+const FEW_COLUMNS = 3;
+
 /** The overview matrix: instances × actors, with the filter form above it. */
 export function renderMatrix(
   model: Pick<PageModel, "instances" | "clusterError">,
@@ -417,6 +420,7 @@ export function renderMatrix(
     }); showing this instance only.</p>`
     : "";
   const shown = model.instances.filter((i) => rowMatches(i, columns, filter)).length;
+  const visible = columns.filter((c) => !filter.concern || c.concern === filter.concern).length;
   const head = columns.map((c) => {
     const hidden = filter.concern && c.concern !== filter.concern ? " hidden" : "";
     return `<th scope="col" data-path="${e(c.path)}" data-concern="${e(c.concern)}" title="${
@@ -425,7 +429,9 @@ export function renderMatrix(
   }).join("");
   return `${warning}${
     options.noForm ? "" : filterForm(columns, filter, shown, options.linkParams ?? {})
-  }<div class="matrix-wrap"><table class="matrix" data-matrix>
+  }<div class="matrix-wrap"><table class="matrix${
+    visible <= FEW_COLUMNS ? " few" : ""
+  }" data-matrix>
 <caption>Each row is an instance, each column an actor; a cell shows the actor's status and state and opens its chart.</caption>
 <thead><tr><th scope="col">Instance</th>${head}</tr></thead>
 <tbody data-instances>${

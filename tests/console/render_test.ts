@@ -355,6 +355,19 @@ Deno.test("the matrix: a column per actor, filtered by concern and state", () =>
   assert.match(promoting, /class="cell status-active match" data-path="supervisor\/failover"/);
   assert.match(promoting, /<option value="failover" selected>/);
   assert.match(promoting, /name="state" value="promot"/);
+  // Up to three visible columns the state text may use the cell's width; more stay narrow.
+  assert.match(all, /<table class="matrix few"/);
+  const wide = instance("node-c", []);
+  wide.actors = [
+    ...b.actors,
+    ...["backup", "metrics", "sync"].map((c) => view(`supervisor/${c}`, c, "idle")),
+  ];
+  const many = { instances: [a, wide], clusterError: null };
+  assert.match(renderMatrix(many), /<table class="matrix" data-matrix>/);
+  assert.match(
+    renderMatrix(many, { filter: { concern: "failover", state: "" } }),
+    /<table class="matrix few"/,
+  );
 });
 
 Deno.test("formatting helpers", () => {
