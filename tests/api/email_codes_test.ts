@@ -7,10 +7,22 @@
  * instance's injected clock (moved forward, no sleep).
  */
 import assert from "node:assert/strict";
+import { createHash, createHmac } from "node:crypto";
 import { type SmtpServer, startPostgres, startSmtp } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
 import { type ConsoleNode, createAccount, startConsoleNode } from "../console/support.ts";
 import { createEmailCodeStore } from "../../store/email_codes.ts";
+import postgres from "postgres";
+import { createFactors } from "../../actors/sessions/factors.ts";
+import { createSmtpMailer } from "../../actors/sessions/mailer.ts";
+import { createRateLimiter } from "../../actors/sessions/rate_limit.ts";
+import { isRuntimeError } from "../../lib/errors.ts";
+import { silentLogger } from "../../lib/log.ts";
+import { migrate } from "../../store/migrations.ts";
+import { createMfaStore } from "../../store/mfa.ts";
+import { createKeyspace } from "../../store/redis.ts";
+import type { Sql } from "../../store/types.ts";
+import { createUser } from "../../store/users.ts";
 
 const PERSON = { username: "emil", password: "emil's password 1", role: "user" } as const;
 const ADDRESS = "emil@example.com";
@@ -123,10 +135,22 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
       const sent = await call("POST", "/auth/mfa/email/send", { challenge: start.body.challenge });
       assert.equal(sent.status, 200, JSON.stringify(sent.body));
       const code = codeOf((await message(2)).raw);
-      const stored = await node!.rt.db.sql<{ code_hash: Uint8Array }[]>`
-        SELECT code_hash FROM email_codes`;
+      // Stored as HMAC-SHA-256 of "<subject>\n<code>" under a key derived from RS_SECRET_KEY:
+      // recomputed here from the delivered code, the row's subject and the instance's key.
+      const stored = await node!.rt.db.sql<{ subject: string; code_hash: Uint8Array }[]>`
+        SELECT subject, code_hash FROM email_codes`;
       assert.equal(stored.length, 1);
-      assert.ok(!new TextDecoder().decode(stored[0].code_hash).includes(code));
+      assert.match(stored[0].subject, /^login:\S+$/, "bound to the login attempt");
+      const codeKey = createHmac("sha256", node!.rt.secretKey)
+        .update("rootstream email codes v1").digest();
+      const expected = createHmac("sha256", codeKey).update(`${stored[0].subject}\n${code}`)
+        .digest();
+      assert.deepEqual(new Uint8Array(stored[0].code_hash), new Uint8Array(expected));
+      assert.notDeepEqual(
+        new Uint8Array(stored[0].code_hash),
+        new Uint8Array(createHash("sha256").update(code).digest()),
+        "not a plain hash of the code",
+      );
       const wrong = String((Number(code) + 1) % 1_000_000).padStart(6, "0");
       const refused = await call("POST", "/auth/mfa/verify", {
         challenge: start.body.challenge,
@@ -286,5 +310,95 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
   } finally {
     await node?.stop();
     await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+Deno.test("e-mail code sends: the per-user and the per-address limit each refuse alone", async () => {
+  // Account addresses are unique, so through the API both limits count the same sends; two
+  // accounts whose factor uses one address (and limits that differ: 2 per user, 3 per
+  // address) tell them apart. The sessions service's factors, real SMTP, real PostgreSQL.
+  await using pg = await startPostgres();
+  await using smtp = await startSmtp();
+  const sql = postgres(await pg.createDatabase(), { max: 4, onnotice: () => {} }) as Sql;
+  const mailer = createSmtpMailer({ url: smtp.url, from: "RootStream <codes@rootstream.test>" });
+  try {
+    await migrate(sql);
+    const id = async (username: string) =>
+      (await createUser(sql, {
+        username,
+        email: `${username}@example.com`,
+        password: `${username}'s password 1`,
+      }, { hashing: { ln: 4 } })).id;
+    const [ann, ben, cat] = [await id("ann"), await id("ben"), await id("cat")];
+    let clock = Date.UTC(2030, 0, 1);
+    const now = () => clock;
+    const secretKey = new Uint8Array(32).fill(9);
+    const window = 15 * 60_000;
+    const factors = createFactors({
+      sql,
+      mfa: createMfaStore(sql, { secretKey, now }),
+      limiter: createRateLimiter({ redis: null, keyspace: createKeyspace("rslimit:"), now }),
+      now,
+      log: silentLogger,
+      secretKey,
+      webauthn: { rpId: "localhost", rpName: "RootStream", origins: ["http://localhost:8080"] },
+      mailer,
+      limits: {
+        emailPerUser: { limit: 2, windowMs: window },
+        emailPerAddress: { limit: 3, windowMs: window },
+      },
+    });
+    let n = 0;
+    const send = async (userId: number, address: string) => {
+      try {
+        await factors.sendCode(userId, address, `login:attempt-${++n}`, "sign in");
+        return "sent";
+      } catch (err) {
+        if (isRuntimeError(err) && err.code === "RATE_LIMITED") return "refused";
+        throw err;
+      }
+    };
+    const shared = "family@example.com";
+
+    assert.deepEqual([await send(ann, shared), await send(ann, shared)], ["sent", "sent"]);
+    assert.equal(
+      await send(ann, "ann.elsewhere@example.com"),
+      "refused",
+      "Ann's third send, to an address nobody used: the per-user limit alone refuses",
+    );
+    assert.equal(await send(ben, shared), "sent", "Ben's first, the address's third: allowed");
+    assert.equal(
+      await send(cat, "Family@Example.COM"),
+      "refused",
+      "Cat's first, the address's fourth (in other letters): the per-address limit alone refuses",
+    );
+    assert.equal(await send(cat, "cat@example.com"), "sent", "Cat's own counter still allows");
+
+    // A refused send neither mails nor stores a code (sendCode returns once the server took it).
+    assert.deepEqual(smtp.messages.map((m) => m.to), [[shared], [shared], [shared], [
+      "cat@example.com",
+    ]]);
+    const subjects = await sql<{ subject: string }[]>`
+      SELECT subject FROM email_codes ORDER BY subject`;
+    assert.deepEqual(subjects.map((r) => r.subject), [
+      "login:attempt-1",
+      "login:attempt-2",
+      "login:attempt-4",
+      "login:attempt-6",
+    ]);
+
+    // Both windows end 15 minutes after their first send.
+    clock += window;
+    assert.deepEqual(
+      [await send(ann, "ann.elsewhere@example.com"), await send(cat, shared)],
+      ["sent", "sent"],
+    );
+    assert.deepEqual(smtp.messages.slice(4).map((m) => m.to), [
+      ["ann.elsewhere@example.com"],
+      [shared],
+    ]);
+  } finally {
+    mailer.close();
+    await sql.end();
   }
 });
