@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash, createHmac } from "node:crypto";
-import { type SmtpServer, startPostgres, startSmtp } from "../harness/mod.ts";
+import { type SmtpServer, startPostgres, startSmtp, startSmtpTls } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
 import { type ConsoleNode, createAccount, startConsoleNode } from "../console/support.ts";
 import { createEmailCodeStore } from "../../store/email_codes.ts";
@@ -23,6 +23,7 @@ import { createMfaStore } from "../../store/mfa.ts";
 import { createKeyspace } from "../../store/redis.ts";
 import type { Sql } from "../../store/types.ts";
 import { createUser } from "../../store/users.ts";
+import { loadSessionsSettings } from "../../actors/sessions/settings.ts";
 
 const PERSON = { username: "emil", password: "emil's password 1", role: "user" } as const;
 const ADDRESS = "emil@example.com";
@@ -400,5 +401,122 @@ Deno.test("e-mail code sends: the per-user and the per-address limit each refuse
   } finally {
     mailer.close();
     await sql.end();
+  }
+});
+
+Deno.test("e-mail codes over STARTTLS with AUTH, the server's certificate from SMTP_CA_FILE", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "rs-smtp-tls-" });
+  await using pg = await startPostgres();
+  // A CA and a certificate for localhost made by openssl in `dir`; AUTH only over TLS.
+  await using smtp = await startSmtpTls({ dir, user: "mailer", pass: "mailer-s3cret" });
+  const smtpUrl = `smtp://mailer:mailer-s3cret@localhost:${smtp.port}`;
+  const from = "RootStream <codes@rootstream.test>";
+  const message = { to: ADDRESS, subject: "probe", text: "probe" };
+  let node: ConsoleNode | null = null;
+  try {
+    await t.step("the certificate is verified: without the CA the send fails", async () => {
+      const untrusting = createSmtpMailer({ url: smtpUrl, from });
+      try {
+        await assert.rejects(untrusting.send(message), (err) => {
+          assert.ok(isRuntimeError(err) && err.code === "EMAIL_SEND_FAILED", String(err));
+          // Deno's node:tls reports a refused certificate as "write UNKNOWN": the hint says where to look.
+          assert.match(err.message, /certificate is trusted \(SMTP_CA_FILE\)/);
+          return true;
+        });
+      } finally {
+        untrusting.close();
+      }
+      assert.equal(smtp.messages.length, 0);
+    });
+
+    await t.step("a wrong SMTP password fails the send", async () => {
+      const wrong = createSmtpMailer({
+        url: `smtp://mailer:wrong@localhost:${smtp.port}`,
+        from,
+        ca: await Deno.readTextFile(smtp.caFile),
+      });
+      try {
+        await assert.rejects(wrong.send(message), (err) => {
+          assert.ok(isRuntimeError(err) && err.code === "EMAIL_SEND_FAILED", String(err));
+          assert.match(err.message, /Invalid login|535/);
+          return true;
+        });
+      } finally {
+        wrong.close();
+      }
+      assert.equal(smtp.messages.length, 0);
+    });
+
+    await t.step("a password is never sent to a server without STARTTLS", async () => {
+      await using plain = await startSmtp();
+      const port = new URL(plain.url).port;
+      const clear = createSmtpMailer({
+        url: `smtp://mailer:mailer-s3cret@127.0.0.1:${port}`,
+        from,
+      });
+      try {
+        await assert.rejects(clear.send(message), (err) => {
+          assert.ok(isRuntimeError(err) && err.code === "EMAIL_SEND_FAILED", String(err));
+          assert.match(err.message, /STARTTLS/);
+          return true;
+        });
+      } finally {
+        clear.close();
+      }
+      assert.equal(plain.messages.length, 0);
+    });
+
+    await t.step("SMTP_CA_FILE must be a readable PEM file, and needs SMTP_URL", () => {
+      const problem = (env: Record<string, string>) => {
+        try {
+          loadSessionsSettings(env);
+        } catch (err) {
+          assert.ok(isRuntimeError(err) && err.code === "CONFIG_INVALID", String(err));
+          return err.message;
+        }
+        return "accepted";
+      };
+      assert.match(
+        problem({ SMTP_URL: smtpUrl, SMTP_CA_FILE: `${dir}/missing.pem` }),
+        /SMTP_CA_FILE: cannot read .*missing\.pem/,
+      );
+      assert.match(
+        problem({ SMTP_URL: smtpUrl, SMTP_CA_FILE: `${dir}/smtp.ext` }),
+        /SMTP_CA_FILE: .*smtp\.ext holds no PEM certificate/,
+      );
+      assert.match(problem({ SMTP_CA_FILE: smtp.caFile }), /SMTP_URL is not/);
+      assert.equal(problem({ SMTP_URL: smtpUrl, SMTP_CA_FILE: smtp.caFile }), "accepted");
+    });
+
+    await t.step("an instance turns e-mail codes on over STARTTLS + AUTH", async () => {
+      node = await startConsoleNode("mail-tls", {
+        databaseUrl: await pg.createDatabase(),
+        dataDir: dir,
+        env: { SMTP_URL: smtpUrl, SMTP_CA_FILE: smtp.caFile, SMTP_FROM: from },
+      });
+      await createAccount(node, PERSON);
+      const call = (method: string, path: string, body?: unknown, token?: string) =>
+        request(node!.url, { method, path, body, token });
+      const login = await call("POST", "/auth/login", {
+        login: PERSON.username,
+        password: PERSON.password,
+      });
+      const token = login.body.token ?? "";
+      assert.equal(
+        (await call("POST", "/auth/reauth", { password: PERSON.password }, token)).status,
+        200,
+      );
+      const sent = await call("POST", "/auth/mfa/email/enable", undefined, token);
+      assert.equal(sent.status, 200, JSON.stringify(sent.body));
+      const mail = await delivered(smtp, 1);
+      assert.deepEqual([mail.to, mail.secure, mail.user], [[ADDRESS], true, "mailer"]);
+      const confirmed = await call("POST", "/auth/mfa/email/confirm", {
+        code: codeOf(mail.raw),
+      }, token);
+      assert.deepEqual(confirmed, { status: 200, body: { enabled: true } });
+    });
+  } finally {
+    await (node as ConsoleNode | null)?.stop();
+    await Deno.remove(dir, { recursive: true });
   }
 });
