@@ -2,7 +2,8 @@
  * The e-mail sender of the sessions concern: nodemailer over SMTP (SMTP_URL; STARTTLS when
  * the server offers it, smtps:// for implicit TLS; the server's certificate verified against
  * the system's CAs, or SMTP_CA_FILE's). One transport per service, made on the first
- * message (nodemailer is loaded then: ~5 MB resident an idle instance need not carry), closed
+ * message (nodemailer is loaded then: ~7 MB resident an idle instance need not carry, `deno task bench
+ * imports`), closed
  * with the service.
  * @module
  */
