@@ -15,6 +15,7 @@ export const SUITES = [
   "failover",
   "metrics",
   "scale",
+  "imports",
 ] as const;
 
 async function exists(path: URL): Promise<boolean> {

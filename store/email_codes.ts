@@ -17,8 +17,12 @@ import type { Sql } from "./types.ts";
 
 /** The store returned by {@linkcode createEmailCodeStore}. */
 export interface EmailCodeStore {
-  /** The address codes go to when the factor is on, else null. */
-  address(userId: number): Promise<string | null>;
+  /**
+   * The address codes go to when the factor is on, else null. Inside a check, pass its `tx`:
+   * a query on the pool from a transaction holding the user's row lock would wait for a
+   * connection that the checks queued on that lock hold (the pool wedges).
+   */
+  address(userId: number, tx?: Tx): Promise<string | null>;
   /** Turns the factor on for `address` (proved by a code). */
   enable(userId: number, address: string, at: number): Promise<void>;
   /** Turns the factor off; false when it was off. */
@@ -44,9 +48,9 @@ export interface EmailCodeStore {
 /** Creates the e-mail code store on `sql`. */
 export function createEmailCodeStore(sql: Sql): EmailCodeStore {
   return {
-    address: (userId) =>
+    address: (userId, tx) =>
       guarded("read the e-mail factor", async () => {
-        const rows = await sql<{ address: string }[]>`
+        const rows = await (tx ?? sql)<{ address: string }[]>`
           SELECT address FROM user_email_mfa WHERE user_id = ${userId}`;
         return rows[0]?.address ?? null;
       }),

@@ -195,8 +195,9 @@ export interface MfaStore {
   /**
    * A check of another factor (passkey, e-mail code) under the same lockout and attempts
    * log as TOTP: in one transaction holding the user's row lock, refused unchecked while
-   * locked, else `verify` decides (and does its own writes in `tx`), and the outcome is
-   * logged and counted.
+   * locked, else `verify` decides (and does its own reads and writes in `tx`, never on the
+   * pool: holding the lock while waiting for a pool connection that the checks queued on the
+   * lock hold wedges the pool), and the outcome is logged and counted.
    */
   checkFactor(
     userId: number,

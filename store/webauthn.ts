@@ -70,8 +70,8 @@ export interface NewPasskey {
 export interface WebAuthnStore {
   /** A user's passkeys, oldest first. */
   list(userId: number): Promise<Passkey[]>;
-  /** How many passkeys a user has. */
-  count(userId: number): Promise<number>;
+  /** How many passkeys a user has (inside a check, in its `tx`: see EmailCodeStore.address). */
+  count(userId: number, tx?: Tx): Promise<number>;
   /** Adds a passkey; WEBAUTHN_CREDENTIAL_EXISTS when its id is registered already. */
   add(userId: number, passkey: NewPasskey, at: number): Promise<Passkey>;
   /** Removes one of the user's passkeys; false when it is not theirs (or gone). */
@@ -146,9 +146,9 @@ export function createWebAuthnStore(sql: Sql): WebAuthnStore {
           SELECT * FROM webauthn_credentials WHERE user_id = ${userId} ORDER BY id`;
         return rows.map(toPasskey);
       }),
-    count: (userId) =>
+    count: (userId, tx) =>
       guarded("count passkeys", async () => {
-        const [r] = await sql<{ n: number }[]>`
+        const [r] = await (tx ?? sql)<{ n: number }[]>`
           SELECT count(*)::int AS n FROM webauthn_credentials WHERE user_id = ${userId}`;
         return r.n;
       }),

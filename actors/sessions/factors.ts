@@ -215,7 +215,7 @@ export function createFactors(deps: FactorDeps): Factors {
     }, async (tx, at) => {
       const challenge = await passkeys.takeChallenge(subject, at, tx);
       const credential = await passkeys.lockCredential(tx, response.id);
-      if (!credential && input.userId !== null && await passkeys.count(owner) === 0) {
+      if (!credential && input.userId !== null && await passkeys.count(owner, tx) === 0) {
         return "not_enrolled";
       }
       if (!challenge || !credential || credential.userId !== owner) return "invalid";
@@ -272,7 +272,7 @@ export function createFactors(deps: FactorDeps): Factors {
       purpose: options.purpose,
       ipAddress: options.ipAddress,
     }, async (tx, at) => {
-      if (options.purpose !== "confirm" && await emailCodes.address(userId) === null) {
+      if (options.purpose !== "confirm" && await emailCodes.address(userId, tx) === null) {
         return "not_enrolled";
       }
       const r = await emailCodes.consume(tx, subject, {

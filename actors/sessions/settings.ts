@@ -34,8 +34,11 @@ export interface SessionsSettings {
     /** Origins a ceremony may come from (scheme://host[:port]). */
     origins: string[];
   };
-  /** E-mail codes: the SMTP server codes are sent through, or null (the factor is off). */
-  smtp: { url: string; from: string } | null;
+  /**
+   * E-mail codes: the SMTP server codes are sent through, or null (the factor is off). `ca`:
+   * PEM certificates (SMTP_CA_FILE) trusted for the server's TLS certificate, or null.
+   */
+  smtp: { url: string; from: string; ca: string | null } | null;
 }
 
 /** The variables of the sessions concern, documented. */
@@ -92,7 +95,13 @@ export const SESSIONS_SETTINGS: readonly SettingDoc[] = [
     env: "SMTP_URL",
     default: "(none: no code can be sent)",
     description:
-      "E-mail codes: the SMTP server, smtp://user:pass@host:587 (STARTTLS when offered) or smtps://host:465",
+      "E-mail codes: the SMTP server, smtp://user:pass@host:587 (STARTTLS when offered; required when the URL has credentials) or smtps://host:465",
+  },
+  {
+    env: "SMTP_CA_FILE",
+    default: "(none: the system's trusted CAs)",
+    description:
+      "E-mail codes: a PEM file of CA certificates the SMTP server's TLS certificate (STARTTLS or smtps://) is verified against, for a private or self-signed CA; verification stays on",
   },
   {
     env: "SMTP_FROM",
@@ -129,7 +138,24 @@ const schema = z.object({
     "an smtp:// or smtps:// URL",
   ).optional(),
   SMTP_FROM: z.string().min(3).max(254).default("RootStream <no-reply@localhost>"),
+  SMTP_CA_FILE: z.string().min(1).max(4096).optional(),
 });
+
+/** The PEM text of SMTP_CA_FILE, or a sentence saying why it cannot be used. */
+function readCaFile(path: string): { pem: string } | { problem: string } {
+  let pem: string;
+  try {
+    pem = Deno.readTextFileSync(path);
+  } catch (err) {
+    return { problem: `SMTP_CA_FILE: cannot read ${path}: ${(err as Error).message}` };
+  }
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+    return {
+      problem: `SMTP_CA_FILE: ${path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`,
+    };
+  }
+  return { pem };
+}
 
 /** Reads and validates the sessions settings; CONFIG_INVALID names every bad variable. */
 export function loadSessionsSettings(env: Record<string, string | undefined>): SessionsSettings {
@@ -147,6 +173,16 @@ export function loadSessionsSettings(env: Record<string, string | undefined>): S
         `(1 behind the shipped nginx; 0 when clients connect directly)`,
     );
   }
+  let ca: string | null = null;
+  if (rest.SMTP_CA_FILE !== undefined) {
+    if (rest.SMTP_URL === undefined) {
+      problems.push("SMTP_CA_FILE is set but SMTP_URL is not: set both, or neither");
+    } else {
+      const read = readCaFile(rest.SMTP_CA_FILE);
+      if ("problem" in read) problems.push(read.problem);
+      else ca = read.pem;
+    }
+  }
   // SMTP_URL may carry a password: its value is never shown (lib/settings.ts).
   const c = parseSettings(schema, rest, { extra: problems });
   return {
@@ -161,7 +197,7 @@ export function loadSessionsSettings(env: Record<string, string | undefined>): S
       rpName: c.WEBAUTHN_RP_NAME,
       origins: c.WEBAUTHN_ORIGIN.split(",").map((o) => o.trim()),
     },
-    smtp: c.SMTP_URL ? { url: c.SMTP_URL, from: c.SMTP_FROM } : null,
+    smtp: c.SMTP_URL ? { url: c.SMTP_URL, from: c.SMTP_FROM, ca } : null,
   };
 }
 

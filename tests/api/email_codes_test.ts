@@ -7,10 +7,23 @@
  * instance's injected clock (moved forward, no sleep).
  */
 import assert from "node:assert/strict";
-import { type SmtpServer, startPostgres, startSmtp } from "../harness/mod.ts";
+import { createHash, createHmac } from "node:crypto";
+import { type SmtpServer, startPostgres, startSmtp, startSmtpTls } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
 import { type ConsoleNode, createAccount, startConsoleNode } from "../console/support.ts";
 import { createEmailCodeStore } from "../../store/email_codes.ts";
+import postgres from "postgres";
+import { createFactors } from "../../actors/sessions/factors.ts";
+import { createSmtpMailer } from "../../actors/sessions/mailer.ts";
+import { createRateLimiter } from "../../actors/sessions/rate_limit.ts";
+import { isRuntimeError } from "../../lib/errors.ts";
+import { silentLogger } from "../../lib/log.ts";
+import { migrate } from "../../store/migrations.ts";
+import { createMfaStore } from "../../store/mfa.ts";
+import { createKeyspace } from "../../store/redis.ts";
+import type { Sql } from "../../store/types.ts";
+import { createUser } from "../../store/users.ts";
+import { loadSessionsSettings } from "../../actors/sessions/settings.ts";
 
 const PERSON = { username: "emil", password: "emil's password 1", role: "user" } as const;
 const ADDRESS = "emil@example.com";
@@ -123,10 +136,22 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
       const sent = await call("POST", "/auth/mfa/email/send", { challenge: start.body.challenge });
       assert.equal(sent.status, 200, JSON.stringify(sent.body));
       const code = codeOf((await message(2)).raw);
-      const stored = await node!.rt.db.sql<{ code_hash: Uint8Array }[]>`
-        SELECT code_hash FROM email_codes`;
+      // Stored as HMAC-SHA-256 of "<subject>\n<code>" under a key derived from RS_SECRET_KEY:
+      // recomputed here from the delivered code, the row's subject and the instance's key.
+      const stored = await node!.rt.db.sql<{ subject: string; code_hash: Uint8Array }[]>`
+        SELECT subject, code_hash FROM email_codes`;
       assert.equal(stored.length, 1);
-      assert.ok(!new TextDecoder().decode(stored[0].code_hash).includes(code));
+      assert.match(stored[0].subject, /^login:\S+$/, "bound to the login attempt");
+      const codeKey = createHmac("sha256", node!.rt.secretKey)
+        .update("rootstream email codes v1").digest();
+      const expected = createHmac("sha256", codeKey).update(`${stored[0].subject}\n${code}`)
+        .digest();
+      assert.deepEqual(new Uint8Array(stored[0].code_hash), new Uint8Array(expected));
+      assert.notDeepEqual(
+        new Uint8Array(stored[0].code_hash),
+        new Uint8Array(createHash("sha256").update(code).digest()),
+        "not a plain hash of the code",
+      );
       const wrong = String((Number(code) + 1) % 1_000_000).padStart(6, "0");
       const refused = await call("POST", "/auth/mfa/verify", {
         challenge: start.body.challenge,
@@ -286,5 +311,212 @@ Deno.test("e-mail codes over SMTP: enable, sign in, single use, rate limit, lock
   } finally {
     await node?.stop();
     await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+Deno.test("e-mail code sends: the per-user and the per-address limit each refuse alone", async () => {
+  // Account addresses are unique, so through the API both limits count the same sends; two
+  // accounts whose factor uses one address (and limits that differ: 2 per user, 3 per
+  // address) tell them apart. The sessions service's factors, real SMTP, real PostgreSQL.
+  await using pg = await startPostgres();
+  await using smtp = await startSmtp();
+  const sql = postgres(await pg.createDatabase(), { max: 4, onnotice: () => {} }) as Sql;
+  const mailer = createSmtpMailer({ url: smtp.url, from: "RootStream <codes@rootstream.test>" });
+  try {
+    await migrate(sql);
+    const id = async (username: string) =>
+      (await createUser(sql, {
+        username,
+        email: `${username}@example.com`,
+        password: `${username}'s password 1`,
+      }, { hashing: { ln: 4 } })).id;
+    const [ann, ben, cat] = [await id("ann"), await id("ben"), await id("cat")];
+    let clock = Date.UTC(2030, 0, 1);
+    const now = () => clock;
+    const secretKey = new Uint8Array(32).fill(9);
+    const window = 15 * 60_000;
+    const factors = createFactors({
+      sql,
+      mfa: createMfaStore(sql, { secretKey, now }),
+      limiter: createRateLimiter({ redis: null, keyspace: createKeyspace("rslimit:"), now }),
+      now,
+      log: silentLogger,
+      secretKey,
+      webauthn: { rpId: "localhost", rpName: "RootStream", origins: ["http://localhost:8080"] },
+      mailer,
+      limits: {
+        emailPerUser: { limit: 2, windowMs: window },
+        emailPerAddress: { limit: 3, windowMs: window },
+      },
+    });
+    let n = 0;
+    const send = async (userId: number, address: string) => {
+      try {
+        await factors.sendCode(userId, address, `login:attempt-${++n}`, "sign in");
+        return "sent";
+      } catch (err) {
+        if (isRuntimeError(err) && err.code === "RATE_LIMITED") return "refused";
+        throw err;
+      }
+    };
+    const shared = "family@example.com";
+
+    assert.deepEqual([await send(ann, shared), await send(ann, shared)], ["sent", "sent"]);
+    assert.equal(
+      await send(ann, "ann.elsewhere@example.com"),
+      "refused",
+      "Ann's third send, to an address nobody used: the per-user limit alone refuses",
+    );
+    assert.equal(await send(ben, shared), "sent", "Ben's first, the address's third: allowed");
+    assert.equal(
+      await send(cat, "Family@Example.COM"),
+      "refused",
+      "Cat's first, the address's fourth (in other letters): the per-address limit alone refuses",
+    );
+    assert.equal(await send(cat, "cat@example.com"), "sent", "Cat's own counter still allows");
+
+    // A refused send neither mails nor stores a code (sendCode returns once the server took it).
+    assert.deepEqual(smtp.messages.map((m) => m.to), [[shared], [shared], [shared], [
+      "cat@example.com",
+    ]]);
+    const subjects = await sql<{ subject: string }[]>`
+      SELECT subject FROM email_codes ORDER BY subject`;
+    assert.deepEqual(subjects.map((r) => r.subject), [
+      "login:attempt-1",
+      "login:attempt-2",
+      "login:attempt-4",
+      "login:attempt-6",
+    ]);
+
+    // Both windows end 15 minutes after their first send.
+    clock += window;
+    assert.deepEqual(
+      [await send(ann, "ann.elsewhere@example.com"), await send(cat, shared)],
+      ["sent", "sent"],
+    );
+    assert.deepEqual(smtp.messages.slice(4).map((m) => m.to), [
+      ["ann.elsewhere@example.com"],
+      [shared],
+    ]);
+  } finally {
+    mailer.close();
+    await sql.end();
+  }
+});
+
+Deno.test("e-mail codes over STARTTLS with AUTH, the server's certificate from SMTP_CA_FILE", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "rs-smtp-tls-" });
+  await using pg = await startPostgres();
+  // A CA and a certificate for localhost made by openssl in `dir`; AUTH only over TLS.
+  await using smtp = await startSmtpTls({ dir, user: "mailer", pass: "mailer-s3cret" });
+  const smtpUrl = `smtp://mailer:mailer-s3cret@localhost:${smtp.port}`;
+  const from = "RootStream <codes@rootstream.test>";
+  const message = { to: ADDRESS, subject: "probe", text: "probe" };
+  let node: ConsoleNode | null = null;
+  try {
+    await t.step("the certificate is verified: without the CA the send fails", async () => {
+      const untrusting = createSmtpMailer({ url: smtpUrl, from });
+      try {
+        await assert.rejects(untrusting.send(message), (err) => {
+          assert.ok(isRuntimeError(err) && err.code === "EMAIL_SEND_FAILED", String(err));
+          // Deno's node:tls reports a refused certificate as "write UNKNOWN": the hint says where to look.
+          assert.match(err.message, /certificate is trusted \(SMTP_CA_FILE\)/);
+          return true;
+        });
+      } finally {
+        untrusting.close();
+      }
+      assert.equal(smtp.messages.length, 0);
+    });
+
+    await t.step("a wrong SMTP password fails the send", async () => {
+      const wrong = createSmtpMailer({
+        url: `smtp://mailer:wrong@localhost:${smtp.port}`,
+        from,
+        ca: await Deno.readTextFile(smtp.caFile),
+      });
+      try {
+        await assert.rejects(wrong.send(message), (err) => {
+          assert.ok(isRuntimeError(err) && err.code === "EMAIL_SEND_FAILED", String(err));
+          assert.match(err.message, /Invalid login|535/);
+          return true;
+        });
+      } finally {
+        wrong.close();
+      }
+      assert.equal(smtp.messages.length, 0);
+    });
+
+    await t.step("a password is never sent to a server without STARTTLS", async () => {
+      await using plain = await startSmtp();
+      const port = new URL(plain.url).port;
+      const clear = createSmtpMailer({
+        url: `smtp://mailer:mailer-s3cret@127.0.0.1:${port}`,
+        from,
+      });
+      try {
+        await assert.rejects(clear.send(message), (err) => {
+          assert.ok(isRuntimeError(err) && err.code === "EMAIL_SEND_FAILED", String(err));
+          assert.match(err.message, /STARTTLS/);
+          return true;
+        });
+      } finally {
+        clear.close();
+      }
+      assert.equal(plain.messages.length, 0);
+    });
+
+    await t.step("SMTP_CA_FILE must be a readable PEM file, and needs SMTP_URL", () => {
+      const problem = (env: Record<string, string>) => {
+        try {
+          loadSessionsSettings(env);
+        } catch (err) {
+          assert.ok(isRuntimeError(err) && err.code === "CONFIG_INVALID", String(err));
+          return err.message;
+        }
+        return "accepted";
+      };
+      assert.match(
+        problem({ SMTP_URL: smtpUrl, SMTP_CA_FILE: `${dir}/missing.pem` }),
+        /SMTP_CA_FILE: cannot read .*missing\.pem/,
+      );
+      assert.match(
+        problem({ SMTP_URL: smtpUrl, SMTP_CA_FILE: `${dir}/smtp.ext` }),
+        /SMTP_CA_FILE: .*smtp\.ext holds no PEM certificate/,
+      );
+      assert.match(problem({ SMTP_CA_FILE: smtp.caFile }), /SMTP_URL is not/);
+      assert.equal(problem({ SMTP_URL: smtpUrl, SMTP_CA_FILE: smtp.caFile }), "accepted");
+    });
+
+    await t.step("an instance turns e-mail codes on over STARTTLS + AUTH", async () => {
+      node = await startConsoleNode("mail-tls", {
+        databaseUrl: await pg.createDatabase(),
+        dataDir: dir,
+        env: { SMTP_URL: smtpUrl, SMTP_CA_FILE: smtp.caFile, SMTP_FROM: from },
+      });
+      await createAccount(node, PERSON);
+      const call = (method: string, path: string, body?: unknown, token?: string) =>
+        request(node!.url, { method, path, body, token });
+      const login = await call("POST", "/auth/login", {
+        login: PERSON.username,
+        password: PERSON.password,
+      });
+      const token = login.body.token ?? "";
+      assert.equal(
+        (await call("POST", "/auth/reauth", { password: PERSON.password }, token)).status,
+        200,
+      );
+      const sent = await call("POST", "/auth/mfa/email/enable", undefined, token);
+      assert.equal(sent.status, 200, JSON.stringify(sent.body));
+      const mail = await delivered(smtp, 1);
+      assert.deepEqual([mail.to, mail.secure, mail.user], [[ADDRESS], true, "mailer"]);
+      const confirmed = await call("POST", "/auth/mfa/email/confirm", {
+        code: codeOf(mail.raw),
+      }, token);
+      assert.deepEqual(confirmed, { status: 200, body: { enabled: true } });
+    });
+  } finally {
+    await (node as ConsoleNode | null)?.stop();
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -28,6 +28,7 @@ Deno.test("passkey and SMTP settings", async (t) => {
     assert.deepEqual(s.smtp, {
       url: "smtps://codes:secret@mail.example.com:465",
       from: "RootStream <codes@example.com>",
+      ca: null,
     });
   });
 

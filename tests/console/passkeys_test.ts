@@ -1,7 +1,8 @@
 /**
  * Passkeys end to end in headless Chromium with the DevTools virtual authenticator
  * (CDP `WebAuthn.*`): a person registers a passkey (after re-authenticating), signs in with
- * it alone and as the second factor after the password; a cloned authenticator (the same
+ * it alone and as the second factor after the password, adds a second one from another
+ * authenticator (both listed, either signs in, one removed after a re-authentication); a cloned authenticator (the same
  * key with a lower signature counter) is refused, a replayed answer is refused, an
  * answer made on another origin is refused, and an authenticator that cannot verify its
  * user is refused as a passwordless login but taken as the second factor after a password.
@@ -397,6 +398,81 @@ Deno.test("passkeys in a browser: register, sign in, clones, replays and other o
         });
       }
     });
+
+    await t.step(
+      "a second passkey on a second authenticator: both listed, both sign in, one removed",
+      async () => {
+        // Signed in with the first passkey, re-authenticated with it.
+        const signedIn = await run<Outcome>(
+          page,
+          `
+        const start = await rsPasskey.post("/auth/login", { login: arg.u, password: arg.p });
+        await rsPasskey.secondFactor(start.challenge);
+        await rsPasskey.reauth(arg.p);
+        return (await (await fetch("/auth/me")).json()).user.username;`,
+          { u: PERSON.username, p: PERSON.password },
+        );
+        assert.deepEqual(signedIn, { ok: true, value: PERSON.username });
+        // A security key: a second virtual authenticator, alone in its own browser context
+        // (so the browser cannot answer with the first one), in the same session (its cookie).
+        const key = await pageWithAuthenticator(browser, `${origin}/login`);
+        try {
+          await key.page.context().addCookies(await page.context().cookies());
+          const reg = await run<Outcome<{ passkey: { name: string } }>>(
+            key.page,
+            `return await rsPasskey.register("security key");`,
+          );
+          assert.equal(reg.ok && reg.value.passkey.name, "security key", JSON.stringify(reg));
+          const held = await key.cdp.send("WebAuthn.getCredentials", {
+            authenticatorId: key.authenticatorId,
+          }) as { credentials: CdpCredential[] };
+          assert.equal(held.credentials.length, 1);
+          assert.notEqual(held.credentials[0].credentialId, credential!.credentialId);
+          const list = await run<Outcome<{ passkeys: { id: number; name: string }[] }>>(
+            page,
+            `return await (await fetch("/auth/passkeys")).json();`,
+          );
+          assert.ok(list.ok, JSON.stringify(list));
+          assert.deepEqual(list.value.passkeys.map((p) => p.name), ["laptop", "security key"]);
+          const securityKey = list.value.passkeys[1];
+
+          // Either signs in alone, each from its own authenticator.
+          const signInWith = (p: Page) =>
+            run<Outcome<string>>(
+              p,
+              `
+            await rsPasskey.post("/auth/logout").catch(() => null);
+            await rsPasskey.login();
+            return (await (await fetch("/auth/me")).json()).user.username;`,
+            );
+          assert.deepEqual(await signInWith(key.page), { ok: true, value: PERSON.username });
+          assert.deepEqual(await signInWith(page), { ok: true, value: PERSON.username });
+
+          // The security key is removed after a re-authentication (with the laptop's passkey).
+          const removed = await run<Outcome<{ refused: number; status: number; left: string[] }>>(
+            page,
+            `
+          const refused = (await fetch("/auth/passkeys/" + arg.id, { method: "DELETE" })).status;
+          await rsPasskey.reauth(arg.p);
+          const status = (await fetch("/auth/passkeys/" + arg.id, { method: "DELETE" })).status;
+          const list = await (await fetch("/auth/passkeys")).json();
+          return { refused, status, left: list.passkeys.map((p) => p.name) };`,
+            { id: securityKey.id, p: PERSON.password },
+          );
+          assert.deepEqual(removed, {
+            ok: true,
+            value: { refused: 403, status: 200, left: ["laptop"] },
+          });
+          // The removed one signs in no more; the other still does.
+          const gone = await signInWith(key.page);
+          assert.equal(!gone.ok && gone.code, "MFA_INVALID_CODE", JSON.stringify(gone));
+          assert.deepEqual(await signInWith(page), { ok: true, value: PERSON.username });
+          await run(page, `return await rsPasskey.post("/auth/logout");`);
+        } finally {
+          await key.close();
+        }
+      },
+    );
 
     await t.step("the passkey is removed after a re-authentication with it", async () => {
       const [{ id }] = await sql<{ id: string }[]>`SELECT id FROM webauthn_credentials`;

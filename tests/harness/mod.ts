@@ -34,4 +34,11 @@ export {
   type RedisClusterServer,
   startRedisCluster,
 } from "./redis_cluster.ts";
-export { type DeliveredMail, type SmtpServer, startSmtp } from "./smtp.ts";
+export {
+  type DeliveredMail,
+  type SmtpServer,
+  type SmtpTlsOptions,
+  type SmtpTlsServer,
+  startSmtp,
+  startSmtpTls,
+} from "./smtp.ts";

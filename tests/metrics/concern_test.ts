@@ -208,6 +208,21 @@ Deno.test("metrics concern in a running instance", async (t) => {
       assert.equal(JSON.parse(bad.text).error.code, "VALIDATION_FAILED");
     });
 
+    await t.step("the console page links the plan's seven dashboards", async () => {
+      const res = await get(`${rt.url}/`);
+      assert.equal(res.status, 200);
+      assert.match(res.type ?? "", /^text\/html/);
+      assert.doesNotMatch(res.text, /Dashboards unavailable/);
+      for (
+        const name of ["sessions", "mfa", "backup", "replication", "database", "cache", "system"]
+      ) {
+        assert.ok(
+          res.text.includes(`<a href="/dashboards/${name}">/dashboards/${name}</a>`),
+          `the console links /dashboards/${name}`,
+        );
+      }
+    });
+
     await t.step("an alert fires and resolves: log, webhook and cluster event", async () => {
       await updateViewerCount(rt.db.sql, stream.id, { viewers: 150 });
       await eventually(async () => {
