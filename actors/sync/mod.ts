@@ -41,6 +41,7 @@ export function syncActorSpec(node: SyncNode, settings: Partial<SyncSettings> = 
     input: () => ({
       instanceId: node.instanceId,
       headsMs: settings.headsMs,
+      keepAliveMs: settings.keepAliveMs,
       snapshotMs: settings.snapshotMs,
       repairRetryMs: settings.repairRetryMs,
     }),
@@ -87,7 +88,10 @@ export function createSyncParts(
     log: runtime.log,
     now: runtime.now,
     giveUpMs: settings.giveUpMs,
-    originLiveMs: Math.max(3 * (settings.headsMs ?? 1000), 2000),
+    // Whether a peer is alive is membership's; without it (tests), heard from within two
+    // keep-alives and a bit.
+    members: runtime.members ?? null,
+    originLiveMs: 2 * (settings.keepAliveMs ?? 10_000) + (settings.headsMs ?? 1000),
     ...node,
   });
   const streams = sync.cache<Stream | null>("streams", {

@@ -23,13 +23,31 @@ import { type FetchReply, fetchReplySchema, type FetchRequest, SYNC_ACTOR } from
 /** Bytes of batch and entity JSON one `sync.fetch` reply carries at most. */
 const REPLY_BUDGET = 48_000;
 
-/** True while `origin` speaks (heads or batches lately) and is its instance's current origin. */
+/**
+ * True while `instance` is a live member of the cluster (membership's view, which notices a
+ * dead instance within its detection time); true when membership is not known.
+ */
+function instanceLive(deps: SyncDeps, instance: string): boolean {
+  return deps.members?.live()?.has(instance) ?? true;
+}
+
+/**
+ * True while `origin`'s instance is alive and runs this origin. Alive is what cluster
+ * membership says; without membership (no Redis, tests), the origin must have spoken
+ * (heads or batches) within `originLiveMs`. An origin's sequence known from its last
+ * announcement stays valid until it announces another: announcements are not heartbeats.
+ */
 function originLive(deps: SyncDeps, origin: string): boolean {
   const d = deps.data;
-  const heard = d.originHeard.get(origin);
-  if (heard === undefined || deps.now() - heard > deps.originLiveMs) return false;
-  // A newer incarnation on the same instance means this one is gone.
   const inst = d.originInstance.get(origin);
+  const live = deps.members?.live() ?? null;
+  if (live) {
+    if (!inst || !live.has(inst)) return false;
+  } else {
+    const heard = d.originHeard.get(origin);
+    if (heard === undefined || deps.now() - heard > deps.originLiveMs) return false;
+  }
+  // A newer incarnation on the same instance means this one is gone.
   const peer = inst ? d.peers.get(inst) : undefined;
   return !peer || peer.origin === origin;
 }
@@ -97,7 +115,10 @@ export async function repair(
     if (home && home !== deps.instanceId && originLive(deps, o)) candidates.push(home);
     const need = left[left.length - 1];
     for (const [inst, p] of d.peers) {
-      if (inst !== deps.instanceId && !candidates.includes(inst) && (p.contig[o] ?? 0) >= need) {
+      if (
+        inst !== deps.instanceId && !candidates.includes(inst) && (p.contig[o] ?? 0) >= need &&
+        instanceLive(deps, inst)
+      ) {
         candidates.push(inst);
       }
     }

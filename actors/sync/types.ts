@@ -103,7 +103,13 @@ export interface SyncNodeOptions {
   giveUpMs?: number;
   /** Timeout of a `sync.fetch` request (ms). */
   peerTimeoutMs?: number;
-  /** An origin not heard from for this long counts as gone (ms). */
+  /**
+   * The live instances as cluster membership knows them: an origin is live while its
+   * instance is (and runs no newer origin). Without it (no Redis, tests), an origin counts
+   * as live while heard from within `originLiveMs`.
+   */
+  members?: { live(): ReadonlySet<string> | null } | null;
+  /** Without `members`: an origin not heard from for this long counts as gone (ms). */
   originLiveMs?: number;
   /** Origin id to use (tests); default `<instanceId>~<random>`. */
   origin?: string;
