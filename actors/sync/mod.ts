@@ -88,10 +88,10 @@ export function createSyncParts(
     log: runtime.log,
     now: runtime.now,
     giveUpMs: settings.giveUpMs,
-    // Whether a peer is alive is membership's; without it (tests), heard from within two
-    // keep-alives and a bit.
+    // Whether a peer is alive is membership's; an origin silent for three keep-alives is
+    // gone too (its instance heartbeats, its sync node does not).
     members: runtime.members ?? null,
-    originLiveMs: 2 * (settings.keepAliveMs ?? 10_000) + (settings.headsMs ?? 1000),
+    originLiveMs: 3 * (settings.keepAliveMs ?? 10_000) + (settings.headsMs ?? 1000),
     ...node,
   });
   const streams = sync.cache<Stream | null>("streams", {

@@ -33,20 +33,19 @@ function instanceLive(deps: SyncDeps, instance: string): boolean {
 
 /**
  * True while `origin`'s instance is alive and runs this origin. Alive is what cluster
- * membership says; without membership (no Redis, tests), the origin must have spoken
- * (heads or batches) within `originLiveMs`. An origin's sequence known from its last
- * announcement stays valid until it announces another: announcements are not heartbeats.
+ * membership says (a dead instance is known within its detection time); besides, the origin
+ * must have spoken (a batch or an announcement) within `originLiveMs` — several keep-alives —
+ * which only catches a sync node stopped on an instance that still heartbeats. An origin's
+ * sequence known from its last announcement stays valid until it announces another:
+ * announcements are not heartbeats.
  */
 function originLive(deps: SyncDeps, origin: string): boolean {
   const d = deps.data;
   const inst = d.originInstance.get(origin);
   const live = deps.members?.live() ?? null;
-  if (live) {
-    if (!inst || !live.has(inst)) return false;
-  } else {
-    const heard = d.originHeard.get(origin);
-    if (heard === undefined || deps.now() - heard > deps.originLiveMs) return false;
-  }
+  if (live && (!inst || !live.has(inst))) return false;
+  const heard = d.originHeard.get(origin);
+  if (heard === undefined || deps.now() - heard > deps.originLiveMs) return false;
   // A newer incarnation on the same instance means this one is gone.
   const peer = inst ? d.peers.get(inst) : undefined;
   return !peer || peer.origin === origin;

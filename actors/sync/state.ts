@@ -195,8 +195,8 @@ export interface SyncDeps {
   peerTimeoutMs: number;
   originLiveMs: number;
   /**
-   * The live instances as cluster membership knows them (null: not known yet); without it
-   * an origin counts as live while heard within `originLiveMs`.
+   * The live instances as cluster membership knows them (null: not known yet); an origin
+   * counts as live while its instance is and it was heard from within `originLiveMs`.
    */
   members: { live(): ReadonlySet<string> | null } | null;
   /** Prefix of this origin's batch JSON: its own batches coming back are skipped unparsed. */
@@ -262,7 +262,7 @@ export function createSyncDeps(options: SyncNodeOptions): SyncDeps {
     batchBytes: options.batchBytes ?? 32_000,
     giveUpMs: options.giveUpMs ?? 30_000,
     peerTimeoutMs: options.peerTimeoutMs ?? 1000,
-    originLiveMs: options.originLiveMs ?? 25_000,
+    originLiveMs: options.originLiveMs ?? 31_000,
     members: options.members ?? null,
     selfPrefix: `{"v":1,"o":${JSON.stringify(origin)},`,
     data: {

@@ -105,11 +105,13 @@ export interface SyncNodeOptions {
   peerTimeoutMs?: number;
   /**
    * The live instances as cluster membership knows them: an origin is live while its
-   * instance is (and runs no newer origin). Without it (no Redis, tests), an origin counts
-   * as live while heard from within `originLiveMs`.
+   * instance is (and runs no newer origin).
    */
   members?: { live(): ReadonlySet<string> | null } | null;
-  /** Without `members`: an origin not heard from for this long counts as gone (ms). */
+  /**
+   * An origin not heard from (batches, announcements) for this long counts as gone even if
+   * its instance is live (ms; a few keep-alives).
+   */
   originLiveMs?: number;
   /** Origin id to use (tests); default `<instanceId>~<random>`. */
   origin?: string;

@@ -196,6 +196,7 @@ export async function startTestNode(name: string, options: TestNodeOptions): Pro
     giveUpMs: 2000,
     peerTimeoutMs: 500,
     members: membership,
+    originLiveMs: 3 * (options.settings?.keepAliveMs ?? 1000) + 200,
     ...options.node,
   });
   local.spec = syncActorSpec(node, {
