@@ -351,6 +351,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       bus,
       transport,
       leases,
+      ...(membership ? { members: membership } : {}),
       secretKey: secret.key,
       messageAuth,
       now: options.now ?? Date.now,

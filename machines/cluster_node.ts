@@ -69,12 +69,16 @@ function errorText(error: unknown): string {
   return String((error as Error)?.message ?? error);
 }
 
-function diff(before: string[], after: string[]): { joined: string[]; left: string[] } {
+function diff(
+  before: string[],
+  after: string[],
+): { joined: string[]; left: string[]; members: string[] } {
   const a = new Set(before);
   const b = new Set(after);
   return {
     joined: after.filter((m) => !a.has(m)),
     left: before.filter((m) => !b.has(m)),
+    members: after,
   };
 }
 
@@ -112,8 +116,14 @@ export const clusterNodeMachine = setup({
     deregister: fromPromise<void, { instanceId: string }>(() => Promise.resolve()),
   },
   actions: {
-    /** Told with the ids that appeared and disappeared since the last answer. */
-    membershipChanged: (_, _params: { joined: string[]; left: string[] }) => {},
+    /**
+     * Told with the ids that appeared and disappeared since the last answer, and the whole
+     * live list after it (a restarted chart's first answer lists everyone as joined).
+     */
+    membershipChanged: (
+      _,
+      _params: { joined: string[]; left: string[]; members: string[] },
+    ) => {},
     /** Keeps the list and cursor an answer brought. */
     recordAnswer: assign({
       members: ({ event }) => answerOf(event).members,

@@ -13,9 +13,14 @@
  *   only failed publishes (→ down), while down only successful ones (→ up). Coming back up,
  *   or a resubscription nobody's publish noticed, resynchronises: caches are cleared and
  *   every peer is asked to announce its sequences.
- * - `heads`: every `headsMs` the node announces how far it got per origin, so a peer that
- *   lost the *last* message of an origin notices too; a peer's request is answered within
- *   `answerMs` of the previous announcement.
+ * - `heads`: the node announces how far it got per origin when its own sequence moved (at
+ *   most once per `headsMs`: a peer that lost an origin's *last* batch notices within
+ *   `headsMs`), else every `keepAliveMs` (a backstop for an announcement lost too). Once
+ *   caught up (or after `keepAliveMs` at the latest) it greets its peers with an
+ *   announcement that asks every peer to announce at once, so a joining node learns every
+ *   peer's heads without waiting; a peer's request is answered within `answerMs` of the
+ *   previous announcement. Whether a peer is alive is cluster membership's, not read from
+ *   how recently it announced, so an idle cluster is quiet.
  * - `snapshots`: standby ⇄ active as the `sync-snapshots` lease says. Only the holder
  *   writes periodic snapshot rounds, fenced by its token, and only once caught up.
  *
@@ -32,8 +37,10 @@ import { assign, fromCallback, fromPromise, setup, type SnapshotFrom, stateIn } 
 export interface SyncNodeInput {
   /** This instance's id. */
   instanceId: string;
-  /** Period of sequence announcements (ms, default 1000). */
+  /** Least time between two announcements after this node's sequence moved (ms, default 1000). */
   headsMs?: number;
+  /** Announcement period while nothing moved (ms, default 10000). */
+  keepAliveMs?: number;
   /** Period of snapshot rounds while holding the snapshot role (ms, default 10000). */
   snapshotMs?: number;
   /** Pause before retrying a repair that left gaps (ms, default 250). */
@@ -110,6 +117,7 @@ export interface SyncLinkWatchInput {
 export interface SyncNodeContext {
   instanceId: string;
   headsMs: number;
+  keepAliveMs: number;
   snapshotMs: number;
   repairRetryMs: number;
   retryMs: number;
@@ -130,8 +138,8 @@ export interface SyncNodeContext {
   failures: number;
   /** When the last announcement was made (injected clock, ms), or null before the first. */
   lastAnnounceAt: number | null;
-  /** How long the pending answer to a peer's request waits (ms). */
-  answerDelayMs: number;
+  /** How long a due announcement (a peer's request, or this node's moved sequence) waits (ms). */
+  announceDelayMs: number;
   /** Last error seen. */
   lastError: string | null;
   /** Why the node is where it is. */
@@ -142,7 +150,7 @@ export interface SyncNodeContext {
  * Events of the sync node, each a fact an invoked effect observed: `detectGaps` sends
  * `sync.gap`; `watchLink` sends `sync.link_lost`, `sync.link_back` and
  * `sync.resubscribed`; `watchRole` sends `sync.role`; `watchRequests` sends
- * `sync.heads_wanted`.
+ * `sync.heads_wanted`; `watchSequence` sends `sync.heads_moved`.
  */
 export type SyncNodeEvent =
   | { type: "sync.gap"; missing: number }
@@ -150,7 +158,8 @@ export type SyncNodeEvent =
   | { type: "sync.link_back" }
   | { type: "sync.resubscribed" }
   | { type: "sync.role"; token: number | null }
-  | { type: "sync.heads_wanted"; at: number };
+  | { type: "sync.heads_wanted"; at: number }
+  | { type: "sync.heads_moved"; at: number };
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
@@ -189,6 +198,11 @@ const syncNodeSetup = setup({
     watchRole: fromCallback<SyncNodeEvent>(() => () => {}),
     /** Reports `sync.heads_wanted` when a peer asks every node to announce. */
     watchRequests: fromCallback<SyncNodeEvent>(() => () => {}),
+    /**
+     * Reports `sync.heads_moved` when this node sealed a batch its last announcement does not
+     * show (at once if one is pending when invoked).
+     */
+    watchSequence: fromCallback<SyncNodeEvent>(() => () => {}),
   },
   actions: {
     /** Lets the node answer `stats()` from this chart (the one place its phase lives). */
@@ -246,10 +260,12 @@ const syncNodeSetup = setup({
     })),
     recordLinkBack: assign({ reason: "pub/sub link back; resynchronising with peers" }),
     recordAnnounced: assign((_, p: SyncAnnounceOutput) => ({ lastAnnounceAt: p.at })),
-    /** A peer's request waits until `answerMs` after the previous announcement. */
-    scheduleAnswer: assign(({ context }, p: { at: number }) => ({
-      answerDelayMs: context.answerMs - (p.at - (context.lastAnnounceAt ?? p.at)),
+    /** A due announcement waits until `gapMs` after the previous one. */
+    scheduleAnnounce: assign(({ context }, p: { at: number; gapMs: number }) => ({
+      announceDelayMs: Math.max(0, p.gapMs - (p.at - (context.lastAnnounceAt ?? p.at))),
     })),
+    /** A failed announcement is tried again after `headsMs`. */
+    scheduleRetry: assign(({ context }) => ({ announceDelayMs: context.headsMs })),
     recordRole: assign((_, p: { token: number | null }) => ({ roleToken: p.token })),
     recordSnapshot: assign(({ context }, p: SyncSnapshotOutput) => ({
       snapshotRounds: context.snapshotRounds + (p.round === null ? 0 : 1),
@@ -269,15 +285,19 @@ const syncNodeSetup = setup({
     answerNow: ({ context, event }) =>
       event.type === "sync.heads_wanted" &&
       (context.lastAnnounceAt === null || event.at - context.lastAnnounceAt >= context.answerMs),
+    /** The previous announcement is at least `headsMs` old: a moved sequence is announced now. */
+    movedNow: ({ context, event }) =>
+      event.type === "sync.heads_moved" &&
+      (context.lastAnnounceAt === null || event.at - context.lastAnnounceAt >= context.headsMs),
     /** The replication region has caught up (snapshots must cover caught-up state only). */
     caughtUp: stateIn({ running: { replication: "caught_up" } }),
   },
   delays: {
-    heads: ({ context }) => context.headsMs,
+    keepAlive: ({ context }) => context.keepAliveMs,
     snapshot: ({ context }) => context.snapshotMs,
     repairRetry: ({ context }) => context.repairRetryMs,
     retry: ({ context }) => context.retryMs,
-    answer: ({ context }) => context.answerDelayMs,
+    announceDue: ({ context }) => context.announceDelayMs,
   },
 });
 
@@ -438,26 +458,62 @@ const linkRegion = {
   },
 } satisfies StateConfig;
 
-/** Periodic announcements, and answers to peers that ask for one. */
+/**
+ * Announcements: a greeting once caught up (asking every peer to announce), then one when
+ * this node's sequence moved (at most every `headsMs`), an answer when a peer asks, and a
+ * keep-alive after `keepAliveMs` without any.
+ */
 const headsRegion = {
-  initial: "waiting",
+  initial: "joining",
   states: {
+    joining: {
+      always: { guard: "caughtUp", target: "greeting" },
+      // A catch-up that takes long (or keeps failing): greet all the same.
+      after: { keepAlive: "greeting" },
+    },
+    greeting: {
+      invoke: {
+        src: "announce",
+        input: { want: true },
+        onDone: {
+          target: "waiting",
+          actions: { type: "recordAnnounced", params: ({ event }) => event.output },
+        },
+        onError: { target: "due", actions: "scheduleRetry" },
+      },
+    },
     waiting: {
       tags: ["routine"],
-      invoke: { src: "watchRequests" },
-      after: { heads: "announcing" },
+      invoke: [{ src: "watchRequests" }, { src: "watchSequence" }],
+      after: { keepAlive: "announcing" },
       on: {
         "sync.heads_wanted": [
           { guard: "answerNow", target: "announcing" },
           {
-            target: "answer_due",
-            actions: { type: "scheduleAnswer", params: ({ event }) => ({ at: event.at }) },
+            target: "due",
+            actions: {
+              type: "scheduleAnnounce",
+              params: ({ context, event }) => ({ at: event.at, gapMs: context.answerMs }),
+            },
+          },
+        ],
+        "sync.heads_moved": [
+          { guard: "movedNow", target: "announcing" },
+          {
+            target: "due",
+            actions: {
+              type: "scheduleAnnounce",
+              params: ({ context, event }) => ({ at: event.at, gapMs: context.headsMs }),
+            },
           },
         ],
       },
     },
-    answer_due: {
-      after: { answer: "announcing" },
+    // What moves or is asked for meanwhile rides along: the announcement reads the node's
+    // sequences when it is made.
+    due: {
+      tags: ["routine"],
+      after: { announceDue: "announcing" },
     },
     announcing: {
       tags: ["routine"],
@@ -468,7 +524,7 @@ const headsRegion = {
           target: "waiting",
           actions: { type: "recordAnnounced", params: ({ event }) => event.output },
         },
-        onError: "waiting",
+        onError: { target: "due", actions: "scheduleRetry" },
       },
     },
   },
@@ -548,6 +604,7 @@ export const syncNodeMachine = syncNodeSetup.createMachine({
   context: ({ input }) => ({
     instanceId: input.instanceId,
     headsMs: input.headsMs ?? 1000,
+    keepAliveMs: input.keepAliveMs ?? 10_000,
     snapshotMs: input.snapshotMs ?? 10_000,
     repairRetryMs: input.repairRetryMs ?? 250,
     retryMs: input.retryMs ?? 1000,
@@ -560,7 +617,7 @@ export const syncNodeMachine = syncNodeSetup.createMachine({
     snapshotRounds: 0,
     failures: 0,
     lastAnnounceAt: null,
-    answerDelayMs: 0,
+    announceDelayMs: 0,
     lastError: null,
     reason: "starting",
   }),

@@ -83,6 +83,11 @@ export interface Membership {
   members(): Promise<LiveMember[]>;
   /** Listens to joins and departures seen by this instance. */
   onChange(fn: (change: { joined: string[]; left: string[] }) => void): () => void;
+  /**
+   * The live instances as this instance last learnt them (itself included), or null before
+   * its first heartbeat answered: who is alive within the detection time, without a read.
+   */
+  live(): ReadonlySet<string> | null;
   /** Removes this instance from the registry at once (on shutdown). */
   deregister(): Promise<void>;
 }
@@ -100,6 +105,8 @@ export function createMembership(redis: RedisClient, options: MembershipOptions)
   });
   const listeners = new Set<(c: { joined: string[]; left: string[] }) => void>();
   const bus = options.bus;
+  /** The live list of the last answer (null before the first). */
+  let liveSet: ReadonlySet<string> | null = null;
   /** The info last written and when: an unchanged info is not rewritten every heartbeat. */
   let written: { info: string; at: number } | null = null;
 
@@ -156,8 +163,10 @@ export function createMembership(redis: RedisClient, options: MembershipOptions)
       }),
     },
     actions: {
-      membershipChanged: (_, change: { joined: string[]; left: string[] }) => {
-        if (!change.joined.length && !change.left.length) return;
+      membershipChanged: (_, p: { joined: string[]; left: string[]; members: string[] }) => {
+        liveSet = new Set(p.members);
+        if (!p.joined.length && !p.left.length) return;
+        const change = { joined: p.joined, left: p.left };
         log.info("membership changed", change);
         for (const fn of [...listeners]) {
           try {
@@ -202,6 +211,7 @@ export function createMembership(redis: RedisClient, options: MembershipOptions)
       listeners.add(fn);
       return () => listeners.delete(fn);
     },
+    live: () => liveSet,
     async deregister() {
       try {
         await store.remove(options.instanceId);

@@ -107,6 +107,11 @@ export interface RuntimeServices {
   transport: Transport;
   /** Leases for cluster-singleton roles, or null without Redis (a single instance holds all). */
   leases: LeaseManager | null;
+  /**
+   * The live instances as cluster membership last learnt them (null before its first
+   * heartbeat answered); absent without Redis.
+   */
+  members?: { live(): ReadonlySet<string> | null };
   /** The 32-byte key that encrypts secrets at rest (RS_SECRET_KEY). */
   secretKey: Uint8Array;
   /** Seals and opens every record kept in Redis (keys derived from the secret key). */

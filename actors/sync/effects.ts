@@ -165,6 +165,13 @@ export function createSyncNodeLogic(deps: SyncDeps): SyncNodeLogic {
       watchRequests: fromCallback<SyncNodeEvent>(({ sendBack }) =>
         fill(deps, "requests", (at) => sendBack({ type: "sync.heads_wanted", at }))
       ),
+      watchSequence: fromCallback<SyncNodeEvent>(({ sendBack }) => {
+        const moved = (at: number) => sendBack({ type: "sync.heads_moved", at });
+        const empty = fill(deps, "moved", moved);
+        // Sealed while the announcement was being made (or while it was due): tell at once.
+        if (deps.data.outbox.lastSeq > deps.data.announcedSeq) moved(deps.now());
+        return empty;
+      }),
     },
     actions: {
       attach: ({ self }) => {

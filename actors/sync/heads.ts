@@ -1,8 +1,10 @@
 /**
  * Sequence announcements (`sync.heads`): how far this node got per origin, published by
- * the chart's `heads` region, and peers' announcements received. A peer's announcement
- * is data (who it is, what it holds: repair.ts asks it) and, while the chart watches for
- * gaps, evidence of batches this node lacks.
+ * the chart's `heads` region (when this node's sequence moved, when asked, and as a slow
+ * keep-alive), and peers' announcements received. A peer's announcement is data (who it
+ * is, what it holds: repair.ts asks it) and, while the chart watches for gaps, evidence of
+ * batches this node lacks. It is not a heartbeat: whether a peer is alive is cluster
+ * membership's (repair.ts).
  * @module
  */
 import type { SyncAnnounceInput, SyncAnnounceOutput } from "../../machines/sync_node.ts";
@@ -41,6 +43,7 @@ export async function announce(
   if (input.want) heads.w = true;
   try {
     await deps.bus.publish(HEADS_CHANNEL, JSON.stringify(heads));
+    if (heads.s > d.announcedSeq) d.announcedSeq = heads.s;
     deps.watch.link?.published();
   } catch (err) {
     deps.watch.link?.failed(describeError(err));
@@ -51,13 +54,13 @@ export async function announce(
 
 /** Handles a message on the heads channel. */
 export function onHeadsMessage(deps: SyncDeps, raw: string): void {
-  // Our own announcement coming back (every second, on every instance): skipped unparsed, as
+  // Our own announcement coming back (on every instance): skipped unparsed, as
   // our own batches are (`announce` writes `v` then `o` first, which is `selfPrefix`).
   if (raw.startsWith(deps.selfPrefix)) return;
   const d = deps.data;
-  // At idle every peer repeats its last announcement byte for byte each second (N a second
-  // per instance, each with an entry per live origin): a repeat is already validated, and
-  // only its facts (heard now, its sequences) are applied again.
+  // At idle a peer's keep-alive repeats its last announcement byte for byte (each with an
+  // entry per live origin): a repeat is already validated, and only its facts (heard now,
+  // its sequences) are applied again.
   let h = d.headsParsed.get(raw) ?? null;
   if (!h) {
     h = parseMessage(deps, { raw, schema: headsSchema, what: "announcement" });

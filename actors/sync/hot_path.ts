@@ -329,6 +329,7 @@ export function seal(deps: SyncDeps): void {
     if (d.ownKeys.size > 200_000) d.ownKeys.delete(d.ownKeys.keys().next().value!);
     d.store.queue.push({ seq, json });
     publishBatch(deps, json);
+    deps.watch.moved?.(deps.now());
     parts = [];
     keys = [];
     size = 0;

@@ -41,6 +41,7 @@ export function syncActorSpec(node: SyncNode, settings: Partial<SyncSettings> = 
     input: () => ({
       instanceId: node.instanceId,
       headsMs: settings.headsMs,
+      keepAliveMs: settings.keepAliveMs,
       snapshotMs: settings.snapshotMs,
       repairRetryMs: settings.repairRetryMs,
     }),
@@ -87,7 +88,10 @@ export function createSyncParts(
     log: runtime.log,
     now: runtime.now,
     giveUpMs: settings.giveUpMs,
-    originLiveMs: Math.max(3 * (settings.headsMs ?? 1000), 2000),
+    // Whether a peer is alive is membership's; an origin silent for three keep-alives is
+    // gone too (its instance heartbeats, its sync node does not).
+    members: runtime.members ?? null,
+    originLiveMs: 3 * (settings.keepAliveMs ?? 10_000) + (settings.headsMs ?? 1000),
     ...node,
   });
   const streams = sync.cache<Stream | null>("streams", {

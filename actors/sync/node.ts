@@ -207,6 +207,7 @@ export function createSyncNode(options: SyncNodeOptions): SyncNode {
         deps.watch.link =
         deps.watch.role =
         deps.watch.requests =
+        deps.watch.moved =
           null;
     },
   };

@@ -23,13 +23,30 @@ import { type FetchReply, fetchReplySchema, type FetchRequest, SYNC_ACTOR } from
 /** Bytes of batch and entity JSON one `sync.fetch` reply carries at most. */
 const REPLY_BUDGET = 48_000;
 
-/** True while `origin` speaks (heads or batches lately) and is its instance's current origin. */
+/**
+ * True while `instance` is a live member of the cluster (membership's view, which notices a
+ * dead instance within its detection time); true when membership is not known.
+ */
+function instanceLive(deps: SyncDeps, instance: string): boolean {
+  return deps.members?.live()?.has(instance) ?? true;
+}
+
+/**
+ * True while `origin`'s instance is alive and runs this origin. Alive is what cluster
+ * membership says (a dead instance is known within its detection time); besides, the origin
+ * must have spoken (a batch or an announcement) within `originLiveMs` — several keep-alives —
+ * which only catches a sync node stopped on an instance that still heartbeats. An origin's
+ * sequence known from its last announcement stays valid until it announces another:
+ * announcements are not heartbeats.
+ */
 function originLive(deps: SyncDeps, origin: string): boolean {
   const d = deps.data;
+  const inst = d.originInstance.get(origin);
+  const live = deps.members?.live() ?? null;
+  if (live && (!inst || !live.has(inst))) return false;
   const heard = d.originHeard.get(origin);
   if (heard === undefined || deps.now() - heard > deps.originLiveMs) return false;
   // A newer incarnation on the same instance means this one is gone.
-  const inst = d.originInstance.get(origin);
   const peer = inst ? d.peers.get(inst) : undefined;
   return !peer || peer.origin === origin;
 }
@@ -97,7 +114,10 @@ export async function repair(
     if (home && home !== deps.instanceId && originLive(deps, o)) candidates.push(home);
     const need = left[left.length - 1];
     for (const [inst, p] of d.peers) {
-      if (inst !== deps.instanceId && !candidates.includes(inst) && (p.contig[o] ?? 0) >= need) {
+      if (
+        inst !== deps.instanceId && !candidates.includes(inst) && (p.contig[o] ?? 0) >= need &&
+        instanceLive(deps, inst)
+      ) {
         candidates.push(inst);
       }
     }

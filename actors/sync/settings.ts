@@ -9,8 +9,10 @@ import { parseSettings, pickSettings } from "../../lib/settings.ts";
 
 /** Settings of the sync concern. */
 export interface SyncSettings {
-  /** Period of sequence announcements (ms). */
+  /** Least time between two announcements after this node's sequence moved (ms). */
   headsMs: number;
+  /** Announcement period while nothing moved (ms). */
+  keepAliveMs: number;
   /** Period of snapshot rounds (ms). */
   snapshotMs: number;
   /** Pause before retrying an incomplete repair (ms). */
@@ -23,7 +25,16 @@ export interface SyncSettings {
 
 /** The environment variables of the sync concern, with their defaults. */
 export const SYNC_SETTINGS = [
-  { env: "RS_SYNC_HEADS_MS", default: "1000", description: "Sync sequence announcement period" },
+  {
+    env: "RS_SYNC_HEADS_MS",
+    default: "1000",
+    description: "Least time between two sync sequence announcements after the sequence moved",
+  },
+  {
+    env: "RS_SYNC_KEEPALIVE_MS",
+    default: "10000",
+    description: "Sync sequence announcement period while nothing moved (a backstop for lost ones)",
+  },
   { env: "RS_SYNC_SNAPSHOT_MS", default: "10000", description: "Sync snapshot round period" },
   { env: "RS_SYNC_REPAIR_RETRY_MS", default: "250", description: "Pause between repair attempts" },
   {
@@ -41,6 +52,7 @@ function ms(min: number, max: number, fallback: number) {
 
 const envSchema = z.object({
   RS_SYNC_HEADS_MS: ms(50, 60_000, 1000),
+  RS_SYNC_KEEPALIVE_MS: ms(100, 600_000, 10_000),
   RS_SYNC_SNAPSHOT_MS: ms(100, 3_600_000, 10_000),
   RS_SYNC_REPAIR_RETRY_MS: ms(10, 60_000, 250),
   RS_SYNC_GIVE_UP_MS: ms(500, 3_600_000, 30_000),
@@ -51,6 +63,7 @@ export function readSyncSettings(env: Record<string, string | undefined>): SyncS
   const d = parseSettings(envSchema, pickSettings(env, SYNC_SETTINGS.map((s) => s.env)));
   return {
     headsMs: d.RS_SYNC_HEADS_MS,
+    keepAliveMs: Math.max(d.RS_SYNC_KEEPALIVE_MS, d.RS_SYNC_HEADS_MS),
     snapshotMs: d.RS_SYNC_SNAPSHOT_MS,
     repairRetryMs: d.RS_SYNC_REPAIR_RETRY_MS,
     giveUpMs: d.RS_SYNC_GIVE_UP_MS,

@@ -88,6 +88,8 @@ export interface SyncWatch {
   role: ((token: number | null) => void) | null;
   /** `watchRequests`: a peer asked every node to announce (at, ms). */
   requests: ((at: number) => void) | null;
+  /** `watchSequence`: this node sealed a batch its last announcement does not show (at, ms). */
+  moved: ((at: number) => void) | null;
 }
 
 /** The sync node's data: not lifecycle, so not in the chart. */
@@ -114,6 +116,8 @@ export interface SyncData {
   originHeard: Map<string, number>;
   /** Peers' announcements, by instance. */
   peers: Map<string, PeerHeads>;
+  /** This node's last sealed sequence number as of its last announcement. */
+  announcedSeq: number;
   /**
    * Each peer's last announcement as received (text, by instance) and its validated parse (by
    * that text): at idle a peer repeats it byte for byte every second, and a repeat is not
@@ -190,6 +194,11 @@ export interface SyncDeps {
   giveUpMs: number;
   peerTimeoutMs: number;
   originLiveMs: number;
+  /**
+   * The live instances as cluster membership knows them (null: not known yet); an origin
+   * counts as live while its instance is and it was heard from within `originLiveMs`.
+   */
+  members: { live(): ReadonlySet<string> | null } | null;
   /** Prefix of this origin's batch JSON: its own batches coming back are skipped unparsed. */
   selfPrefix: string;
   data: SyncData;
@@ -253,7 +262,8 @@ export function createSyncDeps(options: SyncNodeOptions): SyncDeps {
     batchBytes: options.batchBytes ?? 32_000,
     giveUpMs: options.giveUpMs ?? 30_000,
     peerTimeoutMs: options.peerTimeoutMs ?? 1000,
-    originLiveMs: options.originLiveMs ?? 5000,
+    originLiveMs: options.originLiveMs ?? 31_000,
+    members: options.members ?? null,
     selfPrefix: `{"v":1,"o":${JSON.stringify(origin)},`,
     data: {
       entities: new Map(),
@@ -268,6 +278,7 @@ export function createSyncDeps(options: SyncNodeOptions): SyncDeps {
       originInstance: new Map(),
       originHeard: new Map(),
       peers: new Map(),
+      announcedSeq: 0,
       headsRaw: new Map(),
       headsParsed: new Map(),
       counters: {
@@ -304,7 +315,7 @@ export function createSyncDeps(options: SyncNodeOptions): SyncDeps {
         campaign: null,
       },
     },
-    watch: { gaps: null, link: null, role: null, requests: null },
+    watch: { gaps: null, link: null, role: null, requests: null, moved: null },
     chart: null,
   };
 }

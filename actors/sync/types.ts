@@ -103,7 +103,15 @@ export interface SyncNodeOptions {
   giveUpMs?: number;
   /** Timeout of a `sync.fetch` request (ms). */
   peerTimeoutMs?: number;
-  /** An origin not heard from for this long counts as gone (ms). */
+  /**
+   * The live instances as cluster membership knows them: an origin is live while its
+   * instance is (and runs no newer origin).
+   */
+  members?: { live(): ReadonlySet<string> | null } | null;
+  /**
+   * An origin not heard from (batches, announcements) for this long counts as gone even if
+   * its instance is live (ms; a few keep-alives).
+   */
   originLiveMs?: number;
   /** Origin id to use (tests); default `<instanceId>~<random>`. */
   origin?: string;

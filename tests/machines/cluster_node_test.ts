@@ -29,7 +29,9 @@ function start(answers: (MembershipAnswer | Error)[], reads: MembershipAnswer[] 
           return () => feed = null;
         }),
       },
-      actions: { membershipChanged: (_, change) => changes.push(change) },
+      actions: {
+        membershipChanged: (_, { joined, left }) => changes.push({ joined, left }),
+      },
     }),
     { clock, input: { instanceId: "a", heartbeatMs: 100, isolateAfter: 2 } },
   );

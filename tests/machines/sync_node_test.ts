@@ -13,6 +13,7 @@ import {
 } from "../../machines/sync_node.ts";
 
 const HEADS = 100;
+const KEEPALIVE = 1000;
 const SNAPSHOT = 1000;
 const REPAIR_RETRY = 50;
 const RETRY = 200;
@@ -48,7 +49,8 @@ function harness(init: Partial<Fakes> = {}) {
     link: { send: Send; report: SyncLinkWatchInput["report"] } | null;
     role: Send | null;
     requests: Send | null;
-  } = { gaps: null, link: null, role: null, requests: null };
+    sequence: Send | null;
+  } = { gaps: null, link: null, role: null, requests: null, sequence: null };
   const call = (op: string, input?: unknown) => fakes.calls.push({ op, at: clock.now(), input });
   const logic = syncNodeMachine.provide({
     actors: {
@@ -100,6 +102,10 @@ function harness(init: Partial<Fakes> = {}) {
         watchers.requests = sendBack;
         return () => watchers.requests = null;
       }),
+      watchSequence: fromCallback(({ sendBack }) => {
+        watchers.sequence = sendBack;
+        return () => watchers.sequence = null;
+      }),
     },
     actions: { clearCaches: () => void fakes.cacheClears++ },
   });
@@ -108,6 +114,7 @@ function harness(init: Partial<Fakes> = {}) {
     input: {
       instanceId: "node-a",
       headsMs: HEADS,
+      keepAliveMs: KEEPALIVE,
       snapshotMs: SNAPSHOT,
       repairRetryMs: REPAIR_RETRY,
       retryMs: RETRY,
@@ -154,6 +161,14 @@ function harness(init: Partial<Fakes> = {}) {
   };
 }
 
+/** This node sealed a batch (through the watcher, as the data plane would). */
+function moved(h: ReturnType<typeof harness>): boolean {
+  const send = h.watchers.sequence;
+  if (!send) return false;
+  send({ type: "sync.heads_moved", at: h.clock.now() });
+  return true;
+}
+
 /** A peer asks every node to announce (through the watcher, as the data plane would). */
 function requestAnswer(h: ReturnType<typeof harness>): void {
   const send = h.watchers.requests;
@@ -174,18 +189,57 @@ function region(actor: Actor<typeof syncNodeMachine>, name: string): string {
 }
 
 Deno.test("sync node machine", async (t) => {
-  await t.step("opens, catches up and goes live; announces its heads every headsMs", async () => {
-    using h = harness();
-    assert.deepEqual(h.facts(), { open: false, caughtUp: false, linkUp: true, roleToken: null });
-    await h.advance(0);
-    assert.equal(region(h.actor, "replication"), '{"caught_up":"live"}');
-    const ctx = h.actor.getSnapshot().context;
-    assert.equal(ctx.origin, "node-a~x1");
-    assert.match(ctx.reason, /live: caught up from 3 snapshots and 10 batches/);
-    assert.deepEqual(h.facts(), { open: true, caughtUp: true, linkUp: true, roleToken: null });
-    await h.advance(HEADS * 3);
-    assert.equal(h.count("announce"), 3);
+  await t.step(
+    "opens, catches up, greets its peers (asking them to announce); idle, only keep-alives",
+    async () => {
+      using h = harness();
+      assert.deepEqual(h.facts(), { open: false, caughtUp: false, linkUp: true, roleToken: null });
+      await h.advance(0);
+      assert.equal(region(h.actor, "replication"), '{"caught_up":"live"}');
+      const ctx = h.actor.getSnapshot().context;
+      assert.equal(ctx.origin, "node-a~x1");
+      assert.match(ctx.reason, /live: caught up from 3 snapshots and 10 batches/);
+      assert.deepEqual(h.facts(), { open: true, caughtUp: true, linkUp: true, roleToken: null });
+      assert.equal(h.count("ask"), 1, "greeted once caught up, asking every peer to announce");
+      await h.advance(HEADS * 5);
+      assert.equal(h.count("announce"), 0, "nothing moved: nothing announced every headsMs");
+      await h.advance(KEEPALIVE * 3 - HEADS * 5);
+      assert.equal(h.count("announce"), 3, "a keep-alive every keepAliveMs");
+      assert.equal(h.count("ask"), 1);
+    },
+  );
+
+  await t.step("the greeting waits for the catch-up, keepAliveMs at most", async () => {
+    using h = harness({ catchUpFailures: 100 });
+    await h.advance(KEEPALIVE - 1);
+    assert.equal(h.count("ask"), 0, "not before caught up");
+    await h.advance(1);
+    assert.equal(h.count("ask"), 1, "a catch-up that keeps failing delays it keepAliveMs");
   });
+
+  await t.step(
+    "a moved sequence is announced at once after a quiet spell, then once per headsMs",
+    async () => {
+      using h = harness();
+      await h.advance(HEADS);
+      assert.ok(moved(h));
+      await h.advance(0);
+      assert.equal(h.count("announce"), 1, "at once: the last one is headsMs old");
+      await h.advance(10);
+      assert.ok(moved(h));
+      await h.advance(0);
+      assert.equal(h.watchers.sequence, null, "one due announcement covers what moves meanwhile");
+      await h.advance(HEADS - 11);
+      assert.equal(h.count("announce"), 1, "not within headsMs of the previous one");
+      await h.advance(1);
+      assert.equal(h.count("announce"), 2);
+      // Quiet again: the next one is a keep-alive, keepAliveMs later.
+      await h.advance(KEEPALIVE - 1);
+      assert.equal(h.count("announce"), 2);
+      await h.advance(1);
+      assert.equal(h.count("announce"), 3);
+    },
+  );
 
   await t.step("a failed start is retried after retryMs, and says why meanwhile", async () => {
     using h = harness({ openFailures: 2 });
@@ -303,7 +357,7 @@ Deno.test("sync node machine", async (t) => {
     assert.match(h.actor.getSnapshot().context.reason, /pub\/sub link down: Connection is closed/);
     assert.equal(h.watchers.link?.report, "recovery", "while down, only successes matter");
     // Writes go on meanwhile: nothing else stops.
-    await h.advance(HEADS);
+    await h.advance(KEEPALIVE);
     assert.equal(h.count("announce"), 1);
   });
 
@@ -317,13 +371,13 @@ Deno.test("sync node machine", async (t) => {
     assert.equal(region(h.actor, "link"), '{"up":"steady"}');
     assert.equal(h.facts().linkUp, true);
     assert.equal(h.fakes.cacheClears, 1, "caches cleared: invalidations may be lost");
-    assert.equal(h.count("ask"), 1, "every peer is asked to announce");
+    assert.equal(h.count("ask"), 2, "every peer is asked to announce (as in the greeting)");
     assert.match(h.actor.getSnapshot().context.reason, /link back; resynchronising/);
     // A reconnect that no failed publish revealed still resynchronises.
     h.link({ type: "sync.resubscribed" });
     await h.advance(0);
     assert.equal(h.fakes.cacheClears, 2);
-    assert.equal(h.count("ask"), 2);
+    assert.equal(h.count("ask"), 3);
     assert.equal(region(h.actor, "link"), '{"up":"steady"}');
   });
 
@@ -331,7 +385,7 @@ Deno.test("sync node machine", async (t) => {
     "a peer's request is answered, no sooner than answerMs after the last announcement",
     async () => {
       using h = harness();
-      await h.advance(HEADS);
+      await h.advance(KEEPALIVE);
       assert.equal(h.count("announce"), 1);
       const announcedAt = h.last("announce")!.at;
       await h.advance(10);

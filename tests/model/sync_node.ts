@@ -1,6 +1,6 @@
 /**
  * Model of the `sync_node` chart: opening may fail, catch-up and repairs answer or fail,
- * gaps are reported, the link drops and comes back, peers ask for heads, and the snapshot
+ * gaps are reported, the link drops and comes back, peers ask for heads, the sequence moves, and the snapshot
  * role comes and goes with fencing tokens.
  *
  * Invariants: a snapshot round runs only under the snapshot role's current token; the
@@ -17,7 +17,7 @@ export interface SyncWorld {
   caughtUp: boolean;
 }
 
-const CALLBACKS = ["detectGaps", "watchLink", "watchRole", "watchRequests"];
+const CALLBACKS = ["detectGaps", "watchLink", "watchRole", "watchRequests", "watchSequence"];
 const EFFECTS = ["open", "catchUp", "repair", "announce", "snapshot"];
 
 /** The sync node chart's model. */
@@ -35,6 +35,7 @@ export const syncNodeModel: ChartModel<SyncWorld> = {
       input: {
         instanceId: "a",
         headsMs: 300,
+        keepAliveMs: 900,
         snapshotMs: 200,
         repairRetryMs: 50,
         retryMs: 100,
@@ -50,6 +51,7 @@ export const syncNodeModel: ChartModel<SyncWorld> = {
         ? { type: "sync.link_back" }
         : { type: "sync.link_lost", reason: "redis: connection lost" },
       { type: "sync.heads_wanted", at: 0 },
+      { type: "sync.heads_moved", at: 0 },
     ];
     events.push({ type: "sync.role", token: world.role === null ? world.lastToken + 1 : null });
     return events;

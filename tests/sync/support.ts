@@ -1,14 +1,17 @@
 /**
  * In-process sync nodes for integration tests: each with its own Redis connections, bus,
- * transport and lease manager, the real statechart driving it, and a switch that drops
+ * transport, lease manager and cluster membership (the real heartbeat chart: whether a
+ * peer is alive is membership's), the real statechart driving it, and a switch that drops
  * the node's inbound pub/sub messages (to simulate loss deterministically).
  * @module
  */
 import type { RedisTarget } from "../support/redis_target.ts";
 import { type AnyActorRef, createActor } from "xstate";
 import { createLeaseManager, type LeaseManager } from "../../actors/runtime/leases.ts";
+import { createMembership, type Membership } from "../../actors/runtime/membership.ts";
 import { createRedisTransport } from "../../actors/runtime/transport.ts";
 import { syncActorSpec, type SyncSettings } from "../../actors/sync/mod.ts";
+import { type Heads, HEADS_CHANNEL } from "../../actors/sync/wire.ts";
 import { createSyncNode, type SyncNode, type SyncNodeOptions } from "../../actors/sync/node.ts";
 import { createLogger, type Logger, silentLogger } from "../../lib/log.ts";
 import { createRedisBus, type MessageBus } from "../../store/bus.ts";
@@ -40,7 +43,12 @@ export interface TestNode {
   loss: Loss;
   /** The statechart actor. */
   actor: AnyActorRef;
-  /** Freezes the node: no statechart (no announcements), no answers to requests. */
+  /** Its cluster membership. */
+  membership: Membership;
+  /**
+   * Freezes the node: no statechart (no announcements), no answers to requests, no
+   * heartbeats (the others' membership drops it after the dead-after window).
+   */
   freeze(): void;
   /** Stops everything it started. */
   close(): Promise<void>;
@@ -92,6 +100,45 @@ export interface TestNodeOptions {
   verbose?: boolean;
 }
 
+/** Heartbeat period and dead-after window of the test nodes' membership (ms). */
+export const TEST_HEARTBEAT_MS = 200;
+export const TEST_DEAD_AFTER_MS = 800;
+
+/** Every announcement on the heads channel, opened and parsed, with when it arrived. */
+export interface HeadsListener {
+  /** Announcements heard so far, oldest first. */
+  heard: { at: number; heads: Heads }[];
+  /** Stops listening. */
+  close(): Promise<void>;
+}
+
+/** Listens to the heads channel of the nodes under `prefix` (a connection of its own). */
+export async function listenHeads(
+  options: { redis: RedisTarget; prefix: string },
+): Promise<HeadsListener> {
+  const client = createRedisClient(options.redis.settings(options.prefix), {
+    name: "heads-listener",
+    overrides: { retryStrategy: () => 50 },
+  });
+  await client.connect();
+  const bus = createRedisBus(client, {
+    keyspace: createKeyspace(options.prefix),
+    auth: SYNC_TEST_AUTH,
+  });
+  const heard: HeadsListener["heard"] = [];
+  const off = await bus.subscribe(HEADS_CHANNEL, (raw) => {
+    heard.push({ at: Date.now(), heads: JSON.parse(raw) as Heads });
+  });
+  return {
+    heard,
+    async close() {
+      await off();
+      await bus.close();
+      await closeRedis(client);
+    },
+  };
+}
+
 /** Starts a node and waits until it caught up. */
 export async function startTestNode(name: string, options: TestNodeOptions): Promise<TestNode> {
   const log: Logger = options.verbose ? createLogger(name, { level: "debug" }) : silentLogger;
@@ -123,6 +170,21 @@ export async function startTestNode(name: string, options: TestNodeOptions): Pro
   const leases: LeaseManager | null = options.leases === false
     ? null
     : createLeaseManager({ redis: client, keyspace, instanceId: name });
+  const membership = createMembership(client, {
+    keyspace,
+    instanceId: name,
+    info: () => ({ id: name, url: "", version: "test", startedAt: 0, roles: [], actors: [] }),
+    heartbeatMs: TEST_HEARTBEAT_MS,
+    deadAfterMs: TEST_DEAD_AFTER_MS,
+    auth: SYNC_TEST_AUTH,
+    bus: rawBus,
+    log,
+  });
+  const member = createActor(membership.spec.create(undefined as never), {
+    input: membership.spec.input!(undefined as never),
+  });
+  member.start();
+  await until(() => membership.live()?.has(name) ?? false, `${name} to join the cluster`);
   const node = createSyncNode({
     instanceId: name,
     sql: options.sql,
@@ -133,11 +195,13 @@ export async function startTestNode(name: string, options: TestNodeOptions): Pro
     log,
     giveUpMs: 2000,
     peerTimeoutMs: 500,
-    originLiveMs: 1500,
+    members: membership,
+    originLiveMs: 3 * (options.settings?.keepAliveMs ?? 1000) + 200,
     ...options.node,
   });
   local.spec = syncActorSpec(node, {
     headsMs: 200,
+    keepAliveMs: 1000,
     snapshotMs: 60_000,
     repairRetryMs: 50,
     ...options.settings,
@@ -153,12 +217,16 @@ export async function startTestNode(name: string, options: TestNodeOptions): Pro
     node,
     loss,
     actor,
+    membership,
     freeze() {
       actor.stop();
+      member.stop();
       local.spec = undefined;
     },
     async close() {
       actor.stop();
+      member.stop();
+      await membership.deregister();
       await node.close();
       await leases?.close();
       await transport.close();
