@@ -15,6 +15,8 @@ import assert from "node:assert/strict";
 import { startRedis } from "../harness/mod.ts";
 import { until } from "../support/instance.ts";
 import {
+  type Instances,
+  type PgCluster,
   postmasterPid,
   randomKey,
   replication,
@@ -27,29 +29,35 @@ import {
 } from "../support/pg_cluster.ts";
 import { TEST_ADMIN_TOKEN } from "../support/auth.ts";
 
-Deno.test({
-  name: "partition: a stopped primary fails over on the careful path; no stale writes",
-  fn: async () => {
-    await using cluster = await startPgCluster();
-    await using redis = await startRedis();
-    await using instances = await startInstances(["part-a", "part-b", "part-c"], {
-      DATABASE_URL: cluster.url("pg1"),
-      DATABASE_NODES: cluster.databaseNodes,
-      DATABASE_CONNECT_TIMEOUT_S: "10",
-      REDIS_URL: redis.url,
-      RS_SECRET_KEY: randomKey(),
-      RS_KEY_PREFIX: "rspt:",
-      RS_HEARTBEAT_MS: "250",
-      RS_DEAD_AFTER_MS: "1000",
-      RS_LEASE_TTL_MS: "1500",
-      FAILOVER_PROBE_INTERVAL_MS: "200",
-      FAILOVER_PROBE_TIMEOUT_MS: "1000",
-      FAILOVER_CONFIRMATIONS: "3",
-      FAILOVER_MONITOR_INTERVAL_MS: "500",
-      FAILOVER_SYNC_MODE: "on",
-      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
-      LOG_LEVEL: "info",
-    });
+/**
+ * Three instances on `cluster` (quick detection, synchronous mode), returned once pg1 is the
+ * published primary with two synchronous standbys and every instance follows it.
+ */
+async function startFollowingPg1(
+  cluster: PgCluster,
+  redisUrl: string,
+  ids: string[],
+  env: Record<string, string>,
+): Promise<Instances> {
+  const instances = await startInstances(ids, {
+    DATABASE_URL: cluster.url("pg1"),
+    DATABASE_NODES: cluster.databaseNodes,
+    DATABASE_CONNECT_TIMEOUT_S: "10",
+    REDIS_URL: redisUrl,
+    RS_SECRET_KEY: randomKey(),
+    RS_HEARTBEAT_MS: "250",
+    RS_DEAD_AFTER_MS: "1000",
+    RS_LEASE_TTL_MS: "1500",
+    FAILOVER_PROBE_INTERVAL_MS: "200",
+    FAILOVER_PROBE_TIMEOUT_MS: "1000",
+    FAILOVER_CONFIRMATIONS: "3",
+    FAILOVER_MONITOR_INTERVAL_MS: "500",
+    FAILOVER_SYNC_MODE: "on",
+    RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
+    LOG_LEVEL: "info",
+    ...env,
+  });
+  try {
     const urls = Object.values(instances.byId).map((p) => p.url);
     await until(async () => {
       const v = await replication(urls[0]);
@@ -57,6 +65,26 @@ Deno.test({
         v.nodes.filter((n: { syncState: string }) => n.syncState === "quorum").length === 2;
     }, { ms: 30_000, what: "bootstrap and synchronous standbys" });
     await untilAllFollow(urls, { node: "pg1" });
+    return instances;
+  } catch (e) {
+    await instances[Symbol.asyncDispose]();
+    throw e;
+  }
+}
+
+Deno.test({
+  name: "partition: a stopped primary fails over on the careful path; no stale writes",
+  fn: async () => {
+    await using cluster = await startPgCluster();
+    await using redis = await startRedis();
+    await using instances = await startFollowingPg1(cluster, redis.url, [
+      "part-a",
+      "part-b",
+      "part-c",
+    ], {
+      RS_KEY_PREFIX: "rspt:",
+    });
+    const urls = Object.values(instances.byId).map((p) => p.url);
     const before = await replication(urls[0]);
     let writers: Writers | null = startWriters(
       Object.fromEntries(Object.entries(instances.byId).map(([id, p]) => [id, p.url])),
@@ -125,34 +153,18 @@ Deno.test({
   fn: async () => {
     await using cluster = await startPgCluster();
     await using redis = await startRedis();
-    await using instances = await startInstances(["far-a", "far-b", "far-c"], {
-      DATABASE_URL: cluster.url("pg1"),
-      DATABASE_NODES: cluster.databaseNodes,
-      DATABASE_CONNECT_TIMEOUT_S: "10",
-      REDIS_URL: redis.url,
-      RS_SECRET_KEY: randomKey(),
-      RS_KEY_PREFIX: "rspf:",
-      RS_HEARTBEAT_MS: "250",
-      RS_DEAD_AFTER_MS: "1000",
-      RS_LEASE_TTL_MS: "1500",
-      FAILOVER_PROBE_INTERVAL_MS: "200",
-      FAILOVER_PROBE_TIMEOUT_MS: "1000",
-      FAILOVER_CONFIRMATIONS: "3",
-      FAILOVER_MONITOR_INTERVAL_MS: "500",
-      FAILOVER_SYNC_MODE: "on",
-      // pg1 runs on another host as far as the runtime knows: it may not kill, stop or
-      // rewind it, only fence it over SQL.
-      FAILOVER_LOCAL_NODES: "pg2,pg3",
-      RS_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
-      LOG_LEVEL: "info",
-    });
+    await using instances = await startFollowingPg1(
+      cluster,
+      redis.url,
+      ["far-a", "far-b", "far-c"],
+      {
+        RS_KEY_PREFIX: "rspf:",
+        // pg1 runs on another host as far as the runtime knows: it may not kill, stop or
+        // rewind it, only fence it over SQL.
+        FAILOVER_LOCAL_NODES: "pg2,pg3",
+      },
+    );
     const urls = Object.values(instances.byId).map((p) => p.url);
-    await until(async () => {
-      const v = await replication(urls[0]);
-      return v.primary?.epoch >= 1 &&
-        v.nodes.filter((n: { syncState: string }) => n.syncState === "quorum").length === 2;
-    }, { ms: 30_000, what: "bootstrap and synchronous standbys" });
-    await untilAllFollow(urls, { node: "pg1" });
     const before = await replication(urls[0]);
     let writers: Writers | null = startWriters(
       Object.fromEntries(Object.entries(instances.byId).map(([id, p]) => [id, p.url])),

@@ -352,11 +352,12 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     } else {
       try {
         const headers: Record<string, string> = {
-          "content-type": "application/json",
           "x-forwarded-for": init.ip ?? "198.51.100.7",
           "user-agent": "soak/1.0",
           "x-device-fingerprint": "soak",
         };
+        // An empty body is not JSON: a route whose body is optional refuses one labelled so.
+        if (init.body !== undefined) headers["content-type"] = "application/json";
         // undefined: the admin token; null: anonymous (register, login).
         const token = init.token === undefined ? TEST_ADMIN_TOKEN : init.token;
         if (token !== null) headers.authorization = `Bearer ${token}`;
