@@ -238,3 +238,80 @@ Deno.test("on the request channel, forged, replayed and stale requests are refus
     replies.disconnect();
   }
 });
+
+Deno.test("close() waits for the request handlers still running, and their replies go out", async () => {
+  // Running handlers are counted (no promise kept per request): close must still wait for
+  // every one, answered or failed, before the bus under it goes.
+  await using redis = await startRedis();
+  const auth = testAuth();
+  const client = createRedisClient(settings(redis.url), { name: "rq-slow" });
+  await client.connect();
+  const bus = createRedisBus(client, { keyspace: ks, auth });
+  const gates: (() => void)[] = [];
+  const spec = {
+    id: "slow",
+    create: () => {
+      throw new Error("not started in these tests");
+    },
+    requests: {
+      "t.slow": {
+        schema: z.object({ type: z.literal("t.slow"), fail: z.boolean() }) as z.ZodType<
+          RemoteEvent
+        >,
+        handle: (event: RemoteEvent) => {
+          const fail = (event as unknown as { fail: boolean }).fail;
+          return new Promise((resolve, reject) =>
+            gates.push(() =>
+              fail ? reject(new RuntimeError("CONFLICT", "no")) : resolve({ done: true })
+            )
+          );
+        },
+      },
+    },
+  } as unknown as ActorSpec;
+  const b = createRedisTransport(client, {
+    keyspace: ks,
+    auth,
+    bus,
+    instanceId: "rq-slow",
+    actors: { spec: (a) => (a === "slow" ? spec : undefined), ref: () => undefined },
+  });
+  const a = await instance(redis.url, "rq-a2", auth);
+  const raw = new Redis(redis.url);
+  let bClosed = false;
+  try {
+    await a.transport.start();
+    await b.start();
+    const to = { instance: "rq-slow", actor: "slow" };
+    const ok = a.transport.request(to, { type: "t.slow", fail: false });
+    const failed = a.transport.request(to, { type: "t.slow", fail: true }).catch(code);
+    await until(() => Promise.resolve(gates.length === 2), { what: "both handlers running" });
+    const order: string[] = [];
+    const closing = b.close();
+    bClosed = true;
+    const closed = closing.then(() => order.push("closed"));
+    // Let close() run as far as it can (past unsubscribing, then a pause longer than the rest
+    // of close takes): it must stop at the running handlers. A pause can only let a broken
+    // close pass unnoticed, never fail a correct one.
+    await until(async () => {
+      const [, n] = await raw.pubsub("NUMSUB", ks.channel("rt.request.rq-slow")) as [
+        string,
+        number,
+      ];
+      return Number(n) === 0;
+    }, { what: "the request channel unsubscribed by close()" });
+    await new Promise((r) => setTimeout(r, 100));
+    order.push("released");
+    for (const open of gates) open();
+    await closed;
+    assert.deepEqual(order, ["released", "closed"]);
+    assert.deepEqual(await ok, { done: true });
+    assert.equal(await failed, "CONFLICT");
+  } finally {
+    if (!bClosed) await b.close();
+    await bus.close();
+    await closeRedis(client);
+    await a.close();
+    raw.disconnect();
+  }
+});
