@@ -148,8 +148,12 @@ export function createLocalBus(options: { log?: Logger } = {}): MessageBus {
  */
 export function channelPurpose(channel: string): MessagePurpose {
   if (channel === "rt.broadcast") return "transport.broadcast";
-  if (channel.startsWith("rt.reply.")) return "transport.reply";
-  if (channel.startsWith("rt.request.")) return "transport.request";
+  if (channel.startsWith("rt.reply.") || channel.startsWith("rt.replies.")) {
+    return "transport.reply";
+  }
+  if (channel.startsWith("rt.request.") || channel.startsWith("rt.requests.")) {
+    return "transport.request";
+  }
   if (channel.startsWith("sync.")) return "sync.batch";
   return "bus.message";
 }

@@ -168,6 +168,52 @@ function createCore(options: TransportOptions) {
   let expiryAt = Infinity;
   const replyChannel = (instance: string) => `rt.reply.${instance}`;
   const requestChannel = (instance: string) => `rt.request.${instance}`;
+  /** Where several requests (replies) to one instance made in one microtask run go as one. */
+  const requestBatchChannel = (instance: string) => `rt.requests.${instance}`;
+  const replyBatchChannel = (instance: string) => `rt.replies.${instance}`;
+  /**
+   * Envelopes for one instance made in one run of the event loop's microtasks, published as
+   * one message holding a JSON array of them: one seal, one open and one PUBLISH for the
+   * batch instead of one each per envelope (the MACs and the client's per-command work were
+   * most of a message's CPU in both processes, docs/scaling.md). Each envelope in it is
+   * checked as a lone one is (size of the whole, the envelope check, id de-duplication, age,
+   * the handler's schema). A lone envelope goes as before, on the single channel; a batch
+   * that reaches nobody (a receiver of an earlier version listens only there) is sent again
+   * envelope by envelope on the single channel.
+   */
+  function createBatcher(single: (i: string) => string, batch: (i: string) => string) {
+    const open = new Map<string, { jsons: string[]; bytes: number; result: Promise<number[]> }>();
+    function flush(instance: string, jsons: string[]): Promise<number[]> {
+      if (jsons.length === 1) {
+        return options.bus.publish(single(instance), jsons[0]).then((n) => [n]);
+      }
+      return options.bus.publish(batch(instance), `[${jsons.join(",")}]`).then((n) =>
+        n > 0
+          ? jsons.map(() => n)
+          : Promise.all(jsons.map((j) => options.bus.publish(single(instance), j)))
+      );
+    }
+    /** Publishes `json` to `instance`; resolves with the subscribers it reached. */
+    return async function publish(instance: string, json: string): Promise<number> {
+      let b = open.get(instance);
+      // A batch stays within the receiver's size limit: past it, a new one starts.
+      if (b && b.bytes + json.length + 1 > maxBytes) b = undefined;
+      if (!b) {
+        const jsons: string[] = [];
+        const started = { jsons, bytes: 2, result: null as unknown as Promise<number[]> };
+        started.result = new Promise<void>((r) => queueMicrotask(r)).then(() => {
+          if (open.get(instance) === started) open.delete(instance);
+          return flush(instance, jsons);
+        });
+        open.set(instance, b = started);
+      }
+      const index = b.jsons.push(json) - 1;
+      b.bytes += json.length + 1;
+      return (await b.result)[index];
+    };
+  }
+  const publishReply = createBatcher(replyChannel, replyBatchChannel);
+  const publishRequest = createBatcher(requestChannel, requestBatchChannel);
   /** Request handlers running now, and who waits for none to run (`drain`). */
   let running = 0;
   const idleWaiters: (() => void)[] = [];
@@ -232,10 +278,39 @@ function createCore(options: TransportOptions) {
     return env;
   }
 
+  /**
+   * Parses a batch (a JSON array of envelopes) into its envelopes: the size limit holds for the
+   * whole, each envelope is checked on its own and a bad one is counted and left out.
+   */
+  function parseBatch(raw: string): Envelope[] {
+    if (raw.length > maxBytes) {
+      drop("dropped_oversized", { bytes: raw.length, limit: maxBytes });
+      return [];
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(raw);
+    } catch {
+      drop("dropped_malformed", { error: "not JSON" });
+      return [];
+    }
+    if (!Array.isArray(json)) {
+      drop("dropped_malformed", { error: "a batch is an array of envelopes" });
+      return [];
+    }
+    const out: Envelope[] = [];
+    for (const item of json) {
+      const env = checkEnvelope(item);
+      if (typeof env === "string") drop("dropped_malformed", { error: env });
+      else out.push(env);
+    }
+    return out;
+  }
+
   async function sendReply(to: string, corr: string, body: Partial<Envelope>): Promise<void> {
     const reply = { v: 1, kind: "reply", id: messageId(), corr, sentAt: now(), ...body };
     counters.replies++;
-    await options.bus.publish(replyChannel(to), JSON.stringify(reply)).catch((err) =>
+    await publishReply(to, JSON.stringify(reply)).catch((err) =>
       log.warn("reply not sent", { error: err instanceof Error ? err.message : String(err) })
     );
   }
@@ -459,7 +534,15 @@ function createCore(options: TransportOptions) {
 
   function onReply(raw: string): void {
     const env = parse(raw);
-    if (!env || env.kind !== "reply") return;
+    if (env) takeReply(env);
+  }
+
+  function onReplies(raw: string): void {
+    for (const env of parseBatch(raw)) takeReply(env);
+  }
+
+  function takeReply(env: Envelope): void {
+    if (env.kind !== "reply") return;
     const waiter = settle(env.corr);
     if (!waiter) return; // late reply after a timeout: nothing waits for it
     if (env.ok) waiter.resolve(env.result);
@@ -492,12 +575,17 @@ function createCore(options: TransportOptions) {
     envelope,
     awaitReply,
     onReply,
+    onReplies,
+    parseBatch,
+    publishRequest,
     failPending,
     /** Requests waiting for their reply now. */
     pendingRequests: () => pending.size,
     drain,
     replyChannel,
     requestChannel,
+    replyBatchChannel,
+    requestBatchChannel,
     requestTimeoutMs: options.requestTimeoutMs ?? 5000,
   };
 }
@@ -535,6 +623,17 @@ export function createRedisTransport(
     now: options.now,
   });
   const inbox = createInboxReader(redis, reader, options.keyspace, options.instanceId);
+
+  /** A request that came over pub/sub (alone or in a batch), already checked as an envelope. */
+  function takeRequest(env: Envelope): void {
+    if (env.kind !== "request") {
+      counters.dropped_malformed++;
+      return;
+    }
+    core.deliver(env).catch((err) =>
+      log.error("delivery failed", { error: err instanceof Error ? err.message : String(err) })
+    );
+  }
   let running = false;
   let loop: Promise<void> | null = null;
   const unsubscribers: (() => Promise<void>)[] = [];
@@ -671,20 +770,15 @@ export function createRedisTransport(
       running = true;
       unsubscribers.push(
         await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply),
+        await options.bus.subscribe(core.replyBatchChannel(options.instanceId), core.onReplies),
         // Requests to this instance (opened by the bus with the channel as binding). A request
         // is started in the subscriber's own synchronous run, like an inbox batch's entries.
         await options.bus.subscribe(core.requestChannel(options.instanceId), (raw) => {
           const env = core.parse(raw);
-          if (!env) return;
-          if (env.kind !== "request") {
-            counters.dropped_malformed++;
-            return;
-          }
-          core.deliver(env).catch((err) =>
-            log.error("delivery failed", {
-              error: err instanceof Error ? err.message : String(err),
-            })
-          );
+          if (env) takeRequest(env);
+        }),
+        await options.bus.subscribe(core.requestBatchChannel(options.instanceId), (raw) => {
+          for (const env of core.parseBatch(raw)) takeRequest(env);
         }),
         await options.bus.subscribe("rt.broadcast", (raw) => {
           const env = core.parse(raw);
@@ -726,7 +820,7 @@ export function createRedisTransport(
         // Nobody listening (the receiver restarting, its subscriber reconnecting, or an
         // instance of an earlier version) falls back to its inbox, which holds the request
         // until the receiver reads it, as every request went before.
-        const reached = await options.bus.publish(core.requestChannel(to.instance), json);
+        const reached = await core.publishRequest(to.instance, json);
         if (reached === 0) {
           counters.requests_via_inbox++;
           await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
@@ -782,7 +876,15 @@ export function createLocalTransport(options: TransportOptions): Transport & {
   return {
     instanceId: options.instanceId,
     async start() {
-      off = await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply);
+      const one = await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply);
+      const many = await options.bus.subscribe(
+        core.replyBatchChannel(options.instanceId),
+        core.onReplies,
+      );
+      off = async () => {
+        await one();
+        await many();
+      };
     },
     async send(to, event, opts = {}) {
       local(to);
