@@ -53,27 +53,21 @@ function sealOpenRates(): { seal: number; json: number } {
   return { seal, json };
 }
 
-/** Round trips through a raw ioredis echo process. */
-async function rawRtt(
-  pub: Redis,
-  sub: Redis,
-  prefix: string,
-  n: number,
-  payload: string,
-): Promise<number[]> {
-  const samples: number[] = [];
+/** Round trips through a raw ioredis echo process, one at a time; `stop` detaches. */
+function rawEcho(pub: Redis, sub: Redis, prefix: string, payload: string) {
   let resolveOne: (() => void) | null = null;
   const handler = () => resolveOne?.();
   sub.on("message", handler);
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
-    const got = new Promise<void>((r) => resolveOne = r);
-    await pub.publish(`${prefix}ping`, payload);
-    await got;
-    samples.push(performance.now() - t0);
-  }
-  sub.off("message", handler);
-  return samples;
+  return {
+    async once(): Promise<number> {
+      const t0 = performance.now();
+      const got = new Promise<void>((r) => resolveOne = r);
+      await pub.publish(`${prefix}ping`, payload);
+      await got;
+      return performance.now() - t0;
+    },
+    stop: () => void sub.off("message", handler),
+  };
 }
 
 /** Messages per second echoed by the raw process with WINDOW in flight. */
@@ -204,7 +198,9 @@ export async function run(): Promise<Figure[]> {
     // repetition read well below the later ones (raw 35–47k/s against 91–108k/s by the
     // third), so the median rested on cold repetitions.
     for (let i = 0; i < 3000; i++) await transport.request(to, { type: "diag.ping" });
-    await rawRtt(rawPub, rawSub, "raw:", 3000, payload);
+    const echoOnce = rawEcho(rawPub, rawSub, "raw:", payload);
+    for (let i = 0; i < 3000; i++) await echoOnce.once();
+    echoOnce.stop();
     await addressedThroughput();
     await rawThroughput(rawPub, rawSub, "raw:", THROUGHPUT_MESSAGES, payload);
 
@@ -212,16 +208,18 @@ export async function run(): Promise<Figure[]> {
     const rate: number[] = [], rawRate: number[] = [];
     const sealRate: number[] = [], jsonRate: number[] = [];
     for (let rep = 0; rep < REPS; rep++) {
-      const cost = sealOpenRates();
-      sealRate.push(cost.seal);
-      jsonRate.push(cost.json);
-      const samples: number[] = [];
+      // Round trips, ours and raw one after the other, sample by sample: both see the same
+      // moments of a shared machine (run as two blocks, a burst of other work or a GC left by
+      // the previous phase fell on one of them only).
+      const samples: number[] = [], raw: number[] = [];
+      const echo = rawEcho(rawPub, rawSub, "raw:", payload);
       for (let i = 0; i < RTT_SAMPLES; i++) {
         const t0 = performance.now();
         await transport.request(to, { type: "diag.ping" });
         samples.push(performance.now() - t0);
+        raw.push(await echo.once());
       }
-      const raw = await rawRtt(rawPub, rawSub, "raw:", RTT_SAMPLES, payload);
+      echo.stop();
       p50.push(percentile(samples, 0.5));
       p99.push(percentile(samples, 0.99));
       rawP50.push(percentile(raw, 0.5));
@@ -229,6 +227,10 @@ export async function run(): Promise<Figure[]> {
 
       rate.push(await addressedThroughput());
       rawRate.push(await rawThroughput(rawPub, rawSub, "raw:", THROUGHPUT_MESSAGES, payload));
+      // After the timed phases: its allocations no longer fall right before the round trips.
+      const cost = sealOpenRates();
+      sealRate.push(cost.seal);
+      jsonRate.push(cost.json);
       progress(
         `runtime rep ${rep + 1}/${REPS}: rtt p50 ${round(p50[rep])} ms p99 ${round(p99[rep])} ms ` +
           `(raw ${round(rawP50[rep])} / ${round(rawP99[rep])}); ${Math.round(rate[rep])} msg/s ` +

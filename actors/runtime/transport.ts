@@ -14,6 +14,9 @@
  * or running a version without the request channel) the request goes to the receiver's inbox
  * instead, as every request did before, and waits there for it within the timeout. Requests
  * are not ordered with sends: a request may overtake a send made before it to the same actor.
+ * Requests to one instance made in one microtask run (and the replies to one requester) go as
+ * one sealed batch on `rt.requests.<instance>` (`rt.replies.<instance>`), each envelope in it
+ * checked alone; a batch nobody hears there is sent again one by one on the single channel.
  *
  * Authenticity: on Redis every envelope is sealed (lib/message_auth.ts) with an HMAC keyed from
  * the cluster's secret key and bound to the receiving instance (inbox entries) or the channel
