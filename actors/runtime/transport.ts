@@ -42,6 +42,7 @@ import { type Logger, silentLogger } from "../../lib/log.ts";
 import { claimedSender, type MessageAuth } from "../../lib/message_auth.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import { duplicateRedis, type Keyspace, type RedisClient } from "../../store/redis.ts";
+import { createSeenIds } from "../../lib/seen_ids.ts";
 import { checkEnvelope, type Envelope, type InboundEnvelope, isEvent } from "./envelope.ts";
 import { createInboxReader, createInboxWriter, type InboxEntry } from "../../store/redis_inbox.ts";
 import type {
@@ -57,7 +58,7 @@ import type {
 export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024;
 /** Requests and broadcasts older than this are refused (default; RS_MESSAGE_MAX_AGE_S). */
 export const DEFAULT_MAX_MESSAGE_AGE_MS = 300_000;
-/** Message ids remembered for de-duplication, at most. */
+/** Message ids remembered for de-duplication: at least the latest this many (twice as many held at most). */
 const MAX_SEEN_IDS = 200_000;
 
 type Inbound = InboundEnvelope;
@@ -221,19 +222,13 @@ function createCore(options: TransportOptions) {
   let running = 0;
   const idleWaiters: (() => void)[] = [];
   const maxAgeMs = options.maxMessageAgeMs ?? DEFAULT_MAX_MESSAGE_AGE_MS;
-  /** Ids of messages delivered, with when they may be forgotten (insertion = time order). */
-  const seen = new Map<string, number>();
+  /** Ids of messages delivered: each kept at least 2 × the age limit or MAX_SEEN_IDS later ids. */
+  const seen = createSeenIds({ keepMs: maxAgeMs * 2, max: MAX_SEEN_IDS, now });
   /** Senders already logged for a replayed or stale message (counted after that). */
   const loggedReplays = new Set<string>();
 
   function remember(id: string): void {
-    const t = now();
-    seen.set(id, t + maxAgeMs * 2);
-    if (seen.size <= 1000) return;
-    for (const [old, until] of seen) {
-      if (until > t && seen.size <= MAX_SEEN_IDS) break;
-      seen.delete(old);
-    }
+    seen.add(id);
   }
 
   /** Counts a genuine but replayed or out-of-date message, logging the first per sender. */
