@@ -75,18 +75,33 @@ function deliver(
   stats: BusStats,
   log: Logger,
 ): void {
-  if (!handlers) return;
-  for (const handler of [...handlers]) {
-    try {
-      stats.delivered++;
-      handler(message, channel);
-    } catch (err) {
-      stats.handlerErrors++;
-      log.error("message handler failed", {
-        channel,
-        error: err instanceof Error ? err.message : String(err),
-      });
-    }
+  if (!handlers?.size) return;
+  // One handler (a transport's request or reply channel): called without copying the set into
+  // an array per message. Several: a copy, so a handler that (un)subscribes does not change
+  // which handlers this message reaches.
+  if (handlers.size === 1) {
+    const [only] = handlers;
+    return callHandler(only, message, channel, stats, log);
+  }
+  for (const handler of [...handlers]) callHandler(handler, message, channel, stats, log);
+}
+
+function callHandler(
+  handler: MessageHandler,
+  message: string,
+  channel: string,
+  stats: BusStats,
+  log: Logger,
+): void {
+  try {
+    stats.delivered++;
+    handler(message, channel);
+  } catch (err) {
+    stats.handlerErrors++;
+    log.error("message handler failed", {
+      channel,
+      error: err instanceof Error ? err.message : String(err),
+    });
   }
 }
 
@@ -133,8 +148,12 @@ export function createLocalBus(options: { log?: Logger } = {}): MessageBus {
  */
 export function channelPurpose(channel: string): MessagePurpose {
   if (channel === "rt.broadcast") return "transport.broadcast";
-  if (channel.startsWith("rt.reply.")) return "transport.reply";
-  if (channel.startsWith("rt.request.")) return "transport.request";
+  if (channel.startsWith("rt.reply.") || channel.startsWith("rt.replies.")) {
+    return "transport.reply";
+  }
+  if (channel.startsWith("rt.request.") || channel.startsWith("rt.requests.")) {
+    return "transport.request";
+  }
   if (channel.startsWith("sync.")) return "sync.batch";
   return "bus.message";
 }

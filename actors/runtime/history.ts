@@ -95,6 +95,8 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   const instance = options.instanceId;
   const buffer: HistoryRecord[] = [];
   let timer: number | null = null;
+  /** The delay `timer` was armed with. */
+  let timerMs = 0;
   let keyframeTimer: number | null = null;
   let writing: Promise<void> | null = null;
   let closed = false;
@@ -114,9 +116,16 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     else schedule(flushMs);
   }
 
+  /**
+   * Arms the flush timer. A timer already armed for at most `ms` stays: past `batchSize` (a
+   * write in flight while messages keep arriving) every record asks for an immediate flush,
+   * and re-arming a timer per record was a clearTimeout and a setTimeout per message on the
+   * message path.
+   */
   function schedule(ms: number): void {
-    if (timer !== null && ms > 0) return;
+    if (timer !== null && timerMs <= ms) return;
     if (timer !== null) clearTimeout(timer);
+    timerMs = ms;
     timer = setTimeout(() => {
       timer = null;
       void flush();

@@ -14,6 +14,9 @@
  * or running a version without the request channel) the request goes to the receiver's inbox
  * instead, as every request did before, and waits there for it within the timeout. Requests
  * are not ordered with sends: a request may overtake a send made before it to the same actor.
+ * Requests to one instance made in one microtask run (and the replies to one requester) go as
+ * one sealed batch on `rt.requests.<instance>` (`rt.replies.<instance>`), each envelope in it
+ * checked alone; a batch nobody hears there is sent again one by one on the single channel.
  *
  * Authenticity: on Redis every envelope is sealed (lib/message_auth.ts) with an HMAC keyed from
  * the cluster's secret key and bound to the receiving instance (inbox entries) or the channel
@@ -39,15 +42,23 @@ import { type Logger, silentLogger } from "../../lib/log.ts";
 import { claimedSender, type MessageAuth } from "../../lib/message_auth.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import { duplicateRedis, type Keyspace, type RedisClient } from "../../store/redis.ts";
+import { createSeenIds } from "../../lib/seen_ids.ts";
 import { checkEnvelope, type Envelope, type InboundEnvelope, isEvent } from "./envelope.ts";
 import { createInboxReader, createInboxWriter, type InboxEntry } from "../../store/redis_inbox.ts";
-import type { ActorAddress, ActorSpec, DeliveryMeta, RemoteEvent, Transport } from "./types.ts";
+import type {
+  ActorAddress,
+  ActorSpec,
+  DeliveryMeta,
+  RemoteEvent,
+  RequestHandler,
+  Transport,
+} from "./types.ts";
 
 /** Largest accepted message, in bytes of JSON (default). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024;
 /** Requests and broadcasts older than this are refused (default; RS_MESSAGE_MAX_AGE_S). */
 export const DEFAULT_MAX_MESSAGE_AGE_MS = 300_000;
-/** Message ids remembered for de-duplication, at most. */
+/** Message ids remembered for de-duplication: at least the latest this many (twice as many held at most). */
 const MAX_SEEN_IDS = 200_000;
 
 type Inbound = InboundEnvelope;
@@ -161,21 +172,63 @@ function createCore(options: TransportOptions) {
   let expiryAt = Infinity;
   const replyChannel = (instance: string) => `rt.reply.${instance}`;
   const requestChannel = (instance: string) => `rt.request.${instance}`;
-  const inflight = new Set<Promise<void>>();
+  /** Where several requests (replies) to one instance made in one microtask run go as one. */
+  const requestBatchChannel = (instance: string) => `rt.requests.${instance}`;
+  const replyBatchChannel = (instance: string) => `rt.replies.${instance}`;
+  /**
+   * Envelopes for one instance made in one run of the event loop's microtasks, published as
+   * one message holding a JSON array of them: one seal, one open and one PUBLISH for the
+   * batch instead of one each per envelope (the MACs and the client's per-command work were
+   * most of a message's CPU in both processes, docs/scaling.md). Each envelope in it is
+   * checked as a lone one is (size of the whole, the envelope check, id de-duplication, age,
+   * the handler's schema). A lone envelope goes as before, on the single channel; a batch
+   * that reaches nobody (a receiver of an earlier version listens only there) is sent again
+   * envelope by envelope on the single channel.
+   */
+  function createBatcher(single: (i: string) => string, batch: (i: string) => string) {
+    const open = new Map<string, { jsons: string[]; bytes: number; result: Promise<number[]> }>();
+    function flush(instance: string, jsons: string[]): Promise<number[]> {
+      if (jsons.length === 1) {
+        return options.bus.publish(single(instance), jsons[0]).then((n) => [n]);
+      }
+      return options.bus.publish(batch(instance), `[${jsons.join(",")}]`).then((n) =>
+        n > 0
+          ? jsons.map(() => n)
+          : Promise.all(jsons.map((j) => options.bus.publish(single(instance), j)))
+      );
+    }
+    /** Publishes `json` to `instance`; resolves with the subscribers it reached. */
+    return async function publish(instance: string, json: string): Promise<number> {
+      let b = open.get(instance);
+      // A batch stays within the receiver's size limit: past it, a new one starts.
+      if (b && b.bytes + json.length + 1 > maxBytes) b = undefined;
+      if (!b) {
+        const jsons: string[] = [];
+        const started = { jsons, bytes: 2, result: null as unknown as Promise<number[]> };
+        started.result = new Promise<void>((r) => queueMicrotask(r)).then(() => {
+          if (open.get(instance) === started) open.delete(instance);
+          return flush(instance, jsons);
+        });
+        open.set(instance, b = started);
+      }
+      const index = b.jsons.push(json) - 1;
+      b.bytes += json.length + 1;
+      return (await b.result)[index];
+    };
+  }
+  const publishReply = createBatcher(replyChannel, replyBatchChannel);
+  const publishRequest = createBatcher(requestChannel, requestBatchChannel);
+  /** Request handlers running now, and who waits for none to run (`drain`). */
+  let running = 0;
+  const idleWaiters: (() => void)[] = [];
   const maxAgeMs = options.maxMessageAgeMs ?? DEFAULT_MAX_MESSAGE_AGE_MS;
-  /** Ids of messages delivered, with when they may be forgotten (insertion = time order). */
-  const seen = new Map<string, number>();
+  /** Ids of messages delivered: each kept at least 2 × the age limit or MAX_SEEN_IDS later ids. */
+  const seen = createSeenIds({ keepMs: maxAgeMs * 2, max: MAX_SEEN_IDS, now });
   /** Senders already logged for a replayed or stale message (counted after that). */
   const loggedReplays = new Set<string>();
 
   function remember(id: string): void {
-    const t = now();
-    seen.set(id, t + maxAgeMs * 2);
-    if (seen.size <= 1000) return;
-    for (const [old, until] of seen) {
-      if (until > t && seen.size <= MAX_SEEN_IDS) break;
-      seen.delete(old);
-    }
+    seen.add(id);
   }
 
   /** Counts a genuine but replayed or out-of-date message, logging the first per sender. */
@@ -223,12 +276,72 @@ function createCore(options: TransportOptions) {
     return env;
   }
 
+  /**
+   * Parses a batch (a JSON array of envelopes) into its envelopes: the size limit holds for the
+   * whole, each envelope is checked on its own and a bad one is counted and left out.
+   */
+  function parseBatch(raw: string): Envelope[] {
+    if (raw.length > maxBytes) {
+      drop("dropped_oversized", { bytes: raw.length, limit: maxBytes });
+      return [];
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(raw);
+    } catch {
+      drop("dropped_malformed", { error: "not JSON" });
+      return [];
+    }
+    if (!Array.isArray(json)) {
+      drop("dropped_malformed", { error: "a batch is an array of envelopes" });
+      return [];
+    }
+    const out: Envelope[] = [];
+    for (const item of json) {
+      const env = checkEnvelope(item);
+      if (typeof env === "string") drop("dropped_malformed", { error: env });
+      else out.push(env);
+    }
+    return out;
+  }
+
   async function sendReply(to: string, corr: string, body: Partial<Envelope>): Promise<void> {
     const reply = { v: 1, kind: "reply", id: messageId(), corr, sentAt: now(), ...body };
     counters.replies++;
-    await options.bus.publish(replyChannel(to), JSON.stringify(reply)).catch((err) =>
+    await publishReply(to, JSON.stringify(reply)).catch((err) =>
       log.warn("reply not sent", { error: err instanceof Error ? err.message : String(err) })
     );
+  }
+
+  /**
+   * Runs a request's handler and sends its reply. Counted in `running` rather than kept as a
+   * promise in a set with a `finally` to remove it: one promise per request instead of three
+   * (the message path's allocations; `drain` only needs to know when none run).
+   */
+  async function answer(
+    handler: RequestHandler,
+    event: RemoteEvent,
+    env: Inbound,
+    meta: DeliveryMeta,
+    detail: Record<string, unknown>,
+  ): Promise<void> {
+    running++;
+    try {
+      const result = await handler.handle(event, {
+        ref: options.actors.ref(env.to.actor),
+        meta,
+      });
+      await sendReply(env.from.instance, env.corr!, { ok: true, result });
+    } catch (err) {
+      const code = err instanceof RuntimeError ? err.code : "INTERNAL";
+      const message = err instanceof RuntimeError ? err.message : "The request handler failed";
+      if (!(err instanceof RuntimeError)) {
+        log.error("request handler failed", { ...detail, error: String(err) });
+      }
+      await sendReply(env.from.instance, env.corr!, { ok: false, error: { code, message } });
+    } finally {
+      if (--running === 0) { for (const idle of idleWaiters.splice(0)) idle(); }
+    }
   }
 
   /** Validates an inbound message against the target actor and hands it over. */
@@ -284,24 +397,7 @@ function createCore(options: TransportOptions) {
         return drop("dropped_invalid_event", detail);
       }
       // The handler runs on its own: a slow request must not hold up the inbox.
-      const work = (async () => {
-        try {
-          const result = await handler.handle(parsed.data, {
-            ref: options.actors.ref(env.to.actor),
-            meta,
-          });
-          await sendReply(env.from.instance, env.corr!, { ok: true, result });
-        } catch (err) {
-          const code = err instanceof RuntimeError ? err.code : "INTERNAL";
-          const message = err instanceof RuntimeError ? err.message : "The request handler failed";
-          if (!(err instanceof RuntimeError)) {
-            log.error("request handler failed", { ...detail, error: String(err) });
-          }
-          await sendReply(env.from.instance, env.corr!, { ok: false, error: { code, message } });
-        }
-      })();
-      inflight.add(work);
-      work.finally(() => inflight.delete(work));
+      void answer(handler, parsed.data, env, meta, detail);
       remember(env.id);
       counters.delivered++;
       if (redelivery) counters.redelivered++;
@@ -436,7 +532,15 @@ function createCore(options: TransportOptions) {
 
   function onReply(raw: string): void {
     const env = parse(raw);
-    if (!env || env.kind !== "reply") return;
+    if (env) takeReply(env);
+  }
+
+  function onReplies(raw: string): void {
+    for (const env of parseBatch(raw)) takeReply(env);
+  }
+
+  function takeReply(env: Envelope): void {
+    if (env.kind !== "reply") return;
     const waiter = settle(env.corr);
     if (!waiter) return; // late reply after a timeout: nothing waits for it
     if (env.ok) waiter.resolve(env.result);
@@ -448,7 +552,7 @@ function createCore(options: TransportOptions) {
 
   /** Waits for request handlers still running (on close). */
   async function drain(): Promise<void> {
-    await Promise.allSettled([...inflight]);
+    if (running) await new Promise<void>((resolve) => idleWaiters.push(resolve));
   }
 
   function failPending(): void {
@@ -469,12 +573,17 @@ function createCore(options: TransportOptions) {
     envelope,
     awaitReply,
     onReply,
+    onReplies,
+    parseBatch,
+    publishRequest,
     failPending,
     /** Requests waiting for their reply now. */
     pendingRequests: () => pending.size,
     drain,
     replyChannel,
     requestChannel,
+    replyBatchChannel,
+    requestBatchChannel,
     requestTimeoutMs: options.requestTimeoutMs ?? 5000,
   };
 }
@@ -512,6 +621,17 @@ export function createRedisTransport(
     now: options.now,
   });
   const inbox = createInboxReader(redis, reader, options.keyspace, options.instanceId);
+
+  /** A request that came over pub/sub (alone or in a batch), already checked as an envelope. */
+  function takeRequest(env: Envelope): void {
+    if (env.kind !== "request") {
+      counters.dropped_malformed++;
+      return;
+    }
+    core.deliver(env).catch((err) =>
+      log.error("delivery failed", { error: err instanceof Error ? err.message : String(err) })
+    );
+  }
   let running = false;
   let loop: Promise<void> | null = null;
   const unsubscribers: (() => Promise<void>)[] = [];
@@ -648,20 +768,15 @@ export function createRedisTransport(
       running = true;
       unsubscribers.push(
         await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply),
+        await options.bus.subscribe(core.replyBatchChannel(options.instanceId), core.onReplies),
         // Requests to this instance (opened by the bus with the channel as binding). A request
         // is started in the subscriber's own synchronous run, like an inbox batch's entries.
         await options.bus.subscribe(core.requestChannel(options.instanceId), (raw) => {
           const env = core.parse(raw);
-          if (!env) return;
-          if (env.kind !== "request") {
-            counters.dropped_malformed++;
-            return;
-          }
-          core.deliver(env).catch((err) =>
-            log.error("delivery failed", {
-              error: err instanceof Error ? err.message : String(err),
-            })
-          );
+          if (env) takeRequest(env);
+        }),
+        await options.bus.subscribe(core.requestBatchChannel(options.instanceId), (raw) => {
+          for (const env of core.parseBatch(raw)) takeRequest(env);
         }),
         await options.bus.subscribe("rt.broadcast", (raw) => {
           const env = core.parse(raw);
@@ -703,7 +818,7 @@ export function createRedisTransport(
         // Nobody listening (the receiver restarting, its subscriber reconnecting, or an
         // instance of an earlier version) falls back to its inbox, which holds the request
         // until the receiver reads it, as every request went before.
-        const reached = await options.bus.publish(core.requestChannel(to.instance), json);
+        const reached = await core.publishRequest(to.instance, json);
         if (reached === 0) {
           counters.requests_via_inbox++;
           await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
@@ -759,7 +874,15 @@ export function createLocalTransport(options: TransportOptions): Transport & {
   return {
     instanceId: options.instanceId,
     async start() {
-      off = await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply);
+      const one = await options.bus.subscribe(core.replyChannel(options.instanceId), core.onReply);
+      const many = await options.bus.subscribe(
+        core.replyBatchChannel(options.instanceId),
+        core.onReplies,
+      );
+      off = async () => {
+        await one();
+        await many();
+      };
     },
     async send(to, event, opts = {}) {
       local(to);

@@ -260,3 +260,22 @@ Deno.test("bus on a Redis Cluster: sharded pub/sub, back after a failover and a 
     await closeRedis(b);
   }
 });
+
+Deno.test("a handler that re-subscribes while handling a message: the new handler gets only later ones", async () => {
+  // One handler is called without copying the set per message; a handler added during that
+  // call must still not receive the message being delivered.
+  const bus = createLocalBus();
+  const got: string[] = [];
+  let offFirst: (() => Promise<void>) | null = null;
+  offFirst = await bus.subscribe("c", (m) => {
+    got.push(`first:${m}`);
+    void offFirst!();
+    void bus.subscribe("c", (m2) => void got.push(`second:${m2}`));
+  });
+  await bus.publish("c", "1");
+  await until(() => Promise.resolve(got.length >= 1), { what: "the first message handled" });
+  await bus.publish("c", "2");
+  await until(() => Promise.resolve(got.length >= 2), { what: "the second message handled" });
+  assert.deepEqual(got, ["first:1", "second:2"]);
+  await bus.close();
+});

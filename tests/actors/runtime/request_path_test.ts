@@ -57,7 +57,13 @@ function echoSpec(calls: number[]): ActorSpec {
 }
 
 /** One instance: its own Redis connection, bus and transport. */
-async function instance(url: string, id: string, auth: MessageAuth, calls: number[] = []) {
+async function instance(
+  url: string,
+  id: string,
+  auth: MessageAuth,
+  calls: number[] = [],
+  maxMessageBytes?: number,
+) {
   const client = createRedisClient(settings(url), { name: id });
   await client.connect();
   const bus = createRedisBus(client, { keyspace: ks, auth });
@@ -69,6 +75,7 @@ async function instance(url: string, id: string, auth: MessageAuth, calls: numbe
     instanceId: id,
     actors: { spec: (a) => (a === "echo" ? spec : undefined), ref: () => undefined },
     requestTimeoutMs: 5000,
+    maxMessageBytes,
   });
   return {
     transport,
@@ -236,5 +243,175 @@ Deno.test("on the request channel, forged, replayed and stale requests are refus
     await b.close();
     raw.disconnect();
     replies.disconnect();
+  }
+});
+
+Deno.test("close() waits for the request handlers still running, and their replies go out", async () => {
+  // Running handlers are counted (no promise kept per request): close must still wait for
+  // every one, answered or failed, before the bus under it goes.
+  await using redis = await startRedis();
+  const auth = testAuth();
+  const client = createRedisClient(settings(redis.url), { name: "rq-slow" });
+  await client.connect();
+  const bus = createRedisBus(client, { keyspace: ks, auth });
+  const gates: (() => void)[] = [];
+  const spec = {
+    id: "slow",
+    create: () => {
+      throw new Error("not started in these tests");
+    },
+    requests: {
+      "t.slow": {
+        schema: z.object({ type: z.literal("t.slow"), fail: z.boolean() }) as z.ZodType<
+          RemoteEvent
+        >,
+        handle: (event: RemoteEvent) => {
+          const fail = (event as unknown as { fail: boolean }).fail;
+          return new Promise((resolve, reject) =>
+            gates.push(() =>
+              fail ? reject(new RuntimeError("CONFLICT", "no")) : resolve({ done: true })
+            )
+          );
+        },
+      },
+    },
+  } as unknown as ActorSpec;
+  const b = createRedisTransport(client, {
+    keyspace: ks,
+    auth,
+    bus,
+    instanceId: "rq-slow",
+    actors: { spec: (a) => (a === "slow" ? spec : undefined), ref: () => undefined },
+  });
+  const a = await instance(redis.url, "rq-a2", auth);
+  const raw = new Redis(redis.url);
+  let bClosed = false;
+  try {
+    await a.transport.start();
+    await b.start();
+    const to = { instance: "rq-slow", actor: "slow" };
+    const ok = a.transport.request(to, { type: "t.slow", fail: false });
+    const failed = a.transport.request(to, { type: "t.slow", fail: true }).catch(code);
+    await until(() => Promise.resolve(gates.length === 2), { what: "both handlers running" });
+    const order: string[] = [];
+    const closing = b.close();
+    bClosed = true;
+    const closed = closing.then(() => order.push("closed"));
+    // Let close() run as far as it can (past unsubscribing, then a pause longer than the rest
+    // of close takes): it must stop at the running handlers. A pause can only let a broken
+    // close pass unnoticed, never fail a correct one.
+    await until(async () => {
+      const [, n] = await raw.pubsub("NUMSUB", ks.channel("rt.request.rq-slow")) as [
+        string,
+        number,
+      ];
+      return Number(n) === 0;
+    }, { what: "the request channel unsubscribed by close()" });
+    await new Promise((r) => setTimeout(r, 100));
+    order.push("released");
+    for (const open of gates) open();
+    await closed;
+    assert.deepEqual(order, ["released", "closed"]);
+    assert.deepEqual(await ok, { done: true });
+    assert.equal(await failed, "CONFLICT");
+  } finally {
+    if (!bClosed) await b.close();
+    await bus.close();
+    await closeRedis(client);
+    await a.close();
+    raw.disconnect();
+  }
+});
+
+Deno.test("requests made together go as one sealed batch and their replies as one; each is answered", async () => {
+  await using redis = await startRedis();
+  const auth = testAuth();
+  const watch = new Redis(redis.url);
+  const seen: string[] = [];
+  const channelPrefix = ks.channel("x").slice(0, -1);
+  watch.on("message", (c: string) => seen.push(c.slice(channelPrefix.length)));
+  await watch.subscribe(
+    ks.channel("rt.request.rq-b"),
+    ks.channel("rt.requests.rq-b"),
+    ks.channel("rt.reply.rq-a"),
+    ks.channel("rt.replies.rq-a"),
+  );
+  const a = await instance(redis.url, "rq-a", auth);
+  const b = await instance(redis.url, "rq-b", auth);
+  try {
+    await a.transport.start();
+    await b.transport.start();
+    const to = { instance: "rq-b", actor: "echo" };
+    const got = await Promise.all(
+      [1, 2, 3, 4].map((n) => a.transport.request<{ n: number }>(to, { type: "t.echo", n })),
+    );
+    assert.deepEqual(got, [{ n: 1 }, { n: 2 }, { n: 3 }, { n: 4 }]);
+    assert.deepEqual(b.calls, [1, 2, 3, 4], "handled in the order they were made");
+    await until(() => Promise.resolve(seen.length === 2), { what: "both publishes seen" });
+    assert.deepEqual(seen, ["rt.requests.rq-b", "rt.replies.rq-a"]);
+    // A lone request still goes alone, on the single channel.
+    assert.deepEqual(await a.transport.request(to, { type: "t.echo", n: 5 }), { n: 5 });
+    await until(() => Promise.resolve(seen.length === 4), { what: "the lone publishes seen" });
+    assert.deepEqual(seen.slice(2), ["rt.request.rq-b", "rt.reply.rq-a"]);
+  } finally {
+    await a.close();
+    await b.close();
+    watch.disconnect();
+  }
+});
+
+Deno.test("in a batch, each request is checked on its own; a batch sealed for another channel is refused whole", async () => {
+  await using redis = await startRedis();
+  const auth = testAuth();
+  const raw = new Redis(redis.url);
+  // A small size limit, so an oversized batch is a few kB.
+  const b = await instance(redis.url, "rq-b", auth, [], 4096);
+  const channel = "rt.requests.rq-b";
+  const publish = (message: string) => raw.publish(ks.channel(channel), message);
+  try {
+    await b.transport.start();
+    const genuine = envelope("rq-b", { type: "t.echo", n: 1 });
+    const batch = (items: string[]) => `[${items.join(",")}]`;
+    // Sealed for the single request channel (or unsealed): not a batch for this one.
+    await publish(auth.seal("transport.request", "rt.request.rq-b", batch([genuine])));
+    await publish(batch([genuine]));
+    await until(() => Promise.resolve(b.bus.stats().forged === 2), {
+      what: "both refused by the bus",
+    });
+    assert.deepEqual(b.calls, []);
+    await publish(auth.seal(
+      "transport.request",
+      channel,
+      batch([
+        genuine,
+        genuine, // the same id again
+        envelope("rq-b", { type: "t.echo", n: 2 }, { sentAt: Date.now() - 400_000 }),
+        JSON.stringify({ v: 1, kind: "nonsense" }),
+        envelope("rq-b", { type: "t.echo", n: "x" }),
+        envelope("rq-b", { type: "t.echo", n: 3 }),
+      ]),
+    ));
+    await until(() => Promise.resolve(b.transport.stats().delivered === 2), {
+      what: "the two genuine requests delivered",
+    });
+    await until(() => Promise.resolve(b.transport.stats().dropped_invalid_event === 1), {
+      what: "the invalid event refused",
+    });
+    const s = b.transport.stats();
+    assert.equal(s.dropped_replayed, 1);
+    assert.equal(s.dropped_stale, 1);
+    assert.equal(s.dropped_malformed, 1);
+    assert.deepEqual(b.calls, [1, 3]);
+    // Not an array, and over the size limit as a whole: refused, nothing handled.
+    await publish(auth.seal("transport.request", channel, genuine));
+    await publish(auth.seal("transport.request", channel, batch(Array(20).fill(genuine))));
+    await until(() => {
+      const t = b.transport.stats();
+      return Promise.resolve(t.dropped_malformed === 2 && t.dropped_oversized === 1);
+    }, { what: "the non-array and the oversized batch refused" });
+    assert.deepEqual(b.calls, [1, 3]);
+  } finally {
+    await b.close();
+    raw.disconnect();
   }
 });
