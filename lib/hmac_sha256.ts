@@ -8,6 +8,8 @@
  * @module
  */
 
+import { createHmac } from "node:crypto";
+
 const K = new Int32Array([
   0x428a2f98,
   0x71374491,
@@ -132,7 +134,17 @@ function compress(h: Int32Array, data: Uint8Array, off: number): void {
 export interface HmacKey {
   readonly inner: Int32Array;
   readonly outer: Int32Array;
+  /** The key itself, for messages long enough that node:crypto is cheaper. */
+  readonly raw: Uint8Array;
 }
+
+/**
+ * From this many UTF-16 units on, node:crypto's createHmac is cheaper than the code here:
+ * its fixed cost per call (≈ 7 µs in Deno 2.5) against ≈ 4.6 µs per KiB here (measured:
+ * 300 bytes 2.6 vs 7.4 µs, 2,000 bytes 11.8 vs 7.6 µs, 20,000 bytes 92.6 vs 20.2 µs). A batch
+ * of envelopes (actors/runtime/transport.ts) is such a message.
+ */
+const NATIVE_FROM = 1500;
 
 /** Prepares a key of at most 64 bytes (the runtime's keys are 32). */
 export function hmacKey(key: Uint8Array): HmacKey {
@@ -145,7 +157,7 @@ export function hmacKey(key: Uint8Array): HmacKey {
   pad.fill(0x5c);
   for (let i = 0; i < key.length; i++) pad[i] ^= key[i];
   compress(outer, pad, 0);
-  return { inner, outer };
+  return { inner, outer, raw: key.slice() };
 }
 
 const encoder = new TextEncoder();
@@ -178,6 +190,14 @@ const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /** HMAC-SHA256 of the UTF-8 bytes of `message` under `key`, as 43 characters of base64url. */
 export function hmacBase64url(key: HmacKey, message: string): string {
+  if (message.length >= NATIVE_FROM) {
+    return createHmac("sha256", key.raw).update(message, "utf8").digest("base64url");
+  }
+  return hmacBase64urlHere(key, message);
+}
+
+/** hmacBase64url computed by the code here whatever the length (tests compare both). */
+export function hmacBase64urlHere(key: HmacKey, message: string): string {
   // UTF-8 is at most 3 bytes per UTF-16 unit.
   if (buf.length < message.length * 3) buf = new Uint8Array(message.length * 3 + 1024);
   const len = encoder.encodeInto(message, buf).written;
