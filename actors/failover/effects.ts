@@ -10,6 +10,7 @@
  */
 import { dirname } from "node:path";
 import { type AnyActorRef, fromCallback, fromPromise } from "xstate";
+import { isConnectionLost } from "../../lib/db_errors.ts";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Database } from "../../store/database.ts";
@@ -182,15 +183,40 @@ export function isRefused(err: unknown): boolean {
   return (err as { code?: unknown } | null)?.code === "ECONNREFUSED";
 }
 
-/** One probe of `name`: answers and is out of recovery; `refused` when ECONNREFUSED. */
+/** A connection the server (or the network) closed: lost, not refused, not timed out. */
+function closedByServer(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return isConnectionLost(err) && code !== "CONNECT_TIMEOUT" && code !== "ETIMEDOUT";
+}
+
+/**
+ * One probe of `name`: answers and is out of recovery; `refused` when ECONNREFUSED. The probe
+ * connection is kept between probes; when the server closed it (a crashed postmaster's
+ * backends die with it, an administrator terminated it) the probe looks once more on a fresh
+ * connection, within the same timeout: a kept connection's loss says nothing about the
+ * server now, a fresh connection's answer does (a dead server refuses it, which is what the
+ * fast path's evidence asks for; a live one answers). A stalled server loses no connection:
+ * its probe times out as before.
+ */
 export async function probeNode(
   deps: FailoverDeps,
   name: string,
   timeoutMs: number,
 ): Promise<{ ok: boolean; error: string | null; latencyMs: number; refused: boolean }> {
   const t0 = deps.now();
+  const probe = (ms: number) =>
+    node(deps, name).probe((sql) => isInRecovery(sql), { timeoutMs: ms });
   try {
-    const recovery = await node(deps, name).probe((sql) => isInRecovery(sql), { timeoutMs });
+    let recovery: boolean;
+    try {
+      recovery = await probe(timeoutMs);
+    } catch (err) {
+      const left = timeoutMs - (deps.now() - t0);
+      // The lost connection's pool was dropped (NodeClient): this one connects afresh. A
+      // timeout is no loss: it is what a stalled server gives, and stays one failed probe.
+      if (!closedByServer(err) || left < 1) throw err;
+      recovery = await probe(left);
+    }
     const latencyMs = Math.round(deps.now() - t0);
     if (recovery) {
       return { ok: false, error: `${name} answers but is in recovery`, latencyMs, refused: false };

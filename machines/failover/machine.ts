@@ -24,7 +24,9 @@
  * evidence ({@linkcode judgeEvidence}: refused by ≥ 2 instances, no replica streaming from
  * the primary, and at least one that streamed at the last good sample lost its stream) skips
  * the count. The vote, the promotion (with its fencing token and sync-mode
- * checks) and the publication are the same states on both paths.
+ * checks) and the publication are the same states on both paths. A query through the pool
+ * that lost its connection is a hint (`context.hint`, kept until a probe starts) that brings
+ * the next probe forward while healthy; a suspect primary's probes keep their interval.
  *
  * Patroni-style, every decision is one sentence in `context.why` (and `context.decision`
  * for the ones an operator asked for), logged, stored and asserted by the tests. Every
@@ -181,6 +183,7 @@ const failover = setup({
       path: "careful" as const,
       evidence: null,
       evidenceWhy: null,
+      hint: null,
       why: judgeAnnouncement(context.primary, published).why,
     })),
     /** Weighs one probe ({@linkcode judgeProbe}) and keeps what its verdict says. */
@@ -227,6 +230,10 @@ const failover = setup({
           };
       }
     }),
+    /** A pool error: kept as a hint until the next probe starts. */
+    noteHint: assign((_, event: { why: string }) => ({ hint: { why: event.why } })),
+    /** A probe starts: it covers every hint seen so far. */
+    takeHint: assign({ hint: null }),
     /** A healthy primary: no streak of failed probes. */
     resetSuspicion: assign({
       failures: 0,
@@ -496,6 +503,8 @@ const failover = setup({
   },
   guards: {
     isLeader: ({ context }) => context.leader !== null,
+    /** A pool error came since the last probe started. */
+    hinted: ({ context }) => context.hint !== null,
     /** The detector has decided where to start. */
     started: not(stateIn("#failover.detector.starting")),
     /** The detector is healthy: the only time repairs run. */
@@ -635,6 +644,8 @@ const STARTING = failover.createStateConfig({
  * the level the verdict calls for.
  */
 const PROBING = failover.createStateConfig({
+  // This probe weighs whatever the pool saw before it started.
+  entry: "takeHint",
   invoke: {
     src: "probePrimary",
     input: ({ context }) => ({ primary: context.primary }),
@@ -707,6 +718,9 @@ const HEALTHY_STATE = failover.createStateConfig({
   initial: "waiting",
   entry: "resetSuspicion",
   on: {
+    // A pool query that lost its connection is a hint, kept until the next probe starts
+    // (also when it came during a probe or the hold-off).
+    POOL_ERROR: { actions: { type: "noteHint", params: ({ event }) => ({ why: event.why }) } },
     SWITCHOVER: [
       {
         guard: "isLeader",
@@ -732,27 +746,25 @@ const HEALTHY_STATE = failover.createStateConfig({
     ],
   },
   states: {
-    // A pool query that lost its connection is a hint: the next probe runs at once rather
-    // than at the end of the interval (at most one early probe per `earlyProbeHoldoff`, so
-    // a pool failing on and on cannot make the probes run back to back). It is only a probe:
-    // what it finds is weighed like any other. Only here: a suspect primary's probes keep
-    // their interval, so the careful count never runs faster.
+    // A hint brings the next probe forward: it runs at once rather than at the end of the
+    // interval, or when the hold-off after the last probe ends (at most one early probe per
+    // `earlyProbeHoldoff`, so a pool failing on and on cannot make the probes run back to
+    // back). It is only a probe: what it finds is weighed like any other.
     waiting: {
       initial: "resting",
       after: { probeInterval: "probing" },
       states: {
         resting: { after: { earlyProbeHoldoff: "listening" } },
         listening: {
-          on: {
-            POOL_ERROR: {
-              target: "#failover.detector.healthy.probing",
-              actions: {
-                type: "say",
-                params: ({ context, event }) => ({
-                  why: `probing ${context.primary.node} at once: a query through the pool ` +
-                    `failed (${event.why})`,
-                }),
-              },
+          always: {
+            guard: "hinted",
+            target: "#failover.detector.healthy.probing",
+            actions: {
+              type: "say",
+              params: ({ context }) => ({
+                why: `probing ${context.primary.node} at once: a query through the pool ` +
+                  `failed (${context.hint?.why})`,
+              }),
             },
           },
         },
@@ -762,9 +774,16 @@ const HEALTHY_STATE = failover.createStateConfig({
   },
 });
 
-/** Probes failed: keep probing; the coordinator asks for votes after N in a row. */
+/**
+ * Probes failed: keep probing; the coordinator asks for votes after N in a row. A suspect
+ * primary's probes keep their interval whatever the pool says (a hint is only kept for the
+ * next probe), so the careful count never runs faster.
+ */
 const SUSPECT_STATE = failover.createStateConfig({
   initial: "waiting",
+  on: {
+    POOL_ERROR: { actions: { type: "noteHint", params: ({ event }) => ({ why: event.why }) } },
+  },
   states: {
     waiting: {
       always: { guard: "confirmedAsLeader", target: "#failover.detector.confirming" },
@@ -1310,6 +1329,7 @@ export const failoverMachine = failover.createMachine({
     poolRetryMs: input.poolRetryMs ?? 500,
     failures: 0,
     lastProbe: null,
+    hint: null,
     suspectSince: null,
     path: "careful",
     evidence: null,

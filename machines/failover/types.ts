@@ -410,6 +410,11 @@ export interface FailoverContext {
   failures: number;
   /** The last probe. */
   lastProbe: { ok: boolean; error: string | null; latencyMs: number; refused: boolean } | null;
+  /**
+   * A pool error seen since the last probe started (null: none): a hint that brings the next
+   * probe forward (see {@linkcode FailoverEvent} `POOL_ERROR`), weighed by that probe only.
+   */
+  hint: { why: string } | null;
   /** Time (from sample clocks) the first failed probe of this streak was seen. */
   suspectSince: number | null;
   /**

@@ -540,26 +540,65 @@ Deno.test("failover machine", async (t) => {
     async () => {
       using h = harness();
       h.lease.acquire(10);
-      await h.advance(110); // probe at 100, answered; waiting until 200
-      h.actor.send({ type: "POOL_ERROR", why: "connect ECONNREFUSED 127.0.0.1:5000" });
+      await h.advance(110); // probe at 100, answered; hold-off (20 ms at 100) until 120
+      h.actor.send({ type: "POOL_ERROR", why: "connection lost" });
       await h.advance(1);
-      assert.deepEqual(h.ops("probe").map((c) => c.at), [100], "within the hold-off: ignored");
-      await h.advance(14); // t=125: hold-off (20 ms at a 100 ms interval) is over
-      h.actor.send({ type: "POOL_ERROR", why: "connect ECONNREFUSED 127.0.0.1:5000" });
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100], "within the hold-off: kept");
+      await h.advance(9); // t=120: the hold-off is over, the hint is acted on
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 120]);
+      assert.equal(
+        h.actor.getSnapshot().context.why,
+        "probing pg1 at once: a query through the pool failed (connection lost)",
+      );
+      await h.advance(25); // t=145: listening since 140
+      h.actor.send({ type: "POOL_ERROR", why: "connection lost" });
       await h.advance(1);
-      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 125]);
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 120, 145]);
       // Only a probe: the primary answered, nothing else happens, the interval goes on.
       assert.equal(detector(h.actor), "healthy");
+      assert.equal(h.actor.getSnapshot().context.hint, null, "the probe took the hint");
       await h.advance(100);
-      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 125, 225]);
-      // A suspect primary's probes keep their interval: the careful count never speeds up.
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 120, 145, 245]);
+      // A suspect primary's probes keep their interval: the careful count never speeds up
+      // on errors that are not refusals.
       h.world.primary = "down";
-      await h.advance(100); // t=326: the probe at 325 failed
+      await h.advance(100); // t=346: the probe at 345 failed
       assert.equal(detector(h.actor), "suspect");
       const before = h.ops("probe").length;
       h.actor.send({ type: "POOL_ERROR", why: "connection lost" });
-      await h.advance(1);
+      await h.advance(50);
       assert.equal(h.ops("probe").length, before);
+    },
+  );
+
+  await t.step("a pool error during a probe that answers is acted on after it", async () => {
+    using h = harness();
+    h.world.primary = "slow";
+    h.world.slowMs = 10;
+    await h.advance(105); // the probe at 100 is in flight until 110
+    h.actor.send({ type: "POOL_ERROR", why: "write CONNECTION_CLOSED 127.0.0.1:5000" });
+    await h.advance(30); // answered at 110; hold-off until 130
+    assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 130]);
+  });
+
+  await t.step(
+    "a suspect coordinator keeps the probe interval whatever the pool says",
+    async () => {
+      using h = harness();
+      h.lease.acquire(10);
+      h.world.primary = "down";
+      await h.advance(101); // the probe at 100 failed
+      assert.equal(detector(h.actor), "suspect");
+      h.world.primary = "refused";
+      h.actor.send({ type: "POOL_ERROR", why: "connect ECONNREFUSED 127.0.0.1:5000" });
+      await h.advance(50);
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100], "the careful count keeps pace");
+      assert.deepEqual(h.actor.getSnapshot().context.hint, {
+        why: "connect ECONNREFUSED 127.0.0.1:5000",
+      });
+      await h.advance(50); // the probe at 200 takes the hint
+      assert.deepEqual(h.ops("probe").map((c) => c.at), [100, 200]);
+      assert.equal(h.actor.getSnapshot().context.hint, null);
     },
   );
 

@@ -167,8 +167,9 @@ export const failoverModel: ChartModel<FailoverWorld> = {
       // Another coordinator published a newer primary.
       events.push({ type: "failover.primary", node: candidate(p.node), epoch: p.epoch + 1 });
     }
-    if (snapshot.matches({ detector: "healthy" })) {
-      // A query through the pool lost its connection: a hint to probe early.
+    if (snapshot.matches({ detector: "healthy" }) || snapshot.matches({ detector: "suspect" })) {
+      // A query through the pool lost its connection: a hint to probe early (kept while
+      // suspect, where probes keep their interval).
       events.push({ type: "POOL_ERROR", why: "connection refused" });
     }
     if (snapshot.matches({ role: "coordinator", detector: "healthy" })) {
@@ -391,6 +392,7 @@ export const failoverModel: ChartModel<FailoverWorld> = {
       world.evidence,
       c.path,
       c.lastGoodSample?.primary === c.primary.node,
+      c.hint !== null,
     ];
   },
   invariants: {
