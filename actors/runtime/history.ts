@@ -22,30 +22,42 @@ import type { HistoryRecord } from "../../store/redis_history.ts";
 import type { ActorView } from "./inspector.ts";
 import type { TransitionRecord } from "./inspector.ts";
 
-/** What the transport tells the recorder about a message it received. */
+/**
+ * What the transport tells the recorder about a message it received: the checked envelope
+ * itself (actors/runtime/envelope.ts), whose fields the recorder reads when it writes the record
+ * (never the event's payload).
+ */
 export interface ReceivedMessage {
   /** Message id. */
-  id: string;
+  readonly id: string;
   /** send, broadcast or request. */
-  kind: string;
+  readonly kind: string;
   /** Sender. */
-  from: { instance: string; actor: string };
+  readonly from: { readonly instance: string; readonly actor: string };
   /** Target actor on this instance. */
-  to: string;
-  /** Event type (never the payload). */
-  event: string;
+  readonly to: { readonly actor: string };
+  /** The event; only its type is recorded. */
+  readonly event: { readonly type: string };
   /** Correlation id of a request. */
-  corr?: string;
+  readonly corr?: string;
   /** Sender's clock at send time (ms). */
-  sentAt: number;
+  readonly sentAt: number;
+}
+
+/** A received message waiting in the buffer: made into its record when the batch is written. */
+class Received {
+  constructor(readonly m: ReceivedMessage, readonly at: number) {}
 }
 
 /** The recorder one instance runs. */
 export interface HistoryRecorder {
   /** Records a transition the inspector saw (of an actor running `machine`). */
   transition(t: TransitionRecord, machine?: string | null): void;
-  /** Records a message the transport received for a local actor. */
-  message(m: ReceivedMessage): void;
+  /**
+   * Records a message the transport received for a local actor (at `at`, default now). The
+   * message is kept as given until its batch is written: it must not change.
+   */
+  message(m: ReceivedMessage, at?: number): void;
   /**
    * Records a keyframe (every running actor's state) now and (re)starts the periodic ones;
    * nothing without the `keyframes` option.
@@ -93,7 +105,11 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   const now = options.now ?? Date.now;
   const log = options.log ?? silentLogger;
   const instance = options.instanceId;
-  const buffer: HistoryRecord[] = [];
+  /**
+   * Records, and received messages kept as given (one small object per message on the message
+   * path; their records are built when the batch is written).
+   */
+  const buffer: (HistoryRecord | Received)[] = [];
   let timer: number | null = null;
   /** The delay `timer` was armed with. */
   let timerMs = 0;
@@ -103,7 +119,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   let failing = false;
   const counters = { recorded: 0, written: 0, dropped: 0, failedBatches: 0 };
 
-  function push(record: HistoryRecord): void {
+  function push(record: HistoryRecord | Received): void {
     if (closed) return;
     counters.recorded++;
     buffer.push(record);
@@ -132,9 +148,27 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     }, ms);
   }
 
+  function toRecord(entry: HistoryRecord | Received): HistoryRecord {
+    if (!(entry instanceof Received)) return entry;
+    const { m, at } = entry;
+    const record: HistoryRecord = {
+      k: "message",
+      instance,
+      at,
+      id: m.id,
+      kind: m.kind,
+      from: { instance: m.from.instance, actor: m.from.actor },
+      to: { instance, actor: m.to.actor },
+      event: m.event.type,
+      sentAt: m.sentAt,
+    };
+    if (m.corr) record.corr = m.corr;
+    return record;
+  }
+
   async function writeOnce(): Promise<void> {
     while (buffer.length) {
-      const batch = buffer.slice(0, batchSize);
+      const batch = buffer.slice(0, batchSize).map(toRecord);
       try {
         await options.append(batch);
         buffer.splice(0, batch.length);
@@ -192,19 +226,8 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
         ...(machine && { machine }),
       });
     },
-    message(m) {
-      push({
-        k: "message",
-        instance,
-        at: now(),
-        id: m.id,
-        kind: m.kind,
-        from: m.from,
-        to: { instance, actor: m.to },
-        event: m.event,
-        ...(m.corr && { corr: m.corr }),
-        sentAt: m.sentAt,
-      });
+    message(m, at = now()) {
+      push(new Received(m, at));
     },
     flush,
     stats: () => ({ ...counters }),
