@@ -24,8 +24,8 @@ import type { TransitionRecord } from "./inspector.ts";
 
 /**
  * What the transport tells the recorder about a message it received: the checked envelope
- * itself (actors/runtime/envelope.ts), whose fields the recorder reads when it writes the record
- * (never the event's payload).
+ * itself (actors/runtime/envelope.ts), of which the recorder keeps what the record needs (never
+ * the event's payload).
  */
 export interface ReceivedMessage {
   /** Message id. */
@@ -44,18 +44,13 @@ export interface ReceivedMessage {
   readonly sentAt: number;
 }
 
-/** A received message waiting in the buffer: made into its record when the batch is written. */
-class Received {
-  constructor(readonly m: ReceivedMessage, readonly at: number) {}
-}
-
 /** The recorder one instance runs. */
 export interface HistoryRecorder {
   /** Records a transition the inspector saw (of an actor running `machine`). */
   transition(t: TransitionRecord, machine?: string | null): void;
   /**
-   * Records a message the transport received for a local actor (at `at`, default now). The
-   * message is kept as given until its batch is written: it must not change.
+   * Records a message the transport received for a local actor (at `at`, default now); its
+   * `from` is kept as given until the batch is written (it must not change).
    */
   message(m: ReceivedMessage, at?: number): void;
   /**
@@ -105,11 +100,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   const now = options.now ?? Date.now;
   const log = options.log ?? silentLogger;
   const instance = options.instanceId;
-  /**
-   * Records, and received messages kept as given (one small object per message on the message
-   * path; their records are built when the batch is written).
-   */
-  const buffer: (HistoryRecord | Received)[] = [];
+  const buffer: HistoryRecord[] = [];
   let timer: number | null = null;
   /** The delay `timer` was armed with. */
   let timerMs = 0;
@@ -119,7 +110,7 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
   let failing = false;
   const counters = { recorded: 0, written: 0, dropped: 0, failedBatches: 0 };
 
-  function push(record: HistoryRecord | Received): void {
+  function push(record: HistoryRecord): void {
     if (closed) return;
     counters.recorded++;
     buffer.push(record);
@@ -148,27 +139,9 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
     }, ms);
   }
 
-  function toRecord(entry: HistoryRecord | Received): HistoryRecord {
-    if (!(entry instanceof Received)) return entry;
-    const { m, at } = entry;
-    const record: HistoryRecord = {
-      k: "message",
-      instance,
-      at,
-      id: m.id,
-      kind: m.kind,
-      from: { instance: m.from.instance, actor: m.from.actor },
-      to: { instance, actor: m.to.actor },
-      event: m.event.type,
-      sentAt: m.sentAt,
-    };
-    if (m.corr) record.corr = m.corr;
-    return record;
-  }
-
   async function writeOnce(): Promise<void> {
     while (buffer.length) {
-      const batch = buffer.slice(0, batchSize).map(toRecord);
+      const batch = buffer.slice(0, batchSize);
       try {
         await options.append(batch);
         buffer.splice(0, batch.length);
@@ -227,7 +200,21 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
       });
     },
     message(m, at = now()) {
-      push(new Received(m, at));
+      // One object literal of one shape per message: no copy of the message, no conditional
+      // spread (an undefined `corr` is left out by JSON.stringify when the batch is written);
+      // `from` is the checked envelope's own (a fresh {instance, actor} from the envelope check).
+      push({
+        k: "message",
+        instance,
+        at,
+        id: m.id,
+        kind: m.kind,
+        from: m.from,
+        to: { instance, actor: m.to.actor },
+        event: m.event.type,
+        corr: m.corr || undefined,
+        sentAt: m.sentAt,
+      });
     },
     flush,
     stats: () => ({ ...counters }),
