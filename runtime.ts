@@ -272,7 +272,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       bus,
       log: log.child("transport"),
       maxMessageAgeMs: config.messageMaxAgeMs,
-      onReceived: history ? (m: ReceivedMessage) => history.message(m) : undefined,
+      onReceived: history ? (m: ReceivedMessage, at: number) => history.message(m, at) : undefined,
     };
     const transport = redis
       ? createRedisTransport(redis, {

@@ -22,30 +22,37 @@ import type { HistoryRecord } from "../../store/redis_history.ts";
 import type { ActorView } from "./inspector.ts";
 import type { TransitionRecord } from "./inspector.ts";
 
-/** What the transport tells the recorder about a message it received. */
+/**
+ * What the transport tells the recorder about a message it received: the checked envelope
+ * itself (actors/runtime/envelope.ts), of which the recorder keeps what the record needs (never
+ * the event's payload).
+ */
 export interface ReceivedMessage {
   /** Message id. */
-  id: string;
+  readonly id: string;
   /** send, broadcast or request. */
-  kind: string;
+  readonly kind: string;
   /** Sender. */
-  from: { instance: string; actor: string };
+  readonly from: { readonly instance: string; readonly actor: string };
   /** Target actor on this instance. */
-  to: string;
-  /** Event type (never the payload). */
-  event: string;
+  readonly to: { readonly actor: string };
+  /** The event; only its type is recorded. */
+  readonly event: { readonly type: string };
   /** Correlation id of a request. */
-  corr?: string;
+  readonly corr?: string;
   /** Sender's clock at send time (ms). */
-  sentAt: number;
+  readonly sentAt: number;
 }
 
 /** The recorder one instance runs. */
 export interface HistoryRecorder {
   /** Records a transition the inspector saw (of an actor running `machine`). */
   transition(t: TransitionRecord, machine?: string | null): void;
-  /** Records a message the transport received for a local actor. */
-  message(m: ReceivedMessage): void;
+  /**
+   * Records a message the transport received for a local actor (at `at`, default now); its
+   * `from` is kept as given until the batch is written (it must not change).
+   */
+  message(m: ReceivedMessage, at?: number): void;
   /**
    * Records a keyframe (every running actor's state) now and (re)starts the periodic ones;
    * nothing without the `keyframes` option.
@@ -192,17 +199,20 @@ export function createHistoryRecorder(options: HistoryRecorderOptions): HistoryR
         ...(machine && { machine }),
       });
     },
-    message(m) {
+    message(m, at = now()) {
+      // One object literal of one shape per message: no copy of the message, no conditional
+      // spread (an undefined `corr` is left out by JSON.stringify when the batch is written);
+      // `from` is the checked envelope's own (a fresh {instance, actor} from the envelope check).
       push({
         k: "message",
         instance,
-        at: now(),
+        at,
         id: m.id,
         kind: m.kind,
         from: m.from,
-        to: { instance, actor: m.to },
-        event: m.event,
-        ...(m.corr && { corr: m.corr }),
+        to: { instance, actor: m.to.actor },
+        event: m.event.type,
+        corr: m.corr || undefined,
         sentAt: m.sentAt,
       });
     },

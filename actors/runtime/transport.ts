@@ -89,8 +89,11 @@ export interface TransportOptions {
   requestTimeoutMs?: number;
   /** Requests and broadcasts older than this (or dated this far ahead) are refused. */
   maxMessageAgeMs?: number;
-  /** Told of each message for a local actor (the history recorder; it must not block). */
-  onReceived?: (message: ReceivedMessage) => void;
+  /**
+   * Told of each message for a local actor, with the time it arrived (the history recorder;
+   * it must not block, and must not change the message).
+   */
+  onReceived?: (message: ReceivedMessage, at: number) => void;
 }
 
 type Counters = Record<
@@ -136,8 +139,23 @@ function newCounters(): Counters {
   };
 }
 
+/**
+ * This process's id prefix: 16 random bytes, base64url (22 characters), drawn once.
+ */
+const ID_PREFIX = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))))
+  .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+let idCount = 0;
+
+/**
+ * A message (or correlation) id unique across processes and restarts: this process's random
+ * prefix and a counter, instead of a `crypto.randomUUID()` per id (three per request and its
+ * reply, each a call into the runtime, on the message path). Ids need to be unique, not
+ * unguessable: nothing is believed from Redis without its MAC, so a forger who can predict an
+ * id still cannot make a message or a reply that opens; de-duplication and reply matching
+ * only need no two messages to share one.
+ */
 function messageId(): string {
-  return crypto.randomUUID();
+  return `${ID_PREFIX}.${(++idCount).toString(36)}`;
 }
 
 /** A request waiting for its reply. */
@@ -150,6 +168,9 @@ interface Waiter {
   resolve(v: unknown): void;
   reject(e: unknown): void;
 }
+
+/** Told the subscribers a published envelope reached, or why it was not published. */
+type Done = (reached: number, err: unknown) => void;
 
 /** Result of handing an inbound message to a local actor. */
 type Outcome = "delivered" | "dropped" | "deferred";
@@ -186,34 +207,61 @@ function createCore(options: TransportOptions) {
    * envelope by envelope on the single channel.
    */
   function createBatcher(single: (i: string) => string, batch: (i: string) => string) {
-    const open = new Map<string, { jsons: string[]; bytes: number; result: Promise<number[]> }>();
-    function flush(instance: string, jsons: string[]): Promise<number[]> {
-      if (jsons.length === 1) {
-        return options.bus.publish(single(instance), jsons[0]).then((n) => [n]);
+    interface Open {
+      jsons: string[];
+      /** Told, per envelope, the subscribers it reached (or the error). */
+      done: Done[];
+      bytes: number;
+    }
+    const open = new Map<string, Open>();
+    /** Calls one envelope's `done`; one that throws does not keep the others from theirs. */
+    function tell(d: Done, n: number, err: unknown): void {
+      try {
+        d(n, err);
+      } catch (e) {
+        log.error("publish callback failed", { error: e instanceof Error ? e.message : String(e) });
       }
-      return options.bus.publish(batch(instance), `[${jsons.join(",")}]`).then((n) =>
-        n > 0
-          ? jsons.map(() => n)
-          : Promise.all(jsons.map((j) => options.bus.publish(single(instance), j)))
+    }
+    function flush(instance: string, b: Open): void {
+      const { jsons, done } = b;
+      const each = (i: number) => (p: Promise<number>): void =>
+        void p.then((n) => tell(done[i], n, null), (err) => tell(done[i], 0, err));
+      if (jsons.length === 1) return each(0)(options.bus.publish(single(instance), jsons[0]));
+      options.bus.publish(batch(instance), `[${jsons.join(",")}]`).then(
+        (n) => {
+          if (n > 0) { for (const d of done) tell(d, n, null); }
+          else {
+            for (let i = 0; i < jsons.length; i++) {
+              each(i)(options.bus.publish(single(instance), jsons[i]));
+            }
+          }
+        },
+        (err) => {
+          for (const d of done) tell(d, 0, err);
+        },
       );
     }
-    /** Publishes `json` to `instance`; resolves with the subscribers it reached. */
-    return async function publish(instance: string, json: string): Promise<number> {
+    /**
+     * Publishes `json` to `instance`; `done` is told the subscribers it reached, or the error.
+     * A callback rather than a promise per envelope: the batch's one promise settles them all.
+     */
+    return function publish(instance: string, json: string, done: Done): void {
       let b = open.get(instance);
       // A batch stays within the receiver's size limit: past it, a new one starts.
       if (b && b.bytes + json.length + 1 > maxBytes) b = undefined;
       if (!b) {
-        const jsons: string[] = [];
-        const started = { jsons, bytes: 2, result: null as unknown as Promise<number[]> };
-        started.result = new Promise<void>((r) => queueMicrotask(r)).then(() => {
+        const started: Open = { jsons: [], done: [], bytes: 2 };
+        // Two microtask hops, as before: envelopes made by continuations of one another in
+        // the same microtask run still join the batch.
+        new Promise<void>((r) => queueMicrotask(r)).then(() => {
           if (open.get(instance) === started) open.delete(instance);
-          return flush(instance, jsons);
+          flush(instance, started);
         });
         open.set(instance, b = started);
       }
-      const index = b.jsons.push(json) - 1;
+      b.jsons.push(json);
+      b.done.push(done);
       b.bytes += json.length + 1;
-      return (await b.result)[index];
     };
   }
   const publishReply = createBatcher(replyChannel, replyBatchChannel);
@@ -305,61 +353,114 @@ function createCore(options: TransportOptions) {
     return out;
   }
 
-  async function sendReply(to: string, corr: string, body: Partial<Envelope>): Promise<void> {
-    const reply = { v: 1, kind: "reply", id: messageId(), corr, sentAt: now(), ...body };
-    counters.replies++;
-    await publishReply(to, JSON.stringify(reply)).catch((err) =>
-      log.warn("reply not sent", { error: err instanceof Error ? err.message : String(err) })
-    );
+  function replyNotSent(err: unknown): void {
+    log.warn("reply not sent", { error: err instanceof Error ? err.message : String(err) });
   }
 
   /**
-   * Runs a request's handler and sends its reply. Counted in `running` rather than kept as a
-   * promise in a set with a `finally` to remove it: one promise per request instead of three
-   * (the message path's allocations; `drain` only needs to know when none run).
+   * Sends a reply. It counts in `running` until it left (or failed), so `drain` (on close)
+   * waits for it; `then` runs after that.
    */
-  async function answer(
+  function sendReply(
+    to: string,
+    corr: string,
+    body: { ok: boolean; result?: unknown; error?: { code: string; message: string } },
+    then?: () => void,
+  ): void {
+    // undefined `result` / `error` are left out by JSON.stringify.
+    const reply = {
+      v: 1,
+      kind: "reply",
+      id: messageId(),
+      corr,
+      sentAt: now(),
+      ok: body.ok,
+      result: body.result,
+      error: body.error,
+    };
+    counters.replies++;
+    let json: string;
+    try {
+      json = JSON.stringify(reply);
+    } catch (err) {
+      // A result JSON cannot hold (a cycle, a BigInt): the requester is told the handler failed.
+      log.error("request handler failed", { error: `its result is not JSON: ${err}` });
+      if (body.ok) {
+        sendReply(to, corr, {
+          ok: false,
+          error: { code: "INTERNAL", message: "The request handler failed" },
+        }, then);
+      } else then?.();
+      return;
+    }
+    running++;
+    publishReply(to, json, (_n, err) => {
+      if (err) replyNotSent(err);
+      idle();
+      then?.();
+    });
+  }
+
+  /** One handler or reply fewer running; wakes `drain` when none is left. */
+  function idle(): void {
+    if (--running === 0) { for (const wake of idleWaiters.splice(0)) wake(); }
+  }
+
+  /** What the log says of a dropped message (built only when one is dropped). */
+  function detailOf(env: Inbound): Record<string, unknown> & { from: string } {
+    return { id: env.id, actor: env.to.actor, type: env.event.type, from: env.from.instance };
+  }
+
+  /**
+   * Runs a request's handler and sends its reply. Counted in `running` (until the reply left)
+   * rather than kept as a promise in a set; callbacks on the handler's promise instead of an
+   * async function awaiting it and the reply's publish (each await a promise and a microtask
+   * turn on the message path).
+   */
+  function answer(
     handler: RequestHandler,
     event: RemoteEvent,
     env: Inbound,
     meta: DeliveryMeta,
-    detail: Record<string, unknown>,
-  ): Promise<void> {
+  ): void {
     running++;
-    try {
-      const result = await handler.handle(event, {
-        ref: options.actors.ref(env.to.actor),
-        meta,
-      });
-      await sendReply(env.from.instance, env.corr!, { ok: true, result });
-    } catch (err) {
+    const to = env.from.instance;
+    const corr = env.corr!;
+    const failed = (err: unknown) => {
       const code = err instanceof RuntimeError ? err.code : "INTERNAL";
       const message = err instanceof RuntimeError ? err.message : "The request handler failed";
       if (!(err instanceof RuntimeError)) {
-        log.error("request handler failed", { ...detail, error: String(err) });
+        log.error("request handler failed", { ...detailOf(env), error: String(err) });
       }
-      await sendReply(env.from.instance, env.corr!, { ok: false, error: { code, message } });
-    } finally {
-      if (--running === 0) { for (const idle of idleWaiters.splice(0)) idle(); }
+      sendReply(to, corr, { ok: false, error: { code, message } }, idle);
+    };
+    let result: Promise<unknown>;
+    try {
+      result = handler.handle(event, { ref: options.actors.ref(env.to.actor), meta });
+    } catch (err) {
+      return failed(err);
     }
+    Promise.resolve(result).then(
+      (value) => sendReply(to, corr, { ok: true, result: value }, idle),
+      failed,
+    );
   }
 
-  /** Validates an inbound message against the target actor and hands it over. */
-  async function deliver(env: Inbound, redelivery = false): Promise<Outcome> {
+  /**
+   * Validates an inbound message against the target actor and hands it over. Synchronous: a
+   * refusal's reply is sent on its own (counted in `running`, so close waits for it).
+   */
+  function deliver(env: Inbound, redelivery = false): Outcome {
     const spec = options.actors.spec(env.to.actor);
-    const detail = {
-      id: env.id,
-      actor: env.to.actor,
-      type: env.event.type,
-      from: env.from.instance,
-    };
-    if (env.kind !== "send" && Math.abs(now() - env.sentAt) > maxAgeMs) {
-      return refuseReplay("dropped_stale", { ...detail, sentAt: env.sentAt });
+    // One clock read per message: the age check and the recorded time of arrival.
+    const at = now();
+    if (env.kind !== "send" && Math.abs(at - env.sentAt) > maxAgeMs) {
+      return refuseReplay("dropped_stale", { ...detailOf(env), sentAt: env.sentAt });
     }
-    if (seen.has(env.id)) return refuseReplay("dropped_replayed", detail);
+    if (seen.has(env.id)) return refuseReplay("dropped_replayed", detailOf(env));
     if (!spec) {
       if (env.kind === "request" && env.corr) {
-        await sendReply(env.from.instance, env.corr, {
+        sendReply(env.from.instance, env.corr, {
           ok: false,
           error: {
             code: "ACTOR_NOT_FOUND",
@@ -367,7 +468,7 @@ function createCore(options: TransportOptions) {
           },
         });
       }
-      return drop("dropped_unknown_actor", detail);
+      return drop("dropped_unknown_actor", detailOf(env));
     }
     const meta: DeliveryMeta = {
       id: env.id,
@@ -376,37 +477,30 @@ function createCore(options: TransportOptions) {
       sentAt: env.sentAt,
       correlationId: env.corr,
     };
-    options.onReceived?.({
-      id: env.id,
-      kind: env.kind,
-      from: env.from,
-      to: env.to.actor,
-      event: env.event.type,
-      corr: env.corr,
-      sentAt: env.sentAt,
-    });
+    // The checked envelope itself (the recorder keeps the fields it needs, not the payload).
+    options.onReceived?.(env, at);
     if (env.kind === "request") {
       const handler = spec.requests?.[env.event.type];
-      if (!handler) return drop("dropped_unknown_event", detail);
+      if (!handler) return drop("dropped_unknown_event", detailOf(env));
       const parsed = handler.schema.safeParse(env.event);
       if (!parsed.success) {
-        await sendReply(env.from.instance, env.corr!, {
+        sendReply(env.from.instance, env.corr!, {
           ok: false,
           error: { code: "MESSAGE_INVALID", message: parsed.error.issues[0]?.message ?? "invalid" },
         });
-        return drop("dropped_invalid_event", detail);
+        return drop("dropped_invalid_event", detailOf(env));
       }
       // The handler runs on its own: a slow request must not hold up the inbox.
-      void answer(handler, parsed.data, env, meta, detail);
+      answer(handler, parsed.data, env, meta);
       remember(env.id);
       counters.delivered++;
       if (redelivery) counters.redelivered++;
       return "delivered";
     }
     const schema = spec.accepts?.[env.event.type];
-    if (!schema) return drop("dropped_unknown_event", detail);
+    if (!schema) return drop("dropped_unknown_event", detailOf(env));
     const parsed = schema.safeParse(env.event);
-    if (!parsed.success) return drop("dropped_invalid_event", detail);
+    if (!parsed.success) return drop("dropped_invalid_event", detailOf(env));
     const ref = options.actors.ref(env.to.actor);
     if (!ref) {
       // The actor is restarting: keep the message (not acknowledged) for a later attempt.
@@ -526,6 +620,27 @@ function createCore(options: TransportOptions) {
     if (!pending.size) {
       deadlines.clear();
       disarmExpiry();
+      return waiter;
+    }
+    // Replies come back mostly in the order the requests were made: step the deadline queue's
+    // head past the settled ones now, instead of keeping every settled waiter (and its
+    // promise's resolvers) until the expiry timer passes its deadline — seconds of requests
+    // held, each copied by the young-generation GC and promoted to the old one.
+    const queue = deadlines.get(waiter.timeoutMs);
+    if (queue) {
+      const { waiters } = queue;
+      while (queue.head < waiters.length) {
+        const w = waiters[queue.head];
+        if (pending.get(w.corr) === w) break;
+        queue.head++;
+      }
+      if (queue.head === waiters.length) {
+        waiters.length = 0;
+        queue.head = 0;
+      } else if (queue.head > 1024) {
+        waiters.splice(0, queue.head);
+        queue.head = 0;
+      }
     }
     return waiter;
   }
@@ -628,9 +743,11 @@ export function createRedisTransport(
       counters.dropped_malformed++;
       return;
     }
-    core.deliver(env).catch((err) =>
-      log.error("delivery failed", { error: err instanceof Error ? err.message : String(err) })
-    );
+    try {
+      core.deliver(env);
+    } catch (err) {
+      log.error("delivery failed", { error: err instanceof Error ? err.message : String(err) });
+    }
   }
   let running = false;
   let loop: Promise<void> | null = null;
@@ -639,7 +756,7 @@ export function createRedisTransport(
   const deferred = new Map<string, Inbound>();
 
   /** Hands one entry over; returns true when it may be acknowledged. */
-  async function handleEntry(entry: InboxEntry, redelivery: boolean): Promise<boolean> {
+  function handleEntry(entry: InboxEntry, redelivery: boolean): boolean {
     // Trimmed away while pending, or not a message: nothing to deliver.
     if (entry.message === null) return true;
     if (entry.message.length > maxSealed) {
@@ -662,7 +779,7 @@ export function createRedisTransport(
     }
     let outcome: Outcome;
     try {
-      outcome = await core.deliver(env, redelivery);
+      outcome = core.deliver(env, redelivery);
     } catch (err) {
       log.error("delivery failed", { error: err instanceof Error ? err.message : String(err) });
       outcome = "deferred";
@@ -674,13 +791,13 @@ export function createRedisTransport(
     return true;
   }
 
-  async function handleBatch(entries: InboxEntry[], redelivery: boolean): Promise<void> {
+  function handleBatch(entries: InboxEntry[], redelivery: boolean): void {
     // Every entry is started in the same synchronous run, in stream order: each one's checks
     // and its hand-over (ref.send, or the start of a request handler) run before the next
     // one's, so the order of delivery is the stream's. Awaiting each entry before starting the
     // next instead spread the batch over many microtask turns, and every reply then went out
     // in a socket write of its own (one send(2) per message, counted with strace during the runtime bench).
-    const results = await Promise.all(entries.map((entry) => handleEntry(entry, redelivery)));
+    const results = entries.map((entry) => handleEntry(entry, redelivery));
     const done: string[] = [];
     for (let i = 0; i < entries.length; i++) if (results[i]) done.push(entries[i].id);
     scheduleAck(done);
@@ -708,10 +825,10 @@ export function createRedisTransport(
     else ackTimer ??= setTimeout(flushAcks, 5);
   }
 
-  async function retryDeferred(): Promise<void> {
+  function retryDeferred(): void {
     const done: string[] = [];
     for (const [entryId, env] of [...deferred]) {
-      const outcome = await core.deliver(env, true);
+      const outcome = core.deliver(env, true);
       if (outcome === "deferred") continue;
       deferred.delete(entryId);
       done.push(entryId);
@@ -738,14 +855,14 @@ export function createRedisTransport(
           await inbox.ensureGroup();
           const entries = await inbox.readPending(100);
           const fresh = entries.filter((e) => !deferred.has(e.id));
-          await handleBatch(fresh, true);
+          handleBatch(fresh, true);
           if (fresh.length < 100) backlog = false;
           continue;
         }
-        if (deferred.size) await retryDeferred();
+        if (deferred.size) retryDeferred();
         // A long block: an idle instance costs one read per 15 s, and a new entry still wakes
         // the read at once (close() ends it by disconnecting the reader).
-        await handleBatch(await inbox.readNew(100, deferred.size ? 100 : 15_000), false);
+        handleBatch(await inbox.readNew(100, deferred.size ? 100 : 15_000), false);
         backoff = 100;
       } catch (err) {
         if (!running) return;
@@ -781,7 +898,9 @@ export function createRedisTransport(
         await options.bus.subscribe("rt.broadcast", (raw) => {
           const env = core.parse(raw);
           if (!env || env.kind !== "broadcast") return;
-          core.deliver(env).catch(() => {});
+          try {
+            core.deliver(env);
+          } catch { /* an actor's send threw: nothing to answer on a broadcast */ }
         }),
       );
       if (reader.status === "wait") await reader.connect().catch(() => {});
@@ -808,22 +927,8 @@ export function createRedisTransport(
       const corr = messageId();
       const { json } = core.envelope("request", to, event, { from: opts.from, corr });
       const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
-      // The reply may come back (on a Redis Cluster, over another shard) before the publish's
-      // own answer: a refusal arriving then must not count as an unhandled rejection; the
-      // `await reply` below still hands it to the caller.
-      reply.catch(() => {});
       counters.requests++;
-      try {
-        // The receiver's request channel: one PUBLISH, no stream entry to read and acknowledge.
-        // Nobody listening (the receiver restarting, its subscriber reconnecting, or an
-        // instance of an earlier version) falls back to its inbox, which holds the request
-        // until the receiver reads it, as every request went before.
-        const reached = await core.publishRequest(to.instance, json);
-        if (reached === 0) {
-          counters.requests_via_inbox++;
-          await inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json));
-        }
-      } catch (err) {
+      const unsent = (err: unknown) =>
         core.onReply(JSON.stringify({
           v: 1,
           kind: "reply",
@@ -833,7 +938,23 @@ export function createRedisTransport(
           ok: false,
           error: { code: "CLUSTER_UNAVAILABLE", message: `Cannot send the request: ${err}` },
         }));
-      }
+      // The receiver's request channel: one PUBLISH, no stream entry to read and acknowledge.
+      // Nobody listening (the receiver restarting, its subscriber reconnecting, or an
+      // instance of an earlier version) falls back to its inbox, which holds the request
+      // until the receiver reads it, as every request went before. The reply may come back
+      // before the publish's own answer (on a Redis Cluster, over another shard): the caller
+      // has it then, without waiting for that answer.
+      core.publishRequest(to.instance, json, (reached, err) => {
+        if (err) return unsent(err);
+        if (reached > 0) return;
+        counters.requests_via_inbox++;
+        try {
+          inboxes.append(to.instance, auth.seal("transport.envelope", to.instance, json))
+            .catch(unsent);
+        } catch (e) {
+          unsent(e);
+        }
+      });
       return await reply;
     },
     stats: () => ({
@@ -884,21 +1005,31 @@ export function createLocalTransport(options: TransportOptions): Transport & {
         await many();
       };
     },
-    async send(to, event, opts = {}) {
-      local(to);
-      const { env, json } = core.envelope("send", to, event, { from: opts.from });
-      counters.sent++;
-      const parsed = core.parse(json);
-      if (parsed && parsed.kind === "send") await core.deliver(parsed);
-      return env.id;
+    // Delivery is synchronous; an error (a bad address or event) still rejects the promise.
+    send(to, event, opts = {}) {
+      try {
+        local(to);
+        const { env, json } = core.envelope("send", to, event, { from: opts.from });
+        counters.sent++;
+        const parsed = core.parse(json);
+        if (parsed && parsed.kind === "send") core.deliver(parsed);
+        return Promise.resolve(env.id);
+      } catch (err) {
+        return Promise.reject(err);
+      }
     },
-    async broadcast(actor, event, opts = {}) {
-      const { json } = core.envelope("broadcast", { instance: "*", actor }, event, {
-        from: opts.from,
-      });
-      counters.broadcasts++;
-      const parsed = core.parse(json);
-      if (parsed && parsed.kind === "broadcast") await core.deliver(parsed);
+    broadcast(actor, event, opts = {}) {
+      try {
+        const { json } = core.envelope("broadcast", { instance: "*", actor }, event, {
+          from: opts.from,
+        });
+        counters.broadcasts++;
+        const parsed = core.parse(json);
+        if (parsed && parsed.kind === "broadcast") core.deliver(parsed);
+        return Promise.resolve();
+      } catch (err) {
+        return Promise.reject(err);
+      }
     },
     async request<T>(
       to: ActorAddress,
@@ -911,7 +1042,7 @@ export function createLocalTransport(options: TransportOptions): Transport & {
       const reply = core.awaitReply<T>(corr, to, opts.timeoutMs ?? core.requestTimeoutMs);
       counters.requests++;
       const parsed = core.parse(json);
-      if (parsed && parsed.kind === "request") await core.deliver(parsed);
+      if (parsed && parsed.kind === "request") core.deliver(parsed);
       return await reply;
     },
     stats: () => ({ ...counters, pending_requests: core.pendingRequests() }),

@@ -185,8 +185,8 @@ Deno.test("recorded history in a redis stream", async (t) => {
         id: "m-1",
         kind: "send",
         from: { instance: "node-b", actor: "runtime" },
-        to: "fragile",
-        event: "crash",
+        to: { actor: "fragile" },
+        event: { type: "crash" },
         sentAt: 5,
       });
       assert.deepEqual(batches, [], "recording never waits for Redis");

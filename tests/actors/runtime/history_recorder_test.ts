@@ -13,8 +13,8 @@ function message(n: number) {
     id: `m${n}`,
     kind: "request",
     from: { instance: "i2", actor: "runtime" },
-    to: "echo",
-    event: "t.echo",
+    to: { actor: "echo" },
+    event: { type: "t.echo" },
     corr: `c${n}`,
     sentAt: 1,
   };
