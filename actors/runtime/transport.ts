@@ -89,6 +89,8 @@ export interface TransportOptions {
   requestTimeoutMs?: number;
   /** Requests and broadcasts older than this (or dated this far ahead) are refused. */
   maxMessageAgeMs?: number;
+  /** Message ids kept for de-duplication before the count bound forgets them (200,000). */
+  maxSeenIds?: number;
   /**
    * Told of each message for a local actor, with the time it arrived (the history recorder;
    * it must not block, and must not change the message).
@@ -270,8 +272,15 @@ function createCore(options: TransportOptions) {
   let running = 0;
   const idleWaiters: (() => void)[] = [];
   const maxAgeMs = options.maxMessageAgeMs ?? DEFAULT_MAX_MESSAGE_AGE_MS;
-  /** Ids of messages delivered: each kept at least 2 × the age limit or MAX_SEEN_IDS later ids. */
-  const seen = createSeenIds({ keepMs: maxAgeMs * 2, max: MAX_SEEN_IDS, now });
+  /**
+   * Ids of messages delivered: each kept at least 2 × the age limit or MAX_SEEN_IDS later ids;
+   * past that, its sender's counter floor still refuses it (lib/seen_ids.ts).
+   */
+  const seen = createSeenIds({
+    keepMs: maxAgeMs * 2,
+    max: options.maxSeenIds ?? MAX_SEEN_IDS,
+    now,
+  });
   /** Senders already logged for a replayed or stale message (counted after that). */
   const loggedReplays = new Set<string>();
 
@@ -457,7 +466,12 @@ function createCore(options: TransportOptions) {
     if (env.kind !== "send" && Math.abs(at - env.sentAt) > maxAgeMs) {
       return refuseReplay("dropped_stale", { ...detailOf(env), sentAt: env.sentAt });
     }
-    if (seen.has(env.id)) return refuseReplay("dropped_replayed", detailOf(env));
+    // A request or broadcast whose id the count bound forgot is refused too (its sender's
+    // counter floor, lib/seen_ids.ts); a send may wait in the inbox for long, and is only
+    // refused once seen.
+    if (seen.has(env.id) || (env.kind !== "send" && seen.forgotten(env.id))) {
+      return refuseReplay("dropped_replayed", detailOf(env));
+    }
     if (!spec) {
       if (env.kind === "request" && env.corr) {
         sendReply(env.from.instance, env.corr, {

@@ -63,6 +63,7 @@ async function instance(
   auth: MessageAuth,
   calls: number[] = [],
   maxMessageBytes?: number,
+  maxSeenIds?: number,
 ) {
   const client = createRedisClient(settings(url), { name: id });
   await client.connect();
@@ -76,6 +77,7 @@ async function instance(
     actors: { spec: (a) => (a === "echo" ? spec : undefined), ref: () => undefined },
     requestTimeoutMs: 5000,
     maxMessageBytes,
+    maxSeenIds,
   });
   return {
     transport,
@@ -413,5 +415,43 @@ Deno.test("in a batch, each request is checked on its own; a batch sealed for an
   } finally {
     await b.close();
     raw.disconnect();
+  }
+});
+
+Deno.test("a request whose id the count bound forgot is still refused as a replay", async () => {
+  await using redis = await startRedis();
+  const auth = testAuth();
+  const raw = new Redis(redis.url);
+  const calls: number[] = [];
+  // Four ids kept per generation: the first requests' ids are forgotten after ten more.
+  const b = await instance(redis.url, "rq-f", auth, calls, undefined, 4);
+  const channel = "rt.request.rq-f";
+  const prefix = "Q2VzdCB1bmUgcHJlZml4ZQ";
+  const sealed = (n: number, id: string) =>
+    auth.seal("transport.request", channel, envelope("rq-f", { type: "t.echo", n }, { id }));
+  try {
+    await b.transport.start();
+    const first = sealed(1, `${prefix}.1`);
+    const uuidForm = sealed(2, crypto.randomUUID());
+    await raw.publish(ks.channel(channel), first);
+    await raw.publish(ks.channel(channel), uuidForm);
+    for (let i = 3; i <= 14; i++) {
+      await raw.publish(ks.channel(channel), sealed(i, `${prefix}.${i.toString(36)}`));
+    }
+    await until(() => Promise.resolve(calls.length === 14), { what: "the 14 requests handled" });
+    const s = b.transport.stats();
+    assert.equal(s.dropped_replayed, 0);
+    // Replayed after its id left the de-duplication sets: its sender's counter floor refuses it.
+    await raw.publish(ks.channel(channel), first);
+    await until(() => Promise.resolve(b.transport.stats().dropped_replayed === 1), {
+      what: "the replay of a forgotten id refused",
+    });
+    // The same sender's next counter is new: handled.
+    await raw.publish(ks.channel(channel), sealed(15, `${prefix}.f`));
+    await until(() => Promise.resolve(calls.includes(15)), { what: "the next request handled" });
+    assert.equal(calls.filter((n) => n === 1).length, 1, "the first request ran once");
+  } finally {
+    raw.disconnect();
+    await b.close();
   }
 });
