@@ -295,20 +295,33 @@ export async function readKeyframes(
   );
   if (!ids.length) return [];
   const pipe = redis.pipeline();
-  for (const id of ids) pipe.xrange(key, id, id);
+  for (const id of ids) pipe.xrange(key, id, id, "COUNT", 1);
   const res = await pipe.exec();
+  // The index is not sealed: its scores only pick which entries to open. What counts is each
+  // opened record's own place (its entry id, stamped by the server): after `to` it is left out,
+  // and the newest per instance wins whatever order the index gave.
+  const limit = options.to === undefined ? Infinity : options.to;
   const newest = new Map<string, HistoryEntry>();
   for (const [err, raw] of res ?? []) {
     if (err) throw err;
     for (const [entryId, fields] of raw as [string, string[]][]) {
-      for (const record of openEntry(key, auth, entryId, fields).reverse()) {
-        if (record.k === "keyframe" && !newest.has(record.instance)) {
+      for (const record of openEntry(key, auth, entryId, fields)) {
+        if (record.k !== "keyframe" || record.serverAt > limit) continue;
+        const known = newest.get(record.instance);
+        if (!known || laterPlace(record.entryId, known.entryId)) {
           newest.set(record.instance, record);
         }
       }
     }
   }
   return [...newest.values()];
+}
+
+/** Whether record place `a` (`<ms>-<n>.<i>`) comes after `b` in the stream. */
+function laterPlace(a: string, b: string): boolean {
+  const pa = a.split(/[-.]/).map(Number), pb = b.split(/[-.]/).map(Number);
+  for (let k = 0; k < 3; k++) if (pa[k] !== pb[k]) return pa[k] > pb[k];
+  return false;
 }
 
 /** Entries in the stream now (for the volume figures in docs). */

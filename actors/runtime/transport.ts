@@ -35,6 +35,7 @@
  * is never redelivered forever — and never crash the receiver.
  * @module
  */
+import { Buffer } from "node:buffer";
 import type { ReceivedMessage } from "./history.ts";
 import type { AnyActorRef } from "xstate";
 import { RuntimeError } from "../../lib/errors.ts";
@@ -144,8 +145,7 @@ function newCounters(): Counters {
 /**
  * This process's id prefix: 16 random bytes, base64url (22 characters), drawn once.
  */
-const ID_PREFIX = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))))
-  .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+const ID_PREFIX = Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("base64url");
 let idCount = 0;
 
 /**
@@ -284,10 +284,6 @@ function createCore(options: TransportOptions) {
   /** Senders already logged for a replayed or stale message (counted after that). */
   const loggedReplays = new Set<string>();
 
-  function remember(id: string): void {
-    seen.add(id);
-  }
-
   /** Counts a genuine but replayed or out-of-date message, logging the first per sender. */
   function refuseReplay(
     reason: "dropped_replayed" | "dropped_stale",
@@ -311,19 +307,24 @@ function createCore(options: TransportOptions) {
     return "dropped";
   }
 
-  /** Parses raw JSON into an envelope, or counts why not. */
-  function parse(raw: string): Envelope | null {
+  /** Parses raw JSON within the size limit, or counts why not (undefined). */
+  function parseJson(raw: string): unknown {
     if (raw.length > maxBytes) {
       drop("dropped_oversized", { bytes: raw.length, limit: maxBytes });
-      return null;
+      return undefined;
     }
-    let json: unknown;
     try {
-      json = JSON.parse(raw);
+      return JSON.parse(raw);
     } catch {
       drop("dropped_malformed", { error: "not JSON" });
-      return null;
+      return undefined;
     }
+  }
+
+  /** Parses raw JSON into an envelope, or counts why not. */
+  function parse(raw: string): Envelope | null {
+    const json = parseJson(raw);
+    if (json === undefined) return null;
     // The one check of the envelope, at the edge; the actor's schema checks the event.
     const env = checkEnvelope(json);
     if (typeof env === "string") {
@@ -338,17 +339,8 @@ function createCore(options: TransportOptions) {
    * whole, each envelope is checked on its own and a bad one is counted and left out.
    */
   function parseBatch(raw: string): Envelope[] {
-    if (raw.length > maxBytes) {
-      drop("dropped_oversized", { bytes: raw.length, limit: maxBytes });
-      return [];
-    }
-    let json: unknown;
-    try {
-      json = JSON.parse(raw);
-    } catch {
-      drop("dropped_malformed", { error: "not JSON" });
-      return [];
-    }
+    const json = parseJson(raw);
+    if (json === undefined) return [];
     if (!Array.isArray(json)) {
       drop("dropped_malformed", { error: "a batch is an array of envelopes" });
       return [];
@@ -506,7 +498,7 @@ function createCore(options: TransportOptions) {
       }
       // The handler runs on its own: a slow request must not hold up the inbox.
       answer(handler, parsed.data, env, meta);
-      remember(env.id);
+      seen.add(env.id);
       counters.delivered++;
       if (redelivery) counters.redelivered++;
       return "delivered";
@@ -522,7 +514,7 @@ function createCore(options: TransportOptions) {
       return "deferred";
     }
     ref.send({ ...parsed.data, origin: meta });
-    remember(env.id);
+    seen.add(env.id);
     counters.delivered++;
     if (redelivery) counters.redelivered++;
     return "delivered";

@@ -1006,20 +1006,16 @@ export function addConsoleRoutes(app: OpenAPIHono, deps: ConsoleDeps): void {
    * not those nearest the moment; `truncated` then says how many are shown.
    */
   async function momentModel(moment: Moment, concern: string) {
-    const [newest, newestRange, after, keyframes] = await Promise.all([
+    const [newest, after, keyframes] = await Promise.all([
       recorded({ to: String(moment.at), limit: String(HISTORY_LIMIT), order: "desc" }),
-      recorded({
-        from: String(moment.from),
-        to: String(moment.at),
-        limit: String(HISTORY_LIMIT),
-        order: "desc",
-      }),
       recorded({ from: String(moment.at), limit: "2000" }),
       // Before the moment's millisecond: a keyframe within it may lie after the moment's `seq`
       // (the newest records above hold the ones in it).
       recorded({ to: String(Math.max(0, moment.at - 1)), keyframes: "1" }),
     ]);
-    const range = newestRange.reverse();
+    // The range is the newest records up to the moment that are not before `from`: when they
+    // reach back past `from` that is the whole range, else the range's newest HISTORY_LIMIT.
+    const range = newest.filter((r) => r.serverAt >= moment.from).reverse();
     // Stepping goes event by event (record by record: one instance's flush shares a stream
     // entry, and entries share a millisecond), over the concern filtered on when there is one.
     const matches = (r: Recorded) =>
