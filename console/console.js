@@ -197,7 +197,7 @@
       if (!th.hidden) shownCols.add(th.dataset.path);
     }
     const table = document.querySelector("[data-matrix]");
-    if (table) table.classList.toggle("few", shownCols.size <= 3); // FEW_COLUMNS in render.ts
+    if (table) table.classList.toggle("few", shownCols.size <= Number(table.dataset.fewColumns));
     let shown = 0;
     for (const row of sections()) {
       let any = false;

@@ -431,7 +431,7 @@ export function renderMatrix(
     options.noForm ? "" : filterForm(columns, filter, shown, options.linkParams ?? {})
   }<div class="matrix-wrap"><table class="matrix${
     visible <= FEW_COLUMNS ? " few" : ""
-  }" data-matrix>
+  }" data-matrix data-few-columns="${FEW_COLUMNS}">
 <caption>Each row is an instance, each column an actor; a cell shows the actor's status and state and opens its chart.</caption>
 <thead><tr><th scope="col">Instance</th>${head}</tr></thead>
 <tbody data-instances>${

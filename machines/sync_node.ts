@@ -281,14 +281,12 @@ const syncNodeSetup = setup({
     roleHeld: ({ event }) => event.type === "sync.role" && event.token !== null,
     /** The event says this node lost the snapshot role. */
     roleLost: ({ event }) => event.type === "sync.role" && event.token === null,
-    /** The previous announcement is at least `answerMs` old: a peer's request is answered now. */
-    answerNow: ({ context, event }) =>
-      event.type === "sync.heads_wanted" &&
-      (context.lastAnnounceAt === null || event.at - context.lastAnnounceAt >= context.answerMs),
-    /** The previous announcement is at least `headsMs` old: a moved sequence is announced now. */
-    movedNow: ({ context, event }) =>
-      event.type === "sync.heads_moved" &&
-      (context.lastAnnounceAt === null || event.at - context.lastAnnounceAt >= context.headsMs),
+    /**
+     * The previous announcement is at least `gapMs` before `at`: announce now (a peer's request
+     * after `answerMs`, a moved sequence after `headsMs`).
+     */
+    gapPassed: ({ context }, p: { at: number; gapMs: number }) =>
+      context.lastAnnounceAt === null || p.at - context.lastAnnounceAt >= p.gapMs,
     /** The replication region has caught up (snapshots must cover caught-up state only). */
     caughtUp: stateIn({ running: { replication: "caught_up" } }),
   },
@@ -488,7 +486,13 @@ const headsRegion = {
       after: { keepAlive: "announcing" },
       on: {
         "sync.heads_wanted": [
-          { guard: "answerNow", target: "announcing" },
+          {
+            guard: {
+              type: "gapPassed",
+              params: ({ context, event }) => ({ at: event.at, gapMs: context.answerMs }),
+            },
+            target: "announcing",
+          },
           {
             target: "due",
             actions: {
@@ -498,7 +502,13 @@ const headsRegion = {
           },
         ],
         "sync.heads_moved": [
-          { guard: "movedNow", target: "announcing" },
+          {
+            guard: {
+              type: "gapPassed",
+              params: ({ context, event }) => ({ at: event.at, gapMs: context.headsMs }),
+            },
+            target: "announcing",
+          },
           {
             target: "due",
             actions: {

@@ -207,6 +207,9 @@ export async function storeEncrypted(
         name: key,
         growing: pipeline,
       });
+      // Handled here too: a hash that fails before the pipeline settles (a read error) is
+      // awaited below, and must not count as an unhandled rejection meanwhile.
+      hashing.catch(() => {});
       try {
         ({ results } = await pipeline);
       } catch (err) {

@@ -391,7 +391,7 @@ async function refreshIdentities(deps: FailoverDeps, sample: ReplicationSample):
  * Whether this host may act on `name` (kill, stop, rewind, start): FAILOVER_LOCAL_NODES
  * lists it, or is `auto`. Its postmaster.pid must still be found here too.
  */
-export function mayActOn(deps: FailoverDeps, name: string): boolean {
+function mayActOn(deps: FailoverDeps, name: string): boolean {
   return deps.settings.localNodes === null || deps.settings.localNodes.includes(name);
 }
 
@@ -1123,28 +1123,20 @@ export async function repair(
         const started = deps.now();
         try {
           const identity = deps.identities.get(f.node);
+          const rejoinDeps = {
+            primary,
+            node: target,
+            local: mayActOn(deps, f.node),
+            tools: deps.tools,
+            useSlots: deps.settings.useSlots,
+            instanceId: deps.instanceId,
+            log: deps.log,
+            now: deps.now,
+          };
           const result = f.kind === "rejoin"
-            ? await rejoinNode({
-              primary,
-              node: target,
-              local: mayActOn(deps, f.node),
-              tools: deps.tools,
-              useSlots: deps.settings.useSlots,
-              instanceId: deps.instanceId,
-              log: deps.log,
-              now: deps.now,
-            })
+            ? await rejoinNode(rejoinDeps)
             : identity
-            ? await startParkedNode({
-              primary,
-              node: target,
-              local: mayActOn(deps, f.node),
-              tools: deps.tools,
-              useSlots: deps.settings.useSlots,
-              instanceId: deps.instanceId,
-              log: deps.log,
-              now: deps.now,
-            }, identity)
+            ? await startParkedNode(rejoinDeps, identity)
             : (() => {
               throw new RuntimeError("REJOIN_FAILED", `where ${f.node} runs is not known`);
             })();

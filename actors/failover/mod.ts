@@ -335,6 +335,18 @@ export function createFailoverParts(
   return fullConcern(services, settings);
 }
 
+/** `POST /replication/canary`: a row written through this instance's pool, and where. */
+function canaryVia({ db, instanceId }: RuntimeServices): FailoverApi["canary"] {
+  return async (options) => {
+    const row = await writeCanary(db.sql, {
+      instance: instanceId,
+      epoch: db.epoch,
+      note: options?.note ?? null,
+    });
+    return { ...row, epoch: db.epoch, instance: instanceId };
+  };
+}
+
 /** A server without DATABASE_NODES: the primary's own view, no failover. */
 function monitorOnly(services: RuntimeServices): ConcernParts<FailoverApi> {
   const { db, instanceId } = services;
@@ -364,14 +376,7 @@ function monitorOnly(services: RuntimeServices): ConcernParts<FailoverApi> {
           redis: redisStatus(),
         };
       },
-      async canary(options) {
-        const row = await writeCanary(db.sql, {
-          instance: instanceId,
-          epoch: db.epoch,
-          note: options?.note ?? null,
-        });
-        return { ...row, epoch: db.epoch, instance: instanceId };
-      },
+      canary: canaryVia(services),
     },
   };
 }
@@ -650,14 +655,7 @@ function fullConcern(
       unavailable: null,
       status,
       switchover,
-      async canary(options) {
-        const row = await writeCanary(db.sql, {
-          instance: instanceId,
-          epoch: db.epoch,
-          note: options?.note ?? null,
-        });
-        return { ...row, epoch: db.epoch, instance: instanceId };
-      },
+      canary: canaryVia(services),
     },
     actors: [spec],
     health() {

@@ -87,6 +87,11 @@ export interface Transport {
 /** The keys of Transport.stats() that are current levels, not monotonic counters. */
 export const TRANSPORT_LEVELS: readonly string[] = ["pending_requests", "deferred_messages"];
 
+/** Who is alive in the cluster now (membership's view), or null before its first answer. */
+export interface LiveMembers {
+  live(): ReadonlySet<string> | null;
+}
+
 /** What every actor factory can use. */
 export interface RuntimeServices {
   /** Validated core config (a concern's own settings reach its factory as an argument). */
@@ -111,7 +116,7 @@ export interface RuntimeServices {
    * The live instances as cluster membership last learnt them (null before its first
    * heartbeat answered); absent without Redis.
    */
-  members?: { live(): ReadonlySet<string> | null };
+  members?: LiveMembers;
   /** The 32-byte key that encrypts secrets at rest (RS_SECRET_KEY). */
   secretKey: Uint8Array;
   /** Seals and opens every record kept in Redis (keys derived from the secret key). */

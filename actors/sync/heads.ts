@@ -28,7 +28,7 @@ export async function announce(
   const recent = at - ANNOUNCE_RECENT_MS;
   for (const o in vector) {
     // Origins heard from lately (and this one): a peer may need them for a repair. Long
-    // gone ones are in PostgreSQL and need not ride along every second.
+    // gone ones are in PostgreSQL and need not ride along in every announcement.
     if (vector[o] > 0 && (o === deps.origin || (d.originHeard.get(o) ?? 0) > recent)) {
       contig[o] = vector[o];
     }

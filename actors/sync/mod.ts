@@ -19,7 +19,7 @@ import { getStreamById, onStreamChange, type Stream } from "../../store/streams.
 import type { ActorSpec, ConcernParts, RuntimeServices } from "../runtime/types.ts";
 import type { InvalidatingCache } from "./cache.ts";
 import { createSyncNode, type SyncNode, type SyncNodeOptions } from "./node.ts";
-import type { SyncSettings } from "./settings.ts";
+import { originLiveMs, type SyncSettings } from "./settings.ts";
 import { type FetchRequest, fetchRequestSchema, SYNC_ACTOR } from "./wire.ts";
 
 export type { SyncSettings } from "./settings.ts";
@@ -91,7 +91,7 @@ export function createSyncParts(
     // Whether a peer is alive is membership's; an origin silent for three keep-alives is
     // gone too (its instance heartbeats, its sync node does not).
     members: runtime.members ?? null,
-    originLiveMs: 3 * (settings.keepAliveMs ?? 10_000) + (settings.headsMs ?? 1000),
+    originLiveMs: originLiveMs(settings),
     ...node,
   });
   const streams = sync.cache<Stream | null>("streams", {

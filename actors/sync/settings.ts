@@ -78,3 +78,11 @@ export const SYNC_CONFIG: ConcernConfig<SyncSettings> = {
   variables: SYNC_SETTINGS,
   parse: (env) => readSyncSettings(env),
 };
+
+/**
+ * How long an origin may stay silent before repair counts it gone although its instance is a
+ * live member: three keep-alives and one announcement gap.
+ */
+export function originLiveMs(s: { keepAliveMs?: number; headsMs?: number } = {}): number {
+  return 3 * (s.keepAliveMs ?? 10_000) + (s.headsMs ?? 1000);
+}

@@ -21,11 +21,12 @@ import type { MessageBus } from "../../store/bus.ts";
 import type { ConflictInput } from "../../store/sync.ts";
 import type { Sql } from "../../store/types.ts";
 import type { LeaseCampaign, LeaseManager } from "../runtime/leases.ts";
-import type { Transport } from "../runtime/types.ts";
+import type { LiveMembers, Transport } from "../runtime/types.ts";
 import type { LocalCache } from "./cache.ts";
 import type { Heads } from "./wire.ts";
 import { PLATFORM_STRATEGIES } from "./platform.ts";
 import { createSequenceTracker, type SequenceTracker } from "./sequences.ts";
+import { originLiveMs } from "./settings.ts";
 import type { SyncCallback, SyncCounters, SyncNodeOptions } from "./types.ts";
 
 /** An entity held here. */
@@ -120,7 +121,7 @@ export interface SyncData {
   announcedSeq: number;
   /**
    * Each peer's last announcement as received (text, by instance) and its validated parse (by
-   * that text): at idle a peer repeats it byte for byte every second, and a repeat is not
+   * that text): at idle a peer repeats it byte for byte (every keep-alive), and a repeat is not
    * parsed and validated again (heads.ts). One entry per peer.
    */
   headsRaw: Map<string, string>;
@@ -198,7 +199,7 @@ export interface SyncDeps {
    * The live instances as cluster membership knows them (null: not known yet); an origin
    * counts as live while its instance is and it was heard from within `originLiveMs`.
    */
-  members: { live(): ReadonlySet<string> | null } | null;
+  members: LiveMembers | null;
   /** Prefix of this origin's batch JSON: its own batches coming back are skipped unparsed. */
   selfPrefix: string;
   data: SyncData;
@@ -262,7 +263,7 @@ export function createSyncDeps(options: SyncNodeOptions): SyncDeps {
     batchBytes: options.batchBytes ?? 32_000,
     giveUpMs: options.giveUpMs ?? 30_000,
     peerTimeoutMs: options.peerTimeoutMs ?? 1000,
-    originLiveMs: options.originLiveMs ?? 31_000,
+    originLiveMs: options.originLiveMs ?? originLiveMs(),
     members: options.members ?? null,
     selfPrefix: `{"v":1,"o":${JSON.stringify(origin)},`,
     data: {

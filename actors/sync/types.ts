@@ -8,7 +8,7 @@ import type { Logger } from "../../lib/log.ts";
 import type { MessageBus } from "../../store/bus.ts";
 import type { Sql } from "../../store/types.ts";
 import type { LeaseManager } from "../runtime/leases.ts";
-import type { Transport } from "../runtime/types.ts";
+import type { LiveMembers, Transport } from "../runtime/types.ts";
 
 /** An entity as the API shows it. */
 export interface EntityView {
@@ -107,7 +107,7 @@ export interface SyncNodeOptions {
    * The live instances as cluster membership knows them: an origin is live while its
    * instance is (and runs no newer origin).
    */
-  members?: { live(): ReadonlySet<string> | null } | null;
+  members?: LiveMembers | null;
   /**
    * An origin not heard from (batches, announcements) for this long counts as gone even if
    * its instance is live (ms; a few keep-alives).

@@ -363,7 +363,7 @@ Deno.test("the matrix: a column per actor, filtered by concern and state", () =>
     ...["backup", "metrics", "sync"].map((c) => view(`supervisor/${c}`, c, "idle")),
   ];
   const many = { instances: [a, wide], clusterError: null };
-  assert.match(renderMatrix(many), /<table class="matrix" data-matrix>/);
+  assert.match(renderMatrix(many), /<table class="matrix" data-matrix /);
   assert.match(
     renderMatrix(many, { filter: { concern: "failover", state: "" } }),
     /<table class="matrix few"/,
