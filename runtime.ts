@@ -18,7 +18,12 @@ import type { HealthReport } from "./actors/runtime/health.ts";
 import { createInspector, type Inspector } from "./actors/runtime/inspector.ts";
 import { createHistoryRecorder, type ReceivedMessage } from "./actors/runtime/history.ts";
 import { createHistoryWriter } from "./store/redis_history.ts";
-import { createMembership, type MemberInfo, type Membership } from "./actors/runtime/membership.ts";
+import {
+  createMembership,
+  liveMembersOf,
+  type MemberInfo,
+  type Membership,
+} from "./actors/runtime/membership.ts";
 import { startSupervisor, type Supervisor } from "./actors/runtime/supervisor.ts";
 import {
   createLeaseManager,
@@ -351,7 +356,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       bus,
       transport,
       leases,
-      ...(membership ? { members: membership } : {}),
+      ...(membership ? { members: liveMembersOf(() => localActors.ref("cluster")) } : {}),
       secretKey: secret.key,
       messageAuth,
       now: options.now ?? Date.now,

@@ -69,17 +69,10 @@ function errorText(error: unknown): string {
   return String((error as Error)?.message ?? error);
 }
 
-function diff(
-  before: string[],
-  after: string[],
-): { joined: string[]; left: string[]; members: string[] } {
+function diff(before: string[], after: string[]): { joined: string[]; left: string[] } {
   const a = new Set(before);
   const b = new Set(after);
-  return {
-    joined: after.filter((m) => !a.has(m)),
-    left: before.filter((m) => !b.has(m)),
-    members: after,
-  };
+  return { joined: after.filter((m) => !a.has(m)), left: before.filter((m) => !b.has(m)) };
 }
 
 /** Stream ids `ms-seq` in order; true when `a` is not older than `b`. */
@@ -117,13 +110,10 @@ export const clusterNodeMachine = setup({
   },
   actions: {
     /**
-     * Told with the ids that appeared and disappeared since the last answer, and the whole
-     * live list after it (a restarted chart's first answer lists everyone as joined).
+     * Told with the ids that appeared and disappeared since the last answer (a restarted
+     * chart's first answer lists everyone as joined).
      */
-    membershipChanged: (
-      _,
-      _params: { joined: string[]; left: string[]; members: string[] },
-    ) => {},
+    membershipChanged: (_, _params: { joined: string[]; left: string[] }) => {},
     /** Keeps the list and cursor an answer brought. */
     recordAnswer: assign({
       members: ({ event }) => answerOf(event).members,

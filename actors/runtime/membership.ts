@@ -12,7 +12,7 @@
  * cluster-node statechart.
  * @module
  */
-import { fromCallback, fromPromise } from "xstate";
+import { type AnyActorRef, fromCallback, fromPromise } from "xstate";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { MessageAuth } from "../../lib/message_auth.ts";
 import type { Keyspace, RedisClient } from "../../store/redis.ts";
@@ -24,7 +24,7 @@ import {
   type MembershipAnswer,
   type MembershipQuery,
 } from "../../machines/cluster_node.ts";
-import type { ActorSpec } from "./types.ts";
+import type { ActorSpec, LiveMembers } from "./types.ts";
 
 /** What an instance publishes about itself. */
 export interface MemberInfo {
@@ -83,13 +83,27 @@ export interface Membership {
   members(): Promise<LiveMember[]>;
   /** Listens to joins and departures seen by this instance. */
   onChange(fn: (change: { joined: string[]; left: string[] }) => void): () => void;
-  /**
-   * The live instances as this instance last learnt them (itself included), or null before
-   * its first heartbeat answered: who is alive within the detection time, without a read.
-   */
-  live(): ReadonlySet<string> | null;
   /** Removes this instance from the registry at once (on shutdown). */
   deregister(): Promise<void>;
+}
+
+/**
+ * The live instances as the cluster chart (`cluster_node`, run as actor `cluster`) last learnt
+ * them, itself included, read from its context — null before its first answer: who is alive
+ * within the detection time, without a read. The set is built once per answer.
+ */
+export function liveMembersOf(ref: () => AnyActorRef | undefined): LiveMembers {
+  let seen: { members: readonly string[]; set: ReadonlySet<string> } | null = null;
+  return {
+    live() {
+      const ctx = ref()?.getSnapshot().context as
+        | { members: readonly string[]; cursor: string | null }
+        | undefined;
+      if (!ctx || ctx.cursor === null) return null;
+      if (seen?.members !== ctx.members) seen = { members: ctx.members, set: new Set(ctx.members) };
+      return seen.set;
+    },
+  };
 }
 
 /** Creates the membership service on a Redis connection. */
@@ -105,8 +119,6 @@ export function createMembership(redis: RedisClient, options: MembershipOptions)
   });
   const listeners = new Set<(c: { joined: string[]; left: string[] }) => void>();
   const bus = options.bus;
-  /** The live list of the last answer (null before the first). */
-  let liveSet: ReadonlySet<string> | null = null;
   /** The info last written and when: an unchanged info is not rewritten every heartbeat. */
   let written: { info: string; at: number } | null = null;
 
@@ -163,8 +175,7 @@ export function createMembership(redis: RedisClient, options: MembershipOptions)
       }),
     },
     actions: {
-      membershipChanged: (_, p: { joined: string[]; left: string[]; members: string[] }) => {
-        liveSet = new Set(p.members);
+      membershipChanged: (_, p: { joined: string[]; left: string[] }) => {
         if (!p.joined.length && !p.left.length) return;
         const change = { joined: p.joined, left: p.left };
         log.info("membership changed", change);
@@ -211,7 +222,6 @@ export function createMembership(redis: RedisClient, options: MembershipOptions)
       listeners.add(fn);
       return () => listeners.delete(fn);
     },
-    live: () => liveSet,
     async deregister() {
       try {
         await store.remove(options.instanceId);

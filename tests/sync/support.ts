@@ -8,7 +8,11 @@
 import type { RedisTarget } from "../support/redis_target.ts";
 import { type AnyActorRef, createActor } from "xstate";
 import { createLeaseManager, type LeaseManager } from "../../actors/runtime/leases.ts";
-import { createMembership, type Membership } from "../../actors/runtime/membership.ts";
+import {
+  createMembership,
+  liveMembersOf,
+  type Membership,
+} from "../../actors/runtime/membership.ts";
 import { createRedisTransport } from "../../actors/runtime/transport.ts";
 import { syncActorSpec, type SyncSettings } from "../../actors/sync/mod.ts";
 import { type Heads, HEADS_CHANNEL } from "../../actors/sync/wire.ts";
@@ -184,7 +188,8 @@ export async function startTestNode(name: string, options: TestNodeOptions): Pro
     input: membership.spec.input!(undefined as never),
   });
   member.start();
-  await until(() => membership.live()?.has(name) ?? false, `${name} to join the cluster`);
+  const members = liveMembersOf(() => member);
+  await until(() => members.live()?.has(name) ?? false, `${name} to join the cluster`);
   const node = createSyncNode({
     instanceId: name,
     sql: options.sql,
@@ -195,7 +200,7 @@ export async function startTestNode(name: string, options: TestNodeOptions): Pro
     log,
     giveUpMs: 2000,
     peerTimeoutMs: 500,
-    members: membership,
+    members,
     originLiveMs: 3 * (options.settings?.keepAliveMs ?? 1000) + 200,
     ...options.node,
   });
