@@ -369,6 +369,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
         startedAt,
         unavailable,
         migrations,
+        historyKeyframeMs: config.concerns.limits.historyKeyframeMs,
         inspector,
         membership,
         self: selfInfo,

@@ -39,6 +39,8 @@ export interface CoreDeps {
   unavailable: Record<string, string>;
   /** Migrations applied at start-up. */
   migrations: MigrationReport;
+  /** RS_HISTORY_KEYFRAME_S in ms: every live instance records a keyframe this often. */
+  historyKeyframeMs: number;
   /** Live view of every actor. */
   inspector: Inspector;
   /** Cluster membership, or null without Redis. */
@@ -99,7 +101,11 @@ export function createCoreConcern(services: RuntimeServices, deps: CoreDeps): Co
           : null,
         keyframes: redisClient
           ? (options) =>
-            readKeyframes(redisClient, services.keyspace, services.messageAuth, options)
+            readKeyframes(redisClient, services.keyspace, services.messageAuth, {
+              ...options,
+              // Every live instance writes one per interval (the cluster shares the setting).
+              windowMs: 2 * deps.historyKeyframeMs,
+            })
           : null,
       });
       addChartRoutes(app, {

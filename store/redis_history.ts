@@ -274,21 +274,31 @@ export async function readHistory(
 }
 
 /**
- * Each instance's newest keyframe at or before `to` (server ms), among the newest `scan`
- * keyframes of the cluster, newest first.
+ * Each instance's newest keyframe at or before `to` (server ms; absent: the newest keyframe's
+ * time), newest first. Only keyframes of the `windowMs` before `to` are opened (at most
+ * `scan`): every instance alive at `to` wrote one within its keyframe interval before it, so a
+ * window of two intervals finds each of them with a few index entries per instance, where
+ * scanning the index by count opened up to `scan` entries per page view whatever N. An
+ * instance silent for longer than the window was not alive then and gets no keyframe.
  */
 export async function readKeyframes(
   redis: RedisClient,
   keyspace: Keyspace,
   auth: MessageAuth,
-  options: { to?: number; scan?: number },
+  options: { to?: number; windowMs: number; scan?: number },
 ): Promise<HistoryEntry[]> {
   const key = historyKey(keyspace);
-  const to = options.to === undefined ? "+inf" : String(Math.max(0, Math.floor(options.to)));
+  const index = keyframesKey(keyspace);
+  let to = options.to === undefined ? null : Math.max(0, Math.floor(options.to));
+  if (to === null) {
+    const newest = await redis.zrevrange(index, 0, 0, "WITHSCORES");
+    if (newest.length < 2) return [];
+    to = Number(newest[1]);
+  }
   const ids = await redis.zrevrangebyscore(
-    keyframesKey(keyspace),
+    index,
     to,
-    "-inf",
+    Math.max(0, to - Math.max(0, Math.floor(options.windowMs))),
     "LIMIT",
     0,
     options.scan ?? 1000,
@@ -300,7 +310,7 @@ export async function readKeyframes(
   // The index is not sealed: its scores only pick which entries to open. What counts is each
   // opened record's own place (its entry id, stamped by the server): after `to` it is left out,
   // and the newest per instance wins whatever order the index gave.
-  const limit = options.to === undefined ? Infinity : options.to;
+  const limit = options.to === undefined ? Infinity : to;
   const newest = new Map<string, HistoryEntry>();
   for (const [err, raw] of res ?? []) {
     if (err) throw err;

@@ -244,7 +244,7 @@ Deno.test("recorded history in a redis stream", async (t) => {
         b.keyframe();
         await a.flush();
         await b.flush();
-        const first = await readKeyframes(redis, keyspace, auth, {});
+        const first = await readKeyframes(redis, keyspace, auth, { windowMs: 60_000 });
         assert.deepEqual(
           first.map((k) => k.k === "keyframe" && [k.instance, k.actors]).sort(),
           [
@@ -256,7 +256,7 @@ Deno.test("recorded history in a redis stream", async (t) => {
         // Periodic ones follow without being asked; each instance's newest is the answer.
         actors = [view("supervisor", "degraded")];
         const newer = await until(async () => {
-          const now = await readKeyframes(redis, keyspace, auth, {});
+          const now = await readKeyframes(redis, keyspace, auth, { windowMs: 60_000 });
           return now.length === 2 &&
             now.every((k) => k.k === "keyframe" && k.actors[0].state === "degraded") && now;
         }, { what: "a periodic keyframe of each instance" });
@@ -264,14 +264,31 @@ Deno.test("recorded history in a redis stream", async (t) => {
         await b.close();
         // At or before a moment: the newest keyframe then, not the newest of all.
         const at = Math.min(...newer.map((k) => k.serverAt)) - 1;
-        const before = await readKeyframes(redis, keyspace, auth, { to: at });
+        const newest = Math.max(...newer.map((k) => k.serverAt));
+        const before = await readKeyframes(redis, keyspace, auth, { to: at, windowMs: 60_000 });
         assert.ok(before.length >= 1 && before.every((k) => k.serverAt <= at));
         const first0 = first.find((k) => k.instance === "node-a")!;
-        const thenA = await readKeyframes(redis, keyspace, auth, { to: first0.serverAt });
+        const thenA = await readKeyframes(redis, keyspace, auth, {
+          to: first0.serverAt,
+          windowMs: 60_000,
+        });
         assert.deepEqual(
           thenA.find((k) => k.instance === "node-a")?.entryId,
           first0.entryId,
         );
+        // Only the window before the moment is opened: an instance silent for longer than it
+        // (node-a and node-b stopped; node-c alone writes) was not alive then.
+        await until(async () => Number((await redis.time())[0]) * 1000 > newest + 1500, {
+          what: "the server clock to pass the window",
+        });
+        const c = recorder("node-c");
+        c.keyframe();
+        await c.flush();
+        await c.close();
+        const recent = await readKeyframes(redis, keyspace, auth, { windowMs: 1000 });
+        assert.deepEqual(recent.map((k) => k.instance), ["node-c"]);
+        const wide = await readKeyframes(redis, keyspace, auth, { windowMs: 60_000 });
+        assert.deepEqual(wide.map((k) => k.instance).sort(), ["node-a", "node-b", "node-c"]);
         // The keyframes are records of the stream like the others.
         const all = await readHistory(redis, keyspace, auth, { limit: 1000 });
         assert.ok(all.some((r) => r.entryId === first0.entryId && r.k === "keyframe"));
@@ -286,7 +303,7 @@ Deno.test("recorded history in a redis stream", async (t) => {
         });
         await young.append([transition(1)]);
         assert.equal(await redis.zcard(keyspace.key("history:keyframes")), 0);
-        assert.deepEqual(await readKeyframes(redis, keyspace, auth, {}), []);
+        assert.deepEqual(await readKeyframes(redis, keyspace, auth, { windowMs: 60_000 }), []);
       },
     );
 
