@@ -18,16 +18,11 @@
  */
 import postgres from "postgres";
 import { Redis } from "ioredis";
-import { type AnyActorRef, createActor } from "xstate";
-import { createRedisTransport } from "../actors/runtime/transport.ts";
-import { syncActorSpec } from "../actors/sync/mod.ts";
-import { createSyncNode } from "../actors/sync/node.ts";
-import { createRedisBus } from "../store/bus.ts";
 import { migrate } from "../store/migrations.ts";
-import { closeRedis, createKeyspace, createRedisClient } from "../store/redis.ts";
 import type { Sql } from "../store/types.ts";
 import { startPostgres, startRedis } from "../tests/harness/mod.ts";
 import { ROOT } from "../tests/support/instance.ts";
+import { startBenchSyncNode } from "../tests/fixtures/sync_bench_node.ts";
 import { type Figure, median, percentile, progress, round } from "./_util.ts";
 import { createMessageAuth } from "../lib/message_auth.ts";
 
@@ -110,32 +105,13 @@ export async function run(): Promise<Figure[]> {
   }).spawn();
   const peer = peerChannel(child);
 
-  const keyspace = createKeyspace(PREFIX);
-  const client = createRedisClient({
-    url: redis.url,
-    sentinels: [],
-    sentinelMaster: "mymaster",
-    sentinelPassword: null,
-    keyPrefix: PREFIX,
-  }, { name: "bench-a" });
-  await client.connect();
-  const bus = createRedisBus(client, { keyspace, auth });
-  const local: { spec?: ReturnType<typeof syncActorSpec>; actor?: AnyActorRef } = {};
-  const transport = createRedisTransport(client, {
-    keyspace,
+  const { node, close: closeNode } = await startBenchSyncNode({
+    redisUrl: redis.url,
+    prefix: PREFIX,
     auth,
-    bus,
+    sql,
     instanceId: "bench-a",
-    actors: { spec: (id) => id === "sync" ? local.spec : undefined, ref: () => local.actor },
   });
-  await transport.start();
-  const node = createSyncNode({ instanceId: "bench-a", sql, bus, transport, leases: null });
-  local.spec = syncActorSpec(node, { headsMs: 1000, snapshotMs: 3_600_000 });
-  const actor = createActor(local.spec.create(undefined as never), {
-    input: local.spec.input!(undefined as never),
-  });
-  local.actor = actor;
-  actor.start();
   const rawPub = new Redis(redis.url);
 
   try {
@@ -255,11 +231,7 @@ export async function run(): Promise<Figure[]> {
     await child.status;
     await peer.close();
     rawPub.disconnect();
-    actor.stop();
-    await node.close();
-    await transport.close();
-    await bus.close();
-    await closeRedis(client);
+    await closeNode();
     await sql.end();
   }
 }
