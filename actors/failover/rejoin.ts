@@ -160,6 +160,29 @@ async function sleep(ms: number): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));
 }
 
+/**
+ * Rewinds the stopped node onto the primary's timeline: CHECKPOINT on the primary first, or
+ * pg_rewind may see no divergence.
+ */
+async function rewindStopped(
+  deps: RejoinDeps,
+  identity: NodeIdentity,
+): Promise<Awaited<ReturnType<typeof pgRewind>>> {
+  await deps.primary.run(checkpoint, { timeoutMs: 30_000, what: "checkpoint" });
+  const rewind = await pgRewind(deps.tools, {
+    dataDir: identity.dataDir,
+    source: { url: deps.primary.setting.url },
+  });
+  if (!rewind.success) {
+    fail(
+      `pg_rewind of ${deps.node.setting.name} failed, it stays stopped: ${
+        tail(rewind.stderr || rewind.stdout)
+      }`,
+    );
+  }
+  return rewind;
+}
+
 /** Starts a stopped local node as a standby and proves it replicates; returns the facts. */
 async function startAndVerify(
   deps: RejoinDeps,
@@ -259,18 +282,8 @@ export async function rejoinNode(deps: RejoinDeps): Promise<RejoinResult> {
     if (!stop.success) {
       fail(`cannot stop ${name} for pg_rewind: ${tail(stop.stderr || stop.stdout)}`);
     }
-    // 4. CHECKPOINT on the new primary, or pg_rewind may see no divergence.
-    await deps.primary.run(checkpoint, { timeoutMs: 30_000, what: "checkpoint" });
-    // 5. Rewind onto the primary's timeline.
-    const rewind = await pgRewind(deps.tools, {
-      dataDir: identity.dataDir,
-      source: { url: deps.primary.setting.url },
-    });
-    if (!rewind.success) {
-      fail(
-        `pg_rewind of ${name} failed, it stays stopped: ${tail(rewind.stderr || rewind.stdout)}`,
-      );
-    }
+    // 4-5. CHECKPOINT on the new primary, rewind onto its timeline.
+    const rewind = await rewindStopped(deps, identity);
     // 6-8. Standby config, start, verify with data.
     return { rewind, verified: await startAndVerify(deps, identity) };
   });
@@ -315,7 +328,8 @@ async function startOrRewind(deps: RejoinDeps, identity: NodeIdentity): Promise<
   try {
     const verified = await startAndVerify(deps, identity);
     return {
-      why: `started ${name} as a replica of ${deps.primary.setting.name} after the switchover; ` +
+      why:
+        `started ${name} as a replica of ${deps.primary.setting.name} after it was stopped here; ` +
         `it streams on timeline ${verified.timeline} and canary ${verified.canary} arrived`,
       details: { ...verified, rewound: false },
     };
@@ -325,16 +339,7 @@ async function startOrRewind(deps: RejoinDeps, identity: NodeIdentity): Promise<
       error: describeError(err),
     });
     await pgCtlStop(deps.tools, identity.dataDir, { mode: "fast" });
-    await deps.primary.run(checkpoint, { timeoutMs: 30_000, what: "checkpoint" });
-    const rewind = await pgRewind(deps.tools, {
-      dataDir: identity.dataDir,
-      source: { url: deps.primary.setting.url },
-    });
-    if (!rewind.success) {
-      fail(
-        `pg_rewind of ${name} failed, it stays stopped: ${tail(rewind.stderr || rewind.stdout)}`,
-      );
-    }
+    await rewindStopped(deps, identity);
     const verified = await startAndVerify(deps, identity);
     return {
       why: `started ${name} as a replica of ${deps.primary.setting.name} after a pg_rewind; ` +

@@ -18,7 +18,7 @@
  * than a token used before.
  * @module
  */
-import { failoverMachine } from "../../machines/failover/mod.ts";
+import { type FailoverInput, failoverMachine } from "../../machines/failover/mod.ts";
 import type { Answer, Call, ChartModel, Run, StepView } from "./_walk.ts";
 
 /** The failover model's world: the fake Redis and what the monitors remember. */
@@ -100,6 +100,36 @@ function sampleNode(name: string, primary: boolean) {
   };
 }
 
+const EFFECTS = [
+  "readStart",
+  "probePrimary",
+  "corroborate",
+  "collectVotes",
+  "promote",
+  "switchover",
+  "publish",
+  "reassert",
+  "reassess",
+  "repointPool",
+  "sampleNodes",
+  "repair",
+];
+
+/** The real failover chart with every effect scripted, for instance a of pg1..pg3. */
+function buildFailover<W>(run: Run<W>, input: Partial<FailoverInput>) {
+  return {
+    logic: failoverMachine.provide({
+      actors: Object.fromEntries(EFFECTS.map((src) => [src, run.effect(src)])) as never,
+    }),
+    input: {
+      instanceId: "a",
+      nodes: ["pg1", "pg2", "pg3"],
+      confirmations: CONFIRMATIONS,
+      ...input,
+    },
+  };
+}
+
 function detector(snapshot: StepView<FailoverWorld>["snapshot"]): string {
   const v = snapshot.value.detector;
   return typeof v === "string" ? v : Object.keys(v)[0];
@@ -121,36 +151,14 @@ export const failoverModel: ChartModel<FailoverWorld> = {
     promotions: [],
   }),
   build(run) {
-    const effects = [
-      "readStart",
-      "probePrimary",
-      "corroborate",
-      "collectVotes",
-      "promote",
-      "switchover",
-      "publish",
-      "reassert",
-      "reassess",
-      "repointPool",
-      "sampleNodes",
-      "repair",
-    ];
-    return {
-      logic: failoverMachine.provide({
-        actors: Object.fromEntries(effects.map((src) => [src, run.effect(src)])) as never,
-      }),
-      input: {
-        instanceId: "a",
-        nodes: ["pg1", "pg2", "pg3"],
-        probeIntervalMs: 100,
-        probeTimeoutMs: 150,
-        confirmations: CONFIRMATIONS,
-        // Before the first probe: a sample can witness the replicas' streams for the fast path.
-        monitorIntervalMs: 50,
-        confirmTimeoutMs: 200,
-        poolRetryMs: 100,
-      },
-    };
+    return buildFailover(run, {
+      probeIntervalMs: 100,
+      probeTimeoutMs: 150,
+      // Before the first probe: a sample can witness the replicas' streams for the fast path.
+      monitorIntervalMs: 50,
+      confirmTimeoutMs: 200,
+      poolRetryMs: 100,
+    });
   },
   events(snapshot, world) {
     const events: ({ type: string } & Record<string, unknown>)[] = [];
@@ -552,24 +560,15 @@ export const failoverRepairsModel: ChartModel<RepairsWorld> = {
     stoppedHere: [],
   }),
   build(run) {
-    const effects = Object.keys(failoverModel.effects);
-    return {
-      logic: failoverMachine.provide({
-        actors: Object.fromEntries(effects.map((src) => [src, run.effect(src)])) as never,
-      }),
-      input: {
-        instanceId: "a",
-        nodes: ["pg1", "pg2", "pg3"],
-        // Probes are rare: the walk spends its depth on samples and repairs.
-        probeIntervalMs: 1000,
-        probeTimeoutMs: 900,
-        confirmations: CONFIRMATIONS,
-        monitorIntervalMs: 50,
-        maintenanceBackoffMs: 100,
-        // Synchronous standbys are a repair of their own, not this model's.
-        syncMode: false,
-      },
-    };
+    return buildFailover(run, {
+      // Probes are rare: the walk spends its depth on samples and repairs.
+      probeIntervalMs: 1000,
+      probeTimeoutMs: 900,
+      monitorIntervalMs: 50,
+      maintenanceBackoffMs: 100,
+      // Synchronous standbys are a repair of their own, not this model's.
+      syncMode: false,
+    });
   },
   events(snapshot) {
     return snapshot.matches({ role: "follower" }) ? [{ type: "LEASE_ACQUIRED", token: 11 }] : [];
