@@ -64,6 +64,7 @@ import {
   readOnlyFallback,
   type ReassertInput,
   type ReceiverState,
+  type RepairOutput,
   type ReplicationSample,
   type StartFacts,
   type SwitchoverRequest,
@@ -75,7 +76,13 @@ import type { Membership } from "../runtime/membership.ts";
 import type { Transport } from "../runtime/types.ts";
 import { conninfoOf, type NodeClient, nodeForUrl, shortError, slotName } from "./nodes.ts";
 import { pgCtlStart, pgCtlStop, type PgTools } from "../../store/pg_tools.ts";
-import { localPostmaster, processAlive, rejoinNode, startParkedNode } from "./rejoin.ts";
+import {
+  leftStopped,
+  localPostmaster,
+  processAlive,
+  rejoinNode,
+  startParkedNode,
+} from "./rejoin.ts";
 import type { FailoverSettings } from "./settings.ts";
 
 /** The lease role whose holder takes failover decisions. */
@@ -1078,11 +1085,15 @@ export async function sampleNodes(
   return sample;
 }
 
-/** Makes one repair the monitor asked for; returns its sentence. */
+/**
+ * Makes one repair the monitor asked for; returns its sentence. A rejoin or start of a
+ * parked node that fails is an outcome (recorded as `fenced`) saying whether it left the
+ * node stopped here; the other repairs throw.
+ */
 export async function repair(
   deps: FailoverDeps,
   input: { finding: Finding; primary: Published; token: number | null },
-): Promise<{ why: string }> {
+): Promise<RepairOutput> {
   const f = input.finding;
   const primary = node(deps, input.primary.node);
   const target = node(deps, f.node);
@@ -1090,7 +1101,10 @@ export async function repair(
     switch (f.kind) {
       case "unfence":
         await target.run(unfenceNode, { timeoutMs: 5000, what: "unfence" });
-        return { why: `lifted the read-only fence of ${f.node}, the published primary` };
+        return {
+          ok: true,
+          why: `lifted the read-only fence of ${f.node}, the published primary`,
+        };
       case "sync": {
         const value = formatSyncStandbys(f.standbys);
         await target.run((sql) =>
@@ -1098,7 +1112,7 @@ export async function repair(
             synchronous_standby_names: value || null,
             synchronous_commit: deps.settings.syncMode && value ? "remote_apply" : null,
           }), { timeoutMs: 5000, what: "synchronous standbys" });
-        return { why: `${f.why}: set synchronous_standby_names to '${value}'` };
+        return { ok: true, why: `${f.why}: set synchronous_standby_names to '${value}'` };
       }
       case "repoint_replica": {
         const slot = deps.settings.useSlots ? slotName(f.node) : null;
@@ -1114,6 +1128,7 @@ export async function repair(
             primary_slot_name: slot,
           }), { timeoutMs: 5000, what: "primary_conninfo" });
         return {
+          ok: true,
           why: `re-pointed ${f.node} to ${primary.setting.name}` + (slot ? ` (slot ${slot})` : "") +
             " by ALTER SYSTEM and a reload, without a restart",
         };
@@ -1149,7 +1164,7 @@ export async function repair(
             token: input.token,
             epoch: input.primary.epoch,
           });
-          return { why: result.why };
+          return { ok: true, why: result.why };
         } catch (err) {
           await record(deps, primary, {
             node: f.node,
@@ -1161,7 +1176,11 @@ export async function repair(
             token: input.token,
             epoch: input.primary.epoch,
           });
-          throw err;
+          return {
+            ok: false,
+            error: err instanceof Error ? err.message : String(err),
+            leftStopped: leftStopped(err),
+          };
         }
       }
     }

@@ -4,11 +4,12 @@
  * the primary → pg_rewind → rewrite primary_conninfo / primary_slot_name → start →
  * verify (streaming on the primary's timeline AND a canary row written on the primary
  * arrives). When any step cannot be done the node stays fenced (read-only, or stopped) and
- * the error says what to do by hand.
+ * the error says what to do by hand, and whether this host left it stopped
+ * ({@linkcode leftStopped}): only then is it the coordinator's to start later.
  * @module
  */
 import { dirname } from "node:path";
-import { describeError, RuntimeError } from "../../lib/errors.ts";
+import { describeError, isRuntimeError, RuntimeError } from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import {
   canaryVisible,
@@ -122,12 +123,64 @@ function fail(message: string, cause?: unknown): never {
   throw new RuntimeError("REJOIN_FAILED", message, { cause });
 }
 
+/**
+ * Runs the steps that follow this host's stop of the node: whatever fails there leaves it
+ * stopped by us, and the error says so (same code and sentence).
+ */
+async function stoppedHere<T>(steps: () => Promise<T>): Promise<T> {
+  try {
+    return await steps();
+  } catch (err) {
+    const known = isRuntimeError(err);
+    throw new RuntimeError(
+      known ? err.code : "REJOIN_FAILED",
+      known ? err.message : describeError(err),
+      {
+        cause: known ? err.cause : err,
+        details: { ...(known ? err.details : {}), leftStopped: true },
+      },
+    );
+  }
+}
+
+/**
+ * True when a failed {@linkcode rejoinNode} / {@linkcode startParkedNode} left the node
+ * stopped by this host (ours to start as a replica later); false when it never stopped it
+ * (fenced over SQL only, or not ours to act on).
+ */
+export function leftStopped(err: unknown): boolean {
+  return isRuntimeError(err) && err.details?.leftStopped === true;
+}
+
 function tail(text: string): string {
   return text.trim().split("\n").slice(-3).join(" / ");
 }
 
 async function sleep(ms: number): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Rewinds the stopped node onto the primary's timeline: CHECKPOINT on the primary first, or
+ * pg_rewind may see no divergence.
+ */
+async function rewindStopped(
+  deps: RejoinDeps,
+  identity: NodeIdentity,
+): Promise<Awaited<ReturnType<typeof pgRewind>>> {
+  await deps.primary.run(checkpoint, { timeoutMs: 30_000, what: "checkpoint" });
+  const rewind = await pgRewind(deps.tools, {
+    dataDir: identity.dataDir,
+    source: { url: deps.primary.setting.url },
+  });
+  if (!rewind.success) {
+    fail(
+      `pg_rewind of ${deps.node.setting.name} failed, it stays stopped: ${
+        tail(rewind.stderr || rewind.stdout)
+      }`,
+    );
+  }
+  return rewind;
 }
 
 /** Starts a stopped local node as a standby and proves it replicates; returns the facts. */
@@ -222,21 +275,18 @@ export async function rejoinNode(deps: RejoinDeps): Promise<RejoinResult> {
         }', then start it with primary_conninfo pointing at ${primaryName}`,
     );
   }
-  // 3. Stop it cleanly (pg_rewind needs a clean shutdown).
-  const stop = await pgCtlStop(deps.tools, identity.dataDir, { mode: "fast", timeoutS: 60 });
-  if (!stop.success) fail(`cannot stop ${name} for pg_rewind: ${tail(stop.stderr || stop.stdout)}`);
-  // 4. CHECKPOINT on the new primary, or pg_rewind may see no divergence.
-  await deps.primary.run(checkpoint, { timeoutMs: 30_000, what: "checkpoint" });
-  // 5. Rewind onto the primary's timeline.
-  const rewind = await pgRewind(deps.tools, {
-    dataDir: identity.dataDir,
-    source: { url: deps.primary.setting.url },
+  // 3. Stop it cleanly (pg_rewind needs a clean shutdown). From the stop on, a failure
+  // leaves it stopped by us (a failed stop too: it may still go down).
+  const { rewind, verified } = await stoppedHere(async () => {
+    const stop = await pgCtlStop(deps.tools, identity.dataDir, { mode: "fast", timeoutS: 60 });
+    if (!stop.success) {
+      fail(`cannot stop ${name} for pg_rewind: ${tail(stop.stderr || stop.stdout)}`);
+    }
+    // 4-5. CHECKPOINT on the new primary, rewind onto its timeline.
+    const rewind = await rewindStopped(deps, identity);
+    // 6-8. Standby config, start, verify with data.
+    return { rewind, verified: await startAndVerify(deps, identity) };
   });
-  if (!rewind.success) {
-    fail(`pg_rewind of ${name} failed, it stays stopped: ${tail(rewind.stderr || rewind.stdout)}`);
-  }
-  // 6-8. Standby config, start, verify with data.
-  const verified = await startAndVerify(deps, identity);
   const ms = Math.round(deps.now() - t0);
   return {
     why:
@@ -264,14 +314,22 @@ export async function startParkedNode(
   identity: NodeIdentity,
 ): Promise<RejoinResult> {
   const name = deps.node.setting.name;
-  const t0 = deps.now();
   if (!deps.local) {
     fail(`${name} cannot be started from here: FAILOVER_LOCAL_NODES puts it on another host`);
   }
+  // A switchover or a failed rejoin stopped it here: a failure leaves it stopped by us.
+  return await stoppedHere(() => startOrRewind(deps, identity));
+}
+
+/** Starts the stopped node as a standby; rewinds it first when it cannot follow directly. */
+async function startOrRewind(deps: RejoinDeps, identity: NodeIdentity): Promise<RejoinResult> {
+  const name = deps.node.setting.name;
+  const t0 = deps.now();
   try {
     const verified = await startAndVerify(deps, identity);
     return {
-      why: `started ${name} as a replica of ${deps.primary.setting.name} after the switchover; ` +
+      why:
+        `started ${name} as a replica of ${deps.primary.setting.name} after it was stopped here; ` +
         `it streams on timeline ${verified.timeline} and canary ${verified.canary} arrived`,
       details: { ...verified, rewound: false },
     };
@@ -281,16 +339,7 @@ export async function startParkedNode(
       error: describeError(err),
     });
     await pgCtlStop(deps.tools, identity.dataDir, { mode: "fast" });
-    await deps.primary.run(checkpoint, { timeoutMs: 30_000, what: "checkpoint" });
-    const rewind = await pgRewind(deps.tools, {
-      dataDir: identity.dataDir,
-      source: { url: deps.primary.setting.url },
-    });
-    if (!rewind.success) {
-      fail(
-        `pg_rewind of ${name} failed, it stays stopped: ${tail(rewind.stderr || rewind.stdout)}`,
-      );
-    }
+    await rewindStopped(deps, identity);
     const verified = await startAndVerify(deps, identity);
     return {
       why: `started ${name} as a replica of ${deps.primary.setting.name} after a pg_rewind; ` +

@@ -809,7 +809,7 @@ export interface RepairInput {
   backoff: Record<string, number>;
   /** Per node: re-points that did not make it stream. */
   repoints: Record<string, number>;
-  /** Nodes stopped by a switchover, to start as standbys. */
+  /** Nodes this host stopped (a switchover, a failed rejoin), to start as standbys. */
   parked: string[];
 }
 

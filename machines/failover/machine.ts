@@ -69,6 +69,7 @@ import type {
   PublishInput,
   PublishOutput,
   ReassertInput,
+  RepairOutput,
   ReplicationSample,
   StartFacts,
   SwitchoverRequest,
@@ -146,9 +147,12 @@ const failover = setup({
       ReplicationSample,
       { primary: Published; leader: number | null; alerts: LagAlert[]; why: string }
     >(() => Promise.reject(new Error("sampleNodes is not provided"))),
-    /** Makes one repair (rejoin, unfence, re-point a replica, sync standbys). */
+    /**
+     * Makes one repair (rejoin, unfence, re-point a replica, sync standbys); a failed rejoin
+     * or start of a parked node is an outcome saying whether it left the node stopped.
+     */
     repair: fromPromise<
-      { why: string },
+      RepairOutput,
       { finding: Finding; primary: Published; token: number | null }
     >(() => Promise.reject(new Error("repair is not provided"))),
   },
@@ -457,21 +461,28 @@ const failover = setup({
      * A repair failed: the node is left alone for a while. A rejoin stops the node before its
      * rewind: when a later step failed it stays stopped, which no sample would ever show as a
      * node to repair, so it is kept with the parked ones and started as a replica (rewound if
-     * it must be) once its backoff is over.
+     * it must be) once its backoff is over. Only when the effect says it left the node
+     * stopped: a node on another host is never stopped by us (only fenced over SQL), and
+     * parking it would try, every backoff, to start a node we may not start. A parked node
+     * that may not be started from here leaves the list for the same reason.
      */
-    repairFailed: assign(({ context }, params: { error: string }) => {
+    repairFailed: assign(({ context }, params: { error: string; leftStopped: boolean }) => {
       const f = context.finding!;
-      const rejoining = f.kind === "rejoin" || f.kind === "start_standby";
       const why = `${f.kind.replace("_", " ")} of ${f.node} failed, retrying in ${
         Math.round(context.maintenanceBackoffMs / 1000)
-      } s${rejoining ? " (started as a replica then if it stays stopped)" : ""}: ${params.error}`;
+      } s${
+        params.leftStopped ? " (started as a replica then if it stays stopped)" : ""
+      }: ${params.error}`;
+      const others = context.parked.filter((n) => n !== f.node);
       return {
         backoff: {
           ...context.backoff,
           [f.node]: (context.sample?.at ?? 0) + context.maintenanceBackoffMs,
         },
-        parked: rejoining && !context.parked.includes(f.node)
-          ? [...context.parked, f.node]
+        parked: params.leftStopped
+          ? [...others, f.node]
+          : f.kind === "start_standby"
+          ? others
           : context.parked,
         decision: f.kind === "rejoin"
           ? { id: null, kind: "rejoin", ok: false, why, primary: context.primary }
@@ -537,6 +548,8 @@ const failover = setup({
         lastError: context.lastProbe?.error ?? null,
       }, votes).failover,
     nothingPromoted: (_, output: { node: string | null }) => output.node === null,
+    /** The repair (a rejoin, a start of a parked node) failed, and says what it left. */
+    repairFailedOutcome: (_, output: RepairOutput) => !output.ok,
     fallbackAnnounced: ({ context }, params: { readOnlyNode: string | null }) =>
       context.announced !== null && context.announced.epoch === context.primary.epoch &&
       context.announced.readOnlyNode === params.readOnlyNode,
@@ -1272,15 +1285,30 @@ const MONITOR = failover.createStateConfig({
           primary: context.primary,
           token: context.leader,
         }),
-        onDone: {
-          target: "waiting",
-          actions: { type: "repairDone", params: ({ event }) => ({ why: event.output.why }) },
-        },
+        onDone: [
+          {
+            guard: { type: "repairFailedOutcome", params: ({ event }) => event.output },
+            target: "waiting",
+            actions: {
+              type: "repairFailed",
+              params: ({ event }) => event.output as { error: string; leftStopped: boolean },
+            },
+          },
+          {
+            target: "waiting",
+            actions: {
+              type: "repairDone",
+              params: ({ event }) => ({ why: (event.output as { why: string }).why }),
+            },
+          },
+        ],
+        // Thrown: the fencing token was refused before anything ran, or an unfence /
+        // re-point / sync repair failed; none of them stops a node.
         onError: {
           target: "waiting",
           actions: {
             type: "repairFailed",
-            params: ({ event }) => ({ error: errorText(event.error) }),
+            params: ({ event }) => ({ error: errorText(event.error), leftStopped: false }),
           },
         },
       },

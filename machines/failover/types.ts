@@ -104,6 +104,25 @@ export type Finding =
   | { kind: "repoint_replica"; node: string; why: string }
   | { kind: "sync"; node: string; standbys: string[]; why: string };
 
+/**
+ * Output of the `repair` effect: made, or a rejoin / start of a parked node that failed (an
+ * outcome, not an error: the chart must know what the attempt left behind).
+ */
+export type RepairOutput =
+  | { ok: true; why: string }
+  | {
+    ok: false;
+    /** What went wrong (the failover_history row has it too). */
+    error: string;
+    /**
+     * The node is left stopped by this host (the rejoin stopped it before a later step
+     * failed, or a parked node did not start): it is parked, started as a replica later.
+     * False when this host never stopped it (a node FAILOVER_LOCAL_NODES puts on another
+     * host is only fenced over SQL): starting it is not ours to do.
+     */
+    leftStopped: boolean;
+  };
+
 /** Output of the `probePrimary` effect. */
 export interface ProbeOutput {
   /** The primary answered and is out of recovery. */
@@ -442,7 +461,10 @@ export interface FailoverContext {
   backoff: Record<string, number>;
   /** Per node: re-points that did not make it stream. */
   repoints: Record<string, number>;
-  /** Nodes a switchover stopped, to be started as standbys. */
+  /**
+   * Nodes this host stopped (a switchover, or a rejoin that failed after the stop), to be
+   * started as standbys; never a node this host may not act on.
+   */
   parked: string[];
   /** Active alerts by `node:kind`. */
   alerts: Record<string, LagAlert>;

@@ -35,6 +35,7 @@ import { silentLogger } from "../../lib/log.ts";
 import {
   degradedSentence,
   judgeEvidence,
+  type RepairOutput,
   type ReplicationSample,
 } from "../../machines/failover/mod.ts";
 import { createLocalBus } from "../../store/bus.ts";
@@ -62,6 +63,12 @@ async function rejected(promise: Promise<unknown>): Promise<RuntimeError> {
   assert.ok(err, "the call should have failed");
   assert.ok(isRuntimeError(err), `a RuntimeError, got ${err}`);
   return err;
+}
+
+/** The sentence of a repair that was made; the repair's error when it failed. */
+function made(out: RepairOutput): string {
+  assert.ok(out.ok, out.ok ? undefined : `the repair failed: ${out.error}`);
+  return out.why;
 }
 
 Deno.test("a node that refuses connections says so on every call, however many", async () => {
@@ -513,7 +520,7 @@ Deno.test({
           primary: { node: "fe1", epoch: 1, readOnlyNode: null },
           token: null,
         });
-        assert.match(out.why, /fe2/);
+        assert.match(made(out), /fe2/);
         const conninfo = await psql("fe2", "show primary_conninfo");
         assert.match(conninfo, new RegExp(`port=${cluster.nodes.fe1.port}\\b`));
         assert.match(conninfo, /application_name=fe2/);
@@ -528,21 +535,22 @@ Deno.test({
 
       await t.step("a rejoin that cannot start is recorded as fenced, with the error", async () => {
         const primary = { node: "fe1", epoch: 1, readOnlyNode: null };
-        const down = await rejected(repair(base, {
+        const down = await repair(base, {
           finding: { kind: "rejoin", node: "fe3", why: "fe3 must follow fe1" },
           primary,
           token: null,
-        }));
-        assert.equal(down.code, "REJOIN_FAILED");
-        assert.match(down.message, /fe3/);
-        assert.match(down.message, /refused/);
-        const unknown = await rejected(repair(base, {
+        });
+        assert.ok(!down.ok, "the rejoin of a node that is down fails");
+        assert.match(down.error, /^cannot fence fe3: .*refused/);
+        assert.equal(down.leftStopped, false, "nothing was stopped here");
+        const unknown = await repair(base, {
           finding: { kind: "start_standby", node: "fe3", why: "fe3 was parked" },
           primary,
           token: null,
-        }));
-        assert.equal(unknown.code, "REJOIN_FAILED");
-        assert.match(unknown.message, /fe3/);
+        });
+        assert.ok(!unknown.ok);
+        assert.equal(unknown.error, "where fe3 runs is not known");
+        assert.equal(unknown.leftStopped, false, "not startable from here: not ours to park");
         assert.deepEqual((await history("fe1", "old_primary = 'fe3'")).split("\n"), [
           "rejoin|fe3|fe1|fenced|true",
           "rejoin|fe3|fe1|fenced|true",
@@ -777,16 +785,37 @@ Deno.test({
       });
 
       await t.step(
-        "the old primary, started again, is rewound and rejoins as a replica",
+        "the old primary on another host is only fenced: the rejoin says it did not stop it",
         async () => {
           await cluster.nodes.fe1.start();
           assert.equal(await inRecovery("fe1"), false, "it came back writable: split brain to fix");
+          const out = await repair({ ...base, settings: { ...settings, localNodes: ["fe2"] } }, {
+            finding: { kind: "rejoin", node: "fe1", why: "fe1 is writable but not the primary" },
+            primary: { node: "fe2", epoch, readOnlyNode: null },
+            token: null,
+          });
+          assert.ok(!out.ok);
+          assert.match(
+            out.error,
+            /^fe1 is fenced read-only but FAILOVER_LOCAL_NODES puts it on another host: stop it there and run pg_rewind/,
+          );
+          assert.equal(out.leftStopped, false, "the chart must not park (and start) fe1");
+          // Still running, writable no more: what the operator finds there.
+          assert.equal(await inRecovery("fe1"), false);
+          assert.equal(await psql("fe1", "show default_transaction_read_only"), "on");
+        },
+      );
+
+      await t.step(
+        "the old primary, started again, is rewound and rejoins as a replica",
+        async () => {
+          assert.equal(await inRecovery("fe1"), false, "it is still writable: split brain to fix");
           const out = await repair(base, {
             finding: { kind: "rejoin", node: "fe1", why: "fe1 is writable but not the primary" },
             primary: { node: "fe2", epoch, readOnlyNode: null },
             token: null,
           });
-          assert.match(out.why, /fe1/);
+          assert.match(made(out), /fe1/);
           assert.equal(await inRecovery("fe1"), true);
           const id = await psql(
             "fe2",
@@ -797,10 +826,52 @@ Deno.test({
               (await psql("fe1", `select count(*) from replication_canary where id=${id}`)) === "1",
             { ms: 30_000, what: `fe1 to replay canary ${id} written on fe2` },
           );
-          assert.equal(
-            await history("fe2", "kind = 'rejoin' and old_primary = 'fe1'"),
-            "rejoin|fe1|fe2|completed|false",
+          assert.deepEqual(
+            (await history("fe2", "kind = 'rejoin' and old_primary = 'fe1'")).split("\n"),
+            ["rejoin|fe1|fe2|fenced|true", "rejoin|fe1|fe2|completed|false"],
           );
+        },
+      );
+
+      await t.step(
+        "a rejoin that fails after stopping a node here says so; started later, it streams",
+        async () => {
+          // pg_rewind cannot reach its source (the primary vanished for it): a real failure
+          // after the stop.
+          const tools = base.tools;
+          const cutOff: FailoverDeps = {
+            ...base,
+            tools: {
+              ...tools,
+              run: (program, args, options) =>
+                tools.run(
+                  program,
+                  args,
+                  program === "pg_rewind" ? { ...options, connection: { url: DOWN_URL } } : options,
+                ),
+            },
+          };
+          const primary = { node: "fe2", epoch, readOnlyNode: null };
+          // The coordinator's samples remember where each node runs (start_standby needs it).
+          await sampleNodes(base, { primary, leader: 1, alerts: [], why: "sample" });
+          assert.ok(base.identities.has("fe1"));
+          const out = await repair(cutOff, {
+            finding: { kind: "rejoin", node: "fe1", why: "fe1 must be rewound" },
+            primary,
+            token: null,
+          });
+          assert.ok(!out.ok);
+          assert.match(out.error, /^pg_rewind of fe1 failed, it stays stopped: /);
+          assert.equal(out.leftStopped, true, "the chart parks fe1 and starts it later");
+          await assert.rejects(psql("fe1", "select 1"));
+          // What the chart's start_standby does with a parked node once its backoff is over.
+          const started = await repair(base, {
+            finding: { kind: "start_standby", node: "fe1", why: "fe1 was parked" },
+            primary,
+            token: null,
+          });
+          assert.match(made(started), /^started fe1 as a replica of fe2/);
+          assert.equal(await inRecovery("fe1"), true);
         },
       );
     } finally {

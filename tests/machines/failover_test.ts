@@ -60,7 +60,9 @@ interface World {
   holdPublish: boolean;
   /** Publications fail with this while set. */
   publishError: string | null;
-  /** The repair effect fails with this message. */
+  /** The repair effect reports this failure (what a failed rejoin / start of a parked node answers). */
+  repairFailure?: { error: string; leftStopped: boolean } | null;
+  /** The repair effect throws this (before it touched the node: the fencing token refused). */
   repairError?: string | null;
 }
 
@@ -113,6 +115,34 @@ function primaryNode(name: string, over: Partial<NodeSample> = {}): NodeSample {
 
 function sampleOf(at: number, nodes: NodeSample[], names = ["pg2", "pg3"]): ReplicationSample {
   return { at, primary: "pg1", nodes, sync: { method: "ANY", num: 1, names } };
+}
+
+/** A sample of pg1 where pg3 came back writable: a second primary to rejoin. */
+function pg3Writable(): ReplicationSample {
+  return sampleOf(0, [primaryNode("pg1"), node("pg2"), primaryNode("pg3")]);
+}
+
+/** A sample of pg1 taken at `at` where pg3 is down (pg2 the only synchronous standby). */
+function pg3Down(at: number): ReplicationSample {
+  return {
+    ...sampleOf(0, [primaryNode("pg1"), node("pg2"), node("pg3", { reachable: false })], ["pg2"]),
+    at,
+  };
+}
+
+/** The rejoins and starts of parked nodes the chart asked for, oldest first, as "kind node". */
+function rejoinsAsked(h: ReturnType<typeof harness>): string[] {
+  return h.ops("repair").map((c) => (c.input as { finding: Finding }).finding)
+    .filter((f) => f.kind === "rejoin" || f.kind === "start_standby")
+    .map((f) => `${f.kind} ${f.node}`);
+}
+
+/** Lets `times` monitor rounds of `ms` pass, each sample taken anew at its time. */
+async function samplesAgain(h: ReturnType<typeof harness>, times: number, ms: number) {
+  for (let i = 0; i < times; i++) {
+    await h.advance(ms);
+    h.world.sample = { ...h.world.sample!, at: h.clock.now() };
+  }
 }
 
 function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) {
@@ -278,7 +308,8 @@ function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) 
         ({ input }: { input: { finding: Finding; primary: Published; token: number | null } }) => {
           record("repair", input);
           if (world.repairError) return Promise.reject(new Error(world.repairError));
-          return Promise.resolve({ why: `repaired ${input.finding.node}` });
+          if (world.repairFailure) return Promise.resolve({ ok: false, ...world.repairFailure });
+          return Promise.resolve({ ok: true, why: `repaired ${input.finding.node}` });
         },
       ),
     },
@@ -911,45 +942,107 @@ Deno.test("failover machine", async (t) => {
       using h = harness({ maintenanceBackoffMs: 4000 });
       h.lease.acquire(10);
       // pg3 came back writable (a killed old primary restarted): rejoin it.
-      h.world.sample = sampleOf(0, [primaryNode("pg1"), node("pg2"), primaryNode("pg3")]);
-      h.world.repairError = "pg_rewind of pg3 failed, it stays stopped: could not find WAL";
+      h.world.sample = pg3Writable();
+      h.world.repairFailure = {
+        error: "pg_rewind of pg3 failed, it stays stopped: could not find WAL",
+        leftStopped: true,
+      };
       await h.advance(1000);
       assert.equal((h.ops("repair")[0].input as { finding: Finding }).finding.kind, "rejoin");
       const failed = h.actor.getSnapshot().context;
       assert.deepEqual(failed.parked, ["pg3"]);
       assert.match(failed.why, /rejoin of pg3 failed, retrying in 4 s \(started as a replica/);
       // The rejoin left it stopped: no sample shows it as anything to repair but the parked.
-      h.world.repairError = null;
-      h.world.sample = {
-        ...sampleOf(
-          0,
-          [primaryNode("pg1"), node("pg2"), node("pg3", { reachable: false })],
-          ["pg2"],
-        ),
-        at: h.clock.now(),
-      };
-      const calls = () => h.ops("repair").map((c) => (c.input as { finding: Finding }).finding);
+      h.world.repairFailure = null;
+      h.world.sample = pg3Down(h.clock.now());
       await h.advance(2000);
-      assert.equal(calls().length, 1, "nothing within the backoff");
+      assert.equal(h.ops("repair").length, 1, "nothing within the backoff");
       await h.advance(4000);
       h.world.sample = { ...h.world.sample, at: h.clock.now() };
       await h.advance(1000);
-      const started = calls().at(-1)!;
-      assert.equal(started.kind, "start_standby");
-      assert.equal(started.node, "pg3");
+      assert.deepEqual(rejoinsAsked(h), ["rejoin pg3", "start_standby pg3"]);
       assert.deepEqual(h.actor.getSnapshot().context.parked, []);
+    },
+  );
+
+  await t.step(
+    "a rejoin that failed without stopping the node (another host's): never parked, never started",
+    async () => {
+      using h = harness({ maintenanceBackoffMs: 4000 });
+      h.lease.acquire(10);
+      // pg3 came back writable on a host FAILOVER_LOCAL_NODES does not give us: the rejoin
+      // fences it over SQL and fails, telling the operator to rewind it there.
+      h.world.sample = pg3Writable();
+      h.world.repairFailure = {
+        error: "pg3 is fenced read-only but FAILOVER_LOCAL_NODES puts it on another host: " +
+          "stop it there and run pg_rewind",
+        leftStopped: false,
+      };
+      await h.advance(1000);
+      assert.deepEqual(rejoinsAsked(h), ["rejoin pg3"]);
+      const failed = h.actor.getSnapshot().context;
+      assert.deepEqual(failed.parked, []);
+      assert.equal(
+        failed.why,
+        "rejoin of pg3 failed, retrying in 4 s: pg3 is fenced read-only but " +
+          "FAILOVER_LOCAL_NODES puts it on another host: stop it there and run pg_rewind",
+      );
+      assert.equal(failed.decision?.ok, false);
+      // The operator stops it there to rewind it by hand: down, and not ours to start.
+      h.world.repairFailure = null;
+      h.world.sample = pg3Down(h.clock.now());
+      await samplesAgain(h, 3, 5000);
+      assert.deepEqual(rejoinsAsked(h), ["rejoin pg3"]);
+      assert.deepEqual(h.actor.getSnapshot().context.parked, []);
+    },
+  );
+
+  await t.step(
+    "a parked node that may not be started from here leaves the list; a thrown repair parks nothing",
+    async () => {
+      using h = harness({ maintenanceBackoffMs: 4000 });
+      h.lease.acquire(10);
+      h.world.sample = pg3Writable();
+      // Refused before it touched the node (a stale fencing token): nothing was stopped.
+      h.world.repairError = "LEASE_STALE_TOKEN: token 10 is no longer current";
+      await h.advance(1000);
+      assert.deepEqual(h.actor.getSnapshot().context.parked, []);
+      assert.match(h.actor.getSnapshot().context.why, /^rejoin of pg3 failed, retrying in 4 s: /);
+      h.world.repairError = null;
+      await h.advance(5000);
+      h.world.sample = { ...h.world.sample, at: h.clock.now() };
+      h.world.repairFailure = {
+        error: "pg_rewind of pg3 failed, it stays stopped",
+        leftStopped: true,
+      };
+      await h.advance(1000);
+      assert.deepEqual(h.actor.getSnapshot().context.parked, ["pg3"]);
+      // Down, parked: started after the backoff, but where it runs is not known here.
+      h.world.repairFailure = { error: "where pg3 runs is not known", leftStopped: false };
+      h.world.sample = pg3Down(h.clock.now());
+      await samplesAgain(h, 1, 5000);
+      await h.advance(1000);
+      const asked = ["rejoin pg3", "rejoin pg3", "start_standby pg3"];
+      assert.deepEqual(rejoinsAsked(h), asked);
+      assert.deepEqual(h.actor.getSnapshot().context.parked, []);
+      assert.match(h.actor.getSnapshot().context.why, /^start standby of pg3 failed/);
+      await samplesAgain(h, 3, 5000);
+      assert.deepEqual(rejoinsAsked(h), asked, "no start every backoff of a node we cannot start");
     },
   );
 
   await t.step("a parked node seen streaming as a replica is no longer parked", async () => {
     using h = harness();
     h.lease.acquire(10);
-    h.world.sample = sampleOf(0, [primaryNode("pg1"), node("pg2"), primaryNode("pg3")]);
-    h.world.repairError = "cannot stop pg3 for pg_rewind: timed out";
+    h.world.sample = pg3Writable();
+    h.world.repairFailure = {
+      error: "cannot stop pg3 for pg_rewind: timed out",
+      leftStopped: true,
+    };
     await h.advance(1000);
     assert.deepEqual(h.actor.getSnapshot().context.parked, ["pg3"]);
     // Someone (an operator) brought it back as a replica meanwhile.
-    h.world.repairError = null;
+    h.world.repairFailure = null;
     h.world.sample = { ...sampleOf(0, [primaryNode("pg1"), node("pg2"), node("pg3")]) };
     await h.advance(1000);
     assert.deepEqual(h.actor.getSnapshot().context.parked, []);

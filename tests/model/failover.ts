@@ -18,7 +18,7 @@
  * than a token used before.
  * @module
  */
-import { failoverMachine } from "../../machines/failover/mod.ts";
+import { type FailoverInput, failoverMachine } from "../../machines/failover/mod.ts";
 import type { Answer, Call, ChartModel, Run, StepView } from "./_walk.ts";
 
 /** The failover model's world: the fake Redis and what the monitors remember. */
@@ -100,6 +100,36 @@ function sampleNode(name: string, primary: boolean) {
   };
 }
 
+const EFFECTS = [
+  "readStart",
+  "probePrimary",
+  "corroborate",
+  "collectVotes",
+  "promote",
+  "switchover",
+  "publish",
+  "reassert",
+  "reassess",
+  "repointPool",
+  "sampleNodes",
+  "repair",
+];
+
+/** The real failover chart with every effect scripted, for instance a of pg1..pg3. */
+function buildFailover<W>(run: Run<W>, input: Partial<FailoverInput>) {
+  return {
+    logic: failoverMachine.provide({
+      actors: Object.fromEntries(EFFECTS.map((src) => [src, run.effect(src)])) as never,
+    }),
+    input: {
+      instanceId: "a",
+      nodes: ["pg1", "pg2", "pg3"],
+      confirmations: CONFIRMATIONS,
+      ...input,
+    },
+  };
+}
+
 function detector(snapshot: StepView<FailoverWorld>["snapshot"]): string {
   const v = snapshot.value.detector;
   return typeof v === "string" ? v : Object.keys(v)[0];
@@ -121,36 +151,14 @@ export const failoverModel: ChartModel<FailoverWorld> = {
     promotions: [],
   }),
   build(run) {
-    const effects = [
-      "readStart",
-      "probePrimary",
-      "corroborate",
-      "collectVotes",
-      "promote",
-      "switchover",
-      "publish",
-      "reassert",
-      "reassess",
-      "repointPool",
-      "sampleNodes",
-      "repair",
-    ];
-    return {
-      logic: failoverMachine.provide({
-        actors: Object.fromEntries(effects.map((src) => [src, run.effect(src)])) as never,
-      }),
-      input: {
-        instanceId: "a",
-        nodes: ["pg1", "pg2", "pg3"],
-        probeIntervalMs: 100,
-        probeTimeoutMs: 150,
-        confirmations: CONFIRMATIONS,
-        // Before the first probe: a sample can witness the replicas' streams for the fast path.
-        monitorIntervalMs: 50,
-        confirmTimeoutMs: 200,
-        poolRetryMs: 100,
-      },
-    };
+    return buildFailover(run, {
+      probeIntervalMs: 100,
+      probeTimeoutMs: 150,
+      // Before the first probe: a sample can witness the replicas' streams for the fast path.
+      monitorIntervalMs: 50,
+      confirmTimeoutMs: 200,
+      poolRetryMs: 100,
+    });
   },
   events(snapshot, world) {
     const events: ({ type: string } & Record<string, unknown>)[] = [];
@@ -374,7 +382,7 @@ export const failoverModel: ChartModel<FailoverWorld> = {
       },
       failed: () => ({ error: new Error("sampling timed out") }),
     },
-    repair: { ok: () => ({ output: { why: "repaired" } }) },
+    repair: { ok: () => ({ output: { ok: true, why: "repaired" } }) },
   },
   key(snapshot, world) {
     const c = snapshot.context;
@@ -500,6 +508,140 @@ export const failoverModel: ChartModel<FailoverWorld> = {
         world.highestUsed = input.token;
       }
       return null;
+    },
+  },
+};
+
+/** The repairs model's world: the failover world plus the nodes this host stopped. */
+export interface RepairsWorld extends FailoverWorld {
+  /** Nodes a repair reported left stopped here (a switchover's stop parks too). */
+  stoppedHere: string[];
+}
+
+/** A sample of pg1 (the primary) where pg3 is writable, unreachable, or streaming. */
+function repairSample(pg3: "writable" | "down" | "streaming") {
+  return (_c: Call, run: Run<RepairsWorld>): Answer => {
+    const nodes = ["pg1", "pg2", "pg3"].map((name) => sampleNode(name, name === "pg1"));
+    if (pg3 === "writable") nodes[2] = { ...sampleNode("pg3", true), name: "pg3" };
+    if (pg3 === "down") nodes[2] = { ...nodes[2], reachable: false, streaming: false };
+    return {
+      output: {
+        at: now(run),
+        primary: "pg1",
+        nodes,
+        sync: null,
+      },
+    };
+  };
+}
+
+/** The repair's finding in a call. */
+function findingOf(c: Call): { kind: string; node: string } {
+  return (c.input as { finding: { kind: string; node: string } }).finding;
+}
+
+/**
+ * Model of the failover chart's repairs on the coordinator: pg1 stays the primary and
+ * answers; samples show pg3 come back writable (a returned old primary), go down, or
+ * stream again; a rejoin or start of a parked node is made, fails after this host stopped
+ * the node, fails without stopping it (FAILOVER_LOCAL_NODES puts it on another host), or
+ * throws (the fencing token refused).
+ *
+ * Invariant: a node is started as a standby (`start_standby`) only when a repair here left
+ * it stopped: never a node this host did not stop (it may not be ours to start, and each
+ * attempt would write a `fenced` row every backoff).
+ */
+export const failoverRepairsModel: ChartModel<RepairsWorld> = {
+  name: "failover repairs",
+  maxDepth: 13,
+  world: () => ({
+    ...failoverModel.world(),
+    redis: { node: "pg1", epoch: 1, token: 5 },
+    stoppedHere: [],
+  }),
+  build(run) {
+    return buildFailover(run, {
+      // Probes are rare: the walk spends its depth on samples and repairs.
+      probeIntervalMs: 1000,
+      probeTimeoutMs: 900,
+      monitorIntervalMs: 50,
+      maintenanceBackoffMs: 100,
+      // Synchronous standbys are a repair of their own, not this model's.
+      syncMode: false,
+    });
+  },
+  events(snapshot) {
+    return snapshot.matches({ role: "follower" }) ? [{ type: "LEASE_ACQUIRED", token: 11 }] : [];
+  },
+  effects: {
+    readStart: failoverModel.effects.readStart,
+    probePrimary: { answers: failoverModel.effects.probePrimary.answers },
+    repointPool: failoverModel.effects.repointPool,
+    sampleNodes: {
+      writable: repairSample("writable"),
+      down: repairSample("down"),
+      streaming: repairSample("streaming"),
+    },
+    repair: {
+      ok: (c, run) => {
+        const f = findingOf(c);
+        if (f.kind === "start_standby") {
+          run.world.stoppedHere = run.world.stoppedHere.filter((n) => n !== f.node);
+        }
+        return { output: { ok: true, why: `repaired ${f.node}` } };
+      },
+      stoppedHere: (c, run) => {
+        const f = findingOf(c);
+        if (!run.world.stoppedHere.includes(f.node)) run.world.stoppedHere.push(f.node);
+        return { output: { ok: false, error: "pg_rewind failed", leftStopped: true } };
+      },
+      notOurs: () => ({
+        output: {
+          ok: false,
+          error: "FAILOVER_LOCAL_NODES puts it on another host",
+          leftStopped: false,
+        },
+      }),
+      crash: () => ({ error: new Error("LEASE_STALE_TOKEN") }),
+    },
+  },
+  outcomes(call) {
+    if (call.src !== "repair") return Object.keys(this.effects[call.src] ?? {});
+    const kind = findingOf(call).kind;
+    return kind === "rejoin" || kind === "start_standby"
+      ? ["ok", "stoppedHere", "notOurs", "crash"]
+      : ["ok", "crash"];
+  },
+  key(snapshot, world) {
+    const c = snapshot.context;
+    return [
+      c.leader !== null,
+      c.parked,
+      Object.keys(c.backoff).sort(),
+      c.sample?.nodes[2]?.reachable ?? null,
+      c.sample?.nodes[2]?.inRecovery ?? null,
+      c.finding?.kind ?? null,
+      [...world.stoppedHere].sort(),
+    ];
+  },
+  invariants: {
+    "a node is started as a standby only when a repair here left it stopped": (
+      { snapshot, world },
+    ) => {
+      for (const ref of Object.values(snapshot.children ?? {})) {
+        // deno-lint-ignore no-explicit-any
+        const r = ref as any;
+        if (r.src !== "repair") continue;
+        const f = r.getSnapshot().input.finding;
+        if (f.kind === "start_standby" && !world.stoppedHere.includes(f.node)) {
+          return `starting ${f.node} as a standby, which no repair here left stopped`;
+        }
+      }
+      return null;
+    },
+    "parked holds only nodes stopped here": ({ snapshot, world }) => {
+      const stray = snapshot.context.parked.filter((n: string) => !world.stoppedHere.includes(n));
+      return stray.length ? `parked ${stray.join(", ")}, never stopped here` : null;
     },
   },
 };

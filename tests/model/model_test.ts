@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { type ChartModel, describeReport, type Move, replay, walkChart } from "./_walk.ts";
 import { backupSchedulerModel } from "./backup_scheduler.ts";
-import { failoverModel } from "./failover.ts";
+import { failoverModel, failoverRepairsModel } from "./failover.ts";
 import { leaseModel } from "./lease.ts";
 import { loginModel, loginResumedModel } from "./login.ts";
 import { supervisorModel } from "./supervisor.ts";
@@ -164,6 +164,40 @@ Deno.test("model: failover", async (t) => {
       ]);
       assert.equal(minority.violation, null);
       assert.ok(minority.snapshot.matches({ detector: "suspect" }));
+    },
+  );
+});
+
+Deno.test("model: failover repairs", async (t) => {
+  await t.step(
+    "every path within the bound keeps the invariants",
+    () => walk(failoverRepairsModel),
+  );
+  await t.step(
+    "a node is started as a standby after a rejoin left it stopped, not otherwise",
+    () => {
+      // pg3 came back writable; its rejoin fails; then it is down for two samples.
+      const after = (outcome: string): Move[] => [
+        ...COORDINATOR_STARTS,
+        { type: "tick", ms: 50 },
+        { type: "settle", src: "sampleNodes", outcome: "writable" },
+        { type: "settle", src: "repair", outcome },
+        { type: "tick", ms: 50 },
+        { type: "settle", src: "sampleNodes", outcome: "down" },
+        { type: "tick", ms: 50 },
+        { type: "settle", src: "sampleNodes", outcome: "down" },
+      ];
+      const starts = (outcome: string) => {
+        const end = replay(failoverRepairsModel, after(outcome));
+        assert.equal(end.violation, null);
+        return end.calls.filter((c) =>
+          c.src === "repair" &&
+          (c.input as { finding: { kind: string } }).finding.kind === "start_standby"
+        ).length;
+      };
+      assert.equal(starts("stoppedHere"), 1, "stopped here: started as a replica");
+      assert.equal(starts("notOurs"), 0, "on another host: never started from here");
+      assert.equal(starts("crash"), 0, "refused before touching it: nothing to start");
     },
   );
 });
