@@ -26,7 +26,7 @@ import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { MessageBus } from "../../store/bus.ts";
-import type { Keyspace, RedisClient } from "../../store/redis.ts";
+import { isCluster, type Keyspace, type RedisClient } from "../../store/redis.ts";
 import { createLeaseStore, type FenceStatus, leaseTag } from "../../store/redis_leases.ts";
 import {
   type LeaseAcquireInput,
@@ -204,13 +204,49 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
     }
   }
 
-  async function renew(input: LeaseRenewInput): Promise<LeaseRenewOutput> {
+  /** A renewal waiting for the end of the microtask run it was asked for in. */
+  interface QueuedRenewal {
+    input: LeaseRenewInput;
+    resolve(output: LeaseRenewOutput): void;
+    reject(err: RuntimeError): void;
+  }
+  let queued: QueuedRenewal[] = [];
+
+  /** Renews with every other renewal asked for in the same microtask run (one script call). */
+  function renew(input: LeaseRenewInput): Promise<LeaseRenewOutput> {
+    return new Promise((resolve, reject) => {
+      if (queued.length === 0) queueMicrotask(sendRenewals);
+      queued.push({ input, resolve, reject });
+    });
+  }
+
+  function sendRenewals(): void {
+    const batch = queued;
+    queued = [];
+    // One script per holder and TTL; on a Redis Cluster its keys must share a slot, and each
+    // role has its own (`{role}`), so one script per role there.
+    const perSlot = isCluster(redis);
+    const groups = new Map<string, QueuedRenewal[]>();
+    for (const r of batch) {
+      const key = JSON.stringify([r.input.instanceId, r.input.ttlMs, perSlot ? r.input.role : ""]);
+      const group = groups.get(key);
+      if (group) group.push(r);
+      else groups.set(key, [r]);
+    }
+    // Measured from before the send (machines/lease.ts: a holder counts from when it sent).
     const sentAt = now();
+    for (const group of groups.values()) void sendRenewal(group, sentAt);
+  }
+
+  async function sendRenewal(group: QueuedRenewal[], sentAt: number): Promise<void> {
+    const { instanceId: holder, ttlMs } = group[0].input;
     try {
-      const reply = await store.renew(input.role, input.instanceId, input.token, input.ttlMs);
-      return { ...reply, sentAt, receivedAt: now() };
+      const leases = group.map(({ input }) => ({ role: input.role, token: input.token }));
+      const replies = await store.renewMany(holder, ttlMs, leases);
+      const receivedAt = now();
+      group.forEach((r, i) => r.resolve({ ...replies[i], sentAt, receivedAt }));
     } catch (err) {
-      throw unavailable("renew", input.role, err);
+      for (const r of group) r.reject(unavailable("renew", r.input.role, err));
     }
   }
 
