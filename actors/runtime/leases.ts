@@ -16,6 +16,12 @@
  * fence counter is lost (a Redis restart without persistence, a failover to a replica
  * that missed the last INCR), as long as the Redis servers' clocks do not step back.
  *
+ * Renewals: one instance's held leases renew together. When one lease's renewal timer fires
+ * (its chart emits `renewDue`), the manager sends `RENEW_NOW` to its other campaigns, and
+ * those waiting for their own timers renew at once; every renewal asked for in one microtask
+ * run goes out as one script call (per role on a Redis Cluster, where each role has its own
+ * slot), so a holder of several roles makes one call and one wake-up per renewal period.
+ *
  * The per-(role, instance) statechart is machines/lease.ts; this module supplies its
  * effects. A Redis failure in an effect becomes a transition of that machine, never an
  * exception out of the actor.
@@ -364,6 +370,16 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
         why: e.why,
       });
       callback(role, "onLost", () => options.onLost?.(e.reason, e.why));
+    });
+    // This lease renews on its own timer: the instance's other held leases renew with it. Sent
+    // synchronously, so their renewals are asked for in this microtask run and share its call;
+    // a renewal at RENEW_NOW emits no renewDue, so this does not loop.
+    actor.on("renewDue", () => {
+      for (const other of campaigns.values()) {
+        if (other !== handle && other.actor.getSnapshot().status === "active") {
+          other.actor.send({ type: "RENEW_NOW" });
+        }
+      }
     });
     actor.on("failed", (e) => {
       // One warning per streak of identical failures; an outage would otherwise log every retry.

@@ -140,6 +140,40 @@ Deno.test("inspector: timer and completion steps between routine-tagged states a
   }
 });
 
+Deno.test("inspector: the lease's RENEW_NOW (another lease's renewal timer) is routine like a timer", async () => {
+  // RENEW_NOW moves waiting → working between routine states, as the timer would: both that
+  // step and the completion back are routine, so lined-up lease renewals are not recorded.
+  const cycle = setup({
+    actors: { work: fromPromise(() => Promise.resolve(1)) },
+    delays: { tick: 60_000 },
+  }).createMachine({
+    id: "cycle",
+    initial: "waiting",
+    states: {
+      waiting: { tags: ["routine"], after: { tick: "working" }, on: { RENEW_NOW: "working" } },
+      working: { tags: ["routine"], invoke: { src: "work", onDone: "waiting" } },
+    },
+  });
+  const inspector = createInspector({});
+  const actor = createActor(cycle, { id: "r", inspect: (ev) => inspector.inspect(ev) }).start();
+  try {
+    actor.send({ type: "RENEW_NOW" });
+    await until(
+      () => inspector.transitions().filter((t) => t.path === "r").length === 3,
+      { what: "the round to end" },
+    );
+    const steps = inspector.transitions().filter((t) => t.path === "r")
+      .map((t) => [t.event.replace(/\.cycle\..*$/, ""), t.state, t.routine ?? false]);
+    assert.deepEqual(steps, [
+      ["xstate.init", "waiting", false],
+      ["RENEW_NOW", "working", true],
+      ["xstate.done.actor.0", "waiting", true],
+    ]);
+  } finally {
+    actor.stop();
+  }
+});
+
 Deno.test("inspector: a routine-tagged step is recorded when skipping it would leave the timeline behind", async () => {
   // NOW (a user event) moves waiting → working: recorded. The completion working → waiting is a
   // done event between routine states, but the unmarked steps end in `working`, so it is kept.
