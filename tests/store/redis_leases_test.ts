@@ -2,19 +2,13 @@ import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { createLeaseStore } from "../../store/redis_leases.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
-import { startRedis } from "../harness/mod.ts";
+import { singleRedisTarget } from "../support/redis_target.ts";
 
 Deno.test("one renew script for several leases, on a real Redis", async (t) => {
-  await using redis = await startRedis();
-  const client = createRedisClient({
-    url: redis.url,
-    sentinels: [],
-    sentinelMaster: "mymaster",
-    sentinelPassword: null,
-    keyPrefix: "rs-lt:",
-  }, { name: "leases-test" });
+  await using redis = await singleRedisTarget();
+  const client = createRedisClient(redis.settings("rs-lt:"), { name: "leases-test" });
   await client.connect();
-  const raw = new Redis(redis.url);
+  const raw = new Redis(redis.env.REDIS_URL);
   const store = createLeaseStore(client, createKeyspace("rs-lt:"));
   const key = (role: string) => `rs-lt:lease:{${role}}`;
   const SHORT = 60_000; // every lease starts with this TTL; a renewal sets RENEWED
