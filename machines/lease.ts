@@ -10,6 +10,12 @@
  * margin covers timer lateness and clock-rate drift. Every timestamp comes from effect
  * outputs (the injected `now()` of the effects), every wait from XState delays.
  *
+ * Renewals of one instance's leases line up: a holder whose renewal timer fires emits
+ * `renewDue`, and the manager answers with `RENEW_NOW` to the instance's other lease charts,
+ * which renew at once from `held.waiting` (early is always safe: validity counts from the
+ * send). Their renewals go out together (one Redis script for all of them) and their timers
+ * restart together. A renewal made at `RENEW_NOW` emits nothing, so this cannot loop.
+ *
  * Effects (`acquireLease`, `renewLease`, `releaseLease`) are placeholders here; the real
  * ones live in actors/runtime/leases.ts.
  * @module
@@ -120,10 +126,15 @@ export type LeaseLostReason = "taken" | "expired" | "resigned";
 export type LeaseEmitted =
   | { type: "acquired"; role: string; token: number }
   | { type: "lost"; role: string; token: number; reason: LeaseLostReason; why: string }
-  | { type: "failed"; role: string; op: "acquire" | "renew" | "release"; error: string };
+  | { type: "failed"; role: string; op: "acquire" | "renew" | "release"; error: string }
+  /** The renewal timer fired: the instance's other held leases may renew with this one. */
+  | { type: "renewDue"; role: string };
 
-/** Events the lease actor accepts. */
-export type LeaseEvent = { type: "RESIGN" } | { type: "WAKE" };
+/**
+ * Events the lease actor accepts. `RENEW_NOW`: another held lease of this instance renews
+ * now; one in `held.waiting` renews with it (ignored in every other state).
+ */
+export type LeaseEvent = { type: "RESIGN" } | { type: "WAKE" } | { type: "RENEW_NOW" };
 
 /** Context of {@linkcode leaseMachine}. */
 export interface LeaseContext {
@@ -159,6 +170,8 @@ export interface LeaseContext {
   holderTtlMs: number | null;
   /** Acquisition attempts so far. */
   attempts: number;
+  /** Successful renewals so far. */
+  renewals: number;
   /** Last effect failure, as a sentence. */
   lastError: string | null;
   /** Why the lease was last lost. */
@@ -238,6 +251,7 @@ export const leaseMachine = setup({
       reason: context.lostReason ?? "expired",
       why: context.why,
     })),
+    notifyRenewDue: emit(({ context }) => ({ type: "renewDue" as const, role: context.role })),
     notifyFailed: emit(({ context }, params: { op: "acquire" | "renew" | "release" }) => ({
       type: "failed" as const,
       role: context.role,
@@ -281,7 +295,8 @@ export const leaseMachine = setup({
       lastError: `no answer within ${context.opTimeoutMs} ms`,
       why: `standing by: acquiring got no answer within ${context.opTimeoutMs} ms`,
     })),
-    recordRenewed: assign((_, output: LeaseRenewOutput) => ({
+    recordRenewed: assign(({ context }, output: LeaseRenewOutput) => ({
+      renewals: context.renewals + 1,
       lastRenewedAt: output.sentAt,
       observedAt: output.receivedAt,
       lastError: null,
@@ -351,6 +366,7 @@ export const leaseMachine = setup({
       holder: null,
       holderTtlMs: null,
       attempts: 0,
+      renewals: 0,
       lastError: null,
       lostReason: null,
       why: "starting the campaign",
@@ -413,7 +429,9 @@ export const leaseMachine = setup({
       states: {
         waiting: {
           tags: ["routine"],
-          after: { renewInterval: "renewing" },
+          // Only the own timer says so: a renewal at RENEW_NOW must not pull the others again.
+          after: { renewInterval: { target: "renewing", actions: "notifyRenewDue" } },
+          on: { RENEW_NOW: "renewing" },
         },
         renewing: {
           tags: ["routine"],

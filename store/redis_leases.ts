@@ -9,7 +9,9 @@
  * - acquire: compare-and-create. Only when the lease key is absent is a new token issued,
  *   `max(previous + 1, Redis TIME in ms)`, so tokens still only grow when the fence counter
  *   was lost (a Redis restart without persistence, a failover to a replica that missed it);
- * - renew / release: compare-and-set on holder and token;
+ * - renew / release: compare-and-set on holder and token; one renew script extends every
+ *   lease of a holder given to it (the keys of one call must share a slot on a Redis
+ *   Cluster: there, one call per role);
  * - fence: whether a token is the newest issued and its lease still held, and optionally a
  *   write of a target key in the same script.
  *
@@ -49,17 +51,32 @@ export interface FencedWrite {
   pxMs?: number;
 }
 
+/** One lease to renew: its role and the token it must still carry. */
+export interface RenewRequest {
+  /** Role name. */
+  role: string;
+  /** Token of our lease. */
+  token: number;
+}
+
+/** What a renewal of one lease answered. */
+export interface RenewReply {
+  /** True when the lease was still ours (holder and token) and its TTL was reset. */
+  renewed: boolean;
+  /** Who holds it instead when not renewed (null: nobody, or an unreadable value). */
+  holder: StoredLease | null;
+}
+
 /** The lease calls on one connection and keyspace. */
 export interface LeaseStore {
   /** Takes the lease of `role` for `holder` when nobody holds it. */
   acquire(role: string, holder: string, ttlMs: number): Promise<AcquireReply>;
-  /** Extends the lease when `holder` still holds it with `token`; else who holds it now. */
-  renew(
-    role: string,
-    holder: string,
-    token: number,
-    ttlMs: number,
-  ): Promise<{ renewed: boolean; holder: StoredLease | null }>;
+  /**
+   * Extends each lease `holder` still holds with its token, in one script; answers per
+   * lease, in order, renewed or who holds it now. On a Redis Cluster every role given must
+   * share a slot, so one role per call there.
+   */
+  renewMany(holder: string, ttlMs: number, leases: readonly RenewRequest[]): Promise<RenewReply[]>;
   /** Drops the lease when `holder` holds it (with `token`, or any token when null). */
   release(role: string, holder: string, token: number | null): Promise<boolean>;
   /** The current lease of `role` and its remaining time (0 when none). */
@@ -96,16 +113,23 @@ local function mine(current, holder, token)
 end
 `;
 
-// KEYS: lease. ARGV: holder, token, ttl ms.
-const RENEW = defineScript(
+// KEYS: leases. ARGV: holder, ttl ms, then one token per key. Per key: {1} renewed, {0}
+// absent, {0, current value} someone else's (another holder or token): left untouched.
+const RENEW_MANY = defineScript(
   DECODE + `
-local current = redis.call('GET', KEYS[1])
-if not current then return {0} end
-if mine(current, ARGV[1], ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {1}
+local replies = {}
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if not current then
+    replies[i] = {0}
+  elseif mine(current, ARGV[1], ARGV[i + 2]) then
+    redis.call('PEXPIRE', key, ARGV[2])
+    replies[i] = {1}
+  else
+    replies[i] = {0, current}
+  end
 end
-return {0, current}
+return replies
 `,
 );
 
@@ -196,15 +220,22 @@ export function createLeaseStore(redis: RedisClient, keyspace: Keyspace): LeaseS
         holderTtlMs: Number.isFinite(ttl) && ttl >= 0 ? ttl : null,
       };
     },
-    async renew(role, holder, token, ttlMs) {
-      const reply = await RENEW(redis, [leaseKey(role)], [holder, token, ttlMs]) as [
-        number,
-        string?,
-      ];
-      return {
+    async renewMany(holder, ttlMs, leases) {
+      if (leases.length === 0) return [];
+      const replies = await RENEW_MANY(
+        redis,
+        leases.map((l) => leaseKey(l.role)),
+        [holder, ttlMs, ...leases.map((l) => l.token)],
+      ) as [number, string?][];
+      if (!Array.isArray(replies) || replies.length !== leases.length) {
+        throw new Error(
+          `renew script answered ${JSON.stringify(replies)} for ${leases.length} leases`,
+        );
+      }
+      return replies.map((reply) => ({
         renewed: reply[0] === 1,
         holder: reply[0] === 1 ? null : parseLease(reply[1]),
-      };
+      }));
     },
     async release(role, holder, token) {
       return await RELEASE(redis, [leaseKey(role)], [holder, token ?? ""]) === 1;

@@ -47,8 +47,8 @@ export interface TransitionRecord {
     sentAt: number;
   };
   /**
-   * Set when the transition is a routine step of a periodic cycle: a timer (`xstate.after.*`)
-   * or a child's completion (`xstate.done.actor.*`) that only moved between states the chart
+   * Set when the transition is a routine step of a periodic cycle: a timer (`xstate.after.*`, or
+   * an event standing in for one such as the lease's `RENEW_NOW`) or a child's completion (`xstate.done.actor.*`) that only moved between states the chart
    * tags {@linkcode ROUTINE_TAG} (heartbeat waiting ⇄ beating, lease renewing ⇄ waiting…); a
    * timer whose delay is named `…Timeout` (work cut short) is never routine.
    * Only marked when the unmarked steps alone still end in the actor's current state: the step
@@ -66,6 +66,18 @@ export interface TransitionRecord {
  */
 export const ROUTINE_TAG = "routine";
 
+/**
+ * Events that stand in for a chart's own timer, sent by its effect layer: the lease
+ * manager's `RENEW_NOW` (another held lease's renewal timer fired; renew with it). A step
+ * they cause is judged like the timer's.
+ */
+const TIMER_CUES: ReadonlySet<string> = new Set(["RENEW_NOW"]);
+
+/** A timer fired (`xstate.after.*`), or an event standing in for one. */
+function isTimer(eventType: string): boolean {
+  return eventType.startsWith("xstate.after.") || TIMER_CUES.has(eventType);
+}
+
 interface ActiveNode {
   id: string;
   tags?: readonly string[];
@@ -80,7 +92,7 @@ function isRoutine(
   before: readonly ActiveNode[] | undefined,
   after: readonly ActiveNode[] | undefined,
 ): boolean {
-  if (eventType.startsWith("xstate.after.")) {
+  if (isTimer(eventType)) {
     // A timer that cuts work short (a delay named `…Timeout`, e.g. the lease's `opTimeout`)
     // is a failure, never routine.
     if (/^xstate\.after\.[^.]*Timeout\./.test(eventType)) return false;
@@ -253,7 +265,7 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
         const recorded = lastUnmarked.get(path);
         const routine = !origin && isRoutine(eventType, nodesBefore, snap._nodes) &&
           (recorded === stateAfter ||
-            (eventType.startsWith("xstate.after.") && recorded === stateBefore));
+            (isTimer(eventType) && recorded === stateBefore));
         if (!routine) lastUnmarked.set(path, stateAfter);
         t = {
           seq: ++seq,

@@ -16,6 +16,12 @@
  * fence counter is lost (a Redis restart without persistence, a failover to a replica
  * that missed the last INCR), as long as the Redis servers' clocks do not step back.
  *
+ * Renewals: one instance's held leases renew together. When one lease's renewal timer fires
+ * (its chart emits `renewDue`), the manager sends `RENEW_NOW` to its other campaigns, and
+ * those waiting for their own timers renew at once; every renewal asked for in one microtask
+ * run goes out as one script call (per role on a Redis Cluster, where each role has its own
+ * slot), so a holder of several roles makes one call and one wake-up per renewal period.
+ *
  * The per-(role, instance) statechart is machines/lease.ts; this module supplies its
  * effects. A Redis failure in an effect becomes a transition of that machine, never an
  * exception out of the actor.
@@ -26,7 +32,7 @@ import { z } from "zod";
 import { describeError, RuntimeError } from "../../lib/errors.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import type { MessageBus } from "../../store/bus.ts";
-import type { Keyspace, RedisClient } from "../../store/redis.ts";
+import { isCluster, type Keyspace, type RedisClient } from "../../store/redis.ts";
 import { createLeaseStore, type FenceStatus, leaseTag } from "../../store/redis_leases.ts";
 import {
   type LeaseAcquireInput,
@@ -204,13 +210,49 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
     }
   }
 
-  async function renew(input: LeaseRenewInput): Promise<LeaseRenewOutput> {
+  /** A renewal waiting for the end of the microtask run it was asked for in. */
+  interface QueuedRenewal {
+    input: LeaseRenewInput;
+    resolve(output: LeaseRenewOutput): void;
+    reject(err: RuntimeError): void;
+  }
+  let queued: QueuedRenewal[] = [];
+
+  /** Renews with every other renewal asked for in the same microtask run (one script call). */
+  function renew(input: LeaseRenewInput): Promise<LeaseRenewOutput> {
+    return new Promise((resolve, reject) => {
+      if (queued.length === 0) queueMicrotask(sendRenewals);
+      queued.push({ input, resolve, reject });
+    });
+  }
+
+  function sendRenewals(): void {
+    const batch = queued;
+    queued = [];
+    // One script per holder and TTL; on a Redis Cluster its keys must share a slot, and each
+    // role has its own (`{role}`), so one script per role there.
+    const perSlot = isCluster(redis);
+    const groups = new Map<string, QueuedRenewal[]>();
+    for (const r of batch) {
+      const key = JSON.stringify([r.input.instanceId, r.input.ttlMs, perSlot ? r.input.role : ""]);
+      const group = groups.get(key);
+      if (group) group.push(r);
+      else groups.set(key, [r]);
+    }
+    // Measured from before the send (machines/lease.ts: a holder counts from when it sent).
     const sentAt = now();
+    for (const group of groups.values()) void sendRenewal(group, sentAt);
+  }
+
+  async function sendRenewal(group: QueuedRenewal[], sentAt: number): Promise<void> {
+    const { instanceId: holder, ttlMs } = group[0].input;
     try {
-      const reply = await store.renew(input.role, input.instanceId, input.token, input.ttlMs);
-      return { ...reply, sentAt, receivedAt: now() };
+      const leases = group.map(({ input }) => ({ role: input.role, token: input.token }));
+      const replies = await store.renewMany(holder, ttlMs, leases);
+      const receivedAt = now();
+      group.forEach((r, i) => r.resolve({ ...replies[i], sentAt, receivedAt }));
     } catch (err) {
-      throw unavailable("renew", input.role, err);
+      for (const r of group) r.reject(unavailable("renew", r.input.role, err));
     }
   }
 
@@ -328,6 +370,16 @@ export function createLeaseManager(deps: LeaseManagerDeps): LeaseManager {
         why: e.why,
       });
       callback(role, "onLost", () => options.onLost?.(e.reason, e.why));
+    });
+    // This lease renews on its own timer: the instance's other held leases renew with it. Sent
+    // synchronously, so their renewals are asked for in this microtask run and share its call;
+    // a renewal at RENEW_NOW emits no renewDue, so this does not loop.
+    actor.on("renewDue", () => {
+      for (const other of campaigns.values()) {
+        if (other !== handle && other.actor.getSnapshot().status === "active") {
+          other.actor.send({ type: "RENEW_NOW" });
+        }
+      }
     });
     actor.on("failed", (e) => {
       // One warning per streak of identical failures; an outage would otherwise log every retry.

@@ -141,7 +141,60 @@ Deno.test("lease machine", async (t) => {
     assert.deepEqual(calls(h.fake, "renew"), [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]);
     assert.equal(stateOf(h.actor), '{"held":"waiting"}');
     assert.equal(h.actor.getSnapshot().context.lastRenewedAt, 1000);
-    assert.equal(h.emitted.length, 1, "no loss announced");
+    assert.equal(h.actor.getSnapshot().context.renewals, 10);
+    assert.deepEqual(h.emitted.filter((e) => e.type !== "renewDue").map((e) => e.type), [
+      "acquired",
+    ], "no loss announced");
+    assert.equal(h.emitted.filter((e) => e.type === "renewDue").length, 10);
+  });
+
+  await t.step(
+    "RENEW_NOW renews at once and restarts the timer; only the timer says renewDue",
+    async () => {
+      using h = harness();
+      await h.advance(150); // acquired at 0, renewed on the timer at 100
+      h.actor.send({ type: "RENEW_NOW" });
+      assert.equal(stateOf(h.actor), '{"held":"renewing"}');
+      await h.advance(0);
+      assert.equal(stateOf(h.actor), '{"held":"waiting"}');
+      assert.equal(h.actor.getSnapshot().context.lastRenewedAt, 150);
+      await h.advance(200);
+      // The next renewals count from 150: the timer restarted with the early renewal.
+      assert.deepEqual(calls(h.fake, "renew"), [100, 150, 250, 350]);
+      // The renewal at RENEW_NOW announces nothing (the manager must not pull the others again).
+      const due = h.emitted.filter((e) => e.type === "renewDue");
+      assert.equal(due.length, 3);
+      assert.deepEqual(due[0], { type: "renewDue", role: "backup-scheduler" });
+    },
+  );
+
+  await t.step("RENEW_NOW is ignored while renewing, retrying or standing by", async () => {
+    using h = harness();
+    h.fake.latencyMs = 20;
+    await h.advance(125); // held from 20; the timer's renewal went out at 120, answer due at 140
+    assert.equal(stateOf(h.actor), '{"held":"renewing"}');
+    h.actor.send({ type: "RENEW_NOW" });
+    await h.advance(20);
+    assert.deepEqual(calls(h.fake, "renew"), [120], "no second renewal while one runs");
+    assert.equal(stateOf(h.actor), '{"held":"waiting"}');
+    h.fake.mode = "down";
+    await h.advance(100); // the renewal at 240 fails: retry after renewRetryMs (25)
+    assert.equal(stateOf(h.actor), '{"held":"retrying"}');
+    h.actor.send({ type: "RENEW_NOW" });
+    assert.equal(stateOf(h.actor), '{"held":"retrying"}');
+    assert.deepEqual(calls(h.fake, "renew"), [120, 240]);
+    await h.advance(20);
+    assert.deepEqual(calls(h.fake, "renew"), [120, 240, 265], "retried on its own timer");
+
+    using s = harness();
+    s.fake.other = { instance: "b", token: 7, ttlMs: 250 };
+    await s.advance(10);
+    assert.equal(stateOf(s.actor), '"standby"');
+    s.actor.send({ type: "RENEW_NOW" });
+    await s.advance(0);
+    assert.equal(stateOf(s.actor), '"standby"');
+    assert.deepEqual(calls(s.fake, "acquire"), [0]);
+    assert.deepEqual(calls(s.fake, "renew"), []);
   });
 
   await t.step("a renewal that finds another holder drops to standby at once", async () => {

@@ -4,7 +4,10 @@
  *
  * Invariants: held only before (sent time of the last successful acquire / renew) + ttl -
  * margin; held only while Redis agrees the lease is ours with our token; fencing tokens
- * announced by `acquired` strictly increase.
+ * announced by `acquired` strictly increase; `renewDue` (which makes the manager send
+ * `RENEW_NOW` to the instance's other leases) only when the own timer starts a renewal, never
+ * at a `RENEW_NOW` (no loop). `RENEW_NOW` (another lease of the instance renews) is offered in
+ * every state.
  * @module
  */
 import type { LeaseMachineInput } from "../../machines/lease.ts";
@@ -112,7 +115,10 @@ export const leaseModel: ChartModel<LeaseWorld> = {
       input,
     };
   },
-  events: (snapshot) => snapshot.matches("resigning") ? [] : [{ type: "RESIGN" }],
+  events: (snapshot) =>
+    snapshot.matches("resigning")
+      ? [{ type: "RENEW_NOW" }]
+      : [{ type: "RESIGN" }, { type: "RENEW_NOW" }],
   effects: {
     acquireLease: { answer: acquire(false), lost_race: acquire(true), error: failure },
     renewLease: { answer: renew(false), taken_after_expiry: renew(true), error: failure },
@@ -166,6 +172,15 @@ export const leaseModel: ChartModel<LeaseWorld> = {
       return r.holder === "a" && r.token === snapshot.context.token
         ? null
         : `held with token ${snapshot.context.token} at ${now} while Redis has ${r.holder} (token ${r.token})`;
+    },
+    "renewDue only when the own timer starts a renewal": ({ snapshot, prev, move, emitted }) => {
+      const due = emitted.filter((e) => e.type === "renewDue").length;
+      if (due === 0) return null;
+      const byTimer = move?.type === "tick" && prev?.matches({ held: "waiting" }) &&
+        snapshot.matches({ held: "renewing" });
+      return due === 1 && byTimer
+        ? null
+        : `renewDue x${due} on ${JSON.stringify(move)} from ${JSON.stringify(prev?.value)}`;
     },
     "fencing tokens announced strictly increase": ({ emitted, world }) => {
       for (const e of emitted) {

@@ -3,6 +3,7 @@ import {
   type CampaignOptions,
   createLeaseManager,
   type LeaseCampaign,
+  type LeaseManager,
 } from "../../../actors/runtime/leases.ts";
 import { isRuntimeError } from "../../../lib/errors.ts";
 import { leaseTag } from "../../../store/redis_leases.ts";
@@ -10,6 +11,7 @@ import {
   closeRedis,
   createKeyspace,
   createRedisClient,
+  type Keyspace,
   type RedisClient,
 } from "../../../store/redis.ts";
 import { startRedis } from "../../harness/mod.ts";
@@ -24,6 +26,8 @@ import { createRedisBus } from "../../../store/bus.ts";
 
 const TTL = 1500; // renew 500, retry 500, margin 300: a holder acts for at most 1200 ms
 const LONG_TTL = 4500; // renew 1500, margin 900: 2.1 s of slack for each renewal
+const JOINT_TTL = 6000; // renew 2000, op timeout 1000: no renewal of a round times out
+const JOINT_ROLES = ["coordinator", "scheduler", "snapshots"];
 // Exact lease timings (deadlines, retries, wake-ups) are tested on a simulated clock in
 // tests/machines/lease_test.ts; here, on a real Redis and a possibly busy machine, the tests
 // check what follows from them whatever the scheduling: who holds, which token is refused,
@@ -73,6 +77,42 @@ function holderOf(...campaigns: LeaseCampaign[]): LeaseCampaign | undefined {
   const holding = campaigns.filter((c) => c.held());
   assert.ok(holding.length <= 1, "two instances hold the role at once");
   return holding[0];
+}
+
+/**
+ * The renewal counts of `campaigns` when all of them hold, wait for their timer and were last
+ * renewed by one call (the same sent time); null otherwise.
+ */
+function renewedTogether(campaigns: LeaseCampaign[]): number[] | null {
+  const snaps = campaigns.map((c) => c.actor.getSnapshot());
+  const at = snaps[0].context.lastRenewedAt;
+  const together = snaps.every((s) =>
+    s.status === "active" && s.matches({ held: "waiting" }) && s.context.renewals > 0 &&
+    s.context.lastRenewedAt === at
+  );
+  return together ? snaps.map((s) => s.context.renewals) : null;
+}
+
+/** What the campaigns' charts say, for a timed-out wait. */
+function chartsOf(campaigns: LeaseCampaign[]) {
+  return campaigns.map((c) => {
+    const { value, context } = c.actor.getSnapshot();
+    return { role: c.role, value, renewals: context.renewals, at: context.lastRenewedAt };
+  });
+}
+
+/** Three roles of instance a under JOINT_TTL, and the losses they announced. */
+function jointCampaigns(manager: LeaseManager) {
+  const lost: string[] = [];
+  const campaigns = JOINT_ROLES.map((role) =>
+    manager.campaign(role, { ttlMs: JOINT_TTL, onLost: (reason) => lost.push(`${role} ${reason}`) })
+  );
+  return { campaigns, lost };
+}
+
+/** Writes another holder's lease over `role`'s, as a takeover behind the holder's back would. */
+async function takeOver(redis: RedisClient, keyspace: Keyspace, role: string): Promise<void> {
+  await redis.set(keyspace.key("lease", leaseTag(role)), '{"holder":"z","token":1}', "PX", 60_000);
 }
 
 async function refused(code: string, op: Promise<unknown>): Promise<void> {
@@ -201,6 +241,33 @@ async function leaseSteps(t: Deno.TestContext, redis: RedisTarget): Promise<void
     assert.equal(ca.actor.getSnapshot().value, "standby");
   });
 
+  await t.step("three roles of one instance renew together; one taken is lost alone", async () => {
+    await using c = await cluster(redis, "joint:");
+    const { campaigns, lost } = jointCampaigns(c.a);
+    // Acquired at different moments, they line up at the first renewal timer that fires.
+    const start = await until(() => renewedTogether(campaigns), {
+      what: "the three leases renewed by one call",
+      ms: 4 * JOINT_TTL,
+      state: () => chartsOf(campaigns),
+    });
+    await takeOver(c.redis, c.keyspace, "scheduler");
+    const [coordinator, scheduler, snapshots] = campaigns;
+    await until(
+      () =>
+        scheduler.actor.getSnapshot().matches("standby") &&
+        renewedTogether([coordinator, snapshots])?.every((n, i) => n > [start[0], start[2]][i]),
+      {
+        what: "the taken lease lost, the other two renewed again together",
+        ms: 4 * JOINT_TTL,
+        state: () => chartsOf(campaigns),
+      },
+    );
+    assert.deepEqual(lost, ["scheduler taken"]);
+    assert.equal(scheduler.held(), false);
+    assert.ok(coordinator.held() && snapshots.held());
+    assert.match(scheduler.actor.getSnapshot().context.why, /held by z \(token 1\)/);
+  });
+
   await t.step("close releases held leases at once", async () => {
     const c = await cluster(redis, "close:");
     const ca = c.a.campaign("scheduler", { ttlMs: 10_000 });
@@ -258,6 +325,48 @@ Deno.test("leases on a real redis-server", async (t) => {
     assert.equal(await c.a.checkToken("scheduler", before), false);
     assert.equal(ca.actor.getSnapshot().status, "active");
     assert.equal(cb.actor.getSnapshot().status, "active");
+  });
+});
+
+Deno.test("one script call per renewal period for every lease an instance holds", async (t) => {
+  await using redis = await singleRedisTarget();
+  await using c = await cluster(redis, "calls:");
+  // INFO goes down a's own connection: Redis answers it after every script a sent before it
+  // and before any a sends after, so the counts match the charts' at the moment of the read.
+  const scripts = async () =>
+    Number((await c.redis.info("commandstats")).match(/cmdstat_evalsha:calls=(\d+)/)?.[1] ?? 0);
+  const { campaigns } = jointCampaigns(c.a);
+  const what = { ms: 4 * JOINT_TTL, state: () => chartsOf(campaigns) };
+
+  await t.step("once aligned, three held roles cost one script call per period", async () => {
+    const start = await until(() => renewedTogether(campaigns), { what: "aligned", ...what });
+    const before = await scripts();
+    const end = await until(() => {
+      const now = renewedTogether(campaigns);
+      return now && now[0] >= start[0] + 2 && now;
+    }, { what: "two more joint renewals", ...what });
+    const calls = await scripts() - before;
+    const rounds = end[0] - start[0];
+    assert.deepEqual(end.map((n, i) => n - start[i]), [rounds, rounds, rounds]);
+    assert.equal(calls, rounds, `${calls} script calls for ${rounds} periods of three leases`);
+  });
+
+  await t.step("the period that finds one lease taken is still one call", async () => {
+    const start = await until(() => renewedTogether(campaigns), { what: "aligned", ...what });
+    const [coordinator, scheduler, snapshots] = campaigns;
+    const attempts = scheduler.actor.getSnapshot().context.attempts;
+    const before = await scripts();
+    await takeOver(c.redis, c.keyspace, "scheduler");
+    const end = await until(() => {
+      const now = renewedTogether([coordinator, snapshots]);
+      return scheduler.actor.getSnapshot().matches("standby") && now && now[0] > start[0] && now;
+    }, { what: "the scheduler lost, the others renewed", ...what });
+    // The standby's acquire attempts since are scripts too (one each).
+    const tries = scheduler.actor.getSnapshot().context.attempts - attempts;
+    const calls = await scripts() - before;
+    const rounds = end[0] - start[0];
+    assert.equal(calls, rounds + tries, `${calls} calls: ${rounds} renewals + ${tries} tries`);
+    assert.ok(coordinator.held() && snapshots.held() && !scheduler.held());
   });
 });
 
