@@ -219,10 +219,17 @@ function replicationNode(item: Json, role?: string): ReplicationNode | null {
   );
   if (name === null) return null;
   const lagMs = num(pick(item, ["lagMs", "lag_ms", "replayLagMs", "lag.ms"]));
+  const state = str(pick(item, ["state", "status", "health"]));
+  // What the failover coordinator holds for the node beyond what the sample saw.
+  const held = item.awaitingOperator === true
+    ? "waiting for its operator (another host's)"
+    : item.parked === true
+    ? "parked: to be started here as a replica"
+    : null;
   return {
     name,
     role: str(pick(item, ["role", "kind"])) ?? role ?? null,
-    state: str(pick(item, ["state", "status", "health"])),
+    state: held ? [state, held].filter(Boolean).join(" · ") : state,
     lagBytes: num(
       pick(item, ["lagBytes", "lag_bytes", "replayLagBytes", "replay_lag_bytes", "lag.bytes"]),
     ),

@@ -79,6 +79,7 @@ import { pgCtlStart, pgCtlStop, type PgTools } from "../../store/pg_tools.ts";
 import {
   leftStopped,
   localPostmaster,
+  notOurs,
   processAlive,
   rejoinNode,
   startParkedNode,
@@ -315,6 +316,8 @@ function toSamples(deps: FailoverDeps, looks: Look[], primary: string): NodeSamp
         why: isPrimary
           ? `${l.name} is the primary at ${s.currentLsn} on timeline ${s.timeline}` +
             (s.readOnly ? ", fenced read-only" : "")
+          : s.readOnly
+          ? `${l.name} is out of recovery but fenced read-only: not the published primary`
           : `${l.name} is writable but not the published primary`,
       };
     }
@@ -1088,7 +1091,8 @@ export async function sampleNodes(
 /**
  * Makes one repair the monitor asked for; returns its sentence. A rejoin or start of a
  * parked node that fails is an outcome (recorded as `fenced`) saying whether it left the
- * node stopped here; the other repairs throw.
+ * node stopped here, or could not act on it because it is another host's; the other
+ * repairs throw.
  */
 export async function repair(
   deps: FailoverDeps,
@@ -1180,6 +1184,7 @@ export async function repair(
             ok: false,
             error: err instanceof Error ? err.message : String(err),
             leftStopped: leftStopped(err),
+            notOurs: notOurs(err),
           };
         }
       }

@@ -560,6 +560,8 @@ function fullConcern(
   async function status(): Promise<Record<string, unknown>> {
     const snap = ref?.getSnapshot() as FailoverSnapshot | undefined;
     const ctx = snap?.context ?? null;
+    const parked = ctx?.parked ?? [];
+    const awaiting = ctx?.awaitingOperator ?? [];
     const [record, coordinator, history] = await Promise.all([
       readPublished(deps, 1000),
       leases
@@ -603,7 +605,15 @@ function fullConcern(
         standbys: ctx?.sample?.sync ?? null,
       },
       checkedAt: ctx?.sample ? new Date(ctx.sample.at).toISOString() : null,
-      nodes: ctx?.sample?.nodes ?? [],
+      // What the chart holds for a node beyond the sample: stopped here and to be started
+      // as a replica (parked), or fenced and left to its operator (another host's).
+      nodes: (ctx?.sample?.nodes ?? []).map((n) => ({
+        ...n,
+        parked: parked.includes(n.name),
+        awaitingOperator: awaiting.includes(n.name),
+      })),
+      parked,
+      awaitingOperator: awaiting,
       alerts: ctx ? Object.values(ctx.alerts) : [],
       thresholds: {
         lagAlertBytes: settings.lagAlertBytes,

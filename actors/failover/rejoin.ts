@@ -5,7 +5,8 @@
  * verify (streaming on the primary's timeline AND a canary row written on the primary
  * arrives). When any step cannot be done the node stays fenced (read-only, or stopped) and
  * the error says what to do by hand, and whether this host left it stopped
- * ({@linkcode leftStopped}): only then is it the coordinator's to start later.
+ * ({@linkcode leftStopped}): only then is it the coordinator's to start later; or whether
+ * this host may not act on it at all ({@linkcode notOurs}): then it is its operator's.
  * @module
  */
 import { dirname } from "node:path";
@@ -124,6 +125,14 @@ function fail(message: string, cause?: unknown): never {
 }
 
 /**
+ * Fails because this host may not or cannot stop, rewind and start the node (it is another
+ * host's): the error says so ({@linkcode notOurs}), and what to run there by hand.
+ */
+function failNotOurs(message: string): never {
+  throw new RuntimeError("REJOIN_FAILED", message, { details: { notOurs: true } });
+}
+
+/**
  * Runs the steps that follow this host's stop of the node: whatever fails there leaves it
  * stopped by us, and the error says so (same code and sentence).
  */
@@ -150,6 +159,15 @@ async function stoppedHere<T>(steps: () => Promise<T>): Promise<T> {
  */
 export function leftStopped(err: unknown): boolean {
   return isRuntimeError(err) && err.details?.leftStopped === true;
+}
+
+/**
+ * True when a failed {@linkcode rejoinNode} / {@linkcode startParkedNode} could not act on
+ * the node because it is not this host's (FAILOVER_LOCAL_NODES puts it on another host, or
+ * its data directory is not here): a rejoin left it fenced read-only for its operator.
+ */
+export function notOurs(err: unknown): boolean {
+  return isRuntimeError(err) && err.details?.notOurs === true;
 }
 
 function tail(text: string): string {
@@ -265,7 +283,7 @@ export async function rejoinNode(deps: RejoinDeps): Promise<RejoinResult> {
   const identity = await deps.node.run(readNodeIdentity, { timeoutMs: 5000, what: "identity" });
   const pid = deps.local ? await localPostmaster(identity) : null;
   if (pid === null) {
-    fail(
+    failNotOurs(
       `${name} is fenced read-only but ` +
         (deps.local
           ? `its data directory ${identity.dataDir} is not on this host`
@@ -315,7 +333,9 @@ export async function startParkedNode(
 ): Promise<RejoinResult> {
   const name = deps.node.setting.name;
   if (!deps.local) {
-    fail(`${name} cannot be started from here: FAILOVER_LOCAL_NODES puts it on another host`);
+    failNotOurs(
+      `${name} cannot be started from here: FAILOVER_LOCAL_NODES puts it on another host`,
+    );
   }
   // A switchover or a failed rejoin stopped it here: a failure leaves it stopped by us.
   return await stoppedHere(() => startOrRewind(deps, identity));

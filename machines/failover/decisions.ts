@@ -811,20 +811,30 @@ export interface RepairInput {
   repoints: Record<string, number>;
   /** Nodes this host stopped (a switchover, a failed rejoin), to start as standbys. */
   parked: string[];
+  /**
+   * Nodes a rejoin fenced but could not bring back (not this host's to act on): no rejoin
+   * of one is proposed while the sample shows it writable and still fenced read-only.
+   */
+  awaitingOperator: string[];
 }
 
 /**
  * The most urgent repair the sample calls for, or null: a second writable node first
- * (fence and rejoin it), then a fenced primary, parked nodes, stray replicas (re-point;
- * rewind after two re-points that did not help), then synchronous_standby_names.
+ * (fence and rejoin it; not one fenced already that waits for its operator), then a fenced
+ * primary, parked nodes, stray replicas (re-point; rewind after two re-points that did not
+ * help), then synchronous_standby_names.
  */
 export function findRepair(input: RepairInput): Finding | null {
   const { sample, primary } = input;
   const p = sample.nodes.find((n) => n.name === primary.node);
   if (!p || !p.reachable || p.inRecovery !== false) return null;
   const ready = (name: string) => (input.backoff[name] ?? 0) <= sample.at;
+  // Fenced by a rejoin that could go no further from here: its operator's to rewind.
+  const awaiting = (n: NodeSample) => n.readOnlyFenced && input.awaitingOperator.includes(n.name);
   for (const n of sample.nodes) {
-    if (n.name !== p.name && n.reachable && n.inRecovery === false && ready(n.name)) {
+    if (
+      n.name !== p.name && n.reachable && n.inRecovery === false && ready(n.name) && !awaiting(n)
+    ) {
       return {
         kind: "rejoin",
         node: n.name,

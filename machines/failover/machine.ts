@@ -48,6 +48,7 @@ import {
   poolTarget,
   promotionSentence,
   publicationOf,
+  type RepairInput,
   updateAlerts,
 } from "./decisions.ts";
 import type {
@@ -78,6 +79,22 @@ import type {
 
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** A failed repair, as the `repair` effect answers it (or as a thrown one reads). */
+type RepairFailure = Omit<Extract<RepairOutput, { ok: false }>, "ok">;
+
+/** What {@linkcode findRepair} looks at: the sample and the chart's repair bookkeeping. */
+function repairInput(context: FailoverContext, sample: ReplicationSample): RepairInput {
+  return {
+    sample,
+    primary: context.primary,
+    syncMode: context.syncMode,
+    backoff: context.backoff,
+    repoints: context.repoints,
+    parked: context.parked,
+    awaitingOperator: context.awaitingOperator,
+  };
 }
 
 const HEALTHY = "#failover.detector.healthy";
@@ -409,6 +426,13 @@ const failover = setup({
             n.name === name && n.reachable && n.inRecovery === true && n.streaming
           )
         ),
+        // A node waits for its operator only while it is seen writable and still fenced:
+        // the fence lifted, gone (and maybe back), a replica — it is judged afresh.
+        awaitingOperator: context.awaitingOperator.filter((name) =>
+          sample.nodes.some((n) =>
+            n.name === name && n.reachable && n.inRecovery === false && n.readOnlyFenced
+          )
+        ),
         lastGoodSample: current && primary?.reachable && primary.inRecovery === false
           ? sample
           : context.lastGoodSample,
@@ -421,14 +445,7 @@ const failover = setup({
     }),
     /** The repair the sample calls for ({@linkcode findRepair}). */
     planRepair: assign(({ context }) => {
-      const finding = context.sample && findRepair({
-        sample: context.sample,
-        primary: context.primary,
-        syncMode: context.syncMode,
-        backoff: context.backoff,
-        repoints: context.repoints,
-        parked: context.parked,
-      });
+      const finding = context.sample && findRepair(repairInput(context, context.sample));
       return { finding, why: finding?.why ?? context.why };
     }),
     /** A repair made: counts re-points, un-parks, records rejoins. */
@@ -464,14 +481,19 @@ const failover = setup({
      * it must be) once its backoff is over. Only when the effect says it left the node
      * stopped: a node on another host is never stopped by us (only fenced over SQL), and
      * parking it would try, every backoff, to start a node we may not start. A parked node
-     * that may not be started from here leaves the list for the same reason.
+     * that may not be started from here leaves the list for the same reason. A rejoin that
+     * fenced a node it may not act on further leaves it to its operator: no new rejoin
+     * (a re-fence and a `fenced` row every backoff) while it stays fenced.
      */
-    repairFailed: assign(({ context }, params: { error: string; leftStopped: boolean }) => {
+    repairFailed: assign(({ context }, params: RepairFailure) => {
       const f = context.finding!;
-      const why = `${f.kind.replace("_", " ")} of ${f.node} failed, retrying in ${
-        Math.round(context.maintenanceBackoffMs / 1000)
-      } s${
-        params.leftStopped ? " (started as a replica then if it stays stopped)" : ""
+      const waits = params.notOurs && f.kind === "rejoin";
+      const why = `${f.kind.replace("_", " ")} of ${f.node} failed, ${
+        waits
+          ? "left fenced for its operator (no new rejoin while it stays fenced)"
+          : `retrying in ${Math.round(context.maintenanceBackoffMs / 1000)} s${
+            params.leftStopped ? " (started as a replica then if it stays stopped)" : ""
+          }`
       }: ${params.error}`;
       const others = context.parked.filter((n) => n !== f.node);
       return {
@@ -484,6 +506,9 @@ const failover = setup({
           : f.kind === "start_standby"
           ? others
           : context.parked,
+        awaitingOperator: waits
+          ? [...context.awaitingOperator.filter((n) => n !== f.node), f.node]
+          : context.awaitingOperator,
         decision: f.kind === "rejoin"
           ? { id: null, kind: "rejoin", ok: false, why, primary: context.primary }
           : context.decision,
@@ -559,14 +584,7 @@ const failover = setup({
     repairDue: ({ context }) =>
       context.leader !== null && context.sample !== null &&
       context.sample.primary === context.primary.node &&
-      findRepair({
-          sample: context.sample,
-          primary: context.primary,
-          syncMode: context.syncMode,
-          backoff: context.backoff,
-          repoints: context.repoints,
-          parked: context.parked,
-        }) !== null,
+      findRepair(repairInput(context, context.sample)) !== null,
     bootstrapping: ({ context }) => publicationOf(context).kind === "bootstrap",
     ownPublication: ({ context }, params: { node: string }) =>
       context.promotion?.node === params.node,
@@ -1291,7 +1309,7 @@ const MONITOR = failover.createStateConfig({
             target: "waiting",
             actions: {
               type: "repairFailed",
-              params: ({ event }) => event.output as { error: string; leftStopped: boolean },
+              params: ({ event }) => event.output as RepairFailure,
             },
           },
           {
@@ -1308,7 +1326,11 @@ const MONITOR = failover.createStateConfig({
           target: "waiting",
           actions: {
             type: "repairFailed",
-            params: ({ event }) => ({ error: errorText(event.error), leftStopped: false }),
+            params: ({ event }) => ({
+              error: errorText(event.error),
+              leftStopped: false,
+              notOurs: false,
+            }),
           },
         },
       },
@@ -1371,6 +1393,7 @@ export const failoverMachine = failover.createMachine({
     backoff: {},
     repoints: {},
     parked: [],
+    awaitingOperator: [],
     alerts: {},
     decision: null,
     degradedWhy: null,

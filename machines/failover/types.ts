@@ -121,6 +121,14 @@ export type RepairOutput =
      * host is only fenced over SQL): starting it is not ours to do.
      */
     leftStopped: boolean;
+    /**
+     * This host may not or cannot act on the node beyond the fence (FAILOVER_LOCAL_NODES
+     * puts it on another host, or its data directory is not here): a rejoin left it fenced
+     * read-only over SQL, for its operator to rewind by hand. The chart then waits for the
+     * operator ({@linkcode FailoverContext.awaitingOperator}) instead of fencing it again
+     * every backoff.
+     */
+    notOurs: boolean;
   };
 
 /** Output of the `probePrimary` effect. */
@@ -466,6 +474,13 @@ export interface FailoverContext {
    * started as standbys; never a node this host may not act on.
    */
   parked: string[];
+  /**
+   * Nodes a rejoin fenced read-only but could not bring back because this host may not act
+   * on them ({@linkcode RepairOutput} `notOurs`): waiting for their operator. No rejoin of
+   * such a node is proposed while samples show it writable and still fenced; it leaves the
+   * list as soon as a sample shows anything else (the fence lifted, down, a replica).
+   */
+  awaitingOperator: string[];
   /** Active alerts by `node:kind`. */
   alerts: Record<string, LagAlert>;
   /** The last decision (switchover API waits on `decision.id`). */

@@ -166,6 +166,19 @@ Deno.test("concern endpoint readers take what they recognise", async (t) => {
       replicationNodes([{ name: "a", role: "replica", lag_seconds: "2" }])[0].lagSeconds,
       2,
     );
+    // What the failover coordinator holds for a node shows beside the sampled state.
+    assert.deepEqual(
+      replicationNodes({
+        nodes: [
+          { name: "pg1", role: "primary", state: "fenced", awaitingOperator: true, parked: false },
+          { name: "pg2", role: "unknown", state: "unreachable", parked: true },
+        ],
+      }).map((n) => n.state),
+      [
+        "fenced · waiting for its operator (another host's)",
+        "unreachable · parked: to be started here as a replica",
+      ],
+    );
   });
 
   await t.step("Prometheus: key samples without histogram parts, merged over labels", () => {

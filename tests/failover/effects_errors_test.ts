@@ -543,6 +543,7 @@ Deno.test({
         assert.ok(!down.ok, "the rejoin of a node that is down fails");
         assert.match(down.error, /^cannot fence fe3: .*refused/);
         assert.equal(down.leftStopped, false, "nothing was stopped here");
+        assert.equal(down.notOurs, false, "down, not another host's: tried again later");
         const unknown = await repair(base, {
           finding: { kind: "start_standby", node: "fe3", why: "fe3 was parked" },
           primary,
@@ -785,7 +786,7 @@ Deno.test({
       });
 
       await t.step(
-        "the old primary on another host is only fenced: the rejoin says it did not stop it",
+        "the old primary on another host is only fenced: the rejoin says it is not ours to stop",
         async () => {
           await cluster.nodes.fe1.start();
           assert.equal(await inRecovery("fe1"), false, "it came back writable: split brain to fix");
@@ -800,9 +801,17 @@ Deno.test({
             /^fe1 is fenced read-only but FAILOVER_LOCAL_NODES puts it on another host: stop it there and run pg_rewind/,
           );
           assert.equal(out.leftStopped, false, "the chart must not park (and start) fe1");
-          // Still running, writable no more: what the operator finds there.
+          assert.equal(out.notOurs, true, "the chart leaves fe1 to its operator");
+          // Still running, writable no more: what the operator finds there, and what the
+          // chart's samples show while it waits for them (no new rejoin while fenced).
           assert.equal(await inRecovery("fe1"), false);
           assert.equal(await psql("fe1", "show default_transaction_read_only"), "on");
+          const { nodes } = await sampleCluster(base, "fe2", 5000);
+          const seen = nodes.find((n) => n.name === "fe1")!;
+          assert.deepEqual(
+            [seen.reachable, seen.inRecovery, seen.readOnlyFenced, seen.state],
+            [true, false, true, "fenced"],
+          );
         },
       );
 
@@ -863,6 +872,7 @@ Deno.test({
           assert.ok(!out.ok);
           assert.match(out.error, /^pg_rewind of fe1 failed, it stays stopped: /);
           assert.equal(out.leftStopped, true, "the chart parks fe1 and starts it later");
+          assert.equal(out.notOurs, false);
           await assert.rejects(psql("fe1", "select 1"));
           // What the chart's start_standby does with a parked node once its backoff is over.
           const started = await repair(base, {

@@ -224,6 +224,19 @@ Deno.test({
         cluster.psql("pg1", "insert into replication_canary (instance) values ('by hand')"),
         /read-only transaction/,
       );
+      // The coordinator leaves it to its operator (no re-fence, no new row every backoff
+      // while it stays fenced), and its GET /replication says so beside the fence.
+      let view: unknown = null;
+      await until(async () => {
+        const holder = (await replication(urls[0])).coordinator?.instance as string | undefined;
+        const url = holder ? instances.byId[holder]?.url : undefined;
+        if (!url) return false;
+        const v = await replication(url);
+        const pg1 = v.nodes.find((n: { name: string }) => n.name === "pg1");
+        view = { holder, awaitingOperator: v.awaitingOperator, pg1 };
+        return v.awaitingOperator?.includes("pg1") && pg1?.awaitingOperator === true &&
+          pg1.state === "fenced";
+      }, { ms: 30_000, what: "the coordinator leaving pg1 to its operator", state: () => view });
       // Writes went on while pg1 was awake: each instance had some acknowledged after.
       await until(
         () =>

@@ -61,7 +61,7 @@ interface World {
   /** Publications fail with this while set. */
   publishError: string | null;
   /** The repair effect reports this failure (what a failed rejoin / start of a parked node answers). */
-  repairFailure?: { error: string; leftStopped: boolean } | null;
+  repairFailure?: { error: string; leftStopped: boolean; notOurs?: boolean } | null;
   /** The repair effect throws this (before it touched the node: the fencing token refused). */
   repairError?: string | null;
 }
@@ -129,6 +129,20 @@ function pg3Down(at: number): ReplicationSample {
     at,
   };
 }
+
+/** A sample of pg1 taken at `at` where pg3 is up, out of recovery and fenced read-only. */
+function pg3Fenced(at: number): ReplicationSample {
+  const fenced = primaryNode("pg3", { readOnlyFenced: true, state: "fenced", healthy: false });
+  return { ...sampleOf(0, [primaryNode("pg1"), node("pg2"), fenced], ["pg2"]), at };
+}
+
+/** What a rejoin of pg3 answers when FAILOVER_LOCAL_NODES puts pg3 on another host. */
+const PG3_NOT_OURS = {
+  error: "pg3 is fenced read-only but FAILOVER_LOCAL_NODES puts it on another host: " +
+    "stop it there and run pg_rewind",
+  leftStopped: false,
+  notOurs: true,
+};
 
 /** The rejoins and starts of parked nodes the chart asked for, oldest first, as "kind node". */
 function rejoinsAsked(h: ReturnType<typeof harness>): string[] {
@@ -308,7 +322,9 @@ function harness(input: Partial<FailoverInput> = {}, over: Partial<World> = {}) 
         ({ input }: { input: { finding: Finding; primary: Published; token: number | null } }) => {
           record("repair", input);
           if (world.repairError) return Promise.reject(new Error(world.repairError));
-          if (world.repairFailure) return Promise.resolve({ ok: false, ...world.repairFailure });
+          if (world.repairFailure) {
+            return Promise.resolve({ ok: false, notOurs: false, ...world.repairFailure });
+          }
           return Promise.resolve({ ok: true, why: `repaired ${input.finding.node}` });
         },
       ),
@@ -966,34 +982,70 @@ Deno.test("failover machine", async (t) => {
   );
 
   await t.step(
-    "a rejoin that failed without stopping the node (another host's): never parked, never started",
+    "a rejoin that fenced another host's node: never parked nor started, left to its operator while it stays fenced",
     async () => {
       using h = harness({ maintenanceBackoffMs: 4000 });
       h.lease.acquire(10);
       // pg3 came back writable on a host FAILOVER_LOCAL_NODES does not give us: the rejoin
       // fences it over SQL and fails, telling the operator to rewind it there.
       h.world.sample = pg3Writable();
-      h.world.repairFailure = {
-        error: "pg3 is fenced read-only but FAILOVER_LOCAL_NODES puts it on another host: " +
-          "stop it there and run pg_rewind",
-        leftStopped: false,
-      };
+      h.world.repairFailure = PG3_NOT_OURS;
       await h.advance(1000);
       assert.deepEqual(rejoinsAsked(h), ["rejoin pg3"]);
       const failed = h.actor.getSnapshot().context;
       assert.deepEqual(failed.parked, []);
       assert.equal(
         failed.why,
-        "rejoin of pg3 failed, retrying in 4 s: pg3 is fenced read-only but " +
-          "FAILOVER_LOCAL_NODES puts it on another host: stop it there and run pg_rewind",
+        "rejoin of pg3 failed, left fenced for its operator (no new rejoin while it stays " +
+          "fenced): pg3 is fenced read-only but FAILOVER_LOCAL_NODES puts it on another host: " +
+          "stop it there and run pg_rewind",
       );
       assert.equal(failed.decision?.ok, false);
+      // The fence holds: pg3 stays up, out of recovery and read-only, until its operator
+      // rewinds it. Five backoffs later it was not fenced (nor a row written) again.
+      h.world.sample = pg3Fenced(h.clock.now());
+      await samplesAgain(h, 5, 4000);
+      assert.deepEqual(rejoinsAsked(h), ["rejoin pg3"], "no rejoin while it stays fenced");
+      assert.deepEqual(h.actor.getSnapshot().context.awaitingOperator, ["pg3"]);
+      // Someone lifted the fence: a stale primary that takes writes again, fenced again.
+      h.world.sample = { ...pg3Writable(), at: h.clock.now() };
+      await h.advance(1000);
+      const twice = ["rejoin pg3", "rejoin pg3"];
+      assert.deepEqual(rejoinsAsked(h), twice);
+      assert.deepEqual(h.actor.getSnapshot().context.awaitingOperator, ["pg3"]);
       // The operator stops it there to rewind it by hand: down, and not ours to start.
-      h.world.repairFailure = null;
       h.world.sample = pg3Down(h.clock.now());
       await samplesAgain(h, 3, 5000);
-      assert.deepEqual(rejoinsAsked(h), ["rejoin pg3"]);
+      assert.deepEqual(rejoinsAsked(h), twice);
       assert.deepEqual(h.actor.getSnapshot().context.parked, []);
+      assert.deepEqual(h.actor.getSnapshot().context.awaitingOperator, []);
+      // Back, still fenced: judged afresh (this coordinator cannot tell what happened to it).
+      h.world.sample = pg3Fenced(h.clock.now());
+      await h.advance(1000);
+      assert.deepEqual(rejoinsAsked(h), [...twice, "rejoin pg3"]);
+      assert.deepEqual(h.actor.getSnapshot().context.awaitingOperator, ["pg3"]);
+      // Its operator rewound it: a streaming replica leaves the list; nothing more to do.
+      h.world.repairFailure = null;
+      h.world.sample = sampleOf(h.clock.now(), [primaryNode("pg1"), node("pg2"), node("pg3")]);
+      await h.advance(1000);
+      assert.deepEqual(h.actor.getSnapshot().context.awaitingOperator, []);
+      assert.equal(rejoinsAsked(h).length, 3);
+    },
+  );
+
+  await t.step(
+    "a local node whose rejoin failed before the stop is fenced again every backoff, as before",
+    async () => {
+      using h = harness({ maintenanceBackoffMs: 4000 });
+      h.lease.acquire(10);
+      h.world.sample = pg3Writable();
+      // A fence that did not take (a timeout): nothing says the node is not ours.
+      h.world.repairFailure = { error: "cannot fence pg3: timed out", leftStopped: false };
+      await h.advance(1000);
+      h.world.sample = pg3Fenced(h.clock.now());
+      await samplesAgain(h, 2, 4000);
+      assert.deepEqual(rejoinsAsked(h), ["rejoin pg3", "rejoin pg3"]);
+      assert.deepEqual(h.actor.getSnapshot().context.awaitingOperator, []);
     },
   );
 
@@ -1539,7 +1591,14 @@ Deno.test("failover decisions", async (t) => {
     "repairs: a second writable node first, then stray replicas, then sync standbys",
     () => {
       const primary = { node: "pg2", epoch: 2, readOnlyNode: null };
-      const base = { primary, syncMode: true, backoff: {}, repoints: {}, parked: [] };
+      const base = {
+        primary,
+        syncMode: true,
+        backoff: {},
+        repoints: {},
+        parked: [],
+        awaitingOperator: [],
+      };
       const rogue = findRepair({
         ...base,
         sample: sampleOf(0, [
@@ -1595,6 +1654,19 @@ Deno.test("failover decisions", async (t) => {
         findRepair({ ...base, sample: sampleOf(0, [primaryNode("pg2"), node("pg3")], ["pg3"]) }),
         null,
       );
+      // A node fenced by a rejoin that could go no further waits for its operator while the
+      // sample shows it fenced; the same node unfenced, or fenced but not waiting (a new
+      // coordinator's first look), is rejoined.
+      const fencedPg1 = (fenced: boolean) =>
+        sampleOf(0, [
+          primaryNode("pg1", { readOnlyFenced: fenced }),
+          primaryNode("pg2"),
+          node("pg3"),
+        ], ["pg3"]);
+      const waiting = { ...base, awaitingOperator: ["pg1"] };
+      assert.equal(findRepair({ ...waiting, sample: fencedPg1(true) }), null);
+      assert.equal(findRepair({ ...waiting, sample: fencedPg1(false) })?.kind, "rejoin");
+      assert.equal(findRepair({ ...base, sample: fencedPg1(true) })?.kind, "rejoin");
     },
   );
 

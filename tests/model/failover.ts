@@ -512,17 +512,35 @@ export const failoverModel: ChartModel<FailoverWorld> = {
   },
 };
 
-/** The repairs model's world: the failover world plus the nodes this host stopped. */
+/**
+ * The repairs model's world: the failover world plus the nodes this host stopped and the
+ * nodes left fenced for their operator.
+ */
 export interface RepairsWorld extends FailoverWorld {
   /** Nodes a repair reported left stopped here (a switchover's stop parks too). */
   stoppedHere: string[];
+  /**
+   * Nodes a rejoin fenced but said were not this host's to act on, and every sample since
+   * showed up, writable and still fenced: the operator's to rewind, not ours to fence again.
+   */
+  awaitingOperator: string[];
 }
 
-/** A sample of pg1 (the primary) where pg3 is writable, unreachable, or streaming. */
-function repairSample(pg3: "writable" | "down" | "streaming") {
+/**
+ * A sample of pg1 (the primary) where pg3 is writable, writable but fenced read-only (as a
+ * rejoin leaves a node on another host), unreachable, or streaming. Any but `fenced` is a
+ * change a node left to its operator is judged afresh on.
+ */
+function repairSample(pg3: "writable" | "fenced" | "down" | "streaming") {
   return (_c: Call, run: Run<RepairsWorld>): Answer => {
+    if (pg3 !== "fenced") {
+      run.world.awaitingOperator = run.world.awaitingOperator.filter((n) => n !== "pg3");
+    }
     const nodes = ["pg1", "pg2", "pg3"].map((name) => sampleNode(name, name === "pg1"));
-    if (pg3 === "writable") nodes[2] = { ...sampleNode("pg3", true), name: "pg3" };
+    if (pg3 === "writable") nodes[2] = sampleNode("pg3", true);
+    if (pg3 === "fenced") {
+      nodes[2] = { ...sampleNode("pg3", true), state: "fenced", readOnlyFenced: true };
+    }
     if (pg3 === "down") nodes[2] = { ...nodes[2], reachable: false, streaming: false };
     return {
       output: {
@@ -542,14 +560,16 @@ function findingOf(c: Call): { kind: string; node: string } {
 
 /**
  * Model of the failover chart's repairs on the coordinator: pg1 stays the primary and
- * answers; samples show pg3 come back writable (a returned old primary), go down, or
- * stream again; a rejoin or start of a parked node is made, fails after this host stopped
- * the node, fails without stopping it (FAILOVER_LOCAL_NODES puts it on another host), or
- * throws (the fencing token refused).
+ * answers; samples show pg3 come back writable (a returned old primary), writable but
+ * fenced read-only, go down, or stream again; a rejoin or start of a parked node is made,
+ * fails after this host stopped the node, fails without stopping it (FAILOVER_LOCAL_NODES
+ * puts it on another host: fenced only, left to its operator), fails before the fence took
+ * (neither), or throws (the fencing token refused).
  *
- * Invariant: a node is started as a standby (`start_standby`) only when a repair here left
+ * Invariants: a node is started as a standby (`start_standby`) only when a repair here left
  * it stopped: never a node this host did not stop (it may not be ours to start, and each
- * attempt would write a `fenced` row every backoff).
+ * attempt would write a `fenced` row every backoff). No rejoin of a node a rejoin left to
+ * its operator while it stays fenced (each would fence it again and write a `fenced` row).
  */
 export const failoverRepairsModel: ChartModel<RepairsWorld> = {
   name: "failover repairs",
@@ -558,6 +578,7 @@ export const failoverRepairsModel: ChartModel<RepairsWorld> = {
     ...failoverModel.world(),
     redis: { node: "pg1", epoch: 1, token: 5 },
     stoppedHere: [],
+    awaitingOperator: [],
   }),
   build(run) {
     return buildFailover(run, {
@@ -579,6 +600,7 @@ export const failoverRepairsModel: ChartModel<RepairsWorld> = {
     repointPool: failoverModel.effects.repointPool,
     sampleNodes: {
       writable: repairSample("writable"),
+      fenced: repairSample("fenced"),
       down: repairSample("down"),
       streaming: repairSample("streaming"),
     },
@@ -593,14 +615,27 @@ export const failoverRepairsModel: ChartModel<RepairsWorld> = {
       stoppedHere: (c, run) => {
         const f = findingOf(c);
         if (!run.world.stoppedHere.includes(f.node)) run.world.stoppedHere.push(f.node);
-        return { output: { ok: false, error: "pg_rewind failed", leftStopped: true } };
+        return {
+          output: { ok: false, error: "pg_rewind failed", leftStopped: true, notOurs: false },
+        };
       },
-      notOurs: () => ({
-        output: {
-          ok: false,
-          error: "FAILOVER_LOCAL_NODES puts it on another host",
-          leftStopped: false,
-        },
+      notOurs: (c, run) => {
+        const f = findingOf(c);
+        // A rejoin fenced it first; a start of a parked node touched nothing.
+        if (f.kind === "rejoin" && !run.world.awaitingOperator.includes(f.node)) {
+          run.world.awaitingOperator.push(f.node);
+        }
+        return {
+          output: {
+            ok: false,
+            error: "FAILOVER_LOCAL_NODES puts it on another host",
+            leftStopped: false,
+            notOurs: true,
+          },
+        };
+      },
+      unfenced: () => ({
+        output: { ok: false, error: "cannot fence pg3", leftStopped: false, notOurs: false },
       }),
       crash: () => ({ error: new Error("LEASE_STALE_TOKEN") }),
     },
@@ -609,7 +644,7 @@ export const failoverRepairsModel: ChartModel<RepairsWorld> = {
     if (call.src !== "repair") return Object.keys(this.effects[call.src] ?? {});
     const kind = findingOf(call).kind;
     return kind === "rejoin" || kind === "start_standby"
-      ? ["ok", "stoppedHere", "notOurs", "crash"]
+      ? ["ok", "stoppedHere", "notOurs", "unfenced", "crash"]
       : ["ok", "crash"];
   },
   key(snapshot, world) {
@@ -617,11 +652,14 @@ export const failoverRepairsModel: ChartModel<RepairsWorld> = {
     return [
       c.leader !== null,
       c.parked,
+      c.awaitingOperator,
       Object.keys(c.backoff).sort(),
       c.sample?.nodes[2]?.reachable ?? null,
       c.sample?.nodes[2]?.inRecovery ?? null,
+      c.sample?.nodes[2]?.readOnlyFenced ?? null,
       c.finding?.kind ?? null,
       [...world.stoppedHere].sort(),
+      [...world.awaitingOperator].sort(),
     ];
   },
   invariants: {
@@ -642,6 +680,18 @@ export const failoverRepairsModel: ChartModel<RepairsWorld> = {
     "parked holds only nodes stopped here": ({ snapshot, world }) => {
       const stray = snapshot.context.parked.filter((n: string) => !world.stoppedHere.includes(n));
       return stray.length ? `parked ${stray.join(", ")}, never stopped here` : null;
+    },
+    "no rejoin of a node awaiting the operator while it stays fenced": ({ snapshot, world }) => {
+      for (const ref of Object.values(snapshot.children ?? {})) {
+        // deno-lint-ignore no-explicit-any
+        const r = ref as any;
+        if (r.src !== "repair") continue;
+        const f = r.getSnapshot().input.finding;
+        if (f.kind === "rejoin" && world.awaitingOperator.includes(f.node)) {
+          return `rejoining ${f.node} again, fenced and left to its operator since`;
+        }
+      }
+      return null;
     },
   },
 };

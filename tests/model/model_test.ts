@@ -200,6 +200,36 @@ Deno.test("model: failover repairs", async (t) => {
       assert.equal(starts("crash"), 0, "refused before touching it: nothing to start");
     },
   );
+  await t.step(
+    "a node a rejoin left to its operator is rejoined again only once the sample changes",
+    () => {
+      // pg3 came back writable on another host: the rejoin fences it and fails (not ours);
+      // two samples show it still fenced (its backoff is over at the second), then the fence
+      // is lifted.
+      const sample = (outcome: string): Move[] => [
+        { type: "tick", ms: 50 },
+        { type: "settle", src: "sampleNodes", outcome },
+      ];
+      const fenced: Move[] = [
+        ...COORDINATOR_STARTS,
+        ...sample("writable"),
+        { type: "settle", src: "repair", outcome: "notOurs" },
+        ...sample("fenced"),
+        ...sample("fenced"),
+      ];
+      const rejoining = (path: Move[]) => {
+        const end = replay(failoverRepairsModel, path);
+        assert.equal(end.violation, null, JSON.stringify(end.violation));
+        assert.equal(end.steps, path.length);
+        return end.calls.filter((c) =>
+          c.src === "repair" &&
+          (c.input as { finding: { kind: string } }).finding.kind === "rejoin"
+        ).length;
+      };
+      assert.equal(rejoining(fenced), 0, "fenced and left to its operator: not fenced again");
+      assert.equal(rejoining([...fenced, ...sample("writable")]), 1, "the fence lifted: again");
+    },
+  );
 });
 
 Deno.test("model: login", () => walk(loginModel));
