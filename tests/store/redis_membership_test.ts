@@ -7,6 +7,7 @@ import {
   type MemberDelta,
   membersKey,
   membersLogKey,
+  VERSION_MEMBER,
 } from "../../store/redis_membership.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
 import { startRedis } from "../harness/mod.ts";
@@ -41,6 +42,21 @@ Deno.test("membership as a change stream on a real Redis", async (t) => {
         return cursor;
       },
     };
+  }
+
+  /** XRANGE calls this Redis ran so far. */
+  async function xranges(): Promise<number> {
+    const stats = await raw.info("commandstats");
+    return Number(/cmdstat_xrange:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+  }
+  /** Two members joined and caught up, each at the stream's newest entry. */
+  async function pair() {
+    await raw.flushall();
+    const a = viewer(), b = viewer();
+    a.take(await store.heartbeat("a", info("a"), null));
+    b.take(await store.heartbeat("b", info("b"), null));
+    a.take(await store.heartbeat("a", null, a.cursor));
+    return { a, b };
   }
 
   try {
@@ -120,8 +136,117 @@ Deno.test("membership as a change stream on a real Redis", async (t) => {
       const small = await commandsPerBeat(3);
       const large = await commandsPerBeat(300);
       assert.equal(small, large, `${small} vs ${large} commands per heartbeat`);
-      assert.ok(small <= 5, `${small} commands per heartbeat`);
+      // EVALSHA + TIME + ZADD + ZRANGEBYSCORE (the reap, which also reads the version).
+      assert.ok(small <= 4, `${small} commands per heartbeat`);
     });
+
+    await t.step("an idle heartbeat reads no XRANGE, and still sees every change", async () => {
+      const { a, b } = await pair();
+      const before = await xranges();
+      for (let i = 0; i < 20; i++) {
+        const d = await store.heartbeat(i % 2 ? "a" : "b", null, (i % 2 ? a : b).cursor);
+        assert.deepEqual([d.mode, d.changes, d.wrote], ["delta", [], false]);
+        (i % 2 ? a : b).take(d);
+      }
+      assert.equal(await xranges() - before, 0, "idle beats ran XRANGE");
+
+      // A join, a reap and a remove are each seen by the next heartbeat of another member.
+      await store.heartbeat("c", info("c"), null);
+      let d = await store.heartbeat("a", null, a.cursor);
+      assert.deepEqual([d.mode, d.changes], ["delta", [{ op: "join", id: "c" }]]);
+      assert.deepEqual(a.take(d), ["a", "b", "c"]);
+      const [sec] = await raw.time();
+      await raw.zadd(membersKey(ks), Number(sec) * 1000 - 120_000, "c");
+      d = await store.heartbeat("b", null, b.cursor);
+      assert.deepEqual([d.mode, d.changes, d.wrote], ["delta", [
+        { op: "join", id: "c" },
+        { op: "leave", id: "c" },
+      ], true]);
+      assert.deepEqual(b.take(d), ["a", "b"]);
+      d = await store.heartbeat("a", null, a.cursor);
+      assert.deepEqual([d.mode, d.changes], ["delta", [{ op: "leave", id: "c" }]]);
+      a.take(d);
+      await store.remove("b");
+      d = await store.heartbeat("a", null, a.cursor);
+      assert.deepEqual([d.mode, d.changes], ["delta", [{ op: "leave", id: "b" }]]);
+      assert.deepEqual(a.take(d), ["a"]);
+      // Caught up again: idle.
+      const caught = await xranges();
+      assert.deepEqual((await store.heartbeat("a", null, a.cursor)).changes, []);
+      assert.equal(await xranges(), caught);
+    });
+
+    await t.step("a trimmed cursor or a lost stream is still a full read", async () => {
+      let { a } = await pair();
+      await raw.xtrim(membersLogKey(ks), "MAXLEN", 0);
+      await store.heartbeat("c", info("c"), null);
+      let d = await store.heartbeat("a", null, a.cursor);
+      assert.equal(d.mode, "full");
+      assert.deepEqual(a.take(d), ["a", "b", "c"]);
+      ({ a } = await pair());
+      await raw.del(membersLogKey(ks));
+      // Nothing changed in the set: an empty delta is still right.
+      assert.deepEqual((await store.heartbeat("a", null, a.cursor)).changes, []);
+      await store.remove("b");
+      d = await store.heartbeat("a", null, a.cursor);
+      assert.equal(d.mode, "full");
+      assert.deepEqual(a.take(d), ["a"]);
+    });
+
+    await t.step("without the sentinel a heartbeat reads the stream, then sets it", async () => {
+      const { a } = await pair();
+      await raw.zrem(membersKey(ks), VERSION_MEMBER);
+      await store.heartbeat("c", info("c"), null);
+      // An append that did not set the sentinel (as an older version's would).
+      await raw.zrem(membersKey(ks), VERSION_MEMBER);
+      const before = await xranges();
+      const d = await store.heartbeat("a", null, a.cursor);
+      assert.deepEqual([d.mode, d.changes], ["delta", [{ op: "join", id: "c" }]]);
+      a.take(d);
+      assert.equal(await xranges() - before, 1, "read the stream");
+      assert.notEqual(await raw.zscore(membersKey(ks), VERSION_MEMBER), null, "set again");
+      assert.deepEqual((await store.heartbeat("a", null, a.cursor)).changes, []);
+      assert.equal(await xranges() - before, 1, "idle again");
+    });
+
+    await t.step("an older version's departure of the sentinel is no change", async () => {
+      const { a } = await pair();
+      // What an older version's reap does with the sentinel: a dead member to it.
+      await raw.zrem(membersKey(ks), VERSION_MEMBER);
+      await raw.xadd(membersLogKey(ks), "*", "l", VERSION_MEMBER);
+      const before = await xranges();
+      let d = await store.heartbeat("a", null, a.cursor);
+      assert.deepEqual([d.mode, d.changes], ["delta", []]);
+      assert.deepEqual(a.take(d), ["a", "b"]);
+      // Not set again while an older version would remove it at its next beat.
+      assert.equal(await raw.zscore(membersKey(ks), VERSION_MEMBER), null);
+      assert.deepEqual((await store.heartbeat("a", null, a.cursor)).changes, []);
+      assert.equal(await xranges() - before, 2);
+      // A full read does not list it either, even with a forged live score.
+      const [sec] = await raw.time();
+      await raw.zadd(membersKey(ks), Number(sec) * 1000, VERSION_MEMBER);
+      d = await store.heartbeat("a", null, null);
+      assert.equal(d.mode, "full");
+      assert.deepEqual(a.take(d), ["a", "b"]);
+      assert.deepEqual((await store.live()).map((m) => m.id).sort(), ["a", "b"]);
+      await assert.rejects(store.heartbeat(VERSION_MEMBER, null, null), /reserved/);
+    });
+
+    await t.step(
+      "an older version's remove is read after its notice (the upgrade window)",
+      async () => {
+        const { a } = await pair();
+        // An older version's REMOVE appends without setting the sentinel.
+        await raw.zrem(membersKey(ks), "b");
+        await raw.xadd(membersLogKey(ks), "*", "l", "b");
+        // The heartbeat trusts the stale sentinel (docs/scaling.md, "Rolling upgrade") ...
+        assert.deepEqual((await store.heartbeat("a", null, a.cursor)).changes, []);
+        // ... and the change read its notice triggers always reads the stream.
+        const d = await store.changes(a.cursor);
+        assert.deepEqual(d.changes, [{ op: "leave", id: "b" }]);
+        assert.deepEqual(a.take(d), ["a"]);
+      },
+    );
 
     await t.step("the change stream stays capped", async () => {
       await raw.flushall();
