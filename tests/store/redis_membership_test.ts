@@ -4,6 +4,7 @@ import {
   applyDelta,
   CHANGE_LOG_MAX,
   createMemberStore,
+  encodeStreamId,
   type MemberDelta,
   membersKey,
   membersLogKey,
@@ -11,6 +12,7 @@ import {
 } from "../../store/redis_membership.ts";
 import { closeRedis, createKeyspace, createRedisClient } from "../../store/redis.ts";
 import { startRedis } from "../harness/mod.ts";
+import { until } from "../support/instance.ts";
 import { testAuth } from "../support/message_auth.ts";
 
 Deno.test("membership as a change stream on a real Redis", async (t) => {
@@ -149,6 +151,11 @@ Deno.test("membership as a change stream on a real Redis", async (t) => {
         (i % 2 ? a : b).take(d);
       }
       assert.equal(await xranges() - before, 0, "idle beats ran XRANGE");
+      // The sentinel holds minus the newest entry's id, encoded exactly.
+      assert.equal(
+        Number(await raw.zscore(membersKey(ks), VERSION_MEMBER)),
+        -encodeStreamId(a.cursor!)!,
+      );
 
       // A join, a reap and a remove are each seen by the next heartbeat of another member.
       await store.heartbeat("c", info("c"), null);
@@ -185,6 +192,14 @@ Deno.test("membership as a change stream on a real Redis", async (t) => {
       assert.deepEqual(a.take(d), ["a", "b", "c"]);
       ({ a } = await pair());
       await raw.del(membersLogKey(ks));
+      // A new stream's ids restart from the server's clock: in the cursor's own millisecond its
+      // first entry would reuse the cursor's id (main reads that as "nothing after the cursor"
+      // too), so this waits for the next millisecond.
+      const cursorMs = Number(a.cursor!.split("-")[0]);
+      await until(async () => {
+        const [sec, us] = await raw.time();
+        return Number(sec) * 1000 + Math.floor(Number(us) / 1000) > cursorMs;
+      }, { what: "the Redis clock past the cursor's millisecond", everyMs: 1 });
       // Nothing changed in the set: an empty delta is still right.
       assert.deepEqual((await store.heartbeat("a", null, a.cursor)).changes, []);
       await store.remove("b");
@@ -247,6 +262,14 @@ Deno.test("membership as a change stream on a real Redis", async (t) => {
         assert.deepEqual(a.take(d), ["a"]);
       },
     );
+
+    await t.step("stream ids encode exactly, or not at all", () => {
+      assert.equal(encodeStreamId("1765100000000-5"), 1765100000000 * 1024 + 5);
+      assert.equal(encodeStreamId("1765100000000-1023"), 1765100000000 * 1024 + 1023);
+      assert.equal(encodeStreamId("1765100000000-1024"), null);
+      assert.equal(encodeStreamId(`${2 ** 43}-0`), null);
+      assert.equal(encodeStreamId(""), null);
+    });
 
     await t.step("the change stream stays capped", async () => {
       await raw.flushall();
