@@ -9,7 +9,7 @@
  * | `lease_handover_s` | same kill; until a survivor logged it became the coordinator |
  * | `broadcast_p99_ms` | `diag.note` broadcasts from this process; until every instance's `/actors/stream` shows it (p99 over the broadcasts of the slowest receiver) |
  * | `sync_p99_ms` | `PATCH /state/scale/<n>` on one instance; until every instance's `/state/stream` shows it |
- * | `idle_redis_cmds_per_s` | Redis `total_commands_processed` over an idle window, per instance (Lua's inner commands are not counted: a script is one command) |
+ * | `idle_redis_cmds_per_s` | Redis `total_commands_processed` over an idle window, per instance (as Redis counts them: a script is its `EVALSHA` plus every command it runs) |
  * | `idle_rss_mb`, `idle_cpu_pct` | /proc of each instance over the same window, median over instances |
  *
  * Each row prints one JSON line per figure with `"n"` added (baseline null: nothing raw
