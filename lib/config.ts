@@ -111,7 +111,7 @@ export const SETTINGS: readonly SettingDoc[] = [
     env: "RS_CACHE_DIR",
     default: "~/.cache/rootstream",
     description:
-      "Where embedded mode caches the template of a new database (made once per PGlite version, loaded into each new RS_DATA_DIR instead of running initdb again; $XDG_CACHE_HOME/rootstream when that is set); off: every new data directory runs initdb",
+      "Where embedded mode caches the template of a new database (made once per PGlite version, copied into each new RS_DATA_DIR instead of running initdb again; $XDG_CACHE_HOME/rootstream when that is set); off: every new data directory runs initdb",
   },
   {
     env: "RS_INSTANCE_ID",

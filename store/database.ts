@@ -23,7 +23,7 @@ import { redactUrl } from "../lib/config.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import { isConnectionError, isConnectionLost, onDriverFault, pgCode } from "../lib/db_errors.ts";
 import type { Sql } from "./types.ts";
-import { embeddedTemplate } from "./embedded_template.ts";
+import { seedFromTemplate } from "./embedded_template.ts";
 
 /** Which kind of PostgreSQL the runtime is using. */
 export type DatabaseMode = "postgres" | "embedded";
@@ -810,18 +810,15 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
   const pgdata = `${dataDir}/pgdata`;
   const startParams = [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS];
   const fresh = !(await exists(`${pgdata}/PG_VERSION`));
-  const template = fresh && options.cacheDir
-    ? await embeddedTemplate(PGlite, {
+  const seeded = fresh && options.cacheDir
+    ? await seedFromTemplate(PGlite, {
       cacheDir: options.cacheDir,
+      pgdata,
       pgliteOptions: { startParams },
       log,
     })
-    : null;
-  const db = await PGlite.create({
-    dataDir: pgdata,
-    startParams,
-    ...(template ? { loadDataDir: template } : {}),
-  });
+    : false;
+  const db = await PGlite.create({ dataDir: pgdata, startParams });
   const server = new PGLiteSocketServer({
     db,
     host: "127.0.0.1",
@@ -833,7 +830,7 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
   log.debug("embedded PostgreSQL started", {
     ms: Math.round(performance.now() - started),
     port,
-    from: fresh ? (template ? "template" : "initdb") : "data directory",
+    from: fresh ? (seeded ? "template" : "initdb") : "data directory",
   });
   // PGlite has one backend session and pglite-socket interleaves the messages of concurrent
   // connections (one loses its unnamed portal to another: 'portal "" does not exist'), so

@@ -1,16 +1,19 @@
 /**
- * The template of a new embedded database: PGlite's initdb output, made once per machine and
- * PGlite version and loaded into each new data directory instead of running initdb again.
+ * The template of a new embedded database: a PGlite data directory just made by initdb and
+ * shut down cleanly, made once per machine and PGlite version and copied into each new data
+ * directory instead of running initdb again.
  *
  * initdb in WebAssembly is most of a first start (seconds of CPU, and a second PGlite instance
  * whose memory stays mapped until garbage collection). Its output does not depend on the data
- * directory, so the first new directory makes `pglite-<version>-template.tar.gz` in the cache
- * directory and every later one starts from it (docs/scaling.md, "Embedded mode: memory and
- * start time"). Every database made from one template shares initdb's system identifier, which
- * only streaming replication compares, and embedded mode has none.
+ * directory, so the first new directory makes `pglite-<version>-pgdata` in the cache directory
+ * and every later one is a file copy of it, which PGlite then opens like any existing database
+ * (docs/scaling.md, "Embedded mode: memory and start time"). Every database made from one
+ * template shares initdb's system identifier, which only streaming replication compares, and
+ * embedded mode has none.
  *
- * The file is written atomically (a temporary name, then a rename), read only when this user
- * owns it and nobody else may write it, and a template that does not unpack is replaced.
+ * The template appears atomically (made under a temporary name, then renamed), is used only when
+ * this user owns it and nobody else may write it, and one that is not a complete data directory
+ * is made again.
  * @module
  */
 import type { PGlite, PGliteOptions } from "@electric-sql/pglite";
@@ -24,91 +27,107 @@ import { type Logger, silentLogger } from "../lib/log.ts";
 export const PGLITE_VERSION = "0.5.14";
 
 /** Where the template of this PGlite version lives in `cacheDir`. */
-export function templatePath(cacheDir: string): string {
-  return `${cacheDir.replace(/\/$/, "")}/pglite-${PGLITE_VERSION}-template.tar.gz`;
+export function templateDir(cacheDir: string): string {
+  return `${cacheDir.replace(/\/$/, "")}/pglite-${PGLITE_VERSION}-pgdata`;
 }
 
-/** Options of {@linkcode embeddedTemplate}. */
-export interface TemplateOptions {
-  /** The cache directory. */
+/** Options of {@linkcode seedFromTemplate}. */
+export interface SeedOptions {
+  /** The cache directory holding the template. */
   cacheDir: string;
+  /** The new data directory to fill (it must not exist yet, or be empty). */
+  pgdata: string;
   /** PGlite options of the instance that makes a missing template (its start parameters). */
   pgliteOptions?: PGliteOptions;
-  /** Where making or replacing the template is logged. */
+  /** Where making, refusing or replacing the template is logged. */
   log?: Logger;
 }
 
 /**
- * The template as an uncompressed tar for PGlite's `loadDataDir`, made (and cached) when
- * missing; null when it can neither be read nor made (PGlite then runs initdb itself).
+ * Fills the new data directory `pgdata` with a copy of the template, making the template first
+ * when it is missing. False when that failed (nothing is left in `pgdata`; PGlite then runs
+ * initdb itself).
  */
-export async function embeddedTemplate(
+export async function seedFromTemplate(
   pglite: typeof PGlite,
-  options: TemplateOptions,
-): Promise<Blob | null> {
+  options: SeedOptions,
+): Promise<boolean> {
   const log = options.log ?? silentLogger;
-  const path = templatePath(options.cacheDir);
-  const cached = await readTemplate(path, log);
-  if (cached) return cached;
-  const started = performance.now();
-  let tar: Blob;
+  const dir = templateDir(options.cacheDir);
   try {
-    const db = await pglite.create({ ...options.pgliteOptions, dataDir: undefined });
-    try {
-      tar = await db.dumpDataDir("none");
-    } finally {
-      await db.close();
-    }
+    if (!(await usableTemplate(dir, log))) await makeTemplate(pglite, dir, options, log);
+    await copyTree(dir, options.pgdata);
+    return true;
   } catch (err) {
-    log.warn(`could not make the embedded database template: ${describeError(err)}`);
-    return null;
+    log.warn(`starting without the embedded database template ${dir}: ${describeError(err)}`);
+    await Deno.remove(options.pgdata, { recursive: true }).catch(() => {});
+    return false;
   }
-  const tmp = `${path}.${Deno.pid}.tmp`;
-  try {
-    await Deno.mkdir(options.cacheDir, { recursive: true, mode: 0o700 });
-    const gz = tar.stream().pipeThrough(new CompressionStream("gzip"));
-    await Deno.writeFile(tmp, gz, { mode: 0o600 });
-    await Deno.rename(tmp, path);
-    log.info("made the embedded database template", {
-      path,
-      ms: Math.round(performance.now() - started),
-    });
-  } catch (err) {
-    log.warn(`could not cache the embedded database template in ${path}: ${describeError(err)}`);
-    await Deno.remove(tmp).catch(() => {});
-  }
-  return tar;
 }
 
-/** The cached template, or null when there is none or it is not to be trusted or read. */
-async function readTemplate(path: string, log: Logger): Promise<Blob | null> {
-  let file: Deno.FsFile;
+/** True when `dir` is a complete template this user owns and only this user may write. */
+async function usableTemplate(dir: string, log: Logger): Promise<boolean> {
+  let info: Deno.FileInfo;
   try {
-    file = await Deno.open(path, { read: true });
+    info = await Deno.lstat(dir);
   } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) {
-      log.warn(`cannot read the embedded database template ${path}: ${describeError(err)}`);
-    }
-    return null;
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
   }
-  let streaming = false;
+  const uid = Deno.uid();
+  const trusted = info.isDirectory &&
+    (uid === null || (info.uid === uid && ((info.mode ?? 0) & 0o022) === 0));
+  const complete = trusted &&
+    (await Promise.all(
+      ["PG_VERSION", "global/pg_control"].map((f) =>
+        Deno.stat(`${dir}/${f}`).then(() => 1, () => 0)
+      ),
+    )).every(Boolean);
+  if (complete) return true;
+  log.warn(
+    trusted
+      ? `making the embedded database template ${dir} again: it is not a complete data directory`
+      : `replacing the embedded database template ${dir}: it must be a directory that belongs ` +
+        `to this user and that nobody else may write`,
+  );
+  await Deno.remove(dir, { recursive: true });
+  return false;
+}
+
+/** Runs initdb into a temporary directory, shuts PostgreSQL down cleanly, renames it to `dir`. */
+async function makeTemplate(
+  pglite: typeof PGlite,
+  dir: string,
+  options: SeedOptions,
+  log: Logger,
+): Promise<void> {
+  const started = performance.now();
+  await Deno.mkdir(options.cacheDir, { recursive: true, mode: 0o700 });
+  const tmp = `${dir}.${Deno.pid}.tmp`;
+  await Deno.remove(tmp, { recursive: true }).catch(() => {});
   try {
-    const info = await file.stat();
-    const uid = Deno.uid();
-    if (uid !== null && (info.uid !== uid || ((info.mode ?? 0) & 0o022) !== 0)) {
-      log.warn(
-        `ignoring the embedded database template ${path}: it must belong to this user and be ` +
-          `writable by nobody else`,
-      );
-      return null;
-    }
-    streaming = true; // from here the stream closes the file when it ends or fails
-    return await new Response(file.readable.pipeThrough(new DecompressionStream("gzip"))).blob();
+    const db = await pglite.create({ ...options.pgliteOptions, dataDir: tmp });
+    await db.close();
+    await Deno.chmod(tmp, 0o700);
+    await Deno.rename(tmp, dir);
   } catch (err) {
-    log.warn(`replacing the unreadable embedded database template ${path}: ${describeError(err)}`);
-    await Deno.remove(path).catch(() => {});
-    return null;
-  } finally {
-    if (!streaming) file.close();
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    // Another process may have made it meanwhile.
+    if (await usableTemplate(dir, silentLogger).catch(() => false)) return;
+    throw err;
+  }
+  log.info("made the embedded database template", {
+    path: dir,
+    ms: Math.round(performance.now() - started),
+  });
+}
+
+/** Copies the directory tree `from` to `to` (which must not exist yet, or be empty). */
+async function copyTree(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { recursive: true, mode: 0o700 });
+  for await (const entry of Deno.readDir(from)) {
+    const [src, dst] = [`${from}/${entry.name}`, `${to}/${entry.name}`];
+    if (entry.isDirectory) await copyTree(src, dst);
+    else if (entry.isFile) await Deno.copyFile(src, dst);
   }
 }
