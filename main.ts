@@ -3,6 +3,11 @@
  *
  * The whole configuration (core and every concern's) is parsed first: a bad value exits
  * with code 2 before anything is opened or written.
+ *
+ * `deno task run` passes `--v8-flags=--liftoff-only`: V8 then keeps embedded PGlite's
+ * WebAssembly in its baseline compiler instead of optimising the hot functions of PostgreSQL
+ * a few seconds after start, which cost over 1 GB of compiler memory and seconds of CPU for
+ * about 5 % of query speed (docs/scaling.md, "Embedded mode: memory and start time").
  * @module
  */
 import { loadConfig } from "./concerns/config.ts";

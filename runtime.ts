@@ -188,6 +188,7 @@ export async function startRuntime(config: Config, options: StartOptions = {}): 
       url: start.url,
       epoch: start.epoch,
       dataDir: config.dataDir,
+      cacheDir: config.cacheDir,
       poolSize: config.database.poolSize,
       connectTimeoutS: config.database.connectTimeoutS,
       queryTimeoutMs: config.database.queryTimeoutMs,

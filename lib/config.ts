@@ -108,6 +108,12 @@ export const SETTINGS: readonly SettingDoc[] = [
     description: "Where embedded mode keeps its database and generated key",
   },
   {
+    env: "RS_CACHE_DIR",
+    default: "~/.cache/rootstream",
+    description:
+      "Where embedded mode caches the template of a new database (made once per PGlite version, copied into each new RS_DATA_DIR instead of running initdb again; $XDG_CACHE_HOME/rootstream when that is set); off: every new data directory runs initdb",
+  },
+  {
     env: "RS_INSTANCE_ID",
     flag: "instance-id",
     default: "<hostname>-<pid>",
@@ -220,6 +226,8 @@ export interface CoreConfig {
     caFile: string | null;
   };
   dataDir: string;
+  /** RS_CACHE_DIR: where embedded mode caches a new database's template; null: no cache. */
+  cacheDir: string | null;
   instanceId: string;
   /** Raw 32-byte key, or null when it is to be read from / generated into the data dir. */
   secretKey: Uint8Array | null;
@@ -317,6 +325,7 @@ const schema = z.object({
     message: "1-32 characters of letters, digits, '.', ':', '_' or '-'",
   }).default("rs:"),
   RS_DATA_DIR: z.string().trim().min(1, { message: "a directory path" }).default("./.rootstream"),
+  RS_CACHE_DIR: z.string().trim().min(1, { message: "a directory path or off" }).optional(),
   RS_INSTANCE_ID: z.string().trim().regex(/^[\w.-]{1,64}$/, {
     message: "1-64 characters of letters, digits, '.', '_' or '-'",
   }).optional(),
@@ -470,6 +479,13 @@ export function loadConfigWith<C extends Record<string, ConcernConfig<unknown>>>
   return { ...base, concerns: settings as ConcernSettingsOf<C> };
 }
 
+/** RS_CACHE_DIR, else the XDG cache directory (or ~/.cache), of `rootstream`; null for `off`. */
+function cacheDirOf(setting: string | undefined, env: Env): string | null {
+  if (setting !== undefined) return setting.toLowerCase() === "off" ? null : setting;
+  if (env.XDG_CACHE_HOME?.startsWith("/")) return `${env.XDG_CACHE_HOME}/rootstream`;
+  return env.HOME ? `${env.HOME.replace(/\/$/, "")}/.cache/rootstream` : null;
+}
+
 /** Parses the core settings from the raw variables; throws CONFIG_INVALID naming each bad one. */
 function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreConfig {
   const c = parseSettings(schema, raw, {
@@ -511,6 +527,7 @@ function parseCore(raw: Record<string, string>, sources: ConfigSources): CoreCon
       caFile: c.REDIS_CA_FILE ?? null,
     },
     dataDir: c.RS_DATA_DIR,
+    cacheDir: cacheDirOf(c.RS_CACHE_DIR, sources.env ?? Deno.env.toObject()),
     instanceId: c.RS_INSTANCE_ID ??
       `${hostname.replace(/[^\w.-]/g, "-").slice(0, 40)}-${pid}`,
     secretKey,

@@ -23,6 +23,7 @@ import { redactUrl } from "../lib/config.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import { isConnectionError, isConnectionLost, onDriverFault, pgCode } from "../lib/db_errors.ts";
 import type { Sql } from "./types.ts";
+import { seedFromTemplate } from "./embedded_template.ts";
 
 /** Which kind of PostgreSQL the runtime is using. */
 export type DatabaseMode = "postgres" | "embedded";
@@ -115,6 +116,11 @@ export interface OpenDatabaseOptions {
   url?: string | null;
   /** Embedded mode keeps its files in `<dataDir>/pgdata`. */
   dataDir?: string;
+  /**
+   * Embedded mode: where the template of a new database is cached (store/embedded_template.ts);
+   * null or undefined: a new data directory runs PGlite's initdb.
+   */
+  cacheDir?: string | null;
   /** Pool size. */
   poolSize?: number;
   /** Total time start-up retries an unreachable server before giving up. */
@@ -767,7 +773,29 @@ async function raceTimeout<T>(promise: Promise<T>, ms: number, target: string): 
 }
 
 /**
+ * PostgreSQL settings of the embedded database, on top of PGlite's own start parameters.
+ *
+ * shared_buffers: PostgreSQL's default 128 MB is sized for a server beside other backends;
+ * PGlite's buffer pool lives in the WebAssembly memory of this process and is all resident
+ * once touched, while a miss costs only a read from the OS page cache. 16 MB holds the
+ * runtime's working set (docs/scaling.md, "Embedded mode: memory and start time").
+ */
+export const EMBEDDED_SETTINGS: readonly string[] = ["-c", "shared_buffers=16MB"];
+
+/** True when `path` exists. */
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/**
  * Starts PGlite on `<dataDir>/pgdata` behind a local socket and opens a pool on it.
+ * A new data directory starts from the cached template when `cacheDir` is set.
  * An exclusive lock on `<dataDir>/pgdata.lock` stops a second process from opening the
  * same files (PGlite is single-process; two writers would corrupt it).
  */
@@ -779,7 +807,18 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
   const { PGlite } = await import("@electric-sql/pglite");
   const { PGLiteSocketServer } = await import("@electric-sql/pglite-socket");
   const started = performance.now();
-  const db = await PGlite.create({ dataDir: `${dataDir}/pgdata` });
+  const pgdata = `${dataDir}/pgdata`;
+  const startParams = [...PGlite.defaultStartParams, ...EMBEDDED_SETTINGS];
+  const fresh = !(await exists(`${pgdata}/PG_VERSION`));
+  const seeded = fresh && options.cacheDir
+    ? await seedFromTemplate(PGlite, {
+      cacheDir: options.cacheDir,
+      pgdata,
+      pgliteOptions: { startParams },
+      log,
+    })
+    : false;
+  const db = await PGlite.create({ dataDir: pgdata, startParams });
   const server = new PGLiteSocketServer({
     db,
     host: "127.0.0.1",
@@ -791,6 +830,7 @@ async function openEmbedded(options: OpenDatabaseOptions): Promise<Database> {
   log.debug("embedded PostgreSQL started", {
     ms: Math.round(performance.now() - started),
     port,
+    from: fresh ? (seeded ? "template" : "initdb") : "data directory",
   });
   // PGlite has one backend session and pglite-socket interleaves the messages of concurrent
   // connections (one loses its unnamed portal to another: 'portal "" does not exist'), so

@@ -3,7 +3,7 @@
  */
 import assert from "node:assert/strict";
 import { freePort, startPostgres, startRedis } from "./harness/mod.ts";
-import { launchInstance as launch, ROOT } from "./support/instance.ts";
+import { launchInstance as launch, ROOT, RUN_ARGS } from "./support/instance.ts";
 import { ADMIN_HEADERS, TEST_ADMIN_TOKEN } from "./support/auth.ts";
 
 const KEY = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))));
@@ -21,6 +21,14 @@ async function runToExit(env: Record<string, string>, args: string[] = []) {
     stderr: new TextDecoder().decode(out.stderr),
   };
 }
+
+Deno.test("main: `deno task run` keeps PGlite's WebAssembly in V8's baseline tier", async () => {
+  // Optimising PostgreSQL's hot functions costs over 1 GB of compiler memory after start
+  // (docs/scaling.md, "Embedded mode: memory and start time"); tests launch the same way.
+  const config = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`));
+  assert.equal(config.tasks.run, `deno ${RUN_ARGS.join(" ")}`);
+  assert.ok(RUN_ARGS.includes("--v8-flags=--liftoff-only"));
+});
 
 Deno.test("main: invalid configuration stops start-up naming the variable", async () => {
   const res = await runToExit({ RS_PORT: "eighty", LOG_FORMAT: "xml" });

@@ -27,6 +27,18 @@ Deno.test("config", async (t) => {
     assert.equal(c.secretKey, null);
   });
 
+  await t.step("embedded mode's template cache: XDG, else ~/.cache, RS_CACHE_DIR, or off", () => {
+    const dir = (env: Record<string, string>) =>
+      loadConfig({ env, args: [], hostname: "h", pid: 1 }).cacheDir;
+    assert.equal(dir({}), null);
+    assert.equal(dir({ HOME: "/home/u/" }), "/home/u/.cache/rootstream");
+    assert.equal(dir({ HOME: "/home/u", XDG_CACHE_HOME: "/var/c" }), "/var/c/rootstream");
+    // The XDG base directory spec ignores a relative path.
+    assert.equal(dir({ HOME: "/home/u", XDG_CACHE_HOME: "c" }), "/home/u/.cache/rootstream");
+    assert.equal(dir({ HOME: "/home/u", RS_CACHE_DIR: "/srv/cache" }), "/srv/cache");
+    assert.equal(dir({ HOME: "/home/u", RS_CACHE_DIR: "off" }), null);
+  });
+
   await t.step("environment is parsed and flags override it", () => {
     const c = loadConfig({
       env: {

@@ -29,13 +29,19 @@ export interface InstanceProcess {
  */
 const START_TIMEOUT_MS = 180_000;
 
+/**
+ * The command line of `deno task run` (tests/main_test.ts checks deno.json agrees): its V8
+ * flag is part of embedded mode's memory (docs/scaling.md, "Embedded mode").
+ */
+export const RUN_ARGS = ["run", "--allow-all", "--v8-flags=--liftoff-only", "main.ts"];
+
 /** Starts `main.ts` with `env` and `args`; resolves once it printed the URL it serves. */
 export async function launchInstance(
   env: Record<string, string>,
   args: string[] = [],
 ): Promise<InstanceProcess> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "main.ts", ...args],
+    args: [...RUN_ARGS, ...args],
     cwd: ROOT,
     env: { RUST_BACKTRACE: "0", NO_COLOR: "1", ...env },
     stdout: "piped",
