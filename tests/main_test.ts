@@ -28,6 +28,10 @@ Deno.test("main: `deno task run` keeps PGlite's WebAssembly in V8's baseline tie
   const config = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`));
   assert.equal(config.tasks.run, `deno ${RUN_ARGS.join(" ")}`);
   assert.ok(RUN_ARGS.includes("--v8-flags=--liftoff-only"));
+  // The container image starts the instance the same way.
+  const dockerfile = await Deno.readTextFile(`${ROOT}/deploy/Dockerfile`);
+  const cmd = /^CMD (\[.*\])$/m.exec(dockerfile)?.[1];
+  assert.deepEqual(cmd && JSON.parse(cmd), ["deno", ...RUN_ARGS]);
 });
 
 Deno.test("main: invalid configuration stops start-up naming the variable", async () => {
