@@ -1,5 +1,5 @@
 /**
- * Scale suite (`deno task bench scale [--sizes 3,6,12,24] [--idle-s 20]`): N runtime
+ * Scale suite (`deno task bench scale [--sizes 3,6,12,24] [--idle-s 20] [--settle-s 30]`): N runtime
  * instances as separate processes on one PostgreSQL and one Redis, every concern on, and per N:
  *
  * | figure | how |
@@ -11,6 +11,10 @@
  * | `sync_p99_ms` | `PATCH /state/scale/<n>` on one instance; until every instance's `/state/stream` shows it |
  * | `idle_redis_cmds_per_s` | Redis `total_commands_processed` over an idle window, per instance (as Redis counts them: a script is its `EVALSHA` plus every command it runs) |
  * | `idle_rss_mb`, `idle_cpu_pct` | /proc of each instance over the same window, median over instances |
+ *
+ * The idle window starts `--settle-s` (30) seconds after the last join: for some 30 s after its
+ * start an instance still spends 2–3× its steady CPU (V8 compiling the periodic paths, the first
+ * metric and snapshot rounds, start-up garbage), which is start-up, not idling.
  *
  * Each row prints one JSON line per figure with `"n"` added (baseline null: nothing raw
  * compares), then a `<figure>_slope_per_instance` line per figure (least squares over the
@@ -193,6 +197,7 @@ function slope(xs: number[], ys: number[]): number {
 export interface ScaleOptions {
   sizes: number[];
   idleS: number;
+  settleS: number;
   clusterNodes: string | null;
 }
 
@@ -202,6 +207,7 @@ function options(args: string[]): ScaleOptions {
     options: {
       sizes: { type: "string" },
       "idle-s": { type: "string" },
+      "settle-s": { type: "string" },
       "redis-cluster": { type: "string" },
     },
     strict: true,
@@ -213,9 +219,12 @@ function options(args: string[]): ScaleOptions {
   }
   const idleS = Number(values["idle-s"] ?? 20);
   if (!(idleS >= 5 && idleS <= 600)) throw new Error("--idle-s: 5 to 600 seconds");
+  const settleS = Number(values["settle-s"] ?? 30);
+  if (!(settleS >= 0 && settleS <= 600)) throw new Error("--settle-s: 0 to 600 seconds");
   return {
     sizes,
     idleS,
+    settleS,
     clusterNodes: values["redis-cluster"] ?? Deno.env.get("RS_BENCH_REDIS_CLUSTER") ?? null,
   };
 }
@@ -361,7 +370,7 @@ async function measure(
     const joinSeen = (seenAt - joinedAt) / 1000;
 
     // Idle: let start-up work finish, then one window.
-    await sleep(10_000);
+    await sleep(ctx.opts.settleS * 1000);
     const info = async () => {
       let total = 0;
       for (const a of ctx.admin) {
