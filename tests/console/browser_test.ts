@@ -424,6 +424,12 @@ Deno.test("review console in a browser", async (t) => {
       }, { what: "24 instances in /cluster" });
       const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
       await signIn(page, a.url);
+      // The console reads the member list through a cache of up to a second
+      // (CLUSTER_VIEW_TTL_MS), so it may list the 24 a moment after /cluster does.
+      await until(async () => {
+        await page.goto(`${a.url}/?instance=node-a&actor=supervisor`);
+        return await page.locator("tr[data-instance]").count() === 24;
+      }, { what: "the console's matrix to list 24 instances" });
       // A fresh load, measured by the browser itself.
       await page.goto(`${a.url}/?instance=node-a&actor=supervisor`);
       await page.waitForSelector('[data-live][data-state="live"]');
