@@ -144,9 +144,13 @@ Deno.test("activity sources (PostgreSQL)", async (t) => {
 
     await t.step("backup: last run failed, verified backup overdue for its schedule", async () => {
       const now = Date.UTC(2026, 0, 10, 12, 0, 0);
+      let calls = 0;
       const view = {
         schedules: { full: "0 2 * * *", base: null },
-        nextRun: (cron: string, after: number) => nextCronRun(cron, after),
+        nextRun: (cron: string, after: number) => {
+          calls++;
+          return nextCronRun(cron, after);
+        },
         verified: true,
         graceMs: HOUR,
       };
@@ -157,6 +161,7 @@ Deno.test("activity sources (PostgreSQL)", async (t) => {
       assert.equal(f.last_failed, 0);
       f = one(await backup.collect(now + 16 * HOUR), "backup_status", { type: "full" });
       assert.equal(f.overdue, 1, "02:00 + 1 h passed with no verified backup");
+      assert.equal(calls, 1, "the schedule is not recomputed while the newest backup is the same");
 
       const run = async (at: number, ok: boolean, suffix: string) => {
         const r = await insertBackupRun(sql, {
@@ -186,6 +191,7 @@ Deno.test("activity sources (PostgreSQL)", async (t) => {
       );
       assert.equal(f.verified_age_seconds, (day2 - Date.UTC(2026, 0, 11, 2, 1, 0)) / 1000);
       assert.equal(f.allowed_age_seconds, (24 * HOUR - 60_000 + HOUR) / 1000);
+      assert.equal(calls, 2, "a newer verified backup moves the next scheduled time");
 
       // The next night's run fails: last_failed, and overdue once 03:00 has passed.
       await run(Date.UTC(2026, 0, 12, 2, 0, 0), false, "020001");
