@@ -12,6 +12,7 @@ import type { RedisServer } from "../harness/mod.ts";
 import { freePort } from "../harness/ports.ts";
 import { type InstanceProcess, launchInstance, until } from "./instance.ts";
 import { ADMIN_HEADERS } from "./auth.ts";
+import { isProcessStartedAt } from "../../actors/failover/rejoin.ts";
 
 /** A primary and its replicas, all on one database. */
 export interface PgCluster extends AsyncDisposable {
@@ -36,10 +37,12 @@ export interface PgCluster extends AsyncDisposable {
 /** The postmaster pid in a data directory's postmaster.pid, if that process runs. */
 export function postmasterPid(dataDir: string): number | null {
   try {
-    const pid = Number(Deno.readTextFileSync(`${dataDir}/postmaster.pid`).split("\n")[0]);
+    const lines = Deno.readTextFileSync(`${dataDir}/postmaster.pid`).split("\n");
+    const pid = Number(lines[0]);
     if (!pid) return null;
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return /^\d+ \(.*\) [ZX]/.test(stat) ? null : pid;
+    // A postmaster killed with SIGKILL leaves the file behind and its pid may since belong to
+    // another test's server (pid_max 32,768): signalling it would stop that one.
+    return isProcessStartedAt(pid, Number(lines[2]) * 1000) ? pid : null;
   } catch {
     return null;
   }
