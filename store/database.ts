@@ -16,6 +16,7 @@
  * object unusable (see `guardSocketErrors` in lib/db_errors.ts).
  * @module
  */
+import { isProcessStartedAt, processStartMs } from "../lib/process.ts";
 import { pgConnectArgs } from "./pg_tls.ts";
 import postgres from "postgres";
 import { describeError, RuntimeError } from "../lib/errors.ts";
@@ -885,17 +886,6 @@ async function withinMs(work: Promise<unknown>, ms: number): Promise<void> {
   clearTimeout(timer);
 }
 
-/** True when a process with this pid is running (Linux /proc; elsewhere assumed gone). */
-function processAlive(pid: number): boolean {
-  try {
-    // Field 3 of /proc/<pid>/stat is the state; a zombie (Z) has already exited.
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return !/^\d+ \(.*\) [ZX]/.test(stat);
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Claims `path` as this process's lock: refuses when another live process holds it,
  * takes over a stale one (its process is gone). Returns the release function.
@@ -904,22 +894,31 @@ async function acquireDirLock(path: string, dataDir: string): Promise<() => Prom
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       // createNew makes claiming atomic: of two processes starting at once, one wins.
-      await Deno.writeTextFile(path, `${Deno.pid}\n`, { createNew: true, mode: 0o600 });
+      // The pid and its start time: after a crash the pid may be reused by another process.
+      const started = processStartMs(Deno.pid);
+      await Deno.writeTextFile(path, `${Deno.pid}\n${started ?? ""}\n`, {
+        createNew: true,
+        mode: 0o600,
+      });
       return async () => {
         await Deno.remove(path).catch(() => {});
       };
     } catch (err) {
       if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
     }
-    const pid = Number((await Deno.readTextFile(path).catch(() => "")).trim());
-    if (pid && pid !== Deno.pid && processAlive(pid)) {
+    const [pidText, startedText] = (await Deno.readTextFile(path).catch(() => "")).split("\n");
+    const pid = Number(pidText), started = Number(startedText);
+    // A lock without a start time (an older version's) counts while its pid runs at all.
+    const held = pid && pid !== Deno.pid &&
+      (startedText ? isProcessStartedAt(pid, started) : processStartMs(pid) !== null);
+    if (held) {
       throw new RuntimeError(
         "DATABASE_CONNECT_FAILED",
         `The embedded database in ${dataDir} is in use by process ${pid}. ` +
           `HINT: stop that instance or give this one another RS_DATA_DIR`,
       );
     }
-    await Deno.remove(path).catch(() => {}); // stale: its process is gone
+    await Deno.remove(path).catch(() => {}); // stale: its process is gone (or the pid reused)
   }
   throw new RuntimeError(
     "DATABASE_CONNECT_FAILED",

@@ -12,6 +12,7 @@
 import { dirname } from "node:path";
 import { describeError, isRuntimeError, RuntimeError } from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
+import { isProcessStartedAt } from "../../lib/process.ts";
 import {
   canaryVisible,
   checkpoint,
@@ -75,39 +76,6 @@ export async function localPostmaster(identity: NodeIdentity): Promise<number | 
   // A postmaster killed with SIGKILL leaves its postmaster.pid behind, and pids are reused
   // (pid_max is 32,768 on many hosts): the pid must still be a process started then.
   return isProcessStartedAt(pid, startedS * 1000) ? pid : null;
-}
-
-/** Clock ticks per second of /proc/<pid>/stat's start time (USER_HZ: 100 on Linux). */
-const USER_HZ = 100;
-
-/**
- * True when `pid` runs (not a zombie) and was started within 2 s of `startedAtMs` (epoch ms):
- * a pid read from a pid file names that process only while this holds, since a dead process's
- * pid can be reused by any other. Reads /proc/<pid>/stat and /proc/stat's boot time.
- */
-export function isProcessStartedAt(pid: number, startedAtMs: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    // The command name may hold spaces and parentheses: fields count from the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    if (fields[0] === "Z" || fields[0] === "X") return false;
-    const ticks = Number(fields[19]); // field 22, starttime
-    const bootS = Number(/^btime (\d+)$/m.exec(Deno.readTextFileSync("/proc/stat"))?.[1]);
-    if (!Number.isFinite(ticks) || !bootS) return false;
-    return Math.abs(bootS * 1000 + (ticks * 1000) / USER_HZ - startedAtMs) <= 2000;
-  } catch {
-    return false;
-  }
-}
-
-/** True when `pid` runs and is not a zombie. */
-export function processAlive(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return !/^\d+ \(.*\) [ZX]/.test(stat);
-  } catch {
-    return false;
-  }
 }
 
 const STANDBY_KEYS = [

@@ -4,7 +4,8 @@
  * unresponsive old primary on this host" and the test harness's teardown must not signal it.
  */
 import assert from "node:assert/strict";
-import { isProcessStartedAt, localPostmaster } from "../../actors/failover/rejoin.ts";
+import { localPostmaster } from "../../actors/failover/rejoin.ts";
+import { isProcessStartedAt } from "../../lib/process.ts";
 import { postmasterPid } from "../support/pg_cluster.ts";
 
 Deno.test({

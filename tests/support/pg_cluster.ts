@@ -12,7 +12,7 @@ import type { RedisServer } from "../harness/mod.ts";
 import { freePort } from "../harness/ports.ts";
 import { type InstanceProcess, launchInstance, until } from "./instance.ts";
 import { ADMIN_HEADERS } from "./auth.ts";
-import { isProcessStartedAt } from "../../actors/failover/rejoin.ts";
+import { isProcessStartedAt } from "../../lib/process.ts";
 
 /** A primary and its replicas, all on one database. */
 export interface PgCluster extends AsyncDisposable {
