@@ -432,6 +432,9 @@ export const leaseMachine = setup({
           // Only the own timer says so: a renewal at RENEW_NOW must not pull the others again.
           after: { renewInterval: { target: "renewing", actions: "notifyRenewDue" } },
           on: { RENEW_NOW: "renewing" },
+          // RENEW_NOW stands in for this state's own timer (actors/runtime/inspector.ts judges
+          // its steps like the timer's: routine).
+          meta: { timerCues: ["RENEW_NOW"] },
         },
         renewing: {
           tags: ["routine"],

@@ -67,20 +67,20 @@ export interface TransitionRecord {
 export const ROUTINE_TAG = "routine";
 
 /**
- * Events that stand in for a chart's own timer, sent by its effect layer: the lease
- * manager's `RENEW_NOW` (another held lease's renewal timer fired; renew with it). A step
- * they cause is judged like the timer's.
+ * A state's `meta.timerCues`: events that stand in for its own timer, sent by the chart's effect
+ * layer (the lease's `RENEW_NOW`: another held lease's renewal timer fired; renew with it). A
+ * step such an event causes from that state is judged like the timer's.
  */
-const TIMER_CUES: ReadonlySet<string> = new Set(["RENEW_NOW"]);
-
-/** A timer fired (`xstate.after.*`), or an event standing in for one. */
-function isTimer(eventType: string): boolean {
-  return eventType.startsWith("xstate.after.") || TIMER_CUES.has(eventType);
-}
-
 interface ActiveNode {
   id: string;
   tags?: readonly string[];
+  meta?: { timerCues?: readonly string[] };
+}
+
+/** A timer fired (`xstate.after.*`), or an event a state left (`before`) declares a timer cue. */
+function isTimer(eventType: string, before: readonly ActiveNode[] | undefined): boolean {
+  return eventType.startsWith("xstate.after.") ||
+    (before?.some((n) => n.meta?.timerCues?.includes(eventType)) ?? false);
 }
 
 /**
@@ -92,7 +92,7 @@ function isRoutine(
   before: readonly ActiveNode[] | undefined,
   after: readonly ActiveNode[] | undefined,
 ): boolean {
-  if (isTimer(eventType)) {
+  if (isTimer(eventType, before)) {
     // A timer that cuts work short (a delay named `…Timeout`, e.g. the lease's `opTimeout`)
     // is a failure, never routine.
     if (/^xstate\.after\.[^.]*Timeout\./.test(eventType)) return false;
@@ -265,7 +265,7 @@ export function createInspector(options: InspectorOptions = {}): Inspector {
         const recorded = lastUnmarked.get(path);
         const routine = !origin && isRoutine(eventType, nodesBefore, snap._nodes) &&
           (recorded === stateAfter ||
-            (isTimer(eventType) && recorded === stateBefore));
+            (isTimer(eventType, nodesBefore) && recorded === stateBefore));
         if (!routine) lastUnmarked.set(path, stateAfter);
         t = {
           seq: ++seq,

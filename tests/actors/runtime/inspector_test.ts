@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { assign, createActor, createMachine, fromPromise, setup, stopChild } from "xstate";
 import { createInspector } from "../../../actors/runtime/inspector.ts";
+import { leaseMachine } from "../../../machines/lease.ts";
 import { until } from "../../support/instance.ts";
 
 // A parent that holds login attempts as children by id, like the session supervisor does
@@ -144,7 +145,7 @@ Deno.test("inspector: timer and completion steps between routine-tagged states a
  * One round of a routine cycle started by `event` instead of the timer: waiting → working →
  * waiting, both states tagged routine. The inspector's steps of the actor, with their marks.
  */
-async function roundBy(event: string): Promise<unknown[][]> {
+async function roundBy(event: string, timerCue = false): Promise<unknown[][]> {
   const cycle = setup({
     actors: { work: fromPromise(() => Promise.resolve(1)) },
     delays: { tick: 60_000 },
@@ -152,7 +153,12 @@ async function roundBy(event: string): Promise<unknown[][]> {
     id: "cycle",
     initial: "waiting",
     states: {
-      waiting: { tags: ["routine"], after: { tick: "working" }, on: { [event]: "working" } },
+      waiting: {
+        tags: ["routine"],
+        after: { tick: "working" },
+        on: { [event]: "working" },
+        ...(timerCue && { meta: { timerCues: [event] } }),
+      },
       working: { tags: ["routine"], invoke: { src: "work", onDone: "waiting" } },
     },
   });
@@ -184,7 +190,12 @@ Deno.test("inspector: a routine-tagged step is recorded when skipping it would l
 Deno.test("inspector: the lease's RENEW_NOW (another lease's renewal timer) is routine like a timer", async () => {
   // RENEW_NOW stands in for the timer: both its step and the completion back are routine, so
   // lined-up lease renewals are not written to the history stream.
-  assert.deepEqual(await roundBy("RENEW_NOW"), [
+  assert.deepEqual(
+    leaseMachine.getStateNodeById("lease.held.waiting").meta,
+    { timerCues: ["RENEW_NOW"] },
+    "the lease chart declares RENEW_NOW as its waiting state's timer cue",
+  );
+  assert.deepEqual(await roundBy("RENEW_NOW", true), [
     ["xstate.init", "waiting", false],
     ["RENEW_NOW", "working", true],
     ["xstate.done.actor.0", "waiting", true],
