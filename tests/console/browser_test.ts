@@ -325,6 +325,13 @@ Deno.test("review console in a browser", async (t) => {
       await Promise.all([page.waitForURL(/at=/), page.click("a[data-step=next]")]);
       assert.equal(Number(new URL(page.url()).searchParams.get("at")), gaveUp);
       assert.equal(await cellText(page, "node-b", "supervisor"), "supervising.degraded");
+      // The chart is drawn after the page: wait for its state to be filled, then look at it.
+      await until(
+        async () =>
+          (await highlighted(page, "node-b", "supervisor", "supervising.degraded")).fill ===
+            "rgb(253, 230, 138)",
+        { what: "node-b's degraded state filled in its chart" },
+      );
       const then = await highlighted(page, "node-b", "supervisor", "supervising.degraded");
       assert.deepEqual(then, {
         found: true,

@@ -189,7 +189,11 @@ Deno.test("metrics concern in a running instance", async (t) => {
         const logins = sessions.panels.find((p: { id: string }) => p.id === "logins");
         return up.series.some((s: { points: [number, number][] }) => s.points.at(-1)?.[1] === 1) &&
           logins.series.length === 3;
-      }, { what: "database_up and login outcomes in the replication and sessions dashboards" });
+      }, {
+        // A flush, a metrics round and two dashboard reads per try: slow on 2 busy cores.
+        ms: 30_000,
+        what: "database_up and login outcomes in the replication and sessions dashboards",
+      });
       const res = await get(`${rt.url}/dashboards/streams?range=10m&step=1m`);
       assert.equal(res.status, 200);
       const body = JSON.parse(res.text);
